@@ -1,0 +1,39 @@
+# Two entry points that work on a fresh machine with only Python 3.10+:
+#   make quickstart   set up .venv and run the main job
+#   make test         set up .venv and run the tests
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+# The CPU build of torch; set TORCH_SPEC="torch" (or a CUDA index) on GPU machines.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup quickstart test test-slow lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+quickstart: setup
+	$(BIN)/python -m fastchgnet.quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check fastchgnet tests bench launcher
+	$(BIN)/ruff format --check fastchgnet tests bench launcher
+
+bench: setup
+	$(BIN)/python bench/bench_graph.py
+	$(BIN)/python bench/bench_inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

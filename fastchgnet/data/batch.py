@@ -1,0 +1,112 @@
+"""GraphBatch: many crystal graphs as flat tensors, indices offset; and collate.
+
+Every field is listed once in ``FIELDS`` with its shape, level and meaning. Structures are
+concatenated: atoms of structure 0 first, then structure 1, ... The same holds for bonds and
+angles. Directed edges are implied by the bonds: edge ``b`` (``b < n_bonds``) points
+``i -> j`` of bond ``b`` and edge ``n_bonds + b`` points ``j -> i``; ``angle_edges`` uses these
+global edge ids.
+
+Padding (to fixed capacities for compiled code) appends one dummy structure that owns all
+padding atoms, bonds and angles, so no real output changes; see DESIGN.md "The batch".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fastchgnet.data.graph import CrystalGraph
+
+#: name -> (shape, level, meaning). Level: per-atom, per-bond, per-angle or per-structure.
+FIELDS: dict[str, tuple[str, str, str]] = {
+    "atomic_numbers": ("(n_atoms,) int64", "atom", "Z of each atom"),
+    "frac_coords": ("(n_atoms, 3) float", "atom", "fractional coordinates"),
+    "atom_structure": ("(n_atoms,) int64", "atom", "structure each atom belongs to"),
+    "lattice": ("(n_structures, 3, 3) float", "structure", "lattice vectors as rows, Å"),
+    "n_atoms": ("(n_structures,) int64", "structure", "atoms per structure"),
+    "bond_atoms": ("(n_bonds, 2) int64", "bond", "(i, j) global atom indices of each bond"),
+    "bond_images": ("(n_bonds, 3) float", "bond", "cell offset of j as seen from i (integers)"),
+    "bond_structure": ("(n_bonds,) int64", "bond", "structure each bond belongs to"),
+    "angle_edges": ("(n_angles, 2) int64", "angle", "directed edges (e1, e2) of each angle"),
+}
+
+
+@dataclass
+class GraphBatch:
+    """A batch of crystal graphs as flat tensors. Shapes and meanings: see ``FIELDS``."""
+
+    atomic_numbers: Tensor
+    frac_coords: Tensor
+    atom_structure: Tensor
+    lattice: Tensor
+    n_atoms: Tensor
+    bond_atoms: Tensor
+    bond_images: Tensor
+    bond_structure: Tensor
+    angle_edges: Tensor
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.lattice.shape[0])
+
+    @property
+    def n_bonds(self) -> int:
+        return int(self.bond_atoms.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> GraphBatch:
+        """Move to ``device``; float fields are cast to ``dtype`` when given."""
+        moved = {}
+        for f in fields(self):
+            value: Tensor = getattr(self, f.name)
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            moved[f.name] = value.to(device, non_blocking=True)
+        return GraphBatch(**moved)
+
+
+def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) -> GraphBatch:
+    """Concatenate graphs into one ``GraphBatch`` with indices offset.
+
+    Args:
+        graphs: the crystal graphs (at least one).
+        dtype: float dtype of coordinates, lattices and images.
+
+    Returns:
+        The batch; see ``FIELDS`` for shapes.
+    """
+    if len(graphs) == 0:
+        raise ValueError("collate needs at least one graph")
+    n_atoms = np.array([g.n_atoms for g in graphs], dtype=np.int64)
+    n_bonds = np.array([g.n_bonds for g in graphs], dtype=np.int64)
+    n_angles = np.array([g.n_angles for g in graphs], dtype=np.int64)
+    atom_offset = np.cumsum(n_atoms) - n_atoms
+    bond_offset = np.cumsum(n_bonds) - n_bonds
+    total_bonds = int(n_bonds.sum())
+    structure_ids = np.arange(len(graphs))
+
+    bond_atoms = np.concatenate([g.bond_atoms for g in graphs]) + np.repeat(atom_offset, n_bonds)[
+        :, None
+    ]
+    # local edge e of structure s: forward (e < B_s) -> bond_offset + e,
+    # reversed (e >= B_s) -> total_bonds + bond_offset + e - B_s
+    local_edges = np.concatenate([g.angle_edges for g in graphs]).reshape(-1, 2)
+    owner_bonds = np.repeat(n_bonds, n_angles)[:, None]
+    owner_offset = np.repeat(bond_offset, n_angles)[:, None]
+    reversed_edge = local_edges >= owner_bonds
+    angle_edges = owner_offset + local_edges + reversed_edge * (total_bonds - owner_bonds)
+
+    return GraphBatch(
+        atomic_numbers=torch.from_numpy(np.concatenate([g.atomic_numbers for g in graphs])),
+        frac_coords=torch.from_numpy(np.concatenate([g.frac_coords for g in graphs])).to(dtype),
+        atom_structure=torch.from_numpy(np.repeat(structure_ids, n_atoms)),
+        lattice=torch.from_numpy(np.stack([g.lattice for g in graphs])).to(dtype),
+        n_atoms=torch.from_numpy(n_atoms),
+        bond_atoms=torch.from_numpy(bond_atoms.reshape(-1, 2)),
+        bond_images=torch.from_numpy(np.concatenate([g.bond_images for g in graphs])).to(dtype),
+        bond_structure=torch.from_numpy(np.repeat(structure_ids, n_bonds)),
+        angle_edges=torch.from_numpy(angle_edges.astype(np.int64)),
+    )
