@@ -1,0 +1,71 @@
+"""Deterministic train / validation / test split by material id.
+
+Each material id is hashed with the seed (blake2b, stable across Python runs, machines and
+processes, unlike ``hash``) to a number u in [0, 1); u below ``train`` goes to train, below
+``train + val`` to val, the rest to test. All frames of one material therefore land in one split,
+and a material keeps its split when other materials are added or removed. The fractions are
+met in expectation (each material is an independent draw), not exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class Split(NamedTuple):
+    """Indices (into the frame list) of each split, int64 arrays in ascending order."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def material_unit_interval(material_id: str, seed: int = 0) -> float:
+    """Stable pseudo-random number in [0, 1) for a material id and seed."""
+    digest = hashlib.blake2b(f"{seed}\x00{material_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    if len(fractions) != 3 or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    total = float(sum(fractions))
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions} (sum {total})")
+    train, val, test = (float(f) for f in fractions)
+    return train, val, test
+
+
+def assign_split(
+    material_id: str, fractions: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0
+) -> str:
+    """The split (``"train"``, ``"val"`` or ``"test"``) of one material."""
+    train, val, _ = _check_fractions(fractions)
+    u = material_unit_interval(material_id, seed)
+    return "train" if u < train else "val" if u < train + val else "test"
+
+
+def split_by_material(
+    material_ids: Sequence[str], fractions: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0
+) -> Split:
+    """Split frames by their material ids.
+
+    Args:
+        material_ids: (n_frames,) material id of every frame.
+        fractions: expected (train, val, test) fractions of materials; sum to 1.
+        seed: changes the assignment of every material.
+
+    Returns:
+        ``Split`` of frame indices; every frame index appears in exactly one split.
+    """
+    train, val, _ = _check_fractions(fractions)
+    unique, inverse = np.unique(np.asarray(material_ids, dtype=str), return_inverse=True)
+    u = np.array([material_unit_interval(str(m), seed) for m in unique], dtype=np.float64)
+    which = np.where(u < train, 0, np.where(u < train + val, 1, 2))[inverse.reshape(-1)]
+    return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))

@@ -1,0 +1,236 @@
+"""FastCHGNet: the CHGNet architecture as plain eager modules over a flat GraphBatch.
+
+The energy model (``site_outputs``) maps geometry to site energies and magnetic moments; the
+thin wrapper ``forward`` owns strain, positions, derivatives and units. No loop over
+structures, no host synchronisation, no data-dependent branch: a batch without angles simply
+has empty angle tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastchgnet.data.batch import GraphBatch
+from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
+from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
+from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology
+from fastchgnet.units import EV_PER_A3_TO_GPA
+
+
+@dataclass
+class Prediction:
+    """Model outputs for a batch (units as CHGNet).
+
+    energy (n_structures,) eV/atom, composition energy included |
+    forces (n_atoms, 3) eV/Å or None | stress (n_structures, 3, 3) GPa or None |
+    magmoms (n_atoms,) μB or None | total_energy (n_structures,) eV
+    """
+
+    energy: Tensor
+    total_energy: Tensor
+    forces: Tensor | None = None
+    stress: Tensor | None = None
+    magmoms: Tensor | None = None
+
+
+class FastCHGNet(nn.Module):
+    """CHGNet with the reference architecture; ``FastCHGNet.from_reference("0.3.0")`` loads the
+    pretrained weights. Keyword arguments mirror ``ModelConfig``."""
+
+    def __init__(self, config: ModelConfig | None = None, **kwargs: Any):
+        super().__init__()
+        if config is None:
+            config = ModelConfig.from_dict(kwargs)
+        elif kwargs:
+            raise TypeError("pass either a ModelConfig or keyword arguments, not both")
+        if config.n_conv < 2:
+            raise ValueError("n_conv must be at least 2 (magmoms read out before the last conv)")
+        self.config = c = config
+        a, b, t = c.atom_fea_dim, c.bond_fea_dim, c.angle_fea_dim
+        self.atom_embedding = nn.Embedding(c.max_num_elements, a)
+        self.radial_atom = RadialBessel(c.num_radial, c.atom_cutoff, c.cutoff_coeff, c.learnable_rbf)
+        self.radial_bond = RadialBessel(c.num_radial, c.bond_cutoff, c.cutoff_coeff, c.learnable_rbf)
+        # bond embedding and atom-graph bond weights read the same basis: one GEMM
+        self.bond_projection = nn.Linear(c.num_radial, b + a, bias=False)
+        self.bond_graph_weights = nn.Linear(c.num_radial, b, bias=False)
+        self.angle_basis = FourierBasis((c.num_angular - 1) // 2, c.learnable_rbf)
+        self.angle_embedding = nn.Linear(c.num_angular, t, bias=False)
+        bias = c.mlp_out_bias
+        self.atom_convs = nn.ModuleList(
+            AtomConv(a, b, c.atom_conv_hidden_dim, c.gated_norm, bias) for _ in range(c.n_conv)
+        )
+        self.bond_convs = nn.ModuleList(
+            BondConv(a, b, t, c.bond_conv_hidden_dim, c.gated_norm, bias)
+            for _ in range(c.n_conv - 1)
+        )
+        self.angle_updates = nn.ModuleList(
+            AngleUpdate(a, b, t, c.angle_hidden_dim, c.gated_norm) for _ in range(c.n_conv - 1)
+        )
+        self.magmom_readout = MagmomReadout(a)
+        self.energy_readout = EnergyReadout(a, c.mlp_hidden_dims, c.readout_norm)
+        self.composition = AtomRef(c.max_num_elements)
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters (the fixed composition energies included, as the reference)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"forces={c.forces!r}, coupled_updates={c.coupled_updates}, n_params={self.n_params:,}"
+
+    # ----------------------------------------------------------------- geometry
+    @staticmethod
+    def topology(batch: GraphBatch) -> Topology:
+        """Directed-edge and angle index tensors of a batch (see fastchgnet.data.batch)."""
+        i, j = batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]
+        edge_centre = torch.cat([i, j])
+        bond_ids = torch.arange(batch.bond_atoms.shape[0], device=i.device)
+        edge_bond = torch.cat([bond_ids, bond_ids])
+        e1, e2 = batch.angle_edges[:, 0], batch.angle_edges[:, 1]
+        return Topology(
+            edge_centre=edge_centre,
+            edge_neighbour=torch.cat([j, i]),
+            edge_bond=edge_bond,
+            angle_centre=edge_centre[e1],
+            angle_bond1=edge_bond[e1],
+            angle_bond2=edge_bond[e2],
+        )
+
+    @staticmethod
+    def geometry(
+        batch: GraphBatch, *, forces: bool, stress: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Positions, strain and bond vectors of a batch.
+
+        Returns:
+            positions (n_atoms, 3) Å, a leaf requiring grad when ``forces``;
+            strain (n_structures, 3, 3), a zero leaf requiring grad when ``stress``, else None;
+            bond vectors r_j + image - r_i (n_bonds, 3) Å, with positions and lattices deformed
+            by (1 + strain).
+        """
+        lattice = batch.lattice
+        positions = torch.einsum("ni,nij->nj", batch.frac_coords, lattice[batch.atom_structure])
+        if forces:
+            positions.requires_grad_(True)
+        deformed = positions
+        strain = None
+        if stress:
+            strain = torch.zeros_like(lattice, requires_grad=True)
+            deformation = torch.eye(3, dtype=lattice.dtype, device=lattice.device) + strain
+            deformed = torch.einsum("ni,nij->nj", positions, deformation[batch.atom_structure])
+            lattice = lattice @ deformation
+        offsets = torch.einsum("bi,bij->bj", batch.bond_images, lattice[batch.bond_structure])
+        i, j = batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]
+        return positions, strain, deformed[j] + offsets - deformed[i]
+
+    # ------------------------------------------------------------- energy model
+    def site_outputs(
+        self, batch: GraphBatch, vectors: Tensor, topo: Topology
+    ) -> tuple[Tensor, Tensor]:
+        """Site energies (n_atoms,) eV and magnetic moments (n_atoms,) μB from bond vectors."""
+        lengths = torch.linalg.vector_norm(vectors, dim=1)
+        units = vectors / lengths.unsqueeze(1)
+        edge_units = torch.cat([units, -units])
+        angle = angle_between(edge_units[batch.angle_edges[:, 0]], edge_units[batch.angle_edges[:, 1]])
+
+        atoms = self.atom_embedding(batch.atomic_numbers - 1)
+        bonds, atom_weights = self.bond_projection(self.radial_atom(lengths)).split(
+            [self.config.bond_fea_dim, self.config.atom_fea_dim], dim=1
+        )
+        bond_weights = self.bond_graph_weights(self.radial_bond(lengths))
+        angles = self.angle_embedding(self.angle_basis(angle))
+
+        magmoms = atoms.new_zeros(atoms.shape[0])
+        last = self.config.n_conv - 1
+        for block in range(last):
+            new_atoms = self.atom_convs[block](atoms, bonds, atom_weights, topo)
+            if self.config.coupled_updates:
+                bonds = self.bond_convs[block](new_atoms, bonds, bond_weights, angles, topo)
+                angles = self.angle_updates[block](new_atoms, bonds, angles, topo)
+            else:
+                new_bonds = self.bond_convs[block](atoms, bonds, bond_weights, angles, topo)
+                angles = self.angle_updates[block](atoms, bonds, angles, topo)
+                bonds = new_bonds
+            atoms = new_atoms
+            if block == last - 1:
+                magmoms = self.magmom_readout(atoms)
+        atoms = self.atom_convs[last](atoms, bonds, atom_weights, topo)
+        return self.energy_readout(atoms), magmoms
+
+    # ------------------------------------------------------------------ wrapper
+    def forward(
+        self,
+        batch: GraphBatch,
+        *,
+        compute_forces: bool = True,
+        compute_stress: bool = True,
+        create_graph: bool | None = None,
+    ) -> Prediction:
+        """Energy (eV/atom), forces (eV/Å, -dE/dx), stress (GPa, (1/V) dE/dstrain, CHGNet's
+        sign) and magnetic moments (μB) of every structure in ``batch``.
+
+        ``create_graph`` (default: ``self.training``) keeps the derivative graph so a loss on
+        forces or stress can be back-propagated (second derivatives).
+        """
+        create_graph = self.training if create_graph is None else create_graph
+        with torch.enable_grad():
+            positions, strain, vectors = self.geometry(
+                batch, forces=compute_forces, stress=compute_stress
+            )
+            site_energy, magmoms = self.site_outputs(batch, vectors, self.topology(batch))
+            total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
+            forces = stress = None
+            inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
+            if inputs:
+                grads = torch.autograd.grad(
+                    total.sum(), inputs, create_graph=create_graph, retain_graph=create_graph
+                )
+                if compute_forces:
+                    forces = -grads[0]
+                if strain is not None:
+                    volume = torch.linalg.det(batch.lattice).abs()
+                    stress = grads[-1] * (EV_PER_A3_TO_GPA / volume)[:, None, None]
+        n_atoms = batch.n_atoms.to(total.dtype)
+        composition = self.composition(batch.atomic_numbers, batch.atom_structure, batch.n_atoms)
+        return Prediction(
+            energy=total / n_atoms + composition,
+            total_energy=total + composition * n_atoms,
+            forces=forces,
+            stress=stress,
+            magmoms=magmoms,
+        )
+
+    # ---------------------------------------------------------------- save/load
+    def save(self, path: str | Path) -> None:
+        """Write config and weights to ``path`` atomically (temp file, fsync, rename)."""
+        from fastchgnet.model.io import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FastCHGNet:
+        """Read a model written by ``save``; the stored config is checked and used."""
+        from fastchgnet.model.io import load_model
+
+        return load_model(cls, path, map_location)
+
+    @classmethod
+    def from_reference(cls, version: str = "0.3.0") -> FastCHGNet:
+        """Load the pretrained weights shipped in the ``chgnet`` package ("0.3.0", "0.2.0",
+        "r2scan"). Needs ``pip install chgnet``; never downloads anything."""
+        from fastchgnet.model.reference import load_reference
+
+        return load_reference(cls, version)
+
+    def predict_structure(self, structure: Any, batch_size: int = 16) -> Any:
+        """Predict structures as the reference does; see ``fastchgnet.model.predict``."""
+        from fastchgnet.model.predict import predict_structures
+
+        return predict_structures(self, structure, batch_size=batch_size)

@@ -1,0 +1,161 @@
+"""CHGNet interaction layers: GatedMLP, AtomConv, BondConv, AngleUpdate.
+
+Each conv's GatedMLP reads a concatenation of atom, bond and angle features per edge or per
+angle. A linear map of a concatenation is the sum of linear maps of its parts, so the atom parts
+are projected once per atom and the bond parts once per bond, then gathered; only an angle's own
+part is projected per angle (the paper's "computation graph reconstruction"). The weights keep
+the concatenated layout, so ``GatedMLP.forward`` on the explicit concatenation is the same
+function (tested).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Topology(NamedTuple):
+    """Index tensors of a batch, derived once per forward (see fastchgnet.data.batch).
+
+    edge_centre (n_edges,) | edge_neighbour (n_edges,) | edge_bond (n_edges,) |
+    angle_centre (n_angles,) | angle_bond1 (n_angles,) | angle_bond2 (n_angles,)
+    """
+
+    edge_centre: Tensor
+    edge_neighbour: Tensor
+    edge_bond: Tensor
+    angle_centre: Tensor
+    angle_bond1: Tensor
+    angle_bond2: Tensor
+
+
+def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """Sum rows of ``values`` (n, d) into ``size`` rows by ``index`` (n,) -> (size, d)."""
+    return values.new_zeros(size, values.shape[1]).index_add(0, index, values)
+
+
+def norm_or_identity(kind: str | None, dim: int) -> nn.Module:
+    return nn.LayerNorm(dim) if kind == "layer" else nn.Identity()
+
+
+class GatedMLP(nn.Module):
+    """silu(norm_c(core(x))) * sigmoid(norm_g(gate(x))), both branches' first layer in one GEMM.
+
+    ``core`` and ``gate`` are MLPs ``in -> hidden -> out`` (silu between) when ``hidden_dim``
+    > 0, else single linear layers ``in -> out``. ``first`` holds both branches' first layers
+    stacked: its output is (n, 2 * width), core half first.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, norm: str | None):
+        super().__init__()
+        self.width = hidden_dim if hidden_dim > 0 else out_dim
+        self.first = nn.Linear(in_dim, 2 * self.width)
+        self.core_out = nn.Linear(hidden_dim, out_dim) if hidden_dim > 0 else None
+        self.gate_out = nn.Linear(hidden_dim, out_dim) if hidden_dim > 0 else None
+        self.core_norm = norm_or_identity(norm, out_dim)
+        self.gate_norm = norm_or_identity(norm, out_dim)
+
+    def finish(self, pre: Tensor) -> Tensor:
+        """(n, 2 * width) output of ``first`` -> (n, out_dim)."""
+        core, gate = pre.chunk(2, dim=1)
+        if self.core_out is not None and self.gate_out is not None:
+            core = self.core_out(nn.functional.silu(core))
+            gate = self.gate_out(nn.functional.silu(gate))
+        return nn.functional.silu(self.core_norm(core)) * torch.sigmoid(self.gate_norm(gate))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(n, in_dim) -> (n, out_dim), on an explicit concatenation of inputs."""
+        return self.finish(self.first(x))
+
+    def input_weights(self, sizes: list[int]) -> tuple[Tensor, ...]:
+        """Column blocks of ``first.weight`` for the concatenated inputs, each (2*width, size)."""
+        return self.first.weight.split(sizes, dim=1)
+
+
+class AtomConv(nn.Module):
+    """Atom update from directed edges: a_i += W_out sum_j GatedMLP(a_i, b_ij, a_j) * w_ij."""
+
+    def __init__(self, atom_dim: int, bond_dim: int, hidden_dim: int, norm: str | None, bias: bool):
+        super().__init__()
+        self.atom_dim, self.bond_dim = atom_dim, bond_dim
+        self.gated = GatedMLP(2 * atom_dim + bond_dim, atom_dim, hidden_dim, norm)
+        self.mlp_out = nn.Linear(atom_dim, atom_dim, bias=bias)
+
+    def forward(self, atoms: Tensor, bonds: Tensor, bond_weights: Tensor, topo: Topology) -> Tensor:
+        """atoms (n_atoms, A), bonds (n_bonds, B), bond_weights (n_bonds, A) -> (n_atoms, A)."""
+        w_centre, w_bond, w_neighbour = self.gated.input_weights(
+            [self.atom_dim, self.bond_dim, self.atom_dim]
+        )
+        per_atom = atoms @ torch.cat([w_centre, w_neighbour], dim=0).T  # (n_atoms, 4 * width)
+        from_centre, from_neighbour = per_atom.chunk(2, dim=1)
+        per_bond = (bonds @ w_bond.T).repeat(2, 1)  # edges b and n_bonds + b share bond b
+        pre = (
+            from_centre[topo.edge_centre]
+            + from_neighbour[topo.edge_neighbour]
+            + per_bond
+            + self.gated.first.bias
+        )
+        messages = self.gated.finish(pre) * bond_weights.repeat(2, 1)
+        summed = scatter_sum(messages, topo.edge_centre, atoms.shape[0])
+        return atoms + self.mlp_out(summed)
+
+
+class BondConv(nn.Module):
+    """Bond update from angles: b_1 += W_out sum GatedMLP(b_1, b_2, t, a_c) * w_1 * w_2."""
+
+    def __init__(
+        self, atom_dim: int, bond_dim: int, angle_dim: int, hidden_dim: int,
+        norm: str | None, bias: bool,
+    ):
+        super().__init__()
+        self.sizes = [bond_dim, bond_dim, angle_dim, atom_dim]
+        self.gated = GatedMLP(sum(self.sizes), bond_dim, hidden_dim, norm)
+        self.mlp_out = nn.Linear(bond_dim, bond_dim, bias=bias)
+
+    def forward(
+        self, atoms: Tensor, bonds: Tensor, bond_weights: Tensor, angles: Tensor, topo: Topology
+    ) -> Tensor:
+        """atoms (n_atoms, A), bonds (n_bonds, B), bond_weights (n_bonds, B),
+        angles (n_angles, T) -> bonds (n_bonds, B)."""
+        pre = _angle_preactivation(self.gated, self.sizes, atoms, bonds, angles, topo)
+        update = (
+            self.gated.finish(pre)
+            * bond_weights[topo.angle_bond1]
+            * bond_weights[topo.angle_bond2]
+        )
+        return bonds + self.mlp_out(scatter_sum(update, topo.angle_bond1, bonds.shape[0]))
+
+
+class AngleUpdate(nn.Module):
+    """Angle update: t += GatedMLP(b_1, b_2, t, a_c)."""
+
+    def __init__(
+        self, atom_dim: int, bond_dim: int, angle_dim: int, hidden_dim: int, norm: str | None
+    ):
+        super().__init__()
+        self.sizes = [bond_dim, bond_dim, angle_dim, atom_dim]
+        self.gated = GatedMLP(sum(self.sizes), angle_dim, hidden_dim, norm)
+
+    def forward(self, atoms: Tensor, bonds: Tensor, angles: Tensor, topo: Topology) -> Tensor:
+        """atoms (n_atoms, A), bonds (n_bonds, B), angles (n_angles, T) -> (n_angles, T)."""
+        pre = _angle_preactivation(self.gated, self.sizes, atoms, bonds, angles, topo)
+        return angles + self.gated.finish(pre)
+
+
+def _angle_preactivation(
+    gated: GatedMLP, sizes: list[int], atoms: Tensor, bonds: Tensor, angles: Tensor,
+    topo: Topology,
+) -> Tensor:
+    """First layer of a GatedMLP on [b_1, b_2, t, a_c] per angle, factored by input."""
+    w_bond1, w_bond2, w_angle, w_atom = gated.input_weights(sizes)
+    per_bond = bonds @ torch.cat([w_bond1, w_bond2], dim=0).T  # (n_bonds, 4 * width)
+    from_bond1, from_bond2 = per_bond.chunk(2, dim=1)
+    return (
+        from_bond1[topo.angle_bond1]
+        + from_bond2[topo.angle_bond2]
+        + angles @ w_angle.T
+        + (atoms @ w_atom.T)[topo.angle_centre]
+        + gated.first.bias
+    )

@@ -1,0 +1,97 @@
+"""Batched prediction from structures, returning numpy per structure as the reference does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from fastchgnet.data.batch import collate
+from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
+from fastchgnet.errors import StructureError
+
+if TYPE_CHECKING:
+    from fastchgnet.model.chgnet import FastCHGNet
+
+
+def graphs_for(model: FastCHGNet, structures: Sequence[Any], start: int = 0) -> list[CrystalGraph]:
+    """Build and check the graphs of ``structures`` (pymatgen or ASE) for ``model``.
+
+    Raises:
+        StructureError: naming the structure (and its position) and the problem.
+    """
+    graphs = []
+    config = model.config
+    for offset, structure in enumerate(structures):
+        name = structure_name(structure, start + offset)
+        graph = build_graph(structure, config.atom_cutoff, config.bond_cutoff, name=name)
+        check_elements(graph, config.max_num_elements)
+        graphs.append(graph)
+    return graphs
+
+
+def check_elements(graph: CrystalGraph, max_num_elements: int) -> None:
+    """Raise if the graph holds an element the model has no embedding for."""
+    too_heavy = graph.atomic_numbers > max_num_elements
+    if too_heavy.any():
+        z = sorted(set(graph.atomic_numbers[too_heavy].tolist()))
+        raise StructureError(
+            graph.name, f"element(s) Z={z} beyond the model's {max_num_elements} elements"
+        )
+
+
+def predict_structures(
+    model: FastCHGNet, structure: Any, batch_size: int = 16
+) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+    """Predict energy, forces, stress and magnetic moments.
+
+    Args:
+        model: the model (put in eval mode for the call, then restored).
+        structure: one pymatgen Structure / ASE Atoms, or a sequence of them.
+        batch_size: structures per model call.
+
+    Returns:
+        Per structure a dict of numpy arrays: ``e`` () eV/atom, ``f`` (n, 3) eV/Å,
+        ``s`` (3, 3) GPa, ``m`` (n,) μB. A single structure gives one dict, a sequence a list.
+    """
+    single = not isinstance(structure, Sequence) or hasattr(structure, "get_scaled_positions")
+    structures = [structure] if single else list(structure)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    results: list[dict[str, np.ndarray]] = []
+    try:
+        for start in range(0, len(structures), batch_size):
+            graphs = graphs_for(model, structures[start : start + batch_size], start)
+            batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+            prediction = model(batch)
+            results += split_prediction(prediction, batch.n_atoms)
+    finally:
+        model.train(was_training)
+    return results[0] if single else results
+
+
+def split_prediction(prediction: Any, n_atoms: torch.Tensor) -> list[dict[str, np.ndarray]]:
+    """Split a batch Prediction into per-structure numpy dicts (one host copy per field)."""
+    sizes = n_atoms.tolist()
+    energy = prediction.energy.detach().cpu().numpy()
+    fields = {
+        "f": prediction.forces,
+        "s": prediction.stress,
+        "m": prediction.magmoms,
+    }
+    host = {k: v.detach().cpu().numpy() for k, v in fields.items() if v is not None}
+    cuts = np.cumsum(sizes)[:-1]
+    per_atom = {k: np.split(host[k], cuts) for k in ("f", "m") if k in host}
+    out = []
+    for index in range(len(sizes)):
+        item = {"e": energy[index]}
+        item |= {k: parts[index] for k, parts in per_atom.items()}
+        if "s" in host:
+            item["s"] = host["s"][index]
+        out.append(item)
+    return out

@@ -1,0 +1,155 @@
+"""Import the pretrained weights that ship inside the reference ``chgnet`` package.
+
+Only the checkpoint file is read (with torch.load); no reference code runs. Parameter names
+and layouts are mapped to ours: the core and gate first layers of every GatedMLP are stacked,
+and the bond embedding and atom-graph bond weights are stacked (they read the same basis).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from fastchgnet.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from fastchgnet.model.chgnet import FastCHGNet
+
+#: version -> checkpoint path inside the installed chgnet package
+CHECKPOINTS = {
+    "0.3.0": "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
+    "0.2.0": "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
+    "r2scan": "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
+}
+
+
+def checkpoint_path(version: str) -> Path:
+    """Path of the reference checkpoint file for ``version`` in the installed chgnet."""
+    if version not in CHECKPOINTS:
+        raise ValueError(f"unknown reference version {version!r}; known: {sorted(CHECKPOINTS)}")
+    spec = importlib.util.find_spec("chgnet")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            "the reference weights ship inside the 'chgnet' package, which is not installed: "
+            "pip install chgnet (fastchgnet never downloads weights)"
+        )
+    path = Path(spec.origin).parent / CHECKPOINTS[version]
+    if not path.is_file():
+        raise FileNotFoundError(f"chgnet is installed but has no checkpoint at {path}")
+    return path
+
+
+def config_from_reference(args: dict[str, Any], version: str) -> ModelConfig:
+    """Translate the reference ``model_args`` into our ModelConfig (conservative, coupled)."""
+    if not args.get("mlp_first", True) or args.get("read_out", "ave") not in ("ave", "sum"):
+        raise ValueError(f"reference {version}: only the mlp-first energy readout is supported")
+    if args.get("conv_norm") is not None:
+        raise ValueError(f"reference {version}: conv_norm={args['conv_norm']!r} is not supported")
+    hidden = args.get("mlp_hidden_dims", (64, 64))
+    return ModelConfig(
+        atom_fea_dim=args.get("atom_fea_dim", 64),
+        bond_fea_dim=args.get("bond_fea_dim", 64),
+        angle_fea_dim=args.get("angle_fea_dim", 64),
+        num_radial=args.get("num_radial", 31),
+        num_angular=args.get("num_angular", 31),
+        n_conv=args.get("n_conv", 4),
+        atom_conv_hidden_dim=args.get("atom_conv_hidden_dim", 64),
+        bond_conv_hidden_dim=args.get("bond_conv_hidden_dim", 64),
+        angle_hidden_dim=args.get("angle_layer_hidden_dim", 0),
+        mlp_hidden_dims=tuple([hidden] if isinstance(hidden, int) else hidden),
+        atom_cutoff=float(args.get("atom_graph_cutoff", 6)),
+        bond_cutoff=float(args.get("bond_graph_cutoff", 3)),
+        cutoff_coeff=int(args.get("cutoff_coeff", 8)),
+        learnable_rbf=bool(args.get("learnable_rbf", True)),
+        gated_norm=args.get("gMLP_norm"),
+        readout_norm=args.get("readout_norm"),
+        # the reference loads 0.2.0 with biased conv output layers (chgnet issue 79)
+        mlp_out_bias=version == "0.2.0",
+    )
+
+
+def _gated(ref: dict[str, Tensor], src: str, dst: str, hidden: bool) -> dict[str, Tensor]:
+    """Map one reference GatedMLP (mlp_core/mlp_gate/bn1/bn2) to ours."""
+    first = 0 if hidden else 1  # with no hidden layer the reference puts a Dropout first
+    out: dict[str, Tensor] = {}
+    for kind in ("weight", "bias"):
+        out[f"{dst}.first.{kind}"] = torch.cat(
+            [ref[f"{src}.mlp_core.layers.{first}.{kind}"], ref[f"{src}.mlp_gate.layers.{first}.{kind}"]]
+        )
+        if hidden:
+            out[f"{dst}.core_out.{kind}"] = ref[f"{src}.mlp_core.layers.3.{kind}"]
+            out[f"{dst}.gate_out.{kind}"] = ref[f"{src}.mlp_gate.layers.3.{kind}"]
+        for ours, theirs in (("core_norm", "bn1"), ("gate_norm", "bn2")):
+            if f"{src}.{theirs}.{kind}" in ref:
+                out[f"{dst}.{ours}.{kind}"] = ref[f"{src}.{theirs}.{kind}"]
+    return out
+
+
+def map_state_dict(ref: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
+    """Reference CHGNet state dict -> FastCHGNet state dict."""
+    out = {
+        "composition.energies": ref["composition_model.fc.weight"].reshape(-1),
+        "atom_embedding.weight": ref["atom_embedding.embedding.weight"],
+        "radial_atom.frequencies": ref["bond_basis_expansion.rbf_expansion_ag.frequencies"],
+        "radial_bond.frequencies": ref["bond_basis_expansion.rbf_expansion_bg.frequencies"],
+        "bond_projection.weight": torch.cat(
+            [ref["bond_embedding.weight"], ref["bond_weights_ag.weight"]]
+        ),
+        "bond_graph_weights.weight": ref["bond_weights_bg.weight"],
+        "angle_basis.frequencies": ref["angle_basis_expansion.fourier_expansion.frequencies"],
+        "angle_embedding.weight": ref["angle_embedding.weight"],
+        "magmom_readout.linear.weight": ref["site_wise.weight"],
+        "magmom_readout.linear.bias": ref["site_wise.bias"],
+    }
+    for kind in ("weight", "bias"):
+        if f"readout_norm.{kind}" in ref:
+            out[f"energy_readout.norm.{kind}"] = ref[f"readout_norm.{kind}"]
+    # readout MLP: the reference interleaves activations and a dropout; ours only activations
+    ref_linear = sorted(
+        {int(k.split(".")[2]) for k in ref if k.startswith("mlp.layers.")}
+    )
+    for ours, theirs in zip(range(0, 2 * len(ref_linear), 2), ref_linear):
+        for kind in ("weight", "bias"):
+            out[f"energy_readout.mlp.{ours}.{kind}"] = ref[f"mlp.layers.{theirs}.{kind}"]
+    atom_hidden = config.atom_conv_hidden_dim > 0
+    bond_hidden = config.bond_conv_hidden_dim > 0
+    angle_hidden = config.angle_hidden_dim > 0
+    for k in range(config.n_conv):
+        out |= _gated(ref, f"atom_conv_layers.{k}.twoBody_atom", f"atom_convs.{k}.gated", atom_hidden)
+        out |= _mlp_out(ref, f"atom_conv_layers.{k}", f"atom_convs.{k}")
+    for k in range(config.n_conv - 1):
+        out |= _gated(ref, f"bond_conv_layers.{k}.twoBody_bond", f"bond_convs.{k}.gated", bond_hidden)
+        out |= _mlp_out(ref, f"bond_conv_layers.{k}", f"bond_convs.{k}")
+        out |= _gated(ref, f"angle_layers.{k}.twoBody_bond", f"angle_updates.{k}.gated", angle_hidden)
+    return out
+
+
+def _mlp_out(ref: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    out = {f"{dst}.mlp_out.weight": ref[f"{src}.mlp_out.layers.1.weight"]}
+    if f"{src}.mlp_out.layers.1.bias" in ref:
+        out[f"{dst}.mlp_out.bias"] = ref[f"{src}.mlp_out.layers.1.bias"]
+    return out
+
+
+def load_reference(cls: type[FastCHGNet], version: str) -> FastCHGNet:
+    """Build a FastCHGNet with the reference ``version``'s pretrained weights."""
+    path = checkpoint_path(version)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint["model"]
+    config = config_from_reference(state["model_args"], version)
+    if version == "0.2.0" and not any("mlp_out.layers.1.bias" in k for k in state["state_dict"]):
+        config = ModelConfig.from_dict({**config.to_dict(), "mlp_out_bias": False})
+    model = cls(config)
+    mapped = map_state_dict(state["state_dict"], config)
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"reference {version} ({path.name}) does not map onto FastCHGNet: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    model.eval()
+    return model
