@@ -1,0 +1,309 @@
+"""``convert``: frames -> graph cache (see ``cache.py`` for the layout), in parallel, resumable.
+
+Shard ``k`` holds source frames ``k * shard_size`` to ``(k + 1) * shard_size``. A shard is built
+in a ``.tmp-`` folder, each file fsynced, then renamed into place, so a shard folder exists only
+once complete. A rerun with the same settings keeps every shard whose files match its
+shard.json checksums and source range, deletes stale ``.tmp-`` folders, and rebuilds the rest.
+
+Memory: the main process holds one material's frames (the reader streams) and one window of
+``workers * 64`` frames in flight; finished structures are appended to the shard's files, so
+memory does not grow with shard or source size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fastchgnet.data.cache import (
+    ARRAYS,
+    FORMAT_VERSION,
+    LABELS,
+    CacheError,
+    file_sha256,
+    fsync_dir,
+    remove_tree,
+    shard_name,
+    verify_shard,
+    write_json_atomic,
+)
+from fastchgnet.data.graph import build_graph
+from fastchgnet.data.sources import Frame, check_frame, read_frames
+from fastchgnet.errors import StructureError
+
+#: Frames handed to each worker per task.
+TASK_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """What ``convert`` did: structures kept, frames skipped, shards built or kept, seconds."""
+
+    n_structures: int
+    n_skipped: int
+    shards_built: int
+    shards_kept: int
+    seconds: float
+
+    @property
+    def structures_per_second(self) -> float:
+        return self.n_structures / self.seconds if self.seconds > 0 else 0.0
+
+
+def graph_record(frame: Frame, atom_cutoff: float, bond_cutoff: float) -> dict:
+    """Arrays of one frame's graph and labels, or ``{"skip": reason}`` for a bad frame."""
+    try:
+        check_frame(frame)
+        graph = build_graph(frame.structure, atom_cutoff, bond_cutoff, name=frame.name)
+    except StructureError as error:
+        return {"skip": error.problem, "material_id": frame.material_id, "frame_id": frame.frame_id}
+    if np.abs(graph.bond_images).max(initial=0) > np.iinfo(np.int16).max:
+        return {
+            "skip": "periodic image index too large",
+            "material_id": frame.material_id,
+            "frame_id": frame.frame_id,
+        }
+    n_atoms = graph.n_atoms
+    labels = {name: getattr(frame, name) for name in LABELS}
+    fill = {"energy_per_atom": (), "forces": (n_atoms, 3), "stress": (3, 3), "magmoms": (n_atoms,)}
+    record = {
+        "atomic_numbers": graph.atomic_numbers,
+        "frac_coords": graph.frac_coords,
+        "lattice": graph.lattice[None],
+        "bond_atoms": graph.bond_atoms,
+        "bond_images": graph.bond_images,
+        "angle_edges": graph.angle_edges,
+        "sizes": np.array([[n_atoms, graph.n_bonds, graph.n_angles]]),
+        "label_mask": np.array([[labels[name] is not None for name in LABELS]]),
+        "material_ids": frame.material_id,
+        "frame_ids": frame.frame_id,
+    }
+    for name in LABELS:
+        value = labels[name]
+        value = np.full(fill[name], np.nan) if value is None else np.asarray(value, np.float64)
+        record[name] = value[None] if name in ("energy_per_atom", "stress") else value
+    return record
+
+
+def _records(task: tuple[list[Frame], float, float]) -> list[dict]:
+    frames, atom_cutoff, bond_cutoff = task
+    return [graph_record(frame, atom_cutoff, bond_cutoff) for frame in frames]
+
+
+class _ShardWriter:
+    """Appends records to raw part files in a temp folder, then writes .npy files."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.dir = tmp_dir
+        tmp_dir.mkdir(parents=True)
+        self.parts = {
+            name: open(tmp_dir / f"{name}.part", "wb")  # noqa: SIM115 - closed in finish()
+            for name, (dtype, _, _) in ARRAYS.items()
+            if dtype != "str"
+        }
+        self.rows = dict.fromkeys(self.parts, 0)
+        self.ids: dict[str, list[str]] = {"material_ids": [], "frame_ids": []}
+
+    def add(self, record: dict) -> None:
+        for name, handle in self.parts.items():
+            value = np.ascontiguousarray(record[name], dtype=ARRAYS[name][0])
+            handle.write(value.tobytes())
+            self.rows[name] += value.shape[0]
+        for name, ids in self.ids.items():
+            ids.append(record[name])
+
+    def finish(self, info: dict) -> None:
+        """Write every .npy (header, then the part file's bytes), fsync, and shard.json."""
+        hashes = {}
+        for name, (dtype, _, trailing) in ARRAYS.items():
+            target = self.dir / f"{name}.npy"
+            if dtype == "str":
+                np.save(target, np.array(self.ids[name], dtype=str))
+            else:
+                self.parts[name].close()
+                part = self.dir / f"{name}.part"
+                header = {
+                    "descr": np.dtype(dtype).str,
+                    "fortran_order": False,
+                    "shape": (self.rows[name], *trailing),
+                }
+                with open(target, "wb") as out, open(part, "rb") as src:
+                    np.lib.format.write_array_header_1_0(out, header)
+                    while block := src.read(1 << 24):
+                        out.write(block)
+                part.unlink()
+            with open(target, "rb+") as handle:
+                os.fsync(handle.fileno())
+            hashes[target.name] = file_sha256(target)
+        write_json_atomic(self.dir / "shard.json", {**info, "sha256": hashes})
+
+
+def _build_shard(
+    chunk: list[Frame], tmp_dir: Path, final: Path, info: dict, pool: object, bar: tqdm
+) -> None:
+    """Build one shard from ``chunk`` in ``tmp_dir`` and rename it to ``final``."""
+    writer = _ShardWriter(tmp_dir)
+    skipped, kept = [], 0
+    cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
+    window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
+    for part in _windows(iter(chunk), window):
+        tasks = [(part[i : i + TASK_FRAMES], *cutoffs) for i in range(0, len(part), TASK_FRAMES)]
+        results = pool.map(_records, tasks) if pool is not None else map(_records, tasks)
+        for record in itertools.chain.from_iterable(results):
+            if "skip" in record:
+                skipped.append(
+                    {
+                        "material_id": record["material_id"],
+                        "frame_id": record["frame_id"],
+                        "reason": record["skip"],
+                    }
+                )
+            else:
+                writer.add(record)
+                kept += 1
+        bar.update(len(part))
+    writer.finish({**info, "n_structures": kept, "skipped": skipped})
+    os.rename(tmp_dir, final)
+    fsync_dir(final.parent)
+
+
+def _shard_is_done(shard_dir: Path, info: dict) -> bool:
+    meta_path = shard_dir / "shard.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    if any(meta.get(key) != value for key, value in info.items()):
+        return False
+    try:
+        verify_shard(shard_dir, meta["sha256"])
+    except CacheError:
+        return False
+    return True
+
+
+def _windows(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    while window := list(itertools.islice(frames, size)):
+        yield window
+
+
+def convert(
+    frames: Iterable[Frame],
+    out_dir: str | Path,
+    atom_cutoff: float = 6.0,
+    bond_cutoff: float = 3.0,
+    workers: int = 2,
+    shard_size: int = 4096,
+    *,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Build the graphs of ``frames`` into a sharded cache at ``out_dir`` (resumable).
+
+    Args:
+        frames: any iterable of ``Frame`` (a ``sources`` reader).
+        out_dir: cache folder; created, or resumed when it holds a cache with the same settings.
+        atom_cutoff, bond_cutoff: graph cutoffs, Å.
+        workers: graph-building processes (``<= 1``: in this process).
+        shard_size: source frames per shard.
+        progress: show a tqdm bar and print the summary line.
+
+    Returns:
+        A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "format": FORMAT_VERSION,
+        "atom_cutoff": float(atom_cutoff),
+        "bond_cutoff": float(bond_cutoff),
+        "shard_size": int(shard_size),
+    }
+    settings_path = out / "settings.json"
+    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+        raise CacheError(
+            f"{out} was built with settings {settings_path.read_text()}; "
+            f"asked for {settings}; use another folder or delete it"
+        )
+    write_json_atomic(settings_path, settings)
+    remove_tree(out / "manifest.json")
+    for stale in out.glob(".tmp-*"):
+        remove_tree(stale)
+
+    frames = iter(frames)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    shards, skipped, built, kept = [], [], 0, 0
+    bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)
+    try:
+        for k, chunk in enumerate(_windows(frames, shard_size)):
+            info = {**settings, "shard": k, "first_frame": k * shard_size, "n_frames": len(chunk)}
+            final = out / shard_name(k)
+            if _shard_is_done(final, info):
+                kept += 1
+                bar.update(len(chunk))
+            else:
+                remove_tree(final)
+                _build_shard(chunk, out / f".tmp-{final.name}", final, info, pool, bar)
+                built += 1
+            meta = json.loads((final / "shard.json").read_text())
+            hashes = {**meta["sha256"], "shard.json": file_sha256(final / "shard.json")}
+            shards.append(
+                {"name": final.name, "n_structures": meta["n_structures"], "sha256": hashes}
+            )
+            skipped.extend(meta["skipped"])
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    # stale shards beyond the source's end (a shorter source than last time) are removed
+    for extra in sorted(out.glob("shard-*"))[len(shards) :]:
+        remove_tree(extra)
+    write_json_atomic(out / "skipped.json", skipped)
+    n_structures = sum(s["n_structures"] for s in shards)
+    write_json_atomic(
+        out / "manifest.json", {**settings, "n_structures": n_structures, "shards": shards}
+    )
+    summary = ConvertSummary(n_structures, len(skipped), built, kept, time.perf_counter() - start)
+    if progress:
+        print(
+            f"converted {n_structures} structures into {len(shards)} shards ({built} built, "
+            f"{kept} kept) at {summary.structures_per_second:.0f} structures/s; skipped "
+            f"{len(skipped)} frame(s), listed with reasons in {out / 'skipped.json'}"
+        )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fastchgnet.data.cache SRC -o CACHE``: the reader is picked by SRC's suffix
+    (.json/.json.gz MPtrj; directory, .zip or vasprun.xml VASP; anything else ASE)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastchgnet.data.cache", description="Convert frames to a graph cache."
+    )
+    parser.add_argument("source", help="MPtrj JSON, extxyz/ASE file, or VASP run dir/zip")
+    parser.add_argument("-o", "--out", required=True, help="cache folder to write or resume")
+    parser.add_argument("--atom-cutoff", type=float, default=6.0, help="Å")
+    parser.add_argument("--bond-cutoff", type=float, default=3.0, help="Å")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    parser.add_argument("--shard-size", type=int, default=4096, help="source frames per shard")
+    parser.add_argument(
+        "--energy-key",
+        default="corrected_total_energy",
+        help="MPtrj energy field (see sources.MPTRJ_ENERGY_KEYS)",
+    )
+    args = parser.parse_args(argv)
+    frames = read_frames(args.source, energy_key=args.energy_key)
+    convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
+
+
+if __name__ == "__main__":
+    main()
