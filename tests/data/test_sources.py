@@ -1,0 +1,177 @@
+"""Frame readers: units converted once, missing labels None, VASP parity with chgnet."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from fastchgnet.data.sources import (
+    Frame,
+    check_frame,
+    from_structures,
+    read_ase,
+    read_frames,
+    read_mptrj,
+    read_vasp,
+)
+from fastchgnet.errors import StructureError
+from fastchgnet.units import EV_PER_A3_TO_GPA
+from tests.data.frames import REFERENCE, mptrj_record, rock_salt, write_mptrj
+
+
+@pytest.fixture
+def mptrj_file(tmp_path):
+    materials = {
+        "mp-1": {
+            "mp-1-0-0": mptrj_record(rock_salt(0), 0),
+            "mp-1-0-1": mptrj_record(rock_salt(1), 1),
+        },
+        "mp-2": {"mp-2-0-0": mptrj_record(rock_salt(2, 4.2, ("Li", "F")), 2, magmom=False)},
+    }
+    return write_mptrj(tmp_path / "mptrj.json", materials), materials
+
+
+@pytest.mark.parametrize(
+    ("key", "per_atom"),
+    [
+        ("corrected_total_energy", False),
+        ("uncorrected_total_energy", False),
+        ("energy_per_atom", True),
+    ],
+)
+def test_mptrj_energy_key_is_per_atom(mptrj_file, key, per_atom):
+    path, materials = mptrj_file
+    frames = list(read_mptrj(path, energy_key=key))
+    record = materials["mp-1"]["mp-1-0-1"]
+    expected = record[key] if per_atom else record[key] / 8
+    assert frames[1].energy_per_atom == pytest.approx(expected)
+
+
+def test_mptrj_labels_converted_to_our_units(mptrj_file):
+    path, materials = mptrj_file
+    frames = list(read_mptrj(path))
+    assert [(f.material_id, f.frame_id) for f in frames] == [
+        ("mp-1", "mp-1-0-0"),
+        ("mp-1", "mp-1-0-1"),
+        ("mp-2", "mp-2-0-0"),
+    ]
+    record = materials["mp-1"]["mp-1-0-0"]
+    np.testing.assert_allclose(frames[0].stress, np.array(record["stress"]) * -0.1)
+    np.testing.assert_allclose(frames[0].forces, record["force"])
+    np.testing.assert_allclose(frames[0].magmoms, np.abs(record["magmom"]))
+    np.testing.assert_allclose(
+        frames[0].structure.frac_coords, rock_salt(0).frac_coords, atol=1e-12
+    )
+    assert frames[2].magmoms is None
+    assert isinstance(frames[0].energy_per_atom, float)
+
+
+def test_mptrj_reads_gzip_and_rejects_unknown_energy_key(mptrj_file, tmp_path):
+    path, _ = mptrj_file
+    gz = tmp_path / "mptrj.json.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert len(list(read_frames(gz))) == 3
+    with pytest.raises(ValueError, match="energy_key"):
+        next(read_mptrj(path, energy_key="total"))
+
+
+def test_ase_stress_keeps_sign_and_becomes_gpa(tmp_path):
+    atoms = AseAtomsAdaptor.get_atoms(rock_salt(3))
+    voigt = np.array([0.01, 0.02, 0.03, 0.004, 0.005, 0.006])  # eV/Å^3
+    forces = np.random.default_rng(0).normal(size=(8, 3))
+    atoms.calc = SinglePointCalculator(atoms, energy=-40.0, forces=forces, stress=voigt)
+    atoms.info["material_id"] = "mp-9"
+    path = tmp_path / "frames.extxyz"
+    write(path, [atoms, atoms])
+    frames = list(read_frames(path))
+    assert len(frames) == 2
+    frame = frames[0]
+    assert frame.energy_per_atom == pytest.approx(-5.0)
+    np.testing.assert_allclose(frame.forces, forces, atol=1e-6)
+    # chgnet's CHGNetCalculator: ase stress = chgnet GPa * ase.units.GPa, same sign
+    expected = np.array([[0.01, 0.006, 0.005], [0.006, 0.02, 0.004], [0.005, 0.004, 0.03]])
+    np.testing.assert_allclose(frame.stress, expected * EV_PER_A3_TO_GPA, rtol=1e-6)
+    assert frame.material_id == "mp-9"
+    assert frame.magmoms is None
+
+
+def test_ase_atoms_without_results_have_no_labels():
+    frames = list(read_ase([AseAtomsAdaptor.get_atoms(rock_salt(4))]))
+    frame = frames[0]
+    assert frame.energy_per_atom is None
+    assert frame.forces is None
+    assert frame.stress is None
+    assert frame.material_id == "atoms:NaCl"
+
+
+def test_from_structures_checks_label_counts():
+    structures = [rock_salt(0), rock_salt(1)]
+    frames = list(from_structures(structures, energies=[-1.0, None], magmoms=[-np.ones(8)] * 2))
+    assert frames[1].energy_per_atom is None
+    np.testing.assert_array_equal(frames[0].magmoms, np.ones(8))
+    with pytest.raises(ValueError, match="forces has 1 entries for 2 structures"):
+        list(from_structures(structures, forces=[np.zeros((8, 3))]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"forces": np.zeros((7, 3))}, "forces has shape"),
+        ({"stress": np.full((3, 3), np.nan)}, "stress has non-finite"),
+        ({"energy_per_atom": float("nan")}, "energy_per_atom is nan"),
+        ({"magmoms": np.zeros(9)}, "magmoms has shape"),
+    ],
+)
+def test_check_frame_names_the_frame_and_problem(change, message):
+    frame = Frame(structure=rock_salt(0), material_id="mp-5", frame_id="f-1", **change)
+    with pytest.raises(StructureError, match=message) as error:
+        check_frame(frame)
+    assert "f-1" in str(error.value)
+    assert "mp-5" in str(error.value)
+
+
+def test_check_frame_rejects_elements_beyond_plutonium():
+    frame = Frame(structure=rock_salt(0, species=("Am", "Cl")), material_id="m", frame_id="f")
+    with pytest.raises(StructureError, match="Z=\\[95\\]"):
+        check_frame(frame)
+
+
+def reference_run(name: str):
+    path = REFERENCE / f"{name}.zip"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (shared reference data)")
+    return path
+
+
+@pytest.mark.parametrize("name", ["parse-vasp-with-magmoms", "parse-vasp-no-magmoms"])
+def test_vasp_run_matches_chgnet_parse_vasp_dir(name, tmp_path):
+    from chgnet.utils.vasp_utils import parse_vasp_dir
+
+    archive = reference_run(name)
+    with zipfile.ZipFile(archive) as handle:
+        handle.extractall(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = parse_vasp_dir(str(tmp_path / name))
+    frames = list(read_vasp(archive))
+    assert len(frames) == len(reference["structure"])
+    for k, frame in enumerate(frames):
+        assert frame.energy_per_atom == pytest.approx(reference["energy_per_atom"][k], abs=1e-12)
+        np.testing.assert_allclose(frame.forces, reference["force"][k])
+        np.testing.assert_allclose(frame.stress, np.array(reference["stress"][k]) * -0.1)
+        np.testing.assert_allclose(
+            frame.structure.lattice.matrix, reference["structure"][k].lattice.matrix
+        )
+        if reference["magmom"]:
+            np.testing.assert_allclose(frame.magmoms, np.abs(reference["magmom"][k]))
+        else:
+            assert frame.magmoms is None
+    assert frames[0].frame_id == f"{name}-0"
+    assert frames[0].material_id == name
