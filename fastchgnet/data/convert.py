@@ -2,12 +2,13 @@
 
 Shard ``k`` holds source frames ``k * shard_size`` to ``(k + 1) * shard_size``. A shard is built
 in a ``.tmp-`` folder, each file fsynced, then renamed into place, so a shard folder exists only
-once complete. A rerun with the same settings keeps every shard whose files match its
-shard.json checksums and source range, deletes stale ``.tmp-`` folders, and rebuilds the rest.
+once complete. A rerun with the same settings keeps every full shard whose files match its
+shard.json checksums (reading past its frames without building graphs), deletes stale
+``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt).
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
-``workers * 64`` frames in flight; finished structures are appended to the shard's files, so
-memory does not grow with shard or source size.
+``workers * 64`` frames in flight, never a whole shard; finished structures are appended to
+the shard's part files, so memory does not grow with shard or source size.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class _ShardWriter:
         for name, ids in self.ids.items():
             ids.append(record[name])
 
+    def close(self) -> None:
+        for handle in self.parts.values():
+            handle.close()
+
     def finish(self, info: dict) -> None:
         """Write every .npy (header, then the part file's bytes), fsync, and shard.json."""
         hashes = {}
@@ -149,14 +154,15 @@ class _ShardWriter:
 
 
 def _build_shard(
-    chunk: list[Frame], tmp_dir: Path, final: Path, info: dict, pool: object, bar: tqdm
-) -> None:
-    """Build one shard from ``chunk`` in ``tmp_dir`` and rename it to ``final``."""
+    frames: Iterator[Frame], tmp_dir: Path, final: Path, info: dict, pool: object, bar: tqdm
+) -> int:
+    """Build one shard from ``frames`` in ``tmp_dir``, rename it to ``final``; return the
+    number of frames read (0: nothing written)."""
     writer = _ShardWriter(tmp_dir)
-    skipped, kept = [], 0
+    skipped, kept, n_frames = [], 0, 0
     cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
     window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
-    for part in _windows(iter(chunk), window):
+    for part in _windows(frames, window):
         tasks = [(part[i : i + TASK_FRAMES], *cutoffs) for i in range(0, len(part), TASK_FRAMES)]
         results = pool.map(_records, tasks) if pool is not None else map(_records, tasks)
         for record in itertools.chain.from_iterable(results):
@@ -171,10 +177,16 @@ def _build_shard(
             else:
                 writer.add(record)
                 kept += 1
+        n_frames += len(part)
         bar.update(len(part))
-    writer.finish({**info, "n_structures": kept, "skipped": skipped})
+    if n_frames == 0:
+        writer.close()
+        remove_tree(tmp_dir)
+        return 0
+    writer.finish({**info, "n_frames": n_frames, "n_structures": kept, "skipped": skipped})
     os.rename(tmp_dir, final)
     fsync_dir(final.parent)
+    return n_frames
 
 
 def _shard_is_done(shard_dir: Path, info: dict) -> bool:
@@ -244,15 +256,23 @@ def convert(
     shards, skipped, built, kept = [], [], 0, 0
     bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)
     try:
-        for k, chunk in enumerate(_windows(frames, shard_size)):
-            info = {**settings, "shard": k, "first_frame": k * shard_size, "n_frames": len(chunk)}
+        for k in itertools.count():
+            info = {**settings, "shard": k, "first_frame": k * shard_size}
             final = out / shard_name(k)
-            if _shard_is_done(final, info):
+            stream = itertools.islice(frames, shard_size)
+            if _shard_is_done(final, {**info, "n_frames": shard_size}):
+                n_read = sum(1 for _ in stream)  # read past the kept shard's frames
+                if n_read != shard_size:
+                    raise CacheError(
+                        f"{out}: the source now ends inside {final.name}, which "
+                        "holds a full shard; convert into a new folder"
+                    )
                 kept += 1
-                bar.update(len(chunk))
+                bar.update(n_read)
             else:
                 remove_tree(final)
-                _build_shard(chunk, out / f".tmp-{final.name}", final, info, pool, bar)
+                if not _build_shard(stream, out / f".tmp-{final.name}", final, info, pool, bar):
+                    break
                 built += 1
             meta = json.loads((final / "shard.json").read_text())
             hashes = {**meta["sha256"], "shard.json": file_sha256(final / "shard.json")}
@@ -260,6 +280,8 @@ def convert(
                 {"name": final.name, "n_structures": meta["n_structures"], "sha256": hashes}
             )
             skipped.extend(meta["skipped"])
+            if meta["n_frames"] < shard_size:
+                break
     finally:
         bar.close()
         if pool is not None:
