@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.direct_heads import DirectHeads
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology
 from fastchgnet.units import EV_PER_A3_TO_GPA
@@ -39,9 +40,21 @@ class Prediction:
     magmoms: Tensor | None = None
 
 
+class Encoded(NamedTuple):
+    """Final features of a batch: atoms (n_atoms, A) after the last atom conv, bonds
+    (n_bonds, B) after the last bond conv, magmoms (n_atoms,) μB."""
+
+    atoms: Tensor
+    bonds: Tensor
+    magmoms: Tensor
+
+
 class FastCHGNet(nn.Module):
     """CHGNet with the reference architecture; ``FastCHGNet.from_reference("0.3.0")`` loads the
-    pretrained weights. Keyword arguments mirror ``ModelConfig``."""
+    pretrained weights. Keyword arguments mirror ``ModelConfig`` (defaults: the reference
+    architecture, conservative forces, coupled updates), e.g.
+    ``FastCHGNet(forces="direct", coupled_updates=False)`` is a randomly initialised FastCHGNet
+    with force and stress heads and dependency elimination."""
 
     def __init__(self, config: ModelConfig | None = None, **kwargs: Any):
         super().__init__()
@@ -54,8 +67,12 @@ class FastCHGNet(nn.Module):
         self.config = c = config
         a, b, t = c.atom_fea_dim, c.bond_fea_dim, c.angle_fea_dim
         self.atom_embedding = nn.Embedding(c.max_num_elements, a)
-        self.radial_atom = RadialBessel(c.num_radial, c.atom_cutoff, c.cutoff_coeff, c.learnable_rbf)
-        self.radial_bond = RadialBessel(c.num_radial, c.bond_cutoff, c.cutoff_coeff, c.learnable_rbf)
+        self.radial_atom = RadialBessel(
+            c.num_radial, c.atom_cutoff, c.cutoff_coeff, c.learnable_rbf
+        )
+        self.radial_bond = RadialBessel(
+            c.num_radial, c.bond_cutoff, c.cutoff_coeff, c.learnable_rbf
+        )
         # bond embedding and atom-graph bond weights read the same basis: one GEMM
         self.bond_projection = nn.Linear(c.num_radial, b + a, bias=False)
         self.bond_graph_weights = nn.Linear(c.num_radial, b, bias=False)
@@ -75,6 +92,19 @@ class FastCHGNet(nn.Module):
         self.magmom_readout = MagmomReadout(a)
         self.energy_readout = EnergyReadout(a, c.mlp_hidden_dims, c.readout_norm)
         self.composition = AtomRef(c.max_num_elements)
+        self.direct_heads = (
+            DirectHeads(
+                a,
+                b,
+                c.head_hidden_dims,
+                c.readout_norm,
+                c.atom_cutoff,
+                c.cutoff_coeff,
+                c.stress_head,
+            )
+            if c.forces == "direct"
+            else None
+        )
 
     @property
     def n_params(self) -> int:
@@ -83,7 +113,11 @@ class FastCHGNet(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"forces={c.forces!r}, coupled_updates={c.coupled_updates}, n_params={self.n_params:,}"
+        stress = f", stress_head={c.stress_head!r}" if c.forces == "direct" else ""
+        return (
+            f"forces={c.forces!r}{stress}, coupled_updates={c.coupled_updates}, "
+            f"n_params={self.n_params:,}"
+        )
 
     # ----------------------------------------------------------------- geometry
     @staticmethod
@@ -135,10 +169,17 @@ class FastCHGNet(nn.Module):
         self, batch: GraphBatch, vectors: Tensor, topo: Topology
     ) -> tuple[Tensor, Tensor]:
         """Site energies (n_atoms,) eV and magnetic moments (n_atoms,) μB from bond vectors."""
+        encoded = self.encode(batch, vectors, topo)
+        return self.energy_readout(encoded.atoms), encoded.magmoms
+
+    def encode(self, batch: GraphBatch, vectors: Tensor, topo: Topology) -> Encoded:
+        """Final atom and bond features and magnetic moments from bond vectors (n_bonds, 3) Å."""
         lengths = torch.linalg.vector_norm(vectors, dim=1)
         units = vectors / lengths.unsqueeze(1)
         edge_units = torch.cat([units, -units])
-        angle = angle_between(edge_units[batch.angle_edges[:, 0]], edge_units[batch.angle_edges[:, 1]])
+        angle = angle_between(
+            edge_units[batch.angle_edges[:, 0]], edge_units[batch.angle_edges[:, 1]]
+        )
 
         atoms = self.atom_embedding(batch.atomic_numbers - 1)
         bonds, atom_weights = self.bond_projection(self.radial_atom(lengths)).split(
@@ -162,7 +203,7 @@ class FastCHGNet(nn.Module):
             if block == last - 1:
                 magmoms = self.magmom_readout(atoms)
         atoms = self.atom_convs[last](atoms, bonds, atom_weights, topo)
-        return self.energy_readout(atoms), magmoms
+        return Encoded(atoms, bonds, magmoms)
 
     # ------------------------------------------------------------------ wrapper
     def forward(
@@ -173,13 +214,35 @@ class FastCHGNet(nn.Module):
         compute_stress: bool = True,
         create_graph: bool | None = None,
     ) -> Prediction:
-        """Energy (eV/atom), forces (eV/Å, -dE/dx), stress (GPa, (1/V) dE/dstrain, CHGNet's
-        sign) and magnetic moments (μB) of every structure in ``batch``.
+        """Energy (eV/atom), forces (eV/Å), stress (GPa, CHGNet's sign) and magnetic moments
+        (μB) of every structure in ``batch``.
 
-        ``create_graph`` (default: ``self.training``) keeps the derivative graph so a loss on
-        forces or stress can be back-propagated (second derivatives).
+        Conservative mode: forces -dE/dx and stress (1/V) dE/dstrain; ``create_graph``
+        (default: ``self.training``) keeps the derivative graph so a loss on forces or stress
+        can be back-propagated (second derivatives). Direct mode: forces and stress come from
+        the heads, no derivative is taken (``create_graph`` is irrelevant).
         """
-        create_graph = self.training if create_graph is None else create_graph
+        if self.direct_heads is not None:
+            total, forces, stress, magmoms = self._direct(batch, compute_forces, compute_stress)
+        else:
+            create_graph = self.training if create_graph is None else create_graph
+            total, forces, stress, magmoms = self._conservative(
+                batch, compute_forces, compute_stress, create_graph
+            )
+        n_atoms = batch.n_atoms.to(total.dtype)
+        composition = self.composition(batch.atomic_numbers, batch.atom_structure, batch.n_atoms)
+        return Prediction(
+            energy=total / n_atoms + composition,
+            total_energy=total + composition * n_atoms,
+            forces=forces,
+            stress=stress,
+            magmoms=magmoms,
+        )
+
+    def _conservative(
+        self, batch: GraphBatch, compute_forces: bool, compute_stress: bool, create_graph: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """Total energy (n_structures,) eV, -dE/dx, (1/V) dE/dstrain in GPa, magmoms."""
         with torch.enable_grad():
             positions, strain, vectors = self.geometry(
                 batch, forces=compute_forces, stress=compute_stress
@@ -197,15 +260,26 @@ class FastCHGNet(nn.Module):
                 if strain is not None:
                     volume = torch.linalg.det(batch.lattice).abs()
                     stress = grads[-1] * (EV_PER_A3_TO_GPA / volume)[:, None, None]
-        n_atoms = batch.n_atoms.to(total.dtype)
-        composition = self.composition(batch.atomic_numbers, batch.atom_structure, batch.n_atoms)
-        return Prediction(
-            energy=total / n_atoms + composition,
-            total_energy=total + composition * n_atoms,
-            forces=forces,
-            stress=stress,
-            magmoms=magmoms,
+        return total, forces, stress, magmoms
+
+    def _direct(
+        self, batch: GraphBatch, compute_forces: bool, compute_stress: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+        """Total energy (n_structures,) eV, head forces and stress, magmoms; no autograd."""
+        assert self.direct_heads is not None
+        _, _, vectors = self.geometry(batch, forces=False, stress=False)
+        encoded = self.encode(batch, vectors, self.topology(batch))
+        site_energy = self.energy_readout(encoded.atoms)
+        total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
+        forces, stress = self.direct_heads(
+            batch,
+            encoded.atoms,
+            encoded.bonds,
+            vectors,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
         )
+        return total, forces, stress, encoded.magmoms
 
     # ---------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
@@ -222,12 +296,17 @@ class FastCHGNet(nn.Module):
         return load_model(cls, path, map_location)
 
     @classmethod
-    def from_reference(cls, version: str = "0.3.0") -> FastCHGNet:
+    def from_reference(cls, version: str = "0.3.0", **modes: Any) -> FastCHGNet:
         """Load the pretrained weights shipped in the ``chgnet`` package ("0.3.0", "0.2.0",
-        "r2scan"). Needs ``pip install chgnet``; never downloads anything."""
+        "r2scan"). Needs ``pip install chgnet``; never downloads anything.
+
+        ``modes`` (``forces``, ``coupled_updates``, ...) may only restate the reference's own
+        settings: the weights were trained for conservative forces with coupled updates, and
+        any other mode raises ValueError instead of silently computing something else.
+        """
         from fastchgnet.model.reference import load_reference
 
-        return load_reference(cls, version)
+        return load_reference(cls, version, **modes)
 
     def predict_structure(self, structure: Any, batch_size: int = 16) -> Any:
         """Predict structures as the reference does; see ``fastchgnet.model.predict``."""

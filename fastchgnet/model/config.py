@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-ForceMode = Literal["conservative"]
+ForceMode = Literal["conservative", "direct"]
+StressHead = Literal["virial", "lattice"]
 Norm = Literal["layer"] | None
 
 
@@ -14,8 +15,14 @@ class ModelConfig:
     """Architecture of a CHGNet model. Defaults are the reference CHGNet 0.3.0 architecture.
 
     Lengths in Å. ``forces="conservative"``: forces are -dE/dx and stress the strain
-    derivative of the energy (the reference). ``coupled_updates=True``: the reference order of
-    updates inside an interaction block (atoms, then bonds from the new atoms, then angles).
+    derivative of the energy (the reference). ``forces="direct"``: forces and stress come from
+    the FastCHGNet heads (fastchgnet.model.direct_heads), no derivative of the energy;
+    ``stress_head`` picks the stress head ("virial", the default: sound for any choice of unit
+    cell; "lattice": the paper's lattice-normal head, which depends on the cell choice) and
+    ``head_hidden_dims`` the hidden widths of the head MLPs. Both are used in direct mode only.
+    ``coupled_updates=True``: the reference order of updates inside an interaction block
+    (atoms, then bonds from the new atoms, then angles); ``False``: dependency elimination
+    (paper eq. 11), bond and angle updates read the block's input features.
     """
 
     atom_fea_dim: int = 64
@@ -38,10 +45,21 @@ class ModelConfig:
     max_num_elements: int = 94
     forces: ForceMode = "conservative"
     coupled_updates: bool = True
+    stress_head: StressHead = "virial"
+    head_hidden_dims: tuple[int, ...] = (64,)
 
     def __post_init__(self) -> None:
-        if self.forces != "conservative":
-            raise ValueError(f"forces={self.forces!r}: supported modes are 'conservative'")
+        if self.forces not in ("conservative", "direct"):
+            raise ValueError(f"forces={self.forces!r}: use 'conservative' or 'direct'")
+        if self.stress_head not in ("virial", "lattice"):
+            raise ValueError(f"stress_head={self.stress_head!r}: use 'virial' or 'lattice'")
+        if self.forces == "conservative" and self.stress_head != "virial":
+            raise ValueError(
+                f"stress_head={self.stress_head!r} needs forces='direct': conservative stress is "
+                "the strain derivative of the energy"
+            )
+        if not isinstance(self.coupled_updates, bool):
+            raise ValueError(f"coupled_updates={self.coupled_updates!r} must be a bool")
         if self.num_angular % 2 != 1:
             raise ValueError(f"num_angular={self.num_angular} must be odd (1 + 2 * order)")
         if not 0 < self.bond_cutoff <= self.atom_cutoff:
@@ -54,11 +72,13 @@ class ModelConfig:
             if getattr(self, name) not in ("layer", None):
                 raise ValueError(f"{name}={getattr(self, name)!r}: use 'layer' or None")
         object.__setattr__(self, "mlp_hidden_dims", tuple(self.mlp_hidden_dims))
+        object.__setattr__(self, "head_hidden_dims", tuple(self.head_hidden_dims))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-friendly) of every setting."""
         data = asdict(self)
         data["mlp_hidden_dims"] = list(self.mlp_hidden_dims)
+        data["head_hidden_dims"] = list(self.head_hidden_dims)
         return data
 
     @classmethod
