@@ -78,7 +78,10 @@ def _gated(ref: dict[str, Tensor], src: str, dst: str, hidden: bool) -> dict[str
     out: dict[str, Tensor] = {}
     for kind in ("weight", "bias"):
         out[f"{dst}.first.{kind}"] = torch.cat(
-            [ref[f"{src}.mlp_core.layers.{first}.{kind}"], ref[f"{src}.mlp_gate.layers.{first}.{kind}"]]
+            [
+                ref[f"{src}.mlp_core.layers.{first}.{kind}"],
+                ref[f"{src}.mlp_gate.layers.{first}.{kind}"],
+            ]
         )
         if hidden:
             out[f"{dst}.core_out.{kind}"] = ref[f"{src}.mlp_core.layers.3.{kind}"]
@@ -109,22 +112,26 @@ def map_state_dict(ref: dict[str, Tensor], config: ModelConfig) -> dict[str, Ten
         if f"readout_norm.{kind}" in ref:
             out[f"energy_readout.norm.{kind}"] = ref[f"readout_norm.{kind}"]
     # readout MLP: the reference interleaves activations and a dropout; ours only activations
-    ref_linear = sorted(
-        {int(k.split(".")[2]) for k in ref if k.startswith("mlp.layers.")}
-    )
-    for ours, theirs in zip(range(0, 2 * len(ref_linear), 2), ref_linear):
+    ref_linear = sorted({int(k.split(".")[2]) for k in ref if k.startswith("mlp.layers.")})
+    for ours, theirs in zip(range(0, 2 * len(ref_linear), 2), ref_linear, strict=True):
         for kind in ("weight", "bias"):
             out[f"energy_readout.mlp.{ours}.{kind}"] = ref[f"mlp.layers.{theirs}.{kind}"]
     atom_hidden = config.atom_conv_hidden_dim > 0
     bond_hidden = config.bond_conv_hidden_dim > 0
     angle_hidden = config.angle_hidden_dim > 0
     for k in range(config.n_conv):
-        out |= _gated(ref, f"atom_conv_layers.{k}.twoBody_atom", f"atom_convs.{k}.gated", atom_hidden)
+        out |= _gated(
+            ref, f"atom_conv_layers.{k}.twoBody_atom", f"atom_convs.{k}.gated", atom_hidden
+        )
         out |= _mlp_out(ref, f"atom_conv_layers.{k}", f"atom_convs.{k}")
     for k in range(config.n_conv - 1):
-        out |= _gated(ref, f"bond_conv_layers.{k}.twoBody_bond", f"bond_convs.{k}.gated", bond_hidden)
+        out |= _gated(
+            ref, f"bond_conv_layers.{k}.twoBody_bond", f"bond_convs.{k}.gated", bond_hidden
+        )
         out |= _mlp_out(ref, f"bond_conv_layers.{k}", f"bond_convs.{k}")
-        out |= _gated(ref, f"angle_layers.{k}.twoBody_bond", f"angle_updates.{k}.gated", angle_hidden)
+        out |= _gated(
+            ref, f"angle_layers.{k}.twoBody_bond", f"angle_updates.{k}.gated", angle_hidden
+        )
     return out
 
 
@@ -135,14 +142,44 @@ def _mlp_out(ref: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
     return out
 
 
-def load_reference(cls: type[FastCHGNet], version: str) -> FastCHGNet:
-    """Build a FastCHGNet with the reference ``version``'s pretrained weights."""
+def check_reference_modes(version: str, config: ModelConfig, modes: dict[str, Any]) -> None:
+    """Refuse to load reference weights into any mode but the one they were trained for.
+
+    Raises:
+        ValueError: a requested setting differs from the reference's (e.g. ``forces="direct"``
+            or ``coupled_updates=False``) or is not a ModelConfig setting.
+    """
+    reference = config.to_dict()
+    unknown = sorted(set(modes) - set(reference))
+    if unknown:
+        raise ValueError(f"unknown model config key(s) {unknown} for reference {version}")
+    requested = ModelConfig.from_dict({**reference, **modes}).to_dict()
+    differing = {k: requested[k] for k in modes if requested[k] != reference[k]}
+    if differing:
+        wanted = ", ".join(f"{k}={v!r}" for k, v in differing.items())
+        raise ValueError(
+            f"reference CHGNet {version} weights were trained with forces='conservative' and "
+            f"coupled_updates=True (its own architecture); they cannot be loaded into a model "
+            f"with {wanted}. Build that model with FastCHGNet({wanted}) and train it instead."
+        )
+
+
+def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHGNet:
+    """Build a FastCHGNet with the reference ``version``'s pretrained weights.
+
+    ``modes`` may restate the reference's settings; anything else raises ValueError (see
+    ``check_reference_modes``), before the checkpoint is read.
+    """
+    trained_for = {"forces": "conservative", "coupled_updates": True}
+    if any(modes.get(k, v) != v for k, v in trained_for.items()):  # before reading the file
+        check_reference_modes(version, ModelConfig(), modes)
     path = checkpoint_path(version)
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     state = checkpoint["model"]
     config = config_from_reference(state["model_args"], version)
     if version == "0.2.0" and not any("mlp_out.layers.1.bias" in k for k in state["state_dict"]):
         config = ModelConfig.from_dict({**config.to_dict(), "mlp_out_bias": False})
+    check_reference_modes(version, config, modes)
     model = cls(config)
     mapped = map_state_dict(state["state_dict"], config)
     missing, unexpected = model.load_state_dict(mapped, strict=False)
