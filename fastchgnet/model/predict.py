@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +41,13 @@ def check_elements(graph: CrystalGraph, max_num_elements: int) -> None:
         )
 
 
+def is_structure(obj: object) -> bool:
+    """True for one pymatgen Structure or ASE Atoms (both are also sequences, of sites)."""
+    return hasattr(obj, "get_scaled_positions") or (
+        hasattr(obj, "lattice") and hasattr(obj, "frac_coords")
+    )
+
+
 def predict_structures(
     model: FastCHGNet, structure: Any, batch_size: int = 16
 ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
@@ -56,7 +62,7 @@ def predict_structures(
         Per structure a dict of numpy arrays: ``e`` () eV/atom, ``f`` (n, 3) eV/Å,
         ``s`` (3, 3) GPa, ``m`` (n,) μB. A single structure gives one dict, a sequence a list.
     """
-    single = not isinstance(structure, Sequence) or hasattr(structure, "get_scaled_positions")
+    single = is_structure(structure)
     structures = [structure] if single else list(structure)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")

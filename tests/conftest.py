@@ -1,0 +1,40 @@
+"""Shared fixtures: reference data in ../shared (skipped when absent) and models."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE_DATA = SHARED / "data" / "reference"
+REFERENCE_CIFS = ("mp-18767-LiMnO2.cif", "mp-1175469-Li9Co7O16.cif")
+
+
+@pytest.fixture(scope="session")
+def reference_structures():
+    """The two structures from the paper (LiMnO2, Li9Co7O16); skip when ../shared is absent."""
+    from pymatgen.core import Structure
+
+    if not REFERENCE_DATA.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE_DATA}")
+    return [Structure.from_file(REFERENCE_DATA / name) for name in REFERENCE_CIFS]
+
+
+@pytest.fixture(scope="session")
+def reference_chgnet():
+    """The reference package's CHGNet 0.3.0 (skipped when chgnet is not installed)."""
+    chgnet_model = pytest.importorskip("chgnet.model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return chgnet_model.CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def model():
+    """Our model with the reference 0.3.0 weights."""
+    pytest.importorskip("chgnet")
+    from fastchgnet import FastCHGNet
+
+    return FastCHGNet.from_reference("0.3.0")

@@ -1,0 +1,56 @@
+"""collate: flat tensors with offsets that keep every graph's meaning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastchgnet import build_graph, collate
+from fastchgnet.data.batch import FIELDS, GraphBatch
+from fastchgnet.data.synthetic import varied_structures
+
+GRAPHS = [build_graph(s) for s in varied_structures(6, seed=3, max_atoms=24)]
+
+
+def test_every_batch_field_is_registered_once():
+    assert set(FIELDS) == {f.name for f in GraphBatch.__dataclass_fields__.values()}
+
+
+def test_collate_offsets_atoms_and_bonds():
+    batch = collate(GRAPHS)
+    assert batch.n_atoms.tolist() == [g.n_atoms for g in GRAPHS]
+    assert batch.bond_atoms.shape == (sum(g.n_bonds for g in GRAPHS), 2)
+    # each bond joins two atoms of its own structure
+    owner = batch.atom_structure[batch.bond_atoms]
+    assert (owner[:, 0] == batch.bond_structure).all()
+    assert (owner[:, 1] == batch.bond_structure).all()
+
+
+def test_collated_angles_point_at_the_same_edges():
+    batch = collate(GRAPHS)
+    total = batch.n_bonds
+    centres = torch.cat([batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]])
+    neighbours = torch.cat([batch.bond_atoms[:, 1], batch.bond_atoms[:, 0]])
+    atom_offset = np.cumsum([0] + [g.n_atoms for g in GRAPHS])
+    start = 0
+    for k, graph in enumerate(GRAPHS):
+        got = batch.angle_edges[start : start + graph.n_angles]
+        start += graph.n_angles
+        local_c = graph.edge_centres()[graph.angle_edges] + atom_offset[k]
+        local_n = graph.edge_neighbours()[graph.angle_edges] + atom_offset[k]
+        np.testing.assert_array_equal(centres[got].numpy(), local_c)
+        np.testing.assert_array_equal(neighbours[got].numpy(), local_n)
+    assert start == batch.angle_edges.shape[0]
+    assert int(batch.angle_edges.max()) < 2 * total
+
+
+def test_collate_casts_floats_and_moves():
+    batch = collate(GRAPHS, dtype=torch.float64).to("cpu", dtype=torch.float32)
+    assert batch.frac_coords.dtype == torch.float32
+    assert batch.atomic_numbers.dtype == torch.int64
+
+
+def test_collate_needs_a_graph():
+    with pytest.raises(ValueError, match="at least one"):
+        collate([])

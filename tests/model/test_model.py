@@ -1,0 +1,131 @@
+"""Model basics: batching, factored layers, save/load, reference import, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet import FastCHGNet, ModelConfig, StructureError, build_graph, collate
+from fastchgnet.data.synthetic import no_angle_structure, varied_structures
+from fastchgnet.model.layers import AtomConv, BondConv, scatter_sum
+
+STRUCTURES = varied_structures(6, seed=5, max_atoms=24)
+
+
+def test_batch_prediction_equals_single_predictions(model):
+    together = model.predict_structure(STRUCTURES, batch_size=16)
+    for structure, joint in zip(STRUCTURES, together, strict=True):
+        alone = model.predict_structure(structure)
+        np.testing.assert_allclose(joint["e"], alone["e"], atol=2e-6)
+        np.testing.assert_allclose(joint["f"], alone["f"], atol=2e-5)
+        np.testing.assert_allclose(joint["s"], alone["s"], atol=2e-4)
+        np.testing.assert_allclose(joint["m"], alone["m"], atol=2e-6)
+
+
+def test_prediction_shapes_and_units_as_reference(model):
+    out = model.predict_structure(STRUCTURES[:2])
+    for structure, item in zip(STRUCTURES[:2], out, strict=True):
+        n = len(structure)
+        assert np.shape(item["e"]) == ()
+        assert item["f"].shape == (n, 3)
+        assert item["s"].shape == (3, 3)
+        assert item["m"].shape == (n,)
+        assert (item["m"] >= 0).all()
+
+
+def test_structure_without_angles_predicts_finite_values(model):
+    out = model.predict_structure(no_angle_structure())
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_factored_atom_conv_equals_concatenated_gated_mlp():
+    torch.manual_seed(0)
+    graph = build_graph(STRUCTURES[2])
+    batch = collate([graph], dtype=torch.float64)
+    conv = AtomConv(8, 6, 5, "layer", bias=False).double()
+    atoms = torch.randn(graph.n_atoms, 8, dtype=torch.float64)
+    bonds = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
+    weights = torch.randn(graph.n_bonds, 8, dtype=torch.float64)
+    topo = FastCHGNet.topology(batch)
+    got = conv(atoms, bonds, weights, topo)
+    edge_bonds = bonds[topo.edge_bond]
+    x = torch.cat([atoms[topo.edge_centre], edge_bonds, atoms[topo.edge_neighbour]], dim=1)
+    messages = conv.gated(x) * weights[topo.edge_bond]
+    expected = atoms + conv.mlp_out(scatter_sum(messages, topo.edge_centre, graph.n_atoms))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_factored_bond_conv_equals_concatenated_gated_mlp():
+    torch.manual_seed(1)
+    graph = build_graph(STRUCTURES[3])
+    batch = collate([graph], dtype=torch.float64)
+    conv = BondConv(8, 6, 4, 5, "layer", bias=True).double()
+    atoms = torch.randn(graph.n_atoms, 8, dtype=torch.float64)
+    bonds = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
+    weights = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
+    angles = torch.randn(graph.n_angles, 4, dtype=torch.float64)
+    topo = FastCHGNet.topology(batch)
+    got = conv(atoms, bonds, weights, angles, topo)
+    x = torch.cat(
+        [bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[topo.angle_centre]], dim=1
+    )
+    update = conv.gated(x) * weights[topo.angle_bond1] * weights[topo.angle_bond2]
+    expected = bonds + conv.mlp_out(scatter_sum(update, topo.angle_bond1, graph.n_bonds))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_import_has_reference_parameter_count(model):
+    assert model.n_params == 412_525
+    assert "n_params=412,525" in repr(model)
+
+
+def test_save_and_load_roundtrip(tmp_path, model):
+    path = tmp_path / "model.pt"
+    model.save(path)
+    loaded = FastCHGNet.load(path)
+    assert loaded.config == model.config
+    a = model.predict_structure(STRUCTURES[0])
+    b = loaded.predict_structure(STRUCTURES[0])
+    np.testing.assert_array_equal(a["f"], b["f"])
+
+
+def test_damaged_model_file_is_detected(tmp_path):
+    path = tmp_path / "model.pt"
+    FastCHGNet(n_conv=2).save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=str(path)):
+        FastCHGNet.load(path)
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(ValueError, match="unknown model config key"):
+        FastCHGNet(atom_fea_dimm=32)
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+
+
+def test_unknown_reference_version_is_rejected():
+    with pytest.raises(ValueError, match="unknown reference version"):
+        FastCHGNet.from_reference("9.9.9")
+
+
+def test_element_without_embedding_names_the_structure(model):
+    heavy = Structure(Lattice.cubic(3.0), ["Am"], [[0, 0, 0]])  # Z = 95
+    with pytest.raises(StructureError, match=r"structure 1 \(Am\).*Z=\[95\]"):
+        model.predict_structure([STRUCTURES[0], heavy])
+
+
+def test_failing_structure_in_a_list_is_named_by_position(model):
+    lonely = Structure(Lattice.cubic(15.0), ["Li"], [[0, 0, 0]])
+    with pytest.raises(StructureError, match=r"structure 2 \(Li\).*isolated"):
+        model.predict_structure([STRUCTURES[0], STRUCTURES[1], lonely])
+
+
+def test_predict_restores_training_mode(model):
+    model.train()
+    model.predict_structure(STRUCTURES[0])
+    assert model.training
+    model.eval()
