@@ -1,10 +1,12 @@
 """GraphBatch: many crystal graphs as flat tensors, indices offset; and collate.
 
 Every field is listed once in ``FIELDS`` with its shape, level and meaning. Structures are
-concatenated: atoms of structure 0 first, then structure 1, ... The same holds for bonds and
-angles. Directed edges are implied by the bonds: edge ``b`` (``b < n_bonds``) points
-``i -> j`` of bond ``b`` and edge ``n_bonds + b`` points ``j -> i``; ``angle_edges`` uses these
-global edge ids.
+concatenated: atoms of structure 0 first, then structure 1, ... The same holds for angles.
+Bonds shorter than the bond cutoff (the bond graph's nodes) of all structures come first, then
+all longer bonds, so the bond graph is the slice ``bonds[:n_short_bonds]``. Directed edges are
+implied by the bonds: edge ``b`` (``b < n_bonds``) points ``i -> j`` of bond ``b`` and edge
+``n_bonds + b`` points ``j -> i``; ``angle_edges`` uses these global edge ids, and only short
+bonds' edges.
 
 Padding (to fixed capacities for compiled code) appends one dummy structure that owns all
 padding atoms, bonds and angles, so no real output changes; see DESIGN.md "The batch".
@@ -32,6 +34,7 @@ FIELDS: dict[str, tuple[str, str, str]] = {
     "bond_images": ("(n_bonds, 3) float", "bond", "cell offset of j as seen from i (integers)"),
     "bond_structure": ("(n_bonds,) int64", "bond", "structure each bond belongs to"),
     "angle_edges": ("(n_angles, 2) int64", "angle", "directed edges (e1, e2) of each angle"),
+    "n_short_bonds": ("int", "batch", "bonds shorter than the bond cutoff; they come first"),
 }
 
 
@@ -48,6 +51,7 @@ class GraphBatch:
     bond_images: Tensor
     bond_structure: Tensor
     angle_edges: Tensor
+    n_short_bonds: int
 
     @property
     def n_structures(self) -> int:
@@ -59,8 +63,10 @@ class GraphBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> GraphBatch:
         """Move to ``device``; float fields are cast to ``dtype`` when given."""
-        moved = {}
+        moved: dict[str, object] = {"n_short_bonds": self.n_short_bonds}
         for f in fields(self):
+            if f.name in moved:
+                continue
             value: Tensor = getattr(self, f.name)
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
@@ -82,22 +88,41 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
         raise ValueError("collate needs at least one graph")
     n_atoms = np.array([g.n_atoms for g in graphs], dtype=np.int64)
     n_bonds = np.array([g.n_bonds for g in graphs], dtype=np.int64)
+    n_short = np.array([g.n_short_bonds for g in graphs], dtype=np.int64)
     n_angles = np.array([g.n_angles for g in graphs], dtype=np.int64)
-    atom_offset = np.cumsum(n_atoms) - n_atoms
-    bond_offset = np.cumsum(n_bonds) - n_bonds
-    total_bonds = int(n_bonds.sum())
     structure_ids = np.arange(len(graphs))
+    atom_offset = np.cumsum(n_atoms) - n_atoms
+    total_bonds, total_short = int(n_bonds.sum()), int(n_short.sum())
 
-    bond_atoms = np.concatenate([g.bond_atoms for g in graphs]) + np.repeat(atom_offset, n_bonds)[
-        :, None
-    ]
-    # local edge e of structure s: forward (e < B_s) -> bond_offset + e,
-    # reversed (e >= B_s) -> total_bonds + bond_offset + e - B_s
+    def global_bond(local: np.ndarray, owner_counts: np.ndarray) -> np.ndarray:
+        """Global position of local bond ids (short bonds of all structures first)."""
+        shape = (-1, *[1] * (local.ndim - 1))
+        short = np.repeat(n_short, owner_counts).reshape(shape)
+        short_offset = np.repeat(np.cumsum(n_short) - n_short, owner_counts)
+        long_offset = np.repeat(np.cumsum(n_bonds - n_short) - (n_bonds - n_short), owner_counts)
+        return np.where(
+            local < short,
+            short_offset.reshape(shape) + local,
+            total_short + long_offset.reshape(shape) + local - short,
+        )
+
+    local_bonds = np.arange(total_bonds) - np.repeat(np.cumsum(n_bonds) - n_bonds, n_bonds)
+    position = global_bond(local_bonds, n_bonds)
+    bond_atoms = np.empty((total_bonds, 2), dtype=np.int64)
+    bond_atoms[position] = np.concatenate([g.bond_atoms for g in graphs]).reshape(-1, 2) + (
+        np.repeat(atom_offset, n_bonds)[:, None]
+    )
+    bond_images = np.empty((total_bonds, 3), dtype=np.int64)
+    bond_images[position] = np.concatenate([g.bond_images for g in graphs]).reshape(-1, 3)
+    bond_structure = np.empty(total_bonds, dtype=np.int64)
+    bond_structure[position] = np.repeat(structure_ids, n_bonds)
+
+    # local edge e of a structure with B bonds: bond e mod B, reversed when e >= B
     local_edges = np.concatenate([g.angle_edges for g in graphs]).reshape(-1, 2)
     owner_bonds = np.repeat(n_bonds, n_angles)[:, None]
-    owner_offset = np.repeat(bond_offset, n_angles)[:, None]
     reversed_edge = local_edges >= owner_bonds
-    angle_edges = owner_offset + local_edges + reversed_edge * (total_bonds - owner_bonds)
+    bond_of_edge = global_bond(local_edges - reversed_edge * owner_bonds, n_angles)
+    angle_edges = bond_of_edge + reversed_edge * total_bonds
 
     return GraphBatch(
         atomic_numbers=torch.from_numpy(np.concatenate([g.atomic_numbers for g in graphs])),
@@ -105,8 +130,9 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
         atom_structure=torch.from_numpy(np.repeat(structure_ids, n_atoms)),
         lattice=torch.from_numpy(np.stack([g.lattice for g in graphs])).to(dtype),
         n_atoms=torch.from_numpy(n_atoms),
-        bond_atoms=torch.from_numpy(bond_atoms.reshape(-1, 2)),
-        bond_images=torch.from_numpy(np.concatenate([g.bond_images for g in graphs])).to(dtype),
-        bond_structure=torch.from_numpy(np.repeat(structure_ids, n_bonds)),
+        bond_atoms=torch.from_numpy(bond_atoms),
+        bond_images=torch.from_numpy(bond_images).to(dtype),
+        bond_structure=torch.from_numpy(bond_structure),
         angle_edges=torch.from_numpy(angle_edges.astype(np.int64)),
+        n_short_bonds=total_short,
     )

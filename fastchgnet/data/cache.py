@@ -12,7 +12,8 @@ A cache folder holds::
 Shard arrays (shape | meaning); missing labels are NaN and ``label_mask`` is False:
     atomic_numbers (atoms,) int16 | frac_coords (atoms, 3) f64 | lattice (S, 3, 3) f64
     bond_atoms (bonds, 2) int32 local | bond_images (bonds, 3) int16 | angle_edges (angles, 2)
-    int32 local | sizes (S, 3) atoms, bonds, angles | energy_per_atom (S,) eV/atom |
+    int32 local | sizes (S, 3) atoms, bonds, angles | short_bonds (S,) bonds shorter than the
+    bond cutoff (stored first) | energy_per_atom (S,) eV/atom |
     forces (atoms, 3) eV/Å | stress (S, 3, 3) GPa | magmoms (atoms,) μB |
     label_mask (S, 4) energy, forces, stress, magmoms | material_ids (S,) | frame_ids (S,)
 """
@@ -30,7 +31,7 @@ import numpy as np
 
 from fastchgnet.data.graph import CrystalGraph
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LABELS = ("energy_per_atom", "forces", "stress", "magmoms")
 #: name -> (dtype, level, trailing shape): level names the count of the first axis.
 ARRAYS: dict[str, tuple[str, str, tuple[int, ...]]] = {
@@ -43,6 +44,7 @@ ARRAYS: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "angle_edges": ("int32", "angles", (2,)),
     "lattice": ("float64", "structures", (3, 3)),
     "sizes": ("int64", "structures", (3,)),
+    "short_bonds": ("int64", "structures", ()),
     "energy_per_atom": ("float64", "structures", ()),
     "stress": ("float64", "structures", (3, 3)),
     "label_mask": ("bool", "structures", (4,)),
@@ -200,6 +202,7 @@ class GraphDataset:
             lattice=read("lattice"),
             bond_atoms=read("bond_atoms").astype(np.int64),
             bond_images=read("bond_images").astype(np.int64),
+            n_short_bonds=int(read("short_bonds")),
             angle_edges=read("angle_edges").astype(np.int64),
             atom_cutoff=self.atom_cutoff,
             bond_cutoff=self.bond_cutoff,

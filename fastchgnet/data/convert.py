@@ -85,6 +85,7 @@ def graph_record(frame: Frame, atom_cutoff: float, bond_cutoff: float) -> dict:
         "bond_images": graph.bond_images,
         "angle_edges": graph.angle_edges,
         "sizes": np.array([[n_atoms, graph.n_bonds, graph.n_angles]]),
+        "short_bonds": np.array([graph.n_short_bonds]),
         "label_mask": np.array([[labels[name] is not None for name in LABELS]]),
         "material_ids": frame.material_id,
         "frame_ids": frame.frame_id,

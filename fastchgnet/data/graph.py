@@ -4,7 +4,9 @@ A crystal becomes two graphs (as in CHGNet):
 
 - the *atom graph*: every pair of atoms closer than ``atom_cutoff`` (6 Å), across periodic
   images. Each pair is stored once as an undirected **bond** ``b = (i, j, image)``: atom ``j``
-  sits at ``frac_j + image`` seen from atom ``i``. Its two **directed edges** are implied:
+  sits at ``frac_j + image`` seen from atom ``i``. Bonds shorter than ``bond_cutoff`` (the
+  bond graph's nodes) come first: bonds ``0 .. n_short_bonds - 1``. Its two **directed edges**
+  are implied:
   edge ``b`` points ``i -> j`` (centre ``i``) and edge ``n_bonds + b`` points ``j -> i``
   (centre ``j``, image ``-image``).
 - the *bond graph*: directed edges shorter than ``bond_cutoff`` (3 Å) that share a centre atom
@@ -39,6 +41,7 @@ class CrystalGraph:
         lattice         (3, 3) float64         | lattice vectors as rows, Å
         bond_atoms      (n_bonds, 2) int64     | (i, j) of each undirected bond within atom_cutoff
         bond_images     (n_bonds, 3) int64     | integer cell offset of j as seen from i
+        n_short_bonds   int                    | bonds shorter than bond_cutoff; they come first
         angle_edges     (n_angles, 2) int64    | directed edges (e1, e2) sharing their centre atom,
                                                | both shorter than bond_cutoff; edge ids in
                                                | [0, 2 * n_bonds), see the module docstring
@@ -52,6 +55,7 @@ class CrystalGraph:
     lattice: np.ndarray
     bond_atoms: np.ndarray
     bond_images: np.ndarray
+    n_short_bonds: int
     angle_edges: np.ndarray
     atom_cutoff: float
     bond_cutoff: float
@@ -269,6 +273,8 @@ def build_graph(
     _check_inputs(numbers, frac, lattice, name)
     cart = frac @ lattice
     i, j, image, dist = _neighbour_pairs(cart, lattice, atom_cutoff, backend)
+    short_first = np.argsort(dist >= bond_cutoff, kind="stable")
+    i, j, image, dist = i[short_first], j[short_first], image[short_first], dist[short_first]
     bond_atoms = np.stack([i, j], axis=1)
     degree = np.bincount(bond_atoms.ravel(), minlength=numbers.shape[0])
     if (degree == 0).any():
@@ -284,6 +290,7 @@ def build_graph(
         lattice=lattice,
         bond_atoms=bond_atoms,
         bond_images=image,
+        n_short_bonds=int((dist < bond_cutoff).sum()),
         angle_edges=angles_from_bonds(bond_atoms, dist, bond_cutoff),
         atom_cutoff=float(atom_cutoff),
         bond_cutoff=float(bond_cutoff),

@@ -135,6 +135,7 @@ class FastCHGNet(nn.Module):
             angle_centre=edge_centre[e1],
             angle_bond1=edge_bond[e1],
             angle_bond2=edge_bond[e2],
+            n_short_bonds=batch.n_short_bonds,
         )
 
     @staticmethod
@@ -185,7 +186,8 @@ class FastCHGNet(nn.Module):
         bonds, atom_weights = self.bond_projection(self.radial_atom(lengths)).split(
             [self.config.bond_fea_dim, self.config.atom_fea_dim], dim=1
         )
-        bond_weights = self.bond_graph_weights(self.radial_bond(lengths))
+        # bond-graph weights only for the bond graph's nodes: the short bonds, stored first
+        bond_weights = self.bond_graph_weights(self.radial_bond(lengths[: batch.n_short_bonds]))
         angles = self.angle_embedding(self.angle_basis(angle))
 
         magmoms = atoms.new_zeros(atoms.shape[0])

@@ -20,7 +20,8 @@ class Topology(NamedTuple):
     """Index tensors of a batch, derived once per forward (see fastchgnet.data.batch).
 
     edge_centre (n_edges,) | edge_neighbour (n_edges,) | edge_bond (n_edges,) |
-    angle_centre (n_angles,) | angle_bond1 (n_angles,) | angle_bond2 (n_angles,)
+    angle_centre (n_angles,) | angle_bond1 (n_angles,) | angle_bond2 (n_angles,) |
+    n_short_bonds: the bond graph's nodes are bonds[:n_short_bonds]; angle bonds index them
     """
 
     edge_centre: Tensor
@@ -29,6 +30,7 @@ class Topology(NamedTuple):
     angle_centre: Tensor
     angle_bond1: Tensor
     angle_bond2: Tensor
+    n_short_bonds: int
 
 
 def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
@@ -103,7 +105,11 @@ class AtomConv(nn.Module):
 
 
 class BondConv(nn.Module):
-    """Bond update from angles: b_1 += W_out sum GatedMLP(b_1, b_2, t, a_c) * w_1 * w_2."""
+    """Bond update from angles: b_1 += W_out sum GatedMLP(b_1, b_2, t, a_c) * w_1 * w_2.
+
+    Only the bond graph's nodes (the short bonds, stored first) receive angle messages; the
+    others get W_out applied to an empty sum (zero, or the output bias).
+    """
 
     def __init__(
         self, atom_dim: int, bond_dim: int, angle_dim: int, hidden_dim: int,
@@ -117,15 +123,19 @@ class BondConv(nn.Module):
     def forward(
         self, atoms: Tensor, bonds: Tensor, bond_weights: Tensor, angles: Tensor, topo: Topology
     ) -> Tensor:
-        """atoms (n_atoms, A), bonds (n_bonds, B), bond_weights (n_bonds, B),
+        """atoms (n_atoms, A), bonds (n_bonds, B), bond_weights (n_short_bonds, B),
         angles (n_angles, T) -> bonds (n_bonds, B)."""
-        pre = _angle_preactivation(self.gated, self.sizes, atoms, bonds, angles, topo)
+        short, rest = bonds[: topo.n_short_bonds], bonds[topo.n_short_bonds :]
+        pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
         update = (
             self.gated.finish(pre)
             * bond_weights[topo.angle_bond1]
             * bond_weights[topo.angle_bond2]
         )
-        return bonds + self.mlp_out(scatter_sum(update, topo.angle_bond1, bonds.shape[0]))
+        short = short + self.mlp_out(scatter_sum(update, topo.angle_bond1, short.shape[0]))
+        if self.mlp_out.bias is not None:
+            rest = rest + self.mlp_out.bias
+        return torch.cat([short, rest])
 
 
 class AngleUpdate(nn.Module):
@@ -140,7 +150,8 @@ class AngleUpdate(nn.Module):
 
     def forward(self, atoms: Tensor, bonds: Tensor, angles: Tensor, topo: Topology) -> Tensor:
         """atoms (n_atoms, A), bonds (n_bonds, B), angles (n_angles, T) -> (n_angles, T)."""
-        pre = _angle_preactivation(self.gated, self.sizes, atoms, bonds, angles, topo)
+        short = bonds[: topo.n_short_bonds]
+        pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
         return angles + self.gated.finish(pre)
 
 
@@ -148,7 +159,10 @@ def _angle_preactivation(
     gated: GatedMLP, sizes: list[int], atoms: Tensor, bonds: Tensor, angles: Tensor,
     topo: Topology,
 ) -> Tensor:
-    """First layer of a GatedMLP on [b_1, b_2, t, a_c] per angle, factored by input."""
+    """First layer of a GatedMLP on [b_1, b_2, t, a_c] per angle, factored by input.
+
+    ``bonds`` are the bond graph's nodes (n_short_bonds, B).
+    """
     w_bond1, w_bond2, w_angle, w_atom = gated.input_weights(sizes)
     per_bond = bonds @ torch.cat([w_bond1, w_bond2], dim=0).T  # (n_bonds, 4 * width)
     from_bond1, from_bond2 = per_bond.chunk(2, dim=1)

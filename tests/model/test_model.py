@@ -62,9 +62,10 @@ def test_factored_bond_conv_equals_concatenated_gated_mlp():
     graph = build_graph(STRUCTURES[3])
     batch = collate([graph], dtype=torch.float64)
     conv = BondConv(8, 6, 4, 5, "layer", bias=True).double()
+    n_short = graph.n_short_bonds
     atoms = torch.randn(graph.n_atoms, 8, dtype=torch.float64)
     bonds = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
-    weights = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
+    weights = torch.randn(n_short, 6, dtype=torch.float64)
     angles = torch.randn(graph.n_angles, 4, dtype=torch.float64)
     topo = FastCHGNet.topology(batch)
     got = conv(atoms, bonds, weights, angles, topo)
@@ -72,7 +73,10 @@ def test_factored_bond_conv_equals_concatenated_gated_mlp():
         [bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[topo.angle_centre]], dim=1
     )
     update = conv.gated(x) * weights[topo.angle_bond1] * weights[topo.angle_bond2]
-    expected = bonds + conv.mlp_out(scatter_sum(update, topo.angle_bond1, graph.n_bonds))
+    # every bond gets W_out(sum of its angle messages); bonds outside the bond graph an empty sum
+    summed = scatter_sum(update, topo.angle_bond1, graph.n_bonds)
+    expected = bonds + conv.mlp_out(summed)
+    assert 0 < n_short < graph.n_bonds
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
