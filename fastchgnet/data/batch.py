@@ -109,8 +109,9 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
     local_bonds = np.arange(total_bonds) - np.repeat(np.cumsum(n_bonds) - n_bonds, n_bonds)
     position = global_bond(local_bonds, n_bonds)
     bond_atoms = np.empty((total_bonds, 2), dtype=np.int64)
-    bond_atoms[position] = np.concatenate([g.bond_atoms for g in graphs]).reshape(-1, 2) + (
-        np.repeat(atom_offset, n_bonds)[:, None]
+    bond_atoms[position] = (
+        np.concatenate([g.bond_atoms for g in graphs]).reshape(-1, 2)
+        + (np.repeat(atom_offset, n_bonds)[:, None])
     )
     bond_images = np.empty((total_bonds, 3), dtype=np.int64)
     bond_images[position] = np.concatenate([g.bond_images for g in graphs]).reshape(-1, 3)

@@ -126,7 +126,7 @@ def _formula(numbers: np.ndarray) -> str:
 
     z, counts = np.unique(numbers, return_counts=True)
     symbols = [chemical_symbols[k] if 0 <= k < len(chemical_symbols) else f"Z{k}" for k in z]
-    return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts))
+    return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
 
 
 def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -135,8 +135,9 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
         pbc = np.asarray(structure.pbc)  # type: ignore[attr-defined]
         if not pbc.all():
             raise StructureError(
-                name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); "
-                "put a molecule in a box large enough that its images do not interact"
+                name,
+                f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); "
+                "put a molecule in a box large enough that its images do not interact",
             )
         lattice = np.array(structure.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.asarray(structure.numbers, dtype=np.int64)  # type: ignore[attr-defined]
@@ -149,7 +150,9 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
         frac = np.array(structure.frac_coords, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.array(structure.atomic_numbers, dtype=np.int64)  # type: ignore[attr-defined]
     else:
-        raise TypeError(f"{name}: expected a pymatgen Structure or ASE Atoms, got {type(structure)}")
+        raise TypeError(
+            f"{name}: expected a pymatgen Structure or ASE Atoms, got {type(structure)}"
+        )
     return numbers, frac, lattice
 
 
@@ -193,8 +196,12 @@ def _neighbour_pairs(
         from pymatgen.optimization.neighbors import find_points_in_spheres
 
         i, j, image, dist = find_points_in_spheres(
-            cart, cart, r=cutoff, pbc=np.array([1, 1, 1], dtype=np.int64),
-            lattice=lattice, tol=1e-8,
+            cart,
+            cart,
+            r=cutoff,
+            pbc=np.array([1, 1, 1], dtype=np.int64),
+            lattice=lattice,
+            tol=1e-8,
         )
         image = np.round(image).astype(np.int64)
         keep = (i < j) | ((i == j) & _positive_image(image))
@@ -204,7 +211,9 @@ def _neighbour_pairs(
 
 def _positive_image(image: np.ndarray) -> np.ndarray:
     """(n,) bool | image is lexicographically positive (picks one of +n / -n)."""
-    first = np.where(image[:, 0] != 0, image[:, 0], np.where(image[:, 1] != 0, image[:, 1], image[:, 2]))
+    first = np.where(
+        image[:, 0] != 0, image[:, 0], np.where(image[:, 1] != 0, image[:, 1], image[:, 2])
+    )
     return first > 0
 
 

@@ -70,9 +70,7 @@ class FourierBasis(nn.Module):
         """(n,) angles, rad -> (n, 1 + 2 * order)."""
         phase = angle.unsqueeze(1) * self.frequencies
         constant = torch.full_like(angle, 1 / math.sqrt(2)).unsqueeze(1)
-        return torch.cat([constant, torch.sin(phase), torch.cos(phase)], dim=1) / math.sqrt(
-            math.pi
-        )
+        return torch.cat([constant, torch.sin(phase), torch.cos(phase)], dim=1) / math.sqrt(math.pi)
 
 
 def angle_between(unit_a: Tensor, unit_b: Tensor) -> Tensor:

@@ -112,8 +112,13 @@ class BondConv(nn.Module):
     """
 
     def __init__(
-        self, atom_dim: int, bond_dim: int, angle_dim: int, hidden_dim: int,
-        norm: str | None, bias: bool,
+        self,
+        atom_dim: int,
+        bond_dim: int,
+        angle_dim: int,
+        hidden_dim: int,
+        norm: str | None,
+        bias: bool,
     ):
         super().__init__()
         self.sizes = [bond_dim, bond_dim, angle_dim, atom_dim]
@@ -128,9 +133,7 @@ class BondConv(nn.Module):
         short, rest = bonds[: topo.n_short_bonds], bonds[topo.n_short_bonds :]
         pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
         update = (
-            self.gated.finish(pre)
-            * bond_weights[topo.angle_bond1]
-            * bond_weights[topo.angle_bond2]
+            self.gated.finish(pre) * bond_weights[topo.angle_bond1] * bond_weights[topo.angle_bond2]
         )
         short = short + self.mlp_out(scatter_sum(update, topo.angle_bond1, short.shape[0]))
         if self.mlp_out.bias is not None:
@@ -156,7 +159,11 @@ class AngleUpdate(nn.Module):
 
 
 def _angle_preactivation(
-    gated: GatedMLP, sizes: list[int], atoms: Tensor, bonds: Tensor, angles: Tensor,
+    gated: GatedMLP,
+    sizes: list[int],
+    atoms: Tensor,
+    bonds: Tensor,
+    angles: Tensor,
     topo: Topology,
 ) -> Tensor:
     """First layer of a GatedMLP on [b_1, b_2, t, a_c] per angle, factored by input.

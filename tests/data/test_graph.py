@@ -21,7 +21,7 @@ def _reference_sets(structure: Structure) -> tuple[set, set]:
     graph = converter(structure)
     pairs = graph.atom_graph.numpy()
     images = graph.neighbor_image.numpy().round().astype(int)
-    keys = [(int(a), int(b), tuple(im)) for (a, b), im in zip(pairs, images.tolist())]
+    keys = [(int(a), int(b), tuple(im)) for (a, b), im in zip(pairs, images.tolist(), strict=False)]
     angles = {(keys[row[2]], keys[row[4]]) for row in graph.bond_graph.numpy()}
     return set(keys), angles
 
@@ -33,6 +33,7 @@ def _our_sets(structure: Structure, backend: str = "pymatgen") -> tuple[set, set
             graph.edge_centres().tolist(),
             graph.edge_neighbours().tolist(),
             map(tuple, graph.edge_images().tolist()),
+            strict=False,
         )
     )
     angles = {(keys[e1], keys[e2]) for e1, e2 in graph.angle_edges.tolist()}
@@ -73,7 +74,8 @@ def test_angle_pairs_share_centre_and_are_short():
     assert (centres[e1] == centres[e2]).all()
     assert (e1 != e2).all()
     lengths = np.concatenate([graph.bond_lengths()] * 2)
-    assert (lengths[e1] < 3.0).all() and (lengths[e2] < 3.0).all()
+    assert (lengths[e1] < 3.0).all()
+    assert (lengths[e2] < 3.0).all()
 
 
 def test_angles_from_bonds_counts_ordered_pairs_per_centre():
@@ -82,9 +84,7 @@ def test_angles_from_bonds_counts_ordered_pairs_per_centre():
     lengths = np.array([1.0, 2.0, 2.5, 4.0])
     angles = angles_from_bonds(bonds, lengths, 3.0)
     assert angles.shape == (6, 2)
-    assert set(map(tuple, angles.tolist())) == {
-        (0, 1), (0, 6), (1, 0), (1, 6), (6, 0), (6, 1)
-    }
+    assert set(map(tuple, angles.tolist())) == {(0, 1), (0, 6), (1, 0), (1, 6), (6, 0), (6, 1)}
 
 
 def test_structure_without_angles_has_empty_angle_array():

@@ -1,0 +1,124 @@
+"""The ``fastchgnet`` command.
+
+    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
+    fastchgnet data convert SRC -o CACHE [...]
+
+Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem),
+2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastchgnet.errors import StructureError
+from fastchgnet.model.reference import CHECKPOINTS
+
+
+def read_structures(paths: list[str]) -> list[Any]:
+    """Read every structure in CIF/POSCAR (pymatgen) or extxyz/other ASE files."""
+    from pymatgen.core import Structure
+
+    structures = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        try:
+            structure = Structure.from_file(path)
+            structure.properties["label"] = path.name
+            structures.append(structure)
+            continue
+        except Exception:
+            pass
+        try:
+            from ase.io import read
+
+            for index, atoms in enumerate(read(path, index=":")):
+                atoms.info.setdefault("name", f"{path.name}[{index}]")
+                structures.append(atoms)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
+    return structures
+
+
+def load_model(spec: str) -> Any:
+    """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file."""
+    from fastchgnet import FastCHGNet
+
+    if spec in CHECKPOINTS:
+        return FastCHGNet.from_reference(spec)
+    if not Path(spec).is_file():
+        raise FileNotFoundError(f"{spec}: no such model file (or one of {sorted(CHECKPOINTS)})")
+    return FastCHGNet.load(spec)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    model = load_model(args.model)
+    structures = read_structures(args.structures)
+    predictions = model.predict_structure(structures, batch_size=args.batch_size)
+    names = [
+        getattr(s, "properties", {}).get("label") or getattr(s, "info", {}).get("name")
+        for s in structures
+    ]
+    records = [
+        {
+            "name": name,
+            "energy_per_atom_eV": float(p["e"]),
+            "forces_eV_per_A": p["f"].tolist(),
+            "stress_GPa": p["s"].tolist(),
+            "magmoms_muB": p["m"].tolist(),
+        }
+        for name, p in zip(names, predictions, strict=True)
+    ]
+    text = json.dumps(records, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+
+
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from fastchgnet.data.convert import main as convert_main
+
+    convert_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastchgnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    predict = sub.add_parser("predict", help="energy, forces, stress and magmoms of structures")
+    predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
+    predict.add_argument("--model", default="0.3.0", help="reference version or model file")
+    predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="datasets and graph caches")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    convert = data_sub.add_parser(
+        "convert", help="frames -> graph cache (see `fastchgnet data convert -h`)", add_help=False
+    )
+    convert.add_argument("rest", nargs=argparse.REMAINDER)
+    convert.set_defaults(func=cmd_data_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
