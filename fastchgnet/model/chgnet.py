@@ -20,7 +20,7 @@ from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
-from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology
+from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 
@@ -151,7 +151,9 @@ class FastCHGNet(nn.Module):
             by (1 + strain).
         """
         lattice = batch.lattice
-        positions = torch.einsum("ni,nij->nj", batch.frac_coords, lattice[batch.atom_structure])
+        positions = torch.einsum(
+            "ni,nij->nj", batch.frac_coords, gather(lattice, batch.atom_structure)
+        )
         if forces:
             positions.requires_grad_(True)
         deformed = positions
@@ -159,11 +161,15 @@ class FastCHGNet(nn.Module):
         if stress:
             strain = torch.zeros_like(lattice, requires_grad=True)
             deformation = torch.eye(3, dtype=lattice.dtype, device=lattice.device) + strain
-            deformed = torch.einsum("ni,nij->nj", positions, deformation[batch.atom_structure])
+            deformed = torch.einsum(
+                "ni,nij->nj", positions, gather(deformation, batch.atom_structure)
+            )
             lattice = lattice @ deformation
-        offsets = torch.einsum("bi,bij->bj", batch.bond_images, lattice[batch.bond_structure])
+        offsets = torch.einsum(
+            "bi,bij->bj", batch.bond_images, gather(lattice, batch.bond_structure)
+        )
         i, j = batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]
-        return positions, strain, deformed[j] + offsets - deformed[i]
+        return positions, strain, gather(deformed, j) + offsets - gather(deformed, i)
 
     # ------------------------------------------------------------- energy model
     def site_outputs(
@@ -179,7 +185,7 @@ class FastCHGNet(nn.Module):
         units = vectors / lengths.unsqueeze(1)
         edge_units = torch.cat([units, -units])
         angle = angle_between(
-            edge_units[batch.angle_edges[:, 0]], edge_units[batch.angle_edges[:, 1]]
+            gather(edge_units, batch.angle_edges[:, 0]), gather(edge_units, batch.angle_edges[:, 1])
         )
 
         atoms = self.atom_embedding(batch.atomic_numbers - 1)

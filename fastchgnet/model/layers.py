@@ -33,6 +33,15 @@ class Topology(NamedTuple):
     n_short_bonds: int
 
 
+def gather(values: Tensor, index: Tensor) -> Tensor:
+    """Rows ``values[index]`` (n, d) -> (len(index), d).
+
+    ``index_select`` rather than advanced indexing: its backward is ``index_add``, several
+    times faster on CPU than the ``index_put`` accumulate that ``values[index]`` needs.
+    """
+    return values.index_select(0, index)
+
+
 def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
     """Sum rows of ``values`` (n, d) into ``size`` rows by ``index`` (n,) -> (size, d)."""
     return values.new_zeros(size, values.shape[1]).index_add(0, index, values)
@@ -61,10 +70,11 @@ class GatedMLP(nn.Module):
 
     def finish(self, pre: Tensor) -> Tensor:
         """(n, 2 * width) output of ``first`` -> (n, out_dim)."""
-        core, gate = pre.chunk(2, dim=1)
         if self.core_out is not None and self.gate_out is not None:
-            core = self.core_out(nn.functional.silu(core))
-            gate = self.gate_out(nn.functional.silu(gate))
+            core, gate = nn.functional.silu(pre).chunk(2, dim=1)
+            core, gate = self.core_out(core), self.gate_out(gate)
+        else:
+            core, gate = pre.chunk(2, dim=1)
         return nn.functional.silu(self.core_norm(core)) * torch.sigmoid(self.gate_norm(gate))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,8 +104,8 @@ class AtomConv(nn.Module):
         from_centre, from_neighbour = per_atom.chunk(2, dim=1)
         per_bond = (bonds @ w_bond.T).repeat(2, 1)  # edges b and n_bonds + b share bond b
         pre = (
-            from_centre[topo.edge_centre]
-            + from_neighbour[topo.edge_neighbour]
+            gather(from_centre, topo.edge_centre)
+            + gather(from_neighbour, topo.edge_neighbour)
             + per_bond
             + self.gated.first.bias
         )
@@ -133,7 +143,9 @@ class BondConv(nn.Module):
         short, rest = bonds[: topo.n_short_bonds], bonds[topo.n_short_bonds :]
         pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
         update = (
-            self.gated.finish(pre) * bond_weights[topo.angle_bond1] * bond_weights[topo.angle_bond2]
+            self.gated.finish(pre)
+            * gather(bond_weights, topo.angle_bond1)
+            * gather(bond_weights, topo.angle_bond2)
         )
         short = short + self.mlp_out(scatter_sum(update, topo.angle_bond1, short.shape[0]))
         if self.mlp_out.bias is not None:
@@ -174,9 +186,9 @@ def _angle_preactivation(
     per_bond = bonds @ torch.cat([w_bond1, w_bond2], dim=0).T  # (n_bonds, 4 * width)
     from_bond1, from_bond2 = per_bond.chunk(2, dim=1)
     return (
-        from_bond1[topo.angle_bond1]
-        + from_bond2[topo.angle_bond2]
+        gather(from_bond1, topo.angle_bond1)
+        + gather(from_bond2, topo.angle_bond2)
         + angles @ w_angle.T
-        + (atoms @ w_atom.T)[topo.angle_centre]
+        + gather(atoms @ w_atom.T, topo.angle_centre)
         + gated.first.bias
     )
