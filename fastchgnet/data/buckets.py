@@ -20,13 +20,15 @@ class Capacity:
     """Fixed shape a rank batch is padded to (batch.py adds the dummy padding structure).
 
     Fields: structures (real structures), atoms, bonds (undirected; edges are twice this),
-    angles.
+    angles, short_bonds (bond-graph bonds; None: every bond counts as one, see
+    ``padding.pad_graphs``).
     """
 
     structures: int
     atoms: int
     bonds: int
     angles: int
+    short_bonds: int | None = None
 
     def fits(self, n_structures: int, totals: np.ndarray) -> bool:
         """Whether a batch of ``n_structures`` with (atoms, bonds, angles) ``totals`` fits."""

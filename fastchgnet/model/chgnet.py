@@ -237,10 +237,10 @@ class FastCHGNet(nn.Module):
             total, forces, stress, magmoms = self._conservative(
                 batch, compute_forces, compute_stress, create_graph
             )
-        n_atoms = batch.n_atoms.to(total.dtype)
+        n_atoms = batch.n_atoms.to(total.dtype)  # empty padding slots: 0 atoms, energy 0
         composition = self.composition(batch.atomic_numbers, batch.atom_structure, batch.n_atoms)
         return Prediction(
-            energy=total / n_atoms + composition,
+            energy=total / n_atoms.clamp(min=1) + composition,
             total_energy=total + composition * n_atoms,
             forces=forces,
             stress=stress,

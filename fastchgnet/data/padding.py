@@ -1,0 +1,137 @@
+"""Pad a batch to a fixed capacity so compiled code sees one shape per capacity bucket.
+
+A padded batch has ``capacity.structures + 1`` structures: the real ones first, then empty
+slots (no atoms), then one *dummy* structure that owns every padding atom, bond and angle.
+The dummy is a small cubic cell (``DUMMY_CELL`` Å) of hydrogen atoms; its padding bonds join
+its first atom to its own periodic image, so all geometry is finite and no length is zero;
+its padding angles pair a padding bond with its own reverse. Real outputs never see the
+padding (message passing stays inside a structure), and every label of padding is masked.
+Real structures and atoms come first, so unpadding is slicing (``unpad``).
+
+Padding is built as extra CrystalGraphs and collated with ``collate``, whose layout (short
+bonds of all structures first) then holds for the padded batch too: the bond-graph slice is
+``capacity.short_bonds`` long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from fastchgnet.data.batch import GraphBatch, collate
+from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.graph import CrystalGraph
+from fastchgnet.data.labels import FrameLabels, LabelBatch, collate_labels
+
+#: Edge of the dummy structure's cubic cell, Å (shorter than the 3 Å bond cutoff).
+DUMMY_CELL = 2.0
+
+
+def _empty(graph: CrystalGraph, n_atoms: int, name: str) -> CrystalGraph:
+    lattice = np.eye(3) * DUMMY_CELL
+    return CrystalGraph(
+        atomic_numbers=np.ones(n_atoms, dtype=np.int64),
+        frac_coords=np.zeros((n_atoms, 3)),
+        lattice=lattice,
+        bond_atoms=np.zeros((0, 2), dtype=np.int64),
+        bond_images=np.zeros((0, 3), dtype=np.int64),
+        n_short_bonds=0,
+        angle_edges=np.zeros((0, 2), dtype=np.int64),
+        atom_cutoff=graph.atom_cutoff,
+        bond_cutoff=graph.bond_cutoff,
+        name=name,
+    )
+
+
+def _dummy(template: CrystalGraph, atoms: int, short: int, long: int, angles: int) -> CrystalGraph:
+    """The padding structure: ``atoms`` H atoms, ``short + long`` self-image bonds of atom 0,
+    ``angles`` angles each pairing a short padding bond with its reverse."""
+    bonds = short + long
+    if angles and not short:
+        raise ValueError("padding angles need at least one padding bond-graph bond")
+    images = np.zeros((bonds, 3), dtype=np.int64)
+    images[:, 0] = 1
+    first = np.arange(angles) % max(short, 1)
+    dummy = _empty(template, atoms, "padding")
+    return replace(
+        dummy,
+        bond_atoms=np.zeros((bonds, 2), dtype=np.int64),
+        bond_images=images,
+        n_short_bonds=short,
+        angle_edges=np.stack([first, first + bonds], axis=1).astype(np.int64),
+    )
+
+
+def pad_graphs(graphs: Sequence[CrystalGraph], capacity: Capacity) -> list[CrystalGraph]:
+    """The graphs of a padded batch: the real ones, empty slots, then the dummy.
+
+    With ``capacity.short_bonds`` None every real bond is counted as a bond-graph bond (exact:
+    bonds longer than the bond cutoff have zero bond-graph weight and no angles), and the
+    bond-graph slice is ``capacity.bonds`` long.
+
+    Raises:
+        ValueError: the graphs do not fit (a capacity must leave at least one padding atom).
+    """
+    if not graphs:
+        raise ValueError("pad_graphs needs at least one graph")
+    if capacity.short_bonds is None:
+        graphs = [replace(g, n_short_bonds=g.n_bonds) for g in graphs]
+        short_capacity = capacity.bonds
+    else:
+        short_capacity = capacity.short_bonds
+    need = {
+        "structures": (len(graphs), capacity.structures),
+        "atoms": (sum(g.n_atoms for g in graphs) + 1, capacity.atoms),
+        "bonds": (sum(g.n_bonds for g in graphs), capacity.bonds),
+        "short bonds": (sum(g.n_short_bonds for g in graphs), short_capacity),
+        "angles": (sum(g.n_angles for g in graphs), capacity.angles),
+    }
+    for what, (used, room) in need.items():
+        if used > room:
+            raise ValueError(f"batch needs {used} {what} (with one padding atom), capacity {room}")
+    n_real_long = need["bonds"][0] - need["short bonds"][0]
+    short = short_capacity - need["short bonds"][0]
+    long = capacity.bonds - short_capacity - n_real_long
+    if long < 0:
+        raise ValueError(f"capacity {capacity}: fewer long-bond slots than the batch's long bonds")
+    template = graphs[0]
+    empties = [
+        _empty(template, 0, f"empty slot {k}") for k in range(len(graphs), capacity.structures)
+    ]
+    dummy = _dummy(
+        template,
+        atoms=capacity.atoms - need["atoms"][0] + 1,
+        short=short,
+        long=long,
+        angles=capacity.angles - need["angles"][0],
+    )
+    return [*graphs, *empties, dummy]
+
+
+def collate_padded(
+    graphs: Sequence[CrystalGraph],
+    capacity: Capacity,
+    labels: Sequence[FrameLabels] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[GraphBatch, LabelBatch | None]:
+    """Collate ``graphs`` (and their labels) padded to ``capacity``; padding labels masked.
+
+    Returns:
+        (batch, labels): shapes fixed by the capacity, ``capacity.structures + 1`` structures.
+    """
+    padded = pad_graphs(graphs, capacity)
+    batch = collate(padded, dtype=dtype)
+    if labels is None:
+        return batch, None
+    missing = SimpleNamespace(energy_per_atom=None, forces=None, stress=None, magmoms=None)
+    all_labels = [*labels, *[missing] * (len(padded) - len(graphs))]
+    return batch, collate_labels(all_labels, [g.n_atoms for g in padded], dtype=dtype)
+
+
+def unpad(value: torch.Tensor, n_real: int) -> torch.Tensor:
+    """The real rows of a padded per-structure or per-atom output: ``value[:n_real]``."""
+    return value[:n_real]
