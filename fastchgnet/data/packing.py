@@ -1,0 +1,232 @@
+"""Packed batch plans: every rank batch filled up to one fixed capacity.
+
+``plan_batches`` gives every rank ``batch_size`` structures; on a long-tailed size distribution
+the batches' totals then span orders of magnitude and padding them to a few capacities wastes
+much (see bench/bench_sampler.py). ``plan_packed_batches`` instead fills each rank batch up to
+one ``Capacity`` (a variable number of structures), so there is one shape to compile, padding
+is only the last structure's slack, and, since every batch is nearly full, ranks carry
+near-equal cost without further balancing.
+
+Packing: structures in a seeded random order go into the first of ``open_bins`` open batches
+with room (first fit); when none has room, the fullest open batch is closed. Closed batches, in
+order, form global steps of ``world_size``; inside a step, structures then move or swap between
+the heaviest and the lightest rank while that narrows their cost gap and both still fit
+(cost = atoms + bonds + angles, as the paper). The last step: when fewer than ``world_size``
+batches remain, their structures are dealt to all ranks largest first (each to the lightest
+rank with room), falling back to the batches as they are (some ranks empty) if that does not
+fit. Deterministic given (sizes, world_size, capacity, seed, epoch, open_bins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.sampler import Plan
+
+#: Room kept free in every batch for the padding dummy: one atom and one bond.
+PADDING_RESERVE = np.array([0, 1, 1, 0])
+
+
+def _room(capacity: Capacity) -> np.ndarray:
+    limits = np.array([capacity.structures, capacity.atoms, capacity.bonds, capacity.angles])
+    return limits - PADDING_RESERVE
+
+
+def _items(sizes: np.ndarray, room: np.ndarray) -> np.ndarray:
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.ndim != 2 or sizes.shape[1] != 3:
+        raise ValueError(f"sizes must be (N, 3) atoms, bonds, angles; got shape {sizes.shape}")
+    items = np.concatenate([np.ones((sizes.shape[0], 1), dtype=np.int64), sizes], axis=1)
+    too_big = np.flatnonzero((items > room).any(axis=1))
+    if too_big.size:
+        k = int(too_big[0])
+        raise ValueError(
+            f"structure {k} (atoms, bonds, angles {sizes[k].tolist()}) exceeds the capacity "
+            f"{room[1:].tolist()} (after the padding reserve); raise the capacity"
+        )
+    return items
+
+
+def _first_fit(items: np.ndarray, order: np.ndarray, room: np.ndarray, open_bins: int):
+    """Batches (lists of indices) in closing order."""
+    closed: list[list[int]] = []
+    bins: list[list[int]] = []
+    loads = np.zeros((0, 4), dtype=np.int64)
+    scale = 1.0 / room[1:].astype(np.float64)
+    for index in order:
+        item = items[index]
+        fits = np.flatnonzero((loads + item <= room).all(axis=1))
+        if fits.size:
+            k = int(fits[0])
+        else:
+            if len(bins) >= open_bins:
+                fullest = int(np.argmax(loads[:, 1:] @ scale))
+                closed.append(bins.pop(fullest))
+                loads = np.delete(loads, fullest, axis=0)
+            bins.append([])
+            loads = np.vstack([loads, np.zeros(4, dtype=np.int64)])
+            k = len(bins) - 1
+        bins[k].append(int(index))
+        loads[k] += item
+    return closed + bins
+
+
+def _swap_once(step: list[list[int]], items: np.ndarray, room: np.ndarray) -> bool:
+    """Move or swap one structure between the heaviest and lightest rank of ``step`` (in place)
+    if that narrows their cost gap and both batches still fit."""
+    loads = np.array([items[r].sum(axis=0) if r else np.zeros(4, np.int64) for r in step])
+    cost = loads[:, 1:].sum(axis=1)
+    heavy, light = int(cost.argmax()), int(cost.argmin())
+    gap = cost[heavy] - cost[light]
+    if gap <= 0 or not step[heavy]:
+        return False
+    a = items[step[heavy]]  # (p, 4)
+    b = (
+        np.vstack([items[step[light]], np.zeros((1, 4), np.int64)])
+        if step[light]
+        else np.zeros((1, 4), np.int64)
+    )
+    delta = a[:, None, :] - b[None, :, :]  # moving a to light and b to heavy
+    fits = ((loads[heavy] - delta <= room) & (loads[light] + delta <= room)).all(axis=2)
+    moved = delta[:, :, 1:].sum(axis=2)
+    new_gap = np.where(fits & (moved > 0), np.abs(gap - 2 * moved), np.inf)
+    i, j = np.unravel_index(int(new_gap.argmin()), new_gap.shape)
+    if not new_gap[i, j] < gap:
+        return False
+    x = step[heavy].pop(i)
+    if j < len(step[light]):
+        step[heavy].append(step[light].pop(j))
+    step[light].append(x)
+    return True
+
+
+def _deal(batches: list[list[int]], items: np.ndarray, room: np.ndarray, world_size: int):
+    """Spread the last (< world_size) batches' structures over all ranks, if they fit."""
+    pool = sorted((i for b in batches for i in b), key=lambda i: -items[i, 1:].sum())
+    if len(pool) < world_size:
+        return batches + [[] for _ in range(world_size - len(batches))]
+    ranks: list[list[int]] = [[] for _ in range(world_size)]
+    loads = np.zeros((world_size, 4), dtype=np.int64)
+    for index in pool:
+        fits = np.flatnonzero((loads + items[index] <= room).all(axis=1))
+        if not fits.size:
+            return batches + [[] for _ in range(world_size - len(batches))]
+        k = int(fits[np.argmin(loads[fits, 1:].sum(axis=1))])
+        ranks[k].append(index)
+        loads[k] += items[index]
+    return ranks
+
+
+def plan_packed_batches(
+    sizes: np.ndarray,
+    world_size: int,
+    capacity: Capacity,
+    seed: int = 0,
+    epoch: int = 0,
+    *,
+    open_bins: int = 8,
+    swaps: int = 16,
+) -> Plan:
+    """One epoch's plan of packed rank batches: ``plan[step][rank]`` lists structure indices.
+
+    Args:
+        sizes: (N, 3) atoms, bonds, angles per structure.
+        world_size: ranks W.
+        capacity: the shape every rank batch is padded to; batches are filled up to it,
+            keeping one atom and one bond free for the padding structure.
+        seed, epoch: the plan is a deterministic function of these (and the rest).
+        open_bins: batches filled at once (more packs tighter, costs more time).
+        swaps: most moves or swaps per step between its heaviest and lightest rank.
+
+    Raises:
+        ValueError: a structure that does not fit the capacity, named by its index.
+    """
+    if world_size < 1 or open_bins < 1:
+        raise ValueError(f"need world_size >= 1 and open_bins >= 1, got {world_size}, {open_bins}")
+    room = _room(capacity)
+    items = _items(sizes, room)
+    if items.shape[0] == 0:
+        return []
+    order = np.random.default_rng([seed, epoch]).permutation(items.shape[0])
+    batches = _first_fit(items, order, room, open_bins)
+    n_full = len(batches) // world_size * world_size
+    plan = [batches[s : s + world_size] for s in range(0, n_full, world_size)]
+    if n_full < len(batches):
+        plan.append(_deal(batches[n_full:], items, room, world_size))
+    for step in plan:
+        for _ in range(swaps):
+            if not _swap_once(step, items, room):
+                break
+    return plan
+
+
+def packing_capacity(
+    sizes: np.ndarray, structures_per_batch: float, *, max_structures: int | None = None
+) -> Capacity:
+    """A capacity holding about ``structures_per_batch`` average structures, never smaller
+    than the largest structure (plus the padding reserve) in any column.
+
+    Args:
+        sizes: (N, 3) atoms, bonds, angles per structure.
+        structures_per_batch: mean structures a packed batch should hold (the batch size).
+        max_structures: cap on structures per batch (default 4x ``structures_per_batch``).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    target = np.ceil(sizes.mean(axis=0) * structures_per_batch).astype(np.int64)
+    limits = np.maximum(target, sizes.max(axis=0) + PADDING_RESERVE[1:])
+    count = max_structures or int(np.ceil(4 * structures_per_batch))
+    return Capacity(count, *(int(x) for x in limits))
+
+
+class PackedBatchSampler(Sampler[list[int]]):
+    """This rank's batches of ``plan_packed_batches``: a batch sampler for ``DataLoader``.
+
+    Every rank builds the same plan from (sizes, capacity, seed, epoch) and takes its own
+    column. Call ``set_epoch`` before each epoch. Batches hold a variable number of structures.
+    """
+
+    def __init__(
+        self,
+        sizes: np.ndarray,
+        capacity: Capacity,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        open_bins: int = 8,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.capacity, self.world_size, self.rank = capacity, world_size, rank
+        self.seed, self.open_bins, self.epoch = seed, open_bins, 0
+        self._plan: tuple[int, Plan] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan ``__iter__`` follows."""
+        self.epoch = int(epoch)
+
+    def plan(self) -> Plan:
+        """The whole epoch's plan (all ranks), cached per epoch."""
+        if self._plan is None or self._plan[0] != self.epoch:
+            plan = plan_packed_batches(
+                self.sizes,
+                self.world_size,
+                self.capacity,
+                self.seed,
+                self.epoch,
+                open_bins=self.open_bins,
+            )
+            self._plan = (self.epoch, plan)
+        return self._plan[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.plan():
+            yield step[self.rank]
+
+    def __len__(self) -> int:
+        return len(self.plan())
