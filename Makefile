@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 # The CPU build of torch; set TORCH_SPEC="torch" (or a CUDA index) on GPU machines.
 TORCH_SPEC ?= torch==2.13.0
+# Python sources to lint (folders that exist)
+LINT_PATHS = $(wildcard fastchgnet tests bench launcher)
 
 .PHONY: setup quickstart test test-slow lint bench clean
 
@@ -29,8 +31,8 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: setup
-	$(BIN)/ruff check fastchgnet tests bench launcher
-	$(BIN)/ruff format --check fastchgnet tests bench launcher
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 bench: setup
 	$(BIN)/python bench/bench_graph.py
