@@ -11,7 +11,7 @@ derivative and cutoff checks.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -149,16 +149,22 @@ def predict(model: FastCHGNet, structures: Sequence[Structure]) -> list[Result]:
     return predict_structures(model, list(structures), batch_size=len(structures))
 
 
-def total_energies(model: FastCHGNet, structures: Sequence[Structure]) -> np.ndarray:
-    """(n_structures,) total energies, eV, from one batched forward without derivatives."""
+def total_energies(
+    model: FastCHGNet, structures: Sequence[Structure], batch_size: int = 12
+) -> np.ndarray:
+    """(n_structures,) total energies, eV, batched forwards without derivatives."""
     dtype = next(model.parameters()).dtype
-    graphs = [
-        build_graph(s, model.config.atom_cutoff, model.config.bond_cutoff) for s in structures
-    ]
+    config = model.config
     model.eval()
-    with torch.no_grad():
-        prediction = model(collate(graphs, dtype=dtype), compute_forces=False, compute_stress=False)
-    return prediction.total_energy.double().numpy()
+    energies = []
+    for start in range(0, len(structures), batch_size):
+        chunk = structures[start : start + batch_size]
+        graphs = [build_graph(s, config.atom_cutoff, config.bond_cutoff) for s in chunk]
+        with torch.no_grad():
+            batch = collate(graphs, dtype=dtype)
+            prediction = model(batch, compute_forces=False, compute_stress=False)
+        energies.append(prediction.total_energy.double().numpy())
+    return np.concatenate(energies)
 
 
 def assert_close(name: str, actual: Any, expected: Any, tolerance: float) -> float:
@@ -290,25 +296,29 @@ def check_stress_symmetric(
 STENCIL = ((2, -1 / 12), (1, 8 / 12), (-1, -8 / 12), (-2, 1 / 12))
 
 
+def _derivatives(
+    model: FastCHGNet, make: Callable[[int, float], Structure], n: int, step: float
+) -> np.ndarray:
+    """(n,) five-point derivatives of the total energy along ``n`` directions: direction d
+    moved by x is the structure ``make(d, x)``."""
+    variants = [make(d, k * step) for d in range(n) for k, _ in STENCIL]
+    energies = total_energies(model, variants).reshape(n, len(STENCIL))
+    return energies @ np.array([w for _, w in STENCIL]) / step
+
+
 def check_numerical_forces(
     model: FastCHGNet, structure: Structure, step: float, tolerance: float
 ) -> dict[str, float]:
     """Forces equal minus the five-point central difference gradient of the total energy
-    (``step`` in Å; all displaced copies predicted in one batch)."""
+    (``step`` in Å)."""
     cart = structure.cart_coords
-    displaced = []
-    for atom in range(len(structure)):
-        for axis in range(3):
-            for k, _ in STENCIL:
-                moved = cart.copy()
-                moved[atom, axis] += k * step
-                displaced.append(
-                    Structure(
-                        structure.lattice, structure.species, moved, coords_are_cartesian=True
-                    )
-                )
-    energies = total_energies(model, displaced).reshape(len(structure), 3, len(STENCIL))
-    numerical = -energies @ np.array([w for _, w in STENCIL]) / step
+
+    def displaced(direction: int, shift: float) -> Structure:
+        moved = cart.copy()
+        moved.reshape(-1)[direction] += shift
+        return Structure(structure.lattice, structure.species, moved, coords_are_cartesian=True)
+
+    numerical = -_derivatives(model, displaced, cart.size, step).reshape(-1, 3)
     forces = predict(model, [structure])[0]["f"]
     return {"f": assert_close("numerical forces", forces, numerical, tolerance)}
 
@@ -319,17 +329,13 @@ def check_numerical_stress(
     """Stress equals (1/V) dE/dstrain by five-point central differences: lattice and positions
     deformed by (1 + strain), strain component (a, b) moved by ``step``; GPa, CHGNet's sign."""
     lattice = structure.lattice.matrix
-    strained = []
-    for a in range(3):
-        for b in range(3):
-            for k, _ in STENCIL:
-                deformation = np.eye(3)
-                deformation[a, b] += k * step
-                strained.append(
-                    Structure(lattice @ deformation, structure.species, structure.frac_coords)
-                )
-    energies = total_energies(model, strained).reshape(3, 3, len(STENCIL))
-    numerical = energies @ np.array([w for _, w in STENCIL]) / step
+
+    def strained(component: int, amount: float) -> Structure:
+        deformation = np.eye(3)
+        deformation.reshape(-1)[component] += amount
+        return Structure(lattice @ deformation, structure.species, structure.frac_coords)
+
+    numerical = _derivatives(model, strained, 9, step).reshape(3, 3)
     numerical *= EV_PER_A3_TO_GPA / abs(np.linalg.det(lattice))
     stress = predict(model, [structure])[0]["s"]
     return {"s": assert_close("numerical stress", stress, numerical, tolerance)}

@@ -67,10 +67,14 @@ def reference_model(dtype: torch.dtype) -> FastCHGNet:
 
 
 def run_property(
-    slow: bool, check: Callable[..., object], max_atoms: int = 8, **strategies: object
+    slow: bool,
+    check: Callable[..., object],
+    max_atoms: int = 8,
+    slow_max_atoms: int = 30,
+    **strategies: object,
 ) -> None:
     """Run ``check(seed, n_atoms, **drawn)`` on hypothesis-drawn random crystals."""
-    n_max = 30 if slow else max_atoms
+    n_max = slow_max_atoms if slow else max_atoms
 
     @settings(max_examples=25 if slow else 10, deadline=None, database=None, derandomize=not slow)
     @given(seed=st.integers(0, 2**31 - 1), n_atoms=st.integers(1, n_max), **strategies)
@@ -180,7 +184,7 @@ def test_conservative_forces_are_minus_the_numerical_energy_gradient(slow):
         for model in models:
             check_numerical_forces(model, crystal, DERIVATIVE_STEP, DERIVATIVE_TOLERANCE)
 
-    run_property(slow, check, max_atoms=3)
+    run_property(slow, check, max_atoms=3, slow_max_atoms=8)
 
 
 @pytest.mark.parametrize("slow", SIZES)
@@ -192,7 +196,7 @@ def test_conservative_stress_is_the_numerical_strain_derivative(slow):
         for model in models:
             check_numerical_stress(model, crystal, DERIVATIVE_STEP, DERIVATIVE_TOLERANCE)
 
-    run_property(slow, check, max_atoms=4)
+    run_property(slow, check, max_atoms=4, slow_max_atoms=12)
 
 
 # Cutoff crossing, float64: distances cutoff + k * 1e-4 Å. A smooth quantity changes by about
