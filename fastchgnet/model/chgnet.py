@@ -199,13 +199,18 @@ class FastCHGNet(nn.Module):
         magmoms = atoms.new_zeros(atoms.shape[0])
         last = self.config.n_conv - 1
         for block in range(last):
+            # the last block's angle update feeds nothing (only an atom conv follows): skipped,
+            # as its output would be in the reference, so its parameters get no gradient
+            update_angles = block < last - 1
             new_atoms = self.atom_convs[block](atoms, bonds, atom_weights, topo)
             if self.config.coupled_updates:
                 bonds = self.bond_convs[block](new_atoms, bonds, bond_weights, angles, topo)
-                angles = self.angle_updates[block](new_atoms, bonds, angles, topo)
+                if update_angles:
+                    angles = self.angle_updates[block](new_atoms, bonds, angles, topo)
             else:
                 new_bonds = self.bond_convs[block](atoms, bonds, bond_weights, angles, topo)
-                angles = self.angle_updates[block](atoms, bonds, angles, topo)
+                if update_angles:
+                    angles = self.angle_updates[block](atoms, bonds, angles, topo)
                 bonds = new_bonds
             atoms = new_atoms
             if block == last - 1:
