@@ -1,0 +1,1 @@
+"""Training: loss, loop, engine (DeepSpeed), checkpoints, metrics; ``run.train`` composes them."""

@@ -1,0 +1,246 @@
+"""TrainConfig: the typed run configuration, stored in every checkpoint.
+
+Sections: ``data``, ``model``, ``optim``, ``loss`` (``LossConfig``), ``run``. Read from TOML or
+JSON (``load_config``), overridden by ``--set section.key=value`` (``apply_overrides``); an
+unknown section or key, or a value of the wrong type, is an error naming it. The defaults are
+the quick start: a small model on the bundled data set, a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from fastchgnet.train.loss import LossConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the structures come from and how they are batched.
+
+    source: "quickstart" (the bundled set), a graph cache folder, or frames (extxyz/ASE file,
+    MPtrj JSON, VASP run dir) converted on first use into ``cache_dir`` (default
+    ``<run.out_dir>/cache``). ``batch_size`` is per rank; ``split`` (train, val, test)
+    fractions by material id; ``max_structures`` > 0 keeps only the first that many.
+    """
+
+    source: str = "quickstart"
+    cache_dir: str = ""
+    energy_key: str = "corrected_total_energy"
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    split_seed: int = 0
+    batch_size: int = 16
+    size_pool: int = 16
+    loader_workers: int = 0
+    convert_workers: int = 1
+    max_structures: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The model to train.
+
+    init: "scratch" (a new model with ``architecture``), "reference:0.3.0" (pretrained weights
+    of the chgnet package; also 0.2.0, r2scan) or a path to our model file or checkpoint.
+    architecture: ``ModelConfig`` keys for a new model (e.g. forces="direct").
+    freeze: parameter name prefixes not trained (e.g. "atom_embedding", "atom_convs.0").
+    fit_composition: least-squares fit of the AtomRef element energies on the training
+    energies before training (default: for new models only).
+    """
+
+    init: str = "scratch"
+    architecture: dict[str, Any] = field(
+        default_factory=lambda: {
+            "atom_fea_dim": 32,
+            "bond_fea_dim": 32,
+            "angle_fea_dim": 32,
+            "atom_conv_hidden_dim": 32,
+            "bond_conv_hidden_dim": 32,
+            "mlp_hidden_dims": [32, 32],
+            "num_radial": 15,
+            "num_angular": 15,
+            "n_conv": 3,
+        }
+    )
+    freeze: tuple[str, ...] = ()
+    fit_composition: Literal["auto", "yes", "no"] = "auto"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule. The learning rate is ``lr`` scaled by the global batch size B
+    (``lr_scaling``: "linear" lr * B / ``lr_reference_batch``, "sqrt" the square root of that
+    ratio, "none"); ``scheduler`` "cosine" anneals it to ``lr * min_lr_ratio`` over the run
+    (after ``warmup_steps`` of linear warm-up) or "constant". ``grad_clip`` 0: no clipping."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 3e-4
+    lr_reference_batch: int = 128
+    lr_scaling: Literal["linear", "sqrt", "none"] = "none"
+    weight_decay: float = 0.0
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    epochs: int = 8
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Output, checkpoints, logging and the engine.
+
+    ``checkpoint_every`` steps (0: only at epoch ends) and at every epoch end; ``keep`` the
+    newest that many. ``max_bad_steps`` non-finite losses in a row stop the run. ``max_steps``
+    > 0 stops after that many optimiser steps in all (a checkpoint is written there).
+    ``engine``: "auto" (DeepSpeed when launched by it, else plain torch), "torch",
+    "deepspeed". ``progress``: "auto" (a bar on terminals), "bar" or "lines". ``threads``:
+    torch CPU threads per rank (0: torch's default). One is the default because small graph
+    batches gain little from more, and on a busy or shared CPU OpenMP threads that spin-wait
+    for each other make a step many times slower (measured 25x on 2 shared cores).
+    ``check_sync_every`` > 0: every that many steps, check that all ranks hold bit-identical
+    parameters (sha256 compared across ranks); a mismatch stops the run.
+    """
+
+    out_dir: str = "runs/quickstart"
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep: int = 3
+    max_bad_steps: int = 5
+    max_steps: int = 0
+    log_every: int = 20
+    progress: Literal["auto", "bar", "lines"] = "auto"
+    tensorboard: bool = False
+    plots: bool = True
+    engine: Literal["auto", "torch", "deepspeed"] = "auto"
+    deepspeed_config: str = ""
+    threads: int = 1
+    check_sync_every: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole run configuration; see each section's docstring."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-friendly dict of every setting."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested dicts; unknown sections/keys and wrong types raise ValueError."""
+        return _build(cls, data, "")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config {where or 'root'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {[where + k for k in unknown]}; known: {sorted(known)}"
+        )
+    values = {}
+    for name, value in data.items():
+        kind = hints[name]
+        if is_dataclass(kind):
+            values[name] = _build(kind, value, f"{where}{name}.")
+        else:
+            values[name] = _coerce(kind, value, f"{where}{name}")
+    return cls(**values)
+
+
+def _coerce(kind: Any, value: Any, name: str) -> Any:
+    """Check ``value`` against the annotation ``kind``; lists become tuples where asked."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config {name}={value!r}: choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config {name}={value!r}: expected a list")
+        inner = args[0]
+        if args[-1] is not Ellipsis and len(args) != len(value):
+            raise ValueError(f"config {name}={value!r}: expected {len(args)} entries")
+        return tuple(_coerce(inner, v, name) for v in value)
+    if origin in (dict,) or kind is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config {name}={value!r}: expected a table")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"config field {name}: unions are not supported")
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"config {name}={value!r}: expected true or false")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"config {name}={value!r}: expected an integer")
+    if not isinstance(value, kind):
+        raise ValueError(f"config {name}={value!r}: expected {kind.__name__}")
+    return value
+
+
+def read_table(path: str | Path) -> dict[str, Any]:
+    """Nested dict from a .toml or .json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(path.read_text())
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON (numbers, true/false, lists, quoted strings), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``section.key=value`` (``model.architecture.forces=direct`` reaches into the
+    architecture table) and re-validate."""
+    data = config.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set {item!r}: use section.key=value")
+        parts = key.split(".")
+        table = data
+        for part in parts[:-1]:
+            if not isinstance(table.get(part), dict):
+                raise ValueError(f"--set {item!r}: {part!r} is not a config table")
+            table = table[part]
+        if parts[-1] not in table and parts[:2] != ["model", "architecture"]:
+            raise ValueError(f"--set {item!r}: unknown key {key!r}")
+        table[parts[-1]] = parse_value(text)
+    return TrainConfig.from_dict(data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """The defaults (quick start), updated by the file at ``path`` and ``overrides``."""
+    config = TrainConfig.from_dict(read_table(path)) if path else TrainConfig()
+    return apply_overrides(config, overrides or [])
+
+
+def with_run(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy with ``run`` fields changed (e.g. out_dir)."""
+    return replace(config, run=replace(config.run, **changes))
