@@ -1,0 +1,178 @@
+"""Training checkpoints: atomic, checksummed, one file per rank, committed by ``latest.json``.
+
+Layout under ``<out_dir>/checkpoints``::
+
+    step-00000120/rank-00000.pt   model weights and config, optimiser (this rank's shard under
+                                  ZeRO 1), scheduler, progress (epoch, step in epoch, global
+                                  step, bad steps in a row), RNG states, TrainConfig, history
+    step-00000120/rank-00001.pt   optimiser shard, scheduler and RNG states of rank 1
+    latest.json                   names the newest complete checkpoint; written last
+
+Every file goes through a temp file, fsync and rename; it wraps its payload's bytes with their
+sha256, checked on load. ``latest.json`` is replaced only after every rank has written its file
+(a barrier), so a run killed at any moment leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastchgnet.model.io import atomic_write_bytes
+
+FORMAT = "fastchgnet-train-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or foreign."""
+
+
+@dataclass
+class Progress:
+    """Where training stands: ``epoch`` (0-based), ``step_in_epoch`` global steps done in it,
+    ``global_step`` optimiser steps done in all, ``bad_steps`` non-finite losses in a row."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    bad_steps: int = 0
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU, and CUDA when present) generator states."""
+    # the legacy global generator: third-party code may draw from it
+    name, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    keys = np.array(keys, dtype=np.uint32)
+    np.random.set_state((name, keys, position, has_gauss, cached))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_verified(path: Path, payload: dict[str, Any]) -> None:
+    """torch-save ``payload``, wrap its bytes with their sha256, write atomically."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    body = buffer.getvalue()
+    wrapper = io.BytesIO()
+    digest = hashlib.sha256(body).hexdigest()
+    torch.save(
+        {"format": FORMAT, "version": FORMAT_VERSION, "sha256": digest, "body": body}, wrapper
+    )
+    atomic_write_bytes(path, wrapper.getvalue())
+
+
+def read_verified(path: Path) -> dict[str, Any]:
+    """Read a file of ``write_verified``; a damaged or foreign file raises CheckpointError."""
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fastchgnet training checkpoint")
+    if wrapper.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {wrapper.get('version')} unknown")
+    body: bytes = wrapper["body"]
+    if hashlib.sha256(body).hexdigest() != wrapper["sha256"]:
+        raise CheckpointError(f"{path}: checksum mismatch; the checkpoint is damaged")
+    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+
+
+def rank_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank:05d}.pt"
+
+
+def save_checkpoint(
+    root: Path,
+    *,
+    rank: int,
+    world_size: int,
+    progress: Progress,
+    engine_state: dict[str, Any],
+    model: torch.nn.Module | None,
+    config: dict[str, Any],
+    history: list[dict[str, Any]],
+    barrier: Any = None,
+    keep: int = 3,
+) -> Path:
+    """Write this rank's file of the checkpoint at ``progress.global_step``; the main rank
+    commits it in ``latest.json`` after ``barrier()`` (all ranks written) and prunes to ``keep``.
+
+    ``model`` (the main rank's) carries weights and its ModelConfig; other ranks pass None.
+    """
+    folder = root / f"step-{progress.global_step:08d}"
+    payload: dict[str, Any] = {
+        "engine": engine_state,
+        "rng": rng_state(),
+        "progress": vars(progress).copy(),
+        "world_size": world_size,
+    }
+    if rank == 0 and model is not None:
+        payload["model"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        payload["model_config"] = model.config.to_dict()
+        payload["config"] = config
+        payload["history"] = history
+    write_verified(rank_file(folder, rank), payload)
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        atomic_write_bytes(
+            root / "latest.json",
+            json.dumps({"name": folder.name, **vars(progress), "world_size": world_size}).encode(),
+        )
+        folders = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in folders[: max(0, len(folders) - keep)]:
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The folder ``latest.json`` names, or None when there is no checkpoint."""
+    pointer = root / "latest.json"
+    if not pointer.is_file():
+        return None
+    folder = root / json.loads(pointer.read_text())["name"]
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} names {folder.name}, which is missing")
+    return folder
+
+
+def load_checkpoint(folder: Path, rank: int, world_size: int) -> tuple[dict, list[dict]]:
+    """(main payload with model/config, every rank's payload) of a checkpoint folder.
+
+    Raises CheckpointError when the world size differs from the one that wrote it (the
+    sampler plan and ZeRO shards depend on it) or a file is missing or damaged.
+    """
+    main = read_verified(rank_file(folder, 0))
+    if main["world_size"] != world_size:
+        raise CheckpointError(
+            f"{folder} was written by {main['world_size']} rank(s); resume with the same number"
+        )
+    payloads = [main] + [read_verified(rank_file(folder, r)) for r in range(1, world_size)]
+    return main, payloads

@@ -1,0 +1,143 @@
+"""Training data: resolve the source to a graph cache, split it, and feed each rank its batches.
+
+The cache, the split by material id and the balanced per-rank plans come from
+``fastchgnet.data``; this module only composes them for the training loop and adds the one
+thing training needs beyond them: starting an epoch part-way (exact resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from fastchgnet.data.batch import GraphBatch, collate
+from fastchgnet.data.cache import GraphDataset
+from fastchgnet.data.labels import LabelBatch, collate_labels
+from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
+from fastchgnet.data.split import split_by_material
+from fastchgnet.train.config import DataConfig
+
+#: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
+QUICKSTART_FILE = "quickstart.extxyz.gz"
+
+
+def quickstart_path() -> Path:
+    """Path of the bundled quick-start frames (extxyz, labels from CHGNet 0.3.0)."""
+    return Path(str(resources.files("fastchgnet") / "resources" / QUICKSTART_FILE))
+
+
+def resolve_cache(
+    config: DataConfig, out_dir: Path, cutoffs: tuple[float, float], is_main: bool
+) -> Path:
+    """The graph cache folder of ``config.source``, converting frames into it on first use.
+
+    Only the main rank converts; the caller makes the other ranks wait (barrier) before they
+    open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
+    """
+    from fastchgnet.data.convert import convert
+    from fastchgnet.data.sources import read_frames
+
+    source = quickstart_path() if config.source == "quickstart" else Path(config.source)
+    if (source / "manifest.json").is_file():
+        return source
+    cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
+    if is_main and not (cache / "manifest.json").is_file():
+        frames = read_frames(source, energy_key=config.energy_key)
+        convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
+    return cache
+
+
+def collate_items(
+    items: Sequence[tuple[object, object]], dtype: torch.dtype = torch.float32
+) -> tuple[GraphBatch, LabelBatch]:
+    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order."""
+    graphs = [graph for graph, _ in items]
+    labels = [label for _, label in items]
+    return collate(graphs, dtype), collate_labels(labels, [g.n_atoms for g in graphs], dtype)
+
+
+@dataclass
+class Splits:
+    """The dataset and the indices of each split (int64 arrays)."""
+
+    dataset: GraphDataset
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def make_splits(cache: Path, config: DataConfig) -> Splits:
+    """Open the cache and split it by material id (``config.split``, ``split_seed``)."""
+    dataset = GraphDataset(cache)
+    ids = dataset.material_ids
+    if config.max_structures > 0:
+        ids = ids[: config.max_structures]
+    split = split_by_material(ids, config.split, seed=config.split_seed)
+    return Splits(dataset, split.train, split.val, split.test)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """One rank's batches of one epoch from a ``BalancedBatchSampler``, starting at ``skip``
+    global steps into the epoch (resume), mapped from split positions to dataset indices."""
+
+    def __init__(
+        self, sampler: BalancedBatchSampler, indices: np.ndarray, epoch: int, skip: int = 0
+    ) -> None:
+        self.sampler, self.indices, self.skip = sampler, indices, skip
+        sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.sampler.plan()[self.skip :]:
+            yield [int(self.indices[k]) for k in step[self.sampler.rank]]
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+
+def make_sampler(
+    splits: Splits, indices: np.ndarray, config: DataConfig, world: tuple[int, int], seed: int
+) -> BalancedBatchSampler:
+    """Balanced sampler over ``indices`` of the dataset for (rank, world_size)."""
+    rank, world_size = world
+    costs = structure_costs(splits.dataset.sizes[indices])
+    return BalancedBatchSampler(
+        costs,
+        config.batch_size,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+        size_pool=config.size_pool if config.size_pool > 0 else None,
+    )
+
+
+def make_loader(splits: Splits, batches: Sampler[list[int]], workers: int) -> DataLoader:
+    """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler."""
+    return DataLoader(
+        splits.dataset,
+        batch_sampler=batches,
+        collate_fn=collate_items,
+        num_workers=workers,
+        persistent_workers=False,
+    )
+
+
+def composition_fractions(
+    dataset: GraphDataset, indices: np.ndarray, n_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, n_elements) atom fractions and (n,) energies (eV/atom) of the labelled structures
+    among ``indices``, for ``AtomRef.fit``."""
+    rows, energies = [], []
+    for index in indices:
+        graph, labels = dataset[int(index)]
+        if labels.energy_per_atom is None:
+            continue
+        counts = np.bincount(graph.atomic_numbers - 1, minlength=n_elements)[:n_elements]
+        rows.append(counts / counts.sum())
+        energies.append(labels.energy_per_atom)
+    return torch.tensor(np.array(rows)), torch.tensor(np.array(energies))

@@ -1,0 +1,62 @@
+"""Small labelled data sets and configs for the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastchgnet.data.convert import convert
+from fastchgnet.data.sources import read_frames
+from fastchgnet.train.config import TrainConfig, apply_overrides
+from fastchgnet.train.data import quickstart_path
+
+#: A model small enough for a training step in a few tens of ms on one CPU thread.
+TINY_ARCHITECTURE = (
+    '{"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "atom_conv_hidden_dim": 16,'
+    ' "bond_conv_hidden_dim": 16, "mlp_hidden_dims": [16], "num_radial": 7, "num_angular": 7,'
+    ' "n_conv": 2}'
+)
+
+
+def small_cache(folder: Path, n: int = 48) -> Path:
+    """A graph cache of the first ``n`` bundled quick-start structures."""
+    frames = (frame for k, frame in zip(range(n), read_frames(quickstart_path()), strict=False))
+    convert(frames, folder, workers=1, progress=False)
+    return folder
+
+
+def tiny_config(cache: Path, out_dir: Path, *extra: str) -> TrainConfig:
+    """A fast run on ``cache``: tiny model, batch 4, lines not bars, no plots."""
+    return apply_overrides(
+        TrainConfig(),
+        [
+            f"data.source={cache}",
+            "data.batch_size=4",
+            "data.split=[0.75, 0.125, 0.125]",
+            f"model.architecture={TINY_ARCHITECTURE}",
+            f"run.out_dir={out_dir}",
+            "run.progress=lines",
+            "run.plots=false",
+            "optim.lr=0.001",
+            *extra,
+        ],
+    )
+
+
+def random_labels_like(n_atoms: list[int], seed: int = 0) -> list[object]:
+    """Random per-structure labels (energy, forces, stress, magmoms) for ``n_atoms``."""
+    from fastchgnet.data.cache import Labels
+
+    rng = np.random.default_rng(seed)
+    return [
+        Labels(
+            energy_per_atom=float(rng.normal()),
+            forces=rng.normal(size=(n, 3)),
+            stress=rng.normal(size=(3, 3)),
+            magmoms=rng.random(n),
+            material_id=f"m{k}",
+            frame_id=str(k),
+        )
+        for k, n in enumerate(n_atoms)
+    ]
