@@ -2,6 +2,8 @@
 
     fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
     fastchgnet data convert SRC -o CACHE [...]
+    fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S]
+    fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]
 
 Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem),
 2 bad usage (argparse).
@@ -88,6 +90,18 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
     convert_main(args.rest)
 
 
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from fastchgnet.data.synth import main as synth_main
+
+    synth_main(args.rest)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fastchgnet.train.launch import run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastchgnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("rest", nargs=argparse.REMAINDER)
     convert.set_defaults(func=cmd_data_convert)
+    synth = data_sub.add_parser(
+        "synth",
+        help="varied crystals labelled by the reference CHGNet (see `fastchgnet data synth -h`)",
+        add_help=False,
+    )
+    synth.add_argument("rest", nargs=argparse.REMAINDER)
+    synth.set_defaults(func=cmd_data_synth)
+
+    from fastchgnet.train.launch import build_parser as train_parser
+
+    train = sub.add_parser(
+        "train", help="train a model (configs/*.toml)", parents=[train_parser()], add_help=False
+    )
+    train.set_defaults(func=cmd_train)
     return parser
 
 
