@@ -1,0 +1,154 @@
+"""An ASE calculator over any FastCHGNet model, and batched evaluation of many ASE Atoms.
+
+The seam to the model is ``Potential``: an ``nn.Module`` with a ``ModelConfig`` called on a
+``GraphBatch``. ``FastCHGNet`` in any mode is one; a compiled model with fixed capacities
+(padding the batch on the way in, unpadding the Prediction on the way out) is another, and
+plugs into ``Calculator`` and ``relax`` unchanged.
+
+Units at this edge are ASE's: energy eV (total), forces eV/Å, stress eV/Å^3 as a Voigt
+6-vector (xx, yy, zz, yz, xz, xy). Our stress (GPa, CHGNet's sign: (1/V) dE/dstrain) has
+ASE's sign already, so it is only scaled by ``ase.units.GPa``, as the reference calculator does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator as AseCalculator
+from ase.calculators.calculator import all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from fastchgnet.data.batch import GraphBatch, collate
+from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
+from fastchgnet.md.neighbours import VerletGraph
+from fastchgnet.model.chgnet import Prediction
+from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.predict import check_elements
+
+
+def as_atoms(structure: Any) -> Atoms:
+    """A copy of ``structure`` (pymatgen Structure or ASE Atoms) as ASE Atoms."""
+    if isinstance(structure, Atoms):
+        return structure.copy()
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return AseAtomsAdaptor.get_atoms(structure)
+
+
+class Potential(Protocol):
+    """What the calculator needs of a model: its config (cutoffs, elements), parameters (dtype,
+    device) and ``model(batch, compute_forces=, compute_stress=) -> Prediction``."""
+
+    config: ModelConfig
+
+    def __call__(
+        self, batch: GraphBatch, *, compute_forces: bool, compute_stress: bool
+    ) -> Prediction: ...
+
+    def parameters(self) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def evaluate_graphs(
+    model: Potential, graphs: Sequence[CrystalGraph], *, stress: bool
+) -> list[dict[str, Any]]:
+    """One model call for many graphs; ASE results per structure.
+
+    Returns:
+        Per graph: ``energy`` and ``free_energy`` () eV total, ``forces`` (n, 3) eV/Å,
+        ``magmoms`` (n,) μB and, when ``stress``, ``stress`` (6,) eV/Å^3 (ASE Voigt order).
+    """
+    for graph in graphs:
+        check_elements(graph, model.config.max_num_elements)
+    parameter = next(iter(model.parameters()))
+    batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+    prediction = model(batch, compute_forces=True, compute_stress=stress)
+    return ase_results(prediction, [g.n_atoms for g in graphs])
+
+
+def ase_results(prediction: Prediction, n_atoms: Sequence[int]) -> list[dict[str, Any]]:
+    """Split a Prediction into per-structure ASE results (float64 numpy, ASE units)."""
+    host = {
+        "energy": prediction.total_energy,
+        "forces": prediction.forces,
+        "stress": prediction.stress,
+        "magmoms": prediction.magmoms,
+    }
+    arrays = {
+        k: v.detach().to("cpu", torch.float64).numpy() for k, v in host.items() if v is not None
+    }
+    cuts = np.cumsum(n_atoms)[:-1]
+    per_atom = {k: np.split(arrays[k], cuts) for k in ("forces", "magmoms") if k in arrays}
+    results = []
+    for index in range(len(n_atoms)):
+        energy = float(arrays["energy"][index])
+        item: dict[str, Any] = {"energy": energy, "free_energy": energy}
+        item |= {k: parts[index] for k, parts in per_atom.items()}
+        if "stress" in arrays:
+            item["stress"] = full_3x3_to_voigt_6_stress(arrays["stress"][index] * units.GPa)
+        results.append(item)
+    return results
+
+
+class Calculator(AseCalculator):
+    """ASE calculator for FastCHGNet models (reference-imported, conservative or direct).
+
+    Args:
+        model: a ``FastCHGNet`` (or any ``Potential``); put in eval mode.
+        skin: Verlet skin, Å, for reusing neighbour searches between steps (0: search every
+            step). The graph is always the one ``build_graph`` gives at the current positions.
+        backend: neighbour rule to reproduce, as ``build_graph``.
+        always_stress: compute stress on every call, not only when ASE asks for it. MD
+            without a barostat never asks, and skipping it saves part of the backward pass.
+        name: the structure's name in error messages (default: from the atoms).
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms")
+
+    def __init__(
+        self,
+        model: Potential,
+        *,
+        skin: float = 1.0,
+        backend: NeighbourBackend = "pymatgen",
+        always_stress: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        model.eval()
+        config = model.config
+        self.neighbours = VerletGraph(config.atom_cutoff, config.bond_cutoff, skin, backend)
+        self.always_stress = always_stress
+        self.structure_name = name
+
+    def graph(self, atoms: Any) -> CrystalGraph:
+        """The crystal graph of ``atoms`` now (reusing the last neighbour search if safe)."""
+        return self.neighbours.graph(atoms, self.structure_name)
+
+    def wants_stress(self, properties: Sequence[str]) -> bool:
+        """Whether a request for ``properties`` computes stress as well."""
+        return self.always_stress or "stress" in properties
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: Sequence[str] = ("energy", "forces"),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        """Fill ``self.results`` for ``atoms`` (ASE units, see the module docstring)."""
+        super().calculate(atoms, list(properties), list(system_changes))
+        stress = self.wants_stress(properties)
+        self.results = evaluate_graphs(self.model, [self.graph(self.atoms)], stress=stress)[0]
+
+    def store(self, atoms: Any, results: dict[str, Any]) -> None:
+        """Take ``results`` computed elsewhere (a batched call) as this calculator's answer for
+        ``atoms`` at its current positions, so ASE asks the model nothing more."""
+        self.atoms = atoms.copy()
+        self.results = dict(results)

@@ -1,0 +1,28 @@
+"""Fixtures for the md tests: small crystals as ASE Atoms, one torch thread per test.
+
+MD and relaxation call the model on a handful of atoms at a time; on a shared, loaded CPU,
+OpenMP threads spinning for such small work cost far more than they gain, so these tests pin
+one thread and restore the setting afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.md.calculator import as_atoms
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_crystals():
+    """Six varied crystals of at most 8 atoms, as ASE Atoms."""
+    return [as_atoms(s) for s in varied_structures(6, seed=11, max_atoms=8)]

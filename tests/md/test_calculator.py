@@ -1,0 +1,90 @@
+"""The ASE calculator: same numbers as predict_structure, ASE units and sign, every model mode,
+batched evaluation equal to one-by-one, and errors that name the structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from fastchgnet import FastCHGNet
+from fastchgnet.errors import StructureError
+from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
+
+
+def assert_matches_predict(model, atoms) -> None:
+    expected = model.predict_structure(atoms)
+    atoms.calc = Calculator(model)
+    n = len(atoms)
+    np.testing.assert_allclose(atoms.get_potential_energy() / n, expected["e"], rtol=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), expected["f"], atol=2e-5)
+    stress = full_3x3_to_voigt_6_stress(expected["s"] * units.GPa)
+    np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-6)
+    np.testing.assert_allclose(atoms.get_magnetic_moments(), expected["m"], atol=1e-5)
+
+
+def test_reference_model_gives_predict_structure_numbers(model, small_crystals):
+    for atoms in small_crystals[:3]:
+        assert_matches_predict(model, atoms)
+
+
+def test_direct_model_gives_predict_structure_numbers(small_crystals):
+    torch.manual_seed(0)
+    direct = FastCHGNet(forces="direct")
+    for atoms in small_crystals[:2]:
+        assert_matches_predict(direct, atoms)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_stress_agrees_with_reference_calculator_in_ase_units(model, reference_chgnet):
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    from fastchgnet.data.synthetic import varied_structures
+
+    atoms = as_atoms(varied_structures(1, seed=5, max_atoms=8)[0])
+    reference = atoms.copy()
+    reference.calc = CHGNetCalculator(reference_chgnet, use_device="cpu")
+    atoms.calc = Calculator(model)
+    np.testing.assert_allclose(atoms.get_stress(), reference.get_stress(), atol=2e-5)
+    np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=2e-4)
+    assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-3)
+
+
+def test_batched_evaluation_equals_one_structure_at_a_time(model, small_crystals):
+    calculators = [Calculator(model) for _ in small_crystals]
+    graphs = [c.graph(a) for c, a in zip(calculators, small_crystals, strict=True)]
+    together = evaluate_graphs(model, graphs, stress=True)
+    for graph, result in zip(graphs, together, strict=True):
+        alone = evaluate_graphs(model, [graph], stress=True)[0]
+        for key in ("energy", "forces", "stress", "magmoms"):
+            np.testing.assert_allclose(result[key], alone[key], rtol=1e-5, atol=1e-5)
+
+
+def test_stress_is_computed_only_when_asked(model, small_crystals):
+    atoms = small_crystals[0]
+    atoms.calc = Calculator(model)
+    atoms.get_forces()
+    assert "stress" not in atoms.calc.results
+    atoms.calc = Calculator(model, always_stress=True)
+    atoms.get_forces()
+    assert atoms.calc.results["stress"].shape == (6,)
+
+
+def test_moving_atoms_recomputes_and_reuses_the_neighbour_search(model, small_crystals):
+    atoms = small_crystals[1]
+    atoms.calc = calc = Calculator(model, skin=1.0)
+    first = atoms.get_potential_energy()
+    atoms.positions[0] += 0.05
+    assert atoms.get_potential_energy() != first
+    assert calc.neighbours.n_builds == 1
+
+
+def test_element_beyond_the_model_is_named(model):
+    from ase import Atoms
+
+    atoms = Atoms("Am2", positions=[[0, 0, 0], [1.5, 1.5, 1.5]], cell=[3, 3, 3], pbc=True)
+    atoms.calc = Calculator(model)
+    with pytest.raises(StructureError, match=r"Z=\[95\]"):
+        atoms.get_potential_energy()
