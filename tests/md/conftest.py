@@ -1,8 +1,9 @@
 """Fixtures for the md tests: small crystals as ASE Atoms, one torch thread per test.
 
-MD and relaxation call the model on a handful of atoms at a time; on a shared, loaded CPU,
-OpenMP threads spinning for such small work cost far more than they gain, so these tests pin
-one thread and restore the setting afterwards.
+MD and relaxation call the model on a handful of atoms at a time, and ASE's cell filter does
+3x3 linear algebra; on a shared, loaded CPU, OpenMP and OpenBLAS threads spinning for such
+small work cost far more than they gain (10x here), so these tests pin one thread of each and
+restore the settings afterwards (OpenBLAS through threadpoolctl, when installed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from fastchgnet.md.calculator import as_atoms
 def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    try:
+        from threadpoolctl import threadpool_limits
+    except ModuleNotFoundError:
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     torch.set_num_threads(threads)
 
 

@@ -1,0 +1,70 @@
+"""Relaxation: batched lockstep follows the same path as ASE per structure, converged means
+forces below fmax, cells relax only when asked, trajectories are written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.filters import FrechetCellFilter
+from ase.io import read
+
+from fastchgnet.md.relax import relax
+
+
+def test_batched_relaxation_follows_the_per_structure_path(model, small_crystals):
+    crystals = small_crystals[:3]
+    batched = relax(crystals, model, steps=20)
+    one_by_one = relax(crystals, model, steps=20, batched=False)
+    for ours, ase_run in zip(batched, one_by_one, strict=True):
+        assert ours.steps == ase_run.steps
+        assert ours.converged == ase_run.converged
+        assert ours.energy_per_atom == pytest.approx(ase_run.energy_per_atom, abs=1e-4)
+
+
+def test_converged_structures_have_forces_and_cell_forces_below_fmax(model, small_crystals):
+    for result in relax(small_crystals[:2], model, fmax=0.1, steps=200):
+        assert result.converged
+        forces = FrechetCellFilter(result.atoms).get_forces()
+        assert np.sqrt((forces**2).sum(axis=1)).max() < 0.1
+
+
+def test_relaxation_lowers_the_energy(model, small_crystals):
+    atoms = small_crystals[4]
+    start = model.predict_structure(atoms)["e"]
+    assert relax(atoms, model, steps=30).energy_per_atom < start
+
+
+def test_fixed_cell_relaxation_keeps_the_cell(model, small_crystals):
+    atoms = small_crystals[1]
+    result = relax(atoms, model, relax_cell=False, optimizer="BFGS", steps=20)
+    np.testing.assert_array_equal(result.atoms.cell.array, atoms.cell.array)
+    assert "stress" not in result.atoms.calc.results
+
+
+def test_input_structures_are_not_modified(model, small_crystals):
+    atoms = small_crystals[2]
+    before = atoms.positions.copy()
+    relax(atoms, model, steps=5)
+    np.testing.assert_array_equal(atoms.positions, before)
+
+
+def test_trajectory_holds_every_step_of_every_structure(model, small_crystals, tmp_path):
+    path = tmp_path / "relax.extxyz"
+    results = relax(small_crystals[:2], model, steps=5, trajectory=path)
+    frames = read(path, index=":")
+    assert len(frames) == sum(r.steps + 1 for r in results)
+    assert [f.info["structure"] for f in frames] == sorted(f.info["structure"] for f in frames)
+    last = [f for f in frames if f.info["structure"] == 1][-1]
+    assert last.get_potential_energy() == pytest.approx(results[1].energy, rel=1e-6)
+
+
+def test_pymatgen_structures_come_back_with_magmoms(model):
+    from fastchgnet.data.synthetic import varied_structures
+
+    result = relax(varied_structures(1, seed=4, max_atoms=6)[0], model, steps=3)
+    assert "magmom" in result.structure.site_properties
+
+
+def test_unknown_optimizer_is_rejected(model, small_crystals):
+    with pytest.raises(ValueError, match="optimizer 'LBFGS'"):
+        relax(small_crystals[0], model, optimizer="LBFGS")
