@@ -1,0 +1,200 @@
+"""Molecular dynamics with ASE's integrators: NVE, NVT (Nosé-Hoover chain, Langevin, Berendsen,
+Bussi) and NPT (MTK Nosé-Hoover, Berendsen), driven by our Calculator.
+
+Units at this interface: temperature K, timestep and coupling times fs, pressure GPa, bulk
+modulus GPa, Langevin friction 1/fs. ASE's own units are applied here, once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ase import Atoms, units
+from ase.constraints import FixCom
+from ase.md import MDLogger
+from ase.md.bussi import Bussi
+from ase.md.langevin import Langevin
+from ase.md.md import MolecularDynamics
+from ase.md.nose_hoover_chain import MTKNPT, NoseHooverChainNVT
+from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen
+from ase.md.nvtberendsen import NVTBerendsen
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from tqdm import tqdm
+
+from fastchgnet.md.calculator import Calculator, Potential, as_atoms
+
+Ensemble = Literal["nve", "nvt", "npt"]
+THERMOSTATS: dict[str, tuple[str, ...]] = {
+    "nve": ("none",),
+    "nvt": ("nose-hoover", "langevin", "berendsen", "bussi"),
+    "npt": ("nose-hoover", "berendsen"),
+}
+
+
+def make_integrator(
+    atoms: Atoms,
+    ensemble: Ensemble = "nvt",
+    thermostat: str = "nose-hoover",
+    *,
+    temperature: float = 300.0,
+    timestep: float = 2.0,
+    taut: float | None = None,
+    taup: float | None = None,
+    pressure: float = 1.01325e-4,
+    bulk_modulus: float = 100.0,
+    friction: float = 0.01,
+    seed: int | None = None,
+) -> MolecularDynamics:
+    """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
+    a ``FixCom`` constraint to ``atoms`` (ASE's replacement for its ``fixcm=True``).
+
+    Args:
+        ensemble: "nve", "nvt" or "npt".
+        thermostat: see ``THERMOSTATS`` ("none" for NVE).
+        temperature: target temperature, K.
+        timestep: fs.
+        taut: thermostat time constant, fs (default 100 timesteps).
+        taup: barostat time constant, fs (default 1000 timesteps).
+        pressure: external pressure, GPa (default 1 atm).
+        bulk_modulus: estimate for the Berendsen barostat, GPa.
+        friction: Langevin friction, 1/fs.
+        seed: random seed of stochastic thermostats.
+    """
+    ensemble = ensemble.lower()  # type: ignore[assignment]
+    thermostat = thermostat.lower()
+    if ensemble not in THERMOSTATS:
+        raise ValueError(f"ensemble {ensemble!r}: use one of {sorted(THERMOSTATS)}")
+    if ensemble == "nve":
+        thermostat = "none"
+    if thermostat not in THERMOSTATS[ensemble]:
+        raise ValueError(
+            f"thermostat {thermostat!r} for {ensemble}: use one of {list(THERMOSTATS[ensemble])}"
+        )
+    if timestep <= 0 or temperature < 0:
+        raise ValueError(
+            f"need timestep > 0 fs and temperature >= 0 K, got {timestep}, {temperature}"
+        )
+    dt = timestep * units.fs
+    tdamp = (taut if taut is not None else 100 * timestep) * units.fs
+    pdamp = (taup if taup is not None else 1000 * timestep) * units.fs
+    rng = np.random.default_rng(seed)
+    kind = (ensemble, thermostat)
+    if kind == ("nve", "none"):
+        return VelocityVerlet(atoms, timestep=dt)
+    if kind == ("nvt", "nose-hoover"):
+        return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp)
+    if kind == ("nvt", "langevin"):
+        atoms.set_constraint([*atoms.constraints, FixCom()])  # ASE's advice, not fixcm=True
+        return Langevin(
+            atoms, dt, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
+        )
+    if kind == ("nvt", "berendsen"):
+        return NVTBerendsen(atoms, dt, temperature_K=temperature, taut=tdamp)
+    if kind == ("nvt", "bussi"):
+        return Bussi(atoms, dt, temperature_K=temperature, taut=tdamp, rng=rng)
+    if kind == ("npt", "nose-hoover"):
+        return MTKNPT(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            pressure_au=pressure * units.GPa,
+            tdamp=tdamp,
+            pdamp=pdamp,
+        )
+    return Inhomogeneous_NPTBerendsen(
+        atoms,
+        dt,
+        temperature_K=temperature,
+        pressure_au=pressure * units.GPa,
+        taut=tdamp,
+        taup=pdamp,
+        compressibility_au=1.0 / (bulk_modulus * units.GPa),
+    )
+
+
+def run_md(
+    structure: Any,
+    model: Potential | None = None,
+    *,
+    ensemble: Ensemble = "nvt",
+    thermostat: str = "nose-hoover",
+    temperature: float = 300.0,
+    starting_temperature: float | None = None,
+    timestep: float = 2.0,
+    steps: int = 1000,
+    loginterval: int = 10,
+    trajectory: str | Path | None = None,
+    logfile: str | Path | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    skin: float = 1.0,
+    **integrator: Any,
+) -> Atoms:
+    """Run molecular dynamics on one structure.
+
+    Args:
+        structure: pymatgen Structure or ASE Atoms (not modified; Atoms keep their momenta
+            unless ``starting_temperature`` is given).
+        model: the potential (default: FastCHGNet with the reference 0.3.0 weights).
+        ensemble, thermostat, temperature (K), timestep (fs): see ``make_integrator``; further
+            keywords (taut, taup, pressure, bulk_modulus, friction) go there too.
+        starting_temperature: draw Maxwell-Boltzmann velocities at this temperature, K
+            (default: ``temperature`` when the structure has no momenta).
+        steps: MD steps.
+        loginterval: write trajectory frames and log lines every this many steps.
+        trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format).
+        logfile: ASE MD log (time, energies per atom, temperature); "-" for stdout.
+        progress: show a tqdm progress bar.
+        seed: random seed for initial velocities and stochastic thermostats.
+        skin: Verlet skin of the calculator, Å.
+
+    Returns:
+        The final Atoms (positions, momenta, cell), its calculator holding the last results.
+    """
+    if steps < 0 or loginterval < 1:
+        raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
+    if model is None:
+        from fastchgnet.model.chgnet import FastCHGNet
+
+        model = FastCHGNet.from_reference("0.3.0")
+    atoms = as_atoms(structure)
+    atoms.calc = Calculator(model, skin=skin)
+    if starting_temperature is None and not atoms.get_momenta().any():
+        starting_temperature = temperature
+    if starting_temperature is not None:
+        rng = np.random.default_rng(seed)
+        thermalize_momenta(atoms, temperature_K=starting_temperature, rng=rng)
+        Stationary(atoms)
+    dyn = make_integrator(
+        atoms,
+        ensemble,
+        thermostat,
+        temperature=temperature,
+        timestep=timestep,
+        seed=seed,
+        **integrator,
+    )
+    if trajectory is not None:
+        dyn.attach(_frame_writer(atoms, Path(trajectory)), interval=loginterval)
+    if logfile is not None:
+        logger = MDLogger(dyn, atoms, str(logfile), peratom=True)
+        dyn.attach(logger, interval=loginterval)
+    with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
+        dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
+        dyn.run(steps)
+    return atoms
+
+
+def _frame_writer(atoms: Atoms, path: Path) -> Any:
+    """An observer that appends the current frame (with energy and forces) to ``path``."""
+    from ase.io import write
+
+    path.unlink(missing_ok=True)
+
+    def write_frame() -> None:
+        write(str(path), atoms, append=True)
+
+    return write_frame
