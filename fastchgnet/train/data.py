@@ -7,6 +7,9 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -48,9 +51,25 @@ def resolve_cache(
         return source
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main and not (cache / "manifest.json").is_file():
-        frames = read_frames(source, energy_key=config.energy_key)
-        convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
+        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+            plain = gunzip_ase_file(source, Path(scratch))
+            frames = read_frames(plain, energy_key=config.energy_key)
+            convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
+
+
+def gunzip_ase_file(source: Path, scratch: Path) -> Path:
+    """A gzip-compressed ASE file (e.g. .extxyz.gz) decompressed into ``scratch``; any other
+    source unchanged. ASE's extxyz reader seeks back to each frame, which in a gzip stream
+    means decompressing from the start again: quadratic, minutes for the 2000-frame
+    quick-start file, a fraction of a second once decompressed."""
+    name = source.name.lower()
+    if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
+        return source
+    plain = scratch / source.name[: -len(".gz")]
+    with gzip.open(source, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return plain
 
 
 def collate_items(

@@ -9,7 +9,7 @@ import numpy as np
 from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import read_frames
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.data import quickstart_path
+from fastchgnet.train.data import gunzip_ase_file, quickstart_path
 
 #: A model small enough for a training step in a few tens of ms on one CPU thread.
 TINY_ARCHITECTURE = (
@@ -21,7 +21,9 @@ TINY_ARCHITECTURE = (
 
 def small_cache(folder: Path, n: int = 48) -> Path:
     """A graph cache of the first ``n`` bundled quick-start structures."""
-    frames = (frame for k, frame in zip(range(n), read_frames(quickstart_path()), strict=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = gunzip_ase_file(quickstart_path(), folder.parent)
+    frames = (frame for _, frame in zip(range(n), read_frames(plain), strict=False))
     convert(frames, folder, workers=1, progress=False)
     return folder
 
