@@ -79,7 +79,7 @@ class OptimConfig:
     (after ``warmup_steps`` of linear warm-up) or "constant". ``grad_clip`` 0: no clipping."""
 
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 3e-4
+    lr: float = 1e-3
     lr_reference_batch: int = 128
     lr_scaling: Literal["linear", "sqrt", "none"] = "none"
     weight_decay: float = 0.0
@@ -87,7 +87,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
     warmup_steps: int = 0
     grad_clip: float = 0.0
-    epochs: int = 8
+    epochs: int = 5
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     np.random.seed(config.run.seed)  # noqa: NPY002 - the legacy generator third parties use
 
     model = build_model(config.model, config.run.seed)
+    model.train()  # loaded models may come in eval mode (no derivative graph for the loss)
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
     cache = resolve_cache(config.data, out, cutoffs, rank == 0)
     _barrier()

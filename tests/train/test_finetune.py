@@ -1,0 +1,45 @@
+"""Fine-tuning: start from the pretrained CHGNet 0.3.0, freeze named parts, train on frames."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.train.config import TrainConfig, apply_overrides
+from fastchgnet.train.run import train
+from tests.train.helpers import small_cache
+
+
+@pytest.mark.slow
+def test_finetuning_trains_unfrozen_parts_and_keeps_frozen_ones(tmp_path) -> None:
+    pytest.importorskip("chgnet")
+    cache = small_cache(tmp_path / "cache", n=16)
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            f"data.source={cache}",
+            "data.batch_size=4",
+            "data.split=[0.75,0.125,0.125]",
+            "model.init=reference:0.3.0",
+            "model.architecture={}",
+            'model.freeze=["atom_embedding", "atom_convs.0"]',
+            f"run.out_dir={tmp_path / 'run'}",
+            "run.max_steps=2",
+            "run.progress=lines",
+            "run.plots=false",
+            "optim.lr=1e-3",
+        ],
+    )
+    train(config)
+    before = FastCHGNet.from_reference("0.3.0").state_dict()
+    from fastchgnet.train.model_setup import load_from_path
+
+    after = load_from_path(tmp_path / "run").state_dict()
+    for name in before:
+        same = torch.equal(before[name], after[name])
+        if name.startswith(("atom_embedding.", "atom_convs.0.", "composition.")):
+            assert same, f"{name} is frozen but changed"
+    assert not torch.equal(
+        before["energy_readout.mlp.0.weight"], after["energy_readout.mlp.0.weight"]
+    )
