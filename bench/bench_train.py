@@ -1,0 +1,218 @@
+"""Training side by side: our conservative and direct modes vs the reference chgnet Trainer.
+
+    python bench/bench_train.py [--n 800] [--epochs 4] [--batch-size 16] [--lr 1e-3]
+
+Same labelled data (the first ``n`` structures of the bundled quick-start set, labels from
+CHGNet 0.3.0), the same train/val split (by material id, 80/20), the same architecture size
+(the quick-start architecture, built in both packages), the same targets and loss (Huber,
+delta 0.1, prefactors e/f/s/m = 2, 1.5, 0.1, 0.1), Adam with cosine decay to 1 %, the same
+batch size and number of epochs, composition energies fitted on the training set for both.
+Reports validation MAE of every run (the same evaluation code for all three), wall time, and
+training throughput in structures/s (time spent in per-epoch validation excluded; the
+reference's graphs are built before its clock starts, as ours are in the cache) with the ratio
+against the reference Trainer. One CPU thread per run. Numbers on a shared machine vary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastchgnet.data.convert import convert
+from fastchgnet.data.sources import read_frames
+from fastchgnet.train.config import TrainConfig, apply_overrides
+from fastchgnet.train.data import gunzip_ase_file, make_splits, quickstart_path
+from fastchgnet.train.run import train
+
+ARCHITECTURE = TrainConfig().model.architecture
+LOSS = {"energy": 2.0, "forces": 1.5, "stress": 0.1, "magmoms": 0.1}
+
+
+def val_mae(predict, frames: list) -> dict[str, float]:
+    """MAE of a predictor over frames: e meV/atom, f meV/Å, s GPa, m μB (same code for all)."""
+    predictions = predict([f.structure for f in frames])
+    errors: dict[str, list[np.ndarray]] = {"e": [], "f": [], "s": [], "m": []}
+    for frame, p in zip(frames, predictions, strict=True):
+        errors["e"].append(np.atleast_1d(float(p["e"]) - frame.energy_per_atom))
+        errors["f"].append((np.asarray(p["f"]) - frame.forces).ravel())
+        errors["s"].append((np.asarray(p["s"]) - frame.stress).ravel())
+        errors["m"].append(np.abs(np.asarray(p["m"]).ravel()) - frame.magmoms)
+    scale = {"e": 1000.0, "f": 1000.0, "s": 1.0, "m": 1.0}
+    return {k: float(np.abs(np.concatenate(v)).mean() * scale[k]) for k, v in errors.items()}
+
+
+def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dict:
+    """Train our model in ``mode`` ("conservative" or "direct") with the run composition."""
+    architecture = dict(ARCHITECTURE)
+    if mode == "direct":
+        architecture |= {"forces": "direct", "coupled_updates": False}
+    config = apply_overrides(
+        TrainConfig(),
+        [
+            f"data.source={cache}",
+            "data.split=[0.8, 0.2, 0.0]",
+            f"data.batch_size={args.batch_size}",
+            f"model.architecture={json.dumps(architecture)}",
+            f"optim.lr={args.lr}",
+            f"optim.epochs={args.epochs}",
+            f"run.out_dir={out / mode}",
+            "run.checkpoint_every=0",
+            "run.progress=lines",
+            "run.log_every=1000000",
+            "run.plots=false",
+            *(f"loss.{k}={v}" for k, v in LOSS.items()),
+        ],
+    )
+    start = time.perf_counter()
+    summary = train(config)
+    wall = time.perf_counter() - start
+    from fastchgnet.model.chgnet import FastCHGNet
+
+    model = FastCHGNet.load(out / mode / "model.pt")
+    return {
+        "model": model,
+        "wall_s": wall,
+        "structures_per_s": summary.structures_per_second,
+        "n_params": model.n_params,
+    }
+
+
+def run_reference(train_frames: list, val_frames: list, out: Path, args: argparse.Namespace):
+    """Train the reference CHGNet of the same size with ``chgnet.trainer.Trainer``."""
+    from chgnet.data.dataset import StructureData, collate_graphs
+    from chgnet.model import CHGNet
+    from chgnet.model.composition_model import AtomRef
+    from chgnet.trainer import Trainer
+    from torch.utils.data import DataLoader
+
+    def loader(frames: list, shuffle: bool) -> DataLoader:
+        data = StructureData(
+            structures=[f.structure for f in frames],
+            energies=[f.energy_per_atom for f in frames],
+            forces=[f.forces for f in frames],
+            stresses=[f.stress / -0.1 for f in frames],  # it expects VASP kBar, converts back
+            magmoms=[f.magmoms for f in frames],
+            shuffle=False,
+        )
+        for index in range(len(data)):  # build every graph before the clock starts
+            data[index]
+        return DataLoader(
+            data, batch_size=args.batch_size, shuffle=shuffle, collate_fn=collate_graphs
+        )
+
+    torch.manual_seed(0)
+    composition = AtomRef(is_intensive=True)
+    composition.fit([f.structure for f in train_frames], [f.energy_per_atom for f in train_frames])
+    a = ARCHITECTURE
+    model = CHGNet(
+        atom_fea_dim=a["atom_fea_dim"],
+        bond_fea_dim=a["bond_fea_dim"],
+        angle_fea_dim=a["angle_fea_dim"],
+        num_radial=a["num_radial"],
+        num_angular=a["num_angular"],
+        n_conv=a["n_conv"],
+        atom_conv_hidden_dim=a["atom_conv_hidden_dim"],
+        bond_conv_hidden_dim=a["bond_conv_hidden_dim"],
+        mlp_hidden_dims=a["mlp_hidden_dims"],
+        composition_model=composition,
+    )
+    train_loader, val_loader = loader(train_frames, True), loader(val_frames, False)
+    trainer = Trainer(
+        model=model,
+        targets="efsm",
+        energy_loss_ratio=LOSS["energy"],
+        force_loss_ratio=LOSS["forces"],
+        stress_loss_ratio=LOSS["stress"],
+        mag_loss_ratio=LOSS["magmoms"],
+        optimizer="Adam",
+        scheduler="CosLR",
+        criterion="Huber",
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        print_freq=10**9,
+        torch_seed=0,
+        data_seed=0,
+        use_device="cpu",
+    )
+    validation = {"s": 0.0}
+    validate = trainer._validate
+
+    def timed_validate(*a, **k):
+        start = time.perf_counter()
+        try:
+            return validate(*a, **k)
+        finally:
+            validation["s"] += time.perf_counter() - start
+
+    trainer._validate = timed_validate
+    start = time.perf_counter()
+    trainer.train(train_loader, val_loader, save_dir=str(out / "reference"))
+    wall = time.perf_counter() - start
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    rate = len(train_frames) * args.epochs / (wall - validation["s"])
+    return {"model": trainer.model, "wall_s": wall, "structures_per_s": rate, "n_params": n_params}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=800, help="structures (train + val)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--out", default="/tmp/fastchgnet-bench-train")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plain = gunzip_ase_file(quickstart_path(), out)
+    frames = [f for _, f in zip(range(args.n), read_frames(plain), strict=False)]
+    cache = out / "cache"
+    if not (cache / "manifest.json").is_file():
+        convert(iter(frames), cache, workers=1, progress=False)
+    splits = make_splits(cache, apply_overrides(TrainConfig(), ["data.split=[0.8,0.2,0.0]"]).data)
+    by_id = {f.frame_id: f for f in frames}
+    pick = lambda idx: [by_id[splits.dataset[int(i)][1].frame_id] for i in idx]  # noqa: E731
+    train_frames, val_frames = pick(splits.train), pick(splits.val)
+    print(f"{len(train_frames)} train / {len(val_frames)} val structures, {args.epochs} epochs")
+
+    rows = {}
+    for mode in ("conservative", "direct"):
+        result = run_ours(cache, out, args, mode)
+        result["val"] = val_mae(result["model"].predict_structure, val_frames)
+        rows[f"ours {mode}"] = result
+    reference = run_reference(train_frames, val_frames, out, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference["val"] = val_mae(
+            lambda s: reference["model"].predict_structure(s, task="efsm", batch_size=16),
+            val_frames,
+        )
+    rows["reference Trainer"] = reference
+
+    ref_rate = reference["structures_per_s"]
+    print(
+        f"\n{'':>20} {'params':>7} {'e meV/at':>9} {'f meV/Å':>8} {'s GPa':>6} {'m μB':>6} "
+        f"{'wall s':>7} {'struct/s':>8} {'vs ref':>6}"
+    )
+    report = {}
+    for name, r in rows.items():
+        v = r["val"]
+        ratio = r["structures_per_s"] / ref_rate
+        print(
+            f"{name:>20} {r['n_params']:>7} {v['e']:>9.1f} {v['f']:>8.1f} {v['s']:>6.3f} "
+            f"{v['m']:>6.3f} {r['wall_s']:>7.1f} {r['structures_per_s']:>8.1f} {ratio:>5.2f}x"
+        )
+        report[name] = {k: r[k] for k in ("n_params", "wall_s", "structures_per_s", "val")}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    print(f"\nshared 2-core CPU, 1 thread per run; results in {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
