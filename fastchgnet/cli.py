@@ -1,6 +1,8 @@
 """The ``fastchgnet`` command.
 
     fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
+    fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--fixed-cell] [...]
+    fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] [...]
     fastchgnet data convert SRC -o CACHE [...]
     fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S]
     fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]
@@ -40,11 +42,14 @@ def read_structures(paths: list[str]) -> list[Any]:
         try:
             from ase.io import read
 
-            for index, atoms in enumerate(read(path, index=":")):
-                atoms.info.setdefault("name", f"{path.name}[{index}]")
-                structures.append(atoms)
+            frames = read(path, index=":")
         except Exception as exc:
             raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
+        if len(frames) == 0:
+            raise ValueError(f"{path}: cannot read a structure (the file holds none)")
+        for index, atoms in enumerate(frames):
+            atoms.info.setdefault("name", f"{path.name}[{index}]")
+            structures.append(atoms)
     return structures
 
 
@@ -112,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.set_defaults(func=cmd_predict)
+
+    from fastchgnet.md.commands import add_commands as add_md_commands
+
+    add_md_commands(sub)  # relax, md
 
     data = sub.add_parser("data", help="datasets and graph caches")
     data_sub = data.add_subparsers(dest="data_command", required=True)

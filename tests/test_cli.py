@@ -52,3 +52,133 @@ def test_unknown_subcommand_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         main(["fly"])
     assert exit_info.value.code == 2
+
+
+# ------------------------------------------------------------------ relax and md (issue 7)
+@pytest.fixture
+def one_thread():
+    """One torch and OpenBLAS thread: small MD/relaxation work on a shared CPU (as tests/md)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ModuleNotFoundError:
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    torch.set_num_threads(threads)
+
+
+def write_cifs(tmp_path, count: int, max_atoms: int = 6) -> list[str]:
+    """``count`` small varied crystals (2 atoms or more) as CIF files."""
+    crystals = [s for s in varied_structures(4 * count, seed=3, max_atoms=max_atoms) if len(s) > 1]
+    paths = []
+    for k, structure in enumerate(crystals[:count]):
+        path = tmp_path / f"r{k}.cif"
+        structure.to(filename=str(path))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_relax_writes_one_relaxed_frame_per_structure(tmp_path, capsys):
+    pytest.importorskip("chgnet")
+    from ase.io import read
+
+    out, traj = tmp_path / "relaxed.extxyz", tmp_path / "steps.extxyz"
+    paths = write_cifs(tmp_path, 2)
+    argv = ["relax", *paths, "-o", str(out), "--steps", "5", "--trajectory", str(traj)]
+    assert main(argv) == 0
+    frames = read(out, index=":")
+    assert [f.info["name"] for f in frames] == ["r0.cif", "r1.cif"]
+    assert all(abs(f.get_potential_energy()) > 0 for f in frames)
+    assert len(read(traj, index=":")) >= 2
+    assert "eV/atom" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_relax_fixed_cell_with_bfgs_one_by_one(tmp_path):
+    pytest.importorskip("chgnet")
+    from ase.io import read
+    from pymatgen.core import Structure
+
+    out = tmp_path / "relaxed.extxyz"
+    (path,) = write_cifs(tmp_path, 1)
+    argv = ["relax", path, "-o", str(out), "--steps", "3", "--fixed-cell"]
+    assert main([*argv, "--optimizer", "BFGS", "--one-by-one", "--quiet"]) == 0
+    lattice = Structure.from_file(path).lattice.matrix
+    assert abs(read(out).cell.array - lattice).max() < 1e-6
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_md_writes_frames_every_log_interval_and_a_log(tmp_path):
+    pytest.importorskip("chgnet")
+    from ase.io import read
+
+    (path,) = write_cifs(tmp_path, 1)
+    out, log = tmp_path / "md.extxyz", tmp_path / "md.log"
+    argv = ["md", path, "-o", str(out), "--steps", "4", "--loginterval", "2", "--log", str(log)]
+    assert main([*argv, "--thermostat", "langevin", "--seed", "0", "--quiet"]) == 0
+    assert len(read(out, index=":")) == 3
+    assert log.read_text().count("\n") == 4
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_md_npt_from_extxyz_input(tmp_path):
+    pytest.importorskip("chgnet")
+    from ase.io import read, write
+
+    (path,) = write_cifs(tmp_path, 1)
+    source = tmp_path / "in.extxyz"
+    write(source, read(path))
+    out = tmp_path / "npt.traj"
+    argv = ["md", str(source), "-o", str(out), "--ensemble", "npt", "--thermostat", "berendsen"]
+    assert main([*argv, "--steps", "2", "--loginterval", "1", "--quiet"]) == 0
+    assert len(read(out, index=":")) == 3
+
+
+@pytest.mark.parametrize("command", ["relax", "md"])
+def test_missing_file_is_a_one_line_error(tmp_path, capsys, command):
+    assert main([command, str(tmp_path / "nope.cif"), "-o", str(tmp_path / "out.extxyz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "nope.cif: no such file" in err
+
+
+@pytest.mark.parametrize("command", ["relax", "md"])
+def test_unreadable_cif_is_a_one_line_error(tmp_path, capsys, command):
+    bad = tmp_path / "bad.cif"
+    bad.write_text("data_nothing\n_cell_length_a oops\n")
+    assert main([command, str(bad), "-o", str(tmp_path / "out.extxyz")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "bad.cif: cannot read a structure" in err
+
+
+@pytest.mark.parametrize("command", ["relax", "md"])
+def test_element_beyond_pu_is_a_one_line_error(tmp_path, capsys, command):
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Lattice, Structure
+
+    path = tmp_path / "am.cif"
+    Structure(Lattice.cubic(3.0), ["Am"], [[0, 0, 0]]).to(filename=str(path))
+    assert main([command, str(path), "-o", str(tmp_path / "out.extxyz"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "Z=[95]" in err
+
+
+def test_md_thermostat_that_does_not_fit_the_ensemble_says_which_do(tmp_path, capsys):
+    (path,) = write_cifs(tmp_path, 1)
+    argv = ["md", path, "-o", str(tmp_path / "md.extxyz"), "--ensemble", "npt"]
+    assert main([*argv, "--thermostat", "langevin"]) == 1
+    assert "use one of nose-hoover, berendsen" in capsys.readouterr().err
+
+
+def test_md_unknown_ensemble_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["md", "x.cif", "--ensemble", "nph"])
+    assert exit_info.value.code == 2

@@ -178,21 +178,27 @@ def run_md(
         **integrator,
     )
     if trajectory is not None:
-        dyn.attach(_frame_writer(atoms, Path(trajectory)), interval=loginterval)
+        writer = _frame_writer(atoms, Path(trajectory))
+        dyn.attach(writer, interval=loginterval)
     if logfile is not None:
         logger = MDLogger(dyn, atoms, str(logfile), peratom=True)
         dyn.attach(logger, interval=loginterval)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
         dyn.run(steps)
+    if trajectory is not None and hasattr(writer, "close"):
+        writer.close()
     return atoms
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:
-    """An observer that appends the current frame (with energy and forces) to ``path``."""
-    from ase.io import write
+    """An observer that appends the current frame (with energy and forces) to ``path``: ASE's
+    Trajectory for ``.traj``, ``ase.io.write`` (format from the suffix) otherwise."""
+    from ase.io import Trajectory, write
 
     path.unlink(missing_ok=True)
+    if path.suffix == ".traj":
+        return Trajectory(str(path), "w", atoms)
 
     def write_frame() -> None:
         write(str(path), atoms, append=True)

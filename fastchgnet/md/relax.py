@@ -147,6 +147,8 @@ def relax(
         model = FastCHGNet.from_reference("0.3.0")
     single = is_structure(structures)
     items = [structures] if single else list(structures)
+    if not items:
+        raise ValueError("no structures to relax")
     record = trajectory is not None
     runs = [
         _Relaxation(

@@ -1,0 +1,146 @@
+"""The ``fastchgnet relax`` and ``fastchgnet md`` subcommands (registered by fastchgnet.cli).
+
+    fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--steps 500] [--fixed-cell]
+    fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] ...
+
+Structures come from CIF, POSCAR or extxyz (anything ASE or pymatgen reads); results go to
+extxyz (or any format ASE writes, picked from the suffix), with energy, forces, stress and
+magnetic moments of every frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fastchgnet.md.dynamics import THERMOSTATS
+
+RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
+MD_EPILOG = (
+    "example: fastchgnet md LiMnO2.cif --ensemble nvt --thermostat langevin "
+    "--temperature 600 --steps 2000 -o md.extxyz --log md.log"
+)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``relax`` and ``md`` to the ``fastchgnet`` subparsers."""
+    relax = sub.add_parser(
+        "relax",
+        help="relax structures (atoms and cell) with FIRE or BFGS, batched",
+        description="Relax structures until every force (and cell force) is below --fmax.",
+        epilog=RELAX_EPILOG,
+    )
+    relax.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
+    relax.add_argument("-o", "--output", default="relaxed.extxyz", help="relaxed structures")
+    relax.add_argument("--model", default="0.3.0", help="reference version or model file")
+    relax.add_argument("--fmax", type=float, default=0.1, help="force threshold, eV/Å")
+    relax.add_argument("--steps", type=int, default=500, help="most steps per structure")
+    relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default="FIRE")
+    relax.add_argument("--fixed-cell", action="store_true", help="relax positions only")
+    relax.add_argument("--trajectory", help="write every step of every structure here")
+    relax.add_argument(
+        "--one-by-one", action="store_true", help="ASE's optimizer.run per structure, unbatched"
+    )
+    relax.add_argument("--batch-size", type=int, default=64, help="structures per model call")
+    relax.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    relax.set_defaults(func=cmd_relax)
+
+    md = sub.add_parser(
+        "md",
+        help="molecular dynamics (NVE, NVT, NPT) of one structure",
+        description="Molecular dynamics with ASE's integrators. Thermostats: "
+        + "; ".join(f"{e}: {', '.join(t)}" for e, t in THERMOSTATS.items()),
+        epilog=MD_EPILOG,
+    )
+    md.add_argument("structure", help="CIF, POSCAR or extxyz file holding one structure")
+    md.add_argument("-o", "--output", default="md.extxyz", help="trajectory (extxyz, traj, ...)")
+    md.add_argument("--model", default="0.3.0", help="reference version or model file")
+    md.add_argument("--ensemble", choices=tuple(THERMOSTATS), default="nvt")
+    thermostats = sorted({t for names in THERMOSTATS.values() for t in names})
+    md.add_argument("--thermostat", choices=thermostats, default="nose-hoover")
+    md.add_argument("--temperature", type=float, default=300.0, help="K")
+    md.add_argument("--timestep", type=float, default=2.0, help="fs")
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--loginterval", type=int, default=10, help="frames and log lines every N")
+    md.add_argument("--log", help="ASE MD log file (energies per atom, temperature)")
+    md.add_argument("--pressure", type=float, default=1.01325e-4, help="NPT pressure, GPa")
+    md.add_argument("--taut", type=float, help="thermostat time, fs (default 100 timesteps)")
+    md.add_argument("--taup", type=float, help="barostat time, fs (default 1000 timesteps)")
+    md.add_argument("--bulk-modulus", type=float, default=100.0, help="Berendsen NPT, GPa")
+    md.add_argument("--seed", type=int, help="random seed (velocities, Langevin, Bussi)")
+    md.add_argument("--quiet", action="store_true", help="no progress bar")
+    md.set_defaults(func=cmd_md)
+
+
+def cmd_relax(args: argparse.Namespace) -> None:
+    from ase.io import write
+
+    from fastchgnet.cli import load_model, read_structures
+    from fastchgnet.md.relax import relax
+
+    if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
+        raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
+    structures = read_structures(args.structures)
+    model = load_model(args.model)
+    results = relax(
+        structures,
+        model,
+        fmax=args.fmax,
+        steps=args.steps,
+        relax_cell=not args.fixed_cell,
+        optimizer=args.optimizer,
+        trajectory=args.trajectory,
+        batched=not args.one_by_one,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    frames = []
+    for structure, result in zip(structures, results, strict=True):
+        frame = result.atoms
+        frame.info.update(name=_name(structure), converged=result.converged, steps=result.steps)
+        frames.append(frame)
+        if not args.quiet:
+            state = "converged" if result.converged else "NOT converged"
+            print(
+                f"{_name(structure)}: {result.energy_per_atom:.5f} eV/atom, "
+                f"{result.steps} steps, {state}"
+            )
+    write(args.output, frames)
+
+
+def cmd_md(args: argparse.Namespace) -> None:
+    from fastchgnet.cli import load_model, read_structures
+    from fastchgnet.md.dynamics import run_md
+
+    if args.ensemble != "nve" and args.thermostat not in THERMOSTATS[args.ensemble]:
+        raise ValueError(
+            f"--thermostat {args.thermostat} does not do {args.ensemble}; "
+            f"use one of {', '.join(THERMOSTATS[args.ensemble])}"
+        )
+    structures = read_structures([args.structure])
+    if len(structures) != 1:
+        raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")
+    model = load_model(args.model)
+    run_md(
+        structures[0],
+        model,
+        ensemble=args.ensemble,
+        thermostat=args.thermostat,
+        temperature=args.temperature,
+        timestep=args.timestep,
+        steps=args.steps,
+        loginterval=args.loginterval,
+        trajectory=args.output,
+        logfile=args.log,
+        progress=not args.quiet,
+        seed=args.seed,
+        taut=args.taut,
+        taup=args.taup,
+        pressure=args.pressure,
+        bulk_modulus=args.bulk_modulus,
+    )
+
+
+def _name(structure: Any) -> str:
+    props = getattr(structure, "properties", None) or getattr(structure, "info", None) or {}
+    return str(props.get("label") or props.get("name") or "structure")
