@@ -61,6 +61,24 @@ class RelaxResult:
         return structure
 
 
+class _CachedFrechetCellFilter(FrechetCellFilter):
+    """ASE's FrechetCellFilter, remembering its generalised forces (a matrix log and nine
+    Fréchet derivatives of the matrix exponential) for the last geometry and results: the
+    lockstep loop asks twice per step, for the convergence test and for the optimizer."""
+
+    _cache: tuple[bytes, np.ndarray] | None = None
+
+    def get_forces(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        atoms = self.atoms
+        key = b"".join(
+            np.ascontiguousarray(x).tobytes()
+            for x in (atoms.positions, atoms.cell.array, atoms.get_forces(), atoms.get_stress())
+        )
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().get_forces(*args, **kwargs))
+        return self._cache[1].copy()
+
+
 class _Relaxation:
     """One structure's atoms, calculator, optimizer and recorded frames."""
 
@@ -74,7 +92,7 @@ class _Relaxation:
     ) -> None:
         self.atoms, self.calc = atoms, calc
         atoms.calc = calc
-        target = FrechetCellFilter(atoms) if relax_cell else atoms
+        target = _CachedFrechetCellFilter(atoms) if relax_cell else atoms
         self.optimizer = OPTIMIZERS[optimizer](target, logfile=None)
         self.frames: list[Atoms] = []
         self.record = record
