@@ -162,12 +162,14 @@ def run_md(
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
     atoms.calc = Calculator(model, skin=skin)
+    atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     if starting_temperature is not None:
         rng = np.random.default_rng(seed)
         thermalize_momenta(atoms, temperature_K=starting_temperature, rng=rng)
-        Stationary(atoms)
+        if len(atoms) > 1:  # one atom: removing the drift would leave no temperature to keep
+            Stationary(atoms)
     dyn = make_integrator(
         atoms,
         ensemble,
