@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -100,7 +101,14 @@ def read_verified(path: Path) -> dict[str, Any]:
     body: bytes = wrapper["body"]
     if hashlib.sha256(body).hexdigest() != wrapper["sha256"]:
         raise CheckpointError(f"{path}: checksum mismatch; the checkpoint is damaged")
-    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # a ZeRO optimiser shard holds three small DeepSpeed classes; allow exactly those
+        from fastchgnet.train.engine import deepspeed_safe_globals
+
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
 
 
 def rank_file(folder: Path, rank: int) -> Path:

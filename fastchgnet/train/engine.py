@@ -136,6 +136,18 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
     return settings
 
 
+def deepspeed_safe_globals() -> list[type]:
+    """The DeepSpeed classes inside a ZeRO optimiser state_dict, for ``torch.load`` with
+    ``weights_only=True`` (empty when DeepSpeed is not installed)."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
 def init_distributed() -> None:
     """Start the process group: NCCL when CUDA is available, gloo otherwise (CPU)."""
     import deepspeed

@@ -110,9 +110,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
         splits, splits.train, config.data, (rank, world_size), config.run.seed
     )
     steps_per_epoch = len(train_sampler)
-    total_steps = config.optim.epochs * steps_per_epoch
-    if config.run.max_steps:
-        total_steps = min(total_steps, config.run.max_steps)
+    total_steps = config.optim.epochs * steps_per_epoch  # the schedule; max_steps only stops
     engine = make_engine(
         model,
         config.optim,

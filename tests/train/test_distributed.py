@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.sampler import load_cv, plan_random_batches, structure_costs
@@ -35,23 +36,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_two_cpu_ranks_stay_identical_learn_and_use_the_balanced_sampler(tmp_path) -> None:
-    pytest.importorskip("deepspeed")
-    cache = small_cache(tmp_path / "cache", n=48)
-    out = tmp_path / "run"
-    overrides = [
+def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> str:
+    """Run ``deepspeed --num_gpus 2 launcher/train.py`` with a tiny model; returns the log."""
+    settings = [
         f"data.source={cache}",
         "data.batch_size=2",
         "data.split=[0.75,0.125,0.125]",
         f"model.architecture={TINY_ARCHITECTURE}",
         f"run.out_dir={out}",
-        "run.check_sync_every=1",
-        "run.checkpoint_every=0",
         "run.progress=lines",
         "run.plots=false",
         "optim.lr=0.002",
         f"optim.epochs={EPOCHS}",
+        *overrides,
     ]
     deepspeed = Path(sys.executable).parent / "deepspeed"
     command = [
@@ -61,12 +58,22 @@ def test_two_cpu_ranks_stay_identical_learn_and_use_the_balanced_sampler(tmp_pat
         "--master_port",
         str(_free_port()),
         str(ROOT / "launcher" / "train.py"),
-        *(f"--set={o}" for o in overrides),
+        *(f"--set={o}" for o in settings),
+        *(["--resume"] if resume else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_stay_identical_learn_and_use_the_balanced_sampler(tmp_path) -> None:
+    pytest.importorskip("deepspeed")
+    cache = small_cache(tmp_path / "cache", n=48)
+    out = tmp_path / "run"
+    log = _launch(out, cache, "run.check_sync_every=1", "run.checkpoint_every=0")
 
     with open(out / "train_log.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -91,3 +98,25 @@ def test_two_cpu_ranks_stay_identical_learn_and_use_the_balanced_sampler(tmp_pat
         [load_cv(plan_random_batches(costs, 2, 2, seed=0, epoch=e), costs).mean() for e in range(8)]
     )
     assert max(reported) < random_cv
+
+
+@pytest.mark.slow
+def test_two_rank_zero1_run_resumed_from_a_checkpoint_matches_the_uninterrupted_run(
+    tmp_path,
+) -> None:
+    """ZeRO 1 shards Adam's moments across ranks; each rank writes its shard and, on resume,
+    DeepSpeed gets every rank's shard back. Tolerance: bit-identical weights."""
+    pytest.importorskip("deepspeed")
+    from fastchgnet.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    cache = small_cache(tmp_path / "cache", n=48)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _launch(straight, cache, "run.max_steps=12", "run.checkpoint_every=4")
+    _launch(resumed, cache, "run.max_steps=5", "run.checkpoint_every=4")
+    assert latest_checkpoint(resumed / "checkpoints").name == "step-00000005"
+    _launch(resumed, cache, "run.max_steps=12", resume=True)
+    a, _ = load_checkpoint(latest_checkpoint(straight / "checkpoints"), 0, 2)
+    b, _ = load_checkpoint(latest_checkpoint(resumed / "checkpoints"), 0, 2)
+    assert a["progress"]["global_step"] == b["progress"]["global_step"] == 12
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
