@@ -68,3 +68,23 @@ def test_pymatgen_structures_come_back_with_magmoms(model):
 def test_unknown_optimizer_is_rejected(model, small_crystals):
     with pytest.raises(ValueError, match="optimizer 'LBFGS'"):
         relax(small_crystals[0], model, optimizer="LBFGS")
+
+
+def test_small_batch_size_gives_the_same_relaxation(model, small_crystals):
+    crystals = small_crystals[1:3]
+    together = relax(crystals, model, steps=5)
+    in_ones = relax(crystals, model, steps=5, batch_size=1)
+    for a, b in zip(together, in_ones, strict=True):
+        assert a.energy == pytest.approx(b.energy, abs=1e-4)
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-5)
+
+
+def test_direct_model_relaxes_through_its_force_and_stress_heads(small_crystals):
+    import torch
+
+    from fastchgnet import FastCHGNet
+
+    torch.manual_seed(0)
+    direct = FastCHGNet(forces="direct")
+    result = relax(small_crystals[3:5], direct, steps=3)
+    assert all(np.isfinite(r.energy) and r.steps <= 3 for r in result)

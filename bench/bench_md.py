@@ -1,0 +1,180 @@
+"""MD step time: our Calculator + ASE integrator vs the reference chgnet MolecularDynamics,
+same run, same CPU; and NVE energy drift of both on the same starting state.
+
+Cases: LiMnO2 (8 atoms) and Li9Co7O16 (32 atoms) from ../shared/data/reference (skipped when
+absent) and a 64-atom supercell. NVT Berendsen at 300 K, 2 fs (the reference's default
+thermostat for NVT). Ours is timed as run (stress only when asked: never in NVT) and with
+stress on every step (the reference's work); the graph/model split of our step is printed.
+
+    python bench/bench_md.py [--steps 40] [--threads 1] [--nve-steps 200]
+
+OpenBLAS runs one thread (set before numpy loads): ASE's small linear algebra gains nothing
+from more and loses much on a shared machine. Both codes run under the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # after the OpenBLAS setting, which must precede numpy
+import contextlib
+import io
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from fastchgnet import FastCHGNet
+from fastchgnet.data.batch import collate
+from fastchgnet.md import Calculator, make_integrator
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
+
+
+def cases() -> dict[str, Atoms]:
+    """The paper's two structures (when present) and a 64-atom supercell, as ASE Atoms."""
+    found = {}
+    limno2 = REFERENCE / "mp-18767-LiMnO2.cif"
+    licoo = REFERENCE / "mp-1175469-Li9Co7O16.cif"
+    if limno2.is_file() and licoo.is_file():
+        found["LiMnO2 (8 atoms)"] = Structure.from_file(limno2)
+        found["Li9Co7O16 (32 atoms)"] = Structure.from_file(licoo)
+        found["LiMnO2 2x2x2 (64 atoms)"] = found["LiMnO2 (8 atoms)"] * (2, 2, 2)
+    else:
+        print(f"reference structures not found in {REFERENCE}: LiMnO2, Li9Co7O16 skipped")
+        from fastchgnet.data.synthetic import varied_structures
+
+        rocksalt = next(s for s in varied_structures(50, seed=0) if len(s) == 8)
+        found["rocksalt 2x2x2 (64 atoms)"] = rocksalt * (2, 2, 2)
+    return {name: AseAtomsAdaptor.get_atoms(s) for name, s in found.items()}
+
+
+def thermalised(atoms: Atoms, seed: int = 0) -> Atoms:
+    atoms = atoms.copy()
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    return atoms
+
+
+def time_per_step(dyn, steps: int, warmup: int) -> float:
+    """Seconds per MD step of an ASE dynamics object, after ``warmup`` steps."""
+    dyn.run(warmup)
+    start = time.perf_counter()
+    dyn.run(steps)
+    return (time.perf_counter() - start) / steps
+
+
+def reference_md(atoms: Atoms, reference, ensemble: str = "nvt", timestep: float = 2.0):
+    from chgnet.model.dynamics import MolecularDynamics
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        md = MolecularDynamics(
+            atoms, model=reference, ensemble=ensemble, thermostat="Berendsen",
+            temperature=300, timestep=timestep, use_device="cpu",
+        )  # fmt: skip
+    return md.dyn
+
+
+def step_split(atoms: Atoms, model: FastCHGNet, repeats: int = 10) -> tuple[float, float]:
+    """(graph, model) seconds of one of our force calls: skin graph update, then collate + model."""
+    calc = Calculator(model)
+    calc.graph(atoms)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        graph = calc.graph(atoms)
+    graph_time = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(collate([graph]), compute_forces=True, compute_stress=False)
+    return graph_time, (time.perf_counter() - start) / repeats
+
+
+def nve_drift(atoms: Atoms, calc, steps: int, timestep: float) -> tuple[float, float]:
+    """(drift, fluctuation) of the total energy in NVE: slope of a linear fit, meV/atom/ps,
+    and the largest deviation from the start, meV/atom."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=timestep * units.fs)
+    energies: list[float] = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy() / len(atoms)), interval=1)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dyn.run(steps)
+    times_ps = np.arange(len(energies)) * timestep / 1000
+    slope = np.polyfit(times_ps, energies, 1)[0]
+    return slope * 1e3, float(np.abs(np.array(energies) - energies[0]).max()) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed MD steps per case")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (both codes)")
+    parser.add_argument("--nve-steps", type=int, default=200, help="0 skips the NVE drift")
+    parser.add_argument("--nve-timestep", type=float, default=1.0, help="fs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+    ours = FastCHGNet.from_reference("0.3.0")
+    structures = cases()
+    print(
+        f"torch {torch.__version__}, {args.threads} torch thread(s), NVT Berendsen 300 K 2 fs, "
+        f"{args.steps} timed steps after {args.warmup}; shared machine, timings are noisy"
+    )
+    header = ("structure", "reference ms", "ours ms", "ratio", "ours+stress ms", "ratio")
+    print("{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s}".format(*header))
+    for name, atoms in structures.items():
+        start = thermalised(atoms)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t_ref = time_per_step(reference_md(start.copy(), reference), args.steps, args.warmup)
+        timings = []
+        for always_stress in (False, True):
+            mine = start.copy()
+            mine.calc = Calculator(ours, always_stress=always_stress)
+            dyn = make_integrator(mine, "nvt", "berendsen", temperature=300, timestep=2.0)
+            timings.append(time_per_step(dyn, args.steps, args.warmup))
+        print(
+            f"{name:26s} {t_ref * 1e3:13.2f} {timings[0] * 1e3:9.2f} {t_ref / timings[0]:6.2f}x"
+            f" {timings[1] * 1e3:15.2f} {t_ref / timings[1]:6.2f}x"
+        )
+    print("\nwhere our step goes (ms): skin graph update | collate + model (energy, forces)")
+    for name, atoms in structures.items():
+        graph_time, model_time = step_split(atoms, ours)
+        print(f"{name:26s} {graph_time * 1e3:8.2f} | {model_time * 1e3:8.2f}")
+
+    if args.nve_steps:
+        name, atoms = next(iter(structures.items()))  # the smallest: NVE runs long
+        start = thermalised(atoms, seed=1)
+        print(
+            f"\nNVE {name}, 300 K start, {args.nve_timestep} fs, {args.nve_steps} steps (float32)"
+        )
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            reference_calc = CHGNetCalculator(reference, use_device="cpu")
+        for label, calc in (("reference", reference_calc), ("ours", Calculator(ours))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                drift, swing = nve_drift(start, calc, args.nve_steps, args.nve_timestep)
+            print(
+                f"{label:10s} drift {drift:+8.3f} meV/atom/ps, "
+                f"largest deviation {swing:6.3f} meV/atom"
+            )
+
+
+if __name__ == "__main__":
+    main()
