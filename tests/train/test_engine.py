@@ -32,7 +32,7 @@ def test_cosine_schedule_runs_from_lr_to_floor_after_warmup() -> None:
     lrs.append(optimizer.param_groups[0]["lr"])
     assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
     assert lrs[-1] == pytest.approx(0.1)
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))  # after warm-up: falls
 
 
 def test_frozen_parameters_are_not_given_to_the_optimizer() -> None:
