@@ -66,6 +66,7 @@ def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dic
             "run.progress=lines",
             "run.log_every=1000000",
             "run.plots=false",
+            f"run.seed={args.seed}",
             *(f"loss.{k}={v}" for k, v in LOSS.items()),
         ],
     )
@@ -106,7 +107,7 @@ def run_reference(train_frames: list, val_frames: list, out: Path, args: argpars
             data, batch_size=args.batch_size, shuffle=shuffle, collate_fn=collate_graphs
         )
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     composition = AtomRef(is_intensive=True)
     composition.fit([f.structure for f in train_frames], [f.energy_per_atom for f in train_frames])
     a = ARCHITECTURE
@@ -136,8 +137,8 @@ def run_reference(train_frames: list, val_frames: list, out: Path, args: argpars
         epochs=args.epochs,
         learning_rate=args.lr,
         print_freq=10**9,
-        torch_seed=0,
-        data_seed=0,
+        torch_seed=args.seed,
+        data_seed=args.seed,
         use_device="cpu",
     )
     validation = {"s": 0.0}
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0, help="weights and batch order")
     parser.add_argument("--out", default="/tmp/fastchgnet-bench-train")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -211,7 +213,8 @@ def main() -> None:
         )
         report[name] = {k: r[k] for k in ("n_params", "wall_s", "structures_per_s", "val")}
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    print(f"\nshared 2-core CPU, 1 thread per run; results in {out / 'results.json'}")
+    where = out / "results.json"
+    print(f"\nshared 2-core CPU, 1 thread per run, seed {args.seed}; results in {where}")
 
 
 if __name__ == "__main__":
