@@ -1,0 +1,7 @@
+"""Capture for fixed shapes: traced, compiled (and on CUDA graph-replayed) model calls and
+training steps; see capture.py and step.py."""
+
+from fastchgnet.compile.capture import CapturedModel, CaptureStats
+from fastchgnet.compile.programs import fixed_shape_loss
+
+__all__ = ["CaptureStats", "CapturedModel", "fixed_shape_loss"]

@@ -1,0 +1,174 @@
+"""CapturedModel: one compiled graph per fixed batch shape, for prediction and training.
+
+A padded batch (``data.padding.collate_padded``) has the shapes of its capacity bucket. The
+first call with a new shape traces the model call into an aten graph (``trace.trace_program``:
+conservative forces and stress become plain forward ops) and compiles it with
+``torch.compile(fullgraph=True, dynamic=False)``; later calls of that shape reuse it. Direct
+mode needs no derivative, but is traced the same way: each bucket then has its own graph
+module (its own code object and dynamo cache entry), so buckets never count against dynamo's
+recompile limit on one function.
+
+On CUDA, ``cuda_graphs=True`` (default there) compiles with mode "reduce-overhead": the
+compiled graph (and its backward) is replayed as a CUDA graph, inputs copied into static
+buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
+``eager=True`` runs the model as it is (same programs, no trace, no compile).
+
+Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time;
+``stats`` also holds dynamo's own count of compiled frames, so a guard failure that recompiles
+a graph shows up as frames > graphs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from fastchgnet.compile.programs import PREDICTION_OUTPUTS, loss_program, predict_program
+from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
+from fastchgnet.data.batch import GraphBatch
+from fastchgnet.data.labels import LabelBatch
+from fastchgnet.model.chgnet import Prediction
+from fastchgnet.train.loss import LossConfig
+
+log = logging.getLogger("fastchgnet.compile")
+
+
+@dataclass
+class CaptureStats:
+    """Graphs built (one per shape, program and grad mode), seconds spent tracing and
+    compiling them (first call of each), and dynamo's compiled-frame count since creation."""
+
+    graphs: int = 0
+    compile_seconds: float = 0.0
+    keys: list[tuple] = field(default_factory=list)
+    frames_at_start: int = 0
+
+    @property
+    def dynamo_frames(self) -> int:
+        """Frames dynamo compiled since this CapturedModel was made (all models in process)."""
+        return _dynamo_frames() - self.frames_at_start
+
+    @property
+    def recompiles(self) -> int:
+        """Compiled frames beyond one per graph: recompiles after guard failures."""
+        return max(self.dynamo_frames - self.graphs, 0)
+
+
+def _dynamo_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def shape_key(batch: GraphBatch, labels: LabelBatch | None) -> tuple:
+    """Everything a traced graph is specialised on: shapes, dtypes, device, n_short_bonds."""
+    flat = batch_inputs(batch, labels)
+    return (
+        tuple(tuple(t.shape) for t in flat),
+        tuple(t.dtype for t in flat),
+        flat[0].device,
+        batch.n_short_bonds,
+    )
+
+
+class CapturedModel:
+    """Compiled (or eager) prediction and training loss of a FastCHGNet for padded batches.
+
+    Args:
+        model: the model (any mode); its parameters stay its own and are trained in place.
+        loss_config: the training loss (``fastchgnet.train.loss.LossConfig``; default: its
+            defaults, the paper's Huber loss with prefactors 2, 1.5, 0.1, 0.1).
+        backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests).
+        eager: run without trace or compile (the reference for "compiled equals eager").
+        cuda_graphs: replay as CUDA graphs ("reduce-overhead"); default: on for CUDA inputs.
+        compute_forces, compute_stress: what the programs predict.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss_config: LossConfig | None = None,
+        backend: str = "inductor",
+        eager: bool = False,
+        cuda_graphs: bool | None = None,
+        compute_forces: bool = True,
+        compute_stress: bool = True,
+    ):
+        self.model = model
+        self.loss_config = loss_config or LossConfig()
+        self.backend = backend
+        self.eager = eager
+        self.cuda_graphs = cuda_graphs
+        self.compute_forces = compute_forces
+        self.compute_stress = compute_stress
+        self.stats = CaptureStats(frames_at_start=_dynamo_frames())
+        self._compiled: dict[tuple, object] = {}
+        self._trace_seconds = 0.0
+
+    # ------------------------------------------------------------------ public
+    def predict(self, batch: GraphBatch) -> Prediction:
+        """Energy (S,) eV/atom, forces (N, 3) eV/Å, stress (S, 3, 3) GPa, magmoms (N,) μB;
+        keeps the autograd graph when grad is enabled (training), none under no_grad."""
+        outputs = self._run("predict", batch, None)
+        return Prediction(**dict(zip(PREDICTION_OUTPUTS, outputs, strict=True)))
+
+    def loss(self, batch: GraphBatch, labels: LabelBatch) -> tuple[Tensor, Prediction]:
+        """Training loss (0-d, differentiable w.r.t. the model's parameters) and prediction."""
+        loss, *outputs = self._run("loss", batch, labels)
+        return loss, Prediction(**dict(zip(PREDICTION_OUTPUTS, outputs, strict=True)))
+
+    # ---------------------------------------------------------------- internals
+    def _program(self, kind: str) -> Program:
+        if kind == "predict":
+            return predict_program(self.compute_forces, self.compute_stress)
+        return loss_program(self.loss_config, self.compute_forces, self.compute_stress)
+
+    def _use_cuda_graphs(self, batch: GraphBatch) -> bool:
+        on_cuda = batch.lattice.is_cuda and torch.cuda.is_available()
+        return on_cuda if self.cuda_graphs is None else bool(self.cuda_graphs and on_cuda)
+
+    def _run(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
+        program = self._program(kind)
+        if self.eager:
+            return program(self.model, batch, labels)
+        key = (kind, torch.is_grad_enabled(), self.model.training, *shape_key(batch, labels))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._build(key, program, batch, labels)
+        if self._use_cuda_graphs(batch) and self.backend == "inductor":
+            torch.compiler.cudagraph_mark_step_begin()
+        _, state = model_state(self.model)
+        start = time.perf_counter() if key not in self.stats.keys else None
+        outputs = compiled(*state, *batch_inputs(batch, labels))
+        if start is not None:  # the first call compiles (torch.compile is lazy)
+            self.stats.compile_seconds += time.perf_counter() - start
+            self.stats.keys.append(key)
+            log.info(
+                "graph %d (%s, grad=%s, train=%s, shapes %s): compiled in %.1f s",
+                self.stats.graphs,
+                *key[:3],
+                key[3][:1],
+                self._trace_seconds + time.perf_counter() - start,
+            )
+        return tuple(outputs)
+
+    def _build(
+        self, key: tuple, program: Program, batch: GraphBatch, labels: LabelBatch | None
+    ) -> object:
+        start = time.perf_counter()
+        traced = trace_program(self.model, program, batch, labels)
+        cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
+        mode = "reduce-overhead" if cuda_graphs else None
+        compiled = torch.compile(
+            traced, backend=self.backend, fullgraph=True, dynamic=False, mode=mode
+        )
+        self._trace_seconds = time.perf_counter() - start
+        self.stats.compile_seconds += self._trace_seconds
+        self.stats.graphs += 1
+        self._compiled[key] = compiled
+        return compiled

@@ -1,0 +1,122 @@
+"""Trace a model call for one fixed batch shape into a flat aten graph (make_fx).
+
+Conservative forces are ``autograd.grad`` of the energy inside ``forward``; torch.compile's
+AOTAutograd cannot differentiate through a compiled region twice. ``make_fx`` runs the call
+once and records every aten op dispatched below autograd, the derivative ops of -dE/dx and
+dE/dstrain included, so the traced graph computes energy, forces and stress as plain forward
+ops. Compiling that graph, the weight update needs only a first-order backward of it.
+
+The autograd engine saves some forward outputs (sigmoid, norm) as detached tensors; in the
+trace they appear as ``aten.detach`` feeding the derivative ops, which would cut the weight
+gradient of a force loss. ``strip_detach`` removes them: our model never detaches on purpose,
+so every detach in the trace is the engine's (tested: traced weight gradients equal eager).
+
+Parameters and buffers are graph inputs (``torch.func.functional_call``), so the trained
+parameters receive gradients and a weight update needs no retrace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from fastchgnet.data.batch import GraphBatch
+from fastchgnet.data.labels import LabelBatch
+
+#: GraphBatch tensor fields in graph-input order (``n_short_bonds`` is baked into a trace).
+BATCH_TENSORS: tuple[str, ...] = tuple(
+    f.name for f in fields(GraphBatch) if f.name != "n_short_bonds"
+)
+#: LabelBatch fields in graph-input order.
+LABEL_TENSORS: tuple[str, ...] = tuple(f.name for f in fields(LabelBatch))
+
+#: A model call on a batch (and labels): returns a tuple of tensors (None allowed).
+Program = Callable[[nn.Module, GraphBatch, LabelBatch | None], tuple[Tensor | None, ...]]
+
+
+def batch_inputs(batch: GraphBatch, labels: LabelBatch | None = None) -> list[Tensor]:
+    """The batch's (and labels') tensors in ``BATCH_TENSORS`` (+ ``LABEL_TENSORS``) order."""
+    flat = [getattr(batch, name) for name in BATCH_TENSORS]
+    if labels is not None:
+        flat += [getattr(labels, name) for name in LABEL_TENSORS]
+    return flat
+
+
+def rebuild(
+    flat: Sequence[Tensor], n_short_bonds: int, with_labels: bool
+) -> tuple[GraphBatch, LabelBatch | None]:
+    """Inverse of ``batch_inputs``."""
+    n = len(BATCH_TENSORS)
+    batch = GraphBatch(
+        **dict(zip(BATCH_TENSORS, flat[:n], strict=True)), n_short_bonds=n_short_bonds
+    )
+    labels = None
+    if with_labels:
+        labels = LabelBatch(**dict(zip(LABEL_TENSORS, flat[n:], strict=True)))
+    return batch, labels
+
+
+def model_state(model: nn.Module) -> tuple[list[str], list[Tensor]]:
+    """Names and tensors of every parameter then every buffer (the traced graph's first
+    inputs)."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, _ in named], [tensor for _, tensor in named]
+
+
+def strip_detach(graph_module: fx.GraphModule) -> int:
+    """Replace every ``aten.detach`` by its input; returns how many were removed."""
+    removed = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.detach.default:
+            node.replace_all_uses_with(node.args[0])
+            graph_module.graph.erase_node(node)
+            removed += 1
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return removed
+
+
+def trace_program(
+    model: nn.Module,
+    program: Program,
+    batch: GraphBatch,
+    labels: LabelBatch | None = None,
+) -> fx.GraphModule:
+    """Trace ``program(model, batch, labels)`` for this batch's shapes into an aten graph.
+
+    The graph's inputs are ``model_state(model)[1] + batch_inputs(batch, labels)``; its outputs
+    ``program``'s tuple (None outputs stay None). Tracing runs on fake tensors (no compute).
+    """
+    names, state = model_state(model)
+    n_state = len(names)
+    n_short_bonds = batch.n_short_bonds
+    with_labels = labels is not None
+
+    runner = _ProgramModule(model, program)
+
+    def flat_program(*flat: Tensor) -> tuple[Tensor | None, ...]:
+        values = {f"model.{name}": value for name, value in zip(names, flat[:n_state], strict=True)}
+        graph_batch, graph_labels = rebuild(flat[n_state:], n_short_bonds, with_labels)
+        return torch.func.functional_call(runner, values, (graph_batch, graph_labels))
+
+    traced = make_fx(flat_program, tracing_mode="fake", _allow_non_fake_inputs=True)(
+        *state, *batch_inputs(batch, labels)
+    )
+    strip_detach(traced)
+    return traced
+
+
+class _ProgramModule(nn.Module):
+    """``program`` as a module call, so ``functional_call`` can swap the model's state."""
+
+    def __init__(self, model: nn.Module, program: Program):
+        super().__init__()
+        self.model = model
+        self.program = program
+
+    def forward(self, batch: GraphBatch, labels: LabelBatch | None) -> tuple[Tensor | None, ...]:
+        return self.program(self.model, batch, labels)
