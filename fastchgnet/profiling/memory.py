@@ -1,0 +1,119 @@
+"""Peak memory of a block of code: CUDA allocator peak on GPU, resident set size on CPU.
+
+On CPU the RSS is sampled by a background thread every ``interval`` seconds (psutil), so a
+peak shorter than the interval can be missed; the peak is reported above the RSS at entry,
+which is the memory the block itself needed. glibc keeps freed heap memory and raises its mmap
+threshold as large blocks are freed, so RSS would under-count a repeated step;
+``return_freed_memory`` makes every allocation of 64 KiB or more a separate mapping that goes
+back to the system when freed (tensors are), and trims the heap, so RSS follows live tensors.
+Mapping every tensor makes each allocation a page-faulting system call, many times slower:
+``exact_rss`` turns it on for a measurement only (afterwards, blocks up to 32 MiB stay on the
+heap), so time and measure memory in separate runs of a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import psutil
+import torch
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory(threshold_bytes: int = 64 * 1024) -> bool:
+    """glibc: allocations >= ``threshold_bytes`` are mmapped (returned on free), heap trimmed.
+
+    Returns False where glibc's ``mallopt`` is unavailable (then RSS peaks are approximate).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1
+        libc.malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(ok)
+
+
+@contextlib.contextmanager
+def exact_rss() -> Iterator[bool]:
+    """Inside: freed tensors go back to the system (``return_freed_memory``); yields whether
+    that could be set. On exit: heap allocation up to 32 MiB (fast, RSS approximate)."""
+    ok = return_freed_memory()
+    try:
+        yield ok
+    finally:
+        return_freed_memory(32 * 2**20)
+
+
+@dataclass
+class PeakMemory:
+    """Context manager measuring a block's peak memory; read ``peak_bytes`` after exit.
+
+    Args:
+        device: "cuda" measures torch.cuda.max_memory_allocated above the allocation at
+            entry; anything else the process RSS above the RSS at entry.
+        interval: RSS sampling period, seconds (CPU only).
+    """
+
+    device: str = "cpu"
+    interval: float = 0.0005
+    peak_bytes: int = 0
+    baseline_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process()
+        self._max_rss = 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda") and torch.cuda.is_available()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._max_rss = max(self._max_rss, self._process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline_bytes = torch.cuda.memory_allocated()
+            return self
+        self.baseline_bytes = self._max_rss = self._process.memory_info().rss
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self.baseline_bytes
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._max_rss = max(self._max_rss, self._process.memory_info().rss)
+        self.peak_bytes = self._max_rss - self.baseline_bytes
+
+    @property
+    def peak_mib(self) -> float:
+        """Peak above entry, MiB."""
+        return self.peak_bytes / 2**20

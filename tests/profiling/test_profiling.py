@@ -1,0 +1,36 @@
+"""Op counter, peak memory and NVTX ranges."""
+
+from __future__ import annotations
+
+import torch
+
+from fastchgnet.profiling.counters import count_ops
+from fastchgnet.profiling.memory import PeakMemory, exact_rss
+from fastchgnet.profiling.nvtx import FORWARD, nvtx_enabled, ranged, stage
+
+
+def test_op_counter_counts_each_dispatched_aten_op_per_step():
+    x = torch.ones(8, 8)
+    counts = count_ops(lambda: (x + 1).mul(2).sum(), steps=3)
+    assert counts.by_name["aten::add"] == 1
+    assert counts.by_name["aten::mul"] == 1
+    assert counts.top_level_ops == 3
+    assert counts.aten_ops >= 3
+    assert counts.cuda_kernels == 0 or torch.cuda.is_available()
+
+
+def test_peak_memory_sees_a_block_that_allocates_and_frees_100_mib():
+    with exact_rss(), PeakMemory("cpu", interval=0.0002) as peak:
+        blocks = [torch.ones(1024, 1024, 5) for _ in range(5)]  # 5 x 20 MiB
+        del blocks
+    assert 60 < peak.peak_mib < 200
+
+
+def test_nvtx_ranges_are_no_ops_without_cuda():
+    @ranged(FORWARD)
+    def double(x: int) -> int:
+        return 2 * x
+
+    with stage("anything"):
+        assert double(2) == 4
+    assert nvtx_enabled() == (torch.cuda.is_available() and nvtx_enabled())
