@@ -96,9 +96,9 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from fastchgnet.data.synth import main as synth_main
+    from fastchgnet.data.synth import run
 
-    synth_main(args.rest)
+    run(args)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -129,12 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("rest", nargs=argparse.REMAINDER)
     convert.set_defaults(func=cmd_data_convert)
+    from fastchgnet.data.synth import build_parser as synth_parser
+
     synth = data_sub.add_parser(
         "synth",
-        help="varied crystals labelled by the reference CHGNet (see `fastchgnet data synth -h`)",
+        help="varied crystals labelled by the reference CHGNet",
+        parents=[synth_parser()],
         add_help=False,
     )
-    synth.add_argument("rest", nargs=argparse.REMAINDER)
     synth.set_defaults(func=cmd_data_synth)
 
     from fastchgnet.train.launch import build_parser as train_parser

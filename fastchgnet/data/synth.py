@@ -108,8 +108,8 @@ def synth(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``fastchgnet data synth -n N -o OUT [--seed S] [--max-atoms A] [--model 0.3.0]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``fastchgnet data synth``."""
     parser = argparse.ArgumentParser(
         prog="fastchgnet data synth",
         description="Varied crystals labelled by the reference CHGNet (needs the chgnet package).",
@@ -120,7 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-atoms", type=int, default=16)
     parser.add_argument("--model", default="0.3.0", help="reference checkpoint for the labels")
     parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the data set ``build_parser``'s arguments describe and print a summary."""
     start = time.perf_counter()
     path = synth(
         args.n,
@@ -134,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         f"wrote {args.n} structures labelled by CHGNet {args.model} to {path} "
         f"({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.0f} s)"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fastchgnet.data.synth -n N -o OUT [--seed S] [--max-atoms A]``."""
+    run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
