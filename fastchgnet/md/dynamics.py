@@ -161,7 +161,8 @@ def run_md(
 
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
-    atoms.calc = Calculator(model, skin=skin)
+    # barostats ask for stress every step: compute it with the forces, in one call
+    atoms.calc = Calculator(model, skin=skin, always_stress=ensemble.lower() == "npt")
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature

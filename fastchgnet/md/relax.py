@@ -171,7 +171,12 @@ def relax(
     runs = [
         _Relaxation(
             as_atoms(s),
-            Calculator(model, skin=skin, name=structure_name(s, k if not single else None)),
+            Calculator(  # the cell filter asks for forces, then stress: one call for both
+                model,
+                skin=skin,
+                always_stress=relax_cell,
+                name=structure_name(s, None if single else k),
+            ),
             optimizer,
             relax_cell,
             record,

@@ -102,3 +102,18 @@ def test_unknown_thermostat_names_the_choices(model, small_crystals):
     atoms.calc = Calculator(model)
     with pytest.raises(ValueError, match="'andersen' for nvt: use one of"):
         make_integrator(atoms, "nvt", "andersen")
+
+
+def test_npt_asks_the_model_for_forces_and_stress_in_one_call_per_step(model, small_crystals):
+    calls = []
+
+    def counted(batch, **kwargs):
+        calls.append(kwargs)
+        return model(batch, **kwargs)
+
+    counted.config = model.config  # a Potential: config, parameters, eval, call
+    counted.parameters = model.parameters
+    counted.eval = model.eval
+    run_md(small_crystals[1], counted, ensemble="npt", steps=4, progress=False, seed=0)
+    assert len(calls) == 4 + 1
+    assert all(call["compute_stress"] for call in calls)

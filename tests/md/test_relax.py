@@ -88,3 +88,18 @@ def test_direct_model_relaxes_through_its_force_and_stress_heads(small_crystals)
     direct = FastCHGNet(forces="direct")
     result = relax(small_crystals[3:5], direct, steps=3)
     assert all(np.isfinite(r.energy) and r.steps <= 3 for r in result)
+
+
+def test_cell_relaxation_calls_the_model_once_per_step(model, small_crystals):
+    calls = []
+
+    def counted(batch, **kwargs):
+        calls.append(kwargs)
+        return model(batch, **kwargs)
+
+    counted.config = model.config  # a Potential: config, parameters, eval, call
+    counted.parameters = model.parameters
+    counted.eval = model.eval
+    result = relax(small_crystals[1], counted, steps=4, batched=False)
+    assert len(calls) == result.steps + 1
+    assert all(call["compute_stress"] for call in calls)
