@@ -1,0 +1,246 @@
+"""Training step and inference, FastCHGNet vs the reference chgnet, same batches, same run.
+
+Training step = forward with energy, forces, stress, magmoms; Huber loss (prefactors 2, 1.5,
+0.1, 0.1, delta 0.1); backward; Adam step. The reference runs chgnet's CHGNet (0.3.0 weights)
+with chgnet.trainer.trainer.CombinedLoss on its own graphs, exactly as its Trainer does; ours
+runs conservative (0.3.0 weights, same maths) and direct (heads, decoupled updates) modes,
+eager and compiled (one capacity per batch size: the padded shape the batches share). Random
+labels, the same for both. Graph building and collation are data loading, outside the timing
+for both (the reference's per-structure batching inside its forward is timed, as it is part of
+its forward).
+
+Prints, per batch size and mode: median step time per batch, structures/s and the ratio to the
+reference; aten operators dispatched per step; peak memory per step (RSS above the step's entry
+on CPU, torch.cuda.max_memory_allocated on GPU); then single-structure inference (e, f, s, m)
+for LiMnO2 and Li9Co7O16 with the compiled model against the reference's predict_structure.
+
+    python bench/bench_train_step.py [--batch-sizes 16 32] [--batches 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
+CIFS = {"LiMnO2": "mp-18767-LiMnO2.cif", "Li9Co7O16": "mp-1175469-Li9Co7O16.cif"}
+
+
+def random_labels(structures: list, seed: int) -> list[SimpleNamespace]:
+    """Energy (eV/atom), forces (eV/Å), stress (GPa), magmoms (μB) of plausible scale."""
+    rng = np.random.default_rng(seed)
+    return [
+        SimpleNamespace(
+            energy_per_atom=float(rng.normal(-5, 1)),
+            forces=rng.normal(0, 0.5, size=(len(s), 3)),
+            stress=rng.normal(0, 1, size=(3, 3)),
+            magmoms=np.abs(rng.normal(0, 1, size=len(s))),
+        )
+        for s in structures
+    ]
+
+
+def reference_step(model, optimizer, criterion, graphs, targets):
+    """One step of chgnet's Trainer._train loop body."""
+    optimizer.zero_grad()
+    prediction = model(graphs, task="efsm")
+    loss = criterion(targets, prediction)["loss"]
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def capacity_for(graph_lists: list[list]):
+    """One capacity every batch fits, with the padding reserve (one atom, one bond)."""
+    from fastchgnet.data.buckets import Capacity
+
+    totals = np.array(
+        [
+            [sum(g.n_atoms for g in gs), sum(g.n_bonds for g in gs), sum(g.n_angles for g in gs)]
+            for gs in graph_lists
+        ]
+    )
+    atoms, bonds, angles = totals.max(axis=0)
+    return Capacity(max(len(gs) for gs in graph_lists), int(atoms) + 1, int(bonds) + 1, int(angles))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--structures", type=int, default=240)
+    parser.add_argument("--max-atoms", type=int, default=108)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--batches", type=int, default=4, help="batches per batch size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes over the batches")
+    parser.add_argument("--modes", nargs="+", default=["conservative", "direct"])
+    parser.add_argument("--inference-repeats", type=int, default=30)
+    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, loaded CPU, OpenMP threads spinning against other "
+        "processes made every step several times slower)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from chgnet.model import CHGNet
+    from chgnet.trainer.trainer import CombinedLoss
+    from pymatgen.core import Structure
+
+    from fastchgnet import FastCHGNet
+    from fastchgnet.compile import CapturedModel
+    from fastchgnet.compile.step import TrainStep, make_adam
+    from fastchgnet.data.graph import build_graph
+    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.profiling.counters import count_ops
+    from fastchgnet.profiling.memory import PeakMemory, exact_rss
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
+    criterion = CombinedLoss(
+        target_str="efsm",
+        criterion="Huber",
+        energy_loss_ratio=2,
+        force_loss_ratio=1.5,
+        stress_loss_ratio=0.1,
+        mag_loss_ratio=0.1,
+        delta=0.1,
+    )
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=3e-4)
+    structures = varied_structures(args.structures, seed=7, max_atoms=args.max_atoms)
+    sizes = np.array([len(s) for s in structures])
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, shared machine: "
+        f"timings are medians of {args.repeats} interleaved passes"
+    )
+    print(
+        f"{len(structures)} structures, atoms min {sizes.min()} median {int(np.median(sizes))} "
+        f"p90 {int(np.percentile(sizes, 90))} max {sizes.max()}"
+    )
+    labels = random_labels(structures, seed=1)
+    ref_graphs = [reference.graph_converter(s) for s in structures]
+    our_graphs = [build_graph(s) for s in structures]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    order = np.random.default_rng(0).permutation(len(structures))
+
+    results = []
+    for b in args.batch_sizes:
+        chunks = [order[k * b : (k + 1) * b] for k in range(args.batches)]
+        capacity = capacity_for([[our_graphs[i] for i in c] for c in chunks])
+        padded = [
+            collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
+            for c in chunks
+        ]
+        ref_batches = [
+            (
+                [ref_graphs[i] for i in c],
+                {
+                    "e": torch.tensor([labels[i].energy_per_atom for i in c], dtype=torch.float32),
+                    "f": [torch.tensor(labels[i].forces, dtype=torch.float32) for i in c],
+                    "s": [torch.tensor(labels[i].stress, dtype=torch.float32) for i in c],
+                    "m": [torch.tensor(labels[i].magmoms, dtype=torch.float32) for i in c],
+                },
+            )
+            for c in chunks
+        ]
+        real = sum(int(sizes[c].sum()) for c in chunks) / len(chunks)
+        print(f"\nbatch size {b}: capacity {capacity} (mean real atoms {real:.0f})")
+        runners = {
+            "reference": lambda k, rb=ref_batches: reference_step(
+                reference, ref_optimizer, criterion, *rb[k]
+            )
+        }
+        for mode in args.modes:
+            if mode == "conservative":
+                model = FastCHGNet.from_reference("0.3.0")
+            else:
+                model = FastCHGNet(forces="direct", coupled_updates=False)
+            model.to(device).train()
+            kinds = ["eager"] + ([] if args.no_compile else ["compiled"])
+            for kind in kinds:
+                captured = CapturedModel(model, eager=kind == "eager")
+                step = TrainStep(captured, make_adam(model.parameters()))
+                batches = [(x.to(device), y.to(device)) for x, y in padded]
+                runners[f"{mode} {kind}"] = lambda k, s=step, bs=batches: s(*bs[k])
+                if kind == "compiled":
+                    t = timed(lambda s=step, bs=batches: s(*bs[0]))
+                    print(
+                        f"  {mode} compiled: first step (trace + compile) {t:.1f} s, "
+                        f"graphs {captured.stats.graphs}, recompiles {captured.stats.recompiles}"
+                    )
+        for fn in runners.values():  # warm-up
+            fn(0)
+        times = {name: [] for name in runners}
+        for _ in range(args.repeats):
+            for k in range(len(chunks)):
+                for name, fn in runners.items():
+                    times[name].append((k, timed(lambda f=fn, k=k: f(k))))
+        memory, ops = {}, {}
+        for name, fn in runners.items():
+            ops[name] = count_ops(lambda f=fn: f(0)).aten_ops
+        with exact_rss():
+            for name, fn in runners.items():
+                fn(0)  # settle the allocator in this mode
+                with PeakMemory(device) as peak:
+                    fn(0)
+                memory[name] = peak.peak_mib
+        medians = {
+            name: sum(statistics.median([t for kk, t in ts if kk == k]) for k in range(len(chunks)))
+            for name, ts in times.items()
+        }
+        ref_rate = b * len(chunks) / medians["reference"]
+        ref_ops, ref_mem = ops["reference"], memory["reference"]
+        print(
+            f"  {'':22s} {'ms/step':>9s} {'struct/s':>9s} {'speedup':>8s} {'aten ops':>9s} "
+            f"{'fewer':>7s} {'peak MiB':>9s} {'lower':>6s}"
+        )
+        for name in runners:
+            rate = b * len(chunks) / medians[name]
+            print(
+                f"  {name:22s} {medians[name] / len(chunks) * 1e3:9.1f} {rate:9.1f} "
+                f"{rate / ref_rate:7.2f}x {ops[name]:9.0f} {ref_ops / max(ops[name], 1):6.1f}x "
+                f"{memory[name]:9.1f} {ref_mem / max(memory[name], 1e-3):5.2f}x"
+            )
+            results.append((b, name, rate / ref_rate, ops[name], memory[name]))
+
+    kind = "eager" if args.no_compile else "compiled"
+    print(f"\nsingle-structure inference (e, f, s, m), {kind} conservative model, median ms")
+    ours = FastCHGNet.from_reference("0.3.0").to(device).eval()
+    captured = CapturedModel(ours, eager=args.no_compile)
+    from fastchgnet.compile.predict import CompiledStructurePredictor
+
+    predictor = CompiledStructurePredictor(captured)
+    for name, cif in CIFS.items():
+        structure = Structure.from_file(REFERENCE / cif)
+        predictor.predict_structure(structure)  # compile for this shape
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref_t, our_t = [], []
+            for _ in range(args.inference_repeats):
+                ref_t.append(timed(lambda s=structure: reference.predict_structure(s)))
+                our_t.append(timed(lambda s=structure: predictor.predict_structure(s)))
+        r, o = statistics.median(ref_t), statistics.median(our_t)
+        print(f"  {name:10s} reference {r * 1e3:7.2f}  ours {o * 1e3:7.2f}  {r / o:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
