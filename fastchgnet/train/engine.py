@@ -152,6 +152,8 @@ def init_distributed() -> None:
     """Start the process group: NCCL when CUDA is available, gloo otherwise (CPU)."""
     import deepspeed
 
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend)
 
@@ -247,6 +249,8 @@ def make_engine(
     """The engine ``kind`` asks for ("auto": DeepSpeed when launched distributed)."""
     use_deepspeed = kind == "deepspeed" or (kind == "auto" and launched_distributed())
     if not use_deepspeed:
+        if torch.cuda.is_available():
+            model = model.to("cuda")
         return TorchEngine(model, config, total_steps, batch_per_rank)
     return DeepSpeedEngine(
         model, config, total_steps, batch_per_rank, deepspeed_json or DEFAULT_DEEPSPEED_JSON
