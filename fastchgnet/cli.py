@@ -107,6 +107,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     run(args)
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    from fastchgnet.profiling.report import run
+
+    run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastchgnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (configs/*.toml)", parents=[train_parser()], add_help=False
     )
     train.set_defaults(func=cmd_train)
+
+    from fastchgnet.profiling.report import build_parser as profile_parser
+
+    profile = sub.add_parser(
+        "profile",
+        help="aten operators (CUDA kernels on GPU) per training step, ours vs the reference",
+        parents=[profile_parser(argparse.ArgumentParser(add_help=False))],
+    )
+    profile.set_defaults(func=cmd_profile)
     return parser
 
 
