@@ -1,5 +1,5 @@
 # Two entry points that work on a fresh machine with only Python 3.10+:
-#   make quickstart   set up .venv and run the main job
+#   make quickstart   set up .venv and train on the bundled quick-start data
 #   make test         set up .venv and run the tests
 PY ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Python sources to lint (folders that exist)
 LINT_PATHS = $(wildcard fastchgnet tests bench launcher)
 
-.PHONY: setup quickstart test test-slow lint bench clean
+.PHONY: setup quickstart predict-demo test test-slow lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# the main job: train a small model on the bundled quick-start data, print the MAE table
 quickstart: setup
+	$(BIN)/python launcher/train.py
+
+# predict a crystal the package builds, with the pretrained CHGNet 0.3.0 weights
+predict-demo: setup
 	$(BIN)/python -m fastchgnet.quickstart
 
 test: setup
