@@ -68,6 +68,7 @@ def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dic
             "run.plots=false",
             f"run.seed={args.seed}",
             *(f"loss.{k}={v}" for k, v in LOSS.items()),
+            *args.set,
         ],
     )
     start = time.perf_counter()
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0, help="weights and batch order")
     parser.add_argument("--out", default="/tmp/fastchgnet-bench-train")
+    parser.add_argument(
+        "--set", action="append", default=[], help="extra key=value for our runs' TrainConfig"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
