@@ -42,6 +42,11 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/bench_graph.py
 	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_sampler.py
+	$(BIN)/python bench/bench_md.py
+	$(BIN)/python bench/bench_relax.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
