@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -174,7 +175,9 @@ def read_ase(
 
     if isinstance(path_or_atoms, (str, Path)):
         stem = Path(path_or_atoms).stem
-        images = read(str(path_or_atoms), index=index)
+        with tempfile.TemporaryDirectory() as scratch:
+            plain = gunzip_ase_file(Path(path_or_atoms), Path(scratch))
+            images = read(str(plain), index=index)
         images = images if isinstance(images, list) else [images]
     else:
         stem, images = "atoms", list(path_or_atoms)
@@ -200,6 +203,20 @@ def read_ase(
             material_id=str(material_id),
             frame_id=str(info.get("frame_id", f"{stem}-{position}")),
         )
+
+
+def gunzip_ase_file(source: Path, scratch: Path) -> Path:
+    """A gzip-compressed ASE file (e.g. .extxyz.gz) decompressed into ``scratch``; any other
+    source unchanged. ASE's extxyz reader seeks back to each frame, which in a gzip stream
+    means decompressing from the start again: quadratic, minutes for a 2000-frame file, a
+    fraction of a second once decompressed."""
+    name = source.name.lower()
+    if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
+        return source
+    plain = scratch / source.name[: -len(".gz")]
+    with gzip.open(source, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return plain
 
 
 def _ase_result(atoms: object, key: str) -> np.ndarray | None:

@@ -7,8 +7,6 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 
 from __future__ import annotations
 
-import gzip
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
+from fastchgnet.data.sources import gunzip_ase_file
 from fastchgnet.data.split import split_by_material
 from fastchgnet.train.config import DataConfig
 
@@ -56,20 +55,6 @@ def resolve_cache(
             frames = read_frames(plain, energy_key=config.energy_key)
             convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
-
-
-def gunzip_ase_file(source: Path, scratch: Path) -> Path:
-    """A gzip-compressed ASE file (e.g. .extxyz.gz) decompressed into ``scratch``; any other
-    source unchanged. ASE's extxyz reader seeks back to each frame, which in a gzip stream
-    means decompressing from the start again: quadratic, minutes for the 2000-frame
-    quick-start file, a fraction of a second once decompressed."""
-    name = source.name.lower()
-    if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
-        return source
-    plain = scratch / source.name[: -len(".gz")]
-    with gzip.open(source, "rb") as src, open(plain, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return plain
 
 
 def collate_items(
