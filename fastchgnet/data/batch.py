@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fastchgnet.data.graph import CrystalGraph
+
+T = TypeVar("T")
 
 #: name -> (shape, level, meaning). Level: per-atom, per-bond, per-angle or per-structure.
 FIELDS: dict[str, tuple[str, str, str]] = {
@@ -63,15 +66,21 @@ class GraphBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> GraphBatch:
         """Move to ``device``; float fields are cast to ``dtype`` when given."""
-        moved: dict[str, object] = {"n_short_bonds": self.n_short_bonds}
-        for f in fields(self):
-            if f.name in moved:
-                continue
-            value: Tensor = getattr(self, f.name)
+        return moved_to(self, device, dtype)
+
+
+def moved_to(container: T, device: torch.device | str, dtype: torch.dtype | None) -> T:
+    """A copy of a dataclass of tensors on ``device``, float tensors cast to ``dtype`` when
+    given; fields that are not tensors (e.g. ``n_short_bonds``) are kept as they are."""
+    moved = {}
+    for f in fields(container):
+        value = getattr(container, f.name)
+        if isinstance(value, Tensor):
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
-            moved[f.name] = value.to(device, non_blocking=True)
-        return GraphBatch(**moved)
+            value = value.to(device, non_blocking=True)
+        moved[f.name] = value
+    return type(container)(**moved)
 
 
 def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) -> GraphBatch:

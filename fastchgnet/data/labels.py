@@ -8,12 +8,14 @@ Units as everywhere: energy eV/atom, forces eV/Å, stress GPa (CHGNet's sign), m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from fastchgnet.data.batch import moved_to
 
 #: name -> (shape, level, meaning)
 LABEL_FIELDS: dict[str, tuple[str, str, str]] = {
@@ -52,13 +54,7 @@ class LabelBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LabelBatch:
         """Move to ``device``; float fields are cast to ``dtype`` when given."""
-        moved = {}
-        for f in fields(self):
-            value: Tensor = getattr(self, f.name)
-            if dtype is not None and value.is_floating_point():
-                value = value.to(dtype)
-            moved[f.name] = value.to(device, non_blocking=True)
-        return LabelBatch(**moved)
+        return moved_to(self, device, dtype)
 
 
 def collate_labels(
