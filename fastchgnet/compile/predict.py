@@ -16,7 +16,7 @@ from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded
-from fastchgnet.model.predict import graphs_for, split_prediction
+from fastchgnet.md.predict import graphs_for, split_prediction
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -25,9 +25,9 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
 from fastchgnet.md.neighbours import VerletGraph
+from fastchgnet.md.predict import check_elements
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
-from fastchgnet.model.predict import check_elements
 
 
 def as_atoms(structure: Any) -> Atoms:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fastchgnet.data.graph import structure_name
 from fastchgnet.md.calculator import Calculator, Potential, as_atoms, evaluate_graphs
-from fastchgnet.model.predict import is_structure
+from fastchgnet.md.predict import is_structure
 
 OptimizerName = Literal["FIRE", "BFGS"]
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}

@@ -322,7 +322,7 @@ class FastCHGNet(nn.Module):
         return load_reference(cls, version, **modes)
 
     def predict_structure(self, structure: Any, batch_size: int = 16) -> Any:
-        """Predict structures as the reference does; see ``fastchgnet.model.predict``."""
-        from fastchgnet.model.predict import predict_structures
+        """Predict structures as the reference does; see ``fastchgnet.md.predict``."""
+        from fastchgnet.md.predict import predict_structures
 
         return predict_structures(self, structure, batch_size=batch_size)
