@@ -102,15 +102,13 @@ class AtomConv(nn.Module):
         )
         per_atom = atoms @ torch.cat([w_centre, w_neighbour], dim=0).T  # (n_atoms, 4 * width)
         from_centre, from_neighbour = per_atom.chunk(2, dim=1)
-        per_bond = (bonds @ w_bond.T).repeat(2, 1)  # edges b and n_bonds + b share bond b
-        pre = (
-            gather(from_centre, topo.edge_centre)
-            + gather(from_neighbour, topo.edge_neighbour)
-            + per_bond
-            + self.gated.first.bias
-        )
-        messages = self.gated.finish(pre) * bond_weights.repeat(2, 1)
-        summed = scatter_sum(messages, topo.edge_centre, atoms.shape[0])
+        n_bonds = bonds.shape[0]
+        per_bond = torch.addmm(self.gated.first.bias, bonds, w_bond.T)  # bias folded in
+        pre = gather(from_centre, topo.edge_centre) + gather(from_neighbour, topo.edge_neighbour)
+        # edges b and n_bonds + b share bond b: broadcast over the two directions, no copy
+        pre = (pre.view(2, n_bonds, -1) + per_bond).view(2 * n_bonds, -1)
+        messages = self.gated.finish(pre).view(2, n_bonds, -1) * bond_weights
+        summed = scatter_sum(messages.view(2 * n_bonds, -1), topo.edge_centre, atoms.shape[0])
         return atoms + self.mlp_out(summed)
 
 
@@ -188,7 +186,6 @@ def _angle_preactivation(
     return (
         gather(from_bond1, topo.angle_bond1)
         + gather(from_bond2, topo.angle_bond2)
-        + angles @ w_angle.T
+        + torch.addmm(gated.first.bias, angles, w_angle.T)
         + gather(atoms @ w_atom.T, topo.angle_centre)
-        + gated.first.bias
     )
