@@ -38,3 +38,21 @@ def model():
     from fastchgnet import FastCHGNet
 
     return FastCHGNet.from_reference("0.3.0")
+
+
+@pytest.fixture
+def one_thread():
+    """One torch and one OpenBLAS thread for the test (restored afterwards): small MD and
+    relaxation work on a shared CPU loses far more to spinning threads than it gains."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ModuleNotFoundError:
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    torch.set_num_threads(threads)

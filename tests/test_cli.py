@@ -55,23 +55,6 @@ def test_unknown_subcommand_is_a_usage_error():
 
 
 # ------------------------------------------------------------------ relax and md (issue 7)
-@pytest.fixture
-def one_thread():
-    """One torch and OpenBLAS thread: small MD/relaxation work on a shared CPU (as tests/md)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ModuleNotFoundError:
-        yield
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    torch.set_num_threads(threads)
-
-
 def write_cifs(tmp_path, count: int, max_atoms: int = 6) -> list[str]:
     """``count`` small varied crystals (2 atoms or more) as CIF files."""
     crystals = [s for s in varied_structures(4 * count, seed=3, max_atoms=max_atoms) if len(s) > 1]

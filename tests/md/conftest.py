@@ -9,24 +9,14 @@ restore the settings afterwards (OpenBLAS through threadpoolctl, when installed)
 from __future__ import annotations
 
 import pytest
-import torch
 
 from fastchgnet.data.synthetic import varied_structures
 from fastchgnet.md.calculator import as_atoms
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ModuleNotFoundError:
-        yield
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    torch.set_num_threads(threads)
+def _one_thread_for_md(one_thread):
+    """Every md test runs with tests/conftest.py's ``one_thread`` (it restores on teardown)."""
 
 
 @pytest.fixture
