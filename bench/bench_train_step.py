@@ -10,8 +10,9 @@ for both (the reference's per-structure batching inside its forward is timed, as
 its forward).
 
 Prints, per batch size and mode: median step time per batch, structures/s and the ratio to the
-reference; aten operators dispatched per step; peak memory per step (RSS above the step's entry
-on CPU, torch.cuda.max_memory_allocated on GPU); then single-structure inference (e, f, s, m)
+reference; aten operators dispatched per step; peak memory per step above the step's entry
+(CPU: the allocator's peak of live tensor bytes from torch.profiler memory events, and the
+process RSS; GPU: torch.cuda.max_memory_allocated); then single-structure inference (e, f, s, m)
 for LiMnO2 and Li9Co7O16 with the compiled model against the reference's predict_structure.
 
     python bench/bench_train_step.py [--batch-sizes 16 32] [--batches 4] [--repeats 5]
@@ -194,7 +195,7 @@ def main() -> None:
             for k in range(len(chunks)):
                 for name, fn in runners.items():
                     times[name].append((k, timed(lambda f=fn, k=k: f(k))))
-        memory, ops = {}, {}
+        memory, rss, ops = {}, {}, {}
         for name, fn in runners.items():
             ops[name] = count_ops(lambda f=fn: f(0)).aten_ops
         with exact_rss():
@@ -202,7 +203,7 @@ def main() -> None:
                 fn(0)  # settle the allocator in this mode
                 with PeakMemory(device) as peak:
                     fn(0)
-                memory[name] = peak.peak_mib
+                memory[name], rss[name] = peak.tensor_peak_mib, peak.peak_mib
         medians = {
             name: sum(statistics.median([t for kk, t in ts if kk == k]) for k in range(len(chunks)))
             for name, ts in times.items()
@@ -211,14 +212,14 @@ def main() -> None:
         ref_ops, ref_mem = ops["reference"], memory["reference"]
         print(
             f"  {'':22s} {'ms/step':>9s} {'struct/s':>9s} {'speedup':>8s} {'aten ops':>9s} "
-            f"{'fewer':>7s} {'peak MiB':>9s} {'lower':>6s}"
+            f"{'fewer':>7s} {'peak MiB':>9s} {'lower':>6s} {'RSS MiB':>8s}"
         )
         for name in runners:
             rate = b * len(chunks) / medians[name]
             print(
                 f"  {name:22s} {medians[name] / len(chunks) * 1e3:9.1f} {rate:9.1f} "
                 f"{rate / ref_rate:7.2f}x {ops[name]:9.0f} {ref_ops / max(ops[name], 1):6.1f}x "
-                f"{memory[name]:9.1f} {ref_mem / max(memory[name], 1e-3):5.2f}x"
+                f"{memory[name]:9.1f} {ref_mem / max(memory[name], 1e-3):5.2f}x {rss[name]:8.1f}"
             )
             results.append((b, name, rate / ref_rate, ops[name], memory[name]))
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded
@@ -56,7 +57,7 @@ class CompiledStructurePredictor:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), flush_denormals():
                 prediction = self.captured.predict(batch)
         finally:
             model.train(was_training)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 from fastchgnet.profiling.nvtx import BACKWARD, FORWARD, OPTIMIZER, STEP, stage
@@ -43,7 +44,7 @@ class TrainStep:
     def __call__(self, batch: GraphBatch, labels: LabelBatch) -> Tensor:
         """One update; returns the loss (0-d, detached; reading it syncs a GPU)."""
         self.captured.model.train()
-        with stage(STEP):
+        with stage(STEP), flush_denormals():
             self.optimizer.zero_grad(set_to_none=True)
             with stage(FORWARD):  # forward and loss are one graph
                 loss, _ = self.captured.loss(batch, labels)

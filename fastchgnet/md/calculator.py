@@ -22,6 +22,7 @@ from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
 from fastchgnet.md.neighbours import VerletGraph
@@ -67,7 +68,8 @@ def evaluate_graphs(
         check_elements(graph, model.config.max_num_elements)
     parameter = next(iter(model.parameters()))
     batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-    prediction = model(batch, compute_forces=True, compute_stress=stress)
+    with flush_denormals():
+        prediction = model(batch, compute_forces=True, compute_stress=stress)
     return ase_results(prediction, [g.n_atoms for g in graphs])
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import collate
 from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
 from fastchgnet.errors import StructureError
@@ -75,7 +76,8 @@ def predict_structures(
         for start in range(0, len(structures), batch_size):
             graphs = graphs_for(model, structures[start : start + batch_size], start)
             batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-            prediction = model(batch)
+            with flush_denormals():
+                prediction = model(batch)
             results += split_prediction(prediction, batch.n_atoms)
     finally:
         model.train(was_training)

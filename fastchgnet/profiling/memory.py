@@ -1,7 +1,14 @@
-"""Peak memory of a block of code: CUDA allocator peak on GPU, resident set size on CPU.
+"""Peak memory of a block of code: CUDA allocator peak on GPU; on CPU the allocator peak and
+the resident set size.
 
-On CPU the RSS is sampled by a background thread every ``interval`` seconds (psutil), so a
-peak shorter than the interval can be missed; the peak is reported above the RSS at entry,
+CPU allocator peak (``tensor_peak_bytes``, the number to compare): every allocation and free of
+torch's CPU allocator is recorded by ``torch.profiler`` (``profile_memory=True``), compiled
+code's buffers included; the running sum of those events in time order peaks at the most tensor
+memory the block held at once above what was live at entry. It is exact and does not depend on
+malloc or the operating system.
+
+RSS (``peak_bytes``): sampled by a background thread every ``interval`` seconds (psutil), so
+a peak shorter than the interval can be missed; the peak is reported above the RSS at entry,
 which is the memory the block itself needed. glibc keeps freed heap memory and raises its mmap
 threshold as large blocks are freed, so RSS would under-count a repeated step;
 ``return_freed_memory`` makes every allocation of 64 KiB or more a separate mapping that goes
@@ -61,7 +68,9 @@ class PeakMemory:
 
     Args:
         device: "cuda" measures torch.cuda.max_memory_allocated above the allocation at
-            entry; anything else the process RSS above the RSS at entry.
+            entry (``peak_bytes`` and ``tensor_peak_bytes`` both); anything else the process
+            RSS above the RSS at entry (``peak_bytes``) and the CPU allocator's peak above
+            entry (``tensor_peak_bytes``, from torch.profiler memory events).
         interval: RSS sampling period, seconds (CPU only).
     """
 
@@ -69,6 +78,7 @@ class PeakMemory:
     interval: float = 0.0005
     peak_bytes: int = 0
     baseline_bytes: int = 0
+    tensor_peak_bytes: int = 0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -91,6 +101,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.baseline_bytes = torch.cuda.memory_allocated()
             return self
+        self._profiler = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        )
+        self._profiler.__enter__()
         self.baseline_bytes = self._max_rss = self._process.memory_info().rss
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -106,14 +120,38 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             self.peak_bytes = torch.cuda.max_memory_allocated() - self.baseline_bytes
+            self.tensor_peak_bytes = self.peak_bytes
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         self._max_rss = max(self._max_rss, self._process.memory_info().rss)
         self.peak_bytes = self._max_rss - self.baseline_bytes
+        self._profiler.__exit__(exc_type, exc, traceback)
+        self.tensor_peak_bytes = allocator_peak(self._profiler)
 
     @property
     def peak_mib(self) -> float:
-        """Peak above entry, MiB."""
+        """RSS (CPU) or allocator (CUDA) peak above entry, MiB."""
         return self.peak_bytes / 2**20
+
+    @property
+    def tensor_peak_mib(self) -> float:
+        """Allocator peak above entry, MiB (CPU: from the profiler's memory events)."""
+        return self.tensor_peak_bytes / 2**20
+
+
+def allocator_peak(profiler: torch.profiler.profile, device: str = "CPU") -> int:
+    """Most bytes held at once above the start, from a finished ``profile_memory=True``
+    profile: the running sum of its allocation (+) and free (-) events in time order."""
+    events = [
+        e
+        for e in profiler.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type().name == device
+    ]
+    events.sort(key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak

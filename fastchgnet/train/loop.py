@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 from fastchgnet.train.checkpoint import Progress
@@ -54,6 +55,22 @@ def train_epoch(
     skipped step); with ``max_steps`` > 0 the epoch stops once ``progress.global_step``
     reaches it.
     """
+    with flush_denormals():
+        return _train_epoch(
+            engine, batches, loss_config, progress, reporter, max_bad_steps, max_steps, on_step
+        )
+
+
+def _train_epoch(
+    engine: object,
+    batches: Iterable[tuple[GraphBatch, LabelBatch]],
+    loss_config: LossConfig,
+    progress: Progress,
+    reporter: EpochProgress,
+    max_bad_steps: int,
+    max_steps: int,
+    on_step: Callable[[Progress, float], None] | None,
+) -> EpochResult:
     total, steps, skipped, structures = 0.0, 0, 0, 0
     for graphs, labels in batches:
         batch = graphs.to(engine.device)
@@ -104,7 +121,7 @@ def evaluate(
     model.eval()
     metrics = MetricSums()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), flush_denormals():
             for graphs, labels in batches:
                 prediction = model(graphs.to(device))
                 metrics.add(prediction, labels.to(device))

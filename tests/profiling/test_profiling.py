@@ -24,6 +24,15 @@ def test_peak_memory_sees_a_block_that_allocates_and_frees_100_mib():
         blocks = [torch.ones(1024, 1024, 5) for _ in range(5)]  # 5 x 20 MiB
         del blocks
     assert 60 < peak.peak_mib < 200
+    assert 99 < peak.tensor_peak_mib < 101  # exact: the allocator held 5 x 20 MiB at once
+
+
+def test_allocator_peak_counts_temporaries_that_are_freed_before_the_end():
+    x = torch.ones(256, 1024)  # 1 MiB
+    with PeakMemory("cpu") as peak:
+        y = (x * 2).sum()  # the product (1 MiB) lives only inside this line
+    assert y.item() == 2 * x.numel()
+    assert 1.0 <= peak.tensor_peak_mib < 1.01  # the product and the 0-d sum
 
 
 def test_nvtx_ranges_are_no_ops_without_cuda():

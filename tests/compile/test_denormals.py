@@ -1,0 +1,48 @@
+"""flush_denormals: denormal floats become zero inside, nothing changes outside."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastchgnet.compile.denormals import flush_denormals
+
+TINY = 1e-39  # below float32's smallest normal number, 1.18e-38
+
+
+def survives(value: float) -> bool:
+    return bool((torch.tensor([value], dtype=torch.float32) * 1.0).item() != 0.0)
+
+
+@pytest.fixture
+def denormal_support() -> None:
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+
+
+def test_denormals_flushed_inside_and_kept_outside(denormal_support: None) -> None:
+    assert survives(TINY)
+    with flush_denormals() as active:
+        assert active
+        assert not survives(TINY)
+        assert survives(1e-30)  # normal numbers untouched
+        with flush_denormals():  # nesting: the inner exit keeps the outer setting
+            pass
+        assert not survives(TINY)
+    assert survives(TINY)
+
+
+def test_environment_variable_turns_it_off(
+    denormal_support: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASTCHGNET_FLUSH_DENORMALS", "0")
+    with flush_denormals() as active:
+        assert not active
+        assert survives(TINY)
+
+
+def test_state_restored_after_an_exception(denormal_support: None) -> None:
+    with pytest.raises(ValueError, match="boom"), flush_denormals():
+        raise ValueError("boom")
+    assert survives(TINY)
