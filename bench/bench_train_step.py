@@ -59,17 +59,25 @@ def reference_step(model, optimizer, criterion, graphs, targets):
 
 
 def capacity_for(graph_lists: list[list]):
-    """One capacity every batch fits, with the padding reserve (one atom, one bond)."""
+    """One capacity every batch fits, with the padding reserve (one atom, one bond-graph bond):
+    bond-graph (short) and other (long) bond slots sized separately, so the bond convolutions
+    run on bond-graph bonds only, as for an unpadded batch."""
     from fastchgnet.data.buckets import Capacity
 
     totals = np.array(
         [
-            [sum(g.n_atoms for g in gs), sum(g.n_bonds for g in gs), sum(g.n_angles for g in gs)]
+            [
+                sum(g.n_atoms for g in gs),
+                sum(g.n_short_bonds for g in gs),
+                sum(g.n_bonds - g.n_short_bonds for g in gs),
+                sum(g.n_angles for g in gs),
+            ]
             for gs in graph_lists
         ]
     )
-    atoms, bonds, angles = totals.max(axis=0)
-    return Capacity(max(len(gs) for gs in graph_lists), int(atoms) + 1, int(bonds) + 1, int(angles))
+    atoms, short, long, angles = (int(x) for x in totals.max(axis=0))
+    structures = max(len(gs) for gs in graph_lists)
+    return Capacity(structures, atoms + 1, short + 1 + long, angles, short_bonds=short + 1)
 
 
 def timed(fn) -> float:
@@ -91,6 +99,12 @@ def main() -> None:
     parser.add_argument("--inference-repeats", type=int, default=30)
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument(
+        "--reference-flush-denormals",
+        action="store_true",
+        help="run the reference with denormals flushed too (ours always flushes; see "
+        "fastchgnet.compile.denormals)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -106,6 +120,7 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.compile import CapturedModel
+    from fastchgnet.compile.denormals import flush_denormals
     from fastchgnet.compile.step import TrainStep, make_adam
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
@@ -165,11 +180,15 @@ def main() -> None:
         ]
         real = sum(int(sizes[c].sum()) for c in chunks) / len(chunks)
         print(f"\nbatch size {b}: capacity {capacity} (mean real atoms {real:.0f})")
-        runners = {
-            "reference": lambda k, rb=ref_batches: reference_step(
-                reference, ref_optimizer, criterion, *rb[k]
-            )
-        }
+
+        def run_reference(k: int, rb: list = ref_batches) -> None:
+            if args.reference_flush_denormals:
+                with flush_denormals():
+                    reference_step(reference, ref_optimizer, criterion, *rb[k])
+            else:
+                reference_step(reference, ref_optimizer, criterion, *rb[k])
+
+        runners = {"reference": run_reference}
         for mode in args.modes:
             if mode == "conservative":
                 model = FastCHGNet.from_reference("0.3.0")

@@ -25,7 +25,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from fastchgnet.data.buckets import Capacity
-from fastchgnet.data.sampler import Plan
+from fastchgnet.data.sampler import Plan, load_cv, structure_costs
 
 #: Room kept free in every batch for the padding dummy: one atom and one bond.
 PADDING_RESERVE = np.array([0, 1, 1, 0])
@@ -223,6 +223,12 @@ class PackedBatchSampler(Sampler[list[int]]):
             )
             self._plan = (self.epoch, plan)
         return self._plan[1]
+
+    def load_cv(self) -> float:
+        """Mean over steps of the coefficient of variation of per-rank cost this epoch
+        (cost = atoms + bonds + angles)."""
+        plan = self.plan()
+        return float(load_cv(plan, structure_costs(self.sizes)).mean()) if plan else 0.0
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in self.plan():

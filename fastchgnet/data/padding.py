@@ -135,3 +135,9 @@ def collate_padded(
 def unpad(value: torch.Tensor, n_real: int) -> torch.Tensor:
     """The real rows of a padded per-structure or per-atom output: ``value[:n_real]``."""
     return value[:n_real]
+
+
+def real_structures(batch: GraphBatch) -> int:
+    """Number of real structures in a batch padded by ``collate_padded``: every structure
+    with atoms but the last (the dummy); empty slots have none."""
+    return int((batch.n_atoms > 0).sum()) - 1

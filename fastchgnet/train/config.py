@@ -27,6 +27,10 @@ class DataConfig:
     MPtrj JSON, VASP run dir) converted on first use into ``cache_dir`` (default
     ``<run.out_dir>/cache``). ``batch_size`` is per rank; ``split`` (train, val, test)
     fractions by material id; ``max_structures`` > 0 keeps only the first that many.
+    ``batching``: "balanced" (``batch_size`` structures per rank batch, ranks balanced by
+    cost; ``size_pool`` > 0 groups similar sizes), "packed" (every rank batch filled to one
+    fixed capacity holding ``batch_size`` structures on average: one shape, as compiled
+    training needs) or "auto" (packed when ``run.compile`` is on, else balanced).
     """
 
     source: str = "quickstart"
@@ -36,6 +40,7 @@ class DataConfig:
     split_seed: int = 0
     batch_size: int = 16
     size_pool: int = 16
+    batching: Literal["auto", "balanced", "packed"] = "auto"
     loader_workers: int = 0
     convert_workers: int = 1
     max_structures: int = 0
@@ -104,6 +109,12 @@ class RunConfig:
     for each other make a step many times slower (measured 25x on 2 shared cores).
     ``check_sync_every`` > 0: every that many steps, check that all ranks hold bit-identical
     parameters (sha256 compared across ranks); a mismatch stops the run.
+    ``compile``: capture the training step (forward, loss and its backward) for the packed
+    batches' one padded shape with torch.compile (``fastchgnet.compile``; CUDA graphs on GPU):
+    "on", "off" (eager) or "auto" (on when training on a GPU). On a CPU, inductor's C++ build
+    of one conservative training graph takes minutes (530 s measured on 2 cores), longer than
+    the whole quick start, hence "auto". ``compile_backend``: "inductor", or "aot_eager"
+    (traced but not code-generated; for tests).
     """
 
     out_dir: str = "runs/quickstart"
@@ -120,6 +131,12 @@ class RunConfig:
     deepspeed_config: str = ""
     threads: int = 1
     check_sync_every: int = 0
+    compile: Literal["auto", "on", "off"] = "auto"
+    compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+
+    def compiles(self, device: str) -> bool:
+        """Whether training on ``device`` ("cpu", "cuda", ...) runs the captured step."""
+        return self.compile == "on" or (self.compile == "auto" and device.startswith("cuda"))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from fastchgnet.data.batch import GraphBatch, collate
+from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.labels import LabelBatch, collate_labels
+from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
+from fastchgnet.data.padding import collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import gunzip_ase_file
 from fastchgnet.data.split import split_by_material
@@ -66,6 +69,21 @@ def collate_items(
     return collate(graphs, dtype), collate_labels(labels, [g.n_atoms for g in graphs], dtype)
 
 
+@dataclass(frozen=True)
+class PaddedCollate:
+    """``GraphDataset`` items -> (GraphBatch, LabelBatch) padded to ``capacity`` (the real
+    structures first, then empty slots and the padding dummy, whose labels are masked)."""
+
+    capacity: Capacity
+    dtype: torch.dtype = torch.float32
+
+    def __call__(self, items: Sequence[tuple[object, object]]) -> tuple[GraphBatch, LabelBatch]:
+        graphs = [graph for graph, _ in items]
+        batch, labels = collate_padded(graphs, self.capacity, [label for _, label in items])
+        assert labels is not None
+        return batch, labels
+
+
 @dataclass
 class Splits:
     """The dataset and the indices of each split (int64 arrays)."""
@@ -105,11 +123,22 @@ class EpochBatches(Sampler[list[int]]):
 
 
 def make_sampler(
-    splits: Splits, indices: np.ndarray, config: DataConfig, world: tuple[int, int], seed: int
-) -> BalancedBatchSampler:
-    """Balanced sampler over ``indices`` of the dataset for (rank, world_size)."""
+    splits: Splits,
+    indices: np.ndarray,
+    config: DataConfig,
+    world: tuple[int, int],
+    seed: int,
+    packed: bool = False,
+) -> BalancedBatchSampler | PackedBatchSampler:
+    """Sampler over ``indices`` of the dataset for (rank, world_size): balanced (a fixed
+    number of structures per rank batch) or, with ``packed``, every rank batch filled to one
+    capacity (``packing_capacity``: ``config.batch_size`` structures on average)."""
     rank, world_size = world
-    costs = structure_costs(splits.dataset.sizes[indices])
+    sizes = splits.dataset.sizes[indices]
+    if packed:
+        capacity = packing_capacity(sizes, config.batch_size)
+        return PackedBatchSampler(sizes, capacity, world_size=world_size, rank=rank, seed=seed)
+    costs = structure_costs(sizes)
     return BalancedBatchSampler(
         costs,
         config.batch_size,
@@ -120,12 +149,18 @@ def make_sampler(
     )
 
 
-def make_loader(splits: Splits, batches: Sampler[list[int]], workers: int) -> DataLoader:
-    """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler."""
+def make_loader(
+    splits: Splits,
+    batches: Sampler[list[int]],
+    workers: int,
+    capacity: Capacity | None = None,
+) -> DataLoader:
+    """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler, padded to
+    ``capacity`` when given."""
     return DataLoader(
         splits.dataset,
         batch_sampler=batches,
-        collate_fn=collate_items,
+        collate_fn=collate_items if capacity is None else PaddedCollate(capacity),
         num_workers=workers,
         persistent_workers=False,
     )

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.data.padding import real_structures
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.loss import LossConfig, loss_terms, total_loss
 from fastchgnet.train.metrics import MetricSums
 from fastchgnet.train.progress import EpochProgress, log
+
+if TYPE_CHECKING:
+    from fastchgnet.compile import CapturedModel
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,8 +51,13 @@ def train_epoch(
     max_bad_steps: int,
     max_steps: int = 0,
     on_step: Callable[[Progress, float], None] | None = None,
+    captured: CapturedModel | None = None,
 ) -> EpochResult:
     """Train over ``batches`` (this rank's share of one epoch), updating ``progress``.
+
+    With ``captured`` (the engine's model, compiled for the batches' one padded shape) the
+    forward and loss run as its captured graph and the backward as that graph's backward;
+    the batches must then be padded (``data.padding``), and only real structures count.
 
     A step whose loss is non-finite on any rank is skipped by all ranks (no backward, no
     update) and logged; ``max_bad_steps`` of them in a row raise ``NonFiniteLossError``.
@@ -57,7 +67,15 @@ def train_epoch(
     """
     with flush_denormals():
         return _train_epoch(
-            engine, batches, loss_config, progress, reporter, max_bad_steps, max_steps, on_step
+            engine,
+            batches,
+            loss_config,
+            progress,
+            reporter,
+            max_bad_steps,
+            max_steps,
+            on_step,
+            captured,
         )
 
 
@@ -70,13 +88,17 @@ def _train_epoch(
     max_bad_steps: int,
     max_steps: int,
     on_step: Callable[[Progress, float], None] | None,
+    captured: CapturedModel | None,
 ) -> EpochResult:
     total, steps, skipped, structures = 0.0, 0, 0, 0
     for graphs, labels in batches:
         batch = graphs.to(engine.device)
         targets = labels.to(engine.device)
-        prediction = engine.forward(batch)
-        loss = total_loss(loss_terms(prediction, targets, loss_config), loss_config)
+        if captured is not None:
+            loss, _ = captured.loss(batch, targets)
+        else:
+            prediction = engine.forward(batch)
+            loss = total_loss(loss_terms(prediction, targets, loss_config), loss_config)
         progress.step_in_epoch += 1
         progress.global_step += 1
         if engine.all_finite(loss):
@@ -99,7 +121,7 @@ def _train_epoch(
                     f"{progress.bad_steps} non-finite losses in a row (run.max_bad_steps); "
                     "lower the learning rate or check the data"
                 )
-        structures += batch.n_structures
+        structures += real_structures(batch) if captured is not None else batch.n_structures
         reporter.update(value, engine.lr)
         if on_step is not None:
             on_step(progress, value)

@@ -77,6 +77,13 @@ def _metric_row(epoch: int, split: str, step: int, results: dict[str, float]) ->
 
 def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     """Run the training ``config`` describes (resuming its newest checkpoint when asked)."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    compiled = config.run.compiles(device_type)
+    packed = config.data.batching == "packed" or (config.data.batching == "auto" and compiled)
+    if compiled and not packed:
+        raise ValueError(
+            "run.compile needs one padded batch shape: set data.batching to 'packed' or 'auto'"
+        )
     if config.run.engine == "deepspeed" or (config.run.engine == "auto" and launched_distributed()):
         init_distributed()
     rank, world_size = _world()
@@ -107,8 +114,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
         model.composition.fit(compositions, energies)
 
     train_sampler = make_sampler(
-        splits, splits.train, config.data, (rank, world_size), config.run.seed
+        splits, splits.train, config.data, (rank, world_size), config.run.seed, packed=packed
     )
+    capacity = getattr(train_sampler, "capacity", None) if compiled else None
     steps_per_epoch = len(train_sampler)
     total_steps = config.optim.epochs * steps_per_epoch  # the schedule; max_steps only stops
     engine = make_engine(
@@ -138,6 +146,16 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     log(f"model: {model.extra_repr()}; lr {engine.lr:.3g}; {steps_per_epoch} steps/epoch", rank)
+    captured = None
+    if compiled:
+        from fastchgnet.compile import CapturedModel
+
+        captured = CapturedModel(model, loss_config=config.loss, backend=config.run.compile_backend)
+        log(
+            f"compile: training step captured ({config.run.compile_backend}) for one padded "
+            f"shape {capacity}; the first step compiles",
+            rank,
+        )
 
     def checkpoint(state: Progress) -> None:
         save_checkpoint(
@@ -182,9 +200,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     while progress.epoch < config.optim.epochs and not stopped:
         epoch = progress.epoch
         batches = EpochBatches(train_sampler, splits.train, epoch, progress.step_in_epoch)
-        loader = make_loader(splits, batches, config.data.loader_workers)
+        loader = make_loader(splits, batches, config.data.loader_workers, capacity)
         log(
-            f"epoch {epoch + 1}: balanced sampler, mean per-rank cost CV "
+            f"epoch {epoch + 1}: {'packed' if packed else 'balanced'} sampler, mean per-rank "
+            "cost CV "
             f"{train_sampler.load_cv():.4f} over {world_size} rank(s)",
             rank,
         )
@@ -206,8 +225,16 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
             max_bad_steps=config.run.max_bad_steps,
             max_steps=config.run.max_steps,
             on_step=after_step,
+            captured=captured,
         )
         train_seconds += time.perf_counter() - start
+        if captured is not None:
+            stats = captured.stats
+            log(
+                f"compile: {stats.graphs} graph(s), {stats.recompiles} recompile(s), "
+                f"{stats.compile_seconds:.1f} s tracing and compiling",
+                rank,
+            )
         trained += result.structures * world_size
         reporter.close()
         scalars.add({"loss": result.mean_loss, "lr": engine.lr}, progress.global_step, "train")
