@@ -2,6 +2,7 @@
 training steps; see capture.py and step.py."""
 
 from fastchgnet.compile.capture import CapturedModel, CaptureStats
+from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.programs import fixed_shape_loss
 
-__all__ = ["CaptureStats", "CapturedModel", "fixed_shape_loss"]
+__all__ = ["CaptureStats", "CapturedModel", "CompiledPotential", "fixed_shape_loss"]

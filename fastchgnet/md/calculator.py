@@ -1,9 +1,10 @@
 """An ASE calculator over any FastCHGNet model, and batched evaluation of many ASE Atoms.
 
 The seam to the model is ``Potential``: an ``nn.Module`` with a ``ModelConfig`` called on a
-``GraphBatch``. ``FastCHGNet`` in any mode is one; a compiled model with fixed capacities
-(padding the batch on the way in, unpadding the Prediction on the way out) is another, and
-plugs into ``Calculator`` and ``relax`` unchanged.
+``GraphBatch``. ``FastCHGNet`` in any mode is one. A potential may instead take the graphs
+themselves (``GraphPotential.predict_graphs``): ``fastchgnet.compile.CompiledPotential`` pads
+them to a fixed capacity, runs the compiled model and unpads the Prediction, and plugs into
+``Calculator`` (``Calculator(model, compiled=True)``), ``relax`` and ``run_md`` unchanged.
 
 Units at this edge are ASE's: energy eV (total), forces eV/Å, stress eV/Å^3 as a Voigt
 6-vector (xx, yy, zz, yz, xz, xy). Our stress (GPa, CHGNet's sign: (1/V) dE/dstrain) has
@@ -13,7 +14,7 @@ ASE's sign already, so it is only scaled by ``ase.units.GPa``, as the reference 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -55,8 +56,22 @@ class Potential(Protocol):
     def eval(self) -> Any: ...
 
 
+@runtime_checkable
+class GraphPotential(Protocol):
+    """A potential that takes crystal graphs (and batches them itself, e.g. padded to a
+    compiled capacity): ``predict_graphs(graphs, stress=) -> Prediction`` of those graphs."""
+
+    config: ModelConfig
+
+    def predict_graphs(self, graphs: Sequence[CrystalGraph], *, stress: bool) -> Prediction: ...
+
+    def parameters(self) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
 def evaluate_graphs(
-    model: Potential, graphs: Sequence[CrystalGraph], *, stress: bool
+    model: Potential | GraphPotential, graphs: Sequence[CrystalGraph], *, stress: bool
 ) -> list[dict[str, Any]]:
     """One model call for many graphs; ASE results per structure.
 
@@ -66,11 +81,24 @@ def evaluate_graphs(
     """
     for graph in graphs:
         check_elements(graph, model.config.max_num_elements)
-    parameter = next(iter(model.parameters()))
-    batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-    with flush_denormals():
-        prediction = model(batch, compute_forces=True, compute_stress=stress)
+    if isinstance(model, GraphPotential):
+        prediction = model.predict_graphs(graphs, stress=stress)
+    else:
+        parameter = next(iter(model.parameters()))
+        batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+        with flush_denormals():
+            prediction = model(batch, compute_forces=True, compute_stress=stress)
     return ase_results(prediction, [g.n_atoms for g in graphs])
+
+
+def compiled_potential(model: Potential | GraphPotential, **options: Any) -> GraphPotential:
+    """``model`` as a ``CompiledPotential`` (options: backend, headroom, round_to); a
+    potential that already takes graphs is returned as it is."""
+    if isinstance(model, GraphPotential):
+        return model
+    from fastchgnet.compile.potential import CompiledPotential
+
+    return CompiledPotential(model, **options)  # type: ignore[arg-type]
 
 
 def ase_results(prediction: Prediction, n_atoms: Sequence[int]) -> list[dict[str, Any]]:
@@ -101,7 +129,10 @@ class Calculator(AseCalculator):
     """ASE calculator for FastCHGNet models (reference-imported, conservative or direct).
 
     Args:
-        model: a ``FastCHGNet`` (or any ``Potential``); put in eval mode.
+        model: a ``FastCHGNet`` (or any ``Potential``, or a ``GraphPotential`` such as a
+            ``CompiledPotential``); put in eval mode.
+        compiled: wrap a plain model in a ``CompiledPotential`` (inductor, fixed capacities:
+            MD steps reuse one compiled graph; the first call compiles, tens of seconds on CPU).
         skin: Verlet skin, Å, for reusing neighbour searches between steps (0: search every
             step). The graph is always the one ``build_graph`` gives at the current positions.
         backend: neighbour rule to reproduce, as ``build_graph``.
@@ -114,15 +145,18 @@ class Calculator(AseCalculator):
 
     def __init__(
         self,
-        model: Potential,
+        model: Potential | GraphPotential,
         *,
         skin: float = 1.0,
         backend: NeighbourBackend = "pymatgen",
         always_stress: bool = False,
         name: str | None = None,
+        compiled: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if compiled:
+            model = compiled_potential(model)
         self.model = model
         model.eval()
         config = model.config

@@ -24,7 +24,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from fastchgnet.md.calculator import Calculator, Potential, as_atoms
+from fastchgnet.md.calculator import Calculator, GraphPotential, Potential, as_atoms
 
 Ensemble = Literal["nve", "nvt", "npt"]
 THERMOSTATS: dict[str, tuple[str, ...]] = {
@@ -117,7 +117,7 @@ def make_integrator(
 
 def run_md(
     structure: Any,
-    model: Potential | None = None,
+    model: Potential | GraphPotential | None = None,
     *,
     ensemble: Ensemble = "nvt",
     thermostat: str = "nose-hoover",
@@ -131,6 +131,7 @@ def run_md(
     progress: bool = True,
     seed: int | None = None,
     skin: float = 1.0,
+    compiled: bool = False,
     **integrator: Any,
 ) -> Atoms:
     """Run molecular dynamics on one structure.
@@ -150,6 +151,8 @@ def run_md(
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
+        compiled: run a plain model as a ``CompiledPotential`` (inductor, one fixed shape for
+            the run; compiling costs tens of seconds on CPU, so it pays off for long runs).
 
     Returns:
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
@@ -162,7 +165,9 @@ def run_md(
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
     # barostats ask for stress every step: compute it with the forces, in one call
-    atoms.calc = Calculator(model, skin=skin, always_stress=ensemble.lower() == "npt")
+    atoms.calc = Calculator(
+        model, skin=skin, always_stress=ensemble.lower() == "npt", compiled=compiled
+    )
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature

@@ -1,0 +1,208 @@
+"""CompiledPotential: the captured model behind the ASE calculator, relaxation and MD.
+
+Molecular dynamics evaluates one structure thousands of times; its atoms never change and its
+bond and angle counts drift a little. Relaxation evaluates a fixed set of structures, fewer as
+they converge. Both are served by a few fixed capacities: the first call picks one with room
+(atoms exact + 1 padding atom; short bonds, long bonds and angles each ``headroom`` more, then
+rounded up to ``round_to``), later calls reuse the smallest capacity the graphs fit, so a run
+keeps one compiled shape (converged structures leave empty slots). A call that fits none grows
+the capacity by the margin from the current counts, never below the old one: one more
+compile, logged (logger ``fastchgnet.compile``).
+
+Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``), so the
+bond-graph work stays that of the real short bonds plus their margin.
+
+Stress costs part of a backward pass and MD without a barostat never asks for it; a
+``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
+sharing the capacities.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.graph import CrystalGraph
+from fastchgnet.data.padding import collate_padded, unpad
+from fastchgnet.model.chgnet import Prediction
+from fastchgnet.model.config import ModelConfig
+
+log = logging.getLogger("fastchgnet.compile")
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a list of graphs needs: structures, atoms (+1 padding atom), short (bond-graph)
+    bonds, long bonds (atom graph only) and angles."""
+
+    structures: int
+    atoms: int
+    short_bonds: int
+    long_bonds: int
+    angles: int
+
+    @classmethod
+    def of(cls, graphs: Sequence[CrystalGraph]) -> Counts:
+        short = sum(g.n_short_bonds for g in graphs)
+        return cls(
+            structures=len(graphs),
+            atoms=sum(g.n_atoms for g in graphs) + 1,
+            short_bonds=short,
+            long_bonds=sum(g.n_bonds for g in graphs) - short,
+            angles=sum(g.n_angles for g in graphs),
+        )
+
+
+def fits(capacity: Capacity, counts: Counts) -> bool:
+    """Whether graphs with ``counts`` pad to ``capacity`` (which has ``short_bonds`` set);
+    angle padding needs a padding short bond, so a strict margin is kept there."""
+    short_room = capacity.short_bonds - counts.short_bonds
+    angle_room = capacity.angles - counts.angles
+    return (
+        counts.structures <= capacity.structures
+        and counts.atoms <= capacity.atoms
+        and short_room >= 0
+        and counts.long_bonds <= capacity.bonds - capacity.short_bonds
+        and angle_room >= 0
+        and (short_room > 0 or angle_room == 0)
+    )
+
+
+def capacity_with_headroom(
+    counts: Counts, headroom: float, round_to: int, at_least: Capacity | None = None
+) -> Capacity:
+    """A capacity for ``counts``: atoms and structures exact, short bonds, long bonds and
+    angles times ``1 + headroom`` plus one, rounded up to ``round_to``; never below
+    ``at_least`` (a capacity being grown)."""
+
+    def margin(n: int) -> int:
+        return round_up(math.ceil(n * (1 + headroom)) + 1, round_to)
+
+    short, long = margin(counts.short_bonds), margin(counts.long_bonds)
+    angles = margin(counts.angles)
+    structures, atoms = counts.structures, counts.atoms
+    if at_least is not None:
+        structures = max(structures, at_least.structures)
+        atoms = max(atoms, at_least.atoms)
+        short = max(short, at_least.short_bonds)
+        long = max(long, at_least.bonds - at_least.short_bonds)
+        angles = max(angles, at_least.angles)
+    return Capacity(structures, atoms, short + long, angles, short_bonds=short)
+
+
+def _cost(capacity: Capacity) -> int:
+    return capacity.atoms + capacity.bonds + capacity.angles
+
+
+class CompiledPotential:
+    """A FastCHGNet run compiled for a few fixed capacities; a ``Potential`` for the calculator.
+
+    Args:
+        model: the model (any mode); put in eval mode here.
+        backend: torch.compile backend ("inductor"; "aot_eager" traces the same graph and runs
+            it without code generation: for tests).
+        headroom: fractional margin on bonds and angles (0.1: 10 % more than the first call).
+        round_to: bonds and angles capacities are multiples of this.
+        eager: run the same padded programs without trace or compile (for comparisons).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        backend: str = "inductor",
+        headroom: float = 0.1,
+        round_to: int = 32,
+        eager: bool = False,
+    ) -> None:
+        if headroom < 0 or round_to < 1:
+            raise ValueError(f"need headroom >= 0 and round_to >= 1, got {headroom}, {round_to}")
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.headroom = headroom
+        self.round_to = round_to
+        self.capacities: list[Capacity] = []
+        self.captured = {
+            stress: CapturedModel(
+                model, backend=backend, eager=eager, compute_forces=True, compute_stress=stress
+            )
+            for stress in (False, True)
+        }
+        model.eval()
+
+    # the Potential protocol: the calculator reads config, dtype and device, sets eval mode
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The model's parameters."""
+        return self.model.parameters()
+
+    def eval(self) -> CompiledPotential:
+        """Put the model in eval mode (captured programs are specialised on it)."""
+        self.model.eval()
+        return self
+
+    @property
+    def graphs_built(self) -> int:
+        """Compiled graphs so far, both stress settings together."""
+        return sum(c.stats.graphs for c in self.captured.values())
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent tracing and compiling so far."""
+        return sum(c.stats.compile_seconds for c in self.captured.values())
+
+    def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity:
+        """The smallest known capacity ``graphs`` fit, else a new (grown) one, remembered."""
+        counts = Counts.of(graphs)
+        fitting = [c for c in self.capacities if fits(c, counts)]
+        if fitting:
+            return min(fitting, key=_cost)
+        largest = max(self.capacities, key=_cost) if self.capacities else None
+        capacity = capacity_with_headroom(counts, self.headroom, self.round_to, largest)
+        if largest is not None:
+            names = ", ".join(g.name or "?" for g in graphs[:3])
+            names += ", ..." if len(graphs) > 3 else ""
+            log.info(
+                "%s outgrew capacity %s (needs %s): grown to %s, one more compile",
+                names,
+                largest,
+                counts,
+                capacity,
+            )
+        self.capacities.append(capacity)
+        return capacity
+
+    def predict_graphs(self, graphs: Sequence[CrystalGraph], *, stress: bool) -> Prediction:
+        """One padded, compiled model call for ``graphs``; the Prediction of the real ones.
+
+        Returns:
+            energy (S,) eV/atom, total_energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3)
+            GPa when ``stress`` (else None), magmoms (N,) μB; S structures, N their atoms.
+        """
+        if not graphs:
+            raise ValueError("predict_graphs needs at least one graph")
+        parameter = next(iter(self.model.parameters()))
+        batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
+        batch = batch.to(parameter.device)
+        with torch.no_grad(), flush_denormals():
+            padded = self.captured[stress].predict(batch)
+        n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)
+        return Prediction(
+            energy=unpad(padded.energy, n_structures),
+            total_energy=unpad(padded.total_energy, n_structures),
+            forces=unpad(padded.forces, n_atoms),
+            stress=unpad(padded.stress, n_structures) if stress else None,
+            magmoms=None if padded.magmoms is None else unpad(padded.magmoms, n_atoms),
+        )

@@ -1,0 +1,160 @@
+"""CompiledPotential: compiled calculator, MD and relaxation equal eager; one graph per run;
+a structure that outgrows its capacity compiles exactly once more.
+
+Fast tests compile with "aot_eager" (the same traced graph, no code generation) on the small
+float64 model of tests/compile/conftest.py, where compiled and eager agree to ~1e-12; the
+inductor test on the reference weights (float32) is marked slow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastchgnet.compile.potential import (
+    CompiledPotential,
+    Counts,
+    capacity_with_headroom,
+    fits,
+)
+from fastchgnet.data.graph import build_graph
+from fastchgnet.data.padding import collate_padded
+from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
+from fastchgnet.md.dynamics import make_integrator
+from fastchgnet.md.relax import relax
+from tests.compile.conftest import small_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROPERTIES = ("energy", "forces", "stress", "magmoms")
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return small_model("conservative", torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    """Three varied crystals (1, 8 and 12 atoms; the last has bond-graph bonds), as ASE Atoms."""
+    return [as_atoms(s) for s in varied_structures(3, seed=11, max_atoms=8)]
+
+
+def ase_properties(calc: Calculator, atoms) -> dict[str, np.ndarray]:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    return {
+        "energy": np.asarray(atoms.get_potential_energy()),
+        "forces": atoms.get_forces(),
+        "stress": atoms.get_stress(),
+        "magmoms": atoms.get_magnetic_moments(),
+    }
+
+
+def test_capacity_has_headroom_and_grows_from_the_old_one():
+    counts = Counts(structures=1, atoms=9, short_bonds=40, long_bonds=300, angles=100)
+    capacity = capacity_with_headroom(counts, headroom=0.1, round_to=32)
+    assert (capacity.structures, capacity.atoms) == (1, 9)
+    assert capacity.short_bonds == 64
+    assert capacity.bonds == 64 + 352
+    assert capacity.angles == 128
+    assert fits(capacity, counts)
+    assert fits(capacity, Counts(1, 9, 60, 350, 111))
+    assert not fits(capacity, Counts(1, 9, 65, 300, 100))
+    assert not fits(capacity, Counts(1, 9, 40, 353, 100))
+    assert not fits(capacity, Counts(1, 10, 40, 300, 100))
+    assert not fits(capacity, Counts(2, 9, 40, 300, 100))
+    assert not fits(capacity, Counts(1, 9, 64, 300, 100))  # padding angles need a short bond
+    grown = capacity_with_headroom(Counts(1, 9, 70, 10, 100), 0.1, 32, at_least=capacity)
+    assert grown.short_bonds == 96
+    assert grown.bonds - grown.short_bonds == 352
+    assert grown.angles == 128
+
+
+def test_padded_capacity_counts_long_bonds_apart_from_short_ones(crystals):
+    graph = build_graph(crystals[0])
+    counts = Counts.of([graph])
+    capacity = capacity_with_headroom(counts, 0.1, 32)
+    batch, _ = collate_padded([graph], capacity)
+    assert batch.n_short_bonds == capacity.short_bonds
+    assert counts.long_bonds == graph.n_bonds - graph.n_short_bonds > 0
+
+
+def test_compiled_calculator_equals_eager_calculator(model64, crystals):
+    potential = CompiledPotential(model64, backend="aot_eager")
+    for atoms in crystals:
+        compiled = ase_properties(Calculator(potential, always_stress=True), atoms)
+        eager = ase_properties(Calculator(model64, always_stress=True), atoms)
+        for name in PROPERTIES:
+            np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-10, atol=1e-10)
+    assert potential.captured[True].stats.recompiles == 0
+    assert potential.graphs_built == len(potential.capacities) <= len(crystals)
+
+
+def test_md_through_the_compiled_potential_builds_one_graph(model64, crystals):
+    potential = CompiledPotential(model64, backend="aot_eager")
+    trajectories = []
+    for calc in (Calculator(model64), Calculator(potential)):
+        atoms = crystals[2].copy()
+        atoms.set_momenta(np.random.default_rng(0).normal(scale=0.3, size=(len(atoms), 3)))
+        atoms.calc = calc
+        dyn = make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
+        energies: list[float] = []
+        dyn.attach(lambda a=atoms, e=energies: e.append(a.get_potential_energy()), interval=1)
+        dyn.run(20)
+        trajectories.append((atoms.positions.copy(), np.array(energies)))
+    (eager_positions, eager_energies), (positions, energies) = trajectories
+    assert potential.graphs_built == 1  # without stress: MD with a thermostat never asks
+    assert potential.captured[False].stats.recompiles == 0
+    assert potential.captured[True].stats.graphs == 0
+    assert np.ptp(energies) > 1e-4  # the structure moved
+    np.testing.assert_allclose(positions, eager_positions, atol=1e-9)
+    np.testing.assert_allclose(energies, eager_energies, rtol=1e-9, atol=1e-9)
+
+
+def test_outgrown_capacity_compiles_exactly_once_more(model64, crystals, caplog):
+    potential = CompiledPotential(model64, backend="aot_eager", headroom=0.05, round_to=8)
+    atoms = crystals[2]
+    squeezed = atoms.copy()
+    squeezed.set_cell(atoms.cell * 0.9, scale_atoms=True)  # more bonds and angles than 5 %
+    graphs = [build_graph(a, name=n) for a, n in ((atoms, "loose"), (squeezed, "squeezed"))]
+    evaluate_graphs(potential, graphs[:1], stress=False)
+    assert potential.graphs_built == 1
+    with caplog.at_level("INFO", logger="fastchgnet.compile"):
+        compiled = evaluate_graphs(potential, graphs[1:], stress=False)[0]
+    assert potential.graphs_built == 2
+    assert "squeezed outgrew capacity" in caplog.text
+    eager = evaluate_graphs(model64, graphs[1:], stress=False)[0]
+    for name in ("energy", "forces", "magmoms"):
+        np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-10, atol=1e-10)
+    evaluate_graphs(potential, graphs[:1], stress=False)  # the loose one still fits
+    assert potential.graphs_built == 2
+
+
+def test_batched_relax_with_compiled_potential_matches_eager(model64):
+    structures = varied_structures(4, seed=3, max_atoms=6)
+    # the random model shrinks these cells, angles grow by ~70 %: headroom for them all
+    potential = CompiledPotential(model64, backend="aot_eager", headroom=1.0)
+    eager = relax(structures, model64, steps=15, fmax=0.05)
+    compiled = relax(structures, potential, steps=15, fmax=0.05)
+    np.testing.assert_allclose(
+        [r.energy for r in compiled], [r.energy for r in eager], rtol=1e-9, atol=1e-9
+    )
+    assert [r.steps for r in compiled] == [r.steps for r in eager]
+    assert len({r.steps for r in eager}) > 1  # structures dropped out at different steps
+    assert potential.graphs_built == 1  # one padded shape: converged ones leave empty slots
+    assert potential.capacities[0].structures == len(structures)
+
+
+@pytest.mark.slow
+def test_inductor_calculator_matches_eager_with_reference_weights(model, crystals):
+    calc = Calculator(model, compiled=True, always_stress=True)
+    for atoms in crystals[:2]:
+        compiled = ase_properties(calc, atoms)
+        eager = ase_properties(Calculator(model, always_stress=True), atoms)
+        np.testing.assert_allclose(compiled["energy"], eager["energy"], rtol=1e-5)
+        np.testing.assert_allclose(compiled["forces"], eager["forces"], atol=1e-4)
+        np.testing.assert_allclose(compiled["stress"], eager["stress"], atol=1e-5)
+        np.testing.assert_allclose(compiled["magmoms"], eager["magmoms"], atol=1e-4)
