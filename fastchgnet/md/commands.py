@@ -21,6 +21,12 @@ MD_EPILOG = (
     "--temperature 600 --steps 2000 -o md.extxyz --log md.log"
 )
 
+COMPILE_HELP = (
+    "run the model compiled (torch.compile, inductor) for one fixed padded shape with headroom: "
+    "faster steps, but the first step compiles (tens of seconds on CPU; cached on disk for "
+    "the same shapes), so it pays off for long runs; off by default"
+)
+
 
 def add_commands(sub: Any) -> None:
     """Add ``relax`` and ``md`` to the ``fastchgnet`` subparsers."""
@@ -42,6 +48,7 @@ def add_commands(sub: Any) -> None:
         "--one-by-one", action="store_true", help="ASE's optimizer.run per structure, unbatched"
     )
     relax.add_argument("--batch-size", type=int, default=64, help="structures per model call")
+    relax.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     relax.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     relax.set_defaults(func=cmd_relax)
 
@@ -68,6 +75,7 @@ def add_commands(sub: Any) -> None:
     md.add_argument("--taup", type=float, help="barostat time, fs (default 1000 timesteps)")
     md.add_argument("--bulk-modulus", type=float, default=100.0, help="Berendsen NPT, GPa")
     md.add_argument("--seed", type=int, help="random seed (velocities, Langevin, Bussi)")
+    md.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     md.add_argument("--quiet", action="store_true", help="no progress bar")
     md.set_defaults(func=cmd_md)
 
@@ -93,6 +101,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
         batched=not args.one_by_one,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        compiled=args.compile,
     )
     frames = []
     for structure, result in zip(structures, results, strict=True):
@@ -138,6 +147,7 @@ def cmd_md(args: argparse.Namespace) -> None:
         taup=args.taup,
         pressure=args.pressure,
         bulk_modulus=args.bulk_modulus,
+        compiled=args.compile,
     )
 
 
