@@ -176,6 +176,12 @@ class GraphDataset:
         return int(self.sizes.shape[0])
 
     @property
+    def short_bonds(self) -> np.ndarray:
+        """(N,) bond-graph (short) bonds of every structure."""
+        parts = [np.asarray(self._array(k, "short_bonds")) for k in range(len(self.shard_names))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+    @property
     def material_ids(self) -> np.ndarray:
         """(N,) material id of every structure."""
         ids = [np.asarray(self._array(k, "material_ids")) for k in range(len(self.shard_names))]

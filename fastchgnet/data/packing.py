@@ -27,25 +27,42 @@ from torch.utils.data import Sampler
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.sampler import Plan, load_cv, structure_costs
 
-#: Room kept free in every batch for the padding dummy: one atom and one bond.
-PADDING_RESERVE = np.array([0, 1, 1, 0])
+#: Room kept free in every batch for the padding dummy: one atom and one bond (a bond-graph
+#: bond when those are counted: padding angles need one), in the columns of ``_room``.
+PADDING_RESERVE = np.array([0, 1, 1, 0, 1, 0])
+
+#: Columns of an item (one structure) that make its cost: atoms, bonds, angles.
+COST = slice(1, 4)
 
 
 def _room(capacity: Capacity) -> np.ndarray:
-    limits = np.array([capacity.structures, capacity.atoms, capacity.bonds, capacity.angles])
-    return limits - PADDING_RESERVE
+    """Limits per column: structures, atoms, bonds, angles and, when the capacity sets
+    ``short_bonds``, bond-graph bonds and the other bonds (each kind has its own slots)."""
+    limits = [capacity.structures, capacity.atoms, capacity.bonds, capacity.angles]
+    if capacity.short_bonds is not None:
+        limits += [capacity.short_bonds, capacity.bonds - capacity.short_bonds]
+    return np.array(limits) - PADDING_RESERVE[: len(limits)]
 
 
 def _items(sizes: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """(N, len(room)) per structure: 1, atoms, bonds, angles (, short bonds, long bonds)."""
     sizes = np.asarray(sizes, dtype=np.int64)
-    if sizes.ndim != 2 or sizes.shape[1] != 3:
-        raise ValueError(f"sizes must be (N, 3) atoms, bonds, angles; got shape {sizes.shape}")
-    items = np.concatenate([np.ones((sizes.shape[0], 1), dtype=np.int64), sizes], axis=1)
+    if sizes.ndim != 2 or sizes.shape[1] not in (3, 4):
+        raise ValueError(
+            "sizes must be (N, 3) atoms, bonds, angles or (N, 4) with bond-graph bonds; "
+            f"got shape {sizes.shape}"
+        )
+    if room.shape[0] == 6 and sizes.shape[1] != 4:
+        raise ValueError("a capacity with short_bonds needs (N, 4) sizes with bond-graph bonds")
+    columns = [np.ones(sizes.shape[0], dtype=np.int64), sizes[:, 0], sizes[:, 1], sizes[:, 2]]
+    if room.shape[0] == 6:
+        columns += [sizes[:, 3], sizes[:, 1] - sizes[:, 3]]
+    items = np.stack(columns, axis=1)
     too_big = np.flatnonzero((items > room).any(axis=1))
     if too_big.size:
         k = int(too_big[0])
         raise ValueError(
-            f"structure {k} (atoms, bonds, angles {sizes[k].tolist()}) exceeds the capacity "
+            f"structure {k} (sizes {sizes[k].tolist()}) exceeds the capacity "
             f"{room[1:].tolist()} (after the padding reserve); raise the capacity"
         )
     return items
@@ -55,8 +72,9 @@ def _first_fit(items: np.ndarray, order: np.ndarray, room: np.ndarray, open_bins
     """Batches (lists of indices) in closing order."""
     closed: list[list[int]] = []
     bins: list[list[int]] = []
-    loads = np.zeros((0, 4), dtype=np.int64)
-    scale = 1.0 / room[1:].astype(np.float64)
+    width = room.shape[0]
+    loads = np.zeros((0, width), dtype=np.int64)
+    scale = 1.0 / room[COST].astype(np.float64)
     for index in order:
         item = items[index]
         fits = np.flatnonzero((loads + item <= room).all(axis=1))
@@ -64,11 +82,11 @@ def _first_fit(items: np.ndarray, order: np.ndarray, room: np.ndarray, open_bins
             k = int(fits[0])
         else:
             if len(bins) >= open_bins:
-                fullest = int(np.argmax(loads[:, 1:] @ scale))
+                fullest = int(np.argmax(loads[:, COST] @ scale))
                 closed.append(bins.pop(fullest))
                 loads = np.delete(loads, fullest, axis=0)
             bins.append([])
-            loads = np.vstack([loads, np.zeros(4, dtype=np.int64)])
+            loads = np.vstack([loads, np.zeros(width, dtype=np.int64)])
             k = len(bins) - 1
         bins[k].append(int(index))
         loads[k] += item
@@ -78,21 +96,22 @@ def _first_fit(items: np.ndarray, order: np.ndarray, room: np.ndarray, open_bins
 def _swap_once(step: list[list[int]], items: np.ndarray, room: np.ndarray) -> bool:
     """Move or swap one structure between the heaviest and lightest rank of ``step`` (in place)
     if that narrows their cost gap and both batches still fit."""
-    loads = np.array([items[r].sum(axis=0) if r else np.zeros(4, np.int64) for r in step])
-    cost = loads[:, 1:].sum(axis=1)
+    width = room.shape[0]
+    loads = np.array([items[r].sum(axis=0) if r else np.zeros(width, np.int64) for r in step])
+    cost = loads[:, COST].sum(axis=1)
     heavy, light = int(cost.argmax()), int(cost.argmin())
     gap = cost[heavy] - cost[light]
     if gap <= 0 or not step[heavy]:
         return False
-    a = items[step[heavy]]  # (p, 4)
+    a = items[step[heavy]]  # (p, width)
     b = (
-        np.vstack([items[step[light]], np.zeros((1, 4), np.int64)])
+        np.vstack([items[step[light]], np.zeros((1, width), np.int64)])
         if step[light]
-        else np.zeros((1, 4), np.int64)
+        else np.zeros((1, width), np.int64)
     )
     delta = a[:, None, :] - b[None, :, :]  # moving a to light and b to heavy
     fits = ((loads[heavy] - delta <= room) & (loads[light] + delta <= room)).all(axis=2)
-    moved = delta[:, :, 1:].sum(axis=2)
+    moved = delta[:, :, COST].sum(axis=2)
     new_gap = np.where(fits & (moved > 0), np.abs(gap - 2 * moved), np.inf)
     i, j = np.unravel_index(int(new_gap.argmin()), new_gap.shape)
     if not new_gap[i, j] < gap:
@@ -106,16 +125,16 @@ def _swap_once(step: list[list[int]], items: np.ndarray, room: np.ndarray) -> bo
 
 def _deal(batches: list[list[int]], items: np.ndarray, room: np.ndarray, world_size: int):
     """Spread the last (< world_size) batches' structures over all ranks, if they fit."""
-    pool = sorted((i for b in batches for i in b), key=lambda i: -items[i, 1:].sum())
+    pool = sorted((i for b in batches for i in b), key=lambda i: -items[i, COST].sum())
     if len(pool) < world_size:
         return batches + [[] for _ in range(world_size - len(batches))]
     ranks: list[list[int]] = [[] for _ in range(world_size)]
-    loads = np.zeros((world_size, 4), dtype=np.int64)
+    loads = np.zeros((world_size, room.shape[0]), dtype=np.int64)
     for index in pool:
         fits = np.flatnonzero((loads + items[index] <= room).all(axis=1))
         if not fits.size:
             return batches + [[] for _ in range(world_size - len(batches))]
-        k = int(fits[np.argmin(loads[fits, 1:].sum(axis=1))])
+        k = int(fits[np.argmin(loads[fits, COST].sum(axis=1))])
         ranks[k].append(index)
         loads[k] += items[index]
     return ranks
@@ -134,7 +153,8 @@ def plan_packed_batches(
     """One epoch's plan of packed rank batches: ``plan[step][rank]`` lists structure indices.
 
     Args:
-        sizes: (N, 3) atoms, bonds, angles per structure.
+        sizes: (N, 3) atoms, bonds, angles per structure; (N, 4) with bond-graph bonds last,
+            needed when ``capacity.short_bonds`` is set.
         world_size: ranks W.
         capacity: the shape every rank batch is padded to; batches are filled up to it,
             keeping one atom and one bond free for the padding structure.
@@ -171,15 +191,25 @@ def packing_capacity(
     than the largest structure (plus the padding reserve) in any column.
 
     Args:
-        sizes: (N, 3) atoms, bonds, angles per structure.
+        sizes: (N, 3) atoms, bonds, angles per structure, or (N, 4) with the bond-graph
+            (short) bonds last: then short and other bonds get separate slots
+            (``Capacity.short_bonds``), so the bond convolutions run on bond-graph bonds only.
         structures_per_batch: mean structures a packed batch should hold (the batch size).
         max_structures: cap on structures per batch (default 4x ``structures_per_batch``).
     """
     sizes = np.asarray(sizes, dtype=np.int64)
-    target = np.ceil(sizes.mean(axis=0) * structures_per_batch).astype(np.int64)
-    limits = np.maximum(target, sizes.max(axis=0) + PADDING_RESERVE[1:])
     count = max_structures or int(np.ceil(4 * structures_per_batch))
-    return Capacity(count, *(int(x) for x in limits))
+    if sizes.ndim == 2 and sizes.shape[1] == 4:  # atoms, angles, short bonds, long bonds
+        sizes = np.stack([sizes[:, 0], sizes[:, 2], sizes[:, 3], sizes[:, 1] - sizes[:, 3]], axis=1)
+        reserve = PADDING_RESERVE[[1, 3, 4, 5]]
+    else:
+        reserve = PADDING_RESERVE[1:4]
+    target = np.ceil(sizes.mean(axis=0) * structures_per_batch).astype(np.int64)
+    limits = [int(x) for x in np.maximum(target, sizes.max(axis=0) + reserve)]
+    if len(limits) == 4:
+        atoms, angles, short, long = limits
+        return Capacity(count, atoms, short + long, angles, short_bonds=short)
+    return Capacity(count, *limits)
 
 
 class PackedBatchSampler(Sampler[list[int]]):
@@ -228,7 +258,7 @@ class PackedBatchSampler(Sampler[list[int]]):
         """Mean over steps of the coefficient of variation of per-rank cost this epoch
         (cost = atoms + bonds + angles)."""
         plan = self.plan()
-        return float(load_cv(plan, structure_costs(self.sizes)).mean()) if plan else 0.0
+        return float(load_cv(plan, structure_costs(self.sizes[:, :3])).mean()) if plan else 0.0
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in self.plan():

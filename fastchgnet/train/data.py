@@ -135,7 +135,8 @@ def make_sampler(
     capacity (``packing_capacity``: ``config.batch_size`` structures on average)."""
     rank, world_size = world
     sizes = splits.dataset.sizes[indices]
-    if packed:
+    if packed:  # bond-graph bonds get their own slots: the bond convolutions run on them only
+        sizes = np.concatenate([sizes, splits.dataset.short_bonds[indices, None]], axis=1)
         capacity = packing_capacity(sizes, config.batch_size)
         return PackedBatchSampler(sizes, capacity, world_size=world_size, rank=rank, seed=seed)
     costs = structure_costs(sizes)

@@ -49,6 +49,40 @@ def test_every_structure_once_and_every_batch_fits(n, world_size, per_batch, see
             assert total[2] <= capacity.angles
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 200),
+    world_size=st.integers(1, 4),
+    per_batch=st.integers(1, 12),
+    seed=st.integers(0, 3),
+)
+def test_bond_graph_bonds_and_other_bonds_each_fit_their_own_slots(n, world_size, per_batch, seed):
+    sizes = _sizes(n, seed)
+    short = (sizes[:, 1] * np.random.default_rng(seed).uniform(0, 0.4, n)).astype(np.int64)
+    sizes4 = np.concatenate([sizes, short[:, None]], axis=1)
+    capacity = packing_capacity(sizes4, per_batch)
+    assert capacity.short_bonds is not None
+    assert capacity.short_bonds < capacity.bonds or not (sizes[:, 1] - short).any()
+    plan = plan_packed_batches(sizes4, world_size, capacity, seed)
+    assert sorted(i for step in plan for rank in step for i in rank) == list(range(n))
+    for step in plan:
+        for rank in step:
+            if not rank:
+                continue
+            total = sizes4[rank].sum(axis=0)
+            assert total[0] < capacity.atoms
+            assert total[3] < capacity.short_bonds  # one bond-graph bond left for padding
+            assert total[1] - total[3] <= capacity.bonds - capacity.short_bonds
+            assert total[2] <= capacity.angles
+
+
+def test_a_capacity_with_short_bonds_needs_their_counts():
+    sizes = _sizes(20, 0)
+    capacity = packing_capacity(np.concatenate([sizes, sizes[:, 1:2] // 4], axis=1), 4)
+    with pytest.raises(ValueError, match="needs \\(N, 4\\) sizes"):
+        plan_packed_batches(sizes, 1, capacity)
+
+
 def test_plan_is_deterministic_given_seed_and_epoch():
     sizes = _sizes(500, 1)
     capacity = packing_capacity(sizes, 8)
