@@ -3,9 +3,12 @@
 Molecular dynamics evaluates one structure thousands of times; its atoms never change and its
 bond and angle counts drift a little. Relaxation evaluates a fixed set of structures, fewer as
 they converge. Both are served by a few fixed capacities: the first call picks one with room
-(atoms exact + 1 padding atom; short bonds, long bonds and angles each ``headroom`` more, then
-rounded up to ``round_to``), later calls reuse the smallest capacity the graphs fit, so a run
-keeps one compiled shape (converged structures leave empty slots). A call that fits none grows
+(atoms exact + 1 padding atom; short and long bonds ``headroom`` more, angles
+``(1 + headroom)^2`` more, each rounded up to ``round_to``), later calls reuse the smallest
+capacity the graphs fit, so a run keeps one compiled shape (converged structures leave empty
+slots). Angles get the squared margin because they go as the square of the bond-graph degree:
+in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % and its angles
+33 % (Li9Co7O16 6 % and 11 %, a 64-atom LiMnO2 cell 11 % and 22 %). A call that fits none grows
 the capacity by the margin from the current counts, never below the old one: one more
 compile, logged (logger ``fastchgnet.compile``).
 
@@ -84,15 +87,16 @@ def fits(capacity: Capacity, counts: Counts) -> bool:
 def capacity_with_headroom(
     counts: Counts, headroom: float, round_to: int, at_least: Capacity | None = None
 ) -> Capacity:
-    """A capacity for ``counts``: atoms and structures exact, short bonds, long bonds and
-    angles times ``1 + headroom`` plus one, rounded up to ``round_to``; never below
-    ``at_least`` (a capacity being grown)."""
+    """A capacity for ``counts``: atoms and structures exact, short and long bonds times
+    ``1 + headroom`` and angles times ``(1 + headroom)^2``, plus one, rounded up to
+    ``round_to``; never below ``at_least`` (a capacity being grown)."""
 
-    def margin(n: int) -> int:
-        return round_up(math.ceil(n * (1 + headroom)) + 1, round_to)
+    def margin(n: int, factor: float) -> int:
+        return round_up(math.ceil(n * factor) + 1, round_to)
 
-    short, long = margin(counts.short_bonds), margin(counts.long_bonds)
-    angles = margin(counts.angles)
+    short = margin(counts.short_bonds, 1 + headroom)
+    long = margin(counts.long_bonds, 1 + headroom)
+    angles = margin(counts.angles, (1 + headroom) ** 2)
     structures, atoms = counts.structures, counts.atoms
     if at_least is not None:
         structures = max(structures, at_least.structures)
@@ -114,7 +118,8 @@ class CompiledPotential:
         model: the model (any mode); put in eval mode here.
         backend: torch.compile backend ("inductor"; "aot_eager" traces the same graph and runs
             it without code generation: for tests).
-        headroom: fractional margin on bonds and angles (0.1: 10 % more than the first call).
+        headroom: fractional margin on bonds (0.2: 20 % more than the first call; angles get
+            44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
         eager: run the same padded programs without trace or compile (for comparisons).
     """
@@ -124,7 +129,7 @@ class CompiledPotential:
         model: nn.Module,
         *,
         backend: str = "inductor",
-        headroom: float = 0.1,
+        headroom: float = 0.2,
         round_to: int = 32,
         eager: bool = False,
     ) -> None:
