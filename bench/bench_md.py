@@ -3,8 +3,11 @@ same run, same CPU; and NVE energy drift of both on the same starting state.
 
 Cases: LiMnO2 (8 atoms) and Li9Co7O16 (32 atoms) from ../shared/data/reference (skipped when
 absent) and a 64-atom supercell. NVT Berendsen at 300 K, 2 fs (the reference's default
-thermostat for NVT). Ours is timed as run (stress only when asked: never in NVT) and with
-stress on every step (the reference's work); the graph/model split of our step is printed.
+thermostat for NVT). Ours is timed eager as run (stress only when asked: never in NVT), eager
+with stress on every step (the reference's work), and compiled (``CompiledPotential``,
+inductor, one padded shape with headroom, as run: no stress). The compile happens before the
+timing (its seconds are printed apart; inductor caches compiled code on disk, so a second run
+of this script compiles faster). The graph/model split of our step is printed.
 
     python bench/bench_md.py [--steps 40] [--threads 1] [--nve-steps 200]
 
@@ -34,6 +37,8 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet import FastCHGNet
+from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.batch import collate
 from fastchgnet.md import Calculator, make_integrator
 
@@ -84,8 +89,11 @@ def reference_md(atoms: Atoms, reference, ensemble: str = "nvt", timestep: float
     return md.dyn
 
 
-def step_split(atoms: Atoms, model: FastCHGNet, repeats: int = 10) -> tuple[float, float]:
-    """(graph, model) seconds of one of our force calls: skin graph update, then collate + model."""
+def step_split(
+    atoms: Atoms, model: FastCHGNet, compiled: CompiledPotential, repeats: int = 10
+) -> tuple[float, float, float]:
+    """(graph, eager, compiled) seconds of one of our force calls: skin graph update, then
+    collate + eager model, or pad + compiled model (already compiled for this shape)."""
     calc = Calculator(model)
     calc.graph(atoms)
     start = time.perf_counter()
@@ -94,8 +102,25 @@ def step_split(atoms: Atoms, model: FastCHGNet, repeats: int = 10) -> tuple[floa
     graph_time = (time.perf_counter() - start) / repeats
     start = time.perf_counter()
     for _ in range(repeats):
-        model(collate([graph]), compute_forces=True, compute_stress=False)
-    return graph_time, (time.perf_counter() - start) / repeats
+        with flush_denormals():
+            model(collate([graph]), compute_forces=True, compute_stress=False)
+    eager_time = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        compiled.predict_graphs([graph], stress=False)
+    return graph_time, eager_time, (time.perf_counter() - start) / repeats
+
+
+def compiled_md(atoms: Atoms, model: FastCHGNet) -> tuple[object, CompiledPotential, float]:
+    """(dynamics, potential, compile seconds) of our compiled calculator on ``atoms``: the
+    first force call traces and compiles the step's graph, before any timing."""
+    potential = CompiledPotential(model, backend="inductor")
+    atoms.calc = Calculator(potential)
+    start = time.perf_counter()
+    atoms.get_forces()
+    compile_seconds = time.perf_counter() - start
+    dyn = make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
+    return dyn, potential, compile_seconds
 
 
 def nve_drift(atoms: Atoms, calc, steps: int, timestep: float) -> tuple[float, float]:
@@ -135,8 +160,13 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} torch thread(s), NVT Berendsen 300 K 2 fs, "
         f"{args.steps} timed steps after {args.warmup}; shared machine, timings are noisy"
     )
-    header = ("structure", "reference ms", "ours ms", "ratio", "ours+stress ms", "ratio")
-    print("{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s}".format(*header))
+    header = (
+        "structure", "reference ms", "ours ms", "ratio", "ours+stress ms", "ratio",
+        "compiled ms", "ratio", "compile s", "graphs",
+    )  # fmt: skip
+    columns = "{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s} {:>12s} {:>7s} {:>10s} {:>7s}"
+    print(columns.format(*header))
+    potentials = {}
     for name, atoms in structures.items():
         start = thermalised(atoms)
         with warnings.catch_warnings():
@@ -148,14 +178,25 @@ def main() -> None:
             mine.calc = Calculator(ours, always_stress=always_stress)
             dyn = make_integrator(mine, "nvt", "berendsen", temperature=300, timestep=2.0)
             timings.append(time_per_step(dyn, args.steps, args.warmup))
+        dyn, potential, compile_seconds = compiled_md(start.copy(), ours)
+        t_compiled = time_per_step(dyn, args.steps, args.warmup)
+        potentials[name] = potential
         print(
             f"{name:26s} {t_ref * 1e3:13.2f} {timings[0] * 1e3:9.2f} {t_ref / timings[0]:6.2f}x"
             f" {timings[1] * 1e3:15.2f} {t_ref / timings[1]:6.2f}x"
+            f" {t_compiled * 1e3:12.2f} {t_ref / t_compiled:6.2f}x {compile_seconds:10.1f}"
+            f" {potential.graphs_built:7d}"
         )
-    print("\nwhere our step goes (ms): skin graph update | collate + model (energy, forces)")
+    print(
+        "\nwhere our step goes (ms): skin graph update | collate + eager model | "
+        "pad + compiled model (energy, forces)"
+    )
     for name, atoms in structures.items():
-        graph_time, model_time = step_split(atoms, ours)
-        print(f"{name:26s} {graph_time * 1e3:8.2f} | {model_time * 1e3:8.2f}")
+        graph_time, eager_time, compiled_time = step_split(atoms, ours, potentials[name])
+        print(
+            f"{name:26s} {graph_time * 1e3:8.2f} | {eager_time * 1e3:8.2f} | "
+            f"{compiled_time * 1e3:8.2f}"
+        )
 
     if args.nve_steps:
         name, atoms = next(iter(structures.items()))  # the smallest: NVE runs long
@@ -166,7 +207,9 @@ def main() -> None:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             reference_calc = CHGNetCalculator(reference, use_device="cpu")
-        for label, calc in (("reference", reference_calc), ("ours", Calculator(ours))):
+        compiled_calc = Calculator(potentials[name])  # the shape compiled above
+        calcs = (("reference", reference_calc), ("ours", Calculator(ours)))
+        for label, calc in (*calcs, ("compiled", compiled_calc)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 drift, swing = nve_drift(start, calc, args.nve_steps, args.nve_timestep)
