@@ -25,13 +25,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded, unpad
@@ -105,6 +106,18 @@ def capacity_with_headroom(
         long = max(long, at_least.bonds - at_least.short_bonds)
         angles = max(angles, at_least.angles)
     return Capacity(structures, atoms, short + long, angles, short_bonds=short)
+
+
+def contiguous(batch: GraphBatch) -> GraphBatch:
+    """``batch`` with every tensor C-contiguous. Compiled graphs guard on strides: numpy
+    arrays in Fortran order (ASE's scaled positions come from a linear solve) collate into
+    transposed tensors, and a later call with C-ordered ones would recompile."""
+    changes = {
+        f.name: value.contiguous()
+        for f in fields(batch)
+        if isinstance(value := getattr(batch, f.name), torch.Tensor) and not value.is_contiguous()
+    }
+    return replace(batch, **changes) if changes else batch
 
 
 def _cost(capacity: Capacity) -> int:
@@ -200,7 +213,7 @@ class CompiledPotential:
             raise ValueError("predict_graphs needs at least one graph")
         parameter = next(iter(self.model.parameters()))
         batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
-        batch = batch.to(parameter.device)
+        batch = contiguous(batch.to(parameter.device))
         with torch.no_grad(), flush_denormals():
             padded = self.captured[stress].predict(batch)
         n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)

@@ -8,6 +8,8 @@ inductor test on the reference weights (float32) is marked slow.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,20 @@ def test_outgrown_capacity_compiles_exactly_once_more(model64, crystals, caplog)
     assert potential.graphs_built == 2
 
 
+def test_fortran_ordered_coordinates_do_not_recompile(model64, crystals):
+    # ASE's scaled positions come in Fortran order; numpy concatenates these (after a 1-atom
+    # structure, both C and F ordered) into a Fortran-ordered (n, 3) array
+    graphs = [build_graph(crystals[0]), build_graph(crystals[2])]
+    fortran = [replace(g, frac_coords=np.asfortranarray(g.frac_coords)) for g in graphs]
+    ordered = [replace(g, frac_coords=np.ascontiguousarray(g.frac_coords)) for g in graphs]
+    potential = CompiledPotential(model64, backend="aot_eager")
+    first = evaluate_graphs(potential, fortran, stress=False)
+    second = evaluate_graphs(potential, ordered, stress=False)
+    assert potential.captured[False].stats.recompiles == 0
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a["forces"], b["forces"])
+
+
 def test_batched_relax_with_compiled_potential_matches_eager(model64):
     structures = varied_structures(4, seed=3, max_atoms=6)
     # the random model shrinks these cells, angles grow by ~70 %: headroom for them all
@@ -145,6 +161,7 @@ def test_batched_relax_with_compiled_potential_matches_eager(model64):
     assert [r.steps for r in compiled] == [r.steps for r in eager]
     assert len({r.steps for r in eager}) > 1  # structures dropped out at different steps
     assert potential.graphs_built == 1  # one padded shape: converged ones leave empty slots
+    assert potential.captured[True].stats.recompiles == 0
     assert potential.capacities[0].structures == len(structures)
 
 
