@@ -4,7 +4,11 @@
 the same fmax and step limit for both. Prints wall times and their ratio, our per-structure
 (unbatched) time too, and how far the final energies are apart.
 
-    python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500]
+    python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500] [--compile]
+
+``--compile`` adds our batched relax through a ``CompiledPotential`` (inductor, one padded
+shape for the run unless a structure outgrows its headroom): its wall time with and without
+the compile seconds, and the graphs it built.
 
 OpenBLAS runs one thread (set before numpy loads) for both codes: ASE's cell filter does 3x3
 linear algebra that threads only slow down. Timings come from a shared machine.
@@ -26,8 +30,10 @@ import numpy as np
 import torch
 
 from fastchgnet import FastCHGNet
+from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.synthetic import varied_structures
 from fastchgnet.md import relax
+from fastchgnet.md.relax import RELAX_HEADROOM
 
 #: final energies of the two codes should agree within this, eV/atom (FIRE stops anywhere
 #: with forces below fmax, and float32 noise differs between the codes)
@@ -64,6 +70,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both codes)")
     parser.add_argument("--skip-one-by-one", action="store_true", help="skip our unbatched run")
+    parser.add_argument(
+        "--compile", action="store_true", help="also batched through the compiled model (inductor)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -82,6 +91,12 @@ def main() -> None:
         start = time.perf_counter()
         relax(structures, model, fmax=args.fmax, steps=args.steps, batched=False)
         t_single = time.perf_counter() - start
+    if args.compile:
+        potential = CompiledPotential(model, headroom=RELAX_HEADROOM)
+        start = time.perf_counter()
+        compiled = relax(structures, potential, fmax=args.fmax, steps=args.steps)
+        t_compiled = time.perf_counter() - start
+        compiled_energies = np.array([r.energy_per_atom for r in compiled])
     t_ref, ref_energies, ref_steps = reference_relax(structures, args.fmax, args.steps)
 
     ours = np.array([r.energy_per_atom for r in batched])
@@ -93,6 +108,15 @@ def main() -> None:
             f"ours, ASE per structure (unbatched)   : {t_single:8.1f} s  ({t_ref / t_single:.1f}x)"
         )
     print(f"ours, batched lockstep                : {t_batched:8.1f} s  ({t_ref / t_batched:.1f}x)")
+    if args.compile:
+        t_run = t_compiled - potential.compile_seconds
+        apart = np.abs(compiled_energies - ours).max() * 1e3
+        print(
+            f"ours, batched lockstep, compiled      : {t_compiled:8.1f} s  "
+            f"({t_ref / t_compiled:.1f}x); without its {potential.compile_seconds:.1f} s compile "
+            f"({potential.graphs_built} graphs): {t_run:.1f} s ({t_ref / t_run:.1f}x); "
+            f"|compiled - eager| final energy max {apart:.3f} meV/atom"
+        )
     print(
         f"steps: ours {sum(r.steps for r in batched)}, reference {sum(ref_steps)}; "
         f"converged: ours {converged}/{args.n}"
