@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def read_structures(paths: list[str]) -> list[Any]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         try:
-            structure = Structure.from_file(path)
+            with warnings.catch_warnings():  # pymatgen warns before failing; ASE is tried next
+                warnings.simplefilter("ignore")
+                structure = Structure.from_file(path)
             structure.properties["label"] = path.name
             structures.append(structure)
             continue
@@ -67,7 +70,8 @@ def load_model(spec: str) -> Any:
 def cmd_predict(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     structures = read_structures(args.structures)
-    predictions = model.predict_structure(structures, batch_size=args.batch_size)
+    compiled = True if args.compile else None  # None: compiled on a GPU, eager on a CPU
+    predictions = model.predict_structure(structures, batch_size=args.batch_size, compiled=compiled)
     names = [
         getattr(s, "properties", {}).get("label") or getattr(s, "info", {}).get("name")
         for s in structures
@@ -122,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="0.3.0", help="reference version or model file")
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
     predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model compiled for fixed padded shapes (default on a GPU; on a CPU the "
+        "first batch compiles for tens of seconds, worth it for many structures)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     from fastchgnet.md.commands import add_commands as add_md_commands

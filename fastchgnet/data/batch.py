@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -134,11 +134,16 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
     bond_of_edge = global_bond(local_edges - reversed_edge * owner_bonds, n_angles)
     angle_edges = bond_of_edge + reversed_edge * total_bonds
 
+    def stacked(arrays: list[np.ndarray], join: Any = np.concatenate) -> torch.Tensor:
+        # C order always: compiled graphs guard on strides, and a single Fortran-ordered
+        # input (ASE's scaled positions) would otherwise pass through as a transposed view
+        return torch.from_numpy(np.ascontiguousarray(join(arrays)))
+
     return GraphBatch(
-        atomic_numbers=torch.from_numpy(np.concatenate([g.atomic_numbers for g in graphs])),
-        frac_coords=torch.from_numpy(np.concatenate([g.frac_coords for g in graphs])).to(dtype),
+        atomic_numbers=stacked([g.atomic_numbers for g in graphs]),
+        frac_coords=stacked([g.frac_coords for g in graphs]).to(dtype),
         atom_structure=torch.from_numpy(np.repeat(structure_ids, n_atoms)),
-        lattice=torch.from_numpy(np.stack([g.lattice for g in graphs])).to(dtype),
+        lattice=stacked([g.lattice for g in graphs], np.stack).to(dtype),
         n_atoms=torch.from_numpy(n_atoms),
         bond_atoms=torch.from_numpy(bond_atoms),
         bond_images=torch.from_numpy(bond_images).to(dtype),

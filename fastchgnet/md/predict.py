@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ def is_structure(obj: object) -> bool:
 
 
 def predict_structures(
-    model: FastCHGNet, structure: Any, batch_size: int = 16
+    model: FastCHGNet, structure: Any, batch_size: int = 16, compiled: bool | None = None
 ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
     """Predict energy, forces, stress and magnetic moments.
 
@@ -59,6 +60,10 @@ def predict_structures(
         model: the model (put in eval mode for the call, then restored).
         structure: one pymatgen Structure / ASE Atoms, or a sequence of them.
         batch_size: structures per model call.
+        compiled: run the model compiled for fixed padded shapes (``CompiledPotential``,
+            kept with the model for later calls): structures go largest first, so the first
+            batch's shape (plus headroom) serves the rest. None (default): compiled on a GPU,
+            eager on a CPU, where each new shape costs tens of seconds of compilation.
 
     Returns:
         Per structure a dict of numpy arrays: ``e`` () eV/atom, ``f`` (n, 3) eV/Å,
@@ -69,19 +74,51 @@ def predict_structures(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     parameter = next(model.parameters())
+    if compiled is None:
+        compiled = parameter.is_cuda
     was_training = model.training
     model.eval()
-    results: list[dict[str, np.ndarray]] = []
     try:
-        for start in range(0, len(structures), batch_size):
-            graphs = graphs_for(model, structures[start : start + batch_size], start)
-            batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-            with flush_denormals():
-                prediction = model(batch)
-            results += split_prediction(prediction, batch.n_atoms)
+        if compiled:
+            results = _predict_compiled(model, structures, batch_size)
+        else:
+            results = []
+            for start in range(0, len(structures), batch_size):
+                graphs = graphs_for(model, structures[start : start + batch_size], start)
+                batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+                with flush_denormals():
+                    prediction = model(batch)
+                results += split_prediction(prediction, batch.n_atoms)
     finally:
         model.train(was_training)
     return results[0] if single else results
+
+
+#: One CompiledPotential per model, so repeated predictions reuse its compiled shapes.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _predict_compiled(
+    model: FastCHGNet, structures: list[Any], batch_size: int
+) -> list[dict[str, np.ndarray]]:
+    """Largest structures first through the model's CompiledPotential; input order back."""
+    from fastchgnet.compile.potential import CompiledPotential
+
+    potential = _COMPILED.get(model)
+    if potential is None:
+        potential = _COMPILED[model] = CompiledPotential(model)
+    graphs = graphs_for(model, structures)
+    cost = [g.n_atoms + g.n_bonds + g.n_angles for g in graphs]
+    order = sorted(range(len(graphs)), key=lambda k: -cost[k])
+    results: list[dict[str, np.ndarray]] = [{} for _ in graphs]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch_graphs = [graphs[k] for k in chunk]
+        prediction = potential.predict_graphs(batch_graphs, stress=True)
+        n_atoms = torch.tensor([g.n_atoms for g in batch_graphs])
+        for k, item in zip(chunk, split_prediction(prediction, n_atoms), strict=True):
+            results[k] = item
+    return results
 
 
 def split_prediction(prediction: Any, n_atoms: torch.Tensor) -> list[dict[str, np.ndarray]]:

@@ -321,8 +321,11 @@ class FastCHGNet(nn.Module):
 
         return load_reference(cls, version, **modes)
 
-    def predict_structure(self, structure: Any, batch_size: int = 16) -> Any:
-        """Predict structures as the reference does; see ``fastchgnet.md.predict``."""
+    def predict_structure(
+        self, structure: Any, batch_size: int = 16, compiled: bool | None = None
+    ) -> Any:
+        """Predict structures as the reference does (``compiled``: None = on a GPU only);
+        see ``fastchgnet.md.predict.predict_structures``."""
         from fastchgnet.md.predict import predict_structures
 
-        return predict_structures(self, structure, batch_size=batch_size)
+        return predict_structures(self, structure, batch_size=batch_size, compiled=compiled)
