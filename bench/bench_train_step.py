@@ -115,8 +115,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from chgnet.model import CHGNet
-    from chgnet.trainer.trainer import CombinedLoss
     from pymatgen.core import Structure
 
     from fastchgnet import FastCHGNet
@@ -128,21 +126,10 @@ def main() -> None:
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
+    from fastchgnet.profiling.report import reference_training_parts
 
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference = CHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
-    criterion = CombinedLoss(
-        target_str="efsm",
-        criterion="Huber",
-        energy_loss_ratio=2,
-        force_loss_ratio=1.5,
-        stress_loss_ratio=0.1,
-        mag_loss_ratio=0.1,
-        delta=0.1,
-    )
-    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=3e-4)
+    reference, criterion, ref_optimizer = reference_training_parts()
     structures = varied_structures(args.structures, seed=7, max_atoms=args.max_atoms)
     sizes = np.array([len(s) for s in structures])
     print(

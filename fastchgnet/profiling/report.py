@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,10 @@ class _Labels:
         )
 
 
-def _reference_step(structures: list, labels: list[dict]):
+def reference_training_parts(lr: float = 3e-4) -> tuple[Any, Any, torch.optim.Optimizer]:
+    """The reference package's training step parts, as its Trainer builds them: the CHGNet
+    0.3.0 model, ``CombinedLoss`` (Huber, delta 0.1, prefactors e/f/s/m 2, 1.5, 0.1, 0.1) and
+    Adam. Needs ``pip install chgnet``."""
     from chgnet.model import CHGNet
     from chgnet.trainer.trainer import CombinedLoss
 
@@ -111,8 +115,13 @@ def _reference_step(structures: list, labels: list[dict]):
         force_loss_ratio=1.5,
         stress_loss_ratio=0.1,
         mag_loss_ratio=0.1,
+        delta=0.1,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    return model, criterion, torch.optim.Adam(model.parameters(), lr=lr)
+
+
+def _reference_step(structures: list, labels: list[dict]):
+    model, criterion, optimizer = reference_training_parts()
     graphs = [model.graph_converter(s) for s in structures]
     f32 = torch.float32
     targets = {
