@@ -58,11 +58,13 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if not args.no_reference:
         steps["reference chgnet"] = _reference_step(structures, labels)
     graphs = [build_graph(s) for s in structures]
+    short = sum(g.n_short_bonds for g in graphs) + 1  # one padding bond-graph bond
     capacity = Capacity(
         len(graphs),
         sum(g.n_atoms for g in graphs) + 1,
-        sum(g.n_bonds for g in graphs) + 1,
+        short + sum(g.n_bonds - g.n_short_bonds for g in graphs),
         sum(g.n_angles for g in graphs),
+        short_bonds=short,
     )
     ours = [_Labels(x) for x in labels]
     batch, label_batch = collate_padded(graphs, capacity, ours)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastchgnet.profiling.counters import count_ops
@@ -43,3 +44,14 @@ def test_nvtx_ranges_are_no_ops_without_cuda():
     with stage("anything"):
         assert double(2) == 4
     assert nvtx_enabled() == (torch.cuda.is_available() and nvtx_enabled())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_profile_report_counts_fewer_ops_for_our_step_than_the_reference():
+    pytest.importorskip("chgnet")
+    from fastchgnet.profiling.report import build_parser, run
+
+    arguments = ["--batch-size", "4", "--max-atoms", "8", "--no-compile"]
+    counts = run(build_parser().parse_args(arguments))
+    assert set(counts) == {"reference chgnet", "fastchgnet conservative eager"}
+    assert 0 < counts["fastchgnet conservative eager"] < counts["reference chgnet"]
