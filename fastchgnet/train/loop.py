@@ -41,6 +41,7 @@ class EpochResult:
     stopped: bool
 
 
+@flush_denormals()  # the whole epoch: see fastchgnet.compile.denormals
 def train_epoch(
     engine: object,
     batches: Iterable[tuple[GraphBatch, LabelBatch]],
@@ -65,31 +66,6 @@ def train_epoch(
     skipped step); with ``max_steps`` > 0 the epoch stops once ``progress.global_step``
     reaches it.
     """
-    with flush_denormals():
-        return _train_epoch(
-            engine,
-            batches,
-            loss_config,
-            progress,
-            reporter,
-            max_bad_steps,
-            max_steps,
-            on_step,
-            captured,
-        )
-
-
-def _train_epoch(
-    engine: object,
-    batches: Iterable[tuple[GraphBatch, LabelBatch]],
-    loss_config: LossConfig,
-    progress: Progress,
-    reporter: EpochProgress,
-    max_bad_steps: int,
-    max_steps: int,
-    on_step: Callable[[Progress, float], None] | None,
-    captured: CapturedModel | None,
-) -> EpochResult:
     total, steps, skipped, structures = 0.0, 0, 0, 0
     for graphs, labels in batches:
         batch = graphs.to(engine.device)

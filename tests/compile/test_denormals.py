@@ -46,3 +46,13 @@ def test_state_restored_after_an_exception(denormal_support: None) -> None:
     with pytest.raises(ValueError, match="boom"), flush_denormals():
         raise ValueError("boom")
     assert survives(TINY)
+
+
+def test_works_as_a_decorator_on_every_call(denormal_support: None) -> None:
+    @flush_denormals()
+    def inside() -> bool:
+        return survives(TINY)
+
+    assert not inside()
+    assert not inside()  # a fresh context each call
+    assert survives(TINY)
