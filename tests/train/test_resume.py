@@ -7,6 +7,7 @@ uninterrupted run's arithmetic exactly. Tolerance: none (torch.equal on every te
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,14 @@ def _command(out_dir: Path, cache: Path, *extra: str) -> list[str]:
     return [sys.executable, launcher, *(f"--set={o}" for o in overrides), *extra]
 
 
+def _pointer_step(pointer: Path) -> int:
+    """The global step of the newest checkpoint named by ``latest.json`` (-1: none yet)."""
+    try:
+        return int(json.loads(pointer.read_text())["global_step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
 def _final_state(out_dir: Path) -> dict:
     folder = latest_checkpoint(out_dir / "checkpoints")
     main, _ = load_checkpoint(folder, 0, 1)
@@ -63,9 +72,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run_exactly(tmp_path) -> N
     pointer = interrupted / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if pointer.is_file() and '"global_step": 4' in pointer.read_text():
+        if 4 <= _pointer_step(pointer) < MAX_STEPS:  # any checkpoint past step 4: kill now
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert process.poll() is None, "the run ended before it could be interrupted"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
