@@ -59,28 +59,6 @@ def reference_step(model, optimizer, criterion, graphs, targets):
     return loss
 
 
-def capacity_for(graph_lists: list[list]):
-    """One capacity every batch fits, with the padding reserve (one atom, one bond-graph bond):
-    bond-graph (short) and other (long) bond slots sized separately, so the bond convolutions
-    run on bond-graph bonds only, as for an unpadded batch."""
-    from fastchgnet.data.buckets import Capacity
-
-    totals = np.array(
-        [
-            [
-                sum(g.n_atoms for g in gs),
-                sum(g.n_short_bonds for g in gs),
-                sum(g.n_bonds - g.n_short_bonds for g in gs),
-                sum(g.n_angles for g in gs),
-            ]
-            for gs in graph_lists
-        ]
-    )
-    atoms, short, long, angles = (int(x) for x in totals.max(axis=0))
-    structures = max(len(gs) for gs in graph_lists)
-    return Capacity(structures, atoms + 1, short + 1 + long, angles, short_bonds=short + 1)
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -122,7 +100,7 @@ def main() -> None:
     from fastchgnet.compile.denormals import flush_denormals
     from fastchgnet.compile.step import TrainStep, make_adam
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
@@ -149,7 +127,7 @@ def main() -> None:
     results = []
     for b in args.batch_sizes:
         chunks = [order[k * b : (k + 1) * b] for k in range(args.batches)]
-        capacity = capacity_for([[our_graphs[i] for i in c] for c in chunks])
+        capacity = tight_capacity([[our_graphs[i] for i in c] for c in chunks])
         padded = [
             collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
             for c in chunks

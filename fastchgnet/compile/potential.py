@@ -32,6 +32,7 @@ from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.compile.predict import round_up
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
@@ -40,11 +41,6 @@ from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
 
 log = logging.getLogger("fastchgnet.compile")
-
-
-def round_up(value: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` >= ``value``."""
-    return -(-value // multiple) * multiple
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,27 @@ def pad_graphs(graphs: Sequence[CrystalGraph], capacity: Capacity) -> list[Cryst
     return [*graphs, *empties, dummy]
 
 
+def tight_capacity(graph_lists: Sequence[Sequence[CrystalGraph]]) -> Capacity:
+    """The smallest capacity every list of graphs pads to: structures, atoms + 1 padding atom,
+    bond-graph (short) bonds + 1 padding bond, other bonds and angles, each the most any list
+    needs; short and other bonds get separate slots (``Capacity.short_bonds``), so the bond
+    convolutions of the padded batch run on bond-graph bonds only."""
+    totals = np.array(
+        [
+            [
+                sum(g.n_atoms for g in graphs),
+                sum(g.n_short_bonds for g in graphs),
+                sum(g.n_bonds - g.n_short_bonds for g in graphs),
+                sum(g.n_angles for g in graphs),
+            ]
+            for graphs in graph_lists
+        ]
+    )
+    atoms, short, long, angles = (int(x) for x in totals.max(axis=0))
+    structures = max(len(graphs) for graphs in graph_lists)
+    return Capacity(structures, atoms + 1, short + 1 + long, angles, short_bonds=short + 1)
+
+
 def collate_padded(
     graphs: Sequence[CrystalGraph],
     capacity: Capacity,

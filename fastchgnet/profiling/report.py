@@ -37,9 +37,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from fastchgnet import FastCHGNet
     from fastchgnet.compile import CapturedModel
     from fastchgnet.compile.step import TrainStep, make_adam
-    from fastchgnet.data.buckets import Capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.profiling.counters import count_ops
 
@@ -58,14 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     if not args.no_reference:
         steps["reference chgnet"] = _reference_step(structures, labels)
     graphs = [build_graph(s) for s in structures]
-    short = sum(g.n_short_bonds for g in graphs) + 1  # one padding bond-graph bond
-    capacity = Capacity(
-        len(graphs),
-        sum(g.n_atoms for g in graphs) + 1,
-        short + sum(g.n_bonds - g.n_short_bonds for g in graphs),
-        sum(g.n_angles for g in graphs),
-        short_bonds=short,
-    )
+    capacity = tight_capacity([graphs])
     ours = [_Labels(x) for x in labels]
     batch, label_batch = collate_padded(graphs, capacity, ours)
     if args.mode == "conservative":

@@ -110,3 +110,20 @@ def _labels(graph):
         stress=None,
         magmoms=None,
     )
+
+
+def test_tight_capacity_fits_every_list_exactly_with_bond_graph_slots_apart():
+    from fastchgnet.data.graph import build_graph
+    from fastchgnet.data.padding import tight_capacity
+    from fastchgnet.data.synthetic import varied_structures
+
+    graphs = [build_graph(s) for s in varied_structures(6, seed=2, max_atoms=10)]
+    lists = [graphs[:2], graphs[2:6]]
+    capacity = tight_capacity(lists)
+    assert capacity.structures == 4
+    assert capacity.short_bonds == max(sum(g.n_short_bonds for g in gs) for gs in lists) + 1
+    for gs in lists:
+        batch, _ = collate_padded(gs, capacity)
+        assert batch.n_short_bonds == capacity.short_bonds
+        assert batch.bond_atoms.shape[0] == capacity.bonds
+        assert batch.angle_edges.shape[0] == capacity.angles
