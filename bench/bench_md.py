@@ -37,7 +37,7 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet import FastCHGNet
-from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.numerics import flush_denormals
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.batch import collate
 from fastchgnet.md import Calculator, make_integrator
