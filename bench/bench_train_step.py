@@ -97,10 +97,10 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.compile import CapturedModel
-    from fastchgnet.numerics import flush_denormals
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
     from fastchgnet.profiling.report import reference_training_parts
