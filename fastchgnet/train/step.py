@@ -120,11 +120,12 @@ class TrainStep:
             loss = self.loss(batch, labels)
             # every rank must skip together: the flag is the max over ranks, on the device
             skip = all_reduce((~torch.isfinite(loss.detach())).to(torch.float32), "max")
+            # read the loss before backward (a captured graph's outputs are static buffers)
+            self.totals.add(loss, skip)
             with stage(BACKWARD):
                 self.engine.backward(loss)
             with stage(OPTIMIZER):
                 self.engine.step(skip)
-            self.totals.add(loss, skip)
 
     def read(self) -> Window:
         """Bring the accumulated totals to the host (one synchronisation) and reset them."""
