@@ -56,7 +56,8 @@ def on_device(
             return
         with stage(H2D):
             graphs, labels = item
-            yield graphs.to(device), labels.to(device)
+            moved = graphs.to(device), labels.to(device)
+        yield moved
 
 
 class ProfileRange:
