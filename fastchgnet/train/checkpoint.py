@@ -160,4 +160,6 @@ def load_checkpoint(folder: Path, rank: int, world_size: int) -> tuple[dict, lis
             f"{folder} was written by {main['world_size']} rank(s); resume with the same number"
         )
     payloads = [main] + [read_verified(rank_file(folder, r)) for r in range(1, world_size)]
+    if any(p["progress"] != main["progress"] for p in payloads):
+        raise CheckpointError(f"{folder}: the ranks' files record different progress")
     return main, payloads

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -85,7 +86,8 @@ def all_reduce(tensor: Tensor, op: ReduceOp = "sum") -> Tensor:
         return tensor
     work = tensor.detach().to(group_device(), copy=True)
     _dist.all_reduce(work, op=_op(op))
-    return work.to(tensor.device, non_blocking=True)
+    # a copy into host memory must be complete before the caller reads it
+    return work.to(tensor.device, non_blocking=tensor.device.type != "cpu")
 
 
 def all_gather_objects(value: object) -> list[object]:
@@ -131,6 +133,16 @@ def _alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def wait_for_file(path: Path, out_dir: Path, rank: int, poll_s: float = 1.0) -> None:
+    """Wait (without a collective, so no timeout applies) until rank 0 has written ``path``,
+    e.g. the cache it converts; stop with ``peer_report`` if rank 0's process is gone."""
+    while not Path(path).is_file():
+        report = peer_report(out_dir, rank)
+        if "rank 0 (pid" in report:
+            raise RuntimeError(f"{report} while waiting for {path}")
+        time.sleep(poll_s)
 
 
 def peer_report(out_dir: Path, rank: int) -> str:

@@ -132,7 +132,8 @@ def train_epoch(
         if stopped:
             break
     seconds = time.perf_counter() - start
-    return EpochResult(total / max(finite, 1), finite + skipped, skipped, seconds, stopped)
+    mean = total / finite if finite else float("nan")
+    return EpochResult(mean, finite + skipped, skipped, seconds, stopped)
 
 
 def _check_bad_steps(window: Window, progress: Progress, limit: int, rank: int) -> None:
@@ -162,7 +163,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    metrics = MetricSums()
+    metrics = MetricSums.on(torch.device(device))
     try:
         with torch.no_grad(), flush_denormals():
             for graphs, labels in on_device(batches, torch.device(device)):

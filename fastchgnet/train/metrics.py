@@ -59,6 +59,11 @@ class MetricSums:
     parity: dict[str, list[Tensor]] = field(default_factory=lambda: {k: [] for k in REPORTED})
     keep: int = 20000
 
+    @classmethod
+    def on(cls, device: torch.device) -> MetricSums:
+        """Empty sums on ``device`` (where the predictions will be)."""
+        return cls(sums=torch.zeros(len(REPORTED), N_SUMS, dtype=torch.float64, device=device))
+
     def add(self, prediction: object, labels: LabelBatch) -> None:
         """Add one batch's labelled entries (padding and missing labels are masked)."""
         for name, (predicted, target, mask) in _pairs(prediction, labels).items():

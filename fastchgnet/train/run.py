@@ -118,6 +118,11 @@ def setup(config: TrainConfig) -> Run:
         raise ValueError(
             "run.compile needs one padded batch shape: set data.batching to 'packed' or 'auto'"
         )
+    if config.run.engine == "torch" and launched_distributed():
+        raise ValueError(
+            "run.engine=torch under a launcher of several ranks would train each rank alone "
+            "on one device: use run.engine=auto or deepspeed"
+        )
     if config.run.engine == "deepspeed" or (config.run.engine == "auto" and launched_distributed()):
         collectives.init_process_group(config.run.dist_timeout_s)
     rank, world_size = collectives.rank_and_world()
@@ -140,6 +145,8 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     model.train()  # loaded models may come in eval mode (no derivative graph for the loss)
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
     cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
+    if run.rank != 0:  # converting may outlast the collectives' timeout: wait on the file
+        collectives.wait_for_file(cache / "manifest.json", run.out, run.rank)
     collectives.barrier()
     splits = run.splits = make_splits(cache, config.data)
     if cutoffs != (splits.dataset.atom_cutoff, splits.dataset.bond_cutoff):
@@ -293,13 +300,21 @@ def _every(step: int, n: int) -> bool:
 
 
 def _after_step(run: Run, state: Progress) -> None:
-    """Checkpoints and the optional replica check (both synchronise; neither is every step)."""
+    """Checkpoints and the optional replica check (both synchronise; neither is every step).
+    At the epoch's last step and at ``max_steps`` the epoch's end writes the checkpoint (one
+    folder per step: two writes to the same folder could leave ranks with different
+    progress if killed in between)."""
     settings = run.config.run
     if _every(state.global_step, settings.check_sync_every):
         if not run.engine.replicas_in_sync():
             raise RuntimeError(f"step {state.global_step}: parameters differ across ranks")
-        log(f"step {state.global_step}: parameters identical on all {run.world_size} ranks", 0)
-    if _every(state.global_step, settings.checkpoint_every):
+        log(
+            f"step {state.global_step}: parameters identical on all {run.world_size} ranks",
+            run.rank,
+        )
+    epoch_end = state.step_in_epoch == len(run.train_sampler)
+    stop = bool(settings.max_steps) and state.global_step >= settings.max_steps
+    if _every(state.global_step, settings.checkpoint_every) and not (epoch_end or stop):
         checkpoint(run)
 
 

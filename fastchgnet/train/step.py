@@ -81,6 +81,16 @@ class StepTotals:
         return Window(mean, int(finite), int(skipped), int(longest), int(run))
 
 
+def nonfinite(params: list[torch.nn.Parameter]) -> Tensor:
+    """0-d float32 on the parameters' device: 1.0 where any gradient holds a NaN or an
+    infinity (parameters without a gradient are passed over), computed without a host read."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    norms = torch.stack(torch._foreach_norm(grads))
+    return (~torch.isfinite(norms.sum())).to(torch.float32)
+
+
 class TrainStep:
     """One optimiser update of ``engine.module`` per call; see the module docstring.
 
@@ -100,6 +110,7 @@ class TrainStep:
     ) -> None:
         self.engine, self.loss_config, self.captured = engine, loss_config, captured
         self.totals = StepTotals(engine.device, bad_run)
+        self.params = [p for p in engine.module.parameters() if p.requires_grad]
 
     def loss(self, batch: GraphBatch, labels: LabelBatch) -> Tensor:
         """The training loss (0-d, differentiable) of a batch, eager or captured."""
@@ -120,12 +131,17 @@ class TrainStep:
             loss = self.loss(batch, labels)
             # every rank must skip together: the flag is the max over ranks, on the device
             skip = all_reduce((~torch.isfinite(loss.detach())).to(torch.float32), "max")
-            # read the loss before backward (a captured graph's outputs are static buffers)
-            self.totals.add(loss, skip)
+            # keep the loss's value: a captured graph's outputs are static buffers
+            value = loss.detach().clone()
             with stage(BACKWARD):
                 self.engine.backward(loss)
+            # a finite loss can still give non-finite gradients; after the all-reduce they are
+            # the same on every rank, so this flag needs no collective (ZeRO 1 keeps reduced
+            # gradients in its own partitions and skips such a step itself)
+            skip = torch.maximum(skip, nonfinite(self.params))
             with stage(OPTIMIZER):
                 self.engine.step(skip)
+            self.totals.add(value, skip)
 
     def read(self) -> Window:
         """Bring the accumulated totals to the host (one synchronisation) and reset them."""

@@ -85,3 +85,20 @@ def test_the_limit_is_checked_at_reads_so_the_run_stops_at_the_next_read(batches
         _run(poisoned, 1, read_every=2)
     assert "3 non-finite losses in a row" not in str(error.value)
     assert "2 non-finite losses in a row" in str(error.value)
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_skipped_too(batches) -> None:
+    torch.manual_seed(0)
+    model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
+    engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=10, global_batch=4)
+    step = TrainStep(engine, LossConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.atom_embedding.weight
+    handle = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    step(*batches[0])
+    handle.remove()
+    window = step.read()
+    assert (window.finite, window.skipped) == (0, 1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    step(*batches[1])
+    assert step.read().finite == 1
