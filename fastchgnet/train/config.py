@@ -34,6 +34,10 @@ class DataConfig:
     default 0 draws batches uniformly at random), "packed" (every rank batch filled to one
     fixed capacity holding ``batch_size`` structures on average: one shape, as compiled
     training needs) or "auto" (packed when ``run.compile`` is on, else balanced).
+    ``val_source``/``test_source``: explicit validation and test frames (files as ``source``);
+    with either, ``source`` is the training set, ``split`` is not used, and the cache holds
+    all three with split-tagged frame ids. ``explicit_split``: ``source`` is a cache built
+    that way (split by its tags).
     """
 
     source: str = "quickstart"
@@ -47,6 +51,14 @@ class DataConfig:
     loader_workers: int = 0
     convert_workers: int = 1
     max_structures: int = 0
+    val_source: str = ""
+    test_source: str = ""
+    explicit_split: bool = False
+
+    @property
+    def explicit(self) -> bool:
+        """Whether splits come from separate files (tags in the cache), not fractions."""
+        return bool(self.explicit_split or self.val_source or self.test_source)
 
 
 @dataclass(frozen=True)
