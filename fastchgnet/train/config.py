@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from fastchgnet.data.ase_labels import AseLabels
 from fastchgnet.train.loss import LossConfig
 
 
@@ -37,7 +38,9 @@ class DataConfig:
     ``val_source``/``test_source``: explicit validation and test frames (files as ``source``);
     with either, ``source`` is the training set, ``split`` is not used, and the cache holds
     all three with split-tagged frame ids. ``explicit_split``: ``source`` is a cache built
-    that way (split by its tags).
+    that way (split by its tags). ``labels``: key names and units of extxyz/ASE-db sources
+    (``fastchgnet.data.ase_labels.AseLabels``: energy, forces, stress, magmoms keys,
+    energy_per_atom, stress_unit "eV/A^3"|"GPa"|"kBar", stress_sign "ase"|"vasp").
     """
 
     source: str = "quickstart"
@@ -54,6 +57,7 @@ class DataConfig:
     val_source: str = ""
     test_source: str = ""
     explicit_split: bool = False
+    labels: AseLabels = field(default_factory=AseLabels)
 
     @property
     def explicit(self) -> bool:

@@ -58,7 +58,7 @@ def resolve_cache(
 
             def frames_of(path: Path) -> Iterable[Frame]:
                 plain = gunzip_ase_file(path, Path(scratch))
-                return read_frames(plain, energy_key=config.energy_key)
+                return read_frames(plain, energy_key=config.energy_key, labels=config.labels)
 
             frames = frames_of(source)
             if config.val_source or config.test_source:  # one cache, frames tagged by split
