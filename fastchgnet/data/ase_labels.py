@@ -166,7 +166,7 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
     ``material_id``/``frame_id`` as ``read_ase``.
 
     Raises:
-        KeyError: a named key is not in the first frame.
+        ValueError: a named key is not in the first frame (naming the file).
         StructureError: see ``frame_from_atoms``.
     """
     labels = labels or AseLabels()
@@ -178,7 +178,7 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
                       if getattr(labels, t) != getattr(AseLabels, t)]  # fmt: skip
             missing = [k for k in chosen if k and _lookup(atoms, k) is None]
             if missing:
-                raise KeyError(
+                raise ValueError(
                     f"{path}: label key(s) {missing} not in the first frame; it has "
                     f'{_available(atoms)} (set the key, or "" when the file has no such label)'
                 )
