@@ -43,7 +43,7 @@ class AseLabels:
     energy_per_atom: bool = False
     stress_unit: Literal["eV/A^3", "GPa", "kBar"] = "eV/A^3"
     stress_sign: Literal["ase", "vasp"] = "ase"
-    max_stress_gpa: float = 200.0
+    max_stress_gpa: float = 1000.0
     max_energy_per_atom: float = 50.0
 
     def __post_init__(self) -> None:
