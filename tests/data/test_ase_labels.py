@@ -122,3 +122,18 @@ def test_explicit_train_val_test_files_make_the_split(tmp_path):
     assert [len(splits.train), len(splits.val), len(splits.test)] == [3, 2, 2]
     ids = splits.dataset.frame_ids
     assert all(str(ids[k]).startswith("val:val-") for k in splits.val)
+
+
+def test_default_keys_read_the_bundled_set_as_read_ase(tmp_path):
+    from fastchgnet.data.sources import gunzip_ase_file, read_ase
+    from fastchgnet.train.data import quickstart_path
+
+    plain = gunzip_ase_file(quickstart_path(), tmp_path)
+    old = read_ase(plain, index=":200")
+    new = read_ase_labelled(plain)
+    for count, (a, b) in enumerate(zip(old, new, strict=False)):
+        assert (a.material_id, a.frame_id) == (b.material_id, b.frame_id)
+        assert a.energy_per_atom == b.energy_per_atom
+        for label in ("forces", "stress", "magmoms"):
+            np.testing.assert_array_equal(getattr(a, label), getattr(b, label))
+    assert count == 199
