@@ -131,9 +131,25 @@ def test_default_keys_read_the_bundled_set_as_read_ase(tmp_path):
     plain = gunzip_ase_file(quickstart_path(), tmp_path)
     old = read_ase(plain, index=":200")
     new = read_ase_labelled(plain)
-    for count, (a, b) in enumerate(zip(old, new, strict=False)):
+    compared = 0
+    for a, b in zip(old, new, strict=False):
+        compared += 1
         assert (a.material_id, a.frame_id) == (b.material_id, b.frame_id)
         assert a.energy_per_atom == b.energy_per_atom
         for label in ("forces", "stress", "magmoms"):
             np.testing.assert_array_equal(getattr(a, label), getattr(b, label))
-    assert count == 199
+    assert compared == 200
+
+
+def test_label_keys_are_a_typed_config_table():
+    from fastchgnet.train.config import TrainConfig, apply_overrides
+
+    config = TrainConfig.from_dict({"data": {"labels": {"energy": "E_dft", "stress_unit": "kBar"}}})
+    assert config.data.labels == AseLabels(energy="E_dft", stress_unit="kBar")
+    config = apply_overrides(config, ["data.labels.stress_sign=vasp"])
+    assert config.data.labels.stress_factor == -0.1
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="stress_unit='MPa'"):
+        TrainConfig.from_dict({"data": {"labels": {"stress_unit": "MPa"}}})
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"data": {"labels": {"energy_key": "E"}}})
