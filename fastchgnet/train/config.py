@@ -41,6 +41,9 @@ class DataConfig:
     that way (split by its tags). ``labels``: key names and units of extxyz/ASE-db sources
     (``fastchgnet.data.ase_labels.AseLabels``: energy, forces, stress, magmoms keys,
     energy_per_atom, stress_unit "eV/A^3"|"GPa"|"kBar", stress_sign "ase"|"vasp").
+    ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
+    frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
+    a seeded hash of each frame id) joins the training split (never val or test) in the cache.
     """
 
     source: str = "quickstart"
@@ -58,6 +61,8 @@ class DataConfig:
     test_source: str = ""
     explicit_split: bool = False
     labels: AseLabels = field(default_factory=AseLabels)
+    replay_source: str = ""
+    replay_fraction: float = 0.0
 
     @property
     def explicit(self) -> bool:
@@ -112,6 +117,9 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0
     epochs: int = 5
+    ema_decay: float = 0.0
+    early_stopping_patience: int = 0
+    select_metric: Literal["loss", "energy_mae", "forces_mae", "stress_mae", "magmoms_mae"] = "loss"
 
 
 @dataclass(frozen=True)

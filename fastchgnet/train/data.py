@@ -70,6 +70,9 @@ def resolve_cache(
                 frames = itertools.chain.from_iterable(
                     tag_split(frames_of(Path(path)), name) for name, path in parts if path
                 )
+            if config.replay_source and config.replay_fraction > 0:
+                base = frames_of(Path(config.replay_source))
+                frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
             convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
 
@@ -115,11 +118,32 @@ def make_splits(cache: Path, config: DataConfig) -> Splits:
     ids = dataset.frame_ids if config.explicit else dataset.material_ids
     if config.max_structures > 0:
         ids = ids[: config.max_structures]
+    own = np.arange(len(ids))  # replay frames (tagged) join train, never val or test
+    if config.replay_fraction > 0:
+        replayed = np.char.startswith(dataset.frame_ids[: len(ids)].astype(str), REPLAY_TAG)
+        own = np.flatnonzero(~replayed)
     if config.explicit:
-        split = split_by_tag(ids)
+        split = split_by_tag(ids[own])
     else:
-        split = split_by_material(ids, config.split, seed=config.split_seed)
-    return Splits(dataset, split.train, split.val, split.test)
+        split = split_by_material(ids[own], config.split, seed=config.split_seed)
+    train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))
+    return Splits(dataset, train.astype(np.int64), own[split.val], own[split.test])
+
+
+#: frame-id prefix of the replayed base frames in a fine-tuning cache
+REPLAY_TAG = "replay:"
+
+
+def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> Iterator[Frame]:
+    """About ``fraction`` of ``frames`` (each kept when a seeded hash of its frame id is
+    below ``fraction``: the same frames every time), frame ids tagged ``REPLAY_TAG``."""
+    from dataclasses import replace
+
+    from fastchgnet.data.split import material_unit_interval
+
+    for frame in frames:
+        if material_unit_interval(frame.frame_id, seed) < fraction:
+            yield replace(frame, frame_id=REPLAY_TAG + frame.frame_id)
 
 
 class EpochBatches(Sampler[list[int]]):

@@ -35,6 +35,7 @@ from fastchgnet.train.engine import init_distributed, launched_distributed, make
 from fastchgnet.train.loop import evaluate, train_epoch
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv, format_table
 from fastchgnet.train.model_setup import build_model, should_fit_composition
+from fastchgnet.train.options import TrainingOptions  # issue 16: EMA, best model, early stop
 from fastchgnet.train.plots import parity_plot
 from fastchgnet.train.progress import EpochProgress, Scalars, log
 
@@ -143,6 +144,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
         log(
             f"resumed from {folder} (epoch {progress.epoch + 1}, step {progress.global_step})", rank
         )
+    options = TrainingOptions(config, model, out, rank == 0)  # issue 16 hook
+    if resume:
+        options.resume()  # issue 16 hook
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     log(f"model: {model.extra_repr()}; lr {engine.lr:.3g}; {steps_per_epoch} steps/epoch", rank)
@@ -172,6 +176,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
         )
 
     def after_step(state: Progress, loss: float) -> None:
+        options.after_step(model)  # issue 16 hook: EMA update
         if rank == 0:
             row = {"global_step": state.global_step, "epoch": state.epoch + 1, "loss": loss}
             append_csv(out / "train_log.csv", {**row, "lr": engine.lr})
@@ -193,7 +198,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     def run_eval(name: str) -> MetricSums:
         indices = getattr(splits, name)
         batches = make_loader(splits, EpochBatches(eval_sampler[name], indices, 0), 0)
-        return evaluate(model, batches, engine.device)
+        with options.evaluation(model):  # issue 16 hook: EMA weights
+            return evaluate(model, batches, engine.device)
 
     val, train_seconds, trained = MetricSums(), 0.0, 0
     stopped = False
@@ -258,6 +264,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
         scalars.add(results, progress.global_step, "val")
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
         checkpoint(progress)
+        if options.end_epoch(epoch + 1, results, model):  # issue 16 hook: best, early stop
+            log(f"early stopping: no better validation score for {options.tracker.stale} epochs")
+            break
 
     test_results: dict[str, float] = {}
     if not stopped or progress.epoch >= config.optim.epochs:
@@ -276,7 +285,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
                     if path is not None:
                         log(f"parity plot: {path}")
     if rank == 0:
-        model.save(out / "model.pt")
+        options.save_final(model, out)  # issue 16 hook (was model.save(out / "model.pt"))
         log(f"model written to {out / 'model.pt'}")
     scalars.close()
     rate = trained / train_seconds if train_seconds > 0 else 0.0
