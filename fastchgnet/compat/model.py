@@ -23,8 +23,9 @@ from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.errors import StructureError
 from fastchgnet.md.predict import graphs_for, is_structure, predict_graphs
 from fastchgnet.model.chgnet import FastCHGNet
-from fastchgnet.model.chgnet_files import load_model_file, reference_model_dict
+from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.io import FORMAT, load_model
 from fastchgnet.model.reference import (
     CHECKPOINTS,
     checkpoint_path,
@@ -151,13 +152,12 @@ class CHGNet(FastCHGNet):
         ``torch.save(CHGNet.as_dict())``) or our model file; read with weights_only=True."""
         if kwargs:
             raise unsupported(f"from_file(..., {sorted(kwargs)})", "pass only the path")
-        model = load_model_file(cls, path)
-        if not model.model_args:
-            from fastchgnet.model.chgnet_files import read_checkpoint
-
-            payload = read_checkpoint(path)
-            if "format" not in payload:
-                model.model_args = dict(reference_model_dict(payload, str(path))["model_args"])
+        payload = read_checkpoint(path)
+        if payload.get("format") == FORMAT:
+            return load_model(cls, path)
+        model_dict = reference_model_dict(payload, str(path))
+        model = model_from_reference_dict(cls, model_dict, str(path))
+        model.model_args = dict(model_dict["model_args"])
         return model
 
     @classmethod
