@@ -157,6 +157,12 @@ class GraphDataset:
         ids = [np.asarray(self._array(k, "material_ids")) for k in range(len(self.shard_names))]
         return np.concatenate(ids) if ids else np.zeros(0, dtype=str)
 
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(N,) frame id of every structure."""
+        ids = [np.asarray(self._array(k, "frame_ids")) for k in range(len(self.shard_names))]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=str)
+
     def __getitem__(self, index: int) -> tuple[CrystalGraph, Labels]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} outside a cache of {len(self)} structures")

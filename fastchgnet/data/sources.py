@@ -371,9 +371,23 @@ def from_structures(
         )
 
 
-def read_frames(path: str | Path, energy_key: str = "corrected_total_energy") -> Iterable[Frame]:
+def tag_split(frames: Iterable[Frame], split: str) -> Iterator[Frame]:
+    """``frames`` with ids tagged as members of ``split`` ("train", "val" or "test"), for
+    caches built from explicit split files (``data.split.split_by_tag`` reads the tags)."""
+    from dataclasses import replace
+
+    from fastchgnet.data.split import split_tag
+
+    for frame in frames:
+        yield replace(frame, frame_id=split_tag(split, frame.frame_id))
+
+
+def read_frames(
+    path: str | Path, energy_key: str = "corrected_total_energy", labels: object = None
+) -> Iterable[Frame]:
     """Pick a reader by suffix: .json/.json.gz MPtrj; a directory, .zip or vasprun.xml VASP;
-    anything else ``read_ase``."""
+    anything else ``data.ase_labels.read_ase_labelled`` (streamed; ``labels``: its
+    ``AseLabels``, key names and units)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
@@ -382,4 +396,6 @@ def read_frames(path: str | Path, energy_key: str = "corrected_total_energy") ->
         return read_vasp(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    return read_ase(path)
+    from fastchgnet.data.ase_labels import read_ase_labelled
+
+    return read_ase_labelled(path, labels)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from fastchgnet.data.ase_labels import AseLabels
 from fastchgnet.model.loss import LossConfig
 
 
@@ -34,6 +35,15 @@ class DataConfig:
     default 0 draws batches uniformly at random), "packed" (every rank batch filled to one
     fixed capacity holding ``batch_size`` structures on average: one shape, as compiled
     training needs) or "auto" (packed when ``run.compile`` is on, else balanced).
+    ``val_source``/``test_source``: explicit validation and test frames (files as ``source``);
+    with either, ``source`` is the training set, ``split`` is not used, and the cache holds
+    all three with split-tagged frame ids. ``explicit_split``: ``source`` is a cache built
+    that way (split by its tags). ``labels``: key names and units of extxyz/ASE-db sources
+    (``fastchgnet.data.ase_labels.AseLabels``: energy, forces, stress, magmoms keys,
+    energy_per_atom, stress_unit "eV/A^3"|"GPa"|"kBar", stress_sign "ase"|"vasp").
+    ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
+    frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
+    a seeded hash of each frame id) joins the training split (never val or test) in the cache.
     """
 
     source: str = "quickstart"
@@ -47,6 +57,17 @@ class DataConfig:
     loader_workers: int = 0
     convert_workers: int = 1
     max_structures: int = 0
+    val_source: str = ""
+    test_source: str = ""
+    explicit_split: bool = False
+    labels: AseLabels = field(default_factory=AseLabels)
+    replay_source: str = ""
+    replay_fraction: float = 0.0
+
+    @property
+    def explicit(self) -> bool:
+        """Whether splits come from separate files (tags in the cache), not fractions."""
+        return bool(self.explicit_split or self.val_source or self.test_source)
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,9 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0
     epochs: int = 5
+    ema_decay: float = 0.0
+    early_stopping_patience: int = 0
+    select_metric: Literal["loss", "energy_mae", "forces_mae", "stress_mae", "magmoms_mae"] = "loss"
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,8 +25,8 @@ from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
-from fastchgnet.data.sources import gunzip_ase_file
-from fastchgnet.data.split import split_by_material
+from fastchgnet.data.sources import Frame, gunzip_ase_file
+from fastchgnet.data.split import split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -46,7 +47,7 @@ def resolve_cache(
     open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
     """
     from fastchgnet.data.convert import convert
-    from fastchgnet.data.sources import read_frames
+    from fastchgnet.data.sources import read_frames, tag_split
 
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
@@ -54,8 +55,24 @@ def resolve_cache(
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main and not (cache / "manifest.json").is_file():
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-            plain = gunzip_ase_file(source, Path(scratch))
-            frames = read_frames(plain, energy_key=config.energy_key)
+
+            def frames_of(path: Path) -> Iterable[Frame]:
+                plain = gunzip_ase_file(path, Path(scratch))
+                return read_frames(plain, energy_key=config.energy_key, labels=config.labels)
+
+            frames = frames_of(source)
+            if config.val_source or config.test_source:  # one cache, frames tagged by split
+                parts = [
+                    ("train", source),
+                    ("val", config.val_source),
+                    ("test", config.test_source),
+                ]
+                frames = itertools.chain.from_iterable(
+                    tag_split(frames_of(Path(path)), name) for name, path in parts if path
+                )
+            if config.replay_source and config.replay_fraction > 0:
+                base = frames_of(Path(config.replay_source))
+                frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
             convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
 
@@ -101,13 +118,38 @@ class Splits:
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
-    """Open the cache and split it by material id (``config.split``, ``split_seed``)."""
+    """Open the cache and split it by material id (``config.split``, ``split_seed``), or by
+    the frames' split tags when the splits came from separate files (``config.explicit``)."""
     dataset = GraphDataset(cache)
-    ids = dataset.material_ids
+    ids = dataset.frame_ids if config.explicit else dataset.material_ids
     if config.max_structures > 0:
         ids = ids[: config.max_structures]
-    split = split_by_material(ids, config.split, seed=config.split_seed)
-    return Splits(dataset, split.train, split.val, split.test)
+    own = np.arange(len(ids))  # replay frames (tagged) join train, never val or test
+    if config.replay_fraction > 0:
+        replayed = np.char.startswith(dataset.frame_ids[: len(ids)].astype(str), REPLAY_TAG)
+        own = np.flatnonzero(~replayed)
+    if config.explicit:
+        split = split_by_tag(ids[own])
+    else:
+        split = split_by_material(ids[own], config.split, seed=config.split_seed)
+    train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))
+    return Splits(dataset, train.astype(np.int64), own[split.val], own[split.test])
+
+
+#: frame-id prefix of the replayed base frames in a fine-tuning cache
+REPLAY_TAG = "replay:"
+
+
+def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> Iterator[Frame]:
+    """About ``fraction`` of ``frames`` (each kept when a seeded hash of its frame id is
+    below ``fraction``: the same frames every time), frame ids tagged ``REPLAY_TAG``."""
+    from dataclasses import replace
+
+    from fastchgnet.data.split import material_unit_interval
+
+    for frame in frames:
+        if material_unit_interval(frame.frame_id, seed) < fraction:
+            yield replace(frame, frame_id=REPLAY_TAG + frame.frame_id)
 
 
 class EpochBatches(Sampler[list[int]]):

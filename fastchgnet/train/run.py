@@ -46,6 +46,7 @@ from fastchgnet.train.engine import launched_distributed, make_engine
 from fastchgnet.train.loop import evaluate, train_epoch
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv, format_table
 from fastchgnet.train.model_setup import build_model, should_fit_composition
+from fastchgnet.train.options import TrainingOptions
 from fastchgnet.train.plots import parity_plot
 from fastchgnet.train.progress import EpochProgress, Scalars, log
 from fastchgnet.train.step import TrainStep, Window
@@ -90,6 +91,7 @@ class Run:
     train_seconds: float = 0.0
     trained: int = 0
     scalars: Scalars | None = None
+    options: TrainingOptions | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -197,6 +199,7 @@ def build_engine(run: Run, model: torch.nn.Module) -> None:
             run.rank,
         )
     run.step = TrainStep(run.engine, config.loss, captured)
+    run.options = TrainingOptions(config, run.model, run.out, run.rank == 0)
     if run.rank == 0:
         (run.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
     log(
@@ -218,6 +221,7 @@ def resume_from_checkpoint(run: Run) -> None:
     run.progress = Progress(**payloads[run.rank]["progress"])
     run.step = TrainStep(run.engine, run.config.loss, run.step.captured, run.progress.bad_steps)
     run.history = list(main["history"])
+    run.options.resume()
     set_rng_state(payloads[run.rank]["rng"])
     log(
         f"resumed from {folder} (epoch {run.progress.epoch + 1}, step {run.progress.global_step})",
@@ -242,8 +246,8 @@ def checkpoint(run: Run) -> None:
 
 
 def train_one_epoch(run: Run) -> bool:
-    """One epoch (or its rest after a resume), then validation and a checkpoint.
-    Returns whether ``run.max_steps`` stopped the run."""
+    """One epoch (or its rest after a resume), then validation, the training options (best
+    model, early stopping) and a checkpoint. Returns whether the run stops here."""
     config, progress, rank = run.config, run.progress, run.rank
     epoch, sampler = progress.epoch, run.train_sampler
     batches = EpochBatches(sampler, run.splits.train, epoch, progress.step_in_epoch)
@@ -292,6 +296,10 @@ def train_one_epoch(run: Run) -> bool:
     run.scalars.add(results, progress.global_step, "val")
     progress.epoch, progress.step_in_epoch = epoch + 1, 0
     checkpoint(run)
+    if run.options.end_epoch(epoch + 1, results, run.model):  # the same on every rank
+        stale = run.options.tracker.stale
+        log(f"early stopping: no better validation score for {stale} epochs", rank)
+        return True
     return result.stopped
 
 
@@ -305,6 +313,7 @@ def _after_step(run: Run, state: Progress) -> None:
     folder per step: two writes to the same folder could leave ranks with different
     progress if killed in between)."""
     settings = run.config.run
+    run.options.after_step(run.model)  # EMA of the weights, when on
     if _every(state.global_step, settings.check_sync_every):
         if not run.engine.replicas_in_sync():
             raise RuntimeError(f"step {state.global_step}: parameters differ across ranks")
@@ -346,7 +355,8 @@ def run_eval(run: Run, name: str) -> MetricSums:
         return MetricSums()
     batches = EpochBatches(run.eval_samplers[name], indices, 0)
     loader = make_loader(run.splits, batches, 0)
-    return evaluate(run.model, loader, run.engine.device)
+    with run.options.evaluation(run.model) as model:  # the EMA weights, when on
+        return evaluate(model, loader, run.engine.device)
 
 
 def _metric_row(epoch: int, split: str, progress: Progress, results: dict[str, float]) -> dict:
@@ -361,7 +371,7 @@ def finish(run: Run, stopped: bool) -> RunSummary:
     """Test metrics, metrics.csv, plots, model.pt and summary.json (main rank)."""
     config, progress = run.config, run.progress
     test_results: dict[str, float] = {}
-    if not stopped or progress.epoch >= config.optim.epochs:
+    if not stopped or progress.step_in_epoch == 0:  # not cut mid-epoch by run.max_steps
         test = run_eval(run, "test")
         test_results = test.results()
         if run.rank == 0:
@@ -388,7 +398,7 @@ def finish(run: Run, stopped: bool) -> RunSummary:
         recompiles=captured.stats.recompiles if captured is not None else 0,
     )
     if run.rank == 0:
-        run.model.save(run.out / "model.pt")
+        run.options.save_final(run.model, run.out)  # the EMA weights, when on
         log(f"model written to {run.out / 'model.pt'}")
         write_summary(summary, run)
     run.scalars.close()
