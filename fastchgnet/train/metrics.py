@@ -49,12 +49,14 @@ def _pairs(prediction: object, labels: LabelBatch) -> dict[str, tuple[Tensor, Te
 @dataclass
 class MetricSums:
     """Running sums per target, (4, N_SUMS) float64, reducible across ranks by one all-reduce;
-    plus the (prediction, label) pairs of e and f kept for parity plots (up to ``keep``)."""
+    plus the (prediction, label) pairs of every target kept for parity plots (up to ``keep``)."""
 
     sums: Tensor = field(
         default_factory=lambda: torch.zeros(len(REPORTED), N_SUMS, dtype=torch.float64)
     )
-    parity: dict[str, list[Tensor]] = field(default_factory=lambda: {"energy": [], "forces": []})
+    parity: dict[str, list[Tensor]] = field(
+        default_factory=lambda: {"energy": [], "forces": [], "stress": [], "magmoms": []}
+    )
     keep: int = 20000
 
     def add(self, prediction: object, labels: LabelBatch) -> None:
@@ -98,7 +100,7 @@ class MetricSums:
         return out
 
     def parity_points(self, name: str) -> tuple[Tensor, Tensor]:
-        """(predicted, label) 1-D tensors of ``name`` ("energy" or "forces") kept so far."""
+        """(predicted, label) 1-D tensors of ``name`` (a target in ``REPORTED``) kept so far."""
         if not self.parity[name]:
             return torch.zeros(0), torch.zeros(0)
         both = torch.cat(self.parity[name], dim=1)
@@ -107,14 +109,14 @@ class MetricSums:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A plain text table: one row per run/split name, MAE (and R²) per target."""
-    header = ["", *(label for label, _ in REPORTED.values()), "R² e", "R² f"]
+    header = ["", *(label for label, _ in REPORTED.values()), "R² e", "R² f", "R² s", "R² m"]
     lines = [header]
     for name, result in rows.items():
         cells = [name]
         for target in REPORTED:
             value = result.get(f"{target}_mae")
             cells.append("-" if value is None else f"{value:.4g}")
-        for target in ("energy", "forces"):
+        for target in REPORTED:
             value = result.get(f"{target}_r2")
             cells.append("-" if value is None else f"{value:.4f}")
         lines.append(cells)

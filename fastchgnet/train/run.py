@@ -35,7 +35,7 @@ from fastchgnet.train.engine import init_distributed, launched_distributed, make
 from fastchgnet.train.loop import evaluate, train_epoch
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv, format_table
 from fastchgnet.train.model_setup import build_model, should_fit_composition
-from fastchgnet.train.plots import parity_plot
+from fastchgnet.train.plots import learning_curve_plot, parity_plot
 from fastchgnet.train.progress import EpochProgress, Scalars, log
 
 
@@ -275,6 +275,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
                     path = parity_plot(sums, out / f"parity-{name}.png", f"{name} set")
                     if path is not None:
                         log(f"parity plot: {path}")
+                path = learning_curve_plot(out, out / "learning-curve.png")
+                if path is not None:
+                    log(f"learning curve: {path}")
     if rank == 0:
         model.save(out / "model.pt")
         log(f"model written to {out / 'model.pt'}")
