@@ -25,7 +25,7 @@ from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
 from fastchgnet.data.padding import collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import gunzip_ase_file
-from fastchgnet.data.split import split_by_material
+from fastchgnet.data.split import split_by_frame_tail, split_by_material
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -95,12 +95,16 @@ class Splits:
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
-    """Open the cache and split it by material id (``config.split``, ``split_seed``)."""
+    """Open the cache and split it (``config.split``): by material id (``split_seed``) or,
+    with ``split_by="frame_tail"``, by frame position within each material."""
     dataset = GraphDataset(cache)
     ids = dataset.material_ids
     if config.max_structures > 0:
         ids = ids[: config.max_structures]
-    split = split_by_material(ids, config.split, seed=config.split_seed)
+    if config.split_by == "frame_tail":
+        split = split_by_frame_tail(ids, config.split)
+    else:
+        split = split_by_material(ids, config.split, seed=config.split_seed)
     return Splits(dataset, split.train, split.val, split.test)
 
 
