@@ -27,7 +27,11 @@ class DataConfig:
     source: "quickstart" (the bundled set), a graph cache folder, or frames (extxyz/ASE file,
     MPtrj JSON, VASP run dir) converted on first use into ``cache_dir`` (default
     ``<run.out_dir>/cache``). ``batch_size`` is per rank; ``split`` (train, val, test)
-    fractions by material id; ``max_structures`` > 0 keeps only the first that many.
+    fractions; ``split_by`` "material" (by material id: frames of one material never straddle
+    splits) or "frame_tail" (each material's frames in source order: the first ``split[0]``
+    train, the next ``split[1]`` val, the tail test; for fine-tuning on one relaxation,
+    whose neighbouring frames are near-duplicates); ``max_structures`` > 0 keeps only the
+    first that many.
     ``batching``: "balanced" (``batch_size`` structures per rank batch, ranks balanced by
     cost; ``size_pool`` > 0 draws each global batch from a pool of similar sizes, which
     balances ranks more tightly but makes batches less random: on one rank it cost accuracy,
@@ -51,6 +55,7 @@ class DataConfig:
     energy_key: str = "corrected_total_energy"
     split: tuple[float, float, float] = (0.9, 0.05, 0.05)
     split_seed: int = 0
+    split_by: Literal["material", "frame_tail"] = "material"
     batch_size: int = 16
     size_pool: int = 0
     batching: Literal["auto", "balanced", "packed"] = "auto"

@@ -26,7 +26,7 @@ from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import Frame, gunzip_ase_file
-from fastchgnet.data.split import split_by_material, split_by_tag
+from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -118,8 +118,9 @@ class Splits:
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
-    """Open the cache and split it by material id (``config.split``, ``split_seed``), or by
-    the frames' split tags when the splits came from separate files (``config.explicit``)."""
+    """Open the cache and split it: by material id (``config.split``, ``split_seed``), by
+    frame position within each material (``split_by="frame_tail"``), or by the frames' split
+    tags when the splits came from separate files (``config.explicit``)."""
     dataset = GraphDataset(cache)
     ids = dataset.frame_ids if config.explicit else dataset.material_ids
     if config.max_structures > 0:
@@ -130,6 +131,8 @@ def make_splits(cache: Path, config: DataConfig) -> Splits:
         own = np.flatnonzero(~replayed)
     if config.explicit:
         split = split_by_tag(ids[own])
+    elif config.split_by == "frame_tail":
+        split = split_by_frame_tail(ids[own], config.split)
     else:
         split = split_by_material(ids[own], config.split, seed=config.split_seed)
     train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))

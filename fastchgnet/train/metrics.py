@@ -123,14 +123,14 @@ class MetricSums:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A plain text table: one row per run/split name, MAE (and R²) per target."""
-    header = ["", *(label for label, _ in REPORTED.values()), "R² e", "R² f"]
+    header = ["", *(label for label, _ in REPORTED.values()), "R² e", "R² f", "R² s", "R² m"]
     lines = [header]
     for name, result in rows.items():
         cells = [name]
         for target in REPORTED:
             value = result.get(f"{target}_mae")
             cells.append("-" if value is None else f"{value:.4g}")
-        for target in ("energy", "forces"):
+        for target in REPORTED:
             value = result.get(f"{target}_r2")
             cells.append("-" if value is None else f"{value:.4f}")
         lines.append(cells)

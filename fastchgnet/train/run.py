@@ -47,7 +47,7 @@ from fastchgnet.train.loop import evaluate, train_epoch
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv, format_table
 from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions
-from fastchgnet.train.plots import parity_plot
+from fastchgnet.train.plots import learning_curve_plot, parity_plot
 from fastchgnet.train.progress import EpochProgress, Scalars, log
 from fastchgnet.train.step import TrainStep, Window
 
@@ -384,6 +384,9 @@ def finish(run: Run, stopped: bool) -> RunSummary:
                     path = parity_plot(sums, run.out / f"parity-{name}.png", f"{name} set")
                     if path is not None:
                         log(f"parity plot: {path}")
+                path = learning_curve_plot(run.out, run.out / "learning-curve.png")
+                if path is not None:
+                    log(f"learning curve: {path}")
     rate = run.trained / run.train_seconds if run.train_seconds > 0 else 0.0
     captured = run.step.captured
     summary = RunSummary(
