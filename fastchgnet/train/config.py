@@ -34,6 +34,9 @@ class DataConfig:
     default 0 draws batches uniformly at random), "packed" (every rank batch filled to one
     fixed capacity holding ``batch_size`` structures on average: one shape, as compiled
     training needs) or "auto" (packed when ``run.compile`` is on, else balanced).
+    ``loader_workers``: processes per rank that read and collate batches, for training and
+    evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
+    (``fastchgnet.train.data.loader_workers``). They persist across epochs.
     """
 
     source: str = "quickstart"
@@ -44,7 +47,7 @@ class DataConfig:
     batch_size: int = 16
     size_pool: int = 0
     batching: Literal["auto", "balanced", "packed"] = "auto"
-    loader_workers: int = 0
+    loader_workers: int = -1
     convert_workers: int = 1
     max_structures: int = 0
 
