@@ -111,7 +111,8 @@ class EpochBatches(Sampler[list[int]]):
     from split positions to dataset indices.
 
     Once the epoch's first batch is handed out, the sampler starts building the next epoch's
-    plan in the background (``plan_ahead``), so the next ``set_epoch`` finds it ready. One
+    plan in the background (``plan_ahead``; off with ``ahead=False``, e.g. for evaluation,
+    which always uses epoch 0), so the next ``set_epoch`` finds it ready. One
     ``DataLoader`` over this object serves every epoch: call ``set_epoch`` and iterate the
     loader again (its workers persist).
     """
@@ -122,8 +123,9 @@ class EpochBatches(Sampler[list[int]]):
         indices: np.ndarray,
         epoch: int,
         skip: int = 0,
+        ahead: bool = True,
     ) -> None:
-        self.sampler, self.indices = sampler, indices
+        self.sampler, self.indices, self.ahead = sampler, indices, ahead
         self.set_epoch(epoch, skip)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -135,8 +137,8 @@ class EpochBatches(Sampler[list[int]]):
         plan, rank = self.sampler.plan(), self.sampler.rank
         for position, step in enumerate(plan[self.skip :]):
             yield [int(self.indices[k]) for k in step[rank]]
-            if position == 0:  # after the loader's workers started: no fork with a thread
-                self.sampler.plan_ahead(self.epoch + 1)
+            if position == 0 and self.ahead:  # after the loader's workers started (no fork
+                self.sampler.plan_ahead(self.epoch + 1)  # while a thread runs)
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)

@@ -95,3 +95,11 @@ def test_plan_ahead_builds_in_a_thread_and_hands_errors_to_get():
     plans.ahead(5)
     with pytest.raises(ValueError, match="bad epoch 5"):
         plans.get(5)
+
+
+def test_evaluation_batches_do_not_plan_ahead():
+    sizes = _sizes(100)
+    sampler = PackedBatchSampler(sizes, packing_capacity(sizes, 4), world_size=1)
+    assert len(list(EpochBatches(sampler, np.arange(100), epoch=0, ahead=False))) == len(sampler)
+    time.sleep(0.3)  # a started plan of 100 structures would be done by now
+    assert not sampler._plans.ready(1)
