@@ -54,7 +54,7 @@ gpu-wheels: setup
 
 # every stage of the GPU acceptance script on the CPU (aot_eager backend); run in CI
 gpu-check-cpu: setup
-	PYTHON=$(BIN)/python bench/gpu_check.sh --cpu
+	PYTHON=$(abspath $(BIN)/python) bench/gpu_check.sh --cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -53,7 +53,9 @@ else
     PROFILE=(--device cpu --batch-size 4 --no-compile)
     DS_COMPILE=off  # a second aot_eager trace would cost another minute or more here
 fi
-DEEPSPEED=$(command -v deepspeed || echo "$(dirname "$PY")/deepspeed")
+# the launcher beside this python (a venv), else the one installed from .whl/ (on PATH)
+DEEPSPEED="$(dirname "$PY")/deepspeed"
+[[ -x $DEEPSPEED ]] || DEEPSPEED=$(command -v deepspeed)
 CHECK=("$PY" bench/gpu_check.py)
 CPU_FLAG=(); [[ $MODE == cpu ]] && CPU_FLAG=(--cpu)
 
