@@ -17,10 +17,10 @@ angles, as the paper) and consecutive ``world_size`` form a step; the steps are 
 structures are dealt to all ranks largest first (each to the lightest rank with room), falling
 back to the batches as they are (some ranks empty) if that does not fit; then structures move
 or swap between its heaviest and lightest rank while that narrows their cost gap and both
-still fit. A plan for MPtrj's 1.58M structures takes about a second
-(bench/bench_sampler.py); ``PackedBatchSampler`` also builds the next epoch's plan in the
-background. Deterministic given (sizes, world_size, capacity, seed, epoch, open_bins,
-group_steps).
+still fit. A plan for MPtrj's 1.58M structures takes a few seconds (bench/bench_plan.py; the
+per-structure loop before took about a minute), and ``PackedBatchSampler`` builds the next
+epoch's plan in the background. Deterministic given (sizes, world_size, capacity, seed, epoch,
+open_bins, group_steps).
 """
 
 from __future__ import annotations
