@@ -2,13 +2,15 @@
 
 ``first_fit`` is the plain loop: structures in the given order go into the first (oldest) of
 ``open_bins`` open batches with room; when none has room and all are open, the fullest is
-closed. Its Python loop costs about 9 µs a structure, 14 s for MPtrj's 1.58M structures.
+closed. Its Python loop costs about 9 µs a structure (measured at 200k on a 2-core CPU), 14 s
+for MPtrj's 1.58M structures.
 
 ``first_fit_lanes`` runs the same rule on ``lanes`` contiguous parts of the order at once,
 one structure of every lane per numpy operation, then packs the structures left in the lanes'
 last open batches again (the same function, recursively; the plain loop once few remain), so
-no half-empty batch is left per lane. Packing is as tight as the loop's (measured in
-bench/bench_sampler.py) and deterministic given its inputs.
+no half-empty batch is left per lane. Packing is as tight as the loop's (at most 1% more
+batches, tests/data/test_first_fit.py; at 1.58M MPtrj-like sizes 1.3% fewer) and deterministic
+given its inputs.
 """
 
 from __future__ import annotations
