@@ -32,7 +32,7 @@ from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_p
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 from fastchgnet.model.chgnet import Prediction
-from fastchgnet.train.loss import LossConfig
+from fastchgnet.model.loss import LossConfig
 
 log = logging.getLogger("fastchgnet.compile")
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from fastchgnet.train.loss import LossConfig
+from fastchgnet.model.loss import LossConfig
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,21 @@ class RunConfig:
     check_sync_every: int = 0
     compile: Literal["auto", "on", "off"] = "auto"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    dist_timeout_s: float = 600.0
+    profile_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"config run.log_every={self.log_every}: must be at least 1")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"config run.dist_timeout_s={self.dist_timeout_s}: must be > 0")
+        if self.profile_steps and (
+            len(self.profile_steps) != 2 or not 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ValueError(
+                f"config run.profile_steps={list(self.profile_steps)}: use [start, stop] "
+                "global steps, 1 <= start <= stop"
+            )
 
     def compiles(self, device: str) -> bool:
         """Whether training on ``device`` ("cpu", "cuda", ...) runs the captured step."""

@@ -23,7 +23,7 @@ from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
-from fastchgnet.data.padding import collate_padded
+from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import gunzip_ase_file
 from fastchgnet.data.split import split_by_material
@@ -64,7 +64,11 @@ def resolve_cache(
 def collate_items(
     items: Sequence[tuple[object, object]], dtype: torch.dtype = torch.float32
 ) -> tuple[GraphBatch, LabelBatch]:
-    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order."""
+    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order; no
+    items (a rank with no structure left for this step) -> a padding-only batch
+    (``padding.PADDING_ONLY``: every label masked, zero loss and gradient)."""
+    if not items:
+        return PaddedCollate(PADDING_ONLY, dtype)(items)
     graphs = [graph for graph, _ in items]
     labels = [label for _, label in items]
     return collate(graphs, dtype), collate_labels(labels, [g.n_atoms for g in graphs], dtype)
@@ -73,14 +77,16 @@ def collate_items(
 @dataclass(frozen=True)
 class PaddedCollate:
     """``GraphDataset`` items -> (GraphBatch, LabelBatch) padded to ``capacity`` (the real
-    structures first, then empty slots and the padding dummy, whose labels are masked)."""
+    structures first, then empty slots and the padding dummy, whose labels are masked; no
+    items: padding only, the same shape)."""
 
     capacity: Capacity
     dtype: torch.dtype = torch.float32
 
     def __call__(self, items: Sequence[tuple[object, object]]) -> tuple[GraphBatch, LabelBatch]:
         graphs = [graph for graph, _ in items]
-        batch, labels = collate_padded(graphs, self.capacity, [label for _, label in items])
+        labels = [label for _, label in items]
+        batch, labels = collate_padded(graphs, self.capacity, labels, self.dtype)
         assert labels is not None
         return batch, labels
 
