@@ -135,7 +135,9 @@ def reference_training_parts(lr: float = 3e-4) -> tuple[Any, Any, torch.optim.Op
 def _reference_step(structures: list, labels: list[dict], device: torch.device):
     model, criterion, optimizer = reference_training_parts()
     model.to(device)
-    graphs = [model.graph_converter(s).to(device) for s in structures]
+    graphs = [model.graph_converter(s) for s in structures]
+    if device.type != "cpu":  # as the reference's Trainer moves its graphs
+        graphs = [g.to(str(device)) for g in graphs]
     f32 = torch.float32
     targets = {
         "e": torch.tensor([x["e"] for x in labels], dtype=f32, device=device),

@@ -48,6 +48,9 @@ class DataConfig:
     ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
     frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
     a seeded hash of each frame id) joins the training split (never val or test) in the cache.
+    ``loader_workers``: processes per rank that read and collate batches, for training and
+    evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
+    (``fastchgnet.train.data.loader_workers``). They persist across epochs.
     """
 
     source: str = "quickstart"
@@ -59,7 +62,7 @@ class DataConfig:
     batch_size: int = 16
     size_pool: int = 0
     batching: Literal["auto", "balanced", "packed"] = "auto"
-    loader_workers: int = 0
+    loader_workers: int = -1
     convert_workers: int = 1
     max_structures: int = 0
     val_source: str = ""

@@ -8,6 +8,7 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -156,18 +157,39 @@ def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> It
 
 
 class EpochBatches(Sampler[list[int]]):
-    """One rank's batches of one epoch from a ``BalancedBatchSampler``, starting at ``skip``
-    global steps into the epoch (resume), mapped from split positions to dataset indices."""
+    """One rank's batches of one epoch from a ``BalancedBatchSampler`` or
+    ``PackedBatchSampler``, starting at ``skip`` global steps into the epoch (resume), mapped
+    from split positions to dataset indices.
+
+    Once the epoch's first batch is handed out, the sampler starts building the next epoch's
+    plan in the background (``plan_ahead``; off with ``ahead=False``, e.g. for evaluation,
+    which always uses epoch 0), so the next ``set_epoch`` finds it ready. One
+    ``DataLoader`` over this object serves every epoch: call ``set_epoch`` and iterate the
+    loader again (its workers persist).
+    """
 
     def __init__(
-        self, sampler: BalancedBatchSampler, indices: np.ndarray, epoch: int, skip: int = 0
+        self,
+        sampler: BalancedBatchSampler | PackedBatchSampler,
+        indices: np.ndarray,
+        epoch: int,
+        skip: int = 0,
+        ahead: bool = True,
     ) -> None:
-        self.sampler, self.indices, self.skip = sampler, indices, skip
-        sampler.set_epoch(epoch)
+        self.sampler, self.indices, self.ahead = sampler, indices, ahead
+        self.set_epoch(epoch, skip)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Follow ``epoch``'s plan from global step ``skip`` on."""
+        self.epoch, self.skip = int(epoch), skip
+        self.sampler.set_epoch(self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self.sampler.plan()[self.skip :]:
-            yield [int(self.indices[k]) for k in step[self.sampler.rank]]
+        plan, rank = self.sampler.plan(), self.sampler.rank
+        for position, step in enumerate(plan[self.skip :]):
+            yield [int(self.indices[k]) for k in step[rank]]
+            if position == 0 and self.ahead:  # after the loader's workers started (no fork
+                self.sampler.plan_ahead(self.epoch + 1)  # while a thread runs)
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
@@ -201,20 +223,41 @@ def make_sampler(
     )
 
 
+def loader_workers(requested: int, device: torch.device | str) -> int:
+    """DataLoader worker processes per rank: ``requested`` when >= 0; for -1 ("auto") none on
+    a CPU (the training step already uses the cores) and ``min(4, cores per local rank)`` on
+    CUDA, so the host collates the next batches while the GPU computes."""
+    if requested >= 0:
+        return requested
+    if torch.device(device).type != "cuda":
+        return 0
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(4, max(1, (os.cpu_count() or 1) // local_ranks))
+
+
 def make_loader(
     splits: Splits,
     batches: Sampler[list[int]],
     workers: int,
     capacity: Capacity | None = None,
+    device: torch.device | str = "cpu",
 ) -> DataLoader:
     """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler, padded to
-    ``capacity`` when given."""
+    ``capacity`` when given.
+
+    ``workers``: processes collating batches (-1: ``loader_workers``' automatic choice for
+    ``device``); they persist across epochs when the same loader is iterated again (give it an
+    ``EpochBatches`` and call its ``set_epoch``). On CUDA the batches come in pinned memory,
+    so ``DevicePrefetcher`` copies them asynchronously.
+    """
+    workers = loader_workers(workers, device)
     return DataLoader(
         splits.dataset,
         batch_sampler=batches,
         collate_fn=collate_items if capacity is None else PaddedCollate(capacity),
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
     )
 
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     """Run with parsed arguments (``build_parser``'s); returns the exit code.
 
     A bad config key or value, a missing file or a damaged checkpoint ends in one line on
-    stderr (exit 2). Under a launcher (several ranks), a rank that fails or is stopped by the
+    stderr (exit 1). Under a launcher (several ranks), a rank that fails or is stopped by the
     launcher prints one line naming the ranks whose processes are gone (exit 1, or 128 +
     the signal), so a dead rank shows up by name instead of as a hang or a bare SIGTERM.
     """
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_config(args)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"fastchgnet train: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         train(config, resume=args.resume)
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"fastchgnet train: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     except Exception as error:
         if not distributed:
             raise

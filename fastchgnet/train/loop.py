@@ -12,7 +12,7 @@ steps later than the step that reached the limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +20,9 @@ import torch
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 from fastchgnet.numerics import flush_denormals
-from fastchgnet.profiling.nvtx import DATA, H2D, stage
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.metrics import MetricSums
+from fastchgnet.train.prefetch import DevicePrefetcher
 from fastchgnet.train.progress import EpochProgress, log
 from fastchgnet.train.step import TrainStep, Window
 
@@ -41,23 +41,6 @@ class EpochResult:
     skipped: int
     seconds: float
     stopped: bool
-
-
-def on_device(
-    batches: Iterable[tuple[GraphBatch, LabelBatch]], device: torch.device
-) -> Iterator[tuple[GraphBatch, LabelBatch]]:
-    """The batches moved to ``device`` (asynchronously from pinned memory), each wait for the
-    loader and each copy in its own NVTX range."""
-    iterator = iter(batches)
-    while True:
-        with stage(DATA):
-            item = next(iterator, None)
-        if item is None:
-            return
-        with stage(H2D):
-            graphs, labels = item
-            moved = graphs.to(device), labels.to(device)
-        yield moved
 
 
 class ProfileRange:
@@ -107,8 +90,7 @@ def train_epoch(
     total, finite, skipped, stopped = 0.0, 0, 0, False
     profile = ProfileRange(profile_steps)
     start = time.perf_counter()
-    steps = on_device(batches, step.engine.device)
-    for graphs, labels in steps:
+    for graphs, labels in DevicePrefetcher(batches, step.engine.device):
         profile.before(progress.global_step)
         step(graphs, labels)
         progress.step_in_epoch += 1
@@ -166,7 +148,7 @@ def evaluate(
     metrics = MetricSums.on(torch.device(device))
     try:
         with torch.no_grad(), flush_denormals():
-            for graphs, labels in on_device(batches, torch.device(device)):
+            for graphs, labels in DevicePrefetcher(batches, device):
                 metrics.add(model(graphs), labels)
     finally:
         model.train(was_training)

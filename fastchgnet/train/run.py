@@ -92,6 +92,8 @@ class Run:
     trained: int = 0
     scalars: Scalars | None = None
     options: TrainingOptions | None = None
+    train_batches: EpochBatches | None = None
+    train_loader: object = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -250,9 +252,13 @@ def train_one_epoch(run: Run) -> bool:
     model, early stopping) and a checkpoint. Returns whether the run stops here."""
     config, progress, rank = run.config, run.progress, run.rank
     epoch, sampler = progress.epoch, run.train_sampler
-    batches = EpochBatches(sampler, run.splits.train, epoch, progress.step_in_epoch)
-    capacity = sampler.capacity if run.compiled else None
-    loader = make_loader(run.splits, batches, config.data.loader_workers, capacity)
+    if run.train_loader is None:  # one loader for the run: its workers persist across epochs
+        run.train_batches = EpochBatches(sampler, run.splits.train, epoch, progress.step_in_epoch)
+        capacity = sampler.capacity if run.compiled else None
+        workers, device = config.data.loader_workers, run.engine.device
+        run.train_loader = make_loader(run.splits, run.train_batches, workers, capacity, device)
+    else:
+        run.train_batches.set_epoch(epoch, progress.step_in_epoch)
     log(
         f"epoch {epoch + 1}: {'packed' if run.packed else 'balanced'} sampler, mean per-rank "
         f"cost CV {sampler.load_cv():.4f} over {run.world_size} rank(s)",
@@ -265,7 +271,7 @@ def train_one_epoch(run: Run) -> bool:
     first_step = progress.step_in_epoch
     result = train_epoch(
         run.step,
-        loader,
+        run.train_loader,
         progress,
         reporter,
         max_bad_steps=settings.max_bad_steps,
@@ -353,8 +359,9 @@ def run_eval(run: Run, name: str) -> MetricSums:
     indices = getattr(run.splits, name)
     if not len(indices):
         return MetricSums()
-    batches = EpochBatches(run.eval_samplers[name], indices, 0)
-    loader = make_loader(run.splits, batches, 0)
+    batches = EpochBatches(run.eval_samplers[name], indices, 0, ahead=False)
+    workers, device = run.config.data.loader_workers, run.engine.device
+    loader = make_loader(run.splits, batches, workers, device=device)
     with run.options.evaluation(run.model) as model:  # the EMA weights, when on
         return evaluate(model, loader, run.engine.device)
 

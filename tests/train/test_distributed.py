@@ -1,10 +1,11 @@
 """Data parallel under DeepSpeed on CPU: two gloo ranks stay bit-identical and learn.
 
-``deepspeed --num_gpus 2 launcher/train.py`` (two CPU ranks, gloo, ZeRO 1 from
-launcher/deepspeed.json) with a tiny model: after every step the ranks compare the sha256 of
-their parameters (``run.check_sync_every=1``, a mismatch stops the run), the mean training loss
-falls from the first epoch to the last, and the balanced sampler gave the ranks batches of
-nearly equal cost (atoms + bonds + angles), better balanced than random batches.
+``deepspeed --num_gpus 2 launcher/train.py`` (two CPU ranks, gloo, ZeRO 0 from
+launcher/deepspeed.json; ZeRO 1 from launcher/deepspeed_zero1.json in the resume test) with
+a tiny model: after every step the ranks compare the sha256 of their parameters
+(``run.check_sync_every=1``, a mismatch stops the run), the mean training loss falls from the
+first epoch to the last, and the balanced sampler gave the ranks batches of nearly equal cost
+(atoms + bonds + angles), better balanced than random batches.
 """
 
 from __future__ import annotations
@@ -127,10 +128,11 @@ def test_two_rank_zero1_run_resumed_from_a_checkpoint_matches_the_uninterrupted_
 
     cache = small_cache(tmp_path / "cache", n=48)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _launch(straight, cache, "run.max_steps=12", "run.checkpoint_every=4")
-    _launch(resumed, cache, "run.max_steps=5", "run.checkpoint_every=4")
+    zero1 = f"run.deepspeed_config={ROOT / 'launcher' / 'deepspeed_zero1.json'}"
+    _launch(straight, cache, zero1, "run.max_steps=12", "run.checkpoint_every=4")
+    _launch(resumed, cache, zero1, "run.max_steps=5", "run.checkpoint_every=4")
     assert latest_checkpoint(resumed / "checkpoints").name == "step-00000005"
-    _launch(resumed, cache, "run.max_steps=12", resume=True)
+    _launch(resumed, cache, zero1, "run.max_steps=12", resume=True)
     a, _ = load_checkpoint(latest_checkpoint(straight / "checkpoints"), 0, 2)
     b, _ = load_checkpoint(latest_checkpoint(resumed / "checkpoints"), 0, 2)
     assert a["progress"]["global_step"] == b["progress"]["global_step"] == 12
