@@ -73,7 +73,7 @@ train() {  # stage, then launcher and overrides; the log goes to <out>/run.log
     "$@" "${COMMON[@]}" --set "run.out_dir=$WORK/$stage" 2>&1 | tee "$WORK/$stage/run.log"
 }
 
-train a "$PY" launcher/train.py --set run.engine=torch --set run.compile=on --set optim.epochs=2
+train a "$PY" launcher/train.py --set run.engine=torch --set run.compile=on --set optim.epochs=2 --set run.sync_debug=true
 "${CHECK[@]}" verify "$WORK/a" --stage a --compiled "${CPU_FLAG[@]}"
 train b "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1
 "${CHECK[@]}" verify "$WORK/b" --stage b "${CPU_FLAG[@]}"

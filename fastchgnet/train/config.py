@@ -170,6 +170,7 @@ class RunConfig:
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
     dist_timeout_s: float = 600.0
     profile_steps: tuple[int, ...] = ()
+    sync_debug: bool = False
 
     def __post_init__(self) -> None:
         if self.log_every < 1:

@@ -64,6 +64,26 @@ class ProfileRange:
             self.open = False
 
 
+class SyncCheck:
+    """With ``enabled`` on CUDA, every step after the first ``warmup`` of the run (compiling,
+    recording CUDA graphs) that is not a read step runs under
+    ``torch.cuda.set_sync_debug_mode("error")``: a host synchronisation inside it raises.
+    ``checked`` counts the steps run so."""
+
+    def __init__(self, enabled: bool, warmup: int = 3) -> None:
+        self.enabled = enabled and torch.cuda.is_available()
+        self.warmup, self.checked = warmup, 0
+
+    def before(self, global_step: int, reads: bool) -> None:
+        if self.enabled and global_step >= self.warmup and not reads:
+            torch.cuda.set_sync_debug_mode("error")
+            self.checked += 1
+
+    def after(self) -> None:
+        if self.enabled:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 @flush_denormals()  # the whole epoch: see fastchgnet.numerics
 def train_epoch(
     step: TrainStep,
@@ -77,6 +97,7 @@ def train_epoch(
     on_step: Callable[[Progress], None] | None = None,
     on_read: Callable[[Progress, Window], None] | None = None,
     profile_steps: tuple[int, int] | None = None,
+    sync_check: SyncCheck | None = None,
 ) -> EpochResult:
     """Train over ``batches`` (this rank's share of one epoch), updating ``progress``.
 
@@ -85,20 +106,28 @@ def train_epoch(
     raise ``NonFiniteLossError`` at the next read. ``on_step(progress)`` runs after every step
     (checkpoints: ``progress.bad_steps`` is current at read steps); ``on_read(progress,
     window)`` after every read (logs). With ``max_steps`` > 0 the epoch stops once
-    ``progress.global_step`` reaches it.
+    ``progress.global_step`` reaches it. ``sync_check`` guards the steady-state steps
+    against host synchronisations (CUDA).
     """
     total, finite, skipped, stopped = 0.0, 0, 0, False
     profile = ProfileRange(profile_steps)
+    sync_check = sync_check or SyncCheck(False)
     start = time.perf_counter()
     for graphs, labels in DevicePrefetcher(batches, step.engine.device):
         profile.before(progress.global_step)
-        step(graphs, labels)
+        coming = progress.global_step + 1
+        stopped = bool(max_steps and coming >= max_steps)
+        last = progress.step_in_epoch + 1 == reporter.total or stopped
+        reads = reads_at(coming) or last
+        sync_check.before(progress.global_step, reads)
+        try:
+            step(graphs, labels)
+        finally:
+            sync_check.after()
         progress.step_in_epoch += 1
         progress.global_step += 1
         profile.after(progress.global_step)
-        stopped = bool(max_steps and progress.global_step >= max_steps)
-        last = progress.step_in_epoch == reporter.total or stopped
-        if reads_at(progress.global_step) or last:
+        if reads:
             window = step.read()
             total += window.mean_loss * window.finite if window.finite else 0.0
             finite, skipped = finite + window.finite, skipped + window.skipped

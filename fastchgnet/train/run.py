@@ -43,7 +43,7 @@ from fastchgnet.train.data import (
     resolve_cache,
 )
 from fastchgnet.train.engine import launched_distributed, make_engine
-from fastchgnet.train.loop import evaluate, train_epoch
+from fastchgnet.train.loop import SyncCheck, evaluate, train_epoch
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv, format_table
 from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions
@@ -93,6 +93,7 @@ class Run:
     scalars: Scalars | None = None
     options: TrainingOptions | None = None
     train_batches: EpochBatches | None = None
+    sync_check: SyncCheck | None = None
     train_loader: object = None
 
     @property
@@ -139,7 +140,10 @@ def setup(config: TrainConfig) -> Run:
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)  # noqa: NPY002 - the legacy generator third parties use
     scalars = Scalars(config.run.tensorboard, out, rank)
-    return Run(config, rank, world_size, out, compiled, packed, scalars=scalars)
+    sync_check = SyncCheck(config.run.sync_debug)
+    return Run(
+        config, rank, world_size, out, compiled, packed, scalars=scalars, sync_check=sync_check
+    )
 
 
 def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
@@ -280,6 +284,7 @@ def train_one_epoch(run: Run) -> bool:
         on_step=lambda state: _after_step(run, state),
         on_read=lambda state, window: _log_row(run, state, window),
         profile_steps=tuple(settings.profile_steps) or None,
+        sync_check=run.sync_check,
     )
     reporter.close()
     run.train_seconds += result.seconds
@@ -429,6 +434,8 @@ def write_summary(summary: RunSummary, run: Run) -> None:
         "graphs": summary.graphs,
         "recompiles": summary.recompiles,
         "cudagraph_skips": _cudagraph_skips(),
+        "host_syncs_checked": run.sync_check.checked > 0,
+        "steps_checked_for_host_syncs": run.sync_check.checked,
         "peak_memory_bytes": peak,
         "val": summary.val,
         "test": summary.test,

@@ -1,6 +1,7 @@
 """The steady-state training loop reads nothing on the host between the loop's reads: every
 tensor-to-host call (.item(), .tolist(), .cpu(), .numpy(), float(), int(), bool(), boolean-mask
-indexing) made inside ``train_epoch`` is counted, through a real CPU run of the one step."""
+indexing) made inside ``train_epoch`` is counted (a torch function mode sees every tensor
+method call), through a real CPU run of the one step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.model.chgnet import FastCHGNet
@@ -26,31 +28,27 @@ from tests.train.helpers import TINY_ARCHITECTURE, small_cache
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
 
 
-def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
-    """Patch torch.Tensor so every host read (and boolean-mask indexing) is counted."""
-    counts: Counter = Counter()
-    for name in HOST_READS:
-        original = getattr(torch.Tensor, name)
+class HostReads(TorchFunctionMode):
+    """Counts every host read of a tensor (and boolean-mask indexing) inside the block, as
+    torch dispatches tensor methods to the active function mode: nothing is patched."""
 
-        def counted(self, *args, _name=name, _original=original, **kwargs):
-            counts[_name] += 1
-            return _original(self, *args, **kwargs)
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
 
-        monkeypatch.setattr(torch.Tensor, name, counted)
-    getitem = torch.Tensor.__getitem__
-
-    def indexed(self, index):
-        parts = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
-            counts["boolean mask"] += 1
-        return getitem(self, index)
-
-    monkeypatch.setattr(torch.Tensor, "__getitem__", indexed)
-    return counts
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.counts[name] += 1
+        elif name == "__getitem__":
+            index = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in index):
+                self.counts["boolean mask"] += 1
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("forces", ["conservative", "direct"])
-def test_steady_state_makes_one_host_read_per_log_interval(tmp_path, monkeypatch, forces) -> None:
+def test_steady_state_makes_one_host_read_per_log_interval(tmp_path, forces) -> None:
     dataset = GraphDataset(small_cache(tmp_path / "cache", n=12))
     batches = [collate_items([dataset[i] for i in range(k, k + 2)]) for k in range(0, 12, 2)]
     torch.manual_seed(0)
@@ -60,19 +58,18 @@ def test_steady_state_makes_one_host_read_per_log_interval(tmp_path, monkeypatch
     step = TrainStep(engine, LossConfig())
     reads: list[int] = []
     reporter = EpochProgress(0, 2 * len(batches), 0, "lines", 1000, 0)
-    counts = count_host_reads(monkeypatch)
-    train_epoch(
-        step,
-        batches + batches,  # 12 steps, read every 6th (the last is also the epoch's end)
-        Progress(),
-        reporter,
-        max_bad_steps=3,
-        reads_at=lambda s: s % 6 == 0,
-        on_read=lambda progress, window: reads.append(progress.global_step),
-    )
-    monkeypatch.undo()
+    with HostReads() as mode:
+        train_epoch(
+            step,
+            batches + batches,  # 12 steps, read every 6th (the last is also the epoch's end)
+            Progress(),
+            reporter,
+            max_bad_steps=3,
+            reads_at=lambda s: s % 6 == 0,
+            on_read=lambda progress, window: reads.append(progress.global_step),
+        )
     assert reads == [6, 12]
-    assert counts == Counter({"tolist": 2}), counts  # one transfer per read, nothing else
+    assert mode.counts == Counter({"tolist": 2}), mode.counts  # one transfer per read, nothing else
 
 
 def test_closed_form_cell_volume_equals_the_determinant() -> None:
