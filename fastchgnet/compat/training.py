@@ -19,7 +19,8 @@ import numpy as np
 from pymatgen.core import Structure
 
 from fastchgnet.compat.model import unsupported
-from fastchgnet.data.sources import Frame, from_structures
+from fastchgnet.data.frame import Frame
+from fastchgnet.data.sources import from_structures
 from fastchgnet.units import KBAR_TO_GPA
 
 _LABELS = ("energies", "forces", "stresses", "magmoms", "structure_ids")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastchgnet.data.sources import Frame
+from fastchgnet.data.frame import Frame
 from fastchgnet.errors import StructureError
 from fastchgnet.units import EV_PER_A3_TO_GPA
 

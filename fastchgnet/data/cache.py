@@ -214,9 +214,3 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-if __name__ == "__main__":
-    from fastchgnet.data.convert import main
-
-    main()

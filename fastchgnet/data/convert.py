@@ -35,8 +35,9 @@ from fastchgnet.data.cache import (
     shard_name,
     verify_shard,
 )
+from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import build_graph
-from fastchgnet.data.sources import Frame, check_frame, read_frames
+from fastchgnet.data.sources import read_frames
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.sources import Frame
+from fastchgnet.data.frame import Frame
 
 LABELS = ("energy_per_atom", "forces", "stress", "magmoms")
 UNITS = {"energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "GPa", "magmoms": "μB"}

@@ -337,7 +337,7 @@ class FastCHGNet(nn.Module):
         settings: the weights were trained for conservative forces with coupled updates, and
         any other mode raises ValueError instead of silently computing something else.
         """
-        from fastchgnet.model.reference import load_reference
+        from fastchgnet.model.chgnet_files import load_reference
 
         return load_reference(cls, version, **modes)
 

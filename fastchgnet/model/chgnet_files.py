@@ -16,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.io import FORMAT, load_model
-from fastchgnet.model.reference import model_from_reference_dict
+from fastchgnet.model.reference import (
+    check_reference_modes,
+    checkpoint_path,
+    model_from_reference_dict,
+)
 
 if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet
@@ -83,3 +88,17 @@ def load_model_file(cls: type[FastCHGNet], path: str | Path, **modes: Any) -> Fa
         return load_model(cls, path)
     model_dict = reference_model_dict(payload, str(path))
     return model_from_reference_dict(cls, model_dict, str(path), **modes)
+
+
+def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHGNet:
+    """Build a FastCHGNet with the reference ``version``'s pretrained weights.
+
+    ``modes`` may restate the reference's settings; anything else raises ValueError (see
+    ``check_reference_modes``), before the checkpoint is read.
+    """
+    trained_for = {"forces": "conservative", "coupled_updates": True}
+    if any(modes.get(k, v) != v for k, v in trained_for.items()):  # before reading the file
+        check_reference_modes(version, ModelConfig(), modes)
+    path = checkpoint_path(version)
+    payload = read_checkpoint(path)
+    return model_from_reference_dict(cls, payload["model"], version, **modes)

@@ -254,19 +254,3 @@ def model_from_reference_dict(
         )
     model.eval()
     return model
-
-
-def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHGNet:
-    """Build a FastCHGNet with the reference ``version``'s pretrained weights.
-
-    ``modes`` may restate the reference's settings; anything else raises ValueError (see
-    ``check_reference_modes``), before the checkpoint is read.
-    """
-    from fastchgnet.model.chgnet_files import read_checkpoint
-
-    trained_for = {"forces": "conservative", "coupled_updates": True}
-    if any(modes.get(k, v) != v for k, v in trained_for.items()):  # before reading the file
-        check_reference_modes(version, ModelConfig(), modes)
-    path = checkpoint_path(version)
-    payload = read_checkpoint(path)
-    return model_from_reference_dict(cls, payload["model"], version, **modes)

@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader, Sampler
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.data.frame import Frame
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
-from fastchgnet.data.sources import Frame, gunzip_ase_file
+from fastchgnet.data.sources import gunzip_ase_file
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 

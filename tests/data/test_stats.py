@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from fastchgnet.data.sources import Frame
+from fastchgnet.data.frame import Frame
 from fastchgnet.data.stats import dataset_stats, format_stats
 
 
