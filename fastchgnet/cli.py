@@ -69,10 +69,16 @@ def load_model(spec: str) -> Any:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from fastchgnet.model.potential import predict_structures
+
     model = load_model(args.model)
     structures = read_structures(args.structures)
-    compiled = True if args.compile else None  # None: compiled on a GPU, eager on a CPU
-    predictions = model.predict_structure(structures, batch_size=args.batch_size, compiled=compiled)
+    potential = model
+    if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU
+        from fastchgnet.compile.potential import CompiledPotential
+
+        potential = CompiledPotential(model)  # one for the whole list: few shapes compile
+    predictions = predict_structures(potential, structures, batch_size=args.batch_size)
     names = [
         getattr(s, "properties", {}).get("label") or getattr(s, "info", {}).get("name")
         for s in structures

@@ -21,11 +21,11 @@ import torch
 
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.errors import StructureError
-from fastchgnet.md.predict import graphs_for, is_structure, predict_graphs
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.potential import graphs_for, is_structure, predict_graph_list
 from fastchgnet.model.reference import (
     CHECKPOINTS,
     checkpoint_path,
@@ -68,7 +68,7 @@ class GraphConverter:
         self.on_isolated_atoms = on_isolated_atoms
 
     def __call__(self, structure: Any, graph_id: Any = None, mp_id: Any = None) -> CrystalGraph:
-        return graphs_for(self.model, [structure])[0]
+        return graphs_for(self.model.config, [structure])[0]
 
 
 class CHGNet(FastCHGNet):
@@ -205,7 +205,7 @@ class CHGNet(FastCHGNet):
         reads), ``crystal_fea`` (64,) (summed normalised final atom features).
         """
         structures = [structure] if is_structure(structure) else list(structure)
-        graphs = graphs_for(self, structures)
+        graphs = graphs_for(self.config, structures)
         return self.predict_graph(
             graphs,
             task=task,
@@ -238,9 +238,7 @@ class CHGNet(FastCHGNet):
             raise StructureError("input", "no structures to predict")
         features = return_site_energies or return_atom_feas or return_crystal_feas
         self.eval()
-        results = predict_graphs(
-            self, graphs, batch_size, forces="f" in task, stress="s" in task, features=features
-        )
+        results = predict_graph_list(self, graphs, batch_size, features=features)
         keep = set(task) | {
             key
             for key, wanted in (

@@ -16,11 +16,12 @@ from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.loss import LossConfig, training_loss
 
 #: Output order of ``predict_program``.
-PREDICTION_OUTPUTS = ("energy", "total_energy", "forces", "stress", "magmoms")
+PREDICTION_OUTPUTS = ("energy", "total_energy", "forces", "stress", "magmoms", "site_energies")
 
 
 def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
-    """model(batch) -> (energy, total_energy, forces, stress, magmoms); see ``Prediction``."""
+    """model(batch) -> (energy, total_energy, forces, stress, magmoms, site_energies); see
+    ``Prediction``."""
 
     def program(model: nn.Module, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         p = model(
@@ -29,13 +30,13 @@ def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
             compute_stress=compute_stress,
             create_graph=torch.is_grad_enabled(),
         )
-        return p.energy, p.total_energy, p.forces, p.stress, p.magmoms
+        return p.energy, p.total_energy, p.forces, p.stress, p.magmoms, p.site_energies
 
     return program
 
 
 def loss_program(config: LossConfig, compute_forces: bool, compute_stress: bool) -> Program:
-    """model(batch) and the loss -> (loss, energy, total_energy, forces, stress, magmoms)."""
+    """model(batch) and the loss -> (loss, *the prediction outputs)."""
     predict = predict_program(compute_forces, compute_stress)
 
     def program(model: nn.Module, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
