@@ -14,7 +14,7 @@ import torch
 
 from fastchgnet.compat.model import CHGNet, unsupported
 from fastchgnet.compat.training import StructureLoader
-from fastchgnet.data.sources import tag_split
+from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.train.config import (
     DataConfig,

@@ -10,10 +10,13 @@ met in expectation (each material is an independent draw), not exactly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fastchgnet.data.sources import Frame
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -94,3 +97,12 @@ def split_by_tag(frame_ids: Sequence[str]) -> Split:
             )
     which = np.array([SPLIT_NAMES.index(tag) for tag in tags], dtype=np.int64)
     return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
+
+
+def tag_split(frames: Iterable[Frame], split: str) -> Iterator[Frame]:
+    """``frames`` with ids tagged as members of ``split`` ("train", "val" or "test"), for
+    caches built from explicit split files (``split_by_tag`` reads the tags)."""
+    from dataclasses import replace
+
+    for frame in frames:
+        yield replace(frame, frame_id=split_tag(split, frame.frame_id))
