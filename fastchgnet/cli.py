@@ -112,10 +112,10 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     run(args)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from fastchgnet.train.launch import run
 
-    run(args)
+    return run(args)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -189,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
         print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from fastchgnet.compat.model import CHGNet, unsupported
 from fastchgnet.compat.training import StructureLoader
 from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.loss import LossConfig
 from fastchgnet.train.config import (
     DataConfig,
     ModelSection,
@@ -23,7 +24,6 @@ from fastchgnet.train.config import (
     RunConfig,
     TrainConfig,
 )
-from fastchgnet.train.loss import LossConfig
 from fastchgnet.train.metrics import REPORTED
 
 CRITERIA = {"MSE": "mse", "mse": "mse", "Huber": "huber"}

@@ -228,8 +228,9 @@ def _ase_result(atoms: object, key: str) -> np.ndarray | None:
 def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Frame]:
     """Frames of every ionic step of a VASP run: a directory or a .zip holding one.
 
-    Conventions as chgnet's ``parse_vasp_dir``: energy ``e_0_energy`` (sigma -> 0) per atom,
-    forces from vasprun.xml, stress kBar -> GPa by ``KBAR_TO_GPA``, magnetic moments per step
+    Conventions as chgnet's ``parse_vasp_dir``: energy sigma -> 0 per atom (``ionic_step_energy``:
+    ``e_0_energy`` with the fix for VASP's vasprun.xml bug that chgnet lacks), forces from
+    vasprun.xml, stress kBar -> GPa by ``KBAR_TO_GPA``, magnetic moments per step
     from the OUTCAR ``magnetization (x)`` tables (``tot`` column; made absolute) where
     present. Steps whose electronic loop hit NELM are skipped (with a warning) when
     ``skip_unconverged``, as chgnet does by default.
@@ -281,7 +282,7 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
         stress = step.get("stress")
         yield Frame(
             structure=structure,
-            energy_per_atom=float(step["e_0_energy"]) / len(structure),
+            energy_per_atom=ionic_step_energy(step) / len(structure),
             forces=_array(step.get("forces")),
             stress=None if stress is None else np.asarray(stress, dtype=np.float64) * KBAR_TO_GPA,
             magmoms=None if magmoms is None else np.abs(magmoms[step_index]),
@@ -294,6 +295,24 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
             f"electronic loop reached NELM={nelm} (not converged)",
             stacklevel=2,
         )
+
+
+def ionic_step_energy(step: dict) -> float:
+    """The sigma -> 0 energy (eV, total) of one pymatgen ``Vasprun.ionic_steps`` entry.
+
+    Some VASP versions write a wrong ``e_0_energy`` at the end of each ionic step in
+    vasprun.xml (in the reference data it holds the smearing entropy, about -0.25 eV for a
+    -208.6 eV cell; https://www.vasp.at/forum/viewtopic.php?f=3&t=16942). The free energy
+    ``e_fr_energy`` is right, and so is the last electronic step's ``e_0_energy - e_fr_energy``
+    correction: their sum is the energy OSZICAR prints as E0. pymatgen applies this fix to
+    ``Vasprun.final_energy`` only; here it applies to every step.
+    """
+    electronic = step.get("electronic_steps") or []
+    if electronic and "e_fr_energy" in step:
+        last = electronic[-1]
+        if "e_0_energy" in last and "e_fr_energy" in last:
+            return float(step["e_fr_energy"] + last["e_0_energy"] - last["e_fr_energy"])
+    return float(step["e_0_energy"])
 
 
 _ROW = re.compile(r"^\s*\d+\s+[-\d.\s]+$")

@@ -1,4 +1,5 @@
-"""Deterministic train / validation / test split by material id.
+"""Deterministic train / validation / test splits: by material id (the default), or by frame
+position within each material (``split_by_frame_tail``: one trajectory's last frames held out).
 
 Each material id is hashed with the seed (blake2b, stable across Python runs, machines and
 processes, unlike ``hash``) to a number u in [0, 1); u below ``train`` goes to train, below
@@ -96,6 +97,40 @@ def split_by_tag(frame_ids: Sequence[str]) -> Split:
                 "not built from explicit split files: use fraction splits (data.split) instead"
             )
     which = np.array([SPLIT_NAMES.index(tag) for tag in tags], dtype=np.int64)
+    return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
+
+
+def split_by_frame_tail(
+    material_ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)
+) -> Split:
+    """Split every material's frames by position, keeping their order: of a material's n
+    frames (in source order, e.g. the ionic steps of one relaxation), the first
+    round(train * n) go to train, up to round((train + val) * n) to val, the rest (the tail)
+    to test. Held-out frames are a contiguous tail because neighbouring frames of one
+    trajectory are near-duplicates: a random pick would leak them into training.
+
+    Args:
+        material_ids: (n_frames,) material id of every frame, frames in source order.
+        fractions: (train, val, test) fractions of each material's frames; sum to 1.
+
+    Returns:
+        ``Split`` of frame indices; every frame index appears in exactly one split.
+    """
+    train, val, _ = _check_fractions(fractions)
+    ids = np.asarray(material_ids, dtype=str)
+    if ids.size == 0:
+        return Split(*(np.zeros(0, dtype=np.int64) for _ in range(3)))
+    _, inverse = np.unique(ids, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse)
+    order = np.argsort(inverse, kind="stable")  # frames grouped by material, source order kept
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.empty(len(ids), dtype=np.int64)
+    position[order] = np.arange(len(ids)) - starts[inverse[order]]
+    n = counts[inverse]
+    train_end = np.round(train * n).astype(np.int64)  # numpy rounds halves to even
+    val_end = np.round((train + val) * n).astype(np.int64)
+    which = np.where(position < train_end, 0, np.where(position < val_end, 1, 2))
     return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
 
 

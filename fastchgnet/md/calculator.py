@@ -24,13 +24,13 @@ from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
 from fastchgnet.md.neighbours import VerletGraph
 from fastchgnet.md.predict import check_elements
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.numerics import flush_denormals
 
 
 def as_atoms(structure: Any) -> Atoms:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import collate
 from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
 from fastchgnet.errors import StructureError
+from fastchgnet.numerics import flush_denormals
 
 if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet

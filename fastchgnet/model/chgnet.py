@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
-from fastchgnet.model.direct_heads import DirectHeads
+from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
 from fastchgnet.units import EV_PER_A3_TO_GPA
@@ -290,7 +290,7 @@ class FastCHGNet(nn.Module):
                 if compute_forces:
                     forces = -grads[0]
                 if strain is not None:
-                    volume = torch.linalg.det(batch.lattice).abs()
+                    volume = structure_volume(batch.lattice)
                     stress = grads[-1] * (EV_PER_A3_TO_GPA / volume)[:, None, None]
         return site_energy, total, encoded, forces, stress
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastchgnet.data.ase_labels import AseLabels
-from fastchgnet.train.loss import LossConfig
+from fastchgnet.model.loss import LossConfig
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,11 @@ class DataConfig:
     source: "quickstart" (the bundled set), a graph cache folder, or frames (extxyz/ASE file,
     MPtrj JSON, VASP run dir) converted on first use into ``cache_dir`` (default
     ``<run.out_dir>/cache``). ``batch_size`` is per rank; ``split`` (train, val, test)
-    fractions by material id; ``max_structures`` > 0 keeps only the first that many.
+    fractions; ``split_by`` "material" (by material id: frames of one material never straddle
+    splits) or "frame_tail" (each material's frames in source order: the first ``split[0]``
+    train, the next ``split[1]`` val, the tail test; for fine-tuning on one relaxation,
+    whose neighbouring frames are near-duplicates); ``max_structures`` > 0 keeps only the
+    first that many.
     ``batching``: "balanced" (``batch_size`` structures per rank batch, ranks balanced by
     cost; ``size_pool`` > 0 draws each global batch from a pool of similar sizes, which
     balances ranks more tightly but makes batches less random: on one rank it cost accuracy,
@@ -44,6 +48,9 @@ class DataConfig:
     ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
     frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
     a seeded hash of each frame id) joins the training split (never val or test) in the cache.
+    ``loader_workers``: processes per rank that read and collate batches, for training and
+    evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
+    (``fastchgnet.train.data.loader_workers``). They persist across epochs.
     """
 
     source: str = "quickstart"
@@ -51,10 +58,11 @@ class DataConfig:
     energy_key: str = "corrected_total_energy"
     split: tuple[float, float, float] = (0.9, 0.05, 0.05)
     split_seed: int = 0
+    split_by: Literal["material", "frame_tail"] = "material"
     batch_size: int = 16
     size_pool: int = 0
     batching: Literal["auto", "balanced", "packed"] = "auto"
-    loader_workers: int = 0
+    loader_workers: int = -1
     convert_workers: int = 1
     max_structures: int = 0
     val_source: str = ""
@@ -160,6 +168,21 @@ class RunConfig:
     check_sync_every: int = 0
     compile: Literal["auto", "on", "off"] = "auto"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    dist_timeout_s: float = 600.0
+    profile_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"config run.log_every={self.log_every}: must be at least 1")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"config run.dist_timeout_s={self.dist_timeout_s}: must be > 0")
+        if self.profile_steps and (
+            len(self.profile_steps) != 2 or not 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ValueError(
+                f"config run.profile_steps={list(self.profile_steps)}: use [start, stop] "
+                "global steps, 1 <= start <= stop"
+            )
 
     def compiles(self, device: str) -> bool:
         """Whether training on ``device`` ("cpu", "cuda", ...) runs the captured step."""

@@ -8,6 +8,7 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
-from fastchgnet.data.padding import collate_padded
+from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import Frame, gunzip_ase_file
-from fastchgnet.data.split import split_by_material, split_by_tag
+from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -81,7 +82,11 @@ def resolve_cache(
 def collate_items(
     items: Sequence[tuple[object, object]], dtype: torch.dtype = torch.float32
 ) -> tuple[GraphBatch, LabelBatch]:
-    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order."""
+    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order; no
+    items (a rank with no structure left for this step) -> a padding-only batch
+    (``padding.PADDING_ONLY``: every label masked, zero loss and gradient)."""
+    if not items:
+        return PaddedCollate(PADDING_ONLY, dtype)(items)
     graphs = [graph for graph, _ in items]
     labels = [label for _, label in items]
     return collate(graphs, dtype), collate_labels(labels, [g.n_atoms for g in graphs], dtype)
@@ -90,14 +95,16 @@ def collate_items(
 @dataclass(frozen=True)
 class PaddedCollate:
     """``GraphDataset`` items -> (GraphBatch, LabelBatch) padded to ``capacity`` (the real
-    structures first, then empty slots and the padding dummy, whose labels are masked)."""
+    structures first, then empty slots and the padding dummy, whose labels are masked; no
+    items: padding only, the same shape)."""
 
     capacity: Capacity
     dtype: torch.dtype = torch.float32
 
     def __call__(self, items: Sequence[tuple[object, object]]) -> tuple[GraphBatch, LabelBatch]:
         graphs = [graph for graph, _ in items]
-        batch, labels = collate_padded(graphs, self.capacity, [label for _, label in items])
+        labels = [label for _, label in items]
+        batch, labels = collate_padded(graphs, self.capacity, labels, self.dtype)
         assert labels is not None
         return batch, labels
 
@@ -113,8 +120,9 @@ class Splits:
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
-    """Open the cache and split it by material id (``config.split``, ``split_seed``), or by
-    the frames' split tags when the splits came from separate files (``config.explicit``)."""
+    """Open the cache and split it: by material id (``config.split``, ``split_seed``), by
+    frame position within each material (``split_by="frame_tail"``), or by the frames' split
+    tags when the splits came from separate files (``config.explicit``)."""
     dataset = GraphDataset(cache)
     ids = dataset.frame_ids if config.explicit else dataset.material_ids
     if config.max_structures > 0:
@@ -125,6 +133,8 @@ def make_splits(cache: Path, config: DataConfig) -> Splits:
         own = np.flatnonzero(~replayed)
     if config.explicit:
         split = split_by_tag(ids[own])
+    elif config.split_by == "frame_tail":
+        split = split_by_frame_tail(ids[own], config.split)
     else:
         split = split_by_material(ids[own], config.split, seed=config.split_seed)
     train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))
@@ -148,18 +158,39 @@ def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> It
 
 
 class EpochBatches(Sampler[list[int]]):
-    """One rank's batches of one epoch from a ``BalancedBatchSampler``, starting at ``skip``
-    global steps into the epoch (resume), mapped from split positions to dataset indices."""
+    """One rank's batches of one epoch from a ``BalancedBatchSampler`` or
+    ``PackedBatchSampler``, starting at ``skip`` global steps into the epoch (resume), mapped
+    from split positions to dataset indices.
+
+    Once the epoch's first batch is handed out, the sampler starts building the next epoch's
+    plan in the background (``plan_ahead``; off with ``ahead=False``, e.g. for evaluation,
+    which always uses epoch 0), so the next ``set_epoch`` finds it ready. One
+    ``DataLoader`` over this object serves every epoch: call ``set_epoch`` and iterate the
+    loader again (its workers persist).
+    """
 
     def __init__(
-        self, sampler: BalancedBatchSampler, indices: np.ndarray, epoch: int, skip: int = 0
+        self,
+        sampler: BalancedBatchSampler | PackedBatchSampler,
+        indices: np.ndarray,
+        epoch: int,
+        skip: int = 0,
+        ahead: bool = True,
     ) -> None:
-        self.sampler, self.indices, self.skip = sampler, indices, skip
-        sampler.set_epoch(epoch)
+        self.sampler, self.indices, self.ahead = sampler, indices, ahead
+        self.set_epoch(epoch, skip)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Follow ``epoch``'s plan from global step ``skip`` on."""
+        self.epoch, self.skip = int(epoch), skip
+        self.sampler.set_epoch(self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self.sampler.plan()[self.skip :]:
-            yield [int(self.indices[k]) for k in step[self.sampler.rank]]
+        plan, rank = self.sampler.plan(), self.sampler.rank
+        for position, step in enumerate(plan[self.skip :]):
+            yield [int(self.indices[k]) for k in step[rank]]
+            if position == 0 and self.ahead:  # after the loader's workers started (no fork
+                self.sampler.plan_ahead(self.epoch + 1)  # while a thread runs)
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
@@ -193,20 +224,41 @@ def make_sampler(
     )
 
 
+def loader_workers(requested: int, device: torch.device | str) -> int:
+    """DataLoader worker processes per rank: ``requested`` when >= 0; for -1 ("auto") none on
+    a CPU (the training step already uses the cores) and ``min(4, cores per local rank)`` on
+    CUDA, so the host collates the next batches while the GPU computes."""
+    if requested >= 0:
+        return requested
+    if torch.device(device).type != "cuda":
+        return 0
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(4, max(1, (os.cpu_count() or 1) // local_ranks))
+
+
 def make_loader(
     splits: Splits,
     batches: Sampler[list[int]],
     workers: int,
     capacity: Capacity | None = None,
+    device: torch.device | str = "cpu",
 ) -> DataLoader:
     """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler, padded to
-    ``capacity`` when given."""
+    ``capacity`` when given.
+
+    ``workers``: processes collating batches (-1: ``loader_workers``' automatic choice for
+    ``device``); they persist across epochs when the same loader is iterated again (give it an
+    ``EpochBatches`` and call its ``set_epoch``). On CUDA the batches come in pinned memory,
+    so ``DevicePrefetcher`` copies them asynchronously.
+    """
+    workers = loader_workers(workers, device)
     return DataLoader(
         splits.dataset,
         batch_sampler=batches,
         collate_fn=collate_items if capacity is None else PaddedCollate(capacity),
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
     )
 
 

@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from fastchgnet.files import read_checksummed, write_checksummed
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.ema import WeightEMA
 from fastchgnet.train.selection import BestTracker, save_best, validation_score
 
 STATE_FILE = "options_state.pt"
+STATE_KIND = "fastchgnet-training-options"
 
 
 class TrainingOptions:
@@ -57,7 +58,7 @@ class TrainingOptions:
             with self.evaluation(model):
                 save_best(model, self.out_dir, epoch, score, self.metric)
         if self.is_main:
-            torch.save(self.state_dict(), self.out_dir / STATE_FILE)
+            write_checksummed(self.out_dir / STATE_FILE, self.state_dict(), STATE_KIND, 1)
         return self.tracker.should_stop
 
     def save_final(self, model: Any, out_dir: Path) -> None:
@@ -76,7 +77,7 @@ class TrainingOptions:
         path = self.out_dir / STATE_FILE
         if not path.is_file():
             return
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        _, state = read_checksummed(path, STATE_KIND, (1,))
         self.tracker.load_state_dict(state["tracker"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])

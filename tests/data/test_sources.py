@@ -143,6 +143,18 @@ def test_check_frame_rejects_elements_beyond_plutonium():
         check_frame(frame)
 
 
+def _oszicar_e0(path) -> list[float]:
+    """E0 (sigma -> 0 energy, eV) of every ionic step, as OSZICAR prints it."""
+    return [float(line.split("E0=")[1].split()[0]) for line in open(path) if "E0=" in line]
+
+
+def test_vasp_energy_is_oszicar_e0_where_vasprun_xml_is_wrong():
+    frames = list(read_vasp(reference_run("parse-vasp-no-magmoms")))
+    # vasprun.xml's e_0_energy of the last step is -0.164 eV; OSZICAR: E0= -.25379851E+03
+    assert frames[-1].energy_per_atom * 32 == pytest.approx(-253.79851, abs=1e-5)
+    assert frames[0].energy_per_atom * 32 == pytest.approx(-208.57017, abs=1e-5)
+
+
 def reference_run(name: str):
     path = REFERENCE / f"{name}.zip"
     if not path.is_file():
@@ -162,8 +174,11 @@ def test_vasp_run_matches_chgnet_parse_vasp_dir(name, tmp_path):
         reference = parse_vasp_dir(str(tmp_path / name))
     frames = list(read_vasp(archive))
     assert len(frames) == len(reference["structure"])
+    oszicar = _oszicar_e0(tmp_path / name / "OSZICAR")
     for k, frame in enumerate(frames):
-        assert frame.energy_per_atom == pytest.approx(reference["energy_per_atom"][k], abs=1e-12)
+        # energies: OSZICAR's E0, not chgnet's (it reads vasprun.xml's buggy e_0_energy)
+        n_atoms = len(frame.structure)
+        assert frame.energy_per_atom == pytest.approx(oszicar[k] / n_atoms, rel=1e-7, abs=1e-7)
         np.testing.assert_allclose(frame.forces, reference["force"][k])
         np.testing.assert_allclose(frame.stress, np.array(reference["stress"][k]) * -0.1)
         np.testing.assert_allclose(

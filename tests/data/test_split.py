@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastchgnet.data.split import assign_split, material_unit_interval, split_by_material
+from fastchgnet.data.split import (
+    assign_split,
+    material_unit_interval,
+    split_by_frame_tail,
+    split_by_material,
+)
 
 material_lists = st.lists(st.sampled_from([f"mp-{k}" for k in range(40)]), max_size=200)
 
@@ -59,3 +64,24 @@ def test_bad_fractions_are_rejected():
         split_by_material(["a"], (0.5, 0.2, 0.2))
     with pytest.raises(ValueError, match="three"):
         split_by_material(["a"], (0.5, 0.5))
+
+
+@settings(max_examples=100, deadline=None)
+@given(material_lists)
+def test_frame_tail_split_is_a_partition_with_each_material_in_order(ids):
+    split = split_by_frame_tail(ids, (0.8, 0.1, 0.1))
+    joined = np.sort(np.concatenate(split))
+    assert joined.tolist() == list(range(len(ids)))
+    for material in set(ids):
+        frames = [i for i, m in enumerate(ids) if m == material]
+        parts = [[i for i in part if ids[i] == material] for part in split]
+        assert parts[0] + parts[1] + parts[2] == frames  # train, then val, then the tail
+        assert len(parts[0]) == round(0.8 * len(frames))
+
+
+def test_frame_tail_split_holds_out_the_last_fifth_of_a_relaxation():
+    ids = ["run"] * 49 + ["other"] * 10
+    train, val, test = split_by_frame_tail(ids, (0.8, 0.0, 0.2))
+    assert train[:39].tolist() == list(range(39))
+    assert test.tolist() == [*range(39, 49), 57, 58]
+    assert val.size == 0
