@@ -55,7 +55,8 @@ class CHGNetCalculator(Calculator):
         model = model.to(device)
         if hasattr(model, "graph_converter"):
             model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
-        super().__init__(model, features=True, **kwargs)
+        allow_isolated = on_isolated_atoms != "error"  # "warn" predicts, as the reference
+        super().__init__(model, features=True, allow_isolated=allow_isolated, **kwargs)
         self.device, self.stress_weight = device, stress_weight
         self.return_site_energies = return_site_energies
 

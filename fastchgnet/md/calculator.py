@@ -156,6 +156,8 @@ class Calculator(AseCalculator):
             without a barostat never asks, and skipping it saves part of the backward pass.
         name: the structure's name in error messages (default: from the atoms).
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
+        allow_isolated: predict structures with atoms that have no neighbour (see
+            ``build_graph``) instead of raising.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
@@ -170,6 +172,7 @@ class Calculator(AseCalculator):
         name: str | None = None,
         compiled: bool = False,
         features: bool = False,
+        allow_isolated: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -179,7 +182,9 @@ class Calculator(AseCalculator):
         self.model = model
         model.eval()
         config = model.config
-        self.neighbours = VerletGraph(config.atom_cutoff, config.bond_cutoff, skin, backend)
+        self.neighbours = VerletGraph(
+            config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated
+        )
         self.always_stress = always_stress
         self.structure_name = name
 

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet
 
 
-def graphs_for(model: FastCHGNet, structures: Sequence[Any], start: int = 0) -> list[CrystalGraph]:
-    """Build and check the graphs of ``structures`` (pymatgen or ASE) for ``model``.
+def graphs_for(
+    model: FastCHGNet, structures: Sequence[Any], start: int = 0, allow_isolated: bool = False
+) -> list[CrystalGraph]:
+    """Build and check the graphs of ``structures`` (pymatgen or ASE) for ``model``
+    (``allow_isolated``: see ``build_graph``).
 
     Raises:
         StructureError: naming the structure (and its position) and the problem.
@@ -28,7 +31,13 @@ def graphs_for(model: FastCHGNet, structures: Sequence[Any], start: int = 0) -> 
     config = model.config
     for offset, structure in enumerate(structures):
         name = structure_name(structure, start + offset)
-        graph = build_graph(structure, config.atom_cutoff, config.bond_cutoff, name=name)
+        graph = build_graph(
+            structure,
+            config.atom_cutoff,
+            config.bond_cutoff,
+            name=name,
+            allow_isolated=allow_isolated,
+        )
         check_elements(graph, config.max_num_elements)
         graphs.append(graph)
     return graphs
