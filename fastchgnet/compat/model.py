@@ -61,14 +61,27 @@ class GraphConverter:
         self.set_isolated_atom_response(on_isolated_atoms)
 
     def set_isolated_atom_response(self, on_isolated_atoms: str) -> None:
-        """Accepts the reference's "ignore" | "warn" | "error". Here a structure with an
-        isolated atom (no neighbour within the atom cutoff) is always an error naming it."""
+        """What a structure with an isolated atom (no neighbour within the atom cutoff) gets:
+        "error" (a StructureError naming it), "warn" (a warning, then predicted with that
+        atom unbonded, as the reference) or "ignore" (predicted silently)."""
         if on_isolated_atoms not in ("ignore", "warn", "error"):
             raise ValueError(f"on_isolated_atoms={on_isolated_atoms!r}: ignore, warn or error")
         self.on_isolated_atoms = on_isolated_atoms
 
+    def graphs(self, structures: Sequence[Any]) -> list[CrystalGraph]:
+        """Graphs of ``structures`` under the isolated-atom setting."""
+        allow = self.on_isolated_atoms != "error"
+        graphs = graphs_for(self.model.config, structures, allow_isolated=allow)
+        if self.on_isolated_atoms == "warn":
+            for graph in graphs:
+                degree = np.bincount(graph.bond_atoms.ravel(), minlength=graph.n_atoms)
+                if (degree == 0).any():
+                    isolated = np.flatnonzero(degree == 0)[:10].tolist()
+                    warnings.warn(f"{graph.name}: isolated atom(s) {isolated}", stacklevel=3)
+        return graphs
+
     def __call__(self, structure: Any, graph_id: Any = None, mp_id: Any = None) -> CrystalGraph:
-        return graphs_for(self.model.config, [structure])[0]
+        return self.graphs([structure])[0]
 
 
 class CHGNet(FastCHGNet):
@@ -205,7 +218,7 @@ class CHGNet(FastCHGNet):
         reads), ``crystal_fea`` (64,) (summed normalised final atom features).
         """
         structures = [structure] if is_structure(structure) else list(structure)
-        graphs = graphs_for(self.config, structures)
+        graphs = self.graph_converter.graphs(structures)
         return self.predict_graph(
             graphs,
             task=task,

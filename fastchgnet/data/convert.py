@@ -41,6 +41,12 @@ from fastchgnet.data.sources import read_frames
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 
+#: help of ``--labels`` (convert and stats)
+LABELS_HELP = (
+    "extxyz/ASE-db label keys and units as JSON, e.g. "
+    '\'{"energy": "E_dft", "stress": "S", "stress_unit": "kBar", "stress_sign": "vasp"}\' '
+    "(fastchgnet.data.ase_labels.AseLabels)"
+)
 #: Frames handed to each worker per task.
 TASK_FRAMES = 16
 
@@ -322,8 +328,12 @@ def main(argv: list[str] | None = None) -> None:
         default="corrected_total_energy",
         help="MPtrj energy field (see sources.MPTRJ_ENERGY_KEYS)",
     )
+    parser.add_argument("--labels", default="{}", help=LABELS_HELP)
     args = parser.parse_args(argv)
-    frames = read_frames(args.source, energy_key=args.energy_key)
+    from fastchgnet.data.ase_labels import labels_from_json
+
+    labels = labels_from_json(args.labels)
+    frames = read_frames(args.source, energy_key=args.energy_key, labels=labels)
     convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
 
 

@@ -336,17 +336,6 @@ def from_structures(
         )
 
 
-def tag_split(frames: Iterable[Frame], split: str) -> Iterator[Frame]:
-    """``frames`` with ids tagged as members of ``split`` ("train", "val" or "test"), for
-    caches built from explicit split files (``data.split.split_by_tag`` reads the tags)."""
-    from dataclasses import replace
-
-    from fastchgnet.data.split import split_tag
-
-    for frame in frames:
-        yield replace(frame, frame_id=split_tag(split, frame.frame_id))
-
-
 def read_frames(
     path: str | Path, energy_key: str = "corrected_total_energy", labels: object = None
 ) -> Iterable[Frame]:

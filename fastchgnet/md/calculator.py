@@ -100,6 +100,8 @@ class Calculator(AseCalculator):
             without a barostat never asks, and skipping it saves part of the backward pass.
         name: the structure's name in error messages (default: from the atoms).
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
+        allow_isolated: predict structures with atoms that have no neighbour (see
+            ``build_graph``) instead of raising.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
@@ -114,13 +116,16 @@ class Calculator(AseCalculator):
         name: str | None = None,
         compiled: bool = False,
         features: bool = False,
+        allow_isolated: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.features = features
         self.model = compiled_potential(model) if compiled else as_potential(model)
         config = self.model.config
-        self.neighbours = VerletGraph(config.atom_cutoff, config.bond_cutoff, skin, backend)
+        self.neighbours = VerletGraph(
+            config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated
+        )
         self.always_stress = always_stress
         self.structure_name = name
 

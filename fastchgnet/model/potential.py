@@ -89,9 +89,10 @@ def check_elements(graph: CrystalGraph, max_num_elements: int) -> None:
 
 
 def graphs_for(
-    config: ModelConfig, structures: Sequence[Any], start: int = 0
+    config: ModelConfig, structures: Sequence[Any], start: int = 0, allow_isolated: bool = False
 ) -> list[CrystalGraph]:
-    """Build and check the graphs of ``structures`` (pymatgen or ASE) for a model ``config``.
+    """Build and check the graphs of ``structures`` (pymatgen or ASE) for a model ``config``
+    (``allow_isolated``: see ``build_graph``).
 
     Raises:
         StructureError: naming the structure (and its position) and the problem.
@@ -99,7 +100,13 @@ def graphs_for(
     graphs = []
     for offset, structure in enumerate(structures):
         name = structure_name(structure, start + offset)
-        graph = build_graph(structure, config.atom_cutoff, config.bond_cutoff, name=name)
+        graph = build_graph(
+            structure,
+            config.atom_cutoff,
+            config.bond_cutoff,
+            name=name,
+            allow_isolated=allow_isolated,
+        )
         check_elements(graph, config.max_num_elements)
         graphs.append(graph)
     return graphs
