@@ -154,11 +154,18 @@ class CompiledPotential:
         self.headroom = headroom
         self.round_to = round_to
         self.capacities: list[Capacity] = []
+        # one captured program per (stress, features), built on first use, sharing capacities
         self.captured = {
-            stress: CapturedModel(
-                model, backend=backend, eager=eager, compute_forces=True, compute_stress=stress
+            (stress, features): CapturedModel(
+                model,
+                backend=backend,
+                eager=eager,
+                compute_forces=True,
+                compute_stress=stress,
+                features=features,
             )
             for stress in (False, True)
+            for features in (False, True)
         }
         model.eval()
 
@@ -201,22 +208,18 @@ class CompiledPotential:
 
         Returns:
             energy (S,) eV/atom, total_energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3)
-            GPa when ``stress`` (else None), magmoms (N,) μB, site_energies (N,) eV; S
-            structures, N their atoms.
+            GPa when ``stress`` (else None), magmoms (N,) μB, site_energies (N,) eV and, with
+            ``features``, atom_features (N, A) and crystal_features (S, A); S structures, N
+            their atoms.
         """
         if not graphs:
             raise ValueError("predict_graphs needs at least one graph")
-        if features:
-            raise ValueError(
-                "atom and crystal features come from the eager model: use "
-                "fastchgnet.model.potential.EagerPotential (or the model itself) for them"
-            )
         self.model.eval()  # the captured programs are specialised on eval mode
         parameter = next(iter(self.model.parameters()))
         batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
         batch = contiguous(batch.to(parameter.device))
         with torch.no_grad(), flush_denormals():
-            padded = self.captured[stress].predict(batch)
+            padded = self.captured[stress, features].predict(batch)
         n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)
         return Prediction(
             energy=unpad(padded.energy, n_structures),
@@ -225,4 +228,6 @@ class CompiledPotential:
             stress=unpad(padded.stress, n_structures) if stress else None,
             magmoms=None if padded.magmoms is None else unpad(padded.magmoms, n_atoms),
             site_energies=unpad(padded.site_energies, n_atoms),
+            atom_features=unpad(padded.atom_features, n_atoms) if features else None,
+            crystal_features=unpad(padded.crystal_features, n_structures) if features else None,
         )

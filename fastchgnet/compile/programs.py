@@ -17,11 +17,14 @@ from fastchgnet.model.loss import LossConfig, training_loss
 
 #: Output order of ``predict_program``.
 PREDICTION_OUTPUTS = ("energy", "total_energy", "forces", "stress", "magmoms", "site_energies")
+#: Outputs a ``features`` prediction program adds.
+FEATURE_OUTPUTS = ("atom_features", "crystal_features")
 
 
-def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
-    """model(batch) -> (energy, total_energy, forces, stress, magmoms, site_energies); see
-    ``Prediction``."""
+def predict_program(compute_forces: bool, compute_stress: bool, features: bool = False) -> Program:
+    """model(batch) -> (energy, total_energy, forces, stress, magmoms, site_energies) and,
+    with ``features``, (atom_features, crystal_features); see ``Prediction``."""
+    names = PREDICTION_OUTPUTS + (FEATURE_OUTPUTS if features else ())
 
     def program(model: nn.Module, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         p = model(
@@ -29,8 +32,9 @@ def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
             compute_forces=compute_forces,
             compute_stress=compute_stress,
             create_graph=torch.is_grad_enabled(),
+            return_features=features,
         )
-        return p.energy, p.total_energy, p.forces, p.stress, p.magmoms, p.site_energies
+        return tuple(getattr(p, name) for name in names)
 
     return program
 
