@@ -96,13 +96,13 @@ def main() -> None:
     from pymatgen.core import Structure
 
     from fastchgnet import FastCHGNet
+    from fastchgnet.cli.profile import reference_training_parts
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
-    from fastchgnet.profiling.report import reference_training_parts
     from fastchgnet.train.step import standalone_step
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The ``fastchgnet`` command.
+"""fastchgnet: train, run and profile the CHGNet interatomic potential (see each command's -h).
 
     fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
     fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--fixed-cell] [...]
@@ -17,55 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
-from typing import Any
 
+from fastchgnet.cli.data import add_commands as add_data_commands
+from fastchgnet.cli.inputs import load_model, read_structures
+from fastchgnet.cli.md import add_commands as add_md_commands
 from fastchgnet.errors import StructureError
-from fastchgnet.model.reference import CHECKPOINTS
-
-
-def read_structures(paths: list[str]) -> list[Any]:
-    """Read every structure in CIF/POSCAR (pymatgen) or extxyz/other ASE files."""
-    from pymatgen.core import Structure
-
-    structures = []
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            with warnings.catch_warnings():  # pymatgen warns before failing; ASE is tried next
-                warnings.simplefilter("ignore")
-                structure = Structure.from_file(path)
-            structure.properties["label"] = path.name
-            structures.append(structure)
-            continue
-        except Exception:
-            pass
-        try:
-            from ase.io import read
-
-            frames = read(path, index=":")
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
-        if len(frames) == 0:
-            raise ValueError(f"{path}: cannot read a structure (the file holds none)")
-        for index, atoms in enumerate(frames):
-            atoms.info.setdefault("name", f"{path.name}[{index}]")
-            structures.append(atoms)
-    return structures
-
-
-def load_model(spec: str) -> Any:
-    """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file."""
-    from fastchgnet import FastCHGNet
-
-    if spec in CHECKPOINTS:
-        return FastCHGNet.from_reference(spec)
-    if not Path(spec).is_file():
-        raise FileNotFoundError(f"{spec}: no such model file (or one of {sorted(CHECKPOINTS)})")
-    return FastCHGNet.load(spec)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -100,32 +57,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(text)
 
 
-def cmd_data_convert(args: argparse.Namespace) -> None:
-    from fastchgnet.data.convert import main as convert_main
-
-    convert_main(args.rest)
-
-
-def cmd_data_stats(args: argparse.Namespace) -> None:
-    from fastchgnet.data.stats import main as stats_main
-
-    stats_main(args.rest)
-
-
-def cmd_data_synth(args: argparse.Namespace) -> None:
-    from fastchgnet.data.synth import run
-
-    run(args)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastchgnet.train.launch import run
+    from fastchgnet.cli.train import run
 
     return run(args)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
-    from fastchgnet.profiling.report import run
+    from fastchgnet.cli.profile import run
 
     run(args)
 
@@ -147,40 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=cmd_predict)
 
-    from fastchgnet.md.commands import add_commands as add_md_commands
-
     add_md_commands(sub)  # relax, md
+    add_data_commands(sub)  # data convert|synth|stats
 
-    data = sub.add_parser("data", help="datasets and graph caches")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    convert = data_sub.add_parser(
-        "convert", help="frames -> graph cache (see `fastchgnet data convert -h`)", add_help=False
-    )
-    convert.add_argument("rest", nargs=argparse.REMAINDER)
-    convert.set_defaults(func=cmd_data_convert)
-    stats = data_sub.add_parser(
-        "stats", help="element counts, sizes, label ranges, outliers", add_help=False
-    )
-    stats.add_argument("rest", nargs=argparse.REMAINDER)
-    stats.set_defaults(func=cmd_data_stats)
-    from fastchgnet.data.synth import build_parser as synth_parser
-
-    synth = data_sub.add_parser(
-        "synth",
-        help="varied crystals labelled by the reference CHGNet",
-        parents=[synth_parser()],
-        add_help=False,
-    )
-    synth.set_defaults(func=cmd_data_synth)
-
-    from fastchgnet.train.launch import build_parser as train_parser
+    from fastchgnet.cli.train import build_parser as train_parser
 
     train = sub.add_parser(
         "train", help="train a model (configs/*.toml)", parents=[train_parser()], add_help=False
     )
     train.set_defaults(func=cmd_train)
 
-    from fastchgnet.profiling.report import build_parser as profile_parser
+    from fastchgnet.cli.profile import build_parser as profile_parser
 
     profile = sub.add_parser(
         "profile",
