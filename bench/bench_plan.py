@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampler import mptrj_like_sizes
 
-from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
+from fastchgnet.data.capacity import packing_capacity
+from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.train.data import EpochBatches
 

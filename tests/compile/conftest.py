@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastchgnet import FastCHGNet
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.padding import collate_padded
 from fastchgnet.data.synthetic import varied_structures

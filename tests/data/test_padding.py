@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastchgnet import FastCHGNet, build_graph, collate
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity
 from fastchgnet.data.padding import collate_padded, pad_graphs, unpad
 from fastchgnet.data.synthetic import no_angle_structure, varied_structures
 
@@ -113,8 +113,8 @@ def _labels(graph):
 
 
 def test_tight_capacity_fits_every_list_exactly_with_bond_graph_slots_apart():
+    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import tight_capacity
     from fastchgnet.data.synthetic import varied_structures
 
     graphs = [build_graph(s) for s in varied_structures(6, seed=2, max_atoms=10)]
