@@ -24,7 +24,7 @@ from bench_sampler import mptrj_like_sizes
 from fastchgnet.data.capacity import packing_capacity
 from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
-from fastchgnet.train.data import EpochBatches
+from fastchgnet.train.loading import EpochBatches
 
 
 def boundary_wait(sampler, n: int, epoch_seconds: float) -> tuple[float, float]:

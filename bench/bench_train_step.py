@@ -100,7 +100,7 @@ def main() -> None:
     from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.train.step import standalone_step
 

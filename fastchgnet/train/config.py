@@ -50,7 +50,7 @@ class DataConfig:
     a seeded hash of each frame id) joins the training split (never val or test) in the cache.
     ``loader_workers``: processes per rank that read and collate batches, for training and
     evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
-    (``fastchgnet.train.data.loader_workers``). They persist across epochs.
+    (``fastchgnet.train.loading.loader_workers``). They persist across epochs.
     """
 
     source: str = "quickstart"

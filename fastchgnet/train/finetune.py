@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fastchgnet.train.config import TrainConfig, load_config
-from fastchgnet.train.data import (
+from fastchgnet.train.loading import (
     EpochBatches,
     Splits,
     make_loader,

@@ -19,7 +19,7 @@ from fastchgnet.data.capacity import Counts, fits
 from fastchgnet.data.capacity import with_headroom as capacity_with_headroom
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.padding import collate_padded
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.md.dynamics import make_integrator
 from fastchgnet.md.relax import relax

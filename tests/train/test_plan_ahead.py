@@ -12,7 +12,7 @@ import pytest
 from fastchgnet.data.capacity import packing_capacity
 from fastchgnet.data.packing import PackedBatchSampler, plan_packed_batches
 from fastchgnet.data.plan_ahead import PlanAhead
-from fastchgnet.train.data import EpochBatches
+from fastchgnet.train.loading import EpochBatches
 
 PLAN_SECONDS = 0.6
 
