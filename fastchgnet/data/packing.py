@@ -26,15 +26,13 @@ open_bins, group_steps).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from fastchgnet.data.capacity import Capacity
 from fastchgnet.data.capacity import room as room_of
 from fastchgnet.data.first_fit import COST, first_fit_lanes
-from fastchgnet.data.plan_ahead import PlanAhead
+from fastchgnet.data.plan_ahead import RankPlanSampler
 from fastchgnet.data.sampler import Plan, load_cv, structure_costs
 
 #: Steps whose batches are sorted by cost together before they are dealt to ranks.
@@ -189,12 +187,9 @@ def _steps_of_similar_cost(
     return [[flat[starts_list[b] : ends_list[b]] for b in step] for step in steps.tolist()]
 
 
-class PackedBatchSampler(Sampler[list[int]]):
-    """This rank's batches of ``plan_packed_batches``: a batch sampler for ``DataLoader``.
-
-    Every rank builds the same plan from (sizes, capacity, seed, epoch) and takes its own
-    column. Call ``set_epoch`` before each epoch. Batches hold a variable number of structures.
-    """
+class PackedBatchSampler(RankPlanSampler):
+    """This rank's batches of ``plan_packed_batches`` (see ``RankPlanSampler``): a variable
+    number of structures, every batch filled to ``capacity``."""
 
     def __init__(
         self,
@@ -206,26 +201,9 @@ class PackedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         open_bins: int = 8,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.capacity, self.world_size, self.rank = capacity, world_size, rank
-        self.seed, self.open_bins, self.epoch = seed, open_bins, 0
-        self._plans = PlanAhead(self._make_plan)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose plan ``__iter__`` follows."""
-        self.epoch = int(epoch)
-
-    def plan(self) -> Plan:
-        """The whole epoch's plan (all ranks), cached per epoch; built in the background if
-        ``plan_ahead`` asked for it earlier."""
-        return self._plans.get(self.epoch)
-
-    def plan_ahead(self, epoch: int) -> None:
-        """Start building ``epoch``'s plan in a background thread (call it during the epoch
-        before, so ``set_epoch(epoch)`` then ``plan()`` need not wait)."""
-        self._plans.ahead(int(epoch))
+        self.capacity, self.open_bins = capacity, open_bins
+        super().__init__(world_size, rank, seed)
 
     def _make_plan(self, epoch: int) -> Plan:
         return plan_packed_batches(
@@ -242,10 +220,6 @@ class PackedBatchSampler(Sampler[list[int]]):
         (cost = atoms + bonds + angles)."""
         plan = self.plan()
         return float(load_cv(plan, structure_costs(self.sizes[:, :3])).mean()) if plan else 0.0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in self.plan():
-            yield step[self.rank]
 
     def __len__(self) -> int:
         return len(self.plan())
