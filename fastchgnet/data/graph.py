@@ -14,6 +14,9 @@ A crystal becomes two graphs (as in CHGNet):
   sent to the bond of ``e1``.
 
 Everything here is numpy on one structure, vectorised (no loop over atoms or edges).
+
+Over 300 lines on purpose: the graph construction (neighbour search backends, bond and
+angle lists, the checks that name a bad structure) is one algorithm.
 """
 
 from __future__ import annotations
