@@ -1,3 +1,4 @@
-"""Physics workflows over our model: batched evaluation of many related structures (strained
-cells, displaced supercells) for equations of state, elastic tensors and phonons (phonopy),
-and dispersion (DFT-D3 through torch-dftd). Optional: ``pip install fastchgnet[workflows]``."""
+"""Physics workflows over our model: equations of state and elastic tensors through matcalc
+(our ASE calculator, one strained cell at a time), phonons through phonopy (all displaced
+supercells in batched model calls) and dispersion (DFT-D3 through torch-dftd). Optional:
+``pip install fastchgnet[workflows]``."""

@@ -1,11 +1,12 @@
-"""Evaluate many structures in few model calls: ASE results per structure."""
+"""Evaluate many structures in few model calls (ASE results per structure), and the ASE
+calculator that the one-structure-at-a-time workflows (matcalc, D3) take."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastchgnet.md.calculator import as_atoms, evaluate_graphs
+from fastchgnet.md.calculator import Calculator, evaluate_graphs
 from fastchgnet.model.potential import Potential, as_potential, graphs_for
 
 #: structures -> ASE results (``energy`` eV, ``forces`` (n, 3) eV/Å, ``stress`` (6,) eV/Å^3)
@@ -27,22 +28,9 @@ def batched_evaluator(model: Potential | Any, batch_size: int = 32) -> Evaluator
     return evaluate
 
 
-def calculator_evaluator(calculator: Any) -> Evaluator:
-    """An ``Evaluator`` asking an ASE calculator one structure at a time (e.g. the reference
-    chgnet's ``CHGNetCalculator``, to run the same workflow side by side)."""
-
-    def evaluate(structures: Sequence[Any]) -> list[dict[str, Any]]:
-        results = []
-        for structure in structures:
-            atoms = as_atoms(structure)
-            atoms.calc = calculator
-            results.append(
-                {
-                    "energy": float(atoms.get_potential_energy()),
-                    "forces": atoms.get_forces(),
-                    "stress": atoms.get_stress(),
-                }
-            )
-        return results
-
-    return evaluate
+def as_calculator(model_or_calculator: Any) -> Any:
+    """An ASE calculator: the one given, or ours over the given model (FastCHGNet, compat
+    CHGNet or Potential) with stress on every call (matcalc's workflows need it)."""
+    if hasattr(model_or_calculator, "get_property"):
+        return model_or_calculator
+    return Calculator(model_or_calculator, always_stress=True)
