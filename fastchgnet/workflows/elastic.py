@@ -2,8 +2,12 @@
 with an ASE calculator: ours (``fastchgnet.md.calculator.Calculator``) or any other, so the
 reference chgnet's ``CHGNetCalculator`` runs the very same workflow.
 
-matcalc asks the calculator one strained cell at a time (``run_pes_calc`` per structure), so
-these workflows are not batched; phonons keep their batched path (``workflows.phonons``).
+matcalc asks the calculator one strained cell at a time (``run_pes_calc`` per structure). Given
+our model, the calculator is a ``PrefetchCalculator``: the strained cells that matcalc will ask
+for are built here the way matcalc builds them and evaluated ahead in batched model calls, and
+matcalc's requests are answered from those results (any cell not prefetched is computed when
+asked, so the numbers never depend on the prefetch). Phonons keep their own batched phonopy
+path (``workflows.phonons``).
 Clamped ions: no relaxation of the input or of the strained cells (relax first with
 ``fastchgnet.md.relax`` for a relaxed reference state). Units: volume Å^3, energy eV, bulk
 modulus and elastic constants GPa (Voigt, pymatgen's engineering shear).
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastchgnet.workflows.batch import as_calculator
+import numpy as np
+
+from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator
 
 
 def _matcalc() -> Any:
@@ -32,8 +38,18 @@ def equation_of_state(
     """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
     ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
     ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``."""
-    calc = _matcalc().EOSCalc(
-        as_calculator(model_or_calculator),
+    matcalc = _matcalc()
+    calculator = as_calculator(model_or_calculator)
+    if isinstance(calculator, PrefetchCalculator):  # EOSCalc's cells: strain s, volume (1+s)^3
+        structure = matcalc.utils.to_pmg_structure(structure)
+        calculator.prefetch(
+            [
+                structure.copy().apply_strain(float(s))
+                for s in np.linspace(-max_abs_strain, max_abs_strain, n_points)
+            ]
+        )
+    calc = matcalc.EOSCalc(
+        calculator,
         max_abs_strain=max_abs_strain,
         n_points=n_points,
         relax_structure=False,
@@ -53,8 +69,16 @@ def elastic_tensor(
     ``DeformedStructureSet``, 6 x 4 cells plus the unstrained one), in GPa:
     ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6)),
     ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``."""
-    calc = _matcalc().ElasticityCalc(
-        as_calculator(model_or_calculator),
+    from pymatgen.core.elasticity import DeformedStructureSet
+
+    matcalc = _matcalc()
+    calculator = as_calculator(model_or_calculator)
+    if isinstance(calculator, PrefetchCalculator):  # ElasticityCalc's cells, symmetry off
+        structure = matcalc.utils.to_pmg_structure(structure)
+        deformed = DeformedStructureSet(structure, norm_strains, shear_strains, symmetry=False)
+        calculator.prefetch([structure, *deformed])
+    calc = matcalc.ElasticityCalc(
+        calculator,
         norm_strains=norm_strains,
         shear_strains=shear_strains,
         relax_structure=False,

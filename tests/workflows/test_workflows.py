@@ -13,7 +13,8 @@ from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("phonopy")
 
-from fastchgnet.workflows.batch import batched_evaluator
+from fastchgnet.md.calculator import Calculator
+from fastchgnet.workflows.batch import PrefetchCalculator, batched_evaluator
 from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
 from fastchgnet.workflows.phonons import acoustic_sum, gamma_frequencies, phonopy_run
 
@@ -46,6 +47,18 @@ def test_batched_force_constants_equal_per_structure(model, reference_structures
     one_by_one = phonopy_run(limno2, batched_evaluator(model, batch_size=1), (1, 1, 1))
     difference = np.abs(batched.force_constants - one_by_one.force_constants).max()
     assert difference < 1e-4  # eV/Å^2; float32 sums in other orders
+
+
+def test_matcalc_workflows_answered_from_batched_prefetch_equal_per_structure(model, silicon):
+    prefetching = PrefetchCalculator(model)
+    batched = elastic_tensor(silicon, prefetching), equation_of_state(silicon, prefetching)
+    assert prefetching.misses == 0  # every cell matcalc asked for was prefetched
+    assert prefetching.hits >= 25
+    one_by_one = Calculator(model, always_stress=True)
+    single = elastic_tensor(silicon, one_by_one), equation_of_state(silicon, one_by_one)
+    difference = batched[0]["elastic_tensor"].voigt - single[0]["elastic_tensor"].voigt
+    assert np.abs(difference).max() < 0.05  # GPa; float32 sums in other orders
+    assert batched[1]["bulk_modulus_bm"] == pytest.approx(single[1]["bulk_modulus_bm"], rel=1e-3)
 
 
 def test_bulk_modulus_and_elastic_tensor_match_reference_and_run_faster(
