@@ -1,6 +1,6 @@
-"""EOS and elastic tensor through matcalc (``fastchgnet.workflows.elastic``: EOSCalc and
-ElasticityCalc): our calculator vs the reference chgnet's ``CHGNetCalculator`` through the
-same matcalc workflow, same run, one thread.
+"""EOS, elastic tensor and phonons through matcalc (``fastchgnet.workflows``: EOSCalc,
+ElasticityCalc, PhononCalc; ours with cells prefetched in batches): our calculator vs the
+reference chgnet's ``CHGNetCalculator`` through the same matcalc workflow, same run, one thread.
 
     python bench/bench_workflows.py
 """
@@ -26,6 +26,7 @@ def main() -> None:
     from fastchgnet import FastCHGNet
     from fastchgnet.workflows.batch import as_calculator
     from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
+    from fastchgnet.workflows.phonons import gamma_frequencies, phonopy_run
 
     silicon = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.47), ["Si"], [[0, 0, 0]])
     cases = {
@@ -54,6 +55,19 @@ def main() -> None:
             f"{np.abs(c_ref - c_ours).max():11.4f} {np.abs(c_ref).max():7.1f} "
             f"{t_ref:7.2f} {t_ours:7.2f} {t_ref / t_ours:5.1f}x"
         )
+    print(f"\n{'phonons (2x2x2)':18s} {'cells':>5s} {'max|dnu(G)| THz':>16s} {'ref s':>7s} "
+          f"{'ours s':>7s} {'ratio':>6s}")  # fmt: skip
+    for name, structure in cases.items():
+        runs = {}
+        for side, calculator in (("ref", reference), ("ours", ours)):
+            start = time.perf_counter()
+            phonon = phonopy_run(structure, calculator, (2, 2, 2))
+            runs[side] = (phonon, time.perf_counter() - start)
+        (p_ref, t_ref), (p_ours, t_ours) = runs["ref"], runs["ours"]
+        difference = np.abs(gamma_frequencies(p_ref) - gamma_frequencies(p_ours)).max()
+        cells = len(p_ours.supercells_with_displacements)
+        print(f"{name:18s} {cells:5d} {difference:16.4f} {t_ref:7.2f} {t_ours:7.2f} "
+              f"{t_ref / t_ours:5.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ matcalc asks the calculator one strained cell at a time (``run_pes_calc`` per st
 our model, the calculator is a ``PrefetchCalculator``: the strained cells that matcalc will ask
 for are built here the way matcalc builds them and evaluated ahead in batched model calls, and
 matcalc's requests are answered from those results (any cell not prefetched is computed when
-asked, so the numbers never depend on the prefetch). Phonons keep their own batched phonopy
-path (``workflows.phonons``).
+asked, so the numbers never depend on the prefetch). Phonons: ``workflows.phonons``.
 Clamped ions: no relaxation of the input or of the strained cells (relax first with
 ``fastchgnet.md.relax`` for a relaxed reference state). Units: volume Å^3, energy eV, bulk
 modulus and elastic constants GPa (Voigt, pymatgen's engineering shear).

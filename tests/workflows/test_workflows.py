@@ -1,6 +1,6 @@
-"""Phonons (phonopy, batched displaced supercells), equation of state and elastic tensor
-(matcalc's EOSCalc and ElasticityCalc), against the reference chgnet's calculator run through
-the same matcalc workflow in the same test."""
+"""Phonons, equation of state and elastic tensor through matcalc (PhononCalc, EOSCalc,
+ElasticityCalc) with our cells evaluated in batches ahead, against the reference chgnet's
+calculator run through the same matcalc workflow in the same test."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pymatgen.core import Lattice, Structure
 pytest.importorskip("phonopy")
 
 from fastchgnet.md.calculator import Calculator
-from fastchgnet.workflows.batch import PrefetchCalculator, batched_evaluator
+from fastchgnet.workflows.batch import PrefetchCalculator
 from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
 from fastchgnet.workflows.phonons import acoustic_sum, gamma_frequencies, phonopy_run
 
@@ -33,7 +33,7 @@ def silicon():
 
 
 def test_acoustic_sum_rule_and_gamma_frequencies_near_zero(model, silicon):
-    phonon = phonopy_run(silicon, batched_evaluator(model), supercell_matrix=(2, 2, 2))
+    phonon = phonopy_run(silicon, model, supercell_matrix=(2, 2, 2))
     assert acoustic_sum(phonon.force_constants) < 1e-4  # eV/Å^2, forces sum to zero
     frequencies = gamma_frequencies(phonon)
     assert np.abs(frequencies[:3]).max() < 0.05  # THz: the three acoustic modes
@@ -42,9 +42,11 @@ def test_acoustic_sum_rule_and_gamma_frequencies_near_zero(model, silicon):
 
 def test_batched_force_constants_equal_per_structure(model, reference_structures):
     limno2 = reference_structures[0]
-    batched = phonopy_run(limno2, batched_evaluator(model, batch_size=64), (1, 1, 1))
+    prefetching = PrefetchCalculator(model)
+    batched = phonopy_run(limno2, prefetching, (1, 1, 1))
     assert len(batched.supercells_with_displacements) > 4
-    one_by_one = phonopy_run(limno2, batched_evaluator(model, batch_size=1), (1, 1, 1))
+    assert prefetching.misses == 0  # every displaced supercell came from the batched prefetch
+    one_by_one = phonopy_run(limno2, PrefetchCalculator(model, batch_size=1), (1, 1, 1))
     difference = np.abs(batched.force_constants - one_by_one.force_constants).max()
     assert difference < 1e-4  # eV/Å^2; float32 sums in other orders
 
