@@ -63,6 +63,18 @@ def test_matcalc_workflows_answered_from_batched_prefetch_equal_per_structure(mo
     assert batched[1]["bulk_modulus_bm"] == pytest.approx(single[1]["bulk_modulus_bm"], rel=1e-3)
 
 
+def test_prefetch_calculator_computes_a_cell_it_was_not_given(model, silicon):
+    prefetching = PrefetchCalculator(model)
+    prefetching.prefetch([silicon.copy().apply_strain(0.01)])
+    atoms = silicon.to_ase_atoms()
+    atoms.calc = prefetching
+    energy, stress = atoms.get_potential_energy(), atoms.get_stress()
+    assert (prefetching.hits, prefetching.misses) == (0, 1)
+    atoms.calc = Calculator(model, always_stress=True)
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(stress, atoms.get_stress(), atol=1e-6)
+
+
 def test_bulk_modulus_and_elastic_tensor_match_reference_and_run_faster(
     model, reference_chgnet, silicon, reference_structures
 ):
