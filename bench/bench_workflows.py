@@ -1,5 +1,6 @@
-"""EOS and elastic tensor through ``fastchgnet.workflows``: our batched model vs the reference
-chgnet's calculator through the same workflow, same run, one thread.
+"""EOS, elastic tensor and phonons through matcalc (``fastchgnet.workflows``: EOSCalc,
+ElasticityCalc, PhononCalc; ours with cells prefetched in batches): our calculator vs the
+reference chgnet's ``CHGNetCalculator`` through the same matcalc workflow, same run, one thread.
 
     python bench/bench_workflows.py
 """
@@ -23,35 +24,50 @@ def main() -> None:
     from chgnet.model import CHGNet, CHGNetCalculator
 
     from fastchgnet import FastCHGNet
-    from fastchgnet.workflows.batch import batched_evaluator, calculator_evaluator
-    from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state, voigt_bulk_modulus
+    from fastchgnet.workflows.batch import as_calculator
+    from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
+    from fastchgnet.workflows.phonons import gamma_frequencies, phonopy_run
 
     silicon = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.47), ["Si"], [[0, 0, 0]])
     cases = {
         "Si (2 atoms)": silicon.get_primitive_structure(),
         "LiMnO2 (8 atoms)": Structure.from_file(REFERENCE / "mp-18767-LiMnO2.cif"),
     }
-    ours = batched_evaluator(FastCHGNet.from_reference("0.3.0"))
-    reference = CHGNetCalculator(CHGNet.load(verbose=False, use_device="cpu"), use_device="cpu")
-    theirs = calculator_evaluator(reference)
-    print(f"{'structure':18s} {'B_eos ref/ours GPa':>20s} {'B_voigt ref/ours':>18s} "
-          f"{'max|dC| GPa':>11s} {'ref s':>7s} {'ours s':>7s} {'ratio':>6s}")  # fmt: skip
+    ours = as_calculator(FastCHGNet.from_reference("0.3.0"))
+    reference = CHGNetCalculator(
+        CHGNet.load(model_name="0.3.0", verbose=False, use_device="cpu"), use_device="cpu"
+    )
+    header = ("structure", "B_eos ref/ours GPa", "B_vrh ref/ours", "max|dC| GPa", "max|C|")
+    print(f"{header[0]:18s} {header[1]:>20s} {header[2]:>18s} {header[3]:>11s} {header[4]:>7s}"
+          f" {'ref s':>7s} {'ours s':>7s} {'ratio':>6s}")  # fmt: skip
     for name, structure in cases.items():
-        results = {}
-        for side, evaluate in (("ref", theirs), ("ours", ours)):
+        runs = {}
+        for side, calculator in (("ref", reference), ("ours", ours)):
             start = time.perf_counter()
-            eos, tensor = (
-                equation_of_state(structure, evaluate),
-                elastic_tensor(structure, evaluate),
-            )
-            results[side] = (eos.bulk_modulus, tensor, time.perf_counter() - start)
-        (b_ref, c_ref, t_ref), (b_ours, c_ours, t_ours) = results["ref"], results["ours"]
+            eos = equation_of_state(structure, calculator)["bulk_modulus_bm"]
+            elastic = elastic_tensor(structure, calculator)
+            runs[side] = (eos, elastic, time.perf_counter() - start)
+        (b_ref, e_ref, t_ref), (b_ours, e_ours, t_ours) = runs["ref"], runs["ours"]
+        c_ref, c_ours = e_ref["elastic_tensor"].voigt, e_ours["elastic_tensor"].voigt
         print(
             f"{name:18s} {b_ref:9.2f}/{b_ours:<9.2f} "
-            f"{voigt_bulk_modulus(c_ref):8.2f}/{voigt_bulk_modulus(c_ours):<8.2f} "
-            f"{np.abs(c_ref - c_ours).max():11.4f} {t_ref:7.2f} {t_ours:7.2f} "
-            f"{t_ref / t_ours:5.1f}x"
+            f"{e_ref['bulk_modulus_vrh']:8.2f}/{e_ours['bulk_modulus_vrh']:<8.2f} "
+            f"{np.abs(c_ref - c_ours).max():11.4f} {np.abs(c_ref).max():7.1f} "
+            f"{t_ref:7.2f} {t_ours:7.2f} {t_ref / t_ours:5.1f}x"
         )
+    print(f"\n{'phonons (2x2x2)':18s} {'cells':>5s} {'max|dnu(G)| THz':>16s} {'ref s':>7s} "
+          f"{'ours s':>7s} {'ratio':>6s}")  # fmt: skip
+    for name, structure in cases.items():
+        runs = {}
+        for side, calculator in (("ref", reference), ("ours", ours)):
+            start = time.perf_counter()
+            phonon = phonopy_run(structure, calculator, (2, 2, 2))
+            runs[side] = (phonon, time.perf_counter() - start)
+        (p_ref, t_ref), (p_ours, t_ours) = runs["ref"], runs["ours"]
+        difference = np.abs(gamma_frequencies(p_ref) - gamma_frequencies(p_ours)).max()
+        cells = len(p_ours.supercells_with_displacements)
+        print(f"{name:18s} {cells:5d} {difference:16.4f} {t_ref:7.2f} {t_ours:7.2f} "
+              f"{t_ref / t_ours:5.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

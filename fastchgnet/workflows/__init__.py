@@ -1,3 +1,4 @@
-"""Physics workflows over our model: batched evaluation of many related structures (strained
-cells, displaced supercells) for equations of state, elastic tensors and phonons (phonopy),
-and dispersion (DFT-D3 through torch-dftd). Optional: ``pip install fastchgnet[workflows]``."""
+"""Physics workflows over our model: equations of state, elastic tensors and phonons through
+matcalc (and phonopy) with our ASE calculator, every strained cell and displaced supercell
+evaluated ahead in batched model calls, and dispersion (DFT-D3 through torch-dftd). Optional:
+``pip install fastchgnet[workflows]``."""

@@ -1,11 +1,16 @@
-"""Evaluate many structures in few model calls: ASE results per structure."""
+"""Evaluate many structures in few model calls (ASE results per structure), and the ASE
+calculator that the one-structure-at-a-time workflows (matcalc, D3) take, able to answer
+from structures evaluated ahead in batches."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastchgnet.md.calculator import as_atoms, evaluate_graphs
+import numpy as np
+from ase.calculators.calculator import all_changes
+
+from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.model.potential import Potential, as_potential, graphs_for
 
 #: structures -> ASE results (``energy`` eV, ``forces`` (n, 3) eV/Å, ``stress`` (6,) eV/Å^3)
@@ -27,22 +32,54 @@ def batched_evaluator(model: Potential | Any, batch_size: int = 32) -> Evaluator
     return evaluate
 
 
-def calculator_evaluator(calculator: Any) -> Evaluator:
-    """An ``Evaluator`` asking an ASE calculator one structure at a time (e.g. the reference
-    chgnet's ``CHGNetCalculator``, to run the same workflow side by side)."""
+class PrefetchCalculator(Calculator):
+    """Our ASE calculator that also answers from results evaluated ahead, in batched model
+    calls, for structures a one-structure-at-a-time workflow (matcalc) is about to ask for.
 
-    def evaluate(structures: Sequence[Any]) -> list[dict[str, Any]]:
-        results = []
-        for structure in structures:
-            atoms = as_atoms(structure)
-            atoms.calc = calculator
-            results.append(
-                {
-                    "energy": float(atoms.get_potential_energy()),
-                    "forces": atoms.get_forces(),
-                    "stress": atoms.get_stress(),
-                }
-            )
-        return results
+    ``prefetch(structures)`` evaluates them ``batch_size`` at a time (energy, forces, stress,
+    magmoms, site energies) and keeps the results keyed by atomic numbers, cell and positions
+    (rounded to 1e-6 Å); ``calculate`` answers a matching request from there (``hits``) and
+    computes anything else itself (``misses``), so results never depend on the prefetch.
+    """
 
-    return evaluate
+    def __init__(self, model: Any, batch_size: int = 32, **options: Any) -> None:
+        options.setdefault("always_stress", True)
+        super().__init__(model, **options)
+        self.evaluate = batched_evaluator(self.model, batch_size)
+        self.prefetched: dict[bytes, dict[str, Any]] = {}
+        self.hits = self.misses = 0
+
+    def prefetch(self, structures: Sequence[Any]) -> None:
+        """Evaluate ``structures`` (pymatgen or ASE) in batches and keep their results."""
+        atoms = [as_atoms(s) for s in structures]
+        for one, results in zip(atoms, self.evaluate(atoms), strict=True):
+            self.prefetched[_key(one)] = results
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: Sequence[str] = ("energy", "forces"),
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        """Answer from the prefetched results when ``atoms`` is one of them, else compute."""
+        results = self.prefetched.get(_key(atoms)) if atoms is not None else None
+        if results is not None and all(p in results for p in properties):
+            self.hits += 1
+            self.store(atoms, results)
+            return
+        self.misses += 1
+        super().calculate(atoms, properties, system_changes)
+
+
+def _key(atoms: Any) -> bytes:
+    """Atomic numbers, cell and positions (rounded to 1e-6 Å; -0 as 0) as one lookup key."""
+    rounded = [np.round(a, 6) + 0.0 for a in (atoms.cell.array, atoms.positions)]
+    return b"|".join([np.asarray(atoms.numbers).tobytes(), *(a.tobytes() for a in rounded)])
+
+
+def as_calculator(model_or_calculator: Any) -> Any:
+    """An ASE calculator: the one given, or a ``PrefetchCalculator`` over the given model
+    (FastCHGNet, compat CHGNet or Potential) with stress on every call (matcalc needs it)."""
+    if hasattr(model_or_calculator, "get_property"):
+        return model_or_calculator
+    return PrefetchCalculator(model_or_calculator)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from ase.calculators.mixing import SumCalculator
 
-from fastchgnet.md.calculator import Calculator
+from fastchgnet.workflows.batch import as_calculator
 
 
 def d3_calculator(
@@ -40,7 +40,4 @@ def with_dispersion(model_or_calculator: Any, dispersion: str = "d3", **d3: Any)
     """
     if dispersion != "d3":
         raise ValueError(f"dispersion={dispersion!r}: only 'd3' (torch-dftd) is offered")
-    calculator = model_or_calculator
-    if not hasattr(calculator, "get_property"):
-        calculator = Calculator(model_or_calculator, always_stress=True)
-    return SumCalculator([calculator, d3_calculator(**d3)])
+    return SumCalculator([as_calculator(model_or_calculator), d3_calculator(**d3)])

@@ -1,82 +1,86 @@
-"""Equation of state and elastic tensor from strained cells, every cell evaluated in batches.
+"""Equation of state and elastic tensor through matcalc's ``EOSCalc`` and ``ElasticityCalc``
+with an ASE calculator: ours (``fastchgnet.md.calculator.Calculator``) or any other, so the
+reference chgnet's ``CHGNetCalculator`` runs the very same workflow.
 
-Clamped ions: atoms keep their fractional coordinates in each strained cell (relax first with
+matcalc asks the calculator one strained cell at a time (``run_pes_calc`` per structure). Given
+our model, the calculator is a ``PrefetchCalculator``: the strained cells that matcalc will ask
+for are built here the way matcalc builds them and evaluated ahead in batched model calls, and
+matcalc's requests are answered from those results (any cell not prefetched is computed when
+asked, so the numbers never depend on the prefetch). Phonons: ``workflows.phonons``.
+Clamped ions: no relaxation of the input or of the strained cells (relax first with
 ``fastchgnet.md.relax`` for a relaxed reference state). Units: volume Å^3, energy eV, bulk
-modulus and elastic constants GPa; strains are Voigt (engineering shear), ASE's stress sign.
+modulus and elastic constants GPa (Voigt, pymatgen's engineering shear).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ase.stress import voigt_6_to_full_3x3_strain
 
-from fastchgnet.md.calculator import as_atoms
-from fastchgnet.units import EV_PER_A3_TO_GPA
-from fastchgnet.workflows.batch import Evaluator
+from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator
 
 
-@dataclass
-class EquationOfState:
-    """Birch-Murnaghan fit: volumes (k,) Å^3, energies (k,) eV, ``v0`` Å^3, ``e0`` eV,
-    ``bulk_modulus`` GPa."""
-
-    volumes: np.ndarray
-    energies: np.ndarray
-    v0: float
-    e0: float
-    bulk_modulus: float
-
-
-def strained(structure: Any, deformation: np.ndarray) -> Any:
-    """ASE Atoms of ``structure`` with its cell times ``deformation`` (3, 3), ions scaled."""
-    atoms = as_atoms(structure)
-    atoms.set_cell(atoms.cell.array @ deformation.T, scale_atoms=True)
-    return atoms
+def _matcalc() -> Any:
+    try:
+        import matcalc
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "EOS and elastic workflows need matcalc: pip install 'fastchgnet[workflows]'"
+        ) from exc
+    return matcalc
 
 
 def equation_of_state(
-    structure: Any, evaluate: Evaluator, max_strain: float = 0.02, points: int = 7
-) -> EquationOfState:
-    """Energies of isotropically strained cells (linear strain up to ``max_strain``) fitted
-    with pymatgen's Birch-Murnaghan EOS."""
-    from pymatgen.analysis.eos import BirchMurnaghan
-
-    cells = [
-        strained(structure, (1 + s) * np.eye(3)) for s in np.linspace(-1, 1, points) * max_strain
-    ]
-    energies = np.array([r["energy"] for r in evaluate(cells)])
-    volumes = np.array([atoms.get_volume() for atoms in cells])
-    fit = BirchMurnaghan(volumes, energies)
-    fit.fit()
-    return EquationOfState(volumes, energies, float(fit.v0), float(fit.e0), float(fit.b0_GPa))
+    structure: Any, model_or_calculator: Any, max_abs_strain: float = 0.02, n_points: int = 7
+) -> dict[str, Any]:
+    """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
+    ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
+    ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``."""
+    matcalc = _matcalc()
+    calculator = as_calculator(model_or_calculator)
+    if isinstance(calculator, PrefetchCalculator):  # EOSCalc's cells: strain s, volume (1+s)^3
+        structure = matcalc.utils.to_pmg_structure(structure)
+        calculator.prefetch(
+            [
+                structure.copy().apply_strain(float(s))
+                for s in np.linspace(-max_abs_strain, max_abs_strain, n_points)
+            ]
+        )
+    calc = matcalc.EOSCalc(
+        calculator,
+        max_abs_strain=max_abs_strain,
+        n_points=n_points,
+        relax_structure=False,
+        allow_shape_change=False,
+        relax_calc_kwargs={"relax_atoms": False},
+    )
+    return calc.calc(structure)
 
 
 def elastic_tensor(
-    structure: Any, evaluate: Evaluator, strains: tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01)
-) -> np.ndarray:
-    """(6, 6) clamped-ion elastic constants C_ij = dσ_i/dε_j, GPa (Voigt), symmetrised; from
-    the stress of 6 x len(strains) strained cells, evaluated together, fitted by least
-    squares together with the unstrained cell's stress."""
-    cells, index = [as_atoms(structure)], [(None, 0.0)]
-    for component in range(6):
-        for amount in strains:
-            voigt = np.zeros(6)
-            voigt[component] = amount
-            cells.append(strained(structure, voigt_6_to_full_3x3_strain(voigt)))  # I + ε
-            index.append((component, amount))
-    stresses = np.array([r["stress"] for r in evaluate(cells)]) * EV_PER_A3_TO_GPA
-    tensor = np.zeros((6, 6))
-    for component in range(6):
-        rows = [0] + [k for k, (c, _) in enumerate(index) if c == component]
-        amounts = np.array([index[k][1] for k in rows])
-        slope = np.polyfit(amounts, stresses[rows], 1)[0]  # (6,) dσ/dε_component
-        tensor[:, component] = slope
-    return (tensor + tensor.T) / 2
+    structure: Any,
+    model_or_calculator: Any,
+    norm_strains: tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01),
+    shear_strains: tuple[float, ...] = (-0.02, -0.01, 0.01, 0.02),
+) -> dict[str, Any]:
+    """matcalc ``ElasticityCalc`` result of clamped-ion strained cells (pymatgen's
+    ``DeformedStructureSet``, 6 x 4 cells plus the unstrained one), in GPa:
+    ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6)),
+    ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``."""
+    from pymatgen.core.elasticity import DeformedStructureSet
 
-
-def voigt_bulk_modulus(tensor: np.ndarray) -> float:
-    """Voigt average bulk modulus of a (6, 6) elastic tensor, same unit."""
-    return float((np.trace(tensor[:3, :3]) + 2 * (tensor[0, 1] + tensor[0, 2] + tensor[1, 2])) / 9)
+    matcalc = _matcalc()
+    calculator = as_calculator(model_or_calculator)
+    if isinstance(calculator, PrefetchCalculator):  # ElasticityCalc's cells, symmetry off
+        structure = matcalc.utils.to_pmg_structure(structure)
+        deformed = DeformedStructureSet(structure, norm_strains, shear_strains, symmetry=False)
+        calculator.prefetch([structure, *deformed])
+    calc = matcalc.ElasticityCalc(
+        calculator,
+        norm_strains=norm_strains,
+        shear_strains=shear_strains,
+        relax_structure=False,
+        units_GPa=True,
+    )
+    return calc.calc(structure)

@@ -1,51 +1,78 @@
-"""Phonons through phonopy: all displaced supercells of a finite-displacement run evaluated in
-batched model calls. Units: displacement Å, forces eV/Å, force constants eV/Å^2, THz."""
+"""Phonons through matcalc's ``PhononCalc`` and phonopy, with our calculator or any other.
+
+Given our model, the calculator is a ``PrefetchCalculator``: the displaced supercells of the
+finite-displacement run are built here as ``PhononCalc`` builds them (phonopy, primitive "P",
+``symprec``) and evaluated ahead, all of them in batched model calls; matcalc's per-cell requests
+are answered from those results (a cell not prefetched is computed when asked). Clamped input
+(no relaxation: relax first with ``fastchgnet.md.relax``). Units: displacement Å, forces eV/Å,
+force constants eV/Å^2, frequencies THz.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from ase import Atoms
 
-from fastchgnet.md.calculator import as_atoms
-from fastchgnet.workflows.batch import Evaluator
+from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator
+
+
+def displaced_supercells(
+    structure: Any, supercell_matrix: np.ndarray, displacement: float, symprec: float = 1e-5
+) -> list[Any]:
+    """The pymatgen supercells with displacements that matcalc's ``PhononCalc`` evaluates."""
+    import phonopy
+    from pymatgen.io.phonopy import get_phonopy_structure, get_pmg_structure
+
+    phonon = phonopy.Phonopy(
+        get_phonopy_structure(structure),
+        supercell_matrix=supercell_matrix,
+        symprec=symprec,
+        primitive_matrix="P",
+    )
+    phonon.generate_displacements(distance=displacement)
+    return [get_pmg_structure(s) for s in phonon.supercells_with_displacements if s is not None]
 
 
 def phonopy_run(
     structure: Any,
-    evaluate: Evaluator,
+    model_or_calculator: Any,
     supercell_matrix: Any = (2, 2, 2),
     displacement: float = 0.01,
     symmetrize: bool = False,
 ) -> Any:
-    """A ``Phonopy`` object with force constants of ``structure`` (pymatgen or ASE).
+    """The ``Phonopy`` object (force constants, mesh) of matcalc's ``PhononCalc`` run.
 
     Args:
-        evaluate: e.g. ``batched_evaluator(model)``: every displaced supercell in one pass.
+        structure: pymatgen Structure or ASE Atoms.
+        model_or_calculator: our model (every displaced supercell in batched calls) or an ASE
+            calculator (e.g. the reference chgnet's ``CHGNetCalculator``).
         supercell_matrix: phonopy's supercell (3 numbers or a 3x3 matrix).
         displacement: finite displacement, Å.
         symmetrize: impose translational and permutational symmetry on the force constants
             (phonopy's ``symmetrize_force_constants``); off to see the model's own.
     """
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    atoms = as_atoms(structure)
-    unit = PhonopyAtoms(
-        symbols=atoms.get_chemical_symbols(),
-        cell=atoms.cell.array,
-        scaled_positions=atoms.get_scaled_positions(),
-    )
+    try:
+        from matcalc import PhononCalc
+        from matcalc.utils import to_pmg_structure
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            "phonons need matcalc and phonopy: pip install 'fastchgnet[workflows]'"
+        ) from exc
+    structure = to_pmg_structure(structure)
     matrix = np.diag(supercell_matrix) if np.ndim(supercell_matrix) == 1 else supercell_matrix
-    phonon = Phonopy(unit, supercell_matrix=matrix)
-    phonon.generate_displacements(distance=displacement)
-    cells = [
-        Atoms(s.symbols, cell=s.cell, scaled_positions=s.scaled_positions, pbc=True)
-        for s in phonon.supercells_with_displacements
-    ]
-    phonon.forces = np.array([r["forces"] for r in evaluate(cells)])
-    phonon.produce_force_constants()
+    matrix = np.asarray(matrix, dtype=int)
+    calculator = as_calculator(model_or_calculator)
+    if isinstance(calculator, PrefetchCalculator):
+        calculator.prefetch(displaced_supercells(structure, matrix, displacement))
+    calc = PhononCalc(
+        calculator,
+        atom_disp=displacement,
+        supercell_matrix=matrix,
+        relax_structure=False,
+        write_phonon=False,
+    )
+    phonon = calc.calc(structure)["phonon"]
     if symmetrize:
         phonon.symmetrize_force_constants()
     return phonon

@@ -1,5 +1,6 @@
-"""Phonons (phonopy, batched displaced supercells), equation of state and elastic tensor,
-against the reference chgnet run through the same workflow in the same test."""
+"""Phonons, equation of state and elastic tensor through matcalc (PhononCalc, EOSCalc,
+ElasticityCalc) with our cells evaluated in batches ahead, against the reference chgnet's
+calculator run through the same matcalc workflow in the same test."""
 
 from __future__ import annotations
 
@@ -12,12 +13,9 @@ from pymatgen.core import Lattice, Structure
 
 pytest.importorskip("phonopy")
 
-from fastchgnet.workflows.batch import batched_evaluator, calculator_evaluator
-from fastchgnet.workflows.elastic import (
-    elastic_tensor,
-    equation_of_state,
-    voigt_bulk_modulus,
-)
+from fastchgnet.md.calculator import Calculator
+from fastchgnet.workflows.batch import PrefetchCalculator
+from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
 from fastchgnet.workflows.phonons import acoustic_sum, gamma_frequencies, phonopy_run
 
 
@@ -35,7 +33,7 @@ def silicon():
 
 
 def test_acoustic_sum_rule_and_gamma_frequencies_near_zero(model, silicon):
-    phonon = phonopy_run(silicon, batched_evaluator(model), supercell_matrix=(2, 2, 2))
+    phonon = phonopy_run(silicon, model, supercell_matrix=(2, 2, 2))
     assert acoustic_sum(phonon.force_constants) < 1e-4  # eV/Å^2, forces sum to zero
     frequencies = gamma_frequencies(phonon)
     assert np.abs(frequencies[:3]).max() < 0.05  # THz: the three acoustic modes
@@ -44,35 +42,59 @@ def test_acoustic_sum_rule_and_gamma_frequencies_near_zero(model, silicon):
 
 def test_batched_force_constants_equal_per_structure(model, reference_structures):
     limno2 = reference_structures[0]
-    batched = phonopy_run(limno2, batched_evaluator(model, batch_size=64), (1, 1, 1))
+    prefetching = PrefetchCalculator(model)
+    batched = phonopy_run(limno2, prefetching, (1, 1, 1))
     assert len(batched.supercells_with_displacements) > 4
-    one_by_one = phonopy_run(limno2, batched_evaluator(model, batch_size=1), (1, 1, 1))
+    assert prefetching.misses == 0  # every displaced supercell came from the batched prefetch
+    one_by_one = phonopy_run(limno2, PrefetchCalculator(model, batch_size=1), (1, 1, 1))
     difference = np.abs(batched.force_constants - one_by_one.force_constants).max()
     assert difference < 1e-4  # eV/Å^2; float32 sums in other orders
 
 
-@pytest.mark.slow
+def test_matcalc_workflows_answered_from_batched_prefetch_equal_per_structure(model, silicon):
+    prefetching = PrefetchCalculator(model)
+    batched = elastic_tensor(silicon, prefetching), equation_of_state(silicon, prefetching)
+    assert prefetching.misses == 0  # every cell matcalc asked for was prefetched
+    assert prefetching.hits >= 25
+    one_by_one = Calculator(model, always_stress=True)
+    single = elastic_tensor(silicon, one_by_one), equation_of_state(silicon, one_by_one)
+    difference = batched[0]["elastic_tensor"].voigt - single[0]["elastic_tensor"].voigt
+    assert np.abs(difference).max() < 0.05  # GPa; float32 sums in other orders
+    assert batched[1]["bulk_modulus_bm"] == pytest.approx(single[1]["bulk_modulus_bm"], rel=1e-3)
+
+
+def test_prefetch_calculator_computes_a_cell_it_was_not_given(model, silicon):
+    prefetching = PrefetchCalculator(model)
+    prefetching.prefetch([silicon.copy().apply_strain(0.01)])
+    atoms = silicon.to_ase_atoms()
+    atoms.calc = prefetching
+    energy, stress = atoms.get_potential_energy(), atoms.get_stress()
+    assert (prefetching.hits, prefetching.misses) == (0, 1)
+    atoms.calc = Calculator(model, always_stress=True)
+    assert energy == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(stress, atoms.get_stress(), atol=1e-6)
+
+
 def test_bulk_modulus_and_elastic_tensor_match_reference_and_run_faster(
     model, reference_chgnet, silicon, reference_structures
 ):
+    pytest.importorskip("matcalc")
     from chgnet.model import CHGNetCalculator
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calculator = CHGNetCalculator(reference_chgnet, use_device="cpu")
-    ours, theirs = batched_evaluator(model), calculator_evaluator(calculator)
+        theirs = CHGNetCalculator(reference_chgnet, use_device="cpu")
     for structure in (silicon, reference_structures[0]):
-        start = time.perf_counter()
-        eos, tensor = equation_of_state(structure, ours), elastic_tensor(structure, ours)
-        our_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        ref_eos, ref_tensor = (
-            equation_of_state(structure, theirs),
-            elastic_tensor(structure, theirs),
-        )
-        ref_seconds = time.perf_counter() - start
-        name = structure.formula
-        assert eos.bulk_modulus == pytest.approx(ref_eos.bulk_modulus, rel=0.02), name
-        assert voigt_bulk_modulus(tensor) == pytest.approx(voigt_bulk_modulus(ref_tensor), rel=0.02)
-        assert np.abs(tensor - ref_tensor).max() <= 0.02 * np.abs(ref_tensor).max(), name
+        name, runs = structure.formula, {}
+        for side, calculator in (("ours", model), ("ref", theirs)):
+            start = time.perf_counter()
+            eos = equation_of_state(structure, calculator)["bulk_modulus_bm"]
+            elastic = elastic_tensor(structure, calculator)
+            runs[side] = (eos, elastic, time.perf_counter() - start)
+        (eos, elastic, our_seconds), (ref_eos, ref_elastic, ref_seconds) = runs["ours"], runs["ref"]
+        assert eos == pytest.approx(ref_eos, rel=0.02), name
+        bulk, ref_bulk = elastic["bulk_modulus_vrh"], ref_elastic["bulk_modulus_vrh"]
+        assert bulk == pytest.approx(ref_bulk, rel=0.02), name
+        tensor, reference = elastic["elastic_tensor"].voigt, ref_elastic["elastic_tensor"].voigt
+        assert np.abs(tensor - reference).max() <= 0.02 * np.abs(reference).max(), name
         assert our_seconds < ref_seconds, f"{name}: {our_seconds:.2f} s vs {ref_seconds:.2f} s"
