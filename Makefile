@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Python sources to lint (folders that exist)
 LINT_PATHS = $(wildcard fastchgnet tests bench launcher)
 
-.PHONY: setup quickstart predict-demo test test-slow lint bench clean
+.PHONY: setup quickstart predict-demo test test-slow lint bench clean gpu-wheels gpu-check-cpu
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench: setup
 	$(BIN)/python bench/bench_relax.py
 	$(BIN)/python bench/bench_train.py
 	$(BIN)/python bench/bench_train_step.py
+
+# wheels for bench/gpu_check.sh on a GPU machine without network (cp312, manylinux x86_64)
+gpu-wheels: setup
+	PY=$(BIN)/python bench/gpu_wheels.sh
+
+# every stage of the GPU acceptance script on the CPU (aot_eager backend); run in CI
+gpu-check-cpu: setup
+	PYTHON=$(abspath $(BIN)/python) bench/gpu_check.sh --cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

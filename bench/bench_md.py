@@ -37,10 +37,10 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet import FastCHGNet
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.batch import collate
 from fastchgnet.md import Calculator, make_integrator
+from fastchgnet.numerics import flush_denormals
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 

@@ -7,7 +7,8 @@ Writes the plot and, beside it, the table and measurements as JSON (``--replot``
 
 Measured here (CPU):
   1. step cost of our packed batches against batch size: the training step launcher/train.py
-     runs (``fastchgnet.train.loop.train_epoch`` with a ``TorchEngine``, eager, direct heads,
+     runs (``fastchgnet.train.loop.train_epoch`` over ``train.step.TrainStep`` with a
+     ``TorchEngine``, eager, direct heads,
      the reference architecture), on packed, padded batches of the bundled crystals; fitted as
      t = t_fixed + k * cost, cost = atoms + bonds + angles of the padded batch. Only the
      per-cost FLOPs (torch's FlopCounterMode on the same step) and the ratio t_fixed / t are

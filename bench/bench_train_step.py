@@ -81,7 +81,7 @@ def main() -> None:
         "--reference-flush-denormals",
         action="store_true",
         help="run the reference with denormals flushed too (ours always flushes; see "
-        "fastchgnet.compile.denormals)",
+        "fastchgnet.numerics)",
     )
     parser.add_argument(
         "--threads",
@@ -97,14 +97,14 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.compile import CapturedModel
-    from fastchgnet.compile.denormals import flush_denormals
-    from fastchgnet.compile.step import TrainStep, make_adam
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
     from fastchgnet.profiling.report import reference_training_parts
+    from fastchgnet.train.step import standalone_step
 
     torch.manual_seed(0)
     reference, criterion, ref_optimizer = reference_training_parts()
@@ -163,11 +163,11 @@ def main() -> None:
             model.to(device).train()
             kinds = ["eager"] + ([] if args.no_compile else ["compiled"])
             for kind in kinds:
-                captured = CapturedModel(model, eager=kind == "eager")
-                step = TrainStep(captured, make_adam(model.parameters()))
+                step = standalone_step(model, compiled=kind == "compiled")
                 batches = [(x.to(device), y.to(device)) for x, y in padded]
                 runners[f"{mode} {kind}"] = lambda k, s=step, bs=batches: s(*bs[k])
                 if kind == "compiled":
+                    captured = step.captured
                     t = timed(lambda s=step, bs=batches: s(*bs[0]))
                     print(
                         f"  {mode} compiled: first step (trace + compile) {t:.1f} s, "

@@ -27,6 +27,7 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
     from fastchgnet.data.sources import read_frames
     from fastchgnet.model.chgnet import FastCHGNet
     from fastchgnet.model.config import ModelConfig
+    from fastchgnet.model.loss import LossConfig
     from fastchgnet.train.checkpoint import Progress
     from fastchgnet.train.config import DataConfig, OptimConfig
     from fastchgnet.train.data import (
@@ -39,8 +40,8 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
     )
     from fastchgnet.train.engine import TorchEngine
     from fastchgnet.train.loop import train_epoch
-    from fastchgnet.train.loss import LossConfig
     from fastchgnet.train.progress import EpochProgress
+    from fastchgnet.train.step import TrainStep
 
     torch.set_num_threads(1)
     rows = []
@@ -59,26 +60,28 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
                 splits, splits.train, DataConfig(batch_size=batch_size), (0, 1), 0, packed=True
             )
             capacity = sampler.capacity
-            loader = make_loader(splits, EpochBatches(sampler, splits.train, 0), 0, capacity)
+            batches = EpochBatches(sampler, splits.train, 0, ahead=False)
+            loader = make_loader(splits, batches, 0, capacity)
             batches = [b for _, b in zip(range(steps), loader, strict=False)]
             engine = TorchEngine(model, OptimConfig(), steps, batch_size)
             stamps: list[float] = []
             reporter = EpochProgress(0, steps, 0, "lines", 10**9, rank=1)  # silent
             stamps.append(time.perf_counter())
+            step = TrainStep(engine, LossConfig())  # what launcher/train.py runs, eager
             train_epoch(
-                engine,
+                step,
                 batches,
-                LossConfig(),
                 Progress(),
                 reporter,
                 max_bad_steps=5,
+                reads_at=lambda _: True,  # read the loss every step: timing includes it
                 on_step=lambda *_, stamps=stamps: stamps.append(time.perf_counter()),
             )
             seconds = float(np.median(np.diff(stamps)[1:]))  # the first step warms up
             graphs, _labels = batches[0]
             with FlopCounterMode(display=False) as counter:
                 train_epoch(
-                    engine, [batches[0]], LossConfig(), Progress(), reporter, max_bad_steps=5
+                    step, [batches[0]], Progress(), reporter, max_bad_steps=5, reads_at=bool
                 )
             cost = capacity.atoms + capacity.bonds + capacity.angles
             rows.append(

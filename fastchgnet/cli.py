@@ -5,6 +5,7 @@
     fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] [...]
     fastchgnet data convert SRC -o CACHE [...]
     fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S]
+    fastchgnet data stats SRC [--energy-key KEY]
     fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]
 
 Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem),
@@ -99,16 +100,22 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
     convert_main(args.rest)
 
 
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    from fastchgnet.data.stats import main as stats_main
+
+    stats_main(args.rest)
+
+
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from fastchgnet.data.synth import run
 
     run(args)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from fastchgnet.train.launch import run
 
-    run(args)
+    return run(args)
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -145,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("rest", nargs=argparse.REMAINDER)
     convert.set_defaults(func=cmd_data_convert)
+    stats = data_sub.add_parser(
+        "stats", help="element counts, sizes, label ranges, outliers", add_help=False
+    )
+    stats.add_argument("rest", nargs=argparse.REMAINDER)
+    stats.set_defaults(func=cmd_data_stats)
     from fastchgnet.data.synth import build_parser as synth_parser
 
     synth = data_sub.add_parser(
@@ -177,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
         print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

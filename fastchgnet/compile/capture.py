@@ -32,7 +32,7 @@ from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_p
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 from fastchgnet.model.chgnet import Prediction
-from fastchgnet.train.loss import LossConfig
+from fastchgnet.model.loss import LossConfig
 
 log = logging.getLogger("fastchgnet.compile")
 
@@ -80,7 +80,7 @@ class CapturedModel:
 
     Args:
         model: the model (any mode); its parameters stay its own and are trained in place.
-        loss_config: the training loss (``fastchgnet.train.loss.LossConfig``; default: its
+        loss_config: the training loss (``fastchgnet.model.loss.LossConfig``; default: its
             defaults, the paper's Huber loss with prefactors 2, 1.5, 0.1, 0.1).
         backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests).
         eager: run without trace or compile (the reference for "compiled equals eager").

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.compile.predict import round_up
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.buckets import Capacity
@@ -39,6 +38,7 @@ from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded, unpad
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.numerics import flush_denormals
 
 log = logging.getLogger("fastchgnet.compile")
 

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded
 from fastchgnet.md.predict import graphs_for, split_prediction
+from fastchgnet.numerics import flush_denormals
 
 
 def round_up(value: int, multiple: int) -> int:

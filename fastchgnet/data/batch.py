@@ -64,12 +64,24 @@ class GraphBatch:
     def n_bonds(self) -> int:
         return int(self.bond_atoms.shape[0])
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> GraphBatch:
-        """Move to ``device``; float fields are cast to ``dtype`` when given."""
-        return moved_to(self, device, dtype)
+    def to(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        non_blocking: bool = True,
+    ) -> GraphBatch:
+        """Move to ``device``; float fields are cast to ``dtype`` when given. A host-to-device
+        copy from pinned memory with ``non_blocking`` runs asynchronously on the current stream."""
+        return moved_to(self, device, dtype, non_blocking)
+
+    def pin_memory(self) -> GraphBatch:
+        """A copy in page-locked host memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return pinned(self)
 
 
-def moved_to(container: T, device: torch.device | str, dtype: torch.dtype | None) -> T:
+def moved_to(
+    container: T, device: torch.device | str, dtype: torch.dtype | None, non_blocking: bool = True
+) -> T:
     """A copy of a dataclass of tensors on ``device``, float tensors cast to ``dtype`` when
     given; fields that are not tensors (e.g. ``n_short_bonds``) are kept as they are."""
     moved = {}
@@ -78,9 +90,24 @@ def moved_to(container: T, device: torch.device | str, dtype: torch.dtype | None
         if isinstance(value, Tensor):
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
-            value = value.to(device, non_blocking=True)
+            value = value.to(device, non_blocking=non_blocking)
         moved[f.name] = value
     return type(container)(**moved)
+
+
+def pinned(container: T) -> T:
+    """A copy of a dataclass of tensors with every tensor in page-locked host memory (needs
+    CUDA); fields that are not tensors are kept as they are."""
+    values = {f.name: getattr(container, f.name) for f in fields(container)}
+    return type(container)(
+        **{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in values.items()}
+    )
+
+
+def tensors_of(container: object) -> list[Tensor]:
+    """The tensor fields of a dataclass (e.g. a GraphBatch or LabelBatch), in field order."""
+    values = (getattr(container, f.name) for f in fields(container))  # type: ignore[arg-type]
+    return [v for v in values if isinstance(v, Tensor)]
 
 
 def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) -> GraphBatch:

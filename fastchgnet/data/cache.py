@@ -20,9 +20,7 @@ Shard arrays (shape | meaning); missing labels are NaN and ``label_mask`` is Fal
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fastchgnet.data.graph import CrystalGraph
+from fastchgnet.files import file_sha256
 
 FORMAT_VERSION = 2
 LABELS = ("energy_per_atom", "forces", "stress", "magmoms")
@@ -71,35 +70,6 @@ class Labels:
     magmoms: np.ndarray | None
     material_id: str
     frame_id: str
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (read in 16 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (renames, new files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to ``path`` through a temp file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def verify_shard(shard_dir: Path, expected: dict[str, str]) -> None:
@@ -187,6 +157,12 @@ class GraphDataset:
         ids = [np.asarray(self._array(k, "material_ids")) for k in range(len(self.shard_names))]
         return np.concatenate(ids) if ids else np.zeros(0, dtype=str)
 
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(N,) frame id of every structure."""
+        ids = [np.asarray(self._array(k, "frame_ids")) for k in range(len(self.shard_names))]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=str)
+
     def __getitem__(self, index: int) -> tuple[CrystalGraph, Labels]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} outside a cache of {len(self)} structures")
@@ -238,9 +214,3 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-if __name__ == "__main__":
-    from fastchgnet.data.convert import main
-
-    main()

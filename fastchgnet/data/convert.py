@@ -31,16 +31,15 @@ from fastchgnet.data.cache import (
     FORMAT_VERSION,
     LABELS,
     CacheError,
-    file_sha256,
-    fsync_dir,
     remove_tree,
     shard_name,
     verify_shard,
-    write_json_atomic,
 )
+from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import build_graph
-from fastchgnet.data.sources import Frame, check_frame, read_frames
+from fastchgnet.data.sources import read_frames
 from fastchgnet.errors import StructureError
+from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 
 #: Frames handed to each worker per task.
 TASK_FRAMES = 16

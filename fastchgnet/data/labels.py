@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastchgnet.data.batch import moved_to
+from fastchgnet.data.batch import moved_to, pinned
 
 #: name -> (shape, level, meaning)
 LABEL_FIELDS: dict[str, tuple[str, str, str]] = {
@@ -52,9 +52,19 @@ class LabelBatch:
     magmoms: Tensor
     magmoms_mask: Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LabelBatch:
-        """Move to ``device``; float fields are cast to ``dtype`` when given."""
-        return moved_to(self, device, dtype)
+    def to(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype | None = None,
+        non_blocking: bool = True,
+    ) -> LabelBatch:
+        """Move to ``device``; float fields are cast to ``dtype`` when given (``non_blocking``:
+        see ``GraphBatch.to``)."""
+        return moved_to(self, device, dtype, non_blocking)
+
+    def pin_memory(self) -> LabelBatch:
+        """A copy in page-locked host memory (``DataLoader(pin_memory=True)`` calls this)."""
+        return pinned(self)
 
 
 def collate_labels(

@@ -31,7 +31,7 @@ from fastchgnet.data.labels import FrameLabels, LabelBatch, collate_labels
 DUMMY_CELL = 2.0
 
 
-def _empty(graph: CrystalGraph, n_atoms: int, name: str) -> CrystalGraph:
+def _empty(cutoffs: tuple[float, float], n_atoms: int, name: str) -> CrystalGraph:
     lattice = np.eye(3) * DUMMY_CELL
     return CrystalGraph(
         atomic_numbers=np.ones(n_atoms, dtype=np.int64),
@@ -41,13 +41,15 @@ def _empty(graph: CrystalGraph, n_atoms: int, name: str) -> CrystalGraph:
         bond_images=np.zeros((0, 3), dtype=np.int64),
         n_short_bonds=0,
         angle_edges=np.zeros((0, 2), dtype=np.int64),
-        atom_cutoff=graph.atom_cutoff,
-        bond_cutoff=graph.bond_cutoff,
+        atom_cutoff=cutoffs[0],
+        bond_cutoff=cutoffs[1],
         name=name,
     )
 
 
-def _dummy(template: CrystalGraph, atoms: int, short: int, long: int, angles: int) -> CrystalGraph:
+def _dummy(
+    cutoffs: tuple[float, float], atoms: int, short: int, long: int, angles: int
+) -> CrystalGraph:
     """The padding structure: ``atoms`` H atoms, ``short + long`` self-image bonds of atom 0,
     ``angles`` angles each pairing a short padding bond with its reverse."""
     bonds = short + long
@@ -56,7 +58,7 @@ def _dummy(template: CrystalGraph, atoms: int, short: int, long: int, angles: in
     images = np.zeros((bonds, 3), dtype=np.int64)
     images[:, 0] = 1
     first = np.arange(angles) % max(short, 1)
-    dummy = _empty(template, atoms, "padding")
+    dummy = _empty(cutoffs, atoms, "padding")
     return replace(
         dummy,
         bond_atoms=np.zeros((bonds, 2), dtype=np.int64),
@@ -66,18 +68,31 @@ def _dummy(template: CrystalGraph, atoms: int, short: int, long: int, angles: in
     )
 
 
-def pad_graphs(graphs: Sequence[CrystalGraph], capacity: Capacity) -> list[CrystalGraph]:
-    """The graphs of a padded batch: the real ones, empty slots, then the dummy.
+#: The smallest padded batch: no real structure, a dummy of one atom, one bond-graph bond and
+#: one angle. A rank that has no structure left for a step trains on it (zero loss, zero
+#: gradient for every parameter), so it still joins the step's collectives.
+PADDING_ONLY = Capacity(structures=0, atoms=1, bonds=1, angles=1, short_bonds=1)
+
+
+def pad_graphs(
+    graphs: Sequence[CrystalGraph],
+    capacity: Capacity,
+    cutoffs: tuple[float, float] | None = None,
+) -> list[CrystalGraph]:
+    """The graphs of a padded batch: the real ones (possibly none), empty slots, then the dummy.
 
     With ``capacity.short_bonds`` None every real bond is counted as a bond-graph bond (exact:
     bonds longer than the bond cutoff have zero bond-graph weight and no angles), and the
     bond-graph slice is ``capacity.bonds`` long.
 
+    ``cutoffs`` (atom, bond) Å are recorded on the padding graphs; default: the first
+    graph's, or CHGNet's 6 and 3 Å when there is none.
+
     Raises:
         ValueError: the graphs do not fit (a capacity must leave at least one padding atom).
     """
-    if not graphs:
-        raise ValueError("pad_graphs needs at least one graph")
+    if cutoffs is None:
+        cutoffs = (graphs[0].atom_cutoff, graphs[0].bond_cutoff) if graphs else (6.0, 3.0)
     if capacity.short_bonds is None:
         graphs = [replace(g, n_short_bonds=g.n_bonds) for g in graphs]
         short_capacity = capacity.bonds
@@ -98,12 +113,11 @@ def pad_graphs(graphs: Sequence[CrystalGraph], capacity: Capacity) -> list[Cryst
     long = capacity.bonds - short_capacity - n_real_long
     if long < 0:
         raise ValueError(f"capacity {capacity}: fewer long-bond slots than the batch's long bonds")
-    template = graphs[0]
     empties = [
-        _empty(template, 0, f"empty slot {k}") for k in range(len(graphs), capacity.structures)
+        _empty(cutoffs, 0, f"empty slot {k}") for k in range(len(graphs), capacity.structures)
     ]
     dummy = _dummy(
-        template,
+        cutoffs,
         atoms=capacity.atoms - need["atoms"][0] + 1,
         short=short,
         long=long,
@@ -156,9 +170,3 @@ def collate_padded(
 def unpad(value: torch.Tensor, n_real: int) -> torch.Tensor:
     """The real rows of a padded per-structure or per-atom output: ``value[:n_real]``."""
     return value[:n_real]
-
-
-def real_structures(batch: GraphBatch) -> int:
-    """Number of real structures in a batch padded by ``collate_padded``: every structure
-    with atoms but the last (the dummy); empty slots have none."""
-    return int((batch.n_atoms > 0).sum()) - 1

@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from fastchgnet.data.plan_ahead import PlanAhead
+
 Plan = list[list[list[int]]]
 
 #: Steps balanced together in one vectorised swap pass (bounds the swap matrices' memory).
@@ -227,25 +229,31 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.seed, self.size_pool = seed, size_pool
         self.epoch = 0
-        self._plan: tuple[int, Plan] | None = None
+        self._plans = PlanAhead(self._make_plan)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose plan ``__iter__`` follows."""
         self.epoch = int(epoch)
 
     def plan(self) -> Plan:
-        """The whole epoch's plan (all ranks), cached per epoch."""
-        if self._plan is None or self._plan[0] != self.epoch:
-            plan = plan_batches(
-                self.costs,
-                self.world_size,
-                self.batch_size,
-                self.seed,
-                self.epoch,
-                size_pool=self.size_pool,
-            )
-            self._plan = (self.epoch, plan)
-        return self._plan[1]
+        """The whole epoch's plan (all ranks), cached per epoch; built in the background if
+        ``plan_ahead`` asked for it earlier."""
+        return self._plans.get(self.epoch)
+
+    def plan_ahead(self, epoch: int) -> None:
+        """Start building ``epoch``'s plan in a background thread (call it during the epoch
+        before, so ``set_epoch(epoch)`` then ``plan()`` need not wait)."""
+        self._plans.ahead(int(epoch))
+
+    def _make_plan(self, epoch: int) -> Plan:
+        return plan_batches(
+            self.costs,
+            self.world_size,
+            self.batch_size,
+            self.seed,
+            epoch,
+            size_pool=self.size_pool,
+        )
 
     def load_cv(self) -> float:
         """Mean over steps of the coefficient of variation of per-rank cost this epoch."""

@@ -15,15 +15,15 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from fastchgnet.errors import StructureError
-from fastchgnet.units import EV_PER_A3_TO_GPA, KBAR_TO_GPA, MAX_ATOMIC_NUMBER
+from fastchgnet.data.ase_labels import read_ase_labelled
+from fastchgnet.data.frame import Frame
+from fastchgnet.units import EV_PER_A3_TO_GPA, KBAR_TO_GPA
 
 #: MPtrj energy fields we can train on. CHGNet 0.3.0 was trained on ``corrected_total_energy``
 #: (total energy with the MP2020 compatibility corrections) divided by the number of atoms.
@@ -36,63 +36,9 @@ MPTRJ_ENERGY_KEYS = {
 }
 
 
-@dataclass
-class Frame:
-    """One labelled structure (one ionic step of one material).
-
-    Fields (shape | unit):
-        structure        pymatgen Structure                    | Å
-        energy_per_atom  float | None                          | eV/atom
-        forces           (n_atoms, 3) float64 | None           | eV/Å
-        stress           (3, 3) float64 | None                 | GPa, CHGNet sign
-        magmoms          (n_atoms,) float64 | None             | |μB| (absolute values)
-        material_id      str                                   | frames of one material share it
-        frame_id         str                                   | unique within a source
-    """
-
-    structure: Structure
-    energy_per_atom: float | None = None
-    forces: np.ndarray | None = None
-    stress: np.ndarray | None = None
-    magmoms: np.ndarray | None = None
-    material_id: str = ""
-    frame_id: str = ""
-
-    @property
-    def name(self) -> str:
-        """Name for messages: frame id, material id and formula."""
-        return f"frame {self.frame_id} of {self.material_id} ({self.structure.formula})"
-
-
 def _array(values: object) -> np.ndarray | None:
     """float64 array of a label, or None when the label is absent."""
     return None if values is None else np.asarray(values, dtype=np.float64)
-
-
-def check_frame(frame: Frame) -> None:
-    """Raise ``StructureError`` naming the frame if it cannot be trained on.
-
-    Checks: elements with Z in 1..94, finite labels, label shapes matching the atom count.
-    Graph problems (isolated atoms, zero volume, NaN coordinates) are found by ``build_graph``.
-    """
-    numbers = np.asarray(frame.structure.atomic_numbers)
-    n_atoms = numbers.shape[0]
-    bad = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)
-    if bad.any():
-        raise StructureError(
-            frame.name, f"element(s) Z={sorted(set(numbers[bad].tolist()))} outside 1..94"
-        )
-    if frame.energy_per_atom is not None and not np.isfinite(frame.energy_per_atom):
-        raise StructureError(frame.name, f"energy_per_atom is {frame.energy_per_atom}")
-    expected = {"forces": (n_atoms, 3), "stress": (3, 3), "magmoms": (n_atoms,)}
-    for label, shape in expected.items():
-        value = getattr(frame, label)
-        if value is None:
-            continue
-        if value.shape != shape:
-            raise StructureError(frame.name, f"{label} has shape {value.shape}, expected {shape}")
-        if not np.isfinite(value).all():
-            raise StructureError(frame.name, f"{label} has non-finite entries")
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -390,9 +336,23 @@ def from_structures(
         )
 
 
-def read_frames(path: str | Path, energy_key: str = "corrected_total_energy") -> Iterable[Frame]:
+def tag_split(frames: Iterable[Frame], split: str) -> Iterator[Frame]:
+    """``frames`` with ids tagged as members of ``split`` ("train", "val" or "test"), for
+    caches built from explicit split files (``data.split.split_by_tag`` reads the tags)."""
+    from dataclasses import replace
+
+    from fastchgnet.data.split import split_tag
+
+    for frame in frames:
+        yield replace(frame, frame_id=split_tag(split, frame.frame_id))
+
+
+def read_frames(
+    path: str | Path, energy_key: str = "corrected_total_energy", labels: object = None
+) -> Iterable[Frame]:
     """Pick a reader by suffix: .json/.json.gz MPtrj; a directory, .zip or vasprun.xml VASP;
-    anything else ``read_ase``."""
+    anything else ``data.ase_labels.read_ase_labelled`` (streamed; ``labels``: its
+    ``AseLabels``, key names and units)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
@@ -401,4 +361,4 @@ def read_frames(path: str | Path, energy_key: str = "corrected_total_energy") ->
         return read_vasp(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    return read_ase(path)
+    return read_ase_labelled(path, labels)  # type: ignore[arg-type]

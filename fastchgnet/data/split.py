@@ -72,6 +72,31 @@ def split_by_material(
     return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
 
 
+def split_tag(split: str, frame_id: str) -> str:
+    """``frame_id`` tagged with its explicit split (``"val:run-3"``), see ``split_by_tag``."""
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split {split!r}: use one of {SPLIT_NAMES}")
+    return f"{split}:{frame_id}"
+
+
+def split_by_tag(frame_ids: Sequence[str]) -> Split:
+    """Split frames by the explicit tag their ids carry (``split_tag``: written when train,
+    validation and test frames come from separate files).
+
+    Raises:
+        ValueError: naming the first frame id without a train/val/test tag.
+    """
+    tags = [str(frame_id).split(":", 1)[0] for frame_id in frame_ids]
+    for frame_id, tag in zip(frame_ids, tags, strict=True):
+        if tag not in SPLIT_NAMES:
+            raise ValueError(
+                f"frame {frame_id!r} has no split tag (train:, val: or test:); the cache was "
+                "not built from explicit split files: use fraction splits (data.split) instead"
+            )
+    which = np.array([SPLIT_NAMES.index(tag) for tag in tags], dtype=np.int64)
+    return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
+
+
 def split_by_frame_tail(
     material_ids: Sequence[str], fractions: Sequence[float] = (0.8, 0.1, 0.1)
 ) -> Split:

@@ -6,7 +6,8 @@ themselves (``GraphPotential.predict_graphs``): ``fastchgnet.compile.CompiledPot
 them to a fixed capacity, runs the compiled model and unpads the Prediction, and plugs into
 ``Calculator`` (``Calculator(model, compiled=True)``), ``relax`` and ``run_md`` unchanged.
 
-Units at this edge are ASE's: energy eV (total), forces eV/Å, stress eV/Å^3 as a Voigt
+Units at this edge are ASE's: energy eV (total), site energies ``energies`` eV per atom (they
+sum to the energy), forces eV/Å, stress eV/Å^3 as a Voigt
 6-vector (xx, yy, zz, yz, xz, xy). Our stress (GPa, CHGNet's sign: (1/V) dE/dstrain) has
 ASE's sign already, so it is only scaled by ``ase.units.GPa``, as the reference calculator does.
 """
@@ -23,13 +24,13 @@ from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
 from fastchgnet.md.neighbours import VerletGraph
 from fastchgnet.md.predict import check_elements
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.numerics import flush_denormals
 
 
 def as_atoms(structure: Any) -> Atoms:
@@ -71,23 +72,32 @@ class GraphPotential(Protocol):
 
 
 def evaluate_graphs(
-    model: Potential | GraphPotential, graphs: Sequence[CrystalGraph], *, stress: bool
+    model: Potential | GraphPotential,
+    graphs: Sequence[CrystalGraph],
+    *,
+    stress: bool,
+    features: bool = False,
 ) -> list[dict[str, Any]]:
     """One model call for many graphs; ASE results per structure.
 
     Returns:
         Per graph: ``energy`` and ``free_energy`` () eV total, ``forces`` (n, 3) eV/Å,
-        ``magmoms`` (n,) μB and, when ``stress``, ``stress`` (6,) eV/Å^3 (ASE Voigt order).
+        ``magmoms`` (n,) μB, ``energies`` (n,) eV (site energies, where the model gives
+        them: eager models) and, when ``stress``, ``stress`` (6,) eV/Å^3 (ASE Voigt order);
+        with ``features`` (eager FastCHGNet only) ``crystal_fea`` (A,).
     """
     for graph in graphs:
         check_elements(graph, model.config.max_num_elements)
     if isinstance(model, GraphPotential):
+        if features:
+            raise ValueError("crystal features need the eager model, not a compiled potential")
         prediction = model.predict_graphs(graphs, stress=stress)
     else:
         parameter = next(iter(model.parameters()))
         batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+        extra = {"return_features": True} if features else {}
         with flush_denormals():
-            prediction = model(batch, compute_forces=True, compute_stress=stress)
+            prediction = model(batch, compute_forces=True, compute_stress=stress, **extra)
     return ase_results(prediction, [g.n_atoms for g in graphs])
 
 
@@ -108,17 +118,23 @@ def ase_results(prediction: Prediction, n_atoms: Sequence[int]) -> list[dict[str
         "forces": prediction.forces,
         "stress": prediction.stress,
         "magmoms": prediction.magmoms,
+        "energies": getattr(prediction, "site_energies", None),
+        "crystal_fea": getattr(prediction, "crystal_features", None),
     }
     arrays = {
         k: v.detach().to("cpu", torch.float64).numpy() for k, v in host.items() if v is not None
     }
     cuts = np.cumsum(n_atoms)[:-1]
-    per_atom = {k: np.split(arrays[k], cuts) for k in ("forces", "magmoms") if k in arrays}
+    per_atom = {
+        k: np.split(arrays[k], cuts) for k in ("forces", "magmoms", "energies") if k in arrays
+    }
     results = []
     for index in range(len(n_atoms)):
         energy = float(arrays["energy"][index])
         item: dict[str, Any] = {"energy": energy, "free_energy": energy}
         item |= {k: parts[index] for k, parts in per_atom.items()}
+        if "crystal_fea" in arrays:
+            item["crystal_fea"] = arrays["crystal_fea"][index]
         if "stress" in arrays:
             item["stress"] = full_3x3_to_voigt_6_stress(arrays["stress"][index] * units.GPa)
         results.append(item)
@@ -139,9 +155,10 @@ class Calculator(AseCalculator):
         always_stress: compute stress on every call, not only when ASE asks for it. MD
             without a barostat never asks, and skipping it saves part of the backward pass.
         name: the structure's name in error messages (default: from the atoms).
+        features: also give ``crystal_fea`` (A,) in the results (eager models only).
     """
 
-    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms")
+    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
 
     def __init__(
         self,
@@ -152,9 +169,11 @@ class Calculator(AseCalculator):
         always_stress: bool = False,
         name: str | None = None,
         compiled: bool = False,
+        features: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.features = features
         if compiled:
             model = compiled_potential(model)
         self.model = model
@@ -181,7 +200,8 @@ class Calculator(AseCalculator):
         """Fill ``self.results`` for ``atoms`` (ASE units, see the module docstring)."""
         super().calculate(atoms, list(properties), list(system_changes))
         stress = self.wants_stress(properties)
-        self.results = evaluate_graphs(self.model, [self.graph(self.atoms)], stress=stress)[0]
+        graphs = [self.graph(self.atoms)]
+        self.results = evaluate_graphs(self.model, graphs, stress=stress, features=self.features)[0]
 
     def store(self, atoms: Any, results: dict[str, Any]) -> None:
         """Take ``results`` computed elsewhere (a batched call) as this calculator's answer for

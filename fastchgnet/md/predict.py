@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import collate
 from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
 from fastchgnet.errors import StructureError
+from fastchgnet.numerics import flush_denormals
 
 if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet
@@ -82,16 +82,38 @@ def predict_structures(
         if compiled:
             results = _predict_compiled(model, structures, batch_size)
         else:
-            results = []
-            for start in range(0, len(structures), batch_size):
-                graphs = graphs_for(model, structures[start : start + batch_size], start)
-                batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-                with flush_denormals():
-                    prediction = model(batch)
-                results += split_prediction(prediction, batch.n_atoms)
+            results = predict_graphs(model, graphs_for(model, structures), batch_size)
     finally:
         model.train(was_training)
     return results[0] if single else results
+
+
+def predict_graphs(
+    model: FastCHGNet,
+    graphs: Sequence[CrystalGraph],
+    batch_size: int = 16,
+    *,
+    forces: bool = True,
+    stress: bool = True,
+    features: bool = False,
+) -> list[dict[str, np.ndarray]]:
+    """Eager model calls on ``batch_size`` graphs at a time (the model's mode is left as it
+    is); per graph the numpy dict of ``split_prediction`` (``features``: with site energies,
+    atom and crystal features). ``forces``/``stress``: compute them (else the keys are absent).
+    """
+    parameter = next(model.parameters())
+    results: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(graphs), batch_size):
+        batch = collate(graphs[start : start + batch_size], dtype=parameter.dtype)
+        with flush_denormals():
+            prediction = model(
+                batch.to(parameter.device),
+                compute_forces=forces,
+                compute_stress=stress,
+                return_features=features,
+            )
+        results += split_prediction(prediction, batch.n_atoms, extras=features)
+    return results
 
 
 #: One CompiledPotential per model, so repeated predictions reuse its compiled shapes.
@@ -121,23 +143,42 @@ def _predict_compiled(
     return results
 
 
-def split_prediction(prediction: Any, n_atoms: torch.Tensor) -> list[dict[str, np.ndarray]]:
-    """Split a batch Prediction into per-structure numpy dicts (one host copy per field)."""
+#: Per-atom fields of ``split_prediction``: key -> Prediction attribute.
+PER_ATOM = {
+    "f": "forces",
+    "m": "magmoms",
+    "site_energies": "site_energies",
+    "atom_fea": "atom_features",
+}
+#: Per-structure fields (beyond ``e``): key -> Prediction attribute.
+PER_STRUCTURE = {"s": "stress", "crystal_fea": "crystal_features"}
+#: Keys only given with ``extras=True``.
+EXTRAS = ("site_energies", "atom_fea", "crystal_fea")
+
+
+def split_prediction(
+    prediction: Any, n_atoms: torch.Tensor, extras: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """Split a batch Prediction into per-structure numpy dicts (one host copy per field).
+
+    Keys (the reference's): ``e`` () eV/atom, ``f`` (n, 3) eV/Å, ``s`` (3, 3) GPa, ``m`` (n,)
+    μB, and with ``extras``: ``site_energies`` (n,) eV, ``atom_fea`` (n, A), ``crystal_fea``
+    (A,). A field the prediction lacks is left out.
+    """
     sizes = n_atoms.tolist()
     energy = prediction.energy.detach().cpu().numpy()
-    fields = {
-        "f": prediction.forces,
-        "s": prediction.stress,
-        "m": prediction.magmoms,
-    }
-    host = {k: v.detach().cpu().numpy() for k, v in fields.items() if v is not None}
+    wanted = {**PER_ATOM, **PER_STRUCTURE}
+    host = {}
+    for key, attribute in wanted.items():
+        value = getattr(prediction, attribute)
+        if value is not None and (extras or key not in EXTRAS):
+            host[key] = value.detach().cpu().numpy()
     cuts = np.cumsum(sizes)[:-1]
-    per_atom = {k: np.split(host[k], cuts) for k in ("f", "m") if k in host}
+    per_atom = {k: np.split(host[k], cuts) for k in PER_ATOM if k in host}
     out = []
     for index in range(len(sizes)):
         item = {"e": energy[index]}
         item |= {k: parts[index] for k, parts in per_atom.items()}
-        if "s" in host:
-            item["s"] = host["s"][index]
+        item |= {k: host[k][index] for k in PER_STRUCTURE if k in host}
         out.append(item)
     return out

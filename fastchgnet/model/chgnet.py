@@ -1,6 +1,7 @@
 """FastCHGNet: the CHGNet architecture as plain eager modules over a flat GraphBatch.
 
-The energy model (``site_outputs``) maps geometry to site energies and magnetic moments; the
+The energy model (``encode`` and the readouts) maps geometry to site energies and magnetic
+moments; the
 thin wrapper ``forward`` owns strain, positions, derivatives and units. No loop over
 structures, no host synchronisation, no data-dependent branch: a batch without angles simply
 has empty angle tensors.
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
-from fastchgnet.model.direct_heads import DirectHeads
+from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
 from fastchgnet.units import EV_PER_A3_TO_GPA
@@ -30,7 +31,11 @@ class Prediction:
 
     energy (n_structures,) eV/atom, composition energy included |
     forces (n_atoms, 3) eV/Å or None | stress (n_structures, 3, 3) GPa or None |
-    magmoms (n_atoms,) μB or None | total_energy (n_structures,) eV
+    magmoms (n_atoms,) μB or None | total_energy (n_structures,) eV |
+    site_energies (n_atoms,) eV, composition energy included (they sum to total_energy) |
+    atom_features (n_atoms, A) read by the magnetic-moment head, or None |
+    crystal_features (n_structures, A) sum over atoms of the normalised final atom features
+    read by the energy MLP, or None (the last two only with ``return_features=True``)
     """
 
     energy: Tensor
@@ -38,15 +43,20 @@ class Prediction:
     forces: Tensor | None = None
     stress: Tensor | None = None
     magmoms: Tensor | None = None
+    site_energies: Tensor | None = None
+    atom_features: Tensor | None = None
+    crystal_features: Tensor | None = None
 
 
 class Encoded(NamedTuple):
     """Final features of a batch: atoms (n_atoms, A) after the last atom conv, bonds
-    (n_bonds, B) after the last bond conv, magmoms (n_atoms,) μB."""
+    (n_bonds, B) after the last bond conv, magmoms (n_atoms,) μB, and the atom features
+    (n_atoms, A) the magmom head reads (before the last atom conv)."""
 
     atoms: Tensor
     bonds: Tensor
     magmoms: Tensor
+    magmom_atoms: Tensor
 
 
 class FastCHGNet(nn.Module):
@@ -172,13 +182,6 @@ class FastCHGNet(nn.Module):
         return positions, strain, gather(deformed, j) + offsets - gather(deformed, i)
 
     # ------------------------------------------------------------- energy model
-    def site_outputs(
-        self, batch: GraphBatch, vectors: Tensor, topo: Topology
-    ) -> tuple[Tensor, Tensor]:
-        """Site energies (n_atoms,) eV and magnetic moments (n_atoms,) μB from bond vectors."""
-        encoded = self.encode(batch, vectors, topo)
-        return self.energy_readout(encoded.atoms), encoded.magmoms
-
     def encode(self, batch: GraphBatch, vectors: Tensor, topo: Topology) -> Encoded:
         """Final atom and bond features and magnetic moments from bond vectors (n_bonds, 3) Å."""
         lengths = torch.linalg.vector_norm(vectors, dim=1)
@@ -197,6 +200,7 @@ class FastCHGNet(nn.Module):
         angles = self.angle_embedding(self.angle_basis(angle))
 
         magmoms = atoms.new_zeros(atoms.shape[0])
+        magmom_atoms = atoms
         last = self.config.n_conv - 1
         for block in range(last):
             # the last block's angle update feeds nothing (only an atom conv follows): skipped,
@@ -215,8 +219,9 @@ class FastCHGNet(nn.Module):
             atoms = new_atoms
             if block == last - 1:
                 magmoms = self.magmom_readout(atoms)
+                magmom_atoms = atoms
         atoms = self.atom_convs[last](atoms, bonds, atom_weights, topo)
-        return Encoded(atoms, bonds, magmoms)
+        return Encoded(atoms, bonds, magmoms, magmom_atoms)
 
     # ------------------------------------------------------------------ wrapper
     def forward(
@@ -226,9 +231,11 @@ class FastCHGNet(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = True,
         create_graph: bool | None = None,
+        return_features: bool = False,
     ) -> Prediction:
-        """Energy (eV/atom), forces (eV/Å), stress (GPa, CHGNet's sign) and magnetic moments
-        (μB) of every structure in ``batch``.
+        """Energy (eV/atom), forces (eV/Å), stress (GPa, CHGNet's sign), magnetic moments
+        (μB) and site energies (eV) of every structure in ``batch``; with ``return_features``
+        also atom and crystal features (see ``Prediction``).
 
         Conservative mode: forces -dE/dx and stress (1/V) dE/dstrain; ``create_graph``
         (default: ``self.training``) keeps the derivative graph so a loss on forces or stress
@@ -236,31 +243,43 @@ class FastCHGNet(nn.Module):
         the heads, no derivative is taken (``create_graph`` is irrelevant).
         """
         if self.direct_heads is not None:
-            total, forces, stress, magmoms = self._direct(batch, compute_forces, compute_stress)
+            site_energy, total, encoded, forces, stress = self._direct(
+                batch, compute_forces, compute_stress
+            )
         else:
             create_graph = self.training if create_graph is None else create_graph
-            total, forces, stress, magmoms = self._conservative(
+            site_energy, total, encoded, forces, stress = self._conservative(
                 batch, compute_forces, compute_stress, create_graph
             )
         n_atoms = batch.n_atoms.to(total.dtype)  # empty padding slots: 0 atoms, energy 0
         composition = self.composition(batch.atomic_numbers, batch.atom_structure, batch.n_atoms)
-        return Prediction(
+        prediction = Prediction(
             energy=total / n_atoms.clamp(min=1) + composition,
             total_energy=total + composition * n_atoms,
             forces=forces,
             stress=stress,
-            magmoms=magmoms,
+            magmoms=encoded.magmoms,
+            site_energies=site_energy + self.composition.energies[batch.atomic_numbers - 1],
         )
+        if return_features:
+            normed = self.energy_readout.norm(encoded.atoms)
+            prediction.atom_features = encoded.magmom_atoms
+            prediction.crystal_features = normed.new_zeros(
+                batch.n_structures, normed.shape[1]
+            ).index_add(0, batch.atom_structure, normed)
+        return prediction
 
     def _conservative(
         self, batch: GraphBatch, compute_forces: bool, compute_stress: bool, create_graph: bool
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
-        """Total energy (n_structures,) eV, -dE/dx, (1/V) dE/dstrain in GPa, magmoms."""
+    ) -> tuple[Tensor, Tensor, Encoded, Tensor | None, Tensor | None]:
+        """Site energies (n_atoms,) and totals (n_structures,) eV without composition, the
+        encoding, -dE/dx and (1/V) dE/dstrain in GPa."""
         with torch.enable_grad():
             positions, strain, vectors = self.geometry(
                 batch, forces=compute_forces, stress=compute_stress
             )
-            site_energy, magmoms = self.site_outputs(batch, vectors, self.topology(batch))
+            encoded = self.encode(batch, vectors, self.topology(batch))
+            site_energy = self.energy_readout(encoded.atoms)
             total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
@@ -271,14 +290,15 @@ class FastCHGNet(nn.Module):
                 if compute_forces:
                     forces = -grads[0]
                 if strain is not None:
-                    volume = torch.linalg.det(batch.lattice).abs()
+                    volume = structure_volume(batch.lattice)
                     stress = grads[-1] * (EV_PER_A3_TO_GPA / volume)[:, None, None]
-        return total, forces, stress, magmoms
+        return site_energy, total, encoded, forces, stress
 
     def _direct(
         self, batch: GraphBatch, compute_forces: bool, compute_stress: bool
-    ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
-        """Total energy (n_structures,) eV, head forces and stress, magmoms; no autograd."""
+    ) -> tuple[Tensor, Tensor, Encoded, Tensor | None, Tensor | None]:
+        """Site energies (n_atoms,) and totals (n_structures,) eV without composition, the
+        encoding, head forces and stress; no autograd."""
         assert self.direct_heads is not None
         _, _, vectors = self.geometry(batch, forces=False, stress=False)
         encoded = self.encode(batch, vectors, self.topology(batch))
@@ -292,7 +312,7 @@ class FastCHGNet(nn.Module):
             compute_forces=compute_forces,
             compute_stress=compute_stress,
         )
-        return total, forces, stress, encoded.magmoms
+        return site_energy, total, encoded, forces, stress
 
     # ---------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
@@ -317,7 +337,7 @@ class FastCHGNet(nn.Module):
         settings: the weights were trained for conservative forces with coupled updates, and
         any other mode raises ValueError instead of silently computing something else.
         """
-        from fastchgnet.model.reference import load_reference
+        from fastchgnet.model.chgnet_files import load_reference
 
         return load_reference(cls, version, **modes)
 

@@ -223,5 +223,8 @@ class DirectHeads(nn.Module):
 
 
 def structure_volume(lattice: Tensor) -> Tensor:
-    """(n_structures, 3, 3) -> (n_structures,) |det|, Å^3."""
-    return torch.linalg.det(lattice).abs()
+    """(n_structures, 3, 3) lattice rows, Å -> (n_structures,) cell volume |a1 · (a2 x a3)|,
+    Å^3. The closed-form triple product, not ``torch.linalg.det``: LU factorisations have
+    CUDA-graph capture problems, and this is a handful of fused multiply-adds."""
+    a1, a2, a3 = lattice.unbind(dim=1)
+    return (a1 * torch.linalg.cross(a2, a3)).sum(dim=1).abs()

@@ -43,32 +43,91 @@ def checkpoint_path(version: str) -> Path:
     return path
 
 
-def config_from_reference(args: dict[str, Any], version: str) -> ModelConfig:
-    """Translate the reference ``model_args`` into our ModelConfig (conservative, coupled)."""
-    if not args.get("mlp_first", True) or args.get("read_out", "ave") not in ("ave", "sum"):
-        raise ValueError(f"reference {version}: only the mlp-first energy readout is supported")
-    if args.get("conv_norm") is not None:
-        raise ValueError(f"reference {version}: conv_norm={args['conv_norm']!r} is not supported")
-    hidden = args.get("mlp_hidden_dims", (64, 64))
+#: The reference CHGNet constructor's defaults for the settings we read (chgnet 0.3/0.4), used
+#: when a file's ``model_args`` leave one out.
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "atom_fea_dim": 64,
+    "bond_fea_dim": 64,
+    "angle_fea_dim": 64,
+    "num_radial": 31,
+    "num_angular": 31,
+    "n_conv": 4,
+    "atom_conv_hidden_dim": 64,
+    "bond_conv_hidden_dim": 64,
+    "angle_layer_hidden_dim": 0,
+    "mlp_hidden_dims": (64, 64, 64),
+    "atom_graph_cutoff": 6,
+    "bond_graph_cutoff": 3,
+    "cutoff_coeff": 8,
+    "learnable_rbf": True,
+    "gMLP_norm": "layer",
+    "readout_norm": "layer",
+}
+
+#: Reference settings that must hold for the weights to mean the same here, with the reason.
+REQUIRED = {
+    "mlp_first": (True, "only the mlp-first (site energy) readout exists here"),
+    "is_intensive": (True, "energies are per atom here"),
+    "non_linearity": ("silu", "the gated MLPs use SiLU here"),
+    "update_bond": (True, "bond updates are always on here"),
+    "update_angle": (True, "angle updates are always on here"),
+    "final_mlp": ("MLP", "the energy readout is a plain MLP here"),
+    "conv_norm": (None, "conv layers have no extra norm here"),
+}
+
+
+def _width(args: dict[str, Any], key: str, source: str) -> int:
+    """A hidden width that the reference allows as an int or a list: one layer only here."""
+    value = args.get(key, REFERENCE_DEFAULTS[key])
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"{source}: {key}={value!r}; only one hidden layer is supported")
+        value = value[0]
+    return int(value)
+
+
+def config_from_reference(
+    args: dict[str, Any], source: str, state_dict: dict[str, Tensor] | None = None
+) -> ModelConfig:
+    """Translate reference ``model_args`` into our ModelConfig (conservative, coupled).
+
+    ``mlp_out_bias`` follows ``args`` or, when ``state_dict`` is given, whether the weights
+    have conv output biases (0.2.0 has them; chgnet issue 79).
+
+    Raises:
+        ValueError: naming ``source`` and the setting this architecture cannot reproduce.
+    """
+    for key, (wanted, why) in REQUIRED.items():
+        value = args.get(key, wanted)
+        if value == wanted or (key == "final_mlp" and value == "normal"):
+            continue
+        raise ValueError(f"{source}: {key}={value!r} is not supported ({why})")
+    hidden = args.get("mlp_hidden_dims", REFERENCE_DEFAULTS["mlp_hidden_dims"])
+    bias = bool(args.get("mlp_out_bias", False))
+    if state_dict is not None:
+        bias = any(k.endswith("mlp_out.layers.1.bias") for k in state_dict)
+
+    def get(key: str) -> Any:
+        return args.get(key, REFERENCE_DEFAULTS[key])
+
     return ModelConfig(
-        atom_fea_dim=args.get("atom_fea_dim", 64),
-        bond_fea_dim=args.get("bond_fea_dim", 64),
-        angle_fea_dim=args.get("angle_fea_dim", 64),
-        num_radial=args.get("num_radial", 31),
-        num_angular=args.get("num_angular", 31),
-        n_conv=args.get("n_conv", 4),
-        atom_conv_hidden_dim=args.get("atom_conv_hidden_dim", 64),
-        bond_conv_hidden_dim=args.get("bond_conv_hidden_dim", 64),
-        angle_hidden_dim=args.get("angle_layer_hidden_dim", 0),
+        atom_fea_dim=int(get("atom_fea_dim")),
+        bond_fea_dim=int(get("bond_fea_dim")),
+        angle_fea_dim=int(get("angle_fea_dim")),
+        num_radial=int(get("num_radial")),
+        num_angular=int(get("num_angular")),
+        n_conv=int(get("n_conv")),
+        atom_conv_hidden_dim=_width(args, "atom_conv_hidden_dim", source),
+        bond_conv_hidden_dim=_width(args, "bond_conv_hidden_dim", source),
+        angle_hidden_dim=_width(args, "angle_layer_hidden_dim", source),
         mlp_hidden_dims=tuple([hidden] if isinstance(hidden, int) else hidden),
-        atom_cutoff=float(args.get("atom_graph_cutoff", 6)),
-        bond_cutoff=float(args.get("bond_graph_cutoff", 3)),
-        cutoff_coeff=int(args.get("cutoff_coeff", 8)),
-        learnable_rbf=bool(args.get("learnable_rbf", True)),
-        gated_norm=args.get("gMLP_norm"),
-        readout_norm=args.get("readout_norm"),
-        # the reference loads 0.2.0 with biased conv output layers (chgnet issue 79)
-        mlp_out_bias=version == "0.2.0",
+        atom_cutoff=float(get("atom_graph_cutoff")),
+        bond_cutoff=float(get("bond_graph_cutoff")),
+        cutoff_coeff=int(get("cutoff_coeff")),
+        learnable_rbf=bool(get("learnable_rbf")),
+        gated_norm=get("gMLP_norm"),
+        readout_norm=get("readout_norm"),
+        mlp_out_bias=bias,
     )
 
 
@@ -94,8 +153,11 @@ def _gated(ref: dict[str, Tensor], src: str, dst: str, hidden: bool) -> dict[str
 
 def map_state_dict(ref: dict[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     """Reference CHGNet state dict -> FastCHGNet state dict."""
+    composition = ref.get("composition_model.fc.weight")
+    if composition is None:  # a reference model built with composition_model=None
+        composition = torch.zeros(config.max_num_elements)
     out = {
-        "composition.energies": ref["composition_model.fc.weight"].reshape(-1),
+        "composition.energies": composition.reshape(-1),
         "atom_embedding.weight": ref["atom_embedding.embedding.weight"],
         "radial_atom.frequencies": ref["bond_basis_expansion.rbf_expansion_ag.frequencies"],
         "radial_bond.frequencies": ref["bond_basis_expansion.rbf_expansion_bg.frequencies"],
@@ -164,29 +226,31 @@ def check_reference_modes(version: str, config: ModelConfig, modes: dict[str, An
         )
 
 
-def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHGNet:
-    """Build a FastCHGNet with the reference ``version``'s pretrained weights.
+def model_from_reference_dict(
+    cls: type[FastCHGNet], model_dict: dict[str, Any], source: str, **modes: Any
+) -> FastCHGNet:
+    """A FastCHGNet from a reference ``{"model_args": ..., "state_dict": ...}`` dict (what
+    chgnet's ``CHGNet.as_dict`` returns and its Trainer saves under "model"), in eval mode.
+    The file's cutoffs and composition (AtomRef) energies are kept.
 
-    ``modes`` may restate the reference's settings; anything else raises ValueError (see
-    ``check_reference_modes``), before the checkpoint is read.
+    Raises:
+        ValueError: naming ``source`` when the dict is not a CHGNet model of this architecture.
     """
-    trained_for = {"forces": "conservative", "coupled_updates": True}
-    if any(modes.get(k, v) != v for k, v in trained_for.items()):  # before reading the file
-        check_reference_modes(version, ModelConfig(), modes)
-    path = checkpoint_path(version)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = checkpoint["model"]
-    config = config_from_reference(state["model_args"], version)
-    if version == "0.2.0" and not any("mlp_out.layers.1.bias" in k for k in state["state_dict"]):
-        config = ModelConfig.from_dict({**config.to_dict(), "mlp_out_bias": False})
-    check_reference_modes(version, config, modes)
+    args, state = model_dict.get("model_args"), model_dict.get("state_dict")
+    if not isinstance(args, dict) or not isinstance(state, dict):
+        raise ValueError(f"{source}: not a CHGNet model (no model_args and state_dict)")
+    config = config_from_reference(args, source, state)
+    check_reference_modes(source, config, modes)
     model = cls(config)
-    mapped = map_state_dict(state["state_dict"], config)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    try:
+        mapped = map_state_dict(state, config)
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"{source}: weights do not fit the CHGNet architecture ({exc})") from exc
     if missing or unexpected:
-        raise RuntimeError(
-            f"reference {version} ({path.name}) does not map onto FastCHGNet: "
-            f"missing {missing}, unexpected {unexpected}"
+        raise ValueError(
+            f"{source}: weights do not map onto FastCHGNet: missing {missing}, "
+            f"unexpected {unexpected}"
         )
     model.eval()
     return model

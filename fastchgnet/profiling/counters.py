@@ -17,12 +17,16 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+#: CUDA activities that are copies or fills, not kernels of the step's maths.
+NOT_KERNELS = ("Memcpy", "Memset", "memcpy", "memset")
+
 
 @dataclass
 class OpCount:
     """Per-step counts: ``aten_ops`` all aten operator dispatches (nested included),
-    ``top_level_ops`` those not called from another aten op, ``cuda_kernels`` GPU kernel
-    launches (0 on CPU), ``by_name`` aten dispatches per operator name."""
+    ``top_level_ops`` those not called from another aten op, ``cuda_kernels`` GPU kernels
+    run (copies and fills excluded; kernels replayed inside a CUDA graph included; 0 on CPU),
+    ``by_name`` aten dispatches per operator name."""
 
     aten_ops: float
     top_level_ops: float
@@ -50,7 +54,7 @@ def count_ops(step: Callable[[], object], steps: int = 1) -> OpCount:
     top_level = kernels = 0
     for event in prof.events():
         if event.device_type == DeviceType.CUDA:
-            kernels += 1
+            kernels += not event.name.startswith(NOT_KERNELS)
             continue
         if not event.name.startswith("aten::"):
             continue

@@ -52,15 +52,40 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def nvtx_enabled() -> bool:
-    """True when ranges are emitted: CUDA available and the ``nvtx`` package installed."""
+Backend = Callable[[str], contextlib.AbstractContextManager]
+#: the range emitter: None until first use, then ``_default_backend()`` or ``set_backend``'s
+_backend: list[Backend | None] = []
+
+
+def _default_backend() -> Backend | None:
+    """The ``nvtx`` package's ranges (coloured, domain "fastchgnet") when installed, else
+    ``torch.cuda.nvtx``; None (no ranges) without CUDA."""
     if not torch.cuda.is_available():
-        return False
+        return None
     try:
-        import nvtx  # noqa: F401  (imported for availability)
+        import nvtx
     except ImportError:
-        return False
-    return True
+        return torch.cuda.nvtx.range
+
+    def annotate(name: str) -> contextlib.AbstractContextManager:
+        return nvtx.annotate(message=name, color=COLOURS.get(name, "grey"), domain="fastchgnet")
+
+    return annotate
+
+
+def set_backend(backend: Backend | None) -> Backend | None:
+    """Emit ranges through ``backend(name)`` (a context manager factory; None: no ranges);
+    returns the previous one. Tests record the stages a real step enters this way."""
+    previous = _backend[0] if _backend else _default_backend()
+    _backend[:] = [backend]
+    return previous
+
+
+def nvtx_enabled() -> bool:
+    """True when ranges are emitted (CUDA and an NVTX backend, or a backend that was set)."""
+    if not _backend:
+        _backend.append(_default_backend())
+    return _backend[0] is not None
 
 
 @contextlib.contextmanager
@@ -69,9 +94,7 @@ def stage(name: str) -> Iterator[None]:
     if not nvtx_enabled():
         yield
         return
-    import nvtx
-
-    with nvtx.annotate(message=name, color=COLOURS.get(name, "grey"), domain="fastchgnet"):
+    with _backend[0](name):
         yield
 
 

@@ -1,8 +1,11 @@
-"""``fastchgnet profile``: aten operators (and CUDA kernels) per training step, side by side.
+"""``fastchgnet profile``: aten operators and CUDA kernels per training step, side by side.
 
 Runs one batch of varied crystals through a training step (forward e/f/s/m, Huber loss,
-backward, Adam) of the reference chgnet package, our eager model and our compiled model, and
-prints the counts per step. For a GPU timeline use Nsight Systems (see ``NSYS``).
+backward, Adam) of the reference chgnet package and our one training step
+(``train.step.TrainStep``, eager and captured) on ``--device`` (CUDA where present), and
+prints the counts per step. Each step is warmed up ``WARMUP`` times first, so the captured
+step counts a replay of its compiled graph (a CUDA graph on a GPU), not the call that
+records it. For a GPU timeline use Nsight Systems (see ``NSYS``).
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import numpy as np
 import torch
 
 NSYS = (
-    "nsys profile --trace=cuda,nvtx,osrt --sample=none -o fastchgnet_step "
-    "python bench/bench_train_step.py --batch-sizes 16 --batches 2 --repeats 2\n"
-    "nsys stats --report nvtx_sum,cuda_gpu_kern_sum fastchgnet_step.nsys-rep"
+    "nsys profile --trace=cuda,nvtx --capture-range=cudaProfilerApi -o fastchgnet_steps "
+    "python launcher/train.py --set run.profile_steps=[20,30]\n"
+    "nsys stats --report nvtx_sum,cuda_gpu_kern_sum fastchgnet_steps.nsys-rep"
 )
+#: Steps run before counting (the first compiles; CUDA graphs record, then replay).
+WARMUP = 3
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -29,18 +34,27 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--mode", choices=["conservative", "direct"], default="conservative")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled model")
     parser.add_argument("--no-reference", action="store_true", help="skip the chgnet package")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the steps run (default: cuda where available): CUDA kernels are counted "
+        "there, aten operators on either",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    """Print and return aten ops per training step for each implementation."""
+    """Print the counts per training step of each implementation; return CUDA kernels per
+    step (``--device cuda``) or aten operators per step (``--device cpu``) by name."""
     from fastchgnet import FastCHGNet
-    from fastchgnet.compile import CapturedModel
-    from fastchgnet.compile.step import TrainStep, make_adam
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.profiling.counters import count_ops
+    from fastchgnet.train.step import standalone_step
+
+    device = torch.device(args.device)
 
     structures = varied_structures(args.batch_size, seed=7, max_atoms=args.max_atoms)
     rng = np.random.default_rng(0)
@@ -55,28 +69,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     ]
     steps: dict[str, object] = {}
     if not args.no_reference:
-        steps["reference chgnet"] = _reference_step(structures, labels)
+        steps["reference chgnet"] = _reference_step(structures, labels, device)
     graphs = [build_graph(s) for s in structures]
     capacity = tight_capacity([graphs])
     ours = [_Labels(x) for x in labels]
     batch, label_batch = collate_padded(graphs, capacity, ours)
+    batch, label_batch = batch.to(device), label_batch.to(device)
     if args.mode == "conservative":
         model = FastCHGNet.from_reference("0.3.0")
     else:
         model = FastCHGNet(forces="direct", coupled_updates=False)
+    model.to(device).train()
     for kind in ["eager"] + ([] if args.no_compile else ["compiled"]):
-        step = TrainStep(CapturedModel(model, eager=kind == "eager"), make_adam(model.parameters()))
+        step = standalone_step(model, compiled=kind == "compiled")
         steps[f"fastchgnet {args.mode} {kind}"] = lambda s=step: s(batch, label_batch)
     counts = {}
     print(
         f"training step, batch of {args.batch_size} varied crystals "
         f"({sum(len(s) for s in structures)} atoms)"
     )
+    print(f"on {device}; counts per step after {WARMUP} warm-up steps")
     print(f"{'':34s} {'aten ops':>9s} {'top-level':>10s} {'CUDA kernels':>13s}")
     for name, step in steps.items():
-        step()  # warm-up (compiles)
+        for _ in range(WARMUP):  # compiles, then records and replays CUDA graphs
+            step()
         c = count_ops(step)
-        counts[name] = c.aten_ops
+        counts[name] = c.cuda_kernels if device.type == "cuda" else c.aten_ops
         print(f"{name:34s} {c.aten_ops:9.0f} {c.top_level_ops:10.0f} {c.cuda_kernels:13.0f}")
     print(f"\nGPU timeline with NVTX ranges per stage:\n{NSYS}")
     return counts
@@ -114,13 +132,19 @@ def reference_training_parts(lr: float = 3e-4) -> tuple[Any, Any, torch.optim.Op
     return model, criterion, torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def _reference_step(structures: list, labels: list[dict]):
+def _reference_step(structures: list, labels: list[dict], device: torch.device):
     model, criterion, optimizer = reference_training_parts()
+    model.to(device)
     graphs = [model.graph_converter(s) for s in structures]
+    if device.type != "cpu":  # as the reference's Trainer moves its graphs
+        graphs = [g.to(str(device)) for g in graphs]
     f32 = torch.float32
     targets = {
-        "e": torch.tensor([x["e"] for x in labels], dtype=f32),
-        **{k: [torch.tensor(x[k], dtype=f32) for x in labels] for k in ("f", "s", "m")},
+        "e": torch.tensor([x["e"] for x in labels], dtype=f32, device=device),
+        **{
+            k: [torch.tensor(x[k], dtype=f32, device=device) for x in labels]
+            for k in ("f", "s", "m")
+        },
     }
 
     def step() -> None:

@@ -15,10 +15,7 @@ sha256, checked on load. ``latest.json`` is replaced only after every rank has w
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import pickle
 import random
 import shutil
 from dataclasses import dataclass
@@ -28,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastchgnet.model.io import atomic_write_bytes
+from fastchgnet.files import ChecksumError, atomic_write_bytes, read_checksummed, write_checksummed
 
 FORMAT = "fastchgnet-train-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ChecksumError):
     """A checkpoint is missing, damaged or foreign."""
 
 
@@ -76,39 +73,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_verified(path: Path, payload: dict[str, Any]) -> None:
-    """torch-save ``payload``, wrap its bytes with their sha256, write atomically."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    body = buffer.getvalue()
-    wrapper = io.BytesIO()
-    digest = hashlib.sha256(body).hexdigest()
-    torch.save(
-        {"format": FORMAT, "version": FORMAT_VERSION, "sha256": digest, "body": body}, wrapper
-    )
-    atomic_write_bytes(path, wrapper.getvalue())
+    """Write one rank's checkpoint file (atomic, checksummed: ``fastchgnet.files``)."""
+    write_checksummed(path, payload, FORMAT, FORMAT_VERSION)
 
 
 def read_verified(path: Path) -> dict[str, Any]:
-    """Read a file of ``write_verified``; a damaged or foreign file raises CheckpointError."""
-    try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(wrapper, dict) or wrapper.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a fastchgnet training checkpoint")
-    if wrapper.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {wrapper.get('version')} unknown")
-    body: bytes = wrapper["body"]
-    if hashlib.sha256(body).hexdigest() != wrapper["sha256"]:
-        raise CheckpointError(f"{path}: checksum mismatch; the checkpoint is damaged")
-    try:
-        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # a ZeRO optimiser shard holds three small DeepSpeed classes; allow exactly those
-        from fastchgnet.train.engine import deepspeed_safe_globals
+    """Read a file of ``write_verified``; a damaged or foreign file raises CheckpointError.
+    A ZeRO optimiser shard holds three small DeepSpeed classes: exactly those are allowed."""
+    from fastchgnet.train.engine import deepspeed_safe_globals
 
-        with torch.serialization.safe_globals(deepspeed_safe_globals()):
-            return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    try:
+        return read_checksummed(path, FORMAT, (FORMAT_VERSION,), deepspeed_safe_globals)[1]
+    except ChecksumError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def rank_file(folder: Path, rank: int) -> Path:
@@ -183,4 +160,6 @@ def load_checkpoint(folder: Path, rank: int, world_size: int) -> tuple[dict, lis
             f"{folder} was written by {main['world_size']} rank(s); resume with the same number"
         )
     payloads = [main] + [read_verified(rank_file(folder, r)) for r in range(1, world_size)]
+    if any(p["progress"] != main["progress"] for p in payloads):
+        raise CheckpointError(f"{folder}: the ranks' files record different progress")
     return main, payloads

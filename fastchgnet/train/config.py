@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from fastchgnet.train.loss import LossConfig
+from fastchgnet.data.ase_labels import AseLabels
+from fastchgnet.model.loss import LossConfig
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ class DataConfig:
     default 0 draws batches uniformly at random), "packed" (every rank batch filled to one
     fixed capacity holding ``batch_size`` structures on average: one shape, as compiled
     training needs) or "auto" (packed when ``run.compile`` is on, else balanced).
+    ``val_source``/``test_source``: explicit validation and test frames (files as ``source``);
+    with either, ``source`` is the training set, ``split`` is not used, and the cache holds
+    all three with split-tagged frame ids. ``explicit_split``: ``source`` is a cache built
+    that way (split by its tags). ``labels``: key names and units of extxyz/ASE-db sources
+    (``fastchgnet.data.ase_labels.AseLabels``: energy, forces, stress, magmoms keys,
+    energy_per_atom, stress_unit "eV/A^3"|"GPa"|"kBar", stress_sign "ase"|"vasp").
+    ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
+    frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
+    a seeded hash of each frame id) joins the training split (never val or test) in the cache.
+    ``loader_workers``: processes per rank that read and collate batches, for training and
+    evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
+    (``fastchgnet.train.data.loader_workers``). They persist across epochs.
     """
 
     source: str = "quickstart"
@@ -49,9 +62,20 @@ class DataConfig:
     batch_size: int = 32
     size_pool: int = 0
     batching: Literal["auto", "balanced", "packed"] = "auto"
-    loader_workers: int = 0
+    loader_workers: int = -1
     convert_workers: int = 1
     max_structures: int = 0
+    val_source: str = ""
+    test_source: str = ""
+    explicit_split: bool = False
+    labels: AseLabels = field(default_factory=AseLabels)
+    replay_source: str = ""
+    replay_fraction: float = 0.0
+
+    @property
+    def explicit(self) -> bool:
+        """Whether splits come from separate files (tags in the cache), not fractions."""
+        return bool(self.explicit_split or self.val_source or self.test_source)
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,9 @@ class OptimConfig:
     warmup_steps: int = 0
     grad_clip: float = 0.0
     epochs: int = 12
+    ema_decay: float = 0.0
+    early_stopping_patience: int = 0
+    select_metric: Literal["loss", "energy_mae", "forces_mae", "stress_mae", "magmoms_mae"] = "loss"
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,22 @@ class RunConfig:
     check_sync_every: int = 0
     compile: Literal["auto", "on", "off"] = "auto"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    dist_timeout_s: float = 600.0
+    profile_steps: tuple[int, ...] = ()
+    sync_debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"config run.log_every={self.log_every}: must be at least 1")
+        if self.dist_timeout_s <= 0:
+            raise ValueError(f"config run.dist_timeout_s={self.dist_timeout_s}: must be > 0")
+        if self.profile_steps and (
+            len(self.profile_steps) != 2 or not 1 <= self.profile_steps[0] <= self.profile_steps[1]
+        ):
+            raise ValueError(
+                f"config run.profile_steps={list(self.profile_steps)}: use [start, stop] "
+                "global steps, 1 <= start <= stop"
+            )
 
     def compiles(self, device: str) -> bool:
         """Whether training on ``device`` ("cpu", "cuda", ...) runs the captured step."""

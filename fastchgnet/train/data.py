@@ -7,8 +7,10 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 
 from __future__ import annotations
 
+import itertools
+import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,12 +22,13 @@ from torch.utils.data import DataLoader, Sampler
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.data.frame import Frame
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
-from fastchgnet.data.padding import collate_padded
+from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import gunzip_ase_file
-from fastchgnet.data.split import split_by_frame_tail, split_by_material
+from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -46,7 +49,7 @@ def resolve_cache(
     open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
     """
     from fastchgnet.data.convert import convert
-    from fastchgnet.data.sources import read_frames
+    from fastchgnet.data.sources import read_frames, tag_split
 
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
@@ -54,8 +57,24 @@ def resolve_cache(
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main and not (cache / "manifest.json").is_file():
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-            plain = gunzip_ase_file(source, Path(scratch))
-            frames = read_frames(plain, energy_key=config.energy_key)
+
+            def frames_of(path: Path) -> Iterable[Frame]:
+                plain = gunzip_ase_file(path, Path(scratch))
+                return read_frames(plain, energy_key=config.energy_key, labels=config.labels)
+
+            frames = frames_of(source)
+            if config.val_source or config.test_source:  # one cache, frames tagged by split
+                parts = [
+                    ("train", source),
+                    ("val", config.val_source),
+                    ("test", config.test_source),
+                ]
+                frames = itertools.chain.from_iterable(
+                    tag_split(frames_of(Path(path)), name) for name, path in parts if path
+                )
+            if config.replay_source and config.replay_fraction > 0:
+                base = frames_of(Path(config.replay_source))
+                frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
             convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
 
@@ -63,7 +82,11 @@ def resolve_cache(
 def collate_items(
     items: Sequence[tuple[object, object]], dtype: torch.dtype = torch.float32
 ) -> tuple[GraphBatch, LabelBatch]:
-    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order."""
+    """``GraphDataset`` items -> (GraphBatch, LabelBatch), structures in the same order; no
+    items (a rank with no structure left for this step) -> a padding-only batch
+    (``padding.PADDING_ONLY``: every label masked, zero loss and gradient)."""
+    if not items:
+        return PaddedCollate(PADDING_ONLY, dtype)(items)
     graphs = [graph for graph, _ in items]
     labels = [label for _, label in items]
     return collate(graphs, dtype), collate_labels(labels, [g.n_atoms for g in graphs], dtype)
@@ -72,14 +95,16 @@ def collate_items(
 @dataclass(frozen=True)
 class PaddedCollate:
     """``GraphDataset`` items -> (GraphBatch, LabelBatch) padded to ``capacity`` (the real
-    structures first, then empty slots and the padding dummy, whose labels are masked)."""
+    structures first, then empty slots and the padding dummy, whose labels are masked; no
+    items: padding only, the same shape)."""
 
     capacity: Capacity
     dtype: torch.dtype = torch.float32
 
     def __call__(self, items: Sequence[tuple[object, object]]) -> tuple[GraphBatch, LabelBatch]:
         graphs = [graph for graph, _ in items]
-        batch, labels = collate_padded(graphs, self.capacity, [label for _, label in items])
+        labels = [label for _, label in items]
+        batch, labels = collate_padded(graphs, self.capacity, labels, self.dtype)
         assert labels is not None
         return batch, labels
 
@@ -95,32 +120,77 @@ class Splits:
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
-    """Open the cache and split it (``config.split``): by material id (``split_seed``) or,
-    with ``split_by="frame_tail"``, by frame position within each material."""
+    """Open the cache and split it: by material id (``config.split``, ``split_seed``), by
+    frame position within each material (``split_by="frame_tail"``), or by the frames' split
+    tags when the splits came from separate files (``config.explicit``)."""
     dataset = GraphDataset(cache)
-    ids = dataset.material_ids
+    ids = dataset.frame_ids if config.explicit else dataset.material_ids
     if config.max_structures > 0:
         ids = ids[: config.max_structures]
-    if config.split_by == "frame_tail":
-        split = split_by_frame_tail(ids, config.split)
+    own = np.arange(len(ids))  # replay frames (tagged) join train, never val or test
+    if config.replay_fraction > 0:
+        replayed = np.char.startswith(dataset.frame_ids[: len(ids)].astype(str), REPLAY_TAG)
+        own = np.flatnonzero(~replayed)
+    if config.explicit:
+        split = split_by_tag(ids[own])
+    elif config.split_by == "frame_tail":
+        split = split_by_frame_tail(ids[own], config.split)
     else:
-        split = split_by_material(ids, config.split, seed=config.split_seed)
-    return Splits(dataset, split.train, split.val, split.test)
+        split = split_by_material(ids[own], config.split, seed=config.split_seed)
+    train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))
+    return Splits(dataset, train.astype(np.int64), own[split.val], own[split.test])
+
+
+#: frame-id prefix of the replayed base frames in a fine-tuning cache
+REPLAY_TAG = "replay:"
+
+
+def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> Iterator[Frame]:
+    """About ``fraction`` of ``frames`` (each kept when a seeded hash of its frame id is
+    below ``fraction``: the same frames every time), frame ids tagged ``REPLAY_TAG``."""
+    from dataclasses import replace
+
+    from fastchgnet.data.split import material_unit_interval
+
+    for frame in frames:
+        if material_unit_interval(frame.frame_id, seed) < fraction:
+            yield replace(frame, frame_id=REPLAY_TAG + frame.frame_id)
 
 
 class EpochBatches(Sampler[list[int]]):
-    """One rank's batches of one epoch from a ``BalancedBatchSampler``, starting at ``skip``
-    global steps into the epoch (resume), mapped from split positions to dataset indices."""
+    """One rank's batches of one epoch from a ``BalancedBatchSampler`` or
+    ``PackedBatchSampler``, starting at ``skip`` global steps into the epoch (resume), mapped
+    from split positions to dataset indices.
+
+    Once the epoch's first batch is handed out, the sampler starts building the next epoch's
+    plan in the background (``plan_ahead``; off with ``ahead=False``, e.g. for evaluation,
+    which always uses epoch 0), so the next ``set_epoch`` finds it ready. One
+    ``DataLoader`` over this object serves every epoch: call ``set_epoch`` and iterate the
+    loader again (its workers persist).
+    """
 
     def __init__(
-        self, sampler: BalancedBatchSampler, indices: np.ndarray, epoch: int, skip: int = 0
+        self,
+        sampler: BalancedBatchSampler | PackedBatchSampler,
+        indices: np.ndarray,
+        epoch: int,
+        skip: int = 0,
+        ahead: bool = True,
     ) -> None:
-        self.sampler, self.indices, self.skip = sampler, indices, skip
-        sampler.set_epoch(epoch)
+        self.sampler, self.indices, self.ahead = sampler, indices, ahead
+        self.set_epoch(epoch, skip)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Follow ``epoch``'s plan from global step ``skip`` on."""
+        self.epoch, self.skip = int(epoch), skip
+        self.sampler.set_epoch(self.epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for step in self.sampler.plan()[self.skip :]:
-            yield [int(self.indices[k]) for k in step[self.sampler.rank]]
+        plan, rank = self.sampler.plan(), self.sampler.rank
+        for position, step in enumerate(plan[self.skip :]):
+            yield [int(self.indices[k]) for k in step[rank]]
+            if position == 0 and self.ahead:  # after the loader's workers started (no fork
+                self.sampler.plan_ahead(self.epoch + 1)  # while a thread runs)
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
@@ -154,20 +224,41 @@ def make_sampler(
     )
 
 
+def loader_workers(requested: int, device: torch.device | str) -> int:
+    """DataLoader worker processes per rank: ``requested`` when >= 0; for -1 ("auto") none on
+    a CPU (the training step already uses the cores) and ``min(4, cores per local rank)`` on
+    CUDA, so the host collates the next batches while the GPU computes."""
+    if requested >= 0:
+        return requested
+    if torch.device(device).type != "cuda":
+        return 0
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(4, max(1, (os.cpu_count() or 1) // local_ranks))
+
+
 def make_loader(
     splits: Splits,
     batches: Sampler[list[int]],
     workers: int,
     capacity: Capacity | None = None,
+    device: torch.device | str = "cpu",
 ) -> DataLoader:
     """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler, padded to
-    ``capacity`` when given."""
+    ``capacity`` when given.
+
+    ``workers``: processes collating batches (-1: ``loader_workers``' automatic choice for
+    ``device``); they persist across epochs when the same loader is iterated again (give it an
+    ``EpochBatches`` and call its ``set_epoch``). On CUDA the batches come in pinned memory,
+    so ``DevicePrefetcher`` copies them asynchronously.
+    """
+    workers = loader_workers(workers, device)
     return DataLoader(
         splits.dataset,
         batch_sampler=batches,
         collate_fn=collate_items if capacity is None else PaddedCollate(capacity),
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        pin_memory=torch.device(device).type == "cuda",
     )
 
 

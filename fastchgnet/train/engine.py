@@ -1,7 +1,10 @@
 """Engines: who owns the optimiser step. Plain torch (one process) or DeepSpeed (data parallel).
 
-Both expose the same small surface to the loop: ``backward(loss)``, ``step()``, ``lr``,
-``all_finite(loss)``, ``state_dict()`` / ``load_state_dict()``. DeepSpeed is imported only when
+Both expose the same small surface to the training step: ``forward(batch)``,
+``backward(loss)``, ``step(skip)``, ``lr``, ``state_dict()`` / ``load_state_dict()``. ``skip`` is
+a 0-d float tensor on the device (1: the step had a non-finite loss on some rank): the fused
+Adam reads it as its ``found_inf`` and leaves weights, moments and step count untouched, so
+the decision never waits for the host. DeepSpeed is imported only when
 used, so a single-process run needs nothing beyond torch. The DeepSpeed JSON
 (launcher/deepspeed.json: ZeRO stage, overlap_comm, bucket sizes) is read as is; the batch
 size, gradient clipping and the optimiser come from the TrainConfig.
@@ -19,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastchgnet.profiling.nvtx import ALLREDUCE, ranged
+from fastchgnet.train.collectives import all_gather_objects, rank_and_world
 from fastchgnet.train.config import OptimConfig
 
 #: The DeepSpeed config used when ``run.deepspeed_config`` is empty.
@@ -43,10 +48,17 @@ def scaled_lr(config: OptimConfig, global_batch: int) -> float:
 def make_optimizer(
     params: list[nn.Parameter], config: OptimConfig, lr: float
 ) -> torch.optim.Optimizer:
-    """Adam or AdamW over the trainable parameters."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    """Adam or AdamW over the trainable parameters: the fused implementation (one kernel over
+    all parameters, CPU and CUDA), which also skips a step on the device (``skip_if``)."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=lr, weight_decay=config.weight_decay, fused=True)
+
+
+def skip_if(optimizer: torch.optim.Optimizer, skip: Tensor) -> None:
+    """Make ``optimizer``'s next ``step()`` a no-op where ``skip`` (0-d, 1.0 = skip) is set,
+    without reading it on the host: the fused Adam's ``found_inf`` input, which leaves the
+    weights, both moments and the step count as they were."""
+    optimizer.found_inf = skip.to(torch.float32)  # read by torch.optim.Adam(fused=True).step
 
 
 def make_scheduler(
@@ -99,9 +111,6 @@ class TorchEngine:
         """The model's Prediction for a GraphBatch already on ``device``."""
         return self.module(batch)
 
-    def all_finite(self, loss: Tensor) -> bool:
-        return bool(torch.isfinite(loss.detach()).item())
-
     def backward(self, loss: Tensor) -> None:
         loss.backward()
 
@@ -109,9 +118,11 @@ class TorchEngine:
         """One process: trivially true."""
         return True
 
-    def step(self) -> None:
+    def step(self, skip: Tensor) -> None:
+        """Clip (when set), update unless ``skip`` (see ``skip_if``), advance the schedule."""
         if self.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        skip_if(self.optimizer, skip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -148,16 +159,6 @@ def deepspeed_safe_globals() -> list[type]:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
-def init_distributed() -> None:
-    """Start the process group: NCCL when CUDA is available, gloo otherwise (CPU)."""
-    import deepspeed
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend)
-
-
 class DeepSpeedEngine:
     """Data parallel through DeepSpeed's engine (ZeRO 0/1); gradients all-reduced in
     ``backward``, parameters identical on every rank after every ``step``."""
@@ -171,9 +172,8 @@ class DeepSpeedEngine:
         settings_path: str | Path,
     ) -> None:
         import deepspeed
-        import torch.distributed as dist
 
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.rank, self.world_size = rank_and_world()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(
             params, config, scaled_lr(config, batch_per_rank * self.world_size)
@@ -182,6 +182,7 @@ class DeepSpeedEngine:
         settings = deepspeed_settings(
             settings_path, batch_per_rank, self.world_size, config.grad_clip
         )
+        self.optimizer_inner = optimizer
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -191,6 +192,9 @@ class DeepSpeedEngine:
             dist_init_required=False,
         )
         self.module = self.engine.module
+        # the gradient all-reduce, which DeepSpeed runs at the end of backward, as its own
+        # NVTX range (an instance attribute shadows the method that backward calls)
+        self.engine.allreduce_gradients = ranged(ALLREDUCE)(self.engine.allreduce_gradients)
         self.zero_stage = int(settings.get("zero_optimization", {}).get("stage", 0))
         self.device = self.engine.device
 
@@ -202,26 +206,19 @@ class DeepSpeedEngine:
         """The model's Prediction through DeepSpeed's engine (its forward hooks run)."""
         return self.engine(batch)
 
-    def all_finite(self, loss: Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks must skip a step together)."""
-        import torch.distributed as dist
-
-        flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1).cpu()
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
     def backward(self, loss: Tensor) -> None:
+        """Backward, then DeepSpeed's gradient all-reduce (buckets; ZeRO 1: its reduction)."""
         self.engine.backward(loss)
 
     def replicas_in_sync(self) -> bool:
-        """Whether every rank holds bit-identical parameters (sha256 of their bytes)."""
-        import torch.distributed as dist
+        """Whether every rank holds bit-identical parameters (sha256 of their bytes; a
+        debugging check that synchronises, run every ``run.check_sync_every`` steps)."""
+        return len(set(all_gather_objects(parameter_digest(self.module)))) == 1
 
-        digests: list[str] = [""] * self.world_size
-        dist.all_gather_object(digests, parameter_digest(self.module))
-        return len(set(digests)) == 1
-
-    def step(self) -> None:
+    def step(self, skip: Tensor) -> None:
+        """DeepSpeed's step (clipping, optimiser, schedule); the fused Adam inside skips the
+        update where ``skip`` is set (every rank holds the same flag: ``TrainStep``)."""
+        skip_if(self.optimizer_inner, skip)
         self.engine.step()
 
     def state_dict(self) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def evaluate_indices(
         return {}
     device = next(model.parameters()).device
     sampler = make_sampler(splits, indices, config.data, (0, 1), 0)
-    batches = make_loader(splits, EpochBatches(sampler, indices, 0), 0)
+    batches = make_loader(splits, EpochBatches(sampler, indices, 0, ahead=False), 0)
     return evaluate(model, batches, device).results()
 
 

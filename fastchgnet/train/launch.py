@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -65,15 +67,60 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run with parsed arguments (``build_parser``'s); returns the exit code."""
-    config = resolve_config(args)
+    """Run with parsed arguments (``build_parser``'s); returns the exit code.
+
+    A bad config key or value, a missing file or a damaged checkpoint ends in one line on
+    stderr (exit 1). Under a launcher (several ranks), a rank that fails or is stopped by the
+    launcher prints one line naming the ranks whose processes are gone (exit 1, or 128 +
+    the signal), so a dead rank shows up by name instead of as a hang or a bare SIGTERM.
+    """
+    from fastchgnet.train.checkpoint import CheckpointError
+
+    try:
+        config = resolve_config(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"fastchgnet train: error: {error}", file=sys.stderr)
+        return 1
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
+    from fastchgnet.train.engine import launched_distributed
     from fastchgnet.train.run import train
 
-    train(config, resume=args.resume)
+    out, rank = Path(config.run.out_dir), int(os.environ.get("RANK", "0"))
+    distributed = launched_distributed()
+    if distributed:
+        _report_on_signal(out, rank)
+    try:
+        train(config, resume=args.resume)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        print(f"fastchgnet train: error: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:
+        if not distributed:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _peers(out: Path, rank: int) -> str:
+    from fastchgnet.train.collectives import peer_report
+
+    return peer_report(out, rank)
+
+
+def _report_on_signal(out: Path, rank: int) -> None:
+    """On SIGTERM (DeepSpeed's launcher stops every rank when one exits with an error) print
+    which peers are gone, then exit at once."""
+
+    def stop(signum: int, frame: object) -> None:
+        message = f"{_peers(out, rank)} (stopped by the launcher, signal {signum})"
+        print(message, file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,30 @@
-"""The training and evaluation loops: batches in, optimiser steps and metrics out.
+"""The training and evaluation loops: batches in, ``TrainStep`` updates and metrics out.
 
-``train_epoch`` knows nothing of files or configs beyond what it is handed: the engine does the
-step, ``on_step`` (the caller) writes checkpoints, ``EpochProgress`` reports.
+``train_epoch`` knows nothing of files or configs beyond what it is handed: the step updates
+the model, ``on_step`` (the caller) writes checkpoints, ``on_read`` logs, ``EpochProgress``
+reports. The steady state makes no host synchronisation: the step's totals stay on the device
+and are read (one transfer) only at the steps ``reads_at`` names (log and checkpoint steps),
+at the epoch's end and where ``max_steps`` stops it. The non-finite-loss limit
+(``max_bad_steps`` in a row) is checked at those reads, so a run may stop up to ``log_every``
+steps later than the step that reached the limit.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from fastchgnet.compile.denormals import flush_denormals
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
-from fastchgnet.data.padding import real_structures
+from fastchgnet.numerics import flush_denormals
 from fastchgnet.train.checkpoint import Progress
-from fastchgnet.train.loss import LossConfig, loss_terms, total_loss
 from fastchgnet.train.metrics import MetricSums
+from fastchgnet.train.prefetch import DevicePrefetcher
 from fastchgnet.train.progress import EpochProgress, log
-
-if TYPE_CHECKING:
-    from fastchgnet.compile import CapturedModel
+from fastchgnet.train.step import TrainStep, Window
 
 
 class NonFiniteLossError(RuntimeError):
@@ -32,78 +34,131 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class EpochResult:
     """What an epoch's training part did: mean loss over finite steps, steps, skipped steps,
-    structures seen (this rank), whether ``max_steps`` stopped it."""
+    seconds, whether ``max_steps`` stopped it."""
 
     mean_loss: float
     steps: int
     skipped: int
-    structures: int
+    seconds: float
     stopped: bool
 
 
-@flush_denormals()  # the whole epoch: see fastchgnet.compile.denormals
+class ProfileRange:
+    """Opens the CUDA profiler's capture range (cudaProfilerStart) before global step
+    ``start`` and closes it after step ``stop`` (``run.profile_steps``), so that
+    ``nsys profile --capture-range=cudaProfilerApi`` records exactly those steps."""
+
+    def __init__(self, steps: tuple[int, int] | None) -> None:
+        self.steps, self.open = steps, False
+        self.cuda = torch.cuda.is_available()
+
+    def before(self, global_step: int) -> None:
+        if self.steps and self.cuda and global_step + 1 == self.steps[0]:
+            torch.cuda.profiler.start()
+            self.open = True
+
+    def after(self, global_step: int) -> None:
+        if self.open and global_step >= self.steps[1]:
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            self.open = False
+
+
+class SyncCheck:
+    """With ``enabled`` on CUDA, every step after the first ``warmup`` of the run (compiling,
+    recording CUDA graphs) that is not a read step runs under
+    ``torch.cuda.set_sync_debug_mode("error")``: a host synchronisation inside it raises.
+    ``checked`` counts the steps run so."""
+
+    def __init__(self, enabled: bool, warmup: int = 3) -> None:
+        self.enabled = enabled and torch.cuda.is_available()
+        self.warmup, self.checked = warmup, 0
+
+    def before(self, global_step: int, reads: bool) -> None:
+        if self.enabled and global_step >= self.warmup and not reads:
+            torch.cuda.set_sync_debug_mode("error")
+            self.checked += 1
+
+    def after(self) -> None:
+        if self.enabled:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@flush_denormals()  # the whole epoch: see fastchgnet.numerics
 def train_epoch(
-    engine: object,
+    step: TrainStep,
     batches: Iterable[tuple[GraphBatch, LabelBatch]],
-    loss_config: LossConfig,
     progress: Progress,
     reporter: EpochProgress,
     *,
     max_bad_steps: int,
+    reads_at: Callable[[int], bool],
     max_steps: int = 0,
-    on_step: Callable[[Progress, float], None] | None = None,
-    captured: CapturedModel | None = None,
+    on_step: Callable[[Progress], None] | None = None,
+    on_read: Callable[[Progress, Window], None] | None = None,
+    profile_steps: tuple[int, int] | None = None,
+    sync_check: SyncCheck | None = None,
 ) -> EpochResult:
     """Train over ``batches`` (this rank's share of one epoch), updating ``progress``.
 
-    With ``captured`` (the engine's model, compiled for the batches' one padded shape) the
-    forward and loss run as its captured graph and the backward as that graph's backward;
-    the batches must then be padded (``data.padding``), and only real structures count.
-
-    A step whose loss is non-finite on any rank is skipped by all ranks (no backward, no
-    update) and logged; ``max_bad_steps`` of them in a row raise ``NonFiniteLossError``.
-    ``on_step(progress, loss)`` runs after every step (logs, checkpoints; loss is NaN for a
-    skipped step); with ``max_steps`` > 0 the epoch stops once ``progress.global_step``
-    reaches it.
+    A step whose loss is non-finite on any rank is skipped by all ranks (weights and
+    optimiser state untouched, decided on the device); ``max_bad_steps`` of them in a row
+    raise ``NonFiniteLossError`` at the next read. ``on_step(progress)`` runs after every step
+    (checkpoints: ``progress.bad_steps`` is current at read steps); ``on_read(progress,
+    window)`` after every read (logs). With ``max_steps`` > 0 the epoch stops once
+    ``progress.global_step`` reaches it. ``sync_check`` guards the steady-state steps
+    against host synchronisations (CUDA).
     """
-    total, steps, skipped, structures = 0.0, 0, 0, 0
-    for graphs, labels in batches:
-        batch = graphs.to(engine.device)
-        targets = labels.to(engine.device)
-        if captured is not None:
-            loss, _ = captured.loss(batch, targets)
-        else:
-            prediction = engine.forward(batch)
-            loss = total_loss(loss_terms(prediction, targets, loss_config), loss_config)
+    total, finite, skipped, stopped = 0.0, 0, 0, False
+    profile = ProfileRange(profile_steps)
+    sync_check = sync_check or SyncCheck(False)
+    start = time.perf_counter()
+    for graphs, labels in DevicePrefetcher(batches, step.engine.device):
+        profile.before(progress.global_step)
+        coming = progress.global_step + 1
+        stopped = bool(max_steps and coming >= max_steps)
+        last = progress.step_in_epoch + 1 == reporter.total or stopped
+        reads = reads_at(coming) or last
+        sync_check.before(progress.global_step, reads)
+        try:
+            step(graphs, labels)
+        finally:
+            sync_check.after()
         progress.step_in_epoch += 1
         progress.global_step += 1
-        if engine.all_finite(loss):
-            engine.backward(loss)
-            engine.step()
-            progress.bad_steps = 0
-            value = float(loss.detach())
-            total, steps = total + value, steps + 1
+        profile.after(progress.global_step)
+        if reads:
+            window = step.read()
+            total += window.mean_loss * window.finite if window.finite else 0.0
+            finite, skipped = finite + window.finite, skipped + window.skipped
+            progress.bad_steps = window.run
+            _check_bad_steps(window, progress, max_bad_steps, step.engine.rank)
+            reporter.update(window.mean_loss, step.engine.lr)
+            if on_read is not None:
+                on_read(progress, window)
         else:
-            progress.bad_steps += 1
-            skipped += 1
-            value = float("nan")
-            log(
-                f"step {progress.global_step}: non-finite loss, step skipped "
-                f"({progress.bad_steps} in a row, limit {max_bad_steps})",
-                engine.rank,
-            )
-            if progress.bad_steps >= max_bad_steps:
-                raise NonFiniteLossError(
-                    f"{progress.bad_steps} non-finite losses in a row (run.max_bad_steps); "
-                    "lower the learning rate or check the data"
-                )
-        structures += real_structures(batch) if captured is not None else batch.n_structures
-        reporter.update(value, engine.lr)
+            reporter.update(None, None)
         if on_step is not None:
-            on_step(progress, value)
-        if max_steps and progress.global_step >= max_steps:
-            return EpochResult(total / max(steps, 1), steps, skipped, structures, True)
-    return EpochResult(total / max(steps, 1), steps, skipped, structures, False)
+            on_step(progress)
+        if stopped:
+            break
+    seconds = time.perf_counter() - start
+    mean = total / finite if finite else float("nan")
+    return EpochResult(mean, finite + skipped, skipped, seconds, stopped)
+
+
+def _check_bad_steps(window: Window, progress: Progress, limit: int, rank: int) -> None:
+    if window.skipped:
+        log(
+            f"step {progress.global_step}: {window.skipped} step(s) skipped for a non-finite "
+            f"loss since the last log (longest run {window.longest_run}, limit {limit})",
+            rank,
+        )
+    if window.longest_run >= limit:
+        raise NonFiniteLossError(
+            f"{window.longest_run} non-finite losses in a row (run.max_bad_steps={limit}); "
+            "lower the learning rate or check the data"
+        )
 
 
 def evaluate(
@@ -113,16 +168,17 @@ def evaluate(
 ) -> MetricSums:
     """Metrics of ``model`` over ``batches`` (this rank's share), summed over all ranks.
 
+    Every rank runs every step (a rank without structures gets a padding-only batch, which
+    adds nothing), sums stay on the device, and one all-reduce at the end combines them.
     The model is put in eval mode for the call (no derivative graph kept) and restored.
     """
     was_training = model.training
     model.eval()
-    metrics = MetricSums()
+    metrics = MetricSums.on(torch.device(device))
     try:
         with torch.no_grad(), flush_denormals():
-            for graphs, labels in batches:
-                prediction = model(graphs.to(device))
-                metrics.add(prediction, labels.to(device))
+            for graphs, labels in DevicePrefetcher(batches, device):
+                metrics.add(model(graphs), labels)
     finally:
         model.train(was_training)
     metrics.all_reduce()

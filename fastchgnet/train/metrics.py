@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.train.collectives import all_gather_objects, all_reduce
 
 #: target -> (column label, factor from our unit to the reported unit)
 REPORTED: dict[str, tuple[str, float]] = {
@@ -27,71 +28,86 @@ REPORTED: dict[str, tuple[str, float]] = {
 N_SUMS = 5
 
 
-def _pairs(prediction: object, labels: LabelBatch) -> dict[str, tuple[Tensor, Tensor]]:
-    """target -> (predicted, label) of the labelled entries, flattened, float64."""
-    raw = {
-        "energy": (prediction.energy, labels.energy, labels.energy_mask),
-        "forces": (prediction.forces, labels.forces, labels.forces_mask),
-        "stress": (prediction.stress, labels.stress, labels.stress_mask),
-        "magmoms": (prediction.magmoms, labels.magmoms, labels.magmoms_mask),
-    }
+def _pairs(prediction: object, labels: LabelBatch) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+    """target -> (predicted, label, mask) flattened per entry, float64, on the prediction's
+    device; fixed shapes (no boolean selection), so nothing waits for the host."""
     out = {}
-    for name, (predicted, target, mask) in raw.items():
+    for name in REPORTED:
+        predicted = getattr(prediction, name)
         if predicted is None:
             continue
+        target = getattr(labels, name).to(predicted.device)
+        mask = getattr(labels, f"{name}_mask").to(predicted.device)
+        mask = mask.reshape(mask.shape + (1,) * (predicted.dim() - 1)).expand_as(predicted)
         out[name] = (
-            predicted.detach()[mask].reshape(-1).double(),
-            target.to(predicted.device)[mask].reshape(-1).double(),
+            predicted.detach().reshape(-1).double(),
+            target.reshape(-1).double(),
+            mask.reshape(-1),
         )
     return out
 
 
 @dataclass
 class MetricSums:
-    """Running sums per target, (4, N_SUMS) float64, reducible across ranks by one all-reduce;
-    plus the (prediction, label) pairs of every target kept for parity plots (up to ``keep``)."""
+    """Running sums per target, (4, N_SUMS) float64 on the predictions' device, reducible
+    across ranks by one all-reduce; plus (prediction, label) pairs of every target kept for
+    parity plots (up to ``keep`` entries each, selected on the host at the end)."""
 
     sums: Tensor = field(
         default_factory=lambda: torch.zeros(len(REPORTED), N_SUMS, dtype=torch.float64)
     )
-    parity: dict[str, list[Tensor]] = field(
-        default_factory=lambda: {"energy": [], "forces": [], "stress": [], "magmoms": []}
-    )
+    parity: dict[str, list[Tensor]] = field(default_factory=lambda: {k: [] for k in REPORTED})
     keep: int = 20000
 
+    @classmethod
+    def on(cls, device: torch.device) -> MetricSums:
+        """Empty sums on ``device`` (where the predictions will be)."""
+        return cls(sums=torch.zeros(len(REPORTED), N_SUMS, dtype=torch.float64, device=device))
+
     def add(self, prediction: object, labels: LabelBatch) -> None:
-        """Add one batch's labelled entries."""
-        for row, (name, (predicted, target)) in enumerate(_pairs(prediction, labels).items()):
+        """Add one batch's labelled entries (padding and missing labels are masked)."""
+        for name, (predicted, target, mask) in _pairs(prediction, labels).items():
+            if self.sums.device != predicted.device:
+                self.sums = self.sums.to(predicted.device)
             row = list(REPORTED).index(name)
-            error = (predicted - target).cpu()
-            target = target.cpu()
+            zero = torch.zeros_like(predicted)
+            error = torch.where(mask, predicted - target, zero)
+            target = torch.where(mask, target, zero)
             self.sums[row] += torch.stack(
                 [
-                    torch.tensor(float(error.numel()), dtype=torch.float64),
+                    mask.sum().double(),
                     error.abs().sum(),
                     (error**2).sum(),
                     target.sum(),
                     (target**2).sum(),
                 ]
             )
-            if name in self.parity and sum(p.shape[1] for p in self.parity[name]) < self.keep:
-                self.parity[name].append(torch.stack([predicted.cpu(), target]))
+            if sum(p.shape[1] for p in self.parity[name]) < self.keep:
+                self.parity[name].append(torch.stack([predicted, target, mask.double()]))
 
     def all_reduce(self) -> None:
-        """Sum across ranks (no-op without a process group)."""
-        import torch.distributed as dist
+        """Sum across ranks (no-op without a process group): the sums in one all-reduce on
+        the group's device, the parity points gathered (on the host; evaluation's end)."""
+        self.sums = all_reduce(self.sums)
+        selected = {name: self._selected(name) for name in self.parity}
+        gathered = all_gather_objects(selected)
+        self.parity = {
+            k: [torch.cat([part[k], part[k].new_ones(1, part[k].shape[1])]) for part in gathered]
+            for k in selected
+        }
 
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)
-            gathered: list[dict] = [{} for _ in range(dist.get_world_size())]
-            dist.all_gather_object(gathered, self.parity)
-            self.parity = {k: [p for part in gathered for p in part[k]] for k in self.parity}
+    def _selected(self, name: str) -> Tensor:
+        """(2, n) predicted and label rows of the labelled entries kept, on the CPU."""
+        if not self.parity[name]:
+            return torch.zeros(2, 0, dtype=torch.float64)
+        both = torch.cat(self.parity[name], dim=1).cpu()
+        return both[:2, both[2] > 0]
 
     def results(self) -> dict[str, float]:
         """``{"energy_mae": meV/atom, "energy_r2": ..., ...}`` for targets with labels."""
-        out = {}
+        out, sums = {}, self.sums.tolist()
         for row, (name, (_, factor)) in enumerate(REPORTED.items()):
-            count, abs_sum, sq_sum, y_sum, y2_sum = self.sums[row].tolist()
+            count, abs_sum, sq_sum, y_sum, y2_sum = sums[row]
             if count == 0:
                 continue
             total = y2_sum - y_sum**2 / count
@@ -100,10 +116,8 @@ class MetricSums:
         return out
 
     def parity_points(self, name: str) -> tuple[Tensor, Tensor]:
-        """(predicted, label) 1-D tensors of ``name`` (a target in ``REPORTED``) kept so far."""
-        if not self.parity[name]:
-            return torch.zeros(0), torch.zeros(0)
-        both = torch.cat(self.parity[name], dim=1)
+        """(predicted, label) 1-D CPU tensors of the labelled ``name`` entries kept so far."""
+        both = self._selected(name)
         return both[0], both[1]
 
 

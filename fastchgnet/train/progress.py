@@ -22,7 +22,8 @@ def use_bar(mode: str) -> bool:
 
 
 class EpochProgress:
-    """Reports one epoch's steps: ``update(loss, lr)`` after each step."""
+    """Reports one epoch's steps: ``update(loss, lr)`` after each step; loss and lr are None
+    between the loop's reads of the device totals (the bar advances, no line is printed)."""
 
     def __init__(
         self, epoch: int, total: int, start: int, mode: str, log_every: int, rank: int
@@ -36,15 +37,16 @@ class EpochProgress:
                 total=total, initial=start, desc=f"epoch {epoch + 1}", unit="step", leave=False
             )
 
-    def update(self, loss: float, lr: float) -> None:
+    def update(self, loss: float | None, lr: float | None) -> None:
         self.done += 1
         if self.rank != 0:
             return
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", refresh=False)
             self.bar.update(1)
             return
-        if self.done % self.log_every == 0 or self.done == self.total:
+        if loss is not None:
             elapsed = time.perf_counter() - self.started
             rate = (self.done - self.first) / elapsed if elapsed > 0 else 0.0
             eta = (self.total - self.done) / rate if rate > 0 else 0.0

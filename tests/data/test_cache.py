@@ -10,8 +10,9 @@ import pytest
 
 from fastchgnet.data.cache import CacheError, GraphDataset
 from fastchgnet.data.convert import convert, main
+from fastchgnet.data.frame import Frame
 from fastchgnet.data.graph import build_graph
-from fastchgnet.data.sources import Frame, from_structures, read_mptrj
+from fastchgnet.data.sources import from_structures, read_mptrj
 from tests.data.frames import isolated_atom, mptrj_record, rock_salt, write_mptrj
 
 GRAPH_FIELDS = (

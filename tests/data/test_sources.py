@@ -12,9 +12,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.sources import (
-    Frame,
-    check_frame,
     from_structures,
     read_ase,
     read_frames,

@@ -79,15 +79,44 @@ def test_small_batch_size_gives_the_same_relaxation(model, small_crystals):
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-5)
 
 
+def cosine(a, b) -> float:
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
 def test_direct_model_relaxes_through_its_force_and_stress_heads(small_crystals):
+    """A random direct model's energy is not the potential of its forces, so the evidence is the
+    step itself: FIRE's first step moves along the cell filter's forces, i.e. the atoms along the
+    force head and the cell's log-strain along minus the stress head (both read here through
+    ``predict_structure``, not the relaxation's calculator). Convergence asks both heads."""
     import torch
+    from scipy.linalg import logm
 
     from fastchgnet import FastCHGNet
+    from fastchgnet.testing import randomize_model
 
     torch.manual_seed(0)
-    direct = FastCHGNet(forces="direct")
-    result = relax(small_crystals[3:5], direct, steps=3)
-    assert all(np.isfinite(r.energy) and r.steps <= 3 for r in result)
+    direct = randomize_model(FastCHGNet(forces="direct"), seed=6).eval()
+    crystals = [small_crystals[1], small_crystals[4]]
+    firsts = relax(crystals, direct, steps=1, fmax=1e-6)
+    for atoms, first in zip(crystals, firsts, strict=True):
+        heads = direct.predict_structure(atoms)
+        assert (first.steps, first.converged) == (1, False)
+        step = first.atoms.get_scaled_positions(wrap=False) - atoms.get_scaled_positions(wrap=False)
+        moved = step @ atoms.cell.array  # in the undeformed frame
+        log_strain = logm(np.linalg.solve(atoms.cell.array, first.atoms.cell.array).T).real
+        # measured: atoms move >= 5e-4 Å and the log-strain is >= 8e-3 in the first step
+        assert np.abs(moved).max() > 1e-5
+        assert np.abs(log_strain).max() > 1e-4
+        assert cosine(moved, heads["f"]) > 0.9999
+        assert cosine(log_strain, -np.asarray(heads["s"])) > 0.9999
+
+    atoms = crystals[0]
+    force_fmax = np.linalg.norm(direct.predict_structure(atoms)["f"], axis=1).max()
+    fixed_cell = relax(atoms, direct, fmax=2 * force_fmax, steps=4, relax_cell=False)
+    assert (fixed_cell.steps, fixed_cell.converged) == (0, True)  # the force head is below fmax
+    with_cell = relax(atoms, direct, fmax=2 * force_fmax, steps=4)
+    assert (with_cell.steps, with_cell.converged) == (4, False)  # the stress head is not
 
 
 def test_cell_relaxation_calls_the_model_once_per_step(model, small_crystals):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -85,23 +87,28 @@ def test_reference_import_has_reference_parameter_count(model):
     assert "n_params=412,525" in repr(model)
 
 
-def test_save_and_load_roundtrip(tmp_path, model):
-    path = tmp_path / "model.pt"
-    model.save(path)
-    loaded = FastCHGNet.load(path)
-    assert loaded.config == model.config
-    a = model.predict_structure(STRUCTURES[0])
-    b = loaded.predict_structure(STRUCTURES[0])
-    np.testing.assert_array_equal(a["f"], b["f"])
-
-
-def test_damaged_model_file_is_detected(tmp_path):
+def test_damaged_model_file_is_a_clear_error_naming_it(tmp_path):
     path = tmp_path / "model.pt"
     FastCHGNet(n_conv=2).save(path)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=str(path)):
+        FastCHGNet.load(path)
+
+
+def test_flipped_bit_in_the_stored_weights_reaches_the_checksum(tmp_path):
+    """One bit flipped inside the stored payload (not the container) must be caught by the
+    checksum, not by torch.load or by loading a damaged state dict."""
+    path = tmp_path / "model.pt"
+    FastCHGNet(n_conv=2).save(path)
+    data = bytearray(path.read_bytes())
+    body = torch.load(path, weights_only=True)["body"].numpy().tobytes()
+    piece = body[len(body) // 2 : len(body) // 2 + 64]
+    assert data.count(piece) == 1, "the payload is not stored verbatim in the model file"
+    data[data.index(piece)] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: checksum mismatch")):
         FastCHGNet.load(path)
 
 

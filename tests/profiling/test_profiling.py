@@ -51,7 +51,7 @@ def test_profile_report_counts_fewer_ops_for_our_step_than_the_reference():
     pytest.importorskip("chgnet")
     from fastchgnet.profiling.report import build_parser, run
 
-    arguments = ["--batch-size", "4", "--max-atoms", "8", "--no-compile"]
+    arguments = ["--batch-size", "4", "--max-atoms", "8", "--no-compile", "--device", "cpu"]
     counts = run(build_parser().parse_args(arguments))
     assert set(counts) == {"reference chgnet", "fastchgnet conservative eager"}
     assert 0 < counts["fastchgnet conservative eager"] < counts["reference chgnet"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastchgnet.train.config import TrainConfig, apply_overrides
+from fastchgnet.train.data import make_sampler, make_splits
 from fastchgnet.train.run import train
 from tests.train.helpers import small_cache, tiny_config
 
@@ -23,7 +24,7 @@ def test_compiled_training_matches_eager_on_the_same_packed_batches(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = small_cache(tmp_path / "cache", n=40)
-    common = ["data.batching=packed", "run.max_steps=4", "optim.epochs=1"]
+    common = ["data.batching=packed", "run.max_steps=4", "optim.epochs=1", "run.log_every=1"]
     eager = train(tiny_config(cache, tmp_path / "eager", *common, "run.compile=off"))
     compiled = train(
         tiny_config(
@@ -34,8 +35,15 @@ def test_compiled_training_matches_eager_on_the_same_packed_batches(
     expected, got = step_losses(tmp_path / "eager"), step_losses(tmp_path / "compiled")
     assert len(expected) == len(got) == 4
     assert got == pytest.approx(expected, rel=2e-4)
+    # one graph for the whole run, never recompiled
+    assert (compiled.graphs, compiled.recompiles) == (1, 0)
     # real structures only: padding slots and the dummy are not counted as trained
-    assert compiled.structures_per_second > 0
+    data = tiny_config(cache, tmp_path / "eager", *common).data
+    splits = make_splits(cache, data)
+    sampler = make_sampler(splits, splits.train, data, (0, 1), 0, packed=True)
+    real = sum(len(rank) for step in sampler.plan()[:4] for rank in step)
+    assert compiled.structures == eager.structures == real
+    assert compiled.structures < 4 * (sampler.capacity.structures + 1)
 
 
 def test_compile_needs_one_padded_shape() -> None:

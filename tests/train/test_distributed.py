@@ -1,20 +1,24 @@
 """Data parallel under DeepSpeed on CPU: two gloo ranks stay bit-identical and learn.
 
-``deepspeed --num_gpus 2 launcher/train.py`` (two CPU ranks, gloo, ZeRO 1 from
-launcher/deepspeed.json) with a tiny model: after every step the ranks compare the sha256 of
-their parameters (``run.check_sync_every=1``, a mismatch stops the run), the mean training loss
-falls from the first epoch to the last, and the balanced sampler gave the ranks batches of
-nearly equal cost (atoms + bonds + angles), better balanced than random batches.
+``deepspeed --num_gpus 2 launcher/train.py`` (two CPU ranks, gloo, ZeRO 0 from
+launcher/deepspeed.json; ZeRO 1 from launcher/deepspeed_zero1.json in the resume test) with
+a tiny model: after every step the ranks compare the sha256 of their parameters
+(``run.check_sync_every=1``, a mismatch stops the run), the mean training loss falls from the
+first epoch to the last, and the balanced sampler gave the ranks batches of nearly equal cost
+(atoms + bonds + angles), better balanced than random batches.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +40,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> str:
-    """Run ``deepspeed --num_gpus 2 launcher/train.py`` with a tiny model; returns the log."""
+def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> list[str]:
+    """``deepspeed --num_gpus 2 launcher/train.py`` with a tiny model, a log row per step."""
     settings = [
         f"data.source={cache}",
         "data.batch_size=2",
@@ -48,6 +52,7 @@ def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> st
         "run.plots=false",
         "optim.lr=0.002",
         f"optim.epochs={EPOCHS}",
+        "run.log_every=1",
         *overrides,
     ]
     deepspeed = Path(sys.executable).parent / "deepspeed"
@@ -61,8 +66,16 @@ def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> st
         *(f"--set={o}" for o in settings),
         *(["--resume"] if resume else []),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    return command
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> str:
+    """Run ``_command``; returns the log (stdout and stderr), asserting success."""
+    command = _command(out, cache, *overrides, resume=resume)
+    done = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     return log
@@ -115,10 +128,11 @@ def test_two_rank_zero1_run_resumed_from_a_checkpoint_matches_the_uninterrupted_
 
     cache = small_cache(tmp_path / "cache", n=48)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _launch(straight, cache, "run.max_steps=12", "run.checkpoint_every=4")
-    _launch(resumed, cache, "run.max_steps=5", "run.checkpoint_every=4")
+    zero1 = f"run.deepspeed_config={ROOT / 'launcher' / 'deepspeed_zero1.json'}"
+    _launch(straight, cache, zero1, "run.max_steps=12", "run.checkpoint_every=4")
+    _launch(resumed, cache, zero1, "run.max_steps=5", "run.checkpoint_every=4")
     assert latest_checkpoint(resumed / "checkpoints").name == "step-00000005"
-    _launch(resumed, cache, "run.max_steps=12", resume=True)
+    _launch(resumed, cache, zero1, "run.max_steps=12", resume=True)
     a, _ = load_checkpoint(latest_checkpoint(straight / "checkpoints"), 0, 2)
     b, _ = load_checkpoint(latest_checkpoint(resumed / "checkpoints"), 0, 2)
     assert a["progress"]["global_step"] == b["progress"]["global_step"] == 12
@@ -149,3 +163,65 @@ def test_two_ranks_train_through_the_captured_step_in_sync(tmp_path) -> None:
     assert log.count("parameters identical on all 2 ranks") == steps
     assert "packed sampler" in log
     assert "compile: 1 graph(s), 0 recompile(s)" in log
+
+
+@pytest.mark.slow
+def test_two_ranks_train_and_evaluate_splits_smaller_than_the_world(tmp_path) -> None:
+    """24 structures split 0.9/0.05/0.05 by material leave 1 validation and 1 test structure
+    for 2 ranks: the rank without one evaluates a padding-only batch and joins the all-reduce
+    (before, collation raised "collate needs at least one graph" on that rank)."""
+    pytest.importorskip("deepspeed")
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    log = _launch(out, cache, "data.split=[0.9,0.05,0.05]", "optim.epochs=2")
+    found = re.search(r"data: (\d+) train / (\d+) val / (\d+) test", log)
+    assert found is not None
+    assert int(found[2]) < 2
+    assert int(found[3]) < 2
+    with open(out / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["split"] for row in rows] == ["val", "val", "test"]
+    assert all(np.isfinite(float(row["energy_mae"])) for row in rows)
+    assert "final metrics" in log
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_by_name_and_resume_matches_the_uninterrupted_run(
+    tmp_path,
+) -> None:
+    """SIGKILL rank 1 mid-epoch: within 60 s the run ends with a message naming rank 1; the
+    run resumed from its last checkpoint ends with the uninterrupted run's weights, bit for
+    bit."""
+    pytest.importorskip("deepspeed")
+    from fastchgnet.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    cache = small_cache(tmp_path / "cache", n=48)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    steps = ["run.max_steps=60", "run.checkpoint_every=2", "optim.epochs=6"]
+    _launch(straight, cache, *steps)
+
+    command = _command(killed, cache, *steps)
+    process = subprocess.Popen(
+        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pointer = killed / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if pointer.is_file() and json.loads(pointer.read_text())["global_step"] >= 4:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    victim = json.loads((killed / "ranks" / "rank-00001.json").read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    output, _ = process.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 60
+    assert process.returncode != 0
+    assert f"rank 1 (pid {victim}" in output, output[-3000:]
+
+    _launch(killed, cache, *steps, resume=True)
+    a, _ = load_checkpoint(latest_checkpoint(straight / "checkpoints"), 0, 2)
+    b, _ = load_checkpoint(latest_checkpoint(killed / "checkpoints"), 0, 2)
+    assert a["progress"]["global_step"] == b["progress"]["global_step"] == 60
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name

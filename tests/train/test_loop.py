@@ -1,5 +1,6 @@
-"""The loop: a non-finite loss skips the step (weights untouched) and too many in a row stop
-the run; a finite step changes the weights."""
+"""The loop: a non-finite loss skips the step (weights and optimiser state untouched, decided on
+the device) and too many in a row stop the run at the next read; a finite step changes the
+weights; the steady state reads nothing on the host between reads."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import torch
 
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.loss import LossConfig
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.config import OptimConfig
 from fastchgnet.train.data import collate_items
 from fastchgnet.train.engine import TorchEngine
 from fastchgnet.train.loop import NonFiniteLossError, train_epoch
-from fastchgnet.train.loss import LossConfig
 from fastchgnet.train.progress import EpochProgress
+from fastchgnet.train.step import TrainStep
 from tests.train.helpers import TINY_ARCHITECTURE, small_cache
 
 
@@ -34,35 +36,39 @@ def _poison(batch: tuple) -> tuple:
     return graphs, labels
 
 
-def _run(batches: list, max_bad_steps: int) -> tuple[FastCHGNet, Progress, list[dict]]:
+def _run(batches: list, max_bad_steps: int, read_every: int = 1):
     torch.manual_seed(0)
     model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
     engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=10, global_batch=4)
+    step = TrainStep(engine, LossConfig())
     progress, snapshots = Progress(), []
 
-    def snapshot(state: Progress, loss: float) -> None:
-        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+    def snapshot(state: Progress) -> None:
+        moments = [s["exp_avg"].clone() for s in engine.optimizer.state.values()]
+        snapshots.append(({k: v.clone() for k, v in model.state_dict().items()}, moments))
 
     reporter = EpochProgress(0, len(batches), 0, "lines", 1000, 0)
     train_epoch(
-        engine,
+        step,
         batches,
-        LossConfig(),
         progress,
         reporter,
         max_bad_steps=max_bad_steps,
+        reads_at=lambda s: s % read_every == 0,
         on_step=snapshot,
     )
     return model, progress, snapshots
 
 
-def test_non_finite_loss_skips_the_step_and_leaves_weights_untouched(batches) -> None:
+def test_non_finite_loss_skips_the_step_and_leaves_weights_and_moments_untouched(batches) -> None:
     _, progress, snapshots = _run([batches[0], _poison(batches[1]), batches[2]], 3)
     assert progress.global_step == 3
     assert progress.bad_steps == 0
-    for name, before in snapshots[0].items():
-        assert torch.equal(before, snapshots[1][name]), name  # the poisoned step changed nothing
-    changed = [not torch.equal(snapshots[1][n], snapshots[2][n]) for n in snapshots[1]]
+    (weights_0, moments_0), (weights_1, moments_1), (weights_2, _) = snapshots
+    for name, before in weights_0.items():
+        assert torch.equal(before, weights_1[name]), name  # the poisoned step changed nothing
+    assert all(torch.equal(a, b) for a, b in zip(moments_0, moments_1, strict=True))
+    changed = [not torch.equal(weights_1[n], weights_2[n]) for n in weights_1]
     assert any(changed)  # the next finite step trained
 
 
@@ -70,3 +76,29 @@ def test_too_many_non_finite_losses_in_a_row_stop_the_run(batches) -> None:
     poisoned = [_poison(b) for b in batches]
     with pytest.raises(NonFiniteLossError, match="2 non-finite losses in a row"):
         _run(poisoned, 2)
+
+
+def test_the_limit_is_checked_at_reads_so_the_run_stops_at_the_next_read(batches) -> None:
+    poisoned = [_poison(b) for b in batches]
+    # the limit (1) is reached at step 1, read only at step 2 (or at the epoch's last step)
+    with pytest.raises(NonFiniteLossError) as error:
+        _run(poisoned, 1, read_every=2)
+    assert "3 non-finite losses in a row" not in str(error.value)
+    assert "2 non-finite losses in a row" in str(error.value)
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_is_skipped_too(batches) -> None:
+    torch.manual_seed(0)
+    model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
+    engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=10, global_batch=4)
+    step = TrainStep(engine, LossConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.atom_embedding.weight
+    handle = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    step(*batches[0])
+    handle.remove()
+    window = step.read()
+    assert (window.finite, window.skipped) == (0, 1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    step(*batches[1])
+    assert step.read().finite == 1

@@ -8,7 +8,7 @@ import torch
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.train.metrics import MetricSums, append_csv, format_table
 from fastchgnet.train.plots import parity_plot
-from tests.train.test_loss import _batch
+from tests.model.test_loss import _batch
 
 
 def test_mae_and_r2_match_numpy_over_labelled_entries_across_batches() -> None:

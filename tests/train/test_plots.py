@@ -6,7 +6,7 @@ import numpy as np
 
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv
 from fastchgnet.train.plots import fractional_epochs, learning_curve_plot, parity_plot
-from tests.train.test_loss import _batch
+from tests.model.test_loss import _batch
 
 
 def test_parity_points_are_kept_for_every_labelled_target(tmp_path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastchgnet.compile.denormals import flush_denormals
+from fastchgnet.numerics import flush_denormals
 
 TINY = 1e-39  # below float32's smallest normal number, 1.18e-38
 

@@ -1,0 +1,214 @@
+"""Helpers of bench/gpu_check.sh: slice the quick-start frames, time the reference package's
+training step, check each run's summary.json, print the closing table.
+
+    python bench/gpu_check.py slice N OUT.extxyz
+    python bench/gpu_check.py reference FRAMES.extxyz OUT.json [--device cuda] [--steps 10]
+    python bench/gpu_check.py verify RUN_DIR --stage a|b|c [--cpu] [--compiled]
+    python bench/gpu_check.py report WORK_DIR [--cpu]
+
+``verify`` reads ``<run.out_dir>/summary.json`` that ``train()`` writes (keys:
+structures_per_second, graphs, recompiles, cudagraph_skips, peak_memory_bytes,
+host_syncs_checked, val, test) and fails (exit 1, one line naming the key) unless a compiled
+run used one graph, no recompile and no CUDA-graph skip, its steady state was checked for host
+synchronisations (on a GPU), and validation metrics are finite. Without summary.json it fails
+on a GPU; with ``--cpu`` it says so and checks what the run's log shows instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+SUMMARY = "summary.json"
+
+
+def slice_frames(n: int, out: Path) -> None:
+    """The first ``n`` frames of the bundled quick-start extxyz, written uncompressed."""
+    from fastchgnet.train.data import quickstart_path
+
+    with gzip.open(quickstart_path(), "rt") as source:
+        lines = source.read().splitlines(keepends=True)
+    kept, start = [], 0
+    while len(kept) < n and start < len(lines):
+        count = int(lines[start])
+        kept.append("".join(lines[start : start + count + 2]))
+        start += count + 2
+    out.write_text("".join(kept))
+    print(f"{len(kept)} frames -> {out}")
+
+
+def reference_rate(frames: Path, out: Path, device: str, batch_size: int, steps: int) -> None:
+    """Structures/s of the reference chgnet 0.3.0 training step (forward e/f/s/m, its
+    CombinedLoss, backward, Adam) on ``device``, batches of ``batch_size`` frames."""
+    import torch
+
+    from fastchgnet.data.sources import read_frames
+    from fastchgnet.profiling.report import reference_training_parts
+
+    model, criterion, optimizer = reference_training_parts()
+    model.to(device).train()
+    loaded = list(read_frames(frames))[: batch_size * 4]
+    graphs = [model.graph_converter(f.structure).to(device) for f in loaded]
+
+    def target(batch: list) -> dict:
+        def tensor(x) -> torch.Tensor:
+            return torch.as_tensor(x, dtype=torch.float32, device=device)
+
+        return {
+            "e": tensor([f.energy_per_atom for f in batch]),
+            "f": [tensor(f.forces) for f in batch],
+            "s": [tensor(f.stress) for f in batch],
+            "m": [
+                tensor(f.magmoms if f.magmoms is not None else [0.0] * len(f.structure))
+                for f in batch
+            ],
+        }
+
+    batches = [
+        (graphs[k : k + batch_size], target(loaded[k : k + batch_size]))
+        for k in range(0, len(loaded), batch_size)
+    ]
+
+    def step(k: int) -> None:
+        optimizer.zero_grad()
+        prediction = model(batches[k % len(batches)][0], task="efsm")
+        criterion(batches[k % len(batches)][1], prediction)["loss"].backward()
+        optimizer.step()
+
+    for k in range(2):  # warm-up
+        step(k)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for k in range(steps):
+        step(k)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    rate = steps * batch_size / seconds
+    out.write_text(json.dumps({"structures_per_second": rate, "batch_size": batch_size}))
+    print(f"reference chgnet 0.3.0 training on {device}: {rate:.1f} structures/s")
+
+
+def _from_log(run: Path) -> dict:
+    """What the run's log (run.log beside its outputs) says: graphs and recompiles."""
+    log = (run / "run.log").read_text() if (run / "run.log").is_file() else ""
+    found = re.findall(r"compile: (\d+) graph\(s\), (\d+) recompile\(s\)", log)
+    if not found:
+        return {}
+    graphs, recompiles = found[-1]
+    return {"graphs": int(graphs), "recompiles": int(recompiles)}
+
+
+def verify(run: Path, stage: str, cpu: bool, compiled: bool) -> list[str]:
+    """Failures (empty: passed) of one stage's run."""
+    path = run / SUMMARY
+    if not path.is_file():
+        if not cpu:
+            return [f"{path}: missing (train() writes it at the end of a run)"]
+        print(
+            f"stage {stage}: {path} not written yet (train() does not write it in this "
+            "version): checking the log instead"
+        )
+        seen = _from_log(run)
+        if compiled and not seen:
+            return [f"stage {stage}: the log reports no compile statistics"]
+        summary = {**seen, "val": {}}
+    else:
+        summary = json.loads(path.read_text())
+    failures = []
+    if compiled:
+        for key, expected in (("graphs", 1), ("recompiles", 0), ("cudagraph_skips", 0)):
+            if key in summary and summary[key] != expected:
+                failures.append(f"stage {stage}: {key} = {summary[key]}, expected {expected}")
+            elif key not in summary and path.is_file():
+                failures.append(f"stage {stage}: {SUMMARY} has no '{key}'")
+        if not cpu and summary.get("host_syncs_checked") is not True:
+            failures.append(f"stage {stage}: steady state not checked for host synchronisations")
+    for name, value in summary.get("val", {}).items():
+        if isinstance(value, float) and not math.isfinite(value) and name.endswith("_mae"):
+            failures.append(f"stage {stage}: validation {name} is {value}")
+    return failures
+
+
+def report(work: Path, cpu: bool) -> None:
+    """The closing table: structures/s, peak memory and checks of every stage."""
+    rows = {
+        "a": "captured + CUDA graphs, torch engine",
+        "b": "eager, torch engine",
+        "c": "DeepSpeed, 1 rank",
+    }
+    if cpu:
+        rows["a"] = "captured (aot_eager), torch engine"
+    print(f"\n{'stage':44s} {'structures/s':>13s} {'peak memory':>12s}  checks")
+    for stage, name in rows.items():
+        path = work / stage / SUMMARY
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            rate = f"{summary.get('structures_per_second', float('nan')):.1f}"
+            peak = summary.get("peak_memory_bytes")
+            memory = f"{peak / 2**20:.0f} MiB" if peak else "n/a"
+            checks = (
+                f"graphs {summary.get('graphs')}, recompiles {summary.get('recompiles')}, "
+                f"cudagraph skips {summary.get('cudagraph_skips')}, host syncs checked "
+                f"{summary.get('host_syncs_checked')}"
+            )
+        else:
+            rate, memory, checks = "n/a", "n/a", f"no {SUMMARY}; " + str(_from_log(work / stage))
+        print(f"({stage}) {name:40s} {rate:>13s} {memory:>12s}  {checks}")
+    reference = work / "reference.json"
+    if reference.is_file():
+        rate = json.loads(reference.read_text())["structures_per_second"]
+        print(f"{'reference chgnet 0.3.0 (same device)':44s} {rate:13.1f}")
+    profile = work / "profile.log"
+    if profile.is_file():  # the table, without the reference package's warnings
+        noise = ("Warning", "USDT:", "Consider using", "volumes = ", "initialized with")
+        lines = [x for x in profile.read_text().splitlines() if not any(n in x for n in noise)]
+        print("\n(d) fastchgnet profile:\n" + "\n".join(lines).strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("slice")
+    p.add_argument("n", type=int)
+    p.add_argument("out", type=Path)
+    p = sub.add_parser("reference")
+    p.add_argument("frames", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10)
+    p = sub.add_parser("verify")
+    p.add_argument("run", type=Path)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--compiled", action="store_true")
+    p = sub.add_parser("report")
+    p.add_argument("work", type=Path)
+    p.add_argument("--cpu", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "slice":
+        slice_frames(args.n, args.out)
+    elif args.command == "reference":
+        reference_rate(args.frames, args.out, args.device, args.batch_size, args.steps)
+    elif args.command == "verify":
+        failures = verify(args.run, args.stage, args.cpu, args.compiled)
+        for line in failures:
+            print(f"FAIL {line}")
+        if failures:
+            return 1
+        print(f"stage {args.stage}: checks passed")
+    else:
+        report(args.work, args.cpu)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# GPU acceptance in one call (under 6 minutes on one GPU), or every stage on the CPU (--cpu,
+# under 5 minutes, run in CI):
+#   0. install the wheels in .whl/ (GPU machine without network; `make gpu-wheels` fetched
+#      them beforehand), cut a slice of the bundled quick-start frames, convert it to a cache;
+#   a. captured + CUDA-graph training, torch engine, 2 epochs: one graph, no recompile, no
+#      CUDA-graph skip, steady state under torch.cuda.set_sync_debug_mode("error");
+#   b. eager training, 1 epoch;
+#   c. `deepspeed --num_gpus 1` (NCCL on a GPU) through validation;
+#   d. `fastchgnet profile` (CUDA kernels per step side by side);
+#   then the reference chgnet's training rate on the same device and a table of structures/s,
+#   peak memory and the checks (bench/gpu_check.py).
+#
+#   bench/gpu_check.sh          on a GPU machine (python3 with torch + CUDA)
+#   bench/gpu_check.sh --cpu    on the CPU: aot_eager backend, a smaller model and slice
+# Environment: PYTHON (default python3, or .venv/bin/python with --cpu when it exists),
+# GPU_CHECK_DIR (work folder; default a new one under /tmp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODE=gpu
+[[ "${1:-}" == "--cpu" ]] && MODE=cpu
+if [[ $MODE == cpu && -x .venv/bin/python ]]; then PY=${PYTHON:-$ROOT/.venv/bin/python}; else PY=${PYTHON:-python3}; fi
+WORK=${GPU_CHECK_DIR:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+mkdir -p "$WORK"
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$WORK/inductor}
+T0=$(date +%s)
+stamp() { echo "[gpu_check $(( $(date +%s) - T0 )) s] $*"; }
+
+if [[ $MODE == gpu ]]; then
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        stamp "installing $(ls .whl/*.whl | wc -l) wheels from .whl/"
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$WORK/site" .whl/*.whl
+        # nvidia-ml-py3 (for chgnet's `import nvidia_smi`) brings a 2017 pynvml.py; the
+        # machine's nvidia-ml-py has a current one, which torch and DeepSpeed may import
+        rm -f "$WORK/site/pynvml.py"
+        export PATH="$WORK/site/bin:$PATH"
+    fi
+    export PYTHONPATH="$ROOT:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+    DEVICE=cuda N=640 BATCH=16
+    # the reference's weights and size (412,525 parameters), for the comparison with it
+    EXTRA=(--set model.init=reference:0.3.0 --set "model.architecture={}")
+    PROFILE=(--device cuda --batch-size 16)
+    DS_COMPILE=on   # inductor's cache from stage a makes this compile quick
+    "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())"
+else
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    export CUDA_VISIBLE_DEVICES=""
+    DEVICE=cpu N=96 BATCH=8
+    EXTRA=(--set run.compile_backend=aot_eager --set run.threads=1)
+    # the captured counts on a CPU need inductor's C++ build (minutes): eager and reference only
+    PROFILE=(--device cpu --batch-size 4 --no-compile)
+    DS_COMPILE=off  # a second aot_eager trace would cost another minute or more here
+fi
+# the launcher beside this python (a venv), else the one installed from .whl/ (on PATH)
+DEEPSPEED="$(dirname "$PY")/deepspeed"
+[[ -x $DEEPSPEED ]] || DEEPSPEED=$(command -v deepspeed)
+CHECK=("$PY" bench/gpu_check.py)
+CPU_FLAG=(); [[ $MODE == cpu ]] && CPU_FLAG=(--cpu)
+
+stamp "mode $MODE, work folder $WORK"
+"${CHECK[@]}" slice "$N" "$WORK/frames.extxyz"
+"$PY" -m fastchgnet.cli data convert "$WORK/frames.extxyz" -o "$WORK/cache" --workers 2
+COMMON=(--set "data.source=$WORK/cache" --set "data.batch_size=$BATCH" --set run.progress=lines
+        --set run.plots=false --set run.log_every=10 "${EXTRA[@]}")
+
+train() {  # stage, then launcher and overrides; the log goes to <out>/run.log
+    local stage=$1; shift
+    mkdir -p "$WORK/$stage"
+    stamp "stage $stage: $*"
+    "$@" "${COMMON[@]}" --set "run.out_dir=$WORK/$stage" 2>&1 | tee "$WORK/$stage/run.log"
+}
+
+train a "$PY" launcher/train.py --set run.engine=torch --set run.compile=on --set optim.epochs=2 --set run.sync_debug=true
+"${CHECK[@]}" verify "$WORK/a" --stage a --compiled "${CPU_FLAG[@]}"
+train b "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1
+"${CHECK[@]}" verify "$WORK/b" --stage b "${CPU_FLAG[@]}"
+PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+train c "$DEEPSPEED" --num_gpus 1 --master_port "$PORT" launcher/train.py \
+    --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1
+C_COMPILED=(); [[ $DS_COMPILE == on ]] && C_COMPILED=(--compiled)
+"${CHECK[@]}" verify "$WORK/c" --stage c "${C_COMPILED[@]}" "${CPU_FLAG[@]}"
+
+stamp "stage d: fastchgnet profile ${PROFILE[*]}"
+if ! "$PY" -m fastchgnet.cli profile --help | grep -q -- "--device"; then
+    [[ $MODE == gpu ]] && { echo "FAIL fastchgnet profile has no --device"; exit 1; }
+    echo "fastchgnet profile has no --device option in this version: profiling on the CPU"
+    PROFILE=(--batch-size 4 --no-compile)
+fi
+"$PY" -m fastchgnet.cli profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
+
+stamp "reference chgnet training rate on $DEVICE"
+"${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \
+    --batch-size "$BATCH" --steps "$([[ $MODE == gpu ]] && echo 20 || echo 2)"
+"${CHECK[@]}" report "$WORK" "${CPU_FLAG[@]}"
+stamp "all stages passed ($MODE)"

@@ -1,0 +1,27 @@
+"""Drop-in names of the reference ``chgnet`` package: change one import line.
+
+    from fastchgnet.compat import CHGNet, CHGNetCalculator, StructOptimizer, MolecularDynamics
+    from fastchgnet.compat import StructureData, get_train_val_test_loader, Trainer
+
+They take the reference's arguments and give its keys and units; what they do not support
+raises ``NotImplementedError`` saying so and what to use instead.
+"""
+
+from fastchgnet.compat.dynamics import CHGNetCalculator, StructOptimizer, TrajectoryObserver
+from fastchgnet.compat.model import CHGNet
+from fastchgnet.compat.molecular_dynamics import CrystalFeasObserver, MolecularDynamics
+from fastchgnet.compat.trainer import Trainer
+from fastchgnet.compat.training import StructureData, get_loader, get_train_val_test_loader
+
+__all__ = [
+    "CHGNet",
+    "CHGNetCalculator",
+    "CrystalFeasObserver",
+    "MolecularDynamics",
+    "StructOptimizer",
+    "StructureData",
+    "Trainer",
+    "TrajectoryObserver",
+    "get_loader",
+    "get_train_val_test_loader",
+]

@@ -1,0 +1,219 @@
+"""The reference's ``chgnet.model.dynamics`` names over our calculator, relaxation and MD.
+
+``CHGNetCalculator`` is our ``fastchgnet.md.Calculator`` (ASE units; ``energies`` are site
+energies in eV; ``crystal_fea`` in the results as the reference). ``StructOptimizer.relax``
+returns ``{"final_structure", "trajectory"}`` with a ``TrajectoryObserver`` holding the
+reference's fields; ``MolecularDynamics`` builds the same ASE integrators as the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import sys
+from typing import Any
+
+import numpy as np
+from ase import Atoms, units
+from ase.filters import Filter
+from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDMin
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from fastchgnet.compat.model import CHGNet, determine_device, unsupported
+from fastchgnet.md.calculator import Calculator, as_atoms
+
+OPTIMIZERS = {
+    "FIRE": FIRE,
+    "BFGS": BFGS,
+    "LBFGS": LBFGS,
+    "LBFGSLineSearch": LBFGSLineSearch,
+    "MDMin": MDMin,
+    "BFGSLineSearch": BFGSLineSearch,
+}
+
+
+class CHGNetCalculator(Calculator):
+    """ASE calculator with the reference's signature (energy eV, forces eV/Å, stress in
+    eV/Å^3 = GPa x ``stress_weight``, magmoms μB, ``energies`` site energies eV)."""
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
+
+    def __init__(
+        self,
+        model: CHGNet | None = None,
+        *,
+        use_device: str | None = None,
+        check_cuda_mem: bool = False,
+        stress_weight: float = units.GPa,
+        on_isolated_atoms: str = "warn",
+        return_site_energies: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        device = determine_device(use_device)
+        model = CHGNet.load(use_device=device, verbose=False) if model is None else model
+        model = model.to(device)
+        if hasattr(model, "graph_converter"):
+            model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
+        super().__init__(model, features=True, **kwargs)
+        self.device, self.stress_weight = device, stress_weight
+        self.return_site_energies = return_site_energies
+
+    @classmethod
+    def from_file(cls, path: str, use_device: str | None = None, **kwargs: Any) -> CHGNetCalculator:
+        """A calculator over ``CHGNet.from_file(path)``."""
+        return cls(model=CHGNet.from_file(path), use_device=use_device, **kwargs)
+
+    @property
+    def version(self) -> str | None:
+        return getattr(self.model, "version", None)
+
+    @property
+    def n_params(self) -> int:
+        return self.model.n_params
+
+    def calculate(
+        self,
+        atoms: Any = None,
+        properties: Any = None,
+        system_changes: Any = None,
+        task: str = "efsm",
+    ) -> None:
+        """Energy, forces, stress (always, as the reference's "efsm"), magmoms, energies."""
+        from ase.calculators.calculator import all_changes
+
+        super().calculate(atoms, ("energy", "forces", "stress"), system_changes or all_changes)
+        if self.stress_weight != units.GPa:
+            self.results["stress"] = self.results["stress"] / units.GPa * self.stress_weight
+        if not self.return_site_energies:
+            self.results.pop("energies", None)
+
+
+class TrajectoryObserver:
+    """Records energy (eV), forces, stress (ASE, eV/Å^3), magmoms, positions and cell of
+    ``atoms`` at each call, as the reference's observer; ``save`` writes its pickle."""
+
+    def __init__(self, atoms: Atoms) -> None:
+        self.atoms = atoms
+        self.energies: list[float] = []
+        self.forces: list[np.ndarray] = []
+        self.stresses: list[np.ndarray] = []
+        self.magmoms: list[np.ndarray] = []
+        self.atom_positions: list[np.ndarray] = []
+        self.cells: list[np.ndarray] = []
+
+    def __call__(self) -> None:
+        self.energies.append(self.compute_energy())
+        self.forces.append(self.atoms.get_forces())
+        self.stresses.append(self.atoms.get_stress())
+        self.magmoms.append(self.atoms.get_magnetic_moments())
+        self.atom_positions.append(self.atoms.get_positions())
+        self.cells.append(self.atoms.get_cell()[:])
+
+    def __len__(self) -> int:
+        return len(self.energies)
+
+    def compute_energy(self) -> float:
+        """The potential energy now, eV."""
+        return self.atoms.get_potential_energy()
+
+    def save(self, filename: str) -> None:
+        """Pickle the recorded fields under the reference's keys (our own file: trusted)."""
+        data = {
+            "energy": self.energies,
+            "forces": self.forces,
+            "stresses": self.stresses,
+            "magmoms": self.magmoms,
+            "atom_positions": self.atom_positions,
+            "cell": self.cells,
+            "atomic_number": self.atoms.get_atomic_numbers(),
+        }
+        with open(filename, "wb") as handle:
+            pickle.dump(data, handle)
+
+
+class StructOptimizer:
+    """Relaxation with an ASE optimizer over a cell filter, as the reference. For many
+    structures at once, ``fastchgnet.md.relax`` advances them together in one model call."""
+
+    def __init__(
+        self,
+        model: CHGNet | CHGNetCalculator | None = None,
+        optimizer_class: Any = "FIRE",
+        use_device: str | None = None,
+        stress_weight: float = units.GPa,
+        on_isolated_atoms: str = "warn",
+    ) -> None:
+        if isinstance(optimizer_class, str):
+            if optimizer_class not in OPTIMIZERS:
+                raise ValueError(
+                    f"Optimizer {optimizer_class!r} not found. Select from {list(OPTIMIZERS)}"
+                )
+            optimizer_class = OPTIMIZERS[optimizer_class]
+        self.optimizer_class = optimizer_class
+        if isinstance(model, CHGNetCalculator):
+            self.calculator = model
+        else:
+            self.calculator = CHGNetCalculator(
+                model,
+                use_device=use_device,
+                stress_weight=stress_weight,
+                on_isolated_atoms=on_isolated_atoms,
+            )
+
+    @property
+    def version(self) -> str | None:
+        return self.calculator.version
+
+    @property
+    def n_params(self) -> int:
+        return self.calculator.n_params
+
+    def relax(
+        self,
+        atoms: Any,
+        *,
+        fmax: float = 0.1,
+        steps: int = 500,
+        relax_cell: bool = True,
+        ase_filter: Any = "FrechetCellFilter",
+        save_path: str | None = None,
+        loginterval: int = 1,
+        crystal_feas_save_path: str | None = None,
+        verbose: bool = True,
+        assign_magmoms: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Relax until every force is below ``fmax`` (eV/Å). Returns ``final_structure``
+        (pymatgen, with ``magmom`` site property) and ``trajectory`` (TrajectoryObserver)."""
+        from ase import filters
+
+        if crystal_feas_save_path is not None:
+            raise unsupported(
+                "crystal_feas_save_path", "read results['crystal_fea'] of the calculator"
+            )
+        if isinstance(ase_filter, str):
+            if not isinstance(getattr(filters, ase_filter, None), type):
+                raise ValueError(f"Invalid ase_filter={ase_filter!r}: a class of ase.filters")
+            ase_filter = getattr(filters, ase_filter)
+        atoms = as_atoms(atoms) if not isinstance(atoms, Atoms) else atoms
+        atoms.calc = self.calculator
+        stream = sys.stdout if verbose else io.StringIO()
+        with contextlib.redirect_stdout(stream):
+            observer = TrajectoryObserver(atoms)
+            target = ase_filter(atoms) if relax_cell else atoms
+            optimizer = self.optimizer_class(target, **kwargs)
+            optimizer.attach(observer, interval=loginterval)
+            optimizer.run(fmax=fmax, steps=steps)
+            observer()
+        if save_path is not None:
+            observer.save(save_path)
+        if isinstance(target, Filter):
+            atoms = target.atoms
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        if assign_magmoms:
+            for key in list(structure.site_properties):
+                structure.remove_site_property(key)
+            magmoms = [float(m) for m in atoms.get_magnetic_moments()]
+            structure.add_site_property("magmom", magmoms)
+        return {"final_structure": structure, "trajectory": observer}

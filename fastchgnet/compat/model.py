@@ -1,0 +1,254 @@
+"""``CHGNet``: our model under the reference's name, with its public methods and outputs.
+
+A ``CHGNet`` is a ``FastCHGNet`` (an ``nn.Module``: ``.to``, ``.eval``, ``state_dict`` work)
+that also answers the reference's calls: ``CHGNet.load(model_name=, use_device=)``,
+``from_file``, ``from_dict``, ``as_dict``, ``predict_structure`` and ``predict_graph`` with the
+reference's keys and units (``e`` eV/atom, ``f`` eV/Å, ``s`` GPa, ``m`` μB, ``site_energies``
+eV, ``atom_fea``, ``crystal_fea``; numpy float32 arrays).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastchgnet.data.graph import CrystalGraph
+from fastchgnet.errors import StructureError
+from fastchgnet.md.predict import graphs_for, is_structure, predict_graphs
+from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
+from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.reference import (
+    CHECKPOINTS,
+    checkpoint_path,
+    config_from_reference,
+    model_from_reference_dict,
+)
+
+#: The tasks of the reference's ``predict_structure`` (letters: energy, forces, stress, magmoms).
+PRED_TASKS = ("e", "ef", "em", "efs", "efsm")
+#: Composition model names of the reference -> the packaged checkpoint holding those energies.
+COMPOSITION_MODELS = {"MPtrj": "0.3.0", "MPtrj_e": "0.2.0", "MP-r2SCAN": "r2scan"}
+_CONFIG_KEYS = {f.name for f in fields(ModelConfig)}
+
+
+def unsupported(what: str, instead: str) -> NotImplementedError:
+    """The error for a reference option this module does not offer, with what to use."""
+    return NotImplementedError(f"fastchgnet.compat: {what} is not supported; {instead}")
+
+
+def determine_device(use_device: str | None = None) -> str:
+    """``use_device``, else $CHGNET_DEVICE, else "cuda" when available, else "cpu"."""
+    device = use_device or os.getenv("CHGNET_DEVICE")
+    if device == "mps":
+        raise unsupported("use_device='mps'", "use 'cpu' or 'cuda'")
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class GraphConverter:
+    """``model.graph_converter(structure) -> CrystalGraph`` with the model's cutoffs."""
+
+    def __init__(self, model: FastCHGNet, on_isolated_atoms: str = "error") -> None:
+        self.model = model
+        self.set_isolated_atom_response(on_isolated_atoms)
+
+    def set_isolated_atom_response(self, on_isolated_atoms: str) -> None:
+        """Accepts the reference's "ignore" | "warn" | "error". Here a structure with an
+        isolated atom (no neighbour within the atom cutoff) is always an error naming it."""
+        if on_isolated_atoms not in ("ignore", "warn", "error"):
+            raise ValueError(f"on_isolated_atoms={on_isolated_atoms!r}: ignore, warn or error")
+        self.on_isolated_atoms = on_isolated_atoms
+
+    def __call__(self, structure: Any, graph_id: Any = None, mp_id: Any = None) -> CrystalGraph:
+        return graphs_for(self.model, [structure])[0]
+
+
+class CHGNet(FastCHGNet):
+    """FastCHGNet with the reference ``chgnet.model.CHGNet`` API.
+
+    ``CHGNet()`` is the reference architecture with fresh weights and the MPtrj composition
+    energies (as the reference); ``CHGNet(**model_args)`` takes the reference's keyword
+    arguments (``atom_fea_dim``, ``n_conv``, ``composition_model``, ...); ``CHGNet(config)`` or
+    ``CHGNet(forces="direct")`` take ours.
+    """
+
+    is_intensive = True
+
+    def __init__(self, config: ModelConfig | None = None, **kwargs: Any) -> None:
+        reference_args = None
+        if config is None and set(kwargs) - _CONFIG_KEYS:
+            reference_args = dict(kwargs)
+            config, kwargs = config_from_reference(reference_args, "CHGNet(...)"), {}
+        super().__init__(config, **kwargs)
+        self.model_args: dict[str, Any] = reference_args or {}
+        if config is None or reference_args is not None:  # a new model, as the reference's
+            composition = self.model_args.get("composition_model", "MPtrj")
+            self.init_composition(composition)
+        self.graph_converter = GraphConverter(self)
+
+    def init_composition(self, name: str | None) -> None:
+        """Set the AtomRef energies to the reference's fitted ``name`` ("MPtrj", "MPtrj_e",
+        "MP-r2SCAN"; read from the installed chgnet's checkpoints) or zeros (None)."""
+        if name is None:
+            return
+        if name not in COMPOSITION_MODELS:
+            raise unsupported(f"composition_model={name!r}", f"use {sorted(COMPOSITION_MODELS)}")
+        try:
+            source = load_model_file(FastCHGNet, checkpoint_path(COMPOSITION_MODELS[name]))
+        except ModuleNotFoundError:
+            warnings.warn(f"chgnet not installed: composition {name} left at zero", stacklevel=3)
+            return
+        with torch.no_grad():
+            self.composition.energies.copy_(source.composition.energies)
+
+    @property
+    def version(self) -> str | None:
+        """The pretrained version this model was loaded as, if any."""
+        return self.model_args.get("version")
+
+    def forward(self, batch: Any, **kwargs: Any) -> Any:
+        if isinstance(batch, (list, tuple)):
+            raise TypeError(
+                "fastchgnet.compat: CHGNet(...) is called on a GraphBatch here; for a list of "
+                "CrystalGraphs use predict_graph(graphs, task=...)"
+            )
+        return super().forward(batch, **kwargs)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(  # type: ignore[override]
+        cls,
+        model_name: str = "0.3.0",
+        *,
+        use_device: str | None = None,
+        check_cuda_mem: bool = False,
+        verbose: bool = True,
+    ) -> CHGNet:
+        """The pretrained model ``model_name`` ("0.3.0", "0.2.0", "r2scan") from the installed
+        chgnet package, on ``use_device`` (default: cuda when available)."""
+        if model_name not in CHECKPOINTS:
+            raise ValueError(
+                f"Unknown model_name={model_name!r}: use one of {sorted(CHECKPOINTS)}, or "
+                "CHGNet.from_file(path) for a file"
+            )
+        model = cls.from_file(checkpoint_path(model_name))
+        model.model_args["version"] = model_name
+        device = determine_device(use_device)
+        if verbose:
+            print(f"CHGNet will run on {device}")
+        return model.to(device)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> CHGNet:
+        """A model from a chgnet checkpoint (Trainer epoch/best file, pretrained file,
+        ``torch.save(CHGNet.as_dict())``) or our model file; read with weights_only=True."""
+        if kwargs:
+            raise unsupported(f"from_file(..., {sorted(kwargs)})", "pass only the path")
+        payload = read_checkpoint(path)
+        if payload.get("format") == FORMAT:
+            return load_model(cls, path)
+        model_dict = reference_model_dict(payload, str(path))
+        model = model_from_reference_dict(cls, model_dict, str(path))
+        model.model_args = dict(model_dict["model_args"])
+        return model
+
+    @classmethod
+    def from_dict(cls, dct: dict[str, Any], **kwargs: Any) -> CHGNet:
+        """A model from ``CHGNet.as_dict()`` of the reference or of this class."""
+        if kwargs:
+            raise unsupported(f"from_dict(..., {sorted(kwargs)})", "pass only the dict")
+        if "fastchgnet_config" in dct:
+            model = cls(ModelConfig.from_dict(dct["fastchgnet_config"]))
+            model.load_state_dict(dct["state_dict"])
+        else:
+            model = model_from_reference_dict(cls, dct, "CHGNet.from_dict")
+        model.model_args = dict(dct.get("model_args") or {})
+        return model
+
+    def as_dict(self) -> dict[str, Any]:
+        """Weights and settings: ``from_dict`` here reads it back (our parameter names)."""
+        return {
+            "state_dict": self.state_dict(),
+            "model_args": dict(self.model_args),
+            "fastchgnet_config": self.config.to_dict(),
+        }
+
+    def todict(self) -> dict[str, Any]:
+        """What ASE stores for a calculator's model in trajectory files."""
+        return {"model_name": type(self).__name__, "model_args": dict(self.model_args)}
+
+    # --------------------------------------------------------------- prediction
+    def predict_structure(  # type: ignore[override]
+        self,
+        structure: Any,
+        *,
+        task: str = "efsm",
+        return_site_energies: bool = False,
+        return_atom_feas: bool = False,
+        return_crystal_feas: bool = False,
+        batch_size: int = 16,
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """Predict one pymatgen Structure (or ASE Atoms) or a list, as the reference.
+
+        Returns per structure (one dict for one structure or a one-item list, as the
+        reference): ``e`` () eV/atom, and as ``task`` asks ``f`` (n, 3) eV/Å, ``s`` (3, 3)
+        GPa, ``m`` (n,) μB; on request ``site_energies`` (n,) eV (composition included; they
+        sum to the total energy), ``atom_fea`` (n, 64) (the atom features the magmom head
+        reads), ``crystal_fea`` (64,) (summed normalised final atom features).
+        """
+        structures = [structure] if is_structure(structure) else list(structure)
+        graphs = graphs_for(self, structures)
+        return self.predict_graph(
+            graphs,
+            task=task,
+            return_site_energies=return_site_energies,
+            return_atom_feas=return_atom_feas,
+            return_crystal_feas=return_crystal_feas,
+            batch_size=batch_size,
+        )
+
+    def predict_graph(
+        self,
+        graph: CrystalGraph | Sequence[CrystalGraph],
+        *,
+        task: str = "efsm",
+        return_site_energies: bool = False,
+        return_atom_feas: bool = False,
+        return_crystal_feas: bool = False,
+        batch_size: int = 16,
+    ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+        """``predict_structure`` for graphs from ``model.graph_converter`` (or
+        ``fastchgnet.build_graph``). Puts the model in eval mode, as the reference."""
+        if task not in PRED_TASKS:
+            raise ValueError(f"Invalid task={task!r}. Must be one of {PRED_TASKS}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        graphs = [graph] if isinstance(graph, CrystalGraph) else list(graph)
+        if not all(isinstance(g, CrystalGraph) for g in graphs):
+            raise TypeError("predict_graph takes fastchgnet CrystalGraphs (model.graph_converter)")
+        if not graphs:
+            raise StructureError("input", "no structures to predict")
+        features = return_site_energies or return_atom_feas or return_crystal_feas
+        self.eval()
+        results = predict_graphs(
+            self, graphs, batch_size, forces="f" in task, stress="s" in task, features=features
+        )
+        keep = set(task) | {
+            key
+            for key, wanted in (
+                ("site_energies", return_site_energies),
+                ("atom_fea", return_atom_feas),
+                ("crystal_fea", return_crystal_feas),
+            )
+            if wanted
+        }
+        results = [{k: v for k, v in item.items() if k in keep} for item in results]
+        return results[0] if len(results) == 1 else results

@@ -1,0 +1,182 @@
+"""``MolecularDynamics`` with the reference's signature: the same ASE integrators, driven by
+our calculator (Verlet-skin neighbour reuse, one model call per step).
+
+Units: temperature K, timestep and ``taut``/``taup`` fs, pressure and bulk modulus GPa.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import BaseCalculator
+from ase.md.npt import NPT
+from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen, NVTBerendsen
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+
+from fastchgnet.compat.dynamics import CHGNetCalculator
+from fastchgnet.compat.model import unsupported
+from fastchgnet.md.calculator import as_atoms
+
+
+class CrystalFeasObserver:
+    """Records the calculator's ``crystal_fea`` (A,) at each call; ``save`` pickles them."""
+
+    def __init__(self, atoms: Atoms) -> None:
+        self.atoms = atoms
+        self.crystal_feature_vectors: list[np.ndarray] = []
+
+    def __call__(self) -> None:
+        self.crystal_feature_vectors.append(self.atoms.calc.results["crystal_fea"])
+
+    def __len__(self) -> int:
+        return len(self.crystal_feature_vectors)
+
+    def save(self, filename: str) -> None:
+        with open(filename, "wb") as handle:
+            pickle.dump({"crystal_feas": self.crystal_feature_vectors}, handle)
+
+
+def upper_triangular_cell(atoms: Atoms) -> None:
+    """Rotate ``atoms`` to an upper-triangular cell (ASE's NPT needs one), atoms scaled."""
+    if NPT._isuppertriangular(atoms.get_cell()):
+        return
+    a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
+    sin_a, sin_b, _ = np.sin(np.radians((alpha, beta, gamma)))
+    cos_a, cos_b, cos_g = np.cos(np.radians((alpha, beta, gamma)))
+    cos_p = np.clip((cos_g - cos_a * cos_b) / (sin_a * sin_b), -1, 1)
+    sin_p = (1 - cos_p**2) ** 0.5
+    basis = [
+        (a * sin_b * sin_p, a * sin_b * cos_p, a * cos_b),
+        (0, b * sin_a, b * cos_a),
+        (0, 0, c),
+    ]
+    atoms.set_cell(basis, scale_atoms=True)
+
+
+class MolecularDynamics:
+    """NVE (velocity Verlet), NVT (Nosé-Hoover, Berendsen) or NPT (Nosé-Hoover/Parrinello-
+    Rahman, Berendsen, inhomogeneous Berendsen) with the reference's arguments; ``run(steps)``.
+
+    NPT needs ``bulk_modulus`` (GPa) here: the reference fits one by an equation of state when
+    it is missing; pass the value (for example from ``StructOptimizer`` runs at a few volumes).
+    """
+
+    def __init__(
+        self,
+        atoms: Any,
+        *,
+        model: Any = None,
+        ensemble: str = "nvt",
+        thermostat: str = "Berendsen_inhomogeneous",
+        temperature: float = 300,
+        starting_temperature: float | None = None,
+        timestep: float = 2.0,
+        pressure: float = 1.01325e-4,
+        taut: float | None = None,
+        taup: float | None = None,
+        bulk_modulus: float | None = None,
+        trajectory: Any = None,
+        logfile: str | None = None,
+        loginterval: int = 1,
+        crystal_feas_logfile: str | None = None,
+        append_trajectory: bool = False,
+        on_isolated_atoms: str = "warn",
+        return_site_energies: bool = False,
+        use_device: str | None = None,
+    ) -> None:
+        self.ensemble, self.thermostat = ensemble, thermostat
+        atoms = atoms if isinstance(atoms, Atoms) else as_atoms(atoms)
+        if starting_temperature is not None:
+            MaxwellBoltzmannDistribution(atoms, temperature_K=starting_temperature, force_temp=True)
+            Stationary(atoms)
+        self.atoms = atoms
+        if isinstance(model, BaseCalculator):
+            atoms.calc = model
+        else:
+            atoms.calc = CHGNetCalculator(
+                model,
+                use_device=use_device,
+                on_isolated_atoms=on_isolated_atoms,
+                return_site_energies=return_site_energies,
+            )
+        taut = 100 * timestep if taut is None else taut
+        taup = 1000 * timestep if taup is None else taup
+        io = {"trajectory": trajectory, "logfile": logfile, "loginterval": loginterval}
+        append = {"append_trajectory": append_trajectory}
+        dt, kind = timestep * units.fs, (ensemble.lower(), thermostat.lower())
+        if kind[0] == "nve":
+            self.dyn = VelocityVerlet(atoms, timestep=dt, **io, **append)
+        elif kind == ("nvt", "nose-hoover"):
+            upper_triangular_cell(atoms)
+            self.dyn = NPT(
+                atoms, timestep=dt, temperature_K=temperature,
+                externalstress=pressure * units.GPa, ttime=taut * units.fs, pfactor=None,
+                **io, **append,
+            )  # fmt: skip
+        elif kind[0] == "nvt" and kind[1].startswith("berendsen"):
+            self.dyn = NVTBerendsen(
+                atoms, timestep=dt, temperature_K=temperature, taut=taut * units.fs, **io, **append
+            )
+        elif kind[0] == "npt":
+            self.dyn = self._npt(atoms, kind[1], dt, temperature, pressure, taut, taup,
+                                 bulk_modulus, io, append)  # fmt: skip
+        else:
+            raise ValueError(
+                f"ensemble={ensemble!r} with thermostat={thermostat!r} is not supported: use nve, "
+                "nvt with 'Nose-Hoover' or 'Berendsen', npt with 'Nose-Hoover', "
+                "'Berendsen_inhomogeneous' or 'NPT_Berendsen' (fastchgnet.md.run_md offers more)"
+            )
+        self.bulk_modulus = bulk_modulus
+        self.trajectory, self.logfile, self.loginterval = trajectory, logfile, loginterval
+        self.timestep, self.crystal_feas_logfile = timestep, crystal_feas_logfile
+
+    def _npt(self, atoms: Atoms, thermostat: str, dt: float, temperature: float,
+             pressure: float, taut: float, taup: float, bulk_modulus: float | None,
+             io: dict, append: dict) -> Any:  # fmt: skip
+        if bulk_modulus is None:
+            raise unsupported(
+                "NPT without bulk_modulus (the reference fits it by an equation of state)",
+                "pass bulk_modulus in GPa",
+            )
+        compressibility = 1 / (bulk_modulus * units.GPa)
+        common = {"timestep": dt, "temperature_K": temperature}
+        if thermostat == "nose-hoover":
+            upper_triangular_cell(atoms)
+            pfactor = bulk_modulus * units.GPa * (taup * units.fs) ** 2
+            return NPT(atoms, **common, externalstress=pressure * units.GPa,
+                       ttime=taut * units.fs, pfactor=pfactor, **io, **append)  # fmt: skip
+        berendsen = {
+            "pressure_au": pressure * units.GPa,
+            "taut": taut * units.fs,
+            "taup": taup * units.fs,
+            "compressibility_au": compressibility,
+        }
+        if thermostat == "berendsen_inhomogeneous":
+            return Inhomogeneous_NPTBerendsen(atoms, **common, **berendsen, **io)
+        if thermostat == "npt_berendsen":
+            return NPTBerendsen(atoms, **common, **berendsen, **io, **append)
+        raise ValueError(
+            f"npt thermostat {thermostat!r}: use 'Nose-Hoover', 'Berendsen_inhomogeneous' or "
+            "'NPT_Berendsen'"
+        )
+
+    def run(self, steps: int) -> None:
+        """Run ``steps`` MD steps (frames and log lines every ``loginterval``)."""
+        observer = None
+        if self.crystal_feas_logfile:
+            observer = CrystalFeasObserver(self.atoms)
+            self.dyn.attach(observer, interval=self.loginterval)
+        self.dyn.run(steps)
+        if observer is not None:
+            observer.save(self.crystal_feas_logfile)
+
+    def set_atoms(self, atoms: Atoms) -> None:
+        """Continue the run with ``atoms`` (the calculator carries over)."""
+        calculator = self.atoms.calc
+        self.atoms = atoms
+        self.dyn.atoms = atoms
+        self.dyn.atoms.calc = calculator

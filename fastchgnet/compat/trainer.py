@@ -1,0 +1,207 @@
+"""``Trainer`` with the reference's arguments, mapped onto ``fastchgnet.train`` (see
+``fastchgnet.compat.training`` for the data side)."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import itertools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastchgnet.compat.model import CHGNet, unsupported
+from fastchgnet.compat.training import StructureLoader
+from fastchgnet.data.sources import tag_split
+from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.loss import LossConfig
+from fastchgnet.train.config import (
+    DataConfig,
+    ModelSection,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+)
+from fastchgnet.train.metrics import REPORTED
+
+CRITERIA = {"MSE": "mse", "mse": "mse", "Huber": "huber"}
+OPTIMIZERS = {"Adam": "adam", "AdamW": "adamw"}
+SCHEDULERS = {"CosLR": "cosine", "CosineAnnealingLR": "cosine", "Cos": "cosine", "cos": "cosine"}
+#: reference target letter -> our metric name
+TARGET_NAMES = {"e": "energy", "f": "forces", "s": "stress", "m": "magmoms"}
+
+
+class Trainer:
+    """Train a ``CHGNet`` on ``StructureData`` loaders, as the reference's Trainer.
+
+    Mapped: targets ("ef", "efs", "efsm") and the four loss ratios, criterion "MSE" or
+    "Huber" (``delta``), optimizer "Adam"/"AdamW" (``weight_decay``), scheduler "CosLR"
+    (cosine to ``decay_fraction`` x lr), learning_rate, epochs, torch_seed. Anything else the
+    reference offers raises NotImplementedError naming the fastchgnet setting to use.
+    """
+
+    def __init__(
+        self,
+        model: CHGNet | None = None,
+        *,
+        targets: str = "ef",
+        energy_loss_ratio: float = 1,
+        force_loss_ratio: float = 1,
+        stress_loss_ratio: float = 0.1,
+        mag_loss_ratio: float = 0.1,
+        allow_missing_labels: bool = True,
+        optimizer: str = "Adam",
+        scheduler: str = "CosLR",
+        criterion: str = "MSE",
+        epochs: int = 50,
+        starting_epoch: int = 0,
+        learning_rate: float = 1e-3,
+        print_freq: int = 100,
+        torch_seed: int | None = None,
+        data_seed: int | None = None,
+        use_device: str | None = None,
+        check_cuda_mem: bool = False,
+        wandb_path: str | None = None,
+        wandb_init_kwargs: dict | None = None,
+        extra_run_config: dict | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if targets not in ("ef", "efs", "efsm"):
+            raise ValueError(f"targets={targets!r}: use 'ef', 'efs' or 'efsm'")
+        checks = [
+            (criterion not in CRITERIA, f"criterion={criterion!r}", f"use {sorted(CRITERIA)}"),
+            (optimizer not in OPTIMIZERS, f"optimizer={optimizer!r}", f"use {list(OPTIMIZERS)}"),
+            (scheduler not in SCHEDULERS, f"scheduler={scheduler!r}", "use 'CosLR'"),
+            (starting_epoch != 0, "starting_epoch", "resume with train(config, resume=True)"),
+            (not allow_missing_labels, "allow_missing_labels=False", "missing labels are masked"),
+            (wandb_path is not None, "wandb", "set run.tensorboard in a TrainConfig"),
+        ]
+        for failed, what, instead in checks:
+            if failed:
+                raise unsupported(what, instead)
+        known = {"delta", "weight_decay", "scheduler_params"}
+        if set(kwargs) - known:
+            raise unsupported(f"Trainer options {sorted(set(kwargs) - known)}", "see TrainConfig")
+        decay = dict(kwargs.get("scheduler_params") or {}).get("decay_fraction", 1e-2)
+        self.model, self.targets, self.epochs = model, targets, epochs
+        self.loss = LossConfig(
+            kind=CRITERIA[criterion],  # type: ignore[arg-type]
+            huber_delta=float(kwargs.get("delta", 0.1)),
+            energy=float(energy_loss_ratio),
+            forces=float(force_loss_ratio),
+            stress=float(stress_loss_ratio) if "s" in targets else 0.0,
+            magmoms=float(mag_loss_ratio) if "m" in targets else 0.0,
+        )
+        default_decay = 1e-2 if optimizer == "AdamW" else 0.0
+        self.optim = OptimConfig(
+            optimizer=OPTIMIZERS[optimizer],  # type: ignore[arg-type]
+            lr=float(learning_rate),
+            lr_scaling="none",
+            weight_decay=float(kwargs.get("weight_decay", default_decay)),
+            scheduler="cosine",
+            min_lr_ratio=float(decay),
+            epochs=int(epochs),
+        )
+        self.seed = 0 if torch_seed is None else int(torch_seed)
+        self.training_history: dict[str, dict[str, Any]] = {
+            key: {"train": [], "val": [], "test": []} for key in targets
+        }
+        self.best_model: CHGNet | None = None
+        self.run_dir: Path | None = None
+
+    def config_for(self, cache: Path, init: Path, out: Path, batch_size: int,
+                   fit_composition: bool) -> TrainConfig:  # fmt: skip
+        """The TrainConfig this trainer's settings map to."""
+        return TrainConfig(
+            data=DataConfig(source=str(cache), batch_size=batch_size, explicit_split=True),
+            model=ModelSection(
+                init=str(init),
+                architecture={},
+                fit_composition="yes" if fit_composition else "no",
+            ),
+            optim=self.optim,
+            loss=self.loss,
+            run=RunConfig(
+                out_dir=str(out),
+                seed=self.seed,
+                progress="lines",
+                plots=False,
+                engine="torch",
+                threads=torch.get_num_threads(),
+            ),
+        )
+
+    def train(
+        self,
+        train_loader: StructureLoader,
+        val_loader: StructureLoader,
+        test_loader: StructureLoader | None = None,
+        *,
+        save_dir: str | None = None,
+        save_test_result: bool = False,
+        train_composition_model: bool = False,
+        wandb_log_freq: str = "batch",
+    ) -> None:
+        """Train ``self.model`` in place for ``epochs``; the run (config, cache, checkpoints,
+        metrics.csv, model.pt) goes to ``save_dir``. ``train_composition_model``: refit the
+        AtomRef energies (least squares on the training energies) before training."""
+        from fastchgnet.data.convert import convert
+        from fastchgnet.train.run import train
+
+        if self.model is None:
+            raise ValueError("Model needs to be initialized")
+        if save_test_result:
+            raise unsupported("save_test_result", "read metrics.csv in save_dir")
+        loaders = {"train": train_loader, "val": val_loader, "test": test_loader}
+        given = {name: loader for name, loader in loaders.items() if loader is not None}
+        if not all(isinstance(loader, StructureLoader) for loader in given.values()):
+            raise TypeError("Trainer.train takes loaders from fastchgnet.compat's loader functions")
+        if len({id(loader.dataset) for loader in given.values()}) != 1:
+            raise ValueError("train, val and test loaders must come from one StructureData")
+        stamp = f"{datetime.datetime.now(tz=datetime.timezone.utc):%m-%d-%Y}"
+        out = Path(save_dir or stamp)
+        cache = out / "cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        frames = itertools.chain.from_iterable(
+            tag_split(loader.dataset.frames(loader.indices), name) for name, loader in given.items()
+        )
+        config = self.model.config
+        convert(frames, cache, config.atom_cutoff, config.bond_cutoff, workers=1, progress=False)
+        init = out / "initial_model.pt"
+        self.model.save(init)
+        run = self.config_for(cache, init, out, train_loader.batch_size, train_composition_model)
+        train(run)
+        trained = FastCHGNet.load(out / "model.pt")
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(trained.state_dict())
+        self.model.to(device)
+        self.best_model, self.run_dir = self.model, out
+        self._read_history(out / "metrics.csv")
+
+    def _read_history(self, path: Path) -> None:
+        """Val (per epoch) and test MAE from metrics.csv, in the reference's units (eV)."""
+        if not path.is_file():
+            return
+        with path.open() as handle:
+            for row in csv.DictReader(handle):
+                for letter in self.targets:
+                    name = TARGET_NAMES[letter]
+                    value = float(row[f"{name}_mae"]) / REPORTED[name][1]
+                    if row["split"] == "test":
+                        self.training_history[letter]["test"] = value
+                    else:
+                        self.training_history[letter][row["split"]].append(value)
+
+    def get_best_model(self) -> CHGNet:
+        """The trained model (the last epoch's weights)."""
+        if self.best_model is None:
+            raise RuntimeError("the model needs to be trained first")
+        return self.best_model
+
+    def save(self, filename: str = "training_result.pth.tar") -> None:
+        """Write the model (our format; ``CHGNet.from_file`` reads it)."""
+        if self.model is None:
+            raise ValueError("Model needs to be initialized")
+        self.model.save(filename)

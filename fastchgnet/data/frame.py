@@ -1,0 +1,66 @@
+"""``Frame``: one labelled structure, in our units, as every source yields it; ``check_frame``
+judges whether it can be trained on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.core import Structure
+
+from fastchgnet.errors import StructureError
+from fastchgnet.units import MAX_ATOMIC_NUMBER
+
+
+@dataclass
+class Frame:
+    """One labelled structure (one ionic step of one material).
+
+    Fields (shape | unit):
+        structure        pymatgen Structure                    | Å
+        energy_per_atom  float | None                          | eV/atom
+        forces           (n_atoms, 3) float64 | None           | eV/Å
+        stress           (3, 3) float64 | None                 | GPa, CHGNet sign
+        magmoms          (n_atoms,) float64 | None             | |μB| (absolute values)
+        material_id      str                                   | frames of one material share it
+        frame_id         str                                   | unique within a source
+    """
+
+    structure: Structure
+    energy_per_atom: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    magmoms: np.ndarray | None = None
+    material_id: str = ""
+    frame_id: str = ""
+
+    @property
+    def name(self) -> str:
+        """Name for messages: frame id, material id and formula."""
+        return f"frame {self.frame_id} of {self.material_id} ({self.structure.formula})"
+
+
+def check_frame(frame: Frame) -> None:
+    """Raise ``StructureError`` naming the frame if it cannot be trained on.
+
+    Checks: elements with Z in 1..94, finite labels, label shapes matching the atom count.
+    Graph problems (isolated atoms, zero volume, NaN coordinates) are found by ``build_graph``.
+    """
+    numbers = np.asarray(frame.structure.atomic_numbers)
+    n_atoms = numbers.shape[0]
+    bad = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)
+    if bad.any():
+        raise StructureError(
+            frame.name, f"element(s) Z={sorted(set(numbers[bad].tolist()))} outside 1..94"
+        )
+    if frame.energy_per_atom is not None and not np.isfinite(frame.energy_per_atom):
+        raise StructureError(frame.name, f"energy_per_atom is {frame.energy_per_atom}")
+    expected = {"forces": (n_atoms, 3), "stress": (3, 3), "magmoms": (n_atoms,)}
+    for label, shape in expected.items():
+        value = getattr(frame, label)
+        if value is None:
+            continue
+        if value.shape != shape:
+            raise StructureError(frame.name, f"{label} has shape {value.shape}, expected {shape}")
+        if not np.isfinite(value).all():
+            raise StructureError(frame.name, f"{label} has non-finite entries")

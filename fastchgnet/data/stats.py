@@ -1,0 +1,108 @@
+"""A dataset statistics report (``fastchgnet data stats SRC``): element counts, sizes, label
+ranges and outliers, computed in one streaming pass over a source's frames (our units).
+
+Outliers: energies more than ``z_limit`` standard deviations from the mean energy per atom
+(judged after the pass, from a kept (frame name, energy) list), any force component above
+``max_force`` eV/Å, any stress component above ``max_stress`` GPa.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from fastchgnet.data.frame import Frame
+
+LABELS = ("energy_per_atom", "forces", "stress", "magmoms")
+UNITS = {"energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "GPa", "magmoms": "μB"}
+
+
+def dataset_stats(
+    frames: Iterable[Frame], z_limit: float = 5.0, max_force: float = 50.0,
+    max_stress: float = 100.0,
+) -> dict[str, Any]:  # fmt: skip
+    """One pass over ``frames``: counts, element counts, atoms per frame, per-label
+    coverage/min/max/mean/std (forces and stress per component), and outlier frame names."""
+    elements: Counter[str] = Counter()
+    sizes: list[int] = []
+    sums = {k: [0, 0.0, 0.0, np.inf, -np.inf, 0] for k in LABELS}  # n, sum, sum2, min, max, frames
+    energies: list[tuple[str, float]] = []
+    outliers: list[str] = []
+    for frame in frames:
+        sizes.append(len(frame.structure))
+        elements.update(site.specie.symbol for site in frame.structure)
+        for key in LABELS:
+            value = getattr(frame, key)
+            if value is None:
+                continue
+            values = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+            entry = sums[key]
+            entry[0] += values.size
+            entry[1] += float(values.sum())
+            entry[2] += float((values**2).sum())
+            entry[3] = min(entry[3], float(values.min()))
+            entry[4] = max(entry[4], float(values.max()))
+            entry[5] += 1
+        if frame.energy_per_atom is not None:
+            energies.append((frame.name, frame.energy_per_atom))
+        if frame.forces is not None and np.abs(frame.forces).max() > max_force:
+            outliers.append(f"{frame.name}: force {np.abs(frame.forces).max():.3g} eV/Å")
+        if frame.stress is not None and np.abs(frame.stress).max() > max_stress:
+            outliers.append(f"{frame.name}: stress {np.abs(frame.stress).max():.3g} GPa")
+    labels = {}
+    for key, (n, total, total2, low, high, n_frames) in sums.items():
+        if n:
+            mean = total / n
+            std = float(np.sqrt(max(total2 / n - mean**2, 0.0)))
+            labels[key] = {"frames": n_frames, "min": low, "max": high, "mean": mean, "std": std}
+    if "energy_per_atom" in labels and labels["energy_per_atom"]["std"] > 0:
+        mean, std = labels["energy_per_atom"]["mean"], labels["energy_per_atom"]["std"]
+        outliers += [
+            f"{name}: energy {e:.4g} eV/atom ({(e - mean) / std:+.1f} std)"
+            for name, e in energies
+            if abs(e - mean) > z_limit * std
+        ]
+    return {
+        "frames": len(sizes),
+        "atoms": {"min": min(sizes, default=0), "max": max(sizes, default=0),
+                  "mean": float(np.mean(sizes)) if sizes else 0.0, "total": int(sum(sizes))},
+        "elements": dict(elements.most_common()),
+        "labels": labels,
+        "outliers": outliers,
+    }  # fmt: skip
+
+
+def format_stats(stats: dict[str, Any], top: int = 20) -> str:
+    """The report as text (elements by atom count; outliers up to ``top``)."""
+    atoms = stats["atoms"]
+    lines = [
+        f"{stats['frames']} frames, {atoms['total']} atoms "
+        f"(per frame min {atoms['min']}, mean {atoms['mean']:.1f}, max {atoms['max']})",
+        "elements (atoms): "
+        + ", ".join(f"{el} {count}" for el, count in stats["elements"].items()),
+        f"{'label':16s} {'frames':>7s} {'min':>10s} {'max':>10s} {'mean':>10s} {'std':>10s}",
+    ]
+    for key, row in stats["labels"].items():
+        lines.append(
+            f"{key + ' ' + UNITS[key]:16s} {row['frames']:7d} {row['min']:10.4g} "
+            f"{row['max']:10.4g} {row['mean']:10.4g} {row['std']:10.4g}"
+        )
+    outliers = stats["outliers"]
+    lines.append(f"outliers: {len(outliers)}")
+    lines += [f"  {line}" for line in outliers[:top]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``fastchgnet data stats SRC``: any source ``data convert`` reads."""
+    from fastchgnet.data.sources import read_frames
+
+    parser = argparse.ArgumentParser(prog="fastchgnet data stats", description=__doc__)
+    parser.add_argument("source")
+    parser.add_argument("--energy-key", default="corrected_total_energy", help="MPtrj energy")
+    args = parser.parse_args(argv)
+    print(format_stats(dataset_stats(read_frames(args.source, energy_key=args.energy_key))))

@@ -1,0 +1,116 @@
+"""Atomic, checksummed files: the one writer and the one verifier of everything we keep.
+
+Every file goes to a temp file in the same folder, is fsynced and renamed over the target, and
+the folder entry is fsynced, so a run killed at any moment leaves the old file or the new one,
+never a torn one. Checksummed files (model files, training checkpoints) wrap their payload's
+bytes with a format name, a version and the bytes' sha256, checked on every load; cache shards
+record their files' sha256 in JSON written the same way. Nothing here imports the rest of the
+package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ChecksumError(ValueError):
+    """A file is missing, damaged, foreign or of an unknown version; the message names it."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 16 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksummed(path: str | Path, payload: Any, kind: str, version: int) -> None:
+    """torch-save ``payload`` (tensors, numbers, strings, dicts, lists), wrap its bytes with
+    ``kind``, ``version`` and their sha256, and write the whole atomically."""
+    body = io.BytesIO()
+    torch.save(payload, body)
+    data = body.getvalue()
+    wrapper = {"format": kind, "version": version, "sha256": hashlib.sha256(data).hexdigest()}
+    out = io.BytesIO()  # the body as a uint8 tensor: stored raw (pickled bytes grow ~50 %)
+    torch.save({**wrapper, "body": torch.frombuffer(bytearray(data), dtype=torch.uint8)}, out)
+    atomic_write_bytes(path, out.getvalue())
+
+
+def read_checksummed(
+    path: str | Path,
+    kind: str,
+    versions: Sequence[int],
+    safe_globals: Callable[[], Sequence[type]] | None = None,
+) -> tuple[int, Any]:
+    """(version, payload) of a file of ``write_checksummed``, read with
+    ``torch.load(weights_only=True)`` (no code runs): beyond plain data, only the classes
+    ``safe_globals()`` lists are allowed, and only when the payload needs them.
+
+    Raises:
+        ChecksumError: unreadable, not a ``kind`` file, a version not in ``versions``, or a
+            checksum that does not match (the file is damaged), naming the file.
+    """
+    path = Path(path)
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ChecksumError(f"{path}: not a readable {kind} file ({exc})") from exc
+    if not isinstance(wrapper, dict) or wrapper.get("format") != kind:
+        raise ChecksumError(f"{path}: not a {kind} file")
+    version = wrapper.get("version")
+    if version not in versions:
+        raise ChecksumError(f"{path}: {kind} version {version} unknown (known: {list(versions)})")
+    body = wrapper.get("body")
+    body = body.numpy().tobytes() if isinstance(body, torch.Tensor) else None
+    if body is None or hashlib.sha256(body).hexdigest() != wrapper.get("sha256"):
+        raise ChecksumError(f"{path}: checksum mismatch; the file is damaged")
+    try:
+        return version, torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if safe_globals is None:
+            raise
+        with torch.serialization.safe_globals(list(safe_globals())):
+            return version, torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)

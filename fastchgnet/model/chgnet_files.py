@@ -1,0 +1,104 @@
+"""Model files users already have: chgnet's checkpoints and dicts, read without running code.
+
+Every file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings and plain
+containers only, so a file from the internet cannot run code when loaded. The checkpoints that
+chgnet 0.2.0, 0.3.0 and 0.4.x write (``Trainer.save``/``save_checkpoint``: ``{"model":
+{"model_args", "state_dict"}, "optimizer", "scheduler", "training_history", "trainer_args"}``;
+the packaged pretrained files; ``torch.save(CHGNet.as_dict())``) need nothing more, so no class
+is added to torch's allow-list (``torch.serialization.add_safe_globals`` is not called).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.reference import (
+    check_reference_modes,
+    checkpoint_path,
+    model_from_reference_dict,
+)
+
+if TYPE_CHECKING:
+    from fastchgnet.model.chgnet import FastCHGNet
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The dict stored in a model file, read with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: naming the file: it holds pickled objects other than tensors and plain
+            containers (refused, nothing of it runs), it is corrupt or truncated, or it does
+            not hold a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{path}: refused: it holds pickled Python objects beyond tensors and plain "
+            f"containers, which could run code when loaded ({detail})"
+        ) from None
+    except Exception as exc:  # zip, EOF and format errors of a damaged file
+        problem = f"corrupt or truncated: {exc}"
+        raise ValueError(f"{path}: not a readable model file ({problem})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a model file (it holds a {type(payload).__name__})")
+    return payload
+
+
+def reference_model_dict(payload: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``{"model_args", "state_dict"}`` part of a chgnet checkpoint or ``as_dict`` dict.
+
+    Raises:
+        ValueError: naming ``source`` when ``payload`` is neither.
+    """
+    inner = payload.get("model")
+    if isinstance(inner, dict) and "state_dict" in inner:
+        return inner
+    if "state_dict" in payload and "model_args" in payload:
+        return payload
+    keys = sorted(map(str, payload))[:8]
+    raise ValueError(
+        f"{source}: not a CHGNet checkpoint (top-level keys {keys}); expected a chgnet Trainer "
+        "file with model = {model_args, state_dict}, a CHGNet.as_dict() dict or a fastchgnet "
+        "model file"
+    )
+
+
+def load_model_file(cls: type[FastCHGNet], path: str | Path, **modes: Any) -> FastCHGNet:
+    """A model from any file users have: ours (``FastCHGNet.save``), a chgnet checkpoint
+    (``Trainer`` epoch/best files, the packaged pretrained files of 0.2.0/0.3.0/r2scan) or a
+    ``torch.save``'d ``CHGNet.as_dict()``; chgnet's cutoffs and AtomRef energies are kept.
+
+    Raises:
+        ValueError: naming the file: unsafe, corrupt, or not a CHGNet of this architecture.
+    """
+    payload = read_checkpoint(path)
+    if payload.get("format") == FORMAT:
+        return load_model(cls, path)
+    model_dict = reference_model_dict(payload, str(path))
+    return model_from_reference_dict(cls, model_dict, str(path), **modes)
+
+
+def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHGNet:
+    """Build a FastCHGNet with the reference ``version``'s pretrained weights.
+
+    ``modes`` may restate the reference's settings; anything else raises ValueError (see
+    ``check_reference_modes``), before the checkpoint is read.
+    """
+    trained_for = {"forces": "conservative", "coupled_updates": True}
+    if any(modes.get(k, v) != v for k, v in trained_for.items()):  # before reading the file
+        check_reference_modes(version, ModelConfig(), modes)
+    path = checkpoint_path(version)
+    payload = read_checkpoint(path)
+    return model_from_reference_dict(cls, payload["model"], version, **modes)

@@ -1,0 +1,163 @@
+"""The one place that talks to ``torch.distributed``: process group, collectives, rank liveness.
+
+Every collective the package makes goes through this module (a test reads the sources and fails
+on any other use of torch.distributed). Each one first puts its tensor on the device the group
+was created for: the rank's CUDA device under NCCL (a CPU tensor has no NCCL backend), the CPU
+under gloo. Results come back on the caller's device. Without a process group every function is
+the single-process identity, so callers need no ``if distributed`` branches.
+
+Bounded failure: the group is created with a timeout (``run.dist_timeout_s``), and each rank
+records its pid and host under ``<out_dir>/ranks/``; when a collective fails or the launcher
+stops the survivors, ``peer_report`` names the ranks whose processes are gone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal
+
+import torch
+import torch.distributed as _torch_dist
+from torch import Tensor
+
+#: the torch.distributed module in use (tests install a recording stand-in with ``install``)
+_dist: ModuleType | Any = _torch_dist
+#: the device of the process group's tensors, set when the group is created
+_device: torch.device | None = None
+
+ReduceOp = Literal["sum", "min", "max"]
+
+
+def install(dist_module: Any, device: torch.device) -> None:
+    """Use ``dist_module`` (torch.distributed or a stand-in) whose group lives on ``device``."""
+    global _dist, _device
+    _dist, _device = dist_module, torch.device(device)
+
+
+def initialized() -> bool:
+    """True inside a process group of several (or one) ranks."""
+    return bool(_dist.is_available() and _dist.is_initialized())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if not initialized():
+        return 0, 1
+    return int(_dist.get_rank()), int(_dist.get_world_size())
+
+
+def group_device() -> torch.device:
+    """The device collectives run on: the rank's CUDA device under NCCL, else the CPU."""
+    if _device is not None:
+        return _device
+    if initialized() and _dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_process_group(timeout_s: float) -> None:
+    """Start the process group through DeepSpeed: NCCL on the rank's GPU when CUDA is
+    available (``LOCAL_RANK`` selects it), gloo on CPU; a collective that waits longer than
+    ``timeout_s`` seconds fails instead of hanging."""
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
+    install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
+
+
+def _op(op: ReduceOp) -> Any:
+    return {"sum": _dist.ReduceOp.SUM, "min": _dist.ReduceOp.MIN, "max": _dist.ReduceOp.MAX}[op]
+
+
+def all_reduce(tensor: Tensor, op: ReduceOp = "sum") -> Tensor:
+    """``tensor`` reduced over all ranks (a new tensor on ``tensor``'s device; the input is
+    left as it is). Asynchronous on a GPU: nothing here waits for the host."""
+    if not initialized():
+        return tensor
+    work = tensor.detach().to(group_device(), copy=True)
+    _dist.all_reduce(work, op=_op(op))
+    # a copy into host memory must be complete before the caller reads it
+    return work.to(tensor.device, non_blocking=tensor.device.type != "cpu")
+
+
+def all_gather_objects(value: object) -> list[object]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` alone. Synchronises."""
+    if not initialized():
+        return [value]
+    gathered: list[object] = [None] * rank_and_world()[1]
+    _dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op alone); under NCCL on the rank's own device."""
+    if not initialized():
+        return
+    device = group_device()
+    if device.type == "cuda":
+        _dist.barrier(device_ids=[device.index])
+    else:
+        _dist.barrier()
+
+
+# ---------------------------------------------------------------- rank liveness
+
+
+def register_rank(out_dir: Path, rank: int) -> None:
+    """Record this rank's pid and host under ``out_dir/ranks/`` (read by ``peer_report``)."""
+    folder = Path(out_dir) / "ranks"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"rank": rank, "pid": os.getpid(), "host": socket.gethostname()}
+    (folder / f"rank-{rank:05d}.json").write_text(json.dumps(record) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child stays a zombie until its parent (the launcher) reaps it
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_for_file(path: Path, out_dir: Path, rank: int, poll_s: float = 1.0) -> None:
+    """Wait (without a collective, so no timeout applies) until rank 0 has written ``path``,
+    e.g. the cache it converts; stop with ``peer_report`` if rank 0's process is gone."""
+    while not Path(path).is_file():
+        report = peer_report(out_dir, rank)
+        if "rank 0 (pid" in report:
+            raise RuntimeError(f"{report} while waiting for {path}")
+        time.sleep(poll_s)
+
+
+def peer_report(out_dir: Path, rank: int) -> str:
+    """One line naming the ranks whose processes are gone (those on this host are checked;
+    others are named as unknown), for the error a surviving rank ends with."""
+    host, gone, elsewhere = socket.gethostname(), [], []
+    for path in sorted((Path(out_dir) / "ranks").glob("rank-*.json")):
+        record = json.loads(path.read_text())
+        if record["rank"] == rank:
+            continue
+        if record["host"] != host:
+            elsewhere.append(record["rank"])
+        elif not _alive(int(record["pid"])):
+            gone.append(f"rank {record['rank']} (pid {record['pid']} on {host})")
+    if gone:
+        return f"rank {rank} stops: {', '.join(gone)} is gone"
+    note = f"; ranks {elsewhere} on other hosts not checked" if elsewhere else ""
+    return f"rank {rank} stops: no local peer process is gone{note}"

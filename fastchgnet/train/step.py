@@ -1,0 +1,171 @@
+"""THE training step: the one that ``launcher/train.py`` runs, benchmarks time and profiles count.
+
+``TrainStep(engine, loss_config, captured)(batch, labels)`` does one optimiser update on a
+batch already on the engine's device:
+
+    forward (+ loss)   eager model and ``model.loss.training_loss``, or the captured graph of
+                       both (``CapturedModel.loss``, CUDA graphs on a GPU)
+    agree              non-finite loss on any rank -> every rank skips (a 1-element all-reduce)
+    backward           first-order backward; DeepSpeed all-reduces the gradients at its end
+    optimizer          fused Adam, told on the device to skip (``engine.skip_if``)
+
+Each stage is an NVTX range (``profiling.nvtx``). Nothing in the step reads a tensor on the
+host: the loss, the finite-step count and the skips accumulate on the device in
+``StepTotals``, and ``read()`` brings them to the host in one transfer when the caller logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.data.batch import GraphBatch
+from fastchgnet.data.labels import LabelBatch
+from fastchgnet.model.loss import LossConfig, training_loss
+from fastchgnet.numerics import flush_denormals
+from fastchgnet.profiling.nvtx import BACKWARD, FORWARD, LOSS, OPTIMIZER, STEP, stage
+from fastchgnet.train.collectives import all_reduce
+
+#: Columns of ``StepTotals.values``.
+LOSS_SUM, FINITE, SKIPPED, LONGEST_RUN, RUN = range(5)
+
+
+@dataclass
+class Window:
+    """What the steps since the last read did: mean loss over finite steps (NaN when none),
+    finite and skipped steps, the longest run of consecutive skips, and the run at the end."""
+
+    mean_loss: float
+    finite: int
+    skipped: int
+    longest_run: int
+    run: int
+
+
+class StepTotals:
+    """Device-side accumulators of the steps since the last ``read`` (5 float64 values)."""
+
+    def __init__(self, device: torch.device, run: int = 0) -> None:
+        self.values = torch.zeros(5, dtype=torch.float64, device=device)
+        self.values[RUN] = run
+        self.values[LONGEST_RUN] = run
+
+    def add(self, loss: Tensor, skip: Tensor) -> None:
+        """Count one step: its loss (0-d) and skip flag (0-d, 1.0 = skipped); no host read."""
+        skip = skip.to(torch.float64)
+        run = (self.values[RUN] + 1) * skip
+        step = torch.stack(
+            [
+                torch.where(skip > 0, 0.0, loss.detach().to(torch.float64)),
+                1 - skip,
+                skip,
+                torch.zeros_like(skip),
+                torch.zeros_like(skip),
+            ]
+        )
+        self.values += step
+        self.values[RUN] = run
+        self.values[LONGEST_RUN] = torch.maximum(self.values[LONGEST_RUN], run)
+
+    def read(self) -> Window:
+        """The window's totals on the host (the one synchronisation), then a new window that
+        carries the current run of skips over."""
+        loss_sum, finite, skipped, longest, run = self.values.tolist()
+        self.values.zero_()
+        self.values[RUN] = run
+        self.values[LONGEST_RUN] = run
+        mean = loss_sum / finite if finite else float("nan")
+        return Window(mean, int(finite), int(skipped), int(longest), int(run))
+
+
+def nonfinite(params: list[torch.nn.Parameter]) -> Tensor:
+    """0-d float32 on the parameters' device: 1.0 where any gradient holds a NaN or an
+    infinity (parameters without a gradient are passed over), computed without a host read."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=params[0].device if params else None)
+    norms = torch.stack(torch._foreach_norm(grads))
+    return (~torch.isfinite(norms.sum())).to(torch.float32)
+
+
+class TrainStep:
+    """One optimiser update of ``engine.module`` per call; see the module docstring.
+
+    Args:
+        engine: ``train.engine.TorchEngine`` or ``DeepSpeedEngine`` (owns the optimiser).
+        loss_config: the training loss.
+        captured: the engine's model captured for the batches' padded shape; None: eager.
+        bad_run: consecutive skipped steps before this step (a resumed run's).
+    """
+
+    def __init__(
+        self,
+        engine: object,
+        loss_config: LossConfig,
+        captured: CapturedModel | None = None,
+        bad_run: int = 0,
+    ) -> None:
+        self.engine, self.loss_config, self.captured = engine, loss_config, captured
+        self.totals = StepTotals(engine.device, bad_run)
+        self.params = [p for p in engine.module.parameters() if p.requires_grad]
+
+    def loss(self, batch: GraphBatch, labels: LabelBatch) -> Tensor:
+        """The training loss (0-d, differentiable) of a batch, eager or captured."""
+        if self.captured is not None:
+            with stage(FORWARD):  # forward and loss are one graph
+                loss, _ = self.captured.loss(batch, labels)
+            return loss
+        with stage(FORWARD):
+            prediction = self.engine.forward(batch)
+        with stage(LOSS):
+            return training_loss(prediction, labels, self.loss_config)
+
+    @flush_denormals()
+    def __call__(self, batch: GraphBatch, labels: LabelBatch) -> None:
+        """One update from a batch on the engine's device (padding-only batches included:
+        their loss and gradient are zero, and the rank still joins every collective)."""
+        with stage(STEP):
+            loss = self.loss(batch, labels)
+            # every rank must skip together: the flag is the max over ranks, on the device
+            skip = all_reduce((~torch.isfinite(loss.detach())).to(torch.float32), "max")
+            # keep the loss's value: a captured graph's outputs are static buffers
+            value = loss.detach().clone()
+            with stage(BACKWARD):
+                self.engine.backward(loss)
+            # a finite loss can still give non-finite gradients; after the all-reduce they are
+            # the same on every rank, so this flag needs no collective (ZeRO 1 keeps reduced
+            # gradients in its own partitions and skips such a step itself)
+            skip = torch.maximum(skip, nonfinite(self.params))
+            with stage(OPTIMIZER):
+                self.engine.step(skip)
+            self.totals.add(value, skip)
+
+    def read(self) -> Window:
+        """Bring the accumulated totals to the host (one synchronisation) and reset them."""
+        return self.totals.read()
+
+
+def standalone_step(
+    model: torch.nn.Module,
+    *,
+    compiled: bool,
+    backend: str = "inductor",
+    lr: float = 3e-4,
+    loss_config: LossConfig | None = None,
+) -> TrainStep:
+    """The training step of ``launcher/train.py`` around ``model`` (already on its device)
+    with a one-process engine (fused Adam, constant ``lr``), for benchmarks and profiles:
+    eager, or ``compiled`` (captured with ``backend``) for padded batches of one shape."""
+    from fastchgnet.train.config import OptimConfig
+    from fastchgnet.train.engine import TorchEngine
+
+    loss_config = loss_config or LossConfig()
+    optim = OptimConfig(lr=lr, scheduler="constant")
+    engine = TorchEngine(model, optim, total_steps=1, global_batch=1)
+    captured = None
+    if compiled:
+        captured = CapturedModel(model, loss_config=loss_config, backend=backend)
+    return TrainStep(engine, loss_config, captured)

@@ -1,0 +1,160 @@
+"""The reference README's usage blocks, written again with one changed import line
+(``from fastchgnet.compat import ...``), give the reference's numbers (parity tolerances of
+tests/model/test_parity.py; features and site energies: ``EXTRA``)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.io.trajectory import Trajectory
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from tests.model.test_parity import TOLERANCE
+
+#: site energies eV; atom and crystal features (unitless, entries of order 1-10); observed
+#: float32 differences are 2e-6, 4e-5 and 5e-6 on LiMnO2
+EXTRA = {"site_energies": 1e-4, "atom_fea": 5e-4, "crystal_fea": 5e-4}
+
+
+def _reference(call):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call()
+
+
+def test_predict_block_gives_reference_numbers(chgnet_ref, reference_structures):
+    from fastchgnet.compat import CHGNet
+
+    chgnet = CHGNet.load()
+    assert chgnet.version == "0.3.0"
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    options = {"return_site_energies": True, "return_atom_feas": True, "return_crystal_feas": True}
+    for structure in reference_structures:
+        prediction = chgnet.predict_structure(structure, **options)
+        expected = _reference(lambda s=structure: reference.predict_structure(s, **options))
+        assert sorted(prediction) == sorted(expected)
+        for key, limit in {**TOLERANCE, **EXTRA}.items():
+            assert np.shape(prediction[key]) == np.shape(expected[key]), key
+            worst = float(np.abs(prediction[key] - expected[key]).max())
+            assert worst <= limit, f"{structure.formula}: |Δ{key}| = {worst:.3g} > {limit}"
+        total = prediction["site_energies"].sum()
+        assert total == pytest.approx(prediction["e"] * len(structure), abs=1e-4)
+
+
+def test_predict_task_and_batch_keys_follow_reference(compat_model, reference_structures):
+    predictions = compat_model.predict_structure(reference_structures, task="ef", batch_size=1)
+    assert [sorted(p) for p in predictions] == [["e", "f"], ["e", "f"]]
+    graph = compat_model.graph_converter(reference_structures[0])
+    assert sorted(compat_model.predict_graph(graph, task="em")) == ["e", "m"]
+    with pytest.raises(ValueError, match="Invalid task='fs'"):
+        compat_model.predict_structure(reference_structures[0], task="fs")
+
+
+def test_calculator_site_energies_and_stress_weight_match_reference(
+    chgnet_ref, compat_model, limno2
+):
+    from fastchgnet.compat import CHGNetCalculator
+
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    ref_calc = _reference(
+        lambda: chgnet_ref.CHGNetCalculator(
+            reference, use_device="cpu", stress_weight=0.5, return_site_energies=True
+        )
+    )
+    calc = CHGNetCalculator(
+        compat_model, use_device="cpu", stress_weight=0.5, return_site_energies=True
+    )
+    ours, theirs = AseAtomsAdaptor.get_atoms(limno2), AseAtomsAdaptor.get_atoms(limno2)
+    ours.calc, theirs.calc = calc, ref_calc
+    n = len(limno2)
+    assert ours.get_potential_energy() == pytest.approx(
+        theirs.get_potential_energy(), abs=TOLERANCE["e"] * n
+    )
+    site = np.abs(ours.get_potential_energies() - theirs.get_potential_energies()).max()
+    assert site <= EXTRA["site_energies"]
+    assert np.abs(ours.get_stress() - theirs.get_stress()).max() <= TOLERANCE["s"] * 0.5
+    assert np.abs(ours.get_forces() - theirs.get_forces()).max() <= TOLERANCE["f"]
+    assert ours.calc.results["crystal_fea"].shape == (64,)
+
+
+def test_relax_block_gives_reference_trajectory(chgnet_ref, compat_model, limno2):
+    from fastchgnet.compat import StructOptimizer
+
+    rattled = limno2.copy()
+    rattled.perturb(0.05, min_distance=0.0)
+    rattled.apply_strain(0.02)
+    relaxer = StructOptimizer(compat_model)
+    result = relaxer.relax(rattled, verbose=False)
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    expected = _reference(
+        lambda: chgnet_ref.StructOptimizer(reference).relax(rattled, verbose=False)
+    )
+    trajectory, ref_trajectory = result["trajectory"], expected["trajectory"]
+    assert len(trajectory) == len(ref_trajectory) > 2
+    for field in ("energies", "forces", "stresses", "magmoms", "atom_positions", "cells"):
+        assert len(getattr(trajectory, field)) == len(getattr(ref_trajectory, field))
+    n = len(limno2)
+    energies = np.array(trajectory.energies) - np.array(ref_trajectory.energies)
+    assert np.abs(energies).max() <= 10 * TOLERANCE["e"] * n
+    final, ref_final = result["final_structure"], expected["final_structure"]
+    assert np.abs(final.lattice.matrix - ref_final.lattice.matrix).max() < 1e-3
+    assert (
+        np.abs(
+            np.array(final.site_properties["magmom"]) - ref_final.site_properties["magmom"]
+        ).max()
+        < 1e-3
+    )
+
+
+def test_md_block_gives_reference_trajectory(chgnet_ref, compat_model, limno2, tmp_path):
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    from fastchgnet.compat import MolecularDynamics
+
+    atoms = AseAtomsAdaptor.get_atoms(limno2)
+    thermalize_momenta(atoms, temperature_K=1000, rng=np.random.default_rng(0))
+    ref_atoms = atoms.copy()
+    md = MolecularDynamics(
+        atoms=atoms,
+        model=compat_model,
+        ensemble="nvt",
+        temperature=1000,
+        timestep=2,
+        trajectory=str(tmp_path / "md_out.traj"),
+        logfile=str(tmp_path / "md_out.log"),
+        loginterval=2,
+    )
+    md.run(6)
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    ref_md = _reference(
+        lambda: chgnet_ref.MolecularDynamics(
+            atoms=ref_atoms,
+            model=reference,
+            ensemble="nvt",
+            temperature=1000,
+            timestep=2,
+            loginterval=2,
+            use_device="cpu",
+        )
+    )
+    _reference(lambda: ref_md.run(6))
+    assert np.abs(md.atoms.positions - ref_md.atoms.positions).max() < 1e-4
+    frames = Trajectory(str(tmp_path / "md_out.traj"))
+    assert len(frames) == 4
+    assert frames[-1].get_magnetic_moments().shape == (len(limno2),)
+    assert (tmp_path / "md_out.log").read_text().count("\n") == 5
+
+
+def test_unsupported_options_say_what_to_use(compat_model, limno2):
+    from fastchgnet.compat import MolecularDynamics, StructOptimizer, Trainer
+
+    with pytest.raises(NotImplementedError, match=r"SGD.*not supported; use"):
+        Trainer(compat_model, optimizer="SGD")
+    with pytest.raises(NotImplementedError, match=r"wandb is not supported; set run\.tensorboard"):
+        Trainer(compat_model, wandb_path="a/b")
+    with pytest.raises(NotImplementedError, match="bulk_modulus"):
+        MolecularDynamics(limno2, model=compat_model, ensemble="npt")
+    with pytest.raises(ValueError, match="Optimizer 'Newton' not found"):
+        StructOptimizer(compat_model, optimizer_class="Newton")

@@ -1,0 +1,155 @@
+"""extxyz / ASE-db sources with chosen key names and units; explicit split files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.io import write
+
+from fastchgnet.data.ase_labels import AseLabels, read_ase_labelled
+from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.errors import StructureError
+from fastchgnet.md.calculator import as_atoms
+
+
+def _atoms(n: int = 3, seed: int = 5):
+    """Small crystals with DFT-style labels under non-ASE names: total energy ``E_dft`` (eV),
+    forces ``F_dft`` (eV/Å), stress ``S_vasp`` (kBar, VASP sign), ``mag`` (μB)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for structure in varied_structures(n, seed=seed, max_atoms=6):
+        atoms = as_atoms(structure)
+        atoms.info["E_dft"] = -5.0 * len(atoms)
+        atoms.info["S_vasp"] = rng.normal(0, 20, size=(3, 3)).ravel()
+        atoms.arrays["F_dft"] = rng.normal(0, 0.5, size=(len(atoms), 3))
+        atoms.arrays["mag"] = -rng.random(len(atoms))
+        frames.append(atoms)
+    return frames
+
+
+KEYS = AseLabels(energy="E_dft", forces="F_dft", stress="S_vasp", magmoms="mag",
+                 stress_unit="kBar", stress_sign="vasp")  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".extxyz", ".db"])
+def test_chosen_keys_are_read_in_our_units(tmp_path, suffix):
+    frames = _atoms()
+    path = tmp_path / f"frames{suffix}"
+    if suffix == ".db":  # as ASE-db users store labels: key-value pairs and data
+        from ase.db import connect
+
+        with connect(str(path)) as db:
+            for atoms in frames:
+                data = {"S_vasp": atoms.info["S_vasp"], "F_dft": atoms.arrays["F_dft"]}
+                data["mag"] = atoms.arrays["mag"]
+                db.write(atoms, E_dft=atoms.info["E_dft"], data=data)
+    else:
+        write(str(path), frames)
+    read = list(read_ase_labelled(path, KEYS))
+    assert len(read) == len(frames)
+    for frame, atoms in zip(read, frames, strict=True):
+        assert frame.energy_per_atom == pytest.approx(-5.0)
+        np.testing.assert_allclose(frame.forces, atoms.arrays["F_dft"], rtol=1e-6)
+        np.testing.assert_allclose(
+            frame.stress, -0.1 * atoms.info["S_vasp"].reshape(3, 3), rtol=1e-6
+        )
+        np.testing.assert_allclose(frame.magmoms, np.abs(atoms.arrays["mag"]), rtol=1e-6)
+
+
+def test_per_atom_energy_and_ase_stress(tmp_path):
+    frames = _atoms(1)
+    frames[0].info["e_atom"] = -5.0
+    frames[0].info["s_ase"] = np.full(6, 0.01)  # eV/Å^3, Voigt
+    write(str(tmp_path / "f.extxyz"), frames)
+    labels = AseLabels(energy="e_atom", energy_per_atom=True, stress="s_ase", forces="",
+                       magmoms="")  # fmt: skip
+    (frame,) = read_ase_labelled(tmp_path / "f.extxyz", labels)
+    assert frame.energy_per_atom == pytest.approx(-5.0)
+    assert frame.stress[0, 0] == pytest.approx(0.01 * 160.21766208)
+    assert frame.forces is None
+
+
+def test_wrong_key_name_lists_the_keys_the_file_has(tmp_path):
+    write(str(tmp_path / "f.extxyz"), _atoms(1))
+    with pytest.raises(ValueError, match=r"\['energy_dft'\] not in the first frame.*E_dft"):
+        next(read_ase_labelled(tmp_path / "f.extxyz", AseLabels(energy="energy_dft")))
+
+
+def test_label_of_wrong_shape_names_the_frame(tmp_path):
+    frames = _atoms(2)
+    frames[1].info["S_vasp"] = np.zeros(2)
+    write(str(tmp_path / "f.extxyz"), frames)
+    with pytest.raises(StructureError, match=r"frame f-1 .*stress has shape \(2,\)"):
+        list(read_ase_labelled(tmp_path / "f.extxyz", KEYS))
+
+
+def test_stress_in_wrong_units_is_flagged_by_magnitude(tmp_path):
+    frames = _atoms(1)
+    frames[0].info["S_vasp"] = np.full(9, 2500.0)  # 250 GPa in kBar: plausible for 'kBar' only
+    write(str(tmp_path / "f.extxyz"), frames)
+    as_gpa = AseLabels(energy="E_dft", forces="F_dft", stress="S_vasp", magmoms="mag",
+                       stress_unit="GPa")  # fmt: skip
+    with pytest.raises(StructureError, match=r"frame f-0 .*2500 GPa.*stress_unit"):
+        list(read_ase_labelled(tmp_path / "f.extxyz", as_gpa))
+    frames[0].info["S_vasp"] = np.full(9, 250.0)
+    write(str(tmp_path / "f.extxyz"), frames)
+    assert next(iter(read_ase_labelled(tmp_path / "f.extxyz", KEYS))).stress[0, 0] == -25.0
+
+
+def test_total_energy_read_as_per_atom_is_flagged(tmp_path):
+    frames = _atoms(1)
+    frames[0].info["E_dft"] = -300.0
+    write(str(tmp_path / "f.extxyz"), frames)
+    per_atom = AseLabels(energy="E_dft", energy_per_atom=True, forces="", magmoms="")
+    with pytest.raises(StructureError, match="energy_per_atom"):
+        list(read_ase_labelled(tmp_path / "f.extxyz", per_atom))
+
+
+def test_explicit_train_val_test_files_make_the_split(tmp_path):
+    from fastchgnet.train.config import DataConfig
+    from fastchgnet.train.data import make_splits, resolve_cache
+
+    for name, seed in (("train", 1), ("val", 2), ("test", 3)):
+        write(str(tmp_path / f"{name}.extxyz"), _atoms(3 if name == "train" else 2, seed))
+    config = DataConfig(
+        source=str(tmp_path / "train.extxyz"),
+        val_source=str(tmp_path / "val.extxyz"),
+        test_source=str(tmp_path / "test.extxyz"),
+        labels=KEYS,
+    )
+    cache = resolve_cache(config, tmp_path, (6.0, 3.0), True)
+    splits = make_splits(cache, config)
+    assert [len(splits.train), len(splits.val), len(splits.test)] == [3, 2, 2]
+    ids = splits.dataset.frame_ids
+    assert all(str(ids[k]).startswith("val:val-") for k in splits.val)
+
+
+def test_default_keys_read_the_bundled_set_as_read_ase(tmp_path):
+    from fastchgnet.data.sources import gunzip_ase_file, read_ase
+    from fastchgnet.train.data import quickstart_path
+
+    plain = gunzip_ase_file(quickstart_path(), tmp_path)
+    old = read_ase(plain, index=":200")
+    new = read_ase_labelled(plain)
+    compared = 0
+    for a, b in zip(old, new, strict=False):
+        compared += 1
+        assert (a.material_id, a.frame_id) == (b.material_id, b.frame_id)
+        assert a.energy_per_atom == b.energy_per_atom
+        for label in ("forces", "stress", "magmoms"):
+            np.testing.assert_array_equal(getattr(a, label), getattr(b, label))
+    assert compared == 200
+
+
+def test_label_keys_are_a_typed_config_table():
+    from fastchgnet.train.config import TrainConfig, apply_overrides
+
+    config = TrainConfig.from_dict({"data": {"labels": {"energy": "E_dft", "stress_unit": "kBar"}}})
+    assert config.data.labels == AseLabels(energy="E_dft", stress_unit="kBar")
+    config = apply_overrides(config, ["data.labels.stress_sign=vasp"])
+    assert config.data.labels.stress_factor == -0.1
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="stress_unit='MPa'"):
+        TrainConfig.from_dict({"data": {"labels": {"stress_unit": "MPa"}}})
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"data": {"labels": {"energy_key": "E"}}})

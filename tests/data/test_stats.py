@@ -1,0 +1,58 @@
+"""``fastchgnet data stats``: counts, ranges and outliers of a source, in one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet.data.frame import Frame
+from fastchgnet.data.stats import dataset_stats, format_stats
+
+
+def _frame(index: int, energy: float, stress: float = 1.0) -> Frame:
+    structure = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return Frame(
+        structure=structure,
+        energy_per_atom=energy,
+        forces=np.full((2, 3), 0.1 * index),
+        stress=np.eye(3) * stress,
+        magmoms=None,
+        material_id=f"m{index}",
+        frame_id=str(index),
+    )
+
+
+def test_stats_report_counts_ranges_and_outliers():
+    frames = [_frame(k, -3.0 + 0.01 * k) for k in range(30)]
+    frames.append(_frame(30, 40.0))  # far from the others
+    frames.append(_frame(31, -3.0, stress=500.0))
+    stats = dataset_stats(frames)
+    assert stats["frames"] == 32
+    assert stats["elements"] == {"Na": 32, "Cl": 32}
+    assert stats["labels"]["energy_per_atom"]["max"] == 40.0
+    assert stats["labels"]["forces"]["max"] == pytest.approx(3.1)
+    assert "magmoms" not in stats["labels"]
+    assert any("frame 30 of m30" in line and "energy" in line for line in stats["outliers"])
+    assert any("frame 31 of m31" in line and "stress 500" in line for line in stats["outliers"])
+    assert len(stats["outliers"]) == 2
+    text = format_stats(stats)
+    assert "32 frames, 64 atoms" in text
+    assert "outliers: 2" in text
+
+
+def test_stats_command_reads_an_extxyz(tmp_path, capsys):
+    from ase.io import write
+
+    from fastchgnet.cli import main
+    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.md.calculator import as_atoms
+
+    atoms = [as_atoms(s) for s in varied_structures(3, seed=1, max_atoms=4)]
+    for a in atoms:
+        a.info["energy"] = -4.0 * len(a)
+    write(str(tmp_path / "f.extxyz"), atoms)
+    main(["data", "stats", str(tmp_path / "f.extxyz")])
+    out = capsys.readouterr().out
+    assert out.startswith("3 frames")
+    assert "energy_per_atom eV/atom       3" in out

@@ -1,0 +1,174 @@
+"""Collectives: only fastchgnet/train/collectives.py touches torch.distributed, and every tensor
+it hands to a collective lives on the device the process group was created for (a CPU tensor
+has no NCCL backend, which gloo on CPU would hide)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fastchgnet.model.loss import LossConfig
+from fastchgnet.train import collectives
+
+PACKAGE = Path(__file__).resolve().parents[2] / "fastchgnet"
+ALLOWED = PACKAGE / "train" / "collectives.py"
+#: modules through which a collective can be reached
+DISTRIBUTED = ("torch.distributed", "deepspeed.comm")
+
+
+def distributed_uses(source: str) -> list[tuple[int, str]]:
+    """(line, what) of every way ``source`` reaches torch.distributed or deepspeed.comm:
+    imports (aliases included), attribute access, ``getattr`` and ``importlib`` by name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        elif isinstance(node, ast.Attribute):
+            names = [ast.unparse(node)]
+        elif isinstance(node, ast.Call) and node.args:
+            first = node.args[0] if len(node.args) == 1 else node.args[1]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                callee = ast.unparse(node.func)
+                if callee in ("getattr", "importlib.import_module", "import_module", "__import__"):
+                    text = first.value
+                    names = [text, f"torch.{text}", f"deepspeed.{text}"]
+        for name in names:
+            if any(name == d or name.startswith(d + ".") for d in DISTRIBUTED):
+                found.append((node.lineno, name))
+                break
+    return found
+
+
+def test_only_the_collectives_module_touches_torch_distributed() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == ALLOWED:
+            continue
+        for line, what in distributed_uses(path.read_text()):
+            offenders.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {what}")
+    assert not offenders, "collectives outside train/collectives.py:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import torch.distributed as d\nd.all_reduce(x)",
+        "from torch import distributed\ndistributed.barrier()",
+        "from torch.distributed import all_reduce as ar\nar(x)",
+        "import torch\ntorch.distributed.all_reduce(x)",
+        "import torch\ngetattr(torch, 'distributed').all_reduce(x)",
+        "import importlib\nimportlib.import_module('torch.distributed').barrier()",
+        "import deepspeed.comm as dc\ndc.all_reduce(x)",
+    ],
+)
+def test_the_source_check_finds_every_form_of_direct_use(source: str) -> None:
+    assert distributed_uses(source)
+
+
+class Handed(Exception):
+    """Raised by the stand-in once it has recorded what it was handed."""
+
+
+class RecordingDistributed:
+    """A stand-in for torch.distributed: a group of 2 ranks whose collectives record the device
+    of every tensor (and the types of every object) handed to them, then stop the caller."""
+
+    ReduceOp = SimpleNamespace(SUM="sum", MIN="min", MAX="max")
+
+    def __init__(self) -> None:
+        self.handed: list[tuple[str, object]] = []
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def get_backend(self) -> str:
+        return "nccl"
+
+    def all_reduce(self, tensor: torch.Tensor, op: object = None) -> None:
+        self.handed.append(("all_reduce", tensor.device))
+        raise Handed
+
+    def all_gather_object(self, out: list, value: object) -> None:
+        leaves = json.dumps(value, default=lambda x: f"<{type(x).__name__}>")
+        self.handed.append(("all_gather_object", leaves))
+        raise Handed
+
+    def barrier(self, device_ids: list[int] | None = None) -> None:
+        self.handed.append(("barrier", device_ids))
+
+
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> RecordingDistributed:
+    """The stand-in installed with its group on the "meta" device (a device none of the
+    test's tensors start on, as a rank's CUDA device differs from the host)."""
+    fake = RecordingDistributed()
+    monkeypatch.setattr(collectives, "_dist", fake)
+    monkeypatch.setattr(collectives, "_device", torch.device("meta"))
+    return fake
+
+
+def test_the_stand_in_records_a_tensor_on_the_wrong_device() -> None:
+    fake = RecordingDistributed()
+    with pytest.raises(Handed):
+        fake.all_reduce(torch.zeros(1))  # what `dist.all_reduce(x.cpu())` under NCCL did
+    assert fake.handed == [("all_reduce", torch.device("cpu"))]
+
+
+def test_metric_sums_hand_the_collective_tensors_on_the_group_device(recorder) -> None:
+    from fastchgnet.train.metrics import MetricSums
+    from tests.model.test_loss import _batch
+
+    metrics = MetricSums()
+    metrics.add(*_batch())
+    with pytest.raises(Handed):
+        metrics.all_reduce()
+    assert recorder.handed == [("all_reduce", torch.device("meta"))]
+
+
+def test_the_finite_check_hands_the_collective_a_flag_on_the_group_device(recorder) -> None:
+    from fastchgnet.train.config import OptimConfig
+    from fastchgnet.train.engine import TorchEngine
+    from fastchgnet.train.step import TrainStep
+    from tests.compile.conftest import padded_batch, small_model
+
+    model = small_model("direct")
+    engine = TorchEngine(model, OptimConfig(), total_steps=1, global_batch=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(Handed):
+        TrainStep(engine, LossConfig())(*padded_batch())
+    assert recorder.handed == [("all_reduce", torch.device("meta"))]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_parameter_sync_check_gathers_host_digests_only(recorder) -> None:
+    from fastchgnet.train.engine import DeepSpeedEngine
+
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(Handed):
+        DeepSpeedEngine.replicas_in_sync(SimpleNamespace(module=model))
+    ((name, payload),) = recorder.handed
+    assert name == "all_gather_object"
+    assert "<Tensor>" not in payload  # a sha256 string: pickled through the group as bytes
+
+
+def test_barrier_names_the_ranks_cuda_device_under_nccl(monkeypatch, recorder) -> None:
+    monkeypatch.setattr(collectives, "_device", torch.device("cuda", 3))
+    collectives.barrier()
+    assert recorder.handed == [("barrier", [3])]

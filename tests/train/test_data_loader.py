@@ -1,0 +1,38 @@
+"""make_loader: worker count (auto on CPU / GPU), persistent workers, pinned memory on CUDA."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch.utils.data import BatchSampler, SequentialSampler
+
+from fastchgnet.train.data import loader_workers, make_loader
+
+
+def test_auto_workers_are_none_on_cpu_and_a_few_on_gpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers(-1, "cpu") == 0
+    assert 1 <= loader_workers(-1, torch.device("cuda")) <= 4
+    assert loader_workers(3, "cuda") == 3
+    assert loader_workers(0, "cuda") == 0
+
+
+def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers(-1, "cuda") == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert loader_workers(-1, "cuda") == 1
+
+
+def test_loader_workers_persist_and_batches_are_pinned_only_for_cuda():
+    splits = SimpleNamespace(dataset=list(range(8)))
+    batches = BatchSampler(SequentialSampler(range(8)), 2, drop_last=False)
+    cpu = make_loader(splits, batches, -1, device="cpu")
+    assert cpu.num_workers == 0
+    assert not cpu.pin_memory
+    gpu = make_loader(splits, batches, 2, device="cuda")
+    assert gpu.num_workers == 2
+    assert gpu.persistent_workers
+    assert gpu.pin_memory

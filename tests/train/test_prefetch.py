@@ -1,0 +1,140 @@
+"""DevicePrefetcher: order and lifetime of side-stream copies, checked on a CPU with a stand-in
+stream that records the calls; and the batches' pin_memory."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import torch
+
+from fastchgnet.data.batch import collate, tensors_of
+from fastchgnet.data.graph import build_graph
+from fastchgnet.data.labels import collate_labels
+from fastchgnet.testing import random_crystal
+from fastchgnet.train.prefetch import DevicePrefetcher
+
+
+class FakeStream:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.log.append(("wait", self.name, other.name))
+
+
+class FakeStreams:
+    """Stand-in for CudaStreams: records stream creation, copies issued under a stream,
+    waits and record_stream calls."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.log: list = []
+        self.consumer = FakeStream("consumer", self.log)
+        self.recorded: dict[int, list[str]] = {}
+
+    def new_stream(self) -> FakeStream:
+        self.log.append(("new_stream",))
+        return FakeStream("side", self.log)
+
+    def current_stream(self) -> FakeStream:
+        return self.consumer
+
+    @contextlib.contextmanager
+    def use(self, stream: FakeStream):
+        self.log.append(("enter", stream.name))
+        yield stream
+        self.log.append(("exit", stream.name))
+
+    def record(self, tensor: torch.Tensor, stream: FakeStream) -> None:
+        self.recorded.setdefault(id(tensor), []).append(stream.name)
+        self.log.append(("record", stream.name))
+
+
+def host_batches(n: int):
+    """n distinct (GraphBatch, LabelBatch) pairs: batch k holds k + 1 structures."""
+    graphs = [build_graph(random_crystal(i, 2 + i % 3)) for i in range(3)]
+    pairs = []
+    for k in range(n):
+        chosen = [graphs[i % len(graphs)] for i in range(k + 1)]
+        labels = [SimpleNamespace(energy_per_atom=float(k), forces=None, stress=None, magmoms=None)]
+        labels *= len(chosen)
+        pairs.append((collate(chosen), collate_labels(labels, [g.n_atoms for g in chosen])))
+    return pairs
+
+
+def test_prefetcher_hands_out_every_batch_once_in_order_the_last_too():
+    pairs = host_batches(5)
+    streams: list[FakeStreams] = []
+
+    def factory(device):
+        streams.append(FakeStreams(device))
+        return streams[0]
+
+    out = list(DevicePrefetcher(pairs, "cpu", stream_factory=factory))
+    assert [g.n_structures for g, _ in out] == [1, 2, 3, 4, 5]
+    assert [float(labels.energy[0]) for _, labels in out] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert len(streams) == 1
+    assert list(DevicePrefetcher([], "cpu", stream_factory=factory)) == []
+
+
+def test_prefetcher_copies_ahead_on_the_side_stream_and_orders_the_consumer_after_it():
+    pairs = host_batches(4)
+    fake = FakeStreams(torch.device("cpu"))
+    log = fake.log
+    for k, _ in enumerate(DevicePrefetcher(pairs, "cpu", stream_factory=lambda d: fake)):
+        log.append(("yield", k))
+    events = [e for e in log if e[0] != "record"]
+    copy = [("enter", "side"), ("exit", "side")]
+    wait = [("wait", "consumer", "side")]
+    expected = [("new_stream",), *copy]  # batch 0 copied before anything is handed out
+    for k in range(4):
+        # the consumer waits for the copies so far, then batch k+1 is copied (overlapping
+        # step k) before batch k is handed out; after the last, nothing more is copied
+        expected += wait + (copy if k < 3 else []) + [("yield", k)]
+    assert events == expected
+    # every record call precedes the hand-out of its batch and names the consumer's stream
+    yields = [i for i, e in enumerate(log) if e[0] == "yield"]
+    records = [i for i, e in enumerate(log) if e[0] == "record"]
+    per_batch = [len(tensors_of(g)) + len(tensors_of(lb)) for g, lb in pairs]
+    start = 0
+    for k, at in enumerate(yields):
+        mine = [i for i in records if start < i < at]
+        assert len(mine) == per_batch[k]
+        start = at
+
+
+def test_prefetcher_records_every_handed_out_tensor_on_the_consumer_stream():
+    pairs = host_batches(3)
+    fake = FakeStreams(torch.device("cpu"))
+    for graph, labels in DevicePrefetcher(pairs, "cpu", stream_factory=lambda d: fake):
+        for tensor in tensors_of(graph) + tensors_of(labels):
+            assert fake.recorded[id(tensor)] == ["consumer"]
+
+
+def test_prefetcher_without_streams_moves_each_batch_to_the_device():
+    pairs = host_batches(3)
+    out = list(DevicePrefetcher(pairs, torch.device("cpu")))
+    assert [g.n_structures for g, _ in out] == [1, 2, 3]
+    assert all(t.device.type == "cpu" for g, lb in out for t in tensors_of(g) + tensors_of(lb))
+    assert DevicePrefetcher(pairs, "cpu").streams is None
+
+
+def test_batches_pin_every_tensor_and_keep_the_rest(monkeypatch):
+    graph, labels = host_batches(2)[1]
+    pinned_ids = []
+
+    def fake_pin(self, device=None):
+        copy = self.clone()
+        pinned_ids.append(id(copy))
+        return copy
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned_graph, pinned_labels = pin_memory((graph, labels))  # what DataLoader calls
+    assert type(pinned_graph) is type(graph)
+    assert type(pinned_labels) is type(labels)
+    assert pinned_graph.n_short_bonds == graph.n_short_bonds
+    handed = tensors_of(pinned_graph) + tensors_of(pinned_labels)
+    assert sorted(map(id, handed)) == sorted(pinned_ids)
+    assert torch.equal(pinned_graph.bond_atoms, graph.bond_atoms)
