@@ -26,7 +26,7 @@ quickstart: setup
 
 # predict a crystal the package builds, with the pretrained CHGNet 0.3.0 weights
 predict-demo: setup
-	$(BIN)/python -m fastchgnet.quickstart
+	$(BIN)/python -m fastchgnet.predict_demo
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

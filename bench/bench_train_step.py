@@ -96,14 +96,13 @@ def main() -> None:
     from pymatgen.core import Structure
 
     from fastchgnet import FastCHGNet
-    from fastchgnet.compile import CapturedModel
+    from fastchgnet.cli.profile import reference_training_parts
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded, tight_capacity
     from fastchgnet.data.synthetic import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
-    from fastchgnet.profiling.report import reference_training_parts
     from fastchgnet.train.step import standalone_step
 
     torch.manual_seed(0)
@@ -211,10 +210,16 @@ def main() -> None:
     kind = "eager" if args.no_compile else "compiled"
     print(f"\nsingle-structure inference (e, f, s, m), {kind} conservative model, median ms")
     ours = FastCHGNet.from_reference("0.3.0").to(device).eval()
-    captured = CapturedModel(ours, eager=args.no_compile)
-    from fastchgnet.compile.predict import CompiledStructurePredictor
+    from fastchgnet.compile.potential import CompiledPotential
+    from fastchgnet.model.potential import predict_structures
 
-    predictor = CompiledStructurePredictor(captured)
+    potential = ours if args.no_compile else CompiledPotential(ours)
+
+    class Predictor:  # the one prediction path, with the potential of this run
+        def predict_structure(self, structure):
+            return predict_structures(potential, structure)
+
+    predictor = Predictor()
     for name, cif in CIFS.items():
         structure = Structure.from_file(REFERENCE / cif)
         predictor.predict_structure(structure)  # compile for this shape

@@ -48,8 +48,8 @@ def reference_rate(frames: Path, out: Path, device: str, batch_size: int, steps:
     CombinedLoss, backward, Adam) on ``device``, batches of ``batch_size`` frames."""
     import torch
 
+    from fastchgnet.cli.profile import reference_training_parts
     from fastchgnet.data.sources import read_frames
-    from fastchgnet.profiling.report import reference_training_parts
 
     model, criterion, optimizer = reference_training_parts()
     model.to(device).train()

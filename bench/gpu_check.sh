@@ -62,7 +62,7 @@ CPU_FLAG=(); [[ $MODE == cpu ]] && CPU_FLAG=(--cpu)
 
 stamp "mode $MODE, work folder $WORK"
 "${CHECK[@]}" slice "$N" "$WORK/frames.extxyz"
-"$PY" -m fastchgnet.cli data convert "$WORK/frames.extxyz" -o "$WORK/cache" --workers 2
+"$PY" -m fastchgnet data convert "$WORK/frames.extxyz" -o "$WORK/cache" --workers 2
 COMMON=(--set "data.source=$WORK/cache" --set "data.batch_size=$BATCH" --set run.progress=lines
         --set run.plots=false --set run.log_every=10 "${EXTRA[@]}")
 
@@ -84,12 +84,12 @@ C_COMPILED=(); [[ $DS_COMPILE == on ]] && C_COMPILED=(--compiled)
 "${CHECK[@]}" verify "$WORK/c" --stage c "${C_COMPILED[@]}" "${CPU_FLAG[@]}"
 
 stamp "stage d: fastchgnet profile ${PROFILE[*]}"
-if ! "$PY" -m fastchgnet.cli profile --help | grep -q -- "--device"; then
+if ! "$PY" -m fastchgnet profile --help | grep -q -- "--device"; then
     [[ $MODE == gpu ]] && { echo "FAIL fastchgnet profile has no --device"; exit 1; }
     echo "fastchgnet profile has no --device option in this version: profiling on the CPU"
     PROFILE=(--batch-size 4 --no-compile)
 fi
-"$PY" -m fastchgnet.cli profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
+"$PY" -m fastchgnet profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
 
 stamp "reference chgnet training rate on $DEVICE"
 "${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \

@@ -20,8 +20,8 @@ from pymatgen.core import Lattice, Structure
 
 from fastchgnet.data.batch import collate
 from fastchgnet.data.graph import build_graph
-from fastchgnet.md.predict import predict_structures
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.potential import predict_structures
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 Result = dict[str, np.ndarray]

@@ -1,4 +1,4 @@
-"""Train FastCHGNet; see fastchgnet/train/launch.py for the options.
+"""Train FastCHGNet; see fastchgnet/cli/train.py for the options.
 
 python launcher/train.py                                  # quick start (bundled data)
 deepspeed --num_gpus 2 launcher/train.py --config configs/mptrj.toml
@@ -6,7 +6,7 @@ deepspeed --num_gpus 2 launcher/train.py --config configs/mptrj.toml
 
 import sys
 
-from fastchgnet.train.launch import main
+from fastchgnet.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

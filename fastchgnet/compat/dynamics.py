@@ -12,6 +12,7 @@ import contextlib
 import io
 import pickle
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -55,9 +56,22 @@ class CHGNetCalculator(Calculator):
         model = model.to(device)
         if hasattr(model, "graph_converter"):
             model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
-        super().__init__(model, features=True, **kwargs)
+        allow_isolated = on_isolated_atoms != "error"  # "warn" predicts, as the reference
+        super().__init__(model, features=True, allow_isolated=allow_isolated, **kwargs)
+        self.on_isolated_atoms = on_isolated_atoms
         self.device, self.stress_weight = device, stress_weight
         self.return_site_energies = return_site_energies
+
+    def graph(self, atoms: Any) -> Any:
+        """The graph of ``atoms``; with on_isolated_atoms="warn", a warning names atoms
+        without neighbours (predicted unbonded)."""
+        graph = super().graph(atoms)
+        if self.on_isolated_atoms == "warn":
+            degree = np.bincount(graph.bond_atoms.ravel(), minlength=graph.n_atoms)
+            if (degree == 0).any():
+                isolated = np.flatnonzero(degree == 0)[:10].tolist()
+                warnings.warn(f"{graph.name}: isolated atom(s) {isolated}", stacklevel=2)
+        return graph
 
     @classmethod
     def from_file(cls, path: str, use_device: str | None = None, **kwargs: Any) -> CHGNetCalculator:

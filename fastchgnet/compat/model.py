@@ -21,11 +21,11 @@ import torch
 
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.errors import StructureError
-from fastchgnet.md.predict import graphs_for, is_structure, predict_graphs
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.potential import graphs_for, is_structure, predict_graph_list
 from fastchgnet.model.reference import (
     CHECKPOINTS,
     checkpoint_path,
@@ -61,14 +61,27 @@ class GraphConverter:
         self.set_isolated_atom_response(on_isolated_atoms)
 
     def set_isolated_atom_response(self, on_isolated_atoms: str) -> None:
-        """Accepts the reference's "ignore" | "warn" | "error". Here a structure with an
-        isolated atom (no neighbour within the atom cutoff) is always an error naming it."""
+        """What a structure with an isolated atom (no neighbour within the atom cutoff) gets:
+        "error" (a StructureError naming it), "warn" (a warning, then predicted with that
+        atom unbonded, as the reference) or "ignore" (predicted silently)."""
         if on_isolated_atoms not in ("ignore", "warn", "error"):
             raise ValueError(f"on_isolated_atoms={on_isolated_atoms!r}: ignore, warn or error")
         self.on_isolated_atoms = on_isolated_atoms
 
+    def graphs(self, structures: Sequence[Any]) -> list[CrystalGraph]:
+        """Graphs of ``structures`` under the isolated-atom setting."""
+        allow = self.on_isolated_atoms != "error"
+        graphs = graphs_for(self.model.config, structures, allow_isolated=allow)
+        if self.on_isolated_atoms == "warn":
+            for graph in graphs:
+                degree = np.bincount(graph.bond_atoms.ravel(), minlength=graph.n_atoms)
+                if (degree == 0).any():
+                    isolated = np.flatnonzero(degree == 0)[:10].tolist()
+                    warnings.warn(f"{graph.name}: isolated atom(s) {isolated}", stacklevel=3)
+        return graphs
+
     def __call__(self, structure: Any, graph_id: Any = None, mp_id: Any = None) -> CrystalGraph:
-        return graphs_for(self.model, [structure])[0]
+        return self.graphs([structure])[0]
 
 
 class CHGNet(FastCHGNet):
@@ -205,7 +218,7 @@ class CHGNet(FastCHGNet):
         reads), ``crystal_fea`` (64,) (summed normalised final atom features).
         """
         structures = [structure] if is_structure(structure) else list(structure)
-        graphs = graphs_for(self, structures)
+        graphs = self.graph_converter.graphs(structures)
         return self.predict_graph(
             graphs,
             task=task,
@@ -238,9 +251,7 @@ class CHGNet(FastCHGNet):
             raise StructureError("input", "no structures to predict")
         features = return_site_energies or return_atom_feas or return_crystal_feas
         self.eval()
-        results = predict_graphs(
-            self, graphs, batch_size, forces="f" in task, stress="s" in task, features=features
-        )
+        results = predict_graph_list(self, graphs, batch_size, features=features)
         keep = set(task) | {
             key
             for key, wanted in (

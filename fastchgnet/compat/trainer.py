@@ -14,7 +14,7 @@ import torch
 
 from fastchgnet.compat.model import CHGNet, unsupported
 from fastchgnet.compat.training import StructureLoader
-from fastchgnet.data.sources import tag_split
+from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.loss import LossConfig
 from fastchgnet.train.config import (
@@ -103,6 +103,7 @@ class Trainer:
             scheduler="cosine",
             min_lr_ratio=float(decay),
             epochs=int(epochs),
+            select_metric="energy_mae",  # best_model.pt = the reference's bestE file
         )
         self.seed = 0 if torch_seed is None else int(torch_seed)
         self.training_history: dict[str, dict[str, Any]] = {
@@ -177,7 +178,9 @@ class Trainer:
         device = next(self.model.parameters()).device
         self.model.load_state_dict(trained.state_dict())
         self.model.to(device)
-        self.best_model, self.run_dir = self.model, out
+        self.run_dir = out
+        best = out / "best_model.pt"
+        self.best_model = CHGNet.from_file(best).to(device) if best.is_file() else self.model
         self._read_history(out / "metrics.csv")
 
     def _read_history(self, path: Path) -> None:
@@ -195,7 +198,8 @@ class Trainer:
                         self.training_history[letter][row["split"]].append(value)
 
     def get_best_model(self) -> CHGNet:
-        """The trained model (the last epoch's weights)."""
+        """The model of the epoch with the lowest validation energy MAE (``best_model.pt``
+        in ``save_dir``), as the reference's."""
         if self.best_model is None:
             raise RuntimeError("the model needs to be trained first")
         return self.best_model

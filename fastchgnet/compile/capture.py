@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from fastchgnet.compile.programs import PREDICTION_OUTPUTS, loss_program, predict_program
+from fastchgnet.compile.programs import (
+    FEATURE_OUTPUTS,
+    PREDICTION_OUTPUTS,
+    loss_program,
+    predict_program,
+)
 from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
@@ -85,7 +90,8 @@ class CapturedModel:
         backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests).
         eager: run without trace or compile (the reference for "compiled equals eager").
         cuda_graphs: replay as CUDA graphs ("reduce-overhead"); default: on for CUDA inputs.
-        compute_forces, compute_stress: what the programs predict.
+        compute_forces, compute_stress, features: what the programs predict (``features``:
+            atom and crystal features too, prediction only).
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class CapturedModel:
         cuda_graphs: bool | None = None,
         compute_forces: bool = True,
         compute_stress: bool = True,
+        features: bool = False,
     ):
         self.model = model
         self.loss_config = loss_config or LossConfig()
@@ -106,6 +113,7 @@ class CapturedModel:
         self.cuda_graphs = cuda_graphs
         self.compute_forces = compute_forces
         self.compute_stress = compute_stress
+        self.features = features
         self.stats = CaptureStats(frames_at_start=_dynamo_frames())
         self._compiled: dict[tuple, object] = {}
         self._trace_seconds = 0.0
@@ -115,7 +123,8 @@ class CapturedModel:
         """Energy (S,) eV/atom, forces (N, 3) eV/Å, stress (S, 3, 3) GPa, magmoms (N,) μB;
         keeps the autograd graph when grad is enabled (training), none under no_grad."""
         outputs = self._run("predict", batch, None)
-        return Prediction(**dict(zip(PREDICTION_OUTPUTS, outputs, strict=True)))
+        names = PREDICTION_OUTPUTS + (FEATURE_OUTPUTS if self.features else ())
+        return Prediction(**dict(zip(names, outputs, strict=True)))
 
     def loss(self, batch: GraphBatch, labels: LabelBatch) -> tuple[Tensor, Prediction]:
         """Training loss (0-d, differentiable w.r.t. the model's parameters) and prediction."""
@@ -125,7 +134,7 @@ class CapturedModel:
     # ---------------------------------------------------------------- internals
     def _program(self, kind: str) -> Program:
         if kind == "predict":
-            return predict_program(self.compute_forces, self.compute_stress)
+            return predict_program(self.compute_forces, self.compute_stress, self.features)
         return loss_program(self.loss_config, self.compute_forces, self.compute_stress)
 
     def _use_cuda_graphs(self, batch: GraphBatch) -> bool:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.predict import round_up
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.graph import CrystalGraph
@@ -104,6 +103,11 @@ def capacity_with_headroom(
     return Capacity(structures, atoms, short + long, angles, short_bonds=short)
 
 
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
 def contiguous(batch: GraphBatch) -> GraphBatch:
     """``batch`` with every tensor C-contiguous. Compiled graphs guard on strides: numpy
     arrays in Fortran order (ASE's scaled positions come from a linear solve) collate into
@@ -121,7 +125,8 @@ def _cost(capacity: Capacity) -> int:
 
 
 class CompiledPotential:
-    """A FastCHGNet run compiled for a few fixed capacities; a ``Potential`` for the calculator.
+    """A FastCHGNet run compiled for a few fixed capacities: a ``Potential`` for prediction,
+    the calculator, relaxation and MD.
 
     Args:
         model: the model (any mode); put in eval mode here.
@@ -149,23 +154,20 @@ class CompiledPotential:
         self.headroom = headroom
         self.round_to = round_to
         self.capacities: list[Capacity] = []
+        # one captured program per (stress, features), built on first use, sharing capacities
         self.captured = {
-            stress: CapturedModel(
-                model, backend=backend, eager=eager, compute_forces=True, compute_stress=stress
+            (stress, features): CapturedModel(
+                model,
+                backend=backend,
+                eager=eager,
+                compute_forces=True,
+                compute_stress=stress,
+                features=features,
             )
             for stress in (False, True)
+            for features in (False, True)
         }
         model.eval()
-
-    # the Potential protocol: the calculator reads config, dtype and device, sets eval mode
-    def parameters(self) -> Iterator[nn.Parameter]:
-        """The model's parameters."""
-        return self.model.parameters()
-
-    def eval(self) -> CompiledPotential:
-        """Put the model in eval mode (captured programs are specialised on it)."""
-        self.model.eval()
-        return self
 
     @property
     def graphs_built(self) -> int:
@@ -198,20 +200,26 @@ class CompiledPotential:
         self.capacities.append(capacity)
         return capacity
 
-    def predict_graphs(self, graphs: Sequence[CrystalGraph], *, stress: bool) -> Prediction:
-        """One padded, compiled model call for ``graphs``; the Prediction of the real ones.
+    def predict_graphs(
+        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+    ) -> Prediction:
+        """One padded, compiled model call for ``graphs``; the Prediction of the real ones
+        (the ``fastchgnet.model.potential.Potential`` interface).
 
         Returns:
             energy (S,) eV/atom, total_energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3)
-            GPa when ``stress`` (else None), magmoms (N,) μB; S structures, N their atoms.
+            GPa when ``stress`` (else None), magmoms (N,) μB, site_energies (N,) eV and, with
+            ``features``, atom_features (N, A) and crystal_features (S, A); S structures, N
+            their atoms.
         """
         if not graphs:
             raise ValueError("predict_graphs needs at least one graph")
+        self.model.eval()  # the captured programs are specialised on eval mode
         parameter = next(iter(self.model.parameters()))
         batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
         batch = contiguous(batch.to(parameter.device))
         with torch.no_grad(), flush_denormals():
-            padded = self.captured[stress].predict(batch)
+            padded = self.captured[stress, features].predict(batch)
         n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)
         return Prediction(
             energy=unpad(padded.energy, n_structures),
@@ -219,4 +227,7 @@ class CompiledPotential:
             forces=unpad(padded.forces, n_atoms),
             stress=unpad(padded.stress, n_structures) if stress else None,
             magmoms=None if padded.magmoms is None else unpad(padded.magmoms, n_atoms),
+            site_energies=unpad(padded.site_energies, n_atoms),
+            atom_features=unpad(padded.atom_features, n_atoms) if features else None,
+            crystal_features=unpad(padded.crystal_features, n_structures) if features else None,
         )

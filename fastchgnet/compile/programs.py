@@ -16,11 +16,15 @@ from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.loss import LossConfig, training_loss
 
 #: Output order of ``predict_program``.
-PREDICTION_OUTPUTS = ("energy", "total_energy", "forces", "stress", "magmoms")
+PREDICTION_OUTPUTS = ("energy", "total_energy", "forces", "stress", "magmoms", "site_energies")
+#: Outputs a ``features`` prediction program adds.
+FEATURE_OUTPUTS = ("atom_features", "crystal_features")
 
 
-def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
-    """model(batch) -> (energy, total_energy, forces, stress, magmoms); see ``Prediction``."""
+def predict_program(compute_forces: bool, compute_stress: bool, features: bool = False) -> Program:
+    """model(batch) -> (energy, total_energy, forces, stress, magmoms, site_energies) and,
+    with ``features``, (atom_features, crystal_features); see ``Prediction``."""
+    names = PREDICTION_OUTPUTS + (FEATURE_OUTPUTS if features else ())
 
     def program(model: nn.Module, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         p = model(
@@ -28,14 +32,15 @@ def predict_program(compute_forces: bool, compute_stress: bool) -> Program:
             compute_forces=compute_forces,
             compute_stress=compute_stress,
             create_graph=torch.is_grad_enabled(),
+            return_features=features,
         )
-        return p.energy, p.total_energy, p.forces, p.stress, p.magmoms
+        return tuple(getattr(p, name) for name in names)
 
     return program
 
 
 def loss_program(config: LossConfig, compute_forces: bool, compute_stress: bool) -> Program:
-    """model(batch) and the loss -> (loss, energy, total_energy, forces, stress, magmoms)."""
+    """model(batch) and the loss -> (loss, *the prediction outputs)."""
     predict = predict_program(compute_forces, compute_stress)
 
     def program(model: nn.Module, batch: GraphBatch, labels: LabelBatch | None) -> tuple:

@@ -59,6 +59,29 @@ class AseLabels:
         return sign * STRESS_UNITS[self.stress_unit]
 
 
+def labels_from_json(text: str) -> AseLabels:
+    """``AseLabels`` from a JSON object (``--labels '{"energy": "E_dft"}'``).
+
+    Raises:
+        ValueError: not a JSON object, or a key that ``AseLabels`` does not have.
+    """
+    import json
+    from dataclasses import fields
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--labels {text!r}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--labels {text!r}: expected a JSON object")
+    known = {f.name for f in fields(AseLabels)}
+    if set(data) - known:
+        raise ValueError(
+            f"--labels: unknown key(s) {sorted(set(data) - known)}; known {sorted(known)}"
+        )
+    return AseLabels(**data)
+
+
 def _lookup(atoms: Any, key: str) -> Any:
     """The value stored under ``key`` for ``atoms`` (calculator, info, arrays, db row)."""
     calc = getattr(atoms, "calc", None)

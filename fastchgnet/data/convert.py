@@ -13,7 +13,6 @@ the shard's part files, so memory does not grow with shard or source size.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import multiprocessing
@@ -37,7 +36,6 @@ from fastchgnet.data.cache import (
 )
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import build_graph
-from fastchgnet.data.sources import read_frames
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 
@@ -303,29 +301,3 @@ def convert(
             f"{len(skipped)} frame(s), listed with reasons in {out / 'skipped.json'}"
         )
     return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m fastchgnet.data.cache SRC -o CACHE``: the reader is picked by SRC's suffix
-    (.json/.json.gz MPtrj; directory, .zip or vasprun.xml VASP; anything else ASE)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fastchgnet.data.cache", description="Convert frames to a graph cache."
-    )
-    parser.add_argument("source", help="MPtrj JSON, extxyz/ASE file, or VASP run dir/zip")
-    parser.add_argument("-o", "--out", required=True, help="cache folder to write or resume")
-    parser.add_argument("--atom-cutoff", type=float, default=6.0, help="Å")
-    parser.add_argument("--bond-cutoff", type=float, default=3.0, help="Å")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--shard-size", type=int, default=4096, help="source frames per shard")
-    parser.add_argument(
-        "--energy-key",
-        default="corrected_total_energy",
-        help="MPtrj energy field (see sources.MPTRJ_ENERGY_KEYS)",
-    )
-    args = parser.parse_args(argv)
-    frames = read_frames(args.source, energy_key=args.energy_key)
-    convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
-
-
-if __name__ == "__main__":
-    main()

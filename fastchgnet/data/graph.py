@@ -256,6 +256,7 @@ def build_graph(
     *,
     name: str | None = None,
     backend: NeighbourBackend = "pymatgen",
+    allow_isolated: bool = False,
 ) -> CrystalGraph:
     """Build the CHGNet atom graph and bond graph of one crystal.
 
@@ -267,13 +268,17 @@ def build_graph(
         backend: neighbour-list library: ``"pymatgen"`` (default; the reference's own, so the
             edge set matches it exactly, pairs with distance <= cutoff) or ``"vesin"``
             (distance < cutoff). bench/bench_graph.py measures both.
+        allow_isolated: keep atoms without any neighbour within atom_cutoff (they get no
+            bond; the reference chgnet's ``on_isolated_atoms="warn"|"ignore"``) instead of
+            raising.
 
     Returns:
         The ``CrystalGraph``.
 
     Raises:
         StructureError: no atoms, non-finite coordinates or lattice, zero-volume lattice,
-            an atom without element, or an isolated atom (no neighbour within atom_cutoff).
+            an atom without element, or (unless ``allow_isolated``) an isolated atom (no
+            neighbour within atom_cutoff).
     """
     if not 0.0 < bond_cutoff <= atom_cutoff:
         raise ValueError(f"need 0 < bond_cutoff <= atom_cutoff, got {bond_cutoff}, {atom_cutoff}")
@@ -286,7 +291,7 @@ def build_graph(
     i, j, image, dist = i[short_first], j[short_first], image[short_first], dist[short_first]
     bond_atoms = np.stack([i, j], axis=1)
     degree = np.bincount(bond_atoms.ravel(), minlength=numbers.shape[0])
-    if (degree == 0).any():
+    if (degree == 0).any() and not allow_isolated:
         isolated = np.flatnonzero(degree == 0)
         raise StructureError(
             name,

@@ -11,10 +11,13 @@ met in expectation (each material is an independent draw), not exactly.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fastchgnet.data.sources import Frame
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -129,3 +132,12 @@ def split_by_frame_tail(
     val_end = np.round((train + val) * n).astype(np.int64)
     which = np.where(position < train_end, 0, np.where(position < val_end, 1, 2))
     return Split(*(np.flatnonzero(which == k).astype(np.int64) for k in range(3)))
+
+
+def tag_split(frames: Iterable[Frame], split: str) -> Iterator[Frame]:
+    """``frames`` with ids tagged as members of ``split`` ("train", "val" or "test"), for
+    caches built from explicit split files (``split_by_tag`` reads the tags)."""
+    from dataclasses import replace
+
+    for frame in frames:
+        yield replace(frame, frame_id=split_tag(split, frame.frame_id))

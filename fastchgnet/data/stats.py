@@ -8,7 +8,6 @@ Outliers: energies more than ``z_limit`` standard deviations from the mean energ
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -95,14 +94,3 @@ def format_stats(stats: dict[str, Any], top: int = 20) -> str:
     lines.append(f"outliers: {len(outliers)}")
     lines += [f"  {line}" for line in outliers[:top]]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``fastchgnet data stats SRC``: any source ``data convert`` reads."""
-    from fastchgnet.data.sources import read_frames
-
-    parser = argparse.ArgumentParser(prog="fastchgnet data stats", description=__doc__)
-    parser.add_argument("source")
-    parser.add_argument("--energy-key", default="corrected_total_energy", help="MPtrj energy")
-    args = parser.parse_args(argv)
-    print(format_stats(dataset_stats(read_frames(args.source, energy_key=args.energy_key))))

@@ -17,10 +17,8 @@ The bundled quick-start set ``fastchgnet/resources/quickstart.extxyz.gz`` (6000 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
-import time
 import warnings
 from pathlib import Path
 
@@ -107,44 +105,3 @@ def synth(
         data = gzip.compress(data, compresslevel=9, mtime=0)  # mtime 0: same bytes every run
     atomic_write_bytes(out, data)
     return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Options of ``fastchgnet data synth``."""
-    parser = argparse.ArgumentParser(
-        prog="fastchgnet data synth",
-        description="Varied crystals labelled by the reference CHGNet (needs the chgnet package).",
-    )
-    parser.add_argument("-n", type=int, default=2000, help="number of structures")
-    parser.add_argument("-o", "--out", required=True, help="output .extxyz or .extxyz.gz")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-atoms", type=int, default=16)
-    parser.add_argument("--model", default="0.3.0", help="reference checkpoint for the labels")
-    parser.add_argument("--batch-size", type=int, default=32)
-    return parser
-
-
-def run(args: argparse.Namespace) -> None:
-    """Write the data set ``build_parser``'s arguments describe and print a summary."""
-    start = time.perf_counter()
-    path = synth(
-        args.n,
-        args.out,
-        seed=args.seed,
-        max_atoms=args.max_atoms,
-        model_name=args.model,
-        batch_size=args.batch_size,
-    )
-    print(
-        f"wrote {args.n} structures labelled by CHGNet {args.model} to {path} "
-        f"({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.0f} s)"
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m fastchgnet.data.synth -n N -o OUT [--seed S] [--max-atoms A]``."""
-    run(build_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,20 @@
 """Running a potential: ASE calculator, relaxation and molecular dynamics."""
 
-from fastchgnet.md.calculator import Calculator, GraphPotential, Potential, evaluate_graphs
+from fastchgnet.md.calculator import Calculator, evaluate_graphs
 from fastchgnet.md.dynamics import make_integrator, run_md
 from fastchgnet.md.neighbours import VerletGraph
 from fastchgnet.md.relax import RelaxResult, relax
+from fastchgnet.model.potential import EagerPotential, Potential, predict_structures
 
 __all__ = [
     "Calculator",
-    "GraphPotential",
+    "EagerPotential",
     "Potential",
     "RelaxResult",
     "VerletGraph",
     "evaluate_graphs",
     "make_integrator",
+    "predict_structures",
     "relax",
     "run_md",
 ]

@@ -1,10 +1,10 @@
 """An ASE calculator over any FastCHGNet model, and batched evaluation of many ASE Atoms.
 
-The seam to the model is ``Potential``: an ``nn.Module`` with a ``ModelConfig`` called on a
-``GraphBatch``. ``FastCHGNet`` in any mode is one. A potential may instead take the graphs
-themselves (``GraphPotential.predict_graphs``): ``fastchgnet.compile.CompiledPotential`` pads
-them to a fixed capacity, runs the compiled model and unpads the Prediction, and plugs into
-``Calculator`` (``Calculator(model, compiled=True)``), ``relax`` and ``run_md`` unchanged.
+The seam to the model is the one potential interface, ``fastchgnet.model.potential.Potential``
+(``predict_graphs(graphs, stress=) -> Prediction``): a FastCHGNet runs as an
+``EagerPotential``; ``fastchgnet.compile.CompiledPotential`` pads the graphs to a fixed
+capacity and runs the compiled model (``Calculator(model, compiled=True)``); ``relax`` and
+``run_md`` take either.
 
 Units at this edge are ASE's: energy eV (total), site energies ``energies`` eV per atom (they
 sum to the energy), forces eV/Å, stress eV/Å^3 as a Voigt
@@ -15,22 +15,17 @@ ASE's sign already, so it is only scaled by ``ase.units.GPa``, as the reference 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
-import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
 from fastchgnet.md.neighbours import VerletGraph
-from fastchgnet.md.predict import check_elements
-from fastchgnet.model.chgnet import Prediction
-from fastchgnet.model.config import ModelConfig
-from fastchgnet.numerics import flush_denormals
+from fastchgnet.model.potential import Potential, as_potential, check_elements
 
 
 def as_atoms(structure: Any) -> Atoms:
@@ -42,111 +37,60 @@ def as_atoms(structure: Any) -> Atoms:
     return AseAtomsAdaptor.get_atoms(structure)
 
 
-class Potential(Protocol):
-    """What the calculator needs of a model: its config (cutoffs, elements), parameters (dtype,
-    device) and ``model(batch, compute_forces=, compute_stress=) -> Prediction``."""
-
-    config: ModelConfig
-
-    def __call__(
-        self, batch: GraphBatch, *, compute_forces: bool, compute_stress: bool
-    ) -> Prediction: ...
-
-    def parameters(self) -> Any: ...
-
-    def eval(self) -> Any: ...
-
-
-@runtime_checkable
-class GraphPotential(Protocol):
-    """A potential that takes crystal graphs (and batches them itself, e.g. padded to a
-    compiled capacity): ``predict_graphs(graphs, stress=) -> Prediction`` of those graphs."""
-
-    config: ModelConfig
-
-    def predict_graphs(self, graphs: Sequence[CrystalGraph], *, stress: bool) -> Prediction: ...
-
-    def parameters(self) -> Any: ...
-
-    def eval(self) -> Any: ...
-
-
 def evaluate_graphs(
-    model: Potential | GraphPotential,
-    graphs: Sequence[CrystalGraph],
-    *,
-    stress: bool,
-    features: bool = False,
+    model: Any, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
 ) -> list[dict[str, Any]]:
-    """One model call for many graphs; ASE results per structure.
+    """One call of the potential (``model``: a Potential or a FastCHGNet) for many graphs;
+    ASE results per structure.
 
     Returns:
         Per graph: ``energy`` and ``free_energy`` () eV total, ``forces`` (n, 3) eV/Å,
-        ``magmoms`` (n,) μB, ``energies`` (n,) eV (site energies, where the model gives
-        them: eager models) and, when ``stress``, ``stress`` (6,) eV/Å^3 (ASE Voigt order);
-        with ``features`` (eager FastCHGNet only) ``crystal_fea`` (A,).
+        ``magmoms`` (n,) μB, ``energies`` (n,) eV (site energies) and, when ``stress``,
+        ``stress`` (6,) eV/Å^3 (ASE Voigt order); with ``features`` (eager only)
+        ``crystal_fea`` (A,).
     """
+    potential = as_potential(model)
     for graph in graphs:
-        check_elements(graph, model.config.max_num_elements)
-    if isinstance(model, GraphPotential):
-        if features:
-            raise ValueError("crystal features need the eager model, not a compiled potential")
-        prediction = model.predict_graphs(graphs, stress=stress)
-    else:
-        parameter = next(iter(model.parameters()))
-        batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-        extra = {"return_features": True} if features else {}
-        with flush_denormals():
-            prediction = model(batch, compute_forces=True, compute_stress=stress, **extra)
-    return ase_results(prediction, [g.n_atoms for g in graphs])
+        check_elements(graph, potential.config.max_num_elements)
+    prediction = potential.predict_graphs(graphs, stress=stress, features=features)
+    return [ase_result(part) for part in prediction.split([g.n_atoms for g in graphs])]
 
 
-def compiled_potential(model: Potential | GraphPotential, **options: Any) -> GraphPotential:
+def compiled_potential(model: Any, **options: Any) -> Potential:
     """``model`` as a ``CompiledPotential`` (options: backend, headroom, round_to); a
-    potential that already takes graphs is returned as it is."""
-    if isinstance(model, GraphPotential):
-        return model
+    CompiledPotential is returned as it is."""
     from fastchgnet.compile.potential import CompiledPotential
 
-    return CompiledPotential(model, **options)  # type: ignore[arg-type]
+    if isinstance(model, CompiledPotential):
+        return model
+    return CompiledPotential(model, **options)
 
 
-def ase_results(prediction: Prediction, n_atoms: Sequence[int]) -> list[dict[str, Any]]:
-    """Split a Prediction into per-structure ASE results (float64 numpy, ASE units)."""
-    host = {
-        "energy": prediction.total_energy,
-        "forces": prediction.forces,
-        "stress": prediction.stress,
-        "magmoms": prediction.magmoms,
-        "energies": getattr(prediction, "site_energies", None),
-        "crystal_fea": getattr(prediction, "crystal_features", None),
-    }
-    arrays = {
-        k: v.detach().to("cpu", torch.float64).numpy() for k, v in host.items() if v is not None
-    }
-    cuts = np.cumsum(n_atoms)[:-1]
-    per_atom = {
-        k: np.split(arrays[k], cuts) for k in ("forces", "magmoms", "energies") if k in arrays
-    }
-    results = []
-    for index in range(len(n_atoms)):
-        energy = float(arrays["energy"][index])
-        item: dict[str, Any] = {"energy": energy, "free_energy": energy}
-        item |= {k: parts[index] for k, parts in per_atom.items()}
-        if "crystal_fea" in arrays:
-            item["crystal_fea"] = arrays["crystal_fea"][index]
-        if "stress" in arrays:
-            item["stress"] = full_3x3_to_voigt_6_stress(arrays["stress"][index] * units.GPa)
-        results.append(item)
-    return results
+#: ASE result name -> Prediction field (per-structure split)
+ASE_FIELDS = {
+    "forces": "forces",
+    "magmoms": "magmoms",
+    "energies": "site_energies",
+    "crystal_fea": "crystal_features",
+}
+
+
+def ase_result(part: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One structure's ``Prediction.split`` entry as ASE results (float64, ASE units)."""
+    energy = float(part["total_energy"])
+    item: dict[str, Any] = {"energy": energy, "free_energy": energy}
+    item |= {k: np.asarray(part[f], np.float64) for k, f in ASE_FIELDS.items() if f in part}
+    if "stress" in part:
+        stress = np.asarray(part["stress"], np.float64) * units.GPa
+        item["stress"] = full_3x3_to_voigt_6_stress(stress)
+    return item
 
 
 class Calculator(AseCalculator):
     """ASE calculator for FastCHGNet models (reference-imported, conservative or direct).
 
     Args:
-        model: a ``FastCHGNet`` (or any ``Potential``, or a ``GraphPotential`` such as a
-            ``CompiledPotential``); put in eval mode.
+        model: a ``FastCHGNet`` or a ``Potential`` (e.g. a ``CompiledPotential``).
         compiled: wrap a plain model in a ``CompiledPotential`` (inductor, fixed capacities:
             MD steps reuse one compiled graph; the first call compiles, tens of seconds on CPU).
         skin: Verlet skin, Å, for reusing neighbour searches between steps (0: search every
@@ -156,13 +100,15 @@ class Calculator(AseCalculator):
             without a barostat never asks, and skipping it saves part of the backward pass.
         name: the structure's name in error messages (default: from the atoms).
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
+        allow_isolated: predict structures with atoms that have no neighbour (see
+            ``build_graph``) instead of raising.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
 
     def __init__(
         self,
-        model: Potential | GraphPotential,
+        model: Any,
         *,
         skin: float = 1.0,
         backend: NeighbourBackend = "pymatgen",
@@ -170,16 +116,16 @@ class Calculator(AseCalculator):
         name: str | None = None,
         compiled: bool = False,
         features: bool = False,
+        allow_isolated: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.features = features
-        if compiled:
-            model = compiled_potential(model)
-        self.model = model
-        model.eval()
-        config = model.config
-        self.neighbours = VerletGraph(config.atom_cutoff, config.bond_cutoff, skin, backend)
+        self.model = compiled_potential(model) if compiled else as_potential(model)
+        config = self.model.config
+        self.neighbours = VerletGraph(
+            config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated
+        )
         self.always_stress = always_stress
         self.structure_name = name
 

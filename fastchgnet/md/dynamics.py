@@ -24,7 +24,8 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from fastchgnet.md.calculator import Calculator, GraphPotential, Potential, as_atoms
+from fastchgnet.md.calculator import Calculator, as_atoms
+from fastchgnet.model.potential import Potential
 
 Ensemble = Literal["nve", "nvt", "npt"]
 THERMOSTATS: dict[str, tuple[str, ...]] = {
@@ -117,7 +118,7 @@ def make_integrator(
 
 def run_md(
     structure: Any,
-    model: Potential | GraphPotential | None = None,
+    model: Potential | Any | None = None,
     *,
     ensemble: Ensemble = "nvt",
     thermostat: str = "nose-hoover",

@@ -41,6 +41,7 @@ class VerletGraph:
         backend: the neighbour rule to reproduce, as ``build_graph``: ``"pymatgen"`` keeps
             pairs with length <= cutoff, ``"vesin"`` length < cutoff. The candidate search
             itself always uses vesin (fast), with both rules giving a superset.
+        allow_isolated: keep atoms without neighbours (no bonds) instead of raising.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class VerletGraph:
         bond_cutoff: float = 3.0,
         skin: float = 1.0,
         backend: NeighbourBackend = "pymatgen",
+        allow_isolated: bool = False,
     ) -> None:
         if skin < 0:
             raise ValueError(f"skin must be >= 0 Å, got {skin}")
@@ -56,6 +58,7 @@ class VerletGraph:
         self.bond_cutoff = float(bond_cutoff)
         self.skin = float(skin)
         self.backend = backend
+        self.allow_isolated = allow_isolated
         self.n_builds = 0  # neighbour searches done so far
         self._numbers: np.ndarray | None = None
         self._ref_positions = np.empty((0, 3))  # (n_atoms, 3) Å at the last search
@@ -99,6 +102,7 @@ class VerletGraph:
             self.bond_cutoff,
             name=name,
             backend="vesin",
+            allow_isolated=self.allow_isolated,
         )
         pairs, images = _canonical_half_list(candidates.bond_atoms, candidates.bond_images)
         self._pairs, self._images = pairs, images
@@ -122,7 +126,7 @@ class VerletGraph:
         keep = keep[np.argsort(lengths[keep] >= self.bond_cutoff, kind="stable")]
         bond_atoms, bond_images, lengths = self._pairs[keep], self._images[keep], lengths[keep]
         degree = np.bincount(bond_atoms.ravel(), minlength=numbers.shape[0])
-        if (degree == 0).any():
+        if (degree == 0).any() and not self.allow_isolated:
             isolated = np.flatnonzero(degree == 0)
             raise StructureError(
                 name,

@@ -27,15 +27,8 @@ from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
 from fastchgnet.data.graph import structure_name
-from fastchgnet.md.calculator import (
-    Calculator,
-    GraphPotential,
-    Potential,
-    as_atoms,
-    compiled_potential,
-    evaluate_graphs,
-)
-from fastchgnet.md.predict import is_structure
+from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential, evaluate_graphs
+from fastchgnet.model.potential import Potential, as_potential, is_structure
 
 OptimizerName = Literal["FIRE", "BFGS"]
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
@@ -137,7 +130,7 @@ class _Relaxation:
 
 def relax(
     structures: Any,
-    model: Potential | GraphPotential | None = None,
+    model: Potential | Any | None = None,
     *,
     fmax: float = 0.1,
     steps: int = 500,
@@ -183,6 +176,7 @@ def relax(
         model = FastCHGNet.from_reference("0.3.0")
     if compiled:  # cells change in relaxation: more headroom than for MD
         model = compiled_potential(model, headroom=RELAX_HEADROOM)
+    model = as_potential(model)  # one potential shared by every calculator
     single = is_structure(structures)
     items = [structures] if single else list(structures)
     if not items:
@@ -217,7 +211,7 @@ def relax(
 
 def _run_lockstep(
     runs: list[_Relaxation],
-    model: Potential | GraphPotential,
+    model: Potential,
     fmax: float,
     steps: int,
     stress: bool,

@@ -9,10 +9,12 @@ has empty angle tensors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,6 +48,25 @@ class Prediction:
     site_energies: Tensor | None = None
     atom_features: Tensor | None = None
     crystal_features: Tensor | None = None
+
+    #: fields with one row per atom (the rest have one per structure)
+    PER_ATOM = ("forces", "magmoms", "site_energies", "atom_features")
+
+    def split(self, n_atoms: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Per structure, the fields that are set as numpy arrays (one host copy per field):
+        per-structure fields as their row, per-atom fields as the structure's rows.
+        ``n_atoms``: atoms of each structure, in order (padding, if any, comes after)."""
+        host = {
+            f.name: value.detach().cpu().numpy()
+            for f in fields(self)
+            if (value := getattr(self, f.name)) is not None
+        }
+        cuts = np.cumsum(n_atoms)
+        starts = cuts - np.asarray(n_atoms)
+        out = []
+        for index, (a, b) in enumerate(zip(starts.tolist(), cuts.tolist(), strict=True)):
+            out.append({k: v[a:b] if k in self.PER_ATOM else v[index] for k, v in host.items()})
+        return out
 
 
 class Encoded(NamedTuple):
@@ -341,11 +362,10 @@ class FastCHGNet(nn.Module):
 
         return load_reference(cls, version, **modes)
 
-    def predict_structure(
-        self, structure: Any, batch_size: int = 16, compiled: bool | None = None
-    ) -> Any:
-        """Predict structures as the reference does (``compiled``: None = on a GPU only);
-        see ``fastchgnet.md.predict.predict_structures``."""
-        from fastchgnet.md.predict import predict_structures
+    def predict_structure(self, structure: Any, batch_size: int = 16) -> Any:
+        """Predict one structure or a list as the reference does, eagerly (e eV/atom, f eV/Å,
+        s GPa, m μB); see ``fastchgnet.model.potential.predict_structures``, which also takes
+        a ``CompiledPotential``."""
+        from fastchgnet.model.potential import predict_structures
 
-        return predict_structures(self, structure, batch_size=batch_size, compiled=compiled)
+        return predict_structures(self, structure, batch_size=batch_size)

@@ -49,7 +49,8 @@ def resolve_cache(
     open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
     """
     from fastchgnet.data.convert import convert
-    from fastchgnet.data.sources import read_frames, tag_split
+    from fastchgnet.data.sources import read_frames
+    from fastchgnet.data.split import tag_split
 
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():

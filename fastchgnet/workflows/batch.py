@@ -5,21 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fastchgnet.md.calculator import Potential, as_atoms, evaluate_graphs
-from fastchgnet.md.predict import graphs_for
+from fastchgnet.md.calculator import as_atoms, evaluate_graphs
+from fastchgnet.model.potential import Potential, as_potential, graphs_for
 
 #: structures -> ASE results (``energy`` eV, ``forces`` (n, 3) eV/Å, ``stress`` (6,) eV/Å^3)
 Evaluator = Callable[[Sequence[Any]], list[dict[str, Any]]]
 
 
-def batched_evaluator(model: Potential, batch_size: int = 32) -> Evaluator:
-    """An ``Evaluator`` calling ``model`` on ``batch_size`` structures at a time (eval mode)."""
-    model.eval()
+def batched_evaluator(model: Potential | Any, batch_size: int = 32) -> Evaluator:
+    """An ``Evaluator`` calling ``model`` (a Potential or a FastCHGNet) on ``batch_size``
+    structures at a time."""
+    model = as_potential(model)
 
     def evaluate(structures: Sequence[Any]) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for start in range(0, len(structures), batch_size):
-            graphs = graphs_for(model, structures[start : start + batch_size], start)  # type: ignore[arg-type]
+            graphs = graphs_for(model.config, structures[start : start + batch_size], start)
             results += evaluate_graphs(model, graphs, stress=True)
         return results
 

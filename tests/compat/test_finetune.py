@@ -63,6 +63,9 @@ def test_finetune_block_trains_the_model_in_place(labelled, tmp_path):
     # the run's own files: config with the user's split, our model file that from_file reads
     assert (tmp_path / "model.pt").is_file()
     assert (tmp_path / "config.json").is_file()
+    best_epoch = int(np.argmin(history["val"])) + 1
+    assert (tmp_path / "best_model.txt").read_text().startswith(f"epoch {best_epoch}:")
+    assert isinstance(trainer.get_best_model(), CHGNet)
     reloaded = CHGNet.from_file(tmp_path / "model.pt")
     structure = labelled["structures"][0]
     assert reloaded.predict_structure(structure)["e"] == pytest.approx(

@@ -158,3 +158,36 @@ def test_unsupported_options_say_what_to_use(compat_model, limno2):
         MolecularDynamics(limno2, model=compat_model, ensemble="npt")
     with pytest.raises(ValueError, match="Optimizer 'Newton' not found"):
         StructOptimizer(compat_model, optimizer_class="Newton")
+
+
+def test_isolated_atoms_follow_the_reference_setting(chgnet_ref, compat_model):
+    from pymatgen.core import Lattice, Structure
+
+    from fastchgnet.compat import CHGNetCalculator
+    from fastchgnet.errors import StructureError
+
+    # an O atom more than 6 Å from every other atom: no bond in the atom graph
+    structure = Structure(
+        Lattice.cubic(14.0), ["Si", "Si", "O"], [[0, 0, 0], [0.16, 0, 0], [0.5] * 3]
+    )
+    # "error" is the converter's default; a CHGNetCalculator sets its own (default "warn") on
+    # the model it is given, as the reference's does
+    compat_model.graph_converter.set_isolated_atom_response("error")
+    with pytest.raises(StructureError, match=r"isolated atom\(s\) \[2\]"):
+        compat_model.predict_structure(structure)
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    reference.graph_converter.set_isolated_atom_response("warn")
+    expected = _reference(lambda: reference.predict_structure(structure))
+    compat_model.graph_converter.set_isolated_atom_response("warn")
+    try:
+        with pytest.warns(UserWarning, match=r"isolated atom\(s\) \[2\]"):
+            prediction = compat_model.predict_structure(structure)
+    finally:
+        compat_model.graph_converter.set_isolated_atom_response("error")
+    for key, limit in TOLERANCE.items():
+        assert np.abs(prediction[key] - expected[key]).max() <= limit, key
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = CHGNetCalculator(compat_model, use_device="cpu")  # "warn" by default
+    with pytest.warns(UserWarning, match=r"isolated atom\(s\) \[2\]"):
+        energy = atoms.get_potential_energy()
+    assert energy == pytest.approx(float(expected["e"]) * 3, abs=1e-4)

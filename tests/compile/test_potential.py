@@ -91,7 +91,7 @@ def test_compiled_calculator_equals_eager_calculator(model64, crystals):
         eager = ase_properties(Calculator(model64, always_stress=True), atoms)
         for name in PROPERTIES:
             np.testing.assert_allclose(compiled[name], eager[name], rtol=1e-10, atol=1e-10)
-    assert potential.captured[True].stats.recompiles == 0
+    assert potential.captured[True, False].stats.recompiles == 0
     assert potential.graphs_built == len(potential.capacities) <= len(crystals)
 
 
@@ -109,8 +109,8 @@ def test_md_through_the_compiled_potential_builds_one_graph(model64, crystals):
         trajectories.append((atoms.positions.copy(), np.array(energies)))
     (eager_positions, eager_energies), (positions, energies) = trajectories
     assert potential.graphs_built == 1  # without stress: MD with a thermostat never asks
-    assert potential.captured[False].stats.recompiles == 0
-    assert potential.captured[True].stats.graphs == 0
+    assert potential.captured[False, False].stats.recompiles == 0
+    assert potential.captured[True, False].stats.graphs == 0
     assert np.ptp(energies) > 1e-4  # the structure moved
     np.testing.assert_allclose(positions, eager_positions, atol=1e-9)
     np.testing.assert_allclose(energies, eager_energies, rtol=1e-9, atol=1e-9)
@@ -144,7 +144,7 @@ def test_fortran_ordered_coordinates_do_not_recompile(model64, crystals):
     potential = CompiledPotential(model64, backend="aot_eager")
     first = evaluate_graphs(potential, fortran, stress=False)
     second = evaluate_graphs(potential, ordered, stress=False)
-    assert potential.captured[False].stats.recompiles == 0
+    assert potential.captured[False, False].stats.recompiles == 0
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a["forces"], b["forces"])
 
@@ -161,7 +161,7 @@ def test_batched_relax_with_compiled_potential_matches_eager(model64):
     assert [r.steps for r in compiled] == [r.steps for r in eager]
     assert len({r.steps for r in eager}) > 1  # structures dropped out at different steps
     assert potential.graphs_built == 1  # one padded shape: converged ones leave empty slots
-    assert potential.captured[True].stats.recompiles == 0
+    assert potential.captured[True, False].stats.recompiles == 0
     assert potential.capacities[0].structures == len(structures)
 
 
@@ -175,3 +175,16 @@ def test_inductor_calculator_matches_eager_with_reference_weights(model, crystal
         np.testing.assert_allclose(compiled["forces"], eager["forces"], atol=1e-4)
         np.testing.assert_allclose(compiled["stress"], eager["stress"], atol=1e-5)
         np.testing.assert_allclose(compiled["magmoms"], eager["magmoms"], atol=1e-4)
+
+
+def test_compiled_site_energies_and_features_equal_eager(model64, crystals):
+    from fastchgnet.model.potential import predict_structures
+
+    potential = CompiledPotential(model64, backend="aot_eager")
+    compiled = predict_structures(potential, crystals[:2], features=True)
+    eager = predict_structures(model64, crystals[:2], features=True)
+    for a, b in zip(eager, compiled, strict=True):
+        assert set(a) == set(b) == {"e", "f", "s", "m", "site_energies", "atom_fea", "crystal_fea"}
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10)
+        assert b["site_energies"].sum() / len(b["f"]) == pytest.approx(float(b["e"]), rel=1e-9)

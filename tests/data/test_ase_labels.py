@@ -153,3 +153,40 @@ def test_label_keys_are_a_typed_config_table():
         TrainConfig.from_dict({"data": {"labels": {"stress_unit": "MPa"}}})
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_dict({"data": {"labels": {"energy_key": "E"}}})
+
+
+def test_frames_are_streamed_not_read_whole(tmp_path, monkeypatch):
+    """One frame is parsed and converted per step (ASE's iread keeps only frame offsets)."""
+    import fastchgnet.data.ase_labels as ase_labels
+
+    parsed = []
+    real = ase_labels.frame_from_atoms
+    monkeypatch.setattr(
+        ase_labels, "frame_from_atoms", lambda atoms, *a: parsed.append(1) or real(atoms, *a)
+    )
+    path = tmp_path / "f.extxyz"
+    write(str(path), _atoms(3))
+    frames = read_ase_labelled(path, KEYS)
+    assert parsed == []
+    next(frames)
+    assert len(parsed) == 1
+    assert len(list(frames)) == 2
+
+
+def test_convert_and_stats_take_label_keys(tmp_path, capsys):
+    from fastchgnet.cli import main
+    from fastchgnet.data.ase_labels import labels_from_json
+    from fastchgnet.data.cache import GraphDataset
+
+    write(str(tmp_path / "f.extxyz"), _atoms(3))
+    keys = '{"energy": "E_dft", "forces": "F_dft", "stress": "S_vasp", "magmoms": "mag", '
+    keys += '"stress_unit": "kBar", "stress_sign": "vasp"}'
+    assert labels_from_json(keys) == KEYS
+    main(["data", "stats", str(tmp_path / "f.extxyz"), "--labels", keys])
+    assert "stress GPa             3" in capsys.readouterr().out
+    main(["data", "convert", str(tmp_path / "f.extxyz"), "-o", str(tmp_path / "c"),
+          "--workers", "1", "--labels", keys])  # fmt: skip
+    _, labels = GraphDataset(tmp_path / "c")[0]
+    assert labels.energy_per_atom == pytest.approx(-5.0)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['energy_key'\]"):
+        labels_from_json('{"energy_key": "E"}')

@@ -8,8 +8,9 @@ import pickle
 import numpy as np
 import pytest
 
+from fastchgnet.cli import main
 from fastchgnet.data.cache import CacheError, GraphDataset
-from fastchgnet.data.convert import convert, main
+from fastchgnet.data.convert import convert
 from fastchgnet.data.frame import Frame
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.sources import from_structures, read_mptrj
@@ -161,7 +162,8 @@ def test_dataset_pickles_without_its_memory_maps(tmp_path):
 def test_command_line_converts_an_mptrj_file(tmp_path):
     records = {"mp-1": {f"mp-1-{k}": mptrj_record(rock_salt(k), k) for k in range(3)}}
     path = write_mptrj(tmp_path / "mptrj.json", records)
-    main([str(path), "-o", str(tmp_path / "c"), "--workers", "1", "--shard-size", "2"])
+    arguments = [str(path), "-o", str(tmp_path / "c"), "--workers", "1", "--shard-size", "2"]
+    assert main(["data", "convert", *arguments]) == 0
     dataset = GraphDataset(tmp_path / "c")
     frames = list(read_mptrj(path))
     assert len(dataset) == 3

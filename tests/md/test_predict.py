@@ -1,4 +1,5 @@
-"""Batched prediction through the compiled model: same numbers, input order kept, few shapes."""
+"""Batched prediction through the one potential interface: a CompiledPotential gives the eager
+numbers in input order, and one compiled shape serves a list (largest structures first)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,18 @@ import torch
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.synthetic import varied_structures
-from fastchgnet.md import predict as predict_module
+from fastchgnet.model.potential import EagerPotential, predict_structures
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_compiled_batched_prediction_equals_eager_in_input_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_compiled_batched_prediction_equals_eager_in_input_order() -> None:
     torch.manual_seed(0)
     model = FastCHGNet(forces="conservative").double()
     structures = varied_structures(10, seed=3, max_atoms=12)
-    # aot_eager: the same traced graph without C++ code generation (fast); seeded into the
-    # per-model cache that predict_structures consults
+    # aot_eager: the same traced graph without C++ code generation (fast)
     potential = CompiledPotential(model, backend="aot_eager")
-    monkeypatch.setitem(predict_module._COMPILED, model, potential)
-    eager = model.predict_structure(structures, batch_size=4, compiled=False)
-    compiled = model.predict_structure(structures, batch_size=4, compiled=True)
+    eager = model.predict_structure(structures, batch_size=4)
+    compiled = predict_structures(potential, structures, batch_size=4)
     assert len(compiled) == len(structures)
     for structure, a, b in zip(structures, eager, compiled, strict=True):
         assert b["f"].shape == (len(structure), 3)
@@ -32,11 +29,18 @@ def test_compiled_batched_prediction_equals_eager_in_input_order(
             np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10)
     # largest batch first: its shape (with headroom) serves the smaller batches after it
     assert potential.graphs_built == 1
-    model.predict_structure(structures[:3], batch_size=4, compiled=True)
-    assert potential.graphs_built == 1  # a later call reuses the model's compiled shape
+    predict_structures(potential, structures[:3], batch_size=4)
+    assert potential.graphs_built == 1  # a later call reuses the potential's compiled shape
 
 
-def test_compiled_defaults_to_off_on_a_cpu_model() -> None:
-    model = FastCHGNet()
-    model.predict_structure(varied_structures(1, seed=0, max_atoms=4)[0])
-    assert model not in predict_module._COMPILED
+def test_the_prediction_split_gives_each_structure_its_rows() -> None:
+    torch.manual_seed(0)
+    model = FastCHGNet(n_conv=2)
+    structures = varied_structures(3, seed=1, max_atoms=6)
+    together = predict_structures(model, structures, batch_size=3, features=True)
+    for structure, joint in zip(structures, together, strict=True):
+        alone = predict_structures(EagerPotential(model), structure, features=True)
+        assert joint["f"].shape == (len(structure), 3)
+        assert joint["site_energies"].shape == (len(structure),)
+        for key, value in alone.items():
+            np.testing.assert_allclose(joint[key], value, rtol=1e-4, atol=1e-5)

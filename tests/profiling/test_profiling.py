@@ -49,7 +49,7 @@ def test_nvtx_ranges_are_no_ops_without_cuda():
 @pytest.mark.usefixtures("one_thread")
 def test_profile_report_counts_fewer_ops_for_our_step_than_the_reference():
     pytest.importorskip("chgnet")
-    from fastchgnet.profiling.report import build_parser, run
+    from fastchgnet.cli.profile import build_parser, run
 
     arguments = ["--batch-size", "4", "--max-atoms", "8", "--no-compile", "--device", "cpu"]
     counts = run(build_parser().parse_args(arguments))

@@ -1,6 +1,6 @@
 """Quick start: predict a crystal the package builds itself with the pretrained CHGNet 0.3.0.
 
-    python -m fastchgnet.quickstart
+    python -m fastchgnet.predict_demo
 
 Builds layered rocksalt LiMnO2 (8 atoms), loads the reference weights shipped in the
 ``chgnet`` package, and prints energy (eV/atom), forces (eV/Å), stress (GPa) and magnetic

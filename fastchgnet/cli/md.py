@@ -1,4 +1,4 @@
-"""The ``fastchgnet relax`` and ``fastchgnet md`` subcommands (registered by fastchgnet.cli).
+"""The ``fastchgnet relax`` and ``fastchgnet md`` subcommands (registered by fastchgnet.cli.main).
 
     fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--steps 500] [--fixed-cell]
     fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] ...
@@ -83,7 +83,7 @@ def add_commands(sub: Any) -> None:
 def cmd_relax(args: argparse.Namespace) -> None:
     from ase.io import write
 
-    from fastchgnet.cli import load_model, read_structures
+    from fastchgnet.cli.inputs import load_model, read_structures
     from fastchgnet.md.relax import relax
 
     if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
@@ -118,7 +118,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_md(args: argparse.Namespace) -> None:
-    from fastchgnet.cli import load_model, read_structures
+    from fastchgnet.cli.inputs import load_model, read_structures
     from fastchgnet.md.dynamics import run_md
 
     if args.ensemble != "nve" and args.thermostat not in THERMOSTATS[args.ensemble]:

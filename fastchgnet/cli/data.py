@@ -1,0 +1,104 @@
+"""``fastchgnet data convert|synth|stats``: graph caches, a labelled synthetic set, statistics.
+
+    fastchgnet data convert SRC -o CACHE [--workers N] [--labels JSON]   frames -> graph cache
+    fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S] [--max-atoms A]
+    fastchgnet data stats SRC [--energy-key KEY] [--labels JSON]
+
+SRC: MPtrj JSON (.json, .json.gz), a VASP run (folder, .zip, vasprun.xml) or anything ASE
+reads (extxyz, ASE db), picked by its suffix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+#: help of ``--labels`` (convert and stats)
+LABELS_HELP = (
+    "extxyz/ASE-db label keys and units as JSON, e.g. "
+    '\'{"energy": "E_dft", "stress": "S", "stress_unit": "kBar", "stress_sign": "vasp"}\' '
+    "(fastchgnet.data.ase_labels.AseLabels)"
+)
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``data convert|synth|stats`` to the ``fastchgnet`` subparsers."""
+    data = sub.add_parser("data", help="datasets and graph caches")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+
+    convert = data_sub.add_parser("convert", help="frames -> graph cache")
+    convert.add_argument("source", help="MPtrj JSON, extxyz/ASE file, or VASP run dir/zip")
+    convert.add_argument("-o", "--out", required=True, help="cache folder to write or resume")
+    convert.add_argument("--atom-cutoff", type=float, default=6.0, help="Å")
+    convert.add_argument("--bond-cutoff", type=float, default=3.0, help="Å")
+    convert.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    convert.add_argument("--shard-size", type=int, default=4096, help="source frames per shard")
+    convert.add_argument(
+        "--energy-key",
+        default="corrected_total_energy",
+        help="MPtrj energy field (see fastchgnet.data.sources.MPTRJ_ENERGY_KEYS)",
+    )
+    convert.add_argument("--labels", default="{}", help=LABELS_HELP)
+    convert.set_defaults(func=run_convert)
+
+    synth = data_sub.add_parser(
+        "synth",
+        help="varied crystals labelled by the reference CHGNet (needs the chgnet package)",
+    )
+    synth.add_argument("-n", type=int, default=2000, help="number of structures")
+    synth.add_argument("-o", "--out", required=True, help="output .extxyz or .extxyz.gz")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--max-atoms", type=int, default=16)
+    synth.add_argument("--model", default="0.3.0", help="reference checkpoint for the labels")
+    synth.add_argument("--batch-size", type=int, default=32)
+    synth.set_defaults(func=run_synth)
+
+    stats = data_sub.add_parser("stats", help="element counts, sizes, label ranges, outliers")
+    stats.add_argument("source")
+    stats.add_argument("--energy-key", default="corrected_total_energy", help="MPtrj energy")
+    stats.add_argument("--labels", default="{}", help=LABELS_HELP)
+    stats.set_defaults(func=run_stats)
+
+
+def _frames(args: argparse.Namespace) -> Any:
+    from fastchgnet.data.ase_labels import labels_from_json
+    from fastchgnet.data.sources import read_frames
+
+    labels = labels_from_json(args.labels)
+    return read_frames(args.source, energy_key=args.energy_key, labels=labels)
+
+
+def run_convert(args: argparse.Namespace) -> None:
+    """Convert ``args.source`` into the graph cache ``args.out`` (resumable)."""
+    from fastchgnet.data.convert import convert
+
+    frames = _frames(args)
+    convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
+
+
+def run_stats(args: argparse.Namespace) -> None:
+    """Print the statistics of ``args.source`` (one streaming pass)."""
+    from fastchgnet.data.stats import dataset_stats, format_stats
+
+    print(format_stats(dataset_stats(_frames(args))))
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    """Write the synthetic labelled set and print a summary."""
+    from fastchgnet.data.synth import synth
+
+    start = time.perf_counter()
+    path = synth(
+        args.n,
+        args.out,
+        seed=args.seed,
+        max_atoms=args.max_atoms,
+        model_name=args.model,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"wrote {args.n} structures labelled by CHGNet {args.model} to {path} "
+        f"({path.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.0f} s)"
+    )

@@ -1,0 +1,122 @@
+"""fastchgnet: train, run and profile the CHGNet interatomic potential (see each command's -h).
+
+    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
+    fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--fixed-cell] [...]
+    fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] [...]
+    fastchgnet data convert SRC -o CACHE [...]
+    fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S]
+    fastchgnet data stats SRC [--energy-key KEY]
+    fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]
+
+Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem),
+2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastchgnet.cli.data import add_commands as add_data_commands
+from fastchgnet.cli.inputs import load_model, read_structures
+from fastchgnet.cli.md import add_commands as add_md_commands
+from fastchgnet.errors import StructureError
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fastchgnet.model.potential import predict_structures
+
+    model = load_model(args.model)
+    structures = read_structures(args.structures)
+    potential = model
+    if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU
+        from fastchgnet.compile.potential import CompiledPotential
+
+        potential = CompiledPotential(model)  # one for the whole list: few shapes compile
+    predictions = predict_structures(potential, structures, batch_size=args.batch_size)
+    names = [
+        getattr(s, "properties", {}).get("label") or getattr(s, "info", {}).get("name")
+        for s in structures
+    ]
+    records = [
+        {
+            "name": name,
+            "energy_per_atom_eV": float(p["e"]),
+            "forces_eV_per_A": p["f"].tolist(),
+            "stress_GPa": p["s"].tolist(),
+            "magmoms_muB": p["m"].tolist(),
+        }
+        for name, p in zip(names, predictions, strict=True)
+    ]
+    text = json.dumps(records, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastchgnet.cli.train import run
+
+    return run(args)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from fastchgnet.cli.profile import run
+
+    run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastchgnet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    predict = sub.add_parser("predict", help="energy, forces, stress and magmoms of structures")
+    predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
+    predict.add_argument("--model", default="0.3.0", help="reference version or model file")
+    predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
+    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model compiled for fixed padded shapes (default on a GPU; on a CPU the "
+        "first batch compiles for tens of seconds, worth it for many structures)",
+    )
+    predict.set_defaults(func=cmd_predict)
+
+    add_md_commands(sub)  # relax, md
+    add_data_commands(sub)  # data convert|synth|stats
+
+    from fastchgnet.cli.train import build_parser as train_parser
+
+    train = sub.add_parser(
+        "train", help="train a model (configs/*.toml)", parents=[train_parser()], add_help=False
+    )
+    train.set_defaults(func=cmd_train)
+
+    from fastchgnet.cli.profile import build_parser as profile_parser
+
+    profile = sub.add_parser(
+        "profile",
+        help="aten operators (CUDA kernels on GPU) per training step, ours vs the reference",
+        parents=[profile_parser(argparse.ArgumentParser(add_help=False))],
+    )
+    profile.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+        print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Sources of labelled frames, one module each: MPtrj JSON (mptrj), ASE-readable files
+(ase_files; with chosen keys: data.ase_labels), VASP runs (vasp), in-memory Structures
+(structures); ``read_frames`` picks one by the path.
+
+Every reader yields ``Frame`` objects with labels in our units, converted here, once:
+energy eV/atom, forces eV/Å, stress GPa with CHGNet's sign, magnetic moments |μB|. A label
+that the source lacks is ``None`` (masked downstream), never zero. Readers do not judge frames:
+``check_frame`` does, and ``data.cache.convert`` skips and lists the frames it rejects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from fastchgnet.data.ase_labels import read_ase_labelled
+from fastchgnet.data.frame import Frame
+from fastchgnet.data.sources.ase_files import gunzip_ase_file, read_ase
+from fastchgnet.data.sources.mptrj import MPTRJ_ENERGY_KEYS, read_mptrj
+from fastchgnet.data.sources.structures import from_structures
+from fastchgnet.data.sources.vasp import ionic_step_energy, read_vasp
+
+__all__ = [
+    "MPTRJ_ENERGY_KEYS",
+    "Frame",
+    "from_structures",
+    "gunzip_ase_file",
+    "ionic_step_energy",
+    "read_ase",
+    "read_ase_labelled",
+    "read_frames",
+    "read_mptrj",
+    "read_vasp",
+]
+
+
+def read_frames(
+    path: str | Path, energy_key: str = "corrected_total_energy", labels: object = None
+) -> Iterable[Frame]:
+    """Pick a reader by suffix: .json/.json.gz MPtrj; a directory, .zip or vasprun.xml VASP;
+    anything else ``data.ase_labels.read_ase_labelled`` (streamed; ``labels``: its
+    ``AseLabels``, key names and units)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".json", ".json.gz")):
+        return read_mptrj(path, energy_key=energy_key)
+    if path.is_dir() or name.endswith(".zip") or name.startswith("vasprun"):
+        return read_vasp(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return read_ase_labelled(path, labels)  # type: ignore[arg-type]

@@ -1,0 +1,84 @@
+"""Frames from anything ``ase.io`` reads (extxyz, ASE db, traj) or a list of Atoms, labels from
+the calculator results; and the gunzip step ASE's readers need."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fastchgnet.data.frame import Frame
+from fastchgnet.units import EV_PER_A3_TO_GPA
+
+
+def read_ase(
+    path_or_atoms: str | Path | Sequence[object], index: str | int = ":"
+) -> Iterator[Frame]:
+    """Frames from anything ``ase.io.read`` reads (extxyz, ASE db, traj) or a list of Atoms.
+
+    Labels come from each Atoms' calculator results (energy total -> per atom; forces; stress;
+    magmoms). ASE stress is (1/V) dE/dε in eV/Å^3, Voigt order xx yy zz yz xz xy; CHGNet stress
+    has the *same* sign: chgnet's own ``CHGNetCalculator`` (chgnet/model/dynamics.py) returns
+    ``stress_GPa * ase.units.GPa`` with no sign flip, and chgnet's model computes
+    ``1/V dE/dε * 160.21766208``. So GPa = ASE stress x ``EV_PER_A3_TO_GPA``.
+
+    ``material_id`` is ``atoms.info["material_id"]`` (or ``mp_id``) where given, else
+    ``"<file stem>:<reduced formula>"`` so that frames of one composition stay in one split.
+    """
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if isinstance(path_or_atoms, (str, Path)):
+        stem = Path(path_or_atoms).stem
+        with tempfile.TemporaryDirectory() as scratch:
+            plain = gunzip_ase_file(Path(path_or_atoms), Path(scratch))
+            images = read(str(plain), index=index)
+        images = images if isinstance(images, list) else [images]
+    else:
+        stem, images = "atoms", list(path_or_atoms)
+    for position, atoms in enumerate(images):
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        info = atoms.info
+        material_id = info.get("material_id", info.get("mp_id"))
+        if material_id is None:
+            material_id = f"{stem}:{structure.composition.reduced_formula}"
+        energy = _ase_result(atoms, "energy")
+        stress = _ase_result(atoms, "stress")
+        if stress is not None and stress.shape == (6,):
+            from ase.stress import voigt_6_to_full_3x3_stress
+
+            stress = voigt_6_to_full_3x3_stress(stress)
+        magmoms = _ase_result(atoms, "magmoms")
+        yield Frame(
+            structure=structure,
+            energy_per_atom=None if energy is None else float(energy) / len(atoms),
+            forces=_ase_result(atoms, "forces"),
+            stress=None if stress is None else stress * EV_PER_A3_TO_GPA,
+            magmoms=None if magmoms is None else np.abs(magmoms),
+            material_id=str(material_id),
+            frame_id=str(info.get("frame_id", f"{stem}-{position}")),
+        )
+
+
+def gunzip_ase_file(source: Path, scratch: Path) -> Path:
+    """A gzip-compressed ASE file (e.g. .extxyz.gz) decompressed into ``scratch``; any other
+    source unchanged. ASE's extxyz reader seeks back to each frame, which in a gzip stream
+    means decompressing from the start again: quadratic, minutes for a 2000-frame file, a
+    fraction of a second once decompressed."""
+    name = source.name.lower()
+    if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
+        return source
+    plain = scratch / source.name[: -len(".gz")]
+    with gzip.open(source, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return plain
+
+
+def _ase_result(atoms: object, key: str) -> np.ndarray | None:
+    calc = getattr(atoms, "calc", None)
+    value = None if calc is None else calc.results.get(key)
+    return None if value is None else np.array(value, dtype=np.float64)

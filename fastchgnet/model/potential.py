@@ -1,0 +1,175 @@
+"""The one potential interface: ``predict_graphs(graphs, stress=, features=) -> Prediction``.
+
+Everything that runs a model on structures goes through a ``Potential``: batched prediction
+(``predict_structures``, ``FastCHGNet.predict_structure``), the ASE calculator, relaxation and
+molecular dynamics. ``EagerPotential`` runs a FastCHGNet as it is (any batch shape);
+``fastchgnet.compile.CompiledPotential`` pads the graphs to a few fixed capacities and runs
+the captured model. ``Prediction.split`` is the one per-structure split.
+
+Units: energy eV/atom (``total_energy`` eV), forces eV/Å, stress GPa (CHGNet's sign), magnetic
+moments μB, site energies eV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from fastchgnet.data.batch import collate
+from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
+from fastchgnet.errors import StructureError
+from fastchgnet.model.config import ModelConfig
+from fastchgnet.numerics import flush_denormals
+
+if TYPE_CHECKING:
+    from fastchgnet.model.chgnet import FastCHGNet, Prediction
+
+
+@runtime_checkable
+class Potential(Protocol):
+    """A model that predicts crystal graphs: ``config`` (cutoffs, elements) and
+    ``predict_graphs(graphs, stress=, features=) -> Prediction`` of exactly those graphs
+    (energy (S,), total_energy (S,), forces (N, 3), stress (S, 3, 3) when asked, magmoms (N,),
+    site_energies (N,); with ``features`` atom (N, A) and crystal (S, A) features)."""
+
+    config: ModelConfig
+
+    def predict_graphs(
+        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+    ) -> Prediction: ...
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block (no derivative graph kept), then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+class EagerPotential:
+    """A FastCHGNet run as it is, one model call per ``predict_graphs``."""
+
+    def __init__(self, model: FastCHGNet) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+
+    def predict_graphs(
+        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+    ) -> Prediction:
+        """One eager model call on ``graphs`` (see ``Potential``), in eval mode."""
+        parameter = next(self.model.parameters())
+        batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+        with eval_mode(self.model), flush_denormals():
+            return self.model(
+                batch, compute_forces=True, compute_stress=stress, return_features=features
+            )
+
+
+def as_potential(model: Any) -> Potential:
+    """``model`` if it is a ``Potential`` already, else a FastCHGNet as an ``EagerPotential``."""
+    return model if isinstance(model, Potential) else EagerPotential(model)
+
+
+def check_elements(graph: CrystalGraph, max_num_elements: int) -> None:
+    """Raise ``StructureError`` if the graph holds an element the model has no embedding for."""
+    too_heavy = graph.atomic_numbers > max_num_elements
+    if too_heavy.any():
+        z = sorted(set(graph.atomic_numbers[too_heavy].tolist()))
+        raise StructureError(
+            graph.name, f"element(s) Z={z} beyond the model's {max_num_elements} elements"
+        )
+
+
+def graphs_for(
+    config: ModelConfig, structures: Sequence[Any], start: int = 0, allow_isolated: bool = False
+) -> list[CrystalGraph]:
+    """Build and check the graphs of ``structures`` (pymatgen or ASE) for a model ``config``
+    (``allow_isolated``: see ``build_graph``).
+
+    Raises:
+        StructureError: naming the structure (and its position) and the problem.
+    """
+    graphs = []
+    for offset, structure in enumerate(structures):
+        name = structure_name(structure, start + offset)
+        graph = build_graph(
+            structure,
+            config.atom_cutoff,
+            config.bond_cutoff,
+            name=name,
+            allow_isolated=allow_isolated,
+        )
+        check_elements(graph, config.max_num_elements)
+        graphs.append(graph)
+    return graphs
+
+
+def is_structure(obj: object) -> bool:
+    """True for one pymatgen Structure or ASE Atoms (both are also sequences, of sites)."""
+    return hasattr(obj, "get_scaled_positions") or (
+        hasattr(obj, "lattice") and hasattr(obj, "frac_coords")
+    )
+
+
+#: ``predict_structures``' keys (the reference's) -> Prediction fields
+REFERENCE_KEYS = {"e": "energy", "f": "forces", "s": "stress", "m": "magmoms"}
+#: extra keys with ``features=True``
+FEATURE_KEYS = {
+    "site_energies": "site_energies",
+    "atom_fea": "atom_features",
+    "crystal_fea": "crystal_features",
+}
+
+
+def predict_structures(
+    model: Any, structure: Any, batch_size: int = 16, *, features: bool = False
+) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
+    """Predict energy, forces, stress and magnetic moments of one structure or a list.
+
+    Args:
+        model: a ``Potential`` (e.g. a ``CompiledPotential``) or a FastCHGNet (run eagerly).
+        structure: one pymatgen Structure / ASE Atoms, or a sequence of them.
+        batch_size: structures per model call; the largest go first (one compiled shape
+            then serves the rest), and results come back in input order.
+        features: also return ``site_energies`` (n,) eV, ``atom_fea`` (n, A), ``crystal_fea``
+            (A,).
+
+    Returns:
+        Per structure a dict of numpy arrays: ``e`` () eV/atom, ``f`` (n, 3) eV/Å,
+        ``s`` (3, 3) GPa, ``m`` (n,) μB. A single structure gives one dict, a sequence a list.
+    """
+    single = is_structure(structure)
+    structures = [structure] if single else list(structure)
+    potential = as_potential(model)
+    graphs = graphs_for(potential.config, structures)
+    results = predict_graph_list(potential, graphs, batch_size, features=features)
+    return results[0] if single else results
+
+
+def predict_graph_list(
+    model: Any, graphs: Sequence[CrystalGraph], batch_size: int = 16, *, features: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """``predict_structures`` on crystal graphs already built (always a list)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    potential = as_potential(model)
+    cost = [g.n_atoms + g.n_bonds + g.n_angles for g in graphs]
+    order = sorted(range(len(graphs)), key=lambda k: -cost[k])
+    keys = {**REFERENCE_KEYS, **(FEATURE_KEYS if features else {})}
+    results: list[dict[str, np.ndarray]] = [{} for _ in graphs]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        chosen = [graphs[k] for k in chunk]
+        prediction = potential.predict_graphs(chosen, stress=True, features=features)
+        parts = prediction.split([g.n_atoms for g in chosen])
+        for k, part in zip(chunk, parts, strict=True):
+            results[k] = {key: part[field] for key, field in keys.items() if field in part}
+    return results
