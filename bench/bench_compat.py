@@ -101,7 +101,7 @@ def main() -> None:
     import chgnet.trainer
 
     import fastchgnet.compat
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
 
     class Reference:
         CHGNet = chgnet.model.CHGNet

@@ -17,7 +17,7 @@ from pathlib import Path
 from pymatgen.core import Structure
 
 from fastchgnet import build_graph
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 

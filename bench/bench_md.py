@@ -56,7 +56,7 @@ def cases() -> dict[str, Atoms]:
         found["LiMnO2 2x2x2 (64 atoms)"] = found["LiMnO2 (8 atoms)"] * (2, 2, 2)
     else:
         print(f"reference structures not found in {REFERENCE}: LiMnO2, Li9Co7O16 skipped")
-        from fastchgnet.data.synthetic import varied_structures
+        from fastchgnet.data.random_crystals import varied_structures
 
         rocksalt = next(s for s in varied_structures(50, seed=0) if len(s) == 8)
         found["rocksalt 2x2x2 (64 atoms)"] = rocksalt * (2, 2, 2)

@@ -26,7 +26,7 @@ from ase.io import read, write
 from fastchgnet.data.sources import gunzip_ase_file, read_ase
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.data import quickstart_path
+from fastchgnet.train.loading import quickstart_path
 from fastchgnet.train.run import train
 
 

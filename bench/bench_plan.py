@@ -21,9 +21,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampler import mptrj_like_sizes
 
-from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
+from fastchgnet.data.capacity import packing_capacity
+from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
-from fastchgnet.train.data import EpochBatches
+from fastchgnet.train.loading import EpochBatches
 
 
 def boundary_wait(sampler, n: int, epoch_seconds: float) -> tuple[float, float]:

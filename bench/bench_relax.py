@@ -1,6 +1,6 @@
 """Relaxation: our batched relax vs the reference chgnet StructOptimizer one by one, same run.
 
-32 varied crystals (fastchgnet.data.synthetic.varied_structures), FIRE with FrechetCellFilter,
+32 varied crystals (fastchgnet.data.random_crystals.varied_structures), FIRE with FrechetCellFilter,
 the same fmax and step limit for both. Prints wall times and their ratio, our per-structure
 (unbatched) time too, and how far the final energies are apart.
 
@@ -31,7 +31,7 @@ import torch
 
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md import relax
 from fastchgnet.md.relax import RELAX_HEADROOM
 

@@ -15,9 +15,10 @@ import argparse
 import time
 
 import numpy as np
+from buckets import derive_capacities, padding_waste_per_capacity
 
-from fastchgnet.data.buckets import derive_capacities, padding_waste
-from fastchgnet.data.packing import packing_capacity, plan_packed_batches
+from fastchgnet.data.capacity import packing_capacity, padding_waste
+from fastchgnet.data.packing import plan_packed_batches
 from fastchgnet.data.sampler import load_cv, plan_batches, plan_random_batches, structure_costs
 
 
@@ -65,7 +66,7 @@ def main() -> None:
     packed = plan_packed_batches(sizes, w, capacity, epoch=1)
     seconds = time.perf_counter() - start
     cv = load_cv(packed[:-1], costs)  # the last step holds the epoch's tail
-    waste = padding_waste(packed, sizes, [capacity])[0]["waste"]
+    waste = padding_waste(packed, sizes, capacity)["waste"]
     counts = np.array([len(r) for step in packed for r in step])
     print(
         f"packed batches, one capacity {capacity}:\n"
@@ -76,7 +77,7 @@ def main() -> None:
     plan = plan_batches(costs, w, b, epoch=7)  # an epoch the capacities were not derived from
     for n_buckets in args.buckets:
         capacities = derive_capacities(sizes, b, n_buckets, world_size=w)
-        report = padding_waste(plan, sizes, capacities)
+        report = padding_waste_per_capacity(plan, sizes, capacities)
         total = sum(r["padded"] for r in report) / sum(r["real"] for r in report)
         print(f"padding waste with {n_buckets} buckets (+1 overflow): total {total:.3f}")
         for r in report:

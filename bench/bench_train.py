@@ -31,7 +31,7 @@ import torch
 from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import read_frames
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.data import gunzip_ase_file, make_splits, quickstart_path
+from fastchgnet.train.loading import gunzip_ase_file, make_splits, quickstart_path
 from fastchgnet.train.run import train
 
 #: The small architecture of the README's table (75k parameters), pinned here: the quick

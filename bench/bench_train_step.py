@@ -97,9 +97,10 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
+    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded, tight_capacity
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss

@@ -30,7 +30,7 @@ SUMMARY = "summary.json"
 
 def slice_frames(n: int, out: Path) -> None:
     """The first ``n`` frames of the bundled quick-start extxyz, written uncompressed."""
-    from fastchgnet.train.data import quickstart_path
+    from fastchgnet.train.loading import quickstart_path
 
     with gzip.open(quickstart_path(), "rt") as source:
         lines = source.read().splitlines(keepends=True)

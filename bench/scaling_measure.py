@@ -30,7 +30,8 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
     from fastchgnet.model.loss import LossConfig
     from fastchgnet.train.checkpoint import Progress
     from fastchgnet.train.config import DataConfig, OptimConfig
-    from fastchgnet.train.data import (
+    from fastchgnet.train.engine import TorchEngine
+    from fastchgnet.train.loading import (
         EpochBatches,
         gunzip_ase_file,
         make_loader,
@@ -38,7 +39,6 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
         make_splits,
         quickstart_path,
     )
-    from fastchgnet.train.engine import TorchEngine
     from fastchgnet.train.loop import train_epoch
     from fastchgnet.train.progress import EpochProgress
     from fastchgnet.train.step import TrainStep

@@ -6,6 +6,9 @@ deviation when the two disagree beyond ``tolerance``; on success it returns the 
 deviation per quantity. Tolerances scale with the size of the compared numbers:
 ``atol = tolerance * (1 + max|expected|)``. Use float64 models and batches for the numerical
 derivative and cutoff checks.
+
+Over 300 lines on purpose: a catalogue of independent physics checks (one short function
+each) that tests and users import from one place.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastchgnet.cli import main
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 
 def test_predict_writes_the_models_predictions_as_json(tmp_path, model):

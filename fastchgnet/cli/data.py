@@ -87,7 +87,7 @@ def run_stats(args: argparse.Namespace) -> None:
 
 def run_synth(args: argparse.Namespace) -> None:
     """Write the synthetic labelled set and print a summary."""
-    from fastchgnet.data.synth import synth
+    from fastchgnet.data.reference_labels import synth
 
     start = time.perf_counter()
     path = synth(

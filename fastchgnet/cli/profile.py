@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     """Print the counts per training step of each implementation; return CUDA kernels per
     step (``--device cuda``) or aten operators per step (``--device cpu``) by name."""
     from fastchgnet import FastCHGNet
+    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded, tight_capacity
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.train.step import standalone_step
 

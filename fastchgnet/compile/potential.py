@@ -23,16 +23,15 @@ sharing the capacities.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 
 import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.data.batch import GraphBatch
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity, Counts, fits, with_headroom
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded, unpad
 from fastchgnet.model.chgnet import Prediction
@@ -40,72 +39,6 @@ from fastchgnet.model.config import ModelConfig
 from fastchgnet.numerics import flush_denormals
 
 log = logging.getLogger("fastchgnet.compile")
-
-
-@dataclass(frozen=True)
-class Counts:
-    """What a list of graphs needs: structures, atoms (+1 padding atom), short (bond-graph)
-    bonds, long bonds (atom graph only) and angles."""
-
-    structures: int
-    atoms: int
-    short_bonds: int
-    long_bonds: int
-    angles: int
-
-    @classmethod
-    def of(cls, graphs: Sequence[CrystalGraph]) -> Counts:
-        short = sum(g.n_short_bonds for g in graphs)
-        return cls(
-            structures=len(graphs),
-            atoms=sum(g.n_atoms for g in graphs) + 1,
-            short_bonds=short,
-            long_bonds=sum(g.n_bonds for g in graphs) - short,
-            angles=sum(g.n_angles for g in graphs),
-        )
-
-
-def fits(capacity: Capacity, counts: Counts) -> bool:
-    """Whether graphs with ``counts`` pad to ``capacity`` (which has ``short_bonds`` set);
-    angle padding needs a padding short bond, so a strict margin is kept there."""
-    short_room = capacity.short_bonds - counts.short_bonds
-    angle_room = capacity.angles - counts.angles
-    return (
-        counts.structures <= capacity.structures
-        and counts.atoms <= capacity.atoms
-        and short_room >= 0
-        and counts.long_bonds <= capacity.bonds - capacity.short_bonds
-        and angle_room >= 0
-        and (short_room > 0 or angle_room == 0)
-    )
-
-
-def capacity_with_headroom(
-    counts: Counts, headroom: float, round_to: int, at_least: Capacity | None = None
-) -> Capacity:
-    """A capacity for ``counts``: atoms and structures exact, short and long bonds times
-    ``1 + headroom`` and angles times ``(1 + headroom)^2``, plus one, rounded up to
-    ``round_to``; never below ``at_least`` (a capacity being grown)."""
-
-    def margin(n: int, factor: float) -> int:
-        return round_up(math.ceil(n * factor) + 1, round_to)
-
-    short = margin(counts.short_bonds, 1 + headroom)
-    long = margin(counts.long_bonds, 1 + headroom)
-    angles = margin(counts.angles, (1 + headroom) ** 2)
-    structures, atoms = counts.structures, counts.atoms
-    if at_least is not None:
-        structures = max(structures, at_least.structures)
-        atoms = max(atoms, at_least.atoms)
-        short = max(short, at_least.short_bonds)
-        long = max(long, at_least.bonds - at_least.short_bonds)
-        angles = max(angles, at_least.angles)
-    return Capacity(structures, atoms, short + long, angles, short_bonds=short)
-
-
-def round_up(value: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` >= ``value``."""
-    return -(-value // multiple) * multiple
 
 
 def contiguous(batch: GraphBatch) -> GraphBatch:
@@ -186,7 +119,7 @@ class CompiledPotential:
         if fitting:
             return min(fitting, key=_cost)
         largest = max(self.capacities, key=_cost) if self.capacities else None
-        capacity = capacity_with_headroom(counts, self.headroom, self.round_to, largest)
+        capacity = with_headroom(counts, self.headroom, self.round_to, largest)
         if largest is not None:
             names = ", ".join(g.name or "?" for g in graphs[:3])
             names += ", ..." if len(graphs) > 3 else ""

@@ -9,6 +9,9 @@ shard.json checksums (reading past its frames without building graphs), deletes 
 Memory: the main process holds one material's frames (the reader streams) and one window of
 ``workers * 64`` frames in flight, never a whole shard; finished structures are appended to
 the shard's part files, so memory does not grow with shard or source size.
+
+Over 300 lines on purpose: the resumable, sharded, checksummed conversion and its
+workers are one procedure.
 """
 
 from __future__ import annotations

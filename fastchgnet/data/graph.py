@@ -14,6 +14,9 @@ A crystal becomes two graphs (as in CHGNet):
   sent to the bond of ``e1``.
 
 Everything here is numpy on one structure, vectorised (no loop over atoms or edges).
+
+Over 300 lines on purpose: the graph construction (neighbour search backends, bond and
+angle lists, the checks that name a bad structure) is one algorithm.
 """
 
 from __future__ import annotations
@@ -249,6 +252,19 @@ def angles_from_bonds(
     return np.stack([edges[first[keep]], edges[second[keep]]], axis=1).astype(np.int64)
 
 
+def check_isolated(bond_atoms: np.ndarray, n_atoms: int, name: str, atom_cutoff: float) -> None:
+    """Raise ``StructureError`` naming the structure if an atom has no bond: ``bond_atoms``
+    (n_bonds, 2) within ``atom_cutoff`` Å of ``n_atoms`` atoms."""
+    degree = np.bincount(bond_atoms.ravel(), minlength=n_atoms)
+    if (degree == 0).any():
+        isolated = np.flatnonzero(degree == 0)
+        raise StructureError(
+            name,
+            f"{isolated.shape[0]} isolated atom(s) {isolated[:10].tolist()} with no neighbour "
+            f"within atom_cutoff={atom_cutoff} Å",
+        )
+
+
 def build_graph(
     structure: object,
     atom_cutoff: float = 6.0,
@@ -290,14 +306,8 @@ def build_graph(
     short_first = np.argsort(dist >= bond_cutoff, kind="stable")
     i, j, image, dist = i[short_first], j[short_first], image[short_first], dist[short_first]
     bond_atoms = np.stack([i, j], axis=1)
-    degree = np.bincount(bond_atoms.ravel(), minlength=numbers.shape[0])
-    if (degree == 0).any() and not allow_isolated:
-        isolated = np.flatnonzero(degree == 0)
-        raise StructureError(
-            name,
-            f"{isolated.shape[0]} isolated atom(s) {isolated[:10].tolist()} with no neighbour "
-            f"within atom_cutoff={atom_cutoff} Å",
-        )
+    if not allow_isolated:
+        check_isolated(bond_atoms, numbers.shape[0], name, atom_cutoff)
     return CrystalGraph(
         atomic_numbers=numbers,
         frac_coords=frac,

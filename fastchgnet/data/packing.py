@@ -26,31 +26,17 @@ open_bins, group_steps).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
-from torch.utils.data import Sampler
 
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity
+from fastchgnet.data.capacity import room as room_of
 from fastchgnet.data.first_fit import COST, first_fit_lanes
-from fastchgnet.data.plan_ahead import PlanAhead
+from fastchgnet.data.plan_ahead import RankPlanSampler
 from fastchgnet.data.sampler import Plan, load_cv, structure_costs
-
-#: Room kept free in every batch for the padding dummy: one atom and one bond (a bond-graph
-#: bond when those are counted: padding angles need one), in the columns of ``_room``.
-PADDING_RESERVE = np.array([0, 1, 1, 0, 1, 0])
 
 #: Steps whose batches are sorted by cost together before they are dealt to ranks.
 GROUP_STEPS = 64
-
-
-def _room(capacity: Capacity) -> np.ndarray:
-    """Limits per column: structures, atoms, bonds, angles and, when the capacity sets
-    ``short_bonds``, bond-graph bonds and the other bonds (each kind has its own slots)."""
-    limits = [capacity.structures, capacity.atoms, capacity.bonds, capacity.angles]
-    if capacity.short_bonds is not None:
-        limits += [capacity.short_bonds, capacity.bonds - capacity.short_bonds]
-    return np.array(limits) - PADDING_RESERVE[: len(limits)]
 
 
 def _items(sizes: np.ndarray, room: np.ndarray) -> np.ndarray:
@@ -153,7 +139,7 @@ def plan_packed_batches(
     """
     if world_size < 1 or open_bins < 1:
         raise ValueError(f"need world_size >= 1 and open_bins >= 1, got {world_size}, {open_bins}")
-    room = _room(capacity)
+    room = room_of(capacity)
     items = _items(sizes, room)
     if items.shape[0] == 0:
         return []
@@ -201,40 +187,9 @@ def _steps_of_similar_cost(
     return [[flat[starts_list[b] : ends_list[b]] for b in step] for step in steps.tolist()]
 
 
-def packing_capacity(
-    sizes: np.ndarray, structures_per_batch: float, *, max_structures: int | None = None
-) -> Capacity:
-    """A capacity holding about ``structures_per_batch`` average structures, never smaller
-    than the largest structure (plus the padding reserve) in any column.
-
-    Args:
-        sizes: (N, 3) atoms, bonds, angles per structure, or (N, 4) with the bond-graph
-            (short) bonds last: then short and other bonds get separate slots
-            (``Capacity.short_bonds``), so the bond convolutions run on bond-graph bonds only.
-        structures_per_batch: mean structures a packed batch should hold (the batch size).
-        max_structures: cap on structures per batch (default 4x ``structures_per_batch``).
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    count = max_structures or int(np.ceil(4 * structures_per_batch))
-    if sizes.ndim == 2 and sizes.shape[1] == 4:  # atoms, angles, short bonds, long bonds
-        sizes = np.stack([sizes[:, 0], sizes[:, 2], sizes[:, 3], sizes[:, 1] - sizes[:, 3]], axis=1)
-        reserve = PADDING_RESERVE[[1, 3, 4, 5]]
-    else:
-        reserve = PADDING_RESERVE[1:4]
-    target = np.ceil(sizes.mean(axis=0) * structures_per_batch).astype(np.int64)
-    limits = [int(x) for x in np.maximum(target, sizes.max(axis=0) + reserve)]
-    if len(limits) == 4:
-        atoms, angles, short, long = limits
-        return Capacity(count, atoms, short + long, angles, short_bonds=short)
-    return Capacity(count, *limits)
-
-
-class PackedBatchSampler(Sampler[list[int]]):
-    """This rank's batches of ``plan_packed_batches``: a batch sampler for ``DataLoader``.
-
-    Every rank builds the same plan from (sizes, capacity, seed, epoch) and takes its own
-    column. Call ``set_epoch`` before each epoch. Batches hold a variable number of structures.
-    """
+class PackedBatchSampler(RankPlanSampler):
+    """This rank's batches of ``plan_packed_batches`` (see ``RankPlanSampler``): a variable
+    number of structures, every batch filled to ``capacity``."""
 
     def __init__(
         self,
@@ -246,26 +201,9 @@ class PackedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         open_bins: int = 8,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.capacity, self.world_size, self.rank = capacity, world_size, rank
-        self.seed, self.open_bins, self.epoch = seed, open_bins, 0
-        self._plans = PlanAhead(self._make_plan)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose plan ``__iter__`` follows."""
-        self.epoch = int(epoch)
-
-    def plan(self) -> Plan:
-        """The whole epoch's plan (all ranks), cached per epoch; built in the background if
-        ``plan_ahead`` asked for it earlier."""
-        return self._plans.get(self.epoch)
-
-    def plan_ahead(self, epoch: int) -> None:
-        """Start building ``epoch``'s plan in a background thread (call it during the epoch
-        before, so ``set_epoch(epoch)`` then ``plan()`` need not wait)."""
-        self._plans.ahead(int(epoch))
+        self.capacity, self.open_bins = capacity, open_bins
+        super().__init__(world_size, rank, seed)
 
     def _make_plan(self, epoch: int) -> Plan:
         return plan_packed_batches(
@@ -282,10 +220,6 @@ class PackedBatchSampler(Sampler[list[int]]):
         (cost = atoms + bonds + angles)."""
         plan = self.plan()
         return float(load_cv(plan, structure_costs(self.sizes[:, :3])).mean()) if plan else 0.0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in self.plan():
-            yield step[self.rank]
 
     def __len__(self) -> int:
         return len(self.plan())

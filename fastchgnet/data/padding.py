@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fastchgnet.data.batch import GraphBatch, collate
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity, Counts, fits, room
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.labels import FrameLabels, LabelBatch, collate_labels
 
@@ -98,53 +98,26 @@ def pad_graphs(
         short_capacity = capacity.bonds
     else:
         short_capacity = capacity.short_bonds
-    need = {
-        "structures": (len(graphs), capacity.structures),
-        "atoms": (sum(g.n_atoms for g in graphs) + 1, capacity.atoms),
-        "bonds": (sum(g.n_bonds for g in graphs), capacity.bonds),
-        "short bonds": (sum(g.n_short_bonds for g in graphs), short_capacity),
-        "angles": (sum(g.n_angles for g in graphs), capacity.angles),
-    }
-    for what, (used, room) in need.items():
-        if used > room:
-            raise ValueError(f"batch needs {used} {what} (with one padding atom), capacity {room}")
-    n_real_long = need["bonds"][0] - need["short bonds"][0]
-    short = short_capacity - need["short bonds"][0]
-    long = capacity.bonds - short_capacity - n_real_long
-    if long < 0:
-        raise ValueError(f"capacity {capacity}: fewer long-bond slots than the batch's long bonds")
+    counts = Counts.of(graphs)
+    if not fits(capacity, counts):
+        needs = counts.columns(capacity).tolist()
+        raise ValueError(
+            f"batch needs {needs} (structures, atoms, bonds, angles[, short, long bonds])"
+            f" plus one padding atom and bond; capacity {capacity} leaves {room(capacity).tolist()}"
+        )
+    short = short_capacity - counts.short_bonds
+    long = capacity.bonds - short_capacity - counts.long_bonds
     empties = [
         _empty(cutoffs, 0, f"empty slot {k}") for k in range(len(graphs), capacity.structures)
     ]
     dummy = _dummy(
         cutoffs,
-        atoms=capacity.atoms - need["atoms"][0] + 1,
+        atoms=capacity.atoms - counts.atoms,
         short=short,
         long=long,
-        angles=capacity.angles - need["angles"][0],
+        angles=capacity.angles - counts.angles,
     )
     return [*graphs, *empties, dummy]
-
-
-def tight_capacity(graph_lists: Sequence[Sequence[CrystalGraph]]) -> Capacity:
-    """The smallest capacity every list of graphs pads to: structures, atoms + 1 padding atom,
-    bond-graph (short) bonds + 1 padding bond, other bonds and angles, each the most any list
-    needs; short and other bonds get separate slots (``Capacity.short_bonds``), so the bond
-    convolutions of the padded batch run on bond-graph bonds only."""
-    totals = np.array(
-        [
-            [
-                sum(g.n_atoms for g in graphs),
-                sum(g.n_short_bonds for g in graphs),
-                sum(g.n_bonds - g.n_short_bonds for g in graphs),
-                sum(g.n_angles for g in graphs),
-            ]
-            for graphs in graph_lists
-        ]
-    )
-    atoms, short, long, angles = (int(x) for x in totals.max(axis=0))
-    structures = max(len(graphs) for graphs in graph_lists)
-    return Capacity(structures, atoms + 1, short + 1 + long, angles, short_bonds=short + 1)
 
 
 def collate_padded(

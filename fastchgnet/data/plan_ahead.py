@@ -10,9 +10,11 @@ work is numpy on large arrays, which releases the interpreter lock for most of i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
+
+from torch.utils.data import Sampler
 
 Plan = TypeVar("Plan")
 
@@ -73,3 +75,38 @@ class PlanAhead(Generic[Plan]):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["make_plan"])
+
+
+class RankPlanSampler(Sampler[list[int]]):
+    """A batch sampler for ``DataLoader`` that yields this rank's column of an epoch's plan
+    (``plan[step][rank]``); every rank builds the same plan from its fixed inputs, the seed
+    and the epoch, so ranks agree without communication. Subclasses give ``_make_plan(epoch)``
+    and ``__len__``. Call ``set_epoch`` before each epoch; ``plan_ahead`` during the one
+    before builds the next plan in the background."""
+
+    def __init__(self, world_size: int, rank: int, seed: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.world_size, self.rank, self.seed, self.epoch = world_size, rank, seed, 0
+        self._plans: PlanAhead[list] = PlanAhead(self._make_plan)
+
+    def _make_plan(self, epoch: int) -> list:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan ``__iter__`` follows."""
+        self.epoch = int(epoch)
+
+    def plan(self) -> list:
+        """The whole epoch's plan (all ranks), cached per epoch; built in the background if
+        ``plan_ahead`` asked for it earlier."""
+        return self._plans.get(self.epoch)
+
+    def plan_ahead(self, epoch: int) -> None:
+        """Start building ``epoch``'s plan in a background thread (call it during the epoch
+        before, so ``set_epoch(epoch)`` then ``plan()`` need not wait)."""
+        self._plans.ahead(int(epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in self.plan():
+            yield step[self.rank]

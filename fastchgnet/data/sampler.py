@@ -27,12 +27,11 @@ All plans are deterministic given (costs, world_size, batch_size, seed, epoch, s
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import Sampler
 
-from fastchgnet.data.plan_ahead import PlanAhead
+from fastchgnet.data.plan_ahead import RankPlanSampler
 
 Plan = list[list[list[int]]]
 
@@ -206,12 +205,8 @@ def load_cv(plan: Plan, costs: Sequence[float]) -> np.ndarray:
     return np.divide(loads.std(axis=1), mean, out=np.zeros_like(mean), where=mean > 0)
 
 
-class BalancedBatchSampler(Sampler[list[int]]):
-    """This rank's batches of ``plan_batches``: a batch sampler for ``DataLoader``.
-
-    Every rank builds the same plan from (costs, seed, epoch) and takes its own column, so
-    ranks agree without communication. Call ``set_epoch`` before each epoch.
-    """
+class BalancedBatchSampler(RankPlanSampler):
+    """This rank's batches of ``plan_batches`` (see ``RankPlanSampler``)."""
 
     def __init__(
         self,
@@ -223,27 +218,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         size_pool: int | None = 16,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.costs = _check(costs, world_size, batch_size)
-        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
-        self.seed, self.size_pool = seed, size_pool
-        self.epoch = 0
-        self._plans = PlanAhead(self._make_plan)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose plan ``__iter__`` follows."""
-        self.epoch = int(epoch)
-
-    def plan(self) -> Plan:
-        """The whole epoch's plan (all ranks), cached per epoch; built in the background if
-        ``plan_ahead`` asked for it earlier."""
-        return self._plans.get(self.epoch)
-
-    def plan_ahead(self, epoch: int) -> None:
-        """Start building ``epoch``'s plan in a background thread (call it during the epoch
-        before, so ``set_epoch(epoch)`` then ``plan()`` need not wait)."""
-        self._plans.ahead(int(epoch))
+        self.batch_size, self.size_pool = batch_size, size_pool
+        super().__init__(world_size, rank, seed)
 
     def _make_plan(self, epoch: int) -> Plan:
         return plan_batches(
@@ -258,10 +235,6 @@ class BalancedBatchSampler(Sampler[list[int]]):
     def load_cv(self) -> float:
         """Mean over steps of the coefficient of variation of per-rank cost this epoch."""
         return float(load_cv(self.plan(), self.costs).mean()) if len(self) else 0.0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in self.plan():
-            yield step[self.rank]
 
     def __len__(self) -> int:
         return -(-self.costs.shape[0] // (self.world_size * self.batch_size))

@@ -2,8 +2,8 @@
 
 from fastchgnet.md.calculator import Calculator, evaluate_graphs
 from fastchgnet.md.dynamics import make_integrator, run_md
-from fastchgnet.md.neighbours import VerletGraph
 from fastchgnet.md.relax import RelaxResult, relax
+from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import EagerPotential, Potential, predict_structures
 
 __all__ = [

@@ -24,7 +24,7 @@ from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
-from fastchgnet.md.neighbours import VerletGraph
+from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, check_elements
 
 

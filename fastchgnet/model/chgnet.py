@@ -5,6 +5,9 @@ moments; the
 thin wrapper ``forward`` owns strain, positions, derivatives and units. No loop over
 structures, no host synchronisation, no data-dependent branch: a batch without angles simply
 has empty angle tensors.
+
+Over 300 lines on purpose: the whole model (modules, geometry, both force modes, the
+wrapper and its file/reference entry points) reads top to bottom in one file.
 """
 
 from __future__ import annotations

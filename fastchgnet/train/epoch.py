@@ -8,7 +8,7 @@ from fastchgnet.train.checkpoint import (
     Progress,
     save_checkpoint,
 )
-from fastchgnet.train.data import (
+from fastchgnet.train.loading import (
     EpochBatches,
     make_loader,
 )

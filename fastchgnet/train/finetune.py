@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.data import (
+from fastchgnet.train.loading import (
     EpochBatches,
     Splits,
     make_loader,

@@ -31,15 +31,15 @@ from fastchgnet.train.checkpoint import (
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.data import (
+from fastchgnet.train.engine import launched_distributed, make_engine
+from fastchgnet.train.epoch import train_one_epoch
+from fastchgnet.train.finish import finish
+from fastchgnet.train.loading import (
     composition_fractions,
     make_sampler,
     make_splits,
     resolve_cache,
 )
-from fastchgnet.train.engine import launched_distributed, make_engine
-from fastchgnet.train.epoch import train_one_epoch
-from fastchgnet.train.finish import finish
 from fastchgnet.train.loop import SyncCheck
 from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions

@@ -12,7 +12,7 @@ from fastchgnet.train.checkpoint import (
     Progress,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.data import (
+from fastchgnet.train.loading import (
     EpochBatches,
     Splits,
 )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 
 @pytest.fixture(scope="module")

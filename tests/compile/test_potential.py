@@ -14,15 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastchgnet.compile.potential import (
-    CompiledPotential,
-    Counts,
-    capacity_with_headroom,
-    fits,
-)
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.data.capacity import Counts, fits
+from fastchgnet.data.capacity import with_headroom as capacity_with_headroom
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.padding import collate_padded
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.md.dynamics import make_integrator
 from fastchgnet.md.relax import relax
@@ -58,7 +55,7 @@ def ase_properties(calc: Calculator, atoms) -> dict[str, np.ndarray]:
 def test_capacity_has_headroom_and_grows_from_the_old_one():
     counts = Counts(structures=1, atoms=9, short_bonds=40, long_bonds=300, angles=100)
     capacity = capacity_with_headroom(counts, headroom=0.1, round_to=32)
-    assert (capacity.structures, capacity.atoms) == (1, 9)
+    assert (capacity.structures, capacity.atoms) == (1, 10)  # 9 atoms and the padding atom
     assert capacity.short_bonds == 64
     assert capacity.bonds == 64 + 352
     assert capacity.angles == 128

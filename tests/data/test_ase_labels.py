@@ -7,7 +7,7 @@ import pytest
 from ase.io import write
 
 from fastchgnet.data.ase_labels import AseLabels, read_ase_labelled
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import as_atoms
 
@@ -107,7 +107,7 @@ def test_total_energy_read_as_per_atom_is_flagged(tmp_path):
 
 def test_explicit_train_val_test_files_make_the_split(tmp_path):
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.data import make_splits, resolve_cache
+    from fastchgnet.train.loading import make_splits, resolve_cache
 
     for name, seed in (("train", 1), ("val", 2), ("test", 3)):
         write(str(tmp_path / f"{name}.extxyz"), _atoms(3 if name == "train" else 2, seed))
@@ -126,7 +126,7 @@ def test_explicit_train_val_test_files_make_the_split(tmp_path):
 
 def test_default_keys_read_the_bundled_set_as_read_ase(tmp_path):
     from fastchgnet.data.sources import gunzip_ase_file, read_ase
-    from fastchgnet.train.data import quickstart_path
+    from fastchgnet.train.loading import quickstart_path
 
     plain = gunzip_ase_file(quickstart_path(), tmp_path)
     old = read_ase(plain, index=":200")

@@ -8,7 +8,7 @@ import torch
 
 from fastchgnet import build_graph, collate
 from fastchgnet.data.batch import FIELDS, GraphBatch
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 GRAPHS = [build_graph(s) for s in varied_structures(6, seed=3, max_atoms=24)]
 

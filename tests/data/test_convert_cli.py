@@ -9,7 +9,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.cli import main
 from fastchgnet.data.cache import GraphDataset
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 
 def test_data_convert_command_builds_a_readable_cache(tmp_path):

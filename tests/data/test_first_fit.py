@@ -6,8 +6,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastchgnet.data.capacity import packing_capacity
+from fastchgnet.data.capacity import room as _room
 from fastchgnet.data.first_fit import first_fit, first_fit_lanes
-from fastchgnet.data.packing import _items, _room, packing_capacity
+from fastchgnet.data.packing import _items
 
 
 def _case(n: int, seed: int, per_batch: int):

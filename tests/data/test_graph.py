@@ -8,7 +8,7 @@ from pymatgen.core import Lattice, Structure
 
 from fastchgnet import StructureError, build_graph
 from fastchgnet.data.graph import angles_from_bonds
-from fastchgnet.data.synthetic import no_angle_structure, varied_structures
+from fastchgnet.data.random_crystals import no_angle_structure, varied_structures
 
 VARIED = varied_structures(40, seed=1, max_atoms=48)
 

@@ -7,12 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastchgnet.data.buckets import Capacity, padding_waste
-from fastchgnet.data.packing import (
-    PackedBatchSampler,
-    packing_capacity,
-    plan_packed_batches,
-)
+from fastchgnet.data.capacity import Capacity, packing_capacity, padding_waste
+from fastchgnet.data.packing import PackedBatchSampler, plan_packed_batches
 from fastchgnet.data.sampler import load_cv, structure_costs
 
 
@@ -98,7 +94,7 @@ def test_long_tailed_sizes_pack_with_little_padding_and_balanced_ranks():
     sizes = _sizes(20_000, 2)
     capacity = packing_capacity(sizes, 32)
     plan = plan_packed_batches(sizes, 4, capacity, epoch=1)
-    waste = padding_waste(plan, sizes, [capacity])[0]["waste"]
+    waste = padding_waste(plan, sizes, capacity)["waste"]
     cv = load_cv(plan[:-1], structure_costs(sizes))  # the last step is the tail
     assert waste < 0.10
     assert cv.mean() < 0.03

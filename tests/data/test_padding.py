@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fastchgnet import FastCHGNet, build_graph, collate
-from fastchgnet.data.buckets import Capacity
+from fastchgnet.data.capacity import Capacity
 from fastchgnet.data.padding import collate_padded, pad_graphs, unpad
-from fastchgnet.data.synthetic import no_angle_structure, varied_structures
+from fastchgnet.data.random_crystals import no_angle_structure, varied_structures
 
 STRUCTURES = [*varied_structures(4, seed=21, max_atoms=16), no_angle_structure()]
 GRAPHS = [build_graph(s) for s in STRUCTURES]
@@ -113,9 +113,9 @@ def _labels(graph):
 
 
 def test_tight_capacity_fits_every_list_exactly_with_bond_graph_slots_apart():
+    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import tight_capacity
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
 
     graphs = [build_graph(s) for s in varied_structures(6, seed=2, max_atoms=10)]
     lists = [graphs[:2], graphs[2:6]]

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastchgnet.data.buckets import assign_buckets, derive_capacities, padding_waste
 from fastchgnet.data.sampler import (
     BalancedBatchSampler,
     load_cv,
@@ -114,23 +113,3 @@ def test_sampler_yields_its_rank_column_and_follows_set_epoch():
         assert list(sampler) == [step[rank] for step in plan]
         assert len(sampler) == len(plan)
     assert samplers[0].load_cv() < 0.05
-
-
-def test_every_batch_fits_a_capacity_and_waste_is_reported():
-    sizes = long_tailed_sizes(5000)
-    caps = derive_capacities(sizes, 16, 6, world_size=4)
-    assert 2 <= len(caps) <= 7
-    plan = plan_batches(structure_costs(sizes), 4, 16, epoch=9)
-    buckets = assign_buckets(plan, sizes, caps)
-    assert buckets.shape == (len(plan), 4)
-    report = padding_waste(plan, sizes, caps)
-    assert sum(r["batches"] for r in report) == sum(len(r) > 0 for s in plan for r in s)
-    assert sum(r["real"] for r in report) == int(sizes.sum())
-    assert all(r["padded"] >= 0 for r in report)
-
-
-def test_overflow_capacity_fits_the_largest_structures():
-    sizes = long_tailed_sizes(500)
-    caps = derive_capacities(sizes, 4, 2)
-    worst = np.argsort(-sizes[:, 2])[:4].tolist()
-    assert assign_buckets([[worst]], sizes, caps)[0, 0] < len(caps)

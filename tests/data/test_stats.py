@@ -45,7 +45,7 @@ def test_stats_command_reads_an_extxyz(tmp_path, capsys):
     from ase.io import write
 
     from fastchgnet.cli import main
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.md.calculator import as_atoms
 
     atoms = [as_atoms(s) for s in varied_structures(3, seed=1, max_atoms=4)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import as_atoms
 
 

@@ -46,7 +46,7 @@ def test_direct_model_gives_predict_structure_numbers(small_crystals):
 def test_stress_agrees_with_reference_calculator_in_ase_units(model, reference_chgnet):
     from chgnet.model.dynamics import CHGNetCalculator
 
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
 
     atoms = as_atoms(varied_structures(1, seed=5, max_atoms=8)[0])
     reference = atoms.copy()

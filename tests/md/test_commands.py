@@ -9,7 +9,7 @@ import pytest
 
 from fastchgnet.cli import main
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md import calculator
 
 relax_module = importlib.import_module("fastchgnet.md.relax")  # the package exports relax()

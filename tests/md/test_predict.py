@@ -9,7 +9,7 @@ import torch
 
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.model.potential import EagerPotential, predict_structures
 
 

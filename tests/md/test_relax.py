@@ -60,7 +60,7 @@ def test_trajectory_holds_every_step_of_every_structure(model, small_crystals, t
 
 
 def test_pymatgen_structures_come_back_with_magmoms(model):
-    from fastchgnet.data.synthetic import varied_structures
+    from fastchgnet.data.random_crystals import varied_structures
 
     result = relax(varied_structures(1, seed=4, max_atoms=6)[0], model, steps=3)
     assert "magmom" in result.structure.site_properties

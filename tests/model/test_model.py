@@ -10,7 +10,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from fastchgnet import FastCHGNet, ModelConfig, StructureError, build_graph, collate
-from fastchgnet.data.synthetic import no_angle_structure, varied_structures
+from fastchgnet.data.random_crystals import no_angle_structure, varied_structures
 from fastchgnet.model.layers import AtomConv, BondConv, scatter_sum
 
 STRUCTURES = varied_structures(6, seed=5, max_atoms=24)

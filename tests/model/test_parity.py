@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 
 TOLERANCE = {"e": 2e-5, "f": 3e-4, "s": 2e-3, "m": 2e-4}
 #: float32 against float64 of our own model, the same structures

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.data import make_sampler, make_splits
+from fastchgnet.train.loading import make_sampler, make_splits
 from fastchgnet.train.run import train
 from tests.train.helpers import small_cache, tiny_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastchgnet.train.data import EpochBatches, make_loader, make_sampler, make_splits
+from fastchgnet.train.loading import EpochBatches, make_loader, make_sampler, make_splits
 from fastchgnet.train.loop import evaluate
 from fastchgnet.train.metrics import MetricSums
 from tests.compile.conftest import small_model

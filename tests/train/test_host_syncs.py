@@ -18,8 +18,8 @@ from fastchgnet.model.direct_heads import structure_volume
 from fastchgnet.model.loss import LossConfig
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.config import OptimConfig
-from fastchgnet.train.data import collate_items
 from fastchgnet.train.engine import TorchEngine
+from fastchgnet.train.loading import collate_items
 from fastchgnet.train.loop import train_epoch
 from fastchgnet.train.progress import EpochProgress
 from fastchgnet.train.step import TrainStep

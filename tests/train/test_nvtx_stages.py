@@ -20,8 +20,8 @@ from fastchgnet.model.loss import LossConfig
 from fastchgnet.profiling import nvtx
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.config import OptimConfig
-from fastchgnet.train.data import collate_items
 from fastchgnet.train.engine import TorchEngine
+from fastchgnet.train.loading import collate_items
 from fastchgnet.train.loop import train_epoch
 from fastchgnet.train.progress import EpochProgress
 from fastchgnet.train.step import TrainStep

@@ -89,7 +89,7 @@ def test_replay_frames_join_train_only(tmp_path):
 
     from fastchgnet.data.sources import gunzip_ase_file, read_ase
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.data import make_splits, quickstart_path, replay_sample, resolve_cache
+    from fastchgnet.train.loading import make_splits, quickstart_path, replay_sample, resolve_cache
 
     plain = gunzip_ase_file(quickstart_path(), tmp_path)
     from ase.io import read

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from fastchgnet.data.packing import PackedBatchSampler, packing_capacity, plan_packed_batches
+from fastchgnet.data.capacity import packing_capacity
+from fastchgnet.data.packing import PackedBatchSampler, plan_packed_batches
 from fastchgnet.data.plan_ahead import PlanAhead
-from fastchgnet.train.data import EpochBatches
+from fastchgnet.train.loading import EpochBatches
 
 PLAN_SECONDS = 0.6
 

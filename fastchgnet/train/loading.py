@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from fastchgnet.data.batch import GraphBatch, collate
-from fastchgnet.data.buckets import Capacity
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.data.capacity import Capacity, packing_capacity
 from fastchgnet.data.frame import Frame
 from fastchgnet.data.labels import LabelBatch, collate_labels
-from fastchgnet.data.packing import PackedBatchSampler, packing_capacity
+from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.sources import gunzip_ase_file

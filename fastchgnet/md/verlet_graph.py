@@ -26,6 +26,7 @@ from fastchgnet.data.graph import (
     NeighbourBackend,
     angles_from_bonds,
     build_graph,
+    check_isolated,
     structure_name,
 )
 from fastchgnet.errors import StructureError
@@ -125,14 +126,8 @@ class VerletGraph:
         keep = np.flatnonzero(within)
         keep = keep[np.argsort(lengths[keep] >= self.bond_cutoff, kind="stable")]
         bond_atoms, bond_images, lengths = self._pairs[keep], self._images[keep], lengths[keep]
-        degree = np.bincount(bond_atoms.ravel(), minlength=numbers.shape[0])
-        if (degree == 0).any() and not self.allow_isolated:
-            isolated = np.flatnonzero(degree == 0)
-            raise StructureError(
-                name,
-                f"{isolated.shape[0]} isolated atom(s) {isolated[:10].tolist()} with no "
-                f"neighbour within atom_cutoff={self.atom_cutoff} Å",
-            )
+        if not self.allow_isolated:
+            check_isolated(bond_atoms, numbers.shape[0], name, self.atom_cutoff)
         return CrystalGraph(
             atomic_numbers=numbers,
             frac_coords=np.linalg.solve(lattice.T, positions.T).T,

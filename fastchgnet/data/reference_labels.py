@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastchgnet.data.synthetic import varied_structures
+from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.files import atomic_write_bytes
 from fastchgnet.units import EV_PER_A3_TO_GPA
 

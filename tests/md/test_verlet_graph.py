@@ -8,7 +8,7 @@ import pytest
 
 from fastchgnet.data.graph import CrystalGraph, build_graph
 from fastchgnet.errors import StructureError
-from fastchgnet.md.neighbours import VerletGraph
+from fastchgnet.md.verlet_graph import VerletGraph
 
 
 def canonical(graph: CrystalGraph) -> tuple[list, list, list]:

@@ -1,40 +1,16 @@
-"""Capacity buckets: the few fixed shapes that rank batches are padded to.
+"""Several capacity buckets for balanced (not packed) batches: a bench helper, not used at run
+time (training pads packed batches to one ``fastchgnet.data.capacity.Capacity``).
 
-Compiled code needs fixed shapes; one shape per batch would recompile forever, one shape for
-all would pad small batches to the largest. ``derive_capacities`` picks a handful from the
-batches ``sampler.plan_batches`` makes; ``padding_waste`` reports padded / real entries per
-capacity.
+``derive_capacities`` picks a handful of shapes from the batches ``sampler.plan_batches`` makes;
+``padding_waste_per_capacity`` reports padded / real entries per capacity.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from fastchgnet.data.capacity import Capacity
 from fastchgnet.data.sampler import Plan, plan_batches, structure_costs
-
-
-@dataclass(frozen=True, order=True)
-class Capacity:
-    """Fixed shape a rank batch is padded to (batch.py adds the dummy padding structure).
-
-    Fields: structures (real structures), atoms, bonds (undirected; edges are twice this),
-    angles, short_bonds (bond-graph bonds; None: every bond counts as one, see
-    ``padding.pad_graphs``).
-    """
-
-    structures: int
-    atoms: int
-    bonds: int
-    angles: int
-    short_bonds: int | None = None
-
-    def fits(self, n_structures: int, totals: np.ndarray) -> bool:
-        """Whether a batch of ``n_structures`` with (atoms, bonds, angles) ``totals`` fits."""
-        return n_structures <= self.structures and bool(
-            (np.asarray(totals) <= [self.atoms, self.bonds, self.angles]).all()
-        )
 
 
 def batch_totals(plan: Plan, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +120,9 @@ def assign_buckets(plan: Plan, sizes: np.ndarray, capacities: list[Capacity]) ->
     return fits.argmax(axis=-1)
 
 
-def padding_waste(plan: Plan, sizes: np.ndarray, capacities: list[Capacity]) -> list[dict]:
+def padding_waste_per_capacity(
+    plan: Plan, sizes: np.ndarray, capacities: list[Capacity]
+) -> list[dict]:
     """Per capacity: rank batches using it and padding waste = padded / real entries
     (atoms + bonds + angles; empty rank batches are not counted)."""
     counts, totals = batch_totals(plan, sizes)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
-from fastchgnet.train.data import loader_workers, make_loader
+from fastchgnet.train.loading import loader_workers, make_loader
 
 
 def test_auto_workers_are_none_on_cpu_and_a_few_on_gpu(monkeypatch):

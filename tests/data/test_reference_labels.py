@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fastchgnet.data.reference_labels import synth
 from fastchgnet.data.sources import read_frames
-from fastchgnet.data.synth import synth
-from fastchgnet.train.data import gunzip_ase_file, quickstart_path
+from fastchgnet.train.loading import gunzip_ase_file, quickstart_path
 
 
 @pytest.mark.slow
