@@ -1,4 +1,4 @@
-"""Fine-tune CHGNet 0.3.0 and print MAE before and after; see fastchgnet/train/finetune.py.
+"""Fine-tune CHGNet 0.3.0 and print MAE before and after; see fastchgnet/cli/finetune.py.
 
 python launcher/finetune.py --config configs/finetune.toml \
     --eval ../shared/data/reference/parse-vasp-with-magmoms.zip
@@ -6,7 +6,7 @@ python launcher/finetune.py --config configs/finetune.toml \
 
 import sys
 
-from fastchgnet.train.finetune import main
+from fastchgnet.cli.finetune import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,9 +8,10 @@ ends in .gz), readable by ``fastchgnet.data.sources.read_ase`` and ``fastchgnet 
 energy eV (total), forces eV/Å, stress eV/Å^3 with ASE's sign (= CHGNet's sign, see
 ``read_ase``), magmoms μB.
 
-The bundled quick-start set ``fastchgnet/resources/quickstart.extxyz.gz`` was made by::
+The bundled quick-start set ``fastchgnet/resources/quickstart.extxyz.gz`` (6000 crystals; its first
+2000 are the earlier 2000-crystal set: the generator draws them in the same order) was made by::
 
-    fastchgnet data synth -n 2000 --seed 7 --max-atoms 16 \
+    fastchgnet data synth -n 6000 --seed 7 --max-atoms 16 \
         -o fastchgnet/resources/quickstart.extxyz.gz
 """
 

@@ -2,7 +2,7 @@
 fine-tuned one, evaluated on the same held-out frames and on evaluation-only sources.
 
     python launcher/finetune.py --config configs/finetune.toml \\
-        --eval ../shared/data/reference/parse-vasp-with-magmoms.zip
+        --eval ../shared/data/reference/parse-vasp-with-magmoms.zip   # fastchgnet/cli/finetune.py
 
 The run itself is ``fastchgnet.train.run.train(config)``, unchanged. Held out: the frames of the
 run's val and test splits (with ``data.split_by="frame_tail"`` and split [0.8, 0.1, 0.1], the
@@ -14,15 +14,13 @@ shown as "-". The table is printed and written to ``<run.out_dir>/finetune-repor
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastchgnet.train.config import TrainConfig, load_config
+from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import (
     EpochBatches,
     Splits,
@@ -60,7 +58,7 @@ def evaluate_indices(
         return {}
     device = next(model.parameters()).device
     sampler = make_sampler(splits, indices, config.data, (0, 1), 0)
-    batches = make_loader(splits, EpochBatches(sampler, indices, 0), 0)
+    batches = make_loader(splits, EpochBatches(sampler, indices, 0, ahead=False), 0)
     return evaluate(model, batches, device).results()
 
 
@@ -115,38 +113,3 @@ def finetune(config: TrainConfig, eval_sources: tuple[str, ...] = ()) -> Finetun
             row[f"{target}_r2"] = results.get(f"{target}_r2", float("nan"))
         append_csv(out / "finetune-report.csv", row)
     return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="launcher/finetune.py",
-        description="Fine-tune (configs/finetune.toml) and report MAE before and after.",
-    )
-    parser.add_argument("--config", default="configs/finetune.toml", help="run config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--eval",
-        dest="eval_sources",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="frames to evaluate before and after, never trained on (repeatable)",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, fine-tune, print the before/after table; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    report = finetune(config, tuple(args.eval_sources))
-    print(
-        f"\nfine-tuning: {report.n_train} frames trained on, {report.n_heldout} held out "
-        f"(split_by={config.data.split_by}); MAE before and after\n" + report.table(),
-        flush=True,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

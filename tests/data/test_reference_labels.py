@@ -31,7 +31,7 @@ def test_synth_is_reproducible_from_its_seed_and_reads_back_with_all_labels(tmp_
 def test_bundled_quickstart_set_is_small_and_present() -> None:
     path = quickstart_path()
     assert path.is_file()
-    assert path.stat().st_size < 3_000_000
+    assert path.stat().st_size < 4_000_000  # 6000 crystals of up to 16 atoms: 3.7 MB
 
 
 def test_reference_weights_reproduce_the_bundled_labels(model, tmp_path) -> None:

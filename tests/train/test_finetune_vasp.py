@@ -48,3 +48,14 @@ def test_finetuning_on_the_vasp_run_lowers_held_out_energy_and_force_mae(tmp_pat
     other = report.rows["parse-vasp-with-magmoms before"]
     assert {"energy_mae", "forces_mae", "stress_mae", "magmoms_mae"} <= set(other)
     assert (tmp_path / "run" / "finetune-report.csv").is_file()
+
+
+def test_finetune_command_line_takes_config_overrides_and_eval_sources() -> None:
+    from fastchgnet.cli.finetune import build_parser
+
+    args = build_parser().parse_args(
+        ["--set", "optim.epochs=2", "--eval", "a.zip", "--eval", "b.extxyz"]
+    )
+    assert args.config == "configs/finetune.toml"
+    assert args.overrides == ["optim.epochs=2"]
+    assert args.eval_sources == ["a.zip", "b.extxyz"]
