@@ -12,6 +12,7 @@ import pytest
 
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import as_atoms
+from fastchgnet.model.potential import EagerPotential
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +24,16 @@ def _one_thread_for_md(one_thread):
 def small_crystals():
     """Six varied crystals of at most 8 atoms, as ASE Atoms."""
     return [as_atoms(s) for s in varied_structures(6, seed=11, max_atoms=8)]
+
+
+class CountingPotential:
+    """A Potential that runs ``model`` eagerly and records the keywords of every call."""
+
+    def __init__(self, model) -> None:
+        self.eager = EagerPotential(model)
+        self.config = model.config
+        self.calls: list[dict] = []
+
+    def predict_graphs(self, graphs, **kwargs):
+        self.calls.append(kwargs)
+        return self.eager.predict_graphs(graphs, **kwargs)

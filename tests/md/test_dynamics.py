@@ -22,7 +22,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from fastchgnet.md.calculator import Calculator
 from fastchgnet.md.dynamics import THERMOSTATS, make_integrator, run_md
 from fastchgnet.md.relax import relax
-from fastchgnet.model.potential import EagerPotential
+from tests.md.conftest import CountingPotential
 
 TARGET_K = 300.0  # thermostat target
 START_K = 1500.0  # exact kinetic temperature of the thermostat runs' first step
@@ -189,18 +189,8 @@ def test_unknown_thermostat_names_the_choices(model, small_crystals):
 
 
 def test_npt_asks_the_model_for_forces_and_stress_in_one_call_per_step(model, small_crystals):
-    calls = []
-
-    eager = EagerPotential(model)
-
-    class Counted:  # a Potential that records every call
-        config = model.config
-
-        def predict_graphs(self, graphs, **kwargs):
-            calls.append(kwargs)
-            return eager.predict_graphs(graphs, **kwargs)
-
-    counted = Counted()
+    counted = CountingPotential(model)
+    calls = counted.calls
     run_md(small_crystals[1], counted, ensemble="npt", steps=4, progress=False, seed=0)
     assert len(calls) == 4 + 1
     assert all(call["stress"] for call in calls)

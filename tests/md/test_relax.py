@@ -9,7 +9,7 @@ from ase.filters import FrechetCellFilter
 from ase.io import read
 
 from fastchgnet.md.relax import relax
-from fastchgnet.model.potential import EagerPotential
+from tests.md.conftest import CountingPotential
 
 
 def test_batched_relaxation_follows_the_per_structure_path(model, small_crystals):
@@ -121,18 +121,8 @@ def test_direct_model_relaxes_through_its_force_and_stress_heads(small_crystals)
 
 
 def test_cell_relaxation_calls_the_model_once_per_step(model, small_crystals):
-    calls = []
-
-    eager = EagerPotential(model)
-
-    class Counted:  # a Potential that records every call
-        config = model.config
-
-        def predict_graphs(self, graphs, **kwargs):
-            calls.append(kwargs)
-            return eager.predict_graphs(graphs, **kwargs)
-
-    counted = Counted()
+    counted = CountingPotential(model)
+    calls = counted.calls
     result = relax(small_crystals[1], counted, steps=4, batched=False)
     assert len(calls) == result.steps + 1
     assert all(call["stress"] for call in calls)
