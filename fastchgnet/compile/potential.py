@@ -12,6 +12,14 @@ in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % an
 the capacity by the margin from the current counts, never below the old one: one more
 compile, logged (logger ``fastchgnet.compile``).
 
+Re-sizing (``shrink_below``, off by default): when the graphs of a call fit a known capacity
+but a fresh one with headroom (``data.capacity.shrunk``) would hold at most ``shrink_below`` of
+its entries, that tighter capacity is made and used, so a relaxation whose structures converge
+and leave gets cheaper calls. Each shrink at least halves the work (``shrink_below=0.5``) and
+shrinking stops once ``max_shapes`` capacities exist, so a run compiles at most ``max_shapes``
+shapes plus any growth on overflow. Off, as MD and prediction use it, one shape serves a run.
+``padding`` tallies every call's real and padding entries (atoms + bonds + angles).
+
 Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``), so the
 bond-graph work stays that of the real short bonds plus their margin.
 
@@ -31,7 +39,15 @@ from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.data.batch import GraphBatch
-from fastchgnet.data.capacity import Capacity, Counts, fits, with_headroom
+from fastchgnet.data.capacity import (
+    Capacity,
+    Counts,
+    PaddingTally,
+    entries,
+    fits,
+    shrunk,
+    with_headroom,
+)
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.padding import collate_padded, unpad
 from fastchgnet.model.chgnet import Prediction
@@ -53,10 +69,6 @@ def contiguous(batch: GraphBatch) -> GraphBatch:
     return replace(batch, **changes) if changes else batch
 
 
-def _cost(capacity: Capacity) -> int:
-    return capacity.atoms + capacity.bonds + capacity.angles
-
-
 class CompiledPotential:
     """A FastCHGNet run compiled for a few fixed capacities: a ``Potential`` for prediction,
     the calculator, relaxation and MD.
@@ -69,6 +81,9 @@ class CompiledPotential:
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
         eager: run the same padded programs without trace or compile (for comparisons).
+        shrink_below: make a tighter capacity when one would hold at most this fraction of
+            the entries of the smallest known capacity that fits (None: never shrink).
+        max_shapes: shrink only while fewer capacities than this exist.
     """
 
     def __init__(
@@ -79,9 +94,18 @@ class CompiledPotential:
         headroom: float = 0.2,
         round_to: int = 32,
         eager: bool = False,
+        shrink_below: float | None = None,
+        max_shapes: int = 4,
     ) -> None:
         if headroom < 0 or round_to < 1:
             raise ValueError(f"need headroom >= 0 and round_to >= 1, got {headroom}, {round_to}")
+        if (shrink_below is not None and not 0 < shrink_below < 1) or max_shapes < 1:
+            raise ValueError(
+                f"need 0 < shrink_below < 1 and max_shapes >= 1, got {shrink_below}, {max_shapes}"
+            )
+        self.shrink_below = shrink_below
+        self.max_shapes = max_shapes
+        self.padding = PaddingTally()
         self.model = model
         self.config: ModelConfig = model.config
         self.headroom = headroom
@@ -113,12 +137,16 @@ class CompiledPotential:
         return sum(c.stats.compile_seconds for c in self.captured.values())
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity:
-        """The smallest known capacity ``graphs`` fit, else a new (grown) one, remembered."""
-        counts = Counts.of(graphs)
+        """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),
+        else a new (grown) one, remembered."""
+        return self._capacity_for(Counts.of(graphs), graphs)
+
+    def _capacity_for(self, counts: Counts, graphs: Sequence[CrystalGraph]) -> Capacity:
         fitting = [c for c in self.capacities if fits(c, counts)]
         if fitting:
-            return min(fitting, key=_cost)
-        largest = max(self.capacities, key=_cost) if self.capacities else None
+            best = min(fitting, key=entries)
+            return self._shrink(best, counts) or best
+        largest = max(self.capacities, key=entries) if self.capacities else None
         capacity = with_headroom(counts, self.headroom, self.round_to, largest)
         if largest is not None:
             names = ", ".join(g.name or "?" for g in graphs[:3])
@@ -130,6 +158,28 @@ class CompiledPotential:
                 counts,
                 capacity,
             )
+        self.capacities.append(capacity)
+        return capacity
+
+    def _shrink(self, current: Capacity, counts: Counts) -> Capacity | None:
+        """A tighter capacity than ``current`` for ``counts``, remembered, or None."""
+        if self.shrink_below is None or len(self.capacities) >= self.max_shapes:
+            return None
+        # a lower rung that overflowed is grown rather than given a near twin
+        below = [c for c in self.capacities if entries(c) < entries(current)]
+        rung = max(below, key=entries) if below else None
+        capacity = shrunk(current, counts, self.headroom, self.round_to, self.shrink_below, rung)
+        if capacity is None:
+            return None
+        log.info(
+            "graphs need %s, %.0f %% of capacity %s: shrunk to %s (shape %d of at most %d)",
+            counts,
+            100 * counts.entries / entries(current),
+            current,
+            capacity,
+            len(self.capacities) + 1,
+            self.max_shapes,
+        )
         self.capacities.append(capacity)
         return capacity
 
@@ -149,7 +199,10 @@ class CompiledPotential:
             raise ValueError("predict_graphs needs at least one graph")
         self.model.eval()  # the captured programs are specialised on eval mode
         parameter = next(iter(self.model.parameters()))
-        batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
+        counts = Counts.of(graphs)
+        capacity = self._capacity_for(counts, graphs)
+        self.padding.add(counts.entries, capacity)
+        batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
         batch = contiguous(batch.to(parameter.device))
         with torch.no_grad(), flush_denormals():
             padded = self.captured[stress, features].predict(batch)

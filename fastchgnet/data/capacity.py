@@ -7,7 +7,8 @@ bond when those are counted, since padding angles pair one with its reverse): th
 ``PADDING_RESERVE``, and ``room`` is a capacity less it. One fit check, ``fits``, serves
 padding, the packer (``room`` in array form) and the compiled potential. Capacities come from
 the graphs at hand (``tight_capacity``), from a data set's sizes (``packing_capacity``) or
-with a margin for graphs that change (``with_headroom``); ``padding_waste`` reports the cost.
+with a margin for graphs that change (``with_headroom``), and a tighter one for graphs that
+shrank (``shrunk``); ``padding_waste`` reports the cost.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class Counts:
             angles=sum(g.n_angles for g in graphs),
         )
 
+    @property
+    def entries(self) -> int:
+        """Atoms + bonds + angles: the work these graphs carry (``entries`` of a capacity)."""
+        return self.atoms + self.short_bonds + self.long_bonds + self.angles
+
     def columns(self, capacity: Capacity) -> np.ndarray:
         """These counts in ``room(capacity)``'s columns (without ``short_bonds`` every bond
         is a bond-graph bond)."""
@@ -84,6 +90,11 @@ class Counts:
 def fits(capacity: Capacity, counts: Counts) -> bool:
     """Whether graphs with ``counts`` pad to ``capacity`` (the padding reserve included)."""
     return bool((counts.columns(capacity) <= room(capacity)).all())
+
+
+def entries(capacity: Capacity) -> int:
+    """Atoms + bonds + angles of a capacity: the work one padded call does."""
+    return capacity.atoms + capacity.bonds + capacity.angles
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -112,6 +123,21 @@ def with_headroom(
         long = max(long, at_least.bonds - (at_least.short_bonds or 0))
         angles = max(angles, at_least.angles)
     return Capacity(structures, atoms, short + long, angles, short_bonds=short)
+
+
+def shrunk(
+    current: Capacity,
+    counts: Counts,
+    headroom: float,
+    round_to: int,
+    shrink_below: float,
+    at_least: Capacity | None = None,
+) -> Capacity | None:
+    """A tighter capacity for ``counts`` (``with_headroom``, never below ``at_least``) when
+    it holds at most ``shrink_below`` of ``current``'s entries, else None (keep ``current``).
+    Every shrink divides the entries by ``1 / shrink_below`` or more: a geometric ladder."""
+    candidate = with_headroom(counts, headroom, round_to, at_least)
+    return candidate if entries(candidate) <= shrink_below * entries(current) else None
 
 
 def tight_capacity(graph_lists: Sequence[Sequence[CrystalGraph]]) -> Capacity:
@@ -157,17 +183,44 @@ def packing_capacity(
     return Capacity(count, *limits)
 
 
+@dataclass
+class PaddingTally:
+    """Padded calls counted as they run: batches, real entries (atoms + bonds + angles of the
+    real graphs) and padding entries (the capacity's entries less the real ones)."""
+
+    batches: int = 0
+    real: int = 0
+    padded: int = 0
+
+    def add(self, real: int, capacity: Capacity) -> None:
+        """Count one batch with ``real`` entries padded to ``capacity``."""
+        self.batches += 1
+        self.real += real
+        self.padded += entries(capacity) - real
+
+    @property
+    def waste(self) -> float:
+        """Padding entries per real entry (0.25: a quarter more work than the real graphs)."""
+        return self.padded / self.real if self.real else 0.0
+
+    def report(self) -> dict[str, float]:
+        """batches, real, padded and waste, as ``padding_waste`` gives them."""
+        return {
+            "batches": self.batches,
+            "real": self.real,
+            "padded": self.padded,
+            "waste": self.waste,
+        }
+
+
 def padding_waste(plan: Sequence, sizes: np.ndarray, capacity: Capacity) -> dict[str, float]:
     """Rank batches of ``plan`` (``plan[step][rank]`` lists of indices into ``sizes``, (N, 3+)
     atoms, bonds, angles) padded to ``capacity``: their count, real and padded entries
     (atoms + bonds + angles) and the waste = padded / real (empty rank batches excluded)."""
     sizes = np.asarray(sizes, dtype=np.int64)[:, :3]
-    batches = [rank for step in plan for rank in step if len(rank)]
-    real = int(sum(sizes[rank].sum() for rank in batches))
-    padded = len(batches) * (capacity.atoms + capacity.bonds + capacity.angles) - real
-    return {
-        "batches": len(batches),
-        "real": real,
-        "padded": padded,
-        "waste": padded / real if real else 0.0,
-    }
+    tally = PaddingTally()
+    for step in plan:
+        for rank in step:
+            if len(rank):
+                tally.add(int(sizes[rank].sum()), capacity)
+    return tally.report()
