@@ -1,21 +1,26 @@
 """Structure relaxation with ASE optimizers (FIRE, BFGS), one structure at a time or batched.
 
 Every structure gets its own ASE optimizer, over a ``FrechetCellFilter`` when the cell relaxes.
-Batched (the default for several structures), the optimizers advance in lockstep: each step
-evaluates every unconverged structure in one model call, hands each calculator its answer,
-then steps every optimizer, which reads the cached forces. Structures drop out as they
-converge. The optimizer maths is ASE's, so both paths follow the same trajectories (up to
-floating-point noise from batching).
+Batched (the default for several structures), up to ``batch_size`` structures advance in
+lockstep: each step evaluates every active structure in one model call, hands each calculator
+its answer, then steps every optimizer, which reads the cached forces. A structure that
+converges (or runs out of steps) leaves, and the next one from the input takes its slot, so
+the model calls stay full while input remains; the input may be a generator, read only as
+slots free up. The optimizer maths is ASE's, so both paths follow the same trajectories (up
+to floating-point noise from batching).
 
-Compiled (``compiled=True`` or a ``CompiledPotential``), every calculator shares one potential:
-the first lockstep call fixes a padded capacity with headroom, and later calls, with fewer
-active structures, reuse it (converged structures leave empty slots), so the run compiles once
-unless a structure outgrows the bond or angle margin.
+Compiled (``compiled=True``: a ``CompiledPotential`` with ``RELAX_COMPILE``), every
+calculator shares one potential: the first call fixes a padded capacity with headroom; once
+the queue runs dry and the active structures need at most ``RELAX_SHRINK_BELOW`` of its
+entries, the potential switches to a tighter capacity (one more compile, logged), up to
+``RELAX_MAX_SHAPES`` shapes in a run, so the calls get cheaper as structures converge.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +32,7 @@ from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
 from fastchgnet.data.graph import structure_name
+from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential, evaluate_graphs
 from fastchgnet.model.potential import Potential, as_potential, is_structure
 
@@ -35,6 +41,16 @@ OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 #: bond and angle margin of ``relax(compiled=True)``: a cell relaxation may change the bond and
 #: angle counts by tens of percent, and every regrowth compiles again
 RELAX_HEADROOM = 0.3
+#: shrink to a tighter capacity once one would hold at most this fraction of the current one
+RELAX_SHRINK_BELOW = 0.5
+#: most capacities (compiled shapes per stress setting) that shrinking makes in one run
+RELAX_MAX_SHAPES = 4
+#: the ``CompiledPotential`` options of ``relax(compiled=True)``
+RELAX_COMPILE = {
+    "headroom": RELAX_HEADROOM,
+    "shrink_below": RELAX_SHRINK_BELOW,
+    "max_shapes": RELAX_MAX_SHAPES,
+}
 
 
 @dataclass
@@ -119,6 +135,9 @@ class _Relaxation:
         return float(np.sqrt((forces**2).sum(axis=1).max()))
 
     def result(self) -> RelaxResult:
+        """The outcome; the atoms keep their final results in a SinglePointCalculator, so a
+        finished structure no longer holds the model's calculator and neighbour cache."""
+        self.atoms.calc = SinglePointCalculator(self.atoms, **self.calc.results)
         return RelaxResult(
             atoms=self.atoms,
             energy=float(self.atoms.get_potential_energy()),
@@ -146,7 +165,9 @@ def relax(
     """Relax one or many structures until every force is below ``fmax``.
 
     Args:
-        structures: a pymatgen Structure / ASE Atoms, or a sequence of them (not modified).
+        structures: a pymatgen Structure / ASE Atoms, or any iterable of them: a list, or a
+            generator / iterator, taken one structure at a time as slots free up (so a
+            generator reading files holds only ``batch_size`` structures). Not modified.
         model: the potential (default: FastCHGNet with the reference 0.3.0 weights).
         fmax: force threshold, eV/Å (the cell's generalised forces included).
         steps: most optimizer steps per structure.
@@ -154,15 +175,21 @@ def relax(
         optimizer: "FIRE" or "BFGS" (ASE's).
         trajectory: write every structure's steps here (extxyz, traj, ...: ASE picks the format
             from the suffix); frames carry ``info["structure"]`` and ``info["step"]``.
-        batched: advance all structures together, one model call per step (up to
-            ``batch_size`` structures a call); False runs ASE's ``optimizer.run`` per structure.
+        batched: relax up to ``batch_size`` structures together, one model call per step;
+            a finished one's slot goes to the next input structure. False runs ASE's
+            ``optimizer.run`` per structure.
         skin: Verlet skin of every calculator, Å.
         progress: show a progress bar.
-        compiled: run a plain model as a ``CompiledPotential`` (inductor, ``RELAX_HEADROOM``;
-            compiling costs tens of seconds on CPU, so it pays off for long runs).
+        compiled: run a plain model as a ``CompiledPotential`` with ``RELAX_COMPILE``
+            (inductor; every shape compiles once, tens of seconds on CPU, so it pays off for
+            long runs). A ``CompiledPotential`` passed as ``model`` keeps its own options.
 
     Returns:
-        A RelaxResult for one structure, a list for a sequence.
+        A RelaxResult for one structure, else a list in input order.
+
+    Raises:
+        StructureError: an input that is no structure, or one that cannot be predicted,
+            named with its position in the input.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)}")
@@ -170,76 +197,82 @@ def relax(
         raise ValueError(
             f"need fmax > 0, steps >= 0, batch_size >= 1; got {fmax}, {steps}, {batch_size}"
         )
+    single = is_structure(structures)
+    if not single and (not isinstance(structures, Iterable) or isinstance(structures, str | Path)):
+        raise TypeError(f"structures: Structure(s) or Atoms, not {structures!r} (read files first)")
     if model is None:
         from fastchgnet.model.chgnet import FastCHGNet
 
         model = FastCHGNet.from_reference("0.3.0")
     if compiled:  # cells change in relaxation: more headroom than for MD
-        model = compiled_potential(model, headroom=RELAX_HEADROOM)
-    model = as_potential(model)  # one potential shared by every calculator
-    single = is_structure(structures)
-    items = [structures] if single else list(structures)
-    if not items:
-        raise ValueError("no structures to relax")
-    record = trajectory is not None
-    runs = [
-        _Relaxation(
-            as_atoms(s),
-            Calculator(  # the cell filter asks for forces, then stress: one call for both
-                model,
-                skin=skin,
-                always_stress=relax_cell,
-                name=structure_name(s, None if single else k),
-            ),
-            optimizer,
-            relax_cell,
-            record,
+        model = compiled_potential(model, **RELAX_COMPILE)
+    potential = as_potential(model)  # one potential shared by every calculator
+
+    def start(index: int, structure: Any) -> _Relaxation:
+        name = structure_name(structure, None if single else index)
+        if not is_structure(structure):
+            raise StructureError(name, "is not a pymatgen Structure or ASE Atoms")
+        calc = Calculator(  # the cell filter asks for forces, then stress: one call for both
+            potential, skin=skin, always_stress=relax_cell, name=name
         )
-        for k, s in enumerate(items)
-    ]
-    if batched:
-        _run_lockstep(runs, model, fmax, steps, relax_cell, batch_size, progress)
-    else:
-        for run in tqdm(runs, desc="relax", unit="structure", disable=not progress):
-            run.optimizer.attach(run.snapshot)
-            run.converged = bool(run.optimizer.run(fmax=fmax, steps=steps))
-    results = [run.result() for run in runs]
+        return _Relaxation(as_atoms(structure), calc, optimizer, relax_cell, trajectory is not None)
+
+    items = [structures] if single else structures
+    runs = (start(k, s) for k, s in enumerate(items))
+    total = len(items) if hasattr(items, "__len__") else None
+    with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:
+        if batched:
+            results = _run_lockstep(runs, potential, fmax, steps, relax_cell, batch_size, bar)
+        else:
+            results = [_run_alone(run, fmax, steps, bar) for run in runs]
+    if not results:
+        raise ValueError("no structures to relax")
     if trajectory is not None:
         write_frames(trajectory, results)
     return results[0] if single else results
 
 
+def _run_alone(run: _Relaxation, fmax: float, steps: int, bar: tqdm) -> RelaxResult:
+    """ASE's own optimizer loop for one structure."""
+    run.optimizer.attach(run.snapshot)
+    run.converged = bool(run.optimizer.run(fmax=fmax, steps=steps))
+    bar.update()
+    return run.result()
+
+
 def _run_lockstep(
-    runs: list[_Relaxation],
+    runs: Iterator[_Relaxation],
     model: Potential,
     fmax: float,
     steps: int,
     stress: bool,
     batch_size: int,
-    progress: bool,
-) -> None:
-    """Step every optimizer together: evaluate all active structures, then step each."""
-    active = list(runs)
-    with tqdm(total=len(runs), desc="relax", unit="structure", disable=not progress) as bar:
-        while active:
-            for start in range(0, len(active), batch_size):
-                chunk = active[start : start + batch_size]
-                graphs = [run.calc.graph(run.atoms) for run in chunk]
-                for run, results in zip(
-                    chunk, evaluate_graphs(model, graphs, stress=stress), strict=True
-                ):
-                    run.calc.store(run.atoms, results)
-            still_active = []
-            for run in active:
-                run.snapshot()
-                run.converged = run.max_force() < fmax
-                if run.converged or run.optimizer.nsteps >= steps:
-                    bar.update()
-                    continue
-                run.optimizer.step()
-                run.optimizer.nsteps += 1
-                still_active.append(run)
-            active = still_active
+    bar: tqdm,
+) -> list[RelaxResult]:
+    """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
+    call, then step each; a finished structure's slot goes to the next from ``runs``.
+    Results in the order of ``runs``."""
+    queue = enumerate(runs)
+    active: list[tuple[int, _Relaxation]] = []
+    results: dict[int, RelaxResult] = {}
+    while active := active + list(islice(queue, batch_size - len(active))):
+        graphs = [run.calc.graph(run.atoms) for _, run in active]
+        answers = evaluate_graphs(model, graphs, stress=stress)
+        for (_, run), answer in zip(active, answers, strict=True):
+            run.calc.store(run.atoms, answer)
+        still_active = []
+        for index, run in active:
+            run.snapshot()
+            run.converged = run.max_force() < fmax
+            if run.converged or run.optimizer.nsteps >= steps:
+                results[index] = run.result()
+                bar.update()
+                continue
+            run.optimizer.step()
+            run.optimizer.nsteps += 1
+            still_active.append((index, run))
+        active = still_active
+    return [results[index] for index in range(len(results))]
 
 
 def write_frames(path: str | Path, results: list[RelaxResult]) -> None:

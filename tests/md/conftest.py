@@ -27,13 +27,16 @@ def small_crystals():
 
 
 class CountingPotential:
-    """A Potential that runs ``model`` eagerly and records the keywords of every call."""
+    """A Potential that runs ``model`` eagerly and records the keywords and the number of
+    graphs of every call."""
 
     def __init__(self, model) -> None:
         self.eager = EagerPotential(model)
         self.config = model.config
         self.calls: list[dict] = []
+        self.sizes: list[int] = []
 
     def predict_graphs(self, graphs, **kwargs):
         self.calls.append(kwargs)
+        self.sizes.append(len(graphs))
         return self.eager.predict_graphs(graphs, **kwargs)
