@@ -1,16 +1,17 @@
-"""Relaxation: our batched relax vs the reference chgnet StructOptimizer one by one, same run.
+"""Relaxation: our batched relax, eager and captured, vs the reference StructOptimizer one by one.
 
-32 varied crystals (fastchgnet.data.random_crystals.varied_structures), FIRE with FrechetCellFilter,
-the same fmax and step limit for both. Prints wall times and their ratio, our per-structure
-(unbatched) time too, and how far the final energies are apart.
+The same varied crystals (fastchgnet.data.random_crystals.varied_structures), FIRE with
+FrechetCellFilter, the same fmax and step limit for every code. Prints one row per code: wall
+time, total optimizer steps, speed-up over the reference; for the captured run (a
+``CompiledPotential`` with ``RELAX_COMPILE``: re-sizing to tighter shapes as structures
+converge) the compile seconds apart, the wall time with and without them, the capacities it
+made, the graphs it compiled, its padding waste (padding entries per real atom, bond and
+angle) and how many calls it ran eagerly; last, how far the final energies are apart.
 
-    python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500] [--compile]
+    python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500]
+        [--batch-size 64] [--no-compile] [--shrink-below 0.5] [--max-shapes 4] [--max-oversize 2]
 
-``--compile`` adds our batched relax through a ``CompiledPotential`` (inductor, one padded
-shape for the run unless a structure outgrows its headroom): its wall time with and without
-the compile seconds, and the graphs it built.
-
-OpenBLAS runs one thread (set before numpy loads) for both codes: ASE's cell filter does 3x3
+OpenBLAS runs one thread (set before numpy loads) for every code: ASE's cell filter does 3x3
 linear algebra that threads only slow down. Timings come from a shared machine.
 """
 
@@ -33,7 +34,7 @@ from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md import relax
-from fastchgnet.md.relax import RELAX_HEADROOM
+from fastchgnet.md.relax import RELAX_COMPILE
 
 #: final energies of the two codes should agree within this, eV/atom (FIRE stops anywhere
 #: with forces below fmax, and float32 noise differs between the codes)
@@ -61,66 +62,105 @@ def reference_relax(structures, fmax: float, steps: int) -> tuple[float, list[fl
     return wall, energies, [len(o["trajectory"]) - 2 for o in outcomes]
 
 
-def main() -> None:
+def timed_relax(structures, model, **options) -> tuple[float, np.ndarray, int, int]:
+    """Wall time, final energies (eV/atom), total steps and converged count of our relax."""
+    start = time.perf_counter()
+    results = relax(structures, model, **options)
+    wall = time.perf_counter() - start
+    energies = np.array([r.energy_per_atom for r in results])
+    return wall, energies, sum(r.steps for r in results), sum(r.converged for r in results)
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32, help="structures")
     parser.add_argument("--max-atoms", type=int, default=16)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--fmax", type=float, default=0.1, help="eV/Å")
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (both codes)")
+    parser.add_argument("--batch-size", type=int, default=64, help="structures relaxing at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (every code)")
     parser.add_argument("--skip-one-by-one", action="store_true", help="skip our unbatched run")
+    parser.add_argument("--no-compile", action="store_true", help="skip the captured run")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument(
-        "--compile", action="store_true", help="also batched through the compiled model (inductor)"
+        "--shrink-below",
+        type=float,
+        default=RELAX_COMPILE["shrink_below"],
+        help="re-size when a tighter capacity needs at most this fraction (0: never)",
     )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--max-shapes", type=int, default=RELAX_COMPILE["max_shapes"])
+    parser.add_argument(
+        "--max-oversize",
+        type=float,
+        default=RELAX_COMPILE["max_oversize"],
+        help="run a call eagerly in a capacity this many times a fresh one for it (0: never)",
+    )
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
     structures = varied_structures(args.n, seed=args.seed, max_atoms=args.max_atoms)
     sizes = [len(s) for s in structures]
     print(
         f"{args.n} varied crystals ({min(sizes)}-{max(sizes)} atoms, {sum(sizes)} in all), "
-        f"FIRE + FrechetCellFilter, fmax {args.fmax} eV/Å, at most {args.steps} steps; "
-        f"torch {torch.__version__}, {args.threads} thread(s), shared machine"
+        f"FIRE + FrechetCellFilter, fmax {args.fmax} eV/Å, at most {args.steps} steps, "
+        f"batch size {args.batch_size}; torch {torch.__version__}, {args.threads} thread(s), "
+        "shared machine"
     )
     model = FastCHGNet.from_reference("0.3.0")
-    start = time.perf_counter()
-    batched = relax(structures, model, fmax=args.fmax, steps=args.steps)
-    t_batched = time.perf_counter() - start
+    options = dict(fmax=args.fmax, steps=args.steps, batch_size=args.batch_size)
+    rows: list[tuple[str, float, int, str]] = []
+    t_eager, ours, steps_eager, converged = timed_relax(structures, model, **options)
+    rows.append(("ours, batched, eager", t_eager, steps_eager, f"converged {converged}/{args.n}"))
     if not args.skip_one_by_one:
-        start = time.perf_counter()
-        relax(structures, model, fmax=args.fmax, steps=args.steps, batched=False)
-        t_single = time.perf_counter() - start
-    if args.compile:
-        potential = CompiledPotential(model, headroom=RELAX_HEADROOM)
-        start = time.perf_counter()
-        compiled = relax(structures, potential, fmax=args.fmax, steps=args.steps)
-        t_compiled = time.perf_counter() - start
-        compiled_energies = np.array([r.energy_per_atom for r in compiled])
+        t_single, _, steps_single, _ = timed_relax(structures, model, batched=False, **options)
+        rows.append(("ours, ASE per structure (unbatched)", t_single, steps_single, ""))
+    if not args.no_compile:
+        potential = CompiledPotential(
+            model,
+            backend=args.backend,
+            headroom=RELAX_COMPILE["headroom"],
+            shrink_below=args.shrink_below or None,
+            max_shapes=args.max_shapes,
+            max_oversize=args.max_oversize or None,
+        )
+        t_captured, captured, steps_captured, _ = timed_relax(structures, potential, **options)
+        compile_s = potential.compile_seconds
+        waste = potential.padding.report()
+        note = (
+            f"{len(potential.capacities)} capacities, {potential.graphs_built} graphs; padding "
+            f"waste {100 * waste['waste']:.0f} % over {waste['batches']} calls, "
+            f"{potential.eager_calls} of them eager; "
+            f"|captured - eager| final energy max {np.abs(captured - ours).max() * 1e3:.3f} "
+            "meV/atom"
+        )
+        rows.append(
+            (f"ours, batched, {args.backend}, with compile", t_captured, steps_captured, "")
+        )
+        rows.append(
+            (
+                f"  the same without its {compile_s:.1f} s compile",
+                t_captured - compile_s,
+                steps_captured,
+                note,
+            )
+        )
     t_ref, ref_energies, ref_steps = reference_relax(structures, args.fmax, args.steps)
+    rows.insert(0, ("reference StructOptimizer, one by one", t_ref, sum(ref_steps), ""))
 
-    ours = np.array([r.energy_per_atom for r in batched])
+    print(f"{'run':<46} {'wall s':>8} {'steps':>6} {'vs ref':>7}")
+    for name, wall, steps, note in rows:
+        print(f"{name:<46} {wall:8.1f} {steps:6d} {t_ref / wall:6.1f}x  {note}")
+    if not args.no_compile:
+        run_s = t_captured - compile_s
+        print(
+            f"captured / eager wall, without compile: {run_s / t_eager:.2f} "
+            f"({run_s:.1f} s vs {t_eager:.1f} s); with compile: {t_captured / t_eager:.2f}"
+        )
     difference = np.abs(ours - np.array(ref_energies))
-    converged = sum(r.converged for r in batched)
-    print(f"reference StructOptimizer, one by one : {t_ref:8.1f} s")
-    if not args.skip_one_by_one:
-        print(
-            f"ours, ASE per structure (unbatched)   : {t_single:8.1f} s  ({t_ref / t_single:.1f}x)"
-        )
-    print(f"ours, batched lockstep                : {t_batched:8.1f} s  ({t_ref / t_batched:.1f}x)")
-    if args.compile:
-        t_run = t_compiled - potential.compile_seconds
-        apart = np.abs(compiled_energies - ours).max() * 1e3
-        print(
-            f"ours, batched lockstep, compiled      : {t_compiled:8.1f} s  "
-            f"({t_ref / t_compiled:.1f}x); without its {potential.compile_seconds:.1f} s compile "
-            f"({potential.graphs_built} graphs): {t_run:.1f} s ({t_ref / t_run:.1f}x); "
-            f"|compiled - eager| final energy max {apart:.3f} meV/atom"
-        )
-    print(
-        f"steps: ours {sum(r.steps for r in batched)}, reference {sum(ref_steps)}; "
-        f"converged: ours {converged}/{args.n}"
-    )
     within = int((difference < ENERGY_TOLERANCE).sum())
     print(
         f"final energy |ours - reference|: max {difference.max() * 1e3:.3f} meV/atom, "

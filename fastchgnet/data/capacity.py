@@ -192,11 +192,11 @@ class PaddingTally:
     real: int = 0
     padded: int = 0
 
-    def add(self, real: int, capacity: Capacity) -> None:
-        """Count one batch with ``real`` entries padded to ``capacity``."""
+    def add(self, real: int, capacity: Capacity | None) -> None:
+        """Count one batch with ``real`` entries padded to ``capacity`` (None: unpadded)."""
         self.batches += 1
         self.real += real
-        self.padded += entries(capacity) - real
+        self.padded += 0 if capacity is None else entries(capacity) - real
 
     @property
     def waste(self) -> float:

@@ -10,10 +10,12 @@ slots free up. The optimizer maths is ASE's, so both paths follow the same traje
 to floating-point noise from batching).
 
 Compiled (``compiled=True``: a ``CompiledPotential`` with ``RELAX_COMPILE``), every
-calculator shares one potential: the first call fixes a padded capacity with headroom; once
-the queue runs dry and the active structures need at most ``RELAX_SHRINK_BELOW`` of its
-entries, the potential switches to a tighter capacity (one more compile, logged), up to
-``RELAX_MAX_SHAPES`` shapes in a run, so the calls get cheaper as structures converge.
+calculator shares one potential: the first call fixes a padded capacity with headroom, a call
+that outgrows it grows it, and once the active structures need at most ``RELAX_SHRINK_BELOW``
+of its entries (the input ran dry and structures converged) it switches to a tighter one, each
+shape compiled once and logged. Past ``RELAX_MAX_SHAPES`` shapes, or in a capacity more than
+``RELAX_MAX_OVERSIZE`` times the size a fresh one for it would have, a call runs eagerly
+instead, so the captured run is never much slower per step than the eager one.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 RELAX_HEADROOM = 0.3
 #: shrink to a tighter capacity once one would hold at most this fraction of the current one
 RELAX_SHRINK_BELOW = 0.5
-#: most capacities (compiled shapes per stress setting) that shrinking makes in one run
+#: most capacities (compiled shapes per stress setting) in one run, growth and shrinks together
 RELAX_MAX_SHAPES = 4
+#: a call whose capacity is more than this many times a fresh one for it runs eagerly (when no
+#: shape is left to shrink to: 1 / RELAX_SHRINK_BELOW)
+RELAX_MAX_OVERSIZE = 2.0
 #: the ``CompiledPotential`` options of ``relax(compiled=True)``
 RELAX_COMPILE = {
     "headroom": RELAX_HEADROOM,
     "shrink_below": RELAX_SHRINK_BELOW,
     "max_shapes": RELAX_MAX_SHAPES,
+    "max_oversize": RELAX_MAX_OVERSIZE,
 }
 
 

@@ -82,3 +82,20 @@ def test_resized_relaxation_ends_where_the_unpadded_eager_one_does(model, caplog
         assert a.energy == pytest.approx(b.energy, abs=1e-4)
         np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-4)
         np.testing.assert_allclose(a.atoms.cell.array, b.atoms.cell.array, atol=1e-4)
+
+
+def test_past_max_shapes_or_max_oversize_calls_run_eagerly_unpadded(graphs):
+    model = small_model("direct", torch.float64).eval()
+    bounded = CompiledPotential(model, eager=True, max_shapes=1)
+    frugal = CompiledPotential(model, eager=True, max_oversize=2.0)
+    for potential in (bounded, frugal):
+        first, second = (graphs[:1], graphs) if potential is bounded else (graphs, graphs[:1])
+        evaluate_graphs(potential, first, stress=False)
+        out = evaluate_graphs(potential, second, stress=False)  # too big / too small for it
+        eager = evaluate_graphs(model, second, stress=False)
+        for a, b in zip(out, eager, strict=True):
+            np.testing.assert_allclose(a["forces"], b["forces"], rtol=1e-10, atol=1e-10)
+        assert (len(potential.capacities), potential.eager_calls) == (1, 1)
+        report = potential.padding.report()
+        assert report["padded"] == entries(potential.capacities[0]) - Counts.of(first).entries
+    assert bounded.capacity_for(graphs) is None  # a new shape would pass the bound
