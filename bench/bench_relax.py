@@ -10,6 +10,7 @@ angle) and how many calls it ran eagerly; last, how far the final energies are a
 
     python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500]
         [--batch-size 64] [--no-compile] [--shrink-below 0.5] [--max-shapes 4] [--max-oversize 2]
+        [--patience 10]
 
 OpenBLAS runs one thread (set before numpy loads) for every code: ASE's cell filter does 3x3
 linear algebra that threads only slow down. Timings come from a shared machine.
@@ -91,6 +92,12 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--max-shapes", type=int, default=RELAX_COMPILE["max_shapes"])
     parser.add_argument(
+        "--patience",
+        type=int,
+        default=RELAX_COMPILE["patience"],
+        help="eager calls before a new capacity is made for graphs that fit none",
+    )
+    parser.add_argument(
         "--max-oversize",
         type=float,
         default=RELAX_COMPILE["max_oversize"],
@@ -126,6 +133,7 @@ def main() -> None:
             shrink_below=args.shrink_below or None,
             max_shapes=args.max_shapes,
             max_oversize=args.max_oversize or None,
+            patience=args.patience,
         )
         t_captured, captured, steps_captured, _ = timed_relax(structures, potential, **options)
         compile_s = potential.compile_seconds

@@ -47,7 +47,12 @@ def add_commands(sub: Any) -> None:
     relax.add_argument(
         "--one-by-one", action="store_true", help="ASE's optimizer.run per structure, unbatched"
     )
-    relax.add_argument("--batch-size", type=int, default=64, help="structures per model call")
+    relax.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="structures relaxing at once, one model call a step; the next fills a freed slot",
+    )
     relax.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     relax.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     relax.set_defaults(func=cmd_relax)

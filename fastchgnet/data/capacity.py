@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
@@ -85,6 +85,11 @@ class Counts:
         if capacity.short_bonds is not None:
             values += [self.short_bonds, self.long_bonds]
         return np.array(values)
+
+
+def peak(counts: Sequence[Counts]) -> Counts:
+    """The largest of ``counts`` in every column: what a capacity for each of them needs."""
+    return Counts(*(max(column) for column in zip(*(astuple(c) for c in counts), strict=True)))
 
 
 def fits(capacity: Capacity, counts: Counts) -> bool:

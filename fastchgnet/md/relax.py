@@ -10,12 +10,13 @@ slots free up. The optimizer maths is ASE's, so both paths follow the same traje
 to floating-point noise from batching).
 
 Compiled (``compiled=True``: a ``CompiledPotential`` with ``RELAX_COMPILE``), every
-calculator shares one potential: the first call fixes a padded capacity with headroom, a call
-that outgrows it grows it, and once the active structures need at most ``RELAX_SHRINK_BELOW``
-of its entries (the input ran dry and structures converged) it switches to a tighter one, each
-shape compiled once and logged. Past ``RELAX_MAX_SHAPES`` shapes, or in a capacity more than
-``RELAX_MAX_OVERSIZE`` times the size a fresh one for it would have, a call runs eagerly
-instead, so the captured run is never much slower per step than the eager one.
+calculator shares one potential. After ``RELAX_PATIENCE`` eager calls (cells compress and
+gain bonds and angles fastest in the first steps) it makes a padded capacity with headroom for
+the largest of their counts, and grows it the same way when calls outgrow it. Once the active
+structures need at most ``RELAX_SHRINK_BELOW`` of its entries (the input ran dry, structures
+converged) it switches to a tighter one; each shape compiles once, logged. Past
+``RELAX_MAX_SHAPES`` shapes, or in a capacity more than ``RELAX_MAX_OVERSIZE`` times the size a
+fresh one would have, a call runs eagerly, so a captured step is never much slower than eager.
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ RELAX_MAX_SHAPES = 4
 #: a call whose capacity is more than this many times a fresh one for it runs eagerly (when no
 #: shape is left to shrink to: 1 / RELAX_SHRINK_BELOW)
 RELAX_MAX_OVERSIZE = 2.0
+#: eager calls before a first or grown capacity is made, for the largest counts among them
+RELAX_PATIENCE = 10
 #: the ``CompiledPotential`` options of ``relax(compiled=True)``
 RELAX_COMPILE = {
     "headroom": RELAX_HEADROOM,
     "shrink_below": RELAX_SHRINK_BELOW,
     "max_shapes": RELAX_MAX_SHAPES,
     "max_oversize": RELAX_MAX_OVERSIZE,
+    "patience": RELAX_PATIENCE,
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.data.capacity import Counts, entries, shrunk, with_headroom
+from fastchgnet.data.capacity import Counts, entries, fits, peak, shrunk, with_headroom
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import as_atoms, evaluate_graphs
@@ -71,7 +71,9 @@ def test_without_shrink_below_one_shape_serves_smaller_calls(graphs):
 def test_resized_relaxation_ends_where_the_unpadded_eager_one_does(model, caplog):
     crystals = [as_atoms(s) for s in varied_structures(5, seed=11, max_atoms=8)]
     queue = [crystals[k] for k in (2, 1, 0, 3, 4)]  # 12 and 8 atoms first, then 1, 2, 2
-    padded = CompiledPotential(model, eager=True, headroom=0.3, shrink_below=0.5, max_shapes=3)
+    padded = CompiledPotential(
+        model, eager=True, headroom=0.3, shrink_below=0.5, max_shapes=3, patience=2
+    )
     with caplog.at_level("INFO", logger="fastchgnet.compile"):
         resized = relax(iter(queue), padded, fmax=0.5, steps=12, batch_size=2)
     unpadded = relax(queue, model, fmax=0.5, steps=12, batch_size=2)
@@ -99,3 +101,20 @@ def test_past_max_shapes_or_max_oversize_calls_run_eagerly_unpadded(graphs):
         report = potential.padding.report()
         assert report["padded"] == entries(potential.capacities[0]) - Counts.of(first).entries
     assert bounded.capacity_for(graphs) is None  # a new shape would pass the bound
+
+
+def test_patience_runs_eagerly_then_makes_one_capacity_for_the_peak(graphs):
+    model = small_model("direct", torch.float64).eval()
+    potential = CompiledPotential(model, eager=True, patience=2)
+    calls = ([graphs[0]], [graphs[1]], [graphs[2], graphs[3]])
+    for chosen in calls:
+        out = evaluate_graphs(potential, chosen, stress=False)
+        eager = evaluate_graphs(model, chosen, stress=False)
+        for a, b in zip(out, eager, strict=True):
+            np.testing.assert_allclose(a["forces"], b["forces"], rtol=1e-10, atol=1e-10)
+    assert potential.eager_calls == 2
+    (capacity,) = potential.capacities
+    assert capacity == with_headroom(peak([Counts.of(c) for c in calls]), 0.2, 32)
+    assert all(fits(capacity, Counts.of(chosen)) for chosen in calls)
+    evaluate_graphs(potential, calls[1], stress=False)
+    assert (len(potential.capacities), potential.eager_calls) == (1, 2)
