@@ -156,6 +156,10 @@ def main() -> None:
                 note,
             )
         )
+        # the machine is shared: time eager again after the captured run, compare with the mean
+        t_again, _, _, _ = timed_relax(structures, model, **options)
+        rows.append(("ours, batched, eager, again after captured", t_again, steps_eager, ""))
+        t_eager = (t_eager + t_again) / 2
     t_ref, ref_energies, ref_steps = reference_relax(structures, args.fmax, args.steps)
     rows.insert(0, ("reference StructOptimizer, one by one", t_ref, sum(ref_steps), ""))
 
@@ -165,7 +169,8 @@ def main() -> None:
     if not args.no_compile:
         run_s = t_captured - compile_s
         print(
-            f"captured / eager wall, without compile: {run_s / t_eager:.2f} "
+            f"captured / eager wall (eager: mean of its two runs), without compile: "
+            f"{run_s / t_eager:.2f} "
             f"({run_s:.1f} s vs {t_eager:.1f} s); with compile: {t_captured / t_eager:.2f}"
         )
     difference = np.abs(ours - np.array(ref_energies))
