@@ -15,6 +15,11 @@ compile, logged (logger ``fastchgnet.compile``).
 Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``), so the
 bond-graph work stays that of the real short bonds plus their margin.
 
+On a CPU the programs are compiled ahead of time and kept in the on-disk store
+(``fastchgnet.compile.store``): a new process with the same config and shapes starts warm, in
+about a second. ``expected_compile_seconds`` says what a call would cost before making it,
+for the compile-or-not decision (``fastchgnet.compile.decide``).
+
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
 sharing the capacities.
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.store import CompiledStore, default_store
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.capacity import Capacity, Counts, fits, with_headroom
 from fastchgnet.data.graph import CrystalGraph
@@ -69,6 +75,8 @@ class CompiledPotential:
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
         eager: run the same padded programs without trace or compile (for comparisons).
+        store: on-disk store of CPU programs compiled ahead of time ("default": the folder
+            ``fastchgnet.compile.store.default_root`` names; None: compile in memory only).
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class CompiledPotential:
         headroom: float = 0.2,
         round_to: int = 32,
         eager: bool = False,
+        store: CompiledStore | str | None = "default",
     ) -> None:
         if headroom < 0 or round_to < 1:
             raise ValueError(f"need headroom >= 0 and round_to >= 1, got {headroom}, {round_to}")
@@ -87,6 +96,11 @@ class CompiledPotential:
         self.headroom = headroom
         self.round_to = round_to
         self.capacities: list[Capacity] = []
+        if store == "default":
+            store = default_store() if backend == "inductor" and not eager else None
+        if isinstance(store, str):
+            raise ValueError(f"store={store!r}: use 'default', None or a CompiledStore")
+        self.store = store
         # one captured program per (stress, features), built on first use, sharing capacities
         self.captured = {
             (stress, features): CapturedModel(
@@ -96,6 +110,7 @@ class CompiledPotential:
                 compute_forces=True,
                 compute_stress=stress,
                 features=features,
+                store=store,
             )
             for stress in (False, True)
             for features in (False, True)
@@ -111,6 +126,30 @@ class CompiledPotential:
     def compile_seconds(self) -> float:
         """Seconds spent tracing and compiling so far."""
         return sum(c.stats.compile_seconds for c in self.captured.values())
+
+    @property
+    def graphs_loaded(self) -> int:
+        """Graphs loaded ready-made from the on-disk store so far."""
+        return sum(c.stats.loaded for c in self.captured.values())
+
+    def expected_compile_seconds(
+        self, graphs: Sequence[CrystalGraph], *, stress: bool, cold_estimate: float
+    ) -> float:
+        """Seconds the first call for ``graphs`` would spend compiling: 0 when its shape is
+        compiled already in this process, about one (the load) when the on-disk store has it,
+        else ``cold_estimate``."""
+        captured = self.captured[stress, False]
+        parameter = next(iter(self.model.parameters()))
+        self.model.eval()
+        batch, _ = collate_padded(graphs, self.capacity_for(graphs), None, parameter.dtype)
+        batch = contiguous(batch.to(parameter.device))
+        with torch.no_grad():
+            if captured.is_compiled(batch):
+                return 0.0
+            key = captured.store_key("predict", batch, None)
+        if key is not None and self.store is not None and self.store.has(key):
+            return 1.0
+        return cold_estimate
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity:
         """The smallest known capacity ``graphs`` fit, else a new (grown) one, remembered."""
