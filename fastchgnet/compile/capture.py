@@ -37,7 +37,7 @@ from fastchgnet.compile.programs import (
     loss_program,
     predict_program,
 )
-from fastchgnet.compile.store import CompiledStore, program_key
+from fastchgnet.compile.store import CompiledStore, program_key, use_persistent_inductor_cache
 from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
@@ -216,6 +216,7 @@ class CapturedModel:
         stored = self._from_store(key, program, batch, labels)
         if stored is not None:
             return stored
+        use_persistent_inductor_cache()
         traced = trace_program(self.model, program, batch, labels)
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None

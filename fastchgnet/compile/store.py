@@ -10,6 +10,12 @@ Location: ``$FASTCHGNET_CACHE_DIR/compiled`` when that variable is set, else
 ``~/.cache/fastchgnet/compiled``. Delete the folder to clear it; ``FASTCHGNET_COMPILE_STORE=0``
 turns the store off (every process compiles afresh, in memory).
 
+The programs torch.compile builds in memory (training graphs, GPU graphs) use inductor's and
+AOTAutograd's own on-disk caches; ``use_persistent_inductor_cache`` points them at
+``$FASTCHGNET_CACHE_DIR/inductor`` (``~/.cache/fastchgnet/inductor``) unless
+``TORCHINDUCTOR_CACHE_DIR`` is set, instead of torch's default under /tmp, which many machines
+clear at boot.
+
 The key is the sha256 of everything a package depends on: torch's version, the package's own
 Python sources (any code change starts a new set of keys), the model config, the program
 (forces, stress, features), and every graph input's shape and dtype. Weights are graph inputs,
@@ -55,6 +61,14 @@ def default_root() -> Path | None:
     base = os.environ.get("FASTCHGNET_CACHE_DIR")
     root = Path(base) if base else Path.home() / ".cache" / "fastchgnet"
     return root / "compiled"
+
+
+def use_persistent_inductor_cache() -> None:
+    """Point inductor's cache at ``<cache root>/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR``
+    is set already or the store is turned off (call before the first compile)."""
+    root = default_root()
+    if root is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root.parent / "inductor"))
 
 
 @functools.lru_cache(maxsize=1)
