@@ -1,18 +1,18 @@
-"""The on-disk store of programs compiled ahead of time: keys, verification, warm starts."""
+"""The on-disk store of programs compiled ahead of time: keys, location, verification, and
+what a first call would cost. (A real build and a warm start that compiles nothing:
+tests/compile/test_potential.py, slow.)"""
 
 from __future__ import annotations
 
 import json
 import logging
 
-import pytest
 import torch
 
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.store import CompiledStore, default_root, program_key
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.random_crystals import varied_structures
-from fastchgnet.model.potential import EagerPotential
 
 from .conftest import small_model
 
@@ -76,30 +76,3 @@ def test_expected_compile_seconds_knows_the_store_and_this_process(tmp_path) -> 
     assert potential.expected_compile_seconds(found, stress=False, cold_estimate=55.0) == 1.0
     # the stress program is another key
     assert potential.expected_compile_seconds(found, stress=True, cold_estimate=55.0) == 55.0
-
-
-@pytest.mark.slow
-def test_a_warm_start_loads_the_stored_program_and_compiles_nothing(tmp_path) -> None:
-    model = small_model("conservative")
-    found = graphs()
-    expected = EagerPotential(model).predict_graphs(found, stress=True)
-    cold = CompiledPotential(model, store=CompiledStore(tmp_path))
-    first = cold.predict_graphs(found, stress=True)
-    assert cold.store.builds == 1
-    assert cold.graphs_loaded == 0
-    records = list(tmp_path.glob("*.json"))
-    assert len(records) == 1
-    assert json.loads(records[0].read_text())["compile_seconds"] > 0
-
-    warm = CompiledPotential(small_model("conservative"), store=CompiledStore(tmp_path))
-    second = warm.predict_graphs(found, stress=True)
-    assert warm.store.builds == 0
-    assert warm.store.loads == 1
-    assert warm.graphs_loaded == 1
-    assert warm.compile_seconds == 0.0
-    assert warm.captured[True, False].stats.load_seconds < 10
-    for prediction in (first, second):
-        for name in ("energy", "forces", "stress", "magmoms"):
-            torch.testing.assert_close(
-                getattr(prediction, name), getattr(expected, name), atol=2e-5, rtol=1e-4
-            )
