@@ -6,10 +6,15 @@ absent) and a 64-atom supercell. NVT Berendsen at 300 K, 2 fs (the reference's d
 thermostat for NVT). Ours is timed eager as run (stress only when asked: never in NVT), eager
 with stress on every step (the reference's work), and compiled (``CompiledPotential``,
 inductor, one padded shape with headroom, as run: no stress). The compile happens before the
-timing (its seconds are printed apart; inductor caches compiled code on disk, so a second run
-of this script compiles faster). The graph/model split of our step is printed.
+timing (its seconds are printed apart). By default the compile caches start empty (a fresh
+temporary folder for our store and inductor's), so that is a cold compile; ``--warm`` keeps the
+user's caches. Then the default-settings table: what ``run_md`` with no options does over
+``--md-steps`` (2000) steps (compile only where it pays, decided as ``run_md`` decides it), its
+total time with the compile, against the reference as shipped and with denormals flushed
+(``flush_denormals``, one line a chgnet user can add). Totals are the per-step times times
+the steps, plus the measured compile. The graph/model split of our step is printed.
 
-    python bench/bench_md.py [--steps 40] [--threads 1] [--nve-steps 200]
+    python bench/bench_md.py [--steps 40] [--threads 1] [--nve-steps 200] [--md-steps 2000]
 
 OpenBLAS runs one thread (set before numpy loads): ASE's small linear algebra gains nothing
 from more and loses much on a shared machine. Both codes run under the same settings.
@@ -24,6 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # after the OpenBLAS setting, which must precede numpy
 import contextlib
 import io
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +46,7 @@ from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.batch import collate
 from fastchgnet.md import Calculator, make_integrator
+from fastchgnet.md.dynamics import md_compile_decision
 from fastchgnet.numerics import flush_denormals
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
@@ -111,16 +118,28 @@ def step_split(
     return graph_time, eager_time, (time.perf_counter() - start) / repeats
 
 
-def compiled_md(atoms: Atoms, model: FastCHGNet) -> tuple[object, CompiledPotential, float]:
-    """(dynamics, potential, compile seconds) of our compiled calculator on ``atoms``: the
-    first force call traces and compiles the step's graph, before any timing."""
-    potential = CompiledPotential(model, backend="inductor")
+def compiled_md(atoms: Atoms, potential: CompiledPotential) -> tuple[object, float]:
+    """(dynamics, compile seconds) of our compiled calculator on ``atoms``: the first force
+    call traces and compiles the step's graph (or loads it from the store), before any
+    timing."""
     atoms.calc = Calculator(potential)
     start = time.perf_counter()
     atoms.get_forces()
     compile_seconds = time.perf_counter() - start
     dyn = make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
-    return dyn, potential, compile_seconds
+    return dyn, compile_seconds
+
+
+def flushed(dyn):
+    """``dyn`` whose ``run`` flushes denormals (the one line a chgnet user can add)."""
+    run = dyn.run
+
+    def run_flushed(steps: int):
+        with flush_denormals():
+            return run(steps)
+
+    dyn.run = run_flushed
+    return dyn
 
 
 def nve_drift(atoms: Atoms, calc, steps: int, timestep: float) -> tuple[float, float]:
@@ -145,8 +164,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both codes)")
     parser.add_argument("--nve-steps", type=int, default=200, help="0 skips the NVE drift")
     parser.add_argument("--nve-timestep", type=float, default=1.0, help="fs")
+    parser.add_argument(
+        "--md-steps", type=int, default=2000, help="run length of the default-settings table"
+    )
+    parser.add_argument(
+        "--warm", action="store_true", help="keep the compile caches (default: empty ones)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.warm:  # a cold start: our store and inductor's cache in a fresh folder
+        folder = tempfile.mkdtemp(prefix="bench-md-")
+        os.environ["FASTCHGNET_CACHE_DIR"] = folder
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(folder, "inductor")
 
     from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
@@ -166,27 +195,59 @@ def main() -> None:
     )  # fmt: skip
     columns = "{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s} {:>12s} {:>7s} {:>10s} {:>7s}"
     print(columns.format(*header))
-    potentials = {}
+    potentials, defaults = {}, {}
     for name, atoms in structures.items():
         start = thermalised(atoms)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t_ref = time_per_step(reference_md(start.copy(), reference), args.steps, args.warmup)
+            t_ref_flushed = time_per_step(
+                flushed(reference_md(start.copy(), reference)), args.steps, args.warmup
+            )
         timings = []
         for always_stress in (False, True):
             mine = start.copy()
             mine.calc = Calculator(ours, always_stress=always_stress)
             dyn = make_integrator(mine, "nvt", "berendsen", temperature=300, timestep=2.0)
             timings.append(time_per_step(dyn, args.steps, args.warmup))
-        dyn, potential, compile_seconds = compiled_md(start.copy(), ours)
+        # run_md's default: compile only where it pays over --md-steps (decided as run_md does)
+        decision, potential = md_compile_decision(mine, ours, args.md_steps, stress=False)
+        dyn, compile_seconds = compiled_md(start.copy(), potential)  # cold: a fresh store
         t_compiled = time_per_step(dyn, args.steps, args.warmup)
         potentials[name] = potential
+        ours_total = (
+            compile_seconds + args.md_steps * t_compiled
+            if decision.compile
+            else args.md_steps * timings[0]
+        )
+        defaults[name] = (
+            decision,
+            ours_total,
+            args.md_steps * t_ref,
+            args.md_steps * t_ref_flushed,
+        )
         print(
             f"{name:26s} {t_ref * 1e3:13.2f} {timings[0] * 1e3:9.2f} {t_ref / timings[0]:6.2f}x"
             f" {timings[1] * 1e3:15.2f} {t_ref / timings[1]:6.2f}x"
             f" {t_compiled * 1e3:12.2f} {t_ref / t_compiled:6.2f}x {compile_seconds:10.1f}"
             f" {potential.graphs_built:7d}"
         )
+    print(
+        f"\nrun_md's default settings over {args.md_steps} steps, compile included (totals from "
+        "the per-step times above and the measured cold compile; reference as shipped and with "
+        "denormals flushed)"
+    )
+    print(
+        f"{'structure':26s} {'decision':9s} {'ours s':>8s} {'reference s':>12s} {'ratio':>7s} "
+        f"{'flushed s':>10s} {'ratio':>7s}"
+    )
+    for name, (decision, ours_total, ref_total, ref_flushed_total) in defaults.items():
+        print(
+            f"{name:26s} {'compile' if decision.compile else 'eager':9s} {ours_total:8.1f} "
+            f"{ref_total:12.1f} {ref_total / ours_total:6.2f}x {ref_flushed_total:10.1f} "
+            f"{ref_flushed_total / ours_total:6.2f}x"
+        )
+        print(f"{'':26s} {decision.reason}")
     print(
         "\nwhere our step goes (ms): skin graph update | collate + eager model | "
         "pad + compiled model (energy, forces)"

@@ -56,3 +56,18 @@ def one_thread():
         with threadpool_limits(limits=1, user_api="blas"):
             yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def compiled_store_in_a_temporary_folder(tmp_path_factory):
+    """Programs compiled ahead of time go to a folder of this test session, never to the
+    user's ~/.cache (``fastchgnet.compile.store.default_root`` reads the variable per call)."""
+    import os
+
+    before = os.environ.get("FASTCHGNET_CACHE_DIR")
+    os.environ["FASTCHGNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastchgnet-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FASTCHGNET_CACHE_DIR", None)
+    else:
+        os.environ["FASTCHGNET_CACHE_DIR"] = before

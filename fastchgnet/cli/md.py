@@ -26,6 +26,13 @@ COMPILE_HELP = (
     "faster steps, but the first step compiles (tens of seconds on CPU; cached on disk for "
     "the same shapes), so it pays off for long runs; off by default"
 )
+MD_COMPILE_HELP = (
+    "compile the model for the run's padded shape: 'on', 'off', or 'auto' (default): on when "
+    "the compile costs less than it saves over --steps (a cold CPU compile takes about a "
+    "minute, a shape already in the on-disk store about a second); the decision and its "
+    "reason are printed"
+)
+COMPILE_CHOICES = {"auto": None, "on": True, "off": False}
 
 
 def add_commands(sub: Any) -> None:
@@ -80,7 +87,9 @@ def add_commands(sub: Any) -> None:
     md.add_argument("--taup", type=float, help="barostat time, fs (default 1000 timesteps)")
     md.add_argument("--bulk-modulus", type=float, default=100.0, help="Berendsen NPT, GPa")
     md.add_argument("--seed", type=int, help="random seed (velocities, Langevin, Bussi)")
-    md.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    md.add_argument(
+        "--compile", choices=list(COMPILE_CHOICES), default="auto", help=MD_COMPILE_HELP
+    )
     md.add_argument("--quiet", action="store_true", help="no progress bar")
     md.set_defaults(func=cmd_md)
 
@@ -152,7 +161,7 @@ def cmd_md(args: argparse.Namespace) -> None:
         taup=args.taup,
         pressure=args.pressure,
         bulk_modulus=args.bulk_modulus,
-        compiled=args.compile,
+        compiled=COMPILE_CHOICES[args.compile],
     )
 
 

@@ -13,6 +13,10 @@ compiled graph (and its backward) is replayed as a CUDA graph, inputs copied int
 buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
 ``eager=True`` runs the model as it is (same programs, no trace, no compile).
 
+With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction graph without
+gradients is compiled ahead of time (AOTInductor) and kept on disk: a later process with the
+same config and shape loads it in well under a second instead of tracing and compiling again.
+
 Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time;
 ``stats`` also holds dynamo's own count of compiled frames, so a guard failure that recompiles
 a graph shows up as frames > graphs.
@@ -33,6 +37,7 @@ from fastchgnet.compile.programs import (
     loss_program,
     predict_program,
 )
+from fastchgnet.compile.store import CompiledStore, program_key, use_persistent_inductor_cache
 from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
@@ -44,11 +49,14 @@ log = logging.getLogger("fastchgnet.compile")
 
 @dataclass
 class CaptureStats:
-    """Graphs built (one per shape, program and grad mode), seconds spent tracing and
-    compiling them (first call of each), and dynamo's compiled-frame count since creation."""
+    """Graphs built (one per shape, program and grad mode; ``loaded`` of them came from the
+    on-disk store, in ``load_seconds``), seconds spent tracing and compiling the others (first
+    call of each), and dynamo's compiled-frame count since creation."""
 
     graphs: int = 0
     compile_seconds: float = 0.0
+    loaded: int = 0
+    load_seconds: float = 0.0
     keys: list[tuple] = field(default_factory=list)
     frames_at_start: int = 0
 
@@ -92,6 +100,8 @@ class CapturedModel:
         cuda_graphs: replay as CUDA graphs ("reduce-overhead"); default: on for CUDA inputs.
         compute_forces, compute_stress, features: what the programs predict (``features``:
             atom and crystal features too, prediction only).
+        store: keep CPU prediction graphs (no gradients, inductor) compiled ahead of time in
+            this on-disk store and load them from there (None: compile in memory each process).
     """
 
     def __init__(
@@ -105,8 +115,10 @@ class CapturedModel:
         compute_forces: bool = True,
         compute_stress: bool = True,
         features: bool = False,
+        store: CompiledStore | None = None,
     ):
         self.model = model
+        self.store = store
         self.loss_config = loss_config or LossConfig()
         self.backend = backend
         self.eager = eager
@@ -116,6 +128,7 @@ class CapturedModel:
         self.features = features
         self.stats = CaptureStats(frames_at_start=_dynamo_frames())
         self._compiled: dict[tuple, object] = {}
+        self._stored: set[tuple] = set()
         self._trace_seconds = 0.0
 
     # ------------------------------------------------------------------ public
@@ -152,6 +165,8 @@ class CapturedModel:
         if self._use_cuda_graphs(batch) and self.backend == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
         _, state = model_state(self.model)
+        if key in self._stored:  # ahead-of-time compiled: nothing compiles on the first call
+            return tuple(compiled(*state, *batch_inputs(batch, labels)))
         start = time.perf_counter() if key not in self.stats.keys else None
         outputs = compiled(*state, *batch_inputs(batch, labels))
         if start is not None:  # the first call compiles (torch.compile is lazy)
@@ -166,10 +181,42 @@ class CapturedModel:
             )
         return tuple(outputs)
 
+    def is_compiled(self, batch: GraphBatch, kind: str = "predict") -> bool:
+        """Whether this process already holds the compiled ``kind`` program for ``batch``'s
+        shape (in the current grad and train modes)."""
+        key = (kind, torch.is_grad_enabled(), self.model.training, *shape_key(batch, None))
+        return key in self._compiled
+
+    def store_key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> str | None:
+        """The on-disk store key of this call's program, or None when it would not be stored
+        (no store, gradients on, training mode, not CPU, not inductor, or eager)."""
+        usable = (
+            self.store is not None
+            and kind == "predict"
+            and not torch.is_grad_enabled()
+            and not self.model.training
+            and not self.eager
+            and self.backend == "inductor"
+            and batch.lattice.device.type == "cpu"
+        )
+        if not usable:
+            return None
+        _, state = model_state(self.model)
+        name = (
+            f"predict(forces={self.compute_forces}, stress={self.compute_stress}, "
+            f"features={self.features})"
+        )
+        inputs = [*state, *batch_inputs(batch, labels)]
+        return program_key(self.model.config, name, inputs, batch.n_short_bonds)
+
     def _build(
         self, key: tuple, program: Program, batch: GraphBatch, labels: LabelBatch | None
     ) -> object:
         start = time.perf_counter()
+        stored = self._from_store(key, program, batch, labels)
+        if stored is not None:
+            return stored
+        use_persistent_inductor_cache()
         traced = trace_program(self.model, program, batch, labels)
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None
@@ -181,3 +228,44 @@ class CapturedModel:
         self.stats.graphs += 1
         self._compiled[key] = compiled
         return compiled
+
+    def _from_store(
+        self, key: tuple, program: Program, batch: GraphBatch, labels: LabelBatch | None
+    ) -> object | None:
+        """The program from the on-disk store (loaded, or built there and loaded), or None
+        when this call's program is not one the store keeps."""
+        store_key = self.store_key(key[0], batch, labels)
+        if store_key is None or self.store is None:
+            return None
+        start = time.perf_counter()
+        runner = self.store.load(store_key)
+        if runner is not None:
+            self.stats.loaded += 1
+            self.stats.load_seconds += time.perf_counter() - start
+            log.info(
+                "graph %d (%s, shapes %s): loaded from %s in %.2f s",
+                self.stats.graphs,
+                key[0],
+                key[3][:1],
+                self.store.root,
+                time.perf_counter() - start,
+            )
+        else:
+            traced = trace_program(self.model, program, batch, labels)
+            _, state = model_state(self.model)
+            about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
+            runner = self.store.build(store_key, traced, [*state, *batch_inputs(batch)], about)
+            self.stats.compile_seconds += time.perf_counter() - start
+            log.info(
+                "graph %d (%s, shapes %s): compiled ahead of time in %.1f s, stored in %s",
+                self.stats.graphs,
+                key[0],
+                key[3][:1],
+                time.perf_counter() - start,
+                self.store.root,
+            )
+        self.stats.graphs += 1
+        self.stats.keys.append(key)
+        self._compiled[key] = runner
+        self._stored.add(key)
+        return runner

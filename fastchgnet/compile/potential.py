@@ -19,18 +19,23 @@ When the graphs of a call fit a known capacity but a fresh one with headroom
 capacity is made and used: a relaxation whose structures converge and leave gets cheaper
 calls, each shrink at least halving the work (``shrink_below=0.5``). At most ``max_shapes``
 capacities are made (growth and shrinks together); a call that would need one more runs the
-model eagerly, unpadded, instead of compiling. With ``patience``, graphs that fit no capacity
-run eagerly for that many calls first, and the capacity then made holds the largest counts
-seen meanwhile: a relaxation's first steps, where compressed cells gain bonds and angles
-fast (5x the angles in 10 steps in bench_relax), would otherwise compile a shape every
-few steps. So does a call whose capacity holds more than
+model eagerly, unpadded, instead of compiling. So does a call whose capacity holds more than
 ``max_oversize`` times the entries of a fresh one for it: on this CPU a compiled call at a
 tight capacity was 1.6x faster than eager (16 structures), and 2x slower than eager in a
-capacity four times too large. ``padding`` tallies every call's real and padding entries
-(atoms + bonds + angles; an eager call adds none), ``eager_calls`` counts the eager ones.
+capacity four times too large. With ``patience``, graphs that fit no capacity run eagerly
+for that many calls first, and the capacity then made holds the largest counts seen
+meanwhile: a relaxation's first steps, where compressed cells gain bonds and angles fast
+(5x the angles in 10 steps in bench_relax), would otherwise compile a shape every few steps.
+``padding`` tallies every call's real and padding entries (atoms + bonds + angles; an eager
+call adds none), ``eager_calls`` counts the eager ones.
 
 Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``), so the
 bond-graph work stays that of the real short bonds plus their margin.
+
+On a CPU the programs are compiled ahead of time and kept in the on-disk store
+(``fastchgnet.compile.store``): a new process with the same config and shapes starts warm, in
+about a second. ``expected_compile_seconds`` says what a call would cost before making it,
+for the compile-or-not decision (``fastchgnet.compile.decide``).
 
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
@@ -47,6 +52,7 @@ import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.store import CompiledStore, default_store
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.capacity import (
     Capacity,
@@ -92,6 +98,8 @@ class CompiledPotential:
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
         eager: run the same padded programs without trace or compile (for comparisons).
+        store: on-disk store of CPU programs compiled ahead of time ("default": the folder
+            ``fastchgnet.compile.store.default_root`` names; None: compile in memory only).
         shrink_below: make a tighter capacity when one would hold at most this fraction of
             the entries of the smallest known capacity that fits (None: never shrink).
         max_shapes: most capacities (each one compiled graph per program); a call needing
@@ -110,6 +118,7 @@ class CompiledPotential:
         headroom: float = 0.2,
         round_to: int = 32,
         eager: bool = False,
+        store: CompiledStore | str | None = "default",
         shrink_below: float | None = None,
         max_shapes: int | None = None,
         max_oversize: float | None = None,
@@ -140,6 +149,11 @@ class CompiledPotential:
         self.headroom = headroom
         self.round_to = round_to
         self.capacities: list[Capacity] = []
+        if store == "default":
+            store = default_store() if backend == "inductor" and not eager else None
+        if isinstance(store, str):
+            raise ValueError(f"store={store!r}: use 'default', None or a CompiledStore")
+        self.store = store
         # one captured program per (stress, features), built on first use, sharing capacities
         self.captured = {
             (stress, features): CapturedModel(
@@ -149,6 +163,7 @@ class CompiledPotential:
                 compute_forces=True,
                 compute_stress=stress,
                 features=features,
+                store=store,
             )
             for stress in (False, True)
             for features in (False, True)
@@ -164,6 +179,33 @@ class CompiledPotential:
     def compile_seconds(self) -> float:
         """Seconds spent tracing and compiling so far."""
         return sum(c.stats.compile_seconds for c in self.captured.values())
+
+    @property
+    def graphs_loaded(self) -> int:
+        """Graphs loaded ready-made from the on-disk store so far."""
+        return sum(c.stats.loaded for c in self.captured.values())
+
+    def expected_compile_seconds(
+        self, graphs: Sequence[CrystalGraph], *, stress: bool, cold_estimate: float
+    ) -> float:
+        """Seconds the first call for ``graphs`` would spend compiling: 0 when its shape is
+        compiled already in this process or when it would run eagerly (see ``max_shapes``), about
+        one (the load) when the on-disk store has it, else ``cold_estimate``."""
+        captured = self.captured[stress, False]
+        parameter = next(iter(self.model.parameters()))
+        self.model.eval()
+        capacity = self.capacity_for(graphs)
+        if capacity is None:  # the call runs eagerly
+            return 0.0
+        batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
+        batch = contiguous(batch.to(parameter.device))
+        with torch.no_grad():
+            if captured.is_compiled(batch):
+                return 0.0
+            key = captured.store_key("predict", batch, None)
+        if key is not None and self.store is not None and self.store.has(key):
+            return 1.0
+        return cold_estimate
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity | None:
         """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),

@@ -7,11 +7,15 @@ modulus GPa, Langevin friction 1/fs. ASE's own units are applied here, once.
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import all_changes
 from ase.constraints import FixCom
 from ase.md import MDLogger
 from ase.md.bussi import Bussi
@@ -24,8 +28,13 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from fastchgnet.md.calculator import Calculator, as_atoms
+from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential
 from fastchgnet.model.potential import Potential
+
+if TYPE_CHECKING:
+    from fastchgnet.compile.decide import CompileDecision
+
+log = logging.getLogger("fastchgnet.md")
 
 Ensemble = Literal["nve", "nvt", "npt"]
 THERMOSTATS: dict[str, tuple[str, ...]] = {
@@ -132,7 +141,7 @@ def run_md(
     progress: bool = True,
     seed: int | None = None,
     skin: float = 1.0,
-    compiled: bool = False,
+    compiled: bool | None = None,
     **integrator: Any,
 ) -> Atoms:
     """Run molecular dynamics on one structure.
@@ -153,7 +162,10 @@ def run_md(
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
         compiled: run a plain model as a ``CompiledPotential`` (inductor, one fixed shape for
-            the run; compiling costs tens of seconds on CPU, so it pays off for long runs).
+            the run); None (default): compile when it pays over ``steps``
+            (``fastchgnet.compile.decide``: a cold CPU compile costs about a minute, a warm
+            start from the on-disk store about a second); the decision and its reason are
+            logged (logger ``fastchgnet.md``) and printed with the progress bar.
 
     Returns:
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
@@ -166,10 +178,19 @@ def run_md(
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
     # barostats ask for stress every step: compute it with the forces, in one call
-    atoms.calc = Calculator(
-        model, skin=skin, always_stress=ensemble.lower() == "npt", compiled=compiled
-    )
+    stress = ensemble.lower() == "npt"
+    atoms.calc = Calculator(model, skin=skin, always_stress=stress, compiled=bool(compiled))
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
+    if compiled is None:
+        decided = md_compile_decision(atoms, model, steps, stress)
+        if decided is not None:
+            decision, potential = decided
+            log.info(decision.reason)
+            if progress:
+                print(decision.reason, file=sys.stderr)
+            if decision.compile:
+                atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
+                atoms.get_forces()
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     if starting_temperature is not None:
@@ -198,6 +219,30 @@ def run_md(
     if trajectory is not None and hasattr(writer, "close"):
         writer.close()
     return atoms
+
+
+def md_compile_decision(
+    atoms: Atoms, model: Any, steps: int, stress: bool
+) -> tuple[CompileDecision, Potential] | None:
+    """Whether ``steps`` MD steps of ``atoms`` (carrying an eager Calculator of ``model``) gain
+    from compiling, and the ``CompiledPotential`` to run if so: one eager force call is timed,
+    the compile cost is what that potential expects for the shape (see
+    ``fastchgnet.compile.decide``). None when ``model`` is not a plain FastCHGNet (a given
+    potential is used as it is)."""
+    from fastchgnet.compile.decide import cold_estimate, decide
+    from fastchgnet.model.chgnet import FastCHGNet
+
+    if not isinstance(model, FastCHGNet):
+        return None
+    calc = atoms.calc
+    start = time.perf_counter()
+    calc.calculate(atoms, ["energy", "forces"], list(all_changes))
+    eager_seconds = time.perf_counter() - start
+    potential = compiled_potential(model)
+    expected = potential.expected_compile_seconds(
+        [calc.graph(atoms)], stress=stress, cold_estimate=cold_estimate(potential.store)
+    )
+    return decide(steps, eager_seconds, expected, what=f"{steps}-step MD"), potential
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:

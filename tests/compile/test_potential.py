@@ -163,15 +163,30 @@ def test_batched_relax_with_compiled_potential_matches_eager(model64):
 
 
 @pytest.mark.slow
-def test_inductor_calculator_matches_eager_with_reference_weights(model, crystals):
+def test_inductor_calculator_matches_eager_and_a_warm_start_compiles_nothing(model, crystals):
+    """Compiled ahead of time into the on-disk store (this session's temporary one), the
+    calculator equals eager; a new CompiledPotential, as a new process would make, loads both
+    shapes from the store, compiles nothing and gives the same results."""
     calc = Calculator(model, compiled=True, always_stress=True)
+    first = []
     for atoms in crystals[:2]:
-        compiled = ase_properties(calc, atoms)
+        first.append(ase_properties(calc, atoms))
         eager = ase_properties(Calculator(model, always_stress=True), atoms)
-        np.testing.assert_allclose(compiled["energy"], eager["energy"], rtol=1e-5)
-        np.testing.assert_allclose(compiled["forces"], eager["forces"], atol=1e-4)
-        np.testing.assert_allclose(compiled["stress"], eager["stress"], atol=1e-5)
-        np.testing.assert_allclose(compiled["magmoms"], eager["magmoms"], atol=1e-4)
+        np.testing.assert_allclose(first[-1]["energy"], eager["energy"], rtol=1e-5)
+        np.testing.assert_allclose(first[-1]["forces"], eager["forces"], atol=1e-4)
+        np.testing.assert_allclose(first[-1]["stress"], eager["stress"], atol=1e-5)
+        np.testing.assert_allclose(first[-1]["magmoms"], eager["magmoms"], atol=1e-4)
+    assert calc.model.store is not None
+    assert calc.model.store.builds == 2  # two shapes: 1 and 8 atoms
+
+    warm = Calculator(model, compiled=True, always_stress=True)
+    for atoms, before in zip(crystals[:2], first, strict=True):
+        again = ase_properties(warm, atoms)
+        for key, value in before.items():
+            np.testing.assert_array_equal(again[key], value, err_msg=key)
+    assert warm.model.store.builds == 0
+    assert warm.model.graphs_loaded == 2
+    assert warm.model.compile_seconds == 0.0
 
 
 def test_compiled_site_energies_and_features_equal_eager(model64, crystals):

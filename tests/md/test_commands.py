@@ -36,7 +36,8 @@ def test_md_compile_flag_runs_one_compiled_graph(tmp_path, aot_eager_potentials)
     path = tmp_path / "s.cif"
     varied_structures(1, seed=2, max_atoms=4)[0].to(filename=str(path))
     out = tmp_path / "md.extxyz"
-    argv = ["md", str(path), "-o", str(out), "--steps", "6", "--loginterval", "3", "--compile"]
+    argv = ["md", str(path), "-o", str(out), "--steps", "6", "--loginterval", "3"]
+    argv += ["--compile", "on"]
     assert main([*argv, "--quiet", "--seed", "0"]) == 0
     assert len(read(out, index=":")) == 3
     (potential,) = aot_eager_potentials

@@ -1,0 +1,73 @@
+"""Compile or not: turn capture on where it pays over the run that was asked for.
+
+Compiling costs seconds up front (a cold CPU build of a prediction graph takes about a minute
+on 2 cores; loading it from the on-disk store about one) and saves a fraction of every model
+call after it. A run of ``calls`` model calls that take ``eager_seconds`` each compiles when
+
+    expected compile seconds < calls * eager_seconds * (1 - COMPILED_FRACTION)
+
+The expected compile seconds come from ``CompiledPotential.expected_compile_seconds``: zero for
+a shape this process holds, the load for one the store holds, else ``cold_estimate``: the
+median of the compile times the store has on record on this machine, or
+``COLD_PREDICT_SECONDS`` before there is any. Every decision carries a one-line reason that
+names both sides, which the caller prints.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from fastchgnet.compile.store import CompiledStore
+
+#: Compiled model-call time as a fraction of eager on a CPU: bench/bench_md.py measured
+#: 0.5-0.65 for MD force calls on 8-64 atoms (2 threads); the larger value, to be safe.
+COMPILED_FRACTION = 0.65
+#: Cold compile of a CPU prediction graph when the store has no compile time on record:
+#: 45-75 s measured for the reference architecture on 2 quiet cores.
+COLD_PREDICT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    """compile: whether to compile | reason: one line naming cost and saving | compile_seconds:
+    expected compile cost, s | saved_seconds: expected saving over the run, s."""
+
+    compile: bool
+    reason: str
+    compile_seconds: float
+    saved_seconds: float
+
+
+def cold_estimate(store: CompiledStore | None, program: str = "predict") -> float:
+    """Expected seconds of a cold compile of ``program``: the median of the store's records
+    on this machine, else ``COLD_PREDICT_SECONDS``."""
+    seen = store.compile_seconds_seen(program) if store is not None else []
+    return statistics.median(seen) if seen else COLD_PREDICT_SECONDS
+
+
+def decide(
+    calls: int,
+    eager_seconds: float,
+    compile_seconds: float,
+    *,
+    fraction: float = COMPILED_FRACTION,
+    what: str = "run",
+) -> CompileDecision:
+    """Whether ``calls`` model calls of ``eager_seconds`` each gain from compiling, which costs
+    ``compile_seconds`` first and makes each call ``fraction`` as long; ``what`` names the run
+    in the reason."""
+    if calls < 0 or eager_seconds < 0 or compile_seconds < 0 or not 0 < fraction <= 1:
+        raise ValueError(
+            f"need calls, eager_seconds, compile_seconds >= 0 and 0 < fraction <= 1; got "
+            f"{calls}, {eager_seconds}, {compile_seconds}, {fraction}"
+        )
+    saved = calls * eager_seconds * (1 - fraction)
+    worth = compile_seconds < saved
+    cost = f"compiling costs ~{compile_seconds:.0f} s" if compile_seconds else "already compiled"
+    reason = (
+        f"compile {'on' if worth else 'off'} for this {what}: {cost}, "
+        f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
+        f"{eager_seconds * 1e3:.0f} ms eager"
+    )
+    return CompileDecision(worth, reason, compile_seconds, saved)

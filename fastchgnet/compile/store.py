@@ -1,0 +1,195 @@
+"""A persistent on-disk store of compiled prediction programs: warm starts in seconds.
+
+A CPU prediction graph (the calculator, MD, relaxation, ``predict``) is compiled ahead of time
+with AOTInductor (``torch.export`` of the traced aten graph, then
+``torch._inductor.aoti_compile_and_package``) into one ``.pt2`` package and kept here. A later
+process with the same model config, program and padded shape loads the package (a shared
+library) in well under a second: no trace, no dynamo, no C++ build.
+
+Location: ``$FASTCHGNET_CACHE_DIR/compiled`` when that variable is set, else
+``~/.cache/fastchgnet/compiled``. Delete the folder to clear it; ``FASTCHGNET_COMPILE_STORE=0``
+turns the store off (every process compiles afresh, in memory).
+
+The programs torch.compile builds in memory (training graphs, GPU graphs) use inductor's and
+AOTAutograd's own on-disk caches; ``use_persistent_inductor_cache`` points them at
+``$FASTCHGNET_CACHE_DIR/inductor`` (``~/.cache/fastchgnet/inductor``) unless
+``TORCHINDUCTOR_CACHE_DIR`` is set, instead of torch's default under /tmp, which many machines
+clear at boot.
+
+The key is the sha256 of everything a package depends on: torch's version, the package's own
+Python sources (any code change starts a new set of keys), the model config, the program
+(forces, stress, features), and every graph input's shape and dtype. Weights are graph inputs,
+never baked in, so one package serves every set of weights of a config (a fine-tuned model
+reuses the pretrained one's programs).
+
+Each package is written atomically (temp file in the folder, fsync, rename) next to a JSON
+record, also atomic, holding its sha256, the seconds its compile took and what it was built
+for; a load checks the sha256 first, and a damaged or foreign file is reported, removed and
+rebuilt. ``compile_seconds_seen`` gives the compile times on record, which the
+compile-or-not decision (``fastchgnet.compile.decide``) uses as its estimate of a cold compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
+
+log = logging.getLogger("fastchgnet.compile")
+
+#: Record format version (bump when the record's fields change).
+RECORD_VERSION = 1
+
+
+def default_root() -> Path | None:
+    """The store's folder (see the module docstring), or None when turned off."""
+    if os.environ.get("FASTCHGNET_COMPILE_STORE", "1") == "0":
+        return None
+    base = os.environ.get("FASTCHGNET_CACHE_DIR")
+    root = Path(base) if base else Path.home() / ".cache" / "fastchgnet"
+    return root / "compiled"
+
+
+def use_persistent_inductor_cache() -> None:
+    """Point inductor's cache at ``<cache root>/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR``
+    is set already or the store is turned off (call before the first compile)."""
+    root = default_root()
+    if root is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root.parent / "inductor"))
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 of torch's version and every Python source file of the fastchgnet package."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def program_key(config: Any, program: str, inputs: Sequence[Tensor], n_short_bonds: int) -> str:
+    """The store key of one compiled program: config (a dataclass), program name (what it
+    computes), the inputs' shapes, dtypes and device type, and the code fingerprint."""
+    described = {
+        "code": code_fingerprint(),
+        "config": asdict(config),
+        "program": program,
+        "inputs": [(tuple(t.shape), str(t.dtype), t.device.type) for t in inputs],
+        "n_short_bonds": n_short_bonds,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CompiledStore:
+    """Ahead-of-time compiled prediction programs in one folder, keyed by ``program_key``.
+
+    Args:
+        root: the folder (created on first save).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.loads = 0  # packages loaded from disk in this process
+        self.builds = 0  # packages compiled and saved in this process
+
+    def package_path(self, key: str) -> Path:
+        return self.root / f"{key}.pt2"
+
+    def record_path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def has(self, key: str) -> bool:
+        """Whether a package for ``key`` is on disk (not yet verified)."""
+        return self.package_path(key).is_file() and self.record_path(key).is_file()
+
+    def load(self, key: str) -> Callable[..., Any] | None:
+        """The compiled program for ``key`` (called with the flat graph inputs, returns its
+        outputs), or None when absent; a damaged package is reported, removed, and None."""
+        package, record_file = self.package_path(key), self.record_path(key)
+        if not (package.is_file() and record_file.is_file()):
+            return None
+        try:
+            record = json.loads(record_file.read_text())
+            if record.get("version") != RECORD_VERSION or record.get("key") != key:
+                raise ValueError("record of another format or key")
+            if file_sha256(package) != record.get("sha256"):
+                raise ValueError("checksum mismatch")
+            runner = torch._inductor.aoti_load_package(str(package))
+        except Exception as exc:  # a damaged store entry is rebuilt, never trusted
+            log.warning("compiled store: %s is unusable (%s); removed, recompiling", package, exc)
+            package.unlink(missing_ok=True)
+            record_file.unlink(missing_ok=True)
+            return None
+        self.loads += 1
+        return runner
+
+    def build(
+        self, key: str, graph: fx.GraphModule, inputs: Sequence[Tensor], about: dict[str, Any]
+    ) -> Callable[..., Any]:
+        """Export ``graph`` for ``inputs``, compile it with AOTInductor, save it under ``key``
+        (atomically, with its record) and return the loaded program. ``about``: what it was
+        built for (kept in the record)."""
+        start = time.perf_counter()
+        with torch.no_grad():
+            exported = torch.export.export(graph, tuple(inputs), strict=False)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}.", suffix=".pt2")
+        os.close(fd)
+        try:
+            torch._inductor.aoti_compile_and_package(exported, package_path=tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            sha = file_sha256(tmp)
+            os.replace(tmp, self.package_path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(self.root)
+        seconds = time.perf_counter() - start
+        record = {
+            "version": RECORD_VERSION,
+            "key": key,
+            "sha256": sha,
+            "compile_seconds": round(seconds, 3),
+            "torch": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **about,
+        }
+        write_json_atomic(self.record_path(key), record)
+        self.builds += 1
+        log.info("compiled store: built %s in %.1f s (%s)", self.package_path(key), seconds, about)
+        runner = torch._inductor.aoti_load_package(str(self.package_path(key)))
+        return runner
+
+    def compile_seconds_seen(self, program: str | None = None) -> list[float]:
+        """Compile seconds on record (for ``program`` only, when given), oldest first."""
+        seen = []
+        for record_file in sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if program is None or record.get("program") == program:
+                seen.append(float(record.get("compile_seconds", 0.0)))
+        return seen
+
+
+def default_store() -> CompiledStore | None:
+    """The store at ``default_root()``, or None when turned off."""
+    root = default_root()
+    return None if root is None else CompiledStore(root)

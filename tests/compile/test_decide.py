@@ -1,0 +1,84 @@
+"""Compile or not: the decision weighs the compile against what it saves, and run_md acts on it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+from fastchgnet.compile import decide as decide_module
+from fastchgnet.compile.decide import COLD_PREDICT_SECONDS, cold_estimate, decide
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.compile.store import CompiledStore
+from fastchgnet.data.random_crystals import varied_structures
+
+from .conftest import small_model
+
+dynamics = importlib.import_module("fastchgnet.md.dynamics")
+
+
+def test_compile_pays_only_when_the_saving_exceeds_the_cost() -> None:
+    long_run = decide(5000, 0.036, 60.0, fraction=0.5, what="5000-step MD")
+    assert long_run.compile
+    assert long_run.saved_seconds == pytest.approx(90.0)
+    assert long_run.reason.startswith("compile on for this 5000-step MD")
+    assert "~60 s" in long_run.reason
+    assert "~90 s saved" in long_run.reason
+    short_run = decide(2000, 0.036, 60.0, fraction=0.5)
+    assert not short_run.compile
+    assert "compile off" in short_run.reason
+    assert "~36 s saved" in short_run.reason
+    warm = decide(500, 0.036, 1.0, fraction=0.5)
+    assert warm.compile
+    with pytest.raises(ValueError, match="fraction"):
+        decide(10, 0.1, 1.0, fraction=0.0)
+
+
+def test_the_cold_estimate_is_the_median_compile_time_on_record(tmp_path) -> None:
+    store = CompiledStore(tmp_path)
+    assert cold_estimate(store) == COLD_PREDICT_SECONDS
+    assert cold_estimate(None) == COLD_PREDICT_SECONDS
+    for k, seconds in enumerate((20.0, 30.0, 100.0)):
+        record = {"program": "predict", "compile_seconds": seconds}
+        (tmp_path / f"{k}.json").write_text(json.dumps(record))
+    (tmp_path / "9.json").write_text(json.dumps({"program": "loss", "compile_seconds": 500.0}))
+    assert cold_estimate(store) == 30.0
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """run_md's compiled potential: aot_eager, no store (no C++ build); the ones built."""
+    built: list[CompiledPotential] = []
+
+    def compiled_potential(model, **options):
+        built.append(CompiledPotential(model, backend="aot_eager", store=None, **options))
+        return built[-1]
+
+    monkeypatch.setattr(dynamics, "compiled_potential", compiled_potential)
+    return built
+
+
+def test_a_short_md_run_stays_eager_and_says_why(aot_eager, capsys) -> None:
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
+    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert "compile off for this 3-step MD" in capsys.readouterr().err
+    assert aot_eager[0].graphs_built == 0  # asked what a compile would cost, built nothing
+
+
+def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)  # a compile that pays
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
+    assert atoms.calc.model is aot_eager[0]
+    assert aot_eager[0].graphs_built == 1
+    assert "compile on for this 3-step MD" in capsys.readouterr().err
+
+
+def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("direct"), steps=2, compiled=False)
+    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert not aot_eager
+    assert "compile" not in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""The on-disk store of programs compiled ahead of time: keys, location, verification, and
+what a first call would cost. (A real build and a warm start that compiles nothing:
+tests/compile/test_potential.py, slow.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.compile.store import CompiledStore, default_root, program_key
+from fastchgnet.data.graph import build_graph
+from fastchgnet.data.random_crystals import varied_structures
+
+from .conftest import small_model
+
+
+def graphs(n: int = 2, seed: int = 3):
+    return [build_graph(s) for s in varied_structures(n, seed=seed, max_atoms=6)]
+
+
+def test_the_key_changes_with_config_program_and_shape() -> None:
+    model = small_model("conservative")
+    other = small_model("direct")
+    inputs = [torch.zeros(3, 2), torch.zeros(5, dtype=torch.long)]
+    key = program_key(model.config, "predict", inputs, 4)
+    assert key == program_key(model.config, "predict", [t.clone() for t in inputs], 4)
+    assert key != program_key(other.config, "predict", inputs, 4)
+    assert key != program_key(model.config, "predict(stress)", inputs, 4)
+    assert key != program_key(model.config, "predict", [torch.zeros(4, 2), inputs[1]], 4)
+    assert key != program_key(model.config, "predict", [inputs[0].double(), inputs[1]], 4)
+    assert key != program_key(model.config, "predict", inputs, 5)
+
+
+def test_the_store_lives_where_the_environment_says(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("FASTCHGNET_CACHE_DIR", str(tmp_path))
+    assert default_root() == tmp_path / "compiled"
+    monkeypatch.setenv("FASTCHGNET_COMPILE_STORE", "0")
+    assert default_root() is None
+    assert CompiledPotential(small_model("direct")).store is None
+
+
+def test_a_damaged_package_is_reported_removed_and_not_used(tmp_path, caplog) -> None:
+    store = CompiledStore(tmp_path)
+    key = "k" * 64
+    store.package_path(key).write_bytes(b"not a package")
+    record = {"version": 1, "key": key, "sha256": "0" * 64, "compile_seconds": 40.0}
+    store.record_path(key).write_text(json.dumps(record))
+    assert store.has(key)
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert store.load(key) is None
+    assert "checksum mismatch" in caplog.text
+    assert str(store.package_path(key)) in caplog.text
+    assert not store.has(key)
+    assert store.loads == 0
+
+
+def test_expected_compile_seconds_knows_the_store_and_this_process(tmp_path) -> None:
+    store = CompiledStore(tmp_path)
+    potential = CompiledPotential(small_model("conservative"), store=store)
+    found = graphs()
+    assert potential.expected_compile_seconds(found, stress=False, cold_estimate=55.0) == 55.0
+    captured = potential.captured[False, False]
+    # a package on disk for this shape: a warm start costs about the load
+    from fastchgnet.compile.potential import contiguous
+    from fastchgnet.data.padding import collate_padded
+
+    batch, _ = collate_padded(found, potential.capacity_for(found), None, torch.float32)
+    with torch.no_grad():
+        key = captured.store_key("predict", contiguous(batch), None)
+    assert key is not None
+    store.package_path(key).write_bytes(b"x")
+    store.record_path(key).write_text("{}")
+    assert potential.expected_compile_seconds(found, stress=False, cold_estimate=55.0) == 1.0
+    # the stress program is another key
+    assert potential.expected_compile_seconds(found, stress=True, cold_estimate=55.0) == 55.0
