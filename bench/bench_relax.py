@@ -9,8 +9,8 @@ made, the graphs it compiled, its padding waste (padding entries per real atom, 
 angle) and how many calls it ran eagerly; last, how far the final energies are apart.
 
     python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500]
-        [--batch-size 64] [--no-compile] [--shrink-below 0.5] [--max-shapes 4] [--max-oversize 2]
-        [--patience 10]
+        [--batch-size 64] [--no-compile] [--shrink-below 0.75] [--max-shapes 4]
+        [--max-oversize 1.33] [--patience 10]
 
 OpenBLAS runs one thread (set before numpy loads) for every code: ASE's cell filter does 3x3
 linear algebra that threads only slow down. Timings come from a shared machine.

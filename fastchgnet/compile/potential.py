@@ -17,7 +17,7 @@ prediction keep one shape that grows only on overflow; ``relax(compiled=True)`` 
 When the graphs of a call fit a known capacity but a fresh one with headroom
 (``data.capacity.shrunk``) would hold at most ``shrink_below`` of its entries, that tighter
 capacity is made and used: a relaxation whose structures converge and leave gets cheaper
-calls, each shrink at least halving the work (``shrink_below=0.5``). At most ``max_shapes``
+calls, each shrink cutting the work to ``shrink_below`` or less. At most ``max_shapes``
 capacities are made (growth and shrinks together); a call that would need one more runs the
 model eagerly, unpadded, instead of compiling. So does a call whose capacity holds more than
 ``max_oversize`` times the entries of a fresh one for it: on this CPU a compiled call at a
