@@ -82,3 +82,43 @@ def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:
     assert type(atoms.calc.model).__name__ == "EagerPotential"
     assert not aot_eager
     assert "compile" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def relax_aot_eager(monkeypatch):
+    """relax's compiled potential: aot_eager, no store; the ones built."""
+    relax_module = importlib.import_module("fastchgnet.md.relax")
+    built: list[CompiledPotential] = []
+
+    def compiled_potential(model, **options):
+        built.append(CompiledPotential(model, backend="aot_eager", store=None, **options))
+        return built[-1]
+
+    monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)
+    return built
+
+
+def test_a_short_relaxation_stays_eager_and_says_why(relax_aot_eager, capsys) -> None:
+    from fastchgnet.md import relax
+
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    relax(structures, small_model("conservative"), steps=3, progress=True)
+    assert "compile off for this relaxation (~3 calls)" in capsys.readouterr().err
+    assert relax_aot_eager[0].graphs_built == 0
+    assert relax_aot_eager[0].eager_calls == 0  # never asked to predict
+
+
+def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
+    relax_aot_eager, monkeypatch, capsys
+) -> None:
+    from fastchgnet.md import relax
+
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    eager = relax(structures, small_model("conservative"), steps=3, compiled=False)
+    chosen = relax(structures, small_model("conservative"), steps=3, progress=True)
+    assert "compile on for this relaxation (~3 calls)" in capsys.readouterr().err
+    (potential,) = relax_aot_eager
+    assert potential.padding.batches >= 3  # every call after the first
+    for a, b in zip(eager, chosen, strict=True):
+        assert b.energy == pytest.approx(a.energy, abs=1e-5)
