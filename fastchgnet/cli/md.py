@@ -21,10 +21,10 @@ MD_EPILOG = (
     "--temperature 600 --steps 2000 -o md.extxyz --log md.log"
 )
 
-COMPILE_HELP = (
-    "run the model compiled (torch.compile, inductor) for one fixed padded shape with headroom: "
-    "faster steps, but the first step compiles (tens of seconds on CPU; cached on disk for "
-    "the same shapes), so it pays off for long runs; off by default"
+RELAX_COMPILE_HELP = (
+    "compile the model for a few padded shapes that shrink as structures converge: 'on', "
+    "'off', or 'auto' (default): on when a cold compile costs less than it saves over the "
+    "expected steps, judged from the first (eager) step; the decision is printed"
 )
 MD_COMPILE_HELP = (
     "compile the model for the run's padded shape: 'on', 'off', or 'auto' (default): on when "
@@ -60,7 +60,9 @@ def add_commands(sub: Any) -> None:
         default=64,
         help="structures relaxing at once, one model call a step; the next fills a freed slot",
     )
-    relax.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    relax.add_argument(
+        "--compile", choices=list(COMPILE_CHOICES), default="auto", help=RELAX_COMPILE_HELP
+    )
     relax.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     relax.set_defaults(func=cmd_relax)
 
@@ -115,7 +117,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
         batched=not args.one_by_one,
         batch_size=args.batch_size,
         progress=not args.quiet,
-        compiled=args.compile,
+        compiled=COMPILE_CHOICES[args.compile],
     )
     frames = []
     for structure, result in zip(structures, results, strict=True):

@@ -242,28 +242,23 @@ class CapturedModel:
         if runner is not None:
             self.stats.loaded += 1
             self.stats.load_seconds += time.perf_counter() - start
-            log.info(
-                "graph %d (%s, shapes %s): loaded from %s in %.2f s",
-                self.stats.graphs,
-                key[0],
-                key[3][:1],
-                self.store.root,
-                time.perf_counter() - start,
-            )
+            how = "loaded from"
         else:
             traced = trace_program(self.model, program, batch, labels)
             _, state = model_state(self.model)
             about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
             runner = self.store.build(store_key, traced, [*state, *batch_inputs(batch)], about)
             self.stats.compile_seconds += time.perf_counter() - start
-            log.info(
-                "graph %d (%s, shapes %s): compiled ahead of time in %.1f s, stored in %s",
-                self.stats.graphs,
-                key[0],
-                key[3][:1],
-                time.perf_counter() - start,
-                self.store.root,
-            )
+            how = "compiled ahead of time into"
+        log.info(
+            "graph %d (%s, shapes %s): %s %s in %.2f s",
+            self.stats.graphs,
+            key[0],
+            key[3][:1],
+            how,
+            self.store.root,
+            time.perf_counter() - start,
+        )
         self.stats.graphs += 1
         self.stats.keys.append(key)
         self._compiled[key] = runner

@@ -17,11 +17,20 @@ structures need at most ``RELAX_SHRINK_BELOW`` of its entries (the input ran dry
 converged) it switches to a tighter one; each shape compiles once, logged. Past
 ``RELAX_MAX_SHAPES`` shapes, or in a capacity more than ``RELAX_MAX_OVERSIZE`` times the size a
 fresh one would have, a call runs eagerly, so a captured step is never much slower than eager.
+
+By default (``compiled=None``) a batched relaxation of a plain model decides after its first
+model call, which it times: it compiles when a cold compile (``fastchgnet.compile.decide``)
+costs less than the time saved over ``RELAX_TYPICAL_STEPS`` calls per ``batch_size``
+structures; the decision and its reason are logged (logger ``fastchgnet.md``) and printed with
+the progress bar.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -39,6 +48,8 @@ from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential, evaluate_graphs
 from fastchgnet.model.potential import Potential, as_potential, is_structure
 
+log = logging.getLogger("fastchgnet.md")
+
 OptimizerName = Literal["FIRE", "BFGS"]
 OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 #: bond and angle margin of ``relax(compiled=True)``: capacities are made for the peak counts of
@@ -54,6 +65,10 @@ RELAX_MAX_SHAPES = 4
 RELAX_MAX_OVERSIZE = 1 / RELAX_SHRINK_BELOW
 #: eager calls before a first or grown capacity is made, for the largest counts among them
 RELAX_PATIENCE = 10
+#: model calls a batch of structures is expected to take, for the compile-or-not decision: the
+#: step limit, or this many when that is larger (FIRE with the cell filter at fmax 0.1 took
+#: 50-200 steps on bench_relax's crystals)
+RELAX_TYPICAL_STEPS = 100
 #: the ``CompiledPotential`` options of ``relax(compiled=True)``
 RELAX_COMPILE = {
     "headroom": RELAX_HEADROOM,
@@ -171,7 +186,7 @@ def relax(
     batch_size: int = 64,
     skin: float = 1.0,
     progress: bool = False,
-    compiled: bool = False,
+    compiled: bool | None = None,
 ) -> RelaxResult | list[RelaxResult]:
     """Relax one or many structures until every force is below ``fmax``.
 
@@ -194,7 +209,8 @@ def relax(
         compiled: run a plain model as a ``CompiledPotential`` with ``RELAX_COMPILE``
             (inductor; at most 4 shapes, each compiled once, 80-110 s on this CPU when the
             on-disk store is cold, so it pays off for long runs). A ``CompiledPotential``
-            passed as ``model`` keeps its own options.
+            passed as ``model`` keeps its own options. None (default): batched, a plain
+            model compiles when it pays (see the module docstring); unbatched, it stays eager.
 
     Returns:
         A RelaxResult for one structure, else a list in input order.
@@ -216,6 +232,13 @@ def relax(
         from fastchgnet.model.chgnet import FastCHGNet
 
         model = FastCHGNet.from_reference("0.3.0")
+    items = [structures] if single else structures
+    total = len(items) if hasattr(items, "__len__") else None
+    choose = None
+    if compiled is None and batched and _is_plain_model(model):
+        batches = 1 if total is None else -(-total // batch_size)
+        calls = min(steps, RELAX_TYPICAL_STEPS) * batches
+        choose = _compile_chooser(model, calls, relax_cell, progress)
     if compiled:  # patience, re-sizing, a shape budget: see RELAX_COMPILE
         model = compiled_potential(model, **RELAX_COMPILE)
     potential = as_potential(model)  # one potential shared by every calculator
@@ -229,12 +252,12 @@ def relax(
         )
         return _Relaxation(as_atoms(structure), calc, optimizer, relax_cell, trajectory is not None)
 
-    items = [structures] if single else structures
     runs = (start(k, s) for k, s in enumerate(items))
-    total = len(items) if hasattr(items, "__len__") else None
     with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:
         if batched:
-            results = _run_lockstep(runs, potential, fmax, steps, relax_cell, batch_size, bar)
+            results = _run_lockstep(
+                runs, potential, fmax, steps, relax_cell, batch_size, bar, choose
+            )
         else:
             results = [_run_alone(run, fmax, steps, bar) for run in runs]
     if not results:
@@ -260,16 +283,22 @@ def _run_lockstep(
     stress: bool,
     batch_size: int,
     bar: tqdm,
+    choose: Callable[[float], Potential | None] | None = None,
 ) -> list[RelaxResult]:
     """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
     call, then step each; a finished structure's slot goes to the next from ``runs``.
-    Results in the order of ``runs``."""
+    ``choose``, given the first call's seconds, may return the potential for every later
+    call. Results in the order of ``runs``."""
     queue = enumerate(runs)
     active: list[tuple[int, _Relaxation]] = []
     results: dict[int, RelaxResult] = {}
     while active := active + list(islice(queue, batch_size - len(active))):
         graphs = [run.calc.graph(run.atoms) for _, run in active]
+        start = time.perf_counter()
         answers = evaluate_graphs(model, graphs, stress=stress)
+        if choose is not None:
+            model = choose(time.perf_counter() - start) or model
+            choose = None
         for (_, run), answer in zip(active, answers, strict=True):
             run.calc.store(run.atoms, answer)
         still_active = []
@@ -285,6 +314,33 @@ def _run_lockstep(
             still_active.append((index, run))
         active = still_active
     return [results[index] for index in range(len(results))]
+
+
+def _is_plain_model(model: Any) -> bool:
+    """Whether ``model`` is a FastCHGNet (None: the default one), not a potential."""
+    from fastchgnet.model.chgnet import FastCHGNet
+
+    return model is None or isinstance(model, FastCHGNet)
+
+
+def _compile_chooser(
+    model: Any, calls: int, stress: bool, progress: bool
+) -> Callable[[float], Potential | None]:
+    """Given the first (eager) call's seconds: a ``CompiledPotential`` of ``model`` with
+    ``RELAX_COMPILE`` when compiling pays over ``calls`` calls (a cold compile of one shape),
+    else None; logs and, with ``progress``, prints the decision."""
+    from fastchgnet.compile.decide import cold_estimate, decide
+
+    def choose(eager_seconds: float) -> Potential | None:
+        potential = compiled_potential(model, **RELAX_COMPILE)
+        cost = cold_estimate(getattr(potential, "store", None))
+        decision = decide(calls, eager_seconds, cost, what=f"relaxation (~{calls} calls)")
+        log.info(decision.reason)
+        if progress:
+            tqdm.write(decision.reason, file=sys.stderr)
+        return potential if decision.compile else None
+
+    return choose
 
 
 def write_frames(path: str | Path, results: list[RelaxResult]) -> None:

@@ -16,6 +16,7 @@ from fastchgnet.data.random_crystals import varied_structures
 from .conftest import small_model
 
 dynamics = importlib.import_module("fastchgnet.md.dynamics")
+relax_module = importlib.import_module("fastchgnet.md.relax")  # the package exports relax()
 
 
 def test_compile_pays_only_when_the_saving_exceeds_the_cost() -> None:
@@ -48,7 +49,8 @@ def test_the_cold_estimate_is_the_median_compile_time_on_record(tmp_path) -> Non
 
 @pytest.fixture
 def aot_eager(monkeypatch):
-    """run_md's compiled potential: aot_eager, no store (no C++ build); the ones built."""
+    """run_md's and relax's compiled potential: aot_eager, no store (no C++ build); the ones
+    built."""
     built: list[CompiledPotential] = []
 
     def compiled_potential(model, **options):
@@ -56,6 +58,7 @@ def aot_eager(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(dynamics, "compiled_potential", compiled_potential)
+    monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)
     return built
 
 
@@ -82,3 +85,29 @@ def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:
     assert type(atoms.calc.model).__name__ == "EagerPotential"
     assert not aot_eager
     assert "compile" not in capsys.readouterr().err
+
+
+def test_a_short_relaxation_stays_eager_and_says_why(aot_eager, capsys) -> None:
+    from fastchgnet.md import relax
+
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    relax(structures, small_model("conservative"), steps=3, progress=True)
+    assert "compile off for this relaxation (~3 calls)" in capsys.readouterr().err
+    assert aot_eager[0].graphs_built == 0
+    assert aot_eager[0].eager_calls == 0  # never asked to predict
+
+
+def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
+    aot_eager, monkeypatch, capsys
+) -> None:
+    from fastchgnet.md import relax
+
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    eager = relax(structures, small_model("conservative"), steps=3, compiled=False)
+    chosen = relax(structures, small_model("conservative"), steps=3, progress=True)
+    assert "compile on for this relaxation (~3 calls)" in capsys.readouterr().err
+    (potential,) = aot_eager
+    assert potential.padding.batches >= 3  # every call after the first
+    for a, b in zip(eager, chosen, strict=True):
+        assert b.energy == pytest.approx(a.energy, abs=1e-5)

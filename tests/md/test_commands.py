@@ -53,7 +53,8 @@ def test_relax_compile_flag_uses_one_shared_potential(tmp_path, aot_eager_potent
         paths.append(tmp_path / f"s{k}.cif")
         structure.to(filename=str(paths[-1]))
     out = tmp_path / "relaxed.extxyz"
-    argv = ["relax", *map(str, paths), "-o", str(out), "--steps", "3", "--compile", "--quiet"]
+    argv = ["relax", *map(str, paths), "-o", str(out), "--steps", "3", "--compile", "on"]
+    argv += ["--quiet"]
     assert main(argv) == 0
     assert len(read(out, index=":")) == 2
     (potential,) = aot_eager_potentials
