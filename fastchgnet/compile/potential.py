@@ -21,8 +21,8 @@ calls, each shrink cutting the work to ``shrink_below`` or less. At most ``max_s
 capacities are made (growth and shrinks together); a call that would need one more runs the
 model eagerly, unpadded, instead of compiling. So does a call whose capacity holds more than
 ``max_oversize`` times the entries of a fresh one for it: on this CPU a compiled call at a
-tight capacity was 1.6x faster than eager (16 structures), and 2x slower than eager in a
-capacity four times too large. With ``patience``, graphs that fit no capacity run eagerly
+tight capacity was 1.6x faster than eager (16 structures), and 1.4-2x slower than eager for
+4 of them in that capacity. With ``patience``, graphs that fit no capacity run eagerly
 for that many calls first, and the capacity then made holds the largest counts seen
 meanwhile: a relaxation's first steps, where compressed cells gain bonds and angles fast
 (5x the angles in 10 steps in bench_relax), would otherwise compile a shape every few steps.
