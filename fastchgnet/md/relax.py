@@ -19,9 +19,9 @@ converged) it switches to a tighter one; each shape compiles once, logged. Past
 fresh one would have, a call runs eagerly, so a captured step is never much slower than eager.
 
 By default (``compiled=None``) a batched relaxation of a plain model decides after its first
-model call, which it times: it compiles when a cold compile (``fastchgnet.compile.decide``)
-costs less than the time saved over ``RELAX_TYPICAL_STEPS`` calls per ``batch_size``
-structures; the decision and its reason are logged (logger ``fastchgnet.md``) and printed with
+model call, which it times: it compiles when cold compiles of ``RELAX_MAX_SHAPES`` shapes
+(``fastchgnet.compile.decide``) cost less than the time saved over ``RELAX_TYPICAL_STEPS``
+calls per ``batch_size`` structures; the decision and its reason are logged (logger ``fastchgnet.md``) and printed with
 the progress bar.
 """
 
@@ -327,13 +327,15 @@ def _compile_chooser(
     model: Any, calls: int, stress: bool, progress: bool
 ) -> Callable[[float], Potential | None]:
     """Given the first (eager) call's seconds: a ``CompiledPotential`` of ``model`` with
-    ``RELAX_COMPILE`` when compiling pays over ``calls`` calls (a cold compile of one shape),
-    else None; logs and, with ``progress``, prints the decision."""
+    ``RELAX_COMPILE`` when compiling pays over ``calls`` calls (a cold compile of each of
+    ``RELAX_MAX_SHAPES`` shapes), else None; logs and, with ``progress``, prints the
+    decision."""
     from fastchgnet.compile.decide import cold_estimate, decide
 
     def choose(eager_seconds: float) -> Potential | None:
         potential = compiled_potential(model, **RELAX_COMPILE)
-        cost = cold_estimate(getattr(potential, "store", None))
+        # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
+        cost = RELAX_MAX_SHAPES * cold_estimate(getattr(potential, "store", None))
         decision = decide(calls, eager_seconds, cost, what=f"relaxation (~{calls} calls)")
         log.info(decision.reason)
         if progress:
