@@ -21,8 +21,8 @@ fresh one would have, a call runs eagerly, so a captured step is never much slow
 By default (``compiled=None``) a batched relaxation of a plain model decides after its first
 model call, which it times: it compiles when cold compiles of ``RELAX_MAX_SHAPES`` shapes
 (``fastchgnet.compile.decide``) cost less than the time saved over ``RELAX_TYPICAL_STEPS``
-calls per ``batch_size`` structures; the decision and its reason are logged (logger ``fastchgnet.md``) and printed with
-the progress bar.
+calls per ``batch_size`` structures; the decision and its reason are logged (logger
+``fastchgnet.md``) and printed with the progress bar.
 """
 
 from __future__ import annotations
