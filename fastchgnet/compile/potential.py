@@ -40,6 +40,9 @@ for the compile-or-not decision (``fastchgnet.compile.decide``).
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
 sharing the capacities.
+
+This module runs just over 300 lines: the capacity policy (growth, shrinking, patience, the
+shape bound) and the padded call it serves are one piece.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ model call, which it times: it compiles when cold compiles of ``RELAX_MAX_SHAPES
 (``fastchgnet.compile.decide``) cost less than the time saved over ``RELAX_TYPICAL_STEPS``
 calls per ``batch_size`` structures; the decision and its reason are logged (logger
 ``fastchgnet.md``) and printed with the progress bar.
+
+This module runs over 300 lines: the lockstep loop, the queue and the compile choice act on
+the same per-structure state, and splitting them would spread one loop across files.
 """
 
 from __future__ import annotations
