@@ -12,7 +12,8 @@ about 234 atoms a batch by default) with the same random labels for every side:
                     PotentialLightningModule step (bench/matgl_side.py)
     ours ...        FastCHGNet conservative (0.3.0 weights) and direct, eager and captured,
                     through THE training step (``train.step.standalone_step``: TrainStep, the
-                    step launcher/train.py runs), on padded batches of one capacity
+                    step launcher/train.py runs); captured on batches padded to one
+                    capacity, eager on unpadded ones, as launcher/train.py collates each
 
 Graph building and collation are data loading, outside the timing for every side. Denormals
 are flushed for all sides, for the whole run (``fastchgnet.numerics.flush_denormals`` entered
@@ -52,6 +53,7 @@ def build_sides(args: argparse.Namespace) -> dict:
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
+    from fastchgnet.train.loading import collate_items
     from fastchgnet.train.step import standalone_step
 
     n = args.batches * args.batch_size
@@ -95,6 +97,9 @@ def build_sides(args: argparse.Namespace) -> dict:
             collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
             for c in chunks
         ]
+        # eager steps take batches as they come, as launcher/train.py collates them when it
+        # does not compile (data.batching auto -> balanced): no padding
+        plain = [collate_items([(our_graphs[i], labels[i]) for i in c]) for c in chunks]
     for name in ours:
         mode, kind = name.split()
         if mode == "conservative":
@@ -103,7 +108,8 @@ def build_sides(args: argparse.Namespace) -> dict:
             model = FastCHGNet(forces="direct", coupled_updates=False)
         model.train()
         step = standalone_step(model, compiled=kind == "captured", lr=args.lr)
-        sides[f"ours {name}"] = lambda k, s=step: s(*padded[k])
+        batches = padded if kind == "captured" else plain
+        sides[f"ours {name}"] = lambda k, s=step, b=batches: s(*b[k])
     return sides
 
 
