@@ -80,14 +80,16 @@ def build_sides(args: argparse.Namespace) -> dict:
             )
             for c in chunks
         ]
-        sides["reference"] = lambda k: reference_step(
-            reference, optimizer, criterion, *ref_batches[k]
+        sides["reference"] = lambda k, b=ref_batches: reference_step(
+            reference, optimizer, criterion, *b[k]
         )
     if "matgl" in args.sides:
         module, matgl_optimizer = matgl_training_parts(args.lr)
         graphs = matgl_graphs(module, structures)
-        batches = [matgl_batch([graphs[i] for i in c], [labels[i] for i in c]) for c in chunks]
-        sides["matgl"] = lambda k: matgl_step(module, matgl_optimizer, batches[k], k)
+        matgl_batches = [
+            matgl_batch([graphs[i] for i in c], [labels[i] for i in c]) for c in chunks
+        ]
+        sides["matgl"] = lambda k, b=matgl_batches: matgl_step(module, matgl_optimizer, b[k], k)
     ours = [name for name in OURS if name in args.sides]
     if ours:
         our_graphs = [build_graph(s) for s in structures]
@@ -108,8 +110,8 @@ def build_sides(args: argparse.Namespace) -> dict:
             model = FastCHGNet(forces="direct", coupled_updates=False)
         model.train()
         step = standalone_step(model, compiled=kind == "captured", lr=args.lr)
-        batches = padded if kind == "captured" else plain
-        sides[f"ours {name}"] = lambda k, s=step, b=batches: s(*b[k])
+        ours_batches = padded if kind == "captured" else plain
+        sides[f"ours {name}"] = lambda k, s=step, b=ours_batches: s(*b[k])
     return sides
 
 
