@@ -56,3 +56,36 @@ def test_works_as_a_decorator_on_every_call(denormal_support: None) -> None:
     assert not inside()
     assert not inside()  # a fresh context each call
     assert survives(TINY)
+
+
+TEAM_CHECK = """
+import torch
+from fastchgnet.numerics import flush_denormals, start_thread_team_flushing
+torch.set_num_threads(2)
+if {start}:
+    start_thread_team_flushing()
+else:
+    torch.ones(1 << 20).sum()  # the team starts outside flush_denormals
+tiny = torch.full((1 << 22,), 1e-39)  # made before flushing
+with flush_denormals():
+    survivors = int(((tiny * 1.0) != 0).sum())
+print(survivors)
+"""
+
+
+@pytest.mark.parametrize("start", [True, False])
+def test_thread_team_started_flushing_flushes_on_every_thread(start, denormal_support) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", TEAM_CHECK.format(start=start)],
+        capture_output=True, text=True, check=True, cwd=root, env={"PYTHONPATH": str(root)},
+    )  # fmt: skip
+    survivors = int(out.stdout.split()[-1])
+    if start:
+        assert survivors == 0  # both threads flushed
+    else:
+        assert survivors > 0  # the control: the worker thread did not

@@ -46,6 +46,13 @@ from fastchgnet.model.loss import LossConfig
 
 log = logging.getLogger("fastchgnet.compile")
 
+#: Inductor options of CPU graphs: generated C++ kernels run on one thread (aten kernels inside
+#: a graph, the matmuls, still use every torch thread). With more threads inductor makes every
+#: scatter-add (index_add and the backward of each gather) per-element atomic adds and forks
+#: an OpenMP team for loops of 1024 elements; that made the captured step slower at 2 threads
+#: than at 1 on our 2-core CPU (issue #14; bench/bench_matgl.py). Exact: same maths, serial sums.
+CPU_INDUCTOR_OPTIONS = {"cpp.threads": 1}
+
 
 @dataclass
 class CaptureStats:
@@ -220,8 +227,9 @@ class CapturedModel:
         traced = trace_program(self.model, program, batch, labels)
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None
+        options = CPU_INDUCTOR_OPTIONS if self.backend == "inductor" and mode is None else None
         compiled = torch.compile(
-            traced, backend=self.backend, fullgraph=True, dynamic=False, mode=mode
+            traced, backend=self.backend, fullgraph=True, dynamic=False, mode=mode, options=options
         )
         self._trace_seconds = time.perf_counter() - start
         self.stats.compile_seconds += self._trace_seconds
