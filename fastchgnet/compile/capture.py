@@ -255,7 +255,8 @@ class CapturedModel:
             traced = trace_program(self.model, program, batch, labels)
             _, state = model_state(self.model)
             about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
-            runner = self.store.build(store_key, traced, [*state, *batch_inputs(batch)], about)
+            inputs = [*state, *batch_inputs(batch)]
+            runner = self.store.build(store_key, traced, inputs, about, CPU_INDUCTOR_OPTIONS)
             self.stats.compile_seconds += time.perf_counter() - start
             how = "compiled ahead of time into"
         log.info(

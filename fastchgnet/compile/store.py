@@ -139,11 +139,16 @@ class CompiledStore:
         return runner
 
     def build(
-        self, key: str, graph: fx.GraphModule, inputs: Sequence[Tensor], about: dict[str, Any]
+        self,
+        key: str,
+        graph: fx.GraphModule,
+        inputs: Sequence[Tensor],
+        about: dict[str, Any],
+        options: dict[str, Any] | None = None,
     ) -> Callable[..., Any]:
-        """Export ``graph`` for ``inputs``, compile it with AOTInductor, save it under ``key``
-        (atomically, with its record) and return the loaded program. ``about``: what it was
-        built for (kept in the record)."""
+        """Export ``graph`` for ``inputs``, compile it with AOTInductor (inductor ``options``),
+        save it under ``key`` (atomically, with its record) and return the loaded program.
+        ``about``: what it was built for (kept in the record)."""
         start = time.perf_counter()
         with torch.no_grad():
             exported = torch.export.export(graph, tuple(inputs), strict=False)
@@ -151,7 +156,9 @@ class CompiledStore:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}.", suffix=".pt2")
         os.close(fd)
         try:
-            torch._inductor.aoti_compile_and_package(exported, package_path=tmp)
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=tmp, inductor_configs=dict(options or {})
+            )
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             sha = file_sha256(tmp)
