@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from fastchgnet.compile.store import CompiledStore
 
-#: Compiled model-call time as a fraction of eager on a CPU: bench/bench_md.py measured
-#: 0.5-0.65 for MD force calls on 8-64 atoms (2 threads); the larger value, to be safe.
+#: Compiled model-call time as a fraction of eager on a CPU: bench/bench_md.py measured 0.58,
+#: 0.79 and 0.65 for MD steps on 8, 32 and 64 atoms (README performance table); the middle.
 COMPILED_FRACTION = 0.65
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: 45-75 s measured for the reference architecture on 2 quiet cores.
