@@ -31,12 +31,14 @@ COLD_PREDICT_SECONDS = 60.0
 @dataclass(frozen=True)
 class CompileDecision:
     """compile: whether to compile | reason: one line naming cost and saving | compile_seconds:
-    expected compile cost, s | saved_seconds: expected saving over the run, s."""
+    expected compile cost, s | saved_seconds: expected saving over the run, s |
+    eager_seconds: one eager call, s."""
 
     compile: bool
     reason: str
     compile_seconds: float
     saved_seconds: float
+    eager_seconds: float
 
 
 def cold_estimate(store: CompiledStore | None, program: str = "predict") -> float:
@@ -70,4 +72,4 @@ def decide(
         f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
         f"{eager_seconds * 1e3:.0f} ms eager"
     )
-    return CompileDecision(worth, reason, compile_seconds, saved)
+    return CompileDecision(worth, reason, compile_seconds, saved, eager_seconds)

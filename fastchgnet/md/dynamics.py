@@ -181,16 +181,8 @@ def run_md(
     stress = ensemble.lower() == "npt"
     atoms.calc = Calculator(model, skin=skin, always_stress=stress, compiled=bool(compiled))
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
-    if compiled is None:
-        decided = md_compile_decision(atoms, model, steps, stress)
-        if decided is not None:
-            decision, potential = decided
-            log.info(decision.reason)
-            if progress:
-                print(decision.reason, file=sys.stderr)
-            if decision.compile:
-                atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
-                atoms.get_forces()
+    if compiled is None:  # compile where it pays, and keep it only where it is faster
+        _choose_calculator(atoms, model, steps, stress, skin, progress)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     if starting_temperature is not None:
@@ -221,11 +213,54 @@ def run_md(
     return atoms
 
 
+def call_seconds(atoms: Atoms, repeats: int = 3) -> float:
+    """Median seconds of one energy-and-forces call of ``atoms``'s calculator."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        atoms.calc.calculate(atoms, ["energy", "forces"], list(all_changes))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _say(message: str, progress: bool) -> None:
+    log.info(message)
+    if progress:
+        print(message, file=sys.stderr)
+
+
+def _choose_calculator(
+    atoms: Atoms, model: Any, steps: int, stress: bool, skin: float, progress: bool
+) -> None:
+    """Give ``atoms`` (carrying an eager Calculator of ``model``) a compiled calculator when
+    ``md_compile_decision`` says it pays, and keep it only if its calls are then measured
+    faster than eager (a padded shape can lose at one thread); says what it did and why."""
+    decided = md_compile_decision(atoms, model, steps, stress)
+    if decided is None:
+        return
+    decision, potential = decided
+    _say(decision.reason, progress)
+    if not decision.compile:
+        return
+    eager_calc = atoms.calc
+    atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
+    atoms.get_forces()  # compiles (or loads the stored program)
+    compiled = call_seconds(atoms)
+    if compiled >= decision.eager_seconds:
+        atoms.calc = eager_calc
+        atoms.get_forces()
+        _say(
+            f"compiled calls took {compiled * 1e3:.0f} ms, no faster than eager "
+            f"{decision.eager_seconds * 1e3:.0f} ms: the run stays eager",
+            progress,
+        )
+
+
 def md_compile_decision(
     atoms: Atoms, model: Any, steps: int, stress: bool
 ) -> tuple[CompileDecision, Potential] | None:
     """Whether ``steps`` MD steps of ``atoms`` (carrying an eager Calculator of ``model``) gain
-    from compiling, and the ``CompiledPotential`` to run if so: one eager force call is timed,
+    from compiling, and the ``CompiledPotential`` to run if so: eager force calls are timed,
     the compile cost is what that potential expects for the shape (see
     ``fastchgnet.compile.decide``). None when ``model`` is not a plain FastCHGNet (a given
     potential is used as it is)."""
@@ -235,9 +270,7 @@ def md_compile_decision(
     if not isinstance(model, FastCHGNet):
         return None
     calc = atoms.calc
-    start = time.perf_counter()
-    calc.calculate(atoms, ["energy", "forces"], list(all_changes))
-    eager_seconds = time.perf_counter() - start
+    eager_seconds = call_seconds(atoms)
     potential = compiled_potential(model)
     expected = potential.expected_compile_seconds(
         [calc.graph(atoms)], stress=stress, cold_estimate=cold_estimate(potential.store)

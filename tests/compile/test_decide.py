@@ -70,13 +70,34 @@ def test_a_short_md_run_stays_eager_and_says_why(aot_eager, capsys) -> None:
     assert aot_eager[0].graphs_built == 0  # asked what a compile would cost, built nothing
 
 
+def timings(monkeypatch, eager: float, compiled: float) -> None:
+    """run_md measures ``eager`` seconds per call, then ``compiled`` once compiled."""
+    seconds = iter([eager, compiled])
+    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms: next(seconds))
+
+
 def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, capsys) -> None:
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)  # a compile that pays
+    timings(monkeypatch, eager=0.2, compiled=0.1)
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
     assert atoms.calc.model is aot_eager[0]
     assert aot_eager[0].graphs_built == 1
     assert "compile on for this 3-step MD" in capsys.readouterr().err
+
+
+def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
+    aot_eager, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    timings(monkeypatch, eager=0.1, compiled=0.15)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
+    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert aot_eager[0].graphs_built == 1  # it was compiled, measured, and set aside
+    err = capsys.readouterr().err
+    assert "compile on" in err
+    assert "compiled calls took 150 ms, no faster than eager 100 ms: the run stays eager" in err
 
 
 def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:
