@@ -195,13 +195,11 @@ class CompiledPotential:
         compiled already in this process or when it would run eagerly (see ``max_shapes``), about
         one (the load) when the on-disk store has it, else ``cold_estimate``."""
         captured = self.captured[stress, False]
-        parameter = next(iter(self.model.parameters()))
         self.model.eval()
         capacity = self.capacity_for(graphs)
         if capacity is None:  # the call runs eagerly
             return 0.0
-        batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
-        batch = contiguous(batch.to(parameter.device))
+        batch = self._padded(graphs, capacity)
         with torch.no_grad():
             if captured.is_compiled(batch):
                 return 0.0
@@ -273,6 +271,13 @@ class CompiledPotential:
         fresh = with_headroom(counts, self.headroom, self.round_to)
         return entries(capacity) > self.max_oversize * entries(fresh)
 
+    def _padded(self, graphs: Sequence[CrystalGraph], capacity: Capacity) -> GraphBatch:
+        """``graphs`` collated and padded to ``capacity``, in the model's dtype and on its
+        device, every tensor contiguous (what the captured programs are specialised on)."""
+        parameter = next(iter(self.model.parameters()))
+        batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
+        return contiguous(batch.to(parameter.device))
+
     def predict_graphs(
         self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
     ) -> Prediction:
@@ -289,7 +294,6 @@ class CompiledPotential:
         if not graphs:
             raise ValueError("predict_graphs needs at least one graph")
         self.model.eval()  # the captured programs are specialised on eval mode
-        parameter = next(iter(self.model.parameters()))
         counts = Counts.of(graphs)
         capacity = self._capacity_for(counts, graphs)
         if capacity is None or self._oversized(capacity, counts):
@@ -297,8 +301,7 @@ class CompiledPotential:
             self.padding.add(counts.entries, None)
             return self.unpadded.predict_graphs(graphs, stress=stress, features=features)
         self.padding.add(counts.entries, capacity)
-        batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
-        batch = contiguous(batch.to(parameter.device))
+        batch = self._padded(graphs, capacity)
         with torch.no_grad(), flush_denormals():
             padded = self.captured[stress, features].predict(batch)
         n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)
