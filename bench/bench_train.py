@@ -2,6 +2,15 @@
 
     python bench/bench_train.py [--n 800] [--epochs 4] [--batch-size 16] [--lr 1e-3]
                                 [--seeds 0 1 2] [--architecture small|reference] [--whole-run]
+                                [--source FILE] [--split 0.8 0.1 0.1] [--loss 1 1 0.1 0.1]
+                                [--no-reference] [--equal-wall-time]
+
+Direct against conservative (issue #17): ``--source`` a labelled set made by ``fastchgnet data
+synth -n 1000 --seed 11 --max-atoms 100`` (crystals up to 100 atoms, CHGNet 0.3.0 labels),
+``--split 0.8 0.1 0.1`` (the table then reports the held-out test split), ``--loss 1 1 0.1 0.1``,
+``--epochs 7 --architecture reference --seeds 0 1 2``. ``--equal-wall-time`` adds a
+conservative run given the seconds the direct run trained for: the whole epochs of its own
+7-epoch run's pace that fit in them (at least one), its cosine schedule over those epochs.
 
 Whole runs (issue #14): ``--whole-run --architecture reference --epochs 2`` (and 5) puts our
 conversion of the labelled file and the reference's graph building on the clock, with
@@ -37,6 +46,7 @@ import torch
 
 from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import read_frames
+from fastchgnet.files import atomic_write_bytes
 from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.loading import gunzip_ase_file, make_splits, quickstart_path
 from fastchgnet.train.run import train
@@ -72,6 +82,7 @@ REFERENCE_ARCHITECTURE = {
     "forces": "conservative",
     "coupled_updates": True,
 }
+#: Loss prefactors of the README's small-architecture table; ``--loss`` replaces them.
 LOSS = {"energy": 2.0, "forces": 1.5, "stress": 0.1, "magmoms": 0.1}
 
 
@@ -88,10 +99,13 @@ def val_mae(predict, frames: list) -> dict[str, float]:
     return {k: float(np.abs(np.concatenate(v)).mean() * scale[k]) for k, v in errors.items()}
 
 
-def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dict:
-    """Train our model in ``mode`` ("conservative" or "direct") with the run composition.
-    With ``args.whole_run``, ``cache`` is the labelled extxyz file: its conversion to a fresh
-    cache is on the clock too."""
+def run_ours(
+    cache: Path, out: Path, args: argparse.Namespace, mode: str, epochs: int | None = None
+) -> dict:
+    """Train our model in ``mode`` ("conservative" or "direct") with the run composition, for
+    ``epochs`` (default ``args.epochs``). With ``args.whole_run``, ``cache`` is the labelled
+    extxyz file: its conversion to a fresh cache is on the clock too."""
+    epochs = args.epochs if epochs is None else epochs
     architecture = dict(args.architecture_sizes)
     start = time.perf_counter()
     convert_seconds = 0.0
@@ -102,23 +116,23 @@ def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dic
         convert(iter(frames), cache, workers=1, progress=False)
         convert_seconds = time.perf_counter() - start
     if mode == "direct":
-        architecture |= {"forces": "direct", "coupled_updates": False}
+        architecture |= {"forces": "direct", "coupled_updates": False} | args.direct_arch
     config = apply_overrides(
         TrainConfig(),
         [
             f"data.source={cache}",
-            "data.split=[0.8, 0.2, 0.0]",
+            f"data.split={json.dumps(args.split)}",
             f"data.batch_size={args.batch_size}",
             f"model.architecture={json.dumps(architecture)}",
             f"optim.lr={args.lr}",
-            f"optim.epochs={args.epochs}",
+            f"optim.epochs={epochs}",
             f"run.out_dir={out / mode}",
             "run.checkpoint_every=0",
             "run.progress=lines",
             "run.log_every=1000000",
             "run.plots=false",
             f"run.seed={args.seed}",
-            *(f"loss.{k}={v}" for k, v in LOSS.items()),
+            *(f"loss.{k}={v}" for k, v in args.loss.items()),
             # pinned: the reference Trainer's loss and schedule, whatever the defaults are
             "loss.kind=huber",
             "loss.huber_delta=0.1",
@@ -144,7 +158,14 @@ def run_ours(cache: Path, out: Path, args: argparse.Namespace, mode: str) -> dic
             f"steps {summary.train_seconds:.1f} s + the rest (setup, loading, evaluation, "
             f"checkpoints) {wall - convert_seconds - summary.train_seconds:.1f} s"
         )
-    return {"model": model, "wall_s": wall, "structures_per_s": rate, "n_params": model.n_params}
+    return {
+        "model": model,
+        "wall_s": wall,
+        "train_s": summary.train_seconds,
+        "epochs": epochs,
+        "structures_per_s": rate,
+        "n_params": model.n_params,
+    }
 
 
 def run_reference(train_frames: list, val_frames: list, out: Path, args: argparse.Namespace):
@@ -193,10 +214,10 @@ def run_reference(train_frames: list, val_frames: list, out: Path, args: argpars
     trainer = Trainer(
         model=model,
         targets="efsm",
-        energy_loss_ratio=LOSS["energy"],
-        force_loss_ratio=LOSS["forces"],
-        stress_loss_ratio=LOSS["stress"],
-        mag_loss_ratio=LOSS["magmoms"],
+        energy_loss_ratio=args.loss["energy"],
+        force_loss_ratio=args.loss["forces"],
+        stress_loss_ratio=args.loss["stress"],
+        mag_loss_ratio=args.loss["magmoms"],
         optimizer="Adam",
         scheduler="CosLR",
         criterion="Huber",
@@ -235,7 +256,7 @@ def run_reference(train_frames: list, val_frames: list, out: Path, args: argpars
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=800, help="structures (train + val)")
+    parser.add_argument("--n", type=int, default=800, help="structures (train + val + test)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -244,7 +265,34 @@ def main() -> None:
     )
     parser.add_argument("--out", default="/tmp/fastchgnet-bench-train")
     parser.add_argument(
+        "--source",
+        default="",
+        help="labelled extxyz[.gz] (energy, forces, stress, magmoms); default: the bundled "
+        "quick-start set",
+    )
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=[0.8, 0.2, 0.0],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions by material; with a test fraction the table reports the test split",
+    )
+    parser.add_argument(
+        "--loss",
+        type=float,
+        nargs=4,
+        default=list(LOSS.values()),
+        metavar=("E", "F", "S", "M"),
+        help="Huber (delta 0.1) prefactors of energy, forces, stress, magmoms, both sides",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], help="extra key=value for our runs' TrainConfig"
+    )
+    parser.add_argument(
+        "--direct-arch",
+        default="{}",
+        help="JSON of model settings added to the direct run's architecture only",
     )
     parser.add_argument(
         "--architecture",
@@ -260,43 +308,79 @@ def main() -> None:
         "a fresh cache and the reference's graph building (in its loader, every epoch) are on "
         "the clock, and so are evaluation and checkpoints; struct/s = trained structures / wall",
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["conservative", "direct"],
+        default=["conservative", "direct"],
+        help="our runs",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="ours only (no reference Trainer run)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds run in parallel processes (one thread each)"
+    )
+    parser.add_argument(
+        "--equal-wall-time",
+        action="store_true",
+        help="add a conservative run given the training seconds of the direct run",
+    )
     args = parser.parse_args()
     args.architecture_sizes = (
         REFERENCE_ARCHITECTURE if args.architecture == "reference" else ARCHITECTURE
     )
+    args.loss = dict(zip(LOSS, args.loss, strict=True))
+    args.direct_arch = json.loads(args.direct_arch)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    plain = args.plain = gunzip_ase_file(quickstart_path(), out)
+    source = Path(args.source) if args.source else quickstart_path()
+    plain = args.plain = gunzip_ase_file(source, out)
     frames = [f for _, f in zip(range(args.n), read_frames(plain), strict=False)]
     cache = out / "cache"
     if not (cache / "manifest.json").is_file():
         convert(iter(frames), cache, workers=1, progress=False)
-    splits = make_splits(cache, apply_overrides(TrainConfig(), ["data.split=[0.8,0.2,0.0]"]).data)
+    split_config = apply_overrides(TrainConfig(), [f"data.split={json.dumps(args.split)}"])
+    splits = make_splits(cache, split_config.data)
     by_id = {f.frame_id: f for f in frames}
     pick = lambda idx: [by_id[splits.dataset[int(i)][1].frame_id] for i in idx]  # noqa: E731
     train_frames, val_frames = pick(splits.train), pick(splits.val)
-    print(f"{len(train_frames)} train / {len(val_frames)} val structures, {args.epochs} epochs")
+    args.held_out = "test" if len(splits.test) else "val"
+    held_out = pick(splits.test) if len(splits.test) else val_frames
+    sizes = np.array([len(f.structure) for f in frames])
+    print(
+        f"{len(train_frames)} train / {len(val_frames)} val / {len(splits.test)} test "
+        f"structures of {sizes.min()}-{sizes.max()} atoms (mean {sizes.mean():.1f}), "
+        f"{args.epochs} epochs, batch {args.batch_size}, loss e/f/s/m "
+        f"{'/'.join(f'{v:g}' for v in args.loss.values())}; MAE on the {args.held_out} split"
+    )
 
-    per_seed = []
-    for seed in args.seeds:
-        args.seed = seed
-        rows = run_all(cache, out / f"seed-{seed}", train_frames, val_frames, args)
-        print_table(rows, f"seed {seed}")
-        per_seed.append(rows)
-    report = {
-        f"seed {seed}": {
-            name: {k: r[k] for k in ("n_params", "wall_s", "structures_per_s", "val")}
-            for name, r in rows.items()
-        }
-        for seed, rows in zip(args.seeds, per_seed, strict=True)
-    }
+    if args.jobs > 1 and len(args.seeds) > 1:
+        per_seed = run_seeds_in_parallel(args, out)
+    else:
+        per_seed = []
+        for seed in args.seeds:
+            args.seed = seed
+            rows = run_all(cache, out / f"seed-{seed}", train_frames, val_frames, held_out, args)
+            rows = {name: {k: v for k, v in r.items() if k != "model"} for name, r in rows.items()}
+            atomic_write_bytes(
+                out / f"seed-{seed}" / "rows.json", json.dumps(rows, indent=1).encode()
+            )
+            print_table(rows, f"seed {seed}")
+            per_seed.append(rows)
+    report = {f"seed {seed}": rows for seed, rows in zip(args.seeds, per_seed, strict=True)}
     if len(per_seed) > 1:
         means = {
             name: {
                 "n_params": per_seed[0][name]["n_params"],
                 "wall_s": float(np.mean([rows[name]["wall_s"] for rows in per_seed])),
+                **{
+                    key: float(np.mean([rows[name][key] for rows in per_seed]))
+                    for key in ("train_s", "epochs")
+                    if key in per_seed[0][name]
+                },
                 "structures_per_s": float(
                     np.mean([rows[name]["structures_per_s"] for rows in per_seed])
                 ),
@@ -315,46 +399,107 @@ def main() -> None:
         print("  spread across seeds (population std): e / f / s / m")
         for name, r in means.items():
             sp = r["spread"]
-            print(f"{name:>20}   {sp['e']:.1f} / {sp['f']:.1f} / {sp['s']:.3f} / {sp['m']:.3f}")
+            print(f"{name:>30}   {sp['e']:.1f} / {sp['f']:.1f} / {sp['s']:.3f} / {sp['m']:.3f}")
         report["mean"] = means
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    print(f"\nshared 2-core CPU, 1 thread per run; results in {out / 'results.json'}")
+    print(
+        f"\nMAE on the {args.held_out} split; shared 2-core CPU, 1 thread per run; results in "
+        f"{out / 'results.json'}"
+    )
+
+
+def run_seeds_in_parallel(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Each seed in its own process (``args.jobs`` at a time, one thread each): this same
+    command with one seed, its rows read back from ``seed-N/rows.json``."""
+    import subprocess
+    import sys
+
+    argv = sys.argv[1:]
+    base, skip = [], False
+    for a in argv:  # drop --seeds and its values, and --jobs N
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--seeds", "--jobs")
+        if not skip:
+            base.append(a)
+    pending, running = list(args.seeds), []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            log = (out / f"seed-{seed}.log").open("w")
+            command = [sys.executable, __file__, *base, "--seeds", str(seed), "--jobs", "1"]
+            running.append((seed, subprocess.Popen(command, stdout=log, stderr=log)))
+            print(f"  seed {seed}: running, log in {out / f'seed-{seed}.log'}", flush=True)
+        seed, process = running.pop(0)
+        if process.wait() != 0:
+            raise SystemExit(f"seed {seed} failed: see {out / f'seed-{seed}.log'}")
+    per_seed = []
+    for seed in args.seeds:
+        rows = json.loads((out / f"seed-{seed}" / "rows.json").read_text())
+        print_table(rows, f"seed {seed}")
+        per_seed.append(rows)
+    return per_seed
 
 
 def run_all(
-    cache: Path, out: Path, train_frames: list, val_frames: list, args: argparse.Namespace
+    cache: Path,
+    out: Path,
+    train_frames: list,
+    val_frames: list,
+    held_out: list,
+    args: argparse.Namespace,
 ) -> dict[str, dict]:
-    """Our conservative and direct runs and the reference Trainer for ``args.seed``."""
+    """Our conservative and direct runs (and the equal-time conservative run, and the
+    reference Trainer, when asked) for ``args.seed``; MAE on ``held_out``."""
     rows = {}
-    for mode in ("conservative", "direct"):
+    for mode in args.modes:
         result = run_ours(args.plain if args.whole_run else cache, out, args, mode)
-        result["val"] = val_mae(result["model"].predict_structure, val_frames)
+        result["val"] = val_mae(result["model"].predict_structure, held_out)
         rows[f"ours {mode}"] = result
+    if args.equal_wall_time:
+        conservative, direct = rows["ours conservative"], rows["ours direct"]
+        per_epoch = conservative["train_s"] / conservative["epochs"]
+        epochs = max(1, round(direct["train_s"] / per_epoch))
+        print(
+            f"  equal wall time: direct trained {direct['train_s']:.1f} s; conservative "
+            f"{per_epoch:.1f} s per epoch -> {epochs} epoch(s)"
+        )
+        result = run_ours(cache, out / "equal-time", args, "conservative", epochs=epochs)
+        result["val"] = val_mae(result["model"].predict_structure, held_out)
+        rows["ours conservative, equal time"] = result
+    if args.no_reference:
+        return rows
     reference = run_reference(train_frames, val_frames, out, args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference["val"] = val_mae(
             lambda s: reference["model"].predict_structure(s, task="efsm", batch_size=16),
-            val_frames,
+            held_out,
         )
     rows["reference Trainer"] = reference
     return rows
 
 
 def print_table(rows: dict[str, dict], title: str) -> None:
-    """Validation MAE, wall time and throughput of each run, ratio to the reference."""
-    ref_rate = rows["reference Trainer"]["structures_per_s"]
+    """Held-out MAE, wall time and throughput of each run, and the ratio against the reference
+    (or against our conservative run when the reference did not run)."""
+    base = "reference Trainer" if "reference Trainer" in rows else next(iter(rows))
+    base_rate = rows[base]["structures_per_s"]
     print(
-        f"\n{title:>20} {'params':>7} {'e meV/at':>9} {'f meV/Å':>8} {'s GPa':>6} {'m μB':>6} "
-        f"{'wall s':>7} {'struct/s':>8} {'vs ref':>6}"
+        f"\n{title:>30} {'params':>7} {'e meV/at':>9} {'f meV/Å':>8} {'s GPa':>6} {'m μB':>6} "
+        f"{'epochs':>6} {'train s':>7} {'wall s':>7} {'struct/s':>8} "
+        f"{'vs ' + base.split()[-1][:4]:>8}"
     )
     for name, r in rows.items():
         v = r["val"]
-        ratio = r["structures_per_s"] / ref_rate
+        ratio = r["structures_per_s"] / base_rate
+        train_s = f"{r['train_s']:>7.1f}" if "train_s" in r else f"{'':>7}"
+        epochs = f"{r['epochs']:>6.3g}" if "epochs" in r else f"{'':>6}"
         print(
-            f"{name:>20} {r['n_params']:>7} {v['e']:>9.1f} {v['f']:>8.1f} {v['s']:>6.3f} "
-            f"{v['m']:>6.3f} {r['wall_s']:>7.1f} {r['structures_per_s']:>8.1f} {ratio:>5.2f}x"
+            f"{name:>30} {r['n_params']:>7} {v['e']:>9.1f} {v['f']:>8.1f} {v['s']:>6.3f} "
+            f"{v['m']:>6.3f} {epochs} {train_s} {r['wall_s']:>7.1f} "
+            f"{r['structures_per_s']:>8.1f} {ratio:>7.2f}x"
         )
 
 

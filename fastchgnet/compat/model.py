@@ -179,7 +179,7 @@ class CHGNet(FastCHGNet):
         if kwargs:
             raise unsupported(f"from_dict(..., {sorted(kwargs)})", "pass only the dict")
         if "fastchgnet_config" in dct:
-            model = cls(ModelConfig.from_dict(dct["fastchgnet_config"]))
+            model = cls(ModelConfig.from_saved(dct["fastchgnet_config"]))
             model.load_state_dict(dct["state_dict"])
         else:
             model = model_from_reference_dict(cls, dct, "CHGNet.from_dict")

@@ -123,7 +123,11 @@ class FastCHGNet(nn.Module):
         self.angle_updates = nn.ModuleList(
             AngleUpdate(a, b, t, c.angle_hidden_dim, c.gated_norm) for _ in range(c.n_conv - 1)
         )
-        self.magmom_readout = MagmomReadout(a)
+        self.magmom_readout = (
+            MagmomReadout(a)
+            if c.magmom_head == "linear"
+            else MagmomReadout(a, c.head_hidden_dims, c.readout_norm)
+        )
         self.energy_readout = EnergyReadout(a, c.mlp_hidden_dims, c.readout_norm)
         self.composition = AtomRef(c.max_num_elements)
         self.direct_heads = (

@@ -36,22 +36,11 @@ from torch import Tensor, nn
 
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import polynomial_envelope
-from fastchgnet.model.layers import norm_or_identity
+from fastchgnet.model.layers import mlp, norm_or_identity
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 #: Initial scale of the virial head's last layer (see DirectHeads).
 VIRIAL_INIT_SCALE = 0.01
-
-
-def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
-    """Linear layers with SiLU between: in -> hidden... -> out."""
-    layers: list[nn.Module] = []
-    width = in_dim
-    for hidden in hidden_dims:
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    layers.append(nn.Linear(width, out_dim))
-    return nn.Sequential(*layers)
 
 
 def pair_forces(magnitudes: Tensor, units: Tensor, bond_atoms: Tensor, n_atoms: int) -> Tensor:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fastchgnet.model.layers import norm_or_identity
+from fastchgnet.model.layers import mlp, norm_or_identity
 
 
 def per_structure_sum(values: Tensor, owner: Tensor, n_structures: int) -> Tensor:
@@ -21,13 +21,7 @@ class EnergyReadout(nn.Module):
     def __init__(self, atom_dim: int, hidden_dims: Sequence[int], norm: str | None):
         super().__init__()
         self.norm = norm_or_identity(norm, atom_dim)
-        layers: list[nn.Module] = []
-        width = atom_dim
-        for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp(atom_dim, hidden_dims, 1)
 
     def forward(self, atoms: Tensor) -> Tensor:
         """(n_atoms, A) -> (n_atoms,) site energies, eV."""
@@ -35,15 +29,22 @@ class EnergyReadout(nn.Module):
 
 
 class MagmomReadout(nn.Module):
-    """|linear(a)|: magnetic moment magnitude per atom, μB."""
+    """|linear(a)| (the reference), or |MLP(norm(a))| with ``hidden_dims``: magnetic moment
+    magnitude per atom, μB."""
 
-    def __init__(self, atom_dim: int):
+    def __init__(self, atom_dim: int, hidden_dims: Sequence[int] = (), norm: str | None = None):
         super().__init__()
-        self.linear = nn.Linear(atom_dim, 1)
+        if hidden_dims:
+            self.norm = norm_or_identity(norm, atom_dim)
+            self.mlp = mlp(atom_dim, hidden_dims, 1)
+        else:
+            self.linear = nn.Linear(atom_dim, 1)
 
     def forward(self, atoms: Tensor) -> Tensor:
         """(n_atoms, A) -> (n_atoms,) μB."""
-        return self.linear(atoms).squeeze(1).abs()
+        if hasattr(self, "linear"):
+            return self.linear(atoms).squeeze(1).abs()
+        return self.mlp(self.norm(atoms)).squeeze(1).abs()
 
 
 class AtomRef(nn.Module):

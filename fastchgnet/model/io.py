@@ -31,6 +31,6 @@ def load_model(
     """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
     (``ChecksumError``) naming the file and the problem."""
     _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
-    model = cls(ModelConfig.from_dict(payload["config"]))
+    model = cls(ModelConfig.from_saved(payload["config"]))
     model.load_state_dict(payload["weights"])
     return model.to(map_location)

@@ -10,6 +10,7 @@ function (tested).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -189,3 +190,14 @@ def _angle_preactivation(
         + torch.addmm(gated.first.bias, angles, w_angle.T)
         + gather(atoms @ w_atom.T, topo.angle_centre)
     )
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
+    """Linear layers with SiLU between: in -> hidden... -> out."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for hidden in hidden_dims:
+        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)

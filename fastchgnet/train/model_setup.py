@@ -30,7 +30,7 @@ def load_from_path(path: Path) -> FastCHGNet:
         return FastCHGNet.load(path)
     except ValueError:
         payload = read_verified(path)
-        model = FastCHGNet(ModelConfig.from_dict(payload["model_config"]))
+        model = FastCHGNet(ModelConfig.from_saved(payload["model_config"]))
         model.load_state_dict(payload["model"])
         return model
 

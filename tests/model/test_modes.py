@@ -21,8 +21,9 @@ MODES = [
 #: n_params per mode (the 94 fixed composition energies included, as the reference counts)
 PARAMETER_COUNTS = {
     "conservative": 412_525,  # = reference CHGNet 0.3.0
-    "direct-virial": 429_679,  # + two pair heads of 8_577 each
-    "direct-lattice": 425_780,  # + pair force head 8_577 + lattice stress head 4_678
+    # + two pair heads of 8_577 each, and the MLP magmom head (4_353) for the linear one (65)
+    "direct-virial": 433_967,
+    "direct-lattice": 430_068,  # + pair force head 8_577 + lattice stress head 4_678 + 4_288
 }
 
 
@@ -65,8 +66,10 @@ def test_modes_share_the_backbone_parameter_names():
     backbone = set(FastCHGNet().state_dict())
     assert set(FastCHGNet(coupled_updates=False).state_dict()) == backbone
     direct = set(FastCHGNet(forces="direct").state_dict())
-    assert backbone < direct
-    assert all(name.startswith("direct_heads.") for name in direct - backbone)
+    magmom = {"magmom_readout.linear.weight", "magmom_readout.linear.bias"}
+    assert backbone - magmom < direct
+    assert all(name.startswith(("direct_heads.", "magmom_readout.")) for name in direct - backbone)
+    assert set(FastCHGNet(forces="direct", magmom_head="linear").state_dict()) > backbone
 
 
 @pytest.mark.parametrize(
@@ -208,3 +211,49 @@ def test_decoupled_bond_and_angle_updates_read_the_block_inputs(coupled):
         torch.equal(plain["angle_update"], new_bonds["angle_update"]),
     ]
     assert independent == [not coupled] * 3
+
+
+def test_magmom_head_follows_the_mode_unless_named():
+    assert ModelConfig().magmom_head == "linear"
+    assert ModelConfig(forces="direct").magmom_head == "mlp"
+    assert ModelConfig(forces="direct", magmom_head="linear").magmom_head == "linear"
+    assert ModelConfig(magmom_head="mlp").magmom_head == "mlp"
+    with pytest.raises(ValueError, match="magmom_head='deep'"):
+        ModelConfig(magmom_head="deep")
+    linear = FastCHGNet(forces="direct", magmom_head="linear").magmom_readout
+    mlp = FastCHGNet(forces="direct").magmom_readout
+    assert hasattr(linear, "linear")
+    assert not hasattr(linear, "mlp")
+    assert hasattr(mlp, "mlp")
+    assert not hasattr(mlp, "linear")
+
+
+def test_mlp_magmom_head_reads_the_features_before_the_last_conv():
+    """Changing the last atom conv changes energy but not the magmoms."""
+    model = randomize_model(FastCHGNet(forces="direct"), seed=2).eval()
+    batch = small_batch()
+    before = model(batch)
+    with torch.no_grad():
+        for p in model.atom_convs[-1].parameters():
+            p.add_(0.1)
+    after = model(batch)
+    torch.testing.assert_close(after.magmoms, before.magmoms, rtol=0, atol=0)
+    assert not torch.allclose(after.energy, before.energy)
+    assert (before.magmoms >= 0).all()
+
+
+def test_a_model_file_from_before_the_magmom_head_setting_loads_with_the_linear_head(tmp_path):
+    from fastchgnet.files import write_checksummed
+    from fastchgnet.model.io import FORMAT, FORMAT_VERSION
+
+    model = randomize_model(FastCHGNet(forces="direct", magmom_head="linear"), seed=3)
+    config = model.config.to_dict()
+    del config["magmom_head"]  # as files written before the setting existed
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    write_checksummed(
+        tmp_path / "old.pt", {"config": config, "weights": state}, FORMAT, FORMAT_VERSION
+    )
+    loaded = FastCHGNet.load(tmp_path / "old.pt")
+    assert loaded.config.magmom_head == "linear"
+    crystal = [random_crystal(4, 3)]
+    np.testing.assert_array_equal(predict(model, crystal)[0]["m"], predict(loaded, crystal)[0]["m"])
