@@ -28,12 +28,17 @@ quickstart: setup
 predict-demo: setup
 	$(BIN)/python -m fastchgnet.predict_demo
 
+# TEST_WORKERS pytest-xdist processes (one torch thread each, see tests/conftest.py); 0: one
+# process, in order
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
+
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # pytest exits 5 when no test is selected: not a failure for this second step
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+	$(PYTEST) -m slow || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -7,6 +7,36 @@ from pathlib import Path
 
 import pytest
 
+#: Test modules that hold the longest tests (the quick start, 2-rank DeepSpeed runs, inductor
+#: builds): run first, so that with ``-n 2`` (``make test``) the two workers finish together
+#: instead of one running a 4-minute test alone at the end.
+LONGEST_FIRST = (
+    "test_quickstart.py",
+    "test_distributed.py",
+    "test_potential.py",
+    "test_capture.py",
+    "test_invariances.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, one torch thread: two workers on two cores, each with an
+    OpenMP team of two spinning threads, would slow every test many times over. Tests that
+    need another thread count set it themselves."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests' modules first (see ``LONGEST_FIRST``), the rest in their order."""
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE_DATA = SHARED / "data" / "reference"
 REFERENCE_CIFS = ("mp-18767-LiMnO2.cif", "mp-1175469-Li9Co7O16.cif")

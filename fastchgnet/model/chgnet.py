@@ -154,7 +154,7 @@ class FastCHGNet(nn.Module):
         stress = f", stress_head={c.stress_head!r}" if c.forces == "direct" else ""
         return (
             f"forces={c.forces!r}{stress}, coupled_updates={c.coupled_updates}, "
-            f"n_params={self.n_params:,}"
+            f"magmom_head={c.magmom_head!r}, n_params={self.n_params:,}"
         )
 
     # ----------------------------------------------------------------- geometry
