@@ -83,6 +83,14 @@ class Encoded(NamedTuple):
     magmom_atoms: Tensor
 
 
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward pass (exactly for 0, 0.5 and 1), ``scale`` times its gradient in
+    the backward pass; (n, d) -> (n, d)."""
+    if scale == 1.0:
+        return x
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class FastCHGNet(nn.Module):
     """CHGNet with the reference architecture; ``FastCHGNet.from_reference("0.3.0")`` loads the
     pretrained weights. Keyword arguments mirror ``ModelConfig`` (defaults: the reference
@@ -332,10 +340,11 @@ class FastCHGNet(nn.Module):
         encoded = self.encode(batch, vectors, self.topology(batch))
         site_energy = self.energy_readout(encoded.atoms)
         total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
+        scale = self.config.head_feature_grad
         forces, stress = self.direct_heads(
             batch,
-            encoded.atoms,
-            encoded.bonds,
+            scale_gradient(encoded.atoms, scale),
+            scale_gradient(encoded.bonds, scale),
             vectors,
             compute_forces=compute_forces,
             compute_stress=compute_stress,

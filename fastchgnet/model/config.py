@@ -29,6 +29,9 @@ class ModelConfig:
     "auto" (the default) is "mlp" in direct mode and "linear" in conservative mode. At the
     reference architecture on 1,000 varied crystals the MLP head cut the direct model's test
     magmom MAE by a third (README, "Model modes"); the reference weights need "linear".
+    ``head_feature_grad`` (direct mode): the factor on the gradient that the force and stress
+    heads' losses send back into the shared atom and bond features (the heads' own weights get
+    it whole; 1: plain backpropagation). Below 1 the backbone leans towards the energy.
     """
 
     atom_fea_dim: int = 64
@@ -54,6 +57,7 @@ class ModelConfig:
     stress_head: StressHead = "virial"
     head_hidden_dims: tuple[int, ...] = (64,)
     magmom_head: MagmomHead = "auto"
+    head_feature_grad: float = 1.0
 
     def __post_init__(self) -> None:
         if self.forces not in ("conservative", "direct"):
@@ -70,6 +74,8 @@ class ModelConfig:
         if self.magmom_head == "auto":
             head = "mlp" if self.forces == "direct" else "linear"
             object.__setattr__(self, "magmom_head", head)
+        if not 0.0 <= self.head_feature_grad <= 1.0:
+            raise ValueError(f"head_feature_grad={self.head_feature_grad}: must be in [0, 1]")
         if not isinstance(self.coupled_updates, bool):
             raise ValueError(f"coupled_updates={self.coupled_updates!r} must be a bool")
         if self.num_angular % 2 != 1:

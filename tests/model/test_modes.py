@@ -257,3 +257,33 @@ def test_a_model_file_from_before_the_magmom_head_setting_loads_with_the_linear_
     assert loaded.config.magmom_head == "linear"
     crystal = [random_crystal(4, 3)]
     np.testing.assert_array_equal(predict(model, crystal)[0]["m"], predict(loaded, crystal)[0]["m"])
+
+
+def test_head_feature_grad_scales_only_what_the_heads_send_into_the_backbone():
+    batch = small_batch(torch.float64)
+    plain = randomize_model(FastCHGNet(forces="direct"), seed=4).double()
+    half = FastCHGNet(forces="direct", head_feature_grad=0.5).double()
+    half.load_state_dict(plain.state_dict())
+    grads, outputs = [], []
+    for model in (plain, half):
+        model.zero_grad()
+        out = model(batch)
+        (out.forces.square().sum() + out.stress.square().sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        outputs.append(out)
+    for key in ("forces", "stress", "energy"):  # the forward pass is unchanged
+        torch.testing.assert_close(
+            getattr(outputs[1], key), getattr(outputs[0], key), rtol=0, atol=0
+        )
+    (g1, g_half) = grads
+    assert set(g1) == set(g_half)
+    heads = [n for n in g1 if n.startswith("direct_heads.")]
+    backbone = [n for n in g1 if n.startswith(("atom_convs.", "bond_convs.", "atom_embedding"))]
+    assert heads
+    assert backbone
+    for name in heads:
+        torch.testing.assert_close(g_half[name], g1[name])
+    for name in backbone:
+        torch.testing.assert_close(g_half[name], 0.5 * g1[name])
+    with pytest.raises(ValueError, match=r"head_feature_grad=1\.5"):
+        ModelConfig(forces="direct", head_feature_grad=1.5)
