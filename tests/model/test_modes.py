@@ -21,9 +21,9 @@ MODES = [
 #: n_params per mode (the 94 fixed composition energies included, as the reference counts)
 PARAMETER_COUNTS = {
     "conservative": 412_525,  # = reference CHGNet 0.3.0
-    # + two pair heads of 8_577 each, and the MLP magmom head (4_353) for the linear one (65)
-    "direct-virial": 433_967,
-    "direct-lattice": 430_068,  # + pair force head 8_577 + lattice stress head 4_678 + 4_288
+    # + two pair heads of 12_737 each, and the MLP magmom head (8_513) for the linear one (65)
+    "direct-virial": 446_447,
+    "direct-lattice": 442_548,  # + pair force head 12_737 + lattice stress head 8_838 + 8_448
 }
 
 
@@ -248,20 +248,22 @@ def test_a_model_file_from_before_the_magmom_head_setting_loads_with_the_linear_
 
     model = randomize_model(FastCHGNet(forces="direct", magmom_head="linear"), seed=3)
     config = model.config.to_dict()
-    del config["magmom_head"]  # as files written before the setting existed
+    del config["magmom_head"]  # as files written before these settings existed
+    del config["head_feature_grad"]
     state = {k: v.detach() for k, v in model.state_dict().items()}
     write_checksummed(
         tmp_path / "old.pt", {"config": config, "weights": state}, FORMAT, FORMAT_VERSION
     )
     loaded = FastCHGNet.load(tmp_path / "old.pt")
     assert loaded.config.magmom_head == "linear"
+    assert loaded.config.head_feature_grad == 1.0
     crystal = [random_crystal(4, 3)]
     np.testing.assert_array_equal(predict(model, crystal)[0]["m"], predict(loaded, crystal)[0]["m"])
 
 
 def test_head_feature_grad_scales_only_what_the_heads_send_into_the_backbone():
     batch = small_batch(torch.float64)
-    plain = randomize_model(FastCHGNet(forces="direct"), seed=4).double()
+    plain = randomize_model(FastCHGNet(forces="direct", head_feature_grad=1.0), seed=4).double()
     half = FastCHGNet(forces="direct", head_feature_grad=0.5).double()
     half.load_state_dict(plain.state_dict())
     grads, outputs = [], []
