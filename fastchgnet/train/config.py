@@ -107,6 +107,7 @@ class ModelSection:
             "n_conv": 3,
             "forces": "direct",
             "coupled_updates": False,
+            "head_hidden_dims": [64],
         }
     )
     freeze: tuple[str, ...] = ()
