@@ -25,6 +25,7 @@ from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
+from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
 from fastchgnet.units import EV_PER_A3_TO_GPA
@@ -81,38 +82,6 @@ class Encoded(NamedTuple):
     bonds: Tensor
     magmoms: Tensor
     magmom_atoms: Tensor
-
-
-@torch.library.custom_op("fastchgnet::scale_gradient", mutates_args=())
-def _scale_gradient(x: Tensor, scale: float) -> Tensor:
-    return x.clone()
-
-
-@_scale_gradient.register_fake
-def _(x: Tensor, scale: float) -> Tensor:
-    return torch.empty_like(x)
-
-
-def _scale_gradient_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-    return grad * ctx.scale, None
-
-
-def _keep_scale(ctx: Any, inputs: tuple[Tensor, float], output: Tensor) -> None:
-    ctx.scale = inputs[1]
-
-
-_scale_gradient.register_autograd(_scale_gradient_backward, setup_context=_keep_scale)
-
-
-def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` unchanged in the forward pass, ``scale`` times its gradient in the backward pass;
-    (n, d) -> (n, d). One registered op with its own backward, not ``x.detach()``: a traced
-    training step drops every detach (``compile.trace.strip_detach``), and the op keeps its
-    meaning through make_fx, AOTAutograd and inductor. Without a gradient to scale (inference,
-    ``scale`` 1) it is ``x`` itself, so prediction programs never contain it."""
-    if scale == 1.0 or not (torch.is_grad_enabled() and x.requires_grad):
-        return x
-    return _scale_gradient(x, scale)
 
 
 class FastCHGNet(nn.Module):
