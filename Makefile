@@ -21,8 +21,11 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # the main job: train a small model on the bundled quick-start data, print the MAE table
+# on two threads (QUICKSTART_THREADS): the same numbers as one, 3 min 59 s instead of 5 min 16 s
+# on the idle 2-core machine; a training run's own default stays one thread (RunConfig.threads)
+QUICKSTART_THREADS ?= 2
 quickstart: setup
-	$(BIN)/python launcher/train.py
+	$(BIN)/python launcher/train.py --set run.threads=$(QUICKSTART_THREADS)
 
 # predict a crystal the package builds, with the pretrained CHGNet 0.3.0 weights
 predict-demo: setup
