@@ -167,11 +167,14 @@ class FastCHGNet(nn.Module):
         bond_ids = torch.arange(batch.bond_atoms.shape[0], device=i.device)
         edge_bond = torch.cat([bond_ids, bond_ids])
         e1, e2 = batch.angle_edges[:, 0], batch.angle_edges[:, 1]
+        n_bonds, n_short = batch.bond_atoms.shape[0], batch.n_short_bonds
         return Topology(
             edge_centre=edge_centre,
             edge_neighbour=torch.cat([j, i]),
             edge_bond=edge_bond,
-            angle_centre=edge_centre[e1],
+            short_edge_centre=torch.cat([i[:n_short], j[:n_short]]),
+            # edges of short bonds are b and n_bonds + b, b < n_short: renumbered b, n_short + b
+            angle_edge1=torch.where(e1 < n_bonds, e1, e1 - (n_bonds - n_short)),
             angle_bond1=edge_bond[e1],
             angle_bond2=edge_bond[e2],
             n_short_bonds=batch.n_short_bonds,

@@ -21,14 +21,18 @@ class Topology(NamedTuple):
     """Index tensors of a batch, derived once per forward (see fastchgnet.data.batch).
 
     edge_centre (n_edges,) | edge_neighbour (n_edges,) | edge_bond (n_edges,) |
-    angle_centre (n_angles,) | angle_bond1 (n_angles,) | angle_bond2 (n_angles,) |
+    short_edge_centre (2 * n_short_bonds,): centre atom of each directed bond-graph edge
+    (short bond b from its first atom, then from its second at n_short_bonds + b) |
+    angle_edge1 (n_angles,): an angle's first directed edge among those; the angle's centre is
+    that edge's centre | angle_bond1 (n_angles,) | angle_bond2 (n_angles,) |
     n_short_bonds: the bond graph's nodes are bonds[:n_short_bonds]; angle bonds index them
     """
 
     edge_centre: Tensor
     edge_neighbour: Tensor
     edge_bond: Tensor
-    angle_centre: Tensor
+    short_edge_centre: Tensor
+    angle_edge1: Tensor
     angle_bond1: Tensor
     angle_bond2: Tensor
     n_short_bonds: int
@@ -179,16 +183,21 @@ def _angle_preactivation(
 ) -> Tensor:
     """First layer of a GatedMLP on [b_1, b_2, t, a_c] per angle, factored by input.
 
-    ``bonds`` are the bond graph's nodes (n_short_bonds, B).
+    ``bonds`` are the bond graph's nodes (n_short_bonds, B). An angle's centre atom is the
+    centre of its first directed edge, so the b_1 and a_c parts are summed once per directed
+    edge (2 * n_short_bonds rows) and gathered together: per angle, two gathers and two adds
+    instead of three and three.
     """
     w_bond1, w_bond2, w_angle, w_atom = gated.input_weights(sizes)
-    per_bond = bonds @ torch.cat([w_bond1, w_bond2], dim=0).T  # (n_bonds, 4 * width)
+    per_bond = bonds @ torch.cat([w_bond1, w_bond2], dim=0).T  # (n_short, 4 * width)
     from_bond1, from_bond2 = per_bond.chunk(2, dim=1)
+    n_short, width = bonds.shape[0], from_bond1.shape[1]  # width: 2 * the GatedMLP's
+    from_centre = gather(atoms @ w_atom.T, topo.short_edge_centre).view(2, n_short, width)
+    per_edge1 = (from_centre + from_bond1).view(2 * n_short, width)
     return (
-        gather(from_bond1, topo.angle_bond1)
+        gather(per_edge1, topo.angle_edge1)
         + gather(from_bond2, topo.angle_bond2)
         + torch.addmm(gated.first.bias, angles, w_angle.T)
-        + gather(atoms @ w_atom.T, topo.angle_centre)
     )
 
 

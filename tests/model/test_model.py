@@ -71,9 +71,8 @@ def test_factored_bond_conv_equals_concatenated_gated_mlp():
     angles = torch.randn(graph.n_angles, 4, dtype=torch.float64)
     topo = FastCHGNet.topology(batch)
     got = conv(atoms, bonds, weights, angles, topo)
-    x = torch.cat(
-        [bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[topo.angle_centre]], dim=1
-    )
+    centre = topo.edge_centre[batch.angle_edges[:, 0]]  # the atom shared by the two bonds
+    x = torch.cat([bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[centre]], dim=1)
     update = conv.gated(x) * weights[topo.angle_bond1] * weights[topo.angle_bond2]
     # every bond gets W_out(sum of its angle messages); bonds outside the bond graph an empty sum
     summed = scatter_sum(update, topo.angle_bond1, graph.n_bonds)
