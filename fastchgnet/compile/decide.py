@@ -59,20 +59,22 @@ def decide(
     *,
     fraction: float = COMPILED_FRACTION,
     what: str = "run",
+    margin: float = 1.0,
 ) -> CompileDecision:
     """Whether ``calls`` model calls of ``eager_seconds`` each gain from compiling, which costs
     ``compile_seconds`` first and makes each call ``fraction`` as long; ``what`` names the run
-    in the reason."""
-    if calls < 0 or eager_seconds < 0 or compile_seconds < 0 or not 0 < fraction <= 1:
+    in the reason. With ``margin`` > 1 the saving must be that many times the cost."""
+    if calls < 0 or eager_seconds < 0 or compile_seconds < 0 or not 0 < fraction <= 1 or margin < 1:
         raise ValueError(
-            f"need calls, eager_seconds, compile_seconds >= 0 and 0 < fraction <= 1; got "
-            f"{calls}, {eager_seconds}, {compile_seconds}, {fraction}"
+            f"need calls, eager_seconds, compile_seconds >= 0, 0 < fraction <= 1 and margin >= 1; "
+            f"got {calls}, {eager_seconds}, {compile_seconds}, {fraction}, {margin}"
         )
     saved = calls * eager_seconds * (1 - fraction)
-    worth = compile_seconds < saved
+    worth = compile_seconds * margin < saved
     cost = f"compiling costs ~{compile_seconds:.0f} s" if compile_seconds else "already compiled"
+    times = f"{margin:g} x " if margin != 1 and compile_seconds else ""
     reason = (
-        f"compile {'on' if worth else 'off'} for this {what}: {cost}, "
+        f"compile {'on' if worth else 'off'} for this {what}: {times}{cost}, "
         f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
         f"{eager_seconds * 1e3:.0f} ms eager"
     )

@@ -152,10 +152,11 @@ class RunConfig:
     parameters (sha256 compared across ranks); a mismatch stops the run.
     ``compile``: capture the training step (forward, loss and its backward) for the packed
     batches' one padded shape with torch.compile (``fastchgnet.compile``; CUDA graphs on GPU):
-    "on", "off" (eager) or "auto" (on when training on a GPU). On a CPU, inductor's C++ build
-    of one conservative training graph takes minutes (530 s measured on 2 cores), longer than
-    the whole quick start, hence "auto". ``compile_backend``: "inductor", or "aot_eager"
-    (traced but not code-generated; for tests).
+    "on", "off" (eager) or "auto": on when training on a GPU; on a CPU (with
+    ``data.batching="auto"``) decided once the data is split, by timing one eager step and
+    weighing the C++ build (about 90 s for a conservative graph on 2 quiet cores) against the
+    steps it would speed up (``fastchgnet.train.compile_choice``; the quick start stays eager).
+    ``compile_backend``: "inductor", or "aot_eager" (traced but not code-generated; for tests).
     """
 
     out_dir: str = "runs/quickstart"

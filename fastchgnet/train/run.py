@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fastchgnet.numerics import start_thread_team_flushing
-from fastchgnet.train import collectives
+from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     Progress,
     latest_checkpoint,
@@ -62,10 +62,15 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     return finish(run, stopped)
 
 
+def device_type() -> str:
+    """ "cuda" where training runs on GPUs, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def setup(config: TrainConfig) -> Run:
-    """Process group (DeepSpeed's launcher: NCCL on GPUs, gloo on CPUs), seeds, out folder."""
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    compiled = config.run.compiles(device_type)
+    """Process group (DeepSpeed's launcher: NCCL on GPUs, gloo on CPUs), seeds, out folder.
+    ``run.compile="auto"`` on a CPU starts eager; ``prepare_data`` decides it."""
+    compiled = config.run.compiles(device_type())
     packed = config.data.batching == "packed" or (config.data.batching == "auto" and compiled)
     if compiled and not packed:
         raise ValueError(
@@ -118,6 +123,12 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
             splits.dataset, splits.train, model.config.max_num_elements
         )
         model.composition.fit(compositions, energies)
+    if compile_choice.auto_applies(config, device_type()):
+        decision = compile_choice.choose(
+            config, model, splits, run.out, run.rank, run.world_size, resume
+        )
+        log(decision.reason, run.rank)
+        run.compiled = run.packed = decision.compile
     world = (run.rank, run.world_size)
     run.train_sampler = make_sampler(
         splits, splits.train, config.data, world, config.run.seed, packed=run.packed

@@ -36,6 +36,17 @@ def test_compile_pays_only_when_the_saving_exceeds_the_cost() -> None:
         decide(10, 0.1, 1.0, fraction=0.0)
 
 
+def test_a_margin_asks_for_that_many_times_the_cost_saved() -> None:
+    # 5000 calls of 36 ms at half the time save 90 s: enough for 60 s, not for 2 x 60 s
+    assert decide(5000, 0.036, 60.0, fraction=0.5).compile
+    cautious = decide(5000, 0.036, 60.0, fraction=0.5, margin=2.0, what="training")
+    assert not cautious.compile
+    assert "2 x compiling costs ~60 s" in cautious.reason
+    assert decide(5000, 0.036, 44.0, fraction=0.5, margin=2.0).compile
+    with pytest.raises(ValueError, match="margin"):
+        decide(10, 0.1, 1.0, margin=0.5)
+
+
 def test_the_cold_estimate_is_the_median_compile_time_on_record(tmp_path) -> None:
     store = CompiledStore(tmp_path)
     assert cold_estimate(store) == COLD_PREDICT_SECONDS

@@ -4,12 +4,18 @@ same losses as eager training on the same packed batches, with one graph and no 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from fastchgnet.compile.decide import CompileDecision
+from fastchgnet.files import write_json_atomic
+from fastchgnet.train import compile_choice
 from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.loading import make_sampler, make_splits
+from fastchgnet.train.model_setup import build_model
 from fastchgnet.train.run import train
 from tests.train.helpers import small_cache, tiny_config
 
@@ -58,3 +64,91 @@ def test_compile_auto_is_on_for_gpus_only() -> None:
     assert run.compiles("cuda:0")
     assert not run.compiles("cpu")
     assert apply_overrides(TrainConfig(), ["run.compile=on"]).run.compiles("cpu")
+
+
+# ------------------------------------------------- run.compile="auto" on a CPU: decided by timing
+
+
+def decision_file(out_dir: Path) -> dict:
+    return json.loads((out_dir / compile_choice.DECISION_FILE).read_text())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_auto_keeps_a_short_cpu_run_eager_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    summary = train(tiny_config(cache, out, "run.max_steps=3", "optim.epochs=1"))
+    assert summary.graphs == 0
+    recorded = decision_file(out)
+    assert recorded["compile"] is False
+    assert recorded["compile_seconds"] == compile_choice.COLD_TRAIN_SECONDS["conservative"]
+    assert 0 < recorded["eager_seconds"] < 10
+    assert "compile off for this conservative training on a CPU" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_auto_compiles_a_cpu_run_where_compiling_pays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # a build that costs nothing pays for any run: the captured step, packed batches
+    monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    config = tiny_config(
+        cache, out, "run.max_steps=3", "optim.epochs=1", "run.compile_backend=aot_eager"
+    )
+    summary = train(config)
+    assert (summary.graphs, summary.recompiles) == (1, 0)
+    assert decision_file(out)["compile"] is True
+    printed = capsys.readouterr().out
+    assert "compile on for this conservative training" in printed
+    assert "packed sampler" in printed
+
+
+def test_a_resumed_run_keeps_its_decision_without_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = small_cache(tmp_path / "cache", n=24)
+    config = tiny_config(cache, tmp_path / "run")
+    splits = make_splits(cache, config.data)
+    started = CompileDecision(True, "compile on for this run: ...", 1.0, 2.0, 0.1)
+    write_json_atomic(tmp_path / "run" / compile_choice.DECISION_FILE, started.__dict__)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run must not time the step again")
+
+    monkeypatch.setattr(compile_choice, "time_eager_step", no_timing)
+    model = build_model(config.model, 0)
+    assert compile_choice.choose(config, model, splits, tmp_path / "run", 0, 1, True) == started
+
+
+def test_timing_the_eager_step_changes_no_weight_and_leaves_no_gradient(tmp_path: Path) -> None:
+    cache = small_cache(tmp_path / "cache", n=24)
+    config = tiny_config(cache, tmp_path / "run")
+    splits = make_splits(cache, config.data)
+    model = build_model(config.model, 0).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seconds = compile_choice.time_eager_step(model, splits, 4, config.loss)
+    assert seconds > 0
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_auto_is_decided_by_timing_only_on_cpus_with_auto_batching(tmp_path: Path) -> None:
+    config = TrainConfig()
+    assert compile_choice.auto_applies(config, "cpu")
+    assert not compile_choice.auto_applies(config, "cuda")
+    balanced = apply_overrides(config, ["data.batching=balanced"])
+    assert not compile_choice.auto_applies(balanced, "cpu")
+    assert not compile_choice.auto_applies(apply_overrides(config, ["run.compile=off"]), "cpu")
+
+
+def test_training_steps_count_epochs_ranks_and_the_step_cap() -> None:
+    config = apply_overrides(TrainConfig(), ["data.batch_size=4", "optim.epochs=3"])
+    assert compile_choice.training_steps(config, 10, 1) == 9  # 3 batches of 4 per epoch
+    assert compile_choice.training_steps(config, 10, 2) == 6  # 2 steps of 2 x 4 per epoch
+    capped = apply_overrides(config, ["run.max_steps=5"])
+    assert compile_choice.training_steps(capped, 10, 1) == 5

@@ -1,0 +1,124 @@
+"""Compile the training step or not, when ``run.compile = "auto"`` trains on a CPU.
+
+On a GPU "auto" always compiles. On a CPU the C++ build of a training graph costs a minute or
+more, so it pays only for long runs. Once the data is split (the run's length is known) and
+before the sampler is made (compiling needs packed batches of one shape), rank 0 times the
+eager training step (forward, loss, backward) on the first ``batch_size`` training structures
+and weighs (``fastchgnet.compile.decide``):
+
+    COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - TRAIN_COMPILED_FRACTION)
+
+Every rank takes rank 0's answer (one ``all_gather_objects``: every rank reaches it). The
+decision and its one-line reason are logged and written to ``<out_dir>/compile_decision.json``;
+a resumed run reads it back instead of deciding again, so its batches stay the ones it started
+with. ``data.batching`` other than "auto" keeps the run eager, as it fixes the batching.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from fastchgnet.compile.decide import CompileDecision, decide
+from fastchgnet.files import write_json_atomic
+from fastchgnet.model.loss import LossConfig, training_loss
+from fastchgnet.numerics import flush_denormals
+from fastchgnet.train import collectives
+from fastchgnet.train.config import TrainConfig
+from fastchgnet.train.loading import Splits, collate_items
+
+#: Captured training step time as a fraction of eager on a CPU, at the same batch:
+#: ``bench/bench_train_step.py`` measured 0.46 (conservative) and 0.68 (direct) at batch 16 and
+#: 32 (README "Performance"); packing wastes about 8 % of the padded shape (bench_sampler).
+TRAIN_COMPILED_FRACTION = {"conservative": 0.5, "direct": 0.75}
+#: Cold build of a training graph at batch 16, reference architecture, 2 quiet cores
+#: (``bench/bench_compile.py``: 88.9 s conservative); a direct graph builds in about 0.6 of
+#: that. Smaller models build faster, loaded machines 2-5x slower.
+COLD_TRAIN_SECONDS = {"conservative": 90.0, "direct": 60.0}
+#: Compile only when the expected saving is this many times the expected build: a wrong "on"
+#: costs minutes on a loaded machine, a wrong "off" only the saving.
+MARGIN = 2.0
+DECISION_FILE = "compile_decision.json"
+
+
+def auto_applies(config: TrainConfig, device_type: str) -> bool:
+    """Whether this run's compile is decided by timing (``run.compile="auto"`` on a CPU with
+    ``data.batching="auto"``)."""
+    return (
+        config.run.compile == "auto"
+        and not device_type.startswith("cuda")
+        and config.data.batching == "auto"
+    )
+
+
+def time_eager_step(
+    model: torch.nn.Module, splits: Splits, batch_size: int, loss: LossConfig, repeats: int = 2
+) -> float:
+    """Seconds of one eager forward + loss + backward on the first ``batch_size`` training
+    structures (the fastest of ``repeats``); the gradients are cleared after, the weights and
+    every random state are left as they were."""
+    items = [splits.dataset[int(i)] for i in splits.train[:batch_size]]
+    batch, labels = collate_items(items)
+    times = []
+    with flush_denormals():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            training_loss(model(batch), labels, loss).backward()
+            times.append(time.perf_counter() - start)
+    model.zero_grad(set_to_none=True)
+    return min(times)
+
+
+def training_steps(config: TrainConfig, n_train: int, world_size: int) -> int:
+    """Optimiser steps the run will take (epochs of balanced batches, capped by max_steps)."""
+    per_epoch = math.ceil(n_train / (config.data.batch_size * world_size))
+    steps = config.optim.epochs * per_epoch
+    return min(steps, config.run.max_steps) if config.run.max_steps > 0 else steps
+
+
+def choose(
+    config: TrainConfig,
+    model: torch.nn.Module,
+    splits: Splits,
+    out: Path,
+    rank: int,
+    world_size: int,
+    resume: bool,
+) -> CompileDecision:
+    """The compile decision of this run (see the module docstring); the same on every rank."""
+    decision = None
+    if rank == 0:
+        decision = _read(out) if resume else None
+        if decision is None:
+            mode = model.config.forces
+            eager = time_eager_step(model, splits, config.data.batch_size, config.loss)
+            steps = training_steps(config, len(splits.train), world_size)
+            decision = decide(
+                steps,
+                eager,
+                COLD_TRAIN_SECONDS[mode],
+                fraction=TRAIN_COMPILED_FRACTION[mode],
+                what=f"{mode} training on a CPU",
+                margin=MARGIN,
+            )
+            write_json_atomic(out / DECISION_FILE, decision.__dict__)
+    decision = collectives.all_gather_objects(decision)[0]
+    assert isinstance(decision, CompileDecision)
+    return decision
+
+
+def _read(out: Path) -> CompileDecision | None:
+    """The decision a run in ``out`` made at its start, or None."""
+    path = out / DECISION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return CompileDecision(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: unreadable compile decision ({exc}); delete it to decide again"
+        ) from None
