@@ -1,18 +1,20 @@
-"""MD step time: our Calculator + ASE integrator vs the reference chgnet MolecularDynamics,
-same run, same CPU; and NVE energy drift of both on the same starting state.
+"""MD step time: our Calculator + ASE integrator vs the reference chgnet MolecularDynamics, same
+run, same CPU; and NVE energy drift of both on the same starting state.
 
 Cases: LiMnO2 (8 atoms) and Li9Co7O16 (32 atoms) from ../shared/data/reference (skipped when
 absent) and a 64-atom supercell. NVT Berendsen at 300 K, 2 fs (the reference's default
-thermostat for NVT). Ours is timed eager as run (stress only when asked: never in NVT), eager
-with stress on every step (the reference's work), and compiled (``CompiledPotential``,
-inductor, one padded shape with headroom, as run: no stress). The compile happens before the
-timing (its seconds are printed apart). By default the compile caches start empty (a fresh
-temporary folder for our store and inductor's), so that is a cold compile; ``--warm`` keeps the
-user's caches. Then the default-settings table: what ``run_md`` with no options does over
-``--md-steps`` (2000) steps (compile only where it pays, decided as ``run_md`` decides it), its
-total time with the compile, against the reference as shipped and with denormals flushed
-(``flush_denormals``, one line a chgnet user can add). Totals are the per-step times times
-the steps, plus the measured compile. The graph/model split of our step is printed.
+thermostat for NVT). Every side of a case is timed in ``--chunks`` rounds, taking turns, and
+keeps its median round: load bursts on a shared machine hit all sides alike. Ours is timed eager
+as run (stress only when asked: never in NVT), eager with stress on every step (the reference's
+work), and compiled (``CompiledPotential``, inductor, one padded shape with headroom, as run: no
+stress). The compile happens before the timing (its seconds are printed apart). By default the
+compile caches start empty (a fresh temporary folder for our store and inductor's), so that is a
+cold compile; ``--warm`` keeps the user's caches. Then the default-settings table: what
+``run_md`` with no options does over ``--md-steps`` (2000) steps (compile only where it pays,
+decided as ``run_md`` decides it), its total time with the compile, against the reference as
+shipped and with denormals flushed (``flush_denormals``, one line a chgnet user can add). Totals
+are the per-step times times the steps, plus the measured compile. The graph/model split of our
+step is printed.
 
     python bench/bench_md.py [--steps 40] [--threads 1] [--nve-steps 200] [--md-steps 2000]
 
@@ -77,12 +79,20 @@ def thermalised(atoms: Atoms, seed: int = 0) -> Atoms:
     return atoms
 
 
-def time_per_step(dyn, steps: int, warmup: int) -> float:
-    """Seconds per MD step of an ASE dynamics object, after ``warmup`` steps."""
-    dyn.run(warmup)
-    start = time.perf_counter()
-    dyn.run(steps)
-    return (time.perf_counter() - start) / steps
+def interleaved(dyns: dict, steps: int, warmup: int, chunks: int = 5) -> dict[str, float]:
+    """Seconds per MD step of each dynamics object: after ``warmup`` steps each, ``steps``
+    steps each in ``chunks`` rounds, the objects taking turns within a round; per object the
+    median over rounds. A burst of load on a shared machine then hits every side alike."""
+    for dyn in dyns.values():
+        dyn.run(warmup)
+    per_chunk = max(1, steps // chunks)
+    seen: dict[str, list[float]] = {name: [] for name in dyns}
+    for _ in range(chunks):
+        for name, dyn in dyns.items():
+            start = time.perf_counter()
+            dyn.run(per_chunk)
+            seen[name].append((time.perf_counter() - start) / per_chunk)
+    return {name: float(np.median(times)) for name, times in seen.items()}
 
 
 def reference_md(atoms: Atoms, reference, ensemble: str = "nvt", timestep: float = 2.0):
@@ -161,6 +171,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed MD steps per case")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--chunks", type=int, default=5, help="rounds the sides take turns in (median kept)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both codes)")
     parser.add_argument("--nve-steps", type=int, default=200, help="0 skips the NVE drift")
     parser.add_argument("--nve-timestep", type=float, default=1.0, help="fs")
@@ -198,22 +211,26 @@ def main() -> None:
     potentials, defaults = {}, {}
     for name, atoms in structures.items():
         start = thermalised(atoms)
+        dyns = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_ref = time_per_step(reference_md(start.copy(), reference), args.steps, args.warmup)
-            t_ref_flushed = time_per_step(
-                flushed(reference_md(start.copy(), reference)), args.steps, args.warmup
-            )
-        timings = []
+            dyns["reference"] = reference_md(start.copy(), reference)
+            dyns["reference flushed"] = flushed(reference_md(start.copy(), reference))
         for always_stress in (False, True):
             mine = start.copy()
             mine.calc = Calculator(ours, always_stress=always_stress)
-            dyn = make_integrator(mine, "nvt", "berendsen", temperature=300, timestep=2.0)
-            timings.append(time_per_step(dyn, args.steps, args.warmup))
+            dyns[f"ours {always_stress}"] = make_integrator(
+                mine, "nvt", "berendsen", temperature=300, timestep=2.0
+            )
         # run_md's default: compile only where it pays over --md-steps (decided as run_md does)
         decision, potential = md_compile_decision(mine, ours, args.md_steps, stress=False)
-        dyn, compile_seconds = compiled_md(start.copy(), potential)  # cold: a fresh store
-        t_compiled = time_per_step(dyn, args.steps, args.warmup)
+        dyns["compiled"], compile_seconds = compiled_md(start.copy(), potential)  # cold store
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            times = interleaved(dyns, args.steps, args.warmup, args.chunks)
+        t_ref, t_ref_flushed = times["reference"], times["reference flushed"]
+        timings = [times["ours False"], times["ours True"]]
+        t_compiled = times["compiled"]
         potentials[name] = potential
         ours_total = (  # run_md keeps the compiled calculator only when it measures faster
             compile_seconds + args.md_steps * min(t_compiled, timings[0])
