@@ -11,7 +11,8 @@ and weighs (``fastchgnet.compile.decide``):
 Every rank takes rank 0's answer (one ``all_gather_objects``: every rank reaches it). The
 decision and its one-line reason are logged and written to ``<out_dir>/compile_decision.json``;
 a resumed run reads it back instead of deciding again, so its batches stay the ones it started
-with. ``data.batching`` other than "auto" keeps the run eager, as it fixes the batching.
+with (a run that has checkpoints but no such file started eager, and stays eager).
+``data.batching`` other than "auto" keeps the run eager, as it fixes the batching.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fastchgnet.files import write_json_atomic
 from fastchgnet.model.loss import LossConfig, training_loss
 from fastchgnet.numerics import flush_denormals
 from fastchgnet.train import collectives
+from fastchgnet.train.checkpoint import latest_checkpoint
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import Splits, collate_items
 
@@ -93,6 +95,12 @@ def choose(
     decision = None
     if rank == 0:
         decision = _read(out) if resume else None
+        if resume and decision is None and latest_checkpoint(out / "checkpoints") is not None:
+            # a run from before the decision was kept: it started eager, as "auto" was on CPUs
+            decision = CompileDecision(
+                False, "compile off: a resumed CPU run with no recorded decision started eager",
+                0.0, 0.0, 0.0,
+            )  # fmt: skip
         if decision is None:
             mode = model.config.forces
             eager = time_eager_step(model, splits, config.data.batch_size, config.loss)

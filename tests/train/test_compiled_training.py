@@ -152,3 +152,22 @@ def test_training_steps_count_epochs_ranks_and_the_step_cap() -> None:
     assert compile_choice.training_steps(config, 10, 2) == 6  # 2 steps of 2 x 4 per epoch
     capped = apply_overrides(config, ["run.max_steps=5"])
     assert compile_choice.training_steps(capped, 10, 1) == 5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_run_checkpointed_before_decisions_were_kept_resumes_eager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    common = ["optim.epochs=2", "run.checkpoint_every=2", "run.max_steps=2"]
+    train(tiny_config(cache, out, *common))
+    (out / compile_choice.DECISION_FILE).unlink()  # as a run from before this file existed
+    monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)  # would compile
+    config = tiny_config(cache, out, "optim.epochs=2", "run.compile_backend=aot_eager")
+    splits = make_splits(cache, config.data)
+    model = build_model(config.model, 0)
+    resumed = compile_choice.choose(config, model, splits, out, 0, 1, True)
+    assert not resumed.compile
+    assert "started eager" in resumed.reason
+    assert compile_choice.choose(config, model, splits, tmp_path / "new", 0, 1, False).compile
