@@ -3,7 +3,8 @@
     python bench/bench_train.py [--n 800] [--epochs 4] [--batch-size 16] [--lr 1e-3]
                                 [--seeds 0 1 2] [--architecture small|reference] [--whole-run]
                                 [--source FILE] [--split 0.8 0.1 0.1] [--loss 1 1 0.1 0.1]
-                                [--no-reference] [--equal-wall-time]
+                                [--no-reference] [--equal-wall-time] [--threads 1]
+                                [--reference-flush-denormals]
 
 Direct against conservative (issue #17): ``--source`` a labelled set made by ``fastchgnet data
 synth -n 1000 --seed 11 --max-atoms 100`` (crystals up to 100 atoms, CHGNet 0.3.0 labels),
@@ -16,7 +17,9 @@ Whole runs (issue #14): ``--whole-run --architecture reference --epochs 2`` (and
 conversion of the labelled file and the reference's graph building on the clock, with
 evaluation and checkpoints, and prints where our time goes outside the training steps. The
 first run of the process (ours, conservative) also pays one-time imports and setup, a few
-seconds, which the runs after it do not.
+seconds, which the runs after it do not. The fair race (issue #14) adds
+``--reference-flush-denormals``: the reference Trainer runs with denormal floats flushed, as
+ours always does (one line a chgnet user can add).
 
 Same labelled data (the first ``n`` structures of the bundled quick-start set, labels from
 CHGNet 0.3.0), the same train/val split (by material id, 80/20), the same architecture size
@@ -26,7 +29,10 @@ batch size and number of epochs, composition energies fitted on the training set
 Reports validation MAE of every run (the same evaluation code for all three), wall time, and
 training throughput in structures/s (time spent in per-epoch validation excluded; the
 reference's graphs are built before its clock starts, as ours are in the cache) with the ratio
-against the reference Trainer. One CPU thread per run. Numbers on a shared machine vary.
+against the reference Trainer. ``--threads`` CPU threads per run (default one; at more, our first
+run starts the OpenMP team with denormals flushed, and the reference's worker threads keep that
+for the rest of the process, so only ``--reference-flush-denormals`` gives it equal terms).
+Numbers on a shared machine vary.
 With several ``--seeds`` (weights and batch order; the split stays), every seed runs all three
 and the table of means (and the spread across seeds) follows the per-seed tables: one seed's
 MAE differences of a few per cent are within seed noise.
@@ -35,6 +41,7 @@ MAE differences of a few per cent are within seed noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import time
@@ -47,6 +54,7 @@ import torch
 from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import read_frames
 from fastchgnet.files import atomic_write_bytes
+from fastchgnet.numerics import flush_denormals
 from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.loading import gunzip_ase_file, make_splits, quickstart_path
 from fastchgnet.train.run import train
@@ -142,6 +150,7 @@ def run_ours(
             "optim.weight_decay=0.0",
             "optim.lr_scaling=none",
             "data.size_pool=0",
+            f"run.threads={args.threads}",
             *args.set,
         ],
     )
@@ -240,7 +249,8 @@ def run_reference(train_frames: list, val_frames: list, out: Path, args: argpars
 
     trainer._validate = timed_validate
     start = time.perf_counter()
-    trainer.train(train_loader, val_loader, save_dir=str(out / "reference"))
+    with flush_denormals() if args.reference_flush_denormals else contextlib.nullcontext():
+        trainer.train(train_loader, val_loader, save_dir=str(out / "reference"))
     wall = time.perf_counter() - start
     n_params = sum(p.numel() for p in trainer.model.parameters())
     rate = len(train_frames) * args.epochs / (wall - validation["s"])
@@ -319,6 +329,14 @@ def main() -> None:
         "--no-reference", action="store_true", help="ours only (no reference Trainer run)"
     )
     parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of every run (both sides)"
+    )
+    parser.add_argument(
+        "--reference-flush-denormals",
+        action="store_true",
+        help="the reference Trainer flushes denormal floats too (ours always does)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run in parallel processes (one thread each)"
     )
     parser.add_argument(
@@ -332,7 +350,7 @@ def main() -> None:
     )
     args.loss = dict(zip(LOSS, args.loss, strict=True))
     args.direct_arch = json.loads(args.direct_arch)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -404,8 +422,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=1))
     print(
-        f"\nMAE on the {args.held_out} split; shared 2-core CPU, 1 thread per run; results in "
-        f"{out / 'results.json'}"
+        f"\nMAE on the {args.held_out} split; shared 2-core CPU, {args.threads} thread(s) per "
+        f"run; results in {out / 'results.json'}"
     )
 
 

@@ -169,7 +169,7 @@ class CapturedModel:
         program = self._program(kind)
         if self.eager:
             return program(self.model, batch, labels)
-        key = (kind, torch.is_grad_enabled(), self.model.training, *shape_key(batch, labels))
+        key = self._key(kind, batch, labels)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._build(key, program, batch, labels)
@@ -193,8 +193,16 @@ class CapturedModel:
     def is_compiled(self, batch: GraphBatch, kind: str = "predict") -> bool:
         """Whether this process already holds the compiled ``kind`` program for ``batch``'s
         shape (in the current grad and train modes)."""
-        key = (kind, torch.is_grad_enabled(), self.model.training, *shape_key(batch, None))
-        return key in self._compiled
+        return self._key(kind, batch, None) in self._compiled
+
+    def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
+        """What picks a compiled program in this process: kind, grad and train modes, the
+        shapes, and the model's arithmetic (``FastCHGNet.precision``, traced into the graph)."""
+        mode = (kind, torch.is_grad_enabled(), self.model.training)
+        return (*mode, *shape_key(batch, labels), self._precision())
+
+    def _precision(self) -> str:
+        return getattr(self.model, "precision", "float32")
 
     def store_key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> str | None:
         """The on-disk store key of this call's program, or None when it would not be stored
@@ -213,7 +221,7 @@ class CapturedModel:
         _, state = model_state(self.model)
         name = (
             f"predict(forces={self.compute_forces}, stress={self.compute_stress}, "
-            f"features={self.features})"
+            f"features={self.features}, precision={self._precision()})"
         )
         inputs = [*state, *batch_inputs(batch, labels)]
         return program_key(self.model.config, name, inputs, batch.n_short_bonds)

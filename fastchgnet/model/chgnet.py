@@ -30,6 +30,10 @@ from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_st
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
+#: Arithmetic of the energy model: "float32", or "bf16" (bfloat16 autocast of its matrix
+#: products; sums, geometry and derivatives stay float32, see ``FastCHGNet.set_precision``).
+PRECISIONS = ("float32", "bf16")
+
 
 @dataclass
 class Prediction:
@@ -100,6 +104,7 @@ class FastCHGNet(nn.Module):
         if config.n_conv < 2:
             raise ValueError("n_conv must be at least 2 (magmoms read out before the last conv)")
         self.config = c = config
+        self.precision = "float32"  # a run-time choice, not saved: see set_precision
         a, b, t = c.atom_fea_dim, c.bond_fea_dim, c.angle_fea_dim
         self.atom_embedding = nn.Embedding(c.max_num_elements, a)
         self.radial_atom = RadialBessel(
@@ -144,6 +149,31 @@ class FastCHGNet(nn.Module):
             if c.forces == "direct"
             else None
         )
+
+    def set_precision(self, precision: str) -> FastCHGNet:
+        """Run the energy model (interaction blocks and energy and magmom readouts) in
+        ``precision``: "float32" (default), or "bf16": their matrix products in bfloat16 under
+        ``torch.autocast`` (CPUs with AVX-512 BF16 or AMX, GPU tensor cores), while the
+        geometry (positions, strain, bond vectors), every scatter sum (``scatter_sum``
+        accumulates in float32), the direct heads, the outputs and the derivative steps'
+        inputs and results stay float32. Weights and optimiser state stay float32. Not saved
+        with the model. Returns the model."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
+        self.precision = precision
+        return self
+
+    def energy_model(
+        self, batch: GraphBatch, vectors: Tensor, topo: Topology
+    ) -> tuple[Tensor, Encoded]:
+        """Site energies (n_atoms,) eV without composition and the encoding, from bond vectors
+        (n_bonds, 3) Å, computed in ``self.precision``; returned in the vectors' dtype."""
+        mixed = self.precision == "bf16"
+        with torch.autocast(vectors.device.type, dtype=torch.bfloat16, enabled=mixed):
+            encoded = self.encode(batch, vectors, topo)
+            site_energy = self.energy_readout(encoded.atoms)
+        dtype = vectors.dtype
+        return site_energy.to(dtype), Encoded(*(t.to(dtype) for t in encoded))
 
     @property
     def n_params(self) -> int:
@@ -310,8 +340,7 @@ class FastCHGNet(nn.Module):
             positions, strain, vectors = self.geometry(
                 batch, forces=compute_forces, stress=compute_stress
             )
-            encoded = self.encode(batch, vectors, self.topology(batch))
-            site_energy = self.energy_readout(encoded.atoms)
+            site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
             total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
@@ -333,8 +362,7 @@ class FastCHGNet(nn.Module):
         encoding, head forces and stress; no autograd."""
         assert self.direct_heads is not None
         _, _, vectors = self.geometry(batch, forces=False, stress=False)
-        encoded = self.encode(batch, vectors, self.topology(batch))
-        site_energy = self.energy_readout(encoded.atoms)
+        site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
         total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
         scale = self.config.head_feature_grad
         forces, stress = self.direct_heads(

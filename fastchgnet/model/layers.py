@@ -47,9 +47,17 @@ def gather(values: Tensor, index: Tensor) -> Tensor:
     return values.index_select(0, index)
 
 
+#: dtypes whose sums accumulate in float32 (mixed precision: ``FastCHGNet.set_precision``)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum rows of ``values`` (n, d) into ``size`` rows by ``index`` (n,) -> (size, d)."""
-    return values.new_zeros(size, values.shape[1]).index_add(0, index, values)
+    """Sum rows of ``values`` (n, d) into ``size`` rows by ``index`` (n,) -> (size, d);
+    bfloat16 or float16 values are summed in float32 (and returned so)."""
+    dtype = torch.float32 if values.dtype in LOW_PRECISION else values.dtype
+    return values.new_zeros(size, values.shape[1], dtype=dtype).index_add(
+        0, index, values.to(dtype)
+    )
 
 
 def norm_or_identity(kind: str | None, dim: int) -> nn.Module:

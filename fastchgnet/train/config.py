@@ -157,6 +157,10 @@ class RunConfig:
     weighing the C++ build (about 90 s for a conservative graph on 2 quiet cores) against the
     steps it would speed up (``fastchgnet.train.compile_choice``; the quick start stays eager).
     ``compile_backend``: "inductor", or "aot_eager" (traced but not code-generated; for tests).
+    ``precision``: the energy model's arithmetic in training and evaluation, "float32" or
+    "bf16" (bfloat16 autocast of its matrix products; sums, geometry, derivatives, weights and
+    optimiser state stay float32: ``FastCHGNet.set_precision``). The saved model is float32
+    either way.
     """
 
     out_dir: str = "runs/quickstart"
@@ -175,6 +179,7 @@ class RunConfig:
     check_sync_every: int = 0
     compile: Literal["auto", "on", "off"] = "auto"
     compile_backend: Literal["inductor", "aot_eager"] = "inductor"
+    precision: Literal["float32", "bf16"] = "float32"
     dist_timeout_s: float = 600.0
     profile_steps: tuple[int, ...] = ()
     sync_debug: bool = False
