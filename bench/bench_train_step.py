@@ -17,14 +17,18 @@ for LiMnO2 and Li9Co7O16 with the compiled model against the reference's predict
 
     python bench/bench_train_step.py [--batch-sizes 16 32] [--batches 4] [--repeats 5]
 
-``--no-reference`` times our side only (e.g. ``--batch-sizes 64``: the reference's batch-64 step
-needs more than this 24 GB machine has) and prints no ratios.
+``--precisions float32 bf16`` times each of our steps in both arithmetics
+(``FastCHGNet.set_precision``) side by side and adds the bf16 accuracy table: pretrained
+predictions in bf16 against float32. ``--no-reference`` times our side only (e.g.
+``--batch-sizes 64``: the reference's batch-64 step needs more than this 24 GB machine has) and
+prints no ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import time
 import warnings
@@ -70,6 +74,46 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def bf16_accuracy(structures: list, device: str) -> None:
+    """Pretrained CHGNet 0.3.0 weights, eager prediction (e, f, s, m) of ``structures`` in
+    float32 and in bf16: the seconds of each (sides interleaved, median of 3) and the mean
+    absolute difference of bf16 from float32 (the float32 model is the reference
+    implementation to round-off)."""
+    from fastchgnet import FastCHGNet
+    from fastchgnet.model.potential import predict_structures
+
+    model = FastCHGNet.from_reference("0.3.0").to(device).eval()
+    results, seconds = {}, {"float32": [], "bf16": []}
+    for _ in range(3):
+        for precision in seconds:
+            model.set_precision(precision)
+            start = time.perf_counter()
+            results[precision] = predict_structures(model, structures)
+            seconds[precision].append(time.perf_counter() - start)
+    scale = {"e": 1e3, "f": 1e3, "s": 1.0, "m": 1.0}
+    mae = {
+        key: float(
+            np.mean(
+                np.concatenate(
+                    [
+                        np.abs(np.ravel(b[key]) - np.ravel(a[key]))
+                        for a, b in zip(results["float32"], results["bf16"], strict=True)
+                    ]
+                )
+            )
+            * scale[key]
+        )
+        for key in scale
+    }
+    full, mixed = (statistics.median(seconds[p]) for p in ("float32", "bf16"))
+    print(
+        f"\nbf16 against float32, CHGNet 0.3.0 weights, eager prediction (e, f, s, m) of "
+        f"{len(structures)} structures in batches of 16: float32 {full:.2f} s, bf16 "
+        f"{mixed:.2f} s ({full / mixed:.2f}x); mean |bf16 - float32|: e {mae['e']:.2f} meV/atom, "
+        f"f {mae['f']:.2f} meV/Å, s {mae['s']:.4f} GPa, m {mae['m']:.4f} μB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=int, default=240)
@@ -85,6 +129,20 @@ def main() -> None:
         action="store_true",
         help="run the reference with denormals flushed too (ours always flushes; see "
         "fastchgnet.numerics)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["float32", "bf16"],
+        default=["float32"],
+        help="our model's arithmetic (FastCHGNet.set_precision), each timed side by side; "
+        "with bf16 the table of bf16 against float32 predictions follows",
+    )
+    parser.add_argument(
+        "--accuracy-structures",
+        type=int,
+        default=96,
+        help="structures of the bf16 accuracy table (with --precisions ... bf16)",
     )
     parser.add_argument(
         "--no-reference",
@@ -163,22 +221,24 @@ def main() -> None:
                 reference_step(reference, ref_optimizer, criterion, *rb[k])
 
         runners = {} if args.no_reference else {"reference": run_reference}
-        for mode in args.modes:
+        for mode, precision in itertools.product(args.modes, args.precisions):
             if mode == "conservative":
                 model = FastCHGNet.from_reference("0.3.0")
             else:
+                torch.manual_seed(0)
                 model = FastCHGNet(forces="direct", coupled_updates=False)
-            model.to(device).train()
+            model.to(device).train().set_precision(precision)
             kinds = ["eager"] + ([] if args.no_compile else ["compiled"])
             for kind in kinds:
+                name = f"{mode} {kind}" + ("" if precision == "float32" else f" {precision}")
                 step = standalone_step(model, compiled=kind == "compiled")
                 batches = [(x.to(device), y.to(device)) for x, y in padded]
-                runners[f"{mode} {kind}"] = lambda k, s=step, bs=batches: s(*bs[k])
+                runners[name] = lambda k, s=step, bs=batches: s(*bs[k])
                 if kind == "compiled":
                     captured = step.captured
                     t = timed(lambda s=step, bs=batches: s(*bs[0]))
                     print(
-                        f"  {mode} compiled: first step (trace + compile) {t:.1f} s, "
+                        f"  {name}: first step (trace + compile) {t:.1f} s, "
                         f"graphs {captured.stats.graphs}, recompiles {captured.stats.recompiles}"
                     )
         for fn in runners.values():  # warm-up
@@ -217,6 +277,8 @@ def main() -> None:
             )
             results.append((b, name, rate / ref_rate, ops[name], memory[name]))
 
+    if "bf16" in args.precisions:
+        bf16_accuracy(structures[: args.accuracy_structures], device)
     if args.no_reference:
         return
     kind = "eager" if args.no_compile else "compiled"
