@@ -31,6 +31,25 @@ def test_predict_writes_the_models_predictions_as_json(tmp_path, model):
         np.testing.assert_allclose(record["magmoms_muB"], p["m"], atol=1e-5)
 
 
+def test_predict_in_bf16_follows_the_bf16_model(tmp_path, model):
+    from pymatgen.core import Structure
+
+    path = tmp_path / "s.cif"
+    next(iter(varied_structures(1, seed=3, max_atoms=12))).to(filename=str(path))
+    out = tmp_path / "out.json"
+    assert main(["predict", str(path), "-o", str(out), "--precision", "bf16"]) == 0
+    record = json.loads(out.read_text())[0]
+    structure = Structure.from_file(path)
+    full = model.predict_structure(structure)
+    try:  # the session's model: back to float32 whatever happens
+        mixed = model.set_precision("bf16").predict_structure(structure)
+    finally:
+        model.set_precision("float32")
+    assert record["energy_per_atom_eV"] == pytest.approx(float(mixed["e"]), abs=1e-6)
+    assert record["energy_per_atom_eV"] != pytest.approx(float(full["e"]), abs=1e-6)
+    np.testing.assert_allclose(record["forces_eV_per_A"], mixed["f"], atol=1e-5)
+
+
 def test_predict_missing_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope.cif")]) == 1
     err = capsys.readouterr().err.strip()

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from fastchgnet.cli.data import add_commands as add_data_commands
-from fastchgnet.cli.inputs import load_model, read_structures
+from fastchgnet.cli.inputs import add_model_arguments, load_model, read_structures
 from fastchgnet.cli.md import add_commands as add_md_commands
 from fastchgnet.errors import StructureError
 
@@ -28,7 +28,7 @@ from fastchgnet.errors import StructureError
 def cmd_predict(args: argparse.Namespace) -> None:
     from fastchgnet.model.potential import predict_structures
 
-    model = load_model(args.model)
+    model = load_model(args.model, args.precision)
     structures = read_structures(args.structures)
     potential = model
     if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="energy, forces, stress and magmoms of structures")
     predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
-    predict.add_argument("--model", default="0.3.0", help="reference version or model file")
+    add_model_arguments(predict)
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
     predict.add_argument("--batch-size", type=int, default=16)
     predict.add_argument(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fastchgnet.cli.inputs import add_model_arguments
 from fastchgnet.md.dynamics import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
@@ -45,7 +46,7 @@ def add_commands(sub: Any) -> None:
     )
     relax.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
     relax.add_argument("-o", "--output", default="relaxed.extxyz", help="relaxed structures")
-    relax.add_argument("--model", default="0.3.0", help="reference version or model file")
+    add_model_arguments(relax)
     relax.add_argument("--fmax", type=float, default=0.1, help="force threshold, eV/Å")
     relax.add_argument("--steps", type=int, default=500, help="most steps per structure")
     relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default="FIRE")
@@ -75,7 +76,7 @@ def add_commands(sub: Any) -> None:
     )
     md.add_argument("structure", help="CIF, POSCAR or extxyz file holding one structure")
     md.add_argument("-o", "--output", default="md.extxyz", help="trajectory (extxyz, traj, ...)")
-    md.add_argument("--model", default="0.3.0", help="reference version or model file")
+    add_model_arguments(md)
     md.add_argument("--ensemble", choices=tuple(THERMOSTATS), default="nvt")
     thermostats = sorted({t for names in THERMOSTATS.values() for t in names})
     md.add_argument("--thermostat", choices=thermostats, default="nose-hoover")
@@ -105,7 +106,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
     if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     structures = read_structures(args.structures)
-    model = load_model(args.model)
+    model = load_model(args.model, args.precision)
     results = relax(
         structures,
         model,
@@ -145,7 +146,7 @@ def cmd_md(args: argparse.Namespace) -> None:
     structures = read_structures([args.structure])
     if len(structures) != 1:
         raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")
-    model = load_model(args.model)
+    model = load_model(args.model, args.precision)
     run_md(
         structures[0],
         model,
