@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import statistics
 import time
 import warnings
@@ -64,6 +65,11 @@ def reference_step(model, optimizer, criterion, graphs, targets):
     loss.backward()
     optimizer.step()
     return loss
+
+
+def ratio(value: float, width: int) -> str:
+    """``value`` as "2.50x" right-aligned in ``width``, or "-" when there is none (NaN)."""
+    return f"{'-' if math.isnan(value) else f'{value:.2f}x':>{width}s}"
 
 
 def timed(fn) -> float:
@@ -261,19 +267,20 @@ def main() -> None:
             name: sum(statistics.median([t for kk, t in ts if kk == k]) for k in range(len(chunks)))
             for name, ts in times.items()
         }
-        # without the reference, ratios print as nan
-        ref_rate = b * len(chunks) / medians.get("reference", float("nan"))
-        ref_ops, ref_mem = ops.get("reference", float("nan")), memory.get("reference", float("nan"))
+        # without the reference, the ratios print as "-"
+        ref_rate = b * len(chunks) / medians.get("reference", math.nan)
+        ref_ops, ref_mem = ops.get("reference", math.nan), memory.get("reference", math.nan)
         print(
-            f"  {'':22s} {'ms/step':>9s} {'struct/s':>9s} {'speedup':>8s} {'aten ops':>9s} "
+            f"  {'':28s} {'ms/step':>9s} {'struct/s':>9s} {'speedup':>8s} {'aten ops':>9s} "
             f"{'fewer':>7s} {'peak MiB':>9s} {'lower':>6s} {'RSS MiB':>8s}"
         )
         for name in runners:
             rate = b * len(chunks) / medians[name]
             print(
-                f"  {name:22s} {medians[name] / len(chunks) * 1e3:9.1f} {rate:9.1f} "
-                f"{rate / ref_rate:7.2f}x {ops[name]:9.0f} {ref_ops / max(ops[name], 1):6.1f}x "
-                f"{memory[name]:9.1f} {ref_mem / max(memory[name], 1e-3):5.2f}x {rss[name]:8.1f}"
+                f"  {name:28s} {medians[name] / len(chunks) * 1e3:9.1f} {rate:9.1f} "
+                f"{ratio(rate / ref_rate, 8)} {ops[name]:9.0f} "
+                f"{ratio(ref_ops / max(ops[name], 1), 7)} {memory[name]:9.1f} "
+                f"{ratio(ref_mem / max(memory[name], 1e-3), 6)} {rss[name]:8.1f}"
             )
             results.append((b, name, rate / ref_rate, ops[name], memory[name]))
 
