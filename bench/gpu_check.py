@@ -143,6 +143,7 @@ def report(work: Path, cpu: bool) -> None:
         "a": "captured + CUDA graphs, torch engine",
         "b": "eager, torch engine",
         "c": "DeepSpeed, 1 rank",
+        "e": "eager bf16 (autocast), torch engine",
     }
     if cpu:
         rows["a"] = "captured (aot_eager), torch engine"

@@ -8,6 +8,7 @@
 #   b. eager training, 1 epoch;
 #   c. `deepspeed --num_gpus 1` (NCCL on a GPU) through validation;
 #   d. `fastchgnet profile` (CUDA kernels per step side by side);
+#   e. eager training in bf16 mixed precision (run.precision=bf16: autocast on the device), 1 epoch;
 #   then the reference chgnet's training rate on the same device and a table of structures/s,
 #   peak memory and the checks (bench/gpu_check.py).
 #
@@ -90,6 +91,9 @@ if ! "$PY" -m fastchgnet profile --help | grep -q -- "--device"; then
     PROFILE=(--batch-size 4 --no-compile)
 fi
 "$PY" -m fastchgnet profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
+
+train e "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1 --set run.precision=bf16
+"${CHECK[@]}" verify "$WORK/e" --stage e "${CPU_FLAG[@]}"
 
 stamp "reference chgnet training rate on $DEVICE"
 "${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \
