@@ -271,6 +271,7 @@ def warm_imports() -> None:
     Adam on this machine)."""
     import ase.io  # noqa: F401
     import torch._dynamo  # noqa: F401
+
     with contextlib.suppress(ImportError):  # the reference, when installed
         from chgnet.trainer import Trainer  # noqa: F401
 
