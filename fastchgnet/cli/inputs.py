@@ -43,10 +43,12 @@ def read_structures(paths: list[str]) -> list[Any]:
 
 def add_model_arguments(parser: Any) -> None:
     """``--model`` and ``--precision`` of the commands that run a model."""
+    from fastchgnet.model.precision import PRECISIONS
+
     parser.add_argument("--model", default="0.3.0", help="reference version or model file")
     parser.add_argument(
         "--precision",
-        choices=("float32", "bf16"),
+        choices=PRECISIONS,
         default="float32",
         help="the energy model's arithmetic: bf16 runs its matrix products in bfloat16 "
         "(sums, geometry, forces and stress stay float32; about 1-2 meV/atom from float32)",

@@ -28,11 +28,8 @@ from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
+from fastchgnet.model.precision import autocast, check_precision
 from fastchgnet.units import EV_PER_A3_TO_GPA
-
-#: Arithmetic of the energy model: "float32", or "bf16" (bfloat16 autocast of its matrix
-#: products; sums, geometry and derivatives stay float32, see ``FastCHGNet.set_precision``).
-PRECISIONS = ("float32", "bf16")
 
 
 @dataclass
@@ -151,16 +148,9 @@ class FastCHGNet(nn.Module):
         )
 
     def set_precision(self, precision: str) -> FastCHGNet:
-        """Run the energy model (interaction blocks and energy and magmom readouts) in
-        ``precision``: "float32" (default), or "bf16": their matrix products in bfloat16 under
-        ``torch.autocast`` (CPUs with AVX-512 BF16 or AMX, GPU tensor cores), while the
-        geometry (positions, strain, bond vectors), every scatter sum (``scatter_sum``
-        accumulates in float32), the direct heads, the outputs and the derivative steps'
-        inputs and results stay float32. Weights and optimiser state stay float32. Not saved
-        with the model. Returns the model."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
-        self.precision = precision
+        """Run the energy model in ``precision``, "float32" or "bf16" (bfloat16 matrix
+        products; see ``fastchgnet.model.precision``). Not saved. Returns the model."""
+        self.precision = check_precision(precision)
         return self
 
     def energy_model(
@@ -168,8 +158,7 @@ class FastCHGNet(nn.Module):
     ) -> tuple[Tensor, Encoded]:
         """Site energies (n_atoms,) eV without composition and the encoding, from bond vectors
         (n_bonds, 3) Å, computed in ``self.precision``; returned in the vectors' dtype."""
-        mixed = self.precision == "bf16"
-        with torch.autocast(vectors.device.type, dtype=torch.bfloat16, enabled=mixed):
+        with autocast(self.precision, vectors.device.type):
             encoded = self.encode(batch, vectors, topo)
             site_energy = self.energy_readout(encoded.atoms)
         dtype = vectors.dtype
