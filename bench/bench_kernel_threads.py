@@ -36,13 +36,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bench_train_step import random_labels
+    from bench_train_step import padded_batches, random_labels
 
     from fastchgnet import FastCHGNet
     from fastchgnet.compile import capture
-    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import start_thread_team_flushing
     from fastchgnet.train.step import standalone_step
@@ -53,11 +51,7 @@ def main() -> None:
     graphs = [build_graph(s) for s in structures]
     order = np.random.default_rng(0).permutation(len(structures))
     b = args.batch_size
-    chunks = [order[k * b : (k + 1) * b] for k in range(4)]
-    capacity = tight_capacity([[graphs[i] for i in c] for c in chunks])
-    batches = [
-        collate_padded([graphs[i] for i in c], capacity, [labels[i] for i in c]) for c in chunks
-    ]
+    _, capacity, batches = padded_batches(graphs, labels, order, b, 4)
     variants = {"one-thread kernels (ours)": {"cpp.threads": 1}, "all-thread kernels": {}}
     if args.partitioned_scatter:
         variants["all-thread, partitioned scatter"] = {"partitioned_scatter_enabled": True}

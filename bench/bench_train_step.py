@@ -39,6 +39,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from fastchgnet.model.precision import PRECISIONS
+
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 CIFS = {"LiMnO2": "mp-18767-LiMnO2.cif", "Li9Co7O16": "mp-1175469-Li9Co7O16.cif"}
 
@@ -120,6 +122,20 @@ def bf16_accuracy(structures: list, device: str) -> None:
     )
 
 
+def padded_batches(graphs: list, labels: list, order: np.ndarray, b: int, n: int):
+    """(chunks, capacity, padded): ``n`` batches of ``b`` structures taken in ``order``, their
+    one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it."""
+    from fastchgnet.data.capacity import tight_capacity
+    from fastchgnet.data.padding import collate_padded
+
+    chunks = [order[k * b : (k + 1) * b] for k in range(n)]
+    capacity = tight_capacity([[graphs[i] for i in c] for c in chunks])
+    padded = [
+        collate_padded([graphs[i] for i in c], capacity, [labels[i] for i in c]) for c in chunks
+    ]
+    return chunks, capacity, padded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=int, default=240)
@@ -139,7 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--precisions",
         nargs="+",
-        choices=["float32", "bf16"],
+        choices=PRECISIONS,
         default=["float32"],
         help="our model's arithmetic (FastCHGNet.set_precision), each timed side by side; "
         "with bf16 the table of bf16 against float32 predictions follows",
@@ -169,9 +185,7 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
-    from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
@@ -198,12 +212,7 @@ def main() -> None:
 
     results = []
     for b in args.batch_sizes:
-        chunks = [order[k * b : (k + 1) * b] for k in range(args.batches)]
-        capacity = tight_capacity([[our_graphs[i] for i in c] for c in chunks])
-        padded = [
-            collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
-            for c in chunks
-        ]
+        chunks, capacity, padded = padded_batches(our_graphs, labels, order, b, args.batches)
         ref_batches = [
             (
                 [ref_graphs[i] for i in c],

@@ -3,7 +3,6 @@ sums, geometry and outputs; eager, captured and in a training run."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from fastchgnet.model.layers import scatter_sum
 from fastchgnet.train.config import apply_overrides
 from fastchgnet.train.run import train
 from tests.compile.conftest import padded_batch, small_model
-from tests.train.helpers import small_cache, tiny_config
+from tests.train.helpers import small_cache, step_losses, tiny_config
 
 FIELDS = ("energy", "forces", "stress", "magmoms")
 
@@ -97,8 +96,3 @@ def test_a_bf16_training_run_follows_the_float32_run(tmp_path: Path) -> None:
     assert mixed_losses != full_losses
     with pytest.raises(ValueError, match="precision"):
         apply_overrides(tiny_config(cache, tmp_path / "bad"), ["run.precision=fp8"])
-
-
-def step_losses(out_dir: Path) -> list[float]:
-    with (out_dir / "train_log.csv").open() as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]

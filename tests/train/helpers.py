@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,9 @@ def random_labels_like(n_atoms: list[int], seed: int = 0) -> list[object]:
         )
         for k, n in enumerate(n_atoms)
     ]
+
+
+def step_losses(out_dir: Path) -> list[float]:
+    """The training loss of every logged step of the run in ``out_dir`` (its train_log.csv)."""
+    with (out_dir / "train_log.csv").open() as handle:
+        return [float(row["loss"]) for row in csv.DictReader(handle)]

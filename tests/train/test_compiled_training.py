@@ -3,7 +3,6 @@ same losses as eager training on the same packed batches, with one graph and no 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,12 +16,7 @@ from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.loading import make_sampler, make_splits
 from fastchgnet.train.model_setup import build_model
 from fastchgnet.train.run import train
-from tests.train.helpers import small_cache, tiny_config
-
-
-def step_losses(out_dir: Path) -> list[float]:
-    with (out_dir / "train_log.csv").open() as handle:
-        return [float(row["loss"]) for row in csv.DictReader(handle)]
+from tests.train.helpers import small_cache, step_losses, tiny_config
 
 
 @pytest.mark.usefixtures("one_thread")
