@@ -11,7 +11,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from fastchgnet.compile import CapturedModel
-from fastchgnet.compile.capture import CPU_INDUCTOR_OPTIONS
+from fastchgnet.compile.capture import CPU_CONSERVATIVE_ACTIVATION_BUDGET, CPU_INDUCTOR_OPTIONS
 from tests.compile.conftest import small_model
 
 
@@ -51,3 +51,35 @@ def test_captured_model_compiles_cpu_graphs_with_the_cpu_options(monkeypatch, ba
     assert seen, "CapturedModel did not compile"
     assert seen[0]["options"] == CPU_INDUCTOR_OPTIONS
     assert seen[0]["mode"] is None
+
+
+@pytest.mark.parametrize(
+    ("forces", "grad", "budget"),
+    [
+        ("conservative", True, CPU_CONSERVATIVE_ACTIVATION_BUDGET),
+        ("conservative", False, 1.0),
+        ("direct", True, 1.0),
+    ],
+)
+def test_conservative_cpu_training_graphs_compile_with_the_activation_budget(
+    monkeypatch, batch_and_labels, forces, grad, budget
+):
+    import torch._functorch.config as functorch_config
+
+    seen = []
+
+    def record(fn, **kwargs):
+        def first_call(*args):
+            seen.append(functorch_config.activation_memory_budget)
+            return fn(*args)
+
+        return first_call
+
+    monkeypatch.setattr(torch, "compile", record)
+    batch, labels = batch_and_labels
+    captured = CapturedModel(small_model(forces).train())
+    with torch.set_grad_enabled(grad):
+        captured.predict(batch)
+        captured.predict(batch)  # a replay: compiled already, default settings
+    assert seen == [budget, 1.0]
+    assert functorch_config.activation_memory_budget == 1.0
