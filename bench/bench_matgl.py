@@ -49,7 +49,7 @@ def build_sides(args: argparse.Namespace) -> dict:
     """Each side's step as ``run(k)`` for batch k, all batches built (untimed)."""
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
-    from fastchgnet.data.capacity import tight_capacity
+    from fastchgnet.data.capacity import Counts, entries, tight_capacity
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
@@ -59,9 +59,18 @@ def build_sides(args: argparse.Namespace) -> dict:
     n = args.batches * args.batch_size
     structures = varied_structures(n, seed=7, max_atoms=args.max_atoms)
     labels = random_labels(structures, seed=1)
-    chunks = [range(k * args.batch_size, (k + 1) * args.batch_size) for k in range(args.batches)]
+    our_graphs = [build_graph(s) for s in structures]
+    packing = packed_plan(our_graphs, args.batch_size) if args.packed else None
+    if packing is None:
+        chunks = [
+            range(k * args.batch_size, (k + 1) * args.batch_size) for k in range(args.batches)
+        ]
+    else:
+        chunks = packing[0]
+        args.batches = len(chunks)
     atoms = [sum(len(structures[i]) for i in c) for c in chunks]
-    print(f"{args.batches} batches of {args.batch_size}: atoms per batch mean "
+    counts = [len(c) for c in chunks]
+    print(f"{args.batches} batches of {min(counts)}-{max(counts)} structures: atoms per batch mean "
           f"{np.mean(atoms):.0f}, min {min(atoms)}, max {max(atoms)}", flush=True)  # fmt: skip
     sides = {}
     if "reference" in args.sides:
@@ -92,9 +101,15 @@ def build_sides(args: argparse.Namespace) -> dict:
         sides["matgl"] = lambda k, b=matgl_batches: matgl_step(module, matgl_optimizer, b[k], k)
     ours = [name for name in OURS if name in args.sides]
     if ours:
-        our_graphs = [build_graph(s) for s in structures]
-        capacity = tight_capacity([[our_graphs[i] for i in c] for c in chunks])
-        print(f"ours: one capacity for all batches {capacity}", flush=True)
+        capacity = (
+            tight_capacity([[our_graphs[i] for i in c] for c in chunks])
+            if packing is None
+            else packing[1]
+        )
+        real = sum(Counts.of([our_graphs[i] for i in c]).entries for c in chunks)
+        waste = len(chunks) * entries(capacity) / real - 1
+        print(f"ours: one capacity for all batches {capacity}; the captured steps' padding "
+              f"waste {waste:.1%} (padded entries per real one)", flush=True)  # fmt: skip
         padded = [
             collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
             for c in chunks
@@ -113,6 +128,20 @@ def build_sides(args: argparse.Namespace) -> dict:
         ours_batches = padded if kind == "captured" else plain
         sides[f"ours {name}"] = lambda k, s=step, b=ours_batches: s(*b[k])
     return sides
+
+
+def packed_plan(graphs: list, batch_size: int) -> tuple[list[list[int]], object]:
+    """Batches of ``graphs`` as compiled training packs them (``data.batching`` "packed", one
+    rank): the plan's batches (structure indices) and their one capacity."""
+    from fastchgnet.data.capacity import Counts, packing_capacity
+    from fastchgnet.data.packing import plan_packed_batches
+
+    counts = [Counts.of([g]) for g in graphs]
+    sizes = np.array([[c.atoms, c.short_bonds + c.long_bonds, c.angles, c.short_bonds]
+                      for c in counts])  # fmt: skip
+    capacity = packing_capacity(sizes, batch_size)
+    plan = plan_packed_batches(sizes, 1, capacity, seed=0)
+    return [step[0] for step in plan if step[0]], capacity
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
@@ -167,6 +196,12 @@ def main() -> None:
     parser.add_argument(
         "--sides", nargs="+", default=["reference", "matgl", *OURS],
         help="any of: reference matgl " + " ".join(f"'{n}'" for n in OURS),
+    )  # fmt: skip
+    parser.add_argument(
+        "--packed", action="store_true",
+        help="every side gets the batches compiled training packs (data.batching packed: "
+        "about --batch-size structures each, one capacity, low padding) instead of "
+        "--batches fixed chunks of --batch-size padded to the largest",
     )  # fmt: skip
     parser.add_argument("--json", help=argparse.SUPPRESS)  # a worker's result file
     args = parser.parse_args()
