@@ -76,7 +76,7 @@ def test_conservative_cpu_training_graphs_compile_with_the_activation_budget(
         return first_call
 
     monkeypatch.setattr(torch, "compile", record)
-    batch, labels = batch_and_labels
+    batch, _ = batch_and_labels
     captured = CapturedModel(small_model(forces).train())
     with torch.set_grad_enabled(grad):
         captured.predict(batch)
