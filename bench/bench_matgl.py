@@ -1,10 +1,13 @@
 """Training step side by side: the reference chgnet, matgl's CHGNet and ours, same batches.
 
     python bench/bench_matgl.py [--threads 1 2] [--batches 12] [--batch-size 16] [--repeats 3]
+                                [--packed]
 
 The same ``--batches`` batches of ``--batch-size`` varied crystals
 (``fastchgnet.data.random_crystals.varied_structures``, seed 7, up to ``--max-atoms`` atoms:
-about 234 atoms a batch by default) with the same random labels for every side:
+about 234 atoms a batch by default) with the same random labels for every side; with
+``--packed``, the same structures in the batches compiled training packs instead (one capacity,
+low padding; ``packed_plan``):
 
     reference       chgnet 0.3.0 with its Trainer's step (CombinedLoss, Adam), as in
                     bench/bench_train_step.py (its helpers)

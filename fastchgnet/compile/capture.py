@@ -47,12 +47,16 @@ from fastchgnet.model.loss import LossConfig
 
 log = logging.getLogger("fastchgnet.compile")
 
-#: Inductor options of CPU graphs: generated C++ kernels run on one thread (aten kernels inside
-#: a graph, the matmuls, still use every torch thread). With more threads inductor makes every
-#: scatter-add (index_add and the backward of each gather) per-element atomic adds and forks
-#: an OpenMP team for loops of 1024 elements; that made the captured step slower at 2 threads
-#: than at 1 on our 2-core CPU (issue #14; bench/bench_matgl.py). Exact: same maths, serial sums.
-CPU_INDUCTOR_OPTIONS = {"cpp.threads": 1}
+#: Inductor options of CPU graphs: inductor's defaults, its C++ kernels on every torch thread.
+#: Until session 8 they ran on one thread (``{"cpp.threads": 1}``): with several threads,
+#: inductor turned every scatter-add (index_add, the backward of each index_select) into
+#: per-element atomic adds, and the captured step was slower at 2 threads than at 1 on our
+#: 2-core CPU (issue #14). On several CPU threads the model now writes its gathers and scatter
+#: sums in the expanded-index form (``model.layers.parallel_cpu``), which inductor hands to
+#: aten's parallel, atomic-free kernel: no atomic add is left in a graph (tests/compile/
+#: test_cpu_threads.py), and the conservative step at 2 threads is 1.18x faster
+#: (bench/bench_kernel_threads.py).
+CPU_INDUCTOR_OPTIONS: dict = {}
 #: ...and of the ahead-of-time packages: the C++ wrapper that calls the kernels (one long
 #: function) is built at -O0, not -O1. It took 10.2 of a 38 s cold build of the LiMnO2 MD
 #: graph and now 5.7 s; calls measured the same (9.8 ms, bench/bench_compile.py). The kernels

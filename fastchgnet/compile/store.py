@@ -84,13 +84,16 @@ def code_fingerprint() -> str:
 
 def program_key(config: Any, program: str, inputs: Sequence[Tensor], n_short_bonds: int) -> str:
     """The store key of one compiled program: config (a dataclass), program name (what it
-    computes), the inputs' shapes, dtypes and device type, and the code fingerprint."""
+    computes), the inputs' shapes, dtypes and device type, torch's thread count (the kernels
+    are built for it, and the model's gathers take another form on one thread:
+    ``model.layers.parallel_cpu``) and the code fingerprint."""
     described = {
         "code": code_fingerprint(),
         "config": asdict(config),
         "program": program,
         "inputs": [(tuple(t.shape), str(t.dtype), t.device.type) for t in inputs],
         "n_short_bonds": n_short_bonds,
+        "threads": torch.get_num_threads(),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 

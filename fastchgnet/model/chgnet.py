@@ -27,7 +27,7 @@ from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
-from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather
+from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather, scatter_sum
 from fastchgnet.model.precision import autocast, check_precision
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -242,7 +242,7 @@ class FastCHGNet(nn.Module):
             gather(edge_units, batch.angle_edges[:, 0]), gather(edge_units, batch.angle_edges[:, 1])
         )
 
-        atoms = self.atom_embedding(batch.atomic_numbers - 1)
+        atoms = gather(self.atom_embedding.weight, batch.atomic_numbers - 1)
         bonds, atom_weights = self.bond_projection(self.radial_atom(lengths)).split(
             [self.config.bond_fea_dim, self.config.atom_fea_dim], dim=1
         )
@@ -315,9 +315,9 @@ class FastCHGNet(nn.Module):
         if return_features:
             normed = self.energy_readout.norm(encoded.atoms)
             prediction.atom_features = encoded.magmom_atoms
-            prediction.crystal_features = normed.new_zeros(
-                batch.n_structures, normed.shape[1]
-            ).index_add(0, batch.atom_structure, normed)
+            prediction.crystal_features = scatter_sum(
+                normed, batch.atom_structure, batch.n_structures
+            )
         return prediction
 
     def _conservative(

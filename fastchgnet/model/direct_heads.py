@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import polynomial_envelope
-from fastchgnet.model.layers import mlp, norm_or_identity
+from fastchgnet.model.layers import gather, mlp, norm_or_identity, scatter_sum
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 #: Initial scale of the virial head's last layer (see DirectHeads).
@@ -56,9 +56,7 @@ def pair_forces(magnitudes: Tensor, units: Tensor, bond_atoms: Tensor, n_atoms: 
         (n_atoms, 3) forces, eV/Å.
     """
     pair = magnitudes.unsqueeze(1) * units
-    return units.new_zeros(n_atoms, 3).index_add(
-        0, bond_atoms.T.reshape(-1), torch.cat([pair, -pair])
-    )
+    return scatter_sum(torch.cat([pair, -pair]), bond_atoms.T.reshape(-1), n_atoms)
 
 
 def pair_virial(
@@ -78,7 +76,7 @@ def pair_virial(
     lengths = torch.linalg.vector_norm(vectors, dim=1)
     weights = magnitudes / lengths  # m_b r_b (x) u_b = (m_b / |r_b|) r_b (x) r_b
     outer = (weights[:, None, None] * vectors[:, :, None] * vectors[:, None, :]).reshape(-1, 9)
-    summed = vectors.new_zeros(volume.shape[0], 9).index_add(0, bond_structure, outer)
+    summed = scatter_sum(outer, bond_structure, volume.shape[0])
     return summed.reshape(-1, 3, 3) * (EV_PER_A3_TO_GPA / volume)[:, None, None]
 
 
@@ -119,7 +117,7 @@ class PairMagnitude(nn.Module):
     def forward(self, atoms: Tensor, bonds: Tensor, bond_atoms: Tensor, lengths: Tensor) -> Tensor:
         """atoms (n_atoms, A), bonds (n_bonds, B), bond_atoms (n_bonds, 2), lengths (n_bonds,) Å
         -> (n_bonds,) magnitudes."""
-        pair_atoms = atoms[bond_atoms[:, 0]] + atoms[bond_atoms[:, 1]]
+        pair_atoms = gather(atoms, bond_atoms[:, 0]) + gather(atoms, bond_atoms[:, 1])
         raw = self.mlp(self.norm(torch.cat([bonds, pair_atoms], dim=1))).squeeze(1)
         return raw * polynomial_envelope(lengths / self.cutoff, self.envelope_order)
 
@@ -146,7 +144,7 @@ class LatticeStressHead(nn.Module):
         lattice (n_structures, 3, 3) -> (n_structures, 3, 3) stress, GPa."""
         n_structures = lattice.shape[0]
         per_atom = self.mlp(self.norm(atoms))  # (n_atoms, 6)
-        summed = per_atom.new_zeros(n_structures, 6).index_add(0, atom_structure, per_atom)
+        summed = scatter_sum(per_atom, atom_structure, n_structures)
         mean = summed / n_atoms.clamp(min=1).to(summed.dtype).unsqueeze(1)
         upper = mean.new_zeros(n_structures, 3, 3)
         upper[:, self.rows, self.cols] = mean

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fastchgnet.model.layers import mlp, norm_or_identity
+from fastchgnet.model.layers import mlp, norm_or_identity, scatter_sum
 
 
 def per_structure_sum(values: Tensor, owner: Tensor, n_structures: int) -> Tensor:
     """Sum (n,) values into (n_structures,) by ``owner`` (n,)."""
-    return values.new_zeros(n_structures).index_add(0, owner, values)
+    return scatter_sum(values, owner, n_structures)
 
 
 class EnergyReadout(nn.Module):

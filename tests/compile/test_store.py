@@ -32,6 +32,12 @@ def test_the_key_changes_with_config_program_and_shape() -> None:
     assert key != program_key(model.config, "predict", [torch.zeros(4, 2), inputs[1]], 4)
     assert key != program_key(model.config, "predict", [inputs[0].double(), inputs[1]], 4)
     assert key != program_key(model.config, "predict", inputs, 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        assert key != program_key(model.config, "predict", inputs, 4)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_the_store_lives_where_the_environment_says(monkeypatch, tmp_path) -> None:
