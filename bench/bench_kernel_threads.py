@@ -1,23 +1,26 @@
-"""Captured training step on a CPU with several torch threads: inductor's C++ kernels built
-for one thread (ours, ``compile.capture.CPU_INDUCTOR_OPTIONS``) against built for every
-thread (inductor's default: OpenMP loops, atomic scatter-adds), the same batches, steps
-interleaved in one process.
+"""Training step on a CPU with several torch threads: the model's gathers and scatter sums in
+the expanded-index form with inductor's kernels on every thread (ours,
+``model.layers.parallel_cpu``, ``compile.capture.CPU_INDUCTOR_OPTIONS``) against the
+index_select / index_add form with kernels built for one thread (until session 8) and with
+kernels on every thread (atomic scatter-adds); eager steps in both forms too. The same
+batches, steps interleaved in one process.
 
     python bench/bench_kernel_threads.py [--threads 2] [--mode conservative] [--batch-size 16]
 
 The batches are bench_train_step.py's (240 varied crystals, seed 7, up to 108 atoms, random
-labels, one padded shape for 4 batches). Both graphs compile first (minutes on 2 cores; the
-one-thread graph comes from inductor's cache when bench_train_step.py built it before).
-``--partitioned-scatter`` adds a third build with inductor's ``partitioned_scatter_enabled``
-(per-thread scatter buffers instead of atomics).
+labels, one padded shape for 4 batches). The three graphs compile first (minutes on 2 cores).
+``--partitioned-scatter`` adds a build of the index form with inductor's
+``partitioned_scatter_enabled`` (per-thread scatter buffers instead of atomics).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -52,48 +55,77 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(structures))
     b = args.batch_size
     _, capacity, batches = padded_batches(graphs, labels, order, b, 4)
-    variants = {"one-thread kernels (ours)": {"cpp.threads": 1}, "all-thread kernels": {}}
+    ours = "ours: expanded form, all-thread kernels"
+    variants = {
+        ours: (True, capture.CPU_INDUCTOR_OPTIONS),
+        "index form, one-thread kernels": (False, {"cpp.threads": 1}),
+        "index form, all-thread kernels": (False, {}),
+    }
     if args.partitioned_scatter:
-        variants["all-thread, partitioned scatter"] = {"partitioned_scatter_enabled": True}
+        variants["index form, partitioned scatter"] = (False, {"partitioned_scatter_enabled": True})
     print(
         f"torch {torch.__version__}, {args.threads} threads, {args.mode}, batch {b}, "
         f"capacity {capacity}"
     )
     default_options = capture.CPU_INDUCTOR_OPTIONS
-    steps = {}
+
+    def new_model() -> FastCHGNet:
+        if args.mode == "conservative":
+            return FastCHGNet.from_reference("0.3.0").train()
+        torch.manual_seed(0)
+        return FastCHGNet(forces="direct", coupled_updates=False).train()
+
+    steps = {}  # name -> (expanded form?, step)
     try:
-        for name, options in variants.items():
+        for name, (expanded_form, options) in variants.items():
             capture.CPU_INDUCTOR_OPTIONS = options
-            if args.mode == "conservative":
-                model = FastCHGNet.from_reference("0.3.0")
-            else:
-                torch.manual_seed(0)
-                model = FastCHGNet(forces="direct", coupled_updates=False)
-            step = standalone_step(model.train(), compiled=True)
+            step = standalone_step(new_model(), compiled=True)
             start = time.perf_counter()
             try:
-                step(*batches[0])
+                with index_form(not expanded_form):  # the form is traced into the graph
+                    step(*batches[0])
             except Exception as error:  # an inductor failure is a result here, not a crash
                 print(f"  {name}: failed to build or run: {type(error).__name__}: {error}")
                 continue
             print(f"  {name}: first step (trace + compile) {time.perf_counter() - start:.1f} s")
-            steps[name] = step
+            steps[name] = (expanded_form, step)
     finally:
         capture.CPU_INDUCTOR_OPTIONS = default_options
+    for expanded_form in (True, False):  # eager: the form is chosen at every call
+        steps[f"eager, {'expanded' if expanded_form else 'index'} form"] = (
+            expanded_form,
+            standalone_step(new_model(), compiled=False),
+        )
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for batch in batches:
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step(*batch)
-                times[name].append(time.perf_counter() - start)
+            for name, (expanded_form, step) in steps.items():
+                with index_form(not expanded_form):
+                    start = time.perf_counter()
+                    step(*batch)
+                    times[name].append(time.perf_counter() - start)
     first = next(iter(times))
     for name, seen in times.items():
         median = statistics.median(seen)
         print(
-            f"  {name:34s} median {median * 1e3:7.1f} ms/step "
+            f"  {name:42s} median {median * 1e3:7.1f} ms/step "
             f"({statistics.median(times[first]) / median:.2f}x of ours)"
         )
+
+
+@contextlib.contextmanager
+def index_form(on: bool) -> Iterator[None]:
+    """While ``on``, the model's gathers and scatter sums take the index_select / index_add
+    form whatever the thread count (``model.layers.parallel_cpu`` patched)."""
+    from fastchgnet.model import layers
+
+    chosen = layers.parallel_cpu
+    if on:
+        layers.parallel_cpu = lambda values: False
+    try:
+        yield
+    finally:
+        layers.parallel_cpu = chosen
 
 
 if __name__ == "__main__":

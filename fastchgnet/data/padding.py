@@ -2,9 +2,11 @@
 
 A padded batch has ``capacity.structures + 1`` structures: the real ones first, then empty
 slots (no atoms), then one *dummy* structure that owns every padding atom, bond and angle.
-The dummy is a small cubic cell (``DUMMY_CELL`` Å) of hydrogen atoms; its padding bonds join
-its first atom to its own periodic image, so all geometry is finite and no length is zero;
-its padding angles pair a padding bond with its own reverse. Real outputs never see the
+The dummy is a small cubic cell (``DUMMY_CELL`` Å) of hydrogen atoms; each padding bond joins
+one of them to its own periodic image, so all geometry is finite and no length is zero; its
+padding angles pair a padding bond with its own reverse. Bonds go round the padding atoms and
+angles round the bond-graph bonds, so no atom or bond gathers all the padding: a parallel
+scatter sum (``model.layers.parallel_cpu``) splits its work by destination row. Real outputs never see the
 padding (message passing stays inside a structure), and every label of padding is masked.
 Real structures and atoms come first, so unpadding is slicing (``unpad``).
 
@@ -50,8 +52,9 @@ def _empty(cutoffs: tuple[float, float], n_atoms: int, name: str) -> CrystalGrap
 def _dummy(
     cutoffs: tuple[float, float], atoms: int, short: int, long: int, angles: int
 ) -> CrystalGraph:
-    """The padding structure: ``atoms`` H atoms, ``short + long`` self-image bonds of atom 0,
-    ``angles`` angles each pairing a short padding bond with its reverse."""
+    """The padding structure: ``atoms`` H atoms, ``short + long`` self-image bonds (bond k of
+    atom k mod ``atoms``), ``angles`` angles each pairing a short padding bond with its
+    reverse."""
     bonds = short + long
     if angles and not short:
         raise ValueError("padding angles need at least one padding bond-graph bond")
@@ -61,7 +64,7 @@ def _dummy(
     dummy = _empty(cutoffs, atoms, "padding")
     return replace(
         dummy,
-        bond_atoms=np.zeros((bonds, 2), dtype=np.int64),
+        bond_atoms=np.repeat(np.arange(bonds, dtype=np.int64)[:, None] % atoms, 2, axis=1),
         bond_images=images,
         n_short_bonds=short,
         angle_edges=np.stack([first, first + bonds], axis=1).astype(np.int64),
