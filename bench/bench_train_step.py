@@ -4,10 +4,11 @@ Training step = forward with energy, forces, stress, magmoms; Huber loss (prefac
 0.1, 0.1, delta 0.1); backward; Adam step. The reference runs chgnet's CHGNet (0.3.0 weights)
 with chgnet.trainer.trainer.CombinedLoss on its own graphs, exactly as its Trainer does; ours
 runs conservative (0.3.0 weights, same maths) and direct (heads, decoupled updates) modes,
-eager and compiled (one capacity per batch size: the padded shape the batches share). Random
-labels, the same for both. Graph building and collation are data loading, outside the timing
-for both (the reference's per-structure batching inside its forward is timed, as it is part of
-its forward).
+eager and compiled. As launcher/train.py feeds them: eager steps take each batch as it is
+(unpadded), compiled steps take it padded to one capacity per batch size (the tight shape the
+batches share; its padding waste is printed). Random labels, the same for both. Graph
+building and collation are data loading, outside the timing for both (the reference's
+per-structure batching inside its forward is timed, as it is part of its forward).
 
 Prints, per batch size and mode: median step time per batch, structures/s and the ratio to the
 reference; aten operators dispatched per step; peak memory per step above the step's entry
@@ -185,11 +186,14 @@ def main() -> None:
 
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
+    from fastchgnet.data.capacity import Counts
+    from fastchgnet.data.capacity import entries as capacity_entries
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
+    from fastchgnet.train.loading import collate_items
     from fastchgnet.train.step import standalone_step
 
     torch.manual_seed(0)
@@ -226,7 +230,12 @@ def main() -> None:
             for c in chunks
         ]
         real = sum(int(sizes[c].sum()) for c in chunks) / len(chunks)
-        print(f"\nbatch size {b}: capacity {capacity} (mean real atoms {real:.0f})")
+        entries = sum(Counts.of([our_graphs[i] for i in c]).entries for c in chunks)
+        waste = len(chunks) * capacity_entries(capacity) / entries - 1
+        print(f"\nbatch size {b}: capacity {capacity} (mean real atoms {real:.0f}); the compiled "
+              f"steps' padding waste {waste:.1%} (padded entries per real one)")  # fmt: skip
+        # eager training collates batches as they are (launcher/train.py without compile)
+        plain = [collate_items([(our_graphs[i], labels[i]) for i in c]) for c in chunks]
 
         def run_reference(k: int, rb: list = ref_batches) -> None:
             if args.reference_flush_denormals:
@@ -247,7 +256,8 @@ def main() -> None:
             for kind in kinds:
                 name = f"{mode} {kind}" + ("" if precision == "float32" else f" {precision}")
                 step = standalone_step(model, compiled=kind == "compiled")
-                batches = [(x.to(device), y.to(device)) for x, y in padded]
+                chosen = padded if kind == "compiled" else plain
+                batches = [(x.to(device), y.to(device)) for x, y in chosen]
                 runners[name] = lambda k, s=step, bs=batches: s(*bs[k])
                 if kind == "compiled":
                     captured = step.captured
