@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import random_labels, reference_step, timed
+from bench_train_step import packed_plan, random_labels, reference_step, timed
 from matgl_side import matgl_batch, matgl_graphs, matgl_step, matgl_training_parts
 
 OURS = ["conservative eager", "conservative captured", "direct eager", "direct captured"]
@@ -131,20 +131,6 @@ def build_sides(args: argparse.Namespace) -> dict:
         ours_batches = padded if kind == "captured" else plain
         sides[f"ours {name}"] = lambda k, s=step, b=ours_batches: s(*b[k])
     return sides
-
-
-def packed_plan(graphs: list, batch_size: int) -> tuple[list[list[int]], object]:
-    """Batches of ``graphs`` as compiled training packs them (``data.batching`` "packed", one
-    rank): the plan's batches (structure indices) and their one capacity."""
-    from fastchgnet.data.capacity import Counts, packing_capacity
-    from fastchgnet.data.packing import plan_packed_batches
-
-    counts = [Counts.of([g]) for g in graphs]
-    sizes = np.array([[c.atoms, c.short_bonds + c.long_bonds, c.angles, c.short_bonds]
-                      for c in counts])  # fmt: skip
-    capacity = packing_capacity(sizes, batch_size)
-    plan = plan_packed_batches(sizes, 1, capacity, seed=0)
-    return [step[0] for step in plan if step[0]], capacity
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:

@@ -18,11 +18,12 @@ for LiMnO2 and Li9Co7O16 with the compiled model against the reference's predict
 
     python bench/bench_train_step.py [--batch-sizes 16 32] [--batches 4] [--repeats 5]
 
-``--precisions float32 bf16`` times each of our steps in both arithmetics
-(``FastCHGNet.set_precision``) side by side and adds the bf16 accuracy table: pretrained
-predictions in bf16 against float32. ``--no-reference`` times our side only (e.g.
-``--batch-sizes 64``: the reference's batch-64 step needs more than this 24 GB machine has) and
-prints no ratios.
+``--packed`` gives every side the batches compiled training packs (as bench_matgl.py
+``--packed``) instead of fixed batches padded to the largest. ``--precisions float32 bf16``
+times each of our steps in both arithmetics (``FastCHGNet.set_precision``) side by side and
+adds the bf16 accuracy table: pretrained predictions in bf16 against float32.
+``--no-reference`` times our side only (e.g. ``--batch-sizes 64``: the reference's batch-64
+step needs more than this 24 GB machine has) and prints no ratios.
 """
 
 from __future__ import annotations
@@ -123,14 +124,37 @@ def bf16_accuracy(structures: list, device: str) -> None:
     )
 
 
-def padded_batches(graphs: list, labels: list, order: np.ndarray, b: int, n: int):
+def packed_plan(graphs: list, batch_size: int) -> tuple[list[list[int]], object]:
+    """Batches of ``graphs`` as compiled training packs them (``data.batching`` "packed", one
+    rank): the plan's batches (structure indices) and their one capacity."""
+    from fastchgnet.data.capacity import Counts, packing_capacity
+    from fastchgnet.data.packing import plan_packed_batches
+
+    counts = [Counts.of([g]) for g in graphs]
+    sizes = np.array([[c.atoms, c.short_bonds + c.long_bonds, c.angles, c.short_bonds]
+                      for c in counts])  # fmt: skip
+    capacity = packing_capacity(sizes, batch_size)
+    plan = plan_packed_batches(sizes, 1, capacity, seed=0)
+    return [step[0] for step in plan if step[0]], capacity
+
+
+def padded_batches(
+    graphs: list, labels: list, order: np.ndarray, b: int, n: int, packed: bool = False
+):
     """(chunks, capacity, padded): ``n`` batches of ``b`` structures taken in ``order``, their
-    one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it."""
+    one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it. ``packed``: the
+    same ``n * b`` structures in the batches compiled training packs (``packed_plan``: about
+    ``b`` structures each, a capacity with little padding)."""
     from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.padding import collate_padded
 
-    chunks = [order[k * b : (k + 1) * b] for k in range(n)]
-    capacity = tight_capacity([[graphs[i] for i in c] for c in chunks])
+    if packed:
+        chosen = order[: n * b]
+        plan, capacity = packed_plan([graphs[i] for i in chosen], b)
+        chunks = [chosen[np.asarray(step)] for step in plan]
+    else:
+        chunks = [order[k * b : (k + 1) * b] for k in range(n)]
+        capacity = tight_capacity([[graphs[i] for i in c] for c in chunks])
     padded = [
         collate_padded([graphs[i] for i in c], capacity, [labels[i] for i in c]) for c in chunks
     ]
@@ -171,6 +195,13 @@ def main() -> None:
         "--no-reference",
         action="store_true",
         help="our side only, no ratios (batch sizes the reference cannot fit in memory)",
+    )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="every side gets the same --batches x batch-size structures in the batches "
+        "compiled training packs (data.batching packed: about batch-size structures each, "
+        "one capacity, little padding) instead of fixed batches padded to the largest",
     )
     parser.add_argument(
         "--threads",
@@ -216,7 +247,10 @@ def main() -> None:
 
     results = []
     for b in args.batch_sizes:
-        chunks, capacity, padded = padded_batches(our_graphs, labels, order, b, args.batches)
+        chunks, capacity, padded = padded_batches(
+            our_graphs, labels, order, b, args.batches, packed=args.packed
+        )
+        n_structures = sum(len(c) for c in chunks)
         ref_batches = [
             (
                 [ref_graphs[i] for i in c],
@@ -232,8 +266,10 @@ def main() -> None:
         real = sum(int(sizes[c].sum()) for c in chunks) / len(chunks)
         entries = sum(Counts.of([our_graphs[i] for i in c]).entries for c in chunks)
         waste = len(chunks) * capacity_entries(capacity) / entries - 1
-        print(f"\nbatch size {b}: capacity {capacity} (mean real atoms {real:.0f}); the compiled "
-              f"steps' padding waste {waste:.1%} (padded entries per real one)")  # fmt: skip
+        print(f"\nbatch size {b}{' (packed)' if args.packed else ''}: {len(chunks)} batches of "
+              f"{min(map(len, chunks))}-{max(map(len, chunks))} structures, capacity {capacity} "
+              f"(mean real atoms {real:.0f}); the compiled steps' padding waste {waste:.1%} "
+              "(padded entries per real one)")  # fmt: skip
         # eager training collates batches as they are (launcher/train.py without compile)
         plain = [collate_items([(our_graphs[i], labels[i]) for i in c]) for c in chunks]
 
@@ -287,14 +323,14 @@ def main() -> None:
             for name, ts in times.items()
         }
         # without the reference, the ratios print as "-"
-        ref_rate = b * len(chunks) / medians.get("reference", math.nan)
+        ref_rate = n_structures / medians.get("reference", math.nan)
         ref_ops, ref_mem = ops.get("reference", math.nan), memory.get("reference", math.nan)
         print(
             f"  {'':28s} {'ms/step':>9s} {'struct/s':>9s} {'speedup':>8s} {'aten ops':>9s} "
             f"{'fewer':>7s} {'peak MiB':>9s} {'lower':>6s} {'RSS MiB':>8s}"
         )
         for name in runners:
-            rate = b * len(chunks) / medians[name]
+            rate = n_structures / medians[name]
             print(
                 f"  {name:28s} {medians[name] / len(chunks) * 1e3:9.1f} {rate:9.1f} "
                 f"{ratio(rate / ref_rate, 8)} {ops[name]:9.0f} "
