@@ -48,7 +48,7 @@ from fastchgnet.model.loss import LossConfig
 log = logging.getLogger("fastchgnet.compile")
 
 #: Inductor options of CPU graphs: inductor's defaults, its C++ kernels on every torch thread.
-#: Until session 8 they ran on one thread (``{"cpp.threads": 1}``): with several threads,
+#: Before stop 23 they ran on one thread (``{"cpp.threads": 1}``): with several threads,
 #: inductor turned every scatter-add (index_add, the backward of each index_select) into
 #: per-element atomic adds, and the captured step was slower at 2 threads than at 1 on our
 #: 2-core CPU (issue #14). On several CPU threads the model now writes its gathers and scatter

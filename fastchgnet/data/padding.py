@@ -6,8 +6,9 @@ The dummy is a small cubic cell (``DUMMY_CELL`` Å) of hydrogen atoms; each padd
 one of them to its own periodic image, so all geometry is finite and no length is zero; its
 padding angles pair a padding bond with its own reverse. Bonds go round the padding atoms and
 angles round the bond-graph bonds, so no atom or bond gathers all the padding: a parallel
-scatter sum (``model.layers.parallel_cpu``) splits its work by destination row. Real outputs never see the
-padding (message passing stays inside a structure), and every label of padding is masked.
+scatter sum (``model.layers.parallel_cpu``) splits its work by destination row. Real outputs
+never see the padding (message passing stays inside a structure), and every label of padding
+is masked.
 Real structures and atoms come first, so unpadding is slicing (``unpad``).
 
 Padding is built as extra CrystalGraphs and collated with ``collate``, whose layout (short
