@@ -144,7 +144,7 @@ def padded_batches(
     """(chunks, capacity, padded): ``n`` batches of ``b`` structures taken in ``order``, their
     one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it. ``packed``: the
     same ``n * b`` structures in the batches compiled training packs (``packed_plan``: about
-    ``b`` structures each, a capacity with little padding)."""
+    ``b`` structures each, at packing's one capacity)."""
     from fastchgnet.data.capacity import tight_capacity
     from fastchgnet.data.padding import collate_padded
 

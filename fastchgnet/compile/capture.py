@@ -54,7 +54,7 @@ log = logging.getLogger("fastchgnet.compile")
 #: 2-core CPU (issue #14). On several CPU threads the model now writes its gathers and scatter
 #: sums in the expanded-index form (``model.layers.parallel_cpu``), which inductor hands to
 #: aten's parallel, atomic-free kernel: no atomic add is left in a graph (tests/compile/
-#: test_cpu_threads.py), and the conservative step at 2 threads is 1.18x faster
+#: test_cpu_threads.py), and the conservative step at 2 threads is 1.16x faster
 #: (bench/bench_kernel_threads.py).
 CPU_INDUCTOR_OPTIONS: dict = {}
 #: ...and of the ahead-of-time packages: the C++ wrapper that calls the kernels (one long
