@@ -1,7 +1,7 @@
 """Training step on a CPU with several torch threads: the model's gathers and scatter sums in
 the expanded-index form with inductor's kernels on every thread (ours,
 ``model.layers.parallel_cpu``, ``compile.capture.CPU_INDUCTOR_OPTIONS``) against the
-index_select / index_add form with kernels built for one thread (until session 8) and with
+index_select / index_add form with kernels built for one thread (before stop 23) and with
 kernels on every thread (atomic scatter-adds); eager steps in both forms too. The same
 batches, steps interleaved in one process.
 

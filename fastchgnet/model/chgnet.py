@@ -26,7 +26,7 @@ from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.gradient import scale_gradient
-from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout, per_structure_sum
+from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout
 from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather, scatter_sum
 from fastchgnet.model.precision import autocast, check_precision
 from fastchgnet.units import EV_PER_A3_TO_GPA
@@ -330,7 +330,7 @@ class FastCHGNet(nn.Module):
                 batch, forces=compute_forces, stress=compute_stress
             )
             site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
-            total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
+            total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
             if inputs:
@@ -352,7 +352,7 @@ class FastCHGNet(nn.Module):
         assert self.direct_heads is not None
         _, _, vectors = self.geometry(batch, forces=False, stress=False)
         site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
-        total = per_structure_sum(site_energy, batch.atom_structure, batch.n_structures)
+        total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
         scale = self.config.head_feature_grad
         forces, stress = self.direct_heads(
             batch,

@@ -10,11 +10,6 @@ from torch import Tensor, nn
 from fastchgnet.model.layers import mlp, norm_or_identity, scatter_sum
 
 
-def per_structure_sum(values: Tensor, owner: Tensor, n_structures: int) -> Tensor:
-    """Sum (n,) values into (n_structures,) by ``owner`` (n,)."""
-    return scatter_sum(values, owner, n_structures)
-
-
 class EnergyReadout(nn.Module):
     """Site energies from final atom features: MLP(norm(a)) -> (n_atoms,) eV (no composition)."""
 
@@ -61,7 +56,7 @@ class AtomRef(nn.Module):
     def forward(self, atomic_numbers: Tensor, owner: Tensor, n_atoms: Tensor) -> Tensor:
         """Mean reference energy per structure, (n_structures,) eV/atom."""
         site = self.energies[atomic_numbers - 1]
-        return per_structure_sum(site, owner, n_atoms.shape[0]) / n_atoms.clamp(min=1)
+        return scatter_sum(site, owner, n_atoms.shape[0]) / n_atoms.clamp(min=1)
 
     @torch.no_grad()
     def fit(self, compositions: Tensor, energies_per_atom: Tensor) -> None:
