@@ -27,6 +27,14 @@ record, also atomic, holding its sha256, the seconds its compile took and what i
 for; a load checks the sha256 first, and a damaged or foreign file is reported, removed and
 rebuilt. ``compile_seconds_seen`` gives the compile times on record, which the
 compile-or-not decision (``fastchgnet.compile.decide``) uses as its estimate of a cold compile.
+
+A build also starts ``warm_headers`` in a child process: inductor precompiles two C++ headers
+(the wrapper's and the kernels', 6-8 s each on one core) into ``tempfile.gettempdir()`` once
+per machine (until /tmp is cleared), and it does so only after its single-threaded Python
+lowering of our graph (about 20 s). The child compiles a one-operation program with the same
+options meanwhile, on another core, so the headers are ready (or being finished under
+inductor's own file lock) when the main build reaches them. ``FASTCHGNET_WARM_HEADERS=0`` or a
+one-core machine turns this off.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -153,22 +163,26 @@ class CompiledStore:
         save it under ``key`` (atomically, with its record) and return the loaded program.
         ``about``: what it was built for (kept in the record)."""
         start = time.perf_counter()
-        with torch.no_grad():
-            exported = torch.export.export(graph, tuple(inputs), strict=False)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}.", suffix=".pt2")
-        os.close(fd)
+        warmer = start_warm_headers(options)
         try:
-            torch._inductor.aoti_compile_and_package(
-                exported, package_path=tmp, inductor_configs=dict(options or {})
-            )
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            sha = file_sha256(tmp)
-            os.replace(tmp, self.package_path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            with torch.no_grad():
+                exported = torch.export.export(graph, tuple(inputs), strict=False)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}.", suffix=".pt2")
+            os.close(fd)
+            try:
+                torch._inductor.aoti_compile_and_package(
+                    exported, package_path=tmp, inductor_configs=dict(options or {})
+                )
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                sha = file_sha256(tmp)
+                os.replace(tmp, self.package_path(key))
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        finally:
+            finish_warm_headers(warmer)
         fsync_dir(self.root)
         seconds = time.perf_counter() - start
         record = {
@@ -197,6 +211,71 @@ class CompiledStore:
             if program is None or record.get("program") == program:
                 seen.append(float(record.get("compile_seconds", 0.0)))
         return seen
+
+
+def start_warm_headers(options: dict[str, Any] | None) -> subprocess.Popen | None:
+    """Start ``warm_headers(options)`` in a child process on another core (module docstring);
+    None on a one-core machine, when ``FASTCHGNET_WARM_HEADERS=0`` or when it cannot start."""
+    if (os.cpu_count() or 1) < 2 or os.environ.get("FASTCHGNET_WARM_HEADERS", "1") == "0":
+        return None
+    code = "import json,sys; from fastchgnet.compile.store import warm_headers; "
+    code += "warm_headers(json.loads(sys.argv[1]))"
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTCHGNET_WARM_HEADERS="0")
+    source = str(Path(__file__).resolve().parents[2])  # the folder holding fastchgnet/
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    # stderr goes to a file, not a pipe: a chatty child never blocks on a full pipe
+    err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish_warm_headers)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps(dict(options or {}))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
+        process.err_file = err  # type: ignore[attr-defined]
+        return process
+    except OSError as exc:
+        err.close()
+        log.debug("compiled store: header warm-up not started (%s)", exc)
+        return None
+
+
+def finish_warm_headers(process: subprocess.Popen | None, timeout: float = 120.0) -> bool | None:
+    """Wait for the warm-up child (never killed: it may be writing a header under inductor's
+    lock); True when it succeeded, False when it failed (logged), None when none ran or it
+    is still running after ``timeout`` seconds."""
+    if process is None:
+        return None
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.debug("compiled store: header warm-up still running after %.0f s", timeout)
+        return None
+    with process.err_file as err:  # type: ignore[attr-defined]
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
+    if process.returncode != 0:
+        log.debug("compiled store: header warm-up failed (%s)", tail)
+        return False
+    return True
+
+
+def warm_headers(options: dict[str, Any]) -> None:
+    """Compile a one-operation program with AOTInductor ``options`` (CPU) and discard it: this
+    builds inductor's precompiled headers for those options, which every later AOTInductor
+    build on this machine reuses."""
+
+    class _One(torch.nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return (x * 2.0 + 1.0).sum(0)
+
+    torch.set_num_threads(1)
+    exported = torch.export.export(_One(), (torch.ones(4, 3),), strict=False)
+    with tempfile.TemporaryDirectory(prefix="fastchgnet-headers-") as folder:
+        torch._inductor.aoti_compile_and_package(
+            exported, package_path=os.path.join(folder, "one.pt2"), inductor_configs=options
+        )
 
 
 def default_store() -> CompiledStore | None:

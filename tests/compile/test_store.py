@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from fastchgnet.compile.potential import CompiledPotential
@@ -82,3 +87,53 @@ def test_expected_compile_seconds_knows_the_store_and_this_process(tmp_path) -> 
     assert potential.expected_compile_seconds(found, stress=False, cold_estimate=55.0) == 1.0
     # the stress program is another key
     assert potential.expected_compile_seconds(found, stress=True, cold_estimate=55.0) == 55.0
+
+
+WARM_UP = """
+import sys
+from fastchgnet.compile.capture import CPU_PACKAGE_OPTIONS
+from fastchgnet.compile.store import finish_warm_headers, start_warm_headers
+print(finish_warm_headers(start_warm_headers(CPU_PACKAGE_OPTIONS), timeout=600))
+"""
+
+BUILD = """
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.data.graph import build_graph
+from fastchgnet.data.random_crystals import varied_structures
+from tests.compile.conftest import small_model
+potential = CompiledPotential(small_model("conservative"))
+potential.predict_graphs([build_graph(varied_structures(1, seed=3, max_atoms=6)[0])], stress=False)
+print(potential.store.builds)
+"""
+
+
+@pytest.mark.slow
+def test_the_header_warm_up_builds_the_headers_a_build_then_uses(tmp_path) -> None:
+    """The child started by ``CompiledStore.build`` precompiles exactly the C++ headers that
+    the build itself needs: a build after the warm-up (with its own warm-up off) adds none."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "tmp").mkdir()
+    env = dict(
+        os.environ,
+        TMPDIR=str(tmp_path / "tmp"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+        FASTCHGNET_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(root),
+        PYTHONWARNINGS="ignore",
+    )
+
+    def run(code: str, **extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env | extra, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    def headers() -> set[str]:
+        return {p.name for p in (tmp_path / "tmp").rglob("precompiled_headers/*.gch")}
+
+    assert run(WARM_UP) == "True"
+    warmed = headers()
+    assert len(warmed) == 2  # the wrapper's header and the kernels' header
+    assert run(BUILD, FASTCHGNET_WARM_HEADERS="0") == "1"
+    assert headers() == warmed
