@@ -189,3 +189,25 @@ def test_vasp_run_matches_chgnet_parse_vasp_dir(name, tmp_path):
             assert frame.magmoms is None
     assert frames[0].frame_id == f"{name}-0"
     assert frames[0].material_id == name
+
+
+def test_gunzip_never_leaves_a_half_written_file(tmp_path) -> None:
+    """A decompression that fails part way (here a truncated gzip) keeps the whole earlier
+    file, and leaves no temp file: parallel readers of the same scratch folder are safe."""
+    import gzip
+
+    from fastchgnet.data.sources import gunzip_ase_file
+
+    text = b"".join(b"line %d of a labelled file\n" % i for i in range(20000))
+    source = tmp_path / "frames.extxyz.gz"
+    source.write_bytes(gzip.compress(text))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    plain = gunzip_ase_file(source, scratch)
+    assert plain.read_bytes() == text
+    whole = gzip.compress(text[::-1])
+    source.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(EOFError):
+        gunzip_ase_file(source, scratch)
+    assert plain.read_bytes() == text
+    assert [p.name for p in scratch.iterdir()] == [plain.name]

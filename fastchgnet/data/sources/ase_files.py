@@ -4,6 +4,7 @@ the calculator results; and the gunzip step ASE's readers need."""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -73,8 +74,16 @@ def gunzip_ase_file(source: Path, scratch: Path) -> Path:
     if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
         return source
     plain = scratch / source.name[: -len(".gz")]
-    with gzip.open(source, "rb") as src, open(plain, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    # written to a temp file and renamed: another process reading ``plain`` (parallel bench
+    # seeds share ``scratch``) sees the old whole file or the new one, never a half-written one
+    with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{plain.name}.", delete=False) as dst:
+        try:
+            with gzip.open(source, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except BaseException:
+            Path(dst.name).unlink(missing_ok=True)
+            raise
+    os.replace(dst.name, plain)
     return plain
 
 
