@@ -253,12 +253,12 @@ def finish_warm_headers(process: subprocess.Popen | None, timeout: float = 120.0
         log.debug("compiled store: header warm-up still running after %.0f s", timeout)
         return None
     with process.err_file as err:  # type: ignore[attr-defined]
+        if process.returncode == 0:
+            return True
         err.seek(0)
         tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-    if process.returncode != 0:
-        log.debug("compiled store: header warm-up failed (%s)", tail)
-        return False
-    return True
+    log.debug("compiled store: header warm-up failed (%s)", tail)
+    return False
 
 
 def warm_headers(options: dict[str, Any]) -> None:

@@ -4,7 +4,6 @@ the calculator results; and the gunzip step ASE's readers need."""
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fastchgnet.data.frame import Frame
+from fastchgnet.files import atomic_open
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 
@@ -74,16 +74,10 @@ def gunzip_ase_file(source: Path, scratch: Path) -> Path:
     if not name.endswith(".gz") or name.endswith(".json.gz") or not source.is_file():
         return source
     plain = scratch / source.name[: -len(".gz")]
-    # written to a temp file and renamed: another process reading ``plain`` (parallel bench
-    # seeds share ``scratch``) sees the old whole file or the new one, never a half-written one
-    with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{plain.name}.", delete=False) as dst:
-        try:
-            with gzip.open(source, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except BaseException:
-            Path(dst.name).unlink(missing_ok=True)
-            raise
-    os.replace(dst.name, plain)
+    # atomic: another process reading ``plain`` (parallel bench seeds share ``scratch``) sees
+    # the old whole file or the new one, never a half-written one
+    with gzip.open(source, "rb") as src, atomic_open(plain) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
     return plain
 
 
