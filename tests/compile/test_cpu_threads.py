@@ -13,6 +13,7 @@ from torch._inductor.utils import run_and_get_code
 
 from fastchgnet.compile import CapturedModel
 from fastchgnet.compile.capture import CPU_CONSERVATIVE_ACTIVATION_BUDGET, CPU_INDUCTOR_OPTIONS
+from fastchgnet.model import layers
 from fastchgnet.model.layers import gather, scatter_sum
 from tests.compile.conftest import small_model
 
@@ -39,6 +40,31 @@ def test_gather_and_scatter_sum_on_two_threads_equal_the_one_thread_forms_to_the
     leaf = values.clone().requires_grad_(True)
     (gradient,) = torch.autograd.grad(gather(leaf, index), leaf, rows)
     assert torch.equal(gradient, summed)
+
+
+@pytest.mark.parametrize("row_copy_min", [0, layers.ROW_COPY_MIN])
+def test_gather_and_scatter_sum_on_two_threads_differentiate_twice(
+    two_threads, monkeypatch, row_copy_min
+):
+    # the training step's force loss differentiates the forward's gathers and scatter sums
+    # twice (large ones: the index_select / scatter_add autograd pair; small: expanded)
+    monkeypatch.setattr(layers, "ROW_COPY_MIN", row_copy_min)
+    torch.manual_seed(0)
+    values = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 7, (20,))
+    assert torch.autograd.gradgradcheck(lambda v: gather(v, index) ** 2, (values,))
+    assert torch.autograd.gradgradcheck(lambda r: scatter_sum(r, index, 7) ** 2, (rows,))
+
+
+def test_gather_on_two_threads_copies_rows_with_index_select(two_threads, monkeypatch):
+    # torch.gather with an expanded index reads the index per element: 2.6x slower
+    calls = []
+    monkeypatch.setattr(torch, "gather", lambda *a, **k: calls.append(a) or 1 / 0)
+    values, index = torch.randn(600, 128), torch.randint(0, 600, (3000,))
+    assert index.numel() * 128 >= layers.ROW_COPY_MIN
+    assert torch.equal(gather(values, index), values[index])
+    assert not calls
 
 
 @pytest.mark.slow  # an inductor C++ build of a small training graph: about a minute on 2 cores
