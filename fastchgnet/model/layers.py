@@ -10,6 +10,7 @@ function (tested).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -72,7 +73,7 @@ def gather(values: Tensor, index: Tensor) -> Tensor:
     the expanded form (``torch.gather``) both ways.
     """
     if parallel_cpu(values):
-        if torch.compiler.is_compiling() or index.numel() * values[0].numel() < ROW_COPY_MIN:
+        if torch.compiler.is_compiling() or index.numel() * math.prod(values.shape[1:]) < ROW_COPY_MIN:
             return torch.gather(values, 0, expanded(index, values))
         return _RowGather.apply(values, index)
     return values.index_select(0, index)

@@ -57,6 +57,13 @@ def test_gather_and_scatter_sum_on_two_threads_differentiate_twice(
     assert torch.autograd.gradgradcheck(lambda r: scatter_sum(r, index, 7) ** 2, (rows,))
 
 
+def test_gather_and_scatter_sum_on_two_threads_take_empty_tables(two_threads):
+    # a structure without bond-graph bonds gathers from and sums into zero rows
+    empty, index = torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)
+    assert gather(empty, index).shape == (0, 64)
+    assert scatter_sum(empty, index, 3).equal(torch.zeros(3, 64))
+
+
 def test_gather_on_two_threads_copies_rows_with_index_select(two_threads, monkeypatch):
     # torch.gather with an expanded index reads the index per element: 2.6x slower
     calls = []
