@@ -27,6 +27,18 @@ from fastchgnet.compile.store import CompiledStore
 #: chosen only where it clearly pays; ``run_md`` still drops a compiled calculator that
 #: measures slower.
 COMPILED_FRACTION = 0.8
+#: What one MD force call costs on a CPU (bench/bench_md.py, 2 quiet threads, stop 26): an
+#: eager call pays ``EAGER_CALL_OVERHEAD`` (Python and operator dispatch: 7.5-8.9 ms for a
+#: 2-atom cell without angles) plus its work; a compiled call pays ``COMPILED_CALL_OVERHEAD``
+#: (pad, one program call, unpad) plus the work of its padded shape at
+#: ``COMPILED_WORK_FRACTION`` of eager's per entry. Fitted on LiMnO2 (8 atoms), Li9Co7O16 (32)
+#: and a 64-atom LiMnO2 cell, whose MD shapes hold 1.42, 1.40 and 1.37 padded entries per real
+#: one (eager 22.6, 94.4, 112.7 ms; compiled 16.0, 97.4, 109.0 ms): 0.70, 0.79 and 0.75. The
+#: padding takes all the compiled kernels gain on 32 and 64 atoms, where the constant
+#: ``COMPILED_FRACTION`` had chosen a 30 s compile that run_md then measured and set aside.
+EAGER_CALL_OVERHEAD = 0.008
+COMPILED_CALL_OVERHEAD = 0.0015
+COMPILED_WORK_FRACTION = 0.75
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: 45-75 s measured for the reference architecture on 2 quiet cores.
 COLD_PREDICT_SECONDS = 60.0
@@ -43,6 +55,17 @@ class CompileDecision:
     compile_seconds: float
     saved_seconds: float
     eager_seconds: float
+
+
+def compiled_fraction(eager_seconds: float, padding: float) -> float:
+    """Expected seconds of a compiled CPU call over those of the eager one (at most 1: no
+    gain), for a call that takes ``eager_seconds`` eagerly and whose padded shape holds
+    ``padding`` entries (atoms + bonds + angles) per real one; see ``COMPILED_WORK_FRACTION``."""
+    if eager_seconds <= 0:
+        return 1.0
+    work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0)
+    compiled = COMPILED_CALL_OVERHEAD + COMPILED_WORK_FRACTION * padding * work
+    return min(1.0, compiled / eager_seconds)
 
 
 def cold_estimate(store: CompiledStore | None, program: str = "predict") -> float:
@@ -76,6 +99,6 @@ def decide(
     reason = (
         f"compile {'on' if worth else 'off'} for this {what}: {times}{cost}, "
         f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
-        f"{eager_seconds * 1e3:.0f} ms eager"
+        f"{eager_seconds * 1e3:.0f} ms eager (compiled: ~{fraction:.2f} of that)"
     )
     return CompileDecision(worth, reason, compile_seconds, saved, eager_seconds)

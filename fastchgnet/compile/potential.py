@@ -208,6 +208,12 @@ class CompiledPotential:
             return 1.0
         return cold_estimate
 
+    def padding_for(self, graphs: Sequence[CrystalGraph]) -> float:
+        """Padded entries per real one (atoms + bonds + angles, >= 1) of the capacity a first
+        call on ``graphs`` would make (none is made here)."""
+        counts = Counts.of(graphs)
+        return entries(with_headroom(counts, self.headroom, self.round_to)) / counts.entries
+
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity | None:
         """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),
         else a new (grown) one, remembered; None (run eagerly) when that would pass

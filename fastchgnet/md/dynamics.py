@@ -264,21 +264,31 @@ def md_compile_decision(
 ) -> tuple[CompileDecision, Potential] | None:
     """Whether ``steps`` MD steps of ``atoms`` (carrying an eager Calculator of ``model``) gain
     from compiling, and the ``CompiledPotential`` to run if so: eager force calls are timed,
-    the compile cost is what that potential expects for the shape (see
+    the compile cost is what that potential expects for the shape, and on a CPU a compiled
+    call is expected to cost what ``compiled_fraction`` says for its padding (see
     ``fastchgnet.compile.decide``). None when ``model`` is not a plain FastCHGNet (a given
     potential is used as it is)."""
-    from fastchgnet.compile.decide import cold_estimate, decide
+    from fastchgnet.compile.decide import (
+        COMPILED_FRACTION,
+        cold_estimate,
+        compiled_fraction,
+        decide,
+    )
     from fastchgnet.model.chgnet import FastCHGNet
 
     if not isinstance(model, FastCHGNet):
         return None
-    calc = atoms.calc
+    graphs = [atoms.calc.graph(atoms)]
     eager_seconds = call_seconds(atoms)
     potential = compiled_potential(model)
     expected = potential.expected_compile_seconds(
-        [calc.graph(atoms)], stress=stress, cold_estimate=cold_estimate(potential.store)
+        graphs, stress=stress, cold_estimate=cold_estimate(potential.store)
     )
-    return decide(steps, eager_seconds, expected, what=f"{steps}-step MD"), potential
+    fraction = COMPILED_FRACTION
+    if next(model.parameters()).device.type == "cpu":
+        fraction = compiled_fraction(eager_seconds, potential.padding_for(graphs))
+    what = f"{steps}-step MD"
+    return decide(steps, eager_seconds, expected, fraction=fraction, what=what), potential
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:

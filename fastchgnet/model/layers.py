@@ -73,7 +73,10 @@ def gather(values: Tensor, index: Tensor) -> Tensor:
     the expanded form (``torch.gather``) both ways.
     """
     if parallel_cpu(values):
-        if torch.compiler.is_compiling() or index.numel() * math.prod(values.shape[1:]) < ROW_COPY_MIN:
+        if (
+            torch.compiler.is_compiling()
+            or index.numel() * math.prod(values.shape[1:]) < ROW_COPY_MIN
+        ):
             return torch.gather(values, 0, expanded(index, values))
         return _RowGather.apply(values, index)
     return values.index_select(0, index)

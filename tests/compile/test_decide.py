@@ -8,7 +8,12 @@ import json
 import pytest
 
 from fastchgnet.compile import decide as decide_module
-from fastchgnet.compile.decide import COLD_PREDICT_SECONDS, cold_estimate, decide
+from fastchgnet.compile.decide import (
+    COLD_PREDICT_SECONDS,
+    cold_estimate,
+    compiled_fraction,
+    decide,
+)
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.store import CompiledStore
 from fastchgnet.data.random_crystals import varied_structures
@@ -87,8 +92,32 @@ def timings(monkeypatch, eager: float, compiled: float) -> None:
     monkeypatch.setattr(dynamics, "call_seconds", lambda atoms: next(seconds))
 
 
+def test_a_compiled_call_is_expected_to_save_the_eager_overhead_and_pay_for_its_padding() -> None:
+    # bench_md's cases (stop 26): 8 atoms gain, 32 and 64 atoms lose their gain to padding
+    assert compiled_fraction(0.0226, 1.42) == pytest.approx(0.75, abs=0.03)
+    assert compiled_fraction(0.0944, 1.40) == pytest.approx(0.98, abs=0.03)
+    assert compiled_fraction(0.1127, 1.37) == pytest.approx(0.97, abs=0.03)
+    assert compiled_fraction(0.1, 1.0) < compiled_fraction(0.1, 1.2)  # padding costs
+    assert compiled_fraction(0.1, 2.0) == 1.0  # never worse than no gain
+    assert compiled_fraction(0.0, 1.0) == 1.0
+
+
+def test_an_md_run_whose_padding_takes_the_gain_stays_eager_even_when_compiling_is_free(
+    aot_eager, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    timings(monkeypatch, eager=0.2, compiled=0.1)
+    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.4)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=1000, progress=True)
+    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert aot_eager[0].graphs_built == 0
+    assert "compile off for this 1000-step MD" in capsys.readouterr().err
+
+
 def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, capsys) -> None:
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)  # a compile that pays
+    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
     timings(monkeypatch, eager=0.2, compiled=0.1)
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
@@ -102,6 +131,7 @@ def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
 ) -> None:
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
     timings(monkeypatch, eager=0.1, compiled=0.15)
+    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
     assert type(atoms.calc.model).__name__ == "EagerPotential"
@@ -143,3 +173,18 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
     assert potential.padding.batches >= 3  # every call after the first
     for a, b in zip(eager, chosen, strict=True):
         assert b.energy == pytest.approx(a.energy, abs=1e-5)
+
+
+def test_padding_for_is_that_of_the_capacity_a_first_call_makes() -> None:
+    from fastchgnet.data.capacity import Counts, entries
+    from fastchgnet.model.potential import graphs_for
+
+    model = small_model("conservative")
+    potential = CompiledPotential(model, backend="aot_eager", store=None)
+    graphs = graphs_for(model.config, varied_structures(2, seed=3, max_atoms=6))
+    padding = potential.padding_for(graphs)
+    assert not potential.capacities  # asking makes no capacity
+    potential.predict_graphs(graphs, stress=False)
+    (capacity,) = potential.capacities
+    assert padding == pytest.approx(entries(capacity) / Counts.of(graphs).entries)
+    assert padding > 1
