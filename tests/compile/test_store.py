@@ -137,3 +137,73 @@ def test_the_header_warm_up_builds_the_headers_a_build_then_uses(tmp_path) -> No
     assert len(warmed) == 2  # the wrapper's header and the kernels' header
     assert run(BUILD, FASTCHGNET_WARM_HEADERS="0") == "1"
     assert headers() == warmed
+
+
+class FakeBuilder:
+    """Stands in for inductor's CppBuilder: ``build`` runs its command through
+    ``_run_compile_cmd``, as the real one does."""
+
+    _use_relative_path = False
+
+    def __init__(self, name: str, output_dir: str, log: list, link: bool = False) -> None:
+        self._name, self._output_dir, self.log, self.link = name, output_dir, log, link
+
+    def get_command_line(self) -> str:
+        return self._name
+
+    def get_target_file_path(self) -> str:
+        # the objects are ".o"; the link is named as the wrapper, with a ".so" target
+        return os.path.join(self._output_dir, self._name + (".so" if self.link else ".o"))
+
+    def build(self) -> None:
+        from torch._inductor import cpp_builder
+
+        cpp_builder._run_compile_cmd(self._name, self._output_dir)
+
+
+def test_wrapper_and_kernel_objects_compile_side_by_side_and_the_link_waits(
+    monkeypatch, tmp_path
+) -> None:
+    import threading
+    import time
+
+    from torch._inductor import cpp_builder
+
+    from fastchgnet.compile.store import parallel_object_builds
+
+    log: list = []
+    wrapper_started = threading.Event()
+
+    def compile_cmd(command: str, cwd: str) -> None:
+        log.append(("start", command))
+        if command.endswith(".wrapper"):
+            wrapper_started.set()
+            time.sleep(0.3)
+        else:
+            assert wrapper_started.wait(5)
+        if command == "bad.wrapper":
+            raise RuntimeError("wrapper failed")
+        log.append(("end", command))
+
+    monkeypatch.setattr(cpp_builder, "_run_compile_cmd", compile_cmd)
+    monkeypatch.setattr(cpp_builder, "CppBuilder", FakeBuilder)
+    monkeypatch.setenv("FASTCHGNET_PARALLEL_OBJECTS", "1")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with parallel_object_builds():
+        for name in ("a.wrapper", "a.kernel"):
+            cpp_builder.CppBuilder(name, str(tmp_path), log).build()
+        cpp_builder.CppBuilder("a.wrapper", str(tmp_path), log, link=True).build()
+        assert len(log) == 6  # the link has run when its build returns
+    # the kernel starts before the wrapper ends; the link starts after both
+    assert log.index(("start", "a.kernel")) < log.index(("end", "a.wrapper"))
+    assert log[-2:] == [("start", "a.wrapper"), ("end", "a.wrapper")]
+    wrapper_started.clear()
+
+    def failing_wrapper_then_kernel() -> None:
+        with parallel_object_builds():
+            cpp_builder.CppBuilder("bad.wrapper", str(tmp_path), log).build()
+            cpp_builder.CppBuilder("bad.kernel", str(tmp_path), log).build()
+
+    with pytest.raises(RuntimeError, match="wrapper failed"):
+        failing_wrapper_then_kernel()
+    assert cpp_builder.CppBuilder.build is FakeBuilder.build  # put back
