@@ -64,6 +64,24 @@ def test_gather_and_scatter_sum_on_two_threads_take_empty_tables(two_threads):
     assert scatter_sum(empty, index, 3).equal(torch.zeros(3, 64))
 
 
+def test_traced_gathers_and_scatter_sums_keep_the_expanded_forms(two_threads, monkeypatch):
+    # AOTAutograd would differentiate a traced index_select into index_add, which inductor
+    # turns into atomic adds on several threads: captured graphs keep the expanded forms
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setattr(layers, "ROW_COPY_MIN", 0)
+    values, index = torch.randn(6, 4), torch.tensor([5, 0, 0, 2])
+
+    def summed_rows(v: torch.Tensor) -> torch.Tensor:
+        return scatter_sum(gather(v, index), index, 6)
+
+    code = make_fx(summed_rows)(values).code
+    assert "index_select" not in code
+    assert "gather" in code
+    assert "scatter_add" in code
+    assert torch.equal(make_fx(summed_rows)(values)(values), summed_rows(values))
+
+
 def test_gather_on_two_threads_copies_rows_with_index_select(two_threads, monkeypatch):
     # torch.gather with an expanded index reads the index per element: 2.6x slower
     calls = []

@@ -102,25 +102,27 @@ def test_a_compiled_call_is_expected_to_save_the_eager_overhead_and_pay_for_its_
     assert compiled_fraction(0.0, 1.0) == 1.0
 
 
+def free_compile_md(monkeypatch, padding: float, eager: float, compiled: float, steps: int):
+    """run_md where a compile costs nothing, eager and compiled calls take the given seconds
+    and the MD shape holds ``padding`` entries per real one; the final Atoms."""
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: padding)
+    timings(monkeypatch, eager=eager, compiled=compiled)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    return dynamics.run_md(structure, small_model("conservative"), steps=steps, progress=True)
+
+
 def test_an_md_run_whose_padding_takes_the_gain_stays_eager_even_when_compiling_is_free(
     aot_eager, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
-    timings(monkeypatch, eager=0.2, compiled=0.1)
-    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.4)
-    structure = varied_structures(1, seed=2, max_atoms=4)[0]
-    atoms = dynamics.run_md(structure, small_model("conservative"), steps=1000, progress=True)
+    atoms = free_compile_md(monkeypatch, padding=1.4, eager=0.2, compiled=0.1, steps=1000)
     assert type(atoms.calc.model).__name__ == "EagerPotential"
     assert aot_eager[0].graphs_built == 0
     assert "compile off for this 1000-step MD" in capsys.readouterr().err
 
 
 def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)  # a compile that pays
-    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
-    timings(monkeypatch, eager=0.2, compiled=0.1)
-    structure = varied_structures(1, seed=2, max_atoms=4)[0]
-    atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
+    atoms = free_compile_md(monkeypatch, padding=1.1, eager=0.2, compiled=0.1, steps=3)
     assert atoms.calc.model is aot_eager[0]
     assert aot_eager[0].graphs_built == 1
     assert "compile on for this 3-step MD" in capsys.readouterr().err
@@ -129,11 +131,7 @@ def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, ca
 def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
     aot_eager, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
-    timings(monkeypatch, eager=0.1, compiled=0.15)
-    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
-    structure = varied_structures(1, seed=2, max_atoms=4)[0]
-    atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
+    atoms = free_compile_md(monkeypatch, padding=1.1, eager=0.1, compiled=0.15, steps=3)
     assert type(atoms.calc.model).__name__ == "EagerPotential"
     assert aot_eager[0].graphs_built == 1  # it was compiled, measured, and set aside
     err = capsys.readouterr().err
