@@ -124,8 +124,7 @@ class _RowScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, values: Tensor, index: Tensor, size: int) -> Tensor:
         ctx.save_for_backward(index)
-        out = values.new_zeros(size, *values.shape[1:])
-        return out.scatter_add(0, expanded(index, values), values)
+        return expanded_scatter_sum(values, index, size)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
@@ -144,10 +143,15 @@ def scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
     values = values.to(dtype)
     if parallel_cpu(values):
         if tracing() or values.numel() < ROW_COPY_MIN:
-            out = values.new_zeros(size, *values.shape[1:])
-            return out.scatter_add(0, expanded(index, values), values)
+            return expanded_scatter_sum(values, index, size)
         return _RowScatter.apply(values, index, size)
     return values.new_zeros(size, *values.shape[1:]).index_add(0, index, values)
+
+
+def expanded_scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """``scatter_sum`` in the expanded-index form (``parallel_cpu``): (n, ...) -> (size, ...)."""
+    out = values.new_zeros(size, *values.shape[1:])
+    return out.scatter_add(0, expanded(index, values), values)
 
 
 def norm_or_identity(kind: str | None, dim: int) -> nn.Module:
