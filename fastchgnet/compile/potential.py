@@ -212,7 +212,11 @@ class CompiledPotential:
         """Padded entries per real one (atoms + bonds + angles, >= 1) of the capacity a first
         call on ``graphs`` would make (none is made here)."""
         counts = Counts.of(graphs)
-        return entries(with_headroom(counts, self.headroom, self.round_to)) / counts.entries
+        return entries(self._fresh(counts)) / counts.entries
+
+    def _fresh(self, counts: Counts) -> Capacity:
+        """The capacity a first call with ``counts`` makes: the counts with headroom."""
+        return with_headroom(counts, self.headroom, self.round_to)
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity | None:
         """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),
@@ -274,8 +278,7 @@ class CompiledPotential:
     def _oversized(self, capacity: Capacity, counts: Counts) -> bool:
         if self.max_oversize is None:
             return False
-        fresh = with_headroom(counts, self.headroom, self.round_to)
-        return entries(capacity) > self.max_oversize * entries(fresh)
+        return entries(capacity) > self.max_oversize * entries(self._fresh(counts))
 
     def _padded(self, graphs: Sequence[CrystalGraph], capacity: Capacity) -> GraphBatch:
         """``graphs`` collated and padded to ``capacity``, in the model's dtype and on its

@@ -309,6 +309,8 @@ def parallel_object_builds() -> Iterator[None]:
     pending: list[tuple[threading.Thread, list[BaseException]]] = []
 
     def compile_object(target: Any, errors: list[BaseException]) -> None:
+        # CppBuilder.build's steps without its dynamo_timed wrapper, whose compile-event
+        # bookkeeping is not meant to run from a second thread
         folder = os.path.join(target._output_dir, f"{target._name}_{cpp_builder._BUILD_TEMP_DIR}")
         try:
             os.makedirs(folder, exist_ok=True)
