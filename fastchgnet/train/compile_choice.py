@@ -6,7 +6,13 @@ before the sampler is made (compiling needs packed batches of one shape), rank 0
 eager training step (forward, loss, backward) on the first ``batch_size`` training structures
 and weighs (``fastchgnet.compile.decide``):
 
-    COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - TRAIN_COMPILED_FRACTION)
+    COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - compiled fraction)
+
+Eager trains on unpadded batches; the captured step runs every batch padded to the packed
+plan's one capacity. The compiled fraction is therefore ``TRAIN_WORK_FRACTION`` (a captured
+step's cost per padded entry over eager's per real entry) times the padded entries per real
+one of this run's packed plan (``packed_padding``: epoch 0's plan of the training split), at
+most 1: a data set whose largest structures force a roomy capacity stays eager.
 
 Every rank takes rank 0's answer (one ``all_gather_objects``: every rank reaches it). The
 decision and its one-line reason are logged and written to ``<out_dir>/compile_decision.json``;
@@ -25,18 +31,23 @@ from pathlib import Path
 import torch
 
 from fastchgnet.compile.decide import CompileDecision, decide
+from fastchgnet.data.capacity import padding_waste
+from fastchgnet.data.packing import plan_packed_batches
 from fastchgnet.files import write_json_atomic
 from fastchgnet.model.loss import LossConfig, training_loss
 from fastchgnet.numerics import flush_denormals
 from fastchgnet.train import collectives
 from fastchgnet.train.checkpoint import latest_checkpoint
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.loading import Splits, collate_items
+from fastchgnet.train.loading import Splits, collate_items, packing_inputs
 
-#: Captured training step time as a fraction of eager on a CPU, at the same batch:
-#: ``bench/bench_train_step.py`` measured 0.46 (conservative) and 0.68 (direct) at batch 16 and
-#: 32 (README "Performance"); packing wastes about 8 % of the padded shape (bench_sampler).
-TRAIN_COMPILED_FRACTION = {"conservative": 0.5, "direct": 0.75}
+#: A captured CPU training step's cost per padded entry (atoms + bonds + angles) over the
+#: eager step's per real entry, eager on the unpadded batch: ``bench/bench_train_step.py
+#: --reference-flush-denormals --packed --batches 12 --threads 2`` (stop 26) measured
+#: conservative 0.68 and 0.77 (batch 16 at 41.9 % padding, batch 32 at 20 %), direct 0.82 and
+#: 0.93. (Until stop 27 the decision took 0.5 and 0.75 of eager regardless of padding, from
+#: runs where eager carried the same padding as the captured step.)
+TRAIN_WORK_FRACTION = {"conservative": 0.75, "direct": 0.9}
 #: Cold build of a training graph at batch 16, reference architecture, 2 quiet cores
 #: (``bench/bench_compile.py``: 88.9 s conservative); a direct graph builds in about 0.6 of
 #: that. Smaller models build faster, loaded machines 2-5x slower.
@@ -82,6 +93,15 @@ def training_steps(config: TrainConfig, n_train: int, world_size: int) -> int:
     return min(steps, config.run.max_steps) if config.run.max_steps > 0 else steps
 
 
+def packed_padding(splits: Splits, config: TrainConfig, world_size: int) -> float:
+    """Padded entries (atoms + bonds + angles) per real one over epoch 0's packed plan of the
+    training split, as a compiled run would pack it (1.25: a quarter more work than the real
+    graphs; 1.0 for an empty split)."""
+    sizes, capacity = packing_inputs(splits, splits.train, config.data.batch_size)
+    plan = plan_packed_batches(sizes, world_size, capacity, seed=config.run.seed)
+    return 1.0 + padding_waste(plan, sizes, capacity)["waste"]
+
+
 def choose(
     config: TrainConfig,
     model: torch.nn.Module,
@@ -105,12 +125,13 @@ def choose(
             mode = model.config.forces
             eager = time_eager_step(model, splits, config.data.batch_size, config.loss)
             steps = training_steps(config, len(splits.train), world_size)
+            padding = packed_padding(splits, config, world_size)
             decision = decide(
                 steps,
                 eager,
                 COLD_TRAIN_SECONDS[mode],
-                fraction=TRAIN_COMPILED_FRACTION[mode],
-                what=f"{mode} training on a CPU",
+                fraction=min(1.0, TRAIN_WORK_FRACTION[mode] * padding),
+                what=f"{mode} training on a CPU (packed batches: {padding - 1:.0%} padding)",
                 margin=MARGIN,
             )
             write_json_atomic(out / DECISION_FILE, decision.__dict__)

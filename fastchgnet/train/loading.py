@@ -209,12 +209,10 @@ def make_sampler(
     number of structures per rank batch) or, with ``packed``, every rank batch filled to one
     capacity (``packing_capacity``: ``config.batch_size`` structures on average)."""
     rank, world_size = world
-    sizes = splits.dataset.sizes[indices]
-    if packed:  # bond-graph bonds get their own slots: the bond convolutions run on them only
-        sizes = np.concatenate([sizes, splits.dataset.short_bonds[indices, None]], axis=1)
-        capacity = packing_capacity(sizes, config.batch_size)
+    if packed:
+        sizes, capacity = packing_inputs(splits, indices, config.batch_size)
         return PackedBatchSampler(sizes, capacity, world_size=world_size, rank=rank, seed=seed)
-    costs = structure_costs(sizes)
+    costs = structure_costs(splits.dataset.sizes[indices])
     return BalancedBatchSampler(
         costs,
         config.batch_size,
@@ -223,6 +221,18 @@ def make_sampler(
         seed=seed,
         size_pool=config.size_pool if config.size_pool > 0 else None,
     )
+
+
+def packing_inputs(
+    splits: Splits, indices: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, Capacity]:
+    """What packing ``indices`` of the dataset needs: sizes (N, 4) atoms, bonds, angles,
+    bond-graph bonds (those get their own slots: the bond convolutions run on them only) and
+    the one capacity (``packing_capacity``: ``batch_size`` structures on average)."""
+    sizes = np.concatenate(
+        [splits.dataset.sizes[indices], splits.dataset.short_bonds[indices, None]], axis=1
+    )
+    return sizes, packing_capacity(sizes, batch_size)
 
 
 def loader_workers(requested: int, device: torch.device | str) -> int:

@@ -86,8 +86,10 @@ def test_auto_keeps_a_short_cpu_run_eager_and_says_why(
 def test_auto_compiles_a_cpu_run_where_compiling_pays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    # a build that costs nothing pays for any run: the captured step, packed batches
+    # a build that costs nothing pays for any run whose captured step, padded, costs less
+    # than eager: the captured step, packed batches
     monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)
+    monkeypatch.setitem(compile_choice.TRAIN_WORK_FRACTION, "conservative", 0.1)
     cache = small_cache(tmp_path / "cache", n=24)
     out = tmp_path / "run"
     config = tiny_config(
@@ -99,6 +101,40 @@ def test_auto_compiles_a_cpu_run_where_compiling_pays(
     printed = capsys.readouterr().out
     assert "compile on for this conservative training" in printed
     assert "packed sampler" in printed
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_auto_keeps_a_cpu_run_eager_when_padding_takes_the_gain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # even a free build does not pay where the packed batches' padding makes every captured
+    # step cost more than the eager one on the unpadded batch
+    monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)
+    cache = small_cache(tmp_path / "cache", n=24)
+    config = tiny_config(cache, tmp_path / "run", "optim.epochs=50")
+    splits = make_splits(cache, config.data)
+    padding = compile_choice.packed_padding(splits, config, 1)
+    assert padding * compile_choice.TRAIN_WORK_FRACTION["conservative"] > 1  # batch 4: roomy
+    model = build_model(config.model, 0)
+    decision = compile_choice.choose(config, model, splits, tmp_path / "run", 0, 1, False)
+    assert not decision.compile
+    assert f"packed batches: {padding - 1:.0%} padding" in decision.reason
+    assert decision.saved_seconds == 0
+
+
+def test_packed_padding_is_what_the_compiled_runs_packed_batches_carry(tmp_path: Path) -> None:
+    from fastchgnet.data.capacity import entries
+
+    cache = small_cache(tmp_path / "cache", n=48)
+    config = tiny_config(cache, tmp_path / "run", "data.batch_size=8", "run.seed=3")
+    splits = make_splits(cache, config.data)
+    sampler = make_sampler(splits, splits.train, config.data, (0, 1), 3, packed=True)
+    sampler.set_epoch(0)
+    sizes = splits.dataset.sizes[splits.train].sum(axis=1)
+    batches = [batch for batch in sampler if batch]
+    real = sum(int(sizes[batch].sum()) for batch in batches)
+    padded = len(batches) * entries(sampler.capacity)
+    assert compile_choice.packed_padding(splits, config, 1) == pytest.approx(padded / real)
 
 
 def test_a_resumed_run_keeps_its_decision_without_timing(
@@ -158,6 +194,7 @@ def test_a_run_checkpointed_before_decisions_were_kept_resumes_eager(
     train(tiny_config(cache, out, *common))
     (out / compile_choice.DECISION_FILE).unlink()  # as a run from before this file existed
     monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)  # would compile
+    monkeypatch.setitem(compile_choice.TRAIN_WORK_FRACTION, "conservative", 0.1)
     config = tiny_config(cache, out, "optim.epochs=2", "run.compile_backend=aot_eager")
     splits = make_splits(cache, config.data)
     model = build_model(config.model, 0)
