@@ -40,8 +40,10 @@ EAGER_CALL_OVERHEAD = 0.008
 COMPILED_CALL_OVERHEAD = 0.0015
 COMPILED_WORK_FRACTION = 0.75
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
-#: 45-75 s measured for the reference architecture on 2 quiet cores.
-COLD_PREDICT_SECONDS = 60.0
+#: ``bench/bench_compile.py --programs predict --threads 2`` measured 29.8-35.6 s for the
+#: reference architecture on 2 quiet cores, everything empty (stops 26 and 27; 45-75 s before
+#: the header warm-up and the side-by-side object builds).
+COLD_PREDICT_SECONDS = 35.0
 
 
 @dataclass(frozen=True)
