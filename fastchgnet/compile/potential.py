@@ -191,13 +191,15 @@ class CompiledPotential:
     def expected_compile_seconds(
         self, graphs: Sequence[CrystalGraph], *, stress: bool, cold_estimate: float
     ) -> float:
-        """Seconds the first call for ``graphs`` would spend compiling: 0 when its shape is
-        compiled already in this process or when it would run eagerly (see ``max_shapes``), about
-        one (the load) when the on-disk store has it, else ``cold_estimate``."""
+        """Seconds the calls for ``graphs`` would spend compiling: 0 when the shape they would
+        run in is compiled already in this process or when they would run eagerly (see
+        ``max_shapes``), about one (the load) when the on-disk store has it, else
+        ``cold_estimate``. Asking makes no capacity and counts no call (``patience``): the
+        shape is the one they fit or the one they would make once patience runs out."""
         captured = self.captured[stress, False]
         self.model.eval()
-        capacity = self.capacity_for(graphs)
-        if capacity is None:  # the call runs eagerly
+        capacity = self._would_use(Counts.of(graphs))
+        if capacity is None:  # the calls run eagerly
             return 0.0
         batch = self._padded(graphs, capacity)
         with torch.no_grad():
@@ -217,6 +219,17 @@ class CompiledPotential:
     def _fresh(self, counts: Counts) -> Capacity:
         """The capacity a first call with ``counts`` makes: the counts with headroom."""
         return with_headroom(counts, self.headroom, self.round_to)
+
+    def _would_use(self, counts: Counts) -> Capacity | None:
+        """The capacity calls with ``counts`` would run in (``_capacity_for`` without its side
+        effects, patience spent): None past ``max_shapes``."""
+        fitting = [c for c in self.capacities if fits(c, counts)]
+        if fitting:
+            return min(fitting, key=entries)
+        if self._at_bound():
+            return None
+        largest = max(self.capacities, key=entries) if self.capacities else None
+        return with_headroom(counts, self.headroom, self.round_to, largest)
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity | None:
         """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),

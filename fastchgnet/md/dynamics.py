@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +36,28 @@ if TYPE_CHECKING:
     from fastchgnet.compile.decide import CompileDecision
 
 log = logging.getLogger("fastchgnet.md")
+
+#: Model calls an MD run's compiled potential runs eagerly first (``CompiledPotential``'s
+#: ``patience``): a run from a 0 K crystal gains bonds and angles as it heats (in 45 NVT steps
+#: at 300 K, LiMnO2's short bonds rose 15 % and its angles 33 %), so the one compiled shape is
+#: made for the largest counts of these calls rather than the first call's.
+MD_PATIENCE = 50
+#: Margin on the bonds of that shape (angles get its square): the counts it is made from are
+#: already the heated ones, so it only covers later fluctuations. A call that still fits no
+#: shape runs eagerly; after ``MD_PATIENCE`` such calls the shape grows once (``MD_MAX_SHAPES``).
+MD_HEADROOM = 0.05
+MD_MAX_SHAPES = 2
+#: the ``CompiledPotential`` options of ``run_md``'s compiled runs (stop 26's MD shapes, made
+#: from the first call with ``CompiledPotential``'s default 20 % margin, held 1.37-1.42 padded
+#: entries per real one, and the padding took the whole gain of capture on 32 and 64 atoms)
+MD_COMPILE = {"headroom": MD_HEADROOM, "patience": MD_PATIENCE, "max_shapes": MD_MAX_SHAPES}
+
+
+def md_compile_options(steps: int) -> dict[str, Any]:
+    """``MD_COMPILE`` for a run of ``steps`` steps: its patience is at most a quarter of the
+    run, so a short run asked to compile (``compiled=True``) still runs mostly compiled."""
+    return MD_COMPILE | {"patience": min(MD_COMPILE["patience"], steps // 4)}
+
 
 Ensemble = Literal["nve", "nvt", "npt"]
 THERMOSTATS: dict[str, tuple[str, ...]] = {
@@ -161,11 +184,14 @@ def run_md(
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
-        compiled: run a plain model as a ``CompiledPotential`` (inductor, one fixed shape for
-            the run); None (default): compile when it pays over ``steps``
-            (``fastchgnet.compile.decide``: a cold CPU compile costs about a minute, a warm
-            start from the on-disk store about a second); the decision and its reason are
-            logged (logger ``fastchgnet.md``) and printed with the progress bar.
+        compiled: run a plain model as a ``CompiledPotential`` (inductor,
+            ``md_compile_options``: the first ``MD_PATIENCE`` calls, at most a quarter of the
+            run, run eagerly, then one shape made for the largest of them serves the run);
+            None (default): compile when it pays over ``steps`` (``fastchgnet.compile.decide``:
+            a cold CPU compile costs about half a minute, a warm start from the on-disk store
+            about a second), and go back to eager if the compiled calls then measure no
+            faster; the decision and its reason are logged (logger ``fastchgnet.md``) and
+            printed with the progress bar.
 
     Returns:
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
@@ -179,10 +205,12 @@ def run_md(
     atoms = as_atoms(structure)
     # barostats ask for stress every step: compute it with the forces, in one call
     stress = ensemble.lower() == "npt"
-    atoms.calc = Calculator(model, skin=skin, always_stress=stress, compiled=bool(compiled))
+    potential = compiled_potential(model, **md_compile_options(steps)) if compiled else model
+    atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
+    check = None
     if compiled is None:  # compile where it pays, and keep it only where it is faster
-        _choose_calculator(atoms, model, steps, stress, skin, progress)
+        check = _choose_calculator(atoms, model, steps, stress, skin, progress)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     if starting_temperature is not None:
@@ -199,6 +227,8 @@ def run_md(
         seed=seed,
         **integrator,
     )
+    if check is not None:
+        dyn.attach(check, interval=1)
     if trajectory is not None:
         writer = _frame_writer(atoms, Path(trajectory))
         dyn.attach(writer, interval=loginterval)
@@ -234,29 +264,46 @@ def _say(message: str, progress: bool) -> None:
 
 def _choose_calculator(
     atoms: Atoms, model: Any, steps: int, stress: bool, skin: float, progress: bool
-) -> None:
+) -> Callable[[], None] | None:
     """Give ``atoms`` (carrying an eager Calculator of ``model``) a compiled calculator when
-    ``md_compile_decision`` says it pays, and keep it only if its calls are then measured
-    faster than eager (a padded shape can lose at one thread); says what it did and why."""
+    ``md_compile_decision`` says it pays, and say what it did and why. Returns the MD observer
+    that keeps it only where it is faster (``_keep_if_faster``), or None."""
     decided = md_compile_decision(atoms, model, steps, stress)
     if decided is None:
-        return
+        return None
     decision, potential = decided
     _say(decision.reason, progress)
     if not decision.compile:
-        return
+        return None
     eager_calc = atoms.calc
     atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
-    atoms.get_forces()  # compiles (or loads the stored program)
-    compiled = call_seconds(atoms)
-    if compiled >= decision.eager_seconds:
-        atoms.calc = eager_calc
-        atoms.get_forces()
-        _say(
-            f"compiled calls took {compiled * 1e3:.0f} ms, no faster than eager "
-            f"{decision.eager_seconds * 1e3:.0f} ms: the run stays eager",
-            progress,
-        )
+    return _keep_if_faster(atoms, potential, eager_calc, decision.eager_seconds, progress)
+
+
+def _keep_if_faster(
+    atoms: Atoms, potential: Any, eager_calc: Calculator, eager_seconds: float, progress: bool
+) -> Callable[[], None]:
+    """An MD observer that, at the first step after ``potential`` has made its compiled shape
+    (its first ``patience`` calls run eagerly), times its calls (``call_seconds``) and gives
+    ``atoms`` back ``eager_calc`` when they are no faster than ``eager_seconds``: a padded
+    shape can lose at one thread. It does nothing after that step."""
+    done = False
+
+    def check() -> None:
+        nonlocal done
+        if done or not potential.capacities:
+            return
+        done = True
+        compiled = call_seconds(atoms)
+        if compiled >= eager_seconds:
+            atoms.calc = eager_calc
+            _say(
+                f"compiled calls took {compiled * 1e3:.0f} ms, no faster than eager "
+                f"{eager_seconds * 1e3:.0f} ms: the run goes on eager",
+                progress,
+            )
+
+    return check
 
 
 def md_compile_decision(
@@ -280,7 +327,7 @@ def md_compile_decision(
         return None
     graphs = [atoms.calc.graph(atoms)]
     eager_seconds = call_seconds(atoms)
-    potential = compiled_potential(model)
+    potential = compiled_potential(model, **md_compile_options(steps))
     expected = potential.expected_compile_seconds(
         graphs, stress=stress, cold_estimate=cold_estimate(potential.store)
     )
@@ -288,7 +335,8 @@ def md_compile_decision(
     if next(model.parameters()).device.type == "cpu":
         fraction = compiled_fraction(eager_seconds, potential.padding_for(graphs))
     what = f"{steps}-step MD"
-    return decide(steps, eager_seconds, expected, fraction=fraction, what=what), potential
+    calls = max(steps - potential.patience, 0)  # the first calls run eagerly either way
+    return decide(calls, eager_seconds, expected, fraction=fraction, what=what), potential
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import numpy as np
 import pytest
 
 from fastchgnet.compile import decide as decide_module
@@ -107,6 +108,7 @@ def free_compile_md(monkeypatch, padding: float, eager: float, compiled: float, 
     and the MD shape holds ``padding`` entries per real one; the final Atoms."""
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
     monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: padding)
+    monkeypatch.setitem(dynamics.MD_COMPILE, "patience", 1)  # the shape is made at call 2
     timings(monkeypatch, eager=eager, compiled=compiled)
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     return dynamics.run_md(structure, small_model("conservative"), steps=steps, progress=True)
@@ -136,7 +138,43 @@ def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
     assert aot_eager[0].graphs_built == 1  # it was compiled, measured, and set aside
     err = capsys.readouterr().err
     assert "compile on" in err
-    assert "compiled calls took 150 ms, no faster than eager 100 ms: the run stays eager" in err
+    assert "compiled calls took 150 ms, no faster than eager 100 ms: the run goes on eager" in err
+
+
+def test_a_compiled_md_run_sizes_its_shape_from_the_calls_its_patience_runs_eagerly(
+    aot_eager, monkeypatch
+) -> None:
+    # the first MD_PATIENCE calls run eagerly; the one shape is made for the largest of them
+    # with the MD margin, and the trajectory is the eager one's
+    monkeypatch.setitem(dynamics.MD_COMPILE, "patience", 3)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    model = small_model("conservative")
+    run = {"steps": 12, "seed": 4, "progress": False}
+    eager = dynamics.run_md(structure, model, compiled=False, **run)
+    compiled = dynamics.run_md(structure, model, compiled=True, **run)
+    (potential,) = aot_eager
+    assert potential.eager_calls == 3
+    assert potential.headroom == dynamics.MD_HEADROOM
+    assert len(potential.capacities) == 1
+    assert potential.padding.batches == 13  # run_md's first call and one per step
+    assert compiled.get_potential_energy() == pytest.approx(eager.get_potential_energy(), abs=1e-4)
+    assert np.allclose(compiled.positions, eager.positions, atol=1e-5)
+
+
+def test_asking_what_a_compile_costs_makes_no_shape_and_spends_no_patience() -> None:
+    from fastchgnet.model.potential import graphs_for
+
+    model = small_model("conservative")
+    potential = CompiledPotential(model, backend="aot_eager", store=None, patience=2)
+    graphs = graphs_for(model.config, varied_structures(1, seed=3, max_atoms=6))
+    assert potential.expected_compile_seconds(graphs, stress=False, cold_estimate=9.0) == 9.0
+    assert not potential.capacities
+    for _ in range(2):
+        potential.predict_graphs(graphs, stress=False)
+    assert (potential.eager_calls, potential.graphs_built) == (2, 0)
+    potential.predict_graphs(graphs, stress=False)
+    assert potential.graphs_built == 1
+    assert potential.expected_compile_seconds(graphs, stress=False, cold_estimate=9.0) == 0.0
 
 
 def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:

@@ -13,6 +13,7 @@ from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md import calculator
 
 relax_module = importlib.import_module("fastchgnet.md.relax")  # the package exports relax()
+dynamics = importlib.import_module("fastchgnet.md.dynamics")
 
 
 @pytest.fixture
@@ -25,6 +26,7 @@ def aot_eager_potentials(monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(calculator, "compiled_potential", compiled_potential)
+    monkeypatch.setattr(dynamics, "compiled_potential", compiled_potential)
     monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)
     return built
 
