@@ -47,6 +47,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.data.batch import collate
+from fastchgnet.data.capacity import Counts, entries
 from fastchgnet.md import Calculator, make_integrator
 from fastchgnet.md.dynamics import md_compile_decision
 from fastchgnet.numerics import flush_denormals
@@ -128,16 +129,22 @@ def step_split(
     return graph_time, eager_time, (time.perf_counter() - start) / repeats
 
 
-def compiled_md(atoms: Atoms, potential: CompiledPotential) -> tuple[object, float]:
-    """(dynamics, compile seconds) of our compiled calculator on ``atoms``: the first force
-    call traces and compiles the step's graph (or loads it from the store), before any
-    timing."""
+def compiled_md(atoms: Atoms, potential: CompiledPotential) -> tuple[object, float, int]:
+    """(dynamics, compile seconds, eager steps) of our compiled calculator on ``atoms``, as
+    ``run_md`` runs it: MD steps run eagerly while the potential's patience lasts (they size
+    its one shape), then the step that makes the shape traces and compiles it (or loads it
+    from the store); all before any timing. The compile seconds are that step's."""
     atoms.calc = Calculator(potential)
-    start = time.perf_counter()
-    atoms.get_forces()
-    compile_seconds = time.perf_counter() - start
     dyn = make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
-    return dyn, compile_seconds
+    eager_steps, compile_seconds = 0, 0.0
+    while not potential.capacities:
+        start = time.perf_counter()
+        dyn.run(1)
+        if potential.capacities:
+            compile_seconds = time.perf_counter() - start
+        else:
+            eager_steps += 1
+    return dyn, compile_seconds, eager_steps
 
 
 def flushed(dyn):
@@ -208,7 +215,7 @@ def main() -> None:
     )  # fmt: skip
     columns = "{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s} {:>12s} {:>7s} {:>10s} {:>7s}"
     print(columns.format(*header))
-    potentials, defaults = {}, {}
+    potentials, defaults, pads = {}, {}, {}
     for name, atoms in structures.items():
         start = thermalised(atoms)
         dyns = {}
@@ -224,7 +231,7 @@ def main() -> None:
             )
         # run_md's default: compile only where it pays over --md-steps (decided as run_md does)
         decision, potential = md_compile_decision(mine, ours, args.md_steps, stress=False)
-        dyns["compiled"], compile_seconds = compiled_md(start.copy(), potential)  # cold store
+        dyns["compiled"], compile_seconds, patience = compiled_md(start.copy(), potential)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             times = interleaved(dyns, args.steps, args.warmup, args.chunks)
@@ -232,11 +239,16 @@ def main() -> None:
         timings = [times["ours False"], times["ours True"]]
         t_compiled = times["compiled"]
         potentials[name] = potential
-        ours_total = (  # run_md keeps the compiled calculator only when it measures faster
-            compile_seconds + args.md_steps * min(t_compiled, timings[0])
+        ours_total = (  # eager while the patience lasts, then compiled only where faster
+            compile_seconds
+            + patience * timings[0]
+            + (args.md_steps - patience) * min(t_compiled, timings[0])
             if decision.compile
             else args.md_steps * timings[0]
         )
+        moved = dyns["compiled"].atoms  # the compiled run's atoms after its timed steps
+        real = Counts.of([moved.calc.graph(moved)]).entries
+        pads[name] = entries(potential.capacities[0]) / real
         defaults[name] = (
             decision,
             ours_total,
@@ -265,6 +277,11 @@ def main() -> None:
             f"{ref_flushed_total / ours_total:6.2f}x"
         )
         print(f"{'':26s} {decision.reason}")
+        capacity = potentials[name].capacities[0]
+        print(
+            f"{'':26s} compiled shape {capacity}: {pads[name]:.2f} padded entries per real one "
+            "at the end of the timed steps"
+        )
     print(
         "\nwhere our step goes (ms): skin graph update | collate + eager model | "
         "pad + compiled model (energy, forces)"

@@ -12,8 +12,9 @@ in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % an
 the capacity by the margin from the current counts, never below the old one: one more
 compile, logged (logger ``fastchgnet.compile``).
 
-Re-sizing (``shrink_below``, ``max_shapes``, ``max_oversize``: all off by default, so MD and
-prediction keep one shape that grows only on overflow; ``relax(compiled=True)`` turns them on).
+Re-sizing (``shrink_below``, ``max_shapes``, ``max_oversize``: all off by default, so
+prediction keeps one shape that grows only on overflow; ``run_md`` sets ``patience`` and
+``max_shapes``, see ``md.dynamics.MD_COMPILE``; ``relax(compiled=True)`` turns them all on).
 When the graphs of a call fit a known capacity but a fresh one with headroom
 (``data.capacity.shrunk``) would hold at most ``shrink_below`` of its entries, that tighter
 capacity is made and used: a relaxation whose structures converge and leave gets cheaper
