@@ -27,18 +27,18 @@ from fastchgnet.compile.store import CompiledStore
 #: chosen only where it clearly pays; ``run_md`` still drops a compiled calculator that
 #: measures slower.
 COMPILED_FRACTION = 0.8
-#: What one MD force call costs on a CPU (bench/bench_md.py, 2 quiet threads, stop 26): an
-#: eager call pays ``EAGER_CALL_OVERHEAD`` (Python and operator dispatch: 7.5-8.9 ms for a
-#: 2-atom cell without angles) plus its work; a compiled call pays ``COMPILED_CALL_OVERHEAD``
-#: (pad, one program call, unpad) plus the work of its padded shape at
-#: ``COMPILED_WORK_FRACTION`` of eager's per entry. Fitted on LiMnO2 (8 atoms), Li9Co7O16 (32)
-#: and a 64-atom LiMnO2 cell, whose MD shapes hold 1.42, 1.40 and 1.37 padded entries per real
-#: one (eager 22.6, 94.4, 112.7 ms; compiled 16.0, 97.4, 109.0 ms): 0.70, 0.79 and 0.75. The
-#: padding takes all the compiled kernels gain on 32 and 64 atoms, where the constant
-#: ``COMPILED_FRACTION`` had chosen a 30 s compile that run_md then measured and set aside.
+#: What one MD force call costs on a CPU (bench/bench_md.py, 2 quiet threads): an eager call
+#: pays ``EAGER_CALL_OVERHEAD`` (Python and operator dispatch: 7.5-8.9 ms for a 2-atom cell
+#: without angles) plus its work; a compiled call pays ``COMPILED_CALL_OVERHEAD`` (pad, one
+#: program call, unpad) plus the work of its padded shape at ``COMPILED_WORK_FRACTION`` of
+#: eager's per entry. Fitted on LiMnO2 (8 atoms), Li9Co7O16 (32) and a 64-atom LiMnO2 cell:
+#: stop 26 gave 0.70, 0.79 and 0.75 (shapes of 1.37-1.42 padded entries per real one), stop
+#: 27 0.84, 0.85 and 0.83 (shapes of 1.13-1.21, ``md.dynamics.MD_COMPILE``), and a whole
+#: 2000-step compiled run on 32 atoms 0.77. The highest is kept: a wrong "on" costs a 30 s
+#: build, a wrong "off" only part of a saving.
 EAGER_CALL_OVERHEAD = 0.008
 COMPILED_CALL_OVERHEAD = 0.0015
-COMPILED_WORK_FRACTION = 0.75
+COMPILED_WORK_FRACTION = 0.84
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: ``bench/bench_compile.py --programs predict --threads 2`` measured 29.8-35.6 s for the
 #: reference architecture on 2 quiet cores, everything empty (stops 26 and 27; 45-75 s before
