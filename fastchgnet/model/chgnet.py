@@ -150,7 +150,7 @@ class FastCHGNet(nn.Module):
     def set_precision(self, precision: str) -> FastCHGNet:
         """Run the energy model in ``precision``, "float32" or "bf16" (bfloat16 matrix
         products; see ``fastchgnet.model.precision``). Not saved. Returns the model."""
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, next(self.parameters()).device.type)
         return self
 
     def energy_model(

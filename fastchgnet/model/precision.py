@@ -10,16 +10,37 @@ the optimiser state. ``FastCHGNet.set_precision`` chooses; it is not saved with 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 PRECISIONS = ("float32", "bf16")
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of ``PRECISIONS``, else ValueError naming it."""
+def check_precision(precision: str, device_type: str | None = None) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else ValueError naming it. With
+    ``device_type``, "bf16" on a device without bfloat16 matrix hardware (``bf16_hardware``)
+    warns (RuntimeWarning): there it is emulated, and slower than float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
+    if precision == "bf16" and device_type is not None and not bf16_hardware(device_type):
+        warnings.warn(
+            f"bf16 on this {device_type} (no AVX-512 BF16, AMX or bf16 tensor cores) is "
+            "emulated: 6-7x slower than float32 on an AVX2 CPU (README, Mixed precision)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return precision
+
+
+def bf16_hardware(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu", "cuda") multiplies bfloat16 matrices in hardware: a GPU
+    that supports bfloat16, or a CPU with AVX-512 BF16 or AMX tiles."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True  # other devices: not ours to judge
 
 
 def autocast(precision: str, device_type: str) -> torch.autocast:
