@@ -224,13 +224,19 @@ class CompiledPotential:
     def _would_use(self, counts: Counts) -> Capacity | None:
         """The capacity calls with ``counts`` would run in (``_capacity_for`` without its side
         effects, patience spent): None past ``max_shapes``."""
+        fitting = self._smallest_fitting(counts)
+        if fitting is not None or self._at_bound():
+            return fitting
+        return with_headroom(counts, self.headroom, self.round_to, self._largest())
+
+    def _smallest_fitting(self, counts: Counts) -> Capacity | None:
+        """The smallest known capacity ``counts`` fit, or None."""
         fitting = [c for c in self.capacities if fits(c, counts)]
-        if fitting:
-            return min(fitting, key=entries)
-        if self._at_bound():
-            return None
-        largest = max(self.capacities, key=entries) if self.capacities else None
-        return with_headroom(counts, self.headroom, self.round_to, largest)
+        return min(fitting, key=entries) if fitting else None
+
+    def _largest(self) -> Capacity | None:
+        """The largest known capacity (a grown one is never below it), or None."""
+        return max(self.capacities, key=entries) if self.capacities else None
 
     def capacity_for(self, graphs: Sequence[CrystalGraph]) -> Capacity | None:
         """The smallest known capacity ``graphs`` fit (or a tighter one, see ``shrink_below``),
@@ -242,9 +248,8 @@ class CompiledPotential:
         return self.max_shapes is not None and len(self.capacities) >= self.max_shapes
 
     def _capacity_for(self, counts: Counts, graphs: Sequence[CrystalGraph]) -> Capacity | None:
-        fitting = [c for c in self.capacities if fits(c, counts)]
-        if fitting:
-            best = min(fitting, key=entries)
+        best = self._smallest_fitting(counts)
+        if best is not None:
             return self._shrink(best, counts) or best
         if self._at_bound():
             return None
@@ -252,7 +257,7 @@ class CompiledPotential:
         if len(self._waiting) <= self.patience:
             return None
         counts, self._waiting = peak(self._waiting), []
-        largest = max(self.capacities, key=entries) if self.capacities else None
+        largest = self._largest()
         capacity = with_headroom(counts, self.headroom, self.round_to, largest)
         if largest is not None:
             names = ", ".join(g.name or "?" for g in graphs[:3])
