@@ -1,6 +1,11 @@
-"""flush_denormals: denormal floats become zero inside, nothing changes outside."""
+"""flush_denormals: denormal floats become zero inside, nothing changes outside; freed memory
+is kept for reuse once a model call has run."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,3 +94,38 @@ def test_thread_team_started_flushing_flushes_on_every_thread(start, denormal_su
         assert survivors == 0  # both threads flushed
     else:
         assert survivors > 0  # the control: the worker thread did not
+
+
+#: a process whose first model-side call (``flush_denormals``) settles the allocator, then holds
+#: ten 5 MiB tensors at once and frees them, five times over; prints its minor page faults
+_REUSE = """
+import resource, torch
+from fastchgnet.numerics import flush_denormals
+with flush_denormals():
+    pass
+def round_():
+    live = [torch.ones(5 * 2**18) for _ in range(10)]
+    del live
+round_(); round_()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    round_()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+
+
+def _page_faults(env: dict[str, str]) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _REUSE], env=env, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_model_calls_keep_freed_memory_instead_of_faulting_it_back() -> None:
+    env = dict(os.environ)
+    env.pop("FASTCHGNET_KEEP_FREED_MEMORY", None)
+    kept = _page_faults(env)
+    returned = _page_faults({**env, "FASTCHGNET_KEEP_FREED_MEMORY": "0"})
+    assert returned > 5000  # 5 x 50 MiB given back to the system and faulted in again
+    assert kept < returned / 20

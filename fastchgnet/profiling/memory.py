@@ -9,20 +9,18 @@ malloc or the operating system.
 
 RSS (``peak_bytes``): sampled by a background thread every ``interval`` seconds (psutil), so
 a peak shorter than the interval can be missed; the peak is reported above the RSS at entry,
-which is the memory the block itself needed. glibc keeps freed heap memory and raises its mmap
-threshold as large blocks are freed, so RSS would under-count a repeated step;
+which is the memory the block itself needed. Our model calls keep freed heap memory for reuse
+(``fastchgnet.numerics.keep_freed_memory``), so RSS would under-count a repeated step;
 ``return_freed_memory`` makes every allocation of 64 KiB or more a separate mapping that goes
 back to the system when freed (tensors are), and trims the heap, so RSS follows live tensors.
 Mapping every tensor makes each allocation a page-faulting system call, many times slower:
-``exact_rss`` turns it on for a measurement only (afterwards, blocks up to 32 MiB stay on the
-heap), so time and measure memory in separate runs of a step.
+``exact_rss`` turns it on for a measurement only (afterwards freed memory is kept again), so
+time and measure memory in separate runs of a step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,35 +29,28 @@ from types import TracebackType
 import psutil
 import torch
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
+from fastchgnet.numerics import keep_freed_memory, malloc_thresholds
 
 def return_freed_memory(threshold_bytes: int = 64 * 1024) -> bool:
     """glibc: allocations >= ``threshold_bytes`` are mmapped (returned on free), heap trimmed.
 
     Returns False where glibc's ``mallopt`` is unavailable (then RSS peaks are approximate).
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
-        ok &= libc.mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1
-        libc.malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        return False
-    return bool(ok)
+    return malloc_thresholds(threshold_bytes, threshold_bytes, trim_now=True)
 
 
 @contextlib.contextmanager
 def exact_rss() -> Iterator[bool]:
     """Inside: freed tensors go back to the system (``return_freed_memory``); yields whether
-    that could be set. On exit: heap allocation up to 32 MiB (fast, RSS approximate)."""
+    that could be set. On exit: freed memory kept again (``numerics.keep_freed_memory``, which
+    a model call inside does not re-apply), else heap allocation up to 32 MiB."""
+    keep_freed_memory()  # settled before the block, so the model calls inside leave it alone
     ok = return_freed_memory()
     try:
         yield ok
     finally:
-        return_freed_memory(32 * 2**20)
+        if not keep_freed_memory(reapply=True):
+            return_freed_memory(32 * 2**20)
 
 
 @dataclass
