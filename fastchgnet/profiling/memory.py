@@ -31,6 +31,7 @@ import torch
 
 from fastchgnet.numerics import keep_freed_memory, malloc_thresholds
 
+
 def return_freed_memory(threshold_bytes: int = 64 * 1024) -> bool:
     """glibc: allocations >= ``threshold_bytes`` are mmapped (returned on free), heap trimmed.
 
