@@ -22,7 +22,7 @@ threshold, and larger blocks are separate mappings), so the next step's tensors 
 sizes page-fault their memory in again, zero-filled by the kernel. An eager conservative
 training step at batch 16 took 51,600 such faults (about 200 MiB) and a 64-atom MD force call
 2,200; keeping the blocks (mapped up to 32 MiB, top trimmed only past 1 GiB) cut them to a few
-hundred, and the training step took 1.00x, 1.28x and 1.49x less time in three pairs of runs on
+hundred, and the training step ran 1.00x, 1.28x and 1.49x faster in three pairs of runs on
 a noisy machine (stop 28, 2 threads). The process then holds
 its peak heap for reuse instead of returning it, as a caching allocator does.
 ``FASTCHGNET_KEEP_FREED_MEMORY=0`` turns it off; it acts only with glibc (Linux).
