@@ -42,19 +42,24 @@ def test_gather_and_scatter_sum_on_two_threads_equal_the_one_thread_forms_to_the
     assert torch.equal(gradient, summed)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("row_copy_min", [0, layers.ROW_COPY_MIN])
-def test_gather_and_scatter_sum_on_two_threads_differentiate_twice(
-    two_threads, monkeypatch, row_copy_min
-):
+def test_gather_and_scatter_sum_differentiate_twice(monkeypatch, row_copy_min, threads):
     # the training step's force loss differentiates the forward's gathers and scatter sums
-    # twice (large ones: the index_select / scatter_add autograd pair; small: expanded)
+    # twice (large ones: the _RowGather / _RowScatter pair, with scatter_add on two threads
+    # and index_add on one; small: expanded on two threads, index_select / index_add on one)
     monkeypatch.setattr(layers, "ROW_COPY_MIN", row_copy_min)
     torch.manual_seed(0)
     values = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     rows = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, 7, (20,))
-    assert torch.autograd.gradgradcheck(lambda v: gather(v, index) ** 2, (values,))
-    assert torch.autograd.gradgradcheck(lambda r: scatter_sum(r, index, 7) ** 2, (rows,))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert torch.autograd.gradgradcheck(lambda v: gather(v, index) ** 2, (values,))
+        assert torch.autograd.gradgradcheck(lambda r: scatter_sum(r, index, 7) ** 2, (rows,))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_gather_and_scatter_sum_on_two_threads_take_empty_tables(two_threads):

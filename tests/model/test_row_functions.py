@@ -1,5 +1,6 @@
 """Eager CPU gathers and scatter sums on one thread: large ones keep only their index for the
-backward (``model.layers._RowGather`` / ``_RowScatter``), with autograd's values to the bit."""
+backward (``model.layers._RowGather`` / ``_RowScatter``), with autograd's values to the bit
+(twice differentiable: ``tests/compile/test_cpu_threads.py``)."""
 
 from __future__ import annotations
 
@@ -35,15 +36,6 @@ def test_one_thread_rows_equal_index_select_and_index_add_to_the_bit(one_thread_
     upstream = torch.randn(3000, 64)
     (gradient,) = torch.autograd.grad(gather(leaf, index), leaf, upstream)
     assert torch.equal(gradient, torch.zeros_like(values).index_add(0, index, upstream))
-
-
-def test_one_thread_rows_differentiate_twice(one_thread_rows):
-    torch.manual_seed(0)
-    values = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
-    rows = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
-    index = torch.randint(0, 7, (20,))
-    assert torch.autograd.gradgradcheck(lambda v: gather(v, index) ** 2, (values,))
-    assert torch.autograd.gradgradcheck(lambda r: scatter_sum(r, index, 7) ** 2, (rows,))
 
 
 def test_a_scatter_sum_does_not_keep_its_summed_messages_for_the_backward(one_thread_rows):
