@@ -139,24 +139,36 @@ def wait_for_file(path: Path, out_dir: Path, rank: int, poll_s: float = 1.0) -> 
     """Wait (without a collective, so no timeout applies) until rank 0 has written ``path``,
     e.g. the cache it converts; stop with ``peer_report`` if rank 0's process is gone."""
     while not Path(path).is_file():
-        report = peer_report(out_dir, rank)
+        report = peer_report(out_dir, rank, grace_s=0.0)
         if "rank 0 (pid" in report:
             raise RuntimeError(f"{report} while waiting for {path}")
         time.sleep(poll_s)
 
 
-def peer_report(out_dir: Path, rank: int) -> str:
+def peer_report(out_dir: Path, rank: int, grace_s: float = 5.0) -> str:
     """One line naming the ranks whose processes are gone (those on this host are checked;
-    others are named as unknown), for the error a surviving rank ends with."""
-    host, gone, elsewhere = socket.gethostname(), [], []
+    others are named as unknown), for the error a surviving rank ends with.
+
+    A killed peer closes its sockets while it exits, so the collective fails a moment before
+    the process is gone (a zombie): with no peer gone yet, this looks again every 0.1 s for up
+    to ``grace_s`` seconds.
+    """
+    host, elsewhere = socket.gethostname(), []
+    local: list[tuple[int, int]] = []
     for path in sorted((Path(out_dir) / "ranks").glob("rank-*.json")):
         record = json.loads(path.read_text())
         if record["rank"] == rank:
             continue
         if record["host"] != host:
             elsewhere.append(record["rank"])
-        elif not _alive(int(record["pid"])):
-            gone.append(f"rank {record['rank']} (pid {record['pid']} on {host})")
+        else:
+            local.append((int(record["rank"]), int(record["pid"])))
+    deadline = time.monotonic() + grace_s
+    while True:
+        gone = [f"rank {r} (pid {pid} on {host})" for r, pid in local if not _alive(pid)]
+        if gone or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if gone:
         return f"rank {rank} stops: {', '.join(gone)} is gone"
     note = f"; ranks {elsewhere} on other hosts not checked" if elsewhere else ""

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,3 +175,18 @@ def test_barrier_names_the_ranks_cuda_device_under_nccl(monkeypatch, recorder) -
     monkeypatch.setattr(collectives, "_device", torch.device("cuda", 3))
     collectives.barrier()
     assert recorder.handed == [("barrier", [3])]
+
+
+def test_the_peer_report_names_a_rank_whose_process_exits_within_the_grace(tmp_path) -> None:
+    # a SIGKILLed rank closes its sockets while it exits: the survivor's collective fails a
+    # moment before the process is gone (stop 28's CI: "no local peer process is gone")
+    collectives.register_rank(tmp_path, 0)
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        record = {"rank": 1, "pid": peer.pid, "host": socket.gethostname()}
+        (tmp_path / "ranks" / "rank-00001.json").write_text(json.dumps(record))
+        assert "no local peer process is gone" in collectives.peer_report(tmp_path, 0, grace_s=0.0)
+        report = collectives.peer_report(tmp_path, 0, grace_s=10.0)
+        assert f"rank 1 (pid {peer.pid}" in report
+    finally:
+        peer.wait()
