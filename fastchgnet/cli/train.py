@@ -105,18 +105,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _peers(out: Path, rank: int) -> str:
+def _peers(out: Path, rank: int, grace_s: float = 5.0) -> str:
     from fastchgnet.train.collectives import peer_report
 
-    return peer_report(out, rank)
+    return peer_report(out, rank, grace_s=grace_s)
 
 
 def _report_on_signal(out: Path, rank: int) -> None:
     """On SIGTERM (DeepSpeed's launcher stops every rank when one exits with an error) print
-    which peers are gone, then exit at once."""
+    which peers are gone, then exit at once: the launcher has already seen the rank that
+    ended exit, so no grace for a dying peer (a plain stop would wait it out on every rank)."""
 
     def stop(signum: int, frame: object) -> None:
-        message = f"{_peers(out, rank)} (stopped by the launcher, signal {signum})"
+        message = f"{_peers(out, rank, grace_s=0.0)} (stopped by the launcher, signal {signum})"
         print(message, file=sys.stderr, flush=True)
         os._exit(128 + signum)
 
