@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from fastchgnet.compile.kernel_groups import group_cpu_kernels
 from fastchgnet.compile.programs import (
     FEATURE_OUTPUTS,
     PREDICTION_OUTPUTS,
@@ -265,6 +266,7 @@ class CapturedModel:
         if stored is not None:
             return stored
         use_persistent_inductor_cache()
+        group_cpu_kernels()
         traced = trace_program(self.model, program, batch, labels)
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None

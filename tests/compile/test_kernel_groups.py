@@ -1,0 +1,124 @@
+"""Inductor's CPU kernels built a few to a g++ call (``compile.kernel_groups``): the same
+results to the bit, fewer compiler calls, a warm start that builds nothing, and a group that
+fails to build falling back to one call per kernel."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch._inductor import cpp_builder
+from torch._inductor.utils import fresh_cache
+
+from fastchgnet.compile import kernel_groups
+from fastchgnet.compile.kernel_groups import _HeldKernel, split
+
+
+def _function(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four fused kernels around two matrix products (extern calls)."""
+    a = (x.sin() + 1.0) * x.cos()
+    b = a @ w
+    c = torch.relu(b).sum(1, keepdim=True) * b
+    return (c @ w.T).softmax(1), c.exp().mean()
+
+
+@pytest.fixture(autouse=True)
+def inductor_own_builds():
+    """Each test starts from inductor's own builds (a captured model, run earlier in this
+    process, turns grouping on for the process) and leaves the process as it found it."""
+    was_grouped = bool(kernel_groups._installed)
+    kernel_groups.ungroup_cpu_kernels()
+    yield
+    kernel_groups.ungroup_cpu_kernels()
+    if was_grouped:
+        kernel_groups.group_cpu_kernels()
+
+
+@pytest.fixture
+def compiler_calls(monkeypatch) -> list[str]:
+    """The sources g++ builds (not the precompiled header) while the test runs."""
+    calls: list[str] = []
+    run = cpp_builder._run_compile_cmd
+
+    def counted(cmd: str, cwd: str) -> None:
+        source = cmd.split()[1]
+        if source.endswith(".cpp"):
+            calls.append(source)
+        run(cmd, cwd)
+
+    monkeypatch.setattr(cpp_builder, "_run_compile_cmd", counted)
+    return calls
+
+
+def _compiled_outputs(grouped: bool) -> tuple[torch.Tensor, ...]:
+    torch._dynamo.reset()
+    if grouped:
+        kernel_groups.group_cpu_kernels()
+    try:
+        torch.manual_seed(0)
+        return torch.compile(_function)(torch.randn(64, 32), torch.randn(32, 32))
+    finally:
+        kernel_groups.ungroup_cpu_kernels()
+        torch._dynamo.reset()
+
+
+def test_grouped_kernels_equal_inductor_own_build_to_the_bit_in_fewer_compiler_calls(
+    compiler_calls, monkeypatch
+) -> None:
+    monkeypatch.delenv("FASTCHGNET_GROUP_KERNELS", raising=False)
+    with torch._inductor.config.patch(compile_threads=2), fresh_cache():
+        own = _compiled_outputs(grouped=False)
+        alone = len(compiler_calls)
+    with torch._inductor.config.patch(compile_threads=2), fresh_cache():
+        compiler_calls.clear()
+        grouped = _compiled_outputs(grouped=True)
+        cold = len(compiler_calls)
+        compiler_calls.clear()
+        warm = _compiled_outputs(grouped=True)
+        assert compiler_calls == []  # a warm start loads the groups, builds nothing
+    assert alone >= 3  # the control: inductor builds one library per kernel
+    assert cold == 2  # two compile threads: two groups
+    for a, b, c in zip(own, grouped, warm, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c)
+
+
+def test_a_group_that_fails_to_build_falls_back_to_one_call_per_kernel(
+    compiler_calls, monkeypatch, caplog
+) -> None:
+    monkeypatch.delenv("FASTCHGNET_GROUP_KERNELS", raising=False)
+    one_thread = torch._inductor.config.patch(compile_threads=1)
+    source = kernel_groups.group_source
+    monkeypatch.setattr(
+        kernel_groups, "group_source", lambda kernels: source(kernels) + "\n#error broken\n"
+    )
+    with one_thread, fresh_cache():
+        own = _compiled_outputs(grouped=False)
+        alone = len(compiler_calls)
+    with one_thread, fresh_cache(), caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        compiler_calls.clear()
+        fallen_back = _compiled_outputs(grouped=True)
+    assert "failed to build" in caplog.text
+    assert len(compiler_calls) == alone + 1  # the broken group, then each kernel alone
+    for a, b in zip(own, fallen_back, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_grouping_is_off_with_the_environment_switch(monkeypatch) -> None:
+    monkeypatch.setenv("FASTCHGNET_GROUP_KERNELS", "0")
+    original = torch._inductor.async_compile.AsyncCompile.cpp_pybinding
+    kernel_groups.group_cpu_kernels()
+    assert torch._inductor.async_compile.AsyncCompile.cpp_pybinding is original
+
+
+def test_split_keeps_order_covers_every_kernel_and_balances_source_length() -> None:
+    kernels = [_HeldKernel([], "x" * n) for n in (50, 10, 10, 30, 40, 60, 5, 5)]
+    groups = split(kernels, 3)
+    assert [k for g in groups for k in g] == kernels
+    assert len(groups) == 3
+    sizes = [sum(len(k.source) for k in g) for g in groups]
+    assert max(sizes) <= 2 * sum(sizes) / 3
+    assert split(kernels, 3) == groups  # the same split again: cache keys hold still
+    assert split(kernels, 1) == [kernels]
+    assert len(split(kernels[:2], 8)) == 2
