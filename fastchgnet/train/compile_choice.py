@@ -49,8 +49,10 @@ from fastchgnet.train.loading import Splits, collate_items, packing_inputs
 #: runs where eager carried the same padding as the captured step.)
 TRAIN_WORK_FRACTION = {"conservative": 0.75, "direct": 0.9}
 #: Cold build of a training graph at batch 16, reference architecture, 2 quiet cores
-#: (``bench/bench_compile.py``: 88.9 s conservative); a direct graph builds in about 0.6 of
-#: that. Smaller models build faster, loaded machines 2-5x slower.
+#: (``bench/bench_compile.py``: 88.9 s conservative in stop 23's quietest run; 133-135 s in
+#: stop 28; 86.0 s in stop 29 with its kernels built in groups, ``compile.kernel_groups``); a
+#: direct graph builds in about 0.6 of that. Smaller models build faster, loaded machines 2-5x
+#: slower.
 COLD_TRAIN_SECONDS = {"conservative": 90.0, "direct": 60.0}
 #: Compile only when the expected saving is this many times the expected build: a wrong "on"
 #: costs minutes on a loaded machine, a wrong "off" only the saving.
