@@ -13,8 +13,13 @@ Twenty kernels of our graphs took 15.3 s as twenty g++ calls and 2.3 s as one (t
 
 The groups are cached like inductor's kernels (``CppCodeCache``: under
 ``TORCHINDUCTOR_CACHE_DIR``, keyed by source and command line), so a warm start loads them.
-A group that fails to build falls back to inductor's one-call-per-kernel build, with a
-warning. ``FASTCHGNET_GROUP_KERNELS=0`` turns the grouping off.
+The split depends on the kernels and on inductor's compile thread count (``compile_threads``:
+the CPUs this process may use, or ``TORCHINDUCTOR_COMPILE_THREADS``), so a process that may use
+another number of CPUs builds its groups anew. A group that fails to build falls back to
+inductor's one-call-per-kernel build, with a warning, in every process that meets it (no
+failure is recorded). Template kernels (max-autotune's GEMMs, flex attention), which include
+headers of their own, are left to inductor. ``FASTCHGNET_GROUP_KERNELS=0`` turns the grouping
+off.
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ class _HeldKernel:
         self.built: Callable | None = None
 
     def groupable(self) -> bool:
-        return self.source.lstrip().startswith(_PREFIX) and len(_ENTRY.findall(self.source)) == 1
+        """Inductor's plain CPU kernel: the prefix header, then code with one entry point and
+        no include of its own (template kernels, such as max-autotune's GEMMs, include more
+        headers, which must not land inside a namespace)."""
+        source = self.source.lstrip()
+        return (
+            source.startswith(_PREFIX)
+            and len(_ENTRY.findall(source)) == 1
+            and "#include" not in source[len(_PREFIX) :]
+        )
 
     def build_alone(self) -> Callable:
         if self.built is None:
@@ -64,6 +77,10 @@ class _GroupCache(CppPythonBindingsCodeCache):
 
     cache: ClassVar[dict[str, Callable[[], Any]]] = {}
 
+    @staticmethod
+    def cache_clear() -> None:
+        _GroupCache.cache.clear()
+
 
 def _binding(index: int, argtypes: Sequence[str]) -> str:
     args = ", ".join(
@@ -78,6 +95,9 @@ static PyObject* kernel_{index}_py(PyObject*, PyObject* args) {{
         Py_RETURN_NONE;
     }} catch (std::exception const& e) {{
         PyErr_SetString(PyExc_RuntimeError, e.what());
+        return nullptr;
+    }} catch (...) {{
+        PyErr_SetString(PyExc_RuntimeError, "unhandled error in kernel_{index}");
         return nullptr;
     }}
 }}"""
@@ -181,6 +201,7 @@ def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) ->
             log.warning("kernel group of %d failed to start (%s); one call each", len(group), error)
             load = None
         loaders.append((group, load))
+    alone: list[tuple[_HeldKernel, Callable[[], Callable]]] = []
     for group, load in loaders:
         try:
             module = load() if load is not None else None
@@ -188,7 +209,19 @@ def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) ->
             log.warning("kernel group of %d failed to build (%s); one call each", len(group), error)
             module = None
         for index, kernel in enumerate(group):
-            kernel.built = getattr(module, f"kernel_{index}") if module else kernel.build_alone()
+            if module is not None:
+                kernel.built = getattr(module, f"kernel_{index}")
+            else:  # inductor's own build, on its compile pool
+                alone.append(
+                    (
+                        kernel,
+                        CppPythonBindingsCodeCache.load_pybinding_async(
+                            kernel.argtypes, kernel.source, submit_fn=submit
+                        ),
+                    )
+                )
+    for kernel, future in alone:
+        kernel.built = future()
     for name, kernel in held:
         scope[name] = kernel.built
 

@@ -37,13 +37,14 @@ def inductor_own_builds():
 
 @pytest.fixture
 def compiler_calls(monkeypatch) -> list[str]:
-    """The sources g++ builds (not the precompiled header) while the test runs."""
+    """The kernel sources g++ builds while the test runs (not the precompiled header, nor the
+    CPU feature probe that the first compile in a process builds)."""
     calls: list[str] = []
     run = cpp_builder._run_compile_cmd
 
     def counted(cmd: str, cwd: str) -> None:
         source = cmd.split()[1]
-        if source.endswith(".cpp"):
+        if source.endswith(".main.cpp"):  # kernels and groups, not inductor's ISA probe
             calls.append(source)
         run(cmd, cwd)
 
@@ -122,3 +123,13 @@ def test_split_keeps_order_covers_every_kernel_and_balances_source_length() -> N
     assert split(kernels, 3) == groups  # the same split again: cache keys hold still
     assert split(kernels, 1) == [kernels]
     assert len(split(kernels[:2], 8)) == 2
+
+
+def test_only_plain_kernels_are_held_for_a_group() -> None:
+    prefix = "\n#include <torch/csrc/inductor/cpp_prefix.h>\n"
+    entry = 'extern "C"  void  kernel(const float* in_ptr0, float* out_ptr0)\n{ }\n'
+    assert _HeldKernel(["const float*", "float*"], prefix + entry).groupable()
+    template = prefix + "#include <c10/util/Unroll.h>\n" + entry  # max-autotune's GEMMs
+    assert not _HeldKernel(["const float*", "float*"], template).groupable()
+    assert not _HeldKernel(["const float*", "float*"], prefix + entry + entry).groupable()
+    assert not _HeldKernel(["const float*", "float*"], entry).groupable()
