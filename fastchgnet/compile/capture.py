@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from fastchgnet.compile.kernel_groups import group_cpu_kernels
 from fastchgnet.compile.programs import (
     FEATURE_OUTPUTS,
     PREDICTION_OUTPUTS,
@@ -266,6 +265,8 @@ class CapturedModel:
         if stored is not None:
             return stored
         use_persistent_inductor_cache()
+        from fastchgnet.compile.kernel_groups import group_cpu_kernels  # imports inductor
+
         group_cpu_kernels()
         traced = trace_program(self.model, program, batch, labels)
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
