@@ -73,6 +73,29 @@ def init_process_group(timeout_s: float) -> None:
     timeout = datetime.timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
+    if not cuda:
+        release_shared_memory_name()
+
+
+def shared_memory_buffer(rank: int) -> Path:
+    """The /dev/shm file of DeepSpeed's CPU all-reduce buffer of ``rank`` (66 MB; made when
+    every rank is on this node), named after the user, ``MASTER_ADDR`` and ``MASTER_PORT``."""
+    addr, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_shared_memory_name() -> None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer once every rank has mapped it.
+
+    DeepSpeed never removes these files, so every CPU run left one 66 MB file per rank in
+    RAM-backed /dev/shm (19 GB on this machine before stop 29, when CI's workers were then
+    killed for memory). ``init_distributed`` returns on a rank after it mapped every rank's
+    buffer, so after a barrier no rank opens one by name again; the mappings stay until the
+    ranks exit, killed or not. Every rank reaches the barrier (CPU runs, world > 1)."""
+    if rank_and_world()[1] <= 1:
+        return
+    barrier()
+    shared_memory_buffer(rank_and_world()[0]).unlink(missing_ok=True)
 
 
 def _op(op: ReduceOp) -> Any:

@@ -78,6 +78,9 @@ def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> st
     done = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
+    # DeepSpeed's CPU all-reduce buffers (66 MB of RAM each) do not outlive the run
+    port = command[command.index("--master_port") + 1]
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     return log
 
 
