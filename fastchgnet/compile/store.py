@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,7 +174,7 @@ class CompiledStore:
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{key[:16]}.", suffix=".pt2")
             os.close(fd)
             try:
-                with parallel_object_builds():
+                with parallel_object_builds(), without_input_checks():
                     torch._inductor.aoti_compile_and_package(
                         exported, package_path=tmp, inductor_configs=dict(options or {})
                     )
@@ -265,20 +266,92 @@ def finish_warm_headers(process: subprocess.Popen | None, timeout: float = 120.0
 
 
 def warm_headers(options: dict[str, Any]) -> None:
-    """Compile a one-operation program with AOTInductor ``options`` (CPU) and discard it: this
-    builds inductor's precompiled headers for those options, which every later AOTInductor
-    build on this machine reuses."""
+    """Build inductor's precompiled headers for AOTInductor ``options`` (CPU), which every
+    later AOTInductor build on this machine reuses, and end the process.
+
+    A one-operation program is compiled with those options up to its first object build:
+    inductor precompiles both headers just before it. The process then exits (status 0)
+    without building the program, whose wrapper alone takes 4 s of a core the main build
+    needs for its own objects at about that time (a cold MD build ran its objects in 9.1 s
+    beside a child that built its program, 6 s alone). Meant for the child process of
+    ``start_warm_headers``: it never returns."""
+    from torch._inductor import cpp_builder
 
     class _One(torch.nn.Module):
         def forward(self, x: Tensor) -> Tensor:
             return (x * 2.0 + 1.0).sum(0)
 
+    folder = tempfile.mkdtemp(prefix="fastchgnet-headers-")
+
+    def done() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        sys.stdout.flush()
+        os._exit(0)
+
+    def build(target: Any) -> None:
+        if str(getattr(target, "_name", "")).endswith((".wrapper", ".kernel")):
+            done()  # the headers exist: the program itself is not wanted
+        original(target)
+
+    original = cpp_builder.CppBuilder.build
+    cpp_builder.CppBuilder.build = build
     torch.set_num_threads(1)
     exported = torch.export.export(_One(), (torch.ones(4, 3),), strict=False)
-    with tempfile.TemporaryDirectory(prefix="fastchgnet-headers-") as folder:
-        torch._inductor.aoti_compile_and_package(
-            exported, package_path=os.path.join(folder, "one.pt2"), inductor_configs=options
+    torch._inductor.aoti_compile_and_package(
+        exported, package_path=os.path.join(folder, "one.pt2"), inductor_configs=options
+    )
+    done()
+
+
+#: Environment variable that keeps inductor's per-input checks in the packages we build
+KEEP_INPUT_CHECKS = "FASTCHGNET_AOTI_INPUT_CHECKS"
+
+
+@contextmanager
+def without_input_checks() -> Iterator[None]:
+    """Within the block, AOTInductor writes its wrapper without per-input check functions.
+
+    Inductor writes one C++ function per graph input (dtype, every size and stride, device,
+    each mismatch with its own ``std::stringstream`` message) and runs them all only when the
+    ``AOTI_RUNTIME_CHECK_INPUTS`` environment variable is set. Our weights are graph inputs, so
+    the LiMnO2 MD graph has 124 of them: 6,500 of the wrapper's 9,800 lines. The wrapper's
+    -O0 build is the longest step of a package build (its kernels build meanwhile, in 3.6 s,
+    ``parallel_object_builds``): 6.5 s with the checks, 5.1 s without. Our callers hand a
+    package exactly the inputs it was built for (the store key holds every input's shape and
+    dtype), so the checks never run. The wrapper keeps an empty ``__check_inputs_outputs``,
+    which its ``run_impl`` calls, and the environment test its size checks of intermediate
+    buffers use. ``FASTCHGNET_AOTI_INPUT_CHECKS=1`` keeps inductor's checks
+    (for debugging with ``AOTI_RUNTIME_CHECK_INPUTS=1``), as does a torch without the method.
+    """
+    from torch._inductor.codegen import cpp_wrapper_cpu
+
+    wrapper = getattr(cpp_wrapper_cpu, "CppWrapperCpu", None)
+    name = "generate_input_output_runtime_checks"
+    if os.environ.get(KEEP_INPUT_CHECKS, "0") == "1" or not hasattr(wrapper, name):
+        yield
+        return
+
+    def no_checks(self: Any) -> None:
+        self.prefix.splice_aot(
+            """
+            static bool _check_aoti_runtime_check_inputs_env() {
+                const static char* env_var_value = getenv("AOTI_RUNTIME_CHECK_INPUTS");
+                const static bool result = env_var_value != nullptr && env_var_value[0] != '0';
+                return result;
+            }
+
+            AOTI_NOINLINE static void __check_inputs_outputs(
+                AtenTensorHandle* input_handles,
+                AtenTensorHandle* output_handles) {}
+            """
         )
+
+    original = getattr(wrapper, name)
+    setattr(wrapper, name, no_checks)
+    try:
+        yield
+    finally:
+        setattr(wrapper, name, original)
 
 
 @contextmanager

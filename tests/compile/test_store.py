@@ -207,3 +207,40 @@ def test_wrapper_and_kernel_objects_compile_side_by_side_and_the_link_waits(
     with pytest.raises(RuntimeError, match="wrapper failed"):
         failing_wrapper_then_kernel()
     assert cpp_builder.CppBuilder.build is FakeBuilder.build  # put back
+
+
+def _wrapper_source(package: Path) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".wrapper.cpp")]
+        return archive.read(name).decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_checks", [False, True])
+def test_packages_are_built_without_inductors_per_input_checks(
+    monkeypatch, tmp_path, keep_checks
+) -> None:
+    """A store build leaves out inductor's per-input check functions (two thirds of the MD
+    graph's wrapper source, never run without AOTI_RUNTIME_CHECK_INPUTS) and the program still
+    computes what the graph does; FASTCHGNET_AOTI_INPUT_CHECKS=1 keeps them."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("FASTCHGNET_WARM_HEADERS", "0")
+    monkeypatch.setenv("FASTCHGNET_AOTI_INPUT_CHECKS", "1" if keep_checks else "0")
+
+    def program(weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return ((x @ weight).relu().sum(0), x.sin())
+
+    inputs = [torch.randn(4, 3), torch.randn(5, 4)]
+    graph = make_fx(program)(*inputs)
+    store = CompiledStore(tmp_path / "store")
+    runner = store.build("k" * 64, graph, inputs, {"program": "test"})
+    source = _wrapper_source(store.package_path("k" * 64))
+    assert ("check_input_1(" in source) == keep_checks
+    assert "__check_inputs_outputs(input_handles, output_handles);" in source
+    weight, x = torch.randn(4, 3), torch.randn(5, 4)
+    for got, want in zip(runner(weight, x), program(weight, x), strict=True):
+        torch.testing.assert_close(got, want)
