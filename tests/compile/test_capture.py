@@ -116,3 +116,25 @@ def test_inductor_compiled_training_equals_eager(forces, batch_and_labels):
     eager = loss_and_grads(CapturedModel(model, eager=True), batch, labels)
     compiled = loss_and_grads(CapturedModel(model, backend="inductor"), batch, labels)
     assert_same(eager, compiled, rtol=1e-5, atol=1e-5)
+
+
+def test_no_scatter_sum_of_a_traced_graph_lands_in_a_concatenation(batch_and_labels):
+    """A concatenation of scatter sums is written by inductor as scatters straight into the
+    halves of its buffer, where aten's fast scatter (contiguous destination only) gives way
+    to a generic one, 4-8x slower. The force program's graph (forward and force backward)
+    has none: the layers project by separate GEMMs instead of splitting one."""
+    batch, _ = batch_and_labels
+    model = small_model("conservative").eval()
+    with torch.no_grad():
+        traced = trace_program(model, predict_program(True, True), batch)
+    scatters = {
+        node
+        for node in traced.graph.nodes
+        if str(node.target).startswith(
+            ("aten.scatter_add", "aten.index_add", "aten.scatter_reduce")
+        )
+    }
+    assert scatters
+    cats = [n for n in traced.graph.nodes if str(n.target).startswith("aten.cat")]
+    fed = [n for n in cats if any(a in scatters for a in n.args[0])]
+    assert not fed, fed
