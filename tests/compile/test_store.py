@@ -92,7 +92,7 @@ def test_expected_compile_seconds_knows_the_store_and_this_process(tmp_path) -> 
 WARM_UP = """
 import sys
 from fastchgnet.compile.capture import CPU_PACKAGE_OPTIONS
-from fastchgnet.compile.store import finish_warm_headers, start_warm_headers
+from fastchgnet.compile.package_build import finish_warm_headers, start_warm_headers
 print(finish_warm_headers(start_warm_headers(CPU_PACKAGE_OPTIONS), timeout=600))
 """
 
@@ -169,7 +169,7 @@ def test_wrapper_and_kernel_objects_compile_side_by_side_and_the_link_waits(
 
     from torch._inductor import cpp_builder
 
-    from fastchgnet.compile.store import parallel_object_builds
+    from fastchgnet.compile.package_build import parallel_object_builds
 
     log: list = []
     wrapper_started = threading.Event()
