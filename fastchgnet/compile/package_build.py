@@ -3,9 +3,10 @@
 A build also starts ``warm_headers`` in a child process: inductor precompiles two C++ headers
 (the wrapper's and the kernels', 6-8 s each on one core) into ``tempfile.gettempdir()`` once
 per machine (until /tmp is cleared), and it does so only after its single-threaded Python
-lowering of our graph (about 20 s). The child compiles a one-operation program with the same
-options meanwhile, on another core, so the headers are ready (or being finished under
-inductor's own file lock) when the main build reaches them. ``FASTCHGNET_WARM_HEADERS=0`` or a
+lowering of our graph (about 20 s). The child meanwhile compiles a one-operation program with
+the same options on another core, up to the point where inductor has precompiled the headers,
+and exits there, so the headers are ready (or being finished under inductor's own file lock)
+when the main build reaches them. ``FASTCHGNET_WARM_HEADERS=0`` or a
 one-core machine turns this off.
 
 ``parallel_object_builds`` compiles the package's wrapper and kernel objects side by side (two
