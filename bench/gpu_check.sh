@@ -82,6 +82,11 @@ PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); p
 train c "$DEEPSPEED" --num_gpus 1 --master_port "$PORT" launcher/train.py \
     --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1
 C_COMPILED=(); [[ $DS_COMPILE == on ]] && C_COMPILED=(--compiled)
+# a CPU rank leaves no DeepSpeed all-reduce buffer (66 MB of RAM each) in /dev/shm behind
+if compgen -G "/dev/shm/deepspeed_allreduce_buffer_*_${PORT}_*" > /dev/null; then
+    echo "FAIL stage c left a DeepSpeed shared-memory buffer: $(ls /dev/shm/*_"${PORT}"_*)"
+    exit 1
+fi
 "${CHECK[@]}" verify "$WORK/c" --stage c "${C_COMPILED[@]}" "${CPU_FLAG[@]}"
 
 stamp "stage d: fastchgnet profile ${PROFILE[*]}"

@@ -91,11 +91,13 @@ def release_shared_memory_name() -> None:
     RAM-backed /dev/shm (19 GB on this machine before stop 29, when CI's workers were then
     killed for memory). ``init_distributed`` returns on a rank after it mapped every rank's
     buffer, so after a barrier no rank opens one by name again; the mappings stay until the
-    ranks exit, killed or not. Every rank reaches the barrier (CPU runs, world > 1)."""
-    if rank_and_world()[1] <= 1:
-        return
-    barrier()
-    shared_memory_buffer(rank_and_world()[0]).unlink(missing_ok=True)
+    ranks exit, killed or not. Every rank reaches the barrier (CPU runs, world > 1). A single
+    rank started by the ``deepspeed`` launcher gets a buffer too (``bench/gpu_check.sh`` stage
+    c left one in every CI run) and unlinks it at once."""
+    rank, world = rank_and_world()
+    if world > 1:
+        barrier()
+    shared_memory_buffer(rank).unlink(missing_ok=True)
 
 
 def _op(op: ReduceOp) -> Any:
