@@ -3,6 +3,7 @@ training step, check each run's summary.json, print the closing table.
 
     python bench/gpu_check.py slice N OUT.extxyz
     python bench/gpu_check.py reference FRAMES.extxyz OUT.json [--device cuda] [--steps 10]
+    python bench/gpu_check.py dropin FRAMES.extxyz [--device cuda] [--md-steps 50]
     python bench/gpu_check.py verify RUN_DIR --stage a|b|c [--cpu] [--compiled]
     python bench/gpu_check.py report WORK_DIR [--cpu]
 
@@ -96,6 +97,74 @@ def reference_rate(frames: Path, out: Path, device: str, batch_size: int, steps:
     print(f"reference chgnet 0.3.0 training on {device}: {rate:.1f} structures/s")
 
 
+def dropin(frames: Path, device: str, md_steps: int, count: int = 4) -> list[str]:
+    """The drop-in API (``fastchgnet.compat``) against the reference package on ``device``,
+    both with the pretrained 0.3.0 weights, on the first ``count`` frames: predictions agree
+    (energy eV/atom, forces eV/Å, stress GPa, magmoms μB), a relaxation and an NVT run go
+    through; prints seconds per MD step of both. Returns failures (empty: passed)."""
+    import numpy as np
+    import torch
+    from chgnet.model import CHGNet as ReferenceCHGNet
+    from chgnet.model import MolecularDynamics as ReferenceMD
+    from chgnet.model import StructOptimizer as ReferenceOptimizer
+
+    from fastchgnet.compat import CHGNet, MolecularDynamics, StructOptimizer
+    from fastchgnet.data.sources import read_frames
+
+    structures = [f.structure for f in list(read_frames(frames))[:count]]
+    ours = CHGNet.load(use_device=device, verbose=False)
+    reference = ReferenceCHGNet.load(use_device=device, verbose=False)
+    failures = []
+    tolerance = {"e": 2e-4, "f": 2e-3, "s": 2e-2, "m": 2e-3}
+    mine, theirs = ours.predict_structure(structures), reference.predict_structure(structures)
+    for key, limit in tolerance.items():
+        worst = max(float(np.abs(a[key] - b[key]).max()) for a, b in zip(mine, theirs, strict=True))
+        print(f"dropin on {device}: predict_structure {key} max |ours - reference| {worst:.2e}")
+        if not worst <= limit:
+            failures.append(f"dropin: predict_structure '{key}' differs by {worst:.2e} > {limit}")
+
+    def relaxed(optimizer: object) -> float:
+        result = optimizer.relax(structures[0].copy(), steps=20, verbose=False)
+        return float(result["trajectory"].energies[-1]) / len(structures[0])
+
+    energies = [relaxed(StructOptimizer(model=ours)), relaxed(ReferenceOptimizer(model=reference))]
+    print(
+        f"dropin on {device}: relaxed energy (20 steps) ours {energies[0]:.5f}, reference "
+        f"{energies[1]:.5f} eV/atom"
+    )
+    if not all(math.isfinite(e) for e in energies) or abs(energies[0] - energies[1]) > 5e-3:
+        failures.append(f"dropin: relaxed energies {energies} disagree (or are not finite)")
+
+    seconds = []
+    for md_class, model in ((MolecularDynamics, ours), (ReferenceMD, reference)):
+        np.random.seed(0)  # noqa: NPY002 (ASE draws from the global generator): same start for both
+        md = md_class(
+            atoms=structures[1].copy(),
+            model=model,
+            ensemble="nvt",
+            temperature=300,
+            starting_temperature=300,
+            timestep=2,
+            use_device=device,
+            logfile=None,
+            trajectory=None,
+        )
+        md.run(2)  # warm-up: first graph, first kernels
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        md.run(md_steps)
+        seconds.append((time.perf_counter() - start) / md_steps)
+        if not math.isfinite(md.atoms.get_potential_energy()):
+            failures.append(f"dropin: {md_class.__module__} MD energy is not finite")
+    print(
+        f"dropin on {device}: NVT MD on {len(structures[1])} atoms, {md_steps} steps: ours "
+        f"{seconds[0] * 1e3:.1f} ms/step, reference {seconds[1] * 1e3:.1f} ms/step "
+        f"({seconds[1] / seconds[0]:.2f}x)"
+    )
+    return failures
+
+
 def _from_log(run: Path) -> dict:
     """What the run's log (run.log beside its outputs) says: graphs and recompiles."""
     log = (run / "run.log").read_text() if (run / "run.log").is_file() else ""
@@ -186,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=10)
+    p = sub.add_parser("dropin")
+    p.add_argument("frames", type=Path)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--md-steps", type=int, default=50)
     p = sub.add_parser("verify")
     p.add_argument("run", type=Path)
     p.add_argument("--stage", required=True)
@@ -199,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         slice_frames(args.n, args.out)
     elif args.command == "reference":
         reference_rate(args.frames, args.out, args.device, args.batch_size, args.steps)
-    elif args.command == "verify":
-        failures = verify(args.run, args.stage, args.cpu, args.compiled)
+    elif args.command in ("verify", "dropin"):
+        if args.command == "dropin":
+            args.stage = "dropin"
+            failures = dropin(args.frames, args.device, args.md_steps)
+        else:
+            failures = verify(args.run, args.stage, args.cpu, args.compiled)
         for line in failures:
             print(f"FAIL {line}")
         if failures:

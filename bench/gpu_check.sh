@@ -9,13 +9,16 @@
 #   c. `deepspeed --num_gpus 1` (NCCL on a GPU) through validation;
 #   d. `fastchgnet profile` (CUDA kernels per step side by side);
 #   e. eager training in bf16 mixed precision (run.precision=bf16: autocast on the device), 1 epoch;
+#   f. the drop-in API (fastchgnet.compat: predict, relax, NVT MD) against the reference
+#      package on the same device: predictions agree, MD ms/step of both;
 #   then the reference chgnet's training rate on the same device and a table of structures/s,
 #   peak memory and the checks (bench/gpu_check.py).
 #
 #   bench/gpu_check.sh          on a GPU machine (python3 with torch + CUDA)
 #   bench/gpu_check.sh --cpu    on the CPU: aot_eager backend, a smaller model and slice
 # Environment: PYTHON (default python3, or .venv/bin/python with --cpu when it exists),
-# GPU_CHECK_DIR (work folder; default a new one under /tmp).
+# GPU_CHECK_DIR (work folder; default a new one under /tmp), STAGES (default
+# "a b c d e f reference"), KEEP_GOING=1 (a failed stage is reported and the next one runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -74,34 +77,68 @@ train() {  # stage, then launcher and overrides; the log goes to <out>/run.log
     "$@" "${COMMON[@]}" --set "run.out_dir=$WORK/$stage" 2>&1 | tee "$WORK/$stage/run.log"
 }
 
-train a "$PY" launcher/train.py --set run.engine=torch --set run.compile=on --set optim.epochs=2 --set run.sync_debug=true
-"${CHECK[@]}" verify "$WORK/a" --stage a --compiled "${CPU_FLAG[@]}"
-train b "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1
-"${CHECK[@]}" verify "$WORK/b" --stage b "${CPU_FLAG[@]}"
-PORT=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-train c "$DEEPSPEED" --num_gpus 1 --master_port "$PORT" launcher/train.py \
-    --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1
-C_COMPILED=(); [[ $DS_COMPILE == on ]] && C_COMPILED=(--compiled)
-# a CPU rank leaves no DeepSpeed all-reduce buffer (66 MB of RAM each) in /dev/shm behind
-if compgen -G "/dev/shm/deepspeed_allreduce_buffer_*_${PORT}_*" > /dev/null; then
-    echo "FAIL stage c left a DeepSpeed shared-memory buffer: $(ls /dev/shm/*_"${PORT}"_*)"
+stage_a() {
+    train a "$PY" launcher/train.py --set run.engine=torch --set run.compile=on --set optim.epochs=2 --set run.sync_debug=true
+    "${CHECK[@]}" verify "$WORK/a" --stage a --compiled "${CPU_FLAG[@]}"
+}
+stage_b() {
+    train b "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1
+    "${CHECK[@]}" verify "$WORK/b" --stage b "${CPU_FLAG[@]}"
+}
+stage_c() {
+    local port
+    port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    train c "$DEEPSPEED" --num_gpus 1 --master_port "$port" launcher/train.py \
+        --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1
+    local compiled=(); [[ $DS_COMPILE == on ]] && compiled=(--compiled)
+    # a CPU rank leaves no DeepSpeed all-reduce buffer (66 MB of RAM each) in /dev/shm behind
+    if compgen -G "/dev/shm/deepspeed_allreduce_buffer_*_${port}_*" > /dev/null; then
+        echo "FAIL stage c left a DeepSpeed shared-memory buffer: $(ls /dev/shm/*_"${port}"_*)"
+        return 1
+    fi
+    "${CHECK[@]}" verify "$WORK/c" --stage c "${compiled[@]}" "${CPU_FLAG[@]}"
+}
+stage_d() {
+    stamp "stage d: fastchgnet profile ${PROFILE[*]}"
+    if ! "$PY" -m fastchgnet profile --help | grep -q -- "--device"; then
+        [[ $MODE == gpu ]] && { echo "FAIL fastchgnet profile has no --device"; return 1; }
+        echo "fastchgnet profile has no --device option in this version: profiling on the CPU"
+        PROFILE=(--batch-size 4 --no-compile)
+    fi
+    "$PY" -m fastchgnet profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
+}
+stage_e() {
+    train e "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1 --set run.precision=bf16
+    "${CHECK[@]}" verify "$WORK/e" --stage e "${CPU_FLAG[@]}"
+}
+stage_f() {
+    stamp "stage f: the drop-in API (fastchgnet.compat) against the reference on $DEVICE"
+    "${CHECK[@]}" dropin "$WORK/frames.extxyz" --device "$DEVICE" \
+        --md-steps "$([[ $MODE == gpu ]] && echo 50 || echo 5)"
+}
+stage_reference() {
+    stamp "reference chgnet training rate on $DEVICE"
+    "${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \
+        --batch-size "$BATCH" --steps "$([[ $MODE == gpu ]] && echo 20 || echo 2)"
+}
+
+# each stage in a subshell with errexit; a failure stops the script, or with KEEP_GOING=1 is
+# recorded and the next stage runs (one GPU call then reports every stage)
+FAILED=()
+for name in ${STAGES:-a b c d e f reference}; do
+    set +e
+    ( set -e; "stage_$name" )
+    rc=$?
+    set -e
+    if (( rc != 0 )); then
+        stamp "FAIL stage $name (exit $rc)"
+        FAILED+=("$name")
+        [[ ${KEEP_GOING:-0} == 1 ]] || exit "$rc"
+    fi
+done
+"${CHECK[@]}" report "$WORK" "${CPU_FLAG[@]}" || true
+if (( ${#FAILED[@]} )); then
+    stamp "FAIL stages: ${FAILED[*]}"
     exit 1
 fi
-"${CHECK[@]}" verify "$WORK/c" --stage c "${C_COMPILED[@]}" "${CPU_FLAG[@]}"
-
-stamp "stage d: fastchgnet profile ${PROFILE[*]}"
-if ! "$PY" -m fastchgnet profile --help | grep -q -- "--device"; then
-    [[ $MODE == gpu ]] && { echo "FAIL fastchgnet profile has no --device"; exit 1; }
-    echo "fastchgnet profile has no --device option in this version: profiling on the CPU"
-    PROFILE=(--batch-size 4 --no-compile)
-fi
-"$PY" -m fastchgnet profile "${PROFILE[@]}" 2>&1 | tee "$WORK/profile.log"
-
-train e "$PY" launcher/train.py --set run.engine=torch --set run.compile=off --set optim.epochs=1 --set run.precision=bf16
-"${CHECK[@]}" verify "$WORK/e" --stage e "${CPU_FLAG[@]}"
-
-stamp "reference chgnet training rate on $DEVICE"
-"${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \
-    --batch-size "$BATCH" --steps "$([[ $MODE == gpu ]] && echo 20 || echo 2)"
-"${CHECK[@]}" report "$WORK" "${CPU_FLAG[@]}"
 stamp "all stages passed ($MODE)"
