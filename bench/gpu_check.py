@@ -4,6 +4,7 @@ training step, check each run's summary.json, print the closing table.
     python bench/gpu_check.py slice N OUT.extxyz
     python bench/gpu_check.py reference FRAMES.extxyz OUT.json [--device cuda] [--steps 10]
     python bench/gpu_check.py dropin FRAMES.extxyz [--device cuda] [--md-steps 50]
+    python bench/gpu_check.py md FRAMES.extxyz [--device cuda] [--calls 50] [--md-steps 200]
     python bench/gpu_check.py verify RUN_DIR --stage a|b|c [--cpu] [--compiled]
     python bench/gpu_check.py report WORK_DIR [--cpu]
 
@@ -165,6 +166,68 @@ def dropin(frames: Path, device: str, md_steps: int, count: int = 4) -> list[str
     return failures
 
 
+def md_on_device(
+    frames: Path, device: str, calls: int, md_steps: int, backend: str = "inductor"
+) -> list[str]:
+    """Force calls of the MD calculator on ``device``, eager and compiled (one padded shape;
+    CUDA graphs on a GPU), on a 12-atom frame and its 2x2x2 supercell: the compiled results
+    equal eager's, ms per call of both; then ``run_md`` with its defaults (compile decided by
+    cost) over ``md_steps``. ``backend``: the compiled side's (aot_eager: a quick CPU check of
+    the path). Returns failures (empty: passed)."""
+    import numpy as np
+    import torch
+
+    from fastchgnet import FastCHGNet
+    from fastchgnet.data.sources import read_frames
+    from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential
+    from fastchgnet.md.dynamics import run_md
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    model = FastCHGNet.from_reference("0.3.0").to(device)
+    small = next(f.structure for f in read_frames(frames) if len(f.structure) >= 8)
+    failures = []
+    rng = np.random.default_rng(0)
+    for structure in (small, small * (2, 2, 2)):
+        results, per_call = {}, {}
+        for compiled in (False, True):
+            atoms = as_atoms(structure)
+            start_positions = atoms.positions.copy()
+            potential = compiled_potential(model, backend=backend) if compiled else model
+            atoms.calc = Calculator(potential)
+            atoms.get_forces()  # compiles (compiled), first kernels (eager)
+            results[compiled] = (atoms.get_potential_energy(), atoms.get_forces().copy())
+            sync()
+            start = time.perf_counter()
+            for _ in range(calls):  # MD-like: every call sees moved atoms
+                atoms.positions = start_positions + rng.normal(0, 0.01, start_positions.shape)
+                atoms.get_forces()
+            sync()
+            per_call[compiled] = (time.perf_counter() - start) / calls
+        de = abs(results[True][0] - results[False][0]) / len(structure)
+        df = float(np.abs(results[True][1] - results[False][1]).max())
+        print(
+            f"md on {device}, {len(structure)} atoms: compiled vs eager |dE| {de:.1e} eV/atom, "
+            f"|dF| {df:.1e} eV/Å; force call eager {per_call[False] * 1e3:.2f} ms, compiled "
+            f"{per_call[True] * 1e3:.2f} ms ({per_call[False] / per_call[True]:.2f}x)"
+        )
+        if not (de < 1e-4 and df < 1e-3):
+            failures.append(f"md: compiled differs from eager on {len(structure)} atoms")
+    start = time.perf_counter()
+    atoms = run_md(small, model, steps=md_steps, loginterval=md_steps, progress=False, seed=0)
+    seconds = time.perf_counter() - start
+    energy = atoms.get_potential_energy()
+    print(
+        f"md on {device}: run_md defaults, {len(small)} atoms, {md_steps} NVT steps in "
+        f"{seconds:.1f} s ({seconds / md_steps * 1e3:.2f} ms/step, compile included)"
+    )
+    if not math.isfinite(energy):
+        failures.append("md: run_md's final energy is not finite")
+    return failures
+
+
 def _from_log(run: Path) -> dict:
     """What the run's log (run.log beside its outputs) says: graphs and recompiles."""
     log = (run / "run.log").read_text() if (run / "run.log").is_file() else ""
@@ -216,12 +279,14 @@ def report(work: Path, cpu: bool) -> None:
     }
     if cpu:
         rows["a"] = "captured (aot_eager), torch engine"
-    print(f"\n{'stage':44s} {'structures/s':>13s} {'peak memory':>12s}  checks")
+    heads = f"{'structures/s':>13s} {'after compile':>13s} {'peak memory':>12s}"
+    print(f"\n{'stage':44s} {heads}  checks")
     for stage, name in rows.items():
         path = work / stage / SUMMARY
         if path.is_file():
             summary = json.loads(path.read_text())
             rate = f"{summary.get('structures_per_second', float('nan')):.1f}"
+            steady = f"{summary.get('structures_per_second_after_compile', float('nan')):.1f}"
             peak = summary.get("peak_memory_bytes")
             memory = f"{peak / 2**20:.0f} MiB" if peak else "n/a"
             checks = (
@@ -230,8 +295,9 @@ def report(work: Path, cpu: bool) -> None:
                 f"{summary.get('host_syncs_checked')}"
             )
         else:
-            rate, memory, checks = "n/a", "n/a", f"no {SUMMARY}; " + str(_from_log(work / stage))
-        print(f"({stage}) {name:40s} {rate:>13s} {memory:>12s}  {checks}")
+            rate = steady = memory = "n/a"
+            checks = f"no {SUMMARY}; " + str(_from_log(work / stage))
+        print(f"({stage}) {name:40s} {rate:>13s} {steady:>13s} {memory:>12s}  {checks}")
     reference = work / "reference.json"
     if reference.is_file():
         rate = json.loads(reference.read_text())["structures_per_second"]
@@ -259,6 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("frames", type=Path)
     p.add_argument("--device", default="cuda")
     p.add_argument("--md-steps", type=int, default=50)
+    p = sub.add_parser("md")
+    p.add_argument("frames", type=Path)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--calls", type=int, default=50)
+    p.add_argument("--md-steps", type=int, default=200)
+    p.add_argument("--backend", default="inductor")
     p = sub.add_parser("verify")
     p.add_argument("run", type=Path)
     p.add_argument("--stage", required=True)
@@ -272,10 +344,15 @@ def main(argv: list[str] | None = None) -> int:
         slice_frames(args.n, args.out)
     elif args.command == "reference":
         reference_rate(args.frames, args.out, args.device, args.batch_size, args.steps)
-    elif args.command in ("verify", "dropin"):
+    elif args.command in ("verify", "dropin", "md"):
         if args.command == "dropin":
             args.stage = "dropin"
             failures = dropin(args.frames, args.device, args.md_steps)
+        elif args.command == "md":
+            args.stage = "md"
+            failures = md_on_device(
+                args.frames, args.device, args.calls, args.md_steps, args.backend
+            )
         else:
             failures = verify(args.run, args.stage, args.cpu, args.compiled)
         for line in failures:

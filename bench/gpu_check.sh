@@ -11,6 +11,8 @@
 #   e. eager training in bf16 mixed precision (run.precision=bf16: autocast on the device), 1 epoch;
 #   f. the drop-in API (fastchgnet.compat: predict, relax, NVT MD) against the reference
 #      package on the same device: predictions agree, MD ms/step of both;
+#   g. MD force calls, eager and compiled (CUDA graphs on a GPU): equal results, ms per call;
+#      run_md with its defaults;
 #   then the reference chgnet's training rate on the same device and a table of structures/s,
 #   peak memory and the checks (bench/gpu_check.py).
 #
@@ -18,7 +20,7 @@
 #   bench/gpu_check.sh --cpu    on the CPU: aot_eager backend, a smaller model and slice
 # Environment: PYTHON (default python3, or .venv/bin/python with --cpu when it exists),
 # GPU_CHECK_DIR (work folder; default a new one under /tmp), STAGES (default
-# "a b c d e f reference"), KEEP_GOING=1 (a failed stage is reported and the next one runs).
+# "a b c d e f g reference"), KEEP_GOING=1 (a failed stage is reported and the next one runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -89,7 +91,8 @@ stage_c() {
     local port
     port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
     train c "$DEEPSPEED" --num_gpus 1 --master_port "$port" launcher/train.py \
-        --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1
+        --set run.engine=deepspeed --set run.compile=$DS_COMPILE --set optim.epochs=1 \
+        --set run.sync_debug=true
     local compiled=(); [[ $DS_COMPILE == on ]] && compiled=(--compiled)
     # a CPU rank leaves no DeepSpeed all-reduce buffer (66 MB of RAM each) in /dev/shm behind
     if compgen -G "/dev/shm/deepspeed_allreduce_buffer_*_${port}_*" > /dev/null; then
@@ -116,6 +119,14 @@ stage_f() {
     "${CHECK[@]}" dropin "$WORK/frames.extxyz" --device "$DEVICE" \
         --md-steps "$([[ $MODE == gpu ]] && echo 50 || echo 5)"
 }
+stage_g() {
+    stamp "stage g: MD force calls on $DEVICE, eager and compiled, and run_md's defaults"
+    if [[ $MODE == gpu ]]; then
+        "${CHECK[@]}" md "$WORK/frames.extxyz" --device cuda
+    else
+        "${CHECK[@]}" md "$WORK/frames.extxyz" --device cpu --calls 3 --md-steps 10 --backend aot_eager
+    fi
+}
 stage_reference() {
     stamp "reference chgnet training rate on $DEVICE"
     "${CHECK[@]}" reference "$WORK/frames.extxyz" "$WORK/reference.json" --device "$DEVICE" \
@@ -125,7 +136,7 @@ stage_reference() {
 # each stage in a subshell with errexit; a failure stops the script, or with KEEP_GOING=1 is
 # recorded and the next stage runs (one GPU call then reports every stage)
 FAILED=()
-for name in ${STAGES:-a b c d e f reference}; do
+for name in ${STAGES:-a b c d e f g reference}; do
     set +e
     ( set -e; "stage_$name" )
     rc=$?

@@ -103,9 +103,9 @@ def test_thread_team_started_flushing_flushes_on_every_thread(start, denormal_su
 #:   own size), so each free gives it back, whatever else lies on the heap;
 #: - its minor page faults while it holds ten 5 MiB tensors at once and frees them, five times
 #:   over (after five rounds to settle: the kept heap took up to three here, and more on CI,
-#:   whose 6,401 faults after two were one 5 MiB tensor per counted round). glibc's defaults put these on the heap and give them
-#:   back or not depending on what else lies at the heap's top (the process's environment moves
-#:   it), so only the kept side's count is checked.
+#:   whose 6,401 faults after two were one 5 MiB tensor per counted round). glibc's defaults
+#:   put these on the heap and give them back or not depending on what else lies at the
+#:   heap's top (the process's environment moves it), so only the kept side's count is checked.
 _REUSE = """
 import os, resource, torch
 from fastchgnet.numerics import flush_denormals

@@ -44,6 +44,14 @@ def test_compiled_training_matches_eager_on_the_same_packed_batches(
     real = sum(len(rank) for step in sampler.plan()[:4] for rank in step)
     assert compiled.structures == eager.structures == real
     assert compiled.structures < 4 * (sampler.capacity.structures + 1)
+    # summary.json's rate after compile leaves out the first call's compile, and only that
+    written = json.loads((tmp_path / "compiled" / "summary.json").read_text())
+    assert 0 < written["compile_seconds"] < written["train_seconds"]
+    stepping = written["train_seconds"] - written["compile_seconds"]
+    assert written["structures_per_second_after_compile"] == pytest.approx(real / stepping)
+    plain = json.loads((tmp_path / "eager" / "summary.json").read_text())
+    assert plain["compile_seconds"] == 0
+    assert plain["structures_per_second_after_compile"] == plain["structures_per_second"]
 
 
 def test_compile_needs_one_padded_shape() -> None:
