@@ -76,7 +76,8 @@ CPU_CONSERVATIVE_ACTIVATION_BUDGET = 0.5
 class CaptureStats:
     """Graphs built (one per shape, program and grad mode; ``loaded`` of them came from the
     on-disk store, in ``load_seconds``), seconds spent tracing and compiling the others (first
-    call of each), and dynamo's compiled-frame count since creation."""
+    call of each; ``train.step.TrainStep`` adds a new training graph's first backward, where
+    AOTAutograd compiles the backward), and dynamo's compiled-frame count since creation."""
 
     graphs: int = 0
     compile_seconds: float = 0.0

@@ -16,6 +16,7 @@ host: the loss, the finite-step count and the skips accumulate on the device in
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -128,13 +129,19 @@ class TrainStep:
         """One update from a batch on the engine's device (padding-only batches included:
         their loss and gradient are zero, and the rank still joins every collective)."""
         with stage(STEP):
+            graphs = self.captured.stats.graphs if self.captured is not None else 0
             loss = self.loss(batch, labels)
             # every rank must skip together: the flag is the max over ranks, on the device
             skip = all_reduce((~torch.isfinite(loss.detach())).to(torch.float32), "max")
             # keep the loss's value: a captured graph's outputs are static buffers
             value = loss.detach().clone()
             with stage(BACKWARD):
+                start = time.perf_counter()
                 self.engine.backward(loss)
+                if self.captured is not None and self.captured.stats.graphs > graphs:
+                    # a new graph's first backward compiles it (AOTAutograd compiles the
+                    # backward lazily): count it with the forward's compile
+                    self.captured.stats.compile_seconds += time.perf_counter() - start
             # a finite loss can still give non-finite gradients; after the all-reduce they are
             # the same on every rank, so this flag needs no collective (ZeRO 1 keeps reduced
             # gradients in its own partitions and skips such a step itself)

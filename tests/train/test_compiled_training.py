@@ -4,6 +4,7 @@ same losses as eager training on the same packed batches, with one graph and no 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,33 @@ def test_a_run_checkpointed_before_decisions_were_kept_resumes_eager(
     assert not resumed.compile
     assert "started eager" in resumed.reason
     assert compile_choice.choose(config, model, splits, tmp_path / "new", 0, 1, False).compile
+
+
+def test_a_new_graphs_first_backward_counts_as_compile_time() -> None:
+    """AOTAutograd compiles the backward at its first call: that call's time is compile time
+    (a cold GPU run spent ~30 s there, outside the forward's compile)."""
+    from fastchgnet.compile import CapturedModel
+    from fastchgnet.model.loss import LossConfig
+    from fastchgnet.train.config import OptimConfig
+    from fastchgnet.train.engine import TorchEngine
+    from fastchgnet.train.step import TrainStep
+    from tests.compile.conftest import padded_batch, small_model
+
+    batch, labels = padded_batch()
+    model = small_model("conservative").train()
+    engine = TorchEngine(model, OptimConfig(lr=1e-3), total_steps=3, global_batch=2)
+    captured = CapturedModel(model, backend="aot_eager")
+    step = TrainStep(engine, LossConfig(), captured)
+    backward, before_backward = engine.backward, []
+
+    def slow_backward(loss: torch.Tensor) -> None:
+        before_backward.append(captured.stats.compile_seconds)  # the forward's compile
+        time.sleep(0.3)
+        backward(loss)
+
+    engine.backward = slow_backward
+    step(batch, labels)
+    first = captured.stats.compile_seconds
+    assert first - before_backward[0] >= 0.3  # the first backward's 0.3 s is in
+    step(batch, labels)  # the same graph again: nothing added
+    assert captured.stats.compile_seconds == first == before_backward[1]
