@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU acceptance in one call (under 6 minutes on one GPU), or every stage on the CPU (--cpu,
+# GPU acceptance in one call (about 7 minutes on one H200), or every stage on the CPU (--cpu,
 # under 5 minutes, run in CI):
 #   0. install the wheels in .whl/ (GPU machine without network; `make gpu-wheels` fetched
 #      them beforehand), cut a slice of the bundled quick-start frames, convert it to a cache;
