@@ -45,6 +45,16 @@ COMPILED_WORK_FRACTION = 0.84
 #: the header warm-up and the side-by-side object builds).
 COLD_PREDICT_SECONDS = 35.0
 
+#: A compiled model call on a GPU over the eager one. On one H200 (``bench/gpu_check.sh``
+#: stage g, stop 31) MD force calls took 4.91 against 21.32 ms on 12 atoms and 4.93 against
+#: 21.43 ms on 96: 0.23. Eager calls of small structures there are bound by kernel launches,
+#: which the recorded CUDA graph replays at once. 0.3 is kept, for other shapes' padding.
+GPU_COMPILED_FRACTION = 0.3
+#: Cold compile (inductor's Triton kernels) and CUDA-graph recording of an MD graph on a GPU:
+#: about 42 s a shape on that H200 (stage g built two, made 200 timed calls and ran 200 MD
+#: steps in 99 s).
+COLD_GPU_PREDICT_SECONDS = 45.0
+
 
 @dataclass(frozen=True)
 class CompileDecision:
@@ -68,6 +78,21 @@ def compiled_fraction(eager_seconds: float, padding: float) -> float:
     work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0)
     compiled = COMPILED_CALL_OVERHEAD + COMPILED_WORK_FRACTION * padding * work
     return min(1.0, compiled / eager_seconds)
+
+
+def compiled_call_model(
+    device_type: str, eager_seconds: float, padding: float, store: CompiledStore | None
+) -> tuple[float, float]:
+    """(compiled fraction, cold compile seconds) of a prediction call on ``device_type`` that
+    takes ``eager_seconds`` eagerly, its padded shape holding ``padding`` entries per real
+    one: on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
+    ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
+    only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``."""
+    if device_type == "cuda":
+        return GPU_COMPILED_FRACTION, COLD_GPU_PREDICT_SECONDS
+    if device_type == "cpu":
+        return compiled_fraction(eager_seconds, padding), cold_estimate(store)
+    return COMPILED_FRACTION, cold_estimate(store)
 
 
 def cold_estimate(store: CompiledStore | None, program: str = "predict") -> float:

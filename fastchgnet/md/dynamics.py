@@ -316,16 +316,11 @@ def md_compile_decision(
 ) -> tuple[CompileDecision, Potential] | None:
     """Whether ``steps`` MD steps of ``atoms`` (carrying an eager Calculator of ``model``) gain
     from compiling, and the ``CompiledPotential`` to run if so: eager force calls are timed,
-    the compile cost is what that potential expects for the shape, and on a CPU a compiled
-    call is expected to cost what ``compiled_fraction`` says for its padding (see
-    ``fastchgnet.compile.decide``). None when ``model`` is not a plain FastCHGNet (a given
-    potential is used as it is)."""
-    from fastchgnet.compile.decide import (
-        COMPILED_FRACTION,
-        cold_estimate,
-        compiled_fraction,
-        decide,
-    )
+    the compile cost is what that potential expects for the shape, and a compiled call is
+    expected to cost what ``compiled_call_model`` says for the device (on a CPU: for its
+    padding; see ``fastchgnet.compile.decide``). None when ``model`` is not a plain
+    FastCHGNet (a given potential is used as it is)."""
+    from fastchgnet.compile.decide import compiled_call_model, decide
     from fastchgnet.model.chgnet import FastCHGNet
 
     if not isinstance(model, FastCHGNet):
@@ -333,13 +328,10 @@ def md_compile_decision(
     graphs = [atoms.calc.graph(atoms)]
     eager_seconds = call_seconds(atoms)
     potential = compiled_potential(model, **md_compile_options(steps))
-    expected = potential.expected_compile_seconds(
-        graphs, stress=stress, cold_estimate=cold_estimate(potential.store)
-    )
-    fraction = COMPILED_FRACTION
-    if next(model.parameters()).device.type == "cpu":
-        padding = potential.padding_for(graphs) * MD_SHAPE_SLACK
-        fraction = compiled_fraction(eager_seconds, padding)
+    device = next(model.parameters()).device.type
+    padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0
+    fraction, cold = compiled_call_model(device, eager_seconds, padding, potential.store)
+    expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
     what = f"{steps}-step MD"
     calls = max(steps - potential.patience, 0)  # the first calls run eagerly either way
     return decide(calls, eager_seconds, expected, fraction=fraction, what=what), potential

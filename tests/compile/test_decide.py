@@ -10,8 +10,11 @@ import pytest
 
 from fastchgnet.compile import decide as decide_module
 from fastchgnet.compile.decide import (
+    COLD_GPU_PREDICT_SECONDS,
     COLD_PREDICT_SECONDS,
+    GPU_COMPILED_FRACTION,
     cold_estimate,
+    compiled_call_model,
     compiled_fraction,
     decide,
 )
@@ -62,6 +65,21 @@ def test_the_cold_estimate_is_the_median_compile_time_on_record(tmp_path) -> Non
         (tmp_path / f"{k}.json").write_text(json.dumps(record))
     (tmp_path / "9.json").write_text(json.dumps({"program": "loss", "compile_seconds": 500.0}))
     assert cold_estimate(store) == 30.0
+
+
+def test_a_gpu_call_is_expected_at_its_measured_fraction_and_compile_time(tmp_path) -> None:
+    store = CompiledStore(tmp_path)  # CPU packages' compile times: not a GPU's
+    (tmp_path / "0.json").write_text(json.dumps({"program": "predict", "compile_seconds": 20.0}))
+    assert compiled_call_model("cuda", 0.0213, 1.3, store) == (
+        GPU_COMPILED_FRACTION,
+        COLD_GPU_PREDICT_SECONDS,
+    )
+    assert compiled_call_model("cpu", 0.0213, 1.3, store) == (compiled_fraction(0.0213, 1.3), 20.0)
+    # the H200's 12-atom MD call (21.3 ms eager, 4.9 ms compiled): 2000 steps stay eager, 5000
+    # compile (the CPU's model, 0.8 of eager after a 35 s compile, kept 5000 eager too)
+    fraction, cold = compiled_call_model("cuda", 0.0213, 1.0, None)
+    assert not decide(2000, 0.0213, cold, fraction=fraction).compile
+    assert decide(5000, 0.0213, cold, fraction=fraction).compile
 
 
 @pytest.fixture
