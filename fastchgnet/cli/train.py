@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         first_line = (str(error).strip().splitlines() or [""])[0][:300]
         print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
         return 1
+    from fastchgnet.train import collectives
+
+    collectives.leave_process_group()  # the process ends here: every rank got this far
     return 0
 
 

@@ -77,6 +77,18 @@ def init_process_group(timeout_s: float) -> None:
         release_shared_memory_name()
 
 
+def leave_process_group() -> None:
+    """Every rank, once its process has nothing left to run in the group (the training CLI
+    after ``train``): wait for the others (under NCCL this also finishes the collectives still
+    queued on the device), then destroy the group, whose NCCL communicators torch would
+    otherwise warn about and leak at exit. Not for a process that trains again: DeepSpeed
+    keeps the groups it derived and cannot start over in the same process. No-op without a
+    group."""
+    if initialized():
+        barrier()
+        _dist.destroy_process_group()
+
+
 def shared_memory_buffer(rank: int) -> Path:
     """The /dev/shm file of DeepSpeed's CPU all-reduce buffer of ``rank`` (66 MB; made when
     every rank is on this node), named after the user, ``MASTER_ADDR`` and ``MASTER_PORT``."""
