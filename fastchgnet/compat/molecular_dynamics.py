@@ -1,5 +1,6 @@
 """``MolecularDynamics`` with the reference's signature: the same ASE integrators, driven by
-our calculator (Verlet-skin neighbour reuse, one model call per step).
+our calculator (Verlet-skin neighbour reuse, one model call per step). Its first ``run(steps)``
+compiles the model where that pays over the run, as ``fastchgnet.md.run_md`` decides.
 
 Units: temperature K, timestep and ``taut``/``taup`` fs, pressure and bulk modulus GPa.
 """
@@ -7,6 +8,7 @@ Units: temperature K, timestep and ``taut``/``taup`` fs, pressure and bulk modul
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,12 +16,14 @@ from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator
 from ase.md.npt import NPT
 from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen, NVTBerendsen
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from fastchgnet.compat.dynamics import CHGNetCalculator
 from fastchgnet.compat.model import unsupported
-from fastchgnet.md.calculator import as_atoms
+from fastchgnet.md.calculator import as_atoms, compiled_potential
+from fastchgnet.md.dynamics import choose_compiled, md_compile_options
+from fastchgnet.model.potential import EagerPotential
 
 
 class CrystalFeasObserver:
@@ -61,6 +65,13 @@ class MolecularDynamics:
     """NVE (velocity Verlet), NVT (Nosé-Hoover, Berendsen) or NPT (Nosé-Hoover/Parrinello-
     Rahman, Berendsen, inhomogeneous Berendsen) with the reference's arguments; ``run(steps)``.
 
+    One argument more than the reference: ``compiled``. None (default): the first ``run``
+    compiles the model when that pays over its steps and keeps it only where the compiled
+    calls measure faster (``fastchgnet.md.dynamics.choose_compiled``; the decision and its
+    reason are printed), with the MD's own calculator and no ``crystal_feas_logfile``; the
+    calculator's results then leave out ``crystal_fea``. True compiles at the first ``run``,
+    False never does.
+
     NPT needs ``bulk_modulus`` (GPa) here: the reference fits one by an equation of state when
     it is missing; pass the value (for example from ``StructOptimizer`` runs at a few volumes).
     """
@@ -87,11 +98,19 @@ class MolecularDynamics:
         on_isolated_atoms: str = "warn",
         return_site_energies: bool = False,
         use_device: str | None = None,
+        compiled: bool | None = None,
     ) -> None:
+        if compiled and (isinstance(model, BaseCalculator) or crystal_feas_logfile):
+            raise ValueError(
+                "compiled=True needs the MD's own calculator (model: a CHGNet or None) and no "
+                "crystal_feas_logfile (crystal features come from the eager model only)"
+            )
         self.ensemble, self.thermostat = ensemble, thermostat
+        self.compiled, self._compile_chosen = compiled, False
+        self._own_calculator = not isinstance(model, BaseCalculator)
         atoms = atoms if isinstance(atoms, Atoms) else as_atoms(atoms)
         if starting_temperature is not None:
-            MaxwellBoltzmannDistribution(atoms, temperature_K=starting_temperature, force_temp=True)
+            thermalize_momenta(atoms, temperature_K=starting_temperature, exact_temperature=True)
             Stationary(atoms)
         self.atoms = atoms
         if isinstance(model, BaseCalculator):
@@ -166,6 +185,11 @@ class MolecularDynamics:
 
     def run(self, steps: int) -> None:
         """Run ``steps`` MD steps (frames and log lines every ``loginterval``)."""
+        if not self._compile_chosen:
+            self._compile_chosen = True
+            check = self._compile(steps)
+            if check is not None:
+                self.dyn.attach(check, interval=1)
         observer = None
         if self.crystal_feas_logfile:
             observer = CrystalFeasObserver(self.atoms)
@@ -173,6 +197,23 @@ class MolecularDynamics:
         self.dyn.run(steps)
         if observer is not None:
             observer.save(self.crystal_feas_logfile)
+
+    def _compile(self, steps: int) -> Callable[[], None] | None:
+        """Compile the MD's own calculator's model for a run of ``steps`` as ``compiled`` asks
+        (see the class docstring); the observer that keeps it only where it is faster, or
+        None."""
+        calc = self.atoms.calc
+        eager = getattr(calc, "model", None)
+        if self.compiled is False or not self._own_calculator or self.crystal_feas_logfile:
+            return None
+        if not isinstance(eager, EagerPotential):
+            return None
+        if self.compiled:
+            calc.model = compiled_potential(eager.model, **md_compile_options(steps))
+            calc.features = False
+            return None
+        # the calculator computes stress on every call, as the reference's does
+        return choose_compiled(self.atoms, eager.model, steps, stress=True, progress=True)
 
     def set_atoms(self, atoms: Atoms) -> None:
         """Continue the run with ``atoms`` (the calculator carries over)."""

@@ -215,7 +215,7 @@ def run_md(
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     check = None
     if compiled is None:  # compile where it pays, and keep it only where it is faster
-        check = _choose_calculator(atoms, model, steps, stress, skin, progress)
+        check = choose_compiled(atoms, model, steps, stress, progress)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     if starting_temperature is not None:
@@ -267,12 +267,15 @@ def _say(message: str, progress: bool) -> None:
         print(message, file=sys.stderr)
 
 
-def _choose_calculator(
-    atoms: Atoms, model: Any, steps: int, stress: bool, skin: float, progress: bool
+def choose_compiled(
+    atoms: Atoms, model: Any, steps: int, stress: bool, progress: bool
 ) -> Callable[[], None] | None:
-    """Give ``atoms`` (carrying an eager Calculator of ``model``) a compiled calculator when
-    ``md_compile_decision`` says it pays, and say what it did and why. Returns the MD observer
-    that keeps it only where it is faster (``_keep_if_faster``), or None."""
+    """Give ``atoms``' calculator (a ``Calculator`` running ``model`` eagerly) a compiled
+    potential of ``model`` when ``md_compile_decision`` says it pays over ``steps`` steps, and
+    say what it did and why. The calculator is kept (its neighbour search and settings carry
+    over); only its potential changes, and ``crystal_fea`` leaves its results while compiled.
+    Returns the MD observer that keeps the compiled potential only where it is faster
+    (``_keep_if_faster``), or None."""
     decided = md_compile_decision(atoms, model, steps, stress)
     if decided is None:
         return None
@@ -280,18 +283,24 @@ def _choose_calculator(
     _say(decision.reason, progress)
     if not decision.compile:
         return None
-    eager_calc = atoms.calc
-    atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
-    return _keep_if_faster(atoms, potential, eager_calc, decision.eager_seconds, progress)
+    calc = atoms.calc
+    eager = (calc.model, calc.features)
+    calc.model, calc.features = potential, False
+    return _keep_if_faster(atoms, potential, eager, decision.eager_seconds, progress)
 
 
 def _keep_if_faster(
-    atoms: Atoms, potential: Any, eager_calc: Calculator, eager_seconds: float, progress: bool
+    atoms: Atoms,
+    potential: Any,
+    eager: tuple[Potential, bool],
+    eager_seconds: float,
+    progress: bool,
 ) -> Callable[[], None]:
     """An MD observer that, at the first step after ``potential`` has made its compiled shape
     (its first ``patience`` calls run eagerly), times its calls (``call_seconds``) and gives
-    ``atoms`` back ``eager_calc`` when they are no faster than ``eager_seconds``: a padded
-    shape can lose at one thread. It does nothing after that step."""
+    ``atoms``' calculator back its ``eager`` (potential, features) when they are no faster
+    than ``eager_seconds``: a padded shape can lose at one thread. It does nothing after that
+    step."""
     done = False
 
     def check() -> None:
@@ -301,7 +310,7 @@ def _keep_if_faster(
         done = True
         compiled = call_seconds(atoms)
         if compiled >= eager_seconds:
-            atoms.calc = eager_calc
+            atoms.calc.model, atoms.calc.features = eager
             _say(
                 f"compiled calls took {compiled * 1e3:.0f} ms, no faster than eager "
                 f"{eager_seconds * 1e3:.0f} ms: the run goes on eager",

@@ -122,13 +122,18 @@ def test_a_compiled_call_is_expected_to_save_the_eager_overhead_and_pay_for_its_
     assert compiled_fraction(0.0, 1.0) == 1.0
 
 
-def free_compile_md(monkeypatch, padding: float, eager: float, compiled: float, steps: int):
-    """run_md where a compile costs nothing, eager and compiled calls take the given seconds
-    and the MD shape holds ``padding`` entries per real one; the final Atoms."""
+def free_compile(monkeypatch, padding: float, eager: float, compiled: float) -> None:
+    """A compile costs nothing, eager and compiled calls take the given seconds and the MD
+    shape holds ``padding`` entries per real one."""
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
     monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: padding)
     monkeypatch.setitem(dynamics.MD_COMPILE, "patience", 1)  # the shape is made at call 2
     timings(monkeypatch, eager=eager, compiled=compiled)
+
+
+def free_compile_md(monkeypatch, padding: float, eager: float, compiled: float, steps: int):
+    """run_md under ``free_compile``; the final Atoms."""
+    free_compile(monkeypatch, padding, eager, compiled)
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     return dynamics.run_md(structure, small_model("conservative"), steps=steps, progress=True)
 
@@ -158,6 +163,57 @@ def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
     err = capsys.readouterr().err
     assert "compile on" in err
     assert "compiled calls took 150 ms, no faster than eager 100 ms: the run goes on eager" in err
+
+
+def moving_crystal():
+    """A small crystal of several atoms (a thermostat needs a temperature to scale)."""
+    return next(s for s in varied_structures(8, seed=2, max_atoms=6) if len(s) > 1)
+
+
+def test_the_compat_md_compiles_its_own_calculator_where_it_pays(
+    aot_eager, monkeypatch, capsys
+) -> None:
+    from fastchgnet.compat import MolecularDynamics
+    from fastchgnet.compat.dynamics import CHGNetCalculator
+
+    free_compile(monkeypatch, padding=1.1, eager=0.2, compiled=0.1)
+    structure = moving_crystal()
+    model = small_model("conservative")
+    md = MolecularDynamics(structure, model=model, thermostat="Berendsen", starting_temperature=300)
+    calc = md.atoms.calc
+    md.run(3)
+    assert md.atoms.calc is calc  # its settings kept
+    assert isinstance(calc, CHGNetCalculator)
+    assert calc.model is aot_eager[0]
+    assert aot_eager[0].graphs_built == 1
+    assert "crystal_fea" not in calc.results  # a compiled model gives no features
+    assert calc.results["stress"].shape == (6,)  # the reference's "efsm", compiled too
+    assert "compile on for this 3-step MD" in capsys.readouterr().err
+    md.run(3)  # decided once, at the first run
+    assert len(aot_eager) == 1
+
+
+def test_the_compat_md_stays_eager_when_it_logs_crystal_features_or_is_told_to(
+    aot_eager, monkeypatch, tmp_path
+) -> None:
+    from fastchgnet.compat import MolecularDynamics
+
+    free_compile(monkeypatch, padding=1.1, eager=0.2, compiled=0.1)
+    structure = moving_crystal()
+    model = small_model("conservative")
+    feas = str(tmp_path / "feas.pkl")
+    logged = MolecularDynamics(
+        structure, model=model, starting_temperature=300, crystal_feas_logfile=feas
+    )
+    logged.run(3)
+    assert type(logged.atoms.calc.model).__name__ == "EagerPotential"
+    assert "crystal_fea" in logged.atoms.calc.results
+    told = MolecularDynamics(structure, model=model, starting_temperature=300, compiled=False)
+    told.run(3)
+    assert type(told.atoms.calc.model).__name__ == "EagerPotential"
+    assert aot_eager == []  # no compile was even priced
+    with pytest.raises(ValueError, match="compiled=True needs the MD's own calculator"):
+        MolecularDynamics(structure, model=logged.atoms.calc, compiled=True)
 
 
 def test_a_compiled_md_run_sizes_its_shape_from_the_calls_its_patience_runs_eagerly(
