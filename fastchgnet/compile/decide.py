@@ -18,6 +18,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+import torch
+
 from fastchgnet.compile.store import CompiledStore
 
 #: Compiled model-call time as a fraction of eager on a CPU. bench/bench_md.py (quiet, 2
@@ -31,14 +33,17 @@ COMPILED_FRACTION = 0.8
 #: pays ``EAGER_CALL_OVERHEAD`` (Python and operator dispatch: 7.5-8.9 ms for a 2-atom cell
 #: without angles) plus its work; a compiled call pays ``COMPILED_CALL_OVERHEAD`` (pad, one
 #: program call, unpad) plus the work of its padded shape at ``COMPILED_WORK_FRACTION`` of
-#: eager's per entry. Fitted on LiMnO2 (8 atoms), Li9Co7O16 (32) and a 64-atom LiMnO2 cell:
-#: stop 26 gave 0.70, 0.79 and 0.75 (shapes of 1.37-1.42 padded entries per real one), stop
-#: 27 0.84, 0.85 and 0.83 (shapes of 1.13-1.21, ``md.dynamics.MD_COMPILE``), and a whole
-#: 2000-step compiled run on 32 atoms 0.77. The highest is kept: a wrong "on" costs a 30 s
-#: build, a wrong "off" only part of a saving.
+#: eager's per entry, which depends on the CPU's vector instructions (torch's
+#: ``get_cpu_capability``). Fitted on LiMnO2 (8 atoms), Li9Co7O16 (32) and a 64-atom LiMnO2
+#: cell. AVX2 (an AMD EPYC): stop 26 gave 0.70, 0.79 and 0.75 (shapes of 1.37-1.42 padded
+#: entries per real one), stop 27 0.84, 0.85 and 0.83 (shapes of 1.13-1.21,
+#: ``md.dynamics.MD_COMPILE``), and a whole 2000-step compiled run on 32 atoms 0.77. AVX-512
+#: (a Sapphire Rapids Xeon, stop 32): 0.68, 0.54 and 0.58 (shapes of 1.13-1.21; compiled calls
+#: 0.55, 0.62 and 0.61 of eager). The highest of each is kept, and the AVX2 one for any other
+#: CPU: a wrong "on" costs a 20-35 s build, a wrong "off" only part of a saving.
 EAGER_CALL_OVERHEAD = 0.008
 COMPILED_CALL_OVERHEAD = 0.0015
-COMPILED_WORK_FRACTION = 0.84
+COMPILED_WORK_FRACTION = {"AVX512": 0.68, "AVX2": 0.84}
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: ``bench/bench_compile.py --programs predict --threads 2`` measured 29.8-35.6 s for the
 #: reference architecture on 2 quiet cores, everything empty (stops 26 and 27; 45-75 s before
@@ -69,14 +74,23 @@ class CompileDecision:
     eager_seconds: float
 
 
-def compiled_fraction(eager_seconds: float, padding: float) -> float:
+def work_fraction(capability: str | None = None) -> float:
+    """``COMPILED_WORK_FRACTION`` for a CPU of ``capability`` (torch's name for its vector
+    instructions, e.g. "AVX2", "AVX512"; default: this machine's); AVX2's for any other."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return COMPILED_WORK_FRACTION.get(capability, COMPILED_WORK_FRACTION["AVX2"])
+
+
+def compiled_fraction(eager_seconds: float, padding: float, capability: str | None = None) -> float:
     """Expected seconds of a compiled CPU call over those of the eager one (at most 1: no
     gain), for a call that takes ``eager_seconds`` eagerly and whose padded shape holds
-    ``padding`` entries (atoms + bonds + angles) per real one; see ``COMPILED_WORK_FRACTION``."""
+    ``padding`` entries (atoms + bonds + angles) per real one, on a CPU of ``capability``
+    (``work_fraction``); see ``COMPILED_WORK_FRACTION``."""
     if eager_seconds <= 0:
         return 1.0
     work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0)
-    compiled = COMPILED_CALL_OVERHEAD + COMPILED_WORK_FRACTION * padding * work
+    compiled = COMPILED_CALL_OVERHEAD + work_fraction(capability) * padding * work
     return min(1.0, compiled / eager_seconds)
 
 

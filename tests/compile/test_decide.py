@@ -114,12 +114,34 @@ def timings(monkeypatch, eager: float, compiled: float) -> None:
 def test_a_compiled_call_is_expected_to_save_the_eager_overhead_and_pay_for_its_padding() -> None:
     # bench_md's cases (stop 27, measured compiled / eager): 8 atoms gain a fifth, 32 and 64
     # atoms little, their work being most of the call and the padding taking its share
-    assert compiled_fraction(0.0305, 1.19) == pytest.approx(0.78, abs=0.03)
-    assert compiled_fraction(0.1221, 1.21) == pytest.approx(0.97, abs=0.03)
-    assert compiled_fraction(0.1073, 1.13) == pytest.approx(0.88, abs=0.03)
+    assert compiled_fraction(0.0305, 1.19, "AVX2") == pytest.approx(0.78, abs=0.03)
+    assert compiled_fraction(0.1221, 1.21, "AVX2") == pytest.approx(0.97, abs=0.03)
+    assert compiled_fraction(0.1073, 1.13, "AVX2") == pytest.approx(0.88, abs=0.03)
     assert compiled_fraction(0.1, 1.0) < compiled_fraction(0.1, 1.2)  # padding costs
     assert compiled_fraction(0.1, 2.0) == 1.0  # never worse than no gain
     assert compiled_fraction(0.0, 1.0) == 1.0
+
+
+def test_an_avx512_cpu_expects_more_of_a_compiled_call_and_compiles_32_atom_md() -> None:
+    # stop 32 on an AVX-512 Xeon (bench_md, measured compiled / eager): 8 atoms 0.55, 32 atoms
+    # 0.62, 64 atoms 0.61; the fit keeps the highest per-entry fraction, so it expects a little less
+    assert compiled_fraction(0.01882, 1.19, "AVX512") == pytest.approx(0.55, abs=0.03)
+    for eager, padding in ((0.09172, 1.21), (0.0914, 1.13)):
+        expected = compiled_fraction(eager, padding, "AVX512")
+        assert 0.62 < expected < 0.8
+        assert expected < compiled_fraction(eager, padding, "AVX2")
+    assert compiled_fraction(0.1, 1.2, "SVE256") == compiled_fraction(0.1, 1.2, "AVX2")
+    # bench_md's 2000-step runs (50 eager calls first), priced as run_md prices them before
+    # the run: a padded shape of ~1.2 entries per real one (``padding_for`` times
+    # MD_SHAPE_SLACK) and a cold compile of COLD_PREDICT_SECONDS. On AVX-512 32 atoms compile
+    # (measured: 2000 x 56.6 ms + 19 s against 2000 x 91.7 ms eager), on AVX2 not; 8 atoms never
+    calls = 1950
+    on_avx512 = compiled_fraction(0.085, 1.2, "AVX512")
+    assert decide(calls, 0.085, COLD_PREDICT_SECONDS, fraction=on_avx512).compile
+    on_avx2 = compiled_fraction(0.085, 1.2, "AVX2")
+    assert not decide(calls, 0.085, COLD_PREDICT_SECONDS, fraction=on_avx2).compile
+    fraction_8 = compiled_fraction(0.016, 1.25, "AVX512")
+    assert not decide(calls, 0.016, COLD_PREDICT_SECONDS, fraction=fraction_8).compile
 
 
 def free_compile(monkeypatch, padding: float, eager: float, compiled: float) -> None:
