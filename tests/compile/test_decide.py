@@ -187,21 +187,25 @@ def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
     assert "compiled calls took 150 ms, no faster than eager 100 ms: the run goes on eager" in err
 
 
-def moving_crystal():
-    """A small crystal of several atoms (a thermostat needs a temperature to scale)."""
-    return next(s for s in varied_structures(8, seed=2, max_atoms=6) if len(s) > 1)
+@pytest.fixture
+def compat_md(aot_eager, monkeypatch):
+    """compat ``MolecularDynamics`` of a small crystal of several atoms (a thermostat needs a
+    temperature to scale) at 300 K, where a compile is free and pays (``free_compile``): a
+    function of its further keywords."""
+    from fastchgnet.compat import MolecularDynamics
+
+    free_compile(monkeypatch, padding=1.1, eager=0.2, compiled=0.1)
+    structure = next(s for s in varied_structures(8, seed=2, max_atoms=6) if len(s) > 1)
+    model = small_model("conservative")
+    return lambda **kw: MolecularDynamics(structure, model=model, starting_temperature=300, **kw)
 
 
 def test_the_compat_md_compiles_its_own_calculator_where_it_pays(
-    aot_eager, monkeypatch, capsys
+    compat_md, aot_eager, capsys
 ) -> None:
-    from fastchgnet.compat import MolecularDynamics
     from fastchgnet.compat.dynamics import CHGNetCalculator
 
-    free_compile(monkeypatch, padding=1.1, eager=0.2, compiled=0.1)
-    structure = moving_crystal()
-    model = small_model("conservative")
-    md = MolecularDynamics(structure, model=model, thermostat="Berendsen", starting_temperature=300)
+    md = compat_md(thermostat="Berendsen")
     calc = md.atoms.calc
     md.run(3)
     assert md.atoms.calc is calc  # its settings kept
@@ -216,26 +220,20 @@ def test_the_compat_md_compiles_its_own_calculator_where_it_pays(
 
 
 def test_the_compat_md_stays_eager_when_it_logs_crystal_features_or_is_told_to(
-    aot_eager, monkeypatch, tmp_path
+    compat_md, aot_eager, tmp_path
 ) -> None:
     from fastchgnet.compat import MolecularDynamics
 
-    free_compile(monkeypatch, padding=1.1, eager=0.2, compiled=0.1)
-    structure = moving_crystal()
-    model = small_model("conservative")
-    feas = str(tmp_path / "feas.pkl")
-    logged = MolecularDynamics(
-        structure, model=model, starting_temperature=300, crystal_feas_logfile=feas
-    )
+    logged = compat_md(crystal_feas_logfile=str(tmp_path / "feas.pkl"))
     logged.run(3)
     assert type(logged.atoms.calc.model).__name__ == "EagerPotential"
     assert "crystal_fea" in logged.atoms.calc.results
-    told = MolecularDynamics(structure, model=model, starting_temperature=300, compiled=False)
+    told = compat_md(compiled=False)
     told.run(3)
     assert type(told.atoms.calc.model).__name__ == "EagerPotential"
     assert aot_eager == []  # no compile was even priced
     with pytest.raises(ValueError, match="compiled=True needs the MD's own calculator"):
-        MolecularDynamics(structure, model=logged.atoms.calc, compiled=True)
+        MolecularDynamics(logged.atoms.copy(), model=logged.atoms.calc, compiled=True)
 
 
 def test_a_compiled_md_run_sizes_its_shape_from_the_calls_its_patience_runs_eagerly(
