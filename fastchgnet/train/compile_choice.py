@@ -9,7 +9,7 @@ and weighs (``fastchgnet.compile.decide``):
     COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - compiled fraction)
 
 Eager trains on unpadded batches; the captured step runs every batch padded to the packed
-plan's one capacity. The compiled fraction is therefore ``TRAIN_WORK_FRACTION`` (a captured
+plan's one capacity. The compiled fraction is therefore ``train_work_fraction`` (a captured
 step's cost per padded entry over eager's per real entry) times the padded entries per real
 one of this run's packed plan (``packed_padding``: epoch 0's plan of the training split), at
 most 1: a data set whose largest structures force a roomy capacity stays eager.
@@ -42,12 +42,28 @@ from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import Splits, collate_items, packing_inputs
 
 #: A captured CPU training step's cost per padded entry (atoms + bonds + angles) over the
-#: eager step's per real entry, eager on the unpadded batch: ``bench/bench_train_step.py
-#: --reference-flush-denormals --packed --batches 12 --threads 2`` (stop 26) measured
-#: conservative 0.68 and 0.77 (batch 16 at 41.9 % padding, batch 32 at 20 %), direct 0.82 and
-#: 0.93. (Until stop 27 the decision took 0.5 and 0.75 of eager regardless of padding, from
-#: runs where eager carried the same padding as the captured step.)
-TRAIN_WORK_FRACTION = {"conservative": 0.75, "direct": 0.9}
+#: eager step's per real entry, eager on the unpadded batch, by the CPU's vector instructions
+#: (torch's ``get_cpu_capability``; AVX2's for any other CPU): ``bench/bench_train_step.py
+#: --reference-flush-denormals --packed --batches 12 --threads 2`` (batch 16 at 41.9 % padding,
+#: batch 32 at 20 %). AVX2 (an AMD EPYC, stop 26): conservative 0.68 and 0.77, direct 0.82 and
+#: 0.93. AVX-512 (a Sapphire Rapids Xeon, stop 32, 2 and 1 threads): conservative 0.45, 0.48,
+#: 0.44 and 0.46, direct 0.62, 0.72, 0.62 and 0.73. (Until stop 27 the decision took 0.5 and
+#: 0.75 of eager regardless of padding, from runs where eager carried the same padding as the
+#: captured step.)
+TRAIN_WORK_FRACTION = {
+    "AVX2": {"conservative": 0.75, "direct": 0.9},
+    "AVX512": {"conservative": 0.5, "direct": 0.75},
+}
+
+
+def train_work_fraction(mode: str, capability: str | None = None) -> float:
+    """``TRAIN_WORK_FRACTION`` of force ``mode`` on a CPU of ``capability`` (torch's name for
+    its vector instructions; default: this machine's)."""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    return TRAIN_WORK_FRACTION.get(capability, TRAIN_WORK_FRACTION["AVX2"])[mode]
+
+
 #: Cold build of a training graph at batch 16, reference architecture, 2 quiet cores
 #: (``bench/bench_compile.py``: 88.9 s conservative in stop 23's quietest run; 133-135 s in
 #: stop 28; 86.0 s in stop 29 with its kernels built in groups, ``compile.kernel_groups``); a
@@ -132,7 +148,7 @@ def choose(
                 steps,
                 eager,
                 COLD_TRAIN_SECONDS[mode],
-                fraction=min(1.0, TRAIN_WORK_FRACTION[mode] * padding),
+                fraction=min(1.0, train_work_fraction(mode) * padding),
                 what=f"{mode} training on a CPU (packed batches: {padding - 1:.0%} padding)",
                 margin=MARGIN,
             )

@@ -98,7 +98,7 @@ def test_auto_compiles_a_cpu_run_where_compiling_pays(
     # a build that costs nothing pays for any run whose captured step, padded, costs less
     # than eager: the captured step, packed batches
     monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)
-    monkeypatch.setitem(compile_choice.TRAIN_WORK_FRACTION, "conservative", 0.1)
+    monkeypatch.setattr(compile_choice, "train_work_fraction", lambda mode: 0.1)
     cache = small_cache(tmp_path / "cache", n=24)
     out = tmp_path / "run"
     config = tiny_config(
@@ -123,12 +123,30 @@ def test_auto_keeps_a_cpu_run_eager_when_padding_takes_the_gain(
     config = tiny_config(cache, tmp_path / "run", "optim.epochs=50")
     splits = make_splits(cache, config.data)
     padding = compile_choice.packed_padding(splits, config, 1)
-    assert padding * compile_choice.TRAIN_WORK_FRACTION["conservative"] > 1  # batch 4: roomy
+    assert padding * compile_choice.train_work_fraction("conservative") > 1  # batch 4: roomy
     model = build_model(config.model, 0)
     decision = compile_choice.choose(config, model, splits, tmp_path / "run", 0, 1, False)
     assert not decision.compile
     assert f"packed batches: {padding - 1:.0%} padding" in decision.reason
     assert decision.saved_seconds == 0
+
+
+def test_an_avx512_cpu_expects_more_of_a_captured_step_than_an_avx2_one() -> None:
+    from fastchgnet.compile.decide import decide
+
+    fraction = compile_choice.train_work_fraction
+    for mode in ("conservative", "direct"):
+        assert fraction(mode, "AVX512") < fraction(mode, "AVX2") < 1
+        assert fraction(mode, "VSX") == fraction(mode, "AVX2")  # a CPU not measured
+    # stop 32's bench (batch 16, 41.9 % padding, 2 threads): a conservative eager step of
+    # 313 ms, captured 199 ms; a 100-epoch run of 338 steps an epoch compiles on AVX-512 only
+    steps, eager, padding = 33800, 0.313, 1.419
+    cold = compile_choice.COLD_TRAIN_SECONDS["conservative"]
+    margin = compile_choice.MARGIN
+    for capability, compiles in (("AVX512", True), ("AVX2", False)):
+        expected = min(1.0, fraction("conservative", capability) * padding)
+        assert decide(steps, eager, cold, fraction=expected, margin=margin).compile is compiles
+    assert fraction("conservative", "AVX512") * padding == pytest.approx(199 / 313, abs=0.1)
 
 
 def test_packed_padding_is_what_the_compiled_runs_packed_batches_carry(tmp_path: Path) -> None:
@@ -203,7 +221,7 @@ def test_a_run_checkpointed_before_decisions_were_kept_resumes_eager(
     train(tiny_config(cache, out, *common))
     (out / compile_choice.DECISION_FILE).unlink()  # as a run from before this file existed
     monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)  # would compile
-    monkeypatch.setitem(compile_choice.TRAIN_WORK_FRACTION, "conservative", 0.1)
+    monkeypatch.setattr(compile_choice, "train_work_fraction", lambda mode: 0.1)
     config = tiny_config(cache, out, "optim.epochs=2", "run.compile_backend=aot_eager")
     splits = make_splits(cache, config.data)
     model = build_model(config.model, 0)
