@@ -261,6 +261,13 @@ def call_seconds(atoms: Atoms, repeats: int = 5) -> float:
     return min(times)
 
 
+def timing_calls(steps: int) -> int:
+    """Eager calls the compile decision of a ``steps``-step run times (``call_seconds``): five,
+    at most a hundredth of the run, at least one. A short run cannot repay a compile anyway,
+    and timing five calls would add a tenth to a 50-step run."""
+    return min(5, max(1, steps // 100))
+
+
 def _say(message: str, progress: bool) -> None:
     log.info(message)
     if progress:
@@ -335,7 +342,7 @@ def md_compile_decision(
     if not isinstance(model, FastCHGNet):
         return None
     graphs = [atoms.calc.graph(atoms)]
-    eager_seconds = call_seconds(atoms)
+    eager_seconds = call_seconds(atoms, timing_calls(steps))
     potential = compiled_potential(model, **md_compile_options(steps))
     device = next(model.parameters()).device.type
     padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0

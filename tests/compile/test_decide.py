@@ -108,7 +108,20 @@ def test_a_short_md_run_stays_eager_and_says_why(aot_eager, capsys) -> None:
 def timings(monkeypatch, eager: float, compiled: float) -> None:
     """run_md measures ``eager`` seconds per call, then ``compiled`` once compiled."""
     seconds = iter([eager, compiled])
-    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms: next(seconds))
+    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms, repeats=5: next(seconds))
+
+
+def test_a_short_run_spends_at_most_a_hundredth_of_its_calls_on_the_decision(
+    aot_eager, monkeypatch
+) -> None:
+    assert [dynamics.timing_calls(n) for n in (3, 50, 199, 200, 500, 2000)] == [1, 1, 1, 2, 5, 5]
+    asked: list[int] = []
+    monkeypatch.setattr(
+        dynamics, "call_seconds", lambda atoms, repeats=5: asked.append(repeats) or 0.01
+    )
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    dynamics.run_md(structure, small_model("conservative"), steps=3, progress=False)
+    assert asked == [1]
 
 
 def test_a_compiled_call_is_expected_to_save_the_eager_overhead_and_pay_for_its_padding() -> None:
