@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from fastchgnet.compile.store import CompiledStore
+
+T = TypeVar("T")
 
 #: Compiled model-call time as a fraction of eager on a CPU. bench/bench_md.py (quiet, 2
 #: threads, the padded MD shape with its headroom) measured 0.80 on 8 atoms and 1.37 and 1.32
@@ -74,12 +77,18 @@ class CompileDecision:
     eager_seconds: float
 
 
-def work_fraction(capability: str | None = None) -> float:
-    """``COMPILED_WORK_FRACTION`` for a CPU of ``capability`` (torch's name for its vector
-    instructions, e.g. "AVX2", "AVX512"; default: this machine's); AVX2's for any other."""
+def for_cpu(table: dict[str, T], capability: str | None = None) -> T:
+    """``table``'s entry for a CPU of ``capability`` (torch's name for its vector
+    instructions, e.g. "AVX2", "AVX512"; default: this machine's); the "AVX2" entry for a CPU
+    the table has no entry for (a measured fit is kept per instruction set)."""
     if capability is None:
         capability = torch.backends.cpu.get_cpu_capability()
-    return COMPILED_WORK_FRACTION.get(capability, COMPILED_WORK_FRACTION["AVX2"])
+    return table.get(capability, table["AVX2"])
+
+
+def work_fraction(capability: str | None = None) -> float:
+    """``COMPILED_WORK_FRACTION`` for a CPU of ``capability`` (``for_cpu``)."""
+    return for_cpu(COMPILED_WORK_FRACTION, capability)
 
 
 def compiled_fraction(eager_seconds: float, padding: float, capability: str | None = None) -> float:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fastchgnet.compile.decide import CompileDecision, decide
+from fastchgnet.compile.decide import CompileDecision, decide, for_cpu
 from fastchgnet.data.capacity import padding_waste
 from fastchgnet.data.packing import plan_packed_batches
 from fastchgnet.files import write_json_atomic
@@ -57,11 +57,8 @@ TRAIN_WORK_FRACTION = {
 
 
 def train_work_fraction(mode: str, capability: str | None = None) -> float:
-    """``TRAIN_WORK_FRACTION`` of force ``mode`` on a CPU of ``capability`` (torch's name for
-    its vector instructions; default: this machine's)."""
-    if capability is None:
-        capability = torch.backends.cpu.get_cpu_capability()
-    return TRAIN_WORK_FRACTION.get(capability, TRAIN_WORK_FRACTION["AVX2"])[mode]
+    """``TRAIN_WORK_FRACTION`` of force ``mode`` on a CPU of ``capability`` (``for_cpu``)."""
+    return for_cpu(TRAIN_WORK_FRACTION, capability)[mode]
 
 
 #: Cold build of a training graph at batch 16, reference architecture, 2 quiet cores
