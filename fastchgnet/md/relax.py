@@ -21,8 +21,10 @@ fresh one would have, a call runs eagerly, so a captured step is never much slow
 By default (``compiled=None``) a batched relaxation of a plain model decides after its first
 model call, which it times: it compiles when cold compiles of ``RELAX_MAX_SHAPES`` shapes
 (``fastchgnet.compile.decide``) cost less than the time saved over ``RELAX_TYPICAL_STEPS``
-calls per ``batch_size`` structures; the decision and its reason are logged (logger
-``fastchgnet.md``) and printed with the progress bar.
+calls per ``batch_size`` structures, a compiled call taking what the one cost model of MD and
+relaxation (``compiled_call_model``: on a CPU by its instruction set and the padding of the
+first shape) expects; the decision and its reason are logged (logger ``fastchgnet.md``) and
+printed with the progress bar.
 
 This module runs over 300 lines: the lockstep loop, the queue and the compile choice act on
 the same per-structure state, and splitting them would spread one loop across files.
@@ -46,7 +48,7 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
-from fastchgnet.data.graph import structure_name
+from fastchgnet.data.graph import CrystalGraph, structure_name
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential, evaluate_graphs
 from fastchgnet.model.potential import Potential, as_potential, is_structure
@@ -286,12 +288,12 @@ def _run_lockstep(
     stress: bool,
     batch_size: int,
     bar: tqdm,
-    choose: Callable[[float], Potential | None] | None = None,
+    choose: Callable[[float, list[CrystalGraph]], Potential | None] | None = None,
 ) -> list[RelaxResult]:
     """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
     call, then step each; a finished structure's slot goes to the next from ``runs``.
-    ``choose``, given the first call's seconds, may return the potential for every later
-    call. Results in the order of ``runs``."""
+    ``choose``, given the first call's seconds and graphs, may return the potential for every
+    later call. Results in the order of ``runs``."""
     queue = enumerate(runs)
     active: list[tuple[int, _Relaxation]] = []
     results: dict[int, RelaxResult] = {}
@@ -300,7 +302,7 @@ def _run_lockstep(
         start = time.perf_counter()
         answers = evaluate_graphs(model, graphs, stress=stress)
         if choose is not None:
-            model = choose(time.perf_counter() - start) or model
+            model = choose(time.perf_counter() - start, graphs) or model
             choose = None
         for (_, run), answer in zip(active, answers, strict=True):
             run.calc.store(run.atoms, answer)
@@ -328,18 +330,28 @@ def _is_plain_model(model: Any) -> bool:
 
 def _compile_chooser(
     model: Any, calls: int, stress: bool, progress: bool
-) -> Callable[[float], Potential | None]:
-    """Given the first (eager) call's seconds: a ``CompiledPotential`` of ``model`` with
-    ``RELAX_COMPILE`` when compiling pays over ``calls`` calls (a cold compile of each of
-    ``RELAX_MAX_SHAPES`` shapes), else None; logs and, with ``progress``, prints the
-    decision."""
-    from fastchgnet.compile.decide import cold_estimate, decide
+) -> Callable[[float, list[CrystalGraph]], Potential | None]:
+    """Given the first (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
+    with ``RELAX_COMPILE`` when compiling pays over ``calls`` calls, else None; logs and, with
+    ``progress``, prints the decision. The cost is a cold compile of each of
+    ``RELAX_MAX_SHAPES`` shapes; a compiled call is expected to take what
+    ``compiled_call_model`` (``fastchgnet.compile.decide``) says for the device and, on a CPU,
+    for its instruction set and the padding of the shape the first call would make (bench_relax
+    measured 1.23 padded entries per real one over a whole run of 16 crystals, stop 32, where
+    that first shape held 1.26)."""
+    from fastchgnet.compile.decide import compiled_call_model, decide
 
-    def choose(eager_seconds: float) -> Potential | None:
+    def choose(eager_seconds: float, graphs: list[CrystalGraph]) -> Potential | None:
         potential = compiled_potential(model, **RELAX_COMPILE)
+        store = getattr(potential, "store", None)
+        device = next(potential.model.parameters()).device.type
+        fraction, cold = compiled_call_model(
+            device, eager_seconds, potential.padding_for(graphs), store
+        )
         # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
-        cost = RELAX_MAX_SHAPES * cold_estimate(getattr(potential, "store", None))
-        decision = decide(calls, eager_seconds, cost, what=f"relaxation (~{calls} calls)")
+        cost = RELAX_MAX_SHAPES * cold
+        what = f"relaxation (~{calls} calls)"
+        decision = decide(calls, eager_seconds, cost, fraction=fraction, what=what)
         log.info(decision.reason)
         if progress:
             tqdm.write(decision.reason, file=sys.stderr)

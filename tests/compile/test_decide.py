@@ -21,6 +21,7 @@ from fastchgnet.compile.decide import (
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.store import CompiledStore
 from fastchgnet.data.random_crystals import varied_structures
+from fastchgnet.model.potential import graphs_for
 
 from .conftest import small_model
 
@@ -270,7 +271,6 @@ def test_a_compiled_md_run_sizes_its_shape_from_the_calls_its_patience_runs_eage
 
 
 def test_asking_what_a_compile_costs_makes_no_shape_and_spends_no_patience() -> None:
-    from fastchgnet.model.potential import graphs_for
 
     model = small_model("conservative")
     potential = CompiledPotential(model, backend="aot_eager", store=None, patience=2)
@@ -308,7 +308,13 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
 ) -> None:
     from fastchgnet.md import relax
 
-    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    asked = []
+
+    def cost_model(device, eager_seconds, padding, store):
+        asked.append((device, eager_seconds, padding))
+        return 0.5, 1e-6  # compiled calls take half as long; compiling costs nothing
+
+    monkeypatch.setattr(decide_module, "compiled_call_model", cost_model)
     structures = varied_structures(2, seed=2, max_atoms=4)
     eager = relax(structures, small_model("conservative"), steps=3, compiled=False)
     chosen = relax(structures, small_model("conservative"), steps=3, progress=True)
@@ -317,11 +323,34 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
     assert potential.padding.batches >= 3  # every call after the first
     for a, b in zip(eager, chosen, strict=True):
         assert b.energy == pytest.approx(a.energy, abs=1e-5)
+    # the cost model was asked about the shape the first call's graphs would make
+    ((device, eager_seconds, padding),) = asked
+    assert device == "cpu"
+    assert eager_seconds > 0
+    graphs = graphs_for(potential.config, structures)
+    assert padding == pytest.approx(potential.padding_for(graphs))
+    assert padding > 1
+
+
+def test_a_relaxation_stays_eager_where_padded_compiled_calls_would_not_be_faster(
+    aot_eager, monkeypatch, capsys
+) -> None:
+    """Free compiles, but a CPU whose compiled calls do eager's work per padded entry: the
+    padding alone makes them slower, so the relaxation stays eager (a flat fraction would
+    have compiled)."""
+    from fastchgnet.md import relax
+
+    monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
+    monkeypatch.setattr(decide_module, "EAGER_CALL_OVERHEAD", 0.0)
+    monkeypatch.setattr(decide_module, "COMPILED_WORK_FRACTION", {"AVX2": 1.0})
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    relax(structures, small_model("conservative"), steps=3, progress=True)
+    assert "compile off for this relaxation (~3 calls)" in capsys.readouterr().err
+    assert aot_eager[0].graphs_built == 0
 
 
 def test_padding_for_is_that_of_the_capacity_a_first_call_makes() -> None:
     from fastchgnet.data.capacity import Counts, entries
-    from fastchgnet.model.potential import graphs_for
 
     model = small_model("conservative")
     potential = CompiledPotential(model, backend="aot_eager", store=None)
