@@ -8,6 +8,15 @@ and weighs (``fastchgnet.compile.decide``):
 
     COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - compiled fraction)
 
+The build is cold (``COLD_TRAIN_SECONDS``, or the median of this machine's earlier cold
+builds of that mode) unless this machine built the same training graph before: same code,
+model and loss configuration, precision, capacity, thread count and CPU. Each inductor build
+of a run is recorded (``remember_build``) under the compiled store's folder, ``train-builds/``
+(``fastchgnet.compile.store.default_root``), and inductor keeps the graph in its cache beside
+it, so a repeated run (another learning rate, seed or number of epochs on the same data) loads
+it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so compiles runs
+several times shorter.
+
 Eager trains on unpadded batches; the captured step runs every batch padded to the packed
 plan's one capacity. The compiled fraction is therefore ``train_work_fraction`` (a captured
 step's cost per padded entry over eager's per real entry) times the padded entries per real
@@ -23,15 +32,21 @@ with (a run that has checkpoints but no such file started eager, and stays eager
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import os
+import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastchgnet.compile.decide import CompileDecision, decide, for_cpu
-from fastchgnet.data.capacity import padding_waste
+from fastchgnet.compile.store import code_fingerprint, default_root, use_persistent_inductor_cache
+from fastchgnet.data.capacity import Capacity, padding_waste
 from fastchgnet.data.packing import plan_packed_batches
 from fastchgnet.files import write_json_atomic
 from fastchgnet.model.loss import LossConfig, training_loss
@@ -40,6 +55,9 @@ from fastchgnet.train import collectives
 from fastchgnet.train.checkpoint import latest_checkpoint
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import Splits, collate_items, packing_inputs
+
+if TYPE_CHECKING:
+    from fastchgnet.train.state import Run
 
 #: A captured CPU training step's cost per padded entry (atoms + bonds + angles) over the
 #: eager step's per real entry, eager on the unpadded batch, by the CPU's vector instructions
@@ -70,7 +88,12 @@ COLD_TRAIN_SECONDS = {"conservative": 90.0, "direct": 60.0}
 #: Compile only when the expected saving is this many times the expected build: a wrong "on"
 #: costs minutes on a loaded machine, a wrong "off" only the saving.
 MARGIN = 2.0
+#: A build this machine made before, loaded from inductor's cache in a new process: 6.2 s for
+#: the conservative graph at batch 16 (``bench/bench_compile.py``, stop 32); issue #15's bound.
+WARM_TRAIN_SECONDS = 10.0
 DECISION_FILE = "compile_decision.json"
+#: Folder of build records under the compiled store's root
+BUILDS = "train-builds"
 
 
 def auto_applies(config: TrainConfig, device_type: str) -> bool:
@@ -141,13 +164,17 @@ def choose(
             eager = time_eager_step(model, splits, config.data.batch_size, config.loss)
             steps = training_steps(config, len(splits.train), world_size)
             padding = packed_padding(splits, config, world_size)
+            capacity = packing_inputs(splits, splits.train, config.data.batch_size)[1]
+            seconds, warm = expected_build(build_key(model, config, capacity), mode)
+            built = "built here before" if warm else "cold build"
             decision = decide(
                 steps,
                 eager,
-                COLD_TRAIN_SECONDS[mode],
+                seconds,
                 fraction=min(1.0, train_work_fraction(mode) * padding),
-                what=f"{mode} training on a CPU (packed batches: {padding - 1:.0%} padding)",
-                margin=MARGIN,
+                what=f"{mode} training on a CPU (packed batches: {padding - 1:.0%} padding; "
+                f"{built})",
+                margin=1.0 if warm else MARGIN,
             )
             write_json_atomic(out / DECISION_FILE, decision.__dict__)
     decision = collectives.all_gather_objects(decision)[0]
@@ -166,3 +193,76 @@ def _read(out: Path) -> CompileDecision | None:
         raise ValueError(
             f"{path}: unreadable compile decision ({exc}); delete it to decide again"
         ) from None
+
+
+def build_key(model: torch.nn.Module, config: TrainConfig, capacity: Capacity) -> str:
+    """What a captured training graph is built for, as a hex digest: the code, the model's and
+    the loss's configuration, its precision, the padded ``capacity``, the backend, torch's
+    thread count and the CPU's vector instructions."""
+    described = {
+        "code": code_fingerprint(),
+        "model": dataclasses.asdict(model.config),
+        "precision": getattr(model, "precision", "float32"),
+        "loss": dataclasses.asdict(config.loss),
+        "capacity": dataclasses.asdict(capacity),
+        "backend": config.run.compile_backend,
+        "threads": torch.get_num_threads(),
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _records() -> Path | None:
+    root = default_root()
+    return None if root is None else root / BUILDS
+
+
+def expected_build(key: str, mode: str) -> tuple[float, bool]:
+    """(seconds, warm) the training graph ``key`` of force ``mode`` is expected to take to
+    build: ``WARM_TRAIN_SECONDS`` when this machine recorded it and inductor's cache that holds
+    it is still there, else the median of the recorded cold builds of ``mode``, else
+    ``COLD_TRAIN_SECONDS``."""
+    folder = _records()
+    if folder is None or not folder.is_dir():
+        return COLD_TRAIN_SECONDS[mode], False
+    seen = []
+    for path in folder.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        cache = record.get("inductor_cache")
+        if path.stem == key and cache and Path(cache).is_dir():
+            return WARM_TRAIN_SECONDS, True
+        if record.get("mode") == mode:
+            seen.append(float(record.get("seconds", 0.0)))
+    return (statistics.median(seen) if seen else COLD_TRAIN_SECONDS[mode]), False
+
+
+def remember_build(run: Run) -> None:
+    """Record that this run built its captured training graph (main rank, CPU, inductor; once
+    per graph: a record already there means the build was warm)."""
+    captured = run.step.captured
+    if (
+        run.rank != 0
+        or captured is None
+        or captured.stats.graphs == 0
+        or captured.backend != "inductor"
+        or run.engine.device.type != "cpu"
+        or (folder := _records()) is None
+    ):
+        return
+    path = folder / f"{build_key(run.model, run.config, run.train_sampler.capacity)}.json"
+    if path.exists():
+        return
+    use_persistent_inductor_cache()
+    record = {
+        "mode": run.model.config.forces,
+        "seconds": round(captured.stats.compile_seconds, 2),
+        "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""),
+        "capacity": dataclasses.asdict(run.train_sampler.capacity),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)

@@ -3,7 +3,7 @@ evaluate (every rank runs every evaluation step), and the training options' epoc
 
 from __future__ import annotations
 
-from fastchgnet.train import collectives
+from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     Progress,
     save_checkpoint,
@@ -116,6 +116,8 @@ def _log_row(run: Run, state: Progress, window: Window) -> None:
 
 
 def _log_capture(run: Run) -> None:
+    """Log the capture's graphs and compile seconds; record a CPU build for later runs'
+    compile decisions (``compile_choice.remember_build``)."""
     captured = run.step.captured
     if captured is not None:
         stats = captured.stats
@@ -124,6 +126,7 @@ def _log_capture(run: Run) -> None:
             f"{stats.compile_seconds:.1f} s tracing and compiling",
             run.rank,
         )
+        compile_choice.remember_build(run)
 
 
 def run_eval(run: Run, name: str) -> MetricSums:
