@@ -73,11 +73,20 @@ def default_root() -> Path | None:
 
 
 def use_persistent_inductor_cache() -> None:
-    """Point inductor's cache at ``<cache root>/inductor`` unless ``TORCHINDUCTOR_CACHE_DIR``
-    is set already or the store is turned off (call before the first compile)."""
+    """Point inductor's cache at ``<cache root>/inductor`` unless the user chose another
+    folder in ``TORCHINDUCTOR_CACHE_DIR`` or the store is turned off (call before the first
+    compile). ``import torch._dynamo`` (which ``torch.optim`` does) already writes inductor's
+    own default, under the temporary folder, into that variable; that value is replaced, as
+    inductor reads the variable again at every use. (Until stop 33 it was kept, and training
+    graphs were cached under /tmp.)"""
     root = default_root()
-    if root is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root.parent / "inductor"))
+    if root is None:
+        return
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root.parent / "inductor")
 
 
 @functools.lru_cache(maxsize=1)

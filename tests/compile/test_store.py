@@ -244,3 +244,25 @@ def test_packages_are_built_without_inductors_per_input_checks(
     weight, x = torch.randn(4, 3), torch.randn(5, 4)
     for got, want in zip(runner(weight, x), program(weight, x), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_inductor_caches_in_our_folder_unless_the_user_chose_one(monkeypatch, tmp_path) -> None:
+    """``import torch._dynamo`` writes inductor's default (under /tmp) into
+    TORCHINDUCTOR_CACHE_DIR; our folder replaces that default, never a folder the user set."""
+    import os
+
+    import torch._dynamo  # noqa: F401 - sets the variable to inductor's default when unset
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from fastchgnet.compile.store import use_persistent_inductor_cache
+
+    monkeypatch.setenv("FASTCHGNET_CACHE_DIR", str(tmp_path / "ours"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    use_persistent_inductor_cache()
+    assert cache_dir() == str(tmp_path / "ours" / "inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    use_persistent_inductor_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "ours" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
+    use_persistent_inductor_cache()
+    assert cache_dir() == str(tmp_path / "theirs")
