@@ -165,7 +165,7 @@ def choose(
             steps = training_steps(config, len(splits.train), world_size)
             padding = packed_padding(splits, config, world_size)
             capacity = packing_inputs(splits, splits.train, config.data.batch_size)[1]
-            seconds, warm = expected_build(build_key(model, config, capacity), mode)
+            seconds, warm = expected_build(model, config, capacity)
             built = "built here before" if warm else "cold build"
             decision = decide(
                 steps,
@@ -209,6 +209,15 @@ def build_key(model: torch.nn.Module, config: TrainConfig, capacity: Capacity) -
         "threads": torch.get_num_threads(),
         "cpu": torch.backends.cpu.get_cpu_capability(),
     }
+    return _digest(described)
+
+
+def architecture(model: torch.nn.Module) -> str:
+    """The model's configuration as a hex digest (what a build's size depends on most)."""
+    return _digest(dataclasses.asdict(model.config))
+
+
+def _digest(described: object) -> str:
     text = json.dumps(described, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -218,14 +227,19 @@ def _records() -> Path | None:
     return None if root is None else root / BUILDS
 
 
-def expected_build(key: str, mode: str) -> tuple[float, bool]:
-    """(seconds, warm) the training graph ``key`` of force ``mode`` is expected to take to
-    build: ``WARM_TRAIN_SECONDS`` when this machine recorded it and inductor's cache that holds
-    it is still there, else the median of the recorded cold builds of ``mode``, else
-    ``COLD_TRAIN_SECONDS``."""
+def expected_build(
+    model: torch.nn.Module, config: TrainConfig, capacity: Capacity
+) -> tuple[float, bool]:
+    """(seconds, warm) the training graph of ``model`` and ``config`` at ``capacity`` is
+    expected to take to build: ``WARM_TRAIN_SECONDS`` when this machine recorded it and
+    inductor's cache that holds it is still there, else the median of the cold builds recorded
+    here for the same model configuration (other shapes, losses, threads), else
+    ``COLD_TRAIN_SECONDS`` of its force mode."""
+    key, same = build_key(model, config, capacity), architecture(model)
+    default = COLD_TRAIN_SECONDS[model.config.forces]
     folder = _records()
     if folder is None or not folder.is_dir():
-        return COLD_TRAIN_SECONDS[mode], False
+        return default, False
     seen = []
     for path in folder.glob("*.json"):
         try:
@@ -235,9 +249,9 @@ def expected_build(key: str, mode: str) -> tuple[float, bool]:
         cache = record.get("inductor_cache")
         if path.stem == key and cache and Path(cache).is_dir():
             return WARM_TRAIN_SECONDS, True
-        if record.get("mode") == mode:
+        if record.get("architecture") == same:
             seen.append(float(record.get("seconds", 0.0)))
-    return (statistics.median(seen) if seen else COLD_TRAIN_SECONDS[mode]), False
+    return (statistics.median(seen) if seen else default), False
 
 
 def remember_build(run: Run) -> None:
@@ -259,6 +273,7 @@ def remember_build(run: Run) -> None:
     use_persistent_inductor_cache()
     record = {
         "mode": run.model.config.forces,
+        "architecture": architecture(run.model),
         "seconds": round(captured.stats.compile_seconds, 2),
         "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""),
         "capacity": dataclasses.asdict(run.train_sampler.capacity),

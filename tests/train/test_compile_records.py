@@ -104,16 +104,20 @@ def test_a_build_whose_inductor_cache_is_gone_is_cold_again(
     config = tiny_config(cache, tmp_path / "first")
     run = finished_build(config, seconds=30.0)
     compile_choice.remember_build(run)
-    key = compile_choice.build_key(run.model, config, run.train_sampler.capacity)
-    assert compile_choice.expected_build(key, "conservative") == (
-        compile_choice.WARM_TRAIN_SECONDS,
-        True,
-    )
+    capacity = run.train_sampler.capacity
+    expected = compile_choice.expected_build(run.model, config, capacity)
+    assert expected == (compile_choice.WARM_TRAIN_SECONDS, True)
     (tmp_path / "inductor").rmdir()
-    assert compile_choice.expected_build(key, "conservative") == (30.0, False)
-    # and a key of other threads is another graph
+    assert compile_choice.expected_build(run.model, config, capacity) == (30.0, False)
+    # a key of other threads is another graph; another architecture has no build on record
+    key = compile_choice.build_key(run.model, config, capacity)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
-    assert compile_choice.build_key(run.model, config, run.train_sampler.capacity) != key
+    assert compile_choice.build_key(run.model, config, capacity) != key
+    wider = build_model(tiny_config(cache, tmp_path, "model.architecture.atom_fea_dim=32").model, 0)
+    assert compile_choice.expected_build(wider, config, capacity) == (
+        compile_choice.COLD_TRAIN_SECONDS["conservative"],
+        False,
+    )
 
 
 @pytest.mark.slow
@@ -134,6 +138,5 @@ def test_a_compiled_cpu_run_records_its_build_for_the_next_run(
     model = build_model(config.model, 0)
     splits = make_splits(cache, config.data)
     capacity = packing_inputs(splits, splits.train, config.data.batch_size)[1]
-    key = compile_choice.build_key(model, config, capacity)
-    assert record.stem == key
-    assert compile_choice.expected_build(key, "conservative")[1]  # warm next time
+    assert record.stem == compile_choice.build_key(model, config, capacity)
+    assert compile_choice.expected_build(model, config, capacity)[1]  # warm next time
