@@ -9,7 +9,7 @@ and weighs (``fastchgnet.compile.decide``):
     COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - compiled fraction)
 
 The build is cold (``COLD_TRAIN_SECONDS``, or the median of this machine's earlier cold
-builds of that mode) unless this machine built the same training graph before: same code,
+builds of the same model configuration) unless this machine built the same training graph before: same code,
 model and loss configuration, precision, capacity, thread count and CPU. Each inductor build
 of a run is recorded (``remember_build``) under the compiled store's folder, ``train-builds/``
 (``fastchgnet.compile.store.default_root``), and inductor keeps the graph in its cache beside
