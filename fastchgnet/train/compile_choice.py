@@ -8,14 +8,14 @@ and weighs (``fastchgnet.compile.decide``):
 
     COLD_TRAIN_SECONDS * MARGIN  <  steps * eager step * (1 - compiled fraction)
 
-The build is cold (``COLD_TRAIN_SECONDS``, or the median of this machine's earlier cold
-builds of the same model configuration) unless this machine built the same training graph before: same code,
-model and loss configuration, precision, capacity, thread count and CPU. Each inductor build
-of a run is recorded (``remember_build``) under the compiled store's folder, ``train-builds/``
-(``fastchgnet.compile.store.default_root``), and inductor keeps the graph in its cache beside
-it, so a repeated run (another learning rate, seed or number of epochs on the same data) loads
-it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so compiles runs
-several times shorter.
+The build is cold (``COLD_TRAIN_SECONDS``, or the median of this machine's earlier cold builds
+of the same model configuration) unless this machine built the same training graph before: same
+code, model and loss configuration, precision, capacity, thread count and CPU. Each inductor
+build of a run is recorded (``remember_build``) under the compiled store's folder, ``train-
+builds/`` (``fastchgnet.compile.store.default_root``), and inductor keeps the graph in its
+cache beside it, so a repeated run (another learning rate, seed or number of epochs on the same
+data) loads it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so compiles
+runs several times shorter.
 
 Eager trains on unpadded batches; the captured step runs every batch padded to the packed
 plan's one capacity. The compiled fraction is therefore ``train_work_fraction`` (a captured
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from fastchgnet.compile.decide import CompileDecision, decide, for_cpu
@@ -131,11 +132,17 @@ def training_steps(config: TrainConfig, n_train: int, world_size: int) -> int:
     return min(steps, config.run.max_steps) if config.run.max_steps > 0 else steps
 
 
-def packed_padding(splits: Splits, config: TrainConfig, world_size: int) -> float:
+def packed_padding(
+    splits: Splits,
+    config: TrainConfig,
+    world_size: int,
+    packing: tuple[np.ndarray, Capacity] | None = None,
+) -> float:
     """Padded entries (atoms + bonds + angles) per real one over epoch 0's packed plan of the
     training split, as a compiled run would pack it (1.25: a quarter more work than the real
-    graphs; 1.0 for an empty split)."""
-    sizes, capacity = packing_inputs(splits, splits.train, config.data.batch_size)
+    graphs; 1.0 for an empty split). ``packing``: ``packing_inputs`` of the training split,
+    when the caller has it."""
+    sizes, capacity = packing or packing_inputs(splits, splits.train, config.data.batch_size)
     plan = plan_packed_batches(sizes, world_size, capacity, seed=config.run.seed)
     return 1.0 + padding_waste(plan, sizes, capacity)["waste"]
 
@@ -163,9 +170,9 @@ def choose(
             mode = model.config.forces
             eager = time_eager_step(model, splits, config.data.batch_size, config.loss)
             steps = training_steps(config, len(splits.train), world_size)
-            padding = packed_padding(splits, config, world_size)
-            capacity = packing_inputs(splits, splits.train, config.data.batch_size)[1]
-            seconds, warm = expected_build(model, config, capacity)
+            packing = packing_inputs(splits, splits.train, config.data.batch_size)
+            padding = packed_padding(splits, config, world_size, packing)
+            seconds, warm = expected_build(model, config, packing[1])
             built = "built here before" if warm else "cold build"
             decision = decide(
                 steps,
