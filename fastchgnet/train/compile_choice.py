@@ -11,11 +11,11 @@ and weighs (``fastchgnet.compile.decide``):
 The build is cold (``COLD_TRAIN_SECONDS``, or the median of this machine's earlier cold builds
 of the same model configuration) unless this machine built the same training graph before: same
 code, model and loss configuration, precision, capacity, thread count and CPU. Each inductor
-build of a run is recorded (``remember_build``) under the compiled store's folder, ``train-
-builds/`` (``fastchgnet.compile.store.default_root``), and inductor keeps the graph in its
-cache beside it, so a repeated run (another learning rate, seed or number of epochs on the same
-data) loads it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so compiles
-runs several times shorter.
+build of a run is recorded (``remember_build``) under the compiled store's folder,
+``train-builds/`` (``fastchgnet.compile.store.default_root``), and inductor keeps the graph in
+its cache beside it, so a repeated run (another learning rate, seed or number of epochs on the
+same data) loads it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so
+compiles runs several times shorter.
 
 Eager trains on unpadded batches; the captured step runs every batch padded to the packed
 plan's one capacity. The compiled fraction is therefore ``train_work_fraction`` (a captured
