@@ -35,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +61,8 @@ from fastchgnet.train.loading import Splits, collate_items, packing_inputs
 
 if TYPE_CHECKING:
     from fastchgnet.train.state import Run
+
+log = logging.getLogger("fastchgnet.compile")
 
 #: A captured CPU training step's cost per padded entry (atoms + bonds + angles) over the
 #: eager step's per real entry, eager on the unpadded batch, by the CPU's vector instructions
@@ -95,6 +99,8 @@ WARM_TRAIN_SECONDS = 10.0
 DECISION_FILE = "compile_decision.json"
 #: Folder of build records under the compiled store's root
 BUILDS = "train-builds"
+#: Inductor's FX graph cache, a folder in its cache folder (gone when the cache was cleared)
+INDUCTOR_GRAPHS = "fxgraph"
 
 
 def auto_applies(config: TrainConfig, device_type: str) -> bool:
@@ -204,13 +210,15 @@ def _read(out: Path) -> CompileDecision | None:
 
 def build_key(model: torch.nn.Module, config: TrainConfig, capacity: Capacity) -> str:
     """What a captured training graph is built for, as a hex digest: the code, the model's and
-    the loss's configuration, its precision, the padded ``capacity``, the backend, torch's
-    thread count and the CPU's vector instructions."""
+    the loss's configuration, the frozen parameters (they change the backward), its precision,
+    the padded ``capacity``, the backend, torch's thread count and the CPU's vector
+    instructions."""
     described = {
         "code": code_fingerprint(),
         "model": dataclasses.asdict(model.config),
         "precision": getattr(model, "precision", "float32"),
         "loss": dataclasses.asdict(config.loss),
+        "freeze": list(config.model.freeze),
         "capacity": dataclasses.asdict(capacity),
         "backend": config.run.compile_backend,
         "threads": torch.get_num_threads(),
@@ -234,36 +242,54 @@ def _records() -> Path | None:
     return None if root is None else root / BUILDS
 
 
-def expected_build(
-    model: torch.nn.Module, config: TrainConfig, capacity: Capacity
-) -> tuple[float, bool]:
-    """(seconds, warm) the training graph of ``model`` and ``config`` at ``capacity`` is
-    expected to take to build: ``WARM_TRAIN_SECONDS`` when this machine recorded it and
-    inductor's cache that holds it is still there, else the median of the cold builds recorded
-    here for the same model configuration (other shapes, losses, threads), else
-    ``COLD_TRAIN_SECONDS`` of its force mode."""
-    key, same = build_key(model, config, capacity), architecture(model)
-    default = COLD_TRAIN_SECONDS[model.config.forces]
-    folder = _records()
-    if folder is None or not folder.is_dir():
-        return default, False
-    seen = []
+def _inductor_cache() -> str:
+    """The folder inductor will cache this process's graphs in (ours unless the user chose
+    another), as an absolute path; not created here."""
+    use_persistent_inductor_cache()
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
+
+
+def _read_records(folder: Path) -> Iterator[tuple[str, dict]]:
+    """(key, record) of every readable build record in ``folder``; damaged ones are skipped."""
     for path in folder.glob("*.json"):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        cache = record.get("inductor_cache")
-        if path.stem == key and cache and Path(cache).is_dir():
+        if isinstance(record, dict) and isinstance(record.get("seconds"), int | float):
+            yield path.stem, record
+
+
+def expected_build(
+    model: torch.nn.Module, config: TrainConfig, capacity: Capacity
+) -> tuple[float, bool]:
+    """(seconds, warm) the training graph of ``model`` and ``config`` at ``capacity`` is
+    expected to take to build: ``WARM_TRAIN_SECONDS`` when this machine recorded it in the
+    inductor cache folder this run uses and that folder still holds graphs, else the median of the
+    cold builds recorded here for the same model configuration (other shapes, losses,
+    threads), else ``COLD_TRAIN_SECONDS`` of its force mode."""
+    key, same = build_key(model, config, capacity), architecture(model)
+    default = COLD_TRAIN_SECONDS[model.config.forces]
+    folder = _records()
+    if folder is None or not folder.is_dir():
+        return default, False
+    cache, seen = _inductor_cache(), []
+    holds_graphs = Path(cache, INDUCTOR_GRAPHS).is_dir()
+    for stem, record in _read_records(folder):
+        if stem == key and record.get("inductor_cache") == cache and holds_graphs:
             return WARM_TRAIN_SECONDS, True
-        if record.get("architecture") == same:
-            seen.append(float(record.get("seconds", 0.0)))
+        if record.get("architecture") == same and record.get("cold") is True:
+            seen.append(float(record["seconds"]))
     return (statistics.median(seen) if seen else default), False
 
 
 def remember_build(run: Run) -> None:
-    """Record that this run built its captured training graph (main rank, CPU, inductor; once
-    per graph: a record already there means the build was warm)."""
+    """Record that this run has its captured training graph (main rank, CPU, inductor; once
+    per graph and cache folder). ``cold``: inductor built it (its FX graph cache missed), not
+    loaded it; only cold builds count towards later cold estimates. A record that cannot be
+    written is logged and skipped: the run goes on."""
     captured = run.step.captured
     if (
         run.rank != 0
@@ -274,17 +300,24 @@ def remember_build(run: Run) -> None:
         or (folder := _records()) is None
     ):
         return
+    from torch._dynamo.utils import counters
+
     path = folder / f"{build_key(run.model, run.config, run.train_sampler.capacity)}.json"
-    if path.exists():
+    cache = _inductor_cache()
+    known = dict(_read_records(folder)).get(path.stem)
+    if known is not None and known.get("inductor_cache") == cache:
         return
-    use_persistent_inductor_cache()
     record = {
         "mode": run.model.config.forces,
         "architecture": architecture(run.model),
         "seconds": round(captured.stats.compile_seconds, 2),
-        "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""),
+        "cold": counters["inductor"]["fxgraph_cache_miss"] > 0,
+        "inductor_cache": cache,
         "capacity": dataclasses.asdict(run.train_sampler.capacity),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, record)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+    except OSError as exc:
+        log.warning("compile: build record %s not written (%s)", path, exc)

@@ -335,15 +335,20 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
 def test_a_relaxation_stays_eager_where_padded_compiled_calls_would_not_be_faster(
     aot_eager, monkeypatch, capsys
 ) -> None:
-    """Free compiles, but a CPU whose compiled calls do eager's work per padded entry: the
-    padding alone makes them slower, so the relaxation stays eager (a flat fraction would
-    have compiled)."""
+    """Free compiles and no call overheads, on a CPU whose compiled calls do 0.9 of eager's
+    work per padded entry: unpadded they would pay, but the padding of the first shape makes
+    them slower, so the relaxation stays eager (a flat fraction would have compiled)."""
     from fastchgnet.md import relax
+    from fastchgnet.md.relax import RELAX_COMPILE
 
     monkeypatch.setattr(decide_module, "COLD_PREDICT_SECONDS", 1e-6)
     monkeypatch.setattr(decide_module, "EAGER_CALL_OVERHEAD", 0.0)
-    monkeypatch.setattr(decide_module, "COMPILED_WORK_FRACTION", {"AVX2": 1.0})
+    monkeypatch.setattr(decide_module, "COMPILED_CALL_OVERHEAD", 0.0)
+    monkeypatch.setattr(decide_module, "COMPILED_WORK_FRACTION", {"AVX2": 0.9})
     structures = varied_structures(2, seed=2, max_atoms=4)
+    model = small_model("conservative")
+    shape = CompiledPotential(model, backend="aot_eager", store=None, **RELAX_COMPILE)
+    assert shape.padding_for(graphs_for(model.config, structures)) * 0.9 > 1
     relax(structures, small_model("conservative"), steps=3, progress=True)
     assert "compile off for this relaxation (~3 calls)" in capsys.readouterr().err
     assert aot_eager[0].graphs_built == 0

@@ -5,6 +5,7 @@ builds recorded here."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,14 +25,19 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty compiled store (and inductor cache folder) for this test alone."""
     monkeypatch.setenv("FASTCHGNET_CACHE_DIR", str(tmp_path / "fastchgnet-cache"))
     inductor = tmp_path / "inductor"
-    inductor.mkdir()
+    (inductor / compile_choice.INDUCTOR_GRAPHS).mkdir(parents=True)  # as inductor leaves it
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(inductor))
     return tmp_path / "fastchgnet-cache" / "compiled"
 
 
-def finished_build(config: TrainConfig, seconds: float) -> SimpleNamespace:
-    """What ``remember_build`` reads of a run that built its training graph with inductor on
-    a CPU in ``seconds``."""
+def finished_build(
+    config: TrainConfig, seconds: float, monkeypatch: pytest.MonkeyPatch, cold: bool = True
+) -> SimpleNamespace:
+    """What ``remember_build`` reads of a run that has its training graph, by inductor on a
+    CPU, in ``seconds``: built (``cold``: inductor's FX graph cache missed) or loaded."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setitem(counters["inductor"], "fxgraph_cache_miss", 1 if cold else 0)
     model = build_model(config.model, 0)
     splits = make_splits(Path(config.data.source), config.data)
     sampler = make_sampler(splits, splits.train, config.data, (0, 1), 0, packed=True)
@@ -67,7 +73,7 @@ def test_a_repeated_run_expects_a_warm_build_and_compiles_a_shorter_run(
     assert first.compile_seconds == compile_choice.COLD_TRAIN_SECONDS["conservative"]
     assert "cold build" in first.reason
 
-    compile_choice.remember_build(finished_build(config, seconds=120.0))
+    compile_choice.remember_build(finished_build(config, 120.0, monkeypatch))
     (record,) = store.joinpath(compile_choice.BUILDS).glob("*.json")
     assert json.loads(record.read_text())["seconds"] == 120.0
 
@@ -84,8 +90,14 @@ def test_another_shape_is_a_cold_build_estimated_from_the_builds_recorded_here(
 ) -> None:
     cache = small_cache(tmp_path / "cache", n=24)
     config = tiny_config(cache, tmp_path / "first")
-    compile_choice.remember_build(finished_build(config, seconds=30.0))
-    compile_choice.remember_build(finished_build(config, seconds=99.0))  # warm: not recorded
+    compile_choice.remember_build(finished_build(config, 30.0, monkeypatch))
+    compile_choice.remember_build(finished_build(config, 99.0, monkeypatch))  # known: skipped
+    # a graph of another shape loaded from inductor's cache (a code change made its key new):
+    # recorded, but no cold build
+    loaded = tiny_config(cache, tmp_path / "loaded", "data.batch_size=6")
+    compile_choice.remember_build(finished_build(loaded, 5.0, monkeypatch, cold=False))
+    records = [json.loads(p.read_text()) for p in store.joinpath(compile_choice.BUILDS).glob("*")]
+    assert sorted((r["seconds"], r["cold"]) for r in records) == [(5.0, False), (30.0, True)]
     bigger = tiny_config(cache, tmp_path / "bigger", "data.batch_size=8")
     splits = make_splits(cache, bigger.data)
     capacities = [
@@ -102,15 +114,29 @@ def test_a_build_whose_inductor_cache_is_gone_is_cold_again(
 ) -> None:
     cache = small_cache(tmp_path / "cache", n=24)
     config = tiny_config(cache, tmp_path / "first")
-    run = finished_build(config, seconds=30.0)
+    run = finished_build(config, 30.0, monkeypatch)
     compile_choice.remember_build(run)
     capacity = run.train_sampler.capacity
     expected = compile_choice.expected_build(run.model, config, capacity)
     assert expected == (compile_choice.WARM_TRAIN_SECONDS, True)
-    (tmp_path / "inductor").rmdir()
+    # damaged records are skipped, never trusted
+    builds = store / compile_choice.BUILDS
+    builds.joinpath("list.json").write_text("[1, 2]")
+    builds.joinpath("no-seconds.json").write_text('{"seconds": null, "cold": true}')
+    assert compile_choice.expected_build(run.model, config, capacity) == expected
+    # another inductor cache folder, even one holding graphs, does not hold this one
+    other = tmp_path / "other-inductor"
+    (other / compile_choice.INDUCTOR_GRAPHS).mkdir(parents=True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(other))
     assert compile_choice.expected_build(run.model, config, capacity) == (30.0, False)
-    # a key of other threads is another graph; another architecture has no build on record
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    shutil.rmtree(tmp_path / "inductor")  # the cache was cleared
+    assert compile_choice.expected_build(run.model, config, capacity) == (30.0, False)
+    # other threads or frozen parameters make another graph; another architecture has no
+    # build on record
     key = compile_choice.build_key(run.model, config, capacity)
+    frozen = tiny_config(cache, tmp_path / "first", 'model.freeze=["atom_embedding"]')
+    assert compile_choice.build_key(run.model, frozen, capacity) != key
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     assert compile_choice.build_key(run.model, config, capacity) != key
     wider = build_model(tiny_config(cache, tmp_path, "model.architecture.atom_fea_dim=32").model, 0)
@@ -132,6 +158,7 @@ def test_a_compiled_cpu_run_records_its_build_for_the_next_run(
     (record,) = store.joinpath(compile_choice.BUILDS).glob("*.json")
     written = json.loads(record.read_text())
     assert written["mode"] == "conservative"
+    assert written["cold"] is True  # built into the empty cache, not loaded
     compile_seconds = json.loads((tmp_path / "run" / "summary.json").read_text())["compile_seconds"]
     assert written["seconds"] == pytest.approx(compile_seconds, abs=0.01)
     assert written["seconds"] > 0
@@ -140,3 +167,16 @@ def test_a_compiled_cpu_run_records_its_build_for_the_next_run(
     capacity = packing_inputs(splits, splits.train, config.data.batch_size)[1]
     assert record.stem == compile_choice.build_key(model, config, capacity)
     assert compile_choice.expected_build(model, config, capacity)[1]  # warm next time
+
+
+def test_a_record_that_cannot_be_written_leaves_the_run_going(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(compile_choice, "write_json_atomic", full_disk)
+    config = tiny_config(small_cache(tmp_path / "cache", n=24), tmp_path / "run")
+    compile_choice.remember_build(finished_build(config, 30.0, monkeypatch))
+    assert "not written (" in caplog.text
+    assert "No space left on device" in caplog.text
