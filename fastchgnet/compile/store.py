@@ -72,21 +72,22 @@ def default_root() -> Path | None:
     return root / "compiled"
 
 
-def use_persistent_inductor_cache() -> None:
+def use_persistent_inductor_cache() -> str:
     """Point inductor's cache at ``<cache root>/inductor`` unless the user chose another
     folder in ``TORCHINDUCTOR_CACHE_DIR`` or the store is turned off (call before the first
-    compile). ``import torch._dynamo`` (which ``torch.optim`` does) already writes inductor's
-    own default, under the temporary folder, into that variable; that value is replaced, as
+    compile); returns the folder inductor will use, as an absolute path (not created here).
+    ``import torch._dynamo`` (which ``torch.optim`` does) already writes inductor's own
+    default, under the temporary folder, into that variable; that value is replaced, as
     inductor reads the variable again at every use. (Until stop 33 it was kept, and training
     graphs were cached under /tmp.)"""
-    root = default_root()
-    if root is None:
-        return
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
+    default = os.path.abspath(default_cache_dir())
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root.parent / "inductor")
+    root = default_root()
+    if root is not None and (current is None or os.path.abspath(current) == default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(root.parent / "inductor")
+    return os.path.abspath(current) if current else default
 
 
 @functools.lru_cache(maxsize=1)
@@ -113,6 +114,11 @@ def program_key(config: Any, program: str, inputs: Sequence[Tensor], n_short_bon
         "n_short_bonds": n_short_bonds,
         "threads": torch.get_num_threads(),
     }
+    return json_digest(described)
+
+
+def json_digest(described: Any) -> str:
+    """sha256 hex digest of ``described`` as sorted JSON (anything else as its ``str``)."""
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 

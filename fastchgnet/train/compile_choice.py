@@ -33,14 +33,11 @@ with (a run that has checkpoints but no such file started eager, and stays eager
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,7 +45,12 @@ import numpy as np
 import torch
 
 from fastchgnet.compile.decide import CompileDecision, decide, for_cpu
-from fastchgnet.compile.store import code_fingerprint, default_root, use_persistent_inductor_cache
+from fastchgnet.compile.store import (
+    code_fingerprint,
+    default_root,
+    json_digest,
+    use_persistent_inductor_cache,
+)
 from fastchgnet.data.capacity import Capacity, padding_waste
 from fastchgnet.data.packing import plan_packed_batches
 from fastchgnet.files import write_json_atomic
@@ -224,17 +226,12 @@ def build_key(model: torch.nn.Module, config: TrainConfig, capacity: Capacity) -
         "threads": torch.get_num_threads(),
         "cpu": torch.backends.cpu.get_cpu_capability(),
     }
-    return _digest(described)
+    return json_digest(described)
 
 
 def architecture(model: torch.nn.Module) -> str:
     """The model's configuration as a hex digest (what a build's size depends on most)."""
-    return _digest(dataclasses.asdict(model.config))
-
-
-def _digest(described: object) -> str:
-    text = json.dumps(described, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_digest(dataclasses.asdict(model.config))
 
 
 def _records() -> Path | None:
@@ -242,24 +239,15 @@ def _records() -> Path | None:
     return None if root is None else root / BUILDS
 
 
-def _inductor_cache() -> str:
-    """The folder inductor will cache this process's graphs in (ours unless the user chose
-    another), as an absolute path; not created here."""
-    use_persistent_inductor_cache()
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir())
-
-
-def _read_records(folder: Path) -> Iterator[tuple[str, dict]]:
-    """(key, record) of every readable build record in ``folder``; damaged ones are skipped."""
-    for path in folder.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("seconds"), int | float):
-            yield path.stem, record
+def _read_record(path: Path) -> dict | None:
+    """The build record at ``path``, or None when it is missing or damaged (never trusted)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("seconds"), int | float):
+        return record
+    return None
 
 
 def expected_build(
@@ -275,10 +263,13 @@ def expected_build(
     folder = _records()
     if folder is None or not folder.is_dir():
         return default, False
-    cache, seen = _inductor_cache(), []
+    cache, seen = use_persistent_inductor_cache(), []
     holds_graphs = Path(cache, INDUCTOR_GRAPHS).is_dir()
-    for stem, record in _read_records(folder):
-        if stem == key and record.get("inductor_cache") == cache and holds_graphs:
+    for path in folder.glob("*.json"):
+        record = _read_record(path)
+        if record is None:
+            continue
+        if path.stem == key and record.get("inductor_cache") == cache and holds_graphs:
             return WARM_TRAIN_SECONDS, True
         if record.get("architecture") == same and record.get("cold") is True:
             seen.append(float(record["seconds"]))
@@ -303,8 +294,8 @@ def remember_build(run: Run) -> None:
     from torch._dynamo.utils import counters
 
     path = folder / f"{build_key(run.model, run.config, run.train_sampler.capacity)}.json"
-    cache = _inductor_cache()
-    known = dict(_read_records(folder)).get(path.stem)
+    cache = use_persistent_inductor_cache()
+    known = _read_record(path)
     if known is not None and known.get("inductor_cache") == cache:
         return
     record = {
