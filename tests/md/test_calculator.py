@@ -93,3 +93,30 @@ def test_element_beyond_the_model_is_named(model):
     atoms.calc = Calculator(model)
     with pytest.raises(StructureError, match=r"Z=\[95\]"):
         atoms.get_potential_energy()
+
+
+def test_state_check_reports_what_ase_reports(model, small_crystals):
+    """The calculator's exact-equality fast path gives ASE's ``compare_atoms`` answer for
+    every change ASE tracks (and none when nothing changed), so it never skips a recompute."""
+    from ase.calculators.calculator import compare_atoms
+
+    atoms = small_crystals[0]
+    atoms.calc = calc = Calculator(model)
+    atoms.get_forces()
+    assert calc.check_state(atoms) == []
+    edits = {
+        "positions": lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 1e-9),
+        "cell": lambda a: a.set_cell(a.cell.array * 1.001, scale_atoms=False),
+        "pbc": lambda a: a.set_pbc([True, True, False]),
+        "numbers": lambda a: a.numbers.__setitem__(0, 3),
+        "initial_magmoms": lambda a: a.set_initial_magnetic_moments(np.ones(len(a))),
+        "initial_charges": lambda a: a.set_initial_charges(np.ones(len(a))),
+    }
+    for prop, edit in edits.items():
+        changed = atoms.copy()
+        edit(changed)
+        expected = compare_atoms(calc.atoms, changed, excluded_properties=set(calc.ignored_changes))
+        assert sorted(calc.check_state(changed)) == sorted(expected) == [prop], prop
+    tiny = atoms.copy()
+    tiny.positions[0, 0] += 1e-17  # within ASE's tolerance of 1e-15: no change for either
+    assert calc.check_state(tiny) == compare_atoms(calc.atoms, tiny)
