@@ -68,14 +68,13 @@ def worker(program: str) -> dict[str, float]:
         from bench_train_step import random_labels
 
         from fastchgnet.data.capacity import tight_capacity
-        from fastchgnet.data.padding import collate_padded
-        from fastchgnet.train.step import standalone_step
+        from fastchgnet.train.loading import PaddedCollate
+        from fastchgnet.train.step import dynamic_sizes, standalone_step
 
         structures = varied_structures(16, seed=7, max_atoms=64)
         graphs = [build_graph(s) for s in structures]
-        batch, labels = collate_padded(
-            graphs, tight_capacity([graphs]), random_labels(structures, seed=1)
-        )
+        collate = PaddedCollate(tight_capacity([graphs]), fit=dynamic_sizes("cpu"))
+        batch, labels = collate(list(zip(graphs, random_labels(structures, seed=1), strict=True)))
         model.train()
         step = standalone_step(model, compiled=True)
         step(batch, labels)

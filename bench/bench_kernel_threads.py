@@ -54,7 +54,7 @@ def main() -> None:
     graphs = [build_graph(s) for s in structures]
     order = np.random.default_rng(0).permutation(len(structures))
     b = args.batch_size
-    _, capacity, batches = padded_batches(graphs, labels, order, b, 4)
+    _, capacity, batches = padded_batches(graphs, labels, order, b, 4, fit=True)
     ours = "ours: expanded form, all-thread kernels"
     variants = {
         ours: (True, capture.CPU_INDUCTOR_OPTIONS),

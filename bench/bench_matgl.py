@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_step import packed_plan, random_labels, reference_step, timed
+from bench_train_step import packed_plan, padded_entries, random_labels, reference_step, timed
 from matgl_side import matgl_batch, matgl_graphs, matgl_step, matgl_training_parts
 
 OURS = ["conservative eager", "conservative captured", "direct eager", "direct captured"]
@@ -52,12 +52,11 @@ def build_sides(args: argparse.Namespace) -> dict:
     """Each side's step as ``run(k)`` for batch k, all batches built (untimed)."""
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
-    from fastchgnet.data.capacity import Counts, entries, tight_capacity
+    from fastchgnet.data.capacity import Counts, tight_capacity
     from fastchgnet.data.graph import build_graph
-    from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
-    from fastchgnet.train.loading import collate_items
-    from fastchgnet.train.step import standalone_step
+    from fastchgnet.train.loading import PaddedCollate, collate_items
+    from fastchgnet.train.step import dynamic_sizes, standalone_step
 
     n = args.batches * args.batch_size
     structures = varied_structures(n, seed=7, max_atoms=args.max_atoms)
@@ -110,13 +109,13 @@ def build_sides(args: argparse.Namespace) -> dict:
             else packing[1]
         )
         real = sum(Counts.of([our_graphs[i] for i in c]).entries for c in chunks)
-        waste = len(chunks) * entries(capacity) / real - 1
+        # as CPU training's captured step takes them: padded to the capacity in structures and
+        # short bonds only (train.step.dynamic_sizes), or to the whole capacity
+        collate = PaddedCollate(capacity, fit=dynamic_sizes("cpu"))
+        padded = [collate([(our_graphs[i], labels[i]) for i in c]) for c in chunks]
+        waste = sum(padded_entries(x) for x, _ in padded) / real - 1
         print(f"ours: one capacity for all batches {capacity}; the captured steps' padding "
               f"waste {waste:.1%} (padded entries per real one)", flush=True)  # fmt: skip
-        padded = [
-            collate_padded([our_graphs[i] for i in c], capacity, [labels[i] for i in c])
-            for c in chunks
-        ]
         # eager steps take batches as they come, as launcher/train.py collates them when it
         # does not compile (data.batching auto -> balanced): no padding
         plain = [collate_items([(our_graphs[i], labels[i]) for i in c]) for c in chunks]

@@ -138,15 +138,28 @@ def packed_plan(graphs: list, batch_size: int) -> tuple[list[list[int]], object]
     return [step[0] for step in plan if step[0]], capacity
 
 
+def padded_entries(batch) -> int:
+    """Atoms + bonds + angles of a padded GraphBatch (its shapes)."""
+    return batch.atomic_numbers.shape[0] + batch.bond_atoms.shape[0] + batch.angle_edges.shape[0]
+
+
 def padded_batches(
-    graphs: list, labels: list, order: np.ndarray, b: int, n: int, packed: bool = False
+    graphs: list,
+    labels: list,
+    order: np.ndarray,
+    b: int,
+    n: int,
+    packed: bool = False,
+    fit: bool = False,
 ):
     """(chunks, capacity, padded): ``n`` batches of ``b`` structures taken in ``order``, their
-    one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it. ``packed``: the
-    same ``n * b`` structures in the batches compiled training packs (``packed_plan``: about
-    ``b`` structures each, at packing's one capacity)."""
+    one tight capacity, and our padded (GraphBatch, LabelBatch) pairs at it (``fit``: at their
+    own sizes within it, as CPU training's captured step takes them,
+    ``train.loading.PaddedCollate``). ``packed``: the same ``n * b`` structures in the batches
+    compiled training packs (``packed_plan``: about ``b`` structures each, at packing's one
+    capacity)."""
     from fastchgnet.data.capacity import tight_capacity
-    from fastchgnet.data.padding import collate_padded
+    from fastchgnet.train.loading import PaddedCollate
 
     if packed:
         chosen = order[: n * b]
@@ -155,9 +168,8 @@ def padded_batches(
     else:
         chunks = [order[k * b : (k + 1) * b] for k in range(n)]
         capacity = tight_capacity([[graphs[i] for i in c] for c in chunks])
-    padded = [
-        collate_padded([graphs[i] for i in c], capacity, [labels[i] for i in c]) for c in chunks
-    ]
+    collate = PaddedCollate(capacity, fit=fit)
+    padded = [collate([(graphs[i], labels[i]) for i in c]) for c in chunks]
     return chunks, capacity, padded
 
 
@@ -218,14 +230,13 @@ def main() -> None:
     from fastchgnet import FastCHGNet
     from fastchgnet.cli.profile import reference_training_parts
     from fastchgnet.data.capacity import Counts
-    from fastchgnet.data.capacity import entries as capacity_entries
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.random_crystals import varied_structures
     from fastchgnet.numerics import flush_denormals
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.profiling.memory import PeakMemory, exact_rss
     from fastchgnet.train.loading import collate_items
-    from fastchgnet.train.step import standalone_step
+    from fastchgnet.train.step import dynamic_sizes, standalone_step
 
     torch.manual_seed(0)
     reference, criterion, ref_optimizer = reference_training_parts()
@@ -248,7 +259,7 @@ def main() -> None:
     results = []
     for b in args.batch_sizes:
         chunks, capacity, padded = padded_batches(
-            our_graphs, labels, order, b, args.batches, packed=args.packed
+            our_graphs, labels, order, b, args.batches, args.packed, dynamic_sizes(device)
         )
         n_structures = sum(len(c) for c in chunks)
         ref_batches = [
@@ -265,7 +276,7 @@ def main() -> None:
         ]
         real = sum(int(sizes[c].sum()) for c in chunks) / len(chunks)
         entries = sum(Counts.of([our_graphs[i] for i in c]).entries for c in chunks)
-        waste = len(chunks) * capacity_entries(capacity) / entries - 1
+        waste = sum(padded_entries(x) for x, _ in padded) / entries - 1
         print(f"\nbatch size {b}{' (packed)' if args.packed else ''}: {len(chunks)} batches of "
               f"{min(map(len, chunks))}-{max(map(len, chunks))} structures, capacity {capacity} "
               f"(mean real atoms {real:.0f}); the compiled steps' padding waste {waste:.1%} "

@@ -18,6 +18,7 @@ parameters receive gradients and a weight update needs no retrace.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import fields
 
 import torch
@@ -85,11 +86,15 @@ def trace_program(
     program: Program,
     batch: GraphBatch,
     labels: LabelBatch | None = None,
+    *,
+    symbolic: bool = False,
 ) -> fx.GraphModule:
     """Trace ``program(model, batch, labels)`` for this batch's shapes into an aten graph.
 
     The graph's inputs are ``model_state(model)[1] + batch_inputs(batch, labels)``; its outputs
     ``program``'s tuple (None outputs stay None). Tracing runs on fake tensors (no compute).
+    ``symbolic``: sizes stay symbols (make_fx's "symbolic" mode) wherever the model does not
+    fix them, so one graph serves batches of other sizes (``n_short_bonds`` stays baked in).
     """
     names, state = model_state(model)
     n_state = len(names)
@@ -103,11 +108,22 @@ def trace_program(
         graph_batch, graph_labels = rebuild(flat[n_state:], n_short_bonds, with_labels)
         return torch.func.functional_call(runner, values, (graph_batch, graph_labels))
 
-    traced = make_fx(flat_program, tracing_mode="fake", _allow_non_fake_inputs=True)(
-        *state, *batch_inputs(batch, labels)
-    )
+    mode = "symbolic" if symbolic else "fake"
+    with separate_sizes():
+        traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(
+            *state, *batch_inputs(batch, labels)
+        )
     strip_detach(traced)
     return traced
+
+
+def separate_sizes() -> AbstractContextManager:
+    """Symbolic shapes without "duck sizing" within the block: every input size gets its own
+    symbol. Duck sizing gives equal sizes one symbol, so a batch of 64 atoms would share the
+    symbol of a 64-wide weight and be fixed at 64 with it."""
+    import torch.fx.experimental._config as shapes_config
+
+    return shapes_config.patch(use_duck_shape=False)
 
 
 class _ProgramModule(nn.Module):

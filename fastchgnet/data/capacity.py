@@ -8,7 +8,8 @@ bond when those are counted, since padding angles pair one with its reverse): th
 padding, the packer (``room`` in array form) and the compiled potential. Capacities come from
 the graphs at hand (``tight_capacity``), from a data set's sizes (``packing_capacity``) or
 with a margin for graphs that change (``with_headroom``), and a tighter one for graphs that
-shrank (``shrunk``); ``padding_waste`` reports the cost.
+shrank (``shrunk``); a batch run by a captured program with dynamic sizes takes its own sizes
+within one (``fitted``); ``padding_waste`` reports the cost.
 """
 
 from __future__ import annotations
@@ -130,6 +131,38 @@ def with_headroom(
     return Capacity(structures, atoms, short + long, angles, short_bonds=short)
 
 
+#: Atoms, long bonds and angles of a ``fitted`` batch are multiples of this, and at least it
+FIT_ROUND = 32
+
+
+def fitted(capacity: Capacity, counts: Counts, round_to: int = FIT_ROUND) -> Capacity:
+    """The shape of one batch with ``counts`` run by a captured program with dynamic sizes
+    (``compile.CapturedModel(dynamic=True)``): structures and short bonds those of
+    ``capacity`` (the program is specialised on them), atoms (with the padding atom), long
+    bonds and angles the batch's own, rounded up to ``round_to`` and at least ``round_to``
+    (compilers specialise sizes 0 and 1, and the padding needs one long bond).
+
+    Raises:
+        ValueError: ``capacity`` has no ``short_bonds``, or ``counts`` do not fit it.
+    """
+    if capacity.short_bonds is None:
+        raise ValueError(f"fitted batches need a capacity with short_bonds, got {capacity}")
+    if not fits(capacity, counts):
+        raise ValueError(f"graphs needing {counts} do not fit capacity {capacity}")
+
+    def size(n: int) -> int:
+        return max(round_up(n, round_to), round_to)
+
+    short = capacity.short_bonds
+    return Capacity(
+        structures=capacity.structures,
+        atoms=size(counts.atoms + 1),
+        bonds=short + size(counts.long_bonds),
+        angles=size(counts.angles),
+        short_bonds=short,
+    )
+
+
 def shrunk(
     current: Capacity,
     counts: Counts,
@@ -218,14 +251,23 @@ class PaddingTally:
         }
 
 
-def padding_waste(plan: Sequence, sizes: np.ndarray, capacity: Capacity) -> dict[str, float]:
+def padding_waste(
+    plan: Sequence, sizes: np.ndarray, capacity: Capacity, fit: bool = False
+) -> dict[str, float]:
     """Rank batches of ``plan`` (``plan[step][rank]`` lists of indices into ``sizes``, (N, 3+)
-    atoms, bonds, angles) padded to ``capacity``: their count, real and padded entries
-    (atoms + bonds + angles) and the waste = padded / real (empty rank batches excluded)."""
-    sizes = np.asarray(sizes, dtype=np.int64)[:, :3]
+    atoms, bonds, angles, and with ``fit`` short bonds fourth) padded to ``capacity`` (``fit``:
+    each to its ``fitted`` shape within it): their count, real and padded entries (atoms +
+    bonds + angles) and the waste = padded / real (empty rank batches excluded)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
     tally = PaddingTally()
     for step in plan:
         for rank in step:
             if len(rank):
-                tally.add(int(sizes[rank].sum()), capacity)
+                atoms, bonds, angles = (int(x) for x in sizes[rank, :3].sum(axis=0))
+                shape = capacity
+                if fit:
+                    short = int(sizes[rank, 3].sum())
+                    counts = Counts(len(rank), atoms, short, bonds - short, angles)
+                    shape = fitted(capacity, counts)
+                tally.add(atoms + bonds + angles, shape)
     return tally.report()

@@ -88,7 +88,8 @@ def gather(values: Tensor, index: Tensor) -> Tensor:
 def _eager_cpu_rows(values: Tensor, elements: int) -> bool:
     """Whether a gather or scatter sum of ``elements`` takes ``_RowGather`` / ``_RowScatter``:
     eager (not traced), on a CPU, at least ``ROW_COPY_MIN`` elements."""
-    return elements >= ROW_COPY_MIN and values.device.type == "cpu" and not tracing()
+    # tracing first: a symbolic trace would otherwise guard on the size
+    return values.device.type == "cpu" and not tracing() and elements >= ROW_COPY_MIN
 
 
 def tracing() -> bool:

@@ -17,11 +17,12 @@ its cache beside it, so a repeated run (another learning rate, seed or number of
 same data) loads it in seconds: it expects ``WARM_TRAIN_SECONDS`` and no ``MARGIN``, and so
 compiles runs several times shorter.
 
-Eager trains on unpadded batches; the captured step runs every batch padded to the packed
-plan's one capacity. The compiled fraction is therefore ``train_work_fraction`` (a captured
-step's cost per padded entry over eager's per real entry) times the padded entries per real
-one of this run's packed plan (``packed_padding``: epoch 0's plan of the training split), at
-most 1: a data set whose largest structures force a roomy capacity stays eager.
+Eager trains on unpadded batches; the captured step runs every batch of the packed plan
+padded within its one capacity (on a CPU to the batch's own sizes in all but structures and
+short bonds, ``train.step.training_capture``). The compiled fraction is therefore
+``train_work_fraction`` (a captured step's cost per padded entry over eager's per real entry)
+times the padded entries per real one of this run's packed plan (``packed_padding``: epoch 0's
+plan of the training split), at most 1.
 
 Every rank takes rank 0's answer (one ``all_gather_objects``: every rank reaches it). The
 decision and its one-line reason are logged and written to ``<out_dir>/compile_decision.json``;
@@ -60,6 +61,7 @@ from fastchgnet.train import collectives
 from fastchgnet.train.checkpoint import latest_checkpoint
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import Splits, collate_items, packing_inputs
+from fastchgnet.train.step import dynamic_sizes
 
 if TYPE_CHECKING:
     from fastchgnet.train.state import Run
@@ -147,12 +149,12 @@ def packed_padding(
     packing: tuple[np.ndarray, Capacity] | None = None,
 ) -> float:
     """Padded entries (atoms + bonds + angles) per real one over epoch 0's packed plan of the
-    training split, as a compiled run would pack it (1.25: a quarter more work than the real
-    graphs; 1.0 for an empty split). ``packing``: ``packing_inputs`` of the training split,
-    when the caller has it."""
+    training split, as a compiled CPU run would pack and pad it (1.25: a quarter more work
+    than the real graphs; 1.0 for an empty split). ``packing``: ``packing_inputs`` of the
+    training split, when the caller has it."""
     sizes, capacity = packing or packing_inputs(splits, splits.train, config.data.batch_size)
     plan = plan_packed_batches(sizes, world_size, capacity, seed=config.run.seed)
-    return 1.0 + padding_waste(plan, sizes, capacity)["waste"]
+    return 1.0 + padding_waste(plan, sizes, capacity, fit=dynamic_sizes("cpu"))["waste"]
 
 
 def choose(

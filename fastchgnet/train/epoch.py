@@ -27,8 +27,11 @@ def train_one_epoch(run: Run) -> bool:
     if run.train_loader is None:  # one loader for the run: its workers persist across epochs
         run.train_batches = EpochBatches(sampler, run.splits.train, epoch, progress.step_in_epoch)
         capacity = sampler.capacity if run.compiled else None
+        fit = run.step.captured is not None and run.step.captured.dynamic
         workers, device = config.data.loader_workers, run.engine.device
-        run.train_loader = make_loader(run.splits, run.train_batches, workers, capacity, device)
+        run.train_loader = make_loader(
+            run.splits, run.train_batches, workers, capacity, device, fit=fit
+        )
     else:
         run.train_batches.set_epoch(epoch, progress.step_in_epoch)
     log(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.cache import GraphDataset
-from fastchgnet.data.capacity import Capacity, packing_capacity
+from fastchgnet.data.capacity import Capacity, Counts, fitted, packing_capacity
 from fastchgnet.data.frame import Frame
 from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler
@@ -97,15 +97,19 @@ def collate_items(
 class PaddedCollate:
     """``GraphDataset`` items -> (GraphBatch, LabelBatch) padded to ``capacity`` (the real
     structures first, then empty slots and the padding dummy, whose labels are masked; no
-    items: padding only, the same shape)."""
+    items: padding only, the same shape). With ``fit`` (a captured step with dynamic sizes,
+    ``compile.CapturedModel(dynamic=True)``) only structures and short bonds are padded to
+    ``capacity``; atoms, long bonds and angles take the batch's own (``capacity.fitted``)."""
 
     capacity: Capacity
     dtype: torch.dtype = torch.float32
+    fit: bool = False
 
     def __call__(self, items: Sequence[tuple[object, object]]) -> tuple[GraphBatch, LabelBatch]:
         graphs = [graph for graph, _ in items]
         labels = [label for _, label in items]
-        batch, labels = collate_padded(graphs, self.capacity, labels, self.dtype)
+        capacity = fitted(self.capacity, Counts.of(graphs)) if self.fit else self.capacity
+        batch, labels = collate_padded(graphs, capacity, labels, self.dtype)
         assert labels is not None
         return batch, labels
 
@@ -253,9 +257,10 @@ def make_loader(
     workers: int,
     capacity: Capacity | None = None,
     device: torch.device | str = "cpu",
+    fit: bool = False,
 ) -> DataLoader:
     """DataLoader yielding (GraphBatch, LabelBatch) for the given batch sampler, padded to
-    ``capacity`` when given.
+    ``capacity`` when given (``fit``: to each batch's own sizes within it, ``PaddedCollate``).
 
     ``workers``: processes collating batches (-1: ``loader_workers``' automatic choice for
     ``device``); they persist across epochs when the same loader is iterated again (give it an
@@ -266,7 +271,7 @@ def make_loader(
     return DataLoader(
         splits.dataset,
         batch_sampler=batches,
-        collate_fn=collate_items if capacity is None else PaddedCollate(capacity),
+        collate_fn=collate_items if capacity is None else PaddedCollate(capacity, fit=fit),
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.device(device).type == "cuda",

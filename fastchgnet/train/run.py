@@ -46,7 +46,7 @@ from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions
 from fastchgnet.train.progress import Scalars, log
 from fastchgnet.train.state import Run, RunSummary
-from fastchgnet.train.step import TrainStep
+from fastchgnet.train.step import TrainStep, training_capture
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunSummary:
@@ -155,14 +155,11 @@ def build_engine(run: Run, model: torch.nn.Module) -> None:
     )
     captured = None
     if run.compiled:
-        from fastchgnet.compile import CapturedModel
-
-        captured = CapturedModel(
-            run.model, loss_config=config.loss, backend=config.run.compile_backend
-        )
+        captured = training_capture(run.model, config.loss, config.run.compile_backend)
+        sizes = "sizes within" if captured.dynamic else "one padded shape"
         log(
-            f"compile: training step captured ({config.run.compile_backend}) for one padded "
-            f"shape {run.train_sampler.capacity}; the first step compiles",
+            f"compile: training step captured ({config.run.compile_backend}) for {sizes} "
+            f"{run.train_sampler.capacity}; the first step compiles",
             run.rank,
         )
     run.step = TrainStep(run.engine, config.loss, captured)

@@ -14,7 +14,7 @@ from fastchgnet.compile.decide import CompileDecision
 from fastchgnet.files import write_json_atomic
 from fastchgnet.train import compile_choice
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.loading import make_sampler, make_splits
+from fastchgnet.train.loading import PaddedCollate, make_sampler, make_splits
 from fastchgnet.train.model_setup import build_model
 from fastchgnet.train.run import train
 from tests.train.helpers import small_cache, step_losses, tiny_config
@@ -117,13 +117,16 @@ def test_auto_keeps_a_cpu_run_eager_when_padding_takes_the_gain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # even a free build does not pay where the packed batches' padding makes every captured
-    # step cost more than the eager one on the unpadded batch
+    # step cost more than the eager one on the unpadded batch: one tiny structure a batch,
+    # padded to sizes of at least 32, with a captured step at 0.9 of eager's cost per entry
     monkeypatch.setitem(compile_choice.COLD_TRAIN_SECONDS, "conservative", 0.0)
+    slow = {"conservative": 0.9, "direct": 0.9}
+    monkeypatch.setattr(compile_choice, "TRAIN_WORK_FRACTION", {"AVX2": slow, "AVX512": slow})
     cache = small_cache(tmp_path / "cache", n=24)
-    config = tiny_config(cache, tmp_path / "run", "optim.epochs=50")
+    config = tiny_config(cache, tmp_path / "run", "optim.epochs=50", "data.batch_size=1")
     splits = make_splits(cache, config.data)
     padding = compile_choice.packed_padding(splits, config, 1)
-    assert padding * compile_choice.train_work_fraction("conservative") > 1  # batch 4: roomy
+    assert padding * compile_choice.train_work_fraction("conservative") > 1  # roomy
     model = build_model(config.model, 0)
     decision = compile_choice.choose(config, model, splits, tmp_path / "run", 0, 1, False)
     assert not decision.compile
@@ -160,7 +163,14 @@ def test_packed_padding_is_what_the_compiled_runs_packed_batches_carry(tmp_path:
     sizes = splits.dataset.sizes[splits.train].sum(axis=1)
     batches = [batch for batch in sampler if batch]
     real = sum(int(sizes[batch].sum()) for batch in batches)
-    padded = len(batches) * entries(sampler.capacity)
+    # as the run's loader pads them: within the one capacity, to each batch's own sizes
+    collate = PaddedCollate(sampler.capacity, fit=True)
+    padded = 0
+    for batch in batches:
+        graphs, _ = collate([splits.dataset[int(splits.train[i])] for i in batch])
+        padded += sum(graphs.atomic_numbers.shape + graphs.bond_atoms.shape[:1])
+        padded += graphs.angle_edges.shape[0]
+    assert padded < len(batches) * entries(sampler.capacity)
     assert compile_choice.packed_padding(splits, config, 1) == pytest.approx(padded / real)
 
 
