@@ -74,9 +74,10 @@ log = logging.getLogger("fastchgnet.compile")
 #: --reference-flush-denormals --packed --batches 12 --threads 2`` (batch 16 at 41.9 % padding,
 #: batch 32 at 20 %). AVX2 (an AMD EPYC, stop 26): conservative 0.68 and 0.77, direct 0.82 and
 #: 0.93. AVX-512 (a Sapphire Rapids Xeon, stop 32, 2 and 1 threads): conservative 0.45, 0.48,
-#: 0.44 and 0.46, direct 0.62, 0.72, 0.62 and 0.73. (Until stop 27 the decision took 0.5 and
-#: 0.75 of eager regardless of padding, from runs where eager carried the same padding as the
-#: captured step.)
+#: 0.44 and 0.46, direct 0.62, 0.72, 0.62 and 0.73. Stop 34 (the same Xeon, the step captured
+#: with dynamic sizes, 1.0 % padding, 2 threads, batch 16 and 32): conservative 0.50 and 0.48,
+#: direct 0.70 and 0.72. (Until stop 27 the decision took 0.5 and 0.75 of eager regardless of
+#: padding, from runs where eager carried the same padding as the captured step.)
 TRAIN_WORK_FRACTION = {
     "AVX2": {"conservative": 0.75, "direct": 0.9},
     "AVX512": {"conservative": 0.5, "direct": 0.75},
