@@ -104,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     from fastchgnet.train import collectives
 
-    collectives.leave_process_group()  # the process ends here: every rank got this far
+    try:  # the process ends here: every rank got this far, unless a peer died after training
+        collectives.leave_process_group()
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -212,6 +212,8 @@ class MolecularDynamics:
             calc.model = compiled_potential(eager.model, **md_compile_options(steps))
             calc.features = False
             return None
+        # the decision times eager calls: make the first (cold) one here, untimed, as run_md does
+        self.atoms.get_forces()
         # the calculator computes stress on every call, as the reference's does
         return choose_compiled(self.atoms, eager.model, steps, stress=True, progress=True)
 

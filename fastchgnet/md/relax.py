@@ -292,16 +292,19 @@ def _run_lockstep(
 ) -> list[RelaxResult]:
     """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
     call, then step each; a finished structure's slot goes to the next from ``runs``.
-    ``choose``, given the first call's seconds and graphs, may return the potential for every
+    ``choose``, given the second call's seconds and graphs (the first warms the eager path
+    up, and a cold call would price compiling too high), may return the potential for every
     later call. Results in the order of ``runs``."""
     queue = enumerate(runs)
     active: list[tuple[int, _Relaxation]] = []
     results: dict[int, RelaxResult] = {}
+    calls = 0
     while active := active + list(islice(queue, batch_size - len(active))):
         graphs = [run.calc.graph(run.atoms) for _, run in active]
         start = time.perf_counter()
         answers = evaluate_graphs(model, graphs, stress=stress)
-        if choose is not None:
+        calls += 1
+        if choose is not None and calls == 2:
             model = choose(time.perf_counter() - start, graphs) or model
             choose = None
         for (_, run), answer in zip(active, answers, strict=True):
@@ -331,7 +334,7 @@ def _is_plain_model(model: Any) -> bool:
 def _compile_chooser(
     model: Any, calls: int, stress: bool, progress: bool
 ) -> Callable[[float, list[CrystalGraph]], Potential | None]:
-    """Given the first (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
+    """Given the second (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
     with ``RELAX_COMPILE`` when compiling pays over ``calls`` calls, else None; logs and, with
     ``progress``, prints the decision. The cost is a cold compile of each of
     ``RELAX_MAX_SHAPES`` shapes; a compiled call is expected to take what

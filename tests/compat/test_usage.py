@@ -191,3 +191,22 @@ def test_isolated_atoms_follow_the_reference_setting(chgnet_ref, compat_model):
     with pytest.warns(UserWarning, match=r"isolated atom\(s\) \[2\]"):
         energy = atoms.get_potential_energy()
     assert energy == pytest.approx(float(expected["e"]) * 3, abs=1e-4)
+
+
+def test_md_compile_decision_times_a_warm_calculator(compat_model, limno2, monkeypatch):
+    """The compile-or-not decision times eager calls; the first call of a new calculator is
+    cold (allocations, first kernels), so the MD makes it before deciding, as run_md does."""
+    import fastchgnet.compat.molecular_dynamics as compat_md
+    from fastchgnet.compat import MolecularDynamics
+
+    seen: list[bool] = []
+
+    def record(atoms, model, steps, stress, progress):
+        seen.append("forces" in atoms.calc.results)  # a call was made before the decision
+        return None
+
+    monkeypatch.setattr(compat_md, "choose_compiled", record)
+    atoms = AseAtomsAdaptor.get_atoms(limno2)
+    md = MolecularDynamics(atoms=atoms, model=compat_model, ensemble="nve", timestep=1)
+    md.run(1)
+    assert seen == [True]

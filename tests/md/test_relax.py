@@ -126,3 +126,32 @@ def test_cell_relaxation_calls_the_model_once_per_step(model, small_crystals):
     result = relax(small_crystals[1], counted, steps=4, batched=False)
     assert len(calls) == result.steps + 1
     assert all(call["stress"] for call in calls)
+
+
+def test_compile_decision_times_the_second_call(model, small_crystals, monkeypatch):
+    """Left to choose (compiled=None), batched relaxation prices compiling from an eager call
+    after the first: the first is cold and would make compiling look cheap by comparison."""
+    import sys
+
+    relax_module = sys.modules["fastchgnet.md.relax"]  # the package exports the function
+    calls: list[int] = []
+    decided_at: list[int] = []
+    evaluate = relax_module.evaluate_graphs
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    def chooser(model, n_calls, stress, progress):
+        def choose(seconds, graphs):
+            decided_at.append(len(calls))
+            assert seconds > 0
+            assert len(graphs) == 3
+            return None
+
+        return choose
+
+    monkeypatch.setattr(relax_module, "evaluate_graphs", counting)
+    monkeypatch.setattr(relax_module, "_compile_chooser", chooser)
+    relax(small_crystals[:3], model, fmax=0.05, steps=5, batch_size=3)
+    assert decided_at == [2]
