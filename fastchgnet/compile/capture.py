@@ -22,7 +22,9 @@ over the same 13 batches took 1880 ms fitted against 2444 ms padded (1.30x, 2 th
 cold build took 75 s against 48 s. Inductor's C++ sums guard on their length (a cascade
 accumulation above 4096 terms), which would recompile whenever a batch crossed such a length;
 the first call builds with that choice made from what holds for every size
-(``unguarded_sum_lengths``), so the graph never recompiles for a size.
+(``kernel_groups.unguarded_sum_lengths``), so the graph never recompiles for a size. The
+symbolic trace (8.5 s of a 16.5 s warm start) is kept in the store and read back in later
+processes (``store.stored_trace``; the store of ``train.step.training_capture``).
 
 With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction graph without
 gradients is compiled ahead of time (AOTInductor) and kept on disk: a later process with the
@@ -36,9 +38,9 @@ a graph shows up as frames > graphs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +52,12 @@ from fastchgnet.compile.programs import (
     loss_program,
     predict_program,
 )
-from fastchgnet.compile.store import CompiledStore, program_key, use_persistent_inductor_cache
+from fastchgnet.compile.store import (
+    CompiledStore,
+    program_key,
+    stored_trace,
+    use_persistent_inductor_cache,
+)
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
@@ -121,40 +128,6 @@ def _dynamo_frames() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-@contextlib.contextmanager
-def unguarded_sum_lengths() -> Iterator[None]:
-    """Within the block, inductor's C++ kernels choose their sums' accumulation without
-    guarding on a symbolic length: the cascade accumulator where the length is above 4096 for
-    every size, plain vector sums elsewhere (aten's CPU sums are vectorised the same way). A
-    graph with dynamic sizes otherwise recompiles whenever a batch's atoms, bonds or angles
-    cross a length its sums were built for (one cold build each, about a minute on 2 cores).
-    Nothing changes where this torch's inductor has no such choice."""
-    try:
-        from torch._inductor.codegen.cpp import CppKernel
-        from torch._inductor.virtualized import V
-    except ImportError:  # pragma: no cover - another inductor
-        yield
-        return
-    original = getattr(CppKernel, "need_use_acc_helper", None)
-    if original is None:  # pragma: no cover - another inductor
-        yield
-        return
-
-    def need_use_acc_helper(self: object, *args: object, **kwargs: object) -> bool:
-        sizevars = V.graph.sizevars
-        sizevars.guard_or_false = sizevars.statically_known_true  # this call only
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            del sizevars.guard_or_false
-
-    CppKernel.need_use_acc_helper = need_use_acc_helper
-    try:
-        yield
-    finally:
-        CppKernel.need_use_acc_helper = original
-
-
 def shape_key(batch: GraphBatch, labels: LabelBatch | None) -> tuple:
     """Everything a traced graph is specialised on: shapes, dtypes, device, n_short_bonds."""
     flat = batch_inputs(batch, labels)
@@ -179,9 +152,10 @@ class CapturedModel:
         compute_forces, compute_stress, features: what the programs predict (``features``:
             atom and crystal features too, prediction only).
         store: keep CPU prediction graphs (no gradients, inductor) compiled ahead of time in
-            this on-disk store and load them from there (None: compile in memory each process).
+            this on-disk store and load them from there, and dynamic-size traces (None:
+            compile in memory each process).
         dynamic: one graph for batches of any atoms, bonds and angles that share structure
-            and short-bond counts (see the module docstring; no CUDA graphs, no store).
+            and short-bond counts (see the module docstring; no CUDA graphs).
     """
 
     def __init__(
@@ -269,6 +243,8 @@ class CapturedModel:
         if self.dynamic:
             stack.enter_context(separate_sizes())
             if self.backend == "inductor":
+                from fastchgnet.compile.kernel_groups import unguarded_sum_lengths
+
                 stack.enter_context(unguarded_sum_lengths())
         return stack
 
@@ -303,6 +279,22 @@ class CapturedModel:
         if self.dynamic:
             shapes = (batch.lattice.shape[0], tuple(len(shape) for shape in shapes))
         return (*mode, shapes, *rest, self._precision())
+
+    def _about(self, key: tuple) -> dict:
+        """What a dynamic-size trace for ``key`` depends on beyond the code (``stored_trace``):
+        the key, the model's config and state (names, shapes, dtypes, frozen or not), the
+        loss, the programs' outputs and the thread count (the gathers' form depends on it)."""
+        names, state = model_state(self.model)
+        return {
+            "key": key,
+            "config": self.model.config,
+            "state": [
+                (n, t.shape, t.dtype, t.requires_grad) for n, t in zip(names, state, strict=True)
+            ],
+            "loss": self.loss_config,
+            "outputs": (self.compute_forces, self.compute_stress, self.features),
+            "threads": torch.get_num_threads(),
+        }
 
     def _precision(self) -> str:
         return getattr(self.model, "precision", "float32")
@@ -341,7 +333,10 @@ class CapturedModel:
         from fastchgnet.compile.kernel_groups import group_cpu_kernels  # imports inductor
 
         group_cpu_kernels()
-        traced = trace_program(self.model, program, batch, labels, symbolic=self.dynamic)
+        make = functools.partial(
+            trace_program, self.model, program, batch, labels, symbolic=self.dynamic
+        )
+        traced = stored_trace(self.store, self._about(key), make) if self.dynamic else make()
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None
         options = CPU_INDUCTOR_OPTIONS if self.backend == "inductor" and mode is None else None

@@ -20,14 +20,18 @@ inductor's one-call-per-kernel build, with a warning, in every process that meet
 failure is recorded). Template kernels (max-autotune's GEMMs, flex attention), which include
 headers of their own, are left to inductor. ``FASTCHGNET_GROUP_KERNELS=0`` turns the grouping
 off.
+
+``unguarded_sum_lengths`` is the other change to inductor's C++ kernels: a graph with dynamic
+sizes keeps one build for every length of its sums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from torch._inductor import async_compile as inductor_async
@@ -257,3 +261,37 @@ def ungroup_cpu_kernels() -> None:
     if _installed:
         compile_cls = inductor_async.AsyncCompile
         compile_cls.cpp_pybinding, compile_cls.wait = _installed.pop()
+
+
+@contextlib.contextmanager
+def unguarded_sum_lengths() -> Iterator[None]:
+    """Within the block, inductor's C++ kernels choose their sums' accumulation without
+    guarding on a symbolic length: the cascade accumulator where the length is above 4096 for
+    every size, plain vector sums elsewhere (aten's CPU sums are vectorised the same way). A
+    graph with dynamic sizes otherwise recompiles whenever a batch's atoms, bonds or angles
+    cross a length its sums were built for (one cold build each, about a minute on 2 cores).
+    Nothing changes where this torch's inductor has no such choice."""
+    try:
+        from torch._inductor.codegen.cpp import CppKernel
+        from torch._inductor.virtualized import V
+    except ImportError:  # pragma: no cover - another inductor
+        yield
+        return
+    original = getattr(CppKernel, "need_use_acc_helper", None)
+    if original is None:  # pragma: no cover - another inductor
+        yield
+        return
+
+    def need_use_acc_helper(self: object, *args: object, **kwargs: object) -> bool:
+        sizevars = V.graph.sizevars
+        sizevars.guard_or_false = sizevars.statically_known_true  # this call only
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            del sizevars.guard_or_false
+
+    CppKernel.need_use_acc_helper = need_use_acc_helper
+    try:
+        yield
+    finally:
+        CppKernel.need_use_acc_helper = original

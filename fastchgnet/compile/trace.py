@@ -17,6 +17,7 @@ parameters receive gradients and a weight update needs no retrace.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import fields
@@ -115,6 +116,25 @@ def trace_program(
         )
     strip_detach(traced)
     return traced
+
+
+def graph_bytes(graph_module: fx.GraphModule) -> bytes:
+    """``graph_module`` (its code and tensor constants) as bytes for ``graph_from_bytes``;
+    a symbolic trace's ``shape_env`` (not picklable, rebuilt by torch.compile) is left out."""
+    shape_env = graph_module.__dict__.pop("shape_env", None)
+    try:
+        body = io.BytesIO()
+        torch.save(graph_module, body)
+    finally:
+        if shape_env is not None:
+            graph_module.shape_env = shape_env
+    return body.getvalue()
+
+
+def graph_from_bytes(data: bytes) -> fx.GraphModule:
+    """The graph module ``graph_bytes`` wrote (it runs the graph's generated code: read only
+    bytes this package wrote, as ``store.stored_trace`` does)."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def separate_sizes() -> AbstractContextManager:

@@ -182,10 +182,15 @@ def training_capture(
     """The captured model of ``launcher/train.py``'s training step. On a CPU its graph has
     dynamic sizes (``CapturedModel(dynamic=True)``): every batch is padded to the run's
     capacity in structures and short bonds only (``train.loading.PaddedCollate(fit=True)``),
-    which cut a packed step at batch 16 by 1.30x. On a GPU it keeps the capacity's one shape,
-    which its CUDA graph replays."""
+    which cut a packed step at batch 16 by 1.30x; its trace is kept in the compiled store
+    (``compile.store.stored_trace``). On a GPU it keeps the capacity's one shape, which its
+    CUDA graph replays."""
+    from fastchgnet.compile.store import default_store
+
     dynamic = dynamic_sizes(next(model.parameters()).device.type)
-    return CapturedModel(model, loss_config=loss_config, backend=backend, dynamic=dynamic)
+    return CapturedModel(
+        model, loss_config=loss_config, backend=backend, dynamic=dynamic, store=default_store()
+    )
 
 
 def dynamic_sizes(device_type: str) -> bool:

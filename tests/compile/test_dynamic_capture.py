@@ -136,3 +136,56 @@ def test_cuda_graphs_are_not_used_with_dynamic_sizes():
     captured = CapturedModel(model, backend="aot_eager", dynamic=True, cuda_graphs=True)
     batch = SimpleNamespace(lattice=torch.zeros(1, 3, 3))
     assert not captured._use_cuda_graphs(batch)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_dynamic_trace_is_read_back_from_the_store_in_a_later_process(
+    tmp_path, monkeypatch, caplog
+):
+    """The symbolic trace is kept in the store: a later CapturedModel (a new process) with the
+    same model and loss reads it back instead of tracing, and computes what eager does; a
+    frozen parameter, another loss or other outputs key another trace; a damaged file is
+    reported, removed and traced again."""
+    import fastchgnet.compile.capture as capture_module
+    from fastchgnet.compile.store import CompiledStore, json_digest
+    from fastchgnet.model.loss import LossConfig
+
+    traces: list[int] = []
+    trace = capture_module.trace_program
+
+    def counting(*args, **kwargs):
+        traces.append(1)
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(capture_module, "trace_program", counting)
+    items = labelled(6, seed=4, max_atoms=10)
+    capacity, plan = packed(items, 3)
+    batch, labels = PaddedCollate(capacity, fit=True)([items[i] for i in plan[0]])
+    model = small_model("direct").train()
+    expected = loss_and_grads(CapturedModel(model, eager=True), batch, labels)
+    store = CompiledStore(tmp_path)
+
+    def captured(**options) -> CapturedModel:
+        return CapturedModel(model, backend="aot_eager", dynamic=True, store=store, **options)
+
+    assert_same(expected, loss_and_grads(captured(), batch, labels), rtol=1e-5, atol=1e-6)
+    (stored,) = (tmp_path / "traced").iterdir()
+    assert len(traces) == 1
+    assert_same(expected, loss_and_grads(captured(), batch, labels), rtol=1e-5, atol=1e-6)
+    assert len(traces) == 1  # read back, not traced
+
+    def digest(**options) -> str:
+        plain = captured(**options)
+        return json_digest(plain._about(plain._key("loss", batch, labels)))
+
+    first = digest()
+    assert digest(loss_config=LossConfig(forces=3.0)) != first
+    assert digest(compute_stress=False) != first
+    model.atom_embedding.weight.requires_grad_(False)
+    assert digest() != first
+    model.atom_embedding.weight.requires_grad_(True)
+    assert digest() == first
+    stored.write_bytes(stored.read_bytes()[:-100])
+    assert_same(expected, loss_and_grads(captured(), batch, labels), rtol=1e-5, atol=1e-6)
+    assert len(traces) == 2
+    assert "is unusable" in caplog.text
