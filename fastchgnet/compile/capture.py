@@ -13,8 +13,9 @@ compiled graph (and its backward) is replayed as a CUDA graph, inputs copied int
 buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
 ``eager=True`` runs the model as it is (same programs, no trace, no compile).
 
-With ``dynamic=True`` the graph is traced with symbolic sizes and compiled for any size
-(``torch.compile(dynamic=True)``): one graph serves padded batches that share only their
+With ``dynamic=True`` the graph is traced with symbolic sizes of atoms, bonds and angles
+(``trace.entry_sized``; the model's widths stay constants) and compiled for any such size
+(``trace.mark_entry_sizes``): one graph serves padded batches that share only their
 structure and short-bond counts, each batch's atoms, long bonds and angles its own
 (``data.capacity.fitted``). CPU training runs so: packed batches at one fixed capacity carried
 42 % padding at batch 16 (its angle column is sized by the largest structure), and the step
@@ -61,6 +62,7 @@ from fastchgnet.compile.store import (
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
+    mark_entry_sizes,
     model_state,
     separate_sizes,
     trace_program,
@@ -220,9 +222,12 @@ class CapturedModel:
         if self._use_cuda_graphs(batch) and self.backend == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
         _, state = model_state(self.model)
+        flat = batch_inputs(batch, labels)
         start = time.perf_counter() if key not in self.stats.keys else None
+        if start is not None and self.dynamic:
+            mark_entry_sizes(flat, labels is not None)
         with self._first_call_options(batch) if start is not None else contextlib.nullcontext():
-            outputs = compiled(*state, *batch_inputs(batch, labels))
+            outputs = compiled(*state, *flat)
         if start is not None:  # the first call compiles (torch.compile is lazy)
             self.stats.compile_seconds += time.perf_counter() - start
             self.stats.keys.append(key)
@@ -344,7 +349,7 @@ class CapturedModel:
             traced,
             backend=self.backend,
             fullgraph=True,
-            dynamic=self.dynamic,
+            dynamic=None if self.dynamic else False,  # dynamic: the sizes mark_entry_sizes marks
             mode=mode,
             options=options,
         )

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from fastchgnet.data.batch import GraphBatch
-from fastchgnet.data.labels import LabelBatch
+from fastchgnet.data.batch import FIELDS, GraphBatch
+from fastchgnet.data.labels import LABEL_FIELDS, LabelBatch
 
 #: GraphBatch tensor fields in graph-input order (``n_short_bonds`` is baked into a trace).
 BATCH_TENSORS: tuple[str, ...] = tuple(
@@ -35,6 +35,12 @@ BATCH_TENSORS: tuple[str, ...] = tuple(
 )
 #: LabelBatch fields in graph-input order.
 LABEL_TENSORS: tuple[str, ...] = tuple(f.name for f in fields(LabelBatch))
+
+#: Graph inputs whose first size counts atoms, bonds or angles: the sizes a dynamic-size trace
+#: keeps symbolic (every other size, the model's state included, stays a constant).
+ENTRY_SIZED = frozenset(
+    name for name, (_, level, _) in {**FIELDS, **LABEL_FIELDS}.items() if level != "structure"
+)
 
 #: A model call on a batch (and labels): returns a tuple of tensors (None allowed).
 Program = Callable[[nn.Module, GraphBatch, LabelBatch | None], tuple[Tensor | None, ...]]
@@ -94,8 +100,9 @@ def trace_program(
 
     The graph's inputs are ``model_state(model)[1] + batch_inputs(batch, labels)``; its outputs
     ``program``'s tuple (None outputs stay None). Tracing runs on fake tensors (no compute).
-    ``symbolic``: sizes stay symbols (make_fx's "symbolic" mode) wherever the model does not
-    fix them, so one graph serves batches of other sizes (``n_short_bonds`` stays baked in).
+    ``symbolic``: the first size of every per-atom, per-bond and per-angle input stays a
+    symbol (``entry_sized``), so one graph serves batches of other sizes; the model's widths,
+    the structure count and ``n_short_bonds`` stay constants, as inductor's kernels want them.
     """
     names, state = model_state(model)
     n_state = len(names)
@@ -110,12 +117,54 @@ def trace_program(
         return torch.func.functional_call(runner, values, (graph_batch, graph_labels))
 
     mode = "symbolic" if symbolic else "fake"
+    inputs = [*state, *batch_inputs(batch, labels)]
+    if symbolic:
+        inputs = _symbolic_inputs(inputs, [False] * n_state + entry_sized(with_labels))
     with separate_sizes():
-        traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(
-            *state, *batch_inputs(batch, labels)
-        )
+        traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
     strip_detach(traced)
     return traced
+
+
+def entry_sized(with_labels: bool) -> list[bool]:
+    """Per batch input (``batch_inputs`` order): whether its first size is a count of atoms,
+    bonds or angles (``ENTRY_SIZED``)."""
+    names = BATCH_TENSORS + (LABEL_TENSORS if with_labels else ())
+    return [name in ENTRY_SIZED for name in names]
+
+
+def mark_entry_sizes(flat_batch: Sequence[Tensor], with_labels: bool) -> None:
+    """Tell torch.compile which sizes of these batch inputs (``batch_inputs`` order) vary
+    (``entry_sized``): it compiles its first call with those sizes symbolic and every other
+    size fixed, as ``trace_program(symbolic=True)`` traced them."""
+    import torch._dynamo
+
+    for tensor, symbolic in zip(flat_batch, entry_sized(with_labels), strict=True):
+        if symbolic:
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
+def _symbolic_inputs(inputs: list[Tensor], first_symbolic: list[bool]) -> list[Tensor]:
+    """Fake copies of ``inputs`` in one symbolic fake mode: the first size a symbol of its own
+    where ``first_symbolic`` says so (no duck sizing), every other size fixed."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import (
+        DimDynamic,
+        ShapeEnv,
+        StatelessSymbolicContext,
+    )
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(duck_shape=False))
+    fakes = []
+    for k, (tensor, symbolic) in enumerate(zip(inputs, first_symbolic, strict=True)):
+        sizes = [DimDynamic.STATIC] * tensor.dim()
+        if symbolic:
+            sizes[0] = DimDynamic.DYNAMIC
+        context = StatelessSymbolicContext(dynamic_sizes=sizes)
+        source = ConstantSource(f"input{k}")
+        fakes.append(mode.from_tensor(tensor, source=source, symbolic_context=context))
+    return fakes
 
 
 def graph_bytes(graph_module: fx.GraphModule) -> bytes:
@@ -134,6 +183,9 @@ def graph_bytes(graph_module: fx.GraphModule) -> bytes:
 def graph_from_bytes(data: bytes) -> fx.GraphModule:
     """The graph module ``graph_bytes`` wrote (it runs the graph's generated code: read only
     bytes this package wrote, as ``store.stored_trace`` does)."""
+    # reading re-traces the code with FX, whose proxy checks this module (inductor imports it)
+    import torch._higher_order_ops.triton_kernel_wrap
+
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
