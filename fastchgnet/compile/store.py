@@ -57,7 +57,6 @@ from fastchgnet.compile.package_build import (
 )
 from fastchgnet.compile.trace import graph_bytes, graph_from_bytes
 from fastchgnet.files import (
-    ChecksumError,
     file_sha256,
     fsync_dir,
     read_checksummed,
@@ -250,7 +249,8 @@ def stored_trace(
     The graph is always the one read back from its bytes (in memory without a store): the
     first process then compiles the very graph later ones load, so inductor's and
     AOTAutograd's caches serve them (a freshly traced graph and its reloaded copy miss each
-    other's cache entries). A damaged file is reported, removed and traced again."""
+    other's cache entries). A damaged file is reported, removed and traced again; a file that
+    cannot be written is reported and the run goes on."""
     path = None
     if store is not None:
         key = json_digest({"code": code_fingerprint(), "described": described})
@@ -259,14 +259,17 @@ def stored_trace(
             try:
                 _, payload = read_checksummed(path, TRACE_FORMAT, [TRACE_VERSION])
                 return graph_from_bytes(payload["graph"].numpy().tobytes())
-            except (ChecksumError, KeyError, AttributeError) as exc:
+            except Exception as exc:  # a damaged or foreign file is traced again, never trusted
                 log.warning("compiled store: %s is unusable (%s); removed, traced again", path, exc)
                 path.unlink(missing_ok=True)
     data = graph_bytes(trace())
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         graph = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        write_checksummed(path, {"graph": graph}, TRACE_FORMAT, TRACE_VERSION)
+        try:  # a store that cannot be written costs the next process a trace, nothing more
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_checksummed(path, {"graph": graph}, TRACE_FORMAT, TRACE_VERSION)
+        except OSError as exc:
+            log.warning("compiled store: could not keep the trace in %s (%s)", path, exc)
     return graph_from_bytes(data)
 
 

@@ -266,3 +266,19 @@ def test_inductor_caches_in_our_folder_unless_the_user_chose_one(monkeypatch, tm
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "theirs"))
     use_persistent_inductor_cache()
     assert cache_dir() == str(tmp_path / "theirs")
+
+
+def test_a_trace_the_store_cannot_keep_is_reported_and_used(tmp_path, caplog) -> None:
+    from torch import fx
+
+    from fastchgnet.compile.store import CompiledStore, stored_trace
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # the store's folders cannot be made under a file
+    linear = torch.nn.Linear(2, 3)
+    graph = stored_trace(
+        CompiledStore(blocked), {"what": "linear"}, lambda: fx.symbolic_trace(linear)
+    )
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(graph(x), linear(x))
+    assert "could not keep the trace" in caplog.text
