@@ -83,7 +83,7 @@ def test_relax_block_gives_reference_trajectory(chgnet_ref, compat_model, limno2
     from fastchgnet.compat import StructOptimizer
 
     rattled = limno2.copy()
-    rattled.perturb(0.05, min_distance=0.0)
+    rattled.perturb(0.05, min_distance=0.0, seed=0)  # unseeded, a rare rattle made FIRE diverge
     rattled.apply_strain(0.02)
     relaxer = StructOptimizer(compat_model)
     result = relaxer.relax(rattled, verbose=False)
