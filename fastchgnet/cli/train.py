@@ -99,18 +99,21 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:
         if not distributed:
             raise
-        first_line = (str(error).strip().splitlines() or [""])[0][:300]
-        print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
-        return 1
+        return _failed(out, rank, error)
     from fastchgnet.train import collectives
 
     try:  # the process ends here: every rank got this far, unless a peer died after training
         collectives.leave_process_group()
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0][:300]
-        print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
-        return 1
+        return _failed(out, rank, error)
     return 0
+
+
+def _failed(out: Path, rank: int, error: Exception) -> int:
+    """Print one line naming the peers that are gone and ``error``'s first line; exit code 1."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
+    return 1
 
 
 def _peers(out: Path, rank: int, grace_s: float = 5.0) -> str:

@@ -24,7 +24,7 @@ cold build took 75 s against 48 s. Inductor's C++ sums guard on their length (a 
 accumulation above 4096 terms), which would recompile whenever a batch crossed such a length;
 the first call builds with that choice made from what holds for every size
 (``kernel_groups.unguarded_sum_lengths``), so the graph never recompiles for a size. The
-symbolic trace (8.5 s of a 16.5 s warm start) is kept in the store and read back in later
+symbolic trace (4.3 s of a warm start at batch 16) is kept in the store and read back in later
 processes (``store.stored_trace``; the store of ``train.step.training_capture``).
 
 With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction graph without

@@ -120,8 +120,7 @@ def trace_program(
     inputs = [*state, *batch_inputs(batch, labels)]
     if symbolic:
         inputs = _symbolic_inputs(inputs, [False] * n_state + entry_sized(with_labels))
-    with separate_sizes():
-        traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
+    traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
     strip_detach(traced)
     return traced
 

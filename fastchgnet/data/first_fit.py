@@ -39,7 +39,7 @@ def first_fit(
     bins: list[list[int]] = []
     width = room.shape[0]
     loads = np.zeros((0, width), dtype=np.int64)
-    scale = 1.0 / room[COST].astype(np.float64)
+    scale = 1.0 / np.maximum(room[COST], 1).astype(np.float64)  # a column with no room weighs 0
     for index in order:
         item = items[index]
         fits = np.flatnonzero((loads + item <= room).all(axis=1))
@@ -86,7 +86,7 @@ def first_fit_lanes(
     serial = np.full((n_lanes, open_bins), empty, dtype=np.int64)  # batch id; `empty`: free slot
     batch_of = np.empty((n_lanes, lane_length), dtype=np.int64)  # batch id of each position
     closing: list[np.ndarray] = []  # batch ids in closing order
-    scale = 1.0 / room[COST].astype(np.float64)
+    scale = 1.0 / np.maximum(room[COST], 1).astype(np.float64)  # a column with no room weighs 0
     rows = np.arange(n_lanes)
     opened = 0
     for t in range(lane_length):

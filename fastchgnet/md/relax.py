@@ -293,8 +293,8 @@ def _run_lockstep(
     """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
     call, then step each; a finished structure's slot goes to the next from ``runs``.
     ``choose``, given the second call's seconds and graphs (the first warms the eager path
-    up, and a cold call would price compiling too high), may return the potential for every
-    later call. Results in the order of ``runs``."""
+    up; a cold call would make eager look slow and compiling cheap), may return the potential
+    for every later call. Results in the order of ``runs``."""
     queue = enumerate(runs)
     active: list[tuple[int, _Relaxation]] = []
     results: dict[int, RelaxResult] = {}

@@ -53,3 +53,14 @@ def test_lanes_are_deterministic():
     a = first_fit_lanes(items, order, room, 8, lane_length=256)
     b = first_fit_lanes(items, order, room, 8, lane_length=256)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_column_without_room_does_not_decide_which_batch_closes():
+    # No angles anywhere (room 0): the fullest batch by atoms closes, not the first one.
+    items = np.array([[1, 2, 20, 0], [1, 9, 20, 0], [1, 9, 20, 0]], dtype=np.int64)
+    room = np.array([4, 10, 100, 0], dtype=np.int64)
+    order = np.arange(3)
+    assert first_fit(items, order, room, open_bins=2) == [[1], [0], [2]]
+    members, lengths = first_fit_lanes(items, order, room, 2, lane_length=3)
+    assert sorted(members.tolist()) == [0, 1, 2]
+    assert lengths.sum() == 3
