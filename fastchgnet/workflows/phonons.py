@@ -81,7 +81,7 @@ def phonopy_run(
 def gamma_frequencies(phonon: Any) -> np.ndarray:
     """Frequencies at Γ, THz (3 x atoms), ascending."""
     phonon.run_qpoints([[0.0, 0.0, 0.0]])
-    return np.sort(phonon.get_qpoints_dict()["frequencies"][0])
+    return np.sort(phonon.qpoints.frequencies[0])
 
 
 def acoustic_sum(force_constants: np.ndarray) -> float:
