@@ -7,7 +7,9 @@ graph has 112 kernels. Here the generated module's ``async_compile.cpp_pybinding
 held back until its ``async_compile.wait(globals())``, and the held kernels are then built in
 ``compile_threads`` groups: one source file per group (each kernel in its own namespace, one
 Python binding per kernel), on inductor's own compile pool. The kernels' code and flags are
-inductor's, unchanged, so the results are the same to the bit.
+inductor's, unchanged, so the results are the same to the bit. The ``wait`` only starts the
+builds: each group is waited for at the first call of one of its kernels, so g++ builds a
+training graph's forward kernels while inductor generates its backward.
 
 Twenty kernels of our graphs took 15.3 s as twenty g++ calls and 2.3 s as one (this CPU).
 
@@ -31,6 +33,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -47,12 +50,14 @@ _installed: list[tuple[Callable, Callable]] = []
 
 
 class _HeldKernel:
-    """A kernel whose build waits for its module's ``wait``; if called first, it builds
+    """A kernel whose build waits for its module's ``wait``, which starts its group's build;
+    its first call waits for that (``_PendingGroup``). Called before the ``wait``, it builds
     alone (inductor's way) and runs."""
 
     def __init__(self, argtypes: Sequence[str], source: str):
         self.argtypes, self.source = list(argtypes), source
         self.built: Callable | None = None
+        self.pending: _PendingGroup | None = None  # its group's build, once under way
 
     def groupable(self) -> bool:
         """Inductor's plain CPU kernel: the prefix header, then code with one entry point and
@@ -71,7 +76,54 @@ class _HeldKernel:
         return self.built
 
     def __call__(self, *args: Any) -> Any:
+        if self.built is None and self.pending is not None:
+            self.pending.resolve()
         return self.build_alone()(*args)
+
+
+class _PendingGroup:
+    """One group's build under way on inductor's compile pool, waited for at the first call
+    of any of its kernels, not at its module's ``wait``: while g++ builds a training graph's
+    forward kernels, inductor goes on to generate its backward. At that first call every
+    kernel of the group takes its built function, in its module's globals too (later calls go
+    straight to it); a group that fails to build falls back to one build per kernel, loudly."""
+
+    def __init__(
+        self,
+        named: list[tuple[str, _HeldKernel]],
+        load: Callable[[], Any] | None,
+        scope: dict[str, Any],
+    ):
+        self.named, self.load, self.scope = named, load, scope
+        self.lock = threading.Lock()
+        for _, kernel in named:
+            kernel.pending = self
+
+    def resolve(self) -> None:
+        with self.lock:
+            if self.load is None and all(k.built is not None for _, k in self.named):
+                return
+            module = None
+            if self.load is not None:
+                load, self.load = self.load, None
+                try:
+                    module = load()
+                except Exception as error:  # any build failure falls back, loudly
+                    log.warning(
+                        "kernel group of %d failed to build (%s); one call each",
+                        len(self.named),
+                        error,
+                    )
+            for index, (name, kernel) in enumerate(self.named):
+                if kernel.built is None:
+                    kernel.built = (
+                        getattr(module, f"kernel_{index}")
+                        if module is not None
+                        else kernel.build_alone()
+                    )
+                kernel.pending = None
+                if self.scope.get(name) is kernel:
+                    self.scope[name] = kernel.built
 
 
 @clear_on_fresh_cache
@@ -193,41 +245,23 @@ def split(kernels: Sequence[_HeldKernel], groups: int) -> list[list[_HeldKernel]
 
 
 def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) -> None:
-    kernels = [kernel for _, kernel in held]
+    """Start the builds of ``held`` (name in ``scope``, kernel) in ``compile_threads`` groups
+    on inductor's compile pool; each group is waited for at its first call (``_PendingGroup``).
+    On one compile thread inductor builds in the caller, under the lock that ``load_async``
+    holds, so the groups are built here."""
     threads = inductor_async.get_compile_threads()
-    # on one thread inductor builds in the caller, under the lock that load_async holds
     submit = inductor_async.AsyncCompile.submit if threads > 1 else None
-    loaders = []
-    for group in split(kernels, max(1, threads)):
+    first = 0
+    for kernels in split([kernel for _, kernel in held], max(1, threads)):
+        group, first = held[first : first + len(kernels)], first + len(kernels)
         try:
-            load = _GroupCache.load_async(group_source(group), "cpu", submit_fn=submit)
+            load = _GroupCache.load_async(group_source(kernels), "cpu", submit_fn=submit)
         except Exception as error:  # any failure to start falls back, loudly
             log.warning("kernel group of %d failed to start (%s); one call each", len(group), error)
             load = None
-        loaders.append((group, load))
-    alone: list[tuple[_HeldKernel, Callable[[], Callable]]] = []
-    for group, load in loaders:
-        try:
-            module = load() if load is not None else None
-        except Exception as error:  # any build failure falls back, loudly
-            log.warning("kernel group of %d failed to build (%s); one call each", len(group), error)
-            module = None
-        for index, kernel in enumerate(group):
-            if module is not None:
-                kernel.built = getattr(module, f"kernel_{index}")
-            else:  # inductor's own build, on its compile pool
-                alone.append(
-                    (
-                        kernel,
-                        CppPythonBindingsCodeCache.load_pybinding_async(
-                            kernel.argtypes, kernel.source, submit_fn=submit
-                        ),
-                    )
-                )
-    for kernel, future in alone:
-        kernel.built = future()
-    for name, kernel in held:
-        scope[name] = kernel.built
+        pending = _PendingGroup(group, load, scope)
+        if submit is None or load is None:
+            pending.resolve()
 
 
 def group_cpu_kernels() -> None:
@@ -246,7 +280,7 @@ def group_cpu_kernels() -> None:
         held = [
             (name, value)
             for name, value in scope.items()
-            if isinstance(value, _HeldKernel) and value.built is None
+            if isinstance(value, _HeldKernel) and value.built is None and value.pending is None
         ]
         if held:
             _build_groups(held, scope)

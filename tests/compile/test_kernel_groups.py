@@ -147,3 +147,77 @@ def test_an_eager_run_does_not_import_inductor_for_the_grouping() -> None:
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.split()[-1] == "False"
+
+
+class _FakeModule:
+    """A built group: ``kernel_<i>`` returns (group's build number, i, args)."""
+
+    def __init__(self, build: int, size: int):
+        for index in range(size):
+            setattr(self, f"kernel_{index}", lambda *a, i=index, b=build: (b, i, a))
+
+
+def test_wait_starts_the_group_builds_and_the_first_call_waits_for_its_group(
+    monkeypatch,
+) -> None:
+    """The module's ``wait`` returns without waiting for g++ (a training graph's backward is
+    generated while its forward kernels build); a kernel's first call waits for its group
+    only, and puts the built kernels of that group in the module's globals."""
+    waited: list[int] = []
+
+    def load_async(source: str, device: str, submit_fn=None):
+        build = source.count('{"kernel_')  # kernels in this group (their method entries)
+
+        def load() -> _FakeModule:
+            waited.append(build)
+            return _FakeModule(len(waited), build)
+
+        return load
+
+    monkeypatch.setattr(kernel_groups._GroupCache, "load_async", load_async)
+    monkeypatch.setattr(kernel_groups.inductor_async, "get_compile_threads", lambda: 2)
+    held = [(f"k{n}", _HeldKernel([], "x" * 10)) for n in range(4)]
+    scope = dict(held)
+    kernel_groups._build_groups(held, scope)
+    assert waited == []  # nothing waited for at the module's wait
+    assert all(scope[name] is kernel for name, kernel in held)
+    assert scope["k3"](7) == (1, 1, (7,))  # the second group's second kernel: one wait
+    assert waited == [2]
+    assert scope["k3"] is not held[3][1]  # its group's kernels now run directly
+    assert scope["k2"] is not held[2][1]
+    assert scope["k0"] is held[0][1]  # the other group is still building
+    assert scope["k0"]() == (2, 0, ())
+    assert waited == [2, 2]
+    assert held[3][1](8) == (1, 1, (8,))  # a held reference runs the built kernel too
+    assert waited == [2, 2]
+
+
+def test_a_deferred_group_that_fails_builds_each_kernel_alone(monkeypatch, caplog) -> None:
+    def load_async(source: str, device: str, submit_fn=None):
+        def load():
+            raise RuntimeError("g++ failed")
+
+        return load
+
+    built: list[str] = []
+
+    def build_alone(self):
+        if self.built is None:
+            built.append(self.source)
+            self.built = lambda *a: ("alone", self.source)
+        return self.built
+
+    monkeypatch.setattr(kernel_groups._GroupCache, "load_async", load_async)
+    monkeypatch.setattr(kernel_groups.inductor_async, "get_compile_threads", lambda: 2)
+    monkeypatch.setattr(_HeldKernel, "build_alone", build_alone)
+    held = [("a", _HeldKernel([], "a" * 10)), ("b", _HeldKernel([], "b" * 10))]
+    scope = dict(held)
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        kernel_groups._build_groups(held, scope)
+        assert built == []
+        assert scope["a"]() == ("alone", "a" * 10)
+    assert "failed to build" in caplog.text
+    assert built == ["a" * 10]  # its group (one kernel on two compile threads), once
+    assert scope["a"] is not held[0][1]
+    assert scope["b"]() == ("alone", "b" * 10)
+    assert built == ["a" * 10, "b" * 10]
