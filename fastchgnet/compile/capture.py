@@ -335,13 +335,16 @@ class CapturedModel:
         if stored is not None:
             return stored
         use_persistent_inductor_cache()
-        from fastchgnet.compile.kernel_groups import group_cpu_kernels  # imports inductor
+        from fastchgnet.compile.kernel_groups import group_cpu_kernels, while_header_builds
 
-        group_cpu_kernels()
+        group_cpu_kernels()  # imports inductor
         make = functools.partial(
             trace_program, self.model, program, batch, labels, symbolic=self.dynamic
         )
-        traced = stored_trace(self.store, self._about(key), make) if self.dynamic else make()
+        if self.dynamic:  # a trace to make: the build is cold, its header is built meanwhile
+            traced = stored_trace(self.store, self._about(key), while_header_builds(make))
+        else:
+            traced = make()
         cuda_graphs = self._use_cuda_graphs(batch) and self.backend == "inductor"
         mode = "reduce-overhead" if cuda_graphs else None
         options = CPU_INDUCTOR_OPTIONS if self.backend == "inductor" and mode is None else None

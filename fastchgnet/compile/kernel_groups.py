@@ -264,6 +264,50 @@ def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) ->
             pending.resolve()
 
 
+def header_folders() -> list[str]:
+    """Where this process's inductor keeps its precompiled headers and their locks (fixed
+    when inductor's code cache was imported)."""
+    from torch._inductor import codecache
+
+    return [codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR]
+
+
+def warm_prefix_header(folders: Sequence[str] | None = None) -> None:
+    """Precompile the prefix header that kernel groups build with (in ``folders``, from
+    ``header_folders``, else this process's own), under inductor's file lock; nothing to do
+    when it exists. A one-kernel group's ``load_async`` without a compile pool precompiles
+    the header and returns before building anything."""
+    from torch._inductor import codecache
+
+    if folders:
+        codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR = folders
+    body = '\nextern "C" void kernel(float* out_ptr0) { out_ptr0[0] = 0.0f; }\n'
+    _GroupCache.load_async(group_source([_HeldKernel(["float*"], _PREFIX + body)]), "cpu")
+
+
+def while_header_builds(trace: Callable[[], Any]) -> Callable[[], Any]:
+    """``trace`` that first starts building the prefix header in a child process on another
+    core (``package_build.start_warm_headers(kernel_groups=True)``): a graph that must be
+    traced is about to be built cold, and inductor would otherwise build the header (5 s) in
+    the middle of that build, on its only busy core. The child is reaped when it ends. A
+    process whose inductor has found or built its headers already starts none."""
+
+    def traced() -> Any:
+        from torch._inductor import codecache
+
+        from fastchgnet.compile.package_build import finish_warm_headers, start_warm_headers
+
+        known = getattr(codecache._precompile_header, "cache_info", None)
+        if known is not None and known().currsize:
+            return trace()
+        process = start_warm_headers(None, kernel_groups=True)
+        if process is not None:
+            threading.Thread(target=finish_warm_headers, args=(process,), daemon=True).start()
+        return trace()
+
+    return traced
+
+
 def group_cpu_kernels() -> None:
     """Build inductor's CPU kernels in groups from now on in this process (idempotent; off
     with ``FASTCHGNET_GROUP_KERNELS=0``). See the module docstring."""

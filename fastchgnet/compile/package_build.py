@@ -35,13 +35,24 @@ from torch import Tensor
 log = logging.getLogger("fastchgnet.compile")
 
 
-def start_warm_headers(options: dict[str, Any] | None) -> subprocess.Popen | None:
-    """Start ``warm_headers(options)`` in a child process on another core (module docstring);
-    None on a one-core machine, when ``FASTCHGNET_WARM_HEADERS=0`` or when it cannot start."""
+def start_warm_headers(
+    options: dict[str, Any] | None, *, kernel_groups: bool = False
+) -> subprocess.Popen | None:
+    """Start ``warm_headers(options)`` in a child process on another core (module docstring),
+    or with ``kernel_groups`` ``kernel_groups.warm_prefix_header`` (the header of training
+    graphs' kernels, in this process's header folders); None on a one-core machine, when
+    ``FASTCHGNET_WARM_HEADERS=0`` or when it cannot start."""
     if (os.cpu_count() or 1) < 2 or os.environ.get("FASTCHGNET_WARM_HEADERS", "1") == "0":
         return None
     code = "import json,sys; from fastchgnet.compile.package_build import warm_headers; "
     code += "warm_headers(json.loads(sys.argv[1]))"
+    argument = json.dumps(dict(options or {}))
+    if kernel_groups:
+        from fastchgnet.compile.kernel_groups import header_folders
+
+        code = "import json,sys; from fastchgnet.compile.kernel_groups import warm_prefix_header; "
+        code += "warm_prefix_header(json.loads(sys.argv[1]))"
+        argument = json.dumps(header_folders())
     env = dict(os.environ, OMP_NUM_THREADS="1", FASTCHGNET_WARM_HEADERS="0")
     source = str(Path(__file__).resolve().parents[2])  # the folder holding fastchgnet/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
@@ -49,7 +60,7 @@ def start_warm_headers(options: dict[str, Any] | None) -> subprocess.Popen | Non
     err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish_warm_headers)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(dict(options or {}))],
+            [sys.executable, "-c", code, argument],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,

@@ -144,8 +144,10 @@ def test_a_dynamic_trace_is_read_back_from_the_store_in_a_later_process(
     """The symbolic trace is kept in the store: a later CapturedModel (a new process) with the
     same model and loss reads it back instead of tracing, and computes what eager does; a
     frozen parameter, another loss or other outputs key another trace; a damaged file is
-    reported, removed and traced again."""
+    reported, removed and traced again. Each trace made (a cold build follows) starts
+    building inductor's prefix header in a child process; a trace read back does not."""
     import fastchgnet.compile.capture as capture_module
+    import fastchgnet.compile.package_build as package_build
     from fastchgnet.compile.store import CompiledStore, json_digest
     from fastchgnet.model.loss import LossConfig
 
@@ -157,6 +159,15 @@ def test_a_dynamic_trace_is_read_back_from_the_store_in_a_later_process(
         return trace(*args, **kwargs)
 
     monkeypatch.setattr(capture_module, "trace_program", counting)
+    warmups: list[bool] = []
+    from torch._inductor import codecache
+
+    codecache._precompile_header.cache_clear()  # as a new process: no header found yet
+    monkeypatch.setattr(
+        package_build,
+        "start_warm_headers",
+        lambda options, **kw: warmups.append(kw["kernel_groups"]),
+    )
     items = labelled(6, seed=4, max_atoms=10)
     capacity, plan = packed(items, 3)
     batch, labels = PaddedCollate(capacity, fit=True)([items[i] for i in plan[0]])
@@ -172,6 +183,7 @@ def test_a_dynamic_trace_is_read_back_from_the_store_in_a_later_process(
     assert len(traces) == 1
     assert_same(expected, loss_and_grads(captured(), batch, labels), rtol=1e-5, atol=1e-6)
     assert len(traces) == 1  # read back, not traced
+    assert warmups == [True]  # the one trace made started the header's build
 
     def digest(**options) -> str:
         plain = captured(**options)
@@ -187,4 +199,5 @@ def test_a_dynamic_trace_is_read_back_from_the_store_in_a_later_process(
     stored.write_bytes(stored.read_bytes()[:-100])
     assert_same(expected, loss_and_grads(captured(), batch, labels), rtol=1e-5, atol=1e-6)
     assert len(traces) == 2
+    assert warmups == [True, True]
     assert "is unusable" in caplog.text

@@ -221,3 +221,74 @@ def test_a_deferred_group_that_fails_builds_each_kernel_alone(monkeypatch, caplo
     assert scope["a"] is not held[0][1]
     assert scope["b"]() == ("alone", "b" * 10)
     assert built == ["a" * 10, "b" * 10]
+
+
+@pytest.mark.slow
+def test_the_header_child_builds_the_prefix_header_the_group_builds_use(tmp_path) -> None:
+    """``start_warm_headers(kernel_groups=True)`` precompiles, in a child process, the very
+    header a kernel group's build then finds ready (no header build left for it); the
+    control, a fresh header folder, builds one."""
+    import subprocess
+    import sys
+
+    script = """
+import json, sys
+from torch._inductor import codecache, cpp_builder
+from fastchgnet.compile import kernel_groups
+from fastchgnet.compile.kernel_groups import warm_prefix_header
+from fastchgnet.compile.package_build import finish_warm_headers, start_warm_headers
+assert finish_warm_headers(start_warm_headers(None, kernel_groups=True)) is True
+commands = []
+run = cpp_builder._run_compile_cmd
+cpp_builder._run_compile_cmd = lambda cmd, cwd: (commands.append(cmd), run(cmd, cwd))[1]
+warm_prefix_header()
+after_child = sum(".gch" in cmd for cmd in commands)
+fresh = sys.argv[1]
+codecache._precompile_header.cache_clear()  # inductor keeps each header's path per process
+kernel_groups._GroupCache.cache_clear()  # and each source's loader
+warm_prefix_header([fresh, fresh + "/locks"])
+print(json.dumps([after_child, sum(".gch" in cmd for cmd in commands) - after_child]))
+"""
+    (tmp_path / "tmp").mkdir()
+    env = dict(
+        __import__("os").environ,
+        TMPDIR=str(tmp_path / "tmp"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+        FASTCHGNET_WARM_HEADERS="1",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "fresh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[0, 1]"
+
+
+def test_a_trace_starts_the_header_child_unless_this_process_has_the_header(monkeypatch) -> None:
+    from torch._inductor import codecache
+
+    import fastchgnet.compile.package_build as package_build
+
+    started: list[bool] = []
+
+    def start(options, **kw):
+        started.append(kw["kernel_groups"])
+
+    monkeypatch.setattr(package_build, "start_warm_headers", start)
+    monkeypatch.setattr(codecache, "_precompile_header", functools_cache_stub(0))
+    assert kernel_groups.while_header_builds(lambda: "graph")() == "graph"
+    assert started == [True]
+    monkeypatch.setattr(codecache, "_precompile_header", functools_cache_stub(1))
+    assert kernel_groups.while_header_builds(lambda: "graph")() == "graph"
+    assert started == [True]  # inductor here has found or built a header: no child
+
+
+def functools_cache_stub(size: int):
+    """A stand-in for inductor's cached ``_precompile_header`` holding ``size`` entries."""
+    from types import SimpleNamespace
+
+    stub = lambda *args, **kwargs: None  # noqa: E731
+    stub.cache_info = lambda: SimpleNamespace(currsize=size)
+    return stub
