@@ -264,19 +264,11 @@ def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) ->
             pending.resolve()
 
 
-def header_folders() -> list[str]:
-    """Where this process's inductor keeps its precompiled headers and their locks (fixed
-    when inductor's code cache was imported)."""
-    from torch._inductor import codecache
-
-    return [codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR]
-
-
 def warm_prefix_header(folders: Sequence[str] | None = None) -> None:
     """Precompile the prefix header that kernel groups build with (in ``folders``, from
-    ``header_folders``, else this process's own), under inductor's file lock; nothing to do
-    when it exists. A one-kernel group's ``load_async`` without a compile pool precompiles
-    the header and returns before building anything."""
+    ``package_build.header_folders``, else this process's own), under inductor's file
+    lock; nothing to do when it exists. A one-kernel group's ``load_async`` without a compile
+    pool precompiles the header and returns before building anything."""
     from torch._inductor import codecache
 
     if folders:

@@ -48,8 +48,6 @@ def start_warm_headers(
     code += "warm_headers(json.loads(sys.argv[1]))"
     argument = json.dumps(dict(options or {}))
     if kernel_groups:
-        from fastchgnet.compile.kernel_groups import header_folders
-
         code = "import json,sys; from fastchgnet.compile.kernel_groups import warm_prefix_header; "
         code += "warm_prefix_header(json.loads(sys.argv[1]))"
         argument = json.dumps(header_folders())
@@ -72,6 +70,14 @@ def start_warm_headers(
         err.close()
         log.debug("compiled store: header warm-up not started (%s)", exc)
         return None
+
+
+def header_folders() -> list[str]:
+    """Where this process's inductor keeps its precompiled headers and their locks (fixed
+    when inductor's code cache was imported)."""
+    from torch._inductor import codecache
+
+    return [codecache._HEADER_DIR, codecache._HEADER_LOCK_DIR]
 
 
 def finish_warm_headers(process: subprocess.Popen | None, timeout: float = 120.0) -> bool | None:
