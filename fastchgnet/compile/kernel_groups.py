@@ -86,15 +86,17 @@ class _PendingGroup:
     of any of its kernels, not at its module's ``wait``: while g++ builds a training graph's
     forward kernels, inductor goes on to generate its backward. At that first call every
     kernel of the group takes its built function, in its module's globals too (later calls go
-    straight to it); a group that fails to build falls back to one build per kernel, loudly."""
+    straight to it); a group that fails to build falls back to one build per kernel, loudly,
+    all of them started on the compile pool (``submit``) before any is waited for."""
 
     def __init__(
         self,
         named: list[tuple[str, _HeldKernel]],
         load: Callable[[], Any] | None,
         scope: dict[str, Any],
+        submit: Callable | None,
     ):
-        self.named, self.load, self.scope = named, load, scope
+        self.named, self.load, self.scope, self.submit = named, load, scope, submit
         self.lock = threading.Lock()
         for _, kernel in named:
             kernel.pending = self
@@ -114,13 +116,22 @@ class _PendingGroup:
                         len(self.named),
                         error,
                     )
+            if module is None:  # inductor's own build of each kernel, on its compile pool
+                alone = [
+                    (
+                        kernel,
+                        CppPythonBindingsCodeCache.load_pybinding_async(
+                            kernel.argtypes, kernel.source, submit_fn=self.submit
+                        ),
+                    )
+                    for _, kernel in self.named
+                    if kernel.built is None
+                ]
+                for kernel, load_one in alone:
+                    kernel.built = load_one()
             for index, (name, kernel) in enumerate(self.named):
                 if kernel.built is None:
-                    kernel.built = (
-                        getattr(module, f"kernel_{index}")
-                        if module is not None
-                        else kernel.build_alone()
-                    )
+                    kernel.built = getattr(module, f"kernel_{index}")
                 kernel.pending = None
                 if self.scope.get(name) is kernel:
                     self.scope[name] = kernel.built
@@ -259,7 +270,7 @@ def _build_groups(held: list[tuple[str, _HeldKernel]], scope: dict[str, Any]) ->
         except Exception as error:  # any failure to start falls back, loudly
             log.warning("kernel group of %d failed to start (%s); one call each", len(group), error)
             load = None
-        pending = _PendingGroup(group, load, scope)
+        pending = _PendingGroup(group, load, scope, submit)
         if submit is None or load is None:
             pending.resolve()
 

@@ -193,34 +193,44 @@ def test_wait_starts_the_group_builds_and_the_first_call_waits_for_its_group(
 
 
 def test_a_deferred_group_that_fails_builds_each_kernel_alone(monkeypatch, caplog) -> None:
+    """A group whose build fails gives each of its kernels inductor's own build, all started
+    on the compile pool before any is waited for; the other group is not touched."""
+    events: list[str] = []
+
     def load_async(source: str, device: str, submit_fn=None):
         def load():
             raise RuntimeError("g++ failed")
 
         return load
 
-    built: list[str] = []
+    def load_pybinding_async(argtypes, source: str, submit_fn=None):
+        assert submit_fn is not None  # on the pool
+        events.append(f"start {source[0]}")
 
-    def build_alone(self):
-        if self.built is None:
-            built.append(self.source)
-            self.built = lambda *a: ("alone", self.source)
-        return self.built
+        def load():
+            events.append(f"wait {source[0]}")
+            return lambda *a: ("alone", source)
+
+        return load
 
     monkeypatch.setattr(kernel_groups._GroupCache, "load_async", load_async)
+    monkeypatch.setattr(
+        kernel_groups.CppPythonBindingsCodeCache, "load_pybinding_async", load_pybinding_async
+    )
     monkeypatch.setattr(kernel_groups.inductor_async, "get_compile_threads", lambda: 2)
-    monkeypatch.setattr(_HeldKernel, "build_alone", build_alone)
-    held = [("a", _HeldKernel([], "a" * 10)), ("b", _HeldKernel([], "b" * 10))]
+    held = [(name, _HeldKernel([], name * 10)) for name in "abcd"]
     scope = dict(held)
     with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
         kernel_groups._build_groups(held, scope)
-        assert built == []
+        assert events == []
         assert scope["a"]() == ("alone", "a" * 10)
     assert "failed to build" in caplog.text
-    assert built == ["a" * 10]  # its group (one kernel on two compile threads), once
+    assert events == ["start a", "start b", "wait a", "wait b"]  # its group: a and b
     assert scope["a"] is not held[0][1]
     assert scope["b"]() == ("alone", "b" * 10)
-    assert built == ["a" * 10, "b" * 10]
+    assert scope["c"] is held[2][1]  # the other group is still pending
+    assert scope["d"]() == ("alone", "d" * 10)
+    assert events[4:] == ["start c", "start d", "wait c", "wait d"]
 
 
 @pytest.mark.slow
