@@ -27,7 +27,15 @@ from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout
-from fastchgnet.model.layers import AngleUpdate, AtomConv, BondConv, Topology, gather, scatter_sum
+from fastchgnet.model.layers import (
+    AngleUpdate,
+    AtomConv,
+    BondConv,
+    Topology,
+    gather,
+    pair_ends,
+    scatter_sum,
+)
 from fastchgnet.model.precision import autocast, check_precision
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -179,27 +187,6 @@ class FastCHGNet(nn.Module):
 
     # ----------------------------------------------------------------- geometry
     @staticmethod
-    def topology(batch: GraphBatch) -> Topology:
-        """Directed-edge and angle index tensors of a batch (see fastchgnet.data.batch)."""
-        i, j = batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]
-        edge_centre = torch.cat([i, j])
-        bond_ids = torch.arange(batch.bond_atoms.shape[0], device=i.device)
-        edge_bond = torch.cat([bond_ids, bond_ids])
-        e1, e2 = batch.angle_edges[:, 0], batch.angle_edges[:, 1]
-        n_bonds, n_short = batch.bond_atoms.shape[0], batch.n_short_bonds
-        return Topology(
-            edge_centre=edge_centre,
-            edge_neighbour=torch.cat([j, i]),
-            edge_bond=edge_bond,
-            short_edge_centre=torch.cat([i[:n_short], j[:n_short]]),
-            # edges of short bonds are b and n_bonds + b, b < n_short: renumbered b, n_short + b
-            angle_edge1=torch.where(e1 < n_bonds, e1, e1 - (n_bonds - n_short)),
-            angle_bond1=edge_bond[e1],
-            angle_bond2=edge_bond[e2],
-            n_short_bonds=batch.n_short_bonds,
-        )
-
-    @staticmethod
     def geometry(
         batch: GraphBatch, *, forces: bool, stress: bool
     ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -229,7 +216,7 @@ class FastCHGNet(nn.Module):
         offsets = torch.einsum(
             "bi,bij->bj", batch.bond_images, gather(lattice, batch.bond_structure)
         )
-        i, j = batch.bond_atoms[:, 0], batch.bond_atoms[:, 1]
+        i, j = pair_ends(batch.bond_atoms).view(2, -1)  # stride-1 indices (see pair_ends)
         return positions, strain, gather(deformed, j) + offsets - gather(deformed, i)
 
     # ------------------------------------------------------------- energy model
@@ -238,9 +225,8 @@ class FastCHGNet(nn.Module):
         lengths = torch.linalg.vector_norm(vectors, dim=1)
         units = vectors / lengths.unsqueeze(1)
         edge_units = torch.cat([units, -units])
-        angle = angle_between(
-            gather(edge_units, batch.angle_edges[:, 0]), gather(edge_units, batch.angle_edges[:, 1])
-        )
+        first, second = gather(edge_units, pair_ends(batch.angle_edges)).view(2, -1, 3)
+        angle = angle_between(first, second)
 
         atoms = gather(self.atom_embedding.weight, batch.atomic_numbers - 1)
         bonds, atom_weights = self.bond_projection(self.radial_atom(lengths)).split(
@@ -329,7 +315,7 @@ class FastCHGNet(nn.Module):
             positions, strain, vectors = self.geometry(
                 batch, forces=compute_forces, stress=compute_stress
             )
-            site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
+            site_energy, encoded = self.energy_model(batch, vectors, Topology.of(batch))
             total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
@@ -351,7 +337,7 @@ class FastCHGNet(nn.Module):
         encoding, head forces and stress; no autograd."""
         assert self.direct_heads is not None
         _, _, vectors = self.geometry(batch, forces=False, stress=False)
-        site_energy, encoded = self.energy_model(batch, vectors, self.topology(batch))
+        site_energy, encoded = self.energy_model(batch, vectors, Topology.of(batch))
         total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
         scale = self.config.head_feature_grad
         forces, stress = self.direct_heads(

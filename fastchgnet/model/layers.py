@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+if TYPE_CHECKING:
+    from fastchgnet.data.batch import GraphBatch
 
 
 class Topology(NamedTuple):
@@ -38,6 +41,27 @@ class Topology(NamedTuple):
     angle_bond1: Tensor
     angle_bond2: Tensor
     n_short_bonds: int
+
+    @classmethod
+    def of(cls, batch: GraphBatch) -> Topology:
+        """The index tensors of ``batch`` (see fastchgnet.data.batch)."""
+        edge_centre = pair_ends(batch.bond_atoms)
+        i, j = edge_centre.view(2, -1)
+        bond_ids = torch.arange(batch.bond_atoms.shape[0], device=i.device)
+        edge_bond = torch.cat([bond_ids, bond_ids])
+        e1, e2 = batch.angle_edges[:, 0], batch.angle_edges[:, 1]
+        n_bonds, n_short = batch.bond_atoms.shape[0], batch.n_short_bonds
+        return cls(
+            edge_centre=edge_centre,
+            edge_neighbour=torch.cat([j, i]),
+            edge_bond=edge_bond,
+            short_edge_centre=torch.cat([i[:n_short], j[:n_short]]),
+            # edges of short bonds are b and n_bonds + b, b < n_short: renumbered b, n_short + b
+            angle_edge1=torch.where(e1 < n_bonds, e1, e1 - (n_bonds - n_short)),
+            angle_bond1=edge_bond[e1],
+            angle_bond2=edge_bond[e2],
+            n_short_bonds=batch.n_short_bonds,
+        )
 
 
 def parallel_cpu(values: Tensor) -> bool:
@@ -176,6 +200,18 @@ def expanded_scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
     """``scatter_sum`` in the expanded-index form (``parallel_cpu``): (n, ...) -> (size, ...)."""
     out = values.new_zeros(size, *values.shape[1:])
     return out.scatter_add(0, expanded(index, values), values)
+
+
+def pair_ends(pairs: Tensor) -> Tensor:
+    """(n, 2) index pairs (a bond's atoms i, j; an angle's two edges) -> (2 * n,) contiguous:
+    every pair's first, then every pair's second.
+
+    Gather by these, or by a row of ``.view(2, -1)``, never by a column ``pairs[:, 0]``: that
+    is strided (stride 2), and aten's fast CPU scatter sum of 16 or more columns (the
+    expanded-index path the backward of a gather takes on several threads) needs an index of
+    stride 1 and a contiguous source. With a column it takes the generic path: a (4000, 64)
+    sum into 400 rows took 447 us against 88 us on 2 threads."""
+    return pairs.T.reshape(-1)
 
 
 def norm_or_identity(kind: str | None, dim: int) -> nn.Module:

@@ -13,8 +13,11 @@ from torch._inductor.utils import run_and_get_code
 
 from fastchgnet.compile import CapturedModel
 from fastchgnet.compile.capture import CPU_CONSERVATIVE_ACTIVATION_BUDGET, CPU_INDUCTOR_OPTIONS
+from fastchgnet.compile.programs import loss_program
+from fastchgnet.compile.trace import trace_program
 from fastchgnet.model import layers
 from fastchgnet.model.layers import gather, scatter_sum
+from fastchgnet.model.loss import LossConfig
 from tests.compile.conftest import small_model
 
 
@@ -178,3 +181,31 @@ def test_conservative_cpu_training_graphs_compile_with_the_activation_budget(
         captured.predict(batch)  # a replay: compiled already, default settings
     assert seen == [budget, 1.0]
     assert functorch_config.activation_memory_budget == 1.0
+
+
+@pytest.mark.parametrize("forces", ["direct", "conservative"])
+def test_every_scatter_sum_of_a_traced_training_step_has_the_fast_path_layout(
+    two_threads, batch_and_labels, forces
+):
+    """aten's fast expanded-index scatter sum on CPU needs an index of stride 1 along the rows,
+    a contiguous source and a contiguous destination; otherwise it takes a generic path, about
+    5x slower a call. The direct heads' two column gathers by ``bond_atoms[:, 0]`` (stride 2)
+    gave four such scatters in the direct training step's backward."""
+    batch, labels = batch_and_labels
+    model = small_model(forces).train()
+    loss = loss_program(LossConfig(), True, True)
+
+    def step(model, batch, labels):  # the loss and its gradients, as the training step's
+        value = loss(model, batch, labels)[0]
+        weights = [p for p in model.parameters() if p.requires_grad]
+        return (value, *torch.autograd.grad(value, weights, allow_unused=True))
+
+    traced = trace_program(model, step, batch, labels)
+    scatters = [n for n in traced.graph.nodes if str(n.target).startswith("aten.scatter_add")]
+    assert scatters
+    slow = []
+    for node in scatters:
+        destination, index, source = (node.args[k].meta["val"] for k in (0, 2, 3))
+        if not (index.stride(0) == 1 and source.is_contiguous() and destination.is_contiguous()):
+            slow.append((node.name, index.stride(), source.stride(), destination.stride()))
+    assert not slow, slow

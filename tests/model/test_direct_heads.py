@@ -14,10 +14,12 @@ from fastchgnet import FastCHGNet, build_graph, collate
 from fastchgnet.model.direct_heads import (
     PairMagnitude,
     lattice_normals,
+    pair_atom_sums,
     pair_forces,
     pair_virial,
     structure_volume,
 )
+from fastchgnet.model.layers import pair_ends
 from fastchgnet.testing import (
     TOLERANCE,
     check_cell_choice,
@@ -88,8 +90,10 @@ def test_pair_magnitude_is_symmetric_in_the_two_atoms_and_zero_beyond_the_cutoff
     atoms, bonds = torch.randn(4, 8, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
     bond_atoms = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2], [1, 1]])
     lengths = torch.tensor([1.0, 2.0, 3.0, 5.99, 6.0, 7.0], dtype=torch.float64)
-    forward = head(atoms, bonds, bond_atoms, lengths)
-    assert torch.equal(forward, head(atoms, bonds, bond_atoms.flip(1), lengths))
+    forward = head(pair_atom_sums(atoms, pair_ends(bond_atoms)), bonds, lengths)
+    flipped = pair_atom_sums(atoms, pair_ends(bond_atoms.flip(1)))
+    assert torch.equal(forward, head(flipped, bonds, lengths))
+    assert torch.equal(flipped, atoms[bond_atoms[:, 0]] + atoms[bond_atoms[:, 1]])
     assert (forward[:4] != 0).all()
     assert (forward[4:] == 0).all()
 

@@ -11,7 +11,7 @@ from pymatgen.core import Lattice, Structure
 
 from fastchgnet import FastCHGNet, ModelConfig, StructureError, build_graph, collate
 from fastchgnet.data.random_crystals import no_angle_structure, varied_structures
-from fastchgnet.model.layers import AtomConv, BondConv, scatter_sum
+from fastchgnet.model.layers import AtomConv, BondConv, Topology, scatter_sum
 
 STRUCTURES = varied_structures(6, seed=5, max_atoms=24)
 
@@ -50,7 +50,7 @@ def test_factored_atom_conv_equals_concatenated_gated_mlp():
     atoms = torch.randn(graph.n_atoms, 8, dtype=torch.float64)
     bonds = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
     weights = torch.randn(graph.n_bonds, 8, dtype=torch.float64)
-    topo = FastCHGNet.topology(batch)
+    topo = Topology.of(batch)
     got = conv(atoms, bonds, weights, topo)
     edge_bonds = bonds[topo.edge_bond]
     x = torch.cat([atoms[topo.edge_centre], edge_bonds, atoms[topo.edge_neighbour]], dim=1)
@@ -69,7 +69,7 @@ def test_factored_bond_conv_equals_concatenated_gated_mlp():
     bonds = torch.randn(graph.n_bonds, 6, dtype=torch.float64)
     weights = torch.randn(n_short, 6, dtype=torch.float64)
     angles = torch.randn(graph.n_angles, 4, dtype=torch.float64)
-    topo = FastCHGNet.topology(batch)
+    topo = Topology.of(batch)
     got = conv(atoms, bonds, weights, angles, topo)
     centre = topo.edge_centre[batch.angle_edges[:, 0]]  # the atom shared by the two bonds
     x = torch.cat([bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[centre]], dim=1)
