@@ -44,13 +44,13 @@ def start_warm_headers(
     ``FASTCHGNET_WARM_HEADERS=0`` or when it cannot start."""
     if (os.cpu_count() or 1) < 2 or os.environ.get("FASTCHGNET_WARM_HEADERS", "1") == "0":
         return None
-    code = "import json,sys; from fastchgnet.compile.package_build import warm_headers; "
-    code += "warm_headers(json.loads(sys.argv[1]))"
-    argument = json.dumps(dict(options or {}))
-    if kernel_groups:
-        code = "import json,sys; from fastchgnet.compile.kernel_groups import warm_prefix_header; "
-        code += "warm_prefix_header(json.loads(sys.argv[1]))"
-        argument = json.dumps(header_folders())
+    module, function, argument = (
+        ("kernel_groups", "warm_prefix_header", header_folders())
+        if kernel_groups
+        else ("package_build", "warm_headers", dict(options or {}))
+    )
+    code = f"import json,sys; from fastchgnet.compile.{module} import {function}; "
+    code += f"{function}(json.loads(sys.argv[1]))"
     env = dict(os.environ, OMP_NUM_THREADS="1", FASTCHGNET_WARM_HEADERS="0")
     source = str(Path(__file__).resolve().parents[2])  # the folder holding fastchgnet/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
@@ -58,7 +58,7 @@ def start_warm_headers(
     err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by finish_warm_headers)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-c", code, argument],
+            [sys.executable, "-c", code, json.dumps(argument)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
