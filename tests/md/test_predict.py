@@ -9,8 +9,9 @@ import torch
 
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.data.batch import collate
 from fastchgnet.data.random_crystals import varied_structures
-from fastchgnet.model.potential import EagerPotential, predict_structures
+from fastchgnet.model.potential import EagerPotential, graphs_for, predict_structures
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -44,3 +45,26 @@ def test_the_prediction_split_gives_each_structure_its_rows() -> None:
         assert joint["site_energies"].shape == (len(structure),)
         for key, value in alone.items():
             np.testing.assert_allclose(joint[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_eager_prediction_takes_no_weight_gradient_and_restores_the_flags() -> None:
+    torch.manual_seed(0)
+    model = FastCHGNet(n_conv=2).double().train()
+    model.atom_convs[0].mlp_out.weight.requires_grad_(False)  # a frozen weight stays frozen
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert not before["composition.energies"]
+    assert any(before.values())
+    graphs = graphs_for(model.config, varied_structures(2, seed=4, max_atoms=6))
+    seen: list[bool] = []
+    hook = model.atom_convs[0].register_forward_hook(
+        lambda *_: seen.append(any(p.requires_grad for p in model.parameters()))
+    )
+    got = EagerPotential(model).predict_graphs(graphs, stress=True)
+    hook.remove()
+    assert seen == [False]  # no weight path recorded during the call
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    assert model.training  # eval mode only for the call
+    model.eval()
+    plain = model(collate(graphs, dtype=torch.float64), compute_forces=True, compute_stress=True)
+    for key in ("energy", "forces", "stress", "magmoms"):
+        torch.testing.assert_close(getattr(got, key), getattr(plain, key), rtol=0, atol=0)
