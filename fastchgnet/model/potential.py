@@ -94,7 +94,7 @@ class EagerPotential:
     ) -> Prediction:
         """One eager model call on ``graphs`` (see ``Potential``), in eval mode, with the
         weights ``frozen`` (no gradient for them is taken)."""
-        parameter = self.parameters[0]
+        parameter = next(self.model.parameters())  # the model's dtype and device now
         batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
         with eval_mode(self.model), flush_denormals(), frozen(self.parameters):
             return self.model(
