@@ -45,10 +45,10 @@ def main() -> None:
     from fastchgnet.compile import capture
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.random_crystals import varied_structures
-    from fastchgnet.numerics import start_thread_team_flushing
+    from fastchgnet.numerics import flush_thread_team
     from fastchgnet.train.step import standalone_step
 
-    start_thread_team_flushing()  # as a training run does
+    flush_thread_team()  # as a training run's first step does
     structures = varied_structures(240, seed=7, max_atoms=108)
     labels = random_labels(structures, seed=1)
     graphs = [build_graph(s) for s in structures]

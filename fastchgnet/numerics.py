@@ -9,11 +9,18 @@ far under float32 round-off of anything the model outputs, and made the conserva
 training step 1.7x faster on this CPU (TensorFlow sets the same bits for every CPU op).
 
 The bits live in each thread's MXCSR register, so ``flush_denormals`` sets them for the calling
-thread and clears them on exit (nesting counts). Threads created while it is active (an
-OpenMP pool started by the first parallel op) inherit them; a pool started earlier keeps its
-own state, so the full effect is certain with ``torch.set_num_threads(1)``, or with
-``start_thread_team_flushing()`` called before the first parallel op (a training run does, in
-``train.run.setup``). The environment variable ``FASTCHGNET_FLUSH_DENORMALS=0`` turns it off.
+thread and clears them on exit (nesting counts). The worker threads of torch's OpenMP team
+keep theirs for their life, inherited from the thread that started them: a team started
+outside ``flush_denormals`` (any parallel torch op before our first model call) never flushes
+on its workers, and the 8-atom MD force call on 2 threads took 16.5 against 13 ms that way.
+So the first ``flush_denormals`` of a thread (and again after the thread count changes) runs
+``flush_thread_team``: it checks that a parallel op flushes on every thread and, where one
+does not, lets the OpenMP runtime free its team (``omp_pause_resource_all``) so that the next
+parallel op, inside the block, starts a new one that inherits the bits. From then on the
+workers flush for the life of the process, as they would in a team started inside the block
+(a training run's, or any process whose first parallel op is ours); the calling thread is
+still cleared on exit. The environment variable ``FASTCHGNET_FLUSH_DENORMALS=0`` turns all of
+it off.
 
 Freed memory kept (``keep_freed_memory``, applied once per process by the first
 ``flush_denormals``, so by every model call, training step and run of ours): glibc's malloc
@@ -38,6 +45,8 @@ import threading
 from collections.abc import Iterator
 
 import torch
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _state = threading.local()
 
@@ -57,6 +66,8 @@ def flush_denormals() -> Iterator[bool]:
     if depth == 0:
         keep_freed_memory()
         _state.active = flush_denormals_enabled() and torch.set_flush_denormal(True)
+        if _state.active:
+            team_flushing()
     _state.depth = depth + 1
     try:
         yield bool(_state.active)
@@ -67,17 +78,71 @@ def flush_denormals() -> Iterator[bool]:
             _state.active = False
 
 
-def start_thread_team_flushing() -> bool:
-    """Start torch's OpenMP thread team now, inside ``flush_denormals``: its threads inherit
-    the bits from the thread that creates them and keep them for the life of the process
-    (``flush_denormals`` reaches only the calling thread). Without it, a training run at 2
-    threads flushed on its main thread only (issue #14). Call after ``torch.set_num_threads``
-    and before any parallel op; once the team exists it changes nothing. Returns whether the
-    bits were set (False where disabled or unsupported)."""
+def team_flushes() -> bool:
+    """Whether a parallel torch op flushes denormal results on every thread of the calling
+    thread's team now (call inside ``flush_denormals``): a product of normal numbers whose
+    result is denormal, big enough to be split over every thread, must come out all zero."""
+    n = torch.get_num_threads() * (1 << 16)
+    tiny = torch.full((n,), 1e-30, dtype=torch.float32, device="cpu")
+    return bool(((tiny * 1e-10) == 0).all())
+
+
+#: (Python thread, torch thread count) -> whether its OpenMP team flushes (``team_flushing``)
+_teams: dict[tuple[int, int], bool] = {}
+#: file names of the OpenMP runtimes torch's CPU builds use (GNU, Intel, LLVM)
+OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")
+#: ``omp_pause_resource_all``'s soft pause: the runtime frees its threads, keeps its settings
+OMP_PAUSE_SOFT = 1
+
+
+def team_flushing() -> bool:
+    """Inside ``flush_denormals``: make every thread of this thread's OpenMP team flush, once
+    per thread and thread count (see the module docstring). Returns whether they do; False
+    where the team cannot be restarted (no OpenMP runtime found, or inside a parallel
+    region), and the workers then go on as they were. Nothing is checked while a graph is
+    traced (dynamo, make_fx) or under a dispatch mode: the check's ops would be traced or
+    counted."""
+    if (
+        torch.compiler.is_compiling()
+        or get_proxy_mode() is not None
+        or _get_current_dispatch_mode() is not None  # e.g. a FLOP counter: keep its counts
+    ):
+        return False
+    key = (threading.get_ident(), torch.get_num_threads())
+    if key not in _teams:
+        _teams[key] = key[1] == 1 or team_flushes() or (restart_thread_team() and team_flushes())
+    return _teams[key]
+
+
+def flush_thread_team() -> bool:
+    """Every thread of torch's CPU thread team flushes denormals from now on (this thread
+    only inside ``flush_denormals``). Returns whether they do (False where disabled,
+    unsupported, or the team could not be restarted)."""
     with flush_denormals() as active:
-        if active and torch.get_num_threads() > 1:
-            torch.ones(torch.get_num_threads() * 65536).sum()  # big enough to run in parallel
-    return active
+        return active and team_flushing()
+
+
+def restart_thread_team() -> bool:
+    """Let each OpenMP runtime in this process free its thread team (a soft
+    ``omp_pause_resource_all``): the next parallel op starts a new team whose threads take the
+    calling thread's floating-point mode. Returns whether a runtime did; False without
+    ``/proc/self/maps`` (not Linux) or a runtime that exports the call."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if line.count("/") and ".so" in line}
+    except OSError:
+        return False
+    done = False
+    for path in sorted(paths):
+        if not os.path.basename(path).startswith(OPENMP_RUNTIMES):
+            continue
+        try:
+            pause = ctypes.CDLL(path).omp_pause_resource_all
+        except (OSError, AttributeError):
+            continue
+        pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
+        done |= pause(OMP_PAUSE_SOFT) == 0
+    return done
 
 
 #: glibc ``mallopt`` parameters

@@ -65,35 +65,50 @@ def test_works_as_a_decorator_on_every_call(denormal_support: None) -> None:
 
 TEAM_CHECK = """
 import torch
-from fastchgnet.numerics import flush_denormals, start_thread_team_flushing
+from fastchgnet.numerics import flush_denormals, flush_thread_team
 torch.set_num_threads(2)
-if {start}:
-    start_thread_team_flushing()
+if "{case}" == "started inside":
+    flush_thread_team()
 else:
-    torch.ones(1 << 20).sum()  # the team starts outside flush_denormals
+    torch.ones(1 << 20).sum()  # the team starts outside flush_denormals, its workers unflushed
+if "{case}" == "more threads later":
+    with flush_denormals():
+        pass
+    torch.set_num_threads(3)
+    torch.ones(1 << 20).sum()  # the third thread starts outside, unflushed
 tiny = torch.full((1 << 22,), 1e-39)  # made before flushing
-with flush_denormals():
+if "{case}" == "main thread only":
+    torch.set_flush_denormal(True)  # what torch's own switch reaches: this thread
     survivors = int(((tiny * 1.0) != 0).sum())
+else:
+    with flush_denormals():
+        survivors = int(((tiny * 1.0) != 0).sum())
 print(survivors)
 """
 
 
-@pytest.mark.parametrize("start", [True, False])
-def test_thread_team_started_flushing_flushes_on_every_thread(start, denormal_support) -> None:
-    import subprocess
-    import sys
+@pytest.mark.parametrize(
+    "case", ["started inside", "started outside", "more threads later", "main thread only"]
+)
+def test_every_thread_of_the_team_flushes_inside_however_it_started(
+    case: str, denormal_support: None
+) -> None:
+    """A team whose worker threads started outside ``flush_denormals`` (any parallel op before
+    ours, or a thread added by a later ``set_num_threads``) is restarted by the first
+    ``flush_denormals`` so that every thread flushes; torch's switch alone (the control)
+    reaches only the calling thread."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, "-c", TEAM_CHECK.format(start=start)],
+        [sys.executable, "-c", TEAM_CHECK.format(case=case)],
         capture_output=True, text=True, check=True, cwd=root, env={"PYTHONPATH": str(root)},
     )  # fmt: skip
     survivors = int(out.stdout.split()[-1])
-    if start:
-        assert survivors == 0  # both threads flushed
+    if case == "main thread only":
+        assert survivors > 0  # the control: the workers' share came out denormal
     else:
-        assert survivors > 0  # the control: the worker thread did not
+        assert survivors == 0  # every thread flushed
 
 
 #: a process whose first model-side call (``flush_denormals``) settles the allocator. It prints:

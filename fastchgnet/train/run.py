@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastchgnet.numerics import start_thread_team_flushing
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     Progress,
@@ -90,7 +89,6 @@ def setup(config: TrainConfig) -> Run:
         collectives.register_rank(out, rank)
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
-    start_thread_team_flushing()  # every OpenMP thread flushes denormals, not only this one
     random.seed(config.run.seed)
     np.random.seed(config.run.seed)  # noqa: NPY002 - the legacy generator third parties use
     scalars = Scalars(config.run.tensorboard, out, rank)
