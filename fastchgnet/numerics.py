@@ -87,8 +87,6 @@ def team_flushes() -> bool:
     return bool(((tiny * 1e-10) == 0).all())
 
 
-#: (Python thread, torch thread count) -> whether its OpenMP team flushes (``team_flushing``)
-_teams: dict[tuple[int, int], bool] = {}
 #: file names of the OpenMP runtimes torch's CPU builds use (GNU, Intel, LLVM)
 OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")
 #: ``omp_pause_resource_all``'s soft pause: the runtime frees its threads, keeps its settings
@@ -108,10 +106,14 @@ def team_flushing() -> bool:
         or _get_current_dispatch_mode() is not None  # e.g. a FLOP counter: keep its counts
     ):
         return False
-    key = (threading.get_ident(), torch.get_num_threads())
-    if key not in _teams:
-        _teams[key] = key[1] == 1 or team_flushes() or (restart_thread_team() and team_flushes())
-    return _teams[key]
+    # per Python thread (each drives a team of its own), by thread count
+    teams: dict[int, bool] = _state.__dict__.setdefault("teams", {})
+    threads = torch.get_num_threads()
+    if threads not in teams:
+        teams[threads] = (
+            threads == 1 or team_flushes() or (restart_thread_team() and team_flushes())
+        )
+    return teams[threads]
 
 
 def flush_thread_team() -> bool:

@@ -71,30 +71,49 @@ if "{case}" == "started inside":
     flush_thread_team()
 else:
     torch.ones(1 << 20).sum()  # the team starts outside flush_denormals, its workers unflushed
-if "{case}" == "more threads later":
-    with flush_denormals():
+if "{case}" in ("more threads later", "another Python thread"):
+    with flush_denormals():  # this thread's team checked and restarted
         pass
+if "{case}" == "more threads later":
     torch.set_num_threads(3)
     torch.ones(1 << 20).sum()  # the third thread starts outside, unflushed
 tiny = torch.full((1 << 22,), 1e-39)  # made before flushing
+def count():
+    global survivors
+    if "{case}" == "another Python thread":
+        torch.ones(1 << 20).sum()  # this thread's own team starts outside, unflushed
+    with flush_denormals():
+        survivors = int(((tiny * 1.0) != 0).sum())
 if "{case}" == "main thread only":
     torch.set_flush_denormal(True)  # what torch's own switch reaches: this thread
     survivors = int(((tiny * 1.0) != 0).sum())
+elif "{case}" == "another Python thread":
+    import threading
+    thread = threading.Thread(target=count)
+    thread.start()
+    thread.join()
 else:
-    with flush_denormals():
-        survivors = int(((tiny * 1.0) != 0).sum())
+    count()
 print(survivors)
 """
 
 
 @pytest.mark.parametrize(
-    "case", ["started inside", "started outside", "more threads later", "main thread only"]
+    "case",
+    [
+        "started inside",
+        "started outside",
+        "more threads later",
+        "another Python thread",
+        "main thread only",
+    ],
 )
 def test_every_thread_of_the_team_flushes_inside_however_it_started(
     case: str, denormal_support: None
 ) -> None:
     """A team whose worker threads started outside ``flush_denormals`` (any parallel op before
-    ours, or a thread added by a later ``set_num_threads``) is restarted by the first
+    ours, a thread added by a later ``set_num_threads``, or the team of another Python thread,
+    which the main thread's check does not cover) is restarted by the first
     ``flush_denormals`` so that every thread flushes; torch's switch alone (the control)
     reaches only the calling thread."""
     from pathlib import Path
