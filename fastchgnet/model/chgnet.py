@@ -188,9 +188,10 @@ class FastCHGNet(nn.Module):
     # ----------------------------------------------------------------- geometry
     @staticmethod
     def geometry(
-        batch: GraphBatch, *, forces: bool, stress: bool
+        batch: GraphBatch, *, forces: bool, stress: bool, ends: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Positions, strain and bond vectors of a batch.
+        """Positions, strain and bond vectors of a batch; ``ends`` (2 * n_bonds,) is
+        ``pair_ends(batch.bond_atoms)`` where the caller has it (``Topology.edge_centre``).
 
         Returns:
             positions (n_atoms, 3) Å, a leaf requiring grad when ``forces``;
@@ -216,7 +217,9 @@ class FastCHGNet(nn.Module):
         offsets = torch.einsum(
             "bi,bij->bj", batch.bond_images, gather(lattice, batch.bond_structure)
         )
-        i, j = pair_ends(batch.bond_atoms).view(2, -1)  # stride-1 indices (see pair_ends)
+        if ends is None:
+            ends = pair_ends(batch.bond_atoms)
+        i, j = ends.view(2, -1)  # stride-1 indices (see pair_ends)
         return positions, strain, gather(deformed, j) + offsets - gather(deformed, i)
 
     # ------------------------------------------------------------- energy model
@@ -312,10 +315,11 @@ class FastCHGNet(nn.Module):
         """Site energies (n_atoms,) and totals (n_structures,) eV without composition, the
         encoding, -dE/dx and (1/V) dE/dstrain in GPa."""
         with torch.enable_grad():
+            topo = Topology.of(batch)
             positions, strain, vectors = self.geometry(
-                batch, forces=compute_forces, stress=compute_stress
+                batch, forces=compute_forces, stress=compute_stress, ends=topo.edge_centre
             )
-            site_energy, encoded = self.energy_model(batch, vectors, Topology.of(batch))
+            site_energy, encoded = self.energy_model(batch, vectors, topo)
             total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]
@@ -336,8 +340,9 @@ class FastCHGNet(nn.Module):
         """Site energies (n_atoms,) and totals (n_structures,) eV without composition, the
         encoding, head forces and stress; no autograd."""
         assert self.direct_heads is not None
-        _, _, vectors = self.geometry(batch, forces=False, stress=False)
-        site_energy, encoded = self.energy_model(batch, vectors, Topology.of(batch))
+        topo = Topology.of(batch)
+        _, _, vectors = self.geometry(batch, forces=False, stress=False, ends=topo.edge_centre)
+        site_energy, encoded = self.energy_model(batch, vectors, topo)
         total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
         scale = self.config.head_feature_grad
         forces, stress = self.direct_heads(
@@ -345,6 +350,7 @@ class FastCHGNet(nn.Module):
             scale_gradient(encoded.atoms, scale),
             scale_gradient(encoded.bonds, scale),
             vectors,
+            topo.edge_centre,
             compute_forces=compute_forces,
             compute_stress=compute_stress,
         )

@@ -36,27 +36,27 @@ from torch import Tensor, nn
 
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.model.basis import polynomial_envelope
-from fastchgnet.model.layers import gather, mlp, norm_or_identity, pair_ends, scatter_sum
+from fastchgnet.model.layers import gather, mlp, norm_or_identity, scatter_sum
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 #: Initial scale of the virial head's last layer (see DirectHeads).
 VIRIAL_INIT_SCALE = 0.01
 
 
-def pair_forces(magnitudes: Tensor, units: Tensor, bond_atoms: Tensor, n_atoms: int) -> Tensor:
+def pair_forces(magnitudes: Tensor, units: Tensor, ends: Tensor, n_atoms: int) -> Tensor:
     """Forces of central pair interactions: atom i gets +m_b u_b, atom j gets -m_b u_b.
 
     Args:
         magnitudes: (n_bonds,) m_b, eV/Å (positive: attraction).
         units: (n_bonds, 3) unit vectors from i to j.
-        bond_atoms: (n_bonds, 2) global (i, j) of each bond.
+        ends: (2 * n_bonds,) every bond's i, then every bond's j (``pair_ends``).
         n_atoms: number of atoms in the batch.
 
     Returns:
         (n_atoms, 3) forces, eV/Å.
     """
     pair = magnitudes.unsqueeze(1) * units
-    return scatter_sum(torch.cat([pair, -pair]), pair_ends(bond_atoms), n_atoms)
+    return scatter_sum(torch.cat([pair, -pair]), ends, n_atoms)
 
 
 def pair_atom_sums(atoms: Tensor, ends: Tensor) -> Tensor:
@@ -197,21 +197,23 @@ class DirectHeads(nn.Module):
         atoms: Tensor,
         bonds: Tensor,
         vectors: Tensor,
+        ends: Tensor,
         *,
         compute_forces: bool,
         compute_stress: bool,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Final atoms (n_atoms, A) and bonds (n_bonds, B), bond vectors (n_bonds, 3) Å ->
+        """Final atoms (n_atoms, A) and bonds (n_bonds, B), bond vectors (n_bonds, 3) Å and
+        their atoms' indices ``ends`` (2 * n_bonds,), ``pair_ends(batch.bond_atoms)`` ->
         forces (n_atoms, 3) eV/Å or None, stress (n_structures, 3, 3) GPa or None."""
         lengths = torch.linalg.vector_norm(vectors, dim=1)
         forces = stress = None
         pair_heads = compute_forces or (compute_stress and self.stress_magnitude is not None)
         # both pair heads read the same a_i + a_j: gathered once, one scatter in the backward
-        pair_atoms = pair_atom_sums(atoms, pair_ends(batch.bond_atoms)) if pair_heads else None
+        pair_atoms = pair_atom_sums(atoms, ends) if pair_heads else None
         if compute_forces:
             magnitudes = self.force_magnitude(pair_atoms, bonds, lengths)
             units = vectors / lengths.unsqueeze(1)
-            forces = pair_forces(magnitudes, units, batch.bond_atoms, atoms.shape[0])
+            forces = pair_forces(magnitudes, units, ends, atoms.shape[0])
         if compute_stress and self.stress_magnitude is not None:
             magnitudes = self.stress_magnitude(pair_atoms, bonds, lengths)
             stress = pair_virial(

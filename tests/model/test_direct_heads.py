@@ -76,9 +76,9 @@ def test_pair_forces_obey_newtons_third_law(dtype):
     vectors = torch.randn(n_bonds, 3, generator=generator, dtype=dtype)
     units = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     magnitudes = torch.randn(n_bonds, generator=generator, dtype=dtype)
-    forces = pair_forces(magnitudes, units, bond_atoms, n_atoms)
+    forces = pair_forces(magnitudes, units, pair_ends(bond_atoms), n_atoms)
     # the same bonds seen from the other end: (j, i) and -u give the same forces
-    flipped = pair_forces(magnitudes, -units, bond_atoms.flip(1), n_atoms)
+    flipped = pair_forces(magnitudes, -units, pair_ends(bond_atoms.flip(1)), n_atoms)
     scale = float(magnitudes.abs().sum())
     assert torch.allclose(forces, flipped, atol=TOLERANCE[dtype] * scale)
     assert float(forces.sum(0).abs().max()) <= TOLERANCE[dtype] * scale
@@ -118,7 +118,8 @@ def test_pair_forces_and_virial_equal_the_derivatives_of_a_pair_energy():
     units = vectors / torch.linalg.vector_norm(vectors, dim=1, keepdim=True)
     n_atoms = batch.atomic_numbers.shape[0]
     # float64, both sides the same sums in another order: rounding only (~1e-14 relative)
-    assert torch.allclose(pair_forces(slope, units, batch.bond_atoms, n_atoms), forces, atol=1e-10)
+    found = pair_forces(slope, units, pair_ends(batch.bond_atoms), n_atoms)
+    assert torch.allclose(found, forces, atol=1e-10)
     virial = pair_virial(slope, vectors, batch.bond_structure, structure_volume(batch.lattice))
     assert torch.allclose(virial, stress, rtol=1e-10, atol=1e-10)
 
