@@ -19,6 +19,7 @@ import torch
 
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.model.potential import eval_mode, frozen
 from fastchgnet.numerics import flush_denormals
 from fastchgnet.train.checkpoint import Progress
 from fastchgnet.train.metrics import MetricSums
@@ -170,16 +171,14 @@ def evaluate(
 
     Every rank runs every step (a rank without structures gets a padding-only batch, which
     adds nothing), sums stay on the device, and one all-reduce at the end combines them.
-    The model is put in eval mode for the call (no derivative graph kept) and restored.
+    The model is in eval mode for the call (no derivative graph kept) with its weights
+    ``frozen`` (conservative forces differentiate by positions and strain only, so no weight
+    path is recorded), and both are restored; as ``EagerPotential`` predicts.
     """
-    was_training = model.training
-    model.eval()
     metrics = MetricSums.on(torch.device(device))
-    try:
-        with torch.no_grad(), flush_denormals():
-            for graphs, labels in DevicePrefetcher(batches, device):
-                metrics.add(model(graphs), labels)
-    finally:
-        model.train(was_training)
+    parameters = list(model.parameters())
+    with eval_mode(model), frozen(parameters), torch.no_grad(), flush_denormals():
+        for graphs, labels in DevicePrefetcher(batches, device):
+            metrics.add(model(graphs), labels)
     metrics.all_reduce()
     return metrics

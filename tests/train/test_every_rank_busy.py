@@ -64,3 +64,30 @@ def test_each_structure_counts_once_in_the_metrics_over_all_ranks(splits) -> Non
     assert energy_count == len(indices)
     assert totals.sums[1, 0].item() == 3 * n_atoms  # force components, padding excluded
     assert torch.isfinite(totals.sums).all()
+
+
+def test_evaluation_takes_no_weight_gradient_and_restores_the_model(splits) -> None:
+    """Validation of a conservative model runs in eval mode with the weights frozen (no weight
+    path recorded while the forces are taken), gives the metrics of a plain eval call, and
+    leaves the training mode and every requires_grad flag as they were."""
+    model = small_model("conservative").train()
+    model.atom_convs[0].mlp_out.weight.requires_grad_(False)  # a frozen weight stays frozen
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    batches = rank_batches(splits, splits.train[:4], packed=False)[0]
+    seen: list[tuple[bool, bool]] = []
+    hook = model.atom_convs[0].register_forward_hook(
+        lambda module, *_: seen.append(
+            (module.training, any(p.requires_grad for p in model.parameters()))
+        )
+    )
+    got = evaluate(model, batches, "cpu")
+    hook.remove()
+    assert len(seen) == len(batches)
+    assert set(seen) == {(False, False)}  # eval mode, no weight path, at every batch
+    assert model.training
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    model.eval()
+    plain = MetricSums()
+    for graphs, labels in batches:
+        plain.add(model(graphs), labels)
+    torch.testing.assert_close(got.sums, plain.sums, rtol=1e-6, atol=1e-6)
