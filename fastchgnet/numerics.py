@@ -12,9 +12,9 @@ The bits live in each thread's MXCSR register, so ``flush_denormals`` sets them 
 thread and clears them on exit (nesting counts). The worker threads of torch's OpenMP team
 keep theirs for their life, inherited from the thread that started them: a team started
 outside ``flush_denormals`` (any parallel torch op before our first model call) never flushes
-on its workers, and the 8-atom MD force call on 2 threads took 16.5 against 13 ms that way.
-So the first ``flush_denormals`` of a thread (and again after the thread count changes) runs
-``flush_thread_team``: it checks that a parallel op flushes on every thread and, where one
+on its workers, and an 8-atom MD step on 2 threads took 18.0 against 14.1 ms that way (stop
+39). So the first ``flush_denormals`` of a thread (and again after the thread count changes)
+runs ``team_flushing``: it checks that a parallel op flushes on every thread and, where one
 does not, lets the OpenMP runtime free its team (``omp_pause_resource_all``) so that the next
 parallel op, inside the block, starts a new one that inherits the bits. From then on the
 workers flush for the life of the process, as they would in a team started inside the block
