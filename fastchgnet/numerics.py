@@ -131,7 +131,7 @@ def restart_thread_team() -> bool:
     ``/proc/self/maps`` (not Linux) or a runtime that exports the call."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if line.count("/") and ".so" in line}
+            paths = {line.split()[-1] for line in maps if "/" in line and ".so" in line}
     except OSError:
         return False
     done = False
