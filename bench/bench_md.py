@@ -7,8 +7,8 @@ for NVT). Every side of a case is timed in ``--chunks`` rounds, taking turns, an
 round: load bursts on a shared machine hit all sides alike. Before each turn, torch's OpenMP
 team is restarted as that side's user would have it (``thread_team``): the reference as shipped
 with worker threads that do not flush denormals, every other side with workers that do. Ours
-is timed eager as run (stress only
-when asked: never in NVT), eager with stress on every step (the reference's work), and compiled
+is timed eager as run (stress only when asked: never in NVT), eager with stress on every step
+(the reference's work), and compiled
 (``CompiledPotential``, inductor, one padded shape with headroom, as run: no stress). The compile
 happens before the timing (its seconds are printed apart). By default the compile caches start
 empty (a fresh temporary folder for our store, inductor's cache and its precompiled C++ headers,

@@ -100,19 +100,19 @@ def team_flushing() -> bool:
     region), and the workers then go on as they were. Nothing is checked while a graph is
     traced (dynamo, make_fx) or under a dispatch mode: the check's ops would be traced or
     counted."""
+    # per Python thread (each drives a team of its own), by thread count; every model call
+    # enters here, so a team already checked costs one lookup
+    teams: dict[int, bool] = _state.__dict__.setdefault("teams", {})
+    threads = torch.get_num_threads()
+    if threads in teams:
+        return teams[threads]
     if (
         torch.compiler.is_compiling()
         or get_proxy_mode() is not None
         or _get_current_dispatch_mode() is not None  # e.g. a FLOP counter: keep its counts
     ):
         return False
-    # per Python thread (each drives a team of its own), by thread count
-    teams: dict[int, bool] = _state.__dict__.setdefault("teams", {})
-    threads = torch.get_num_threads()
-    if threads not in teams:
-        teams[threads] = (
-            threads == 1 or team_flushes() or (restart_thread_team() and team_flushes())
-        )
+    teams[threads] = threads == 1 or team_flushes() or (restart_thread_team() and team_flushes())
     return teams[threads]
 
 
