@@ -32,6 +32,7 @@ from fastchgnet.model.layers import (
     AtomConv,
     BondConv,
     Topology,
+    angle_weights,
     gather,
     pair_ends,
     scatter_sum,
@@ -237,6 +238,7 @@ class FastCHGNet(nn.Module):
         )
         # bond-graph weights only for the bond graph's nodes: the short bonds, stored first
         bond_weights = self.bond_graph_weights(self.radial_bond(lengths[: batch.n_short_bonds]))
+        pair_weights = angle_weights(bond_weights, topo)  # the same in every bond conv
         angles = self.angle_embedding(self.angle_basis(angle))
 
         magmoms = atoms.new_zeros(atoms.shape[0])
@@ -248,11 +250,11 @@ class FastCHGNet(nn.Module):
             update_angles = block < last - 1
             new_atoms = self.atom_convs[block](atoms, bonds, atom_weights, topo)
             if self.config.coupled_updates:
-                bonds = self.bond_convs[block](new_atoms, bonds, bond_weights, angles, topo)
+                bonds = self.bond_convs[block](new_atoms, bonds, pair_weights, angles, topo)
                 if update_angles:
                     angles = self.angle_updates[block](new_atoms, bonds, angles, topo)
             else:
-                new_bonds = self.bond_convs[block](atoms, bonds, bond_weights, angles, topo)
+                new_bonds = self.bond_convs[block](atoms, bonds, pair_weights, angles, topo)
                 if update_angles:
                     angles = self.angle_updates[block](atoms, bonds, angles, topo)
                 bonds = new_bonds

@@ -280,9 +280,11 @@ class AtomConv(nn.Module):
 
 
 class BondConv(nn.Module):
-    """Bond update from angles: b_1 += W_out sum GatedMLP(b_1, b_2, t, a_c) * w_1 * w_2.
+    """Bond update from angles: b_1 += W_out sum GatedMLP(b_1, b_2, t, a_c) * (w_1 * w_2).
 
-    Only the bond graph's nodes (the short bonds, stored first) receive angle messages; the
+    The angle weights w_1 * w_2 (the bond-graph weights of an angle's two bonds) are the same
+    in every block: the model forms them once per forward (``angle_weights``). Only the bond
+    graph's nodes (the short bonds, stored first) receive angle messages; the
     others get W_out applied to an empty sum (zero, or the output bias).
     """
 
@@ -301,21 +303,27 @@ class BondConv(nn.Module):
         self.mlp_out = nn.Linear(bond_dim, bond_dim, bias=bias)
 
     def forward(
-        self, atoms: Tensor, bonds: Tensor, bond_weights: Tensor, angles: Tensor, topo: Topology
+        self, atoms: Tensor, bonds: Tensor, angle_weights: Tensor, angles: Tensor, topo: Topology
     ) -> Tensor:
-        """atoms (n_atoms, A), bonds (n_bonds, B), bond_weights (n_short_bonds, B),
-        angles (n_angles, T) -> bonds (n_bonds, B)."""
-        short, rest = bonds[: topo.n_short_bonds], bonds[topo.n_short_bonds :]
+        """atoms (n_atoms, A), bonds (n_bonds, B), angle_weights (n_angles, B) from
+        ``angle_weights``, angles (n_angles, T) -> bonds (n_bonds, B)."""
+        # one split, not two slices: its backward is one concatenation, where each slice's
+        # writes a zero (n_bonds, B) gradient of its own and the two are then added
+        n_short = topo.n_short_bonds
+        short, rest = bonds.split([n_short, bonds.shape[0] - n_short])
         pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
-        update = (
-            self.gated.finish(pre)
-            * gather(bond_weights, topo.angle_bond1)
-            * gather(bond_weights, topo.angle_bond2)
-        )
+        update = self.gated.finish(pre) * angle_weights
         short = short + self.mlp_out(scatter_sum(update, topo.angle_bond1, short.shape[0]))
         if self.mlp_out.bias is not None:
             rest = rest + self.mlp_out.bias
         return torch.cat([short, rest])
+
+
+def angle_weights(bond_weights: Tensor, topo: Topology) -> Tensor:
+    """Per angle, the product of its two bonds' bond-graph weights: (n_short_bonds, B) ->
+    (n_angles, B). Formed once per forward and read by every ``BondConv``: two gathers and a
+    product a block fewer, forward and backward."""
+    return gather(bond_weights, topo.angle_bond1) * gather(bond_weights, topo.angle_bond2)
 
 
 class AngleUpdate(nn.Module):

@@ -11,7 +11,7 @@ from pymatgen.core import Lattice, Structure
 
 from fastchgnet import FastCHGNet, ModelConfig, StructureError, build_graph, collate
 from fastchgnet.data.random_crystals import no_angle_structure, varied_structures
-from fastchgnet.model.layers import AtomConv, BondConv, Topology, scatter_sum
+from fastchgnet.model.layers import AtomConv, BondConv, Topology, angle_weights, scatter_sum
 
 STRUCTURES = varied_structures(6, seed=5, max_atoms=24)
 
@@ -70,7 +70,7 @@ def test_factored_bond_conv_equals_concatenated_gated_mlp():
     weights = torch.randn(n_short, 6, dtype=torch.float64)
     angles = torch.randn(graph.n_angles, 4, dtype=torch.float64)
     topo = Topology.of(batch)
-    got = conv(atoms, bonds, weights, angles, topo)
+    got = conv(atoms, bonds, angle_weights(weights, topo), angles, topo)
     centre = topo.edge_centre[batch.angle_edges[:, 0]]  # the atom shared by the two bonds
     x = torch.cat([bonds[topo.angle_bond1], bonds[topo.angle_bond2], angles, atoms[centre]], dim=1)
     update = conv.gated(x) * weights[topo.angle_bond1] * weights[topo.angle_bond2]
