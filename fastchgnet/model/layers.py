@@ -303,16 +303,16 @@ class BondConv(nn.Module):
         self.mlp_out = nn.Linear(bond_dim, bond_dim, bias=bias)
 
     def forward(
-        self, atoms: Tensor, bonds: Tensor, angle_weights: Tensor, angles: Tensor, topo: Topology
+        self, atoms: Tensor, bonds: Tensor, pair_weights: Tensor, angles: Tensor, topo: Topology
     ) -> Tensor:
-        """atoms (n_atoms, A), bonds (n_bonds, B), angle_weights (n_angles, B) from
+        """atoms (n_atoms, A), bonds (n_bonds, B), pair_weights (n_angles, B) from
         ``angle_weights``, angles (n_angles, T) -> bonds (n_bonds, B)."""
         # one split, not two slices: its backward is one concatenation, where each slice's
-        # writes a zero (n_bonds, B) gradient of its own and the two are then added
+        # backward writes a zero (n_bonds, B) gradient of its own and the two are then added
         n_short = topo.n_short_bonds
         short, rest = bonds.split([n_short, bonds.shape[0] - n_short])
         pre = _angle_preactivation(self.gated, self.sizes, atoms, short, angles, topo)
-        update = self.gated.finish(pre) * angle_weights
+        update = self.gated.finish(pre) * pair_weights
         short = short + self.mlp_out(scatter_sum(update, topo.angle_bond1, short.shape[0]))
         if self.mlp_out.bias is not None:
             rest = rest + self.mlp_out.bias
