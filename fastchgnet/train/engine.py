@@ -137,14 +137,29 @@ class TorchEngine:
 
 
 def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: float) -> dict:
-    """The DeepSpeed JSON with batch sizes and clipping filled in from the TrainConfig."""
+    """The DeepSpeed JSON with batch sizes and clipping filled in from the TrainConfig.
+
+    Two of DeepSpeed's defaults stall a GPU's host every step, so they are changed here:
+    - its throughput timer (on unless the JSON's ``timers`` says otherwise) calls
+      ``torch.cuda.synchronize()`` as an eager step starts and ends: turned off;
+    - its gradient clipping under ZeRO 0 copies two host scalars to the device (blocking) and
+      all-reduces a norm the already-reduced gradients make redundant: DeepSpeed is told not
+      to clip (``gradient_clipping`` 0) and ``DeepSpeedEngine.step`` clips on the device as
+      ``TorchEngine`` does. ZeRO 1 clips its own partitions, so it keeps DeepSpeed's.
+    """
     settings = json.loads(Path(path).read_text())
     settings.pop("comment", None)
     settings["train_micro_batch_size_per_gpu"] = batch_per_rank
     settings["train_batch_size"] = batch_per_rank * world
     settings["gradient_accumulation_steps"] = 1
-    settings["gradient_clipping"] = clip
+    settings["gradient_clipping"] = clip if zero_stage(settings) >= 1 else 0.0
+    settings.setdefault("timers", {"throughput": {"enabled": False}})
     return settings
+
+
+def zero_stage(settings: dict) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 when it names none)."""
+    return int(settings.get("zero_optimization", {}).get("stage", 0))
 
 
 def deepspeed_safe_globals() -> list[type]:
@@ -195,7 +210,10 @@ class DeepSpeedEngine:
         # the gradient all-reduce, which DeepSpeed runs at the end of backward, as its own
         # NVTX range (an instance attribute shadows the method that backward calls)
         self.engine.allreduce_gradients = ranged(ALLREDUCE)(self.engine.allreduce_gradients)
-        self.zero_stage = int(settings.get("zero_optimization", {}).get("stage", 0))
+        self.zero_stage = zero_stage(settings)
+        # ZeRO 0 clips here, on the device (see ``deepspeed_settings``)
+        self.grad_clip = config.grad_clip if self.zero_stage == 0 else 0.0
+        self.params = params
         self.device = self.engine.device
 
     @property
@@ -216,8 +234,11 @@ class DeepSpeedEngine:
         return len(set(all_gather_objects(parameter_digest(self.module)))) == 1
 
     def step(self, skip: Tensor) -> None:
-        """DeepSpeed's step (clipping, optimiser, schedule); the fused Adam inside skips the
-        update where ``skip`` is set (every rank holds the same flag: ``TrainStep``)."""
+        """Clip (ZeRO 0, when set: the all-reduced gradients are the same on every rank), then
+        DeepSpeed's step (ZeRO 1's clipping, optimiser, schedule); the fused Adam inside skips
+        the update where ``skip`` is set (every rank holds the same flag: ``TrainStep``)."""
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         skip_if(self.optimizer_inner, skip)
         self.engine.step()
 

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from fastchgnet.train.config import OptimConfig
-from fastchgnet.train.engine import TorchEngine, make_scheduler, scaled_lr
+from fastchgnet.train.engine import (
+    DEFAULT_DEEPSPEED_JSON,
+    TorchEngine,
+    deepspeed_settings,
+    make_scheduler,
+    scaled_lr,
+    zero_stage,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -42,3 +56,75 @@ def test_frozen_parameters_are_not_given_to_the_optimizer() -> None:
     given = {id(p) for group in engine.optimizer.param_groups for p in group["params"]}
     assert id(model[0].weight) not in given
     assert id(model[1].weight) in given
+
+
+def test_deepspeed_settings_turn_off_the_throughput_timer_that_synchronises(tmp_path) -> None:
+    """DeepSpeed's throughput timer calls ``torch.cuda.synchronize()`` as every eager step
+    starts and ends: off, unless the JSON configures the timers itself."""
+    settings = deepspeed_settings(DEFAULT_DEEPSPEED_JSON, 4, 2, 0.0)
+    assert settings["timers"] == {"throughput": {"enabled": False}}
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"timers": {"throughput": {"enabled": True}}}))
+    assert deepspeed_settings(own, 4, 2, 0.0)["timers"]["throughput"]["enabled"] is True
+
+
+def test_deepspeed_clips_only_under_zero1_and_our_engine_under_zero0() -> None:
+    """ZeRO 0: DeepSpeed's clipping would copy host scalars to the device every step, so it
+    is told 0 and ``DeepSpeedEngine.step`` clips; ZeRO 1 keeps DeepSpeed's own."""
+    zero0 = deepspeed_settings(DEFAULT_DEEPSPEED_JSON, 4, 2, 5.0)
+    zero1 = deepspeed_settings(DEFAULT_DEEPSPEED_JSON.with_name("deepspeed_zero1.json"), 4, 2, 5.0)
+    assert (zero_stage(zero0), zero0["gradient_clipping"]) == (0, 0.0)
+    assert (zero_stage(zero1), zero1["gradient_clipping"]) == (1, 5.0)
+
+
+DEEPSPEED_CLIP = """
+import json, torch
+from fastchgnet.model.loss import LossConfig
+from fastchgnet.train import collectives
+from fastchgnet.train.config import OptimConfig
+from fastchgnet.train.engine import DEFAULT_DEEPSPEED_JSON, DeepSpeedEngine, TorchEngine
+from fastchgnet.train.step import TrainStep
+from tests.compile.conftest import padded_batch, small_model
+collectives.init_process_group(60)
+batch = padded_batch()
+weights = {}
+for name, clip in [("deepspeed", 1e-3), ("torch", 1e-3), ("unclipped", 0.0)]:
+    model = small_model("direct")
+    optim = OptimConfig(lr=1e-2, grad_clip=clip)
+    if name == "deepspeed":
+        engine = DeepSpeedEngine(model, optim, 1, 4, DEFAULT_DEEPSPEED_JSON)
+        ds = engine.engine
+        print("DEEPSPEED", json.dumps([ds.gradient_clipping(), ds.tput_timer.config.enabled]))
+    else:
+        engine = TorchEngine(model, optim, 1, 4)
+    TrainStep(engine, LossConfig())(*batch)
+    weights[name] = torch.cat([p.detach().flatten() for p in model.parameters()])
+same = torch.allclose(weights["deepspeed"], weights["torch"], rtol=0, atol=1e-7)
+moved = not torch.allclose(weights["deepspeed"], weights["unclipped"], rtol=0, atol=1e-6)
+print("RESULT", json.dumps([same, moved]))
+"""
+
+
+@pytest.mark.slow
+def test_deepspeed_zero0_clips_on_the_device_as_the_torch_engine_does() -> None:
+    """One DeepSpeed rank (ZeRO 0) with clipping: DeepSpeed itself clips nothing and times
+    nothing (both would synchronise a GPU's host), and the weights after a step equal the
+    torch engine's with the same clipping, and differ from an unclipped step's."""
+    pytest.importorskip("deepspeed")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29519",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DEEPSPEED_CLIP], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in done.stdout.splitlines()
+             if x.startswith(("DEEPSPEED", "RESULT"))}  # fmt: skip
+    assert lines["DEEPSPEED"] == [0.0, False]
+    assert lines["RESULT"] == [True, True]
