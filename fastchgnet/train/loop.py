@@ -66,17 +66,20 @@ class ProfileRange:
 
 
 class SyncCheck:
-    """With ``enabled`` on CUDA, every step after the first ``warmup`` of the run (compiling,
-    recording CUDA graphs) that is not a read step runs under
+    """With ``enabled`` on CUDA, every step after the first ``warmup`` this process runs
+    (compiling, recording CUDA graphs: a resumed run records again, so the steps are counted
+    here, not by the global step) that is not a read step runs under
     ``torch.cuda.set_sync_debug_mode("error")``: a host synchronisation inside it raises.
     ``checked`` counts the steps run so."""
 
     def __init__(self, enabled: bool, warmup: int = 3) -> None:
         self.enabled = enabled and torch.cuda.is_available()
-        self.warmup, self.checked = warmup, 0
+        self.warmup, self.seen, self.checked = warmup, 0, 0
 
-    def before(self, global_step: int, reads: bool) -> None:
-        if self.enabled and global_step >= self.warmup and not reads:
+    def before(self, reads: bool) -> None:
+        """Before a step (``reads``: it brings totals to the host, which syncs by design)."""
+        self.seen += 1
+        if self.enabled and self.seen > self.warmup and not reads:
             torch.cuda.set_sync_debug_mode("error")
             self.checked += 1
 
@@ -120,7 +123,7 @@ def train_epoch(
         stopped = bool(max_steps and coming >= max_steps)
         last = progress.step_in_epoch + 1 == reporter.total or stopped
         reads = reads_at(coming) or last
-        sync_check.before(progress.global_step, reads)
+        sync_check.before(reads)
         try:
             step(graphs, labels)
         finally:

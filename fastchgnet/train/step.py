@@ -5,8 +5,9 @@ batch already on the engine's device:
 
     forward (+ loss)   eager model and ``model.loss.training_loss``, or the captured graph of
                        both (``CapturedModel.loss``, CUDA graphs on a GPU)
-    agree              non-finite loss on any rank -> every rank skips (a 1-element all-reduce)
     backward           first-order backward; DeepSpeed all-reduces the gradients at its end
+    agree              non-finite loss or gradients on any rank -> every rank skips (a
+                       1-element all-reduce)
     optimizer          fused Adam, told on the device to skip (``engine.skip_if``)
 
 Each stage is an NVTX range (``profiling.nvtx``). Nothing in the step reads a tensor on the
@@ -131,8 +132,6 @@ class TrainStep:
         with stage(STEP):
             graphs = self.captured.stats.graphs if self.captured is not None else 0
             loss = self.loss(batch, labels)
-            # every rank must skip together: the flag is the max over ranks, on the device
-            skip = all_reduce((~torch.isfinite(loss.detach())).to(torch.float32), "max")
             # keep the loss's value: a captured graph's outputs are static buffers
             value = loss.detach().clone()
             with stage(BACKWARD):
@@ -142,10 +141,13 @@ class TrainStep:
                     # a new graph's first backward compiles it (AOTAutograd compiles the
                     # backward lazily): count it with the forward's compile
                     self.captured.stats.compile_seconds += time.perf_counter() - start
-            # a finite loss can still give non-finite gradients; after the all-reduce they are
-            # the same on every rank, so this flag needs no collective (ZeRO 1 keeps reduced
-            # gradients in its own partitions and skips such a step itself)
-            skip = torch.maximum(skip, nonfinite(self.params))
+            # every rank must skip together: the flag (a non-finite loss, or a finite loss with
+            # non-finite gradients) is the max over ranks, on the device. After ZeRO 0's
+            # all-reduce the gradients are the same on every rank, but ZeRO 1 reduces each
+            # slice to the rank that owns it, and the others keep their own contributions:
+            # their flags can differ, so the gradients' flag joins the one collective too
+            loss_flag = (~torch.isfinite(value)).to(torch.float32)
+            skip = all_reduce(torch.maximum(loss_flag, nonfinite(self.params)), "max")
             with stage(OPTIMIZER):
                 self.engine.step(skip)
             self.totals.add(value, skip)

@@ -102,3 +102,61 @@ def test_a_finite_loss_with_a_non_finite_gradient_is_skipped_too(batches) -> Non
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     step(*batches[1])
     assert step.read().finite == 1
+
+
+def test_the_gradients_flag_joins_the_ranks_collective(batches, monkeypatch) -> None:
+    """Under ZeRO 1 a rank's own gradients can be non-finite where another's are not: the
+    flag every rank agrees on (the one all-reduce) must carry the gradients' flag, not only
+    the loss's."""
+    import fastchgnet.train.step as step_module
+
+    handed: list[float] = []
+
+    def all_reduce(value: torch.Tensor, op: str) -> torch.Tensor:
+        handed.append(float(value))
+        return value
+
+    monkeypatch.setattr(step_module, "all_reduce", all_reduce)
+    torch.manual_seed(0)
+    model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
+    engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=10, global_batch=4)
+    step = TrainStep(engine, LossConfig())
+    handle = model.atom_embedding.weight.register_hook(
+        lambda grad: torch.full_like(grad, float("nan"))
+    )
+    step(*batches[0])
+    handle.remove()
+    step(*batches[1])
+    assert handed == [1.0, 0.0]
+
+
+def test_sync_check_spares_the_first_steps_this_process_runs_even_when_resumed(
+    batches, monkeypatch
+) -> None:
+    """A resumed run (global step 100) compiles and records its graphs again in its first
+    steps: those run outside the sync-debug "error" mode, counted per process."""
+    from fastchgnet.train.loop import SyncCheck
+
+    modes: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    check = SyncCheck(True, warmup=2)
+    torch.manual_seed(0)
+    model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
+    engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=200, global_batch=4)
+    step = TrainStep(engine, LossConfig())
+    progress = Progress(epoch=3, global_step=100)
+    reporter = EpochProgress(0, 2 * len(batches), 0, "lines", 1000, 0)
+    train_epoch(
+        step,
+        batches + batches,
+        progress,
+        reporter,
+        max_bad_steps=3,
+        reads_at=lambda s: False,
+        sync_check=check,
+    )
+    # six steps: two warm-up, three checked, the epoch's last reads (unchecked)
+    checked = ["error", "default"]
+    assert modes == ["default", "default", *checked, *checked, *checked, "default"]
+    assert check.checked == 3
