@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.compile.store import CompiledStore, default_store
@@ -333,13 +333,21 @@ class CompiledPotential:
         with torch.no_grad(), flush_denormals():
             padded = self.captured[stress, features].predict(batch)
         n_structures, n_atoms = len(graphs), sum(g.n_atoms for g in graphs)
+        # on a GPU the outputs are CUDA graphs' static buffers, which the next call overwrites:
+        # the caller gets copies of the real rows (on a CPU each call's outputs are its own)
+        own = padded.forces.is_cuda
+
+        def real(value: Tensor, n: int) -> Tensor:
+            rows = unpad(value, n)
+            return rows.clone() if own else rows
+
         return Prediction(
-            energy=unpad(padded.energy, n_structures),
-            total_energy=unpad(padded.total_energy, n_structures),
-            forces=unpad(padded.forces, n_atoms),
-            stress=unpad(padded.stress, n_structures) if stress else None,
-            magmoms=None if padded.magmoms is None else unpad(padded.magmoms, n_atoms),
-            site_energies=unpad(padded.site_energies, n_atoms),
-            atom_features=unpad(padded.atom_features, n_atoms) if features else None,
-            crystal_features=unpad(padded.crystal_features, n_structures) if features else None,
+            energy=real(padded.energy, n_structures),
+            total_energy=real(padded.total_energy, n_structures),
+            forces=real(padded.forces, n_atoms),
+            stress=real(padded.stress, n_structures) if stress else None,
+            magmoms=None if padded.magmoms is None else real(padded.magmoms, n_atoms),
+            site_energies=real(padded.site_energies, n_atoms),
+            atom_features=real(padded.atom_features, n_atoms) if features else None,
+            crystal_features=real(padded.crystal_features, n_structures) if features else None,
         )

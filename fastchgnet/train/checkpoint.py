@@ -47,7 +47,9 @@ class Progress:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU, and CUDA when present) generator states."""
+    """Python, numpy and torch (CPU, and this rank's CUDA device when present) generator
+    states. Only the rank's own device: a resume on nodes that show fewer GPUs (one a rank)
+    restores it all the same."""
     # the legacy global generator: third-party code may draw from it
     name, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
     state = {
@@ -56,7 +58,7 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device: the rank's
     return state
 
 
@@ -69,7 +71,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys, position, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def write_verified(path: Path, payload: dict[str, Any]) -> None:

@@ -63,13 +63,14 @@ def group_device() -> torch.device:
 
 def init_process_group(timeout_s: float) -> None:
     """Start the process group through DeepSpeed: NCCL on the rank's GPU when CUDA is
-    available (``LOCAL_RANK`` selects it), gloo on CPU; a collective that waits longer than
-    ``timeout_s`` seconds fails instead of hanging."""
+    available (``LOCAL_RANK`` selects it, modulo the devices this process sees: a scheduler
+    that shows each rank only its own GPU makes that device 0), gloo on CPU; a collective
+    that waits longer than ``timeout_s`` seconds fails instead of hanging."""
     import deepspeed
 
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     timeout = datetime.timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")

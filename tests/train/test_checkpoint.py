@@ -86,3 +86,18 @@ def test_rng_states_are_restored() -> None:
     second = (random.random(), np.random.rand(), torch.rand(1))  # noqa: NPY002
     assert first[:2] == second[:2]
     assert torch.equal(first[2], second[2])
+
+
+def test_a_checkpoint_keeps_only_the_ranks_own_cuda_generator(monkeypatch) -> None:
+    """On a GPU each rank saves and restores its current device's generator only, so a resume
+    where each process sees a single GPU (or fewer than were saved) restores it all the same."""
+    own = torch.arange(8, dtype=torch.uint8)
+    restored: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: own)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    state = rng_state()
+    assert torch.equal(state["cuda"], own)
+    set_rng_state(state)
+    assert len(restored) == 1
+    assert torch.equal(restored[0], own)

@@ -190,3 +190,22 @@ def test_the_peer_report_names_a_rank_whose_process_exits_within_the_grace(tmp_p
         assert f"rank 1 (pid {peer.pid}" in report
     finally:
         peer.wait()
+
+
+@pytest.mark.parametrize(("local_rank", "visible", "device"), [(3, 8, 3), (3, 1, 0), (5, 2, 1)])
+def test_each_rank_selects_its_gpu_among_those_it_sees(
+    monkeypatch, local_rank: int, visible: int, device: int
+) -> None:
+    """LOCAL_RANK modulo the visible devices: a scheduler that shows each rank only its own
+    GPU (one visible device) makes that device 0, where LOCAL_RANK itself would not exist."""
+    chosen: list[int] = []
+    stub = SimpleNamespace(init_distributed=lambda **kwargs: None)
+    monkeypatch.setitem(sys.modules, "deepspeed", stub)
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: chosen[-1])
+    monkeypatch.setattr(collectives, "install", lambda *args: None)
+    collectives.init_process_group(60)
+    assert chosen == [device]
