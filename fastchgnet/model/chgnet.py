@@ -156,10 +156,12 @@ class FastCHGNet(nn.Module):
             else None
         )
 
-    def set_precision(self, precision: str) -> FastCHGNet:
+    def set_precision(self, precision: str, device_type: str | None = None) -> FastCHGNet:
         """Run the energy model in ``precision``, "float32" or "bf16" (bfloat16 matrix
-        products; see ``fastchgnet.model.precision``). Not saved. Returns the model."""
-        self.precision = check_precision(precision, next(self.parameters()).device.type)
+        products; see ``fastchgnet.model.precision``), judged for ``device_type`` (where the
+        model will run; default: where its parameters are now). Not saved. Returns the model."""
+        device_type = device_type or next(self.parameters()).device.type
+        self.precision = check_precision(precision, device_type)
         return self
 
     def energy_model(

@@ -103,7 +103,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     config = run.config
     model = build_model(config.model, config.run.seed)
     model.train()  # loaded models may come in eval mode (no derivative graph for the loss)
-    model.set_precision(config.run.precision)
+    model.set_precision(config.run.precision, device_type())  # judged for where it will run
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
     cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
     if run.rank != 0:  # converting may outlast the collectives' timeout: wait on the file

@@ -115,3 +115,19 @@ def test_bf16_without_bf16_hardware_warns_that_it_is_emulated(monkeypatch, hardw
     if emulated:
         assert "bf16 on this cpu" in str(emulated[0].message)
         assert emulated[0].category is RuntimeWarning
+
+
+def test_bf16_is_judged_for_the_device_the_model_will_run_on(monkeypatch) -> None:
+    """Training sets the precision while the model is still on the host: a GPU run is judged
+    by the GPU's bf16 hardware, not the host CPU's (no false "emulated" warning)."""
+    from fastchgnet.model import precision
+
+    monkeypatch.setattr(precision, "bf16_hardware", lambda device_type: device_type == "cuda")
+    model = small_model("conservative")  # on the CPU
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.set_precision("bf16", "cuda")
+    assert not [w for w in caught if "emulated" in str(w.message)]
+    assert model.precision == "bf16"
+    with pytest.warns(RuntimeWarning, match="bf16 on this cpu"):
+        model.set_precision("bf16")
