@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from fastchgnet.train.config import load_config
 from fastchgnet.train.finetune import finetune
@@ -32,8 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, fine-tune, print the before/after table; returns the exit code."""
+    """Parse arguments, fine-tune, print the before/after table; returns the exit code (2,
+    with one line, under a multi-process launcher: the report runs in one process)."""
+    from fastchgnet.train.engine import launched_distributed
+
     args = build_parser().parse_args(argv)
+    if launched_distributed():
+        # every rank would convert the same cache, evaluate everything and append the report,
+        # and read model.pt while rank 0 still writes it
+        print(
+            "launcher/finetune.py (fine-tuning with a before/after report) runs in one "
+            "process; to fine-tune on several GPUs run `deepspeed launcher/train.py --config "
+            "configs/finetune.toml`",
+            file=sys.stderr,
+        )
+        return 2
     config = load_config(args.config, args.overrides)
     report = finetune(config, tuple(args.eval_sources))
     print(

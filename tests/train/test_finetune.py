@@ -43,3 +43,15 @@ def test_finetuning_trains_unfrozen_parts_and_keeps_frozen_ones(tmp_path) -> Non
     assert not torch.equal(
         before["energy_readout.mlp.0.weight"], after["energy_readout.mlp.0.weight"]
     )
+
+
+def test_the_report_refuses_a_multi_process_launch_in_one_line(monkeypatch, capsys) -> None:
+    """Under a launcher every rank would convert, evaluate and report, and read model.pt while
+    rank 0 writes it: the report names the multi-GPU route instead, before doing any work."""
+    from fastchgnet.cli.finetune import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--config", "configs/finetune.toml"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert "deepspeed launcher/train.py --config configs/finetune.toml" in message
