@@ -51,12 +51,15 @@ class FinetuneReport:
 def evaluate_indices(
     model: torch.nn.Module, splits: Splits, indices: np.ndarray, config: TrainConfig
 ) -> dict[str, float]:
-    """MAE and R² of ``model`` on the dataset entries ``indices`` (one rank, CPU or GPU)."""
+    """MAE and R² of ``model`` on the dataset entries ``indices`` (one process), on the GPU
+    where there is one (the model is moved there: models load onto the CPU)."""
     from fastchgnet.train.loop import evaluate
+    from fastchgnet.train.run import device_type
 
     if len(indices) == 0:
         return {}
-    device = next(model.parameters()).device
+    device = torch.device(device_type())
+    model.to(device)
     sampler = make_sampler(splits, indices, config.data, (0, 1), 0)
     batches = make_loader(splits, EpochBatches(sampler, indices, 0, ahead=False), 0)
     return evaluate(model, batches, device).results()
