@@ -71,7 +71,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys, position, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, list):  # written before stop 41: every visible device's
+            cuda = cuda[torch.cuda.current_device()]
+        torch.cuda.set_rng_state(cuda)
 
 
 def write_verified(path: Path, payload: dict[str, Any]) -> None:

@@ -63,19 +63,32 @@ def group_device() -> torch.device:
 
 def init_process_group(timeout_s: float) -> None:
     """Start the process group through DeepSpeed: NCCL on the rank's GPU when CUDA is
-    available (``LOCAL_RANK`` selects it, modulo the devices this process sees: a scheduler
-    that shows each rank only its own GPU makes that device 0), gloo on CPU; a collective
-    that waits longer than ``timeout_s`` seconds fails instead of hanging."""
+    available (``local_device``), gloo on CPU; a collective that waits longer than
+    ``timeout_s`` seconds fails instead of hanging."""
     import deepspeed
 
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(local_device())
     timeout = datetime.timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
     if not cuda:
         release_shared_memory_name()
+
+
+def local_device() -> int:
+    """The rank's CUDA device index: ``LOCAL_RANK`` modulo the devices this process sees (a
+    scheduler that shows each rank only its own GPU makes that device 0). DeepSpeed reads
+    ``LOCAL_RANK`` again (the process group's ``device_id``, its engine's device), so the
+    variable is rewritten to the index, and under MPI its local rank with it."""
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    index = int(local_rank) % torch.cuda.device_count()
+    if str(index) != local_rank:
+        for name in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"):
+            if os.environ.get(name) == local_rank:
+                os.environ[name] = str(index)
+    return index
 
 
 def leave_process_group() -> None:

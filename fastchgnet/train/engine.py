@@ -145,14 +145,15 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
     - its gradient clipping under ZeRO 0 copies two host scalars to the device (blocking) and
       all-reduces a norm the already-reduced gradients make redundant: DeepSpeed is told not
       to clip (``gradient_clipping`` 0) and ``DeepSpeedEngine.step`` clips on the device as
-      ``TorchEngine`` does. ZeRO 1 clips its own partitions, so it keeps DeepSpeed's.
+      ``TorchEngine`` does. ZeRO 1 clips its own partitions, and fp16 / bf16 its unscaled
+      float32 copies, so those keep DeepSpeed's (``deepspeed_clips``).
     """
     settings = json.loads(Path(path).read_text())
     settings.pop("comment", None)
     settings["train_micro_batch_size_per_gpu"] = batch_per_rank
     settings["train_batch_size"] = batch_per_rank * world
     settings["gradient_accumulation_steps"] = 1
-    settings["gradient_clipping"] = clip if zero_stage(settings) >= 1 else 0.0
+    settings["gradient_clipping"] = clip if deepspeed_clips(settings) else 0.0
     settings.setdefault("timers", {"throughput": {"enabled": False}})
     return settings
 
@@ -160,6 +161,14 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
 def zero_stage(settings: dict) -> int:
     """The ZeRO stage a DeepSpeed config asks for (0 when it names none)."""
     return int(settings.get("zero_optimization", {}).get("stage", 0))
+
+
+def deepspeed_clips(settings: dict) -> bool:
+    """Whether DeepSpeed clips the gradients itself under ``settings``: with ZeRO >= 1 (the
+    partitions are its own) or its fp16 / bf16 (it clips the unscaled float32 copies); else
+    ``DeepSpeedEngine.step`` does, on the device."""
+    halves = any(settings.get(kind, {}).get("enabled", False) for kind in ("fp16", "bf16"))
+    return zero_stage(settings) >= 1 or halves
 
 
 def deepspeed_safe_globals() -> list[type]:
@@ -211,8 +220,8 @@ class DeepSpeedEngine:
         # NVTX range (an instance attribute shadows the method that backward calls)
         self.engine.allreduce_gradients = ranged(ALLREDUCE)(self.engine.allreduce_gradients)
         self.zero_stage = zero_stage(settings)
-        # ZeRO 0 clips here, on the device (see ``deepspeed_settings``)
-        self.grad_clip = config.grad_clip if self.zero_stage == 0 else 0.0
+        # clipped here, on the device, unless DeepSpeed clips (see ``deepspeed_settings``)
+        self.grad_clip = 0.0 if deepspeed_clips(settings) else config.grad_clip
         self.params = params
         self.device = self.engine.device
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,10 @@ def step_losses(out_dir: Path) -> list[float]:
     """The training loss of every logged step of the run in ``out_dir`` (its train_log.csv)."""
     with (out_dir / "train_log.csv").open() as handle:
         return [float(row["loss"]) for row in csv.DictReader(handle)]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a test's MASTER_PORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -197,9 +198,11 @@ def test_each_rank_selects_its_gpu_among_those_it_sees(
     monkeypatch, local_rank: int, visible: int, device: int
 ) -> None:
     """LOCAL_RANK modulo the visible devices: a scheduler that shows each rank only its own
-    GPU (one visible device) makes that device 0, where LOCAL_RANK itself would not exist."""
+    GPU (one visible device) makes that device 0, where LOCAL_RANK itself would not exist;
+    DeepSpeed, which reads LOCAL_RANK again, sees the same index."""
     chosen: list[int] = []
-    stub = SimpleNamespace(init_distributed=lambda **kwargs: None)
+    seen: list[str] = []  # LOCAL_RANK as DeepSpeed reads it (its device_id, its engine)
+    stub = SimpleNamespace(init_distributed=lambda **kwargs: seen.append(os.environ["LOCAL_RANK"]))
     monkeypatch.setitem(sys.modules, "deepspeed", stub)
     monkeypatch.setenv("LOCAL_RANK", str(local_rank))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -209,3 +212,4 @@ def test_each_rank_selects_its_gpu_among_those_it_sees(
     monkeypatch.setattr(collectives, "install", lambda *args: None)
     collectives.init_process_group(60)
     assert chosen == [device]
+    assert seen == [str(device)]

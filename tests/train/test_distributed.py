@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,16 +27,10 @@ import torch
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.sampler import load_cv, plan_random_batches, structure_costs
 from fastchgnet.data.split import split_by_material
-from tests.train.helpers import TINY_ARCHITECTURE, small_cache
+from tests.train.helpers import TINY_ARCHITECTURE, free_port, small_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> list[str]:
@@ -61,7 +54,7 @@ def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> l
         "--num_gpus",
         "2",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         str(ROOT / "launcher" / "train.py"),
         *(f"--set={o}" for o in settings),
         *(["--resume"] if resume else []),
@@ -233,7 +226,7 @@ print("EXIT", code, "GROUP", dist.is_initialized())
 def test_the_training_cli_leaves_the_process_group_when_done(tmp_path) -> None:
     pytest.importorskip("deepspeed")
     env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     done = subprocess.run(
         [sys.executable, "-c", LEAVE_GROUP, str(tmp_path)],
         env=env,

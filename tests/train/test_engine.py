@@ -22,6 +22,7 @@ from fastchgnet.train.engine import (
     scaled_lr,
     zero_stage,
 )
+from tests.train.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +78,15 @@ def test_deepspeed_clips_only_under_zero1_and_our_engine_under_zero0() -> None:
     assert (zero_stage(zero1), zero1["gradient_clipping"]) == (1, 5.0)
 
 
+@pytest.mark.parametrize("half", ["fp16", "bf16"])
+def test_deepspeed_clips_its_own_half_precision_copies_under_zero0(tmp_path, half) -> None:
+    """With DeepSpeed's fp16 or bf16 on, the gradients it clips are its unscaled float32
+    copies, which our engine never sees: DeepSpeed keeps the clipping."""
+    path = tmp_path / "half.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 0}, half: {"enabled": True}}))
+    assert deepspeed_settings(path, 4, 2, 5.0)["gradient_clipping"] == 5.0
+
+
 DEEPSPEED_CLIP = """
 import json, torch
 from fastchgnet.model.loss import LossConfig
@@ -118,7 +128,7 @@ def test_deepspeed_zero0_clips_on_the_device_as_the_torch_engine_does() -> None:
         "LOCAL_RANK": "0",
         "WORLD_SIZE": "1",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29519",
+        "MASTER_PORT": str(free_port()),
     }
     done = subprocess.run(
         [sys.executable, "-c", DEEPSPEED_CLIP], env=env, capture_output=True, text=True, timeout=600
