@@ -186,14 +186,45 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def wait_for_file(path: Path, out_dir: Path, rank: int, poll_s: float = 1.0) -> None:
-    """Wait (without a collective, so no timeout applies) until rank 0 has written ``path``,
-    e.g. the cache it converts; stop with ``peer_report`` if rank 0's process is gone."""
+def wait_for_file(
+    path: Path, out_dir: Path, rank: int, stall_s: float, poll_s: float = 1.0
+) -> None:
+    """Wait (without a collective: a conversion may outlast any timeout) until rank 0 has
+    written ``path``, e.g. the manifest of the cache it converts. Stop with ``peer_report``
+    if rank 0's process is gone (checked on this host only), and with a one-line error if
+    nothing under ``path``'s folder or ``out_dir`` changed for ``stall_s`` seconds: a
+    conversion appends to its shard files as structures finish, so a silent stall means rank
+    0 died on another host or the folder is not shared between the nodes."""
+    watched = {Path(path).parent, Path(out_dir)}
+    newest, since = latest_change(watched), time.monotonic()
     while not Path(path).is_file():
         report = peer_report(out_dir, rank, grace_s=0.0)
         if "rank 0 (pid" in report:
             raise RuntimeError(f"{report} while waiting for {path}")
+        now = latest_change(watched)
+        if now != newest:
+            newest, since = now, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise RuntimeError(
+                f"rank {rank} stops: waiting for {path}, nothing under "
+                f"{', '.join(sorted(map(str, watched)))} changed for {stall_s:.0f} s (rank 0 "
+                "converting the cache is gone, or that folder is not shared with this node)"
+            )
         time.sleep(poll_s)
+
+
+def latest_change(folders: set[Path]) -> tuple[int, int]:
+    """(newest modification time in ns, files) under ``folders`` (missing ones count as
+    empty): a folder whose files are written, added or removed changes this."""
+    newest, files = 0, 0
+    for folder in folders:
+        for entry in Path(folder).rglob("*") if Path(folder).is_dir() else ():
+            try:
+                newest = max(newest, entry.stat().st_mtime_ns)
+            except OSError:  # removed while listed (a shard's temp folder renamed)
+                continue
+            files += 1
+    return newest, files
 
 
 def peer_report(out_dir: Path, rank: int, grace_s: float = 5.0) -> str:

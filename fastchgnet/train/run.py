@@ -107,7 +107,9 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
     cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
     if run.rank != 0:  # converting may outlast the collectives' timeout: wait on the file
-        collectives.wait_for_file(cache / "manifest.json", run.out, run.rank)
+        collectives.wait_for_file(
+            cache / "manifest.json", run.out, run.rank, config.run.dist_timeout_s
+        )
     collectives.barrier()
     splits = run.splits = make_splits(cache, config.data)
     if cutoffs != (splits.dataset.atom_cutoff, splits.dataset.bond_cutoff):

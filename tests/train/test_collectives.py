@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -213,3 +214,31 @@ def test_each_rank_selects_its_gpu_among_those_it_sees(
     collectives.init_process_group(60)
     assert chosen == [device]
     assert seen == [str(device)]
+
+
+def test_waiting_for_rank_0s_cache_stops_when_nothing_changes(tmp_path) -> None:
+    """Rank 0 gone on another node (its pid cannot be checked here), or an output folder the
+    nodes do not share: nothing changes, and the wait ends with one line naming the file."""
+    manifest = tmp_path / "cache" / "manifest.json"
+    with pytest.raises(RuntimeError, match=r"rank 1 stops: waiting for .*manifest.json"):
+        collectives.wait_for_file(manifest, tmp_path, 1, stall_s=0.3, poll_s=0.05)
+
+
+def test_waiting_for_rank_0s_cache_lasts_while_the_conversion_writes(tmp_path) -> None:
+    """A conversion that keeps writing (longer in all than ``stall_s``) is waited for."""
+    import threading
+
+    manifest = tmp_path / "cache" / "manifest.json"
+
+    def convert() -> None:
+        (tmp_path / "cache").mkdir()
+        for k in range(8):
+            (tmp_path / "cache" / f"part-{k}").write_bytes(b"x" * k)
+            time.sleep(0.1)
+        manifest.write_text("{}")
+
+    writer = threading.Thread(target=convert)
+    writer.start()
+    collectives.wait_for_file(manifest, tmp_path, 1, stall_s=0.35, poll_s=0.05)
+    writer.join()
+    assert manifest.is_file()
