@@ -5,10 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +18,7 @@ from fastchgnet.train.engine import (
     scaled_lr,
     zero_stage,
 )
-from tests.train.helpers import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.train.helpers import run_one_rank
 
 
 @pytest.mark.parametrize(
@@ -121,20 +115,8 @@ def test_deepspeed_zero0_clips_on_the_device_as_the_torch_engine_does() -> None:
     nothing (both would synchronise a GPU's host), and the weights after a step equal the
     torch engine's with the same clipping, and differ from an unclipped step's."""
     pytest.importorskip("deepspeed")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", DEEPSPEED_CLIP], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in done.stdout.splitlines()
+    stdout = run_one_rank(DEEPSPEED_CLIP)
+    lines = {x.split(" ", 1)[0]: json.loads(x.split(" ", 1)[1]) for x in stdout.splitlines()
              if x.startswith(("DEEPSPEED", "RESULT"))}  # fmt: skip
     assert lines["DEEPSPEED"] == [0.0, False]
     assert lines["RESULT"] == [True, True]

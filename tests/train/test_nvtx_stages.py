@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +21,7 @@ from fastchgnet.train.loading import collate_items
 from fastchgnet.train.loop import train_epoch
 from fastchgnet.train.progress import EpochProgress
 from fastchgnet.train.step import TrainStep
-from tests.train.helpers import TINY_ARCHITECTURE, small_cache
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.train.helpers import TINY_ARCHITECTURE, run_one_rank, small_cache
 
 
 class Recorder:
@@ -112,20 +106,8 @@ print("ENTERED", json.dumps(entered))
 @pytest.mark.slow
 def test_deepspeeds_gradient_all_reduce_is_its_own_range_inside_backward(tmp_path) -> None:
     pytest.importorskip("deepspeed")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29517",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", DEEPSPEED_STEP], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(x for x in done.stdout.splitlines() if x.startswith("ENTERED"))
+    stdout = run_one_rank(DEEPSPEED_STEP)
+    line = next(x for x in stdout.splitlines() if x.startswith("ENTERED"))
     entered = json.loads(line.split(" ", 1)[1])
     assert nvtx.ALLREDUCE in entered
     assert entered.index(nvtx.BACKWARD) < entered.index(nvtx.ALLREDUCE)
