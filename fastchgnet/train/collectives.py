@@ -13,11 +13,14 @@ stops the survivors, ``peer_report`` names the ranks whose processes are gone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
@@ -193,8 +196,9 @@ def wait_for_file(
     written ``path``, e.g. the manifest of the cache it converts. Stop with ``peer_report``
     if rank 0's process is gone (checked on this host only), and with a one-line error if
     nothing under ``path``'s folder or ``out_dir`` changed for ``stall_s`` seconds: a
-    conversion appends to its shard files as structures finish, so a silent stall means rank
-    0 died on another host or the folder is not shared between the nodes."""
+    conversion appends to its shard files as structures finish, and rank 0 touches
+    ``ranks/converting`` while it converts (``heartbeat``), so a silent stall means rank 0
+    died on another host or the folder is not shared between the nodes."""
     watched = {Path(path).parent, Path(out_dir)}
     newest, since = latest_change(watched), time.monotonic()
     while not Path(path).is_file():
@@ -211,6 +215,31 @@ def wait_for_file(
                 "converting the cache is gone, or that folder is not shared with this node)"
             )
         time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def heartbeat(out_dir: Path, period_s: float = 10.0) -> Iterator[None]:
+    """Touch ``<out_dir>/ranks/converting`` every ``period_s`` seconds for the block (rank 0
+    converting the cache; a phase that writes nothing, such as checking the shards a rerun
+    keeps, still shows ``wait_for_file`` it is alive); the file is removed after."""
+    path = Path(out_dir) / "ranks" / "converting"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = threading.Event()
+
+    def beat() -> None:
+        while True:
+            path.touch()
+            if done.wait(period_s):
+                return
+
+    beating = threading.Thread(target=beat, name="conversion-heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        done.set()
+        beating.join()
+        path.unlink(missing_ok=True)
 
 
 def latest_change(folders: set[Path]) -> tuple[int, int]:

@@ -16,6 +16,7 @@ tensorboard/ (option).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -105,7 +106,9 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     model.train()  # loaded models may come in eval mode (no derivative graph for the loss)
     model.set_precision(config.run.precision, device_type())  # judged for where it will run
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
-    cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
+    beating = run.rank == 0 and run.world_size > 1
+    with collectives.heartbeat(run.out) if beating else contextlib.nullcontext():
+        cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
     if run.rank != 0:  # converting may outlast the collectives' timeout: wait on the file
         collectives.wait_for_file(
             cache / "manifest.json", run.out, run.rank, config.run.dist_timeout_s

@@ -242,3 +242,23 @@ def test_waiting_for_rank_0s_cache_lasts_while_the_conversion_writes(tmp_path) -
     collectives.wait_for_file(manifest, tmp_path, 1, stall_s=0.35, poll_s=0.05)
     writer.join()
     assert manifest.is_file()
+
+
+def test_rank_0s_heartbeat_keeps_the_others_waiting_through_a_silent_phase(tmp_path) -> None:
+    """Checking the shards a rerun keeps writes nothing for a while: rank 0's heartbeat shows
+    it is alive, and its file is gone once the conversion is done."""
+    import threading
+
+    manifest = tmp_path / "cache" / "manifest.json"
+
+    def convert() -> None:
+        with collectives.heartbeat(tmp_path, period_s=0.05):
+            time.sleep(0.8)  # longer than the waiting rank's stall_s, with no writes
+            manifest.parent.mkdir()
+            manifest.write_text("{}")
+
+    writer = threading.Thread(target=convert)
+    writer.start()
+    collectives.wait_for_file(manifest, tmp_path, 1, stall_s=0.3, poll_s=0.05)
+    writer.join()
+    assert not (tmp_path / "ranks" / "converting").exists()
