@@ -31,9 +31,8 @@ With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction 
 gradients is compiled ahead of time (AOTInductor) and kept on disk: a later process with the
 same config and shape loads it in well under a second instead of tracing and compiling again.
 
-Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time;
-``stats`` also holds dynamo's own count of compiled frames, so a guard failure that recompiles
-a graph shows up as frames > graphs.
+Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time, and
+``stats`` counts dynamo's compiled frames too: a recompiling guard shows as frames > graphs.
 """
 
 from __future__ import annotations
@@ -61,6 +60,7 @@ from fastchgnet.compile.store import (
 )
 from fastchgnet.compile.trace import (
     Program,
+    StateReader,
     batch_inputs,
     mark_entry_sizes,
     model_state,
@@ -185,6 +185,7 @@ class CapturedModel:
         self.compute_stress = compute_stress
         self.features = features
         self.stats = CaptureStats(frames_at_start=_dynamo_frames())
+        self._state = StateReader(model)  # the graphs' first inputs, read every call
         self._compiled: dict[tuple, object] = {}
         self._trace_seconds = 0.0
 
@@ -221,7 +222,7 @@ class CapturedModel:
             compiled = self._build(key, program, batch, labels)
         if self._use_cuda_graphs(batch) and self.backend == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
-        _, state = model_state(self.model)
+        state = self._state()
         flat = batch_inputs(batch, labels)
         start = time.perf_counter() if key not in self.stats.keys else None
         if start is not None and self.dynamic:
@@ -319,7 +320,7 @@ class CapturedModel:
         )
         if not usable:
             return None
-        _, state = model_state(self.model)
+        state = self._state()
         name = (
             f"predict(forces={self.compute_forces}, stress={self.compute_stress}, "
             f"features={self.features}, precision={self._precision()})"
@@ -378,7 +379,7 @@ class CapturedModel:
             how = "loaded from"
         else:
             traced = trace_program(self.model, program, batch, labels)
-            _, state = model_state(self.model)
+            state = self._state()
             about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
             inputs = [*state, *batch_inputs(batch)]
             runner = self.store.build(store_key, traced, inputs, about, CPU_PACKAGE_OPTIONS)

@@ -321,7 +321,8 @@ class CompiledPotential:
         """
         if not graphs:
             raise ValueError("predict_graphs needs at least one graph")
-        self.model.eval()  # the captured programs are specialised on eval mode
+        if self.model.training:  # the captured programs are specialised on eval mode
+            self.model.eval()  # (a walk of every module, about 0.24 ms: only when needed)
         counts = Counts.of(graphs)
         capacity = self._capacity_for(counts, graphs)
         if capacity is None or self._oversized(capacity, counts):

@@ -138,3 +138,19 @@ def test_no_scatter_sum_of_a_traced_graph_lands_in_a_concatenation(batch_and_lab
     cats = [n for n in traced.graph.nodes if str(n.target).startswith("aten.cat")]
     fed = [n for n in cats if any(a in scatters for a in n.args[0])]
     assert not fed, fed
+
+
+def test_the_state_reader_reads_what_model_state_lists_and_follows_a_replaced_weight() -> None:
+    """The captured graphs' first inputs, read every call from slots found once: the same
+    tensors in the same order as ``model_state``, and a parameter replaced in its module
+    afterwards is the one read."""
+    from fastchgnet.compile.trace import StateReader
+
+    model = small_model("conservative")
+    model.register_buffer("extra", torch.zeros(2))
+    reader = StateReader(model)
+    assert [id(t) for t in reader()] == [id(t) for t in model_state(model)[1]]
+    replacement = torch.nn.Parameter(model.atom_embedding.weight.detach().clone())
+    model.atom_embedding.weight = replacement
+    assert any(t is replacement for t in reader())
+    assert [id(t) for t in reader()] == [id(t) for t in model_state(model)[1]]
