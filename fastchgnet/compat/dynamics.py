@@ -58,6 +58,7 @@ class CHGNetCalculator(Calculator):
             model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
         allow_isolated = on_isolated_atoms != "error"  # "warn" predicts, as the reference
         super().__init__(model, features=True, allow_isolated=allow_isolated, **kwargs)
+        self.chgnet = model  # ``self.model`` is the potential that wraps it
         self.on_isolated_atoms = on_isolated_atoms
         self.device, self.stress_weight = device, stress_weight
         self.return_site_energies = return_site_energies
@@ -80,11 +81,11 @@ class CHGNetCalculator(Calculator):
 
     @property
     def version(self) -> str | None:
-        return getattr(self.model, "version", None)
+        return getattr(self.chgnet, "version", None)
 
     @property
     def n_params(self) -> int:
-        return self.model.n_params
+        return self.chgnet.n_params
 
     def calculate(
         self,

@@ -210,3 +210,15 @@ def test_md_compile_decision_times_a_warm_calculator(compat_model, limno2, monke
     md = MolecularDynamics(atoms=atoms, model=compat_model, ensemble="nve", timestep=1)
     md.run(1)
     assert seen == [True]
+
+
+def test_calculator_and_relaxer_report_the_models_version_and_size(chgnet_ref, compat_model):
+    """As the reference's: ``CHGNetCalculator.version`` / ``n_params`` and the same of
+    ``StructOptimizer`` are the CHGNet's (not the potential that wraps it)."""
+    from fastchgnet.compat import CHGNetCalculator, StructOptimizer
+
+    reference = _reference(lambda: chgnet_ref.CHGNet.load(use_device="cpu", verbose=False))
+    calculator = CHGNetCalculator(compat_model, use_device="cpu")
+    relaxer = StructOptimizer(compat_model, use_device="cpu")
+    assert calculator.n_params == relaxer.n_params == reference.n_params == compat_model.n_params
+    assert calculator.version == relaxer.version == compat_model.version == "0.3.0"
