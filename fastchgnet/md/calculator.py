@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes, equal
@@ -102,6 +103,8 @@ class Calculator(AseCalculator):
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
         allow_isolated: predict structures with atoms that have no neighbour (see
             ``build_graph``) instead of raising.
+        device: where the model runs ("cpu", "cuda", ...): it is moved there (default: where
+            it is now).
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
@@ -117,9 +120,17 @@ class Calculator(AseCalculator):
         compiled: bool = False,
         features: bool = False,
         allow_isolated: bool = False,
+        device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
+        if "use_device" in kwargs:  # ASE would keep it as an unused parameter
+            raise TypeError(
+                "Calculator takes device=..., not use_device (the reference's name, which "
+                "fastchgnet.compat.CHGNetCalculator takes)"
+            )
         super().__init__(**kwargs)
+        if device is not None:
+            getattr(model, "model", model).to(device)  # a Potential's module, or the module
         self.features = features
         self.model = compiled_potential(model) if compiled else as_potential(model)
         config = self.model.config

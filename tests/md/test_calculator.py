@@ -120,3 +120,16 @@ def test_state_check_reports_what_ase_reports(model, small_crystals):
     tiny = atoms.copy()
     tiny.positions[0, 0] += 1e-17  # within ASE's tolerance of 1e-15: no change for either
     assert calc.check_state(tiny) == compare_atoms(calc.atoms, tiny)
+
+
+def test_the_calculator_moves_the_model_to_the_device_it_is_given() -> None:
+    """``device=`` moves the model (or a Potential's model) there, where ASE would otherwise
+    keep an unknown keyword and run on the CPU; the reference's ``use_device`` is named."""
+    from fastchgnet.model.potential import EagerPotential
+
+    for wrap in (lambda m: m, EagerPotential):
+        model = FastCHGNet(n_conv=2)
+        Calculator(wrap(model), device="meta")
+        assert {p.device.type for p in model.parameters()} == {"meta"}
+    with pytest.raises(TypeError, match="device="):
+        Calculator(FastCHGNet(n_conv=2), use_device="cuda")
