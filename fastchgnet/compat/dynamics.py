@@ -51,7 +51,7 @@ class CHGNetCalculator(Calculator):
         return_site_energies: bool = False,
         **kwargs: Any,
     ) -> None:
-        device = determine_device(use_device)
+        device = determine_device(use_device, check_cuda_mem)
         model = CHGNet.load(use_device=device, verbose=False) if model is None else model
         model = model.to(device)
         if hasattr(model, "graph_converter"):

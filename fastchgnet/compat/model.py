@@ -45,12 +45,17 @@ def unsupported(what: str, instead: str) -> NotImplementedError:
     return NotImplementedError(f"fastchgnet.compat: {what} is not supported; {instead}")
 
 
-def determine_device(use_device: str | None = None) -> str:
-    """``use_device``, else $CHGNET_DEVICE, else "cuda" when available, else "cpu"."""
+def determine_device(use_device: str | None = None, check_cuda_mem: bool = False) -> str:
+    """``use_device``, else $CHGNET_DEVICE, else "cuda" when available, else "cpu"; with
+    ``check_cuda_mem``, "cuda" becomes the GPU with the most free memory ("cuda:2")."""
     device = use_device or os.getenv("CHGNET_DEVICE")
     if device == "mps":
         raise unsupported("use_device='mps'", "use 'cpu' or 'cuda'")
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and check_cuda_mem:
+        free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
+        device = f"cuda:{max(range(len(free)), key=free.__getitem__)}"
+    return device
 
 
 class GraphConverter:
@@ -154,7 +159,7 @@ class CHGNet(FastCHGNet):
             )
         model = cls.from_file(checkpoint_path(model_name))
         model.model_args["version"] = model_name
-        device = determine_device(use_device)
+        device = determine_device(use_device, check_cuda_mem)
         if verbose:
             print(f"CHGNet will run on {device}")
         return model.to(device)

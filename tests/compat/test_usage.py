@@ -222,3 +222,20 @@ def test_calculator_and_relaxer_report_the_models_version_and_size(chgnet_ref, c
     relaxer = StructOptimizer(compat_model, use_device="cpu")
     assert calculator.n_params == relaxer.n_params == reference.n_params == compat_model.n_params
     assert calculator.version == relaxer.version == compat_model.version == "0.3.0"
+
+
+def test_check_cuda_mem_picks_the_gpu_with_the_most_free_memory(monkeypatch) -> None:
+    """As the reference's ``determine_device(check_cuda_mem=True)``: "cuda" becomes the index
+    of the device with the most free memory; without it, plain "cuda"."""
+    import torch
+
+    from fastchgnet.compat.model import determine_device
+
+    free = {0: 1 << 30, 1: 5 << 30, 2: 3 << 30}
+    monkeypatch.delenv("CHGNET_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (free[index], 8 << 30))
+    assert determine_device(check_cuda_mem=True) == "cuda:1"
+    assert determine_device() == "cuda"
+    assert determine_device("cpu", check_cuda_mem=True) == "cpu"
