@@ -25,6 +25,7 @@ from fastchgnet.train.config import (
     TrainConfig,
 )
 from fastchgnet.train.metrics import REPORTED
+from fastchgnet.train.run import device_type
 
 CRITERIA = {"MSE": "mse", "mse": "mse", "Huber": "huber"}
 OPTIMIZERS = {"Adam": "adam", "AdamW": "adamw"}
@@ -77,6 +78,11 @@ class Trainer:
             (starting_epoch != 0, "starting_epoch", "resume with train(config, resume=True)"),
             (not allow_missing_labels, "allow_missing_labels=False", "missing labels are masked"),
             (wandb_path is not None, "wandb", "set run.tensorboard in a TrainConfig"),
+            (
+                use_device is not None and use_device.split(":")[0] != device_type(),
+                f"use_device={use_device!r}",
+                f"training runs on {device_type()} here (the GPU where there is one)",
+            ),
         ]
         for failed, what, instead in checks:
             if failed:

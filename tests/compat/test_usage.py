@@ -239,3 +239,14 @@ def test_check_cuda_mem_picks_the_gpu_with_the_most_free_memory(monkeypatch) -> 
     assert determine_device(check_cuda_mem=True) == "cuda:1"
     assert determine_device() == "cuda"
     assert determine_device("cpu", check_cuda_mem=True) == "cpu"
+
+
+def test_trainer_refuses_a_device_training_would_not_run_on(compat_model, monkeypatch):
+    """Training runs on the GPU where there is one, else the CPU: a ``use_device`` naming the
+    other is refused in one line, not silently overruled."""
+    from fastchgnet.compat import Trainer, trainer
+
+    monkeypatch.setattr(trainer, "device_type", lambda: "cpu")
+    with pytest.raises(NotImplementedError, match=r"use_device='cuda:1' is not supported"):
+        Trainer(compat_model, use_device="cuda:1")
+    Trainer(compat_model, use_device="cpu")
