@@ -199,7 +199,9 @@ def wait_for_file(
     conversion appends to its shard files as structures finish, and rank 0 touches
     ``ranks/converting`` while it converts (``heartbeat``), so a silent stall means rank 0
     died on another host or the folder is not shared between the nodes."""
-    watched = {Path(path).parent, Path(out_dir)}
+    watched = {Path(out_dir)}
+    if not Path(path).parent.is_relative_to(out_dir):  # a cache under out_dir: walked once
+        watched.add(Path(path).parent)
     newest, since = latest_change(watched), time.monotonic()
     while not Path(path).is_file():
         report = peer_report(out_dir, rank, grace_s=0.0)
