@@ -193,3 +193,41 @@ def test_md_unknown_ensemble_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["md", "x.cif", "--ensemble", "nph"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["predict", "relax", "md"])
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [("cuda:64", "--device cuda:64: this process sees"), ("gpu0", "--device gpu0: not a device")],
+)
+def test_device_that_is_not_there_is_a_one_line_error(tmp_path, capsys, command, device, says):
+    (path,) = write_cifs(tmp_path, 1)
+    argv = [command, path, "-o", str(tmp_path / "out.extxyz"), "--device", device]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert says in err
+
+
+def test_device_auto_is_the_gpu_when_cuda_sees_one(monkeypatch):
+    import torch
+
+    from fastchgnet.cli.inputs import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_load_model_puts_the_model_on_the_named_device(monkeypatch):
+    import torch
+
+    from fastchgnet.cli import inputs
+
+    moved = []
+    monkeypatch.setattr(inputs, "resolve_device", lambda spec: torch.device("meta"))
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: moved.append(where) or self)
+    model = inputs.load_model("0.3.0", "float32", "somewhere")
+    assert moved == [torch.device("meta")]
+    assert model.precision == "float32"

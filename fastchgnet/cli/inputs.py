@@ -6,6 +6,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fastchgnet.model.reference import CHECKPOINTS
 
 
@@ -42,10 +44,16 @@ def read_structures(paths: list[str]) -> list[Any]:
 
 
 def add_model_arguments(parser: Any) -> None:
-    """``--model`` and ``--precision`` of the commands that run a model."""
+    """``--model``, ``--device`` and ``--precision`` of the commands that run a model."""
     from fastchgnet.model.precision import PRECISIONS
 
     parser.add_argument("--model", default="0.3.0", help="reference version or model file")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: 'cpu', 'cuda', 'cuda:1', ... or 'auto' (default: the "
+        "first GPU when one is visible, else the CPU)",
+    )
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -56,13 +64,37 @@ def add_model_arguments(parser: Any) -> None:
     )
 
 
-def load_model(spec: str, precision: str = "float32") -> Any:
-    """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file, set to
-    ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``)."""
+def resolve_device(spec: str) -> torch.device:
+    """The device ``--device`` names: "auto" is the current GPU when CUDA sees one, else
+    the CPU; a GPU that this process cannot see is a ValueError naming it."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {spec}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {spec}: this process sees no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {spec}: this process sees {count} CUDA device(s)")
+    return device
+
+
+def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> Any:
+    """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file, on
+    ``device`` (``resolve_device``'s names) and set to ``precision`` ("float32" or "bf16":
+    ``FastCHGNet.set_precision``, judged for that device)."""
     from fastchgnet import FastCHGNet
 
+    where = resolve_device(device)
     if spec in CHECKPOINTS:
-        return FastCHGNet.from_reference(spec).set_precision(precision)
-    if not Path(spec).is_file():
+        model = FastCHGNet.from_reference(spec)
+    elif not Path(spec).is_file():
         raise FileNotFoundError(f"{spec}: no such model file (or one of {sorted(CHECKPOINTS)})")
-    return FastCHGNet.load(spec).set_precision(precision)
+    else:
+        model = FastCHGNet.load(spec)
+    return model.to(where).set_precision(precision, where.type)

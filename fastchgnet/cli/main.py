@@ -28,7 +28,7 @@ from fastchgnet.errors import StructureError
 def cmd_predict(args: argparse.Namespace) -> None:
     from fastchgnet.model.potential import predict_structures
 
-    model = load_model(args.model, args.precision)
+    model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
     potential = model
     if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU

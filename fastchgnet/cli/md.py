@@ -106,7 +106,7 @@ def cmd_relax(args: argparse.Namespace) -> None:
     if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     structures = read_structures(args.structures)
-    model = load_model(args.model, args.precision)
+    model = load_model(args.model, args.precision, args.device)
     results = relax(
         structures,
         model,
@@ -146,7 +146,7 @@ def cmd_md(args: argparse.Namespace) -> None:
     structures = read_structures([args.structure])
     if len(structures) != 1:
         raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")
-    model = load_model(args.model, args.precision)
+    model = load_model(args.model, args.precision, args.device)
     run_md(
         structures[0],
         model,
