@@ -95,6 +95,28 @@ def moved_to(
     return type(container)(**moved)
 
 
+def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """``values`` as numpy arrays of the same shapes. Off a CPU they come back in one
+    device-to-host copy per dtype (``one_host_copy``): each copy makes the host wait for the
+    device, so one wait instead of one per tensor."""
+    if all(v.device.type == "cpu" for v in values.values()):
+        return {k: v.detach().numpy() for k, v in values.items()}
+    return one_host_copy(values)
+
+
+def one_host_copy(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """``values`` (on one device) flattened and joined per dtype, copied to the host once
+    per dtype, and cut back into arrays of their shapes (views of the joined array)."""
+    out: dict[str, np.ndarray] = {}
+    for dtype in dict.fromkeys(v.dtype for v in values.values()):
+        names = [k for k, v in values.items() if v.dtype == dtype]
+        joined = torch.cat([values[k].detach().reshape(-1) for k in names]).cpu().numpy()
+        cuts = np.cumsum([values[k].numel() for k in names])[:-1]
+        for name, piece in zip(names, np.split(joined, cuts), strict=True):
+            out[name] = piece.reshape(tuple(values[name].shape))
+    return out
+
+
 def pinned(container: T) -> T:
     """A copy of a dataclass of tensors with every tensor in page-locked host memory (needs
     CUDA); fields that are not tensors are kept as they are."""

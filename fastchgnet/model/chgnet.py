@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastchgnet.data.batch import GraphBatch
+from fastchgnet.data.batch import GraphBatch, host_arrays
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
@@ -67,14 +67,12 @@ class Prediction:
     PER_ATOM = ("forces", "magmoms", "site_energies", "atom_features")
 
     def split(self, n_atoms: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Per structure, the fields that are set as numpy arrays (one host copy per field):
-        per-structure fields as their row, per-atom fields as the structure's rows.
+        """Per structure, the fields that are set as numpy arrays (one host copy in all, per
+        dtype): per-structure fields as their row, per-atom fields as the structure's rows.
         ``n_atoms``: atoms of each structure, in order (padding, if any, comes after)."""
-        host = {
-            f.name: value.detach().cpu().numpy()
-            for f in fields(self)
-            if (value := getattr(self, f.name)) is not None
-        }
+        host = host_arrays(
+            {f.name: v for f in fields(self) if (v := getattr(self, f.name)) is not None}
+        )
         cuts = np.cumsum(n_atoms)
         starts = cuts - np.asarray(n_atoms)
         out = []

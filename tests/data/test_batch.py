@@ -54,3 +54,44 @@ def test_collate_casts_floats_and_moves():
 def test_collate_needs_a_graph():
     with pytest.raises(ValueError, match="at least one"):
         collate([])
+
+
+def test_one_host_copy_gives_every_tensor_back_with_its_shape_and_dtype(monkeypatch):
+    from fastchgnet.data.batch import one_host_copy
+
+    copies = []
+    to_host = torch.Tensor.cpu
+    monkeypatch.setattr(
+        torch.Tensor, "cpu", lambda self: copies.append(self.dtype) or to_host(self)
+    )
+
+    rng = torch.Generator().manual_seed(0)
+    values = {
+        "energy": torch.randn(3, generator=rng),
+        "forces": torch.randn(7, 3, generator=rng),
+        "stress": torch.randn(3, 3, 3, generator=rng),
+        "empty": torch.zeros(0, 3),
+        "count": torch.arange(5),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "magmoms": torch.randn(7, generator=rng),
+    }
+    host = one_host_copy(values)
+    assert copies == [torch.float32, torch.int64, torch.float64]  # one copy per dtype
+    assert set(host) == set(values)
+    for name, value in values.items():
+        assert host[name].shape == tuple(value.shape), name
+        assert host[name].dtype == value.numpy().dtype, name
+        np.testing.assert_array_equal(host[name], value.numpy(), err_msg=name)
+
+
+def test_host_arrays_copies_off_a_device_once_per_dtype(monkeypatch):
+    from fastchgnet.data import batch
+
+    seen = []
+    monkeypatch.setattr(batch, "one_host_copy", lambda values: seen.append(list(values)) or {})
+    on_cpu = {"a": torch.ones(2), "b": torch.zeros(3, dtype=torch.int64)}
+    host = batch.host_arrays(on_cpu)
+    assert seen == []  # already on the host: views, no copy
+    np.testing.assert_array_equal(host["b"], [0, 0, 0])
+    batch.host_arrays({"a": torch.ones(2, device="meta"), "b": torch.ones(1, device="meta")})
+    assert seen == [["a", "b"]]
