@@ -153,18 +153,31 @@ def latest_checkpoint(root: Path) -> Path | None:
     return folder
 
 
-def load_checkpoint(folder: Path, rank: int, world_size: int) -> tuple[dict, list[dict]]:
-    """(main payload with model/config, every rank's payload) of a checkpoint folder.
+def load_checkpoint(
+    folder: Path, rank: int, world_size: int, every_rank: bool = False
+) -> tuple[dict, list[dict | None]]:
+    """(main payload with model/config, the payloads by rank) of a checkpoint folder.
 
-    Raises CheckpointError when the world size differs from the one that wrote it (the
-    sampler plan and ZeRO shards depend on it) or a file is missing or damaged.
+    A rank reads rank 0's file (weights, config, history) and its own: two files, not one per
+    rank, so a resume of N ranks reads 2N files instead of N^2. ``every_rank`` reads them all
+    (DeepSpeed's elastic ZeRO shards are rebuilt from every rank's); the ranks not read are
+    None in the list. Raises CheckpointError when the world size differs from the one that
+    wrote it (the sampler plan and ZeRO shards depend on it), a file is missing or damaged, or
+    a file read records other progress than rank 0's.
     """
     main = read_verified(rank_file(folder, 0))
     if main["world_size"] != world_size:
         raise CheckpointError(
             f"{folder} was written by {main['world_size']} rank(s); resume with the same number"
         )
-    payloads = [main] + [read_verified(rank_file(folder, r)) for r in range(1, world_size)]
-    if any(p["progress"] != main["progress"] for p in payloads):
-        raise CheckpointError(f"{folder}: the ranks' files record different progress")
+    wanted = range(world_size) if every_rank else sorted({0, rank})
+    payloads: list[dict | None] = [None] * world_size
+    for r in wanted:
+        payloads[r] = main if r == 0 else read_verified(rank_file(folder, r))
+    for r, payload in enumerate(payloads):
+        if payload is not None and payload["progress"] != main["progress"]:
+            raise CheckpointError(
+                f"{rank_file(folder, r)}: records other progress than rank 0's "
+                f"({payload['progress']} against {main['progress']})"
+            )
     return main, payloads

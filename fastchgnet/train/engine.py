@@ -102,6 +102,7 @@ class TorchEngine:
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
         self.grad_clip = config.grad_clip
         self.device = next(model.parameters()).device
+        self.elastic = False  # one process: a resume reads its own file
 
     @property
     def lr(self) -> float:
@@ -131,7 +132,9 @@ class TorchEngine:
         """Optimiser and scheduler state (the model's weights are saved separately)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any], all_ranks: list[dict] | None = None) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
+    ) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -220,6 +223,10 @@ class DeepSpeedEngine:
         # NVTX range (an instance attribute shadows the method that backward calls)
         self.engine.allreduce_gradients = ranged(ALLREDUCE)(self.engine.allreduce_gradients)
         self.zero_stage = zero_stage(settings)
+        #: whether a resume needs every rank's shard (ZeRO >= 1 with elastic checkpoints)
+        self.elastic = self.zero_stage >= 1 and bool(
+            settings.get("zero_optimization", {}).get("elastic_checkpoint", False)
+        )
         # clipped here, on the device, unless DeepSpeed clips (see ``deepspeed_settings``)
         self.grad_clip = 0.0 if deepspeed_clips(settings) else config.grad_clip
         self.params = params
@@ -255,10 +262,13 @@ class DeepSpeedEngine:
         """This rank's optimiser state (a shard under ZeRO 1) and the scheduler."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any], all_ranks: list[dict] | None = None) -> None:
-        """Restore; under ZeRO >= 1 DeepSpeed wants every rank's shard (``all_ranks``)."""
+    def load_state_dict(
+        self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
+    ) -> None:
+        """Restore; under ZeRO >= 1 DeepSpeed takes the shards by rank (``all_ranks``: this
+        rank's at its index, and every rank's where ``elastic``; the others may be None)."""
         if self.zero_stage >= 1:
-            shards = [s["optimizer"] for s in (all_ranks or [state])]
+            shards = [s["optimizer"] if s is not None else None for s in (all_ranks or [state])]
             self.optimizer.load_state_dict(shards, load_optimizer_states=True)
         else:
             self.optimizer.load_state_dict(state["optimizer"])

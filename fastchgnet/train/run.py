@@ -26,6 +26,7 @@ import torch
 
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
+    CheckpointError,
     Progress,
     latest_checkpoint,
     load_checkpoint,
@@ -182,9 +183,19 @@ def resume_from_checkpoint(run: Run) -> None:
     folder = latest_checkpoint(root)
     if folder is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {root}")
-    main, payloads = load_checkpoint(folder, run.rank, run.world_size)
+    try:
+        loaded, problem = load_checkpoint(folder, run.rank, run.world_size, run.engine.elastic), ""
+    except CheckpointError as error:
+        loaded, problem = None, str(error)
+    # each rank reads only rank 0's file and its own: all learn whether any failed, and stop
+    # together, instead of the others waiting for it in their first collective
+    problems = [p for p in collectives.all_gather_objects(problem) if p]
+    if problems or loaded is None:
+        raise CheckpointError(problems[0] if problems else problem)
+    main, payloads = loaded
     run.model.load_state_dict(main["model"])
-    run.engine.load_state_dict(payloads[run.rank]["engine"], [p["engine"] for p in payloads])
+    engines = [p["engine"] if p is not None else None for p in payloads]
+    run.engine.load_state_dict(payloads[run.rank]["engine"], engines)
     run.progress = Progress(**payloads[run.rank]["progress"])
     run.step = TrainStep(run.engine, run.config.loss, run.step.captured, run.progress.bad_steps)
     run.history = list(main["history"])

@@ -101,3 +101,80 @@ def test_a_checkpoint_keeps_only_the_ranks_own_cuda_generator(monkeypatch) -> No
     set_rng_state(state)
     assert len(restored) == 1
     assert torch.equal(restored[0], own)
+
+
+def _save_ranks(root, world: int, model: FastCHGNet, steps=None):
+    """A checkpoint of ``world`` ranks at step 5 (``steps``: each rank's recorded step)."""
+    for rank in range(world):
+        step = 5 if steps is None else steps[rank]
+        folder = save_checkpoint(
+            root,
+            rank=rank,
+            world_size=world,
+            progress=Progress(epoch=0, step_in_epoch=step, global_step=5),
+            engine_state={"optimizer": {"rank": rank}},
+            model=model if rank == 0 else None,
+            config={},
+            history=[],
+        )
+    return folder
+
+
+def test_a_rank_reads_rank_0s_file_and_its_own_only(tmp_path, monkeypatch) -> None:
+    from fastchgnet.train import checkpoint
+
+    folder = _save_ranks(tmp_path, 4, _model())
+    read = []
+    original = checkpoint.read_verified
+    monkeypatch.setattr(checkpoint, "read_verified", lambda p: read.append(p.name) or original(p))
+    main, payloads = load_checkpoint(folder, 2, 4)
+    assert read == ["rank-00000.pt", "rank-00002.pt"]
+    assert [p is not None for p in payloads] == [True, False, True, False]
+    assert payloads[2]["engine"] == {"optimizer": {"rank": 2}}
+    assert "model" in main
+    read.clear()
+    _, payloads = load_checkpoint(folder, 0, 4)
+    assert read == ["rank-00000.pt"]
+    read.clear()
+    _, payloads = load_checkpoint(folder, 1, 4, every_rank=True)
+    assert len(read) == 4
+    assert all(p is not None for p in payloads)
+
+
+def test_a_damaged_file_fails_the_ranks_that_read_it(tmp_path) -> None:
+    folder = _save_ranks(tmp_path, 3, _model())
+    path = rank_file(folder, 2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    load_checkpoint(folder, 1, 3)  # rank 1 does not read rank 2's file
+    with pytest.raises(CheckpointError, match="rank-00002"):
+        load_checkpoint(folder, 2, 3)
+    with pytest.raises(CheckpointError, match="rank-00002"):
+        load_checkpoint(folder, 1, 3, every_rank=True)
+
+
+def test_a_rank_file_with_other_progress_is_named(tmp_path) -> None:
+    folder = _save_ranks(tmp_path, 2, _model(), steps=[5, 4])
+    with pytest.raises(CheckpointError, match=r"rank-00001\.pt: records other progress"):
+        load_checkpoint(folder, 1, 2)
+
+
+def test_every_rank_stops_when_another_ranks_file_fails(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from fastchgnet.train import collectives
+    from fastchgnet.train.run import resume_from_checkpoint
+
+    _save_ranks(tmp_path / "checkpoints", 2, _model())
+    run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=SimpleNamespace(elastic=False))
+    gathered = []
+
+    def gather(problem):  # rank 1 could not read its file; rank 0 could
+        gathered.append(problem)
+        return [problem, "rank-00001.pt: checksum mismatch"]
+
+    monkeypatch.setattr(collectives, "all_gather_objects", gather)
+    with pytest.raises(CheckpointError, match=r"rank-00001\.pt: checksum mismatch"):
+        resume_from_checkpoint(run)
+    assert gathered == [""]  # rank 0's own read was fine, and it still stopped
