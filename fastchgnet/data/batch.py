@@ -83,16 +83,51 @@ def moved_to(
     container: T, device: torch.device | str, dtype: torch.dtype | None, non_blocking: bool = True
 ) -> T:
     """A copy of a dataclass of tensors on ``device``, float tensors cast to ``dtype`` when
-    given; fields that are not tensors (e.g. ``n_short_bonds``) are kept as they are."""
-    moved = {}
-    for f in fields(container):
-        value = getattr(container, f.name)
+    given; fields that are not tensors (e.g. ``n_short_bonds``) are kept as they are. A
+    container from ``pinned`` goes to an accelerator in one copy per dtype (its buffers),
+    every field a view of the copied buffer."""
+    values = {f.name: getattr(container, f.name) for f in fields(container)}
+    layout = getattr(container, "_joined", None)
+    if layout is not None and torch.device(device).type != "cpu":
+        for buffer, names in layout:
+            moved = buffer.to(device, non_blocking=non_blocking)
+            if dtype is not None and moved.is_floating_point():
+                moved = moved.to(dtype)
+            values.update(_cut(moved, {k: values[k] for k in names}))
+        return type(container)(**values)
+    for name, value in values.items():
         if isinstance(value, Tensor):
             if dtype is not None and value.is_floating_point():
                 value = value.to(dtype)
-            value = value.to(device, non_blocking=non_blocking)
-        moved[f.name] = value
-    return type(container)(**moved)
+            values[name] = value.to(device, non_blocking=non_blocking)
+    return type(container)(**values)
+
+
+def pinned(container: T) -> T:
+    """A copy of a dataclass of tensors in page-locked host memory (needs CUDA), the tensors
+    of each dtype laid out in one buffer, so that ``moved_to`` copies each dtype to the device
+    in one transfer (a batch's 17 tensors in 4), not one per tensor; fields that are not
+    tensors are kept as they are."""
+    values = {f.name: getattr(container, f.name) for f in fields(container)}
+    tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
+    layout = []
+    for dtype in dict.fromkeys(v.dtype for v in tensors.values()):
+        group = {k: v for k, v in tensors.items() if v.dtype == dtype}
+        buffer = torch.cat([v.reshape(-1) for v in group.values()]).pin_memory()
+        values.update(_cut(buffer, group))
+        layout.append((buffer, list(group)))
+    out = type(container)(**values)
+    out._joined = layout  # type: ignore[attr-defined]  # read by moved_to
+    return out
+
+
+def _cut(buffer: Tensor, shapes: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``buffer`` (1-D) cut into views with the shapes of ``shapes``' tensors, in order."""
+    out, offset = {}, 0
+    for name, like in shapes.items():
+        out[name] = buffer[offset : offset + like.numel()].view(like.shape)
+        offset += like.numel()
+    return out
 
 
 def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -109,21 +144,10 @@ def one_host_copy(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
     per dtype, and cut back into arrays of their shapes (views of the joined array)."""
     out: dict[str, np.ndarray] = {}
     for dtype in dict.fromkeys(v.dtype for v in values.values()):
-        names = [k for k, v in values.items() if v.dtype == dtype]
-        joined = torch.cat([values[k].detach().reshape(-1) for k in names]).cpu().numpy()
-        cuts = np.cumsum([values[k].numel() for k in names])[:-1]
-        for name, piece in zip(names, np.split(joined, cuts), strict=True):
-            out[name] = piece.reshape(tuple(values[name].shape))
+        group = {k: v.detach() for k, v in values.items() if v.dtype == dtype}
+        joined = torch.cat([v.reshape(-1) for v in group.values()]).cpu()
+        out.update({k: v.numpy() for k, v in _cut(joined, group).items()})
     return out
-
-
-def pinned(container: T) -> T:
-    """A copy of a dataclass of tensors with every tensor in page-locked host memory (needs
-    CUDA); fields that are not tensors are kept as they are."""
-    values = {f.name: getattr(container, f.name) for f in fields(container)}
-    return type(container)(
-        **{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in values.items()}
-    )
 
 
 def tensors_of(container: object) -> list[Tensor]:

@@ -121,11 +121,11 @@ def test_prefetcher_without_streams_moves_each_batch_to_the_device():
 
 def test_batches_pin_every_tensor_and_keep_the_rest(monkeypatch):
     graph, labels = host_batches(2)[1]
-    pinned_ids = []
+    pinned_storages = []
 
     def fake_pin(self, device=None):
         copy = self.clone()
-        pinned_ids.append(id(copy))
+        pinned_storages.append(copy.untyped_storage().data_ptr())
         return copy
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
@@ -135,6 +135,38 @@ def test_batches_pin_every_tensor_and_keep_the_rest(monkeypatch):
     assert type(pinned_graph) is type(graph)
     assert type(pinned_labels) is type(labels)
     assert pinned_graph.n_short_bonds == graph.n_short_bonds
-    handed = tensors_of(pinned_graph) + tensors_of(pinned_labels)
-    assert sorted(map(id, handed)) == sorted(pinned_ids)
-    assert torch.equal(pinned_graph.bond_atoms, graph.bond_atoms)
+    # one pinned buffer per dtype: int64 and float of the graph, float and bool of the labels
+    assert len(pinned_storages) == 4
+    for before, after in ((graph, pinned_graph), (labels, pinned_labels)):
+        for old, new in zip(tensors_of(before), tensors_of(after), strict=True):
+            assert new.untyped_storage().data_ptr() in pinned_storages
+            assert new.dtype == old.dtype
+            assert torch.equal(new, old)
+
+
+def test_a_pinned_batch_goes_to_the_device_in_one_copy_per_dtype(monkeypatch):
+    graph, labels = host_batches(2)[1]
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, device=None: self.clone())
+    pinned_graph, pinned_labels = graph.pin_memory(), labels.pin_memory()
+    copies = []
+    to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        out = to(self, *args, **kwargs)
+        if out.device != self.device:
+            copies.append(self.numel())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    moved = pinned_graph.to("meta", dtype=torch.float64)
+    moved_labels = pinned_labels.to("meta")
+    assert len(copies) == 4  # one a dtype, the whole buffer each time
+    assert sum(copies) == sum(t.numel() for t in tensors_of(graph) + tensors_of(labels))
+    for old, new in zip(tensors_of(graph), tensors_of(moved), strict=True):
+        assert new.device.type == "meta"
+        assert new.shape == old.shape
+        assert new.dtype == (torch.float64 if old.is_floating_point() else old.dtype)
+    assert [t.shape for t in tensors_of(moved_labels)] == [t.shape for t in tensors_of(labels)]
+    copies.clear()
+    graph.to("meta")  # not pinned: one copy a tensor, as before
+    assert len(copies) == len(tensors_of(graph))
