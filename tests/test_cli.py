@@ -231,3 +231,18 @@ def test_load_model_puts_the_model_on_the_named_device(monkeypatch):
     model = inputs.load_model("0.3.0", "float32", "somewhere")
     assert moved == [torch.device("meta")]
     assert model.precision == "float32"
+
+
+def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
+    import torch
+
+    from fastchgnet.cli import inputs
+
+    current = []
+    monkeypatch.setattr(inputs, "resolve_device", lambda spec: torch.device(spec))
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: self)
+    inputs.load_model("0.3.0", "float32", "cuda:1")
+    assert current == [torch.device("cuda:1")]
+    inputs.load_model("0.3.0", "float32", "cuda")  # the current one already
+    assert current == [torch.device("cuda:1")]

@@ -86,11 +86,15 @@ def resolve_device(spec: str) -> torch.device:
 
 def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> Any:
     """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file, on
-    ``device`` (``resolve_device``'s names) and set to ``precision`` ("float32" or "bf16":
-    ``FastCHGNet.set_precision``, judged for that device)."""
+    ``device`` (``resolve_device``'s names; a numbered GPU becomes the current device) and set
+    to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
+    device)."""
     from fastchgnet import FastCHGNet
 
     where = resolve_device(device)
+    if where.type == "cuda" and where.index is not None:
+        # the current device too: CUDA graphs, bf16 checks and streams follow it, not the model
+        torch.cuda.set_device(where)
     if spec in CHECKPOINTS:
         model = FastCHGNet.from_reference(spec)
     elif not Path(spec).is_file():

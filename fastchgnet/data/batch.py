@@ -88,12 +88,12 @@ def moved_to(
     every field a view of the copied buffer."""
     values = {f.name: getattr(container, f.name) for f in fields(container)}
     layout = getattr(container, "_joined", None)
-    if layout is not None and torch.device(device).type != "cpu":
-        for buffer, names in layout:
+    if layout is not None and torch.device(device).type != "cpu" and _intact(layout, values):
+        for buffer, names, starts in layout:
             moved = buffer.to(device, non_blocking=non_blocking)
             if dtype is not None and moved.is_floating_point():
                 moved = moved.to(dtype)
-            values.update(_cut(moved, {k: values[k] for k in names}))
+            values.update(_cut(moved, {k: values[k] for k in names}, starts))
         return type(container)(**values)
     for name, value in values.items():
         if isinstance(value, Tensor):
@@ -105,29 +105,55 @@ def moved_to(
 
 def pinned(container: T) -> T:
     """A copy of a dataclass of tensors in page-locked host memory (needs CUDA), the tensors
-    of each dtype laid out in one buffer, so that ``moved_to`` copies each dtype to the device
-    in one transfer (a batch's 17 tensors in 4), not one per tensor; fields that are not
-    tensors are kept as they are."""
+    of each dtype laid out in one buffer (each starting on a 16-byte boundary), so that
+    ``moved_to`` copies each dtype to the device in one transfer (a batch's 17 tensors in 4)
+    instead of one per tensor; fields that are not tensors are kept as they are."""
     values = {f.name: getattr(container, f.name) for f in fields(container)}
     tensors = {k: v for k, v in values.items() if isinstance(v, Tensor)}
     layout = []
     for dtype in dict.fromkeys(v.dtype for v in tensors.values()):
         group = {k: v for k, v in tensors.items() if v.dtype == dtype}
-        buffer = torch.cat([v.reshape(-1) for v in group.values()]).pin_memory()
-        values.update(_cut(buffer, group))
-        layout.append((buffer, list(group)))
+        align = max(1, 16 // group[next(iter(group))].element_size())
+        starts, end = [], 0
+        for value in group.values():
+            starts.append(end)
+            end += -(-value.numel() // align) * align
+        # page-locked from the start where CUDA is (pin_memory() then returns it as it is)
+        host = torch.zeros(end, dtype=dtype, pin_memory=torch.cuda.is_available())
+        for value, view in zip(group.values(), _cut(host, group, starts).values(), strict=True):
+            view.copy_(value)
+        buffer = host.pin_memory()
+        values.update(_cut(buffer, group, starts))
+        layout.append((buffer, list(group), starts))
     out = type(container)(**values)
     out._joined = layout  # type: ignore[attr-defined]  # read by moved_to
     return out
 
 
-def _cut(buffer: Tensor, shapes: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``buffer`` (1-D) cut into views with the shapes of ``shapes``' tensors, in order."""
-    out, offset = {}, 0
-    for name, like in shapes.items():
-        out[name] = buffer[offset : offset + like.numel()].view(like.shape)
-        offset += like.numel()
-    return out
+def _cut(buffer: Tensor, shapes: dict[str, Tensor], starts: list[int]) -> dict[str, Tensor]:
+    """``buffer`` (1-D) cut into views with the shapes of ``shapes``' tensors, the k-th
+    starting at element ``starts[k]``."""
+    return {
+        name: buffer[start : start + like.numel()].view(like.shape)
+        for (name, like), start in zip(shapes.items(), starts, strict=True)
+    }
+
+
+def _intact(layout: list, values: dict[str, Any]) -> bool:
+    """Whether every field ``pinned`` laid out is still the view it made (a field replaced
+    since, e.g. on a shallow copy, sends the container the per-tensor way)."""
+    for buffer, names, starts in layout:
+        base = buffer.untyped_storage().data_ptr()
+        for name, start in zip(names, starts, strict=True):
+            value = values[name]
+            if not (
+                isinstance(value, Tensor)
+                and value.untyped_storage().data_ptr() == base
+                and value.storage_offset() == start
+                and value.is_contiguous()
+            ):
+                return False
+    return True
 
 
 def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -146,7 +172,8 @@ def one_host_copy(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
     for dtype in dict.fromkeys(v.dtype for v in values.values()):
         group = {k: v.detach() for k, v in values.items() if v.dtype == dtype}
         joined = torch.cat([v.reshape(-1) for v in group.values()]).cpu()
-        out.update({k: v.numpy() for k, v in _cut(joined, group).items()})
+        starts = np.cumsum([0] + [v.numel() for v in group.values()])[:-1].tolist()
+        out.update({k: v.numpy() for k, v in _cut(joined, group, starts).items()})
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,26 +155,34 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(
-    folder: Path, rank: int, world_size: int, every_rank: bool = False
+    folder: Path,
+    rank: int,
+    world_size: int,
+    every_rank: Callable[[dict], bool] | None = None,
 ) -> tuple[dict, list[dict | None]]:
     """(main payload with model/config, the payloads by rank) of a checkpoint folder.
 
     A rank reads rank 0's file (weights, config, history) and its own: two files, not one per
-    rank, so a resume of N ranks reads 2N files instead of N^2. ``every_rank`` reads them all
-    (DeepSpeed's elastic ZeRO shards are rebuilt from every rank's); the ranks not read are
-    None in the list. Raises CheckpointError when the world size differs from the one that
-    wrote it (the sampler plan and ZeRO shards depend on it), a file is missing or damaged, or
-    a file read records other progress than rank 0's.
+    rank, so a resume of N ranks reads 2N files instead of N^2. Where ``every_rank(own
+    payload)`` says so it reads them all (DeepSpeed rebuilds elastic ZeRO shards from every
+    rank's); the ranks not read are None in the list.
+
+    Raises CheckpointError when the world size differs from the one that wrote it (the sampler
+    plan and ZeRO shards depend on it), a file is missing or damaged, or a file read records
+    other progress than rank 0's.
     """
     main = read_verified(rank_file(folder, 0))
     if main["world_size"] != world_size:
         raise CheckpointError(
             f"{folder} was written by {main['world_size']} rank(s); resume with the same number"
         )
-    wanted = range(world_size) if every_rank else sorted({0, rank})
     payloads: list[dict | None] = [None] * world_size
-    for r in wanted:
-        payloads[r] = main if r == 0 else read_verified(rank_file(folder, r))
+    payloads[0] = main
+    payloads[rank] = main if rank == 0 else read_verified(rank_file(folder, rank))
+    if every_rank is not None and every_rank(payloads[rank]):
+        for r in range(world_size):
+            if payloads[r] is None:
+                payloads[r] = read_verified(rank_file(folder, r))
     for r, payload in enumerate(payloads):
         if payload is not None and payload["progress"] != main["progress"]:
             raise CheckpointError(

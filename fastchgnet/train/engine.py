@@ -102,7 +102,6 @@ class TorchEngine:
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
         self.grad_clip = config.grad_clip
         self.device = next(model.parameters()).device
-        self.elastic = False  # one process: a resume reads its own file
 
     @property
     def lr(self) -> float:
@@ -131,6 +130,10 @@ class TorchEngine:
     def state_dict(self) -> dict[str, Any]:
         """Optimiser and scheduler state (the model's weights are saved separately)."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def needs_every_shard(self, payload: dict[str, Any]) -> bool:
+        """One process: a resume reads its own file only."""
+        return False
 
     def load_state_dict(
         self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
@@ -223,10 +226,6 @@ class DeepSpeedEngine:
         # NVTX range (an instance attribute shadows the method that backward calls)
         self.engine.allreduce_gradients = ranged(ALLREDUCE)(self.engine.allreduce_gradients)
         self.zero_stage = zero_stage(settings)
-        #: whether a resume needs every rank's shard (ZeRO >= 1 with elastic checkpoints)
-        self.elastic = self.zero_stage >= 1 and bool(
-            settings.get("zero_optimization", {}).get("elastic_checkpoint", False)
-        )
         # clipped here, on the device, unless DeepSpeed clips (see ``deepspeed_settings``)
         self.grad_clip = 0.0 if deepspeed_clips(settings) else config.grad_clip
         self.params = params
@@ -262,11 +261,17 @@ class DeepSpeedEngine:
         """This rank's optimiser state (a shard under ZeRO 1) and the scheduler."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
+    def needs_every_shard(self, payload: dict[str, Any]) -> bool:
+        """Whether resuming from this rank's checkpoint ``payload`` needs every rank's: a ZeRO
+        shard saved elastic (its optimizer state a list, not a dict) is rebuilt from all."""
+        state = payload["engine"]["optimizer"]
+        return self.zero_stage >= 1 and not isinstance(state.get("base_optimizer_state"), dict)
+
     def load_state_dict(
         self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
     ) -> None:
         """Restore; under ZeRO >= 1 DeepSpeed takes the shards by rank (``all_ranks``: this
-        rank's at its index, and every rank's where ``elastic``; the others may be None)."""
+        rank's at its index, every rank's where ``needs_every_shard``; the others None)."""
         if self.zero_stage >= 1:
             shards = [s["optimizer"] if s is not None else None for s in (all_ranks or [state])]
             self.optimizer.load_state_dict(shards, load_optimizer_states=True)

@@ -180,16 +180,24 @@ def build_engine(run: Run, model: torch.nn.Module) -> None:
 def resume_from_checkpoint(run: Run) -> None:
     """Weights, optimiser shards, progress, history and RNG states of the newest checkpoint."""
     root = run.out / "checkpoints"
-    folder = latest_checkpoint(root)
-    if folder is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {root}")
+    loaded, name, problem = None, None, ""
     try:
-        loaded, problem = load_checkpoint(folder, run.rank, run.world_size, run.engine.elastic), ""
-    except CheckpointError as error:
-        loaded, problem = None, str(error)
-    # each rank reads only rank 0's file and its own: all learn whether any failed, and stop
-    # together, instead of the others waiting for it in their first collective
-    problems = [p for p in collectives.all_gather_objects(problem) if p]
+        folder = latest_checkpoint(root)
+        if folder is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {root}")
+        name = folder.name
+        loaded = load_checkpoint(folder, run.rank, run.world_size, run.engine.needs_every_shard)
+    except Exception as error:  # whatever stops one rank must stop them all
+        problem = f"rank {run.rank}: {error}" if run.world_size > 1 else str(error)
+        if run.world_size == 1:
+            raise
+    # each rank reads latest.json, rank 0's file and its own: all learn whether any failed or
+    # saw another checkpoint (a stale view of a shared folder), and stop together, instead of
+    # the others waiting for it in their first collective
+    seen = collectives.all_gather_objects((name, problem))
+    problems = [p for _, p in seen if p]
+    if not problems and len({n for n, _ in seen}) > 1:
+        problems = [f"the ranks see different checkpoints: {[n for n, _ in seen]}"]
     if problems or loaded is None:
         raise CheckpointError(problems[0] if problems else problem)
     main, payloads = loaded

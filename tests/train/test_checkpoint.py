@@ -136,7 +136,9 @@ def test_a_rank_reads_rank_0s_file_and_its_own_only(tmp_path, monkeypatch) -> No
     _, payloads = load_checkpoint(folder, 0, 4)
     assert read == ["rank-00000.pt"]
     read.clear()
-    _, payloads = load_checkpoint(folder, 1, 4, every_rank=True)
+    _, payloads = load_checkpoint(
+        folder, 1, 4, every_rank=lambda own: own["engine"]["optimizer"] == {"rank": 1}
+    )
     assert len(read) == 4
     assert all(p is not None for p in payloads)
 
@@ -151,7 +153,7 @@ def test_a_damaged_file_fails_the_ranks_that_read_it(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="rank-00002"):
         load_checkpoint(folder, 2, 3)
     with pytest.raises(CheckpointError, match="rank-00002"):
-        load_checkpoint(folder, 1, 3, every_rank=True)
+        load_checkpoint(folder, 1, 3, every_rank=lambda own: True)
 
 
 def test_a_rank_file_with_other_progress_is_named(tmp_path) -> None:
@@ -167,14 +169,47 @@ def test_every_rank_stops_when_another_ranks_file_fails(tmp_path, monkeypatch) -
     from fastchgnet.train.run import resume_from_checkpoint
 
     _save_ranks(tmp_path / "checkpoints", 2, _model())
-    run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=SimpleNamespace(elastic=False))
+    engine = SimpleNamespace(needs_every_shard=lambda own: False)
+    run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=engine)
     gathered = []
 
-    def gather(problem):  # rank 1 could not read its file; rank 0 could
-        gathered.append(problem)
-        return [problem, "rank-00001.pt: checksum mismatch"]
+    def gather(seen):  # rank 1 could not read its file; rank 0 could
+        gathered.append(seen)
+        return [seen, (seen[0], "rank 1: rank-00001.pt: checksum mismatch")]
 
     monkeypatch.setattr(collectives, "all_gather_objects", gather)
     with pytest.raises(CheckpointError, match=r"rank-00001\.pt: checksum mismatch"):
         resume_from_checkpoint(run)
-    assert gathered == [""]  # rank 0's own read was fine, and it still stopped
+    assert gathered == [("step-00000005", "")]  # rank 0's own read was fine, and it stopped
+
+
+def test_every_rank_stops_when_the_ranks_see_different_checkpoints(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from fastchgnet.train import collectives
+    from fastchgnet.train.run import resume_from_checkpoint
+
+    _save_ranks(tmp_path / "checkpoints", 2, _model())
+    engine = SimpleNamespace(needs_every_shard=lambda own: False)
+    run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=engine)
+    # rank 1's view of the shared folder is stale: its latest.json names an older step
+    monkeypatch.setattr(collectives, "all_gather_objects", lambda s: [s, ("step-00000003", "")])
+    with pytest.raises(CheckpointError, match="different checkpoints"):
+        resume_from_checkpoint(run)
+
+
+def test_deepspeed_reads_every_shard_only_for_elastic_zero_checkpoints() -> None:
+    from types import SimpleNamespace
+
+    from fastchgnet.train.engine import DeepSpeedEngine
+
+    def payload(state):
+        return {"engine": {"optimizer": state}}
+
+    zero1 = SimpleNamespace(zero_stage=1)
+    zero0 = SimpleNamespace(zero_stage=0)
+    rigid = payload({"base_optimizer_state": {"state": {}}})
+    elastic = payload({"base_optimizer_state": [{"state": {}}]})
+    assert not DeepSpeedEngine.needs_every_shard(zero1, rigid)
+    assert DeepSpeedEngine.needs_every_shard(zero1, elastic)
+    assert not DeepSpeedEngine.needs_every_shard(zero0, payload({"state": {}}))
