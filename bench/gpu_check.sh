@@ -6,7 +6,8 @@
 #   a. captured + CUDA-graph training, torch engine, 2 epochs: one graph, no recompile, no
 #      CUDA-graph skip, steady state under torch.cuda.set_sync_debug_mode("error");
 #   b. eager training, 1 epoch;
-#   c. `deepspeed --num_gpus 1` (NCCL on a GPU) through validation;
+#   c. `deepspeed --num_gpus 1` (NCCL on a GPU) through validation, then --resume for a second
+#      epoch (checkpoint files read, outcome agreed over the ranks);
 #   d. `fastchgnet profile` (CUDA kernels per step side by side);
 #   e. eager training in bf16 mixed precision (run.precision=bf16: autocast on the device), 1 epoch;
 #   f. the drop-in API (fastchgnet.compat: predict, relax, NVT MD) against the reference
@@ -99,6 +100,14 @@ stage_c() {
         echo "FAIL stage c left a DeepSpeed shared-memory buffer: $(ls /dev/shm/*_"${port}"_*)"
         return 1
     fi
+    "${CHECK[@]}" verify "$WORK/c" --stage c "${compiled[@]}" "${CPU_FLAG[@]}"
+    # --resume for a second epoch under the same launcher: the rank reads rank 0's checkpoint
+    # file and its own, and the ranks agree on the outcome (an all_gather_object under NCCL)
+    port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    stamp "stage c: --resume for a second epoch"
+    "$DEEPSPEED" --num_gpus 1 --master_port "$port" launcher/train.py --resume \
+        --set optim.epochs=2 --set "run.out_dir=$WORK/c" 2>&1 | tee "$WORK/c/resume.log"
+    grep -q "resumed from" "$WORK/c/resume.log" || { echo "FAIL stage c: the run did not resume"; return 1; }
     "${CHECK[@]}" verify "$WORK/c" --stage c "${compiled[@]}" "${CPU_FLAG[@]}"
 }
 stage_d() {
