@@ -55,12 +55,16 @@ def test_checkpoint_round_trips_model_progress_and_config(tmp_path) -> None:
     assert FastCHGNet(**main["model_config"]).config == model.config
 
 
-def test_damaged_checkpoint_is_refused(tmp_path) -> None:
-    folder = _save(tmp_path, 3, _model())
-    path = rank_file(folder, 0)
+def _damage(path) -> None:
+    """Flip one byte in the middle of ``path``."""
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def test_damaged_checkpoint_is_refused(tmp_path) -> None:
+    folder = _save(tmp_path, 3, _model())
+    _damage(rank_file(folder, 0))
     with pytest.raises(CheckpointError):
         load_checkpoint(folder, 0, 1)
 
@@ -145,10 +149,7 @@ def test_a_rank_reads_rank_0s_file_and_its_own_only(tmp_path, monkeypatch) -> No
 
 def test_a_damaged_file_fails_the_ranks_that_read_it(tmp_path) -> None:
     folder = _save_ranks(tmp_path, 3, _model())
-    path = rank_file(folder, 2)
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    _damage(rank_file(folder, 2))
     load_checkpoint(folder, 1, 3)  # rank 1 does not read rank 2's file
     with pytest.raises(CheckpointError, match="rank-00002"):
         load_checkpoint(folder, 2, 3)
