@@ -113,7 +113,7 @@ def pinned(container: T) -> T:
     layout = []
     for dtype in dict.fromkeys(v.dtype for v in tensors.values()):
         group = {k: v for k, v in tensors.items() if v.dtype == dtype}
-        align = max(1, 16 // group[next(iter(group))].element_size())
+        align = max(1, 16 // dtype.itemsize)
         starts, end = [], 0
         for value in group.values():
             starts.append(end)

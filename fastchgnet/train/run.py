@@ -188,9 +188,9 @@ def resume_from_checkpoint(run: Run) -> None:
         name = folder.name
         loaded = load_checkpoint(folder, run.rank, run.world_size, run.engine.needs_every_shard)
     except Exception as error:  # whatever stops one rank must stop them all
-        problem = f"rank {run.rank}: {error}" if run.world_size > 1 else str(error)
         if run.world_size == 1:
             raise
+        problem = f"rank {run.rank}: {error}"
     # each rank reads latest.json, rank 0's file and its own: all learn whether any failed or
     # saw another checkpoint (a stale view of a shared folder), and stop together, instead of
     # the others waiting for it in their first collective
