@@ -167,14 +167,49 @@ def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
 
 def one_host_copy(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
     """``values`` (on one device) flattened and joined per dtype, copied to the host once
-    per dtype, and cut back into arrays of their shapes (views of the joined array)."""
+    per dtype, and cut back into arrays of their shapes (views of the joined array). Tensors
+    that already are consecutive parts of one buffer (``joined_copy``'s) are not joined again."""
     out: dict[str, np.ndarray] = {}
-    for dtype in dict.fromkeys(v.dtype for v in values.values()):
-        group = {k: v.detach() for k, v in values.items() if v.dtype == dtype}
-        joined = torch.cat([v.reshape(-1) for v in group.values()]).cpu()
-        starts = np.cumsum([0] + [v.numel() for v in group.values()])[:-1].tolist()
-        out.update({k: v.numpy() for k, v in _cut(joined, group, starts).items()})
+    for group in _dtype_groups(values):
+        flat, starts = _flat(group, reuse=True)
+        out.update({k: v.numpy() for k, v in _cut(flat.cpu(), group, starts).items()})
     return out
+
+
+def joined_copy(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``values`` on their device in one copy per dtype: each dtype's tensors are
+    flattened and joined into one new buffer, and come back as views of it with their
+    shapes, in order (``one_host_copy`` then takes each buffer to the host as it is)."""
+    out: dict[str, Tensor] = {}
+    for group in _dtype_groups(values):
+        flat, starts = _flat(group, reuse=False)
+        out.update(_cut(flat, group, starts))
+    return out
+
+
+def _dtype_groups(values: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """``values`` detached and grouped by dtype, in order of first appearance."""
+    dtypes = dict.fromkeys(v.dtype for v in values.values())
+    return [{k: v.detach() for k, v in values.items() if v.dtype == d} for d in dtypes]
+
+
+def _flat(group: dict[str, Tensor], reuse: bool) -> tuple[Tensor, list[int]]:
+    """One 1-D tensor holding ``group``'s tensors one after another, and where each starts:
+    with ``reuse``, the buffer they already are consecutive contiguous parts of (no copy),
+    else (or when they are not) a concatenation."""
+    tensors = list(group.values())
+    starts = np.cumsum([0] + [v.numel() for v in tensors])[:-1].tolist()
+    first = tensors[0]
+    base, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    if reuse and all(
+        v.is_contiguous()
+        and v.untyped_storage().data_ptr() == base
+        and v.storage_offset() == offset + start
+        for v, start in zip(tensors, starts, strict=True)
+    ):
+        total = starts[-1] + tensors[-1].numel()
+        return first.as_strided((total,), (1,), offset), starts
+    return torch.cat([v.reshape(-1) for v in tensors]), starts
 
 
 def tensors_of(container: object) -> list[Tensor]:

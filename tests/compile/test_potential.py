@@ -200,3 +200,55 @@ def test_compiled_site_energies_and_features_equal_eager(model64, crystals):
         for key in a:
             np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10)
         assert b["site_energies"].sum() / len(b["f"]) == pytest.approx(float(b["e"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_real_part_keeps_the_real_rows_and_copies_them_once_per_dtype(copy, monkeypatch):
+    """``real_part`` as a GPU runs it (``copy``: the outputs are CUDA graphs' buffers, which
+    the next call overwrites), through the CPU: one join per dtype, new memory, and the
+    split takes it to the host without joining again."""
+    from types import SimpleNamespace
+
+    from fastchgnet.compile.potential import real_part
+    from fastchgnet.data import batch
+    from fastchgnet.model.chgnet import Prediction
+
+    rng = torch.Generator().manual_seed(0)
+    padded = Prediction(
+        energy=torch.randn(3, generator=rng),
+        total_energy=torch.randn(3, generator=rng),
+        forces=torch.randn(6, 3, generator=rng),
+        stress=torch.randn(3, 3, 3, generator=rng),
+        magmoms=torch.randn(6, generator=rng),
+        site_energies=torch.randn(6, generator=rng),
+        atom_features=torch.randn(6, 4, generator=rng),
+        crystal_features=torch.randn(3, 4, generator=rng),
+    )
+    graphs = [SimpleNamespace(n_atoms=1), SimpleNamespace(n_atoms=4)]  # a padding slot after
+    expected = {k: v.clone() for k, v in vars(padded).items()}
+    joins = []
+    cat = torch.cat
+    monkeypatch.setattr(batch.torch, "cat", lambda ts: joins.append(len(ts)) or cat(ts))
+    real = real_part(padded, graphs, stress=False, features=True, copy=copy)
+    assert joins == ([7] if copy else [])  # the seven fields kept, float32: one join
+    assert real.stress is None
+    for name, value in vars(padded).items():
+        value.fill_(-1.0)  # the next call
+        kept = getattr(real, name)
+        if name == "stress":
+            continue
+        n = 5 if name in Prediction.PER_ATOM else 2
+        if copy:
+            torch.testing.assert_close(kept, expected[name][:n], rtol=0, atol=0)
+        else:
+            assert kept.data_ptr() == value.data_ptr()
+            assert kept.shape[0] == n
+    if copy:
+        parts = real.split([1, 4])
+        assert joins == [7]
+        np.testing.assert_array_equal(parts[1]["forces"], expected["forces"][1:5].numpy())
+        np.testing.assert_array_equal(parts[0]["energy"], expected["energy"][0].numpy())
+    no_features = real_part(padded, graphs, stress=True, features=False, copy=False)
+    assert no_features.atom_features is None
+    assert no_features.crystal_features is None
+    assert no_features.stress.shape == (2, 3, 3)

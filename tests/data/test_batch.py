@@ -59,12 +59,7 @@ def test_collate_needs_a_graph():
 def test_one_host_copy_gives_every_tensor_back_with_its_shape_and_dtype(monkeypatch):
     from fastchgnet.data.batch import one_host_copy
 
-    copies = []
-    to_host = torch.Tensor.cpu
-    monkeypatch.setattr(
-        torch.Tensor, "cpu", lambda self: copies.append(self.dtype) or to_host(self)
-    )
-
+    _, copies = _count_copies(monkeypatch)
     rng = torch.Generator().manual_seed(0)
     values = {
         "energy": torch.randn(3, generator=rng),
@@ -82,6 +77,51 @@ def test_one_host_copy_gives_every_tensor_back_with_its_shape_and_dtype(monkeypa
         assert host[name].shape == tuple(value.shape), name
         assert host[name].dtype == value.numpy().dtype, name
         np.testing.assert_array_equal(host[name], value.numpy(), err_msg=name)
+
+
+def _count_copies(monkeypatch) -> tuple[list, list]:
+    """Records the dtype of every ``torch.cat`` (a join on the device) and ``Tensor.cpu``."""
+    from fastchgnet.data import batch
+
+    joins, copies = [], []
+    cat, to_host = torch.cat, torch.Tensor.cpu
+    monkeypatch.setattr(batch.torch, "cat", lambda ts: joins.append(ts[0].dtype) or cat(ts))
+    monkeypatch.setattr(
+        torch.Tensor, "cpu", lambda self: copies.append(self.dtype) or to_host(self)
+    )
+    return joins, copies
+
+
+def test_joined_copy_is_one_new_buffer_per_dtype_that_goes_to_the_host_as_it_is(monkeypatch):
+    from fastchgnet.data.batch import joined_copy, one_host_copy
+
+    rng = torch.Generator().manual_seed(1)
+    source = torch.randn(10, 3, generator=rng)
+    values = {
+        "energy": source[:2, 0],  # a strided view: copied as its values
+        "forces": source[:7],
+        "count": torch.arange(4),
+        "stress": torch.randn(2, 3, 3, generator=rng),
+        "empty": torch.zeros(0),
+    }
+    before = {k: v.clone() for k, v in values.items()}
+    joins, copies = _count_copies(monkeypatch)
+    owned = joined_copy(values)
+    assert joins == [torch.float32, torch.int64]
+    assert copies == []
+    source.fill_(7.0)  # the copy is its own memory (as the next CUDA graph replay would)
+    for name, value in owned.items():
+        assert value.shape == values[name].shape
+        assert value.dtype == values[name].dtype
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    host = one_host_copy(owned)
+    assert joins == [torch.float32, torch.int64]  # no join again
+    assert copies == [torch.float32, torch.int64]
+    for name, value in before.items():
+        np.testing.assert_array_equal(host[name], value.numpy(), err_msg=name)
+    out_of_order = {"stress": owned["stress"], "energy": owned["energy"]}
+    one_host_copy(out_of_order)  # not consecutive in order: joined first
+    assert joins == [torch.float32, torch.int64, torch.float32]
 
 
 def test_host_arrays_copies_off_a_device_once_per_dtype(monkeypatch):
