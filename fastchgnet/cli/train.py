@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fastchgnet.train.checkpoint import latest_checkpoint, rank_file, read_verified
+from fastchgnet.train.checkpoint import stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
 
 
@@ -54,11 +54,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     config = load_config(args.config, args.overrides)
     if not args.resume:
         return config
-    folder = latest_checkpoint(Path(config.run.out_dir) / "checkpoints")
-    if folder is None:
+    stored = stored_config(Path(config.run.out_dir) / "checkpoints")
+    if stored is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {config.run.out_dir}/checkpoints")
-    stored = TrainConfig.from_dict(read_verified(rank_file(folder, 0))["config"])
-    return apply_overrides(stored, args.overrides)
+    return apply_overrides(TrainConfig.from_dict(stored), args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,7 +134,9 @@ def save_checkpoint(
     if rank == 0:
         atomic_write_bytes(
             root / "latest.json",
-            json.dumps({"name": folder.name, **vars(progress), "world_size": world_size}).encode(),
+            json.dumps(
+                {"name": folder.name, **vars(progress), "world_size": world_size, "config": config}
+            ).encode(),
         )
         folders = sorted(p for p in root.glob("step-*") if p.is_dir())
         for old in folders[: max(0, len(folders) - keep)]:
@@ -152,6 +154,19 @@ def latest_checkpoint(root: Path) -> Path | None:
     if not folder.is_dir():
         raise CheckpointError(f"{pointer} names {folder.name}, which is missing")
     return folder
+
+
+def stored_config(root: Path) -> dict[str, Any] | None:
+    """The training config (``TrainConfig.to_dict()``) of the newest checkpoint under
+    ``root``, or None when there is none: from ``latest.json``, so a resume reads rank 0's
+    file once (a pointer written before it held the config sends us to that file)."""
+    folder = latest_checkpoint(root)
+    if folder is None:
+        return None
+    pointer = json.loads((root / "latest.json").read_text())
+    if "config" in pointer:
+        return pointer["config"]
+    return read_verified(rank_file(folder, 0))["config"]
 
 
 def load_checkpoint(

@@ -147,6 +147,46 @@ def test_a_rank_reads_rank_0s_file_and_its_own_only(tmp_path, monkeypatch) -> No
     assert all(p is not None for p in payloads)
 
 
+def test_resume_takes_the_stored_config_without_reading_a_rank_file(tmp_path, monkeypatch):
+    """``fastchgnet train --resume`` reads the stored config from ``latest.json``: with the
+    resume itself, rank 0's file is read once per rank (2N reads for N ranks, not 3N)."""
+    import argparse
+    import json
+
+    from fastchgnet.cli.train import resolve_config
+    from fastchgnet.train import checkpoint
+    from fastchgnet.train.config import TrainConfig
+
+    stored = TrainConfig().to_dict()
+    stored["run"]["out_dir"], stored["optim"]["epochs"] = str(tmp_path), 7
+    root = tmp_path / "checkpoints"
+    save_checkpoint(
+        root,
+        rank=0,
+        world_size=1,
+        progress=Progress(epoch=1, step_in_epoch=0, global_step=3),
+        engine_state={},
+        model=_model(),
+        config=stored,
+        history=[],
+    )
+    read = []
+    original = checkpoint.read_verified
+    monkeypatch.setattr(checkpoint, "read_verified", lambda p: read.append(p.name) or original(p))
+    args = argparse.Namespace(
+        config=None, overrides=[f"run.out_dir={tmp_path}", "optim.lr=0.5"], resume=True
+    )
+    config = resolve_config(args)
+    assert read == []
+    assert (config.optim.epochs, config.optim.lr) == (7, 0.5)  # stored, then the overrides
+    # a pointer written before it held the config: the config comes from rank 0's file
+    pointer = json.loads((root / "latest.json").read_text())
+    del pointer["config"]
+    (root / "latest.json").write_text(json.dumps(pointer))
+    assert resolve_config(args).optim.epochs == 7
+    assert read == ["rank-00000.pt"]
+
+
 def test_a_damaged_file_fails_the_ranks_that_read_it(tmp_path) -> None:
     folder = _save_ranks(tmp_path, 3, _model())
     _damage(rank_file(folder, 2))
