@@ -69,27 +69,30 @@ def rebuild(
 
 
 def model_state(model: nn.Module) -> tuple[list[str], list[Tensor]]:
-    """Names and tensors of every parameter then every buffer (the traced graph's first
-    inputs)."""
-    named = [*model.named_parameters(), *model.named_buffers()]
-    return [name for name, _ in named], [tensor for _, tensor in named]
+    """Names and tensors of every parameter then every buffer, as ``named_parameters`` and
+    ``named_buffers`` list them (the traced graph's first inputs)."""
+    reader = StateReader(model)
+    return reader.names, reader()
 
 
 class StateReader:
     """``model_state(model)[1]`` for every call of a captured program, in about 20 us against
     about 215 us: the (module, name) slots of the parameters then the buffers are found once
-    (the order and de-duplication of ``named_parameters`` / ``named_buffers``), and each call
-    reads the tensors now in those slots (a parameter replaced in its module is read too)."""
+    (the order and de-duplication of ``named_parameters`` / ``named_buffers``; ``names`` are
+    theirs), and each call reads the tensors now in those slots (a parameter replaced in its
+    module is read too)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.slots: list[tuple[dict, str]] = []
+        self.names: list[str] = []
         for kind in ("_parameters", "_buffers"):
             seen: set[int] = set()
-            for _, module in model.named_modules():
+            for prefix, module in model.named_modules():
                 for name, tensor in getattr(module, kind).items():
                     if tensor is not None and id(tensor) not in seen:
                         seen.add(id(tensor))
                         self.slots.append((getattr(module, kind), name))
+                        self.names.append(f"{prefix}.{name}" if prefix else name)
 
     def __call__(self) -> list[Tensor]:
         return [slots[name] for slots, name in self.slots]

@@ -140,17 +140,24 @@ def test_no_scatter_sum_of_a_traced_graph_lands_in_a_concatenation(batch_and_lab
     assert not fed, fed
 
 
-def test_the_state_reader_reads_what_model_state_lists_and_follows_a_replaced_weight() -> None:
-    """The captured graphs' first inputs, read every call from slots found once: the same
-    tensors in the same order as ``model_state``, and a parameter replaced in its module
-    afterwards is the one read."""
+def test_the_state_reader_reads_what_torch_lists_and_follows_a_replaced_weight() -> None:
+    """The captured graphs' first inputs, read every call from slots found once: the names
+    and tensors, in order, of ``named_parameters`` then ``named_buffers`` (a tied weight
+    once), and a parameter replaced in its module afterwards is the one read."""
     from fastchgnet.compile.trace import StateReader
 
     model = small_model("conservative")
     model.register_buffer("extra", torch.zeros(2))
+    model.atom_convs[1].mlp_out.weight = model.atom_convs[0].mlp_out.weight  # tied
+
+    def listed() -> list:
+        return [*model.named_parameters(), *model.named_buffers()]
+
     reader = StateReader(model)
-    assert [id(t) for t in reader()] == [id(t) for t in model_state(model)[1]]
+    assert reader.names == [name for name, _ in listed()]
+    assert [id(t) for t in reader()] == [id(t) for _, t in listed()]
+    assert model_state(model)[0] == reader.names
     replacement = torch.nn.Parameter(model.atom_embedding.weight.detach().clone())
     model.atom_embedding.weight = replacement
     assert any(t is replacement for t in reader())
-    assert [id(t) for t in reader()] == [id(t) for t in model_state(model)[1]]
+    assert [id(t) for t in reader()] == [id(t) for _, t in listed()]
