@@ -53,11 +53,11 @@ import numpy as np
 import torch
 
 from fastchgnet.data.convert import convert
-from fastchgnet.data.sources import read_frames
+from fastchgnet.data.sources import gunzip_ase_file, read_frames
 from fastchgnet.files import atomic_write_bytes
 from fastchgnet.numerics import flush_denormals
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.loading import gunzip_ase_file, make_splits, quickstart_path
+from fastchgnet.train.loading import make_splits, quickstart_path
 from fastchgnet.train.run import train
 
 #: The small architecture of the README's table (75k parameters), pinned here: the quick

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -27,7 +26,6 @@ from fastchgnet.data.labels import LabelBatch, collate_labels
 from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
-from fastchgnet.data.sources import gunzip_ase_file
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.train.config import DataConfig
 
@@ -57,26 +55,24 @@ def resolve_cache(
         return source
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main and not (cache / "manifest.json").is_file():
-        with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
 
-            def frames_of(path: Path) -> Iterable[Frame]:
-                plain = gunzip_ase_file(path, Path(scratch))
-                return read_frames(plain, energy_key=config.energy_key, labels=config.labels)
+        def frames_of(path: Path) -> Iterable[Frame]:
+            return read_frames(path, config.energy_key, config.labels, scratch=out_dir)
 
-            frames = frames_of(source)
-            if config.val_source or config.test_source:  # one cache, frames tagged by split
-                parts = [
-                    ("train", source),
-                    ("val", config.val_source),
-                    ("test", config.test_source),
-                ]
-                frames = itertools.chain.from_iterable(
-                    tag_split(frames_of(Path(path)), name) for name, path in parts if path
-                )
-            if config.replay_source and config.replay_fraction > 0:
-                base = frames_of(Path(config.replay_source))
-                frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
-            convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
+        frames = frames_of(source)
+        if config.val_source or config.test_source:  # one cache, frames tagged by split
+            parts = [
+                ("train", source),
+                ("val", config.val_source),
+                ("test", config.test_source),
+            ]
+            frames = itertools.chain.from_iterable(
+                tag_split(frames_of(Path(path)), name) for name, path in parts if path
+            )
+        if config.replay_source and config.replay_fraction > 0:
+            base = frames_of(Path(config.replay_source))
+            frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
+        convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
     return cache
 
 

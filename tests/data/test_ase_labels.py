@@ -173,6 +173,40 @@ def test_frames_are_streamed_not_read_whole(tmp_path, monkeypatch):
     assert len(list(frames)) == 2
 
 
+def test_a_gzipped_file_is_read_from_one_decompressed_copy(tmp_path, monkeypatch):
+    """``read_frames`` on .extxyz.gz: the same frames (ids too) as the plain file, without
+    seeking in the gzip stream (ASE seeks back to every frame: quadratic there), and the
+    decompressed copy is gone once the frames are read."""
+    import gzip
+    import shutil
+
+    from fastchgnet.data.sources import read_frames
+
+    plain = tmp_path / "frames.extxyz"
+    write(str(plain), _atoms(4))
+    packed = tmp_path / "gz" / "frames.extxyz.gz"
+    packed.parent.mkdir()
+    with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    seeks = []
+    seek = gzip.GzipFile.seek
+    monkeypatch.setattr(gzip.GzipFile, "seek", lambda f, *a: seeks.append(a) or seek(f, *a))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    frames = read_frames(packed, labels=KEYS, scratch=scratch)
+    first = next(iter(frames))
+    assert len(list(scratch.iterdir())) == 1  # the copy, while frames are read
+    unpacked = [first, *frames]
+    assert seeks == []
+    assert list(scratch.iterdir()) == []
+    expected = list(read_frames(plain, labels=KEYS))
+    assert [(f.frame_id, f.material_id) for f in unpacked] == [
+        (f.frame_id, f.material_id) for f in expected
+    ]
+    for a, b in zip(unpacked, expected, strict=True):
+        np.testing.assert_array_equal(a.forces, b.forces)
+
+
 def test_convert_and_stats_take_label_keys(tmp_path, capsys):
     from fastchgnet.cli import main
     from fastchgnet.data.ase_labels import labels_from_json

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fastchgnet.data.reference_labels import synth
-from fastchgnet.data.sources import read_frames
-from fastchgnet.train.loading import gunzip_ase_file, quickstart_path
+from fastchgnet.data.sources import gunzip_ase_file, read_frames
+from fastchgnet.train.loading import quickstart_path
 
 
 @pytest.mark.slow

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from fastchgnet.data.convert import convert
-from fastchgnet.data.sources import read_frames
+from fastchgnet.data.sources import gunzip_ase_file, read_frames
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.loading import gunzip_ase_file, quickstart_path
+from fastchgnet.train.loading import quickstart_path
 
 #: A model small enough for a training step in a few tens of ms on one CPU thread.
 TINY_ARCHITECTURE = (

@@ -10,7 +10,8 @@ that the source lacks is ``None`` (masked downstream), never zero. Readers do no
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fastchgnet.data.ase_labels import read_ase_labelled
@@ -35,11 +36,17 @@ __all__ = [
 
 
 def read_frames(
-    path: str | Path, energy_key: str = "corrected_total_energy", labels: object = None
+    path: str | Path,
+    energy_key: str = "corrected_total_energy",
+    labels: object = None,
+    scratch: str | Path | None = None,
 ) -> Iterable[Frame]:
     """Pick a reader by suffix: .json/.json.gz MPtrj; a directory, .zip or vasprun.xml VASP;
     anything else ``data.ase_labels.read_ase_labelled`` (streamed; ``labels``: its
-    ``AseLabels``, key names and units)."""
+    ``AseLabels``, key names and units). A gzip-compressed ASE file (.extxyz.gz) is read
+    from one decompressed copy in a temporary folder under ``scratch`` (default: the system's),
+    removed when the frames are done (``gunzip_ase_file``: ASE's reader seeks back to each
+    frame, which in a gzip stream is quadratic)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith((".json", ".json.gz")):
@@ -48,4 +55,11 @@ def read_frames(
         return read_vasp(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
+    if name.endswith(".gz"):
+        return _read_gzipped(path, labels, scratch)
     return read_ase_labelled(path, labels)  # type: ignore[arg-type]
+
+
+def _read_gzipped(path: Path, labels: object, scratch: str | Path | None) -> Iterator[Frame]:
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        yield from read_ase_labelled(gunzip_ase_file(path, Path(folder)), labels)  # type: ignore[arg-type]
