@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 #: help of ``--labels`` (convert and stats)
@@ -62,19 +63,24 @@ def add_commands(sub: Any) -> None:
     stats.set_defaults(func=run_stats)
 
 
-def _frames(args: argparse.Namespace) -> Any:
+def _frames(args: argparse.Namespace, scratch: Path | None = None) -> Any:
+    """The frames of ``args.source``; a gzipped ASE file is read from a decompressed copy
+    under ``scratch`` (default: the system's temporary folder)."""
     from fastchgnet.data.ase_labels import labels_from_json
     from fastchgnet.data.sources import read_frames
 
     labels = labels_from_json(args.labels)
-    return read_frames(args.source, energy_key=args.energy_key, labels=labels)
+    return read_frames(args.source, args.energy_key, labels, scratch=scratch)
 
 
 def run_convert(args: argparse.Namespace) -> None:
-    """Convert ``args.source`` into the graph cache ``args.out`` (resumable)."""
+    """Convert ``args.source`` into the graph cache ``args.out`` (resumable); a gzipped ASE
+    source is decompressed beside the cache while it is read (not in a small /tmp)."""
     from fastchgnet.data.convert import convert
 
-    frames = _frames(args)
+    beside = Path(args.out).absolute().parent
+    beside.mkdir(parents=True, exist_ok=True)
+    frames = _frames(args, scratch=beside)
     convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
 
 

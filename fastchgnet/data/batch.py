@@ -150,10 +150,16 @@ def _intact(layout: list, values: dict[str, Any]) -> bool:
                 isinstance(value, Tensor)
                 and value.untyped_storage().data_ptr() == base
                 and value.storage_offset() == start
-                and value.is_contiguous()
+                and _plain(value)
             ):
                 return False
     return True
+
+
+def _plain(value: Tensor) -> bool:
+    """Whether ``value``'s elements are its storage's, as they lie: contiguous, and neither a
+    lazily negated nor a lazily conjugated view (whose flags a view of the storage loses)."""
+    return value.is_contiguous() and not value.is_neg() and not value.is_conj()
 
 
 def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -195,14 +201,14 @@ def _dtype_groups(values: dict[str, Tensor]) -> list[dict[str, Tensor]]:
 
 def _flat(group: dict[str, Tensor], reuse: bool) -> tuple[Tensor, list[int]]:
     """One 1-D tensor holding ``group``'s tensors one after another, and where each starts:
-    with ``reuse``, the buffer they already are consecutive contiguous parts of (no copy),
-    else (or when they are not) a concatenation."""
+    with ``reuse``, the buffer they already are consecutive plain parts of (``_plain``; no
+    copy), else (or when they are not) a concatenation."""
     tensors = list(group.values())
     starts = np.cumsum([0] + [v.numel() for v in tensors])[:-1].tolist()
     first = tensors[0]
     base, offset = first.untyped_storage().data_ptr(), first.storage_offset()
     if reuse and all(
-        v.is_contiguous()
+        _plain(v)
         and v.untyped_storage().data_ptr() == base
         and v.storage_offset() == offset + start
         for v, start in zip(tensors, starts, strict=True)

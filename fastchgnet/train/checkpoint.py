@@ -147,26 +147,33 @@ def save_checkpoint(
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The folder ``latest.json`` names, or None when there is no checkpoint."""
-    pointer = root / "latest.json"
-    if not pointer.is_file():
-        return None
-    folder = root / json.loads(pointer.read_text())["name"]
-    if not folder.is_dir():
-        raise CheckpointError(f"{pointer} names {folder.name}, which is missing")
-    return folder
+    pointer = _pointer(root)
+    return None if pointer is None else pointer[0]
 
 
 def stored_config(root: Path) -> dict[str, Any] | None:
     """The training config (``TrainConfig.to_dict()``) of the newest checkpoint under
     ``root``, or None when there is none: from ``latest.json``, so a resume reads rank 0's
     file once (a pointer written before it held the config sends us to that file)."""
-    folder = latest_checkpoint(root)
-    if folder is None:
+    pointer = _pointer(root)
+    if pointer is None:
         return None
-    pointer = json.loads((root / "latest.json").read_text())
-    if "config" in pointer:
-        return pointer["config"]
+    folder, fields = pointer
+    if "config" in fields:
+        return fields["config"]
     return read_verified(rank_file(folder, 0))["config"]
+
+
+def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(the folder ``latest.json`` names, its fields), read once, or None without one."""
+    path = root / "latest.json"
+    if not path.is_file():
+        return None
+    fields = json.loads(path.read_text())
+    folder = root / fields["name"]
+    if not folder.is_dir():
+        raise CheckpointError(f"{path} names {folder.name}, which is missing")
+    return folder, fields
 
 
 def load_checkpoint(

@@ -224,3 +224,30 @@ def test_convert_and_stats_take_label_keys(tmp_path, capsys):
     assert labels.energy_per_atom == pytest.approx(-5.0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['energy_key'\]"):
         labels_from_json('{"energy_key": "E"}')
+
+
+def test_convert_decompresses_a_gzipped_source_beside_the_cache(tmp_path, monkeypatch):
+    """``fastchgnet data convert x.extxyz.gz -o out/cache``: the decompressed copy goes under
+    ``out`` (not a possibly small /tmp) and is gone afterwards; every frame is converted."""
+    import gzip
+
+    from fastchgnet.cli import main
+    from fastchgnet.data import sources
+    from fastchgnet.data.cache import GraphDataset
+
+    plain = tmp_path / "f.extxyz"
+    write(str(plain), _atoms(3))
+    packed = tmp_path / "f.extxyz.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    scratches = []
+    read = sources.read_frames
+    monkeypatch.setattr(
+        sources,
+        "read_frames",
+        lambda *a, scratch=None, **k: scratches.append(scratch) or read(*a, scratch=scratch, **k),
+    )
+    out = tmp_path / "out"
+    main(["data", "convert", str(packed), "-o", str(out / "cache"), "--workers", "1"])
+    assert scratches == [out]
+    assert [p.name for p in out.iterdir()] == ["cache"]
+    assert len(GraphDataset(out / "cache")) == 3

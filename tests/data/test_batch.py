@@ -122,6 +122,10 @@ def test_joined_copy_is_one_new_buffer_per_dtype_that_goes_to_the_host_as_it_is(
     out_of_order = {"stress": owned["stress"], "energy": owned["energy"]}
     one_host_copy(out_of_order)  # not consecutive in order: joined first
     assert joins == [torch.float32, torch.int64, torch.float32]
+    # consecutive, but a lazily negated view: its values are not the storage's
+    flat = torch.arange(6.0)
+    negated = one_host_copy({"a": flat[:3], "b": torch._neg_view(flat[3:])})
+    np.testing.assert_array_equal(negated["b"], [-3.0, -4.0, -5.0])
 
 
 def test_host_arrays_copies_off_a_device_once_per_dtype(monkeypatch):
