@@ -246,3 +246,29 @@ def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
     assert current == [torch.device("cuda:1")]
     inputs.load_model("0.3.0", "float32", "cuda")  # the current one already
     assert current == [torch.device("cuda:1")]
+
+
+def test_a_gzipped_extxyz_input_is_read_whole_without_seeking_in_the_stream(tmp_path, monkeypatch):
+    """``fastchgnet predict|relax|md x.extxyz.gz``: every structure, as from the plain file,
+    read from a decompressed copy (seeking in a gzip stream restarts it: quadratic)."""
+    import gzip
+
+    from ase.io import write
+
+    from fastchgnet.cli.inputs import read_structures
+    from fastchgnet.data.random_crystals import varied_structures
+    from fastchgnet.md.calculator import as_atoms
+
+    plain = tmp_path / "in.extxyz"
+    write(plain, [as_atoms(s) for s in varied_structures(3, seed=2, max_atoms=6)])
+    packed = tmp_path / "in.extxyz.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    seeks = []
+    seek = gzip.GzipFile.seek
+    monkeypatch.setattr(gzip.GzipFile, "seek", lambda f, *a: seeks.append(a) or seek(f, *a))
+    unpacked, expected = read_structures([str(packed)]), read_structures([str(plain)])
+    assert seeks == []
+    assert len(unpacked) == len(expected) == 3
+    for a, b in zip(unpacked, expected, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    assert unpacked[2].info["name"] == "in.extxyz.gz[2]"
