@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ def read_structures(paths: list[str]) -> list[Any]:
         except Exception:
             pass
         try:
-            frames = _read_ase(path)
+            from fastchgnet.data.sources import read_atoms
+
+            frames = read_atoms(path)
         except Exception as exc:
             raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
         if len(frames) == 0:
@@ -40,17 +41,6 @@ def read_structures(paths: list[str]) -> list[Any]:
             atoms.info.setdefault("name", f"{path.name}[{index}]")
             structures.append(atoms)
     return structures
-
-
-def _read_ase(path: Path) -> list[Any]:
-    """Every Atoms in ``path``; a gzipped file is read from one decompressed copy (ASE's
-    extxyz reader seeks back to each frame: in a gzip stream, from its start every time)."""
-    from ase.io import read
-
-    from fastchgnet.data.sources import gunzip_ase_file
-
-    with tempfile.TemporaryDirectory() as scratch:
-        return read(gunzip_ase_file(path, Path(scratch)), index=":")
 
 
 def add_model_arguments(parser: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastchgnet.data.ase_labels import read_ase_labelled
 from fastchgnet.data.frame import Frame
-from fastchgnet.data.sources.ase_files import gunzip_ase_file, read_ase
+from fastchgnet.data.sources.ase_files import gunzip_ase_file, read_ase, read_atoms
 from fastchgnet.data.sources.mptrj import MPTRJ_ENERGY_KEYS, read_mptrj
 from fastchgnet.data.sources.structures import from_structures
 from fastchgnet.data.sources.vasp import ionic_step_energy, read_vasp
@@ -29,6 +29,7 @@ __all__ = [
     "ionic_step_energy",
     "read_ase",
     "read_ase_labelled",
+    "read_atoms",
     "read_frames",
     "read_mptrj",
     "read_vasp",

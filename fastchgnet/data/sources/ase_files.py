@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,15 +31,11 @@ def read_ase(
     ``material_id`` is ``atoms.info["material_id"]`` (or ``mp_id``) where given, else
     ``"<file stem>:<reduced formula>"`` so that frames of one composition stay in one split.
     """
-    from ase.io import read
     from pymatgen.io.ase import AseAtomsAdaptor
 
     if isinstance(path_or_atoms, (str, Path)):
         stem = Path(path_or_atoms).stem
-        with tempfile.TemporaryDirectory() as scratch:
-            plain = gunzip_ase_file(Path(path_or_atoms), Path(scratch))
-            images = read(str(plain), index=index)
-        images = images if isinstance(images, list) else [images]
+        images = read_atoms(Path(path_or_atoms), index)
     else:
         stem, images = "atoms", list(path_or_atoms)
     for position, atoms in enumerate(images):
@@ -63,6 +60,16 @@ def read_ase(
             material_id=str(material_id),
             frame_id=str(info.get("frame_id", f"{stem}-{position}")),
         )
+
+
+def read_atoms(path: Path, index: str | int = ":") -> list[Any]:
+    """The Atoms ``ase.io.read`` finds in ``path`` at ``index``, as a list; a gzipped file
+    is read from one decompressed copy (``gunzip_ase_file``), removed afterwards."""
+    from ase.io import read
+
+    with tempfile.TemporaryDirectory() as scratch:
+        images = read(str(gunzip_ase_file(path, Path(scratch))), index=index)
+    return images if isinstance(images, list) else [images]
 
 
 def gunzip_ase_file(source: Path, scratch: Path) -> Path:
