@@ -164,6 +164,18 @@ def stored_config(root: Path) -> dict[str, Any] | None:
     return read_verified(rank_file(folder, 0))["config"]
 
 
+def check_stored_config(root: Path, main: dict[str, Any]) -> None:
+    """Raise CheckpointError when the config ``latest.json`` holds (what a resume's command
+    line started from, ``stored_config``) differs from ``main``'s, rank 0's checksummed
+    payload of the checkpoint it names: the config is verified on load as the weights are."""
+    pointer = _pointer(root)
+    if pointer is not None and pointer[1].get("config", main["config"]) != main["config"]:
+        raise CheckpointError(
+            f"{root / 'latest.json'}: its config differs from the one in "
+            f"{rank_file(pointer[0], 0)} (the file was changed after it was written)"
+        )
+
+
 def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
     """(the folder ``latest.json`` names, its fields), read once, or None without one."""
     path = root / "latest.json"

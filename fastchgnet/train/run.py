@@ -28,6 +28,7 @@ from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     CheckpointError,
     Progress,
+    check_stored_config,
     latest_checkpoint,
     load_checkpoint,
     set_rng_state,
@@ -187,6 +188,7 @@ def resume_from_checkpoint(run: Run) -> None:
             raise FileNotFoundError(f"--resume: no checkpoint under {root}")
         name = folder.name
         loaded = load_checkpoint(folder, run.rank, run.world_size, run.engine.needs_every_shard)
+        check_stored_config(root, loaded[0])
     except Exception as error:  # whatever stops one rank must stop them all
         if run.world_size == 1:
             raise

@@ -224,6 +224,26 @@ def test_every_rank_stops_when_another_ranks_file_fails(tmp_path, monkeypatch) -
     assert gathered == [("step-00000005", "")]  # rank 0's own read was fine, and it stopped
 
 
+def test_a_resume_refuses_a_stored_config_changed_after_it_was_written(tmp_path) -> None:
+    """The config in ``latest.json`` (which ``--resume`` starts from) is checked against the
+    checksummed copy in rank 0's file: an edited pointer stops the resume in one line."""
+    import json
+    from types import SimpleNamespace
+
+    from fastchgnet.train.run import resume_from_checkpoint
+
+    _save_ranks(tmp_path / "checkpoints", 1, _model())
+    pointer = tmp_path / "checkpoints" / "latest.json"
+    fields = json.loads(pointer.read_text())
+    assert fields["config"] == {}
+    fields["config"] = {"optim": {"lr": 1.0}}
+    pointer.write_text(json.dumps(fields))
+    engine = SimpleNamespace(needs_every_shard=lambda own: False)
+    run = SimpleNamespace(out=tmp_path, rank=0, world_size=1, engine=engine)
+    with pytest.raises(CheckpointError, match=r"latest\.json: its config differs from the one in"):
+        resume_from_checkpoint(run)
+
+
 def test_every_rank_stops_when_the_ranks_see_different_checkpoints(tmp_path, monkeypatch) -> None:
     from types import SimpleNamespace
 
