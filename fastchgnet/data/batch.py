@@ -142,24 +142,25 @@ def _cut(buffer: Tensor, shapes: dict[str, Tensor], starts: list[int]) -> dict[s
 def _intact(layout: list, values: dict[str, Any]) -> bool:
     """Whether every field ``pinned`` laid out is still the view it made (a field replaced
     since, e.g. on a shallow copy, sends the container the per-tensor way)."""
-    for buffer, names, starts in layout:
-        base = buffer.untyped_storage().data_ptr()
-        for name, start in zip(names, starts, strict=True):
-            value = values[name]
-            if not (
-                isinstance(value, Tensor)
-                and value.untyped_storage().data_ptr() == base
-                and value.storage_offset() == start
-                and _plain(value)
-            ):
-                return False
-    return True
+    return all(
+        _laid_out([values[n] for n in names], buffer.untyped_storage().data_ptr(), starts)
+        for buffer, names, starts in layout
+    )
 
 
-def _plain(value: Tensor) -> bool:
-    """Whether ``value``'s elements are its storage's, as they lie: contiguous, and neither a
-    lazily negated nor a lazily conjugated view (whose flags a view of the storage loses)."""
-    return value.is_contiguous() and not value.is_neg() and not value.is_conj()
+def _laid_out(tensors: list[Any], base: int, starts: list[int]) -> bool:
+    """Whether each of ``tensors`` is a plain view (contiguous, and neither a lazily negated
+    nor a lazily conjugated one, whose flags a view of the storage loses) of the storage at
+    address ``base``, the k-th starting at element ``starts[k]``."""
+    return all(
+        isinstance(v, Tensor)
+        and v.is_contiguous()
+        and not v.is_neg()
+        and not v.is_conj()
+        and v.untyped_storage().data_ptr() == base
+        and v.storage_offset() == start
+        for v, start in zip(tensors, starts, strict=True)
+    )
 
 
 def host_arrays(values: dict[str, Tensor]) -> dict[str, np.ndarray]:
@@ -201,18 +202,14 @@ def _dtype_groups(values: dict[str, Tensor]) -> list[dict[str, Tensor]]:
 
 def _flat(group: dict[str, Tensor], reuse: bool) -> tuple[Tensor, list[int]]:
     """One 1-D tensor holding ``group``'s tensors one after another, and where each starts:
-    with ``reuse``, the buffer they already are consecutive plain parts of (``_plain``; no
-    copy), else (or when they are not) a concatenation."""
+    with ``reuse``, the buffer they already are consecutive plain parts of (``_laid_out``;
+    no copy), else (or when they are not) a concatenation."""
     tensors = list(group.values())
     starts = np.cumsum([0] + [v.numel() for v in tensors])[:-1].tolist()
     first = tensors[0]
-    base, offset = first.untyped_storage().data_ptr(), first.storage_offset()
-    if reuse and all(
-        _plain(v)
-        and v.untyped_storage().data_ptr() == base
-        and v.storage_offset() == offset + start
-        for v, start in zip(tensors, starts, strict=True)
-    ):
+    offset = first.storage_offset()
+    base = first.untyped_storage().data_ptr()
+    if reuse and _laid_out(tensors, base, [offset + start for start in starts]):
         total = starts[-1] + tensors[-1].numel()
         return first.as_strided((total,), (1,), offset), starts
     return torch.cat([v.reshape(-1) for v in tensors]), starts
