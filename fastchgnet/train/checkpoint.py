@@ -164,16 +164,31 @@ def stored_config(root: Path) -> dict[str, Any] | None:
     return read_verified(rank_file(folder, 0))["config"]
 
 
-def check_stored_config(root: Path, main: dict[str, Any]) -> None:
-    """Raise CheckpointError when the config ``latest.json`` holds (what a resume's command
-    line started from, ``stored_config``) differs from ``main``'s, rank 0's checksummed
-    payload of the checkpoint it names: the config is verified on load as the weights are."""
+def load_latest(
+    root: Path,
+    rank: int,
+    world_size: int,
+    every_rank: Callable[[dict], bool] | None = None,
+) -> tuple[Path, dict, list[dict | None]] | None:
+    """The newest checkpoint under ``root``: (its folder, then ``load_checkpoint``'s main
+    payload and payloads by rank), or None when there is none. ``latest.json`` is read once,
+    and the config it holds (what a resume's command line started from, ``stored_config``)
+    is checked against rank 0's checksummed copy, so it is verified on load as the weights
+    are.
+
+    Raises CheckpointError as ``load_checkpoint``, and when the two configs differ.
+    """
     pointer = _pointer(root)
-    if pointer is not None and pointer[1].get("config", main["config"]) != main["config"]:
+    if pointer is None:
+        return None
+    folder, fields = pointer
+    main, payloads = load_checkpoint(folder, rank, world_size, every_rank)
+    if fields.get("config", main["config"]) != main["config"]:
         raise CheckpointError(
             f"{root / 'latest.json'}: its config differs from the one in "
-            f"{rank_file(pointer[0], 0)} (the file was changed after it was written)"
+            f"{rank_file(folder, 0)} (the file was changed after it was written)"
         )
+    return folder, main, payloads
 
 
 def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -28,9 +28,7 @@ from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     CheckpointError,
     Progress,
-    check_stored_config,
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest,
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
@@ -183,12 +181,10 @@ def resume_from_checkpoint(run: Run) -> None:
     root = run.out / "checkpoints"
     loaded, name, problem = None, None, ""
     try:
-        folder = latest_checkpoint(root)
-        if folder is None:
+        loaded = load_latest(root, run.rank, run.world_size, run.engine.needs_every_shard)
+        if loaded is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {root}")
-        name = folder.name
-        loaded = load_checkpoint(folder, run.rank, run.world_size, run.engine.needs_every_shard)
-        check_stored_config(root, loaded[0])
+        name = loaded[0].name
     except Exception as error:  # whatever stops one rank must stop them all
         if run.world_size == 1:
             raise
@@ -202,7 +198,7 @@ def resume_from_checkpoint(run: Run) -> None:
         problems = [f"the ranks see different checkpoints: {[n for n, _ in seen]}"]
     if problems or loaded is None:
         raise CheckpointError(problems[0] if problems else problem)
-    main, payloads = loaded
+    folder, main, payloads = loaded
     run.model.load_state_dict(main["model"])
     engines = [p["engine"] if p is not None else None for p in payloads]
     run.engine.load_state_dict(payloads[run.rank]["engine"], engines)
