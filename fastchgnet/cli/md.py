@@ -23,17 +23,18 @@ MD_EPILOG = (
 )
 
 RELAX_COMPILE_HELP = (
-    "compile the model for a few padded shapes that shrink as structures converge: 'on', "
-    "'off', or 'auto' (default): on when a cold compile costs less than it saves over the "
-    "expected steps, judged from the first (eager) step; the decision is printed"
+    "compile the model for a few padded shapes that shrink as structures converge: 'on' "
+    "(inductor), 'torchscript' (builds in seconds, gains less), 'off', or 'auto' (default): "
+    "the capture that saves the most over the expected steps net of its build, judged from "
+    "the first (eager) step, or none; the decision is printed"
 )
 MD_COMPILE_HELP = (
-    "compile the model for the run's padded shape: 'on', 'off', or 'auto' (default): on when "
-    "the compile costs less than it saves over --steps (a cold CPU compile takes about a "
-    "minute, a shape already in the on-disk store about a second); the decision and its "
-    "reason are printed"
+    "compile the model for the run's padded shape: 'on' (inductor), 'torchscript' (builds in "
+    "seconds, gains less), 'off', or 'auto' (default): the capture that saves the most over "
+    "--steps net of its build (a cold CPU inductor build takes about half a minute, a shape "
+    "already in the on-disk store about a second), or none; the decision is printed"
 )
-COMPILE_CHOICES = {"auto": None, "on": True, "off": False}
+COMPILE_CHOICES = {"auto": None, "on": True, "off": False, "torchscript": "torchscript"}
 
 
 def add_commands(sub: Any) -> None:

@@ -12,15 +12,15 @@ On CUDA, ``cuda_graphs=True`` (default there) compiles with mode "reduce-overhea
 compiled graph (and its backward) is replayed as a CUDA graph, inputs copied into static
 buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
 ``eager=True`` runs the model as it is (same programs, no trace, no compile).
+``backend="torchscript"`` runs the trace by TorchScript, built in seconds (``compile.script``).
 
 With ``dynamic=True`` the graph is traced with symbolic sizes of atoms, bonds and angles
 (``trace.entry_sized``; the model's widths stay constants) and compiled for any such size
 (``trace.mark_entry_sizes``): one graph serves padded batches that share only their
 structure and short-bond counts, each batch's atoms, long bonds and angles its own
-(``data.capacity.fitted``). CPU training runs so: packed batches at one fixed capacity carried
-42 % padding at batch 16 (its angle column is sized by the largest structure), and the step
-over the same 13 batches took 1880 ms fitted against 2444 ms padded (1.30x, 2 threads); the
-cold build took 75 s against 48 s. Inductor's C++ sums guard on their length (a cascade
+(``data.capacity.fitted``). CPU training runs so: at one fixed capacity packed batches of 16
+carried 42 % padding, and the step over 13 batches took 2444 against 1880 ms fitted (1.30x,
+2 threads; cold build 48 against 75 s). Inductor's C++ sums guard on their length (a cascade
 accumulation above 4096 terms), which would recompile whenever a batch crossed such a length;
 the first call builds with that choice made from what holds for every size
 (``kernel_groups.unguarded_sum_lengths``), so the graph never recompiles for a size. The
@@ -65,6 +65,7 @@ from fastchgnet.compile.trace import (
     mark_entry_sizes,
     model_state,
     separate_sizes,
+    shape_key,
     trace_program,
 )
 from fastchgnet.data.batch import GraphBatch
@@ -74,14 +75,12 @@ from fastchgnet.model.loss import LossConfig
 
 log = logging.getLogger("fastchgnet.compile")
 
-#: Inductor options of CPU graphs: inductor's defaults, its C++ kernels on every torch thread.
-#: Before stop 23 they ran on one thread (``{"cpp.threads": 1}``): with several threads,
-#: inductor turned every scatter-add (index_add, the backward of each index_select) into
-#: per-element atomic adds, and the captured step was slower at 2 threads than at 1 on our
-#: 2-core CPU (issue #14). On several CPU threads the model now writes its gathers and scatter
-#: sums in the expanded-index form (``model.layers.parallel_cpu``), which inductor hands to
-#: aten's parallel, atomic-free kernel: no atomic add is left in a graph (tests/compile/
-#: test_cpu_threads.py), and the conservative step at 2 threads is 1.16x faster
+#: Inductor options of CPU graphs: its defaults, C++ kernels on every torch thread. Before stop
+#: 23 they ran on one (``{"cpp.threads": 1}``): on several, inductor made every scatter-add
+#: per-element atomic adds, slower at 2 threads than at 1 (issue #14). On several threads the
+#: model now writes gathers and scatter sums in the expanded-index form
+#: (``model.layers.parallel_cpu``), which inductor hands to aten's atomic-free parallel kernel
+#: (tests/compile/test_cpu_threads.py): the conservative step at 2 threads is 1.16x faster
 #: (bench/bench_kernel_threads.py).
 CPU_INDUCTOR_OPTIONS: dict = {}
 #: ...and of the ahead-of-time packages: the C++ wrapper that calls the kernels (one long
@@ -130,17 +129,6 @@ def _dynamo_frames() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def shape_key(batch: GraphBatch, labels: LabelBatch | None) -> tuple:
-    """Everything a traced graph is specialised on: shapes, dtypes, device, n_short_bonds."""
-    flat = batch_inputs(batch, labels)
-    return (
-        tuple(tuple(t.shape) for t in flat),
-        tuple(t.dtype for t in flat),
-        flat[0].device,
-        batch.n_short_bonds,
-    )
-
-
 class CapturedModel:
     """Compiled (or eager) prediction and training loss of a FastCHGNet for padded batches.
 
@@ -148,7 +136,8 @@ class CapturedModel:
         model: the model (any mode); its parameters stay its own and are trained in place.
         loss_config: the training loss (``fastchgnet.model.loss.LossConfig``; default: its
             defaults, the paper's Huber loss with prefactors 2, 1.5, 0.1, 0.1).
-        backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests).
+        backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests), or
+            "torchscript": the trace run by TorchScript (``compile.script``; fixed shapes).
         eager: run without trace or compile (the reference for "compiled equals eager").
         cuda_graphs: replay as CUDA graphs ("reduce-overhead"); default: on for CUDA inputs.
         compute_forces, compute_stress, features: what the programs predict (``features``:
@@ -174,6 +163,8 @@ class CapturedModel:
         store: CompiledStore | None = None,
         dynamic: bool = False,
     ):
+        if dynamic and backend == "torchscript":
+            raise ValueError("backend='torchscript' runs fixed shapes: use dynamic=False")
         self.model = model
         self.dynamic = dynamic
         self.store = store
@@ -335,6 +326,11 @@ class CapturedModel:
         stored = self._from_store(key, program, batch, labels)
         if stored is not None:
             return stored
+        if self.backend == "torchscript":  # fixed shapes, no code generation: compile.script
+            from fastchgnet.compile.script import script_graph
+
+            traced = trace_program(self.model, program, batch, labels)
+            return self._keep(key, script_graph(traced), start)
         use_persistent_inductor_cache()
         from fastchgnet.compile.kernel_groups import group_cpu_kernels, while_header_builds
 
@@ -357,7 +353,10 @@ class CapturedModel:
             mode=mode,
             options=options,
         )
-        self._trace_seconds = time.perf_counter() - start
+        return self._keep(key, compiled, start)
+
+    def _keep(self, key: tuple, compiled: object, start: float) -> object:
+        self._trace_seconds = time.perf_counter() - start  # the build, counted; then kept
         self.stats.compile_seconds += self._trace_seconds
         self.stats.graphs += 1
         self._compiled[key] = compiled

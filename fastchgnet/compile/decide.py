@@ -11,11 +11,16 @@ a shape this process holds, the load for one the store holds, else ``cold_estima
 median of the compile times the store has on record on this machine, or
 ``COLD_PREDICT_SECONDS`` before there is any. Every decision carries a one-line reason that
 names both sides, which the caller prints.
+
+On a CPU two captures are weighed (``choose_capture``): inductor's (fused kernels, a build of
+tens of seconds) and TorchScript's (the same traced graph run op by op in C++, a build of about
+two seconds, ``SCRIPT_CALL_OVERHEAD``), and the one that saves the most net of its build runs.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -53,6 +58,22 @@ COMPILED_WORK_FRACTION = {"AVX512": 0.68, "AVX2": 0.84}
 #: the header warm-up and the side-by-side object builds).
 COLD_PREDICT_SECONDS = 35.0
 
+#: A TorchScript call of a CPU prediction graph (``CompiledPotential(backend="torchscript")``,
+#: ``compile.script``): the traced graph run op by op in C++, so the call pays
+#: ``SCRIPT_CALL_OVERHEAD`` instead of ``EAGER_CALL_OVERHEAD``, plus the work of its padded
+#: shape at eager's rate per entry (no kernel is fused). Fitted on LiMnO2 (8 atoms, AVX-512,
+#: 2 threads, stop 44): MD steps took 8.8-8.9 ms against 10.7-11.0 ms eager in a shape of
+#: 1.15 padded entries per real one; a bare force-and-stress call 7.0 against 9.8 ms.
+SCRIPT_CALL_OVERHEAD = 0.006
+#: A TorchScript build of one shape: the trace (1-1.5 s on the reference architecture) and
+#: scripting it (0.3 s), with the first calls' profiling; the same 8-atom MD run spent 1.1 s
+#: more on its first 60 steps than eager did.
+SCRIPT_BUILD_SECONDS = 2.0
+#: The capture backends a compile decision weighs on each device: TorchScript gains only the
+#: per-op Python of a call, which is all a small CPU call has to lose; on a GPU the CUDA graph
+#: of inductor's build removes the per-kernel launches too.
+CAPTURE_BACKENDS = {"cpu": ("inductor", "torchscript")}
+
 #: A compiled model call on a GPU over the eager one. On one H200 (``bench/gpu_check.sh``
 #: stage g, stop 31) MD force calls took 4.91 against 21.32 ms on 12 atoms and 4.93 against
 #: 21.43 ms on 96: 0.23. Eager calls of small structures there are bound by kernel launches,
@@ -68,13 +89,16 @@ COLD_GPU_PREDICT_SECONDS = 45.0
 class CompileDecision:
     """compile: whether to compile | reason: one line naming cost and saving | compile_seconds:
     expected compile cost, s | saved_seconds: expected saving over the run, s |
-    eager_seconds: one eager call, s."""
+    eager_seconds: one eager call, s | backend: the capture it weighed ("inductor",
+    "torchscript") | net_seconds: saved_seconds less the compile cost times the margin, s."""
 
     compile: bool
     reason: str
     compile_seconds: float
     saved_seconds: float
     eager_seconds: float
+    backend: str = "inductor"
+    net_seconds: float = 0.0
 
 
 def for_cpu(table: dict[str, T], capability: str | None = None) -> T:
@@ -103,14 +127,40 @@ def compiled_fraction(eager_seconds: float, padding: float, capability: str | No
     return min(1.0, compiled / eager_seconds)
 
 
+def script_fraction(eager_seconds: float, padding: float) -> float:
+    """Expected seconds of a TorchScript CPU call over those of the eager one (at most 1), for
+    a call that takes ``eager_seconds`` eagerly in a padded shape of ``padding`` entries per
+    real one; see ``SCRIPT_CALL_OVERHEAD``."""
+    if eager_seconds <= 0:
+        return 1.0
+    work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0)
+    return min(1.0, (SCRIPT_CALL_OVERHEAD + padding * work) / eager_seconds)
+
+
+def capture_backends(device_type: str) -> tuple[str, ...]:
+    """The backends a compile decision on ``device_type`` weighs (``CAPTURE_BACKENDS``;
+    inductor alone elsewhere, and where this torch has no TorchScript)."""
+    from fastchgnet.compile.script import available
+
+    backends = CAPTURE_BACKENDS.get(device_type, ("inductor",))
+    return backends if available() else tuple(b for b in backends if b != "torchscript")
+
+
 def compiled_call_model(
-    device_type: str, eager_seconds: float, padding: float, store: CompiledStore | None
+    device_type: str,
+    eager_seconds: float,
+    padding: float,
+    store: CompiledStore | None,
+    backend: str = "inductor",
 ) -> tuple[float, float]:
     """(compiled fraction, cold compile seconds) of a prediction call on ``device_type`` that
     takes ``eager_seconds`` eagerly, its padded shape holding ``padding`` entries per real
-    one: on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
+    one: with inductor, on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
     ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
-    only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``."""
+    only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``. With
+    ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``."""
+    if backend == "torchscript":
+        return script_fraction(eager_seconds, padding), SCRIPT_BUILD_SECONDS
     if device_type == "cuda":
         return GPU_COMPILED_FRACTION, COLD_GPU_PREDICT_SECONDS
     if device_type == "cpu":
@@ -133,10 +183,12 @@ def decide(
     fraction: float = COMPILED_FRACTION,
     what: str = "run",
     margin: float = 1.0,
+    backend: str | None = None,
 ) -> CompileDecision:
     """Whether ``calls`` model calls of ``eager_seconds`` each gain from compiling, which costs
     ``compile_seconds`` first and makes each call ``fraction`` as long; ``what`` names the run
-    in the reason. With ``margin`` > 1 the saving must be that many times the cost."""
+    in the reason, and so does ``backend`` where given (None: inductor, unnamed). With
+    ``margin`` > 1 the saving must be that many times the cost."""
     if calls < 0 or eager_seconds < 0 or compile_seconds < 0 or not 0 < fraction <= 1 or margin < 1:
         raise ValueError(
             f"need calls, eager_seconds, compile_seconds >= 0, 0 < fraction <= 1 and margin >= 1; "
@@ -146,9 +198,35 @@ def decide(
     worth = compile_seconds * margin < saved
     cost = f"compiling costs ~{compile_seconds:.0f} s" if compile_seconds else "already compiled"
     times = f"{margin:g} x " if margin != 1 and compile_seconds else ""
+    how = f" with {backend}" if backend else ""
     reason = (
-        f"compile {'on' if worth else 'off'} for this {what}: {times}{cost}, "
+        f"compile {'on' if worth else 'off'} for this {what}{how}: {times}{cost}, "
         f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
         f"{eager_seconds * 1e3:.0f} ms eager (compiled: ~{fraction:.2f} of that)"
     )
-    return CompileDecision(worth, reason, compile_seconds, saved, eager_seconds)
+    net = saved - compile_seconds * margin
+    return CompileDecision(
+        worth, reason, compile_seconds, saved, eager_seconds, backend or "inductor", net
+    )
+
+
+def choose_capture(
+    calls: int,
+    eager_seconds: float,
+    device_type: str,
+    price: Callable[[str], tuple[float, float]],
+    *,
+    what: str = "run",
+) -> CompileDecision:
+    """The ``decide`` of whichever of ``capture_backends(device_type)`` saves the most over
+    ``calls`` calls net of its compile, ``price(backend)`` giving its (compiled fraction,
+    compile seconds); where none pays, the one that loses least (its ``compile`` False). On a
+    CPU a short run of small structures pays for a TorchScript build of seconds where an
+    inductor build of half a minute does not, and a long or large one the other way."""
+    decisions = []
+    for backend in capture_backends(device_type):
+        fraction, seconds = price(backend)
+        decisions.append(
+            decide(calls, eager_seconds, seconds, fraction=fraction, what=what, backend=backend)
+        )
+    return max(decisions, key=lambda d: d.net_seconds)

@@ -97,7 +97,8 @@ class CompiledPotential:
     Args:
         model: the model (any mode); put in eval mode here.
         backend: torch.compile backend ("inductor"; "aot_eager" traces the same graph and runs
-            it without code generation: for tests).
+            it without code generation: for tests), or "torchscript" (the trace run by
+            TorchScript, ``compile.script``: a build of about two seconds, no store).
         headroom: fractional margin on bonds (0.2: 20 % more than the first call; angles get
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
@@ -152,6 +153,7 @@ class CompiledPotential:
         self.config: ModelConfig = model.config
         self.headroom = headroom
         self.round_to = round_to
+        self.backend = backend
         self.capacities: list[Capacity] = []
         if store == "default":
             store = default_store() if backend == "inductor" and not eager else None

@@ -148,6 +148,17 @@ def trace_program(
     return traced
 
 
+def shape_key(batch: GraphBatch, labels: LabelBatch | None) -> tuple:
+    """Everything a traced graph is specialised on: shapes, dtypes, device, n_short_bonds."""
+    flat = batch_inputs(batch, labels)
+    return (
+        tuple(tuple(t.shape) for t in flat),
+        tuple(t.dtype for t in flat),
+        flat[0].device,
+        batch.n_short_bonds,
+    )
+
+
 def entry_sized(with_labels: bool) -> list[bool]:
     """Per batch input (``batch_inputs`` order): whether its first size is a count of atoms,
     bonds or angles (``ENTRY_SIZED``)."""

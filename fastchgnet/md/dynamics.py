@@ -29,7 +29,7 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential
+from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.model.potential import Potential
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def run_md(
     progress: bool = True,
     seed: int | None = None,
     skin: float = 1.0,
-    compiled: bool | None = None,
+    compiled: bool | str | None = None,
     **integrator: Any,
 ) -> Atoms:
     """Run molecular dynamics on one structure.
@@ -189,14 +189,15 @@ def run_md(
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
-        compiled: run a plain model as a ``CompiledPotential`` (inductor,
-            ``md_compile_options``: the first ``MD_PATIENCE`` calls, at most a quarter of the
-            run, run eagerly, then one shape made for the largest of them serves the run);
-            None (default): compile when it pays over ``steps`` (``fastchgnet.compile.decide``:
-            a cold CPU compile costs about half a minute, a warm start from the on-disk store
-            about a second), and go back to eager if the compiled calls then measure no
-            faster; the decision and its reason are logged (logger ``fastchgnet.md``) and
-            printed with the progress bar.
+        compiled: run a plain model as a ``CompiledPotential`` (True or "inductor";
+            "torchscript": ``compile.script``; ``md_compile_options``: the first
+            ``MD_PATIENCE`` calls, at most a quarter of the run, run eagerly, then one shape
+            made for the largest of them serves the run); None (default): compile when it
+            pays over ``steps``, with the capture that pays most (``fastchgnet.compile.decide``:
+            a cold CPU inductor build costs about half a minute, a warm start from the on-disk
+            store about a second, a TorchScript build about two), and go back to eager if the
+            compiled calls then measure no faster; the decision and its reason are logged
+            (logger ``fastchgnet.md``) and printed with the progress bar.
 
     Returns:
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
@@ -210,7 +211,8 @@ def run_md(
     atoms = as_atoms(structure)
     # barostats ask for stress every step: compute it with the forces, in one call
     stress = ensemble.lower() == "npt"
-    potential = compiled_potential(model, **md_compile_options(steps)) if compiled else model
+    options = md_compile_options(steps) | {"backend": capture_backend(compiled)}
+    potential = compiled_potential(model, **options) if compiled else model
     atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     check = None
@@ -336,21 +338,29 @@ def md_compile_decision(
     expected to cost what ``compiled_call_model`` says for the device (on a CPU: for its
     padding; see ``fastchgnet.compile.decide``). None when ``model`` is not a plain
     FastCHGNet (a given potential is used as it is)."""
-    from fastchgnet.compile.decide import compiled_call_model, decide
+    from fastchgnet.compile.decide import choose_capture, compiled_call_model
     from fastchgnet.model.chgnet import FastCHGNet
 
     if not isinstance(model, FastCHGNet):
         return None
     graphs = [atoms.calc.graph(atoms)]
     eager_seconds = call_seconds(atoms, timing_calls(steps))
-    potential = compiled_potential(model, **md_compile_options(steps))
     device = next(model.parameters()).device.type
-    padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0
-    fraction, cold = compiled_call_model(device, eager_seconds, padding, potential.store)
-    expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
-    what = f"{steps}-step MD"
-    calls = max(steps - potential.patience, 0)  # the first calls run eagerly either way
-    return decide(calls, eager_seconds, expected, fraction=fraction, what=what), potential
+    options = md_compile_options(steps)
+    potentials: dict[str, Any] = {}
+
+    def price(backend: str) -> tuple[float, float]:
+        potential = potentials[backend] = compiled_potential(model, backend=backend, **options)
+        padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0
+        fraction, cold = compiled_call_model(
+            device, eager_seconds, padding, potential.store, backend
+        )
+        expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
+        return fraction, expected
+
+    calls = max(steps - options["patience"], 0)  # the first calls run eagerly either way
+    decision = choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")
+    return decision, potentials[decision.backend]
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:

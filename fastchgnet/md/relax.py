@@ -50,7 +50,13 @@ from tqdm import tqdm
 
 from fastchgnet.data.graph import CrystalGraph, structure_name
 from fastchgnet.errors import StructureError
-from fastchgnet.md.calculator import Calculator, as_atoms, compiled_potential, evaluate_graphs
+from fastchgnet.md.calculator import (
+    Calculator,
+    as_atoms,
+    capture_backend,
+    compiled_potential,
+    evaluate_graphs,
+)
 from fastchgnet.model.potential import Potential, as_potential, is_structure
 
 log = logging.getLogger("fastchgnet.md")
@@ -191,7 +197,7 @@ def relax(
     batch_size: int = 64,
     skin: float = 1.0,
     progress: bool = False,
-    compiled: bool | None = None,
+    compiled: bool | str | None = None,
 ) -> RelaxResult | list[RelaxResult]:
     """Relax one or many structures until every force is below ``fmax``.
 
@@ -212,8 +218,9 @@ def relax(
         skin: Verlet skin of every calculator, Å.
         progress: show a progress bar.
         compiled: run a plain model as a ``CompiledPotential`` with ``RELAX_COMPILE``
-            (inductor; at most 4 shapes, each compiled once, 80-110 s on this CPU when the
-            on-disk store is cold, so it pays off for long runs). A ``CompiledPotential``
+            (True or "inductor": at most 4 shapes, each compiled once, 80-110 s on this CPU
+            when the on-disk store is cold, so it pays off for long runs; "torchscript":
+            about two seconds a shape, a smaller gain per call). A ``CompiledPotential``
             passed as ``model`` keeps its own options. None (default): batched, a plain
             model compiles when it pays (see the module docstring); unbatched, it stays eager.
 
@@ -245,7 +252,7 @@ def relax(
         calls = min(steps, RELAX_TYPICAL_STEPS) * batches
         choose = _compile_chooser(model, calls, relax_cell, progress)
     if compiled:  # patience, re-sizing, a shape budget: see RELAX_COMPILE
-        model = compiled_potential(model, **RELAX_COMPILE)
+        model = compiled_potential(model, backend=capture_backend(compiled), **RELAX_COMPILE)
     potential = as_potential(model)  # one potential shared by every calculator
 
     def start(index: int, structure: Any) -> _Relaxation:
@@ -342,23 +349,28 @@ def _compile_chooser(
     for its instruction set and the padding of the shape the first call would make (bench_relax
     measured 1.23 padded entries per real one over a whole run of 16 crystals, stop 32, where
     that first shape held 1.26)."""
-    from fastchgnet.compile.decide import compiled_call_model, decide
+    from fastchgnet.compile.decide import choose_capture, compiled_call_model
 
     def choose(eager_seconds: float, graphs: list[CrystalGraph]) -> Potential | None:
-        potential = compiled_potential(model, **RELAX_COMPILE)
-        store = getattr(potential, "store", None)
-        device = next(potential.model.parameters()).device.type
-        fraction, cold = compiled_call_model(
-            device, eager_seconds, potential.padding_for(graphs), store
-        )
-        # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
-        cost = RELAX_MAX_SHAPES * cold
+        potentials: dict[str, Any] = {}
+
+        def price(backend: str) -> tuple[float, float]:
+            potential = potentials[backend] = compiled_potential(
+                model, backend=backend, **RELAX_COMPILE
+            )
+            fraction, cold = compiled_call_model(
+                device, eager_seconds, potential.padding_for(graphs), potential.store, backend
+            )
+            # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
+            return fraction, RELAX_MAX_SHAPES * cold
+
+        device = next(model.parameters()).device.type
         what = f"relaxation (~{calls} calls)"
-        decision = decide(calls, eager_seconds, cost, fraction=fraction, what=what)
+        decision = choose_capture(calls, eager_seconds, device, price, what=what)
         log.info(decision.reason)
         if progress:
             tqdm.write(decision.reason, file=sys.stderr)
-        return potential if decision.compile else None
+        return potentials[decision.backend] if decision.compile else None
 
     return choose
 

@@ -86,11 +86,12 @@ def test_a_gpu_call_is_expected_at_its_measured_fraction_and_compile_time(tmp_pa
 @pytest.fixture
 def aot_eager(monkeypatch):
     """run_md's and relax's compiled potential: aot_eager, no store (no C++ build); the ones
-    built."""
+    built, each with the backend it was asked for as ``asked``."""
     built: list[CompiledPotential] = []
 
-    def compiled_potential(model, **options):
+    def compiled_potential(model, backend="inductor", **options):
         built.append(CompiledPotential(model, backend="aot_eager", store=None, **options))
+        built[-1].asked = backend
         return built[-1]
 
     monkeypatch.setattr(dynamics, "compiled_potential", compiled_potential)
@@ -229,8 +230,8 @@ def test_the_compat_md_compiles_its_own_calculator_where_it_pays(
     assert "crystal_fea" not in calc.results  # a compiled model gives no features
     assert calc.results["stress"].shape == (6,)  # the reference's "efsm", compiled too
     assert "compile on for this 3-step MD" in capsys.readouterr().err
-    md.run(3)  # decided once, at the first run
-    assert len(aot_eager) == 1
+    md.run(3)  # decided once, at the first run, both captures priced
+    assert [potential.asked for potential in aot_eager] == ["inductor", "torchscript"]
 
 
 def test_the_compat_md_stays_eager_when_it_logs_crystal_features_or_is_told_to(
@@ -310,8 +311,8 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
 
     asked = []
 
-    def cost_model(device, eager_seconds, padding, store):
-        asked.append((device, eager_seconds, padding))
+    def cost_model(device, eager_seconds, padding, store, backend):
+        asked.append((device, eager_seconds, padding, backend))
         return 0.5, 1e-6  # compiled calls take half as long; compiling costs nothing
 
     monkeypatch.setattr(decide_module, "compiled_call_model", cost_model)
@@ -319,12 +320,15 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
     eager = relax(structures, small_model("conservative"), steps=3, compiled=False)
     chosen = relax(structures, small_model("conservative"), steps=3, progress=True)
     assert "compile on for this relaxation (~3 calls)" in capsys.readouterr().err
-    (potential,) = aot_eager
+    potential, priced = aot_eager  # both captures priced, equal: the first (inductor) runs
+    assert (potential.asked, priced.asked) == ("inductor", "torchscript")
     assert potential.padding.batches >= 2  # every call after the second (which decides)
+    assert priced.padding.batches == 0
     for a, b in zip(eager, chosen, strict=True):
         assert b.energy == pytest.approx(a.energy, abs=1e-5)
     # the cost model was asked about the shape the deciding call's graphs would make
-    ((device, eager_seconds, padding),) = asked
+    assert [backend for *_, backend in asked] == ["inductor", "torchscript"]
+    device, eager_seconds, padding, _ = asked[0]
     assert device == "cpu"
     assert eager_seconds > 0
     graphs = graphs_for(potential.config, structures)

@@ -18,11 +18,13 @@ dynamics = importlib.import_module("fastchgnet.md.dynamics")
 
 @pytest.fixture
 def aot_eager_potentials(monkeypatch):
-    """Every ``compiled=True`` path builds an aot_eager CompiledPotential; the ones built."""
+    """Every ``compiled=True`` path builds an aot_eager CompiledPotential (a TorchScript one
+    stays TorchScript: it builds in seconds); the ones built."""
     built: list[CompiledPotential] = []
 
-    def compiled_potential(model, **options):
-        built.append(CompiledPotential(model, backend="aot_eager", **options))
+    def compiled_potential(model, backend="inductor", **options):
+        backend = "torchscript" if backend == "torchscript" else "aot_eager"
+        built.append(CompiledPotential(model, backend=backend, **options))
         return built[-1]
 
     monkeypatch.setattr(calculator, "compiled_potential", compiled_potential)
@@ -31,7 +33,8 @@ def aot_eager_potentials(monkeypatch):
     return built
 
 
-def test_md_compile_flag_runs_one_compiled_graph(tmp_path, aot_eager_potentials):
+@pytest.mark.parametrize(("flag", "backend"), [("on", "aot_eager"), ("torchscript", "torchscript")])
+def test_md_compile_flag_runs_one_compiled_graph(tmp_path, aot_eager_potentials, flag, backend):
     pytest.importorskip("chgnet")
     from ase.io import read
 
@@ -39,10 +42,11 @@ def test_md_compile_flag_runs_one_compiled_graph(tmp_path, aot_eager_potentials)
     varied_structures(1, seed=2, max_atoms=4)[0].to(filename=str(path))
     out = tmp_path / "md.extxyz"
     argv = ["md", str(path), "-o", str(out), "--steps", "6", "--loginterval", "3"]
-    argv += ["--compile", "on"]
+    argv += ["--compile", flag]
     assert main([*argv, "--quiet", "--seed", "0"]) == 0
     assert len(read(out, index=":")) == 3
     (potential,) = aot_eager_potentials
+    assert potential.backend == backend
     assert potential.graphs_built == 1
 
 
