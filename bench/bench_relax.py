@@ -2,7 +2,9 @@
 
 The same varied crystals (fastchgnet.data.random_crystals.varied_structures), FIRE with
 FrechetCellFilter, the same fmax and step limit for every code. Prints one row per code: wall
-time, total optimizer steps, speed-up over the reference; for the captured run (a
+time, total optimizer steps, speed-up over the reference; ours eager (``compiled=False``), with
+default settings (``relax`` decides whether and how to capture: its decision is printed) and
+captured with ``--backend`` (inductor, or torchscript); for the captured run (a
 ``CompiledPotential`` with ``RELAX_COMPILE``: re-sizing to tighter shapes as structures
 converge) the compile seconds apart, the wall time with and without them, the capacities it
 made, the graphs it compiled, its padding waste (padding entries per real atom, bond and
@@ -25,6 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # after the OpenBLAS setting, which must precede numpy
 import contextlib
 import io
+import logging
 import time
 import warnings
 
@@ -63,6 +66,17 @@ def reference_relax(structures, fmax: float, steps: int) -> tuple[float, list[fl
     return wall, energies, [len(o["trajectory"]) - 2 for o in outcomes]
 
 
+class Decisions(logging.Handler):
+    """The compile decisions relax logs (logger ``fastchgnet.md``), as lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def timed_relax(structures, model, **options) -> tuple[float, np.ndarray, int, int]:
     """Wall time, final energies (eV/atom), total steps and converged count of our relax."""
     start = time.perf_counter()
@@ -83,7 +97,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (every code)")
     parser.add_argument("--skip-one-by-one", action="store_true", help="skip our unbatched run")
     parser.add_argument("--no-compile", action="store_true", help="skip the captured run")
-    parser.add_argument("--backend", default="inductor", help="torch.compile backend")
+    parser.add_argument(
+        "--backend", default="inductor", help="capture: a torch.compile backend or torchscript"
+    )
     parser.add_argument(
         "--shrink-below",
         type=float,
@@ -120,8 +136,19 @@ def main() -> None:
     model = FastCHGNet.from_reference("0.3.0")
     options = dict(fmax=args.fmax, steps=args.steps, batch_size=args.batch_size)
     rows: list[tuple[str, float, int, str]] = []
-    t_eager, ours, steps_eager, converged = timed_relax(structures, model, **options)
+    eager = options | {"compiled": False}
+    t_eager, ours, steps_eager, converged = timed_relax(structures, model, **eager)
     rows.append(("ours, batched, eager", t_eager, steps_eager, f"converged {converged}/{args.n}"))
+    decisions, logger = Decisions(), logging.getLogger("fastchgnet.md")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(decisions)
+    t_auto, auto, steps_auto, _ = timed_relax(structures, model, **options)
+    logger.removeHandler(decisions)
+    logger.setLevel(level)
+    difference = np.abs(auto - ours).max() * 1e3
+    note = f"{'; '.join(decisions.lines)}; |default - eager| max {difference:.3f} meV/atom"
+    rows.append(("ours, batched, default settings", t_auto, steps_auto, note))
     if not args.skip_one_by_one:
         t_single, _, steps_single, _ = timed_relax(structures, model, batched=False, **options)
         rows.append(("ours, ASE per structure (unbatched)", t_single, steps_single, ""))
@@ -157,7 +184,7 @@ def main() -> None:
             )
         )
         # the machine is shared: time eager again after the captured run, compare with the mean
-        t_again, _, _, _ = timed_relax(structures, model, **options)
+        t_again, _, _, _ = timed_relax(structures, model, **eager)
         rows.append(("ours, batched, eager, again after captured", t_again, steps_eager, ""))
         t_eager = (t_eager + t_again) / 2
     t_ref, ref_energies, ref_steps = reference_relax(structures, args.fmax, args.steps)

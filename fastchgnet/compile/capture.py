@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -84,9 +85,8 @@ log = logging.getLogger("fastchgnet.compile")
 #: (bench/bench_kernel_threads.py).
 CPU_INDUCTOR_OPTIONS: dict = {}
 #: ...and of the ahead-of-time packages: the C++ wrapper that calls the kernels (one long
-#: function) is built at -O0, not -O1. It took 10.2 of a 38 s cold build of the LiMnO2 MD
-#: graph and now 5.7 s; calls measured the same (9.8 ms, bench/bench_compile.py). The kernels
-#: keep -O3.
+#: function) is built at -O0, not -O1 (kernels keep -O3). It took 10.2 of a 38 s cold build of
+#: the LiMnO2 MD graph, now 5.7 s; calls measured the same (9.8 ms, bench/bench_compile.py).
 CPU_PACKAGE_OPTIONS = CPU_INDUCTOR_OPTIONS | {"aot_inductor.compile_wrapper_opt_level": "O0"}
 #: AOTAutograd's activation memory budget for CPU graphs of a conservative model with
 #: gradients (training): the fraction of the forward's activations the backward may keep; the
@@ -124,9 +124,10 @@ class CaptureStats:
 
 
 def _dynamo_frames() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
+    """Frames dynamo compiled in this process; 0 before it is imported (the import took 1.1 s
+    of the start of every MD run with default settings, whose decision makes CapturedModels)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return 0 if utils is None else int(utils.counters["stats"]["unique_graphs"])
 
 
 class CapturedModel:
