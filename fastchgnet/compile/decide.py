@@ -9,8 +9,8 @@ call after it. A run of ``calls`` model calls that take ``eager_seconds`` each c
 The expected compile seconds come from ``CompiledPotential.expected_compile_seconds``: zero for
 a shape this process holds, the load for one the store holds, else ``cold_estimate``: the
 median of the compile times the store has on record on this machine, or
-``COLD_PREDICT_SECONDS`` before there is any. Every decision carries a one-line reason that
-names both sides, which the caller prints.
+``COLD_PREDICT_SECONDS`` (scaled for the CPU's instruction set) before there is any. Every
+decision carries a one-line reason that names both sides, which the caller prints.
 
 On a CPU two captures are weighed (``choose_capture``): inductor's (fused kernels, a build of
 tens of seconds) and TorchScript's (the same traced graph run op by op in C++, a build of about
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -47,16 +47,25 @@ COMPILED_FRACTION = 0.8
 #: entries per real one), stop 27 0.84, 0.85 and 0.83 (shapes of 1.13-1.21,
 #: ``md.dynamics.MD_COMPILE``), and a whole 2000-step compiled run on 32 atoms 0.77. AVX-512
 #: (a Sapphire Rapids Xeon, stop 32): 0.68, 0.54 and 0.58 (shapes of 1.13-1.21; compiled calls
-#: 0.55, 0.62 and 0.61 of eager). The highest of each is kept, and the AVX2 one for any other
-#: CPU: a wrong "on" costs a 20-35 s build, a wrong "off" only part of a saving.
+#: 0.55, 0.62 and 0.61 of eager); stops 42-43 on the same Xeon, after eager's own speed-ups:
+#: 32 and 64-atom compiled calls 0.57 of eager, 0.53 and 0.60 per padded entry of eager calls
+#: of 51 and 47 ms (stop 44) in shapes of 1.21 and 1.08. The highest of the newest is kept, and
+#: the AVX2 one for any other CPU: a wrong "on" costs a 20-35 s build, a wrong "off" only part
+#: of a saving. At 0.68, stop 44's 2000-step runs stayed eager on 32 and 64 atoms (5.1x and 5.9x
+#: the reference) where stop 43's compiled ones ran 7.7x and 8.4x.
 EAGER_CALL_OVERHEAD = 0.008
 COMPILED_CALL_OVERHEAD = 0.0015
-COMPILED_WORK_FRACTION = {"AVX512": 0.68, "AVX2": 0.84}
+COMPILED_WORK_FRACTION = {"AVX512": 0.6, "AVX2": 0.84}
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: ``bench/bench_compile.py --programs predict --threads 2`` measured 29.8-35.6 s for the
 #: reference architecture on 2 quiet cores, everything empty (stops 26 and 27; 45-75 s before
 #: the header warm-up and the side-by-side object builds).
 COLD_PREDICT_SECONDS = 35.0
+#: That cold compile on a CPU of each instruction set over ``COLD_PREDICT_SECONDS`` (the AVX2
+#: entry for a CPU not measured): the AVX-512 Xeon built the MD graph in 20.1-25.7 s cold inside
+#: bench_md (stops 42-43; 24.7-29.0 s in stop 40's slower hour), bench_compile's predict graph
+#: in 21.4-21.7 s: 0.8 (28 s).
+COLD_PREDICT_SCALE = {"AVX512": 0.8, "AVX2": 1.0}
 
 #: A TorchScript call of a CPU prediction graph (``CompiledPotential(backend="torchscript")``,
 #: ``compile.script``): the traced graph run op by op in C++, so the call pays
@@ -170,9 +179,11 @@ def compiled_call_model(
 
 def cold_estimate(store: CompiledStore | None, program: str = "predict") -> float:
     """Expected seconds of a cold compile of ``program``: the median of the store's records
-    on this machine, else ``COLD_PREDICT_SECONDS``."""
+    on this machine, else ``COLD_PREDICT_SECONDS`` scaled for this CPU (``COLD_PREDICT_SCALE``)."""
     seen = store.compile_seconds_seen(program) if store is not None else []
-    return statistics.median(seen) if seen else COLD_PREDICT_SECONDS
+    if seen:
+        return statistics.median(seen)
+    return COLD_PREDICT_SECONDS * for_cpu(COLD_PREDICT_SCALE)
 
 
 def decide(
@@ -220,13 +231,20 @@ def choose_capture(
 ) -> CompileDecision:
     """The ``decide`` of whichever of ``capture_backends(device_type)`` saves the most over
     ``calls`` calls net of its compile, ``price(backend)`` giving its (compiled fraction,
-    compile seconds); where none pays, the one that loses least (its ``compile`` False). On a
-    CPU a short run of small structures pays for a TorchScript build of seconds where an
-    inductor build of half a minute does not, and a long or large one the other way."""
+    compile seconds); where none pays, the one that loses least (its ``compile`` False). Its
+    reason ends with how the others were priced. On a CPU a short run of small structures pays
+    for a TorchScript build of seconds where an inductor build of half a minute does not, and a
+    long or large one the other way."""
     decisions = []
     for backend in capture_backends(device_type):
         fraction, seconds = price(backend)
         decisions.append(
             decide(calls, eager_seconds, seconds, fraction=fraction, what=what, backend=backend)
         )
-    return max(decisions, key=lambda d: d.net_seconds)
+    best = max(decisions, key=lambda d: d.net_seconds)
+    others = "; ".join(
+        f"{d.backend}: ~{d.compile_seconds:.0f} s build, ~{d.saved_seconds:.0f} s saved"
+        for d in decisions
+        if d is not best
+    )
+    return replace(best, reason=f"{best.reason} [{others}]") if others else best

@@ -26,15 +26,15 @@ def script_graph(graph_module: fx.GraphModule) -> torch.jit.ScriptModule:
     module with the same inputs and outputs.
 
     TorchScript resolves an op by its schema, so each node's overload (``aten.add.Tensor``)
-    becomes its packet (``aten.add``), and devices in keyword arguments become their type
-    names, which TorchScript's signatures take."""
+    becomes its packet (``aten.add``), and devices in keyword arguments become their names
+    with the index ("cuda:1"), which TorchScript converts back to devices."""
     from torch._functorch.compile_utils import strip_overloads
 
     strip_overloads(graph_module)
     for node in graph_module.graph.nodes:
         if any(isinstance(value, torch.device) for value in node.kwargs.values()):
             node.kwargs = {
-                key: value.type if isinstance(value, torch.device) else value
+                key: str(value) if isinstance(value, torch.device) else value
                 for key, value in node.kwargs.items()
             }
     graph_module.recompile()

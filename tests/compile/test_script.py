@@ -114,6 +114,7 @@ def test_the_capture_that_saves_most_net_of_its_build_is_chosen():
     assert large.compile
     assert large.backend == "inductor"
     assert large.net_seconds == pytest.approx(1950 * 0.05 * 0.4 - 25.0)
+    assert large.reason.endswith("[torchscript: ~2 s build, ~0 s saved]")  # the other's price
     # a few calls: neither pays, and the reason names the cheaper loss
     short = choose_capture(3, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="3-step MD")
     assert not short.compile
