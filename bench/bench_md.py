@@ -286,9 +286,9 @@ def main() -> None:
     )
     header = (
         "structure", "reference ms", "ours ms", "ratio", "ours+stress ms", "ratio",
-        "captured ms", "ratio", "compile s", "graphs",
+        "captured ms", "ratio", "compile s", "graphs", "capture",
     )  # fmt: skip
-    columns = "{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s} {:>12s} {:>7s} {:>10s} {:>7s}"
+    columns = "{:26s} {:>13s} {:>9s} {:>7s} {:>15s} {:>7s} {:>12s} {:>7s} {:>10s} {:>7s} {}"
     print(columns.format(*header))
     potentials, defaults, pads = {}, {}, {}
     for name, atoms in structures.items():
@@ -304,8 +304,11 @@ def main() -> None:
             dyns[f"ours {always_stress}"] = make_integrator(
                 mine, "nvt", "berendsen", temperature=300, timestep=2.0
             )
-        # run_md's default: compile only where it pays over --md-steps (decided as run_md does)
-        decision, potential = md_compile_decision(mine, ours, args.md_steps, stress=False)
+        # run_md's default: compile only where it pays over --md-steps (decided as run_md does:
+        # on a calculator without stress, as NVT runs)
+        deciding = start.copy()
+        deciding.calc = Calculator(ours)
+        decision, potential = md_compile_decision(deciding, ours, args.md_steps, stress=False)
         dyns["compiled"], compile_seconds, patience = compiled_md(start.copy(), potential)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -334,7 +337,7 @@ def main() -> None:
             f"{name:26s} {t_ref * 1e3:13.2f} {timings[0] * 1e3:9.2f} {t_ref / timings[0]:6.2f}x"
             f" {timings[1] * 1e3:15.2f} {t_ref / timings[1]:6.2f}x"
             f" {t_compiled * 1e3:12.2f} {t_ref / t_compiled:6.2f}x {compile_seconds:10.1f}"
-            f" {potential.graphs_built:7d}"
+            f" {potential.graphs_built:7d} {potential.backend}"
         )
     print(
         f"\nrun_md's default settings over {args.md_steps} steps, compile included (totals from "

@@ -4,7 +4,9 @@ The same varied crystals (fastchgnet.data.random_crystals.varied_structures), FI
 FrechetCellFilter, the same fmax and step limit for every code. Prints one row per code: wall
 time, total optimizer steps, speed-up over the reference; ours eager (``compiled=False``), with
 default settings (``relax`` decides whether and how to capture: its decision is printed) and
-captured with ``--backend`` (inductor, or torchscript); for the captured run (a
+captured with ``--backend`` (inductor, or torchscript; the default-settings run uses the
+compile store as a user's would, so an inductor run after it may load the shapes it built and
+count a load as its compile); for the captured run (a
 ``CompiledPotential`` with ``RELAX_COMPILE``: re-sizing to tighter shapes as structures
 converge) the compile seconds apart, the wall time with and without them, the capacities it
 made, the graphs it compiled, its padding waste (padding entries per real atom, bond and

@@ -21,7 +21,7 @@ from ase.md.verlet import VelocityVerlet
 
 from fastchgnet.compat.dynamics import CHGNetCalculator
 from fastchgnet.compat.model import unsupported
-from fastchgnet.md.calculator import as_atoms, compiled_potential
+from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
 from fastchgnet.model.potential import EagerPotential
 
@@ -69,8 +69,8 @@ class MolecularDynamics:
     compiles the model when that pays over its steps and keeps it only where the compiled
     calls measure faster (``fastchgnet.md.dynamics.choose_compiled``; the decision and its
     reason are printed), with the MD's own calculator and no ``crystal_feas_logfile``; the
-    calculator's results then leave out ``crystal_fea``. True compiles at the first ``run``,
-    False never does.
+    calculator's results then leave out ``crystal_fea``. True (or "inductor", "torchscript":
+    that capture) compiles at the first ``run``, False never does.
 
     NPT needs ``bulk_modulus`` (GPa) here: the reference fits one by an equation of state when
     it is missing; pass the value (for example from ``StructOptimizer`` runs at a few volumes).
@@ -98,8 +98,9 @@ class MolecularDynamics:
         on_isolated_atoms: str = "warn",
         return_site_energies: bool = False,
         use_device: str | None = None,
-        compiled: bool | None = None,
+        compiled: bool | str | None = None,
     ) -> None:
+        capture_backend(compiled)  # a bad name fails here, in one line
         if compiled and (isinstance(model, BaseCalculator) or crystal_feas_logfile):
             raise ValueError(
                 "compiled=True needs the MD's own calculator (model: a CHGNet or None) and no "
@@ -209,7 +210,8 @@ class MolecularDynamics:
         if not isinstance(eager, EagerPotential):
             return None
         if self.compiled:
-            calc.model = compiled_potential(eager.model, **md_compile_options(steps))
+            options = md_compile_options(steps) | {"backend": capture_backend(self.compiled)}
+            calc.model = compiled_potential(eager.model, **options)
             calc.features = False
             return None
         # the decision times eager calls: make the first (cold) one here, untimed, as run_md does

@@ -167,7 +167,8 @@ def compiled_call_model(
     one: with inductor, on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
     ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
     only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``. With
-    ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``."""
+    ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``, fitted on a
+    CPU, the one device ``capture_backends`` offers it on."""
     if backend == "torchscript":
         return script_fraction(eager_seconds, padding), SCRIPT_BUILD_SECONDS
     if device_type == "cuda":

@@ -9,12 +9,14 @@ LiMnO2 force-and-stress call (8 atoms, 1461 graph ops, 2 threads) took 7.0 ms ag
 eager and 10.0 ms for the same graph run by FX's Python code.
 
 torch 2.13 marks ``torch.jit.script`` deprecated (its warning is silenced here, where the use
-is deliberate); a torch without it leaves TorchScript out of the compile decision
-(``decide.capture_backends``), and asking for it by name raises.
+is deliberate). A torch without it, or Python 3.14 and later (where torch does not support
+it), leaves TorchScript out of the compile decision (``decide.capture_backends``), and asking
+for it by name raises in one line.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -30,6 +32,11 @@ def script_graph(graph_module: fx.GraphModule) -> torch.jit.ScriptModule:
     with the index ("cuda:1"), which TorchScript converts back to devices."""
     from torch._functorch.compile_utils import strip_overloads
 
+    if not available():
+        raise RuntimeError(
+            f"TorchScript is not available with torch {torch.__version__} on Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}: use the inductor capture"
+        )
     strip_overloads(graph_module)
     for node in graph_module.graph.nodes:
         if any(isinstance(value, torch.device) for value in node.kwargs.values()):
@@ -45,5 +52,6 @@ def script_graph(graph_module: fx.GraphModule) -> torch.jit.ScriptModule:
 
 
 def available() -> bool:
-    """Whether this torch still has TorchScript's ``torch.jit.script``."""
-    return callable(getattr(torch.jit, "script", None))
+    """Whether TorchScript can be used here: this torch still has ``torch.jit.script``, and
+    Python is older than 3.14 (torch does not support TorchScript on 3.14 and later)."""
+    return sys.version_info < (3, 14) and callable(getattr(torch.jit, "script", None))

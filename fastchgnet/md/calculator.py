@@ -63,7 +63,7 @@ CAPTURES = ("inductor", "torchscript")
 
 def capture_backend(compiled: bool | str | None) -> str:
     """The capture backend a ``compiled`` argument asks for: the name it gives (one of
-    ``CAPTURES``), else "inductor"."""
+    ``CAPTURES``), else "inductor". Raises ValueError for any other string."""
     if isinstance(compiled, str):
         if compiled not in CAPTURES:
             raise ValueError(f"compiled={compiled!r}: use True, False or one of {CAPTURES}")
@@ -147,8 +147,8 @@ class Calculator(AseCalculator):
         if device is not None:
             getattr(model, "model", model).to(device)  # a Potential's module, or the module
         self.features = features
-        backend = capture_backend(compiled)
-        self.model = compiled_potential(model, backend=backend) if compiled else as_potential(model)
+        capture = capture_backend(compiled)  # not ``backend``: that is the neighbour rule
+        self.model = compiled_potential(model, backend=capture) if compiled else as_potential(model)
         config = self.model.config
         self.neighbours = VerletGraph(
             config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated

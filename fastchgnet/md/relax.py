@@ -246,13 +246,13 @@ def relax(
         model = FastCHGNet.from_reference("0.3.0")
     items = [structures] if single else structures
     total = len(items) if hasattr(items, "__len__") else None
-    choose = None
+    choose, capture = None, capture_backend(compiled)  # a bad name fails here, in one line
     if compiled is None and batched and _is_plain_model(model):
         batches = 1 if total is None else -(-total // batch_size)
         calls = min(steps, RELAX_TYPICAL_STEPS) * batches
         choose = _compile_chooser(model, calls, relax_cell, progress)
     if compiled:  # patience, re-sizing, a shape budget: see RELAX_COMPILE
-        model = compiled_potential(model, backend=capture_backend(compiled), **RELAX_COMPILE)
+        model = compiled_potential(model, backend=capture, **RELAX_COMPILE)
     potential = as_potential(model)  # one potential shared by every calculator
 
     def start(index: int, structure: Any) -> _Relaxation:

@@ -28,6 +28,7 @@ from fastchgnet.md.relax import relax
 from tests.compile.conftest import padded_batch, small_model
 
 dynamics = importlib.import_module("fastchgnet.md.dynamics")
+relax_module = importlib.import_module("fastchgnet.md.relax")  # the package exports relax()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -55,14 +56,14 @@ def test_the_torchscript_capture_builds_once_per_shape_without_dynamo():
     assert captured.stats.graphs == 1
     assert captured.stats.dynamo_frames == 0  # no torch.compile anywhere
     assert captured.stats.compile_seconds > 0
-    torch.testing.assert_close(again.forces, first.forces, rtol=0, atol=0)
+    torch.testing.assert_close(again.forces, first.forces, rtol=1e-12, atol=1e-12)
     eager = model(batch, compute_forces=True, compute_stress=True)
     torch.testing.assert_close(first.forces, eager.forces, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match=r"torchscript.*fixed shapes"):
         CapturedModel(model, backend="torchscript", dynamic=True)
 
 
-def test_md_and_relaxation_through_a_torchscript_potential_follow_eager():
+def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypatch):
     model = small_model("conservative", torch.float64).eval()
     potential = CompiledPotential(model, backend="torchscript")
     assert potential.store is None  # nothing on disk: the build takes seconds
@@ -78,7 +79,18 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager():
     assert potential.graphs_built == 1
     structures = varied_structures(2, seed=2, max_atoms=4)
     eager = relax(structures, model, steps=4, compiled=False, progress=False)
+    built = []
+
+    def compiled_potential(model, **options):  # relax's own, recorded, with no patience
+        built.append(CompiledPotential(model, **(options | {"patience": 0})))
+        return built[-1]
+
+    monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)
     scripted = relax(structures, model, steps=4, compiled="torchscript", progress=False)
+    (relaxing,) = built
+    assert relaxing.backend == "torchscript"
+    assert relaxing.graphs_built >= 1
+    assert relaxing.padding.batches >= 3  # the relaxation's calls ran through its graphs
     for a, b in zip(eager, scripted, strict=True):
         assert b.energy == pytest.approx(a.energy, abs=1e-9)
     with pytest.raises(ValueError, match="compiled='tvm'"):
@@ -162,6 +174,20 @@ def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(
     np.testing.assert_allclose(atoms.positions, eager.positions, atol=1e-8)
 
 
-def test_a_torch_without_torchscript_weighs_inductor_alone(monkeypatch):
+def test_a_torch_without_torchscript_weighs_inductor_alone_and_says_so_when_asked(monkeypatch):
     monkeypatch.delattr(torch.jit, "script")
     assert capture_backends("cpu") == ("inductor",)
+    model = small_model("conservative", torch.float64).eval()
+    batch, _ = padded_batch(torch.float64)
+    traced = trace_program(model, predict_program(True, False), batch)
+    with pytest.raises(RuntimeError, match=r"TorchScript is not available.*use the inductor"):
+        script_graph(traced)
+
+
+def test_the_calculator_keeps_its_neighbour_rule_beside_its_capture():
+    model = small_model("conservative", torch.float64)
+    for compiled in (False, "torchscript"):
+        calc = Calculator(model, compiled=compiled)
+        assert calc.neighbours.backend == "pymatgen"
+        assert Calculator(model, compiled=compiled, backend="vesin").neighbours.backend == "vesin"
+    assert Calculator(model, compiled="torchscript").model.backend == "torchscript"
