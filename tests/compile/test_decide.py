@@ -1,4 +1,5 @@
-"""Compile or not: the decision weighs the compile against what it saves, and run_md acts on it."""
+"""Compile or not: the decision weighs the compile against what it saves, inductor against
+TorchScript on a CPU, and run_md acts on it."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ from fastchgnet.compile.decide import (
     COLD_PREDICT_SCALE,
     COLD_PREDICT_SECONDS,
     GPU_COMPILED_FRACTION,
+    SCRIPT_BUILD_SECONDS,
+    capture_backends,
+    choose_capture,
     cold_estimate,
     compiled_call_model,
     compiled_fraction,
     decide,
     for_cpu,
+    script_fraction,
 )
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.store import CompiledStore
@@ -376,3 +381,64 @@ def test_padding_for_is_that_of_the_capacity_a_first_call_makes() -> None:
     (capacity,) = potential.capacities
     assert padding == pytest.approx(entries(capacity) / Counts.of(graphs).entries)
     assert padding > 1
+
+
+def test_a_script_call_saves_the_per_op_overhead_and_pays_for_its_padding():
+    # stop 44, LiMnO2 MD (AVX-512, 2 threads): eager calls ~9.9 ms, TorchScript steps ~2 ms
+    # shorter in a shape of 1.15 padded entries per real one
+    assert script_fraction(0.0099, 1.15) == pytest.approx(0.8, abs=0.03)
+    assert script_fraction(0.05, 1.1) == 1.0  # 64 atoms: the padding takes more than it saves
+    assert script_fraction(0.0, 1.0) == 1.0
+    assert compiled_call_model("cpu", 0.0099, 1.15, None, "torchscript") == (
+        script_fraction(0.0099, 1.15),
+        SCRIPT_BUILD_SECONDS,
+    )
+    assert capture_backends("cpu") == ("inductor", "torchscript")
+    assert capture_backends("cuda") == ("inductor",)
+
+
+def prices(inductor: tuple[float, float], script: tuple[float, float]):
+    return {"inductor": inductor, "torchscript": script}.__getitem__
+
+
+def test_the_capture_that_saves_most_net_of_its_build_is_chosen():
+    # 8-atom MD over 2000 steps: inductor's 25 s build does not pay, TorchScript's 2 s does
+    small = choose_capture(1950, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="MD")
+    assert small.compile
+    assert small.backend == "torchscript"
+    assert small.reason.startswith("compile on for this MD with torchscript: compiling costs ~2")
+    # 64 atoms: TorchScript gains nothing, inductor pays
+    large = choose_capture(1950, 0.05, "cpu", prices((0.6, 25.0), (1.0, 2.0)))
+    assert large.compile
+    assert large.backend == "inductor"
+    assert large.net_seconds == pytest.approx(1950 * 0.05 * 0.4 - 25.0)
+    assert large.reason.endswith("[torchscript: ~2 s build, ~0 s saved]")  # the other's price
+    # a few calls: neither pays, and the reason names the cheaper loss
+    short = choose_capture(3, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="3-step MD")
+    assert not short.compile
+    assert short.reason.startswith("compile off for this 3-step MD with torchscript")
+    # on a GPU only inductor is priced
+    asked = []
+    gpu = choose_capture(5000, 0.02, "cuda", lambda b: asked.append(b) or (0.3, 45.0))
+    assert asked == ["inductor"]
+    assert gpu.compile
+
+
+def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(aot_eager, monkeypatch, capsys):
+    # eager calls of 12 ms where inductor's build would cost 35 s: only TorchScript pays
+    seconds = iter([0.012, 0.001])
+    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms, repeats=5: next(seconds))
+    monkeypatch.setattr(dynamics, "MD_COMPILE", dynamics.MD_COMPILE | {"patience": 2})
+    monkeypatch.setattr("fastchgnet.compile.decide.SCRIPT_BUILD_SECONDS", 0.1)
+    monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    model = small_model("conservative")
+    run = {"steps": 400, "seed": 4, "progress": True}
+    atoms = dynamics.run_md(structure, model, **run)
+    assert "compile on for this 400-step MD with torchscript" in capsys.readouterr().err
+    inductor, script = aot_eager
+    assert atoms.calc.model is script
+    assert (inductor.asked, script.asked) == ("inductor", "torchscript")
+    assert (inductor.graphs_built, script.graphs_built) == (0, 1)
+    eager = dynamics.run_md(structure, model, compiled=False, **run)
+    np.testing.assert_allclose(atoms.positions, eager.positions, atol=1e-8)
