@@ -226,26 +226,28 @@ def choose_capture(
     calls: int,
     eager_seconds: float,
     device_type: str,
-    price: Callable[[str], tuple[float, float]],
+    price: Callable[[str], tuple[float, float, T]],
     *,
     what: str = "run",
-) -> CompileDecision:
+) -> tuple[CompileDecision, T]:
     """The ``decide`` of whichever of ``capture_backends(device_type)`` saves the most over
     ``calls`` calls net of its compile, ``price(backend)`` giving its (compiled fraction,
-    compile seconds); where none pays, the one that loses least (its ``compile`` False). Its
-    reason ends with how the others were priced. On a CPU a short run of small structures pays
-    for a TorchScript build of seconds where an inductor build of half a minute does not, and a
-    long or large one the other way."""
-    decisions = []
+    compile seconds, what would run it: the caller's potential), and that third item; where
+    none pays, the one that loses least (its ``compile`` False). Its reason ends with how the
+    others were priced. On a CPU a short run of small structures pays for a TorchScript build
+    of seconds where an inductor build of half a minute does not, and a long or large one the
+    other way."""
+    priced = []
     for backend in capture_backends(device_type):
-        fraction, seconds = price(backend)
-        decisions.append(
-            decide(calls, eager_seconds, seconds, fraction=fraction, what=what, backend=backend)
+        fraction, seconds, runner = price(backend)
+        decision = decide(
+            calls, eager_seconds, seconds, fraction=fraction, what=what, backend=backend
         )
-    best = max(decisions, key=lambda d: d.net_seconds)
+        priced.append((decision, runner))
+    best, runner = max(priced, key=lambda pair: pair[0].net_seconds)
     others = "; ".join(
         f"{d.backend}: ~{d.compile_seconds:.0f} s build, ~{d.saved_seconds:.0f} s saved"
-        for d in decisions
+        for d, _ in priced
         if d is not best
     )
-    return replace(best, reason=f"{best.reason} [{others}]") if others else best
+    return (replace(best, reason=f"{best.reason} [{others}]") if others else best), runner

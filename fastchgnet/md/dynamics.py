@@ -347,20 +347,18 @@ def md_compile_decision(
     eager_seconds = call_seconds(atoms, timing_calls(steps))
     device = next(model.parameters()).device.type
     options = md_compile_options(steps)
-    potentials: dict[str, Any] = {}
 
-    def price(backend: str) -> tuple[float, float]:
-        potential = potentials[backend] = compiled_potential(model, backend=backend, **options)
+    def price(backend: str) -> tuple[float, float, Potential]:
+        potential = compiled_potential(model, backend=backend, **options)
         padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0
         fraction, cold = compiled_call_model(
             device, eager_seconds, padding, potential.store, backend
         )
         expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
-        return fraction, expected
+        return fraction, expected, potential
 
     calls = max(steps - options["patience"], 0)  # the first calls run eagerly either way
-    decision = choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")
-    return decision, potentials[decision.backend]
+    return choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")
 
 
 def _frame_writer(atoms: Atoms, path: Path) -> Any:

@@ -352,25 +352,21 @@ def _compile_chooser(
     from fastchgnet.compile.decide import choose_capture, compiled_call_model
 
     def choose(eager_seconds: float, graphs: list[CrystalGraph]) -> Potential | None:
-        potentials: dict[str, Any] = {}
-
-        def price(backend: str) -> tuple[float, float]:
-            potential = potentials[backend] = compiled_potential(
-                model, backend=backend, **RELAX_COMPILE
-            )
+        def price(backend: str) -> tuple[float, float, Potential]:
+            potential = compiled_potential(model, backend=backend, **RELAX_COMPILE)
             fraction, cold = compiled_call_model(
                 device, eager_seconds, potential.padding_for(graphs), potential.store, backend
             )
             # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
-            return fraction, RELAX_MAX_SHAPES * cold
+            return fraction, RELAX_MAX_SHAPES * cold, potential
 
         device = next(model.parameters()).device.type
         what = f"relaxation (~{calls} calls)"
-        decision = choose_capture(calls, eager_seconds, device, price, what=what)
+        decision, potential = choose_capture(calls, eager_seconds, device, price, what=what)
         log.info(decision.reason)
         if progress:
             tqdm.write(decision.reason, file=sys.stderr)
-        return potentials[decision.backend] if decision.compile else None
+        return potential if decision.compile else None
 
     return choose
 

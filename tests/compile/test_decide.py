@@ -398,28 +398,32 @@ def test_a_script_call_saves_the_per_op_overhead_and_pays_for_its_padding():
 
 
 def prices(inductor: tuple[float, float], script: tuple[float, float]):
-    return {"inductor": inductor, "torchscript": script}.__getitem__
+    """A ``price`` of the two captures: (fraction, seconds) each, and the capture's name as
+    what would run it."""
+    return lambda backend: (*{"inductor": inductor, "torchscript": script}[backend], backend)
 
 
 def test_the_capture_that_saves_most_net_of_its_build_is_chosen():
     # 8-atom MD over 2000 steps: inductor's 25 s build does not pay, TorchScript's 2 s does
-    small = choose_capture(1950, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="MD")
+    small, runner = choose_capture(1950, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="MD")
+    assert runner == "torchscript"  # what the chosen price named runs
     assert small.compile
     assert small.backend == "torchscript"
     assert small.reason.startswith("compile on for this MD with torchscript: compiling costs ~2")
     # 64 atoms: TorchScript gains nothing, inductor pays
-    large = choose_capture(1950, 0.05, "cpu", prices((0.6, 25.0), (1.0, 2.0)))
+    large, runner = choose_capture(1950, 0.05, "cpu", prices((0.6, 25.0), (1.0, 2.0)))
+    assert runner == "inductor"
     assert large.compile
     assert large.backend == "inductor"
     assert large.net_seconds == pytest.approx(1950 * 0.05 * 0.4 - 25.0)
     assert large.reason.endswith("[torchscript: ~2 s build, ~0 s saved]")  # the other's price
     # a few calls: neither pays, and the reason names the cheaper loss
-    short = choose_capture(3, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="3-step MD")
+    short, _ = choose_capture(3, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="3-step MD")
     assert not short.compile
     assert short.reason.startswith("compile off for this 3-step MD with torchscript")
     # on a GPU only inductor is priced
     asked = []
-    gpu = choose_capture(5000, 0.02, "cuda", lambda b: asked.append(b) or (0.3, 45.0))
+    gpu, _ = choose_capture(5000, 0.02, "cuda", lambda b: asked.append(b) or (0.3, 45.0, b))
     assert asked == ["inductor"]
     assert gpu.compile
 
