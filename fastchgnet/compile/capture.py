@@ -3,26 +3,23 @@
 A padded batch (``data.padding.collate_padded``) has the shapes of its capacity bucket. The
 first call with a new shape traces the model call into an aten graph (``trace.trace_program``:
 conservative forces and stress become plain forward ops) and compiles it with
-``torch.compile(fullgraph=True, dynamic=False)``; later calls of that shape reuse it. Direct
-mode needs no derivative, but is traced the same way: each bucket then has its own graph
-module (its own code object and dynamo cache entry), so buckets never count against dynamo's
-recompile limit on one function.
+``torch.compile(fullgraph=True, dynamic=False)``; later calls of that shape reuse it. Each
+bucket has its own graph module (code object, dynamo cache entry), so buckets never count
+against dynamo's recompile limit on one function.
 
 On CUDA, ``cuda_graphs=True`` (default there) compiles with mode "reduce-overhead": the
 compiled graph (and its backward) is replayed as a CUDA graph, inputs copied into static
 buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
 ``eager=True`` runs the model as it is (same programs, no trace, no compile).
-``backend="torchscript"`` runs the trace by TorchScript, built in seconds (``compile.script``).
+``backend="torchscript"`` runs the trace by TorchScript, built in seconds, for batches of any
+size (``compile.script.ScriptedProgram``; unpadded batches are fine).
 
 With ``dynamic=True`` the graph is traced with symbolic sizes of atoms, bonds and angles
-(``trace.entry_sized``; the model's widths stay constants) and compiled for any such size
-(``trace.mark_entry_sizes``): one graph serves padded batches that share only their
-structure and short-bond counts, each batch's atoms, long bonds and angles its own
-(``data.capacity.fitted``). CPU training runs so: at one fixed capacity packed batches of 16
-carried 42 % padding, and the step over 13 batches took 2444 against 1880 ms fitted (1.30x,
-2 threads; cold build 48 against 75 s). Inductor's C++ sums guard on their length (a cascade
-accumulation above 4096 terms), which would recompile whenever a batch crossed such a length;
-the first call builds with that choice made from what holds for every size
+(``trace.entry_sized``) and compiled for any such size (``trace.mark_entry_sizes``): one graph
+serves padded batches that share their structure and short-bond counts
+(``data.capacity.fitted``). CPU training runs so: at one capacity packed batches of 16 carried
+42 % padding and a step took 2444 against 1880 ms fitted (1.30x, 2 threads). Inductor's C++
+sums guard on their length (a cascade above 4096 terms); the first call builds them unguarded
 (``kernel_groups.unguarded_sum_lengths``), so the graph never recompiles for a size. The
 symbolic trace (4.3 s of a warm start at batch 16) is kept in the store and read back in later
 processes (``store.stored_trace``; the store of ``train.step.training_capture``).
@@ -67,6 +64,7 @@ from fastchgnet.compile.trace import (
     model_state,
     separate_sizes,
     shape_key,
+    short_bonds_input,
     trace_program,
 )
 from fastchgnet.data.batch import GraphBatch
@@ -100,10 +98,9 @@ CPU_CONSERVATIVE_ACTIVATION_BUDGET = 0.5
 
 @dataclass
 class CaptureStats:
-    """Graphs built (one per shape, program and grad mode; ``loaded`` of them came from the
-    on-disk store, in ``load_seconds``), seconds spent tracing and compiling the others (first
-    call of each; ``train.step.TrainStep`` adds a new training graph's first backward, where
-    AOTAutograd compiles the backward), and dynamo's compiled-frame count since creation."""
+    """Graphs built (per shape, program and grad mode; ``loaded`` of them from the on-disk
+    store, in ``load_seconds``), seconds spent tracing and compiling the others (with a new
+    training graph's first backward, ``train.step.TrainStep``), and dynamo's frames since."""
 
     graphs: int = 0
     compile_seconds: float = 0.0
@@ -124,8 +121,8 @@ class CaptureStats:
 
 
 def _dynamo_frames() -> int:
-    """Frames dynamo compiled in this process; 0 before it is imported (the import took 1.1 s
-    of the start of every MD run with default settings, whose decision makes CapturedModels)."""
+    """Frames dynamo compiled in this process; 0 before it is imported (importing it took 1.1 s
+    of a default MD run, whose decision makes CapturedModels)."""
     utils = sys.modules.get("torch._dynamo.utils")
     return 0 if utils is None else int(utils.counters["stats"]["unique_graphs"])
 
@@ -138,7 +135,7 @@ class CapturedModel:
         loss_config: the training loss (``fastchgnet.model.loss.LossConfig``; default: its
             defaults, the paper's Huber loss with prefactors 2, 1.5, 0.1, 0.1).
         backend: torch.compile backend ("inductor"; "aot_eager" for cheap tests), or
-            "torchscript": the trace run by TorchScript (``compile.script``; fixed shapes).
+            "torchscript": the trace run by TorchScript (``compile.script``; any sizes).
         eager: run without trace or compile (the reference for "compiled equals eager").
         cuda_graphs: replay as CUDA graphs ("reduce-overhead"); default: on for CUDA inputs.
         compute_forces, compute_stress, features: what the programs predict (``features``:
@@ -165,7 +162,7 @@ class CapturedModel:
         dynamic: bool = False,
     ):
         if dynamic and backend == "torchscript":
-            raise ValueError("backend='torchscript' runs fixed shapes: use dynamic=False")
+            raise ValueError("backend='torchscript' takes any sizes already: leave dynamic off")
         self.model = model
         self.dynamic = dynamic
         self.store = store
@@ -216,6 +213,8 @@ class CapturedModel:
             torch.compiler.cudagraph_mark_step_begin()
         state = self._state()
         flat = batch_inputs(batch, labels)
+        if self.backend == "torchscript":
+            flat.append(short_bonds_input(batch))
         start = time.perf_counter() if key not in self.stats.keys else None
         if start is not None and self.dynamic:
             mark_entry_sizes(flat, labels is not None)
@@ -274,7 +273,9 @@ class CapturedModel:
         model's arithmetic (``FastCHGNet.precision``, traced into the graph)."""
         mode = (kind, torch.is_grad_enabled(), self.model.training)
         shapes, *rest = shape_key(batch, labels)
-        if self.dynamic:
+        if self.backend == "torchscript":  # any sizes, n_short_bonds too (``ScriptedProgram``)
+            shapes, rest = tuple(len(shape) for shape in shapes), rest[:-1]
+        elif self.dynamic:
             shapes = (batch.lattice.shape[0], tuple(len(shape) for shape in shapes))
         return (*mode, shapes, *rest, self._precision())
 
@@ -283,12 +284,11 @@ class CapturedModel:
         the key, the model's config and state (names, shapes, dtypes, frozen or not), the
         loss, the programs' outputs and the thread count (the gathers' form depends on it)."""
         names, state = model_state(self.model)
+        shapes = [(n, t.shape, t.dtype, t.requires_grad) for n, t in zip(names, state, strict=True)]
         return {
             "key": key,
             "config": self.model.config,
-            "state": [
-                (n, t.shape, t.dtype, t.requires_grad) for n, t in zip(names, state, strict=True)
-            ],
+            "state": shapes,
             "loss": self.loss_config,
             "outputs": (self.compute_forces, self.compute_stress, self.features),
             "threads": torch.get_num_threads(),
@@ -327,11 +327,11 @@ class CapturedModel:
         stored = self._from_store(key, program, batch, labels)
         if stored is not None:
             return stored
-        if self.backend == "torchscript":  # fixed shapes, no code generation: compile.script
-            from fastchgnet.compile.script import script_graph
+        if self.backend == "torchscript":  # no code generation, any sizes: compile.script
+            from fastchgnet.compile.script import scripted_program
 
-            traced = trace_program(self.model, program, batch, labels)
-            return self._keep(key, script_graph(traced), start)
+            built = scripted_program(self.model, program, batch, labels, self.stats)
+            return self._keep(key, built, start)
         use_persistent_inductor_cache()
         from fastchgnet.compile.kernel_groups import group_cpu_kernels, while_header_builds
 

@@ -14,7 +14,7 @@ decision carries a one-line reason that names both sides, which the caller print
 
 On a CPU two captures are weighed (``choose_capture``): inductor's (fused kernels, a build of
 tens of seconds) and TorchScript's (the same traced graph run op by op in C++, a build of about
-two seconds, ``SCRIPT_CALL_OVERHEAD``), and the one that saves the most net of its build runs.
+three seconds, ``SCRIPT_CALL_OVERHEAD``), and the one that saves the most net of its build runs.
 """
 
 from __future__ import annotations
@@ -69,15 +69,17 @@ COLD_PREDICT_SCALE = {"AVX512": 0.8, "AVX2": 1.0}
 
 #: A TorchScript call of a CPU prediction graph (``CompiledPotential(backend="torchscript")``,
 #: ``compile.script``): the traced graph run op by op in C++, so the call pays
-#: ``SCRIPT_CALL_OVERHEAD`` instead of ``EAGER_CALL_OVERHEAD``, plus the work of its padded
-#: shape at eager's rate per entry (no kernel is fused). Fitted on LiMnO2 (8 atoms, AVX-512,
-#: 2 threads, stop 44): MD steps took 8.8-8.9 ms against 10.7-11.0 ms eager in a shape of
-#: 1.15 padded entries per real one; a bare force-and-stress call 7.0 against 9.8 ms.
-SCRIPT_CALL_OVERHEAD = 0.006
-#: A TorchScript build of one shape: the trace (1-1.5 s on the reference architecture) and
-#: scripting it (0.3 s), with the first calls' profiling; the same 8-atom MD run spent 1.1 s
-#: more on its first 60 steps than eager did.
-SCRIPT_BUILD_SECONDS = 2.0
+#: ``SCRIPT_CALL_OVERHEAD`` instead of ``EAGER_CALL_OVERHEAD``, plus the work of its shape at
+#: eager's rate per entry (no kernel is fused; its graphs take any sizes, so the shape is the
+#: graphs' own, ``padding`` 1). Fitted on LiMnO2 (8 atoms, AVX-512, 2 threads, stop 45): MD
+#: force calls took 7.2 ms (6.95 ms in the graph) against 10.1 ms eager, steps 7.7-7.8 ms
+#: against 10.7-10.9 ms (stop 44's fixed-shape graphs: 8.2-8.5 ms steps, 1.15 padded entries
+#: per real one).
+SCRIPT_CALL_OVERHEAD = 0.0051
+#: A TorchScript build: the symbolic trace (about 2 s warm on the reference architecture, the
+#: first in a process 0.6 s more for importing dynamo) and scripting it (0.3-0.4 s); a
+#: default 8-atom MD run built in 3.1 s.
+SCRIPT_BUILD_SECONDS = 3.2
 #: The capture backends a compile decision weighs on each device: TorchScript gains only the
 #: per-op Python of a call, which is all a small CPU call has to lose; on a GPU the CUDA graph
 #: of inductor's build removes the per-kernel launches too.

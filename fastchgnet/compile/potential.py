@@ -57,7 +57,7 @@ from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
 from fastchgnet.compile.store import CompiledStore, default_store
-from fastchgnet.data.batch import GraphBatch, joined_copy
+from fastchgnet.data.batch import GraphBatch, collate, joined_copy
 from fastchgnet.data.capacity import (
     Capacity,
     Counts,
@@ -98,7 +98,8 @@ class CompiledPotential:
         model: the model (any mode); put in eval mode here.
         backend: torch.compile backend ("inductor"; "aot_eager" traces the same graph and runs
             it without code generation: for tests), or "torchscript" (the trace run by
-            TorchScript, ``compile.script``: a build of about two seconds, no store).
+            TorchScript, ``compile.script``: a build of seconds, no store, and calls not
+            padded: ``pads``).
         headroom: fractional margin on bonds (0.2: 20 % more than the first call; angles get
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
@@ -177,6 +178,13 @@ class CompiledPotential:
         model.eval()
 
     @property
+    def pads(self) -> bool:
+        """Whether calls are padded to capacities: not with TorchScript, whose graphs take any
+        sizes (``compile.script.ScriptedProgram``); capacities, shrinking, ``max_shapes``,
+        ``max_oversize`` and ``patience`` then do nothing."""
+        return self.backend != "torchscript" or self.captured[False, False].eager
+
+    @property
     def graphs_built(self) -> int:
         """Compiled graphs so far, both stress settings together."""
         return sum(c.stats.graphs for c in self.captured.values())
@@ -201,6 +209,9 @@ class CompiledPotential:
         shape is the one they fit or the one they would make once patience runs out."""
         captured = self.captured[stress, False]
         self.model.eval()
+        if not self.pads:
+            with torch.no_grad():
+                return 0.0 if captured.is_compiled(self._collated(graphs)) else cold_estimate
         capacity = self._would_use(Counts.of(graphs))
         if capacity is None:  # the calls run eagerly
             return 0.0
@@ -217,7 +228,7 @@ class CompiledPotential:
         """Padded entries per real one (atoms + bonds + angles, >= 1) of the capacity a first
         call on ``graphs`` would make (none is made here)."""
         counts = Counts.of(graphs)
-        return entries(self._fresh(counts)) / counts.entries
+        return entries(self._fresh(counts)) / counts.entries if self.pads else 1.0
 
     def _fresh(self, counts: Counts) -> Capacity:
         """The capacity a first call with ``counts`` makes: the counts with headroom."""
@@ -308,6 +319,11 @@ class CompiledPotential:
         batch, _ = collate_padded(graphs, capacity, None, parameter.dtype)
         return contiguous(batch.to(parameter.device))
 
+    def _collated(self, graphs: Sequence[CrystalGraph]) -> GraphBatch:
+        """``graphs`` collated as they are, in the model's dtype and on its device."""
+        parameter = next(iter(self.model.parameters()))
+        return collate(graphs, dtype=parameter.dtype).to(parameter.device)
+
     def predict_graphs(
         self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
     ) -> Prediction:
@@ -326,6 +342,12 @@ class CompiledPotential:
         if self.model.training:  # the captured programs are specialised on eval mode
             self.model.eval()  # (a walk of every module, about 0.24 ms: only when needed)
         counts = Counts.of(graphs)
+        if not self.pads:  # TorchScript takes any sizes: the graphs as they are
+            self.padding.add(counts.entries, None)
+            batch = self._collated(graphs)
+            with torch.no_grad(), flush_denormals():
+                prediction = self.captured[stress, features].predict(batch)
+            return real_part(prediction, graphs, stress, features, copy=False)
         capacity = self._capacity_for(counts, graphs)
         if capacity is None or self._oversized(capacity, counts):
             self.eager_calls += 1

@@ -3,7 +3,7 @@
 Inductor turns a traced graph (``trace.trace_program``) into fused C++ kernels; on a CPU that
 build takes 20-60 s. TorchScript's interpreter runs the same aten graph op by op in C++: no
 kernel is generated or fused, but no Python runs per op either, and the build takes well under
-a second after the 1-2 s trace. On small structures, where an eager call is mostly per-op
+a second after the 2-3 s symbolic trace. On small structures, where an eager call is mostly per-op
 overhead (Python, autograd bookkeeping, the derivative graph), that is most of the gain: the
 LiMnO2 force-and-stress call (8 atoms, 1461 graph ops, 2 threads) took 7.0 ms against 9.8 ms
 eager and 10.0 ms for the same graph run by FX's Python code.
@@ -12,15 +12,45 @@ torch 2.13 marks ``torch.jit.script`` deprecated (its warning is silenced here, 
 is deliberate). A torch without it, or Python 3.14 and later (where torch does not support
 it), leaves TorchScript out of the compile decision (``decide.capture_backends``), and asking
 for it by name raises in one line.
+
+The interpreter runs any sizes, so a TorchScript capture is traced once with symbolic sizes
+(``trace.trace_program(free_counts=True)``: atoms, bonds, angles, structures and short bonds)
+and serves every batch unpadded (``ScriptedProgram``): no capacity, no padding and no second
+build when an MD run's bonds outgrow a shape. Sizes of 0 or 1 still trace as constants, and a
+size the model branches on would too; each graph keeps the trace's guards (``SizeGuard``,
+about 3 us a call) and a batch that breaks them gets a graph of its own (a relaxation that
+ends with one structure left builds twice).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
+import time
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+import sympy
 import torch
-from torch import fx
+from torch import Tensor, fx
+
+from fastchgnet.compile.trace import (
+    Program,
+    batch_inputs,
+    model_state,
+    rebuild,
+    short_bonds_input,
+    trace_program,
+)
+from fastchgnet.data.batch import GraphBatch
+from fastchgnet.data.labels import LabelBatch
+
+if TYPE_CHECKING:
+    from fastchgnet.compile.capture import CaptureStats
+
+log = logging.getLogger("fastchgnet.compile")
 
 
 def script_graph(graph_module: fx.GraphModule) -> torch.jit.ScriptModule:
@@ -55,3 +85,111 @@ def available() -> bool:
     """Whether TorchScript can be used here: this torch still has ``torch.jit.script``, and
     Python is older than 3.14 (torch does not support TorchScript on 3.14 and later)."""
     return sys.version_info < (3, 14) and callable(getattr(torch.jit, "script", None))
+
+
+class SizeGuard:
+    """For which input sizes a ``free_counts`` trace holds: its shape environment's guards
+    (and the symbols it equated or fixed), over the first sizes of the graph's inputs, and the
+    first sizes of 0 or 1 it traced as constants (inputs from ``free_from`` on), as one
+    compiled Python expression."""
+
+    def __init__(self, graph_module: fx.GraphModule, free_from: int) -> None:
+        from torch.utils._sympy.printers import PythonPrinter
+
+        env = graph_module.shape_env
+        exprs = [guard.expr for guard in env.guards]
+        exprs += [sympy.Eq(symbol, value) for symbol, value in env.replacements.items()]
+        symbols = sorted({s for expr in exprs for s in expr.free_symbols}, key=str)
+        self.positions = [_input_position(env, symbol) for symbol in symbols]
+        printer = PythonPrinter()
+        tests = [printer.doprint(expr) for expr in exprs]
+        arguments = list(map(str, symbols))
+        placeholders = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
+        for k, node in enumerate(placeholders[free_from:], start=free_from):
+            size = node.meta["val"].shape[0] if node.meta["val"].dim() else None
+            if isinstance(size, int):  # a 0 or 1 made a constant: no symbol, no guard
+                arguments.append(f"fixed{k}")
+                tests.append(f"fixed{k} == {size}")
+                self.positions.append(k)
+        self.text = " and ".join(f"({test})" for test in tests) or "True"
+        code = f"lambda {', '.join(arguments)}: {self.text}"
+        self._check = eval(code, {"math": math})  # our own trace's sizes
+
+    def __call__(self, inputs: Sequence[Tensor]) -> bool:
+        """Whether the graph holds for ``inputs`` (the graph's inputs, in order)."""
+        return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
+
+
+def _input_position(env: object, symbol: sympy.Symbol) -> int:
+    """Which graph input's first size ``symbol`` stands for (``trace._symbolic_inputs`` names
+    input k's source "input{k}")."""
+    source = env.var_to_sources[symbol][0]  # type: ignore[attr-defined]
+    name, index = source.base.name, getattr(source, "idx", None)
+    if not name.startswith("input") or index != 0:
+        raise RuntimeError(f"size symbol {symbol} is not a first size of an input ({source})")
+    return int(name.removeprefix("input"))
+
+
+class ScriptedProgram:
+    """A program run by TorchScript on inputs of any sizes: TorchScript graphs of
+    ``free_counts`` traces, each with its ``SizeGuard``.
+
+    Args:
+        trace: the ``free_counts`` trace of the program at these graph inputs.
+        inputs: the first call's graph inputs; its graph is built here.
+        stats: counts every later build (a batch no graph holds for) and its seconds.
+        free_from: the first input whose first size is free (the model's state comes first).
+    """
+
+    def __init__(
+        self,
+        trace: Callable[[Sequence[Tensor]], fx.GraphModule],
+        inputs: Sequence[Tensor],
+        stats: CaptureStats,
+        free_from: int,
+    ) -> None:
+        self._trace = trace
+        self._free_from = free_from
+        self._stats = stats
+        self.graphs: list[tuple[SizeGuard, torch.jit.ScriptModule]] = []
+        self._add(inputs)
+
+    def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
+        traced = self._trace(inputs)
+        guard = SizeGuard(traced, self._free_from)
+        graph = script_graph(traced)
+        self.graphs.append((guard, graph))
+        return graph
+
+    def __call__(self, *inputs: Tensor) -> tuple:
+        """The program's outputs for ``inputs`` (the graph inputs)."""
+        for guard, graph in self.graphs:
+            if guard(inputs):
+                return graph(*inputs)
+        start = time.perf_counter()
+        graph = self._add(inputs)
+        seconds = time.perf_counter() - start
+        self._stats.graphs += 1
+        self._stats.compile_seconds += seconds
+        log.info("graph %d (TorchScript, new sizes): built in %.1f s", self._stats.graphs, seconds)
+        return graph(*inputs)
+
+
+def scripted_program(
+    model: torch.nn.Module,
+    program: Program,
+    batch: GraphBatch,
+    labels: LabelBatch | None,
+    stats: CaptureStats,
+) -> ScriptedProgram:
+    """``program`` of ``model`` as a ``ScriptedProgram``, its first graph built for ``batch``
+    (and ``labels``); it takes ``model_state(model)[1] + batch_inputs(batch, labels) +
+    [short_bonds_input(batch)]``."""
+    n_state, with_labels = len(model_state(model)[0]), labels is not None
+
+    def trace(inputs: Sequence[Tensor]) -> fx.GraphModule:
+        graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
+        return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
+
+    inputs = [*model_state(model)[1], *batch_inputs(batch, labels), short_bonds_input(batch)]
+    return ScriptedProgram(trace, inputs, stats, n_state)

@@ -118,6 +118,7 @@ def trace_program(
     labels: LabelBatch | None = None,
     *,
     symbolic: bool = False,
+    free_counts: bool = False,
 ) -> fx.GraphModule:
     """Trace ``program(model, batch, labels)`` for this batch's shapes into an aten graph.
 
@@ -126,6 +127,10 @@ def trace_program(
     ``symbolic``: the first size of every per-atom, per-bond and per-angle input stays a
     symbol (``entry_sized``), so one graph serves batches of other sizes; the model's widths,
     the structure count and ``n_short_bonds`` stay constants, as inductor's kernels want them.
+    ``free_counts`` (implies ``symbolic``): the structure count and ``n_short_bonds`` are
+    symbols too, the latter read from one more input, ``short_bonds_input(batch)``; sizes of
+    0 or 1 still become constants, and the graph's ``shape_env.guards`` say for which sizes
+    it holds (``script.SizeGuard`` checks them per call).
     """
     names, state = model_state(model)
     n_state = len(names)
@@ -136,16 +141,34 @@ def trace_program(
 
     def flat_program(*flat: Tensor) -> tuple[Tensor | None, ...]:
         values = {f"model.{name}": value for name, value in zip(names, flat[:n_state], strict=True)}
-        graph_batch, graph_labels = rebuild(flat[n_state:], n_short_bonds, with_labels)
+        if free_counts:
+            rest, short = flat[n_state:-1], flat[-1].shape[0]
+        else:
+            rest, short = flat[n_state:], n_short_bonds
+        graph_batch, graph_labels = rebuild(rest, short, with_labels)
         return torch.func.functional_call(runner, values, (graph_batch, graph_labels))
 
+    symbolic = symbolic or free_counts
     mode = "symbolic" if symbolic else "fake"
     inputs = [*state, *batch_inputs(batch, labels)]
+    if free_counts:
+        inputs.append(short_bonds_input(batch))
+        with separate_sizes():
+            inputs = _symbolic_inputs(inputs, [False] * n_state + [True] * (len(inputs) - n_state))
+            traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
+        strip_detach(traced)
+        return traced
     if symbolic:
         inputs = _symbolic_inputs(inputs, [False] * n_state + entry_sized(with_labels))
     traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
     strip_detach(traced)
     return traced
+
+
+def short_bonds_input(batch: GraphBatch) -> Tensor:
+    """An empty (n_short_bonds, 0) tensor: how a ``free_counts`` graph takes ``n_short_bonds``
+    (its last input), as a size it reads, not a constant traced in."""
+    return batch.lattice.new_empty((batch.n_short_bonds, 0))
 
 
 def shape_key(batch: GraphBatch, labels: LabelBatch | None) -> tuple:

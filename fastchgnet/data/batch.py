@@ -58,11 +58,13 @@ class GraphBatch:
 
     @property
     def n_structures(self) -> int:
-        return int(self.lattice.shape[0])
+        """Structures in the batch (a symbol under a ``free_counts`` trace, not a constant)."""
+        return self.lattice.shape[0]
 
     @property
     def n_bonds(self) -> int:
-        return int(self.bond_atoms.shape[0])
+        """Bonds in the batch (a symbol under a symbolic trace, not a constant)."""
+        return self.bond_atoms.shape[0]
 
     def to(
         self,

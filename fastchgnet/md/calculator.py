@@ -108,7 +108,8 @@ class Calculator(AseCalculator):
         model: a ``FastCHGNet`` or a ``Potential`` (e.g. a ``CompiledPotential``).
         compiled: wrap a plain model in a ``CompiledPotential`` (fixed capacities: MD steps
             reuse one compiled graph). True or "inductor": the first call compiles, tens of
-            seconds on a CPU; "torchscript": about two seconds, a smaller gain per call.
+            seconds on a CPU; "torchscript": about three seconds, for any sizes (no padding),
+            a smaller gain per call.
         skin: Verlet skin, Å, for reusing neighbour searches between steps (0: search every
             step). The graph is always the one ``build_graph`` gives at the current positions.
         backend: neighbour rule to reproduce, as ``build_graph``.

@@ -195,7 +195,7 @@ def run_md(
             made for the largest of them serves the run); None (default): compile when it
             pays over ``steps``, with the capture that pays most (``fastchgnet.compile.decide``:
             a cold CPU inductor build costs about half a minute, a warm start from the on-disk
-            store about a second, a TorchScript build about two), and go back to eager if the
+            store about a second, a TorchScript build about three), and go back to eager if the
             compiled calls then measure no faster; the decision and its reason are logged
             (logger ``fastchgnet.md``) and printed with the progress bar.
 
@@ -350,7 +350,8 @@ def md_compile_decision(
 
     def price(backend: str) -> tuple[float, float, Potential]:
         potential = compiled_potential(model, backend=backend, **options)
-        padding = potential.padding_for(graphs) * MD_SHAPE_SLACK if device == "cpu" else 1.0
+        slack = MD_SHAPE_SLACK if potential.pads else 1.0  # TorchScript runs the graphs as is
+        padding = potential.padding_for(graphs) * slack if device == "cpu" else 1.0
         fraction, cold = compiled_call_model(
             device, eager_seconds, padding, potential.store, backend
         )

@@ -220,9 +220,10 @@ def relax(
         compiled: run a plain model as a ``CompiledPotential`` with ``RELAX_COMPILE``
             (True or "inductor": at most 4 shapes, each compiled once, 80-110 s on this CPU
             when the on-disk store is cold, so it pays off for long runs; "torchscript":
-            about two seconds a shape, a smaller gain per call). A ``CompiledPotential``
-            passed as ``model`` keeps its own options. None (default): batched, a plain
-            model compiles when it pays (see the module docstring); unbatched, it stays eager.
+            about three seconds, once for any sizes, a smaller gain per call). A
+            ``CompiledPotential`` passed as ``model`` keeps its own options. None (default):
+            batched, a plain model compiles when it pays (see the module docstring);
+            unbatched, it stays eager.
 
     Returns:
         A RelaxResult for one structure, else a list in input order.

@@ -15,7 +15,9 @@ from fastchgnet.compile.decide import capture_backends
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.programs import predict_program
 from fastchgnet.compile.script import script_graph
-from fastchgnet.compile.trace import batch_inputs, model_state, trace_program
+from fastchgnet.compile.trace import batch_inputs, model_state, short_bonds_input, trace_program
+from fastchgnet.data.batch import collate
+from fastchgnet.data.graph import build_graph
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.md.relax import relax
@@ -40,21 +42,56 @@ def test_a_scripted_trace_gives_what_the_eager_model_gives(forces):
         torch.testing.assert_close(value, getattr(eager, name), rtol=1e-10, atol=1e-10)
 
 
-def test_the_torchscript_capture_builds_once_per_shape_without_dynamo():
+def _collated(structures, dtype=torch.float64):
+    return collate([build_graph(s) for s in structures], dtype=dtype)
+
+
+def test_one_torchscript_graph_serves_batches_of_any_size_without_dynamo():
     model = small_model("conservative", torch.float64).eval()
     captured = CapturedModel(model, backend="torchscript")
-    batch, _ = padded_batch(torch.float64)
+    crystals = varied_structures(6, seed=5, max_atoms=8)
+    batches = [crystals[:2], crystals[2:5], crystals[1:3], crystals[3:6]]
     with torch.no_grad():
-        first = captured.predict(batch)
-        again = captured.predict(batch)
-    assert captured.stats.graphs == 1
+        for structures in batches:  # other atoms, bonds, angles and short bonds each time
+            batch = _collated(structures)
+            got = captured.predict(batch)
+            eager = model(batch, compute_forces=True, compute_stress=True)
+            for name in ("energy", "forces", "stress", "magmoms"):
+                torch.testing.assert_close(
+                    getattr(got, name), getattr(eager, name), rtol=1e-10, atol=1e-10
+                )
+    assert captured.stats.graphs == 1  # one trace for all four
     assert captured.stats.dynamo_frames == 0  # no torch.compile anywhere
     assert captured.stats.compile_seconds > 0
-    torch.testing.assert_close(again.forces, first.forces, rtol=1e-12, atol=1e-12)
-    eager = model(batch, compute_forces=True, compute_stress=True)
-    torch.testing.assert_close(first.forces, eager.forces, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match=r"torchscript.*fixed shapes"):
+    with pytest.raises(ValueError, match=r"torchscript.*any sizes"):
         CapturedModel(model, backend="torchscript", dynamic=True)
+
+
+def test_a_batch_outside_a_graphs_guards_gets_a_graph_of_its_own():
+    """A size of 1 traces as a constant: a graph traced on one structure would give wrong
+    energies for two (the structure sum is fixed at one row); its guard sends them to a new
+    graph, and later single structures back to the first."""
+    model = small_model("conservative", torch.float64).eval()
+    captured = CapturedModel(model, backend="torchscript", compute_stress=False)
+    crystals = varied_structures(4, seed=7, max_atoms=8)
+    with torch.no_grad():
+        for structures, graphs in ([crystals[:1], 1], [crystals[1:3], 2], [crystals[3:], 2]):
+            batch = _collated(structures)
+            got = captured.predict(batch)
+            eager = model(batch, compute_forces=True, compute_stress=False)
+            torch.testing.assert_close(got.energy, eager.energy, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(got.forces, eager.forces, rtol=1e-10, atol=1e-10)
+            assert captured.stats.graphs == graphs
+    (program,) = captured._compiled.values()
+    single, pair = (guard for guard, _ in program.graphs)
+    state = model_state(model)[1]
+    inputs = [
+        *state,
+        *batch_inputs(_collated(crystals[1:3])),
+        short_bonds_input(_collated(crystals[1:3])),
+    ]
+    assert pair(inputs)
+    assert not single(inputs)
 
 
 def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypatch):
@@ -71,6 +108,10 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypa
         positions.append(atoms.positions.copy())
     np.testing.assert_allclose(positions[1], positions[0], atol=1e-9)
     assert potential.graphs_built == 1
+    assert potential.padding.batches == 9
+    assert potential.padding.padded == 0
+    assert not potential.pads
+    assert potential.padding_for([Calculator(model).graph(crystal)]) == 1
     structures = varied_structures(2, seed=2, max_atoms=4)
     eager = relax(structures, model, steps=4, compiled=False, progress=False)
     built = []
@@ -85,6 +126,8 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypa
     assert relaxing.backend == "torchscript"
     assert relaxing.graphs_built >= 1
     assert relaxing.padding.batches >= 3  # the relaxation's calls ran through its graphs
+    assert relaxing.eager_calls == 0
+    assert relaxing.padding.padded == 0
     for a, b in zip(eager, scripted, strict=True):
         assert b.energy == pytest.approx(a.energy, abs=1e-9)
     with pytest.raises(ValueError, match="compiled='tvm'"):
