@@ -345,7 +345,7 @@ def _compile_chooser(
     """Given the second (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
     with ``RELAX_COMPILE`` when compiling pays over ``calls`` calls, else None; logs and, with
     ``progress``, prints the decision. The cost is a cold compile of each of
-    ``RELAX_MAX_SHAPES`` shapes; a compiled call is expected to take what
+    ``RELAX_MAX_SHAPES`` shapes (one TorchScript build); a compiled call is expected to take what
     ``compiled_call_model`` (``fastchgnet.compile.decide``) says for the device and, on a CPU,
     for its instruction set and the padding of the shape the first call would make (bench_relax
     measured 1.23 padded entries per real one over a whole run of 16 crystals, stop 32, where
@@ -358,8 +358,10 @@ def _compile_chooser(
             fraction, cold = compiled_call_model(
                 device, eager_seconds, potential.padding_for(graphs), potential.store, backend
             )
-            # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES
-            return fraction, RELAX_MAX_SHAPES * cold, potential
+            # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES;
+            # TorchScript builds one graph for any sizes (the same run: 1 graph)
+            builds = RELAX_MAX_SHAPES if potential.pads else 1
+            return fraction, builds * cold, potential
 
         device = next(model.parameters()).device.type
         what = f"relaxation (~{calls} calls)"

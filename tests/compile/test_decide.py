@@ -315,6 +315,24 @@ def test_a_short_relaxation_stays_eager_and_says_why(aot_eager, capsys) -> None:
     assert aot_eager[0].eager_calls == 0  # never asked to predict
 
 
+def test_a_relaxation_prices_inductor_for_every_shape_and_torchscript_for_one_build(
+    monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(
+        relax_module,
+        "compiled_potential",
+        lambda model, **options: CompiledPotential(model, **(options | {"store": None})),
+    )
+    monkeypatch.setattr(decide_module, "compiled_call_model", lambda *args: (0.9, 10.0))
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    relax_module.relax(structures, small_model("conservative"), steps=3, progress=True)
+    reason = capsys.readouterr().err
+    assert "compile off for this relaxation (~3 calls) with torchscript: compiling costs ~10 s" in (
+        reason
+    )
+    assert f"[inductor: ~{10 * relax_module.RELAX_MAX_SHAPES} s build" in reason
+
+
 def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
     aot_eager, monkeypatch, capsys
 ) -> None:
