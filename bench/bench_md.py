@@ -180,14 +180,15 @@ def compiled_md(atoms: Atoms, potential: CompiledPotential) -> tuple[object, flo
     """(dynamics, compile seconds, eager steps) of our compiled calculator on ``atoms``, as
     ``run_md`` runs it: MD steps run eagerly while the potential's patience lasts (they size
     its one shape), then the step that makes the shape traces and compiles it (or loads it
-    from the store); all before any timing. The compile seconds are that step's."""
+    from the store); all before any timing. The compile seconds are that step's. A potential
+    that does not pad (TorchScript) builds at its first step."""
     atoms.calc = Calculator(potential)
     dyn = make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
     eager_steps, compile_seconds = 0, 0.0
-    while not potential.capacities:
+    while not potential.has_graphs:
         start = time.perf_counter()
         dyn.run(1)
-        if potential.capacities:
+        if potential.has_graphs:
             compile_seconds = time.perf_counter() - start
         else:
             eager_steps += 1
@@ -326,7 +327,7 @@ def main() -> None:
         )
         moved = dyns["compiled"].atoms  # the compiled run's atoms after its timed steps
         real = Counts.of([moved.calc.graph(moved)]).entries
-        pads[name] = entries(potential.capacities[0]) / real
+        pads[name] = entries(potential.capacities[0]) / real if potential.pads else 1.0
         defaults[name] = (
             decision,
             ours_total,
@@ -355,6 +356,9 @@ def main() -> None:
             f"{ref_flushed_total / ours_total:6.2f}x"
         )
         print(f"{'':26s} {decision.reason}")
+        if not potentials[name].pads:
+            print(f"{'':26s} {potentials[name].backend}: unpadded calls, any sizes")
+            continue
         capacity = potentials[name].capacities[0]
         print(
             f"{'':26s} compiled shape {capacity}: {pads[name]:.2f} padded entries per real one "

@@ -38,6 +38,10 @@ On a CPU the programs are compiled ahead of time and kept in the on-disk store
 about a second. ``expected_compile_seconds`` says what a call would cost before making it,
 for the compile-or-not decision (``fastchgnet.compile.decide``).
 
+With ``backend="torchscript"`` none of this applies (``pads`` is False): TorchScript's graphs
+take any sizes (``compile.script.ScriptedProgram``), so every call runs its graphs as they are,
+unpadded, and one build serves an MD run or a relaxation whatever its bond counts do.
+
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
 sharing the capacities.
@@ -193,6 +197,12 @@ class CompiledPotential:
     def compile_seconds(self) -> float:
         """Seconds spent tracing and compiling so far."""
         return sum(c.stats.compile_seconds for c in self.captured.values())
+
+    @property
+    def has_graphs(self) -> bool:
+        """Whether a compiled graph was built or loaded yet (a padded potential makes its first
+        when its patience runs out, a TorchScript one at its first call)."""
+        return self.graphs_built + self.graphs_loaded > 0
 
     @property
     def graphs_loaded(self) -> int:

@@ -305,8 +305,8 @@ def _keep_if_faster(
     eager_seconds: float,
     progress: bool,
 ) -> Callable[[], None]:
-    """An MD observer that, at the first step after ``potential`` has made its compiled shape
-    (its first ``patience`` calls run eagerly), times its calls (``call_seconds``) and gives
+    """An MD observer that, at the first step after ``potential`` has built its first graph
+    (a padded one after its ``patience`` eager calls), times its calls (``call_seconds``) and gives
     ``atoms``' calculator back its ``eager`` (potential, features) when they are no faster
     than ``eager_seconds``: a padded shape can lose at one thread. It does nothing after that
     step."""
@@ -314,7 +314,7 @@ def _keep_if_faster(
 
     def check() -> None:
         nonlocal done
-        if done or not potential.capacities:
+        if done or not potential.has_graphs:
             return
         done = True
         compiled = call_seconds(atoms)

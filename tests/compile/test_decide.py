@@ -465,3 +465,20 @@ def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(aot_eager, m
     assert (inductor.graphs_built, script.graphs_built) == (0, 1)
     eager = dynamics.run_md(structure, model, compiled=False, **run)
     np.testing.assert_allclose(atoms.positions, eager.positions, atol=1e-8)
+
+
+def test_a_torchscript_md_run_slower_than_eager_goes_back_to_eager(monkeypatch, capsys):
+    # the real TorchScript potential, which makes no capacity: timed after its first build
+    monkeypatch.setattr(
+        dynamics,
+        "compiled_potential",
+        lambda model, **options: CompiledPotential(model, **(options | {"store": None})),
+    )
+    timings(monkeypatch, eager=0.012, compiled=0.05)
+    monkeypatch.setattr("fastchgnet.compile.decide.SCRIPT_BUILD_SECONDS", 0.1)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=400, seed=4)
+    err = capsys.readouterr().err
+    assert "compile on for this 400-step MD with torchscript" in err
+    assert "compiled calls took 50 ms, no faster than eager 12 ms: the run goes on eager" in err
+    assert type(atoms.calc.model).__name__ == "EagerPotential"
