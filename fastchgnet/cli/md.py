@@ -24,13 +24,15 @@ MD_EPILOG = (
 
 RELAX_COMPILE_HELP = (
     "compile the model for a few padded shapes that shrink as structures converge: 'on' "
-    "(inductor), 'torchscript' (builds in seconds, gains less), 'off', or 'auto' (default): "
+    "(inductor), 'torchscript' (builds in seconds for any sizes, unpadded, gains less), 'off', "
+    "or 'auto' (default): "
     "the capture that saves the most over the expected steps net of its build, judged from "
     "the first (eager) step, or none; the decision is printed"
 )
 MD_COMPILE_HELP = (
     "compile the model for the run's padded shape: 'on' (inductor), 'torchscript' (builds in "
-    "seconds, gains less), 'off', or 'auto' (default): the capture that saves the most over "
+    "seconds for any sizes, unpadded, gains less), 'off', or 'auto' (default): the capture "
+    "that saves the most over "
     "--steps net of its build (a cold CPU inductor build takes about half a minute, a shape "
     "already in the on-disk store about a second), or none; the decision is printed"
 )

@@ -269,7 +269,7 @@ class CapturedModel:
 
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         """What picks a compiled program in this process: kind, grad and train modes, the
-        shapes (with ``dynamic``: only the inputs' ranks and the structure count), and the
+        shapes (``dynamic``: ranks and structure count; TorchScript: ranks), and the
         model's arithmetic (``FastCHGNet.precision``, traced into the graph)."""
         mode = (kind, torch.is_grad_enabled(), self.model.training)
         shapes, *rest = shape_key(batch, labels)

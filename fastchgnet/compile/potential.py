@@ -95,8 +95,8 @@ def contiguous(batch: GraphBatch) -> GraphBatch:
 
 
 class CompiledPotential:
-    """A FastCHGNet run compiled for a few fixed capacities: a ``Potential`` for prediction,
-    the calculator, relaxation and MD.
+    """A FastCHGNet run compiled for a few fixed capacities (TorchScript: for any sizes,
+    unpadded, ``pads``): a ``Potential`` for prediction, the calculator, relaxation and MD.
 
     Args:
         model: the model (any mode); put in eval mode here.
@@ -338,7 +338,8 @@ class CompiledPotential:
         self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
     ) -> Prediction:
         """One padded, compiled model call for ``graphs`` (an eager, unpadded one past
-        ``max_shapes`` or ``max_oversize``); the Prediction of the real ones (the
+        ``max_shapes`` or ``max_oversize``; an unpadded one with TorchScript, ``pads``); the
+        Prediction of the real ones (the
         ``fastchgnet.model.potential.Potential`` interface).
 
         Returns:

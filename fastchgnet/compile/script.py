@@ -88,46 +88,69 @@ def available() -> bool:
 
 
 class SizeGuard:
-    """For which input sizes a ``free_counts`` trace holds: its shape environment's guards
-    (and the symbols it equated or fixed), over the first sizes of the graph's inputs, and the
-    first sizes of 0 or 1 it traced as constants (inputs from ``free_from`` on), as one
-    compiled Python expression."""
+    """For which input sizes a ``free_counts`` trace holds, as one compiled Python expression
+    over the first sizes of the graph's inputs: its shape environment's guards, the symbols it
+    equated or fixed, every free size's range (a symbol is made only for sizes of 2 and more,
+    and checks against 0 or 1 are then settled by that range without a guard), and the first
+    sizes of 0 or 1 it traced as constants (inputs from ``free_from`` on)."""
 
     def __init__(self, graph_module: fx.GraphModule, free_from: int) -> None:
+        from torch.utils._sympy.numbers import int_oo
         from torch.utils._sympy.printers import PythonPrinter
 
         env = graph_module.shape_env
+        placeholders = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
         exprs = [guard.expr for guard in env.guards]
         exprs += [sympy.Eq(symbol, value) for symbol, value in env.replacements.items()]
-        symbols = sorted({s for expr in exprs for s in expr.free_symbols}, key=str)
+        free = [node.meta["val"].shape[0] for node in placeholders[free_from:]]
+        symbols = {s for expr in exprs for s in expr.free_symbols}
+        symbols |= {s for size in free if isinstance(size, torch.SymInt) for s in _symbols(size)}
+        symbols = sorted(symbols, key=str)
+        for symbol in symbols:  # the range each symbol was traced for, [2, inf) unless narrowed
+            bounds = env.var_to_range[symbol]
+            exprs.append(sympy.Ge(symbol, bounds.lower))
+            if bounds.upper not in (sympy.oo, int_oo):
+                exprs.append(sympy.Le(symbol, bounds.upper))
         self.positions = [_input_position(env, symbol) for symbol in symbols]
         printer = PythonPrinter()
         tests = [printer.doprint(expr) for expr in exprs]
         arguments = list(map(str, symbols))
-        placeholders = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
-        for k, node in enumerate(placeholders[free_from:], start=free_from):
-            size = node.meta["val"].shape[0] if node.meta["val"].dim() else None
+        for k, size in enumerate(free, start=free_from):
             if isinstance(size, int):  # a 0 or 1 made a constant: no symbol, no guard
                 arguments.append(f"fixed{k}")
                 tests.append(f"fixed{k} == {size}")
                 self.positions.append(k)
         self.text = " and ".join(f"({test})" for test in tests) or "True"
         code = f"lambda {', '.join(arguments)}: {self.text}"
-        self._check = eval(code, {"math": math})  # our own trace's sizes
+        self._check = eval(code, {"math": math, "torch": torch})  # our own trace's sizes
 
     def __call__(self, inputs: Sequence[Tensor]) -> bool:
         """Whether the graph holds for ``inputs`` (the graph's inputs, in order)."""
         return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
 
 
+def _symbols(size: torch.SymInt) -> set[sympy.Symbol]:
+    """The size symbols in a symbolic size."""
+    return set(size.node.expr.free_symbols)
+
+
 def _input_position(env: object, symbol: sympy.Symbol) -> int:
     """Which graph input's first size ``symbol`` stands for (``trace._symbolic_inputs`` names
     input k's source "input{k}")."""
+    from torch._dynamo.source import TensorProperty
+
     source = env.var_to_sources[symbol][0]  # type: ignore[attr-defined]
     name, index = source.base.name, getattr(source, "idx", None)
-    if not name.startswith("input") or index != 0:
+    first_size = getattr(source, "prop", None) is TensorProperty.SIZE and index == 0
+    if not name.startswith("input") or not first_size:
         raise RuntimeError(f"size symbol {symbol} is not a first size of an input ({source})")
     return int(name.removeprefix("input"))
+
+
+#: More graphs than this for one program is logged as a warning: the guards hold only sizes
+#: of 0 or 1 apart (a structure, short bond or angle count of 0 or 1), so a run that keeps
+#: building means a size the model turned into a constant.
+WARN_GRAPHS = 4
 
 
 class ScriptedProgram:
@@ -157,8 +180,17 @@ class ScriptedProgram:
     def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
         traced = self._trace(inputs)
         guard = SizeGuard(traced, self._free_from)
+        if not guard(inputs):
+            raise RuntimeError(f"a TorchScript graph's guard rejects its own inputs: {guard.text}")
         graph = script_graph(traced)
         self.graphs.append((guard, graph))
+        if len(self.graphs) > WARN_GRAPHS:
+            log.warning(
+                "%d TorchScript graphs for one program: batch sizes keep breaking the guards "
+                "(the last: %s)",
+                len(self.graphs),
+                guard.text,
+            )
         return graph
 
     def __call__(self, *inputs: Tensor) -> tuple:

@@ -1,4 +1,5 @@
-"""Trace a model call for one fixed batch shape into a flat aten graph (make_fx).
+"""Trace a model call for one batch shape (or, symbolically, any sizes) into a flat aten graph
+(make_fx).
 
 Conservative forces are ``autograd.grad`` of the energy inside ``forward``; torch.compile's
 AOTAutograd cannot differentiate through a compiled region twice. ``make_fx`` runs the call
@@ -29,7 +30,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from fastchgnet.data.batch import FIELDS, GraphBatch
 from fastchgnet.data.labels import LABEL_FIELDS, LabelBatch
 
-#: GraphBatch tensor fields in graph-input order (``n_short_bonds`` is baked into a trace).
+#: GraphBatch tensor fields in graph-input order (``n_short_bonds`` is baked into a trace, or
+#: with ``free_counts`` read from ``short_bonds_input``).
 BATCH_TENSORS: tuple[str, ...] = tuple(
     f.name for f in fields(GraphBatch) if f.name != "n_short_bonds"
 )
@@ -215,7 +217,7 @@ def _symbolic_inputs(inputs: list[Tensor], first_symbolic: list[bool]) -> list[T
     fakes = []
     for k, (tensor, symbolic) in enumerate(zip(inputs, first_symbolic, strict=True)):
         sizes = [DimDynamic.STATIC] * tensor.dim()
-        if symbolic:
+        if symbolic and tensor.dim():
             sizes[0] = DimDynamic.DYNAMIC
         context = StatelessSymbolicContext(dynamic_sizes=sizes)
         source = ConstantSource(f"input{k}")

@@ -3,8 +3,9 @@
 The seam to the model is the one potential interface, ``fastchgnet.model.potential.Potential``
 (``predict_graphs(graphs, stress=) -> Prediction``): a FastCHGNet runs as an
 ``EagerPotential``; ``fastchgnet.compile.CompiledPotential`` pads the graphs to a fixed
-capacity and runs the compiled model (``Calculator(model, compiled=True)``); ``relax`` and
-``run_md`` take either.
+capacity and runs the compiled model (``Calculator(model, compiled=True)``), or with
+TorchScript runs them as they are (``compiled="torchscript"``); ``relax`` and ``run_md`` take
+either.
 
 Units at this edge are ASE's: energy eV (total), site energies ``energies`` eV per atom (they
 sum to the energy), forces eV/Å, stress eV/Å^3 as a Voigt

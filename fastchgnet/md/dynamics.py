@@ -189,10 +189,11 @@ def run_md(
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
-        compiled: run a plain model as a ``CompiledPotential`` (True or "inductor";
-            "torchscript": ``compile.script``; ``md_compile_options``: the first
-            ``MD_PATIENCE`` calls, at most a quarter of the run, run eagerly, then one shape
-            made for the largest of them serves the run); None (default): compile when it
+        compiled: run a plain model as a ``CompiledPotential`` (True or "inductor", with
+            ``md_compile_options``: the first ``MD_PATIENCE`` calls, at most a quarter of the
+            run, run eagerly, then one shape made for the largest of them serves the run;
+            "torchscript": ``compile.script``, one build for any sizes, every call unpadded
+            from the first); None (default): compile when it
             pays over ``steps``, with the capture that pays most (``fastchgnet.compile.decide``:
             a cold CPU inductor build costs about half a minute, a warm start from the on-disk
             store about a second, a TorchScript build about three), and go back to eager if the

@@ -17,6 +17,9 @@ structures need at most ``RELAX_SHRINK_BELOW`` of its entries (the input ran dry
 converged) it switches to a tighter one; each shape compiles once, logged. Past
 ``RELAX_MAX_SHAPES`` shapes, or in a capacity more than ``RELAX_MAX_OVERSIZE`` times the size a
 fresh one would have, a call runs eagerly, so a captured step is never much slower than eager.
+With ``compiled="torchscript"`` none of that applies: its graphs take any sizes, so every call
+runs unpadded, and one build serves the run (one more once a single structure is left: the
+structure count 1 traces as a constant).
 
 By default (``compiled=None``) a batched relaxation of a plain model decides after its first
 model call, which it times: it compiles when cold compiles of ``RELAX_MAX_SHAPES`` shapes
@@ -345,7 +348,8 @@ def _compile_chooser(
     """Given the second (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
     with ``RELAX_COMPILE`` when compiling pays over ``calls`` calls, else None; logs and, with
     ``progress``, prints the decision. The cost is a cold compile of each of
-    ``RELAX_MAX_SHAPES`` shapes (one TorchScript build); a compiled call is expected to take what
+    ``RELAX_MAX_SHAPES`` shapes (TorchScript: two builds, one for a single structure); a
+    compiled call is expected to take what
     ``compiled_call_model`` (``fastchgnet.compile.decide``) says for the device and, on a CPU,
     for its instruction set and the padding of the shape the first call would make (bench_relax
     measured 1.23 padded entries per real one over a whole run of 16 crystals, stop 32, where
@@ -359,8 +363,8 @@ def _compile_chooser(
                 device, eager_seconds, potential.padding_for(graphs), potential.store, backend
             )
             # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES;
-            # TorchScript builds one graph for any sizes (the same run: 1 graph)
-            builds = RELAX_MAX_SHAPES if potential.pads else 1
+            # TorchScript builds one graph for any sizes, and one more for a last structure
+            builds = RELAX_MAX_SHAPES if potential.pads else 1 + (len(graphs) > 1)
             return fraction, builds * cold, potential
 
         device = next(model.parameters()).device.type

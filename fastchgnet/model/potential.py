@@ -4,7 +4,8 @@ Everything that runs a model on structures goes through a ``Potential``: batched
 (``predict_structures``, ``FastCHGNet.predict_structure``), the ASE calculator, relaxation and
 molecular dynamics. ``EagerPotential`` runs a FastCHGNet as it is (any batch shape);
 ``fastchgnet.compile.CompiledPotential`` pads the graphs to a few fixed capacities and runs
-the captured model. ``Prediction.split`` is the one per-structure split.
+the captured model (with TorchScript: unpadded, its graphs take any sizes).
+``Prediction.split`` is the one per-structure split.
 
 Units: energy eV/atom (``total_energy`` eV), forces eV/Å, stress GPa (CHGNet's sign), magnetic
 moments μB, site energies eV.

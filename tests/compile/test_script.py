@@ -46,7 +46,9 @@ def _collated(structures, dtype=torch.float64):
     return collate([build_graph(s) for s in structures], dtype=dtype)
 
 
-def test_one_torchscript_graph_serves_batches_of_any_size_without_dynamo():
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the gathers' parallel form (layers.parallel_cpu)
+def test_one_torchscript_graph_serves_batches_of_any_size_without_dynamo(threads):
+    torch.set_num_threads(threads)  # the one_thread fixture restores the count
     model = small_model("conservative", torch.float64).eval()
     captured = CapturedModel(model, backend="torchscript")
     crystals = varied_structures(6, seed=5, max_atoms=8)
@@ -68,30 +70,34 @@ def test_one_torchscript_graph_serves_batches_of_any_size_without_dynamo():
 
 
 def test_a_batch_outside_a_graphs_guards_gets_a_graph_of_its_own():
-    """A size of 1 traces as a constant: a graph traced on one structure would give wrong
-    energies for two (the structure sum is fixed at one row); its guard sends them to a new
-    graph, and later single structures back to the first."""
+    """Sizes of 0 or 1 trace as constants, and free sizes are traced for 2 and more: a graph
+    traced on one structure would give two structures wrong energies (its structure sum is
+    fixed at one row), one traced on two would take one structure for two, and one traced
+    with angles would take a crystal without any. The guards send each to a graph of its own,
+    and batches like one already seen back to its graph."""
     model = small_model("conservative", torch.float64).eval()
     captured = CapturedModel(model, backend="torchscript", compute_stress=False)
-    crystals = varied_structures(4, seed=7, max_atoms=8)
+    crystals = varied_structures(8, seed=7, max_atoms=8)  # 1: no angles; 4, 6, 7: angles
+    runs = [([6], 1), ([4, 7], 2), ([7], 2), ([4, 6, 7], 2), ([1], 3), ([5], 3)]
+    inputs = {}
     with torch.no_grad():
-        for structures, graphs in ([crystals[:1], 1], [crystals[1:3], 2], [crystals[3:], 2]):
-            batch = _collated(structures)
+        for picked, graphs in runs:
+            batch = _collated([crystals[k] for k in picked])
             got = captured.predict(batch)
             eager = model(batch, compute_forces=True, compute_stress=False)
             torch.testing.assert_close(got.energy, eager.energy, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(got.forces, eager.forces, rtol=1e-10, atol=1e-10)
-            assert captured.stats.graphs == graphs
+            assert captured.stats.graphs == graphs, picked
+            state = model_state(model)[1]
+            inputs[tuple(picked)] = [*state, *batch_inputs(batch), short_bonds_input(batch)]
     (program,) = captured._compiled.values()
-    single, pair = (guard for guard, _ in program.graphs)
-    state = model_state(model)[1]
-    inputs = [
-        *state,
-        *batch_inputs(_collated(crystals[1:3])),
-        short_bonds_input(_collated(crystals[1:3])),
-    ]
-    assert pair(inputs)
-    assert not single(inputs)
+    single, pair, bare = (guard for guard, _ in program.graphs)
+    assert single(inputs[7,])
+    assert not single(inputs[4, 7])
+    assert pair(inputs[4, 6, 7])
+    assert not pair(inputs[7,])  # one structure: below the range two were traced for
+    assert not single(inputs[1,])  # no angles
+    assert bare(inputs[5,])
 
 
 def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypatch):
