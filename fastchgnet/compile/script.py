@@ -17,9 +17,9 @@ The interpreter runs any sizes, so a TorchScript capture is traced once with sym
 (``trace.trace_program(free_counts=True)``: atoms, bonds, angles, structures and short bonds)
 and serves every batch unpadded (``ScriptedProgram``): no capacity, no padding and no second
 build when an MD run's bonds outgrow a shape. Sizes of 0 or 1 still trace as constants, and a
-size the model branches on would too; each graph keeps the trace's guards (``SizeGuard``,
-about 3 us a call) and a batch that breaks them gets a graph of its own (a relaxation that
-ends with one structure left builds twice).
+size the model branches on would too; each graph keeps the trace's guards (``SizeGuard``, one
+Python expression over the input sizes per call) and a batch that breaks them gets a graph of
+its own (a relaxation that ends with one structure left builds twice).
 """
 
 from __future__ import annotations

@@ -155,13 +155,9 @@ def trace_program(
     inputs = [*state, *batch_inputs(batch, labels)]
     if free_counts:
         inputs.append(short_bonds_input(batch))
-        with separate_sizes():
-            inputs = _symbolic_inputs(inputs, [False] * n_state + [True] * (len(inputs) - n_state))
-            traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
-        strip_detach(traced)
-        return traced
     if symbolic:
-        inputs = _symbolic_inputs(inputs, [False] * n_state + entry_sized(with_labels))
+        free = [True] * (len(inputs) - n_state) if free_counts else entry_sized(with_labels)
+        inputs = _symbolic_inputs(inputs, [False] * n_state + free)
     traced = make_fx(flat_program, tracing_mode=mode, _allow_non_fake_inputs=True)(*inputs)
     strip_detach(traced)
     return traced
