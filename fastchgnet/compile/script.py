@@ -217,11 +217,12 @@ def scripted_program(
     """``program`` of ``model`` as a ``ScriptedProgram``, its first graph built for ``batch``
     (and ``labels``); it takes ``model_state(model)[1] + batch_inputs(batch, labels) +
     [short_bonds_input(batch)]``."""
-    n_state, with_labels = len(model_state(model)[0]), labels is not None
+    state, with_labels = model_state(model)[1], labels is not None
+    n_state = len(state)
 
     def trace(inputs: Sequence[Tensor]) -> fx.GraphModule:
         graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
         return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
 
-    inputs = [*model_state(model)[1], *batch_inputs(batch, labels), short_bonds_input(batch)]
+    inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]
     return ScriptedProgram(trace, inputs, stats, n_state)
