@@ -4,30 +4,25 @@ A padded batch (``data.padding.collate_padded``) has the shapes of its capacity 
 first call with a new shape traces the model call into an aten graph (``trace.trace_program``:
 conservative forces and stress become plain forward ops) and compiles it with
 ``torch.compile(fullgraph=True, dynamic=False)``; later calls of that shape reuse it. Each
-bucket has its own graph module (code object, dynamo cache entry), so buckets never count
-against dynamo's recompile limit on one function.
-
+bucket has its own graph module, so buckets never count against dynamo's recompile limit.
 On CUDA, ``cuda_graphs=True`` (default there) compiles with mode "reduce-overhead": the
-compiled graph (and its backward) is replayed as a CUDA graph, inputs copied into static
-buffers that torch.compile owns; ``torch.compiler.cudagraph_mark_step_begin`` marks each call.
+graph (and its backward) is replayed as a CUDA graph (``cudagraph_mark_step_begin`` per call).
 ``eager=True`` runs the model as it is (same programs, no trace, no compile).
-``backend="torchscript"`` runs the trace by TorchScript, built in seconds, for batches of any
-size (``compile.script.ScriptedProgram``; unpadded batches are fine).
+``backend="torchscript"`` runs the trace by TorchScript for batches of any size, built in
+seconds (``compile.script.ScriptedProgram``; with ``background``, in a child process).
 
 With ``dynamic=True`` the graph is traced with symbolic sizes of atoms, bonds and angles
 (``trace.entry_sized``) and compiled for any such size (``trace.mark_entry_sizes``): one graph
-serves padded batches that share their structure and short-bond counts
-(``data.capacity.fitted``). CPU training runs so: at one capacity packed batches of 16 carried
-42 % padding and a step took 2444 against 1880 ms fitted (1.30x, 2 threads). Inductor's C++
-sums guard on their length (a cascade above 4096 terms); the first call builds them unguarded
+serves padded batches that share structure and short-bond counts (``data.capacity.fitted``).
+CPU training runs so: at one capacity packed batches of 16 carried 42 % padding and a step
+took 2444 against 1880 ms fitted (1.30x, 2 threads). Inductor's C++ sums guard on their length
+(a cascade above 4096 terms); the first call builds them unguarded
 (``kernel_groups.unguarded_sum_lengths``), so the graph never recompiles for a size. The
 symbolic trace (4.3 s of a warm start at batch 16) is kept in the store and read back in later
 processes (``store.stored_trace``; the store of ``train.step.training_capture``).
-
 With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction graph without
 gradients is compiled ahead of time (AOTInductor) and kept on disk: a later process with the
 same config and shape loads it in well under a second instead of tracing and compiling again.
-
 Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time, and
 ``stats`` counts dynamo's compiled frames too: a recompiling guard shows as frames > graphs.
 """
@@ -98,12 +93,13 @@ CPU_CONSERVATIVE_ACTIVATION_BUDGET = 0.5
 
 @dataclass
 class CaptureStats:
-    """Graphs built (per shape, program and grad mode; ``loaded`` of them from the on-disk
-    store, in ``load_seconds``), seconds spent tracing and compiling the others (with a new
-    training graph's first backward, ``train.step.TrainStep``), and dynamo's frames since."""
+    """Graphs built (``loaded`` from the on-disk store in ``load_seconds``), seconds spent
+    tracing and compiling the others (with a new training graph's first backward; in a child
+    while calls ran eagerly: ``background_seconds``), and dynamo's frames since."""
 
     graphs: int = 0
     compile_seconds: float = 0.0
+    background_seconds: float = 0.0
     loaded: int = 0
     load_seconds: float = 0.0
     keys: list[tuple] = field(default_factory=list)
@@ -121,8 +117,7 @@ class CaptureStats:
 
 
 def _dynamo_frames() -> int:
-    """Frames dynamo compiled in this process; 0 before it is imported (importing it took 1.1 s
-    of a default MD run, whose decision makes CapturedModels)."""
+    """Frames dynamo compiled in this process; 0 before it is imported (not imported here)."""
     utils = sys.modules.get("torch._dynamo.utils")
     return 0 if utils is None else int(utils.counters["stats"]["unique_graphs"])
 
@@ -145,6 +140,7 @@ class CapturedModel:
             compile in memory each process).
         dynamic: one graph for batches of any atoms, bonds and angles that share structure
             and short-bond counts (see the module docstring; no CUDA graphs).
+        background: TorchScript builds in a child process, calls eager meanwhile (``script``).
     """
 
     def __init__(
@@ -160,11 +156,12 @@ class CapturedModel:
         features: bool = False,
         store: CompiledStore | None = None,
         dynamic: bool = False,
+        background: bool = False,
     ):
         if dynamic and backend == "torchscript":
             raise ValueError("backend='torchscript' takes any sizes already: leave dynamic off")
         self.model = model
-        self.dynamic = dynamic
+        self.dynamic, self.background = dynamic, background
         self.store = store
         self.loss_config = loss_config or LossConfig()
         self.backend = backend
@@ -233,8 +230,8 @@ class CapturedModel:
         return tuple(outputs)
 
     def _first_call_options(self, batch: GraphBatch) -> contextlib.ExitStack:
-        """Settings for the first call, which compiles: AOTAutograd's (``_partitioner_options``)
-        and, for dynamic sizes, ``separate_sizes`` (and with inductor ``unguarded_sum_lengths``)."""
+        """The first (compiling) call's settings: ``_partitioner_options``, and ``separate_sizes``
+        (with inductor ``unguarded_sum_lengths``) for dynamic sizes."""
         stack = contextlib.ExitStack()
         stack.enter_context(self._partitioner_options(batch))
         if self.dynamic:
@@ -327,11 +324,14 @@ class CapturedModel:
         stored = self._from_store(key, program, batch, labels)
         if stored is not None:
             return stored
-        if self.backend == "torchscript":  # no code generation, any sizes: compile.script
+        if self.backend == "torchscript":  # any sizes; counts its own graphs (compile.script)
             from fastchgnet.compile.script import scripted_program
 
-            built = scripted_program(self.model, program, batch, labels, self.stats)
-            return self._keep(key, built, start)
+            model = self.model
+            built = scripted_program(model, program, batch, labels, self.stats, self.background)
+            self._compiled[key] = built
+            self.stats.keys.append(key)  # its first call is not a compile
+            return built
         use_persistent_inductor_cache()
         from fastchgnet.compile.kernel_groups import group_cpu_kernels, while_header_builds
 

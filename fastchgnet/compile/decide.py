@@ -80,6 +80,10 @@ SCRIPT_CALL_OVERHEAD = 0.0051
 #: first in a process 0.6 s more for importing dynamo) and scripting it (0.3-0.4 s); a
 #: default 8-atom MD run built in 3.1 s.
 SCRIPT_BUILD_SECONDS = 3.2
+#: How much slower an eager call runs while a TorchScript graph builds in a child process
+#: (``compile.background``: on one torch thread fewer where the child takes a core): LiMnO2 MD
+#: calls on 2 cores took 11.2-13.2 ms then against 9.4 ms on both threads.
+BACKGROUND_SLOWDOWN = 0.25
 #: The capture backends a compile decision weighs on each device: TorchScript gains only the
 #: per-op Python of a call, which is all a small CPU call has to lose; on a GPU the CUDA graph
 #: of inductor's build removes the per-kernel launches too.
@@ -148,6 +152,19 @@ def script_fraction(eager_seconds: float, padding: float) -> float:
     return min(1.0, (SCRIPT_CALL_OVERHEAD + padding * work) / eager_seconds)
 
 
+def script_build_cost(fraction: float, background: bool) -> float:
+    """Seconds a TorchScript build adds to a run whose TorchScript calls take ``fraction`` of
+    the eager ones: ``SCRIPT_BUILD_SECONDS`` in place. With ``background`` (where
+    ``compile.background.available``) the run goes on eagerly during the build, each call
+    ``1 + BACKGROUND_SLOWDOWN`` times as long, where it would have run compiled: those seconds
+    times ``1 - fraction / (1 + BACKGROUND_SLOWDOWN)``."""
+    from fastchgnet.compile import background as child
+
+    if background and child.available():
+        return SCRIPT_BUILD_SECONDS * (1 - fraction / (1 + BACKGROUND_SLOWDOWN))
+    return SCRIPT_BUILD_SECONDS
+
+
 def capture_backends(device_type: str) -> tuple[str, ...]:
     """The backends a compile decision on ``device_type`` weighs (``CAPTURE_BACKENDS``;
     inductor alone elsewhere, and where this torch has no TorchScript)."""
@@ -163,16 +180,19 @@ def compiled_call_model(
     padding: float,
     store: CompiledStore | None,
     backend: str = "inductor",
+    background: bool = False,
 ) -> tuple[float, float]:
     """(compiled fraction, cold compile seconds) of a prediction call on ``device_type`` that
     takes ``eager_seconds`` eagerly, its padded shape holding ``padding`` entries per real
     one: with inductor, on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
     ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
     only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``. With
-    ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``, fitted on a
-    CPU, the one device ``capture_backends`` offers it on."""
+    ``backend="torchscript"``: ``script_fraction`` and ``script_build_cost`` (``background``:
+    built in a child process), fitted on a CPU, the one device ``capture_backends`` offers it
+    on."""
     if backend == "torchscript":
-        return script_fraction(eager_seconds, padding), SCRIPT_BUILD_SECONDS
+        fraction = script_fraction(eager_seconds, padding)
+        return fraction, script_build_cost(fraction, background)
     if device_type == "cuda":
         return GPU_COMPILED_FRACTION, COLD_GPU_PREDICT_SECONDS
     if device_type == "cpu":

@@ -23,9 +23,9 @@ capacities are made (growth and shrinks together); a call that would need one mo
 model eagerly, unpadded, instead of compiling. So does a call whose capacity holds more than
 ``max_oversize`` times the entries of a fresh one for it: on this CPU a compiled call at a
 tight capacity was 1.6x faster than eager (16 structures), and 1.4-2x slower than eager for
-4 of them in that capacity. With ``patience``, graphs that fit no capacity run eagerly
-for that many calls first, and the capacity then made holds the largest counts seen
-meanwhile: a relaxation's first steps, where compressed cells gain bonds and angles fast
+4 of them in that capacity. With ``patience``, graphs that fit no capacity run eagerly for
+that many calls first, and the capacity then made holds the largest counts seen meanwhile:
+a relaxation's first steps, where compressed cells gain bonds and angles fast
 (5x the angles in 10 steps in bench_relax), would otherwise compile a shape every few steps.
 ``padding`` tallies every call's real and padding entries (atoms + bonds + angles; an eager
 call adds none), ``eager_calls`` counts the eager ones.
@@ -40,14 +40,12 @@ for the compile-or-not decision (``fastchgnet.compile.decide``).
 
 With ``backend="torchscript"`` none of this applies (``pads`` is False): TorchScript's graphs
 take any sizes (``compile.script.ScriptedProgram``), so every call runs its graphs as they are,
-unpadded, and one build serves an MD run or a relaxation whatever its bond counts do.
+unpadded, and one build serves an MD run or a relaxation whatever its bond counts do; with
+``background`` it is built in a child process while the calls run eagerly.
 
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
 sharing the capacities.
-
-This module runs just over 300 lines: the capacity policy (growth, shrinking, patience, the
-shape bound) and the padded call it serves are one piece.
 """
 
 from __future__ import annotations
@@ -118,6 +116,8 @@ class CompiledPotential:
             many times the entries of a fresh capacity for it (None: always padded).
         patience: calls that fit no capacity run eagerly, unpadded, this many times before
             a capacity for the largest of their counts is made (0: at once).
+        background: TorchScript graphs are built in a child process, calls run eagerly
+            meanwhile (where ``compile.background.available``; else in place).
     """
 
     def __init__(
@@ -133,6 +133,7 @@ class CompiledPotential:
         max_shapes: int | None = None,
         max_oversize: float | None = None,
         patience: int = 0,
+        background: bool = False,
     ) -> None:
         if headroom < 0 or round_to < 1:
             raise ValueError(f"need headroom >= 0 and round_to >= 1, got {headroom}, {round_to}")
@@ -175,6 +176,7 @@ class CompiledPotential:
                 compute_stress=stress,
                 features=features,
                 store=store,
+                background=background,
             )
             for stress in (False, True)
             for features in (False, True)
@@ -183,9 +185,8 @@ class CompiledPotential:
 
     @property
     def pads(self) -> bool:
-        """Whether calls are padded to capacities: not with TorchScript, whose graphs take any
-        sizes (``compile.script.ScriptedProgram``); capacities, shrinking, ``max_shapes``,
-        ``max_oversize`` and ``patience`` then do nothing."""
+        """Whether calls are padded to capacities: not with TorchScript (any sizes), where
+        capacities, shrinking, ``max_shapes``, ``max_oversize`` and ``patience`` do nothing."""
         return self.backend != "torchscript" or self.captured[False, False].eager
 
     @property
@@ -195,13 +196,19 @@ class CompiledPotential:
 
     @property
     def compile_seconds(self) -> float:
-        """Seconds spent tracing and compiling so far."""
+        """Seconds spent tracing and compiling so far (calls waiting for it)."""
         return sum(c.stats.compile_seconds for c in self.captured.values())
+
+    @property
+    def background_seconds(self) -> float:
+        """Seconds of builds in a child process so far, while calls ran eagerly."""
+        return sum(c.stats.background_seconds for c in self.captured.values())
 
     @property
     def has_graphs(self) -> bool:
         """Whether a compiled graph was built or loaded yet (a padded potential makes its first
-        when its patience runs out, a TorchScript one at its first call)."""
+        when its patience runs out, TorchScript at its first call or, with ``background``, the
+        first after its child is done)."""
         return self.graphs_built + self.graphs_loaded > 0
 
     @property
@@ -215,8 +222,7 @@ class CompiledPotential:
         """Seconds the calls for ``graphs`` would spend compiling: 0 when the shape they would
         run in is compiled already in this process or when they would run eagerly (see
         ``max_shapes``), about one (the load) when the on-disk store has it, else
-        ``cold_estimate``. Asking makes no capacity and counts no call (``patience``): the
-        shape is the one they fit or the one they would make once patience runs out."""
+        ``cold_estimate``. Asking makes no capacity and counts no call (``patience``)."""
         captured = self.captured[stress, False]
         self.model.eval()
         if not self.pads:
@@ -236,7 +242,7 @@ class CompiledPotential:
 
     def padding_for(self, graphs: Sequence[CrystalGraph]) -> float:
         """Padded entries per real one (atoms + bonds + angles, >= 1) of the capacity a first
-        call on ``graphs`` would make (none is made here)."""
+        call on ``graphs`` would make (not made here)."""
         counts = Counts.of(graphs)
         return entries(self._fresh(counts)) / counts.entries if self.pads else 1.0
 
@@ -245,8 +251,7 @@ class CompiledPotential:
         return with_headroom(counts, self.headroom, self.round_to)
 
     def _would_use(self, counts: Counts) -> Capacity | None:
-        """The capacity calls with ``counts`` would run in (``_capacity_for`` without its side
-        effects, patience spent): None past ``max_shapes``."""
+        """The capacity calls with ``counts`` would run in, patience spent (None: eager)."""
         fitting = self._smallest_fitting(counts)
         if fitting is not None or self._at_bound():
             return fitting
@@ -285,13 +290,8 @@ class CompiledPotential:
         if largest is not None:
             names = ", ".join(g.name or "?" for g in graphs[:3])
             names += ", ..." if len(graphs) > 3 else ""
-            log.info(
-                "%s outgrew capacity %s (needs %s): grown to %s, one more compile",
-                names,
-                largest,
-                counts,
-                capacity,
-            )
+            message = "%s outgrew capacity %s (needs %s): grown to %s, one more compile"
+            log.info(message, names, largest, counts, capacity)
         self.capacities.append(capacity)
         return capacity
 

@@ -24,6 +24,7 @@ its own (a relaxation that ends with one structure left builds twice).
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import sys
@@ -36,6 +37,7 @@ import sympy
 import torch
 from torch import Tensor, fx
 
+from fastchgnet.compile import background
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
@@ -121,8 +123,19 @@ class SizeGuard:
                 tests.append(f"fixed{k} == {size}")
                 self.positions.append(k)
         self.text = " and ".join(f"({test})" for test in tests) or "True"
-        code = f"lambda {', '.join(arguments)}: {self.text}"
+        self.arguments = arguments
+        self._compile()
+
+    def _compile(self) -> None:
+        code = f"lambda {', '.join(self.arguments)}: {self.text}"
         self._check = eval(code, {"math": math, "torch": torch})  # our own trace's sizes
+
+    def __getstate__(self) -> dict:  # pickled by a background build: the text, not the code
+        return {key: value for key, value in vars(self).items() if key != "_check"}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._compile()
 
     def __call__(self, inputs: Sequence[Tensor]) -> bool:
         """Whether the graph holds for ``inputs`` (the graph's inputs, in order)."""
@@ -157,11 +170,18 @@ class ScriptedProgram:
     """A program run by TorchScript on inputs of any sizes: TorchScript graphs of
     ``free_counts`` traces, each with its ``SizeGuard``.
 
+    Every graph is counted in ``stats`` (``graphs``; its seconds in ``compile_seconds``, or in
+    ``background_seconds`` when built in the background). With ``eager``, builds run in a
+    forked child (``background.BackgroundBuild``, where ``background.available``): a call no
+    graph holds for starts one (if none runs) and is answered by ``eager``, and the first call
+    after the child is done loads its graph.
+
     Args:
         trace: the ``free_counts`` trace of the program at these graph inputs.
-        inputs: the first call's graph inputs; its graph is built here.
-        stats: counts every later build (a batch no graph holds for) and its seconds.
+        inputs: the first call's graph inputs; its graph is built (or started) here.
+        stats: the capture's counts.
         free_from: the first input whose first size is free (the model's state comes first).
+        eager: the program run eagerly on graph inputs (None: every build in place).
     """
 
     def __init__(
@@ -170,20 +190,49 @@ class ScriptedProgram:
         inputs: Sequence[Tensor],
         stats: CaptureStats,
         free_from: int,
+        eager: Callable[[Sequence[Tensor]], tuple] | None = None,
     ) -> None:
         self._trace = trace
         self._free_from = free_from
         self._stats = stats
+        self._eager = eager if eager is not None and background.available() else None
         self.graphs: list[tuple[SizeGuard, torch.jit.ScriptModule]] = []
-        self._add(inputs)
+        self.pending: background.BackgroundBuild | None = None
+        if self._eager is None:
+            self._add(inputs)
+        else:
+            self._start(inputs)
 
-    def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
+    def _built(self, inputs: Sequence[Tensor]) -> tuple[SizeGuard, bytes]:
+        """A graph for ``inputs`` and its guard, the graph saved (``torch.jit.save``)."""
+        guard, graph = self._new_graph(inputs)
+        saved = io.BytesIO()
+        torch.jit.save(graph, saved)
+        return guard, saved.getvalue()
+
+    def _new_graph(self, inputs: Sequence[Tensor]) -> tuple[SizeGuard, torch.jit.ScriptModule]:
         traced = self._trace(inputs)
         guard = SizeGuard(traced, self._free_from)
         if not guard(inputs):
             raise RuntimeError(f"a TorchScript graph's guard rejects its own inputs: {guard.text}")
-        graph = script_graph(traced)
+        return guard, script_graph(traced)
+
+    def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
+        start = time.perf_counter()
+        guard, graph = self._new_graph(inputs)
+        self._keep(guard, graph, time.perf_counter() - start, "")
+        return graph
+
+    def _keep(self, guard: SizeGuard, graph: torch.jit.ScriptModule, seconds: float, how: str):
         self.graphs.append((guard, graph))
+        self._stats.graphs += 1
+        if how:
+            self._stats.background_seconds += seconds
+        else:
+            self._stats.compile_seconds += seconds
+        log.info(
+            "graph %d (TorchScript, any sizes): built%s in %.1f s", self._stats.graphs, how, seconds
+        )
         if len(self.graphs) > WARN_GRAPHS:
             log.warning(
                 "%d TorchScript graphs for one program: batch sizes keep breaking the guards "
@@ -191,20 +240,48 @@ class ScriptedProgram:
                 len(self.graphs),
                 guard.text,
             )
-        return graph
+
+    def _collect(self, wait: bool = False) -> None:
+        """Keep the background build's graph if it is done (``wait``: wait for it). A build
+        that failed is logged, and builds then run in place (raising where they fail)."""
+        if self.pending is None:
+            return
+        try:
+            built = self.pending.wait() if wait else self.pending.poll()
+        except background.BackgroundBuildError as error:
+            log.warning("background TorchScript build failed (%s): building in place", error)
+            self.pending, self._eager = None, None
+            return
+        if built is not None:
+            guard, saved = built
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", "`torch.jit.load` is deprecated", DeprecationWarning
+                )
+                graph = torch.jit.load(io.BytesIO(saved))
+            self._keep(guard, graph, self.pending.seconds or 0.0, " in the background")
+            self.pending = None
+
+    def wait(self) -> None:
+        """Wait for a background build, if one runs, and keep its graph."""
+        self._collect(wait=True)
 
     def __call__(self, *inputs: Tensor) -> tuple:
         """The program's outputs for ``inputs`` (the graph inputs)."""
+        self._collect()
         for guard, graph in self.graphs:
             if guard(inputs):
                 return graph(*inputs)
-        start = time.perf_counter()
-        graph = self._add(inputs)
-        seconds = time.perf_counter() - start
-        self._stats.graphs += 1
-        self._stats.compile_seconds += seconds
-        log.info("graph %d (TorchScript, new sizes): built in %.1f s", self._stats.graphs, seconds)
-        return graph(*inputs)
+        if self._eager is None:
+            return self._add(inputs)(*inputs)
+        if self.pending is None:
+            self._start(inputs)
+        with background.spare_core():
+            return self._eager(inputs)
+
+    def _start(self, inputs: Sequence[Tensor]) -> None:
+        log.info("building a TorchScript graph in a child process; calls run eagerly meanwhile")
+        self.pending = background.BackgroundBuild(lambda: self._built(inputs))
 
 
 def scripted_program(
@@ -213,9 +290,11 @@ def scripted_program(
     batch: GraphBatch,
     labels: LabelBatch | None,
     stats: CaptureStats,
+    in_background: bool = False,
 ) -> ScriptedProgram:
-    """``program`` of ``model`` as a ``ScriptedProgram``, its first graph built for ``batch``
-    (and ``labels``); it takes ``model_state(model)[1] + batch_inputs(batch, labels) +
+    """``program`` of ``model`` as a ``ScriptedProgram``, its first graph built (or, with
+    ``in_background``, started in a child while calls run eagerly) for ``batch`` (and
+    ``labels``); it takes ``model_state(model)[1] + batch_inputs(batch, labels) +
     [short_bonds_input(batch)]``."""
     state, with_labels = model_state(model)[1], labels is not None
     n_state = len(state)
@@ -224,5 +303,12 @@ def scripted_program(
         graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
         return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
 
+    def eager(inputs: Sequence[Tensor]) -> tuple:  # as the graph answers: no autograd history
+        graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
+        outputs = program(model, graph_batch, graph_labels)
+        if torch.is_grad_enabled():
+            return outputs
+        return tuple(None if output is None else output.detach() for output in outputs)
+
     inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]
-    return ScriptedProgram(trace, inputs, stats, n_state)
+    return ScriptedProgram(trace, inputs, stats, n_state, eager if in_background else None)

@@ -49,8 +49,15 @@ MD_HEADROOM = 0.05
 MD_MAX_SHAPES = 2
 #: the ``CompiledPotential`` options of ``run_md``'s compiled runs (stop 26's MD shapes, made
 #: from the first call with ``CompiledPotential``'s default 20 % margin, held 1.37-1.42 padded
-#: entries per real one, and the padding took the whole gain of capture on 32 and 64 atoms)
-MD_COMPILE = {"headroom": MD_HEADROOM, "patience": MD_PATIENCE, "max_shapes": MD_MAX_SHAPES}
+#: entries per real one, and the padding took the whole gain of capture on 32 and 64 atoms);
+#: a TorchScript graph is built in a child process while the run's steps go on eagerly
+#: (``compile.background``)
+MD_COMPILE = {
+    "headroom": MD_HEADROOM,
+    "patience": MD_PATIENCE,
+    "max_shapes": MD_MAX_SHAPES,
+    "background": True,
+}
 #: Padded entries per real one of that shape over those of a shape made the same way from the
 #: first call (``CompiledPotential.padding_for``, what the compile decision can see before the
 #: run): the shape holds the peak of the heating calls, later calls hold less. bench_md (stop
@@ -354,7 +361,7 @@ def md_compile_decision(
         slack = MD_SHAPE_SLACK if potential.pads else 1.0  # TorchScript runs the graphs as is
         padding = potential.padding_for(graphs) * slack if device == "cpu" else 1.0
         fraction, cold = compiled_call_model(
-            device, eager_seconds, padding, potential.store, backend
+            device, eager_seconds, padding, potential.store, backend, options["background"]
         )
         expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
         return fraction, expected, potential

@@ -90,6 +90,7 @@ RELAX_COMPILE = {
     "max_shapes": RELAX_MAX_SHAPES,
     "max_oversize": RELAX_MAX_OVERSIZE,
     "patience": RELAX_PATIENCE,
+    "background": True,  # TorchScript builds in a child process (``compile.background``)
 }
 
 
@@ -359,8 +360,9 @@ def _compile_chooser(
     def choose(eager_seconds: float, graphs: list[CrystalGraph]) -> Potential | None:
         def price(backend: str) -> tuple[float, float, Potential]:
             potential = compiled_potential(model, backend=backend, **RELAX_COMPILE)
+            padding = potential.padding_for(graphs)
             fraction, cold = compiled_call_model(
-                device, eager_seconds, potential.padding_for(graphs), potential.store, backend
+                device, eager_seconds, padding, potential.store, backend, background=True
             )
             # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES;
             # TorchScript builds one graph for any sizes, and one more for a last structure

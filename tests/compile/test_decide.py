@@ -323,7 +323,7 @@ def test_a_relaxation_prices_inductor_for_every_shape_and_torchscript_for_one_bu
         "compiled_potential",
         lambda model, **options: CompiledPotential(model, **(options | {"store": None})),
     )
-    monkeypatch.setattr(decide_module, "compiled_call_model", lambda *args: (0.9, 10.0))
+    monkeypatch.setattr(decide_module, "compiled_call_model", lambda *args, **kw: (0.9, 10.0))
     structures = varied_structures(2, seed=2, max_atoms=4)
     relax_module.relax(structures, small_model("conservative"), steps=3, progress=True)
     reason = capsys.readouterr().err
@@ -341,7 +341,7 @@ def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
 
     asked = []
 
-    def cost_model(device, eager_seconds, padding, store, backend):
+    def cost_model(device, eager_seconds, padding, store, backend, background=False):
         asked.append((device, eager_seconds, padding, backend))
         return 0.5, 1e-6  # compiled calls take half as long; compiling costs nothing
 

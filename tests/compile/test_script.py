@@ -122,8 +122,8 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypa
     eager = relax(structures, model, steps=4, compiled=False, progress=False)
     built = []
 
-    def compiled_potential(model, **options):  # relax's own, recorded, with no patience
-        built.append(CompiledPotential(model, **(options | {"patience": 0})))
+    def compiled_potential(model, **options):  # relax's own, recorded, no patience, built here
+        built.append(CompiledPotential(model, **(options | {"patience": 0, "background": False})))
         return built[-1]
 
     monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)

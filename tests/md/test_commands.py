@@ -24,6 +24,7 @@ def aot_eager_potentials(monkeypatch):
 
     def compiled_potential(model, backend="inductor", **options):
         backend = "torchscript" if backend == "torchscript" else "aot_eager"
+        options["background"] = False  # built at the first call (tests/compile/test_background)
         built.append(CompiledPotential(model, backend=backend, **options))
         return built[-1]
 
