@@ -10,8 +10,9 @@ preempted peer spin, and eager MD calls then took 495 ms instead of 11 ms. Measu
 on LiMnO2 MD, 2 cores: 261 eager calls of 11.2 ms (9.4 ms on both threads) while the child built
 in 2.95 s, a stall of 2.95 s when the build runs in place.
 
-Only on Linux (fork is unsafe on macOS and absent on Windows) and before CUDA is initialised (a
-forked child cannot use it): elsewhere ``available`` is False and builds run in place.
+Only on Linux (fork is unsafe on macOS and absent on Windows) and before CUDA is initialised
+(a forked child cannot use it): elsewhere ``available_in_background`` is False and builds run
+in place.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 
-def available() -> bool:
+def available_in_background() -> bool:
     """Whether builds can run in a forked child here: Linux, and CUDA not initialised."""
     return sys.platform.startswith("linux") and not torch.cuda.is_initialized()
 

@@ -155,12 +155,12 @@ def script_fraction(eager_seconds: float, padding: float) -> float:
 def script_build_cost(fraction: float, background: bool) -> float:
     """Seconds a TorchScript build adds to a run whose TorchScript calls take ``fraction`` of
     the eager ones: ``SCRIPT_BUILD_SECONDS`` in place. With ``background`` (where
-    ``compile.background.available``) the run goes on eagerly during the build, each call
+    ``background.available_in_background``) the run goes on eagerly during the build, each call
     ``1 + BACKGROUND_SLOWDOWN`` times as long, where it would have run compiled: those seconds
     times ``1 - fraction / (1 + BACKGROUND_SLOWDOWN)``."""
-    from fastchgnet.compile import background as child
+    from fastchgnet.compile.background import available_in_background
 
-    if background and child.available():
+    if background and available_in_background():
         return SCRIPT_BUILD_SECONDS * (1 - fraction / (1 + BACKGROUND_SLOWDOWN))
     return SCRIPT_BUILD_SECONDS
 

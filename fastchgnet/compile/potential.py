@@ -117,7 +117,7 @@ class CompiledPotential:
         patience: calls that fit no capacity run eagerly, unpadded, this many times before
             a capacity for the largest of their counts is made (0: at once).
         background: TorchScript graphs are built in a child process, calls run eagerly
-            meanwhile (where ``compile.background.available``; else in place).
+            meanwhile (where ``background.available_in_background``; else in place).
     """
 
     def __init__(

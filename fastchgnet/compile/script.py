@@ -37,7 +37,12 @@ import sympy
 import torch
 from torch import Tensor, fx
 
-from fastchgnet.compile import background
+from fastchgnet.compile.background import (
+    BackgroundBuild,
+    BackgroundBuildError,
+    available_in_background,
+    spare_core,
+)
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
@@ -48,6 +53,7 @@ from fastchgnet.compile.trace import (
 )
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.model.potential import frozen
 
 if TYPE_CHECKING:
     from fastchgnet.compile.capture import CaptureStats
@@ -172,7 +178,7 @@ class ScriptedProgram:
 
     Every graph is counted in ``stats`` (``graphs``; its seconds in ``compile_seconds``, or in
     ``background_seconds`` when built in the background). With ``eager``, builds run in a
-    forked child (``background.BackgroundBuild``, where ``background.available``): a call no
+    forked child (``background.BackgroundBuild``, where ``available_in_background``): a call no
     graph holds for starts one (if none runs) and is answered by ``eager``, and the first call
     after the child is done loads its graph.
 
@@ -195,9 +201,9 @@ class ScriptedProgram:
         self._trace = trace
         self._free_from = free_from
         self._stats = stats
-        self._eager = eager if eager is not None and background.available() else None
+        self._eager = eager if eager is not None and available_in_background() else None
         self.graphs: list[tuple[SizeGuard, torch.jit.ScriptModule]] = []
-        self.pending: background.BackgroundBuild | None = None
+        self.pending: BackgroundBuild | None = None
         if self._eager is None:
             self._add(inputs)
         else:
@@ -248,7 +254,7 @@ class ScriptedProgram:
             return
         try:
             built = self.pending.wait() if wait else self.pending.poll()
-        except background.BackgroundBuildError as error:
+        except BackgroundBuildError as error:
             log.warning("background TorchScript build failed (%s): building in place", error)
             self.pending, self._eager = None, None
             return
@@ -276,12 +282,12 @@ class ScriptedProgram:
             return self._add(inputs)(*inputs)
         if self.pending is None:
             self._start(inputs)
-        with background.spare_core():
+        with spare_core():
             return self._eager(inputs)
 
     def _start(self, inputs: Sequence[Tensor]) -> None:
         log.info("building a TorchScript graph in a child process; calls run eagerly meanwhile")
-        self.pending = background.BackgroundBuild(lambda: self._built(inputs))
+        self.pending = BackgroundBuild(lambda: self._built(inputs))
 
 
 def scripted_program(
@@ -303,11 +309,14 @@ def scripted_program(
         graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
         return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
 
-    def eager(inputs: Sequence[Tensor]) -> tuple:  # as the graph answers: no autograd history
+    parameters = list(model.parameters())
+
+    def eager(inputs: Sequence[Tensor]) -> tuple:
         graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
-        outputs = program(model, graph_batch, graph_labels)
         if torch.is_grad_enabled():
-            return outputs
+            return program(model, graph_batch, graph_labels)
+        with frozen(parameters):  # as EagerPotential: no weight paths, and no history kept
+            outputs = program(model, graph_batch, graph_labels)
         return tuple(None if output is None else output.detach() for output in outputs)
 
     inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]

@@ -24,7 +24,9 @@ from fastchgnet.model.potential import EagerPotential
 from tests.compile.conftest import small_model
 
 dynamics = importlib.import_module("fastchgnet.md.dynamics")
-needs_fork = pytest.mark.skipif(not background.available(), reason="builds in place here")
+needs_fork = pytest.mark.skipif(
+    not background.available_in_background(), reason="builds in place here"
+)
 
 
 @needs_fork
@@ -66,11 +68,11 @@ def test_spare_core_takes_a_thread_only_where_the_cores_are_short(monkeypatch):
 
 
 def test_a_background_build_is_priced_at_the_calls_it_leaves_eager(monkeypatch):
-    monkeypatch.setattr(background, "available", lambda: True)
+    monkeypatch.setattr(background, "available_in_background", lambda: True)
     assert script_build_cost(0.7, background=False) == SCRIPT_BUILD_SECONDS
     cost = script_build_cost(0.7, background=True)
     assert cost == pytest.approx(SCRIPT_BUILD_SECONDS * (1 - 0.7 / 1.25))
-    monkeypatch.setattr(background, "available", lambda: False)
+    monkeypatch.setattr(background, "available_in_background", lambda: False)
     assert script_build_cost(0.7, background=True) == SCRIPT_BUILD_SECONDS
 
 
@@ -107,6 +109,7 @@ def test_a_torchscript_potential_answers_eagerly_until_its_child_has_built_the_g
 @needs_fork
 def test_a_failed_background_build_is_reported_and_built_in_place(monkeypatch, caplog):
     def broken(self, inputs):
+        time.sleep(0.5)  # still running when the first call looks
         raise RuntimeError("no room on the device")
 
     monkeypatch.setattr(ScriptedProgram, "_built", broken)  # the child inherits it

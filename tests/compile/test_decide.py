@@ -470,10 +470,13 @@ def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(aot_eager, m
 
 def test_a_torchscript_md_run_slower_than_eager_goes_back_to_eager(monkeypatch, capsys):
     # the real TorchScript potential, which makes no capacity: timed after its first build
+    # (built in place: a background build may outlast this short run on a busy machine)
     monkeypatch.setattr(
         dynamics,
         "compiled_potential",
-        lambda model, **options: CompiledPotential(model, **(options | {"store": None})),
+        lambda model, **options: CompiledPotential(
+            model, **(options | {"store": None, "background": False})
+        ),
     )
     timings(monkeypatch, eager=0.012, compiled=0.05)
     monkeypatch.setattr("fastchgnet.compile.decide.SCRIPT_BUILD_SECONDS", 0.1)
