@@ -163,12 +163,19 @@ def main() -> None:
             max_shapes=args.max_shapes,
             max_oversize=args.max_oversize or None,
             patience=args.patience,
+            background=RELAX_COMPILE["background"],
         )
         t_captured, captured, steps_captured, _ = timed_relax(structures, potential, **options)
         compile_s = potential.compile_seconds
         waste = potential.padding.report()
         note = (
-            f"{len(potential.capacities)} capacities, {potential.graphs_built} graphs; padding "
+            f"{len(potential.capacities)} capacities, {potential.graphs_built} graphs"
+            + (  # TorchScript: in a child process on a core of its own, calls eager meanwhile
+                f" ({potential.background_seconds:.1f} s of builds in the background)"
+                if potential.background_seconds
+                else ""
+            )
+            + "; padding "
             f"waste {100 * waste['waste']:.0f} % over {waste['batches']} calls, "
             f"{potential.eager_calls} of them eager; "
             f"|captured - eager| final energy max {np.abs(captured - ours).max() * 1e3:.3f} "

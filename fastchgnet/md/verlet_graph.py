@@ -61,6 +61,7 @@ class VerletGraph:
         self.backend = backend
         self.allow_isolated = allow_isolated
         self.n_builds = 0  # neighbour searches done so far
+        self._name = ""  # the structure's name at the last search
         self._numbers: np.ndarray | None = None
         self._ref_positions = np.empty((0, 3))  # (n_atoms, 3) Å at the last search
         self._ref_inverse_cell = np.eye(3)  # (3, 3) inverse of the lattice at the last search
@@ -73,15 +74,15 @@ class VerletGraph:
         Raises:
             StructureError: as ``build_graph`` (isolated atom, non-finite coordinates, ...).
         """
-        name = name or structure_name(atoms)
         numbers = np.asarray(atoms.numbers, dtype=np.int64)
         positions = np.asarray(atoms.positions, dtype=np.float64)
         lattice = np.array(atoms.cell.array, dtype=np.float64)
         if not (np.isfinite(positions).all() and np.isfinite(lattice).all()):
-            raise StructureError(name, "non-finite coordinates or lattice")
-        if self._needs_search(numbers, positions, lattice):
-            self._search(atoms, name)
-        return self._filter(numbers, positions, lattice, name)
+            raise StructureError(name or structure_name(atoms), "non-finite coordinates or lattice")
+        if self._needs_search(numbers, positions, lattice):  # named here: the same atoms after
+            self._name = name or structure_name(atoms)
+            self._search(atoms, self._name)
+        return self._filter(numbers, positions, lattice, name or self._name)
 
     def _needs_search(
         self, numbers: np.ndarray, positions: np.ndarray, lattice: np.ndarray

@@ -51,6 +51,26 @@ def test_collate_casts_floats_and_moves():
     assert batch.atomic_numbers.dtype == torch.int64
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_single_graph_collates_as_in_a_batch_and_shares_no_memory(dtype):
+    from fastchgnet.data.batch import _many
+
+    isolated = build_graph(varied_structures(1, seed=5, max_atoms=2)[0], allow_isolated=True)
+    for graph in [*GRAPHS, isolated]:
+        one, general = collate([graph], dtype), _many([graph], dtype)
+        assert one.n_short_bonds == general.n_short_bonds
+        for name in (name for name in FIELDS if name != "n_short_bonds"):
+            got, want = getattr(one, name), getattr(general, name)
+            assert got.dtype == want.dtype, name
+            assert got.is_contiguous(), name
+            torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+        before = graph.bond_atoms.copy(), graph.frac_coords.copy()
+        one.bond_atoms.fill_(-1)
+        one.frac_coords.fill_(-1)
+        np.testing.assert_array_equal(graph.bond_atoms, before[0])
+        np.testing.assert_array_equal(graph.frac_coords, before[1])
+
+
 def test_collate_needs_a_graph():
     with pytest.raises(ValueError, match="at least one"):
         collate([])
