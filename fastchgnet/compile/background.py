@@ -18,6 +18,7 @@ in place.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -25,10 +26,12 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+
+log = logging.getLogger("fastchgnet.compile")
 
 
 def available_in_background() -> bool:
@@ -41,14 +44,15 @@ class BackgroundBuildError(RuntimeError):
 
 
 class BackgroundBuild:
-    """``build()`` run in a forked child (one torch thread); ``poll`` or ``wait`` for its
-    result, which must pickle. Calls made meanwhile should run within ``spare_core``.
+    """``build()`` run in a forked child; ``poll`` or ``wait`` for its result, which must
+    pickle and not be None. Calls made meanwhile should run within ``spare_core``.
 
     Args:
         build: what the child runs, with everything the caller has in memory at this call.
+        threads: the child's torch threads (inductor sizes its kernels' teams by them).
     """
 
-    def __init__(self, build: Callable[[], Any]) -> None:
+    def __init__(self, build: Callable[[], Any], threads: int = 1) -> None:
         self.started = time.perf_counter()
         self.seconds: float | None = None  # the child's own, once it is done
         read, write = os.pipe()
@@ -57,7 +61,7 @@ class BackgroundBuild:
             pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read)
-            _run_child(build, write)
+            _run_child(build, write, threads)
         os.close(write)
         os.set_blocking(read, False)
         self._pid, self._read, self._chunks = pid, read, []
@@ -126,13 +130,13 @@ def spare_core() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _run_child(build: Callable[[], Any], write: int) -> None:
-    """In the child: run ``build`` on one thread, send (ok, result or message, seconds), exit
-    without the parent's exit handlers."""
+def _run_child(build: Callable[[], Any], write: int, threads: int) -> None:
+    """In the child: run ``build`` on ``threads`` torch threads, send (ok, result or message,
+    seconds), exit without the parent's exit handlers."""
     status = 0
     start = time.perf_counter()
     try:
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
         payload = pickle.dumps((True, build(), time.perf_counter() - start))
     except BaseException as error:  # whatever it was, the parent reports it
         status = 1
@@ -153,3 +157,55 @@ def _reap(pid: int, read: int, kill: bool) -> None:
     os.close(read)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
+
+
+class Deferred:
+    """A program whose build runs in a child (``BackgroundBuild``): calls run ``eager`` on a
+    spared core until the child is done; the first call after that gets the program from
+    ``ready(result)``, and every later one runs it. A build that fails is logged and
+    ``ready(None)`` builds it in place (raising where that fails).
+
+    Args:
+        build: what the child runs (its result goes to ``ready``).
+        eager: the program run eagerly on the call's inputs.
+        ready: the built program, from the child's result (None: build it here).
+        threads: the child's torch threads.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], Any],
+        eager: Callable[[Sequence[Any]], Any],
+        ready: Callable[[Any], Callable[..., Any]],
+        threads: int = 1,
+    ) -> None:
+        self.pending: BackgroundBuild | None = BackgroundBuild(build, threads)
+        self.seconds = 0.0  # the child's, once it is done
+        self._eager, self._ready = eager, ready
+        self._program: Callable[..., Any] | None = None
+
+    def wait(self) -> None:
+        """Wait for the child and take its program."""
+        self._collect(wait=True)
+
+    def _collect(self, wait: bool = False) -> None:
+        if self.pending is None:
+            return
+        try:
+            result = self.pending.wait() if wait else self.pending.poll()
+        except BackgroundBuildError as error:
+            log.warning("a background build failed (%s): building in place", error)
+            self.seconds, self.pending = self.pending.seconds or 0.0, None
+            self._program = self._ready(None)
+            return
+        if result is not None:
+            self.seconds, self.pending = self.pending.seconds or 0.0, None
+            self._program = self._ready(result)
+
+    def __call__(self, *inputs: Any) -> Any:
+        """The program's outputs for ``inputs``: eager until the build is done."""
+        self._collect()
+        if self._program is not None:
+            return self._program(*inputs)
+        with spare_core():
+            return self._eager(inputs)

@@ -51,6 +51,7 @@ from fastchgnet.compile.store import (
     stored_trace,
     use_persistent_inductor_cache,
 )
+from fastchgnet.compile.stored import program_from_store
 from fastchgnet.compile.trace import (
     Program,
     StateReader,
@@ -321,7 +322,7 @@ class CapturedModel:
         self, key: tuple, program: Program, batch: GraphBatch, labels: LabelBatch | None
     ) -> object:
         start = time.perf_counter()
-        stored = self._from_store(key, program, batch, labels)
+        stored = program_from_store(self, key, program, batch, labels, CPU_PACKAGE_OPTIONS)
         if stored is not None:
             return stored
         if self.backend == "torchscript":  # any sizes; counts its own graphs (compile.script)
@@ -362,39 +363,3 @@ class CapturedModel:
         self.stats.graphs += 1
         self._compiled[key] = compiled
         return compiled
-
-    def _from_store(
-        self, key: tuple, program: Program, batch: GraphBatch, labels: LabelBatch | None
-    ) -> object | None:
-        """The program from the on-disk store (loaded, or built there and loaded), or None
-        when this call's program is not one the store keeps."""
-        store_key = self.store_key(key[0], batch, labels)
-        if store_key is None or self.store is None:
-            return None
-        start = time.perf_counter()
-        runner = self.store.load(store_key)
-        if runner is not None:
-            self.stats.loaded += 1
-            self.stats.load_seconds += time.perf_counter() - start
-            how = "loaded from"
-        else:
-            traced = trace_program(self.model, program, batch, labels)
-            state = self._state()
-            about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
-            inputs = [*state, *batch_inputs(batch)]
-            runner = self.store.build(store_key, traced, inputs, about, CPU_PACKAGE_OPTIONS)
-            self.stats.compile_seconds += time.perf_counter() - start
-            how = "compiled ahead of time into"
-        log.info(
-            "graph %d (%s, shapes %s): %s %s in %.2f s",
-            self.stats.graphs,
-            key[0],
-            key[3][:1],
-            how,
-            self.store.root,
-            time.perf_counter() - start,
-        )
-        self.stats.graphs += 1
-        self.stats.keys.append(key)
-        self._compiled[key] = runner  # its key in stats.keys: the first call is not timed
-        return runner

@@ -152,17 +152,17 @@ def script_fraction(eager_seconds: float, padding: float) -> float:
     return min(1.0, (SCRIPT_CALL_OVERHEAD + padding * work) / eager_seconds)
 
 
-def script_build_cost(fraction: float, background: bool) -> float:
-    """Seconds a TorchScript build adds to a run whose TorchScript calls take ``fraction`` of
-    the eager ones: ``SCRIPT_BUILD_SECONDS`` in place. With ``background`` (where
-    ``background.available_in_background``) the run goes on eagerly during the build, each call
-    ``1 + BACKGROUND_SLOWDOWN`` times as long, where it would have run compiled: those seconds
-    times ``1 - fraction / (1 + BACKGROUND_SLOWDOWN)``."""
+def build_cost(seconds: float, fraction: float, background: bool) -> float:
+    """Seconds a build of ``seconds`` adds to a run whose compiled calls take ``fraction`` of
+    the eager ones: all of them in place. With ``background`` (where
+    ``background.available_in_background``) the run goes on eagerly during the build, each
+    call ``1 + BACKGROUND_SLOWDOWN`` times as long, where it would have run compiled: those
+    seconds times ``1 - fraction / (1 + BACKGROUND_SLOWDOWN)``."""
     from fastchgnet.compile.background import available_in_background
 
     if background and available_in_background():
-        return SCRIPT_BUILD_SECONDS * (1 - fraction / (1 + BACKGROUND_SLOWDOWN))
-    return SCRIPT_BUILD_SECONDS
+        return seconds * (1 - fraction / (1 + BACKGROUND_SLOWDOWN))
+    return seconds
 
 
 def capture_backends(device_type: str) -> tuple[str, ...]:
@@ -187,16 +187,19 @@ def compiled_call_model(
     one: with inductor, on a CPU ``compiled_fraction`` and ``cold_estimate(store)``; on CUDA
     ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
     only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``. With
-    ``backend="torchscript"``: ``script_fraction`` and ``script_build_cost`` (``background``:
-    built in a child process), fitted on a CPU, the one device ``capture_backends`` offers it
-    on."""
+    ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``, fitted on a
+    CPU, the one device ``capture_backends`` offers it on. With ``background`` a CPU build
+    (TorchScript's, or inductor's into the store) runs in a child process: ``build_cost``."""
     if backend == "torchscript":
         fraction = script_fraction(eager_seconds, padding)
-        return fraction, script_build_cost(fraction, background)
+        return fraction, build_cost(SCRIPT_BUILD_SECONDS, fraction, background)
     if device_type == "cuda":
         return GPU_COMPILED_FRACTION, COLD_GPU_PREDICT_SECONDS
-    if device_type == "cpu":
-        return compiled_fraction(eager_seconds, padding), cold_estimate(store)
+    if device_type == "cpu":  # built into the store, so in the background if asked
+        fraction = compiled_fraction(eager_seconds, padding)
+        return fraction, build_cost(
+            cold_estimate(store), fraction, background and store is not None
+        )
     return COMPILED_FRACTION, cold_estimate(store)
 
 

@@ -46,6 +46,7 @@ from fastchgnet.compile.background import (
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
+    eager_call,
     model_state,
     rebuild,
     short_bonds_input,
@@ -53,7 +54,6 @@ from fastchgnet.compile.trace import (
 )
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
-from fastchgnet.model.potential import frozen
 
 if TYPE_CHECKING:
     from fastchgnet.compile.capture import CaptureStats
@@ -309,15 +309,6 @@ def scripted_program(
         graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
         return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
 
-    parameters = list(model.parameters())
-
-    def eager(inputs: Sequence[Tensor]) -> tuple:
-        graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
-        if torch.is_grad_enabled():
-            return program(model, graph_batch, graph_labels)
-        with frozen(parameters):  # as EagerPotential: no weight paths, and no history kept
-            outputs = program(model, graph_batch, graph_labels)
-        return tuple(None if output is None else output.detach() for output in outputs)
-
     inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]
-    return ScriptedProgram(trace, inputs, stats, n_state, eager if in_background else None)
+    eager = eager_call(model, program, n_state, with_labels) if in_background else None
+    return ScriptedProgram(trace, inputs, stats, n_state, eager)

@@ -1,6 +1,7 @@
 """Builds in a forked child (compile.background): results and failures come back, calls made
-meanwhile run eagerly on a spared core, and a TorchScript potential switches to its graph
-once the child is done, equal to eager throughout."""
+meanwhile run eagerly on a spared core, and a TorchScript potential (its graph) or an
+inductor one (its package, from the store) switches once the child is done, equal to eager
+throughout."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import torch
 
 from fastchgnet.compile import background
 from fastchgnet.compile.background import BackgroundBuild, BackgroundBuildError, spare_core
-from fastchgnet.compile.decide import SCRIPT_BUILD_SECONDS, script_build_cost
+from fastchgnet.compile.decide import SCRIPT_BUILD_SECONDS, build_cost
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.script import ScriptedProgram
+from fastchgnet.compile.store import CompiledStore
+from fastchgnet.compile.trace import graph_bytes, graph_from_bytes
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
@@ -69,11 +72,11 @@ def test_spare_core_takes_a_thread_only_where_the_cores_are_short(monkeypatch):
 
 def test_a_background_build_is_priced_at_the_calls_it_leaves_eager(monkeypatch):
     monkeypatch.setattr(background, "available_in_background", lambda: True)
-    assert script_build_cost(0.7, background=False) == SCRIPT_BUILD_SECONDS
-    cost = script_build_cost(0.7, background=True)
+    assert build_cost(SCRIPT_BUILD_SECONDS, 0.7, background=False) == SCRIPT_BUILD_SECONDS
+    cost = build_cost(SCRIPT_BUILD_SECONDS, 0.7, background=True)
     assert cost == pytest.approx(SCRIPT_BUILD_SECONDS * (1 - 0.7 / 1.25))
     monkeypatch.setattr(background, "available_in_background", lambda: False)
-    assert script_build_cost(0.7, background=True) == SCRIPT_BUILD_SECONDS
+    assert build_cost(SCRIPT_BUILD_SECONDS, 0.7, background=True) == SCRIPT_BUILD_SECONDS
 
 
 def scripted(potential: CompiledPotential) -> ScriptedProgram:
@@ -149,3 +152,41 @@ def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monk
     np.testing.assert_allclose(positions[1], positions[0], atol=1e-9)
     assert potential.graphs_built == 1
     assert potential.padding.batches == 9
+
+
+class GraphStore(CompiledStore):
+    """A store whose "package" is the traced graph itself (``trace.graph_bytes``): the build
+    and load of an AOTInductor package without the minute of C++."""
+
+    def build(self, key, graph, inputs, about, options=None):
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / f"{key}.graph").write_bytes(graph_bytes(graph))
+        return graph
+
+    def load(self, key):
+        path = self.root / f"{key}.graph"
+        return graph_from_bytes(path.read_bytes()) if path.is_file() else None
+
+
+@needs_fork
+def test_an_inductor_potential_builds_into_its_store_in_a_child_and_then_loads_it(tmp_path):
+    model = small_model("conservative", torch.float64).eval()
+    store = GraphStore(tmp_path)
+    potential = CompiledPotential(model, store=store, background=True)
+    graphs = [Calculator(model).graph(as_atoms(s)) for s in varied_structures(2, seed=3)]
+    eager = EagerPotential(model).predict_graphs(graphs, stress=False)
+    first = potential.predict_graphs(graphs, stress=False)  # the child is building
+    assert not potential.has_graphs
+    (deferred,) = potential.captured[False, False]._compiled.values()
+    deferred.wait()  # the package is in the store now; the next call loads it
+    assert len(list(tmp_path.glob("*.graph"))) == 1
+    second = potential.predict_graphs(graphs, stress=False)
+    assert potential.graphs_built == 1
+    assert potential.background_seconds > 0
+    assert potential.compile_seconds == 0
+    (loaded,) = potential.captured[False, False]._compiled.values()
+    assert loaded is not deferred  # later calls run the loaded program directly
+    for name in ("energy", "forces", "magmoms"):
+        expected = getattr(eager, name).detach()
+        np.testing.assert_allclose(getattr(first, name), expected, atol=1e-12)
+        np.testing.assert_allclose(getattr(second, name), expected, atol=1e-9)
