@@ -18,7 +18,6 @@ in place.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import signal
@@ -26,21 +25,39 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-log = logging.getLogger("fastchgnet.compile")
+#: Children building now, by process id (``busy``): calls that run while one builds keep a
+#: spare core whatever they run (``spare_core``).
+_CHILDREN: set[int] = set()
 
 
 def available_in_background() -> bool:
-    """Whether builds can run in a forked child here: Linux, and CUDA not initialised."""
-    return sys.platform.startswith("linux") and not torch.cuda.is_initialized()
+    """Whether builds can run in a forked child here: Linux, CUDA not initialised, and at
+    least 2 usable cores (on one, the child would only take turns with the caller)."""
+    return (
+        sys.platform.startswith("linux") and not torch.cuda.is_initialized() and usable_cores() >= 2
+    )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def busy() -> bool:
+    """Whether a child of this process is building now."""
+    return bool(_CHILDREN)
 
 
 class BackgroundBuildError(RuntimeError):
-    """A background build raised (its one-line message) or its process died."""
+    """A background build raised (its one-line message), its process died, or it could not
+    start."""
 
 
 class BackgroundBuild:
@@ -49,24 +66,35 @@ class BackgroundBuild:
 
     Args:
         build: what the child runs, with everything the caller has in memory at this call.
-        threads: the child's torch threads (inductor sizes its kernels' teams by them).
+        threads: the child's torch threads; a trace reads them (the model picks its gather
+            and scatter form by the thread count), so pass the caller's.
+
+    Raises:
+        BackgroundBuildError: the child could not be started (fork failed).
     """
 
-    def __init__(self, build: Callable[[], Any], threads: int = 1) -> None:
-        self.started = time.perf_counter()
+    def __init__(self, build: Callable[[], Any], threads: int) -> None:
         self.seconds: float | None = None  # the child's own, once it is done
         read, write = os.pipe()
-        with warnings.catch_warnings():  # the caller's threads (OpenMP's, torch's) stay behind
-            warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child: never returns
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            with warnings.catch_warnings():  # the caller's threads (OpenMP's) stay behind
+                warnings.filterwarnings("ignore", ".*multi-threaded.*fork", DeprecationWarning)
+                pid = os.fork()
+        except OSError as error:
             os.close(read)
-            _run_child(build, write, threads)
+            os.close(write)
+            raise BackgroundBuildError(f"could not start a child process: {error}") from error
+        if pid == 0:  # the child: never returns
+            _run_child(build, read, write, threads)
         os.close(write)
         os.set_blocking(read, False)
         self._pid, self._read, self._chunks = pid, read, []
         self._done = False
-        self._finalizer = weakref.finalize(self, _reap, pid, read, True)
+        _CHILDREN.add(pid)
+        self._finalizer = weakref.finalize(self, _reap, pid, read, True, os.getpid())
 
     def poll(self) -> Any | None:
         """The build's result if it is done (None while it runs); raises
@@ -93,7 +121,7 @@ class BackgroundBuild:
         return self._result()
 
     def cancel(self) -> None:
-        """Stop the child (if it still runs) and give the caller its threads back."""
+        """Stop the child if it still runs (a later ``poll`` raises)."""
         if not self._done:
             self._done = True
             self._chunks = []
@@ -102,12 +130,13 @@ class BackgroundBuild:
     def _finish(self) -> None:
         self._done = True
         self._finalizer.detach()
-        _reap(self._pid, self._read, False)
+        _reap(self._pid, self._read, False, os.getpid())
 
     def _result(self) -> Any:
-        if not self._chunks:
-            raise BackgroundBuildError("the build's process ended without a result")
-        ok, value, seconds = pickle.loads(b"".join(self._chunks))
+        try:
+            ok, value, seconds = pickle.loads(b"".join(self._chunks))
+        except Exception as error:  # nothing, or a payload cut short: the child died
+            raise BackgroundBuildError("the build's process ended without a result") from error
         self.seconds = seconds
         if not ok:
             raise BackgroundBuildError(value)
@@ -119,8 +148,7 @@ def spare_core() -> Iterator[None]:
     """One torch thread fewer within the block where this process's threads and a busy child
     would not fit its cores (OpenMP threads waiting for a preempted peer spin)."""
     threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if threads < 2 or threads + 1 <= (cores or 1):
+    if threads < 2 or threads + 1 <= usable_cores():
         yield
         return
     torch.set_num_threads(threads - 1)
@@ -130,82 +158,38 @@ def spare_core() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _run_child(build: Callable[[], Any], write: int, threads: int) -> None:
+def _run_child(build: Callable[[], Any], read: int, write: int, threads: int) -> None:
     """In the child: run ``build`` on ``threads`` torch threads, send (ok, result or message,
-    seconds), exit without the parent's exit handlers."""
-    status = 0
-    start = time.perf_counter()
+    seconds) and exit, whatever happens, without running any of the parent's exit handlers
+    or returning into its stack (a Ctrl-C at the terminal goes to the parent)."""
+    status = 1
     try:
-        torch.set_num_threads(threads)
-        payload = pickle.dumps((True, build(), time.perf_counter() - start))
-    except BaseException as error:  # whatever it was, the parent reports it
-        status = 1
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
-        payload = pickle.dumps((False, message, time.perf_counter() - start))
-    try:
+        with contextlib.suppress(ValueError):  # forked from a thread other than the main one
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        os.close(read)
+        start = time.perf_counter()
+        try:
+            torch.set_num_threads(threads)
+            payload = pickle.dumps((True, build(), time.perf_counter() - start))
+            status = 0
+        except BaseException as error:  # whatever it was, the parent reports it
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            payload = pickle.dumps((False, message, time.perf_counter() - start))
         with os.fdopen(write, "wb") as out:
             out.write(payload)
     finally:
         os._exit(status)
 
 
-def _reap(pid: int, read: int, kill: bool) -> None:
-    """Close the pipe and collect the child (stopping it first with ``kill``)."""
+def _reap(pid: int, read: int, kill: bool, owner: int) -> None:
+    """Close the pipe and collect the child (stopping it first with ``kill``); only in the
+    process that started it (a process forked later holds a copy of this finalizer)."""
+    if os.getpid() != owner:
+        return
+    _CHILDREN.discard(pid)
     if kill:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     os.close(read)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-
-
-class Deferred:
-    """A program whose build runs in a child (``BackgroundBuild``): calls run ``eager`` on a
-    spared core until the child is done; the first call after that gets the program from
-    ``ready(result)``, and every later one runs it. A build that fails is logged and
-    ``ready(None)`` builds it in place (raising where that fails).
-
-    Args:
-        build: what the child runs (its result goes to ``ready``).
-        eager: the program run eagerly on the call's inputs.
-        ready: the built program, from the child's result (None: build it here).
-        threads: the child's torch threads.
-    """
-
-    def __init__(
-        self,
-        build: Callable[[], Any],
-        eager: Callable[[Sequence[Any]], Any],
-        ready: Callable[[Any], Callable[..., Any]],
-        threads: int = 1,
-    ) -> None:
-        self.pending: BackgroundBuild | None = BackgroundBuild(build, threads)
-        self.seconds = 0.0  # the child's, once it is done
-        self._eager, self._ready = eager, ready
-        self._program: Callable[..., Any] | None = None
-
-    def wait(self) -> None:
-        """Wait for the child and take its program."""
-        self._collect(wait=True)
-
-    def _collect(self, wait: bool = False) -> None:
-        if self.pending is None:
-            return
-        try:
-            result = self.pending.wait() if wait else self.pending.poll()
-        except BackgroundBuildError as error:
-            log.warning("a background build failed (%s): building in place", error)
-            self.seconds, self.pending = self.pending.seconds or 0.0, None
-            self._program = self._ready(None)
-            return
-        if result is not None:
-            self.seconds, self.pending = self.pending.seconds or 0.0, None
-            self._program = self._ready(result)
-
-    def __call__(self, *inputs: Any) -> Any:
-        """The program's outputs for ``inputs``: eager until the build is done."""
-        self._collect()
-        if self._program is not None:
-            return self._program(*inputs)
-        with spare_core():
-            return self._eager(inputs)

@@ -260,6 +260,12 @@ class CapturedModel:
             )
         return contextlib.nullcontext()
 
+    def cancel_builds(self) -> None:
+        """Stop the builds still running in child processes (``background``)."""
+        for program in self._compiled.values():
+            if hasattr(program, "cancel"):  # a ScriptedProgram
+                program.cancel()
+
     def is_compiled(self, batch: GraphBatch, kind: str = "predict") -> bool:
         """Whether this process already holds the compiled ``kind`` program for ``batch``'s
         shape (in the current grad and train modes)."""

@@ -188,18 +188,15 @@ def compiled_call_model(
     ``GPU_COMPILED_FRACTION`` and ``COLD_GPU_PREDICT_SECONDS`` (the store keeps CPU packages
     only); elsewhere ``COMPILED_FRACTION`` and ``cold_estimate(store)``. With
     ``backend="torchscript"``: ``script_fraction`` and ``SCRIPT_BUILD_SECONDS``, fitted on a
-    CPU, the one device ``capture_backends`` offers it on. With ``background`` a CPU build
-    (TorchScript's, or inductor's into the store) runs in a child process: ``build_cost``."""
+    CPU, the one device ``capture_backends`` offers it on; with ``background`` its build runs
+    in a child process (``build_cost``)."""
     if backend == "torchscript":
         fraction = script_fraction(eager_seconds, padding)
         return fraction, build_cost(SCRIPT_BUILD_SECONDS, fraction, background)
     if device_type == "cuda":
         return GPU_COMPILED_FRACTION, COLD_GPU_PREDICT_SECONDS
-    if device_type == "cpu":  # built into the store, so in the background if asked
-        fraction = compiled_fraction(eager_seconds, padding)
-        return fraction, build_cost(
-            cold_estimate(store), fraction, background and store is not None
-        )
+    if device_type == "cpu":
+        return compiled_fraction(eager_seconds, padding), cold_estimate(store)
     return COMPILED_FRACTION, cold_estimate(store)
 
 

@@ -185,8 +185,8 @@ class CompiledPotential:
 
     @property
     def pads(self) -> bool:
-        """Whether calls are padded to capacities: not with TorchScript (any sizes), where
-        capacities, shrinking, ``max_shapes``, ``max_oversize`` and ``patience`` do nothing."""
+        """Whether calls are padded to capacities: not with TorchScript (any sizes; then
+        capacities, shrinking, ``max_shapes``, ``max_oversize``, ``patience`` do nothing)."""
         return self.backend != "torchscript" or self.captured[False, False].eager
 
     @property
@@ -210,6 +210,11 @@ class CompiledPotential:
         when its patience runs out, TorchScript at its first call or, with ``background``, the
         first after its child is done)."""
         return self.graphs_built + self.graphs_loaded > 0
+
+    def cancel_builds(self) -> None:
+        """Stop builds still running in child processes (``run_md``, ``relax`` at their end)."""
+        for captured in self.captured.values():
+            captured.cancel_builds()
 
     @property
     def graphs_loaded(self) -> int:
@@ -305,15 +310,9 @@ class CompiledPotential:
         capacity = shrunk(current, counts, self.headroom, self.round_to, self.shrink_below, rung)
         if capacity is None:
             return None
-        log.info(
-            "graphs need %s, %.0f %% of capacity %s: shrunk to %s (shape %d of at most %s)",
-            counts,
-            100 * counts.entries / entries(current),
-            current,
-            capacity,
-            len(self.capacities) + 1,
-            self.max_shapes or "-",
-        )
+        share, shapes = 100 * counts.entries / entries(current), len(self.capacities) + 1
+        message = "graphs need %s, %.0f %% of capacity %s: shrunk to %s (shape %d of at most %s)"
+        log.info(message, counts, share, current, capacity, shapes, self.max_shapes or "-")
         self.capacities.append(capacity)
         return capacity
 

@@ -24,6 +24,7 @@ its own (a relaxation that ends with one structure left builds twice).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -41,6 +42,7 @@ from fastchgnet.compile.background import (
     BackgroundBuild,
     BackgroundBuildError,
     available_in_background,
+    busy,
     spare_core,
 )
 from fastchgnet.compile.trace import (
@@ -272,22 +274,35 @@ class ScriptedProgram:
         """Wait for a background build, if one runs, and keep its graph."""
         self._collect(wait=True)
 
+    def cancel(self) -> None:
+        """Stop a background build that still runs (a later call without a graph starts
+        another)."""
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+
     def __call__(self, *inputs: Tensor) -> tuple:
         """The program's outputs for ``inputs`` (the graph inputs)."""
         self._collect()
-        for guard, graph in self.graphs:
-            if guard(inputs):
-                return graph(*inputs)
-        if self._eager is None:
+        graph = next((graph for guard, graph in self.graphs if guard(inputs)), None)
+        if graph is None and self._eager is None:
             return self._add(inputs)(*inputs)
-        if self.pending is None:
+        if graph is None and self.pending is None:
             self._start(inputs)
-        with spare_core():
-            return self._eager(inputs)
+            if self._eager is None:  # no child could start: built here
+                return self._add(inputs)(*inputs)
+        with spare_core() if busy() else contextlib.nullcontext():  # a child has a core
+            return graph(*inputs) if graph is not None else self._eager(inputs)
 
     def _start(self, inputs: Sequence[Tensor]) -> None:
         log.info("building a TorchScript graph in a child process; calls run eagerly meanwhile")
-        self.pending = BackgroundBuild(lambda: self._built(inputs))
+        try:  # the child traces at this process's thread count, as the graph will run
+            built = BackgroundBuild(lambda: self._built(inputs), torch.get_num_threads())
+        except BackgroundBuildError as error:
+            log.warning("%s: building in place", error)
+            self._eager = None
+            return
+        self.pending = built
 
 
 def scripted_program(

@@ -1,12 +1,11 @@
 """A ``CapturedModel``'s CPU prediction program from the on-disk store: loaded, or compiled
-ahead of time into the store and loaded, in place or, with ``background``, in a child process
-while the calls run eagerly (``background.Deferred``).
+ahead of time (AOTInductor) into the store and loaded.
 
-An inductor build of an MD graph takes 15-30 s on 2 cores, most of it in the C++ compiler;
-in place, an MD run stands still for it. In a child forked from the caller (the model, the
-imports and the inputs already there), the package is written to the store as any build
-writes it (atomically, with its checksum), and the first call after the child is done loads
-it from there (about a second) and runs compiled from then on.
+The build stays in place, not in a child process as TorchScript's may (``compile.background``):
+on 2 cores its C++ compiles already use both, and an MD run that went on eagerly meanwhile
+(stop 46, 2000 steps, 2 threads) took its build from about 20 to 30 s, its eager steps to
+one thread, and ran 90.2 and 89.2 s whole on 32 and 64 atoms, where builds in place ran
+82.9-93.3 and 82.7-87.6 s (stop 45).
 """
 
 from __future__ import annotations
@@ -16,10 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from fastchgnet.compile.background import Deferred, available_in_background
-from fastchgnet.compile.trace import Program, batch_inputs, eager_call, model_state, trace_program
+from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 
@@ -57,8 +53,6 @@ def program_from_store(
         stats.loaded += 1
         stats.load_seconds += time.perf_counter() - start
         how = "loaded from"
-    elif captured.background and available_in_background():
-        return _in_background(captured, key, program, build, store_key, batch.n_short_bonds)
     else:
         runner = build()
         stats.compile_seconds += time.perf_counter() - start
@@ -75,44 +69,3 @@ def _keep(captured: CapturedModel, key: tuple, runner: Callable[..., Any]) -> No
     if key not in captured.stats.keys:  # the first call of a stored program is not a compile
         captured.stats.keys.append(key)
     captured._compiled[key] = runner
-
-
-def _in_background(
-    captured: CapturedModel,
-    key: tuple,
-    program: Program,
-    build: Callable[[], Callable[..., Any]],
-    store_key: str,
-    n_short_bonds: int,
-) -> Deferred:
-    """A ``Deferred`` whose child builds the package into the store; kept under ``key`` until
-    the package is loaded (or, if the child failed, built here)."""
-    store, stats = captured.store, captured.stats
-    assert store is not None
-
-    def in_child() -> bool:
-        build()
-        return True
-
-    def ready(done: bool | None) -> Callable[..., Any]:
-        start = time.perf_counter()
-        runner = store.load(store_key) if done else None
-        if runner is None:  # the child failed, or its package does not load: build it here
-            runner = build()
-            stats.compile_seconds += time.perf_counter() - start
-        else:
-            stats.background_seconds += deferred.seconds
-            stats.load_seconds += time.perf_counter() - start
-        log.info("graph %d (%s): ready from %s in the background", stats.graphs + 1, key[0],
-                 store.root)  # fmt: skip
-        _keep(captured, key, runner)
-        return runner
-
-    n_state = len(model_state(captured.model)[0])
-    eager = eager_call(captured.model, program, n_state, False, n_short_bonds)
-    log.info("compiling %s into %s in a child process; calls run eagerly meanwhile", key[0],
-             store.root)  # fmt: skip
-    deferred = Deferred(in_child, eager, ready, threads=torch.get_num_threads())
-    captured._compiled[key] = deferred
-    captured.stats.keys.append(key)
-    return deferred

@@ -252,7 +252,11 @@ def run_md(
         dyn.attach(logger, interval=loginterval)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
-        dyn.run(steps)
+        try:
+            dyn.run(steps)
+        finally:  # a graph still building in a child process would serve no step
+            for used in {id(p): p for p in (potential, atoms.calc.model)}.values():
+                getattr(used, "cancel_builds", lambda: None)()
     if trajectory is not None and hasattr(writer, "close"):
         writer.close()
     return atoms

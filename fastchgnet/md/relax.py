@@ -333,6 +333,7 @@ def _run_lockstep(
             run.optimizer.nsteps += 1
             still_active.append((index, run))
         active = still_active
+    getattr(model, "cancel_builds", lambda: None)()  # a graph still building serves no call
     return [results[index] for index in range(len(results))]
 
 
@@ -361,8 +362,9 @@ def _compile_chooser(
         def price(backend: str) -> tuple[float, float, Potential]:
             potential = compiled_potential(model, backend=backend, **RELAX_COMPILE)
             padding = potential.padding_for(graphs)
+            background = RELAX_COMPILE["background"]
             fraction, cold = compiled_call_model(
-                device, eager_seconds, padding, potential.store, backend, background=True
+                device, eager_seconds, padding, potential.store, backend, background
             )
             # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES;
             # TorchScript builds one graph for any sizes, and one more for a last structure

@@ -1,7 +1,6 @@
 """Builds in a forked child (compile.background): results and failures come back, calls made
-meanwhile run eagerly on a spared core, and a TorchScript potential (its graph) or an
-inductor one (its package, from the store) switches once the child is done, equal to eager
-throughout."""
+meanwhile run eagerly on a spared core, and a TorchScript potential switches to its graph
+once the child is done, equal to eager throughout."""
 
 from __future__ import annotations
 
@@ -19,8 +18,6 @@ from fastchgnet.compile.background import BackgroundBuild, BackgroundBuildError,
 from fastchgnet.compile.decide import SCRIPT_BUILD_SECONDS, build_cost
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.script import ScriptedProgram
-from fastchgnet.compile.store import CompiledStore
-from fastchgnet.compile.trace import graph_bytes, graph_from_bytes
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
@@ -34,23 +31,28 @@ needs_fork = pytest.mark.skipif(
 
 @needs_fork
 def test_a_background_build_sends_its_result_or_its_error_back():
-    assert BackgroundBuild(lambda: {"graph": b"\x00" * 300_000}).wait() == {
+    assert BackgroundBuild(lambda: {"graph": b"\x00" * 300_000}, 1).wait() == {
         "graph": b"\x00" * 300_000  # more than a pipe holds: read while the child writes
     }
-    slow = BackgroundBuild(lambda: time.sleep(0.5) or 7)
+    slow = BackgroundBuild(lambda: time.sleep(0.5) or 7, 1)
     assert slow.poll() is None  # still running
     assert slow.wait() == 7
     assert slow.poll() == 7
     assert slow.seconds >= 0.5
     with pytest.raises(BackgroundBuildError, match="ZeroDivisionError: division by zero"):
-        BackgroundBuild(lambda: 1 / 0).wait()
+        BackgroundBuild(lambda: 1 / 0, 1).wait()
+    with pytest.raises(BackgroundBuildError, match="ended without a result"):
+        BackgroundBuild(lambda: os._exit(3), 1).wait()  # died before it could answer
+    assert BackgroundBuild(torch.get_num_threads, 3).wait() == 3  # the caller's count
 
 
 @needs_fork
 def test_a_cancelled_build_leaves_no_process_behind():
-    build = BackgroundBuild(lambda: time.sleep(60))
+    build = BackgroundBuild(lambda: time.sleep(60), 1)
     pid = build._pid
+    assert background.busy()
     build.cancel()
+    assert not background.busy()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
@@ -154,39 +156,24 @@ def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monk
     assert potential.padding.batches == 9
 
 
-class GraphStore(CompiledStore):
-    """A store whose "package" is the traced graph itself (``trace.graph_bytes``): the build
-    and load of an AOTInductor package without the minute of C++."""
-
-    def build(self, key, graph, inputs, about, options=None):
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / f"{key}.graph").write_bytes(graph_bytes(graph))
-        return graph
-
-    def load(self, key):
-        path = self.root / f"{key}.graph"
-        return graph_from_bytes(path.read_bytes()) if path.is_file() else None
-
-
 @needs_fork
-def test_an_inductor_potential_builds_into_its_store_in_a_child_and_then_loads_it(tmp_path):
-    model = small_model("conservative", torch.float64).eval()
-    store = GraphStore(tmp_path)
-    potential = CompiledPotential(model, store=store, background=True)
-    graphs = [Calculator(model).graph(as_atoms(s)) for s in varied_structures(2, seed=3)]
-    eager = EagerPotential(model).predict_graphs(graphs, stress=False)
-    first = potential.predict_graphs(graphs, stress=False)  # the child is building
-    assert not potential.has_graphs
-    (deferred,) = potential.captured[False, False]._compiled.values()
-    deferred.wait()  # the package is in the store now; the next call loads it
-    assert len(list(tmp_path.glob("*.graph"))) == 1
-    second = potential.predict_graphs(graphs, stress=False)
-    assert potential.graphs_built == 1
-    assert potential.background_seconds > 0
-    assert potential.compile_seconds == 0
-    (loaded,) = potential.captured[False, False]._compiled.values()
-    assert loaded is not deferred  # later calls run the loaded program directly
-    for name in ("energy", "forces", "magmoms"):
-        expected = getattr(eager, name).detach()
-        np.testing.assert_allclose(getattr(first, name), expected, atol=1e-12)
-        np.testing.assert_allclose(getattr(second, name), expected, atol=1e-9)
+def test_a_background_graph_is_traced_for_the_callers_threads_and_a_run_leaves_no_child():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the model picks its scatter form by the thread count
+        model = small_model("conservative", torch.float64).eval()
+        graphs = [Calculator(model).graph(as_atoms(varied_structures(1, seed=3)[0]))]
+        kinds = []
+        for in_background in (False, True):
+            potential = CompiledPotential(model, backend="torchscript", background=in_background)
+            potential.predict_graphs(graphs, stress=False)
+            if in_background:
+                scripted(potential).wait()
+            ((_, graph),) = scripted(potential).graphs
+            kinds.append(sorted(node.kind() for node in graph.graph.nodes()))
+        assert kinds[0] == kinds[1]
+    finally:
+        torch.set_num_threads(threads)
+    options = {"steps": 3, "seed": 4, "progress": False, "compiled": "torchscript"}
+    dynamics.run_md(varied_structures(1, seed=2, max_atoms=4)[0], model, **options)
+    assert not background.busy()  # the run ended before its graph: the build was stopped
