@@ -55,3 +55,14 @@ def padded_batch(dtype: torch.dtype = torch.float32, n: int = 4, seed: int = 1):
 @pytest.fixture(scope="module")
 def batch_and_labels():
     return padded_batch()
+
+
+def nvt_integrator(crystal, calc):
+    """A copy of ``crystal`` (ASE Atoms) with seeded momenta and ``calc``, and its NVT
+    Berendsen integrator (300 K, 2 fs): the same trajectory for any calculator that agrees."""
+    from fastchgnet.md.dynamics import make_integrator
+
+    atoms = crystal.copy()
+    atoms.set_momenta(np.random.default_rng(0).normal(scale=0.3, size=(len(atoms), 3)))
+    atoms.calc = calc
+    return make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)

@@ -21,7 +21,7 @@ from fastchgnet.compile.script import ScriptedProgram
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
-from tests.compile.conftest import small_model
+from tests.compile.conftest import nvt_integrator, small_model
 
 dynamics = importlib.import_module("fastchgnet.md.dynamics")
 needs_fork = pytest.mark.skipif(
@@ -142,15 +142,12 @@ def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monk
     crystal = as_atoms(varied_structures(3, seed=11, max_atoms=8)[2])
     positions = []
     for calc in (Calculator(model), Calculator(potential)):
-        atoms = crystal.copy()
-        atoms.set_momenta(np.random.default_rng(0).normal(scale=0.3, size=(len(atoms), 3)))
-        atoms.calc = calc
-        md = dynamics.make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0)
+        md = nvt_integrator(crystal, calc)
         md.run(3)
         if calc.model is potential:
             scripted(potential).wait()  # the rest of the run goes through the graph
         md.run(5)
-        positions.append(atoms.positions.copy())
+        positions.append(md.atoms.positions.copy())
     np.testing.assert_allclose(positions[1], positions[0], atol=1e-9)
     assert potential.graphs_built == 1
     assert potential.padding.batches == 9

@@ -21,7 +21,7 @@ from fastchgnet.data.graph import build_graph
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.md.relax import relax
-from tests.compile.conftest import padded_batch, small_model
+from tests.compile.conftest import nvt_integrator, padded_batch, small_model
 
 dynamics = importlib.import_module("fastchgnet.md.dynamics")
 relax_module = importlib.import_module("fastchgnet.md.relax")  # the package exports relax()
@@ -107,11 +107,9 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypa
     crystal = as_atoms(varied_structures(3, seed=11, max_atoms=8)[2])
     positions = []
     for calc in (Calculator(model), Calculator(potential)):
-        atoms = crystal.copy()
-        atoms.set_momenta(np.random.default_rng(0).normal(scale=0.3, size=(len(atoms), 3)))
-        atoms.calc = calc
-        dynamics.make_integrator(atoms, "nvt", "berendsen", temperature=300, timestep=2.0).run(8)
-        positions.append(atoms.positions.copy())
+        md = nvt_integrator(crystal, calc)
+        md.run(8)
+        positions.append(md.atoms.positions.copy())
     np.testing.assert_allclose(positions[1], positions[0], atol=1e-9)
     assert potential.graphs_built == 1
     assert potential.padding.batches == 9
