@@ -19,7 +19,9 @@ and serves every batch unpadded (``ScriptedProgram``): no capacity, no padding a
 build when an MD run's bonds outgrow a shape. Sizes of 0 or 1 still trace as constants, and a
 size the model branches on would too; each graph keeps the trace's guards (``SizeGuard``, one
 Python expression over the input sizes per call) and a batch that breaks them gets a graph of
-its own (a relaxation that ends with one structure left builds twice).
+its own (a relaxation that ends with one structure left builds twice). With ``eager`` (what
+``run_md`` and ``relax`` ask for) builds run in a forked child while calls run eagerly
+(``compile.background``).
 """
 
 from __future__ import annotations
@@ -228,19 +230,21 @@ class ScriptedProgram:
     def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
         start = time.perf_counter()
         guard, graph = self._new_graph(inputs)
-        self._keep(guard, graph, time.perf_counter() - start, "")
+        self._keep(guard, graph, time.perf_counter() - start, in_child=False)
         return graph
 
-    def _keep(self, guard: SizeGuard, graph: torch.jit.ScriptModule, seconds: float, how: str):
+    def _keep(
+        self, guard: SizeGuard, graph: torch.jit.ScriptModule, seconds: float, in_child: bool
+    ) -> None:
         self.graphs.append((guard, graph))
         self._stats.graphs += 1
-        if how:
+        if in_child:
             self._stats.background_seconds += seconds
         else:
             self._stats.compile_seconds += seconds
-        log.info(
-            "graph %d (TorchScript, any sizes): built%s in %.1f s", self._stats.graphs, how, seconds
-        )
+        where = " in the background" if in_child else ""
+        log.info("graph %d (TorchScript, any sizes): built%s in %.1f s", self._stats.graphs,
+                 where, seconds)  # fmt: skip
         if len(self.graphs) > WARN_GRAPHS:
             log.warning(
                 "%d TorchScript graphs for one program: batch sizes keep breaking the guards "
@@ -267,7 +271,7 @@ class ScriptedProgram:
                     "ignore", "`torch.jit.load` is deprecated", DeprecationWarning
                 )
                 graph = torch.jit.load(io.BytesIO(saved))
-            self._keep(guard, graph, self.pending.seconds or 0.0, " in the background")
+            self._keep(guard, graph, self.pending.seconds or 0.0, in_child=True)
             self.pending = None
 
     def wait(self) -> None:
