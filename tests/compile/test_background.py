@@ -68,6 +68,8 @@ def test_spare_core_takes_a_thread_only_where_the_cores_are_short(monkeypatch):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
         with spare_core():
             assert torch.get_num_threads() == 2
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+        assert not background.available_in_background()  # the child would only take turns
     finally:
         torch.set_num_threads(threads)
 
