@@ -50,7 +50,6 @@ from fastchgnet.compile.background import (
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
-    eager_call,
     model_state,
     rebuild,
     short_bonds_input,
@@ -58,6 +57,7 @@ from fastchgnet.compile.trace import (
 )
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.model.potential import frozen
 
 if TYPE_CHECKING:
     from fastchgnet.compile.capture import CaptureStats
@@ -324,10 +324,22 @@ def scripted_program(
     state, with_labels = model_state(model)[1], labels is not None
     n_state = len(state)
 
+    parameters = list(model.parameters())
+
+    def rebuilt(inputs: Sequence[Tensor]) -> tuple[GraphBatch, LabelBatch | None]:
+        return rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
+
     def trace(inputs: Sequence[Tensor]) -> fx.GraphModule:
-        graph_batch, graph_labels = rebuild(inputs[n_state:-1], inputs[-1].shape[0], with_labels)
-        return trace_program(model, program, graph_batch, graph_labels, free_counts=True)
+        return trace_program(model, program, *rebuilt(inputs), free_counts=True)
+
+    def eager(inputs: Sequence[Tensor]) -> tuple:
+        """The program run eagerly, answering as the graph does: under no_grad with the
+        weights frozen (as ``EagerPotential`` runs) and outputs without autograd history."""
+        if torch.is_grad_enabled():
+            return program(model, *rebuilt(inputs))
+        with frozen(parameters):
+            outputs = program(model, *rebuilt(inputs))
+        return tuple(None if output is None else output.detach() for output in outputs)
 
     inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]
-    eager = eager_call(model, program, n_state, with_labels) if in_background else None
-    return ScriptedProgram(trace, inputs, stats, n_state, eager)
+    return ScriptedProgram(trace, inputs, stats, n_state, eager if in_background else None)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fastchgnet.compile.trace import Program, batch_inputs, model_state, trace_program
+from fastchgnet.compile.trace import Program, batch_inputs, trace_program
 from fastchgnet.data.batch import GraphBatch
 from fastchgnet.data.labels import LabelBatch
 
@@ -42,30 +42,21 @@ def program_from_store(
     stats = captured.stats
     start = time.perf_counter()
     runner = store.load(store_key)
-
-    def build() -> Callable[..., Any]:
-        traced = trace_program(captured.model, program, batch, labels)
-        about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
-        inputs = [*model_state(captured.model)[1], *batch_inputs(batch)]
-        return store.build(store_key, traced, inputs, about, options)
-
     if runner is not None:
         stats.loaded += 1
         stats.load_seconds += time.perf_counter() - start
         how = "loaded from"
     else:
-        runner = build()
+        traced = trace_program(captured.model, program, batch, labels)
+        about = {"program": key[0], "model_dtype": str(batch.lattice.dtype)}
+        inputs = [*captured._state(), *batch_inputs(batch)]
+        runner = store.build(store_key, traced, inputs, about, options)
         stats.compile_seconds += time.perf_counter() - start
         how = "compiled ahead of time into"
     seconds = time.perf_counter() - start
-    log.info("graph %d (%s, shapes %s): %s %s in %.2f s", stats.graphs, *key[:1], key[3][:1],
+    log.info("graph %d (%s, shapes %s): %s %s in %.2f s", stats.graphs, key[0], key[3][:1],
              how, store.root, seconds)  # fmt: skip
-    _keep(captured, key, runner)
+    stats.graphs += 1
+    stats.keys.append(key)
+    captured._compiled[key] = runner  # its key in stats.keys: the first call is not timed
     return runner
-
-
-def _keep(captured: CapturedModel, key: tuple, runner: Callable[..., Any]) -> None:
-    captured.stats.graphs += 1
-    if key not in captured.stats.keys:  # the first call of a stored program is not a compile
-        captured.stats.keys.append(key)
-    captured._compiled[key] = runner

@@ -163,36 +163,6 @@ def trace_program(
     return traced
 
 
-def eager_call(
-    model: nn.Module,
-    program: Program,
-    n_state: int,
-    with_labels: bool,
-    n_short_bonds: int | None = None,
-) -> Callable[[Sequence[Tensor]], tuple]:
-    """``program`` run eagerly on the inputs its traced graph takes (``model_state``, then
-    ``batch_inputs``, then with ``n_short_bonds`` None ``short_bonds_input``), answering as the
-    graph does: under no_grad with the weights frozen (``model.potential.frozen``, as
-    ``EagerPotential`` runs) and outputs without autograd history."""
-    from fastchgnet.model.potential import frozen
-
-    parameters = list(model.parameters())
-
-    def call(inputs: Sequence[Tensor]) -> tuple:
-        if n_short_bonds is None:
-            rest, short = inputs[n_state:-1], inputs[-1].shape[0]
-        else:
-            rest, short = inputs[n_state:], n_short_bonds
-        batch, labels = rebuild(rest, short, with_labels)
-        if torch.is_grad_enabled():
-            return program(model, batch, labels)
-        with frozen(parameters):
-            outputs = program(model, batch, labels)
-        return tuple(None if output is None else output.detach() for output in outputs)
-
-    return call
-
-
 def short_bonds_input(batch: GraphBatch) -> Tensor:
     """An empty (n_short_bonds, 0) tensor: how a ``free_counts`` graph takes ``n_short_bonds``
     (its last input), as a size it reads, not a constant traced in."""
