@@ -47,6 +47,7 @@ from fastchgnet.compile.programs import (
 )
 from fastchgnet.compile.store import (
     CompiledStore,
+    ScriptShelf,
     program_key,
     stored_trace,
     use_persistent_inductor_cache,
@@ -137,8 +138,9 @@ class CapturedModel:
         compute_forces, compute_stress, features: what the programs predict (``features``:
             atom and crystal features too, prediction only).
         store: keep CPU prediction graphs (no gradients, inductor) compiled ahead of time in
-            this on-disk store and load them from there, and dynamic-size traces (None:
-            compile in memory each process).
+            this on-disk store and load them from there, TorchScript graphs
+            (``store.ScriptShelf``) and dynamic-size traces (None: build in memory each
+            process).
         dynamic: one graph for batches of any atoms, bonds and angles that share structure
             and short-bond counts (see the module docstring; no CUDA graphs).
         background: TorchScript builds in a child process, calls eager meanwhile (``script``).
@@ -271,6 +273,17 @@ class CapturedModel:
         shape (in the current grad and train modes)."""
         return self._key(kind, batch, None) in self._compiled
 
+    def has_stored_graph(self, batch: GraphBatch) -> bool:
+        """Whether the store keeps a TorchScript graph whose guard holds for ``batch``'s
+        prediction in the current grad mode (read, not loaded)."""
+        if self.backend != "torchscript" or self.store is None or self.eager:
+            return False
+        from fastchgnet.compile.script import SizeGuard
+
+        shelf = ScriptShelf(self.store, self._about(self._key("predict", batch, None)))
+        inputs = [*self._state(), *batch_inputs(batch), short_bonds_input(batch)]
+        return any(SizeGuard.from_state(state)(inputs) for state, _, _ in shelf.graphs())
+
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         """What picks a compiled program in this process: kind, grad and train modes, the
         shapes (``dynamic``: ranks and structure count; TorchScript: ranks), and the
@@ -334,8 +347,9 @@ class CapturedModel:
         if self.backend == "torchscript":  # any sizes; counts its own graphs (compile.script)
             from fastchgnet.compile.script import scripted_program
 
-            model = self.model
-            built = scripted_program(model, program, batch, labels, self.stats, self.background)
+            shelf = None if self.store is None else ScriptShelf(self.store, self._about(key))
+            model, stats = self.model, self.stats
+            built = scripted_program(model, program, batch, labels, stats, self.background, shelf)
             self._compiled[key] = built
             self.stats.keys.append(key)  # its first call is not a compile
             return built

@@ -41,7 +41,8 @@ for the compile-or-not decision (``fastchgnet.compile.decide``).
 With ``backend="torchscript"`` none of this applies (``pads`` is False): TorchScript's graphs
 take any sizes (``compile.script.ScriptedProgram``), so every call runs its graphs as they are,
 unpadded, and one build serves an MD run or a relaxation whatever its bond counts do; with
-``background`` it is built in a child process while the calls run eagerly.
+``background`` it is built in a child process while the calls run eagerly. The store keeps
+those graphs too (``store.ScriptShelf``): a later process loads them at its first call.
 
 Stress costs part of a backward pass and MD without a barostat never asks for it; a
 ``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
@@ -92,6 +93,11 @@ def contiguous(batch: GraphBatch) -> GraphBatch:
     return replace(batch, **changes) if changes else batch
 
 
+#: What loading a stored graph is priced at (a package: well under a second; TorchScript
+#: graphs: about 0.05 s each).
+STORED_SECONDS = 1.0
+
+
 class CompiledPotential:
     """A FastCHGNet run compiled for a few fixed capacities (TorchScript: for any sizes,
     unpadded, ``pads``): a ``Potential`` for prediction, the calculator, relaxation and MD.
@@ -100,14 +106,15 @@ class CompiledPotential:
         model: the model (any mode); put in eval mode here.
         backend: torch.compile backend ("inductor"; "aot_eager" traces the same graph and runs
             it without code generation: for tests), or "torchscript" (the trace run by
-            TorchScript, ``compile.script``: a build of seconds, no store, and calls not
-            padded: ``pads``).
+            TorchScript, ``compile.script``: a build of seconds, kept in the store for any
+            sizes, and calls not padded: ``pads``).
         headroom: fractional margin on bonds (0.2: 20 % more than the first call; angles get
             44 %, see the module docstring).
         round_to: bonds and angles capacities are multiples of this.
         eager: run the same padded programs without trace or compile (for comparisons).
-        store: on-disk store of CPU programs compiled ahead of time ("default": the folder
-            ``fastchgnet.compile.store.default_root`` names; None: compile in memory only).
+        store: on-disk store of CPU programs compiled ahead of time and of TorchScript
+            graphs ("default": the folder ``fastchgnet.compile.store.default_root`` names;
+            None: build in memory only).
         shrink_below: make a tighter capacity when one would hold at most this fraction of
             the entries of the smallest known capacity that fits (None: never shrink).
         max_shapes: most capacities (each one compiled graph per program); a call needing
@@ -162,7 +169,7 @@ class CompiledPotential:
         self.backend = backend
         self.capacities: list[Capacity] = []
         if store == "default":
-            store = default_store() if backend == "inductor" and not eager else None
+            store = None if eager else default_store()
         if isinstance(store, str):
             raise ValueError(f"store={store!r}: use 'default', None or a CompiledStore")
         self.store = store
@@ -226,13 +233,16 @@ class CompiledPotential:
     ) -> float:
         """Seconds the calls for ``graphs`` would spend compiling: 0 when the shape they would
         run in is compiled already in this process or when they would run eagerly (see
-        ``max_shapes``), about one (the load) when the on-disk store has it, else
+        ``max_shapes``), ``STORED_SECONDS`` (the load) when the on-disk store has it, else
         ``cold_estimate``. Asking makes no capacity and counts no call (``patience``)."""
         captured = self.captured[stress, False]
         self.model.eval()
         if not self.pads:
             with torch.no_grad():
-                return 0.0 if captured.is_compiled(self._collated(graphs)) else cold_estimate
+                batch = self._collated(graphs)
+                if captured.is_compiled(batch):
+                    return 0.0
+                return STORED_SECONDS if captured.has_stored_graph(batch) else cold_estimate
         capacity = self._would_use(Counts.of(graphs))
         if capacity is None:  # the calls run eagerly
             return 0.0
@@ -242,7 +252,7 @@ class CompiledPotential:
                 return 0.0
             key = captured.store_key("predict", batch, None)
         if key is not None and self.store is not None and self.store.has(key):
-            return 1.0
+            return STORED_SECONDS
         return cold_estimate
 
     def padding_for(self, graphs: Sequence[CrystalGraph]) -> float:

@@ -61,6 +61,7 @@ from fastchgnet.model.potential import frozen
 
 if TYPE_CHECKING:
     from fastchgnet.compile.capture import CaptureStats
+    from fastchgnet.compile.store import ScriptShelf
 
 log = logging.getLogger("fastchgnet.compile")
 
@@ -143,6 +144,13 @@ class SizeGuard:
     def __getstate__(self) -> dict:  # pickled by a background build: the text, not the code
         return {key: value for key, value in vars(self).items() if key != "_check"}
 
+    @classmethod
+    def from_state(cls, state: dict) -> SizeGuard:
+        """The guard whose ``__getstate__`` was ``state`` (a stored graph's)."""
+        guard = cls.__new__(cls)
+        guard.__setstate__(dict(state))
+        return guard
+
     def __setstate__(self, state: dict) -> None:
         vars(self).update(state)
         self._compile()
@@ -192,6 +200,8 @@ class ScriptedProgram:
         stats: the capture's counts.
         free_from: the first input whose first size is free (the model's state comes first).
         eager: the program run eagerly on graph inputs (None: every build in place).
+        shelf: where the graphs are kept on disk (``store.ScriptShelf``): its graphs are
+            loaded first, and each new one is kept there (None: in memory only).
     """
 
     def __init__(
@@ -201,13 +211,18 @@ class ScriptedProgram:
         stats: CaptureStats,
         free_from: int,
         eager: Callable[[Sequence[Tensor]], tuple] | None = None,
+        shelf: ScriptShelf | None = None,
     ) -> None:
         self._trace = trace
+        self._shelf = shelf
         self._free_from = free_from
         self._stats = stats
         self._eager = eager if eager is not None and available_in_background() else None
         self.graphs: list[tuple[SizeGuard, torch.jit.ScriptModule]] = []
         self.pending: BackgroundBuild | None = None
+        self._load_shelf()
+        if any(guard(inputs) for guard, _ in self.graphs):
+            return  # a kept graph holds: no build
         if self._eager is None:
             self._add(inputs)
         else:
@@ -230,8 +245,26 @@ class ScriptedProgram:
     def _add(self, inputs: Sequence[Tensor]) -> torch.jit.ScriptModule:
         start = time.perf_counter()
         guard, graph = self._new_graph(inputs)
-        self._keep(guard, graph, time.perf_counter() - start, in_child=False)
+        seconds = time.perf_counter() - start
+        self._keep(guard, graph, seconds, in_child=False)
+        if self._shelf is not None:
+            saved = io.BytesIO()
+            torch.jit.save(graph, saved)
+            self._shelf.keep(guard.__getstate__(), saved.getvalue(), seconds)
         return graph
+
+    def _load_shelf(self) -> None:
+        """Load the graphs kept on the shelf (counted in ``stats.loaded``, ``load_seconds``)."""
+        if self._shelf is None:
+            return
+        start = time.perf_counter()
+        for state, saved, _ in self._shelf.graphs():
+            self.graphs.append((SizeGuard.from_state(state), _loaded(saved)))
+            self._stats.loaded += 1
+        if self.graphs:
+            self._stats.load_seconds += time.perf_counter() - start
+            log.info("%d TorchScript graph(s) (any sizes) loaded from %s in %.2f s",
+                     len(self.graphs), self._shelf.folder, time.perf_counter() - start)  # fmt: skip
 
     def _keep(
         self, guard: SizeGuard, graph: torch.jit.ScriptModule, seconds: float, in_child: bool
@@ -266,13 +299,11 @@ class ScriptedProgram:
             return
         if built is not None:
             guard, saved = built
-            with warnings.catch_warnings():
-                warnings.filterwarnings(
-                    "ignore", "`torch.jit.load` is deprecated", DeprecationWarning
-                )
-                graph = torch.jit.load(io.BytesIO(saved))
-            self._keep(guard, graph, self.pending.seconds or 0.0, in_child=True)
+            seconds = self.pending.seconds or 0.0
+            self._keep(guard, _loaded(saved), seconds, in_child=True)
             self.pending = None
+            if self._shelf is not None:
+                self._shelf.keep(guard.__getstate__(), saved, seconds)
 
     def wait(self) -> None:
         """Wait for a background build, if one runs, and keep its graph."""
@@ -309,6 +340,13 @@ class ScriptedProgram:
         self.pending = built
 
 
+def _loaded(saved: bytes) -> torch.jit.ScriptModule:
+    """The TorchScript module ``torch.jit.save`` wrote as ``saved``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+        return torch.jit.load(io.BytesIO(saved))
+
+
 def scripted_program(
     model: torch.nn.Module,
     program: Program,
@@ -316,11 +354,12 @@ def scripted_program(
     labels: LabelBatch | None,
     stats: CaptureStats,
     in_background: bool = False,
+    shelf: ScriptShelf | None = None,
 ) -> ScriptedProgram:
     """``program`` of ``model`` as a ``ScriptedProgram``, its first graph built (or, with
     ``in_background``, started in a child while calls run eagerly) for ``batch`` (and
-    ``labels``); it takes ``model_state(model)[1] + batch_inputs(batch, labels) +
-    [short_bonds_input(batch)]``."""
+    ``labels``) unless one kept on ``shelf`` holds for it; it takes
+    ``model_state(model)[1] + batch_inputs(batch, labels) + [short_bonds_input(batch)]``."""
     state, with_labels = model_state(model)[1], labels is not None
     n_state = len(state)
 
@@ -342,4 +381,4 @@ def scripted_program(
         return tuple(None if output is None else output.detach() for output in outputs)
 
     inputs = [*state, *batch_inputs(batch, labels), short_bonds_input(batch)]
-    return ScriptedProgram(trace, inputs, stats, n_state, eager if in_background else None)
+    return ScriptedProgram(trace, inputs, stats, n_state, eager if in_background else None, shelf)

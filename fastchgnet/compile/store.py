@@ -274,6 +274,55 @@ def stored_trace(
     return graph_from_bytes(data)
 
 
+#: File format of a stored TorchScript graph (``ScriptShelf``).
+SCRIPT_FORMAT, SCRIPT_VERSION = "fastchgnet-torchscript", 1
+
+
+class ScriptShelf:
+    """The TorchScript graphs of one program (``compile.script.ScriptedProgram``) in ``store``:
+    ``<store>/torchscript/<digest>/``, the digest of ``described`` (what the graphs depend on:
+    ``CapturedModel._about``, with the thread count) and the code fingerprint. A graph serves
+    any sizes its guard allows, so one build serves every later process and structure of that
+    config and program: a warm MD run starts on its graph at the first call.
+
+    Each graph is one checksummed file (``fastchgnet.files.write_checksummed``, atomic) named
+    by its guard: the ``torch.jit.save`` bytes, the guard's state and the build's seconds. A
+    damaged or foreign file is reported and removed (the graph is built again); a file that
+    cannot be written is reported and the run goes on."""
+
+    def __init__(self, store: CompiledStore, described: Any) -> None:
+        key = json_digest({"code": code_fingerprint(), "described": described})
+        self.folder = store.root / "torchscript" / key
+
+    def graphs(self) -> list[tuple[dict[str, Any], bytes, float]]:
+        """(guard state, ``torch.jit.save`` bytes, build seconds) of each kept graph."""
+        found = []
+        for path in sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []:
+            try:
+                _, payload = read_checksummed(path, SCRIPT_FORMAT, [SCRIPT_VERSION])
+                data = payload["graph"].numpy().tobytes()
+                found.append((payload["guard"], data, float(payload["seconds"])))
+            except Exception as exc:  # a damaged or foreign file is built again, never trusted
+                log.warning("compiled store: %s is unusable (%s); removed", path, exc)
+                path.unlink(missing_ok=True)
+        return found
+
+    def keep(self, guard: dict[str, Any], data: bytes, seconds: float) -> None:
+        """Keep one graph: ``guard`` (its state: strings and ints), ``data`` (its
+        ``torch.jit.save`` bytes) and the ``seconds`` its build took."""
+        name = hashlib.sha256(json.dumps(guard, sort_keys=True).encode()).hexdigest()[:32]
+        payload = {
+            "guard": guard,
+            "graph": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            "seconds": seconds,
+        }
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_checksummed(self.folder / f"{name}.pt", payload, SCRIPT_FORMAT, SCRIPT_VERSION)
+        except OSError as exc:
+            log.warning("compiled store: could not keep a TorchScript graph (%s)", exc)
+
+
 def default_store() -> CompiledStore | None:
     """The store at ``default_root()``, or None when turned off."""
     root = default_root()

@@ -93,7 +93,7 @@ def scripted(potential: CompiledPotential) -> ScriptedProgram:
 def test_a_torchscript_potential_answers_eagerly_until_its_child_has_built_the_graph():
     threads = torch.get_num_threads()
     model = small_model("conservative", torch.float64).eval()
-    potential = CompiledPotential(model, backend="torchscript", background=True)
+    potential = CompiledPotential(model, backend="torchscript", background=True, store=None)
     graphs = [Calculator(model).graph(as_atoms(s)) for s in varied_structures(2, seed=3)]
     eager = EagerPotential(model).predict_graphs(graphs, stress=False)
     first = potential.predict_graphs(graphs, stress=False)
@@ -121,7 +121,7 @@ def test_a_failed_background_build_is_reported_and_built_in_place(monkeypatch, c
 
     monkeypatch.setattr(ScriptedProgram, "_built", broken)  # the child inherits it
     model = small_model("conservative", torch.float64).eval()
-    potential = CompiledPotential(model, backend="torchscript", background=True)
+    potential = CompiledPotential(model, backend="torchscript", background=True, store=None)
     graphs = [Calculator(model).graph(as_atoms(varied_structures(1, seed=3)[0]))]
     potential.predict_graphs(graphs, stress=False)
     with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
@@ -138,7 +138,7 @@ def test_a_failed_background_build_is_reported_and_built_in_place(monkeypatch, c
 @needs_fork
 def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monkeypatch):
     model = small_model("conservative", torch.float64).eval()
-    options = dynamics.md_compile_options(40) | {"backend": "torchscript"}
+    options = dynamics.md_compile_options(40) | {"backend": "torchscript", "store": None}
     assert options["background"]  # run_md's captures build in the background
     potential = CompiledPotential(model, **options)
     crystal = as_atoms(varied_structures(3, seed=11, max_atoms=8)[2])
@@ -156,7 +156,9 @@ def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monk
 
 
 @needs_fork
-def test_a_background_graph_is_traced_for_the_callers_threads_and_a_run_leaves_no_child():
+def test_a_background_graph_is_traced_for_the_callers_threads_and_a_run_leaves_no_child(
+    monkeypatch,
+):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)  # the model picks its scatter form by the thread count
@@ -164,7 +166,9 @@ def test_a_background_graph_is_traced_for_the_callers_threads_and_a_run_leaves_n
         graphs = [Calculator(model).graph(as_atoms(varied_structures(1, seed=3)[0]))]
         kinds = []
         for in_background in (False, True):
-            potential = CompiledPotential(model, backend="torchscript", background=in_background)
+            potential = CompiledPotential(
+                model, backend="torchscript", background=in_background, store=None
+            )
             potential.predict_graphs(graphs, stress=False)
             if in_background:
                 scripted(potential).wait()
@@ -173,6 +177,7 @@ def test_a_background_graph_is_traced_for_the_callers_threads_and_a_run_leaves_n
         assert kinds[0] == kinds[1]
     finally:
         torch.set_num_threads(threads)
+    monkeypatch.setenv("FASTCHGNET_COMPILE_STORE", "0")  # a kept graph would start no child
     options = {"steps": 3, "seed": 4, "progress": False, "compiled": "torchscript"}
     dynamics.run_md(varied_structures(1, seed=2, max_atoms=4)[0], model, **options)
     assert not background.busy()  # the run ended before its graph: the build was stopped

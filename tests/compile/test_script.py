@@ -102,8 +102,7 @@ def test_a_batch_outside_a_graphs_guards_gets_a_graph_of_its_own():
 
 def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypatch):
     model = small_model("conservative", torch.float64).eval()
-    potential = CompiledPotential(model, backend="torchscript")
-    assert potential.store is None  # nothing on disk: the build takes seconds
+    potential = CompiledPotential(model, backend="torchscript", store=None)  # built here
     crystal = as_atoms(varied_structures(3, seed=11, max_atoms=8)[2])
     positions = []
     for calc in (Calculator(model), Calculator(potential)):
@@ -121,7 +120,8 @@ def test_md_and_relaxation_through_a_torchscript_potential_follow_eager(monkeypa
     built = []
 
     def compiled_potential(model, **options):  # relax's own, recorded, no patience, built here
-        built.append(CompiledPotential(model, **(options | {"patience": 0, "background": False})))
+        fixed = {"patience": 0, "background": False, "store": None}
+        built.append(CompiledPotential(model, **(options | fixed)))
         return built[-1]
 
     monkeypatch.setattr(relax_module, "compiled_potential", compiled_potential)

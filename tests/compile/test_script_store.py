@@ -1,0 +1,123 @@
+"""TorchScript graphs in the on-disk store (store.ScriptShelf): a new potential of the same
+config, program and thread count loads them instead of building, for any weights, and a
+damaged file is reported, removed and built again."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from fastchgnet.compile import background
+from fastchgnet.compile.potential import STORED_SECONDS, CompiledPotential
+from fastchgnet.compile.store import CompiledStore
+from fastchgnet.data.random_crystals import varied_structures
+from fastchgnet.md.calculator import Calculator, as_atoms
+from fastchgnet.model.potential import EagerPotential
+from tests.compile.conftest import small_model
+
+COLD = 9.0  # the cold estimate handed to expected_compile_seconds
+
+
+def graphs_of(model, n: int, seed: int = 3) -> list:
+    return [Calculator(model).graph(as_atoms(s)) for s in varied_structures(n, seed=seed)]
+
+
+def kept_files(store: CompiledStore) -> list:
+    return sorted((store.root / "torchscript").rglob("*.pt"))
+
+
+def assert_like_eager(model, graphs, prediction) -> None:
+    eager = EagerPotential(model).predict_graphs(graphs, stress=False)
+    for name in ("energy", "forces", "magmoms"):
+        expected = getattr(eager, name).detach()
+        np.testing.assert_allclose(getattr(prediction, name), expected, atol=1e-9)
+
+
+def test_a_kept_graph_serves_a_new_potential_of_any_weights_without_a_build(tmp_path):
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    first = CompiledPotential(model, backend="torchscript", store=store)
+    assert first.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == COLD
+    first.predict_graphs(pair, stress=False)
+    assert (first.graphs_built, first.graphs_loaded) == (1, 0)
+    assert len(kept_files(store)) == 1
+
+    tuned = small_model("conservative", torch.float64).eval()  # other weights, same config
+    with torch.no_grad():
+        for parameter in tuned.parameters():
+            parameter.mul_(1.1)
+    second = CompiledPotential(tuned, backend="torchscript", store=store)
+    assert second.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == (
+        STORED_SECONDS
+    )
+    assert_like_eager(tuned, pair, second.predict_graphs(pair, stress=False))
+    assert (second.graphs_built, second.graphs_loaded) == (0, 1)
+    assert second.has_graphs
+
+    single = graphs_of(model, 1, seed=5)  # one structure: outside the kept graph's guard
+    fresh = CompiledPotential(tuned, backend="torchscript", store=store)
+    assert fresh.expected_compile_seconds(single, stress=False, cold_estimate=COLD) == COLD
+    assert_like_eager(tuned, single, second.predict_graphs(single, stress=False))
+    assert (second.graphs_built, second.graphs_loaded) == (1, 1)
+    assert len(kept_files(store)) == 2
+    third = CompiledPotential(model, backend="torchscript", store=store)
+    third.predict_graphs(single, stress=False)
+    assert (third.graphs_built, third.graphs_loaded) == (0, 2)
+
+
+def test_a_graph_kept_for_other_threads_or_outputs_is_not_used(tmp_path):
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    CompiledPotential(model, backend="torchscript", store=store).predict_graphs(pair, stress=False)
+    potential = CompiledPotential(model, backend="torchscript", store=store)
+    assert potential.expected_compile_seconds(pair, stress=True, cold_estimate=COLD) == COLD
+    threads = torch.get_num_threads()
+    try:  # the model's gathers take another form on another thread count
+        torch.set_num_threads(1 if threads > 1 else 2)
+        assert potential.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == COLD
+    finally:
+        torch.set_num_threads(threads)
+    assert potential.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == (
+        STORED_SECONDS
+    )
+
+
+def test_a_damaged_kept_graph_is_reported_removed_and_built_again(tmp_path, caplog):
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    CompiledPotential(model, backend="torchscript", store=store).predict_graphs(pair, stress=False)
+    (path,) = kept_files(store)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    potential = CompiledPotential(model, backend="torchscript", store=store)
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert_like_eager(model, pair, potential.predict_graphs(pair, stress=False))
+    assert f"compiled store: {path} is unusable" in caplog.text
+    assert (potential.graphs_built, potential.graphs_loaded) == (1, 0)
+    again = CompiledPotential(model, backend="torchscript", store=store)
+    again.predict_graphs(pair, stress=False)  # the rebuilt file is whole
+    assert (again.graphs_built, again.graphs_loaded) == (0, 1)
+
+
+@pytest.mark.skipif(not background.available_in_background(), reason="builds in place here")
+def test_a_graph_built_in_the_background_is_kept_too(tmp_path):
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    potential = CompiledPotential(model, backend="torchscript", store=store, background=True)
+    potential.predict_graphs(pair, stress=False)  # eager; the child builds
+    assert kept_files(store) == []
+    (program,) = potential.captured[False, False]._compiled.values()
+    program.wait()
+    assert len(kept_files(store)) == 1
+    later = CompiledPotential(model, backend="torchscript", store=store, background=True)
+    assert_like_eager(model, pair, later.predict_graphs(pair, stress=False))
+    assert (later.graphs_built, later.graphs_loaded) == (0, 1)
+    assert not background.busy()  # nothing to build: no child started
