@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.store import CompiledStore, default_store
+from fastchgnet.compile.store import STORED_SECONDS, CompiledStore, default_store
 from fastchgnet.data.batch import GraphBatch, collate, joined_copy
 from fastchgnet.data.capacity import (
     Capacity,
@@ -91,11 +91,6 @@ def contiguous(batch: GraphBatch) -> GraphBatch:
         if isinstance(value := getattr(batch, f.name), torch.Tensor) and not value.is_contiguous()
     }
     return replace(batch, **changes) if changes else batch
-
-
-#: What loading a stored graph is priced at (a package: well under a second; TorchScript
-#: graphs: about 0.05 s each).
-STORED_SECONDS = 1.0
 
 
 class CompiledPotential:

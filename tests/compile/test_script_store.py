@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fastchgnet.compile import background
-from fastchgnet.compile.potential import STORED_SECONDS, CompiledPotential
-from fastchgnet.compile.store import CompiledStore
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.compile.store import STORED_SECONDS, CompiledStore
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
