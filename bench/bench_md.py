@@ -228,7 +228,7 @@ def full_runs(name: str, steps: int, threads: int, warm: bool) -> tuple[float, f
     process start, imports and the model load are off the clock, the first call, the compile
     decision and any build or load on it."""
     command = [sys.executable, __file__, "--child-run", name, "--md-steps", str(steps)]
-    command += ["--threads", str(threads)]
+    command += ["--threads", str(threads), "--warm"]  # the caches ``environment`` names
     environment = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="bench-md-run-") as caches:
         if not warm:  # the same variables as this process's cold caches, in a folder of its own
@@ -378,10 +378,11 @@ def main() -> None:
             "at the end of the timed steps"
         )
     if args.full_runs:
+        first = "the user's caches (--warm)" if args.warm else "empty caches of its own"
         print(
             f"\nwhole default-settings run_md of {args.md_steps} steps, measured in new processes "
-            "against the reference's totals above: the first run with empty caches of its own, "
-            "then the next run, which finds what the first left in them"
+            f"against the reference's totals above: the first run with {first}, then the next "
+            "run, which finds what the first left in them"
         )
         print(
             f"{'structure':26s} {'first s':>8s} {'ratio':>7s} {'flushed ratio':>14s} "

@@ -275,7 +275,7 @@ class CapturedModel:
 
     def has_stored_graph(self, batch: GraphBatch) -> bool:
         """Whether the store keeps a TorchScript graph whose guard holds for ``batch``'s
-        prediction in the current grad mode (read, not loaded)."""
+        prediction in the current grad mode (read, not loaded; a damaged file is removed)."""
         if self.backend != "torchscript" or self.store is None or self.eager:
             return False
         from fastchgnet.compile.script import SizeGuard
@@ -308,7 +308,7 @@ class CapturedModel:
             "state": shapes,
             "loss": self.loss_config,
             "outputs": (self.compute_forces, self.compute_stress, self.features),
-            "threads": torch.get_num_threads(),
+            "parallel_gathers": torch.get_num_threads() > 1,
         }
 
     def _precision(self) -> str:

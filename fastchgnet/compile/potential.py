@@ -7,46 +7,40 @@ they converge. Both are served by a few fixed capacities: the first call picks o
 ``(1 + headroom)^2`` more, each rounded up to ``round_to``), later calls reuse the smallest
 capacity the graphs fit, so a run keeps one compiled shape (converged structures leave empty
 slots). Angles get the squared margin because they go as the square of the bond-graph degree:
-in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % and its angles
-33 % (Li9Co7O16 6 % and 11 %, a 64-atom LiMnO2 cell 11 % and 22 %). A call that fits none grows
-the capacity by the margin from the current counts, never below the old one: one more
-compile, logged (logger ``fastchgnet.compile``).
+in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % and its angles 33 %
+(Li9Co7O16 6 % and 11 %, a 64-atom LiMnO2 cell 11 % and 22 %). A call that fits none grows the
+capacity by the margin from the current counts, never below the old one: one more compile,
+logged (logger ``fastchgnet.compile``).
 
 Re-sizing (``shrink_below``, ``max_shapes``, ``max_oversize``: all off by default, so
 prediction keeps one shape that grows only on overflow; ``run_md`` sets ``patience`` and
 ``max_shapes``, see ``md.dynamics.MD_COMPILE``; ``relax(compiled=True)`` turns them all on).
 When the graphs of a call fit a known capacity but a fresh one with headroom
 (``data.capacity.shrunk``) would hold at most ``shrink_below`` of its entries, that tighter
-capacity is made and used: a relaxation whose structures converge and leave gets cheaper
-calls, each shrink cutting the work to ``shrink_below`` or less. At most ``max_shapes``
-capacities are made (growth and shrinks together); a call that would need one more runs the
-model eagerly, unpadded, instead of compiling. So does a call whose capacity holds more than
-``max_oversize`` times the entries of a fresh one for it: on this CPU a compiled call at a
-tight capacity was 1.6x faster than eager (16 structures), and 1.4-2x slower than eager for
-4 of them in that capacity. With ``patience``, graphs that fit no capacity run eagerly for
-that many calls first, and the capacity then made holds the largest counts seen meanwhile:
-a relaxation's first steps, where compressed cells gain bonds and angles fast
-(5x the angles in 10 steps in bench_relax), would otherwise compile a shape every few steps.
-``padding`` tallies every call's real and padding entries (atoms + bonds + angles; an eager
-call adds none), ``eager_calls`` counts the eager ones.
-
-Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``), so the
-bond-graph work stays that of the real short bonds plus their margin.
+capacity is made and used: a relaxation whose structures converge and leave gets cheaper calls,
+each shrink cutting the work to ``shrink_below`` or less. At most ``max_shapes`` capacities are
+made (growth and shrinks together); a call that would need one more runs the model eagerly,
+unpadded, instead of compiling. So does a call whose capacity holds more than ``max_oversize``
+times the entries of a fresh one for it: on this CPU a compiled call at a tight capacity was
+1.6x faster than eager (16 structures), and 1.4-2x slower than eager for 4 of them in that
+capacity. With ``patience``, graphs that fit no capacity run eagerly for that many calls first,
+and the capacity then made holds the largest counts seen meanwhile: a relaxation's first steps,
+where compressed cells gain bonds and angles fast (5x the angles in 10 steps in bench_relax),
+would otherwise compile a shape every few steps. ``padding`` tallies every call's real and
+padding entries (atoms + bonds + angles; an eager call adds none), ``eager_calls`` counts the
+eager ones. Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``).
 
 On a CPU the programs are compiled ahead of time and kept in the on-disk store
-(``fastchgnet.compile.store``): a new process with the same config and shapes starts warm, in
-about a second. ``expected_compile_seconds`` says what a call would cost before making it,
-for the compile-or-not decision (``fastchgnet.compile.decide``).
+(``fastchgnet.compile.store``): a new process with the same config and shapes starts warm.
+``expected_compile_seconds`` prices a call before it is made (``fastchgnet.compile.decide``).
 
 With ``backend="torchscript"`` none of this applies (``pads`` is False): TorchScript's graphs
 take any sizes (``compile.script.ScriptedProgram``), so every call runs its graphs as they are,
-unpadded, and one build serves an MD run or a relaxation whatever its bond counts do; with
-``background`` it is built in a child process while the calls run eagerly. The store keeps
-those graphs too (``store.ScriptShelf``): a later process loads them at its first call.
+unpadded, and one build (in a child process with ``background``, the calls eager meanwhile)
+serves a run whatever its bond counts do; the store keeps it too (``store.ScriptShelf``).
 
-Stress costs part of a backward pass and MD without a barostat never asks for it; a
-``CapturedModel`` fixes what it computes at construction, so there is one per stress setting,
-sharing the capacities.
+A ``CapturedModel`` fixes what it computes (stress: part of a backward pass, which NVT never
+asks for) at construction: there is one per stress setting, sharing the capacities.
 """
 
 from __future__ import annotations
@@ -58,8 +52,9 @@ from dataclasses import fields, replace
 import torch
 from torch import nn
 
+from fastchgnet.compile import store as stores
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.store import STORED_SECONDS, CompiledStore, default_store
+from fastchgnet.compile.store import CompiledStore, default_store
 from fastchgnet.data.batch import GraphBatch, collate, joined_copy
 from fastchgnet.data.capacity import (
     Capacity,
@@ -163,8 +158,8 @@ class CompiledPotential:
         self.round_to = round_to
         self.backend = backend
         self.capacities: list[Capacity] = []
-        if store == "default":
-            store = None if eager else default_store()
+        if store == "default":  # packages of inductor graphs, TorchScript graphs
+            store = default_store() if backend in stores.STORED_BACKENDS and not eager else None
         if isinstance(store, str):
             raise ValueError(f"store={store!r}: use 'default', None or a CompiledStore")
         self.store = store
@@ -226,10 +221,10 @@ class CompiledPotential:
     def expected_compile_seconds(
         self, graphs: Sequence[CrystalGraph], *, stress: bool, cold_estimate: float
     ) -> float:
-        """Seconds the calls for ``graphs`` would spend compiling: 0 when the shape they would
-        run in is compiled already in this process or when they would run eagerly (see
-        ``max_shapes``), ``STORED_SECONDS`` (the load) when the on-disk store has it, else
-        ``cold_estimate``. Asking makes no capacity and counts no call (``patience``)."""
+        """Seconds the calls for ``graphs`` would spend compiling: 0 when their shape is compiled
+        in this process or they would run eagerly (``max_shapes``), the load when the store has
+        it (``STORED_SECONDS``, TorchScript ``SCRIPT_LOAD_SECONDS``; at most ``cold_estimate``),
+        else ``cold_estimate``. Asking makes no capacity and counts no call (``patience``)."""
         captured = self.captured[stress, False]
         self.model.eval()
         if not self.pads:
@@ -237,7 +232,8 @@ class CompiledPotential:
                 batch = self._collated(graphs)
                 if captured.is_compiled(batch):
                     return 0.0
-                return STORED_SECONDS if captured.has_stored_graph(batch) else cold_estimate
+                kept = captured.has_stored_graph(batch)
+                return min(stores.SCRIPT_LOAD_SECONDS, cold_estimate) if kept else cold_estimate
         capacity = self._would_use(Counts.of(graphs))
         if capacity is None:  # the calls run eagerly
             return 0.0
@@ -247,7 +243,7 @@ class CompiledPotential:
                 return 0.0
             key = captured.store_key("predict", batch, None)
         if key is not None and self.store is not None and self.store.has(key):
-            return STORED_SECONDS
+            return min(stores.STORED_SECONDS, cold_estimate)
         return cold_estimate
 
     def padding_for(self, graphs: Sequence[CrystalGraph]) -> float:

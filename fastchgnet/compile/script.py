@@ -259,7 +259,11 @@ class ScriptedProgram:
             return
         start = time.perf_counter()
         for state, saved, _ in self._shelf.graphs():
-            self.graphs.append((SizeGuard.from_state(state), _loaded(saved)))
+            try:
+                self.graphs.append((SizeGuard.from_state(state), _loaded(saved)))
+            except Exception as exc:  # a graph this torch cannot load is built again
+                log.warning("a kept TorchScript graph did not load (%s): skipped", exc)
+                continue
             self._stats.loaded += 1
         if self.graphs:
             self._stats.load_seconds += time.perf_counter() - start
@@ -311,7 +315,8 @@ class ScriptedProgram:
 
     def cancel(self) -> None:
         """Stop a background build that still runs (a later call without a graph starts
-        another)."""
+        another); one that is done is kept first."""
+        self._collect()
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None

@@ -13,6 +13,8 @@ turns the store off (every process compiles afresh, in memory).
 TorchScript graphs (``compile.script``, any sizes) are kept under ``torchscript/`` in the
 same folder (``ScriptShelf``): a later MD run or relaxation loads its graph at the first call
 instead of building it (about 3 s, in a child process while the first steps run eagerly).
+A graph's guard is Python text run by ``eval`` when loaded: the store is trusted as the
+shared libraries of the packages are.
 
 The programs torch.compile builds in memory (training graphs, GPU graphs) use inductor's and
 AOTAutograd's own on-disk caches; ``use_persistent_inductor_cache`` points them at
@@ -38,6 +40,7 @@ by side, no per-input checks): ``fastchgnet.compile.package_build``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -72,9 +75,11 @@ log = logging.getLogger("fastchgnet.compile")
 
 #: Record format version (bump when the record's fields change).
 RECORD_VERSION = 1
-#: What loading a stored graph is priced at by the compile decision (a package: well under a
-#: second; TorchScript graphs: about 0.05 s each).
-STORED_SECONDS = 1.0
+#: What loading a stored graph is priced at by the compile decision: an AOTInductor package
+#: (well under a second), a TorchScript graph (about 0.05 s, and no call waits for a build).
+STORED_SECONDS, SCRIPT_LOAD_SECONDS = 1.0, 0.1
+#: The capture backends whose programs the store keeps.
+STORED_BACKENDS = ("inductor", "torchscript")
 
 
 def default_root() -> Path | None:
@@ -302,16 +307,29 @@ class ScriptShelf:
         self.folder = store.root / "torchscript" / key
 
     def graphs(self) -> list[tuple[dict[str, Any], bytes, float]]:
-        """(guard state, ``torch.jit.save`` bytes, build seconds) of each kept graph."""
+        """(guard state, ``torch.jit.save`` bytes, build seconds) of each kept graph; a file
+        that cannot be read (permissions) is skipped, a damaged one removed where it can be."""
         found = []
-        for path in sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []:
+        try:
+            paths = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
+        except OSError as exc:
+            log.warning("compiled store: cannot list %s (%s)", self.folder, exc)
+            return found
+        for path in paths:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:  # not ours to judge or remove
+                log.warning("compiled store: cannot read %s (%s); skipped", path, exc)
+                continue
             try:
                 _, payload = read_checksummed(path, SCRIPT_FORMAT, [SCRIPT_VERSION])
                 data = payload["graph"].numpy().tobytes()
-                found.append((payload["guard"], data, float(payload["seconds"])))
+                found.append((dict(payload["guard"]), data, float(payload["seconds"])))
             except Exception as exc:  # a damaged or foreign file is built again, never trusted
                 log.warning("compiled store: %s is unusable (%s); removed", path, exc)
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
         return found
 
     def keep(self, guard: dict[str, Any], data: bytes, seconds: float) -> None:

@@ -350,7 +350,8 @@ def _compile_chooser(
     """Given the second (eager) call's seconds and graphs: a ``CompiledPotential`` of ``model``
     with ``RELAX_COMPILE`` when compiling pays over ``calls`` calls, else None; logs and, with
     ``progress``, prints the decision. The cost is a cold compile of each of
-    ``RELAX_MAX_SHAPES`` shapes (TorchScript: two builds, one for a single structure); a
+    ``RELAX_MAX_SHAPES`` shapes (TorchScript: two builds, one for a single structure, each
+    priced as a load where the store keeps it); a
     compiled call is expected to take what
     ``compiled_call_model`` (``fastchgnet.compile.decide``) says for the device and, on a CPU,
     for its instruction set and the padding of the shape the first call would make (bench_relax
@@ -366,10 +367,15 @@ def _compile_chooser(
             fraction, cold = compiled_call_model(
                 device, eager_seconds, padding, potential.store, backend, background
             )
-            # every shape may compile: bench_relax's 16 crystals used all RELAX_MAX_SHAPES;
-            # TorchScript builds one graph for any sizes, and one more for a last structure
-            builds = RELAX_MAX_SHAPES if potential.pads else 1 + (len(graphs) > 1)
-            return fraction, builds * cold, potential
+            if potential.pads:  # every shape may compile: bench_relax's 16 crystals used all
+                return fraction, RELAX_MAX_SHAPES * cold, potential
+            # TorchScript: one graph for any sizes and one for a last structure, each a load
+            # where the store keeps it
+            cost = sum(
+                potential.expected_compile_seconds(part, stress=stress, cold_estimate=cold)
+                for part in ([graphs, graphs[:1]] if len(graphs) > 1 else [graphs])
+            )
+            return fraction, cost, potential
 
         device = next(model.parameters()).device.type
         what = f"relaxation (~{calls} calls)"

@@ -12,7 +12,7 @@ import torch
 
 from fastchgnet.compile import background
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.compile.store import STORED_SECONDS, CompiledStore
+from fastchgnet.compile.store import SCRIPT_LOAD_SECONDS, CompiledStore
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
@@ -52,7 +52,7 @@ def test_a_kept_graph_serves_a_new_potential_of_any_weights_without_a_build(tmp_
             parameter.mul_(1.1)
     second = CompiledPotential(tuned, backend="torchscript", store=store)
     assert second.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == (
-        STORED_SECONDS
+        SCRIPT_LOAD_SECONDS
     )
     assert_like_eager(tuned, pair, second.predict_graphs(pair, stress=False))
     assert (second.graphs_built, second.graphs_loaded) == (0, 1)
@@ -83,7 +83,7 @@ def test_a_graph_kept_for_other_threads_or_outputs_is_not_used(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert potential.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == (
-        STORED_SECONDS
+        SCRIPT_LOAD_SECONDS
     )
 
 
@@ -121,3 +121,31 @@ def test_a_graph_built_in_the_background_is_kept_too(tmp_path):
     assert_like_eager(model, pair, later.predict_graphs(pair, stress=False))
     assert (later.graphs_built, later.graphs_loaded) == (0, 1)
     assert not background.busy()  # nothing to build: no child started
+
+
+def test_a_relaxation_prices_the_graphs_the_store_keeps_as_loads(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    relax_module = importlib.import_module("fastchgnet.md.relax")
+    decide_module = importlib.import_module("fastchgnet.compile.decide")
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative")
+    structures = varied_structures(2, seed=2, max_atoms=4)
+    graphs = [Calculator(model).graph(as_atoms(s)) for s in structures]
+    monkeypatch.setattr(decide_module, "compiled_call_model", lambda *args, **kw: (0.9, 10.0))
+    monkeypatch.setattr(
+        relax_module,
+        "compiled_potential",
+        lambda model, **options: CompiledPotential(model, **(options | {"store": store})),
+    )
+    run = {"steps": 3, "progress": True}
+    relax_module.relax(structures, model, **run)
+    assert "with torchscript: compiling costs ~20 s" in capsys.readouterr().err  # two builds
+    kept = CompiledPotential(model, backend="torchscript", store=store)
+    kept.predict_graphs(graphs, stress=True)  # what the relaxation needs: both, then one
+    kept.predict_graphs(graphs[:1], stress=True)
+    assert kept.graphs_built == 2
+    relax_module.relax(structures, model, **run)
+    assert f"with torchscript: compiling costs ~{2 * SCRIPT_LOAD_SECONDS:.0f} s" in (
+        capsys.readouterr().err
+    )

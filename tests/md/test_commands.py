@@ -25,6 +25,7 @@ def aot_eager_potentials(monkeypatch):
     def compiled_potential(model, backend="inductor", **options):
         backend = "torchscript" if backend == "torchscript" else "aot_eager"
         options["background"] = False  # built at the first call (tests/compile/test_background)
+        options["store"] = None  # built here, whatever another test kept
         built.append(CompiledPotential(model, backend=backend, **options))
         return built[-1]
 
