@@ -12,7 +12,8 @@ made, the graphs it compiled, its padding waste (padding entries per real atom, 
 angle) and how many calls it ran eagerly. The captured run starts from an empty store of its
 own (a cold build of our store's graphs; inductor's in-memory and FX caches and its headers
 stay as the earlier runs of this process left them); a second captured run with a new
-potential on that store follows (a next run, in this process: its graphs load). Last, how far the final energies are apart.
+potential on that store follows (a next run, in this process: its graphs load). Last, how
+far the final energies are apart.
 
     python bench/bench_relax.py [--n 32] [--max-atoms 16] [--fmax 0.1] [--steps 500]
         [--batch-size 64] [--no-compile] [--shrink-below 0.75] [--max-shapes 4]
