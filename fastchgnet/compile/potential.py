@@ -52,9 +52,13 @@ from dataclasses import fields, replace
 import torch
 from torch import nn
 
-from fastchgnet.compile import store as stores
 from fastchgnet.compile.capture import CapturedModel
-from fastchgnet.compile.store import CompiledStore, default_store
+from fastchgnet.compile.store import (
+    SCRIPT_LOAD_SECONDS,
+    STORED_SECONDS,
+    CompiledStore,
+    default_store,
+)
 from fastchgnet.data.batch import GraphBatch, collate, joined_copy
 from fastchgnet.data.capacity import (
     Capacity,
@@ -159,7 +163,7 @@ class CompiledPotential:
         self.backend = backend
         self.capacities: list[Capacity] = []
         if store == "default":  # packages of inductor graphs, TorchScript graphs
-            store = default_store() if backend in stores.STORED_BACKENDS and not eager else None
+            store = None if eager else default_store(backend)
         if isinstance(store, str):
             raise ValueError(f"store={store!r}: use 'default', None or a CompiledStore")
         self.store = store
@@ -233,7 +237,7 @@ class CompiledPotential:
                 if captured.is_compiled(batch):
                     return 0.0
                 kept = captured.has_stored_graph(batch)
-                return min(stores.SCRIPT_LOAD_SECONDS, cold_estimate) if kept else cold_estimate
+                return min(SCRIPT_LOAD_SECONDS, cold_estimate) if kept else cold_estimate
         capacity = self._would_use(Counts.of(graphs))
         if capacity is None:  # the calls run eagerly
             return 0.0
@@ -243,7 +247,7 @@ class CompiledPotential:
                 return 0.0
             key = captured.store_key("predict", batch, None)
         if key is not None and self.store is not None and self.store.has(key):
-            return min(stores.STORED_SECONDS, cold_estimate)
+            return min(STORED_SECONDS, cold_estimate)
         return cold_estimate
 
     def padding_for(self, graphs: Sequence[CrystalGraph]) -> float:

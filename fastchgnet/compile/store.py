@@ -348,7 +348,8 @@ class ScriptShelf:
             log.warning("compiled store: could not keep a TorchScript graph (%s)", exc)
 
 
-def default_store() -> CompiledStore | None:
-    """The store at ``default_root()``, or None when turned off."""
-    root = default_root()
+def default_store(backend: str = "inductor") -> CompiledStore | None:
+    """The store at ``default_root()``, or None when turned off or for a capture ``backend``
+    whose programs it does not keep (``STORED_BACKENDS``)."""
+    root = default_root() if backend in STORED_BACKENDS else None
     return None if root is None else CompiledStore(root)
