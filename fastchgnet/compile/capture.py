@@ -280,9 +280,13 @@ class CapturedModel:
             return False
         from fastchgnet.compile.script import SizeGuard
 
-        shelf = ScriptShelf(self.store, self._about(self._key("predict", batch, None)))
+        shelf = self._shelf(self._key("predict", batch, None))
         inputs = [*self._state(), *batch_inputs(batch), short_bonds_input(batch)]
         return any(SizeGuard.from_state(state)(inputs) for state, _, _ in shelf.graphs())
+
+    def _shelf(self, key: tuple) -> ScriptShelf | None:
+        """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store)."""
+        return None if self.store is None else ScriptShelf(self.store, self._about(key))
 
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         """What picks a compiled program in this process: kind, grad and train modes, the
@@ -347,8 +351,7 @@ class CapturedModel:
         if self.backend == "torchscript":  # any sizes; counts its own graphs (compile.script)
             from fastchgnet.compile.script import scripted_program
 
-            shelf = None if self.store is None else ScriptShelf(self.store, self._about(key))
-            model, stats = self.model, self.stats
+            model, stats, shelf = self.model, self.stats, self._shelf(key)
             built = scripted_program(model, program, batch, labels, stats, self.background, shelf)
             self._compiled[key] = built
             self.stats.keys.append(key)  # its first call is not a compile

@@ -231,9 +231,7 @@ class ScriptedProgram:
     def _built(self, inputs: Sequence[Tensor]) -> tuple[SizeGuard, bytes]:
         """A graph for ``inputs`` and its guard, the graph saved (``torch.jit.save``)."""
         guard, graph = self._new_graph(inputs)
-        saved = io.BytesIO()
-        torch.jit.save(graph, saved)
-        return guard, saved.getvalue()
+        return guard, _saved(graph)
 
     def _new_graph(self, inputs: Sequence[Tensor]) -> tuple[SizeGuard, torch.jit.ScriptModule]:
         traced = self._trace(inputs)
@@ -248,9 +246,7 @@ class ScriptedProgram:
         seconds = time.perf_counter() - start
         self._keep(guard, graph, seconds, in_child=False)
         if self._shelf is not None:
-            saved = io.BytesIO()
-            torch.jit.save(graph, saved)
-            self._shelf.keep(guard.__getstate__(), saved.getvalue(), seconds)
+            self._shelf.keep(guard.__getstate__(), _saved(graph), seconds)
         return graph
 
     def _load_shelf(self) -> None:
@@ -343,6 +339,13 @@ class ScriptedProgram:
             self._eager = None
             return
         self.pending = built
+
+
+def _saved(graph: torch.jit.ScriptModule) -> bytes:
+    """``graph`` as ``torch.jit.save`` writes it (``_loaded`` reads it back)."""
+    saved = io.BytesIO()
+    torch.jit.save(graph, saved)
+    return saved.getvalue()
 
 
 def _loaded(saved: bytes) -> torch.jit.ScriptModule:

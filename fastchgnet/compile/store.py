@@ -293,7 +293,7 @@ SCRIPT_FORMAT, SCRIPT_VERSION = "fastchgnet-torchscript", 1
 class ScriptShelf:
     """The TorchScript graphs of one program (``compile.script.ScriptedProgram``) in ``store``:
     ``<store>/torchscript/<digest>/``, the digest of ``described`` (what the graphs depend on:
-    ``CapturedModel._about``, with the thread count) and the code fingerprint. A graph serves
+    ``CapturedModel._about``, with the gathers' form) and the code fingerprint. A graph serves
     any sizes its guard allows, so one build serves every later process and structure of that
     config and program: a warm MD run starts on its graph at the first call.
 
