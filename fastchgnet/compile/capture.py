@@ -270,8 +270,16 @@ class CapturedModel:
 
     def is_compiled(self, batch: GraphBatch, kind: str = "predict") -> bool:
         """Whether this process already holds the compiled ``kind`` program for ``batch``'s
-        shape (in the current grad and train modes)."""
-        return self._key(kind, batch, None) in self._compiled
+        shape (in the current grad and train modes); TorchScript: a graph whose guard holds
+        for ``batch``'s sizes."""
+        program = self._compiled.get(self._key(kind, batch, None))
+        if program is None or not hasattr(program, "holds"):  # a ScriptedProgram has guards
+            return program is not None
+        return program.holds(self._graph_inputs(batch))
+
+    def _graph_inputs(self, batch: GraphBatch) -> list[Tensor]:
+        """A TorchScript graph's inputs for ``batch``: the model's state, then the batch's."""
+        return [*self._state(), *batch_inputs(batch), short_bonds_input(batch)]
 
     def has_stored_graph(self, batch: GraphBatch) -> bool:
         """Whether the store keeps a TorchScript graph whose guard holds for ``batch``'s
@@ -281,7 +289,7 @@ class CapturedModel:
         from fastchgnet.compile.script import SizeGuard
 
         shelf = self._shelf(self._key("predict", batch, None))
-        inputs = [*self._state(), *batch_inputs(batch), short_bonds_input(batch)]
+        inputs = self._graph_inputs(batch)
         return any(SizeGuard.from_state(state)(inputs) for state, _, _ in shelf.graphs())
 
     def _shelf(self, key: tuple) -> ScriptShelf | None:

@@ -221,7 +221,7 @@ class ScriptedProgram:
         self.graphs: list[tuple[SizeGuard, torch.jit.ScriptModule]] = []
         self.pending: BackgroundBuild | None = None
         self._load_shelf()
-        if any(guard(inputs) for guard, _ in self.graphs):
+        if self.holds(inputs):
             return  # a kept graph holds: no build
         if self._eager is None:
             self._add(inputs)
@@ -304,6 +304,10 @@ class ScriptedProgram:
             self.pending = None
             if self._shelf is not None:
                 self._shelf.keep(guard.__getstate__(), saved, seconds)
+
+    def holds(self, inputs: Sequence[Tensor]) -> bool:
+        """Whether a graph this process holds serves ``inputs`` (its guard holds)."""
+        return any(guard(inputs) for guard, _ in self.graphs)
 
     def wait(self) -> None:
         """Wait for a background build, if one runs, and keep its graph."""

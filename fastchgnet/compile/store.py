@@ -268,13 +268,12 @@ def stored_trace(
     if store is not None:
         key = json_digest({"code": code_fingerprint(), "described": described})
         path = store.root / "traced" / f"{key}.pt"
-        if path.is_file():
+        payload = read_kept(path, TRACE_FORMAT, TRACE_VERSION) if path.is_file() else None
+        if payload is not None:
             try:
-                _, payload = read_checksummed(path, TRACE_FORMAT, [TRACE_VERSION])
                 return graph_from_bytes(payload["graph"].numpy().tobytes())
-            except Exception as exc:  # a damaged or foreign file is traced again, never trusted
-                log.warning("compiled store: %s is unusable (%s); removed, traced again", path, exc)
-                path.unlink(missing_ok=True)
+            except Exception as exc:  # checksummed, yet not a graph: never trusted
+                forget(path, exc)
     data = graph_bytes(trace())
     if path is not None:
         graph = torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -284,6 +283,31 @@ def stored_trace(
         except OSError as exc:
             log.warning("compiled store: could not keep the trace in %s (%s)", path, exc)
     return graph_from_bytes(data)
+
+
+def read_kept(path: Path, kind: str, version: int) -> Any | None:
+    """The payload of a file the store kept (``write_checksummed``), or None: a file that
+    cannot be opened (permissions) is reported and skipped, not ours to judge or remove; a
+    damaged or foreign one is reported and removed where it can be (``forget``)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        log.warning("compiled store: cannot read %s (%s); skipped", path, exc)
+        return None
+    try:
+        return read_checksummed(path, kind, [version])[1]
+    except Exception as exc:  # a damaged or foreign file is made again, never trusted
+        forget(path, exc)
+        return None
+
+
+def forget(path: Path, why: Exception) -> None:
+    """Report ``path`` as unusable and remove it; a removal that fails is left to the next
+    writer (which replaces the file atomically)."""
+    log.warning("compiled store: %s is unusable (%s); removed, made again", path, why)
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 #: File format of a stored TorchScript graph (``ScriptShelf``).
@@ -316,20 +340,14 @@ class ScriptShelf:
             log.warning("compiled store: cannot list %s (%s)", self.folder, exc)
             return found
         for path in paths:
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:  # not ours to judge or remove
-                log.warning("compiled store: cannot read %s (%s); skipped", path, exc)
+            payload = read_kept(path, SCRIPT_FORMAT, SCRIPT_VERSION)
+            if payload is None:
                 continue
             try:
-                _, payload = read_checksummed(path, SCRIPT_FORMAT, [SCRIPT_VERSION])
                 data = payload["graph"].numpy().tobytes()
                 found.append((dict(payload["guard"]), data, float(payload["seconds"])))
-            except Exception as exc:  # a damaged or foreign file is built again, never trusted
-                log.warning("compiled store: %s is unusable (%s); removed", path, exc)
-                with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
+            except Exception as exc:  # checksummed, yet not a graph: never trusted
+                forget(path, exc)
         return found
 
     def keep(self, guard: dict[str, Any], data: bytes, seconds: float) -> None:

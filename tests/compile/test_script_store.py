@@ -61,8 +61,12 @@ def test_a_kept_graph_serves_a_new_potential_of_any_weights_without_a_build(tmp_
     single = graphs_of(model, 1, seed=5)  # one structure: outside the kept graph's guard
     fresh = CompiledPotential(tuned, backend="torchscript", store=store)
     assert fresh.expected_compile_seconds(single, stress=False, cold_estimate=COLD) == COLD
+    # this process's graph does not serve it either: its guard, not only its program, decides
+    assert second.expected_compile_seconds(single, stress=False, cold_estimate=COLD) == COLD
+    assert second.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == 0.0
     assert_like_eager(tuned, single, second.predict_graphs(single, stress=False))
     assert (second.graphs_built, second.graphs_loaded) == (1, 1)
+    assert second.expected_compile_seconds(single, stress=False, cold_estimate=COLD) == 0.0
     assert len(kept_files(store)) == 2
     third = CompiledPotential(model, backend="torchscript", store=store)
     third.predict_graphs(single, stress=False)
@@ -104,6 +108,43 @@ def test_a_damaged_kept_graph_is_reported_removed_and_built_again(tmp_path, capl
     again = CompiledPotential(model, backend="torchscript", store=store)
     again.predict_graphs(pair, stress=False)  # the rebuilt file is whole
     assert (again.graphs_built, again.graphs_loaded) == (0, 1)
+
+
+def test_a_kept_file_unreadable_is_skipped_and_a_damaged_one_removed_even_if_removal_fails(
+    tmp_path, monkeypatch, caplog
+):
+    """store.read_kept, the one reader of the store's traces and TorchScript graphs: a file
+    that cannot be opened is skipped and left alone; a damaged one is reported and removed,
+    and a removal that fails (read-only store) does not stop the run."""
+    from pathlib import Path
+
+    from fastchgnet.compile.store import read_kept
+    from fastchgnet.files import write_checksummed
+
+    good = tmp_path / "good.pt"
+    write_checksummed(good, {"x": 1}, "kind", 1)
+    assert read_kept(good, "kind", 1) == {"x": 1}
+    closed = tmp_path / "closed.pt"
+    closed.mkdir()  # opening it raises IsADirectoryError, an OSError like EACCES
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(good.read_bytes()[:-50])
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert read_kept(closed, "kind", 1) is None
+        assert closed.is_dir()
+        assert f"cannot read {closed}" in caplog.text
+
+        def refused(self, missing_ok=False):
+            raise PermissionError(13, "read-only store")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Path, "unlink", refused)
+            assert read_kept(damaged, "kind", 1) is None
+        assert damaged.exists()
+        assert read_kept(damaged, "kind", 1) is None
+    assert not damaged.exists()
+    assert caplog.text.count(f"{damaged} is unusable") == 2
+    assert read_kept(good, "other-kind", 1) is None  # foreign: removed
+    assert not good.exists()
 
 
 @pytest.mark.skipif(not background.available_in_background(), reason="builds in place here")
