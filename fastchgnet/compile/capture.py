@@ -286,11 +286,11 @@ class CapturedModel:
         prediction in the current grad mode (read, not loaded; a damaged file is removed)."""
         if self.backend != "torchscript" or self.store is None or self.eager:
             return False
-        from fastchgnet.compile.script import SizeGuard
+        from fastchgnet.compile.size_guard import kept_guard
 
         shelf = self._shelf(self._key("predict", batch, None))
-        inputs = self._graph_inputs(batch)
-        return any(SizeGuard.from_state(state)(inputs) for state, _, _ in shelf.graphs())
+        guards = [kept_guard(state) for state, _, _ in shelf.graphs()]
+        return any(guard(self._graph_inputs(batch)) for guard in guards if guard is not None)
 
     def _shelf(self, key: tuple) -> ScriptShelf | None:
         """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store)."""

@@ -29,14 +29,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import sympy
 import torch
 from torch import Tensor, fx
 
@@ -47,6 +45,7 @@ from fastchgnet.compile.background import (
     busy,
     spare_core,
 )
+from fastchgnet.compile.size_guard import SizeGuard
 from fastchgnet.compile.trace import (
     Program,
     batch_inputs,
@@ -98,84 +97,6 @@ def available() -> bool:
     """Whether TorchScript can be used here: this torch still has ``torch.jit.script``, and
     Python is older than 3.14 (torch does not support TorchScript on 3.14 and later)."""
     return sys.version_info < (3, 14) and callable(getattr(torch.jit, "script", None))
-
-
-class SizeGuard:
-    """For which input sizes a ``free_counts`` trace holds, as one compiled Python expression
-    over the first sizes of the graph's inputs: its shape environment's guards, the symbols it
-    equated or fixed, every free size's range (a symbol is made only for sizes of 2 and more,
-    and checks against 0 or 1 are then settled by that range without a guard), and the first
-    sizes of 0 or 1 it traced as constants (inputs from ``free_from`` on)."""
-
-    def __init__(self, graph_module: fx.GraphModule, free_from: int) -> None:
-        from torch.utils._sympy.numbers import int_oo
-        from torch.utils._sympy.printers import PythonPrinter
-
-        env = graph_module.shape_env
-        placeholders = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
-        exprs = [guard.expr for guard in env.guards]
-        exprs += [sympy.Eq(symbol, value) for symbol, value in env.replacements.items()]
-        free = [node.meta["val"].shape[0] for node in placeholders[free_from:]]
-        symbols = {s for expr in exprs for s in expr.free_symbols}
-        symbols |= {s for size in free if isinstance(size, torch.SymInt) for s in _symbols(size)}
-        symbols = sorted(symbols, key=str)
-        for symbol in symbols:  # the range each symbol was traced for, [2, inf) unless narrowed
-            bounds = env.var_to_range[symbol]
-            exprs.append(sympy.Ge(symbol, bounds.lower))
-            if bounds.upper not in (sympy.oo, int_oo):
-                exprs.append(sympy.Le(symbol, bounds.upper))
-        self.positions = [_input_position(env, symbol) for symbol in symbols]
-        printer = PythonPrinter()
-        tests = [printer.doprint(expr) for expr in exprs]
-        arguments = list(map(str, symbols))
-        for k, size in enumerate(free, start=free_from):
-            if isinstance(size, int):  # a 0 or 1 made a constant: no symbol, no guard
-                arguments.append(f"fixed{k}")
-                tests.append(f"fixed{k} == {size}")
-                self.positions.append(k)
-        self.text = " and ".join(f"({test})" for test in tests) or "True"
-        self.arguments = arguments
-        self._compile()
-
-    def _compile(self) -> None:
-        code = f"lambda {', '.join(self.arguments)}: {self.text}"
-        self._check = eval(code, {"math": math, "torch": torch})  # our own trace's sizes
-
-    def __getstate__(self) -> dict:  # pickled by a background build: the text, not the code
-        return {key: value for key, value in vars(self).items() if key != "_check"}
-
-    @classmethod
-    def from_state(cls, state: dict) -> SizeGuard:
-        """The guard whose ``__getstate__`` was ``state`` (a stored graph's)."""
-        guard = cls.__new__(cls)
-        guard.__setstate__(dict(state))
-        return guard
-
-    def __setstate__(self, state: dict) -> None:
-        vars(self).update(state)
-        self._compile()
-
-    def __call__(self, inputs: Sequence[Tensor]) -> bool:
-        """Whether the graph holds for ``inputs`` (the graph's inputs, in order)."""
-        return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
-
-
-def _symbols(size: torch.SymInt) -> set[sympy.Symbol]:
-    """The size symbols in a symbolic size."""
-    return set(size.node.expr.free_symbols)
-
-
-def _input_position(env: object, symbol: sympy.Symbol) -> int:
-    """Which graph input's first size ``symbol`` stands for (``trace._symbolic_inputs`` names
-    input k's source "input{k}")."""
-    from torch._dynamo.source import TensorProperty
-
-    source = env.var_to_sources[symbol][0]  # type: ignore[attr-defined]
-    name, index = source.base.name, getattr(source, "idx", None)
-    first_size = getattr(source, "prop", None) is TensorProperty.SIZE and index == 0
-    if not name.startswith("input") or not first_size:
-        raise RuntimeError(f"size symbol {symbol} is not a first size of an input ({source})")
-    return int(name.removeprefix("input"))
 
 
 #: More graphs than this for one program is logged as a warning: the guards hold only sizes

@@ -132,7 +132,7 @@ def trace_program(
     ``free_counts`` (implies ``symbolic``): the structure count and ``n_short_bonds`` are
     symbols too, the latter read from one more input, ``short_bonds_input(batch)``; sizes of
     0 or 1 still become constants, and the graph's ``shape_env.guards`` say for which sizes
-    it holds (``script.SizeGuard`` checks them per call).
+    it holds (``size_guard.SizeGuard`` checks them per call).
     """
     names, state = model_state(model)
     n_state = len(names)

@@ -147,6 +147,55 @@ def test_a_kept_file_unreadable_is_skipped_and_a_damaged_one_removed_even_if_rem
     assert not good.exists()
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "__import__('os').getpid() > 0",
+        "s0.__class__ is int",
+        "open('/etc/passwd') is None",
+        "(lambda: True)()",
+        "s0 >= 2 and sizes[0] == 1",
+        "max(s0, key=abs) > 1",
+        "math.pi > 3",
+        "'text' == 'text'",
+        "s0 >= 2; True",
+    ],
+)
+def test_a_size_guard_runs_only_size_arithmetic(text):
+    """A guard read back from the store is text: anything but arithmetic and comparisons of
+    its sizes (and floor, ceiling, max, min) is refused before it is compiled."""
+    from fastchgnet.compile.size_guard import SizeGuard, checked_expression
+
+    checked_expression(
+        "(s0 >= 2) and (s1 == 1 or s1 == s0) and (math.floor(s0 / 2) <= s1)", ["s0", "s1"]
+    )
+    assert SizeGuard.from_state({"text": "max(s0, 3) != 4", "arguments": ["s0"], "positions": [0]})
+    with pytest.raises(ValueError, match="size guard"):
+        SizeGuard.from_state({"text": text, "arguments": ["s0"], "positions": [0]})
+
+
+def test_a_kept_graph_whose_guard_says_more_than_sizes_is_not_run(tmp_path, caplog):
+    """A store file, checksummed but with a guard that would run other code, is reported and
+    its graph is built again instead of loaded."""
+    from fastchgnet.compile.store import SCRIPT_FORMAT, SCRIPT_VERSION
+    from fastchgnet.files import read_checksummed, write_checksummed
+
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    CompiledPotential(model, backend="torchscript", store=store).predict_graphs(pair, stress=False)
+    (path,) = kept_files(store)
+    _, payload = read_checksummed(path, SCRIPT_FORMAT, [SCRIPT_VERSION])
+    payload["guard"]["text"] = "__import__('os').getpid() > 0"
+    write_checksummed(path, payload, SCRIPT_FORMAT, SCRIPT_VERSION)
+    potential = CompiledPotential(model, backend="torchscript", store=store)
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert potential.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == COLD
+        assert_like_eager(model, pair, potential.predict_graphs(pair, stress=False))
+    assert "size guard" in caplog.text
+    assert (potential.graphs_built, potential.graphs_loaded) == (1, 0)
+
+
 @pytest.mark.skipif(not background.available_in_background(), reason="builds in place here")
 def test_a_graph_built_in_the_background_is_kept_too(tmp_path):
     store = CompiledStore(tmp_path)
