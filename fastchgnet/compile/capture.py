@@ -271,11 +271,12 @@ class CapturedModel:
     def is_compiled(self, batch: GraphBatch, kind: str = "predict") -> bool:
         """Whether this process already holds the compiled ``kind`` program for ``batch``'s
         shape (in the current grad and train modes); TorchScript: a graph whose guard holds
-        for ``batch``'s sizes."""
+        for ``batch``'s sizes, or a build of one under way."""
         program = self._compiled.get(self._key(kind, batch, None))
         if program is None or not hasattr(program, "holds"):  # a ScriptedProgram has guards
             return program is not None
-        return program.holds(self._graph_inputs(batch))
+        # a build under way in a child costs the calls nothing more (they run eagerly)
+        return program.pending is not None or program.holds(self._graph_inputs(batch))
 
     def _graph_inputs(self, batch: GraphBatch) -> list[Tensor]:
         """A TorchScript graph's inputs for ``batch``: the model's state, then the batch's."""
@@ -286,11 +287,9 @@ class CapturedModel:
         prediction in the current grad mode (read, not loaded; a damaged file is removed)."""
         if self.backend != "torchscript" or self.store is None or self.eager:
             return False
-        from fastchgnet.compile.size_guard import kept_guard
-
         shelf = self._shelf(self._key("predict", batch, None))
-        guards = [kept_guard(state) for state, _, _ in shelf.graphs()]
-        return any(guard(self._graph_inputs(batch)) for guard in guards if guard is not None)
+        inputs = self._graph_inputs(batch)
+        return any(guard(inputs) for guard, _, _ in shelf.graphs())
 
     def _shelf(self, key: tuple) -> ScriptShelf | None:
         """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store)."""

@@ -175,9 +175,9 @@ class ScriptedProgram:
         if self._shelf is None:
             return
         start = time.perf_counter()
-        for state, saved, _ in self._shelf.graphs():
+        for guard, saved, _ in self._shelf.graphs():
             try:
-                self.graphs.append((SizeGuard.from_state(state), _loaded(saved)))
+                self.graphs.append((guard, _loaded(saved)))
             except Exception as exc:  # a graph this torch cannot load is built again
                 log.warning("a kept TorchScript graph did not load (%s): skipped", exc)
                 continue

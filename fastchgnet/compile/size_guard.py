@@ -11,9 +11,13 @@ sizes, numbers, arithmetic, comparisons, ``and`` / ``or`` / ``not`` and the call
 from __future__ import annotations
 
 import ast
+import builtins
+import keyword
 import logging
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 
 import sympy
 import torch
@@ -21,43 +25,99 @@ from torch import Tensor, fx
 
 log = logging.getLogger("fastchgnet.compile")
 
-#: Calls a guard's text may make: what sympy's Python printer writes for floors, ceilings,
-#: roots, maxima and minima of sizes.
-GUARD_CALLS = frozenset({"math.floor", "math.ceil", "math.trunc", "math.sqrt", "max", "min", "abs"})
-#: The builtins among ``GUARD_CALLS``, the only names a guard's code sees besides ``math``.
-GUARD_BUILTINS = {"max": max, "min": min, "abs": abs}
+#: Functions a stored guard may call: what sympy's Python printer (torch's ``PythonPrinter``)
+#: writes for floors, ceilings, roots, rounding, maxima, minima and casts of sizes.
+GUARD_CALLS = frozenset(
+    {"math.floor", "math.ceil", "math.trunc", "math.sqrt", "math.log2", "max", "min", "abs"}
+    | {"round", "int", "float", "torch.sym_float", "torch._sym_sqrt"}
+)
+#: Constants a stored guard may read.
+GUARD_CONSTANTS = frozenset({"math.inf", "math.nan"})
+#: The only names a guard's code sees besides its sizes (no other builtins).
+GUARD_NAMESPACE = {
+    "__builtins__": {},
+    "math": math,
+    "torch": SimpleNamespace(sym_float=float, _sym_sqrt=math.sqrt),
+    **{name: getattr(builtins, name) for name in ("max", "min", "abs", "round", "int", "float")},
+}
+#: Largest constant exponent of a stored guard's ``**`` (a larger one could take forever).
+GUARD_MAX_EXPONENT = 8
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GUARD_NODES = (
     ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd,
     ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
-    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Name, ast.Load,
-    ast.Constant, ast.Call, ast.Attribute,
+    ast.BitAnd, ast.BitOr, ast.BitXor, ast.IfExp, ast.Compare, ast.Eq, ast.NotEq, ast.Lt,
+    ast.LtE, ast.Gt, ast.GtE, ast.Name, ast.Load, ast.Constant, ast.Call, ast.Attribute,
 )  # fmt: skip
+
+
+def checked_state(state: dict) -> dict:
+    """``state`` (a stored guard's: text, arguments, positions) if it is only a size guard:
+    ``arguments`` distinct identifiers, ``positions`` as many input indices, and ``text`` an
+    expression ``checked_expression`` allows. Raises ValueError otherwise."""
+    text, arguments, positions = state["text"], state["arguments"], state["positions"]
+    if not isinstance(text, str) or not isinstance(arguments, list):
+        raise ValueError("a size guard's text or arguments are not text")
+    if (
+        not all(isinstance(a, str) and _IDENTIFIER.fullmatch(a) for a in arguments)
+        or len(set(arguments)) != len(arguments)
+        or any(keyword.iskeyword(a) for a in arguments)
+    ):
+        raise ValueError(f"a size guard's arguments are not distinct names: {arguments[:8]}")
+    if not isinstance(positions, list) or len(positions) != len(arguments):
+        raise ValueError("a size guard's positions do not match its arguments")
+    if not all(type(k) is int and k >= 0 for k in positions):
+        raise ValueError("a size guard's positions are not input indices")
+    checked_expression(text, arguments)
+    return {"text": text, "arguments": list(arguments), "positions": list(positions)}
 
 
 def checked_expression(text: str, names: Sequence[str]) -> None:
     """Raise ValueError unless ``text`` is one Python expression of ``names``, numbers,
-    arithmetic, comparisons, boolean operators and the calls ``GUARD_CALLS``."""
+    arithmetic (``**`` by a constant of at most ``GUARD_MAX_EXPONENT``), comparisons,
+    boolean and conditional operators, the calls ``GUARD_CALLS`` and ``GUARD_CONSTANTS``."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
         raise ValueError(f"a size guard is not an expression: {text[:80]!r}") from exc
     callees = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    modules = set()  # the ``math`` / ``torch`` of an allowed call or constant
     for node in ast.walk(tree):
         if not isinstance(node, _GUARD_NODES):
             raise ValueError(f"a size guard holds {type(node).__name__}: {text[:80]!r}")
         if isinstance(node, ast.Constant) and type(node.value) not in (int, float, bool):
             raise ValueError(f"a size guard holds the constant {node.value!r}")
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            exponent = node.right
+            if not (isinstance(exponent, ast.Constant) and type(exponent.value) is int):
+                raise ValueError("a size guard raises to a power that is not a constant")
+            if not 0 <= exponent.value <= GUARD_MAX_EXPONENT:
+                raise ValueError(f"a size guard raises to the power {exponent.value}")
         if isinstance(node, ast.Call) and (
             node.keywords or ast.unparse(node.func) not in GUARD_CALLS
         ):
             raise ValueError(f"a size guard calls {ast.unparse(node.func)}")
-        if isinstance(node, ast.Attribute) and (
-            id(node) not in callees or ast.unparse(node) not in GUARD_CALLS
-        ):
-            raise ValueError(f"a size guard reads {ast.unparse(node)}")
+        if isinstance(node, ast.Attribute):
+            allowed = GUARD_CALLS if id(node) in callees else GUARD_CONSTANTS
+            if ast.unparse(node) not in allowed or not isinstance(node.value, ast.Name):
+                raise ValueError(f"a size guard reads {ast.unparse(node)}")
+            modules.add(id(node.value))
         called = id(node) in callees and getattr(node, "id", None) in GUARD_CALLS
-        if isinstance(node, ast.Name) and node.id not in (*names, "math") and not called:
+        module = id(node) in modules
+        if isinstance(node, ast.Name) and node.id not in names and not (called or module):
             raise ValueError(f"a size guard names {node.id}, not one of its sizes")
+
+
+def _lambda(text: str, arguments: Sequence[str]) -> Callable[..., object]:
+    """``lambda *arguments: text`` made from syntax trees (no text is pasted together),
+    run with ``GUARD_NAMESPACE`` only."""
+    body = ast.parse(text, mode="eval").body
+    signature = ast.arguments(
+        posonlyargs=[], args=[ast.arg(arg=name) for name in arguments], vararg=None,
+        kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[],
+    )  # fmt: skip
+    tree = ast.fix_missing_locations(ast.Expression(ast.Lambda(args=signature, body=body)))
+    return eval(compile(tree, "<size guard>", "eval"), dict(GUARD_NAMESPACE))
 
 
 class SizeGuard:
@@ -98,23 +158,20 @@ class SizeGuard:
         self._compile()
 
     def _compile(self) -> None:
-        """Make the check from ``text`` once ``checked_expression`` allows it (a guard read
-        from the store is text: only size arithmetic and comparisons of ``arguments`` run)."""
-        checked_expression(self.text, self.arguments)
-        code = f"lambda {', '.join(self.arguments)}: {self.text}"
-        self._check = eval(code, {"__builtins__": {}, "math": math, **GUARD_BUILTINS})
+        self._check = _lambda(self.text, self.arguments)
 
     def __getstate__(self) -> dict:  # pickled by a background build: the text, not the code
         return {key: value for key, value in vars(self).items() if key != "_check"}
 
     @classmethod
     def from_state(cls, state: dict) -> SizeGuard:
-        """The guard whose ``__getstate__`` was ``state`` (a stored graph's).
+        """The guard whose ``__getstate__`` was ``state``, read back from the store: checked
+        first (``checked_state``).
 
         Raises:
-            ValueError: its text is more than size arithmetic and comparisons."""
+            ValueError: the state is more than a size guard."""
         guard = cls.__new__(cls)
-        guard.__setstate__(dict(state))
+        guard.__setstate__(checked_state(state))
         return guard
 
     def __setstate__(self, state: dict) -> None:
@@ -122,8 +179,13 @@ class SizeGuard:
         self._compile()
 
     def __call__(self, inputs: Sequence[Tensor]) -> bool:
-        """Whether the graph holds for ``inputs`` (the graph's inputs, in order)."""
-        return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
+        """Whether the graph holds for ``inputs`` (the graph's inputs, in order); a guard that
+        cannot be evaluated for them (a stored one: a division by zero) does not hold."""
+        try:
+            return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
+        except Exception as exc:
+            log.warning("a size guard failed (%r); its graph is not used", exc)
+            return False
 
 
 def _symbols(size: torch.SymInt) -> set[sympy.Symbol]:
@@ -142,13 +204,3 @@ def _input_position(env: object, symbol: sympy.Symbol) -> int:
     if not name.startswith("input") or not first_size:
         raise RuntimeError(f"size symbol {symbol} is not a first size of an input ({source})")
     return int(name.removeprefix("input"))
-
-
-def kept_guard(state: dict) -> SizeGuard | None:
-    """The guard of a kept graph's ``state``, or None (reported) when its text is more than
-    a size guard says."""
-    try:
-        return SizeGuard.from_state(state)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("a kept TorchScript graph's size guard is not used (%s)", exc)
-        return None

@@ -13,8 +13,9 @@ turns the store off (every process compiles afresh, in memory).
 TorchScript graphs (``compile.script``, any sizes) are kept under ``torchscript/`` in the
 same folder (``ScriptShelf``): a later MD run or relaxation loads its graph at the first call
 instead of building it (about 3 s, in a child process while the first steps run eagerly).
-A graph's guard is Python text run by ``eval`` when loaded: the store is trusted as the
-shared libraries of the packages are.
+A graph's guard is Python text, compiled when loaded only once ``size_guard`` has checked it
+is size arithmetic and comparisons; the TorchScript graphs and the inductor packages (shared
+libraries) are trusted as any code installed in this folder is.
 
 The programs torch.compile builds in memory (training graphs, GPU graphs) use inductor's and
 AOTAutograd's own on-disk caches; ``use_persistent_inductor_cache`` points them at
@@ -62,6 +63,7 @@ from fastchgnet.compile.package_build import (
     start_warm_headers,
     without_input_checks,
 )
+from fastchgnet.compile.size_guard import SizeGuard
 from fastchgnet.compile.trace import graph_bytes, graph_from_bytes
 from fastchgnet.files import (
     file_sha256,
@@ -268,7 +270,7 @@ def stored_trace(
     if store is not None:
         key = json_digest({"code": code_fingerprint(), "described": described})
         path = store.root / "traced" / f"{key}.pt"
-        payload = read_kept(path, TRACE_FORMAT, TRACE_VERSION) if path.is_file() else None
+        payload = read_kept(path, TRACE_FORMAT, TRACE_VERSION)
         if payload is not None:
             try:
                 return graph_from_bytes(payload["graph"].numpy().tobytes())
@@ -286,19 +288,25 @@ def stored_trace(
 
 
 def read_kept(path: Path, kind: str, version: int) -> Any | None:
-    """The payload of a file the store kept (``write_checksummed``), or None: a file that
-    cannot be opened (permissions) is reported and skipped, not ours to judge or remove; a
-    damaged or foreign one is reported and removed where it can be (``forget``)."""
+    """The payload of a file the store kept (``write_checksummed``), or None: no file, or one
+    that cannot be opened or read through (permissions, I/O, memory) is reported and skipped,
+    not ours to judge or remove; a damaged or foreign one is reported and removed where it can
+    be (``forget``)."""
     try:
         with open(path, "rb"):
             pass
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         log.warning("compiled store: cannot read %s (%s); skipped", path, exc)
         return None
     try:
         return read_checksummed(path, kind, [version])[1]
     except Exception as exc:  # a damaged or foreign file is made again, never trusted
-        forget(path, exc)
+        if isinstance(exc.__cause__, (OSError, MemoryError)) or isinstance(exc, MemoryError):
+            log.warning("compiled store: cannot read %s (%s); skipped", path, exc)
+        else:
+            forget(path, exc)
         return None
 
 
@@ -330,9 +338,10 @@ class ScriptShelf:
         key = json_digest({"code": code_fingerprint(), "described": described})
         self.folder = store.root / "torchscript" / key
 
-    def graphs(self) -> list[tuple[dict[str, Any], bytes, float]]:
-        """(guard state, ``torch.jit.save`` bytes, build seconds) of each kept graph; a file
-        that cannot be read (permissions) is skipped, a damaged one removed where it can be."""
+    def graphs(self) -> list[tuple[SizeGuard, bytes, float]]:
+        """(guard, ``torch.jit.save`` bytes, build seconds) of each kept graph; a file that
+        cannot be read (permissions) is skipped; a damaged one, or one whose guard is more than
+        a size guard (``size_guard.checked_state``), is removed where it can be."""
         found = []
         try:
             paths = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
@@ -344,9 +353,10 @@ class ScriptShelf:
             if payload is None:
                 continue
             try:
+                guard = SizeGuard.from_state(dict(payload["guard"]))
                 data = payload["graph"].numpy().tobytes()
-                found.append((dict(payload["guard"]), data, float(payload["seconds"])))
-            except Exception as exc:  # checksummed, yet not a graph: never trusted
+                found.append((guard, data, float(payload["seconds"])))
+            except Exception as exc:  # checksummed, yet not a graph and its guard: never run
                 forget(path, exc)
         return found
 

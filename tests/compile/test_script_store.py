@@ -129,6 +129,8 @@ def test_a_kept_file_unreadable_is_skipped_and_a_damaged_one_removed_even_if_rem
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(good.read_bytes()[:-50])
     with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert read_kept(tmp_path / "missing.pt", "kind", 1) is None
+        assert not caplog.text  # no file: nothing to report
         assert read_kept(closed, "kind", 1) is None
         assert closed.is_dir()
         assert f"cannot read {closed}" in caplog.text
@@ -147,31 +149,54 @@ def test_a_kept_file_unreadable_is_skipped_and_a_damaged_one_removed_even_if_rem
     assert not good.exists()
 
 
+INJECTED = "s0=().__class__.__base__.__subclasses__()"
+
+
 @pytest.mark.parametrize(
-    "text",
+    "state",
     [
-        "__import__('os').getpid() > 0",
-        "s0.__class__ is int",
-        "open('/etc/passwd') is None",
-        "(lambda: True)()",
-        "s0 >= 2 and sizes[0] == 1",
-        "max(s0, key=abs) > 1",
-        "math.pi > 3",
-        "'text' == 'text'",
-        "s0 >= 2; True",
+        {"text": "__import__('os').getpid() > 0"},
+        {"text": "s0.__class__ is int"},
+        {"text": "open('/etc/passwd') is None"},
+        {"text": "(lambda: True)()"},
+        {"text": "s0 >= 2 and sizes[0] == 1"},
+        {"text": "max(s0, key=abs) > 1"},
+        {"text": "math.pi > 3"},
+        {"text": "math.floor.__self__ is None"},
+        {"text": "[c for c in (s0,)] == [s0]"},
+        {"text": "'text' == 'text'"},
+        {"text": "s0 >= 2; True"},
+        {"text": "2 ** 10 ** 10 > s0"},
+        {"text": "s0 ** s0 > 1"},
+        {"text": "True", "arguments": [INJECTED]},
+        {"text": "True", "arguments": ["s0", "s0"], "positions": [0, 1]},
+        {"text": "True", "arguments": ["lambda"]},
+        {"text": "True", "positions": [-1]},
+        {"text": "True", "positions": [0, 1]},
+        {"text": 3},
     ],
 )
-def test_a_size_guard_runs_only_size_arithmetic(text):
-    """A guard read back from the store is text: anything but arithmetic and comparisons of
-    its sizes (and floor, ceiling, max, min) is refused before it is compiled."""
-    from fastchgnet.compile.size_guard import SizeGuard, checked_expression
+def test_a_stored_size_guard_runs_only_size_arithmetic(state):
+    """A guard read back from the store is data: anything but arithmetic and comparisons of
+    its own sizes (floor, ceiling, max, min, small constant powers) in distinct names at input
+    positions is refused before any of it is compiled."""
+    from fastchgnet.compile.size_guard import SizeGuard
 
-    checked_expression(
-        "(s0 >= 2) and (s1 == 1 or s1 == s0) and (math.floor(s0 / 2) <= s1)", ["s0", "s1"]
-    )
-    assert SizeGuard.from_state({"text": "max(s0, 3) != 4", "arguments": ["s0"], "positions": [0]})
+    def guard(text: str, sizes: list[int]) -> bool:
+        names = [f"s{k}" for k in range(len(sizes))]
+        made = SizeGuard.from_state(
+            {"text": text, "arguments": names, "positions": list(range(len(sizes)))}
+        )
+        return made([torch.empty(size, 0) for size in sizes])
+
+    printed = "(s0 >= 2) and (s1 == 1 or s1 == s0) and (math.floor(s0 / 2) <= s1)"
+    assert guard(printed, [4, 4])
+    assert not guard(printed, [4, 1])
+    assert guard("max(s0, 3) != 4 and s0 ** 2 < math.inf", [3])
+    assert not guard("max(s0, 3) != 4", [4])
+    assert not guard("s0 // 0 == 1", [3])  # a guard that fails to evaluate holds nothing
     with pytest.raises(ValueError, match="size guard"):
-        SizeGuard.from_state({"text": text, "arguments": ["s0"], "positions": [0]})
+        SizeGuard.from_state({"arguments": ["s0"], "positions": [0], **state})
 
 
 def test_a_kept_graph_whose_guard_says_more_than_sizes_is_not_run(tmp_path, caplog):
