@@ -74,8 +74,9 @@ def checked_state(state: dict) -> dict:
 
 def checked_expression(text: str, names: Sequence[str]) -> None:
     """Raise ValueError unless ``text`` is one Python expression of ``names``, numbers,
-    arithmetic (``**`` by a constant of at most ``GUARD_MAX_EXPONENT``), comparisons,
-    boolean and conditional operators, the calls ``GUARD_CALLS`` and ``GUARD_CONSTANTS``."""
+    arithmetic (``**`` by a constant of at most ``GUARD_MAX_EXPONENT``, of no power),
+    comparisons, boolean and conditional operators, the calls ``GUARD_CALLS`` and
+    ``GUARD_CONSTANTS``."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
@@ -93,6 +94,8 @@ def checked_expression(text: str, names: Sequence[str]) -> None:
                 raise ValueError("a size guard raises to a power that is not a constant")
             if not 0 <= exponent.value <= GUARD_MAX_EXPONENT:
                 raise ValueError(f"a size guard raises to the power {exponent.value}")
+            if any(isinstance(inner, ast.Pow) for inner in ast.walk(node.left)):
+                raise ValueError("a size guard raises a power to a power")
         if isinstance(node, ast.Call) and (
             node.keywords or ast.unparse(node.func) not in GUARD_CALLS
         ):

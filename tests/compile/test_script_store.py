@@ -168,6 +168,7 @@ INJECTED = "s0=().__class__.__base__.__subclasses__()"
         {"text": "s0 >= 2; True"},
         {"text": "2 ** 10 ** 10 > s0"},
         {"text": "s0 ** s0 > 1"},
+        {"text": "((9 ** 8) ** 8) ** 8 > s0"},
         {"text": "True", "arguments": [INJECTED]},
         {"text": "True", "arguments": ["s0", "s0"], "positions": [0, 1]},
         {"text": "True", "arguments": ["lambda"]},
