@@ -14,8 +14,9 @@ TorchScript graphs (``compile.script``, any sizes) are kept under ``torchscript/
 same folder (``ScriptShelf``): a later MD run or relaxation loads its graph at the first call
 instead of building it (about 3 s, in a child process while the first steps run eagerly).
 A graph's guard is Python text, compiled when loaded only once ``size_guard`` has checked it
-is size arithmetic and comparisons; the TorchScript graphs and the inductor packages (shared
-libraries) are trusted as any code installed in this folder is.
+is size arithmetic and comparisons; the traces (pickled graph modules, ``stored_trace``), the
+TorchScript graphs and the inductor packages (shared libraries) are trusted as any code
+installed in this folder is.
 
 The programs torch.compile builds in memory (training graphs, GPU graphs) use inductor's and
 AOTAutograd's own on-disk caches; ``use_persistent_inductor_cache`` points them at
