@@ -164,7 +164,7 @@ class SizeGuard:
         self._check = _lambda(self.text, self.arguments)
 
     def __getstate__(self) -> dict:  # pickled by a background build: the text, not the code
-        return {key: value for key, value in vars(self).items() if key != "_check"}
+        return {key: value for key, value in vars(self).items() if key not in ("_check", "_failed")}
 
     @classmethod
     def from_state(cls, state: dict) -> SizeGuard:
@@ -187,7 +187,9 @@ class SizeGuard:
         try:
             return bool(self._check(*[inputs[k].shape[0] for k in self.positions]))
         except Exception as exc:
-            log.warning("a size guard failed (%r); its graph is not used", exc)
+            if not vars(self).get("_failed"):  # said once: guards are asked every call
+                log.warning("a size guard failed (%r); its graph is not used", exc)
+                self._failed = True
             return False
 
 

@@ -177,7 +177,7 @@ INJECTED = "s0=().__class__.__base__.__subclasses__()"
         {"text": 3},
     ],
 )
-def test_a_stored_size_guard_runs_only_size_arithmetic(state):
+def test_a_stored_size_guard_runs_only_size_arithmetic(state, caplog):
     """A guard read back from the store is data: anything but arithmetic and comparisons of
     its own sizes (floor, ceiling, max, min, small constant powers) in distinct names at input
     positions is refused before any of it is compiled."""
@@ -196,6 +196,12 @@ def test_a_stored_size_guard_runs_only_size_arithmetic(state):
     assert guard("max(s0, 3) != 4 and s0 ** 2 < math.inf", [3])
     assert not guard("max(s0, 3) != 4", [4])
     assert not guard("s0 // 0 == 1", [3])  # a guard that fails to evaluate holds nothing
+    failing = SizeGuard.from_state({"text": "s0 // 0 == 1", "arguments": ["s0"], "positions": [0]})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert not any(failing([torch.empty(3, 0)]) for _ in range(3))
+    assert caplog.text.count("a size guard failed") == 1  # said once, not every call
+    assert "_failed" not in failing.__getstate__()
     with pytest.raises(ValueError, match="size guard"):
         SizeGuard.from_state({"arguments": ["s0"], "positions": [0], **state})
 
