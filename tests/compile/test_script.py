@@ -69,6 +69,31 @@ def test_one_torchscript_graph_serves_batches_of_any_size_without_dynamo(threads
         CapturedModel(model, backend="torchscript", dynamic=True)
 
 
+def test_graphs_run_without_torchscripts_optimisation_passes_and_the_setting_is_restored():
+    """The passes cost a graph's first calls about 0.4 s and gain nothing on a traced aten
+    graph (``ScriptedProgram.__call__``); the user's own setting is left as it was."""
+    model = small_model("conservative", torch.float64).eval()
+    captured = CapturedModel(model, backend="torchscript")
+    batch = _collated(varied_structures(2, seed=5, max_atoms=8))
+    with torch.no_grad():
+        captured.predict(batch)  # builds the graph
+        (program,) = captured._compiled.values()
+        seen = []
+        guard, graph = program.graphs[0]
+
+        def recorded(*inputs):
+            seen.append(torch._C._get_graph_executor_optimize())
+            return graph(*inputs)
+
+        program.graphs[0] = (guard, recorded)
+        before = torch._C._get_graph_executor_optimize()
+        got = captured.predict(batch)
+    assert seen == [False]
+    assert torch._C._get_graph_executor_optimize() == before
+    eager = model(batch, compute_forces=True, compute_stress=True)
+    torch.testing.assert_close(got.forces, eager.forces, rtol=1e-10, atol=1e-10)
+
+
 def test_a_batch_outside_a_graphs_guards_gets_a_graph_of_its_own():
     """Sizes of 0 or 1 trace as constants, and free sizes are traced for 2 and more: a graph
     traced on one structure would give two structures wrong energies (its structure sum is
