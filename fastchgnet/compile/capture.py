@@ -163,19 +163,15 @@ class CapturedModel:
     ):
         if dynamic and backend == "torchscript":
             raise ValueError("backend='torchscript' takes any sizes already: leave dynamic off")
-        self.model = model
-        self.dynamic, self.background = dynamic, background
-        self.store = store
+        self.model, self.store, self.backend, self.eager = model, store, backend, eager
+        self.dynamic, self.background, self.cuda_graphs = dynamic, background, cuda_graphs
         self.loss_config = loss_config or LossConfig()
-        self.backend = backend
-        self.eager = eager
-        self.cuda_graphs = cuda_graphs
-        self.compute_forces = compute_forces
-        self.compute_stress = compute_stress
+        self.compute_forces, self.compute_stress = compute_forces, compute_stress
         self.features = features
         self.stats = CaptureStats(frames_at_start=_dynamo_frames())
         self._state = StateReader(model)  # the graphs' first inputs, read every call
         self._compiled: dict[tuple, object] = {}
+        self._shelves: dict[tuple, ScriptShelf] = {}
         self._trace_seconds = 0.0
 
     # ------------------------------------------------------------------ public
@@ -212,9 +208,7 @@ class CapturedModel:
         if self._use_cuda_graphs(batch) and self.backend == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
         state = self._state()
-        flat = batch_inputs(batch, labels)
-        if self.backend == "torchscript":
-            flat.append(short_bonds_input(batch))
+        flat = self._flat_inputs(batch, labels)
         start = time.perf_counter() if key not in self.stats.keys else None
         if start is not None and self.dynamic:
             mark_entry_sizes(flat, labels is not None)
@@ -278,9 +272,15 @@ class CapturedModel:
         # a build under way in a child costs the calls nothing more (they run eagerly)
         return program.pending is not None or program.holds(self._graph_inputs(batch))
 
+    def _flat_inputs(self, batch: GraphBatch, labels: LabelBatch | None) -> list[Tensor]:
+        """A compiled program's inputs after the model's state (TorchScript's end with the
+        short bonds)."""
+        flat = batch_inputs(batch, labels)
+        return [*flat, short_bonds_input(batch)] if self.backend == "torchscript" else flat
+
     def _graph_inputs(self, batch: GraphBatch) -> list[Tensor]:
-        """A TorchScript graph's inputs for ``batch``: the model's state, then the batch's."""
-        return [*self._state(), *batch_inputs(batch), short_bonds_input(batch)]
+        """A prediction graph's inputs for ``batch``: the model's state, then the batch's."""
+        return [*self._state(), *self._flat_inputs(batch, None)]
 
     def has_stored_graph(self, batch: GraphBatch) -> bool:
         """Whether the store keeps a TorchScript graph whose guard holds for ``batch``'s
@@ -292,8 +292,13 @@ class CapturedModel:
         return any(guard(inputs) for guard, _, _ in shelf.graphs())
 
     def _shelf(self, key: tuple) -> ScriptShelf | None:
-        """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store)."""
-        return None if self.store is None else ScriptShelf(self.store, self._about(key))
+        """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store);
+        one per key, so the compile decision's read serves the build."""
+        if self.store is None:
+            return None
+        about = self._about(key)
+        place = (key, about["parallel_gathers"])  # what the shelf's folder depends on
+        return self._shelves.setdefault(place, ScriptShelf(self.store, about))
 
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         """What picks a compiled program in this process: kind, grad and train modes, the

@@ -167,7 +167,7 @@ class ScriptedProgram:
         seconds = time.perf_counter() - start
         self._keep(guard, graph, seconds, in_child=False)
         if self._shelf is not None:
-            self._shelf.keep(guard.__getstate__(), _saved(graph), seconds)
+            self._shelf.keep(guard, _saved(graph), seconds)
         return graph
 
     def _load_shelf(self) -> None:
@@ -224,7 +224,7 @@ class ScriptedProgram:
             self._keep(guard, _loaded(saved), seconds, in_child=True)
             self.pending = None
             if self._shelf is not None:
-                self._shelf.keep(guard.__getstate__(), saved, seconds)
+                self._shelf.keep(guard, saved, seconds)
 
     def holds(self, inputs: Sequence[Tensor]) -> bool:
         """Whether a graph this process holds serves ``inputs`` (its guard holds)."""

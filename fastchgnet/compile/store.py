@@ -333,17 +333,26 @@ class ScriptShelf:
     Each graph is one checksummed file (``fastchgnet.files.write_checksummed``, atomic) named
     by its guard: the ``torch.jit.save`` bytes, the guard's state and the build's seconds. A
     damaged or foreign file is reported and removed (the graph is built again); a file that
-    cannot be written is reported and the run goes on."""
+    cannot be written is reported and the run goes on.
+
+    The folder is read once per shelf (the compile decision and the build both ask), and the
+    graphs this shelf keeps are added to what it read."""
 
     def __init__(self, store: CompiledStore, described: Any) -> None:
         key = json_digest({"code": code_fingerprint(), "described": described})
         self.folder = store.root / "torchscript" / key
+        self._found: list[tuple[SizeGuard, bytes, float]] | None = None
 
     def graphs(self) -> list[tuple[SizeGuard, bytes, float]]:
         """(guard, ``torch.jit.save`` bytes, build seconds) of each kept graph; a file that
         cannot be read (permissions) is skipped; a damaged one, or one whose guard is more than
         a size guard (``size_guard.checked_state``), is removed where it can be."""
-        found = []
+        if self._found is None:
+            self._found = self._read()
+        return list(self._found)
+
+    def _read(self) -> list[tuple[SizeGuard, bytes, float]]:
+        found: list[tuple[SizeGuard, bytes, float]] = []
         try:
             paths = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
         except OSError as exc:
@@ -361,15 +370,18 @@ class ScriptShelf:
                 forget(path, exc)
         return found
 
-    def keep(self, guard: dict[str, Any], data: bytes, seconds: float) -> None:
-        """Keep one graph: ``guard`` (its state: strings and ints), ``data`` (its
-        ``torch.jit.save`` bytes) and the ``seconds`` its build took."""
-        name = hashlib.sha256(json.dumps(guard, sort_keys=True).encode()).hexdigest()[:32]
+    def keep(self, guard: SizeGuard, data: bytes, seconds: float) -> None:
+        """Keep one graph: its ``guard``, ``data`` (its ``torch.jit.save`` bytes) and the
+        ``seconds`` its build took."""
+        state = guard.__getstate__()  # strings and ints
+        name = hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:32]
         payload = {
-            "guard": guard,
+            "guard": state,
             "graph": torch.frombuffer(bytearray(data), dtype=torch.uint8),
             "seconds": seconds,
         }
+        if self._found is not None:
+            self._found.append((guard, data, seconds))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_checksummed(self.folder / f"{name}.pt", payload, SCRIPT_FORMAT, SCRIPT_VERSION)

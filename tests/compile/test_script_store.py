@@ -73,6 +73,34 @@ def test_a_kept_graph_serves_a_new_potential_of_any_weights_without_a_build(tmp_
     assert (third.graphs_built, third.graphs_loaded) == (0, 2)
 
 
+def test_the_compile_decision_and_the_build_read_the_kept_files_once(tmp_path, monkeypatch):
+    from fastchgnet.compile import store as store_module
+
+    store = CompiledStore(tmp_path)
+    model = small_model("conservative", torch.float64).eval()
+    pair = graphs_of(model, 2)
+    CompiledPotential(model, backend="torchscript", store=store).predict_graphs(pair, stress=False)
+    reads = []
+    read_kept = store_module.read_kept
+    monkeypatch.setattr(
+        store_module, "read_kept", lambda path, *rest: reads.append(path) or read_kept(path, *rest)
+    )
+    later = CompiledPotential(model, backend="torchscript", store=store)
+    assert later.expected_compile_seconds(pair, stress=False, cold_estimate=COLD) == (
+        SCRIPT_LOAD_SECONDS
+    )
+    assert_like_eager(model, pair, later.predict_graphs(pair, stress=False))
+    assert (later.graphs_built, later.graphs_loaded, len(reads)) == (0, 1, 1)
+    single = graphs_of(model, 1, seed=5)  # outside the kept guard: built, kept, and known
+    assert later.expected_compile_seconds(single, stress=False, cold_estimate=COLD) == COLD
+    later.predict_graphs(single, stress=False)
+    assert (later.graphs_built, len(kept_files(store)), len(reads)) == (1, 2, 1)
+    captured = later.captured[False, False]
+    (key,) = captured._compiled
+    assert len(captured._shelf(key).graphs()) == 2  # the one kept here too, read from memory
+    assert len(reads) == 1
+
+
 def test_a_graph_kept_for_other_threads_or_outputs_is_not_used(tmp_path):
     store = CompiledStore(tmp_path)
     model = small_model("conservative", torch.float64).eval()
