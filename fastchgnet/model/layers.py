@@ -85,7 +85,11 @@ def parallel_cpu(values: Tensor) -> bool:
 
 def expanded(index: Tensor, like: Tensor) -> Tensor:
     """Row index (n,) broadcast (a view, no copy) to (n, *like.shape[1:])."""
-    return index.view(-1, *[1] * (like.dim() - 1)).expand(index.shape[0], *like.shape[1:])
+    # unsqueeze, not view(-1, 1, ...): with n symbolic, the view's size inference took 10 % of
+    # a TorchScript symbolic trace (LiMnO2 MD graph: 1.64 against 1.82 s)
+    for _ in range(like.dim() - 1):
+        index = index.unsqueeze(-1)
+    return index.expand(-1, *like.shape[1:])
 
 
 def gather(values: Tensor, index: Tensor) -> Tensor:
