@@ -41,6 +41,15 @@ from fastchgnet.model.precision import autocast, check_precision
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 
+def row_times_matrix(rows: Tensor, matrices: Tensor) -> Tensor:
+    """Each row times its own matrix: (n, i) and (n, i, j) -> (n, j).
+
+    A batched product, not ``einsum``: the same numbers, and the symbolic trace of the LiMnO2
+    force-and-stress graph took 1.64 s instead of 1.92 s (einsum works out its plan on the
+    symbolic sizes); eager, 36 against 64 us forward and backward at 64 rows."""
+    return torch.bmm(rows.unsqueeze(1), matrices).squeeze(1)
+
+
 @dataclass
 class Prediction:
     """Model outputs for a batch (units as CHGNet).
@@ -201,9 +210,7 @@ class FastCHGNet(nn.Module):
             by (1 + strain).
         """
         lattice = batch.lattice
-        positions = torch.einsum(
-            "ni,nij->nj", batch.frac_coords, gather(lattice, batch.atom_structure)
-        )
+        positions = row_times_matrix(batch.frac_coords, gather(lattice, batch.atom_structure))
         if forces:
             positions.requires_grad_(True)
         deformed = positions
@@ -211,13 +218,9 @@ class FastCHGNet(nn.Module):
         if stress:
             strain = torch.zeros_like(lattice, requires_grad=True)
             deformation = torch.eye(3, dtype=lattice.dtype, device=lattice.device) + strain
-            deformed = torch.einsum(
-                "ni,nij->nj", positions, gather(deformation, batch.atom_structure)
-            )
+            deformed = row_times_matrix(positions, gather(deformation, batch.atom_structure))
             lattice = lattice @ deformation
-        offsets = torch.einsum(
-            "bi,bij->bj", batch.bond_images, gather(lattice, batch.bond_structure)
-        )
+        offsets = row_times_matrix(batch.bond_images, gather(lattice, batch.bond_structure))
         if ends is None:
             ends = pair_ends(batch.bond_atoms)
         i, j = ends.view(2, -1)  # stride-1 indices (see pair_ends)
