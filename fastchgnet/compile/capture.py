@@ -284,7 +284,7 @@ class CapturedModel:
 
     def has_stored_graph(self, batch: GraphBatch) -> bool:
         """Whether the store keeps a TorchScript graph whose guard holds for ``batch``'s
-        prediction in the current grad mode (read, not loaded; a damaged file is removed)."""
+        prediction in this grad mode (as this capture's shelf read it, with what it kept)."""
         if self.backend != "torchscript" or self.store is None or self.eager:
             return False
         shelf = self._shelf(self._key("predict", batch, None))
@@ -297,7 +297,7 @@ class CapturedModel:
         if self.store is None:
             return None
         about = self._about(key)
-        place = (key, about["parallel_gathers"])  # what the shelf's folder depends on
+        place = (key, about["parallel_gathers"])  # the rest of _about is fixed per capture
         return self._shelves.setdefault(place, ScriptShelf(self.store, about))
 
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:

@@ -248,8 +248,9 @@ class ScriptedProgram:
         TorchScript's executor runs the graphs without its profiling runs and optimisation
         passes: a traced graph is already flat aten, and on the LiMnO2 MD graph those cost the
         first three calls 0.44 s (58, 357 and 41 ms against 17-25 ms) and gained nothing
-        after (7.42-7.63 ms per MD step with them, 7.42-7.51 ms without). The setting is
-        the calling thread's own and is restored after the call."""
+        after (7.42-7.63 ms per MD step with them, 7.42-7.51 ms without), measured on a CPU,
+        where the compile decision offers TorchScript; on CUDA this also leaves out
+        TorchScript's fuser. The setting is the calling thread's own, restored after."""
         with torch.jit.optimized_execution(False):
             return self._call(inputs)
 

@@ -335,8 +335,9 @@ class ScriptShelf:
     damaged or foreign file is reported and removed (the graph is built again); a file that
     cannot be written is reported and the run goes on.
 
-    The folder is read once per shelf (the compile decision and the build both ask), and the
-    graphs this shelf keeps are added to what it read."""
+    The folder is read once per shelf (the compile decision and the build both ask; a capture
+    keeps one shelf per program), and the graphs this shelf keeps are added to what it read:
+    a graph another process keeps after that read is not seen by this shelf."""
 
     def __init__(self, store: CompiledStore, described: Any) -> None:
         key = json_digest({"code": code_fingerprint(), "described": described})
@@ -349,15 +350,16 @@ class ScriptShelf:
         a size guard (``size_guard.checked_state``), is removed where it can be."""
         if self._found is None:
             self._found = self._read()
-        return list(self._found)
+        return list(self._found or ())
 
-    def _read(self) -> list[tuple[SizeGuard, bytes, float]]:
+    def _read(self) -> list[tuple[SizeGuard, bytes, float]] | None:
+        """The kept graphs; None where the folder cannot be listed (asked again next time)."""
         found: list[tuple[SizeGuard, bytes, float]] = []
         try:
             paths = sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []
         except OSError as exc:
             log.warning("compiled store: cannot list %s (%s)", self.folder, exc)
-            return found
+            return None
         for path in paths:
             payload = read_kept(path, SCRIPT_FORMAT, SCRIPT_VERSION)
             if payload is None:
@@ -380,7 +382,7 @@ class ScriptShelf:
             "graph": torch.frombuffer(bytearray(data), dtype=torch.uint8),
             "seconds": seconds,
         }
-        if self._found is not None:
+        if self._found is not None:  # this process holds the graph, written or not
             self._found.append((guard, data, seconds))
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

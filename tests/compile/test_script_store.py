@@ -5,6 +5,7 @@ damaged file is reported, removed and built again."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from fastchgnet.compile import background
 from fastchgnet.compile.potential import CompiledPotential
-from fastchgnet.compile.store import SCRIPT_LOAD_SECONDS, CompiledStore
+from fastchgnet.compile.store import SCRIPT_LOAD_SECONDS, CompiledStore, ScriptShelf
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.model.potential import EagerPotential
@@ -99,6 +100,28 @@ def test_the_compile_decision_and_the_build_read_the_kept_files_once(tmp_path, m
     (key,) = captured._compiled
     assert len(captured._shelf(key).graphs()) == 2  # the one kept here too, read from memory
     assert len(reads) == 1
+
+
+def test_a_shelf_that_cannot_list_its_folder_asks_again_and_one_that_could_does_not(
+    tmp_path, monkeypatch, caplog
+):
+    shelf = ScriptShelf(CompiledStore(tmp_path), {"program": "a test's"})
+    shelf.folder.mkdir(parents=True)
+    listings = []
+
+    def listing(folder, pattern):
+        listings.append(pattern)
+        if len(listings) == 1:
+            raise PermissionError("denied")
+        return iter(())
+
+    monkeypatch.setattr(Path, "glob", listing)
+    with caplog.at_level(logging.WARNING, logger="fastchgnet.compile"):
+        assert shelf.graphs() == []
+    assert "cannot list" in caplog.text
+    assert shelf.graphs() == []
+    assert shelf.graphs() == []
+    assert len(listings) == 2  # the failure is not remembered; the empty folder is
 
 
 def test_a_graph_kept_for_other_threads_or_outputs_is_not_used(tmp_path):
