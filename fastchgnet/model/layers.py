@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+from fastchgnet.model.double_backward import LayerNorm, SiLU, silu
+from fastchgnet.model.tracing import tracing
 
 if TYPE_CHECKING:
     from fastchgnet.data.batch import GraphBatch
@@ -120,14 +122,6 @@ def _eager_cpu_rows(values: Tensor, elements: int) -> bool:
     return values.device.type == "cpu" and not tracing() and elements >= ROW_COPY_MIN
 
 
-def tracing() -> bool:
-    """True while dynamo or make_fx traces (our captured graphs). Traced graphs keep the
-    expanded forms both ways: AOTAutograd differentiates a traced ``index_select`` into
-    ``index_add``, which inductor turns into atomic adds on several threads (issue #14: the
-    captured step at 2 threads then lost to eager, 2.25x against 2.61x the reference)."""
-    return torch.compiler.is_compiling() or get_proxy_mode() is not None
-
-
 #: Fewest gathered (or summed) elements for which eager CPU gathers and scatter sums take
 #: ``_RowGather`` / ``_RowScatter``: below it the autograd Function's Python overhead (about
 #: 10 us a call) outweighs the faster copy (1088 rows of 128 floats: 15 us expanded, 12 us by
@@ -219,7 +213,7 @@ def pair_ends(pairs: Tensor) -> Tensor:
 
 
 def norm_or_identity(kind: str | None, dim: int) -> nn.Module:
-    return nn.LayerNorm(dim) if kind == "layer" else nn.Identity()
+    return LayerNorm(dim) if kind == "layer" else nn.Identity()
 
 
 class GatedMLP(nn.Module):
@@ -242,11 +236,11 @@ class GatedMLP(nn.Module):
     def finish(self, pre: Tensor) -> Tensor:
         """(n, 2 * width) output of ``first`` -> (n, out_dim)."""
         if self.core_out is not None and self.gate_out is not None:
-            core, gate = nn.functional.silu(pre).chunk(2, dim=1)
+            core, gate = silu(pre, self.training).chunk(2, dim=1)
             core, gate = self.core_out(core), self.gate_out(gate)
         else:
             core, gate = pre.chunk(2, dim=1)
-        return nn.functional.silu(self.core_norm(core)) * torch.sigmoid(self.gate_norm(gate))
+        return silu(self.core_norm(core), self.training) * torch.sigmoid(self.gate_norm(gate))
 
     def forward(self, x: Tensor) -> Tensor:
         """(n, in_dim) -> (n, out_dim), on an explicit concatenation of inputs."""
@@ -385,7 +379,7 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = in_dim
     for hidden in hidden_dims:
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
+        layers += [nn.Linear(width, hidden), SiLU()]
         width = hidden
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)

@@ -1,0 +1,113 @@
+"""Closed-form second derivatives of the layer norm and SiLU (``model.double_backward``): equal
+to torch's own to float64 precision, used by a model in training with grad enabled only, and a
+conservative training gradient equal to the one through torch's formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastchgnet.model import double_backward, layers
+from fastchgnet.model.double_backward import LayerNorm, SiLU, _LayerNorm, _Silu
+from fastchgnet.model.loss import LossConfig, training_loss
+
+
+def _layer_norm(x, weight, bias):
+    return _LayerNorm.apply(x, weight, bias, 1e-5)
+
+
+def test_the_layer_norms_first_and_second_derivatives_pass_gradcheck_in_float64() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    weight = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    # every cotangent of the backward (of dx, dw and db) takes part in gradgradcheck
+    assert torch.autograd.gradcheck(_layer_norm, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(_layer_norm, (x, weight, bias))
+
+
+def test_the_silus_first_and_second_derivatives_pass_gradcheck_in_float64() -> None:
+    x = torch.linspace(-6.0, 6.0, 30, dtype=torch.float64).view(5, 6).requires_grad_()
+    assert torch.autograd.gradcheck(_Silu.apply, (x,))
+    assert torch.autograd.gradgradcheck(_Silu.apply, (x,))
+
+
+def test_a_force_loss_gradient_equals_torchs_on_strided_rows_and_zero_rows() -> None:
+    # the angle update normalises column halves of one GEMM's output (rows of stride 2 * width)
+    # and padded batches hold rows of zeros
+    torch.manual_seed(1)
+    pre = torch.randn(40, 16)
+    pre[-3:] = 0.0
+    weight, bias = torch.rand(8) + 0.5, torch.randn(8)
+
+    def gradients(norm, act):
+        x = pre.clone().requires_grad_()
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        core, gate = act(x).chunk(2, dim=1)
+        energy = (act(norm(core, w, b)) * torch.sigmoid(norm(gate, w, b))).sum()
+        (force,) = torch.autograd.grad(energy, x, create_graph=True)
+        (force.square().sum() + energy).backward()
+        return force.detach(), x.grad, w.grad, b.grad
+
+    ours = gradients(_layer_norm, _Silu.apply)
+    theirs = gradients(
+        lambda x, w, b: torch.nn.functional.layer_norm(x, (8,), w, b, 1e-5),
+        torch.nn.functional.silu,
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_only_training_with_grad_enabled_takes_the_closed_forms() -> None:
+    norm, act = LayerNorm(4), SiLU()
+    x = torch.randn(3, 4, requires_grad=True)
+    assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
+    assert type(act(x).grad_fn).__name__ == "_SiluBackward"
+    norm.eval(), act.eval()
+    assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
+    assert type(act(x).grad_fn).__name__ == "SiluBackward0"
+    norm.train(), act.train()
+    with torch.no_grad():
+        assert norm(x).grad_fn is None
+        assert act(x).grad_fn is None
+
+
+def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas(
+    monkeypatch,
+) -> None:
+    from tests.compile.conftest import padded_batch, small_model
+
+    model = small_model("conservative")
+    model.train()
+    batch, labels = padded_batch()
+
+    def gradient() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        training_loss(model(batch), labels, LossConfig()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours = gradient()
+    monkeypatch.setattr(LayerNorm, "forward", torch.nn.LayerNorm.forward)
+    monkeypatch.setattr(layers, "silu", lambda x, training: torch.nn.functional.silu(x))
+    monkeypatch.setattr(double_backward, "silu", lambda x, training: torch.nn.functional.silu(x))
+    theirs = gradient()
+    assert ours.keys() == theirs.keys()
+    assert any(isinstance(m, LayerNorm) for m in model.modules())
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("module", [LayerNorm(4), SiLU()])
+def test_a_closed_form_module_keeps_torchs_state_dict_and_type(module) -> None:
+    base = torch.nn.LayerNorm(4) if isinstance(module, LayerNorm) else torch.nn.SiLU()
+    assert isinstance(module, type(base))
+    assert module.state_dict().keys() == base.state_dict().keys()
+
+
+def test_autocast_keeps_torchs_layer_norm_and_silu() -> None:
+    # bf16 runs keep torch's casting rules (a layer norm computes in float32 under autocast)
+    norm, act = LayerNorm(4), SiLU()
+    x = torch.randn(3, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
+        assert type(act(x).grad_fn).__name__ != "_SiluBackward"
