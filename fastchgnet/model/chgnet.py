@@ -25,6 +25,7 @@ from fastchgnet.data.batch import GraphBatch, host_arrays
 from fastchgnet.model.basis import FourierBasis, RadialBessel, angle_between
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.direct_heads import DirectHeads, structure_volume
+from fastchgnet.model.double_backward import second_derivative
 from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout
 from fastchgnet.model.layers import (
@@ -324,7 +325,8 @@ class FastCHGNet(nn.Module):
             positions, strain, vectors = self.geometry(
                 batch, forces=compute_forces, stress=compute_stress, ends=topo.edge_centre
             )
-            site_energy, encoded = self.energy_model(batch, vectors, topo)
+            with second_derivative(create_graph):
+                site_energy, encoded = self.energy_model(batch, vectors, topo)
             total = scatter_sum(site_energy, batch.atom_structure, batch.n_structures)
             forces = stress = None
             inputs = [x for x in (positions, strain) if x is not None and x.requires_grad]

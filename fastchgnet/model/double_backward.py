@@ -10,14 +10,18 @@ eager conservative step at batch 16 (387 atoms, 2 threads) those were 67 and abo
 derivative is written out (derivations in ``_LayerNormBackward.backward`` and
 ``_SiluBackward``): the step took 264 against 296 ms (``bench/bench_train_step.py``).
 
-Only a module in training mode, with grad enabled, without autocast and not being traced,
-takes these paths (``closed_form``). Evaluation, inference, MD and relaxation (first
-derivatives only) keep torch's functions and their per-call cost, and so do bf16 runs and
-traced graphs (``compile.trace``): AOTAutograd differentiates their aten operators with its
-own formulas, and inductor fuses them.
+Only calls inside ``second_derivative(True)`` (``FastCHGNet`` with ``create_graph``) take these
+paths, with grad enabled, without autocast and not being traced (``closed_form``). Direct
+training, evaluation, inference, MD and relaxation (no second derivative) keep torch's
+functions and their per-call cost, and so do bf16 runs and traced graphs (``compile.trace``):
+AOTAutograd differentiates their aten operators with its own formulas, and inductor fuses them.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -27,23 +31,39 @@ from fastchgnet.model.tracing import tracing
 
 class LayerNorm(nn.LayerNorm):
     """``torch.nn.LayerNorm`` over the last dimension, affine, with a closed-form second
-    derivative in training (see the module docstring). (n, width) -> (n, width); the same
+    derivative where ``closed_form`` (see the module docstring). (n, width) -> (n, width); the same
     parameters and state-dict keys as ``torch.nn.LayerNorm``."""
 
     def forward(self, x: Tensor) -> Tensor:
         """(n, width) -> (n, width), normalised per row, then scaled and shifted."""
-        if closed_form(self.training, x) and len(self.normalized_shape) == 1:
+        if closed_form(x) and len(self.normalized_shape) == 1:
             return _LayerNorm.apply(x, self.weight, self.bias, self.eps)
         return super().forward(x)
 
 
-def closed_form(training: bool, x: Tensor) -> bool:
-    """Whether a module in ``training`` mode takes the closed forms for input ``x`` now: grad
-    enabled, no autocast on ``x``'s device (bf16 runs keep torch's casting rules), and not
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def second_derivative(taken: bool) -> Iterator[None]:
+    """Within, with ``taken``, this thread's ``LayerNorm`` and ``silu`` calls take the closed
+    forms: the caller will differentiate their derivative again (``FastCHGNet`` with
+    ``create_graph``: a conservative training step)."""
+    before = getattr(_state, "taken", False)
+    _state.taken = taken
+    try:
+        yield
+    finally:
+        _state.taken = before
+
+
+def closed_form(x: Tensor) -> bool:
+    """Whether a call on ``x`` takes the closed forms now: inside ``second_derivative(True)``,
+    grad enabled, no autocast on ``x``'s device (bf16 runs keep torch's casting rules), and not
     traced (a captured graph keeps torch's operators, whose derivatives AOTAutograd knows; it
     has none for ``aten::silu_backward``)."""
     return (
-        training
+        getattr(_state, "taken", False)
         and torch.is_grad_enabled()
         and not torch.is_autocast_enabled(x.device.type)
         and not tracing()
@@ -133,18 +153,18 @@ def _times_r_p(v: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
 
 
 class SiLU(nn.SiLU):
-    """``torch.nn.SiLU`` with a closed-form second derivative in training (see the module
-    docstring). Any shape -> the same shape."""
+    """``torch.nn.SiLU`` with a closed-form second derivative where ``closed_form`` (see the
+    module docstring). Any shape -> the same shape."""
 
     def forward(self, x: Tensor) -> Tensor:
         """x * sigmoid(x), elementwise."""
-        return silu(x, self.training)
+        return silu(x)
 
 
-def silu(x: Tensor, training: bool) -> Tensor:
-    """x * sigmoid(x), elementwise, any shape; ``training`` with grad enabled takes the
-    closed-form second derivative (``_SiluBackward``)."""
-    if closed_form(training, x):
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x), elementwise, any shape; with the closed-form second derivative
+    (``_SiluBackward``) where ``closed_form``."""
+    if closed_form(x):
         return _Silu.apply(x)
     return nn.functional.silu(x)
 

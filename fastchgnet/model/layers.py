@@ -236,11 +236,11 @@ class GatedMLP(nn.Module):
     def finish(self, pre: Tensor) -> Tensor:
         """(n, 2 * width) output of ``first`` -> (n, out_dim)."""
         if self.core_out is not None and self.gate_out is not None:
-            core, gate = silu(pre, self.training).chunk(2, dim=1)
+            core, gate = silu(pre).chunk(2, dim=1)
             core, gate = self.core_out(core), self.gate_out(gate)
         else:
             core, gate = pre.chunk(2, dim=1)
-        return silu(self.core_norm(core), self.training) * torch.sigmoid(self.gate_norm(gate))
+        return silu(self.core_norm(core)) * torch.sigmoid(self.gate_norm(gate))
 
     def forward(self, x: Tensor) -> Tensor:
         """(n, in_dim) -> (n, out_dim), on an explicit concatenation of inputs."""

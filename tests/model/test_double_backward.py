@@ -1,6 +1,8 @@
 """Closed-form second derivatives of the layer norm and SiLU (``model.double_backward``): equal
-to torch's own to float64 precision, used by a model in training with grad enabled only, and a
-conservative training gradient equal to the one through torch's formulas."""
+to torch's own to float64 precision, used only where a second derivative follows (a
+conservative model with ``create_graph``), and a conservative training gradient equal to the
+one through torch's.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,13 @@ import pytest
 import torch
 
 from fastchgnet.model import double_backward, layers
-from fastchgnet.model.double_backward import LayerNorm, SiLU, _LayerNorm, _Silu
+from fastchgnet.model.double_backward import (
+    LayerNorm,
+    SiLU,
+    _LayerNorm,
+    _Silu,
+    second_derivative,
+)
 from fastchgnet.model.loss import LossConfig, training_loss
 
 
@@ -58,18 +66,52 @@ def test_a_force_loss_gradient_equals_torchs_on_strided_rows_and_zero_rows() -> 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_only_training_with_grad_enabled_takes_the_closed_forms() -> None:
+def test_only_calls_whose_derivative_is_differentiated_again_take_the_closed_forms() -> None:
     norm, act = LayerNorm(4), SiLU()
     x = torch.randn(3, 4, requires_grad=True)
-    assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
-    assert type(act(x).grad_fn).__name__ == "_SiluBackward"
-    norm.eval(), act.eval()
+    with second_derivative(True):
+        assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
+        assert type(act(x).grad_fn).__name__ == "_SiluBackward"
+        with torch.no_grad():
+            assert norm(x).grad_fn is None
+            assert act(x).grad_fn is None
+        with second_derivative(False):
+            assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
+        assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
     assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
     assert type(act(x).grad_fn).__name__ == "SiluBackward0"
-    norm.train(), act.train()
-    with torch.no_grad():
-        assert norm(x).grad_fn is None
-        assert act(x).grad_fn is None
+
+
+def test_a_conservative_model_takes_the_closed_forms_only_with_create_graph(monkeypatch) -> None:
+    from tests.compile.conftest import padded_batch, small_model
+
+    taken: list[bool] = []
+    monkeypatch.setattr(
+        double_backward, "_Silu", type("_Counted", (_Silu,), {"apply": _counted(taken)})
+    )
+    model = small_model("conservative")
+    batch, _ = padded_batch()
+    model.train()
+    model(batch)
+    assert taken
+    taken.clear()
+    model.eval()
+    model(batch)
+    model(batch, create_graph=False)
+    model.train()
+    model(batch, create_graph=False)
+    assert not taken
+    model.eval()
+    model(batch, create_graph=True)
+    assert taken
+
+
+def _counted(taken: list[bool]):
+    def apply(x):
+        taken.append(True)
+        return _Silu.apply(x)
+
+    return staticmethod(apply)
 
 
 def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas(
@@ -88,8 +130,8 @@ def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas
 
     ours = gradient()
     monkeypatch.setattr(LayerNorm, "forward", torch.nn.LayerNorm.forward)
-    monkeypatch.setattr(layers, "silu", lambda x, training: torch.nn.functional.silu(x))
-    monkeypatch.setattr(double_backward, "silu", lambda x, training: torch.nn.functional.silu(x))
+    monkeypatch.setattr(layers, "silu", torch.nn.functional.silu)
+    monkeypatch.setattr(double_backward, "silu", torch.nn.functional.silu)
     theirs = gradient()
     assert ours.keys() == theirs.keys()
     assert any(isinstance(m, LayerNorm) for m in model.modules())
@@ -108,6 +150,6 @@ def test_autocast_keeps_torchs_layer_norm_and_silu() -> None:
     # bf16 runs keep torch's casting rules (a layer norm computes in float32 under autocast)
     norm, act = LayerNorm(4), SiLU()
     x = torch.randn(3, 4, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with second_derivative(True), torch.autocast("cpu", dtype=torch.bfloat16):
         assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
         assert type(act(x).grad_fn).__name__ != "_SiluBackward"
