@@ -5,10 +5,12 @@ A conservative training step differentiates twice: forces are the gradient of th
 torch differentiates its layer norm's backward in about 40 passes over each (n, width) tensor
 (``NativeLayerNormBackwardBackward0``), and builds a SiLU's backward from five operators
 (``infinitely_differentiable_silu_backward``) that it then differentiates one by one. In an
-eager conservative step at batch 16 (387 atoms, 2 threads) those were 67 and about 68 of
+eager conservative step at batch 16 (387 atoms, 2 threads) those took 67 and about 68 of
 318 ms. Here the forward and the first derivative are torch's fused kernels, and the second
 derivative is written out (derivations in ``_LayerNormBackward.backward`` and
-``_SiluBackward``): the step took 264 against 296 ms (``bench/bench_train_step.py``).
+``_SiluBackward``): that step took 274-279 ms against 314-315 ms through torch's formulas
+(medians of 36 steps, interleaved in one process, two runs), and its peak memory fell from
+393 to 271 MiB (``bench/bench_train_step.py --no-compile``).
 
 Only calls inside ``second_derivative(True)`` (``FastCHGNet`` with ``create_graph``) take these
 paths, with grad enabled, without autocast and not being traced (``closed_form``). Direct
