@@ -17,6 +17,7 @@ paths, with grad enabled, without autocast and not being traced (``closed_form``
 training, evaluation, inference, MD and relaxation (no second derivative) keep torch's
 functions and their per-call cost, and so do bf16 runs and traced graphs (``compile.trace``):
 AOTAutograd differentiates their aten operators with its own formulas, and inductor fuses them.
+The written-out second derivatives are not differentiated again (a third derivative raises).
 """
 
 from __future__ import annotations
