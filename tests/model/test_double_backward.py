@@ -15,6 +15,7 @@ from fastchgnet.model.double_backward import (
     SiLU,
     _LayerNorm,
     _Silu,
+    closed_form,
     second_derivative,
 )
 from fastchgnet.model.loss import LossConfig, training_loss
@@ -72,9 +73,10 @@ def test_only_calls_whose_derivative_is_differentiated_again_take_the_closed_for
     with second_derivative(True):
         assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
         assert type(act(x).grad_fn).__name__ == "_SiluBackward"
+        assert closed_form(x)
         with torch.no_grad():
-            assert norm(x).grad_fn is None
-            assert act(x).grad_fn is None
+            assert not closed_form(x)
+        assert not closed_form(x.double().half())
         with second_derivative(False):
             assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
         assert type(norm(x).grad_fn).__name__ == "_LayerNormBackward"
@@ -85,15 +87,15 @@ def test_only_calls_whose_derivative_is_differentiated_again_take_the_closed_for
 def test_a_conservative_model_takes_the_closed_forms_only_with_create_graph(monkeypatch) -> None:
     from tests.compile.conftest import padded_batch, small_model
 
-    taken: list[bool] = []
-    monkeypatch.setattr(
-        double_backward, "_Silu", type("_Counted", (_Silu,), {"apply": _counted(taken)})
-    )
+    taken: list[str] = []
+    for name, function in (("_Silu", _Silu), ("_LayerNorm", _LayerNorm)):
+        counted = type(name, (function,), {"apply": _counted(function, name, taken)})
+        monkeypatch.setattr(double_backward, name, counted)
     model = small_model("conservative")
     batch, _ = padded_batch()
     model.train()
     model(batch)
-    assert taken
+    assert set(taken) == {"_Silu", "_LayerNorm"}
     taken.clear()
     model.eval()
     model(batch)
@@ -103,13 +105,13 @@ def test_a_conservative_model_takes_the_closed_forms_only_with_create_graph(monk
     assert not taken
     model.eval()
     model(batch, create_graph=True)
-    assert taken
+    assert set(taken) == {"_Silu", "_LayerNorm"}
 
 
-def _counted(taken: list[bool]):
-    def apply(x):
-        taken.append(True)
-        return _Silu.apply(x)
+def _counted(function: type, name: str, taken: list[str]):
+    def apply(*args):
+        taken.append(name)
+        return function.apply(*args)
 
     return staticmethod(apply)
 
@@ -119,9 +121,9 @@ def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas
 ) -> None:
     from tests.compile.conftest import padded_batch, small_model
 
-    model = small_model("conservative")
+    model = small_model("conservative", torch.float64)
     model.train()
-    batch, labels = padded_batch()
+    batch, labels = padded_batch(torch.float64)
 
     def gradient() -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
@@ -136,7 +138,7 @@ def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas
     assert ours.keys() == theirs.keys()
     assert any(isinstance(m, LayerNorm) for m in model.modules())
     for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-9, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("module", [LayerNorm(4), SiLU()])
@@ -152,4 +154,27 @@ def test_autocast_keeps_torchs_layer_norm_and_silu() -> None:
     x = torch.randn(3, 4, requires_grad=True)
     with second_derivative(True), torch.autocast("cpu", dtype=torch.bfloat16):
         assert type(norm(x).grad_fn).__name__ == "NativeLayerNormBackward0"
-        assert type(act(x).grad_fn).__name__ != "_SiluBackward"
+        assert type(act(x).grad_fn).__name__ == "SiluBackward0"
+
+
+@pytest.mark.parametrize(
+    "used", [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2)], ids=lambda u: "+".join(map(str, u))
+)
+def test_any_of_dx_dw_db_alone_differentiates_as_torchs(used) -> None:
+    # a force loss uses dx alone; the others arrive as None (not zeros) and are skipped
+    torch.manual_seed(2)
+    x0 = torch.randn(9, 5, dtype=torch.float64)
+    w0, b0 = torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)
+    upstream = torch.randn(9, 5, dtype=torch.float64)
+
+    def second(norm):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        gy = (upstream * 1.0).requires_grad_()
+        firsts = torch.autograd.grad(norm(x, w, b), (x, w, b), gy, create_graph=True)
+        loss = sum((firsts[i] * (i + 1)).square().sum() for i in used)
+        return torch.autograd.grad(loss, (x, w, gy), allow_unused=True, materialize_grads=True)
+
+    ours = second(_layer_norm)
+    theirs = second(lambda x, w, b: torch.nn.functional.layer_norm(x, (5,), w, b, 1e-5))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
