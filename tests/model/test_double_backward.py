@@ -18,7 +18,6 @@ from fastchgnet.model.double_backward import (
     closed_form,
     second_derivative,
 )
-from fastchgnet.model.loss import LossConfig, training_loss
 
 
 def _layer_norm(x, weight, bias):
@@ -120,21 +119,16 @@ def test_a_conservative_training_gradient_equals_the_one_through_torchs_formulas
     monkeypatch,
 ) -> None:
     from tests.compile.conftest import padded_batch, small_model
+    from tests.model.test_loss import _gradient_after
 
     model = small_model("conservative", torch.float64)
     model.train()
     batch, labels = padded_batch(torch.float64)
-
-    def gradient() -> dict[str, torch.Tensor]:
-        model.zero_grad(set_to_none=True)
-        training_loss(model(batch), labels, LossConfig()).backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    ours = gradient()
+    ours = _gradient_after(model, batch, labels)
     monkeypatch.setattr(LayerNorm, "forward", torch.nn.LayerNorm.forward)
     monkeypatch.setattr(layers, "silu", torch.nn.functional.silu)
     monkeypatch.setattr(double_backward, "silu", torch.nn.functional.silu)
-    theirs = gradient()
+    theirs = _gradient_after(model, batch, labels)
     assert ours.keys() == theirs.keys()
     assert any(isinstance(m, LayerNorm) for m in model.modules())
     for name in ours:
