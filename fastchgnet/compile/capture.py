@@ -273,8 +273,7 @@ class CapturedModel:
         return program.pending is not None or program.holds(self._graph_inputs(batch))
 
     def _flat_inputs(self, batch: GraphBatch, labels: LabelBatch | None) -> list[Tensor]:
-        """A compiled program's inputs after the model's state (TorchScript's end with the
-        short bonds)."""
+        """A compiled program's inputs after the model's state (TorchScript: then short bonds)."""
         flat = batch_inputs(batch, labels)
         return [*flat, short_bonds_input(batch)] if self.backend == "torchscript" else flat
 
@@ -292,13 +291,14 @@ class CapturedModel:
         return any(guard(inputs) for guard, _, _ in shelf.graphs())
 
     def _shelf(self, key: tuple) -> ScriptShelf | None:
-        """Where the store keeps the TorchScript graphs of ``key``'s program (None: no store);
-        one per key, so the compile decision's read serves the build."""
+        """``key``'s TorchScript shelf (None: no store), one per key: decision and build use it."""
         if self.store is None:
             return None
         about = self._about(key)
         place = (key, about["parallel_gathers"])  # the rest of _about is fixed per capture
-        return self._shelves.setdefault(place, ScriptShelf(self.store, about))
+        if place not in self._shelves:  # made once: a shelf digests its description
+            self._shelves[place] = ScriptShelf(self.store, about)
+        return self._shelves[place]
 
     def _key(self, kind: str, batch: GraphBatch, labels: LabelBatch | None) -> tuple:
         """What picks a compiled program in this process: kind, grad and train modes, the
