@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -69,6 +71,7 @@ def init_process_group(timeout_s: float) -> None:
     available (``local_device``), gloo on CPU; a collective that waits longer than
     ``timeout_s`` seconds fails instead of hanging."""
     import deepspeed
+    import torch.distributed.nn  # before the group exists: see leave_process_group
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -100,10 +103,25 @@ def leave_process_group() -> None:
     queued on the device), then destroy the group, whose NCCL communicators torch would
     otherwise warn about and leak at exit. Not for a process that trains again: DeepSpeed
     keeps the groups it derived and cannot start over in the same process. No-op without a
-    group."""
+    group.
+
+    The group's C++ object, and with it gloo's threads, is freed here while the interpreter
+    still runs: DeepSpeed's module-level references to the group are dropped with it
+    (``deepspeed.comm.destroy_process_group``), the trained engine's reference cycles
+    (which hold the backend) are collected after, and ``torch.distributed.nn.functional``,
+    whose functions take ``group=group.WORLD`` as a default argument, was imported by
+    ``init_process_group`` before the group existed (imported later, by DeepSpeed, its
+    defaults kept the group alive). Left to the interpreter's finalization, that teardown
+    now and then aborted a rank after a finished run (exit -6, "terminate called without
+    an active exception")."""
     if initialized():
         barrier()
-        _dist.destroy_process_group()
+        deepspeed_comm = sys.modules.get("deepspeed.comm.comm")  # holds the live ``cdb``
+        if _dist is _torch_dist and getattr(deepspeed_comm, "cdb", None) is not None:
+            deepspeed_comm.destroy_process_group()  # torch's, and DeepSpeed's references
+        else:
+            _dist.destroy_process_group()
+        gc.collect()
 
 
 def shared_memory_buffer(rank: int) -> Path:

@@ -19,6 +19,7 @@ import torch
 
 from fastchgnet.model.loss import LossConfig
 from fastchgnet.train import collectives
+from tests.train.helpers import run_one_rank
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastchgnet"
 ALLOWED = PACKAGE / "train" / "collectives.py"
@@ -262,3 +263,46 @@ def test_rank_0s_heartbeat_keeps_the_others_waiting_through_a_silent_phase(tmp_p
     collectives.wait_for_file(manifest, tmp_path, 1, stall_s=0.3, poll_s=0.05)
     writer.join()
     assert not (tmp_path / "ranks" / "converting").exists()
+
+
+LEAVE_GROUP = """
+import weakref
+from pathlib import Path
+import torch, torch.distributed as td
+from fastchgnet.model.loss import LossConfig
+from fastchgnet.train import collectives
+from tests.train.helpers import run_one_rank
+from fastchgnet.train.config import OptimConfig
+from fastchgnet.train.engine import DEFAULT_DEEPSPEED_JSON, DeepSpeedEngine
+from fastchgnet.train.step import TrainStep
+from tests.compile.conftest import padded_batch, small_model
+
+def train() -> None:  # as ``train`` returns to the CLI: the engine is garbage, in cycles
+    model, optim = small_model("direct"), OptimConfig(lr=1e-2)
+    engine = DeepSpeedEngine(model, optim, 1, 4, DEFAULT_DEEPSPEED_JSON)
+    TrainStep(engine, LossConfig())(*padded_batch())
+
+def gloo_threads() -> int:  # native threads of gloo's process group (names on Linux)
+    names = [p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")]
+    return sum(name.startswith(("gloo", "pt_gloo")) for name in names)
+
+collectives.init_process_group(60)
+world = weakref.ref(td.group.WORLD)
+train()
+print("TRAINED", gloo_threads() > 0)
+collectives.leave_process_group()
+print("LEFT", td.is_initialized(), world() is None, gloo_threads())
+"""
+
+
+@pytest.mark.slow
+def test_leaving_the_group_frees_it_before_the_interpreter_ends() -> None:
+    """After a DeepSpeed engine trained, ``leave_process_group`` leaves no reference to the
+    group (DeepSpeed's module-level ones, the dead engine's cycles, the default arguments of
+    ``torch.distributed.nn.functional``): its C++ object and gloo's threads end while the
+    interpreter runs, not in its finalization, where they now and then aborted a finished
+    rank (exit -6, "terminate called without an active exception")."""
+    pytest.importorskip("deepspeed")
+    lines = run_one_rank(LEAVE_GROUP).splitlines()
+    assert "LEFT False True 0" in lines
+    assert "TRAINED True" in lines or not Path("/proc/self/task").is_dir()
