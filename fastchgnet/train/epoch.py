@@ -25,7 +25,9 @@ def train_one_epoch(run: Run) -> bool:
     config, progress, rank = run.config, run.progress, run.rank
     epoch, sampler = progress.epoch, run.train_sampler
     if run.train_loader is None:  # one loader for the run: its workers persist across epochs
-        run.train_batches = EpochBatches(sampler, run.splits.train, epoch, progress.step_in_epoch)
+        run.train_batches = EpochBatches(
+            sampler, run.splits.train, epoch, progress.step_in_epoch, epochs=config.optim.epochs
+        )
         capacity = sampler.capacity if run.compiled else None
         fit = run.step.captured is not None and run.step.captured.dynamic
         workers, device = config.data.loader_workers, run.engine.device

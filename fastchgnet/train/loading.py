@@ -165,7 +165,8 @@ class EpochBatches(Sampler[list[int]]):
 
     Once the epoch's first batch is handed out, the sampler starts building the next epoch's
     plan in the background (``plan_ahead``; off with ``ahead=False``, e.g. for evaluation,
-    which always uses epoch 0), so the next ``set_epoch`` finds it ready. One
+    which always uses epoch 0, and in the last of ``epochs``, whose next plan nothing would
+    use), so the next ``set_epoch`` finds it ready. One
     ``DataLoader`` over this object serves every epoch: call ``set_epoch`` and iterate the
     loader again (its workers persist).
     """
@@ -177,8 +178,9 @@ class EpochBatches(Sampler[list[int]]):
         epoch: int,
         skip: int = 0,
         ahead: bool = True,
+        epochs: int | None = None,
     ) -> None:
-        self.sampler, self.indices, self.ahead = sampler, indices, ahead
+        self.sampler, self.indices, self.ahead, self.epochs = sampler, indices, ahead, epochs
         self.set_epoch(epoch, skip)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -190,8 +192,10 @@ class EpochBatches(Sampler[list[int]]):
         plan, rank = self.sampler.plan(), self.sampler.rank
         for position, step in enumerate(plan[self.skip :]):
             yield [int(self.indices[k]) for k in step[rank]]
-            if position == 0 and self.ahead:  # after the loader's workers started (no fork
-                self.sampler.plan_ahead(self.epoch + 1)  # while a thread runs)
+            upcoming = self.epoch + 1
+            if position == 0 and self.ahead and (self.epochs is None or upcoming < self.epochs):
+                self.sampler.plan_ahead(upcoming)  # after the loader's workers started (no
+                # fork while a thread runs)
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)

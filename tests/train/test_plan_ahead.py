@@ -104,3 +104,20 @@ def test_evaluation_batches_do_not_plan_ahead():
     assert len(list(EpochBatches(sampler, np.arange(100), epoch=0, ahead=False))) == len(sampler)
     time.sleep(0.3)  # a started plan of 100 structures would be done by now
     assert not sampler._plans.ready(1)
+
+
+def test_the_last_epoch_plans_no_epoch_after_it():
+    """A run of 3 epochs plans epoch 2 during epoch 1, and nothing during epoch 2: a plan
+    nobody uses would only take a core from the last epoch and the final evaluation."""
+    sizes = _sizes(100)
+    sampler = PackedBatchSampler(sizes, packing_capacity(sizes, 4), world_size=1)
+    batches = EpochBatches(sampler, np.arange(100), epoch=1, epochs=3)
+    list(batches)
+    deadline = time.perf_counter() + 10
+    while not sampler._plans.ready(2) and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert sampler._plans.ready(2)
+    batches.set_epoch(2)
+    list(batches)
+    time.sleep(0.3)  # a started plan of 100 structures would be done by now
+    assert not sampler._plans.ready(3)
