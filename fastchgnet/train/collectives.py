@@ -110,10 +110,11 @@ def leave_process_group() -> None:
     (``deepspeed.comm.destroy_process_group``), the trained engine's reference cycles
     (which hold the backend) are collected after, and ``torch.distributed.nn.functional``,
     whose functions take ``group=group.WORLD`` as a default argument, was imported by
-    ``init_process_group`` before the group existed (imported later, by DeepSpeed, its
-    defaults kept the group alive). Left to the interpreter's finalization, that teardown
-    now and then aborted a rank after a finished run (exit -6, "terminate called without
-    an active exception")."""
+    ``init_process_group`` before the group existed (imported later, through torch._dynamo
+    when the optimizer is made, its defaults kept the group alive). Left to the
+    interpreter's finalization, that teardown now and then aborted a rank after a finished
+    run (exit -6, "terminate called without an active exception"). DeepSpeed releases its
+    references from 0.19.8 on (the floor in pyproject.toml)."""
     if initialized():
         barrier()
         deepspeed_comm = sys.modules.get("deepspeed.comm.comm")  # holds the live ``cdb``

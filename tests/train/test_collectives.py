@@ -286,6 +286,8 @@ def gloo_threads() -> int:  # native threads of gloo's process group (names on L
     names = [p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")]
     return sum(name.startswith(("gloo", "pt_gloo")) for name in names)
 
+import sys
+assert "torch.distributed.nn" not in sys.modules  # else the early import proves nothing
 collectives.init_process_group(60)
 world = weakref.ref(td.group.WORLD)
 train()
