@@ -19,6 +19,7 @@ three seconds, ``SCRIPT_CALL_OVERHEAD``), and the one that saves the most net of
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -55,7 +56,10 @@ COMPILED_FRACTION = 0.8
 #: the reference) where stop 43's compiled ones ran 7.7x and 8.4x.
 EAGER_CALL_OVERHEAD = 0.008
 COMPILED_CALL_OVERHEAD = 0.0015
-COMPILED_WORK_FRACTION = {"AVX512": 0.6, "AVX2": 0.84}
+#: An AMD EPYC with AVX-512 (``cpu_kind`` "AVX512-AMD", stop 51, 2 threads; Zen 4 runs
+#: AVX-512 as two 256-bit halves): compiled MD steps 50.3 and 43.5 ms against 59.4 and 60.0 ms
+#: eager on 32 and 64 atoms, in shapes of 1.21 and 1.08: 0.79 and 0.75 per padded entry.
+COMPILED_WORK_FRACTION = {"AVX512": 0.6, "AVX512-AMD": 0.79, "AVX2": 0.84}
 #: Cold compile of a CPU prediction graph when the store has no compile time on record:
 #: ``bench/bench_compile.py --programs predict --threads 2`` measured 29.8-35.6 s for the
 #: reference architecture on 2 quiet cores, everything empty (stops 26 and 27; 45-75 s before
@@ -79,6 +83,12 @@ COLD_PREDICT_SCALE = {"AVX512": 0.6, "AVX2": 1.0}
 #: against 10.7-10.9 ms (stop 44's fixed-shape graphs: 8.2-8.5 ms steps, 1.15 padded entries
 #: per real one).
 SCRIPT_CALL_OVERHEAD = 0.0051
+#: The work of a TorchScript call over eager's per entry, by ``cpu_kind`` (1.0, the fit above,
+#: for a CPU not listed). On the AVX-512 AMD EPYC of stop 51 (2 threads) TorchScript MD steps
+#: took 46.4-47.6 ms against 57.0-58.5 ms eager on 32 atoms and 46.3-49.2 against 57.3-59.6 ms
+#: on 64, 11.7 against 14.7 ms on 8: about 0.81 of eager at every size, where the Xeon's
+#: 64-atom TorchScript run was level with eager; with ``SCRIPT_CALL_OVERHEAD``, 0.84 per entry.
+SCRIPT_WORK_FRACTION = {"AVX512-AMD": 0.84, "AVX2": 1.0}
 #: A TorchScript build: the symbolic trace (about 2 s warm on the reference architecture, the
 #: first in a process 0.6 s more for importing dynamo) and scripting it (0.3-0.4 s); a
 #: default 8-atom MD run built in 3.1 s.
@@ -119,12 +129,37 @@ class CompileDecision:
     net_seconds: float = 0.0
 
 
+@functools.cache
+def cpu_kind() -> str:
+    """This CPU as the tables below key it: torch's name for its vector instructions ("AVX2",
+    "AVX512", ...; ``torch.backends.cpu.get_cpu_capability``), "AVX512-AMD" for an AMD CPU
+    with AVX-512 (Zen 4 runs it as two 256-bit halves, so inductor's kernels gain less there
+    than on an Intel CPU, and TorchScript more; stop 51)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability == "AVX512" and cpu_vendor() == "AuthenticAMD":
+        return "AVX512-AMD"
+    return capability
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"); "" where
+    there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def for_cpu(table: dict[str, T], capability: str | None = None) -> T:
-    """``table``'s entry for a CPU of ``capability`` (torch's name for its vector
-    instructions, e.g. "AVX2", "AVX512"; default: this machine's); the "AVX2" entry for a CPU
-    the table has no entry for (a measured fit is kept per instruction set)."""
+    """``table``'s entry for a CPU of ``capability`` (``cpu_kind``'s names, e.g. "AVX2",
+    "AVX512", "AVX512-AMD"; default: this machine's); the "AVX2" entry for a CPU the table
+    has no entry for (a measured fit is kept per kind of CPU)."""
     if capability is None:
-        capability = torch.backends.cpu.get_cpu_capability()
+        capability = cpu_kind()
     return table.get(capability, table["AVX2"])
 
 
@@ -145,13 +180,14 @@ def compiled_fraction(eager_seconds: float, padding: float, capability: str | No
     return min(1.0, compiled / eager_seconds)
 
 
-def script_fraction(eager_seconds: float, padding: float) -> float:
+def script_fraction(eager_seconds: float, padding: float, capability: str | None = None) -> float:
     """Expected seconds of a TorchScript CPU call over those of the eager one (at most 1), for
     a call that takes ``eager_seconds`` eagerly in a padded shape of ``padding`` entries per
-    real one; see ``SCRIPT_CALL_OVERHEAD``."""
+    real one, on a CPU of ``capability`` (``for_cpu``); see ``SCRIPT_CALL_OVERHEAD`` and
+    ``SCRIPT_WORK_FRACTION``."""
     if eager_seconds <= 0:
         return 1.0
-    work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0)
+    work = max(eager_seconds - EAGER_CALL_OVERHEAD, 0.0) * for_cpu(SCRIPT_WORK_FRACTION, capability)
     return min(1.0, (SCRIPT_CALL_OVERHEAD + padding * work) / eager_seconds)
 
 
