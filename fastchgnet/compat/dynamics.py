@@ -23,6 +23,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.compat.model import CHGNet, determine_device, unsupported
 from fastchgnet.md.calculator import Calculator, as_atoms
+from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 
 OPTIMIZERS = {
     "FIRE": FIRE,
@@ -211,6 +212,8 @@ class StructOptimizer:
             if not isinstance(getattr(filters, ase_filter, None), type):
                 raise ValueError(f"Invalid ase_filter={ase_filter!r}: a class of ase.filters")
             ase_filter = getattr(filters, ase_filter)
+        if ase_filter is filters.FrechetCellFilter:  # the same results, its 3x3 maths reused
+            ase_filter = CachedFrechetCellFilter
         atoms = as_atoms(atoms) if not isinstance(atoms, Atoms) else atoms
         atoms.calc = self.calculator
         stream = sys.stdout if verbose else io.StringIO()

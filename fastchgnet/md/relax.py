@@ -47,7 +47,6 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.filters import FrechetCellFilter
 from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
@@ -60,6 +59,7 @@ from fastchgnet.md.calculator import (
     compiled_potential,
     evaluate_graphs,
 )
+from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 from fastchgnet.model.potential import Potential, as_potential, is_structure
 
 log = logging.getLogger("fastchgnet.md")
@@ -126,24 +126,6 @@ class RelaxResult:
         return structure
 
 
-class _CachedFrechetCellFilter(FrechetCellFilter):
-    """ASE's FrechetCellFilter, remembering its generalised forces (a matrix log and nine
-    Fréchet derivatives of the matrix exponential) for the last geometry and results: the
-    lockstep loop asks twice per step, for the convergence test and for the optimizer."""
-
-    _cache: tuple[bytes, np.ndarray] | None = None
-
-    def get_forces(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        atoms = self.atoms
-        key = b"".join(
-            np.ascontiguousarray(x).tobytes()
-            for x in (atoms.positions, atoms.cell.array, atoms.get_forces(), atoms.get_stress())
-        )
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, super().get_forces(*args, **kwargs))
-        return self._cache[1].copy()
-
-
 class _Relaxation:
     """One structure's atoms, calculator, optimizer and recorded frames."""
 
@@ -157,7 +139,7 @@ class _Relaxation:
     ) -> None:
         self.atoms, self.calc = atoms, calc
         atoms.calc = calc
-        target = _CachedFrechetCellFilter(atoms) if relax_cell else atoms
+        target = CachedFrechetCellFilter(atoms) if relax_cell else atoms
         self.optimizer = OPTIMIZERS[optimizer](target, logfile=None)
         self.frames: list[Atoms] = []
         self.record = record
