@@ -5,7 +5,8 @@ matrix log of the cell's deformation gradient F, and turns the model's forces an
 generalised forces. For one structure and one optimizer step it calls scipy's ``logm`` twice
 (about 0.5 ms each on a 3x3: the positions read it for F times the cell factor, the forces
 for F), ``expm`` once and ``expm_frechet`` nine times (about 45 us each, one per strain
-direction): about 1.4 ms, which in a batched relaxation of small cells is a seventh of the step.
+direction): about 1.4 ms, a fifth of the wall time of a batched relaxation of 16 small cells
+(``bench/bench_relax.py``).
 
 ``CachedFrechetCellFilter`` keeps ASE's maths and code and swaps the three scipy functions on
 its ``CellUtility`` for equivalents that reuse work (``_MatrixFunctions``):
@@ -13,11 +14,12 @@ its ``CellUtility`` for equivalents that reuse work (``_MatrixFunctions``):
   the exponentials of nine 6x6 block matrices [[A, E], [0, A]] in one batched ``expm``
   (about 50 us against 400);
 - ``logm`` of a matrix seen last returns the last answer (the same bytes);
-- ``logm`` of an F that the filter has just set from a log Y (``set_positions``: F = c
+- ``logm`` of an F that the filter has just set from a log Y (``set_positions``: c F =
   expm(Y) for a scalar c > 0, up to the cell's round-off; ASE takes the log of the
-  deformation gradient times the cell factor for the positions, of the gradient alone for the
-  forces) returns Y - log(c) I, when F agrees within ``LOG_ROUNDTRIP_TOLERANCE`` and Y is
-  safely a principal log (``LOG_BRANCH_LIMIT``); otherwise scipy's ``logm`` runs.
+  deformation gradient times its ``cell_factor`` (the atom count by default) for the
+  positions, of the gradient alone for the forces) returns Y - log(c) I, when c F agrees
+  within ``LOG_ROUNDTRIP_TOLERANCE`` and Y is safely a principal log (``LOG_BRANCH_LIMIT``);
+  otherwise scipy's ``logm`` runs.
 Every result agrees with ASE's within float64 round-off (tests/md/test_cell_filter.py), and
 the filter remembers its generalised forces for the last geometry and model results: the
 lockstep loop of ``fastchgnet.md.relax`` asks twice per step.
@@ -52,13 +54,14 @@ class _MatrixFunctions:
     def expm(self, y: np.ndarray) -> np.ndarray:
         """(3, 3) -> (3, 3) matrix exponential; Y is remembered for ``logm``."""
         value = expm(y)
-        self._exp = (np.array(y, dtype=float), value)
+        if not np.iscomplexobj(y):  # a copy: the caller may change what it gets in place
+            self._exp = (np.array(y, dtype=float), value.copy())
         return value
 
     def logm(self, f: np.ndarray, **kwargs: Any) -> Any:
         """(3, 3) -> (3, 3) principal matrix log, as scipy's ``logm`` (which runs, uncached,
         whenever ``kwargs`` are given)."""
-        if kwargs:
+        if kwargs or np.iscomplexobj(f):
             return logm(f, **kwargs)
         f = np.asarray(f, dtype=float)
         key = f.tobytes()
@@ -68,7 +71,7 @@ class _MatrixFunctions:
         return self._log[1].copy()
 
     def _log_of_last_exp(self, f: np.ndarray) -> np.ndarray | None:
-        """log(F) from the last log Y set, where F = c expm(Y) for a scalar c > 0 (ASE takes
+        """log(F) from the last log Y set, where c F = expm(Y) for a scalar c > 0 (ASE takes
         the log of the deformation gradient times the cell factor for the positions, and of
         the gradient alone for the forces): then log(F) = Y - log(c) I. None when F is not
         such a multiple within round-off, or Y is not safely a principal log."""
@@ -92,12 +95,19 @@ class _MatrixFunctions:
     ) -> Any:  # fmt: skip
         """Fréchet derivative of expm at A (3, 3) in direction E (3, 3); for a unit E without
         ``compute_expm`` taken from the nine computed together at A."""
-        a, e = np.asarray(a, dtype=float), np.asarray(e, dtype=float)
         unit = np.flatnonzero(e)
-        if compute_expm or a.shape != (3, 3) or len(unit) != 1 or e.flat[unit[0]] != 1.0:
+        if (
+            compute_expm
+            or np.iscomplexobj(a)
+            or np.iscomplexobj(e)
+            or np.shape(a) != (3, 3)
+            or len(unit) != 1
+            or np.asarray(e).flat[unit[0]] != 1.0
+        ):
             return expm_frechet(
                 a, e, method=method, compute_expm=compute_expm, check_finite=check_finite
             )
+        a = np.asarray(a, dtype=float)
         key = a.tobytes()
         if self._frechet is None or self._frechet[0] != key:
             self._frechet = (key, frechet_derivatives(a))
@@ -117,8 +127,10 @@ def frechet_derivatives(a: np.ndarray) -> np.ndarray:
 
 class CachedFrechetCellFilter(FrechetCellFilter):
     """``ase.filters.FrechetCellFilter`` (same arguments) whose matrix functions reuse work
-    (module docstring) and which remembers its generalised forces, (n_atoms + 3, 3) in eV/Å
-    (cell rows scaled as ASE's), for the last positions, cell and model results."""
+    (module docstring) and which remembers its generalised forces, (n_atoms + 3, 3): atom rows
+    in eV/Å, cell rows in eV per unit log-strain divided by ``exp_cell_factor``, as ASE's. They
+    are kept for the last positions, cell, model results and filter settings (pressure, mask,
+    constraints on the cell, reference cell)."""
 
     _cache: tuple[bytes, np.ndarray] | None = None
 
@@ -131,10 +143,26 @@ class CachedFrechetCellFilter(FrechetCellFilter):
 
     def get_forces(self, *args: Any, **kwargs: Any) -> np.ndarray:
         """Generalised forces on the atoms and the cell, (n_atoms + 3, 3), as ASE's."""
-        atoms = self.atoms
+        if args or kwargs:  # passed on to the atoms' calculator: not cached
+            return super().get_forces(*args, **kwargs)
+        atoms, utility = self.atoms, self._utility
+        settings = (
+            utility.scalar_pressure,
+            utility.hydrostatic_strain,
+            utility.constant_volume,
+            self.exp_cell_factor,
+        )
         key = b"".join(
-            np.ascontiguousarray(x).tobytes()
-            for x in (atoms.positions, atoms.cell.array, atoms.get_forces(), atoms.get_stress())
+            np.ascontiguousarray(x, dtype=float).tobytes()
+            for x in (
+                atoms.positions,
+                atoms.cell.array,
+                atoms.get_forces(),
+                atoms.get_stress(),
+                utility.mask3x3,
+                utility.orig_cell,
+                settings,
+            )
         )
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, super().get_forces(*args, **kwargs))

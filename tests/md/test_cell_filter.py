@@ -9,7 +9,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.filters import FrechetCellFilter
-from ase.optimize import FIRE
+from ase.optimize import BFGS, FIRE
 from scipy.linalg import expm, expm_frechet, logm
 
 import fastchgnet.md.cell_filter as cell_filter
@@ -38,6 +38,52 @@ def test_a_relaxation_through_the_filter_follows_ases_own_filter():
         theirs_opt.step()
     np.testing.assert_allclose(ours.cell.array, theirs.cell.array, atol=1e-9)
     assert not np.allclose(ours.cell.array, strained_copper().cell.array, atol=1e-3)  # it moved
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "settings"),
+    [
+        (BFGS, {}),
+        (FIRE, {"scalar_pressure": 0.01, "exp_cell_factor": 3.0}),
+        (FIRE, {"mask": [1, 1, 1, 0, 0, 0]}),
+        (FIRE, {"hydrostatic_strain": True}),
+        (FIRE, {"constant_volume": True}),
+    ],
+)
+def test_the_filters_settings_and_optimizers_follow_ases_own_filter(optimizer, settings):
+    ours, theirs = strained_copper(), strained_copper()
+    ours_filter = CachedFrechetCellFilter(ours, **settings)
+    theirs_filter = FrechetCellFilter(theirs, **settings)
+    ours_opt, theirs_opt = (
+        optimizer(ours_filter, logfile=None),
+        optimizer(theirs_filter, logfile=None),
+    )
+    for _ in range(15):
+        ours_opt.step()
+        theirs_opt.step()
+        np.testing.assert_allclose(ours_filter.get_forces(), theirs_filter.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(ours.cell.array, theirs.cell.array, atol=1e-9)
+    np.testing.assert_allclose(ours_filter.stress, theirs_filter.stress, atol=1e-9)
+
+
+def test_remembered_forces_follow_a_changed_pressure_at_the_same_geometry():
+    atoms = strained_copper()
+    ours, theirs = CachedFrechetCellFilter(atoms), FrechetCellFilter(atoms)
+    before = ours.get_forces()
+    ours.scalar_pressure = theirs.scalar_pressure = 0.05
+    after = ours.get_forces()
+    assert not np.allclose(before[-3:], after[-3:])
+    np.testing.assert_allclose(after, theirs.get_forces(), atol=1e-12)
+
+
+def test_an_exponential_changed_in_place_by_its_caller_is_not_taken_for_its_log():
+    functions = cell_filter._MatrixFunctions()
+    y = np.random.default_rng(3).normal(0, 0.05, (3, 3))
+    exp_y = functions.expm(y)
+    exp_y *= 1.5  # now log(exp_y) = y + log(1.5) I, found through the scale c
+    np.testing.assert_allclose(functions.logm(exp_y), logm(exp_y), atol=1e-12)
+    exp_y += np.diag([0.0, 0.0, 0.2])  # no longer a multiple: scipy's
+    np.testing.assert_allclose(functions.logm(exp_y), logm(exp_y), atol=1e-12)
 
 
 def test_the_filter_takes_scipys_log_only_at_the_start(monkeypatch):
@@ -74,6 +120,8 @@ def test_the_log_of_a_scaled_exponential_is_taken_from_its_exponent():
     [
         # a rotation by 3 rad: too near the branch cut for the shortcut
         (3.0 * np.array([[0, -1, 0], [1, 0, 0], [0, 0, 0.0]]), None),
+        # by 4 rad: past it, Y is not the principal log of expm(Y)
+        (4.0 * np.array([[0, -1, 0], [1, 0, 0], [0, 0, 0.0]]), None),
         # a matrix that is not a multiple of the last exponential
         (0.01 * np.ones((3, 3)), np.diag([1.0, 1.1, 1.2])),
     ],
