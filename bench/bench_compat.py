@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import tempfile
 import time
 import warnings
@@ -18,20 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_inference import median_time
 from pymatgen.core import Structure
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def blocks(api, limno2: Structure, big: Structure, args, labelled: dict) -> dict:
@@ -130,8 +119,8 @@ def main() -> None:
     for name, (reference_fn, repeat) in theirs.items():
         compat_fn = ours[name][0]
         repeats = args.repeats if repeat else 0
-        ref_s = median_seconds(reference_fn, repeats) if repeat else _once(reference_fn)
-        our_s = median_seconds(compat_fn, repeats) if repeat else _once(compat_fn)
+        ref_s = median_time(reference_fn, repeats, warmup=1) if repeat else _once(reference_fn)
+        our_s = median_time(compat_fn, repeats, warmup=1) if repeat else _once(compat_fn)
         print(f"{name:62s} {ref_s:12.3f} {our_s:9.3f} {ref_s / our_s:6.1f}x", flush=True)
 
 

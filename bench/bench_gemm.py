@@ -29,7 +29,6 @@ perfect switch could save.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import median_time
 
 
 def record_gemms(step) -> Counter:
@@ -73,17 +73,6 @@ def dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
 
 
-def seconds(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` calls, after two untimed ones."""
-    fn(), fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def products(key: tuple) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
     """(MKL, oneDNN): one recorded product as torch ran it and as oneDNN runs it, on random
     factors of the recorded shapes and strides (the same factors for both)."""
@@ -107,11 +96,11 @@ def products(key: tuple) -> tuple[Callable[[], Tensor], Callable[[], Tensor]]:
 def time_gemm(key: tuple, repeats: int) -> tuple[float, float, float]:
     """(MKL, oneDNN cached, oneDNN first call) seconds of one recorded product."""
     mkl, onednn = products(key)
-    mkl_seconds = seconds(mkl, repeats)
+    mkl_seconds = median_time(mkl, repeats, warmup=2)
     start = time.perf_counter()
     onednn()  # creates and JIT-compiles the primitive for this shape
     first = time.perf_counter() - start
-    return mkl_seconds, seconds(onednn, repeats), first
+    return mkl_seconds, median_time(onednn, repeats, warmup=2), first
 
 
 def main() -> None:
@@ -171,7 +160,7 @@ def main() -> None:
             name = f"{mode} {'compiled' if compiled else 'eager'}"
             with flush_denormals():
                 step(*batch)  # a compiled step builds its graph here
-                step_seconds = seconds(lambda s=step, b=batch: s(*b), 5)
+                step_seconds = median_time(lambda s=step, b=batch: s(*b), 5, warmup=1)
                 seen = record_gemms(lambda s=step, b=batch: s(*b))
             report(name, seen, step_seconds, args.repeats)
 
