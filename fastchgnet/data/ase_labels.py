@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, reduced_formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -208,8 +208,6 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
         info = atoms.info
         material_id = info.get("material_id", info.get("mp_id"))
         if material_id is None:
-            from pymatgen.core import Composition
-
-            material_id = f"{stem}:{Composition(atoms.get_chemical_formula()).reduced_formula}"
+            material_id = f"{stem}:{reduced_formula(atoms.get_chemical_formula())}"
         frame_id = str(info.get("frame_id", f"{stem}-{position}"))
         yield frame_from_atoms(atoms, labels, str(material_id), frame_id)

@@ -3,11 +3,13 @@ judges whether it can be trained on."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
+from fastchgnet.data.graph import formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import MAX_ATOMIC_NUMBER
 
@@ -36,8 +38,18 @@ class Frame:
 
     @property
     def name(self) -> str:
-        """Name for messages: frame id, material id and formula."""
-        return f"frame {self.frame_id} of {self.material_id} ({self.structure.formula})"
+        """Name for messages: frame id, material id and formula (``graph.formula``)."""
+        numbers = np.asarray(self.structure.atomic_numbers)
+        return f"frame {self.frame_id} of {self.material_id} ({formula(numbers)})"
+
+
+def reduced_formula(composition: Composition | str) -> str:
+    """pymatgen's reduced formula (``Composition.reduced_formula``, e.g. ``LiMnO2``), the part
+    of a material id that sources without one derive, without pymatgen's warning for each
+    noble gas (its electronegativity sort gives them NaN, which changes nothing here)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No Pauling electronegativity", UserWarning)
+        return Composition(composition).reduced_formula
 
 
 def check_frame(frame: Frame) -> None:

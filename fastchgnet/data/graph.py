@@ -111,11 +111,11 @@ def structure_name(structure: object, index: int | None = None) -> str:
                     label = str(source[key])
                     break
     try:
-        formula = _formula(np.asarray(_atomic_numbers(structure)))
+        name = formula(np.asarray(_atomic_numbers(structure)))
     except (AttributeError, TypeError, ValueError):
-        formula = type(structure).__name__
+        name = type(structure).__name__
     where = f"structure {index}" if index is not None else "structure"
-    return f"{where} {label} ({formula})" if label else f"{where} ({formula})"
+    return f"{where} {label} ({name})" if label else f"{where} ({name})"
 
 
 def _atomic_numbers(structure: object) -> object:
@@ -123,8 +123,9 @@ def _atomic_numbers(structure: object) -> object:
     return numbers if numbers is not None else structure.atomic_numbers  # type: ignore[attr-defined]
 
 
-def _formula(numbers: np.ndarray) -> str:
-    """Hill-ordered-enough formula from atomic numbers, e.g. ``Li2Mn2O4`` (cheap, no pymatgen)."""
+def formula(numbers: np.ndarray) -> str:
+    """Formula for messages from atomic numbers (n,), elements by Z, e.g. ``Li2Mn2O4``: cheap,
+    and without pymatgen's electronegativity sort, which warns for every noble gas."""
     from ase.data import chemical_symbols
 
     z, counts = np.unique(numbers, return_counts=True)

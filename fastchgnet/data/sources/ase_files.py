@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, reduced_formula
 from fastchgnet.files import atomic_open
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -43,7 +43,7 @@ def read_ase(
         info = atoms.info
         material_id = info.get("material_id", info.get("mp_id"))
         if material_id is None:
-            material_id = f"{stem}:{structure.composition.reduced_formula}"
+            material_id = f"{stem}:{reduced_formula(structure.composition)}"
         energy = _ase_result(atoms, "energy")
         stress = _ase_result(atoms, "stress")
         if stress is not None and stress.shape == (6,):
