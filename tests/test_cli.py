@@ -182,6 +182,39 @@ def test_element_beyond_pu_is_a_one_line_error(tmp_path, capsys, command):
     assert "Z=[95]" in err
 
 
+@pytest.mark.parametrize(
+    ("command", "options", "says"),
+    [
+        ("relax", ["-o", "relaxed"], "-o {}relaxed: ASE cannot tell a file format"),
+        ("relax", ["-o", "out.pdf"], "-o {}out.pdf: ASE cannot write pdf files"),
+        ("relax", ["-o", "POSCAR"], "-o {}POSCAR: a vasp file holds one structure"),
+        ("relax", ["--trajectory", "steps"], "--trajectory {}steps: ASE cannot tell"),
+        ("md", ["-o", "md.vasp"], "-o {}md.vasp: a vasp file holds one structure"),
+        ("md", ["-o", "md"], "-o {}md: ASE cannot tell a file format"),
+    ],
+)
+def test_an_output_ase_cannot_write_is_a_one_line_error_before_the_run(
+    tmp_path, capsys, monkeypatch, command, options, says
+):
+    """``fastchgnet relax a.cif b.cif -o relaxed`` relaxed both and then failed with a traceback
+    in ASE's writer, the work lost; now the name is judged before anything runs."""
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(importlib.import_module("fastchgnet.md.relax"), "relax", never)
+    monkeypatch.setattr(importlib.import_module("fastchgnet.md.dynamics"), "run_md", never)
+    paths = write_cifs(tmp_path, 2 if command == "relax" else 1)
+    options = [str(tmp_path / o) if k % 2 else o for k, o in enumerate(options)]
+    if "-o" not in options:
+        options += ["-o", str(tmp_path / "relaxed.extxyz")]
+    assert main([command, *paths, *options]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert says.format(f"{tmp_path}/") in err
+
+
 def test_md_thermostat_that_does_not_fit_the_ensemble_says_which_do(tmp_path, capsys):
     (path,) = write_cifs(tmp_path, 1)
     argv = ["md", path, "-o", str(tmp_path / "md.extxyz"), "--ensemble", "npt"]

@@ -43,6 +43,30 @@ def read_structures(paths: list[str]) -> list[Any]:
     return structures
 
 
+def check_frames_file(path: str, option: str, several: bool) -> None:
+    """Raise ValueError (one line, naming ``option`` and ``path``) when ASE cannot write the
+    frames a command will write there: no format it can tell from the name, a format it only
+    reads, or a one-structure format (POSCAR, images) for ``several`` frames. The commands
+    call this before they run, so that a relaxation or an MD run is not lost at its end."""
+    from ase.io.formats import filetype, ioformats
+
+    try:
+        name = filetype(path, read=False)
+    except Exception:  # ASE raises UnknownFileTypeError or KeyError for unknown suffixes
+        raise ValueError(
+            f"{option} {path}: ASE cannot tell a file format from this name; give it a suffix "
+            "such as .extxyz or .traj"
+        ) from None
+    writer = ioformats.get(name)
+    if writer is None or not writer.can_write:
+        raise ValueError(f"{option} {path}: ASE cannot write {name} files; use .extxyz or .traj")
+    if several and writer.single:
+        raise ValueError(
+            f"{option} {path}: a {name} file holds one structure, and this writes several; "
+            "use .extxyz or .traj"
+        )
+
+
 def add_model_arguments(parser: Any) -> None:
     """``--model``, ``--device`` and ``--precision`` of the commands that run a model."""
     from fastchgnet.model.precision import PRECISIONS

@@ -103,12 +103,15 @@ def add_commands(sub: Any) -> None:
 def cmd_relax(args: argparse.Namespace) -> None:
     from ase.io import write
 
-    from fastchgnet.cli.inputs import load_model, read_structures
+    from fastchgnet.cli.inputs import check_frames_file, load_model, read_structures
     from fastchgnet.md.relax import relax
 
     if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     structures = read_structures(args.structures)
+    check_frames_file(args.output, "-o", several=len(structures) > 1)
+    if args.trajectory is not None:
+        check_frames_file(args.trajectory, "--trajectory", several=True)
     model = load_model(args.model, args.precision, args.device)
     results = relax(
         structures,
@@ -138,9 +141,10 @@ def cmd_relax(args: argparse.Namespace) -> None:
 
 
 def cmd_md(args: argparse.Namespace) -> None:
-    from fastchgnet.cli.inputs import load_model, read_structures
+    from fastchgnet.cli.inputs import check_frames_file, load_model, read_structures
     from fastchgnet.md.dynamics import run_md
 
+    check_frames_file(args.output, "-o", several=True)
     if args.ensemble != "nve" and args.thermostat not in THERMOSTATS[args.ensemble]:
         raise ValueError(
             f"--thermostat {args.thermostat} does not do {args.ensemble}; "
