@@ -188,6 +188,25 @@ def test_unknown_thermostat_names_the_choices(model, small_crystals):
         make_integrator(atoms, "nvt", "andersen")
 
 
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"temperature": -10.0}, "temperature >= 0 K, got 2.0, -10.0"),
+        ({"timestep": 0.0}, "timestep > 0 fs"),
+        ({"thermostat": "langevin", "ensemble": "npt"}, "'langevin' for npt: use one of"),
+        ({"ensemble": "nph"}, "ensemble 'nph': use one of"),
+        ({"starting_temperature": -5.0}, "starting_temperature >= 0 K, got -5.0"),
+    ],
+)
+def test_bad_md_settings_are_refused_before_the_model_runs(model, small_crystals, settings, says):
+    """A negative temperature used to fail only after the first force call, the compile
+    decision's timed calls and the thermalisation (with numpy's warning on the way)."""
+    counted = CountingPotential(model)
+    with pytest.raises(ValueError, match=says):
+        run_md(small_crystals[0], counted, steps=2, progress=False, **settings)
+    assert counted.calls == []
+
+
 def test_npt_asks_the_model_for_forces_and_stress_in_one_call_per_step(model, small_crystals):
     counted = CountingPotential(model)
     calls = counted.calls
