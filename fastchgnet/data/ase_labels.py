@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame, reduced_formula
+from fastchgnet.data.frame import Frame, periodic_structure, reduced_formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -121,11 +121,9 @@ def frame_from_atoms(atoms: Any, labels: AseLabels, material_id: str, frame_id: 
         StructureError: naming the frame: a label of the wrong shape, or a stress/energy whose
             magnitude points at a wrong unit or a total/per-atom mix-up.
     """
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    structure = AseAtomsAdaptor.get_structure(atoms)
+    structure, problem = periodic_structure(atoms)
     n = len(atoms)
-    frame = Frame(structure=structure, material_id=material_id, frame_id=frame_id)
+    frame = Frame(structure=structure, material_id=material_id, frame_id=frame_id, problem=problem)
     name = frame.name
 
     def get(key: str) -> np.ndarray | None:

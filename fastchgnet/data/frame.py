@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Composition, Lattice, Structure
 
 from fastchgnet.data.graph import formula
 from fastchgnet.errors import StructureError
@@ -26,6 +27,10 @@ class Frame:
         magmoms          (n_atoms,) float64 | None             | |μB| (absolute values)
         material_id      str                                   | frames of one material share it
         frame_id         str                                   | unique within a source
+        problem          str | None                            | why a frame read from its
+            source cannot be trained on (e.g. no periodic cell: its ``structure`` then holds
+            only the species); ``check_frame`` raises it, so conversion lists the frame as
+            skipped and the statistics as unusable
     """
 
     structure: Structure
@@ -35,12 +40,33 @@ class Frame:
     magmoms: np.ndarray | None = None
     material_id: str = ""
     frame_id: str = ""
+    problem: str | None = None
 
     @property
     def name(self) -> str:
         """Name for messages: frame id, material id and formula (``graph.formula``)."""
         numbers = np.asarray(self.structure.atomic_numbers)
         return f"frame {self.frame_id} of {self.material_id} ({formula(numbers)})"
+
+
+def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
+    """(structure, problem) of ASE ``atoms`` read from a dataset: pymatgen's Structure of it,
+    and None; or, when its cell spans no volume (a molecule written without a box), a Structure
+    of its species alone at the origin of that cell, and the problem, for ``Frame.problem``."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    volume = abs(float(np.linalg.det(cell))) if np.isfinite(cell).all() else 0.0
+    if volume > 1e-6:
+        return AseAtomsAdaptor.get_structure(atoms), None
+    species = list(atoms.get_chemical_symbols())
+    structure = Structure(
+        Lattice(np.where(np.isfinite(cell), cell, 0.0)), species, np.zeros((len(species), 3))
+    )
+    return structure, (
+        f"no periodic cell (its volume is {volume:.3g} Å^3): a crystal needs three lattice "
+        "vectors; put a molecule in a box"
+    )
 
 
 def reduced_formula(composition: Composition | str) -> str:
@@ -58,6 +84,8 @@ def check_frame(frame: Frame) -> None:
     Checks: elements with Z in 1..94, finite labels, label shapes matching the atom count.
     Graph problems (isolated atoms, zero volume, NaN coordinates) are found by ``build_graph``.
     """
+    if frame.problem:
+        raise StructureError(frame.name, frame.problem)
     numbers = np.asarray(frame.structure.atomic_numbers)
     n_atoms = numbers.shape[0]
     bad = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)

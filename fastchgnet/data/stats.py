@@ -25,13 +25,18 @@ def dataset_stats(
     max_stress: float = 100.0,
 ) -> dict[str, Any]:  # fmt: skip
     """One pass over ``frames``: counts, element counts, atoms per frame, per-label
-    coverage/min/max/mean/std (forces and stress per component), and outlier frame names."""
+    coverage/min/max/mean/std (forces and stress per component), outlier frame names, and the
+    frames that cannot be trained on (``Frame.problem``, "unusable"), which are not counted."""
     elements: Counter[str] = Counter()
     sizes: list[int] = []
     sums = {k: [0, 0.0, 0.0, np.inf, -np.inf, 0] for k in LABELS}  # n, sum, sum2, min, max, frames
     energies: list[tuple[str, float]] = []
     outliers: list[str] = []
+    unusable: list[str] = []
     for frame in frames:
+        if frame.problem:  # not counted: conversion skips it (``Frame.problem``)
+            unusable.append(f"{frame.name}: {frame.problem}")
+            continue
         sizes.append(len(frame.structure))
         elements.update(site.specie.symbol for site in frame.structure)
         for key in LABELS:
@@ -72,6 +77,7 @@ def dataset_stats(
         "elements": dict(elements.most_common()),
         "labels": labels,
         "outliers": outliers,
+        "unusable": unusable,
     }  # fmt: skip
 
 
@@ -93,4 +99,8 @@ def format_stats(stats: dict[str, Any], top: int = 20) -> str:
     outliers = stats["outliers"]
     lines.append(f"outliers: {len(outliers)}")
     lines += [f"  {line}" for line in outliers[:top]]
+    unusable = stats.get("unusable", [])
+    if unusable:
+        lines.append(f"unusable (conversion skips them): {len(unusable)}")
+        lines += [f"  {line}" for line in unusable[:top]]
     return "\n".join(lines)

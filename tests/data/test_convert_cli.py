@@ -31,3 +31,33 @@ def test_data_convert_command_builds_a_readable_cache(tmp_path):
     assert labels.energy_per_atom == -3.0
     np.testing.assert_allclose(labels.forces, 0.03)
     assert graph.n_atoms == len(frames[3])
+
+
+def test_a_frame_without_a_periodic_cell_is_skipped_and_reported_not_fatal(tmp_path, capsys):
+    """A molecule written without a box among crystals: ``data convert`` used to stop with
+    "error: Singular matrix" (pymatgen inverting a zero cell); now the crystals are converted,
+    the molecule is listed in skipped.json with its reason, and ``data stats`` lists it as
+    unusable without counting it."""
+    import json
+
+    from ase.build import molecule
+
+    frames = [AseAtomsAdaptor.get_atoms(s) for s in varied_structures(3, seed=9, max_atoms=12)]
+    frames.insert(1, molecule("H2O"))
+    for atoms in frames:
+        n = len(atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n, forces=np.zeros((n, 3)))
+    source = tmp_path / "mixed.extxyz"
+    write(source, frames)
+    out = tmp_path / "cache"
+    assert main(["data", "convert", str(source), "-o", str(out), "--workers", "1"]) == 0
+    assert len(GraphDataset(out)) == 3
+    (skipped,) = json.loads((out / "skipped.json").read_text())
+    assert skipped["frame_id"] == "mixed-1"
+    assert skipped["reason"].startswith("no periodic cell")
+    capsys.readouterr()
+    assert main(["data", "stats", str(source)]) == 0
+    report = capsys.readouterr().out
+    assert report.startswith("3 frames")
+    assert "unusable (conversion skips them): 1" in report
+    assert "frame mixed-1 of mixed:H2O (H2O): no periodic cell" in report

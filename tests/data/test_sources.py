@@ -121,6 +121,19 @@ def test_frames_with_noble_gases_are_named_without_pymatgens_warnings():
     assert name == "frame f of m (He4Ne4)"
 
 
+def test_atoms_without_a_cell_become_a_frame_that_names_its_problem():
+    from ase.build import molecule
+
+    crystal, water = AseAtomsAdaptor.get_atoms(rock_salt(2)), molecule("H2O")
+    kept, bad = read_ase([crystal, water])
+    assert kept.problem is None
+    check_frame(kept)
+    assert bad.problem.startswith("no periodic cell")
+    assert sorted(bad.structure.atomic_numbers) == [1, 1, 8]  # its species, for its name
+    with pytest.raises(StructureError, match=r"frame atoms-1 of atoms:H2O .*no periodic cell"):
+        check_frame(bad)
+
+
 def test_ase_atoms_without_results_have_no_labels():
     frames = list(read_ase([AseAtomsAdaptor.get_atoms(rock_salt(4))]))
     frame = frames[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame, reduced_formula
+from fastchgnet.data.frame import Frame, periodic_structure, reduced_formula
 from fastchgnet.files import atomic_open
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -31,15 +31,13 @@ def read_ase(
     ``material_id`` is ``atoms.info["material_id"]`` (or ``mp_id``) where given, else
     ``"<file stem>:<reduced formula>"`` so that frames of one composition stay in one split.
     """
-    from pymatgen.io.ase import AseAtomsAdaptor
-
     if isinstance(path_or_atoms, (str, Path)):
         stem = Path(path_or_atoms).stem
         images = read_atoms(Path(path_or_atoms), index)
     else:
         stem, images = "atoms", list(path_or_atoms)
     for position, atoms in enumerate(images):
-        structure = AseAtomsAdaptor.get_structure(atoms)
+        structure, problem = periodic_structure(atoms)
         info = atoms.info
         material_id = info.get("material_id", info.get("mp_id"))
         if material_id is None:
@@ -59,6 +57,7 @@ def read_ase(
             magmoms=None if magmoms is None else np.abs(magmoms),
             material_id=str(material_id),
             frame_id=str(info.get("frame_id", f"{stem}-{position}")),
+            problem=problem,
         )
 
 
