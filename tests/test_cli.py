@@ -215,6 +215,32 @@ def test_an_output_ase_cannot_write_is_a_one_line_error_before_the_run(
     assert says.format(f"{tmp_path}/") in err
 
 
+@pytest.mark.parametrize(
+    ("command", "output", "says"),
+    [
+        ("relax", "folder", "is a folder; name a file in it, such as out.extxyz"),
+        ("relax", "missing/out.extxyz", "the folder {}missing does not exist"),
+        ("md", "md.gif", "ASE cannot add frames to a gif file one by one"),
+    ],
+)
+def test_an_output_that_is_a_folder_or_cannot_grow_is_refused_before_the_run(
+    tmp_path, capsys, monkeypatch, command, output, says
+):
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(importlib.import_module("fastchgnet.md.relax"), "relax", never)
+    monkeypatch.setattr(importlib.import_module("fastchgnet.md.dynamics"), "run_md", never)
+    (tmp_path / "folder").mkdir()
+    paths = write_cifs(tmp_path, 1)
+    assert main([command, *paths, "-o", str(tmp_path / output)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert says.format(f"{tmp_path}/") in err
+
+
 def test_md_thermostat_that_does_not_fit_the_ensemble_says_which_do(tmp_path, capsys):
     (path,) = write_cifs(tmp_path, 1)
     argv = ["md", path, "-o", str(tmp_path / "md.extxyz"), "--ensemble", "npt"]

@@ -43,13 +43,19 @@ def read_structures(paths: list[str]) -> list[Any]:
     return structures
 
 
-def check_frames_file(path: str, option: str, several: bool) -> None:
-    """Raise ValueError (one line, naming ``option`` and ``path``) when ASE cannot write the
-    frames a command will write there: no format it can tell from the name, a format it only
-    reads, or a one-structure format (POSCAR, images) for ``several`` frames. The commands
-    call this before they run, so that a relaxation or an MD run is not lost at its end."""
+def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:
+    """Raise ValueError (one line, naming ``option`` and ``path``) when the frames a command
+    will write cannot go there: a folder, a folder that does not exist, a name ASE cannot tell
+    a format from, a format it only reads, a one-structure format (POSCAR, images) for
+    ``several`` frames, or, with ``append`` (MD writes frame by frame), a format ASE cannot
+    append to. The commands call this before they run, so that a run is not lost at its end."""
     from ase.io.formats import filetype, ioformats
 
+    where = Path(path)
+    if where.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; name a file in it, such as out.extxyz")
+    if not where.parent.is_dir():
+        raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
     try:
         name = filetype(path, read=False)
     except Exception:  # ASE raises UnknownFileTypeError or KeyError for unknown suffixes
@@ -64,6 +70,11 @@ def check_frames_file(path: str, option: str, several: bool) -> None:
         raise ValueError(
             f"{option} {path}: a {name} file holds one structure, and this writes several; "
             "use .extxyz or .traj"
+        )
+    if append and name != "traj" and not (writer.acceptsfd or writer.can_append):
+        raise ValueError(
+            f"{option} {path}: ASE cannot add frames to a {name} file one by one; use .extxyz "
+            "or .traj"
         )
 
 

@@ -14,7 +14,7 @@ import argparse
 from typing import Any
 
 from fastchgnet.cli.inputs import add_model_arguments
-from fastchgnet.md.dynamics import THERMOSTATS
+from fastchgnet.md.settings import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
 MD_EPILOG = (
@@ -143,13 +143,11 @@ def cmd_relax(args: argparse.Namespace) -> None:
 def cmd_md(args: argparse.Namespace) -> None:
     from fastchgnet.cli.inputs import check_frames_file, load_model, read_structures
     from fastchgnet.md.dynamics import run_md
+    from fastchgnet.md.settings import checked_integrator
 
-    check_frames_file(args.output, "-o", several=True)
-    if args.ensemble != "nve" and args.thermostat not in THERMOSTATS[args.ensemble]:
-        raise ValueError(
-            f"--thermostat {args.thermostat} does not do {args.ensemble}; "
-            f"use one of {', '.join(THERMOSTATS[args.ensemble])}"
-        )
+    check_frames_file(args.output, "-o", several=True, append=True)
+    settings = {k: getattr(args, k) for k in ("taut", "taup", "pressure", "bulk_modulus")}
+    checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])
     if len(structures) != 1:
         raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
-from fastchgnet.data.graph import formula
+from fastchgnet.data.graph import MIN_CELL_VOLUME, formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import MAX_ATOMIC_NUMBER
 
@@ -51,22 +51,24 @@ class Frame:
 
 def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
     """(structure, problem) of ASE ``atoms`` read from a dataset: pymatgen's Structure of it,
-    and None; or, when its cell spans no volume (a molecule written without a box), a Structure
-    of its species alone at the origin of that cell, and the problem, for ``Frame.problem``."""
+    and None; or, when its cell is not finite or spans less than ``graph.MIN_CELL_VOLUME``
+    (Å^3; a molecule written without a box), a Structure of its species alone at the origin of
+    a zero cell, and the problem, for ``Frame.problem``."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    volume = abs(float(np.linalg.det(cell))) if np.isfinite(cell).all() else 0.0
-    if volume > 1e-6:
+    if not np.isfinite(cell).all():
+        problem = "the cell has non-finite entries"
+    elif (volume := abs(float(np.linalg.det(cell)))) < MIN_CELL_VOLUME:
+        problem = (
+            f"no periodic cell (its volume is {volume:.3g} Å^3): a crystal needs three lattice "
+            "vectors; put a molecule in a box"
+        )
+    else:
         return AseAtomsAdaptor.get_structure(atoms), None
     species = list(atoms.get_chemical_symbols())
-    structure = Structure(
-        Lattice(np.where(np.isfinite(cell), cell, 0.0)), species, np.zeros((len(species), 3))
-    )
-    return structure, (
-        f"no periodic cell (its volume is {volume:.3g} Å^3): a crystal needs three lattice "
-        "vectors; put a molecule in a box"
-    )
+    zero = Lattice(np.zeros((3, 3)))
+    return Structure(zero, species, np.zeros((len(species), 3))), problem
 
 
 def reduced_formula(composition: Composition | str) -> str:

@@ -124,7 +124,7 @@ def _atomic_numbers(structure: object) -> object:
 
 
 def formula(numbers: np.ndarray) -> str:
-    """Formula for messages from atomic numbers (n,), elements by Z, e.g. ``Li2Mn2O4``: cheap,
+    """Formula for messages from atomic numbers (n,), elements by Z, e.g. ``Li2O4Mn2``: cheap,
     and without pymatgen's electronegativity sort, which warns for every noble gas."""
     from ase.data import chemical_symbols
 

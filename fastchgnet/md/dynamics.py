@@ -30,6 +30,7 @@ from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
+from fastchgnet.md.settings import checked_integrator
 from fastchgnet.model.potential import Potential
 
 if TYPE_CHECKING:
@@ -72,32 +73,6 @@ def md_compile_options(steps: int) -> dict[str, Any]:
 
 
 Ensemble = Literal["nve", "nvt", "npt"]
-THERMOSTATS: dict[str, tuple[str, ...]] = {
-    "nve": ("none",),
-    "nvt": ("nose-hoover", "langevin", "berendsen", "bussi"),
-    "npt": ("nose-hoover", "berendsen"),
-}
-
-
-def checked_integrator(
-    ensemble: str, thermostat: str, temperature: float, timestep: float
-) -> tuple[str, str]:
-    """(ensemble, thermostat) in lower case ("none" for NVE), or ValueError: an unknown ensemble,
-    a thermostat that does not do it, a timestep (fs) <= 0 or a temperature (K) < 0."""
-    ensemble, thermostat = ensemble.lower(), thermostat.lower()
-    if ensemble not in THERMOSTATS:
-        raise ValueError(f"ensemble {ensemble!r}: use one of {sorted(THERMOSTATS)}")
-    if ensemble == "nve":
-        thermostat = "none"
-    if thermostat not in THERMOSTATS[ensemble]:
-        raise ValueError(
-            f"thermostat {thermostat!r} for {ensemble}: use one of {list(THERMOSTATS[ensemble])}"
-        )
-    if timestep <= 0 or temperature < 0:
-        raise ValueError(
-            f"need timestep > 0 fs and temperature >= 0 K, got {timestep}, {temperature}"
-        )
-    return ensemble, thermostat
 
 
 def make_integrator(
@@ -129,7 +104,10 @@ def make_integrator(
         friction: Langevin friction, 1/fs.
         seed: random seed of stochastic thermostats.
     """
-    ensemble, thermostat = checked_integrator(ensemble, thermostat, temperature, timestep)
+    ensemble, thermostat = checked_integrator(
+        ensemble, thermostat, temperature, timestep, taut=taut, taup=taup, pressure=pressure,
+        bulk_modulus=bulk_modulus, friction=friction,
+    )  # fmt: skip
     dt = timestep * units.fs
     tdamp = (taut if taut is not None else 100 * timestep) * units.fs
     pdamp = (taup if taup is not None else 1000 * timestep) * units.fs
@@ -220,7 +198,7 @@ def run_md(
     """
     if steps < 0 or loginterval < 1:
         raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
-    checked_integrator(ensemble, thermostat, temperature, timestep)  # before any model call
+    checked_integrator(ensemble, thermostat, temperature, timestep, **integrator)  # no model yet
     if starting_temperature is not None and starting_temperature < 0:
         raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
     if model is None:

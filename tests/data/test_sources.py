@@ -121,6 +121,21 @@ def test_frames_with_noble_gases_are_named_without_pymatgens_warnings():
     assert name == "frame f of m (He4Ne4)"
 
 
+def test_an_ase_file_with_noble_gases_reads_without_pymatgens_warnings(tmp_path):
+    """The quick start's own path: an extxyz file without material ids, read with labels."""
+    from pymatgen.core import Element
+
+    source = tmp_path / "gases.extxyz"
+    write(source, [AseAtomsAdaptor.get_atoms(rock_salt(4, species=("Ar", "He")))])
+    for element in (Element.He, Element.Ar):
+        element.__dict__.pop("X", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (frame,) = read_frames(source)
+    assert frame.material_id == "gases:ArHe"  # pymatgen's reduced formula, as before
+    assert frame.name == "frame gases-0 of gases:ArHe (He4Ar4)"
+
+
 def test_atoms_without_a_cell_become_a_frame_that_names_its_problem():
     from ase.build import molecule
 

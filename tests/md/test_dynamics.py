@@ -20,8 +20,9 @@ from ase.io import read
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from fastchgnet.md.calculator import Calculator
-from fastchgnet.md.dynamics import THERMOSTATS, make_integrator, run_md
+from fastchgnet.md.dynamics import make_integrator, run_md
 from fastchgnet.md.relax import relax
+from fastchgnet.md.settings import THERMOSTATS
 from tests.md.conftest import CountingPotential
 
 TARGET_K = 300.0  # thermostat target
@@ -191,11 +192,17 @@ def test_unknown_thermostat_names_the_choices(model, small_crystals):
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({"temperature": -10.0}, "temperature >= 0 K, got 2.0, -10.0"),
+        ({"temperature": -10.0}, "temperature >= 0 K, got -10.0"),
         ({"timestep": 0.0}, "timestep > 0 fs"),
         ({"thermostat": "langevin", "ensemble": "npt"}, "'langevin' for npt: use one of"),
-        ({"ensemble": "nph"}, "ensemble 'nph': use one of"),
+        ({"ensemble": "nph"}, "ensemble 'nph': use one of nve, nvt, npt"),
         ({"starting_temperature": -5.0}, "starting_temperature >= 0 K, got -5.0"),
+        ({"temperature": float("nan")}, "temperature >= 0 K, got nan"),
+        ({"ensemble": "npt", "thermostat": "berendsen", "bulk_modulus": 0.0}, "bulk_modulus > 0"),
+        ({"taut": -1.0}, "need taut > 0, got -1.0"),
+        ({"friction": -0.1, "thermostat": "langevin"}, "need friction >= 0"),
+        ({"pressure": float("inf"), "ensemble": "npt"}, "need a finite pressure"),
+        ({"tdamp": 10.0}, r"unknown MD setting\(s\) \['tdamp'\]"),
     ],
 )
 def test_bad_md_settings_are_refused_before_the_model_runs(model, small_crystals, settings, says):

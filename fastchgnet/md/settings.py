@@ -1,0 +1,55 @@
+"""The settings of an MD run, checked before anything runs: ensembles and their thermostats,
+and the integrator's numbers (``checked_integrator``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+#: thermostats (and barostats) of each ensemble; "none" for NVE
+THERMOSTATS: dict[str, tuple[str, ...]] = {
+    "nve": ("none",),
+    "nvt": ("nose-hoover", "langevin", "berendsen", "bussi"),
+    "npt": ("nose-hoover", "berendsen"),
+}
+
+#: ``make_integrator``'s further settings and the values each may take
+POSITIVE = ("taut", "taup", "bulk_modulus")  # fs, fs, GPa (None: the default)
+NON_NEGATIVE = ("friction",)  # 1/fs
+ANY_FINITE = ("pressure",)  # GPa
+SEEDED = ("seed",)
+
+
+def checked_integrator(
+    ensemble: str, thermostat: str, temperature: float, timestep: float, **integrator: Any
+) -> tuple[str, str]:
+    """(ensemble, thermostat) in lower case ("none" for NVE), or ValueError in one line: an
+    unknown ensemble, a thermostat that does not do it, a timestep (fs) that is not > 0, a
+    temperature (K) that is not >= 0, a taut or taup (fs) or bulk modulus (GPa) that is not
+    > 0, a friction (1/fs) that is not >= 0, a pressure (GPa) that is not finite, or a setting
+    ``make_integrator`` does not take."""
+    ensemble, thermostat = ensemble.lower(), thermostat.lower()
+    if ensemble not in THERMOSTATS:
+        raise ValueError(f"ensemble {ensemble!r}: use one of {', '.join(THERMOSTATS)}")
+    if ensemble == "nve":
+        thermostat = "none"
+    if thermostat not in THERMOSTATS[ensemble]:
+        raise ValueError(
+            f"thermostat {thermostat!r} for {ensemble}: use one of "
+            f"{', '.join(THERMOSTATS[ensemble])}"
+        )
+    if not (timestep > 0 and math.isfinite(timestep)):
+        raise ValueError(f"need timestep > 0 fs, got {timestep}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"need temperature >= 0 K, got {temperature}")
+    unknown = sorted(set(integrator) - {*POSITIVE, *NON_NEGATIVE, *ANY_FINITE, *SEEDED})
+    if unknown:
+        raise ValueError(f"unknown MD setting(s) {unknown}")
+    for name, value in integrator.items():
+        if value is None or name in SEEDED:
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"need a finite {name}, got {value}")
+        if (name in POSITIVE and value <= 0) or (name in NON_NEGATIVE and value < 0):
+            raise ValueError(f"need {name} {'>' if name in POSITIVE else '>='} 0, got {value}")
+    return ensemble, thermostat
