@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
-from fastchgnet.data.graph import MIN_CELL_VOLUME, formula
+from fastchgnet.data.graph import check_lattice, formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import MAX_ATOMIC_NUMBER
 
@@ -51,24 +51,21 @@ class Frame:
 
 def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
     """(structure, problem) of ASE ``atoms`` read from a dataset: pymatgen's Structure of it,
-    and None; or, when its cell is not finite or spans less than ``graph.MIN_CELL_VOLUME``
-    (Å^3; a molecule written without a box), a Structure of its species alone at the origin of
-    a zero cell, and the problem, for ``Frame.problem``."""
+    and None; or, when ``graph.check_lattice`` refuses its cell (not finite, or less than
+    ``MIN_CELL_VOLUME`` Å^3: a molecule written without a box), a Structure of its species
+    alone at the origin of a zero cell, and the problem, for ``Frame.problem``."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)
-    if not np.isfinite(cell).all():
-        problem = "the cell has non-finite entries"
-    elif (volume := abs(float(np.linalg.det(cell)))) < MIN_CELL_VOLUME:
-        problem = (
-            f"no periodic cell (its volume is {volume:.3g} Å^3): a crystal needs three lattice "
-            "vectors; put a molecule in a box"
+    try:
+        check_lattice(np.asarray(atoms.cell.array, dtype=np.float64), "")
+    except StructureError as error:
+        species = list(atoms.get_chemical_symbols())
+        zero = Structure(Lattice(np.zeros((3, 3))), species, np.zeros((len(species), 3)))
+        return zero, (
+            f"no periodic cell ({error.problem}): a crystal needs three lattice vectors; put a "
+            "molecule in a box"
         )
-    else:
-        return AseAtomsAdaptor.get_structure(atoms), None
-    species = list(atoms.get_chemical_symbols())
-    zero = Lattice(np.zeros((3, 3)))
-    return Structure(zero, species, np.zeros((len(species), 3))), problem
+    return AseAtomsAdaptor.get_structure(atoms), None
 
 
 def reduced_formula(composition: Composition | str) -> str:

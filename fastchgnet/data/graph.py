@@ -161,11 +161,13 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _cart_to_frac(cart: np.ndarray, lattice: np.ndarray, name: str) -> np.ndarray:
-    _check_lattice(lattice, name)
+    check_lattice(lattice, name)
     return np.linalg.solve(lattice.T, cart.T).T
 
 
-def _check_lattice(lattice: np.ndarray, name: str) -> None:
+def check_lattice(lattice: np.ndarray, name: str) -> None:
+    """Raise ``StructureError`` naming ``name`` unless the (3, 3) lattice (Å) is finite and
+    spans at least ``MIN_CELL_VOLUME`` Å^3."""
     if not np.isfinite(lattice).all():
         raise StructureError(name, "lattice has non-finite entries")
     volume = abs(float(np.linalg.det(lattice)))
@@ -176,7 +178,7 @@ def _check_lattice(lattice: np.ndarray, name: str) -> None:
 def _check_inputs(numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, name: str) -> None:
     if numbers.shape[0] == 0:
         raise StructureError(name, "has no atoms")
-    _check_lattice(lattice, name)
+    check_lattice(lattice, name)
     if not np.isfinite(frac).all():
         bad = np.flatnonzero(~np.isfinite(frac).all(axis=1))
         raise StructureError(name, f"non-finite coordinates for atom(s) {bad[:10].tolist()}")

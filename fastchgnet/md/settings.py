@@ -17,7 +17,6 @@ THERMOSTATS: dict[str, tuple[str, ...]] = {
 POSITIVE = ("taut", "taup", "bulk_modulus")  # fs, fs, GPa (None: the default)
 NON_NEGATIVE = ("friction",)  # 1/fs
 ANY_FINITE = ("pressure",)  # GPa
-SEEDED = ("seed",)
 
 
 def checked_integrator(
@@ -42,11 +41,11 @@ def checked_integrator(
         raise ValueError(f"need timestep > 0 fs, got {timestep}")
     if not (temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"need temperature >= 0 K, got {temperature}")
-    unknown = sorted(set(integrator) - {*POSITIVE, *NON_NEGATIVE, *ANY_FINITE, *SEEDED})
+    unknown = sorted(set(integrator) - {*POSITIVE, *NON_NEGATIVE, *ANY_FINITE})
     if unknown:
         raise ValueError(f"unknown MD setting(s) {unknown}")
     for name, value in integrator.items():
-        if value is None or name in SEEDED:
+        if value is None:
             continue
         if not math.isfinite(value):
             raise ValueError(f"need a finite {name}, got {value}")
