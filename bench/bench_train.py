@@ -60,7 +60,7 @@ from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.loading import make_splits, quickstart_path
 from fastchgnet.train.run import train
 
-#: The small architecture of the README's table (75k parameters), pinned here: the quick
+#: The small architecture of docs/performance.md's table (75k parameters), pinned here: the quick
 #: start's defaults may change without changing this comparison. Conservative unless a run
 #: asks for direct.
 ARCHITECTURE = {
@@ -91,7 +91,7 @@ REFERENCE_ARCHITECTURE = {
     "forces": "conservative",
     "coupled_updates": True,
 }
-#: Loss prefactors of the README's small-architecture table; ``--loss`` replaces them.
+#: Loss prefactors of docs/performance.md's small-architecture table; ``--loss`` replaces them.
 LOSS = {"energy": 2.0, "forces": 1.5, "stress": 0.1, "magmoms": 0.1}
 
 
@@ -320,7 +320,7 @@ def main() -> None:
         "--architecture",
         choices=["small", "reference"],
         default="small",
-        help="model sizes on both sides: the README table's small one (75k parameters) or "
+        help="model sizes on both sides: docs/performance.md's small one (75k parameters) or "
         "CHGNet 0.3.0's (412k)",
     )
     parser.add_argument(
