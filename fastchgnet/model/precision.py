@@ -25,8 +25,8 @@ def check_precision(precision: str, device_type: str | None = None) -> str:
         raise ValueError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
     if precision == "bf16" and device_type is not None and not bf16_hardware(device_type):
         warnings.warn(
-            f"bf16 on this {device_type} (no AVX-512 BF16, AMX or bf16 tensor cores) is "
-            "emulated: 6-7x slower than float32 on an AVX2 CPU (docs/performance.md, Mixed precision)",
+            f"bf16 on this {device_type} (no AVX-512 BF16, AMX or bf16 tensor cores) is emulated: "
+            "6-7x slower than float32 on an AVX2 CPU (docs/performance.md, Mixed precision)",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -42,6 +42,23 @@ def test_a_scripted_trace_gives_what_the_eager_model_gives(forces):
         torch.testing.assert_close(value, getattr(eager, name), rtol=1e-10, atol=1e-10)
 
 
+def test_a_scripted_trace_runs_each_repeated_computation_once():
+    model = small_model("conservative", torch.float64).eval()
+    batch, _ = padded_batch(torch.float64)
+    traced = trace_program(model, predict_program(True, True), batch)
+
+    def ops():  # script_graph changes the trace in place, then scripts what it holds
+        return sum(node.op == "call_function" for node in traced.graph.nodes)
+
+    traced_ops = ops()
+    scripted = script_graph(traced)
+    assert ops() < traced_ops, (ops(), traced_ops)
+    outputs = scripted(*model_state(model)[1], *batch_inputs(batch))
+    eager = model(batch, compute_forces=True, compute_stress=True)
+    torch.testing.assert_close(outputs[2], eager.forces, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outputs[3], eager.stress, rtol=1e-10, atol=1e-10)
+
+
 def _collated(structures, dtype=torch.float64):
     return collate([build_graph(s) for s in structures], dtype=dtype)
 
