@@ -12,23 +12,26 @@ from fastchgnet.model.reference import CHECKPOINTS
 
 
 def read_structures(paths: list[str]) -> list[Any]:
-    """Read every structure in CIF/POSCAR (pymatgen) or extxyz/other ASE files."""
-    from pymatgen.core import Structure
+    """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
+    extxyz and the other files ASE reads (every frame).
 
-    structures = []
+    Raises:
+        FileNotFoundError: a path is not a file.
+        ValueError: a file holds no structure, a CIF block pymatgen refuses (its reason), or
+            a POSCAR without element names (pymatgen would call its atoms hydrogen).
+    """
+    structures: list[Any] = []
     for name in paths:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
-        try:
-            with warnings.catch_warnings():  # pymatgen warns before failing; ASE is tried next
-                warnings.simplefilter("ignore")
-                structure = Structure.from_file(path)
-            structure.properties["label"] = path.name
-            structures.append(structure)
+        found = _pymatgen_structures(path)
+        if found is not None:
+            for index, structure in enumerate(found):
+                label = path.name if len(found) == 1 else f"{path.name}[{index}]"
+                structure.properties["label"] = label
+            structures.extend(found)
             continue
-        except Exception:
-            pass
         try:
             from fastchgnet.data.sources import read_atoms
 
@@ -41,6 +44,44 @@ def read_structures(paths: list[str]) -> list[Any]:
             atoms.info.setdefault("name", f"{path.name}[{index}]")
             structures.append(atoms)
     return structures
+
+
+def _pymatgen_structures(path: Path) -> list[Any] | None:
+    """The structures pymatgen reads from ``path``: every block of a CIF (a block it refuses
+    is an error with its reason, never left out or handed to another reader), or one POSCAR;
+    None when the file is not a CIF and pymatgen cannot read it (ASE is tried next)."""
+    from pymatgen.core import Structure
+    from pymatgen.io.cif import CifParser
+
+    is_cif = ".cif" in (suffix.lower() for suffix in path.suffixes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if is_cif:
+                parser = CifParser(path)
+                found = parser.parse_structures(primitive=False)
+                blocks = len(parser.as_dict())
+            else:
+                found, blocks = [Structure.from_file(path)], 1
+        except Exception as exc:
+            if not is_cif:
+                return None
+            found, blocks = [], 1
+            caught.append(warnings.WarningMessage(str(exc), UserWarning, "", 0))
+    messages = [str(warning.message) for warning in caught]
+    if any("Elements in POSCAR cannot be determined" in message for message in messages):
+        raise ValueError(
+            f"{path}: the POSCAR names no elements (a VASP 4 file): add the line of element "
+            "symbols above the atom counts"
+        )
+    if len(found) < blocks:
+        refused = [m for m in messages if m.startswith("No structure parsed")] or messages[-1:]
+        reason = "; ".join(" ".join(m.split()) for m in refused) or "no reason given"
+        raise ValueError(
+            f"{path}: cannot read a structure (pymatgen read {len(found)} of its {blocks} CIF "
+            f"block(s): {reason})"
+        )
+    return found
 
 
 def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:

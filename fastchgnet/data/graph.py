@@ -268,6 +268,28 @@ def check_isolated(bond_atoms: np.ndarray, n_atoms: int, name: str, atom_cutoff:
         )
 
 
+#: Two atoms closer than this (Å) are an input error (atoms placed twice, or an atom on its
+#: own periodic image): no solid has them, and at 0 Å the bond basis divides by zero.
+MIN_PAIR_DISTANCE = 0.1
+
+
+def check_overlap(bond_atoms: np.ndarray, bond_lengths: np.ndarray, name: str) -> None:
+    """Raise ``StructureError`` naming the structure and the closest pair if two atoms (or an
+    atom and its periodic image) are closer than ``MIN_PAIR_DISTANCE``: ``bond_atoms``
+    (n_bonds, 2) and their ``bond_lengths`` (n_bonds,), Å."""
+    if bond_lengths.shape[0] == 0 or bond_lengths.min() >= MIN_PAIR_DISTANCE:
+        return
+    closest = int(np.argmin(bond_lengths))
+    i, j = bond_atoms[closest].tolist()
+    pair = f"atom {i} and its periodic image" if i == j else f"atoms {i} and {j}"
+    close = int((bond_lengths < MIN_PAIR_DISTANCE).sum())
+    raise StructureError(
+        name,
+        f"{pair} are {bond_lengths[closest]:.3f} Å apart ({close} pair(s) closer than "
+        f"{MIN_PAIR_DISTANCE} Å: overlapping atoms)",
+    )
+
+
 def build_graph(
     structure: object,
     atom_cutoff: float = 6.0,
@@ -296,8 +318,8 @@ def build_graph(
 
     Raises:
         StructureError: no atoms, non-finite coordinates or lattice, zero-volume lattice,
-            an atom without element, or (unless ``allow_isolated``) an isolated atom (no
-            neighbour within atom_cutoff).
+            an atom without element, two atoms closer than ``MIN_PAIR_DISTANCE`` (0.1 Å), or
+            (unless ``allow_isolated``) an isolated atom (no neighbour within atom_cutoff).
     """
     if not 0.0 < bond_cutoff <= atom_cutoff:
         raise ValueError(f"need 0 < bond_cutoff <= atom_cutoff, got {bond_cutoff}, {atom_cutoff}")
@@ -309,6 +331,7 @@ def build_graph(
     short_first = np.argsort(dist >= bond_cutoff, kind="stable")
     i, j, image, dist = i[short_first], j[short_first], image[short_first], dist[short_first]
     bond_atoms = np.stack([i, j], axis=1)
+    check_overlap(bond_atoms, dist, name)
     if not allow_isolated:
         check_isolated(bond_atoms, numbers.shape[0], name, atom_cutoff)
     return CrystalGraph(

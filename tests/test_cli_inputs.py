@@ -1,0 +1,109 @@
+"""What the commands read: every block of a CIF, a CIF pymatgen refuses and a POSCAR without
+element names as one-line errors, and overlapping atoms refused before the model runs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet.cli import main
+from fastchgnet.cli.inputs import read_structures
+from fastchgnet.data.graph import MIN_PAIR_DISTANCE, build_graph
+from fastchgnet.errors import StructureError
+
+ROCKSALT = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+COPPER = Structure(Lattice.cubic(3.6), ["Cu"], [[0, 0, 0]])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_every_block_of_a_cif_is_read_and_named(tmp_path):
+    path = tmp_path / "two.cif"
+    path.write_text(ROCKSALT.to(fmt="cif") + "\n" + COPPER.to(fmt="cif"))
+    structures = read_structures([str(path)])
+    assert [len(s) for s in structures] == [2, 1]
+    assert [s.properties["label"] for s in structures] == ["two.cif[0]", "two.cif[1]"]
+
+
+def test_predict_writes_a_record_for_each_block_of_a_cif(tmp_path, model):
+    path, out = tmp_path / "two.cif", tmp_path / "out.json"
+    path.write_text(ROCKSALT.to(fmt="cif") + "\n" + COPPER.to(fmt="cif"))
+    assert main(["predict", str(path), "-o", str(out)]) == 0
+    assert [r["name"] for r in json.loads(out.read_text())] == ["two.cif[0]", "two.cif[1]"]
+
+
+def test_a_cif_pymatgen_refuses_is_an_error_with_its_reason_not_another_readers_guess(
+    tmp_path, capsys
+):
+    path = tmp_path / "twice.cif"  # one site of occupancy 2: ASE would merge it silently
+    text = COPPER.to(fmt="cif").replace(" 1\n", " 2\n")
+    assert "Cu  Cu0  1  0.00000000  0.00000000  0.00000000  2" in text
+    path.write_text(text)
+    assert main(["predict", str(path)]) == 1
+    err = one_line_error(capsys)
+    assert "twice.cif: cannot read a structure" in err
+    assert "Occupancy 2" in err
+
+
+def test_a_poscar_without_element_names_is_refused_not_read_as_hydrogen(tmp_path, capsys):
+    path = tmp_path / "POSCAR"
+    lines = ROCKSALT.to(fmt="poscar").splitlines()
+    assert lines[5].split() == ["Na", "Cl"]
+    # VASP 4: no element line; neither the comment nor the coordinate lines name any
+    coordinates = [" ".join(line.split()[:3]) for line in lines[8:]]
+    path.write_text("\n".join(["a rocksalt test", *lines[1:5], *lines[6:8], *coordinates]))
+    assert main(["predict", str(path)]) == 1
+    assert "POSCAR: the POSCAR names no elements" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("second", "says"),
+    [
+        ([0.0, 0.0, 0.0], "atoms 0 and 1 are 0.000 Å apart"),
+        ([0.01, 0.0, 0.0], "atoms 0 and 1 are 0.036 Å apart"),
+        ([1.0, 0.0, 0.0], "atoms 0 and 1 are 0.000 Å apart"),  # on the first one's image
+    ],
+)
+def test_overlapping_atoms_are_an_error_naming_the_pair(second, says):
+    structure = Structure(
+        Lattice.cubic(3.6), ["Cu", "Cu"], [[0, 0, 0], second], validate_proximity=False
+    )
+    structure.properties["material_id"] = "mp-twice"
+    with pytest.raises(StructureError, match=rf"mp-twice.*{re.escape(says)}.*overlapping atoms"):
+        build_graph(structure)
+
+
+def test_an_atom_on_its_own_periodic_image_is_an_error():
+    thin = Structure(Lattice.tetragonal(0.05, 3.0), ["Cu"], [[0, 0, 0]])
+    with pytest.raises(StructureError, match=r"atom 0 and its periodic image are 0\.050 Å"):
+        build_graph(thin)
+
+
+def test_atoms_just_beyond_the_overlap_distance_are_kept():
+    apart = MIN_PAIR_DISTANCE * 1.01 / 3.6
+    structure = Structure(
+        Lattice.cubic(3.6), ["H", "H"], [[0, 0, 0], [apart, 0, 0]], validate_proximity=False
+    )
+    graph = build_graph(structure)
+    assert np.isclose(
+        np.linalg.norm(np.diff(structure.cart_coords, axis=0)), MIN_PAIR_DISTANCE * 1.01
+    )
+    assert graph.bond_atoms.shape[0] > 0
+
+
+def test_predict_on_overlapping_atoms_is_a_one_line_error_not_nan(tmp_path, capsys):
+    path = tmp_path / "twice.extxyz"
+    path.write_text(
+        '2\nLattice="3.0 0.0 0.0 0.0 3.0 0.0 0.0 0.0 3.0" Properties=species:S:1:pos:R:3 '
+        'pbc="T T T"\nCu 0 0 0\nCu 0 0 0\n'
+    )
+    assert main(["predict", str(path)]) == 1
+    assert "overlapping atoms" in one_line_error(capsys)
