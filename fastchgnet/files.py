@@ -10,6 +10,7 @@ package.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -41,11 +42,13 @@ def fsync_dir(path: Path) -> None:
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary handle on a temp file in ``path``'s folder. On a clean exit it is fsynced and
     renamed over ``path`` (and the folder fsynced); on an error it is removed and ``path`` is
-    left as it was, so a reader sees the old whole file or the new one."""
+    left as it was, so a reader sees the old whole file or the new one. The file gets the
+    mode a plain ``open`` would give it (0666 less the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())  # as open() would: mkstemp's file is 0600
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -57,10 +60,41 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
+def process_umask() -> int:
+    """This process's umask (the bits a new file's mode leaves out), read without changing it
+    where Linux shows it, else set and restored at once."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (``atomic_open``)."""
     with atomic_open(path) as handle:
         handle.write(data)
+
+
+def write_frames_atomic(path: str | Path, frames: Sequence[Any]) -> None:
+    """Write ASE ``frames`` (a list of ``Atoms``) to ``path`` as ``ase.io.write`` would (the
+    format and any compression from the name), atomically: to a temp file in the same folder
+    whose name ends as ``path``'s, fsynced and renamed over it."""
+    from ase.io import write
+
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(str(tmp), list(frames))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:

@@ -3,6 +3,7 @@ element names as one-line errors, and overlapping atoms refused before the model
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 
@@ -107,3 +108,72 @@ def test_predict_on_overlapping_atoms_is_a_one_line_error_not_nan(tmp_path, caps
     )
     assert main(["predict", str(path)]) == 1
     assert "overlapping atoms" in one_line_error(capsys)
+
+
+def write_structure(path, structure=ROCKSALT) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    structure.to(filename=str(path))
+    return str(path)
+
+
+def test_files_of_the_same_name_in_other_folders_keep_their_folders(tmp_path):
+    first = write_structure(tmp_path / "runA" / "POSCAR")
+    second = write_structure(tmp_path / "runB" / "POSCAR", COPPER)
+    labels = [s.properties["label"] for s in read_structures([first, second])]
+    assert labels == [first, second]
+
+
+def overlapping(tmp_path) -> str:
+    path = tmp_path / "twice.extxyz"
+    path.write_text(
+        '2\nLattice="3.0 0.0 0.0 0.0 3.0 0.0 0.0 0.0 3.0" Properties=species:S:1:pos:R:3 '
+        'pbc="T T T"\nCu 0 0 0\nCu 0 0 0\n'
+    )
+    return str(path)
+
+
+def test_predict_writes_the_structures_it_can_and_names_each_it_skips(tmp_path, capsys, model):
+    good, out = write_structure(tmp_path / "good.cif"), tmp_path / "out.json"
+    assert main(["predict", good, overlapping(tmp_path), "-o", str(out)]) == 1
+    assert [r["name"] for r in json.loads(out.read_text())] == ["good.cif"]
+    err = capsys.readouterr().err
+    assert "skipped structure 1 twice.extxyz[0]" in err
+    assert "overlapping atoms" in err
+
+
+def test_relax_writes_the_structures_it_can_and_names_each_it_skips(tmp_path, capsys, model):
+    from ase.io import read
+
+    good, out = write_structure(tmp_path / "good.cif"), tmp_path / "out.extxyz"
+    argv = ["relax", good, overlapping(tmp_path), "-o", str(out), "--steps", "2", "--quiet"]
+    assert main([*argv, "--compile", "off"]) == 1
+    assert [frame.info["name"] for frame in read(out, index=":")] == ["good.cif"]
+    assert "skipped structure 1 twice.extxyz[0]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--fmax", "nan", "--fmax must be > 0"),
+        ("--trajectory", "{out}", "is the -o file too"),
+    ],
+)
+def test_relax_settings_that_cannot_work_are_refused_before_the_run(
+    tmp_path, capsys, option, value, says
+):
+    out = tmp_path / "out.extxyz"
+    argv = ["relax", write_structure(tmp_path / "good.cif"), "-o", str(out)]
+    assert main([*argv, option, value.format(out=out)]) == 1
+    assert says in one_line_error(capsys)
+
+
+def test_predict_output_in_a_folder_that_cannot_take_it_is_refused_before_the_run(
+    tmp_path, capsys, monkeypatch
+):
+    cli_main = importlib.import_module("fastchgnet.cli.main")  # the package exports main()
+    monkeypatch.setattr(cli_main, "load_model", lambda *a: pytest.fail("the model ran"))
+    good = write_structure(tmp_path / "good.cif")
+    assert main(["predict", good, "-o", str(tmp_path)]) == 1
+    assert "is a folder" in one_line_error(capsys)
+    assert main(["predict", good, "-o", str(tmp_path / "nope" / "out.json")]) == 1
+    assert "does not exist" in one_line_error(capsys)

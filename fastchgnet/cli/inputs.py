@@ -13,22 +13,26 @@ from fastchgnet.model.reference import CHECKPOINTS
 
 def read_structures(paths: list[str]) -> list[Any]:
     """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
-    extxyz and the other files ASE reads (every frame).
+    extxyz and the other files ASE reads (every frame), each named by its file (the path as
+    given where two files share a name) and its index in a file of several.
 
     Raises:
         FileNotFoundError: a path is not a file.
         ValueError: a file holds no structure, a CIF block pymatgen refuses (its reason), or
             a POSCAR without element names (pymatgen would call its atoms hydrogen).
     """
+    names = [Path(name).name for name in paths]
     structures: list[Any] = []
     for name in paths:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
+        # runA/POSCAR and runB/POSCAR: the names as given tell the results apart
+        base = name if names.count(path.name) > 1 else path.name
         found = _pymatgen_structures(path)
         if found is not None:
             for index, structure in enumerate(found):
-                label = path.name if len(found) == 1 else f"{path.name}[{index}]"
+                label = base if len(found) == 1 else f"{base}[{index}]"
                 structure.properties["label"] = label
             structures.extend(found)
             continue
@@ -41,7 +45,7 @@ def read_structures(paths: list[str]) -> list[Any]:
         if len(frames) == 0:
             raise ValueError(f"{path}: cannot read a structure (the file holds none)")
         for index, atoms in enumerate(frames):
-            atoms.info.setdefault("name", f"{path.name}[{index}]")
+            atoms.info.setdefault("name", f"{base}[{index}]")
             structures.append(atoms)
     return structures
 
@@ -84,6 +88,42 @@ def _pymatgen_structures(path: Path) -> list[Any] | None:
     return found
 
 
+def check_output_file(path: str, option: str, example: str) -> None:
+    """Raise ValueError (one line, naming ``option`` and ``path``) when a file cannot be
+    written at ``path``: it is a folder, or its folder does not exist (``example``: a file
+    name to suggest)."""
+    where = Path(path)
+    if where.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; name a file in it, such as {example}")
+    if not where.parent.is_dir():
+        raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
+
+
+def structure_label(structure: Any) -> str:
+    """The name ``read_structures`` gave a structure (its file, and index in the file)."""
+    props = getattr(structure, "properties", None) or getattr(structure, "info", None) or {}
+    return str(props.get("label") or props.get("name") or "structure")
+
+
+def screen_structures(config: Any, structures: list[Any]) -> tuple[list[Any], list[str]]:
+    """The crystal graph of each of ``structures`` a model of ``config`` can take (None for
+    the others), and one line for each it cannot (``model.potential.graphs_for``'s reason,
+    naming the structure and its position): a command over many files runs the good ones
+    and reports the rest."""
+    from fastchgnet.errors import StructureError
+    from fastchgnet.model.potential import graphs_for
+
+    graphs: list[Any] = []
+    problems: list[str] = []
+    for index, structure in enumerate(structures):
+        try:
+            graphs.extend(graphs_for(config, [structure], start=index))
+        except StructureError as error:
+            graphs.append(None)
+            problems.append(str(error))
+    return graphs, problems
+
+
 def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:
     """Raise ValueError (one line, naming ``option`` and ``path``) when the frames a command
     will write cannot go there: a folder, a folder that does not exist, a name ASE cannot tell
@@ -92,11 +132,7 @@ def check_frames_file(path: str, option: str, several: bool, append: bool = Fals
     append to. The commands call this before they run, so that a run is not lost at its end."""
     from ase.io.formats import filetype, ioformats
 
-    where = Path(path)
-    if where.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; name a file in it, such as out.extxyz")
-    if not where.parent.is_dir():
-        raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
+    check_output_file(path, option, "out.extxyz")
     try:
         name = filetype(path, read=False)
     except Exception:  # ASE raises UnknownFileTypeError or KeyError for unknown suffixes

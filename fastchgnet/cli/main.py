@@ -8,8 +8,9 @@
     fastchgnet data stats SRC [--energy-key KEY]
     fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]
 
-Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem),
-2 bad usage (argparse).
+Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem;
+predict and relax run the structures they can take, write their results and name each one
+skipped), 2 bad usage (argparse).
 """
 
 from __future__ import annotations
@@ -17,44 +18,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from fastchgnet.cli.data import add_commands as add_data_commands
-from fastchgnet.cli.inputs import add_model_arguments, load_model, read_structures
+from fastchgnet.cli.inputs import (
+    add_model_arguments,
+    check_output_file,
+    load_model,
+    read_structures,
+    screen_structures,
+    structure_label,
+)
 from fastchgnet.cli.md import add_commands as add_md_commands
 from fastchgnet.errors import StructureError
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from fastchgnet.model.potential import predict_structures
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fastchgnet.files import atomic_write_bytes
+    from fastchgnet.model.potential import predict_graph_list
 
+    if args.output:
+        check_output_file(args.output, "-o", "out.json")
     model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
+    graphs, problems = screen_structures(model.config, structures)
+    good = [index for index, graph in enumerate(graphs) if graph is not None]
+    if not good and len(problems) == 1:
+        raise ValueError(problems[0])
+    for problem in problems:
+        print(f"fastchgnet predict: skipped {problem}", file=sys.stderr)
+    if not good:
+        raise ValueError(f"none of the {len(structures)} structures can be predicted")
     potential = model
     if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU
         from fastchgnet.compile.potential import CompiledPotential
 
         potential = CompiledPotential(model)  # one for the whole list: few shapes compile
-    predictions = predict_structures(potential, structures, batch_size=args.batch_size)
-    names = [
-        getattr(s, "properties", {}).get("label") or getattr(s, "info", {}).get("name")
-        for s in structures
-    ]
+    predictions = predict_graph_list(potential, [graphs[k] for k in good], args.batch_size)
     records = [
         {
-            "name": name,
+            "name": structure_label(structures[index]),
             "energy_per_atom_eV": float(p["e"]),
             "forces_eV_per_A": p["f"].tolist(),
             "stress_GPa": p["s"].tolist(),
             "magmoms_muB": p["m"].tolist(),
         }
-        for name, p in zip(names, predictions, strict=True)
+        for index, p in zip(good, predictions, strict=True)
     ]
     text = json.dumps(records, indent=1)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        atomic_write_bytes(args.output, (text + "\n").encode())
     else:
         print(text)
+    return 1 if problems else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -11,9 +11,11 @@ magnetic moments of every frame.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
-from fastchgnet.cli.inputs import add_model_arguments
+from fastchgnet.cli.inputs import add_model_arguments, structure_label
 from fastchgnet.md.settings import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
@@ -100,19 +102,33 @@ def add_commands(sub: Any) -> None:
     md.set_defaults(func=cmd_md)
 
 
-def cmd_relax(args: argparse.Namespace) -> None:
-    from ase.io import write
-
-    from fastchgnet.cli.inputs import check_frames_file, load_model, read_structures
+def cmd_relax(args: argparse.Namespace) -> int:
+    from fastchgnet.cli.inputs import (
+        check_frames_file,
+        load_model,
+        read_structures,
+        screen_structures,
+    )
+    from fastchgnet.files import write_frames_atomic
     from fastchgnet.md.relax import relax
 
-    if args.fmax <= 0 or args.steps < 0 or args.batch_size < 1:
+    if not args.fmax > 0 or args.steps < 0 or args.batch_size < 1:  # NaN is not > 0
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     structures = read_structures(args.structures)
     check_frames_file(args.output, "-o", several=len(structures) > 1)
     if args.trajectory is not None:
         check_frames_file(args.trajectory, "--trajectory", several=True)
+        if Path(args.trajectory).resolve() == Path(args.output).resolve():
+            raise ValueError(f"--trajectory {args.trajectory}: is the -o file too; name another")
     model = load_model(args.model, args.precision, args.device)
+    graphs, problems = screen_structures(model.config, structures)
+    if len(problems) == len(structures) == 1:
+        raise ValueError(problems[0])
+    for problem in problems:
+        print(f"fastchgnet relax: skipped {problem}", file=sys.stderr)
+    structures = [s for s, graph in zip(structures, graphs, strict=True) if graph is not None]
+    if not structures:
+        raise ValueError(f"none of the {len(graphs)} structures can be relaxed")
     results = relax(
         structures,
         model,
@@ -129,15 +145,14 @@ def cmd_relax(args: argparse.Namespace) -> None:
     frames = []
     for structure, result in zip(structures, results, strict=True):
         frame = result.atoms
-        frame.info.update(name=_name(structure), converged=result.converged, steps=result.steps)
+        name = structure_label(structure)
+        frame.info.update(name=name, converged=result.converged, steps=result.steps)
         frames.append(frame)
         if not args.quiet:
             state = "converged" if result.converged else "NOT converged"
-            print(
-                f"{_name(structure)}: {result.energy_per_atom:.5f} eV/atom, "
-                f"{result.steps} steps, {state}"
-            )
-    write(args.output, frames)
+            print(f"{name}: {result.energy_per_atom:.5f} eV/atom, {result.steps} steps, {state}")
+    write_frames_atomic(args.output, frames)
+    return 1 if problems else 0
 
 
 def cmd_md(args: argparse.Namespace) -> None:
@@ -171,8 +186,3 @@ def cmd_md(args: argparse.Namespace) -> None:
         bulk_modulus=args.bulk_modulus,
         compiled=COMPILE_CHOICES[args.compile],
     )
-
-
-def _name(structure: Any) -> str:
-    props = getattr(structure, "properties", None) or getattr(structure, "info", None) or {}
-    return str(props.get("label") or props.get("name") or "structure")

@@ -372,11 +372,11 @@ def _compile_chooser(
 
 def write_frames(path: str | Path, results: list[RelaxResult]) -> None:
     """Write every result's frames to one file, tagged with structure index and step."""
-    from ase.io import write
+    from fastchgnet.files import write_frames_atomic
 
     frames = []
     for index, result in enumerate(results):
         for step, frame in enumerate(result.frames):
             frame.info.update(structure=index, step=step)
             frames.append(frame)
-    write(str(path), frames)
+    write_frames_atomic(path, frames)
