@@ -177,3 +177,42 @@ def test_predict_output_in_a_folder_that_cannot_take_it_is_refused_before_the_ru
     assert "is a folder" in one_line_error(capsys)
     assert main(["predict", good, "-o", str(tmp_path / "nope" / "out.json")]) == 1
     assert "does not exist" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--log", "{tmp}"], "--log {tmp}: is a folder"),
+        (["--log", "{tmp}/nope/md.log"], "does not exist"),
+        (["--log", "{tmp}/md.extxyz"], "is the -o trajectory too"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--temperature", "0"], "needs temperature > 0 K"),
+        (["--temperature", "0", "--thermostat", "berendsen"], "needs temperature > 0 K"),
+        (["--ensemble", "npt", "--temperature", "0", "--thermostat", "berendsen"], "> 0 K"),
+    ],
+)
+def test_md_settings_that_cannot_work_are_refused_before_the_run(
+    tmp_path, capsys, monkeypatch, extra, says
+):
+    inputs = importlib.import_module("fastchgnet.cli.inputs")
+    monkeypatch.setattr(inputs, "load_model", lambda *a: pytest.fail("the model ran"))
+    structure = write_structure(tmp_path / "good.cif")
+    argv = ["md", structure, "-o", str(tmp_path / "md.extxyz"), "--steps", "2"]
+    assert main([*argv, *(arg.format(tmp=tmp_path) for arg in extra)]) == 1
+    assert says.format(tmp=tmp_path) in one_line_error(capsys)
+
+
+def test_langevin_quenches_at_zero_kelvin(tmp_path, model):
+    out = tmp_path / "md.extxyz"
+    argv = ["md", write_structure(tmp_path / "good.cif"), "-o", str(out), "--steps", "2"]
+    assert main([*argv, "--temperature", "0", "--thermostat", "langevin", "--quiet"]) == 0
+
+
+def test_npt_nose_hoover_with_fixed_atoms_is_refused_before_the_run(tmp_path, capsys, model):
+    from pymatgen.io.vasp import Poscar
+
+    path = tmp_path / "POSCAR"
+    Poscar(ROCKSALT, selective_dynamics=[[False] * 3, [True] * 3]).write_file(path)
+    argv = ["md", str(path), "-o", str(tmp_path / "md.extxyz"), "--steps", "2"]
+    assert main([*argv, "--ensemble", "npt", "--thermostat", "nose-hoover"]) == 1
+    assert "cannot keep atoms fixed" in one_line_error(capsys)

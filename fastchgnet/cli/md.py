@@ -156,11 +156,22 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
 
 def cmd_md(args: argparse.Namespace) -> None:
-    from fastchgnet.cli.inputs import check_frames_file, load_model, read_structures
+    from fastchgnet.cli.inputs import (
+        check_frames_file,
+        check_output_file,
+        load_model,
+        read_structures,
+    )
     from fastchgnet.md.dynamics import run_md
     from fastchgnet.md.settings import checked_integrator
 
     check_frames_file(args.output, "-o", several=True, append=True)
+    if args.log is not None:
+        check_output_file(args.log, "--log", "md.log")
+        if Path(args.log).resolve() == Path(args.output).resolve():
+            raise ValueError(f"--log {args.log}: is the -o trajectory too; name another file")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     settings = {k: getattr(args, k) for k in ("taut", "taup", "pressure", "bulk_modulus")}
     checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])

@@ -206,6 +206,13 @@ def run_md(
 
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
+    fixed = ensemble.lower() == "npt" and thermostat.lower() == "nose-hoover" and atoms.constraints
+    if fixed:  # ASE's NPT raises NotImplementedError at its first step
+        raise ValueError(
+            "NPT with the nose-hoover thermostat (ASE's NPT) cannot keep atoms fixed, and this "
+            "structure fixes some (selective dynamics or constraints): use --thermostat "
+            "berendsen, or remove them"
+        )
     # barostats ask for stress every step: compute it with the forces, in one call
     stress = ensemble.lower() == "npt"
     options = md_compile_options(steps) | {"backend": capture_backend(compiled)}

@@ -19,14 +19,20 @@ NON_NEGATIVE = ("friction",)  # 1/fs
 ANY_FINITE = ("pressure",)  # GPa
 
 
+#: Thermostats that divide by the temperature or the kinetic energy: ASE's Nosé-Hoover
+#: (mass kT tau^2), Berendsen (target over current temperature) and Bussi (zero kinetic
+#: energy refused) fail at 0 K; Langevin quenches.
+NEED_WARMTH = ("nose-hoover", "berendsen", "bussi")
+
+
 def checked_integrator(
     ensemble: str, thermostat: str, temperature: float, timestep: float, **integrator: Any
 ) -> tuple[str, str]:
     """(ensemble, thermostat) in lower case ("none" for NVE), or ValueError in one line: an
     unknown ensemble, a thermostat that does not do it, a timestep (fs) that is not > 0, a
-    temperature (K) that is not >= 0, a taut or taup (fs) or bulk modulus (GPa) that is not
-    > 0, a friction (1/fs) that is not >= 0, a pressure (GPa) that is not finite, or a setting
-    ``make_integrator`` does not take."""
+    temperature (K) that is not >= 0 (> 0 for the ``NEED_WARMTH`` thermostats), a taut or
+    taup (fs) or bulk modulus (GPa) that is not > 0, a friction (1/fs) that is not >= 0, a
+    pressure (GPa) that is not finite, or a setting ``make_integrator`` does not take."""
     ensemble, thermostat = ensemble.lower(), thermostat.lower()
     if ensemble not in THERMOSTATS:
         raise ValueError(f"ensemble {ensemble!r}: use one of {', '.join(THERMOSTATS)}")
@@ -41,6 +47,11 @@ def checked_integrator(
         raise ValueError(f"need timestep > 0 fs, got {timestep}")
     if not (temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"need temperature >= 0 K, got {temperature}")
+    if temperature == 0 and thermostat in NEED_WARMTH:
+        raise ValueError(
+            f"thermostat {thermostat} needs temperature > 0 K (at 0 K it divides by the "
+            "kinetic energy); quench with langevin, or relax the structure"
+        )
     unknown = sorted(set(integrator) - {*POSITIVE, *NON_NEGATIVE, *ANY_FINITE})
     if unknown:
         raise ValueError(f"unknown MD setting(s) {unknown}")
