@@ -25,7 +25,7 @@ setup: $(BIN)/.installed
 # on the idle 2-core machine; a training run's own default stays one thread (RunConfig.threads)
 QUICKSTART_THREADS ?= 2
 quickstart: setup
-	$(BIN)/python launcher/train.py --set run.threads=$(QUICKSTART_THREADS)
+	$(BIN)/python launcher/train.py --overwrite --set run.threads=$(QUICKSTART_THREADS)
 
 # predict a crystal the package builds, with the pretrained CHGNet 0.3.0 weights
 predict-demo: setup

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run.out_dir that holds a run: its checkpoints and metrics.csv "
+        "are removed first (without it, such a folder is refused: --resume continues it)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     # deepspeed's launcher passes --local_rank; the rank comes from the environment
     parser.add_argument(
@@ -58,6 +65,27 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if stored is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {config.run.out_dir}/checkpoints")
     return apply_overrides(TrainConfig.from_dict(stored), args.overrides)
+
+
+#: What a run leaves in its run.out_dir that a new run there would mix with its own
+RUN_FILES = ("checkpoints", "metrics.csv", "model.pt")
+
+
+def start_over(out: Path, overwrite: bool, remove: bool) -> None:
+    """Make ``out`` ready for a new run: ValueError (one line) if it holds a run's files
+    (``RUN_FILES``) and ``overwrite`` is off; with it, the checkpoints and metrics.csv go
+    (only where ``remove``: one rank removes, every rank checks)."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(
+            f"run.out_dir {out} holds a run ({', '.join(found)}): --resume continues it, "
+            "--overwrite starts over there, or set another run.out_dir"
+        )
+    if remove:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "metrics.csv").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
     from fastchgnet.train.run import train
 
     out, rank = Path(config.run.out_dir), int(os.environ.get("RANK", "0"))
+    if not args.resume:
+        try:
+            start_over(out, args.overwrite, remove=rank == 0)
+        except ValueError as error:
+            print(f"fastchgnet train: error: {error}", file=sys.stderr)
+            return 1
     distributed = launched_distributed()
     if distributed:
         _report_on_signal(out, rank)

@@ -12,6 +12,7 @@ config that checkpoints store.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 import typing
@@ -114,6 +115,14 @@ class ModelSection:
     fit_composition: Literal["auto", "yes", "no"] = "auto"
 
 
+def check_ranges(section: str, config: object, **checks: tuple[bool, str]) -> None:
+    """Raise ValueError in one line naming ``section.key``, its value and the rule, for the
+    first of ``checks`` (key: (holds, rule)) that does not hold."""
+    for key, (holds, rule) in checks.items():
+        if not holds:
+            raise ValueError(f"config {section}.{key}={getattr(config, key)!r}: {rule}")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimiser and schedule. The learning rate is ``lr`` scaled by the global batch size B
@@ -134,6 +143,21 @@ class OptimConfig:
     ema_decay: float = 0.0
     early_stopping_patience: int = 0
     select_metric: Literal["loss", "energy_mae", "forces_mae", "stress_mae", "magmoms_mae"] = "loss"
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "optim",
+            self,
+            epochs=(self.epochs >= 1, "must be at least 1"),
+            lr=(0 <= self.lr < math.inf, "must be >= 0 and finite"),
+            lr_reference_batch=(self.lr_reference_batch >= 1, "must be at least 1"),
+            weight_decay=(0 <= self.weight_decay < math.inf, "must be >= 0 and finite"),
+            min_lr_ratio=(0 <= self.min_lr_ratio <= 1, "must be in [0, 1]"),
+            warmup_steps=(self.warmup_steps >= 0, "must be >= 0"),
+            grad_clip=(0 <= self.grad_clip < math.inf, "must be >= 0 (0: no clipping)"),
+            ema_decay=(0 <= self.ema_decay < 1, "must be in [0, 1) (0: no EMA)"),
+            early_stopping_patience=(self.early_stopping_patience >= 0, "must be >= 0"),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +209,16 @@ class RunConfig:
     sync_debug: bool = False
 
     def __post_init__(self) -> None:
+        check_ranges(
+            "run",
+            self,
+            checkpoint_every=(self.checkpoint_every >= 0, "must be >= 0 (0: at epoch ends)"),
+            keep=(self.keep >= 1, "must be at least 1"),
+            max_bad_steps=(self.max_bad_steps >= 1, "must be at least 1"),
+            max_steps=(self.max_steps >= 0, "must be >= 0 (0: no limit)"),
+            threads=(self.threads >= 0, "must be >= 0 (0: torch's default)"),
+            check_sync_every=(self.check_sync_every >= 0, "must be >= 0 (0: never)"),
+        )
         if self.log_every < 1:
             raise ValueError(f"config run.log_every={self.log_every}: must be at least 1")
         if self.dist_timeout_s <= 0:

@@ -44,3 +44,47 @@ def test_a_peer_lost_while_leaving_the_group_is_one_line_not_a_traceback(
     assert err.strip() == (
         "rank 0: rank 1 is gone (RuntimeError: Connection closed by peer [127.0.0.1]:29500)"
     )
+
+
+def _fake_train(monkeypatch) -> list:
+    from fastchgnet.train import run
+
+    calls: list = []
+    monkeypatch.setattr(run, "train", lambda config, resume=False: calls.append(resume))
+    return calls
+
+
+def _old_run(out) -> None:
+    (out / "checkpoints" / "step-00000004").mkdir(parents=True)
+    (out / "metrics.csv").write_text("epoch,split\n1,val\n")
+    (out / "notes.txt").write_text("mine")
+
+
+def test_a_new_run_into_a_folder_that_holds_one_is_refused(tmp_path, monkeypatch, capsys):
+    calls = _fake_train(monkeypatch)
+    _old_run(tmp_path)
+    assert main(["train", "--set", f"run.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"run.out_dir {tmp_path} holds a run (checkpoints, metrics.csv)" in err
+    assert calls == []
+    assert (tmp_path / "metrics.csv").is_file()
+
+
+def test_overwrite_removes_the_old_runs_checkpoints_and_metrics_only(tmp_path, monkeypatch):
+    calls = _fake_train(monkeypatch)
+    _old_run(tmp_path)
+    assert main(["train", "--overwrite", "--set", f"run.out_dir={tmp_path}"]) == 0
+    assert calls == [False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_values_out_of_range_are_refused_naming_the_key(capsys):
+    for item, says in [
+        ("optim.epochs=-1", "config optim.epochs=-1: must be at least 1"),
+        ("optim.lr=-1", "config optim.lr=-1.0: must be >= 0"),
+        ("optim.ema_decay=1", "config optim.ema_decay=1.0: must be in [0, 1)"),
+        ("run.keep=0", "config run.keep=0: must be at least 1"),
+    ]:
+        assert main(["train", "--print-config", "--set", item]) == 1
+        assert says in capsys.readouterr().err
