@@ -25,7 +25,8 @@ LABELS_HELP = (
 
 
 def add_commands(sub: Any) -> None:
-    """Add ``data convert|synth|stats`` to the ``fastchgnet`` subparsers."""
+    """Add ``data convert|synth|stats`` to the ``fastchgnet`` subparsers; each sets
+    ``command`` to its full name ("data convert"), which error messages start with."""
     data = sub.add_parser("data", help="datasets and graph caches")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -42,7 +43,7 @@ def add_commands(sub: Any) -> None:
         help="MPtrj energy field (see fastchgnet.data.sources.MPTRJ_ENERGY_KEYS)",
     )
     convert.add_argument("--labels", default="{}", help=LABELS_HELP)
-    convert.set_defaults(func=run_convert)
+    convert.set_defaults(func=run_convert, command="data convert")
 
     synth = data_sub.add_parser(
         "synth",
@@ -54,13 +55,13 @@ def add_commands(sub: Any) -> None:
     synth.add_argument("--max-atoms", type=int, default=16)
     synth.add_argument("--model", default="0.3.0", help="reference checkpoint for the labels")
     synth.add_argument("--batch-size", type=int, default=32)
-    synth.set_defaults(func=run_synth)
+    synth.set_defaults(func=run_synth, command="data synth")
 
     stats = data_sub.add_parser("stats", help="element counts, sizes, label ranges, outliers")
     stats.add_argument("source")
     stats.add_argument("--energy-key", default="corrected_total_energy", help="MPtrj energy")
     stats.add_argument("--labels", default="{}", help=LABELS_HELP)
-    stats.set_defaults(func=run_stats)
+    stats.set_defaults(func=run_stats, command="data stats")
 
 
 def _frames(args: argparse.Namespace, scratch: Path | None = None) -> Any:
@@ -78,9 +79,11 @@ def run_convert(args: argparse.Namespace) -> None:
     source is decompressed beside the cache while it is read (not in a small /tmp)."""
     from fastchgnet.data.convert import convert
 
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size {args.shard_size}: must be at least 1 (frames per shard)")
     beside = Path(args.out).absolute().parent
-    beside.mkdir(parents=True, exist_ok=True)
-    frames = _frames(args, scratch=beside)
+    frames = _frames(args, scratch=beside)  # a missing or empty source fails here, before
+    beside.mkdir(parents=True, exist_ok=True)  # any folder is made
     convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
 
 
@@ -93,8 +96,16 @@ def run_stats(args: argparse.Namespace) -> None:
 
 def run_synth(args: argparse.Namespace) -> None:
     """Write the synthetic labelled set and print a summary."""
+    from fastchgnet.cli.inputs import check_frames_file
     from fastchgnet.data.reference_labels import synth
 
+    if args.n < 1:
+        raise ValueError(f"-n {args.n}: must be at least 1 structure")
+    if args.max_atoms < 1:
+        raise ValueError(f"--max-atoms {args.max_atoms}: must be at least 1")
+    if not args.out.lower().endswith((".extxyz", ".extxyz.gz", ".xyz", ".xyz.gz")):
+        raise ValueError(f"-o {args.out}: synth writes extxyz; name it .extxyz or .extxyz.gz")
+    check_frames_file(args.out, "-o", several=True)  # a folder, a missing folder
     start = time.perf_counter()
     path = synth(
         args.n,

@@ -15,8 +15,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame, periodic_structure, reduced_formula
-from fastchgnet.errors import StructureError
+from fastchgnet.data.frame import (
+    MAX_ENERGY_PER_ATOM,
+    MAX_STRESS_GPA,
+    Frame,
+    implausible_labels,
+    periodic_structure,
+    reduced_formula,
+)
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
 #: stress unit -> factor to GPa (before the sign)
@@ -31,9 +37,9 @@ class AseLabels:
     ``energy_per_atom``: the energy is per atom (eV/atom), else a total (eV).
     ``stress_unit``: "eV/A^3" (ASE), "GPa" or "kBar"; ``stress_sign``: "ase" (ASE's and
     CHGNet's (1/V) dE/dε) or "vasp" (the opposite sign: VASP's and MPtrj's).
-    ``max_stress_gpa``, ``max_energy_per_atom``: a label beyond these magnitudes (after
-    conversion) is an error naming the frame, as a wrong unit or a total/per-atom mix-up
-    shows up this way.
+    ``max_stress_gpa``, ``max_energy_per_atom``: a frame with a label beyond these magnitudes
+    (after conversion) gets a problem (``frame.implausible_labels``; conversion skips it), as
+    a wrong unit or a total/per-atom mix-up shows up this way.
     """
 
     energy: str = "energy"
@@ -43,8 +49,8 @@ class AseLabels:
     energy_per_atom: bool = False
     stress_unit: Literal["eV/A^3", "GPa", "kBar"] = "eV/A^3"
     stress_sign: Literal["ase", "vasp"] = "ase"
-    max_stress_gpa: float = 1000.0
-    max_energy_per_atom: float = 50.0
+    max_stress_gpa: float = MAX_STRESS_GPA
+    max_energy_per_atom: float = MAX_ENERGY_PER_ATOM
 
     def __post_init__(self) -> None:
         if self.stress_unit not in STRESS_UNITS:
@@ -104,27 +110,29 @@ def _available(atoms: Any) -> list[str]:
     return sorted(keys - {"key_value_pairs", "data", "numbers", "positions"})
 
 
-def _stress_matrix(value: np.ndarray, name: str) -> np.ndarray:
+def _stress_matrix(value: np.ndarray) -> np.ndarray | None:
+    """(3, 3) stress of a Voigt (6,), flat (9,) or (3, 3) value; None for any other shape."""
     from ase.stress import voigt_6_to_full_3x3_stress
 
     if value.shape == (6,):
         return voigt_6_to_full_3x3_stress(value)
     if value.shape in ((9,), (3, 3)):
         return value.reshape(3, 3)
-    raise StructureError(name, f"stress has shape {value.shape}, expected (6,), (9,) or (3, 3)")
+    return None
 
 
 def frame_from_atoms(atoms: Any, labels: AseLabels, material_id: str, frame_id: str) -> Frame:
-    """One Frame in our units from ``atoms`` with ``labels``' keys; checks shapes and sizes.
+    """One Frame in our units from ``atoms`` with ``labels``' keys.
 
-    Raises:
-        StructureError: naming the frame: a label of the wrong shape, or a stress/energy whose
-            magnitude points at a wrong unit or a total/per-atom mix-up.
+    A label that cannot be read (an energy that is not one number, a stress of no known
+    shape) or whose magnitude points at a wrong unit or a total/per-atom mix-up (beyond
+    ``labels.max_energy_per_atom`` / ``max_stress_gpa``: ``implausible_labels``) is the
+    frame's ``problem``, so that conversion skips the frame and lists it; ``check_frame``
+    judges the shapes of forces and magnetic moments.
     """
     structure, problem = periodic_structure(atoms)
     n = len(atoms)
-    frame = Frame(structure=structure, material_id=material_id, frame_id=frame_id, problem=problem)
-    name = frame.name
+    frame = Frame(structure=structure, material_id=material_id, frame_id=frame_id)
 
     def get(key: str) -> np.ndarray | None:
         value = _lookup(atoms, key) if key else None
@@ -132,50 +140,55 @@ def frame_from_atoms(atoms: Any, labels: AseLabels, material_id: str, frame_id: 
 
     keys = (labels.energy, labels.forces, labels.stress, labels.magmoms)
     energy, forces, stress, magmoms = (get(key) for key in keys)
+    problems = [problem]
     if energy is not None:
-        if energy.size != 1:
-            raise StructureError(name, f"energy {labels.energy!r} has shape {energy.shape}")
-        frame.energy_per_atom = float(energy.reshape(())) / (1 if labels.energy_per_atom else n)
-        if abs(frame.energy_per_atom) > labels.max_energy_per_atom:
-            kind = "per atom" if labels.energy_per_atom else "a total"
-            raise StructureError(
-                name,
-                f"energy {frame.energy_per_atom:.4g} eV/atom (read as {kind}) exceeds "
-                f"{labels.max_energy_per_atom} eV/atom: is energy_per_atom right?",
+        if energy.size == 1:
+            frame.energy_per_atom = float(energy.reshape(())) / (1 if labels.energy_per_atom else n)
+        else:
+            problems.append(
+                f"energy {labels.energy!r} has shape {energy.shape}, expected one value"
             )
-    if forces is not None:
-        if forces.shape != (n, 3):
-            raise StructureError(name, f"forces {labels.forces!r} have shape {forces.shape}, "
-                                       f"expected ({n}, 3)")  # fmt: skip
-        frame.forces = forces
+    frame.forces = forces
     if stress is not None:
-        frame.stress = _stress_matrix(stress, name) * labels.stress_factor
-        largest = float(np.abs(frame.stress).max())
-        if largest > labels.max_stress_gpa:
-            raise StructureError(
-                name,
-                f"stress up to {largest:.4g} GPa after reading it in {labels.stress_unit} "
-                f"exceeds {labels.max_stress_gpa} GPa: is stress_unit right?",
-            )
+        matrix = _stress_matrix(stress)
+        frame.stress = None if matrix is None else matrix * labels.stress_factor
+        if matrix is None:
+            problems.append(f"stress {labels.stress!r} has shape {stress.shape}, expected (6,), "
+                            "(9,) or (3, 3)")  # fmt: skip
     if magmoms is not None:
-        if magmoms.size != n:
-            raise StructureError(name, f"magmoms {labels.magmoms!r} have shape {magmoms.shape}, "
-                                       f"expected ({n},)")  # fmt: skip
-        frame.magmoms = np.abs(magmoms.reshape(n))
+        frame.magmoms = np.abs(magmoms.reshape(n) if magmoms.size == n else magmoms)
+    kind = "per atom" if labels.energy_per_atom else "a total"
+    problems.append(implausible_labels(
+        frame, labels.max_energy_per_atom, labels.max_stress_gpa,
+        energy_hint=f"read as {kind}, is energy_per_atom right?",
+        stress_hint=f"read in {labels.stress_unit}, is stress_unit right?",
+    ))  # fmt: skip
+    frame.problem = next((p for p in problems if p), None)
     return frame
 
 
 def _images(path: Path) -> Iterator[Any]:
-    """Atoms of ``path`` one at a time: ASE-db rows or ``ase.io.iread``."""
-    if path.suffix == ".db":
-        from ase.db import connect
+    """Atoms of ``path`` one at a time: ASE-db rows or ``ase.io.iread``; what ASE cannot
+    read is a ValueError naming the file and the frame (its position and default id)."""
+    position = 0
+    try:
+        if path.suffix == ".db":
+            from ase.db import connect
 
-        for row in connect(str(path)).select():
-            yield row.toatoms(add_additional_information=True)
-    else:
-        from ase.io import iread
+            for row in connect(str(path)).select():
+                yield row.toatoms(add_additional_information=True)
+                position += 1
+        else:
+            from ase.io import iread
 
-        yield from iread(str(path), index=":")
+            for atoms in iread(str(path), index=":"):
+                yield atoms
+                position += 1
+    except Exception as error:  # only ASE's reading runs here: its errors have many types
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{path}: ASE cannot read frame {position} ({path.stem}-{position}): {reason}"
+        ) from None
 
 
 def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iterator[Frame]:
@@ -187,8 +200,9 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
     ``material_id``/``frame_id`` as ``read_ase``.
 
     Raises:
-        ValueError: a named key is not in the first frame (naming the file).
-        StructureError: see ``frame_from_atoms``.
+        ValueError: a named key is not in the first frame, or a frame ASE cannot read (naming
+            the file). A frame with unreadable or implausible labels is yielded with a
+            ``problem`` (``frame_from_atoms``).
     """
     labels = labels or AseLabels()
     path = Path(path)

@@ -158,8 +158,22 @@ def _build_shard(
     frames: Iterator[Frame], tmp_dir: Path, final: Path, info: dict, pool: object, bar: tqdm
 ) -> int:
     """Build one shard from ``frames`` in ``tmp_dir``, rename it to ``final``; return the
-    number of frames read (0: nothing written)."""
+    number of frames read (0: nothing written). If reading or building fails, ``tmp_dir`` is
+    removed and the error raised: the cache has no manifest, so nothing trusts it, and a
+    rerun keeps the shards that were finished."""
     writer = _ShardWriter(tmp_dir)
+    try:
+        return _fill_shard(frames, writer, final, info, pool, bar)
+    except BaseException:  # a source that breaks off mid-shard: no half-built shard is left
+        writer.close()
+        remove_tree(tmp_dir)
+        raise
+
+
+def _fill_shard(
+    frames: Iterator[Frame], writer: _ShardWriter, final: Path, info: dict, pool: object, bar: tqdm
+) -> int:
+    tmp_dir = writer.dir
     skipped, kept, n_frames = [], 0, 0
     cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
     window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
@@ -231,7 +245,13 @@ def convert(
 
     Returns:
         A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
+
+    Raises:
+        ValueError: ``shard_size`` below 1, or from the source (a file that breaks off): the
+            cache is then left without manifest.json (unfinished; finished shards are kept).
     """
+    if shard_size < 1:
+        raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

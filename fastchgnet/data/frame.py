@@ -1,5 +1,7 @@
 """``Frame``: one labelled structure, in our units, as every source yields it; ``check_frame``
-judges whether it can be trained on."""
+judges whether it can be trained on; ``implausible_labels`` is the one magnitude check every
+source applies to the labels it read, and ``unreadable_frame`` stands for a record that a source
+could not read (both end in ``Frame.problem``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,12 @@ from pymatgen.core import Composition, Lattice, Structure
 from fastchgnet.data.graph import check_lattice, formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import MAX_ATOMIC_NUMBER
+
+#: Label magnitudes (our units) beyond which a label points at a wrong unit or a total energy
+#: read as per atom, not at physics: a source gives such a frame a problem
+#: (``implausible_labels``), so conversion skips it and the statistics list it as unusable.
+MAX_ENERGY_PER_ATOM = 50.0  # eV/atom
+MAX_STRESS_GPA = 1000.0  # GPa
 
 
 @dataclass
@@ -44,24 +52,65 @@ class Frame:
 
     @property
     def name(self) -> str:
-        """Name for messages: frame id, material id and formula (``graph.formula``)."""
-        numbers = np.asarray(self.structure.atomic_numbers)
-        return f"frame {self.frame_id} of {self.material_id} ({formula(numbers)})"
+        """Name for messages: frame id, material id and formula (``graph.formula``; none for
+        a frame whose species a source could not read)."""
+        numbers = np.asarray(self.structure.atomic_numbers, dtype=np.int64)
+        name = f"frame {self.frame_id} of {self.material_id}"
+        return f"{name} ({formula(numbers)})" if numbers.size else name
+
+
+def species_only(species: list[str]) -> Structure:
+    """A Structure of ``species`` alone at the origin of a zero cell: what a frame that cannot
+    be trained on keeps of its structure, for its name (``Frame.name``)."""
+    return Structure(Lattice(np.zeros((3, 3))), species, np.zeros((len(species), 3)))
+
+
+def unreadable_frame(
+    material_id: str, frame_id: str, problem: str, species: list[str] | None = None
+) -> Frame:
+    """A frame that a source could not read (a record without a structure, a disordered one,
+    a label that is not numbers): its ids, its ``species`` where known, and the problem."""
+    return Frame(
+        structure=species_only(species or []),
+        material_id=material_id,
+        frame_id=frame_id,
+        problem=problem,
+    )
+
+
+def implausible_labels(
+    frame: Frame,
+    max_energy_per_atom: float = MAX_ENERGY_PER_ATOM,
+    max_stress_gpa: float = MAX_STRESS_GPA,
+    energy_hint: str = "a wrong unit, or a total energy read as per atom?",
+    stress_hint: str = "a wrong unit?",
+) -> str | None:
+    """The problem of a frame whose energy per atom or largest stress component is beyond
+    these magnitudes (``MAX_ENERGY_PER_ATOM``, ``MAX_STRESS_GPA``), or None. Every source
+    sets ``Frame.problem`` from it (the ASE reader with the limits and hints of its
+    ``AseLabels``); non-finite labels are left to ``check_frame``."""
+    energy = frame.energy_per_atom
+    if energy is not None and abs(energy) > max_energy_per_atom:
+        return f"energy {energy:.4g} eV/atom exceeds {max_energy_per_atom} eV/atom: {energy_hint}"
+    stress = frame.stress
+    if stress is not None and stress.size:
+        largest = float(np.abs(stress).max())
+        if largest > max_stress_gpa:
+            return f"stress up to {largest:.4g} GPa exceeds {max_stress_gpa} GPa: {stress_hint}"
+    return None
 
 
 def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
     """(structure, problem) of ASE ``atoms`` read from a dataset: pymatgen's Structure of it,
     and None; or, when ``graph.check_lattice`` refuses its cell (not finite, or less than
-    ``MIN_CELL_VOLUME`` Å^3: a molecule written without a box), a Structure of its species
-    alone at the origin of a zero cell, and the problem, for ``Frame.problem``."""
+    ``MIN_CELL_VOLUME`` Å^3: a molecule written without a box), ``species_only`` of its
+    species, and the problem, for ``Frame.problem``."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     try:
         check_lattice(np.asarray(atoms.cell.array, dtype=np.float64), "")
     except StructureError as error:
-        species = list(atoms.get_chemical_symbols())
-        zero = Structure(Lattice(np.zeros((3, 3))), species, np.zeros((len(species), 3)))
-        return zero, (
+        return species_only(list(atoms.get_chemical_symbols())), (
             f"no periodic cell ({error.problem}): a crystal needs three lattice vectors; put a "
             "molecule in a box"
         )

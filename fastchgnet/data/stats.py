@@ -1,6 +1,11 @@
 """A dataset statistics report (``fastchgnet data stats SRC``): element counts, sizes, label
 ranges and outliers, computed in one streaming pass over a source's frames (our units).
 
+Frames that ``check_frame`` refuses (as conversion does: a ``Frame.problem``, elements beyond
+Pu, non-finite labels, labels of the wrong shape) are listed as unusable and left out of every
+statistic; graph problems that only ``build_graph`` finds (isolated atoms) stay for conversion,
+which would cost a neighbour list per frame here.
+
 Outliers: energies more than ``z_limit`` standard deviations from the mean energy per atom
 (judged after the pass, from a kept (frame name, energy) list), any force component above
 ``max_force`` eV/Å, any stress component above ``max_stress`` GPa.
@@ -14,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, check_frame
+from fastchgnet.errors import StructureError
 
 LABELS = ("energy_per_atom", "forces", "stress", "magmoms")
 UNITS = {"energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "GPa", "magmoms": "μB"}
@@ -26,7 +32,7 @@ def dataset_stats(
 ) -> dict[str, Any]:  # fmt: skip
     """One pass over ``frames``: counts, element counts, atoms per frame, per-label
     coverage/min/max/mean/std (forces and stress per component), outlier frame names, and the
-    frames that cannot be trained on (``Frame.problem``, "unusable"), which are not counted."""
+    frames that ``check_frame`` refuses ("unusable"), which are not counted."""
     elements: Counter[str] = Counter()
     sizes: list[int] = []
     sums = {k: [0, 0.0, 0.0, np.inf, -np.inf, 0] for k in LABELS}  # n, sum, sum2, min, max, frames
@@ -34,8 +40,10 @@ def dataset_stats(
     outliers: list[str] = []
     unusable: list[str] = []
     for frame in frames:
-        if frame.problem:  # not counted: conversion skips it (``Frame.problem``)
-            unusable.append(f"{frame.name}: {frame.problem}")
+        try:
+            check_frame(frame)  # the check conversion makes: it skips what this refuses
+        except StructureError as error:
+            unusable.append(str(error))
             continue
         sizes.append(len(frame.structure))
         elements.update(site.specie.symbol for site in frame.structure)
@@ -89,8 +97,16 @@ def format_stats(stats: dict[str, Any], top: int = 20) -> str:
         f"(per frame min {atoms['min']}, mean {atoms['mean']:.1f}, max {atoms['max']})",
         "elements (atoms): "
         + ", ".join(f"{el} {count}" for el, count in stats["elements"].items()),
-        f"{'label':16s} {'frames':>7s} {'min':>10s} {'max':>10s} {'mean':>10s} {'std':>10s}",
     ]
+    if stats["labels"]:
+        lines.append(
+            f"{'label':16s} {'frames':>7s} {'min':>10s} {'max':>10s} {'mean':>10s} {'std':>10s}"
+        )
+    elif stats["frames"]:
+        lines.append(
+            "no labels found (energy, forces, stress, magmoms) in any usable frame: nothing to "
+            "train on (extxyz/ASE files: name the keys with --labels)"
+        )
     for key, row in stats["labels"].items():
         lines.append(
             f"{key + ' ' + UNITS[key]:16s} {row['frames']:7d} {row['min']:10.4g} "

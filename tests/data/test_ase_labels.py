@@ -7,6 +7,7 @@ import pytest
 from ase.io import write
 
 from fastchgnet.data.ase_labels import AseLabels, read_ase_labelled
+from fastchgnet.data.frame import check_frame
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import as_atoms
@@ -75,12 +76,17 @@ def test_wrong_key_name_lists_the_keys_the_file_has(tmp_path):
         next(read_ase_labelled(tmp_path / "f.extxyz", AseLabels(energy="energy_dft")))
 
 
-def test_label_of_wrong_shape_names_the_frame(tmp_path):
+def test_label_of_wrong_shape_is_the_frames_problem_naming_it(tmp_path):
+    """A stress of an unknown shape used to stop the whole read; now that frame carries the
+    problem (conversion skips it) and the others are read."""
     frames = _atoms(2)
     frames[1].info["S_vasp"] = np.zeros(2)
     write(str(tmp_path / "f.extxyz"), frames)
-    with pytest.raises(StructureError, match=r"frame f-1 .*stress has shape \(2,\)"):
-        list(read_ase_labelled(tmp_path / "f.extxyz", KEYS))
+    good, bad = read_ase_labelled(tmp_path / "f.extxyz", KEYS)
+    assert good.problem is None
+    assert bad.problem == "stress 'S_vasp' has shape (2,), expected (6,), (9,) or (3, 3)"
+    with pytest.raises(StructureError, match=r"frame f-1 .*stress 'S_vasp' has shape \(2,\)"):
+        check_frame(bad)
 
 
 def test_stress_in_wrong_units_is_flagged_by_magnitude(tmp_path):
@@ -89,8 +95,9 @@ def test_stress_in_wrong_units_is_flagged_by_magnitude(tmp_path):
     write(str(tmp_path / "f.extxyz"), frames)
     as_gpa = AseLabels(energy="E_dft", forces="F_dft", stress="S_vasp", magmoms="mag",
                        stress_unit="GPa")  # fmt: skip
+    (frame,) = read_ase_labelled(tmp_path / "f.extxyz", as_gpa)
     with pytest.raises(StructureError, match=r"frame f-0 .*2500 GPa.*stress_unit"):
-        list(read_ase_labelled(tmp_path / "f.extxyz", as_gpa))
+        check_frame(frame)
     frames[0].info["S_vasp"] = np.full(9, 250.0)
     write(str(tmp_path / "f.extxyz"), frames)
     assert next(iter(read_ase_labelled(tmp_path / "f.extxyz", KEYS))).stress[0, 0] == -25.0
@@ -101,8 +108,9 @@ def test_total_energy_read_as_per_atom_is_flagged(tmp_path):
     frames[0].info["E_dft"] = -300.0
     write(str(tmp_path / "f.extxyz"), frames)
     per_atom = AseLabels(energy="E_dft", energy_per_atom=True, forces="", magmoms="")
-    with pytest.raises(StructureError, match="energy_per_atom"):
-        list(read_ase_labelled(tmp_path / "f.extxyz", per_atom))
+    (frame,) = read_ase_labelled(tmp_path / "f.extxyz", per_atom)
+    assert "-300 eV/atom exceeds 50.0 eV/atom" in frame.problem
+    assert "energy_per_atom" in frame.problem
 
 
 def test_explicit_train_val_test_files_make_the_split(tmp_path):

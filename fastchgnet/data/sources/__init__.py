@@ -4,8 +4,11 @@
 
 Every reader yields ``Frame`` objects with labels in our units, converted here, once:
 energy eV/atom, forces eV/Å, stress GPa with CHGNet's sign, magnetic moments |μB|. A label
-that the source lacks is ``None`` (masked downstream), never zero. Readers do not judge frames:
-``check_frame`` does, and ``data.cache.convert`` skips and lists the frames it rejects.
+that the source lacks is ``None`` (masked downstream), never zero. Readers judge only what they
+alone can see: a record they cannot read (``unreadable_frame``), no periodic cell, labels beyond
+plausible magnitudes (``implausible_labels``); these become ``Frame.problem``. ``check_frame``
+judges the rest; ``data.convert`` skips and lists (skipped.json), and ``data.stats`` lists as
+unusable, every frame it rejects. A file that cannot be read at all is a ValueError naming it.
 """
 
 from __future__ import annotations
@@ -47,15 +50,21 @@ def read_frames(
     ``AseLabels``, key names and units). A gzip-compressed ASE file (.extxyz.gz) is read
     from one decompressed copy in a temporary folder under ``scratch`` (default: the system's),
     removed when the frames are done (``gunzip_ase_file``: ASE's reader seeks back to each
-    frame, which in a gzip stream is quadratic)."""
+    frame, which in a gzip stream is quadratic).
+
+    A path that does not exist (FileNotFoundError) or an empty file (ValueError) is refused
+    here, before any frame is asked for; every other problem of a file comes while streaming.
+    """
     path = Path(path)
     name = path.name.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, no frames")
     if name.endswith((".json", ".json.gz")):
         return read_mptrj(path, energy_key=energy_key)
     if path.is_dir() or name.endswith(".zip") or name.startswith("vasprun"):
         return read_vasp(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
     if name.endswith(".gz"):
         return _read_gzipped(path, labels, scratch)
     return read_ase_labelled(path, labels)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame, periodic_structure, reduced_formula
+from fastchgnet.data.frame import Frame, implausible_labels, periodic_structure, reduced_formula
 from fastchgnet.files import atomic_open
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -30,6 +30,8 @@ def read_ase(
 
     ``material_id`` is ``atoms.info["material_id"]`` (or ``mp_id``) where given, else
     ``"<file stem>:<reduced formula>"`` so that frames of one composition stay in one split.
+    A frame without a periodic cell or with implausible labels (``implausible_labels``) has a
+    ``problem``.
     """
     if isinstance(path_or_atoms, (str, Path)):
         stem = Path(path_or_atoms).stem
@@ -49,7 +51,7 @@ def read_ase(
 
             stress = voigt_6_to_full_3x3_stress(stress)
         magmoms = _ase_result(atoms, "magmoms")
-        yield Frame(
+        frame = Frame(
             structure=structure,
             energy_per_atom=None if energy is None else float(energy) / len(atoms),
             forces=_ase_result(atoms, "forces"),
@@ -57,8 +59,9 @@ def read_ase(
             magmoms=None if magmoms is None else np.abs(magmoms),
             material_id=str(material_id),
             frame_id=str(info.get("frame_id", f"{stem}-{position}")),
-            problem=problem,
         )
+        frame.problem = problem or implausible_labels(frame)
+        yield frame
 
 
 def read_atoms(path: Path, index: str | int = ":") -> list[Any]:

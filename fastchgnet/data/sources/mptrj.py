@@ -11,7 +11,7 @@ from typing import BinaryIO
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, implausible_labels, unreadable_frame
 from fastchgnet.data.sources.labels import label_array
 from fastchgnet.units import KBAR_TO_GPA
 
@@ -36,21 +36,46 @@ def read_mptrj(path: str | Path, energy_key: str = "corrected_total_energy") -> 
     The file ``{material_id: {frame_id: {"structure", "force", "stress", "magmom", ...}}}`` is
     read with ijson, so memory holds one material's frames, whatever the file size.
     Stress in kBar (VASP sign) becomes GPa (CHGNet sign) by ``KBAR_TO_GPA``; ``magmom: null``
-    becomes ``None``; magnetic moments are made absolute.
+    becomes ``None``; magnetic moments are made absolute. A record that cannot be read (no
+    structure, a disordered one, labels that are not numbers) or whose labels are implausible
+    (``implausible_labels``) is a frame with a ``problem``.
 
     Args:
         path: the JSON file.
         energy_key: one of ``MPTRJ_ENERGY_KEYS``; totals are divided by the number of atoms.
-    """
-    import ijson
 
+    Raises:
+        ValueError: an unknown ``energy_key`` (at once); while streaming, a file that is not
+            complete JSON (naming it and the last material read) or holds no frames.
+    """
     if energy_key not in MPTRJ_ENERGY_KEYS:
         raise ValueError(f"energy_key {energy_key!r} not one of {sorted(MPTRJ_ENERGY_KEYS)}")
-    path = Path(path)
-    with _open_binary(path) as handle:
-        for material_id, frames in ijson.kvitems(handle, "", use_float=True):
-            for frame_id, record in frames.items():
-                yield _mptrj_frame(record, str(material_id), str(frame_id), energy_key)
+    return _stream(Path(path), energy_key)
+
+
+def _stream(path: Path, energy_key: str) -> Iterator[Frame]:
+    import ijson
+
+    last, n_frames = None, 0
+    try:
+        with _open_binary(path) as handle:
+            for material_id, frames in ijson.kvitems(handle, "", use_float=True):
+                last = str(material_id)
+                if not isinstance(frames, dict):
+                    n_frames += 1
+                    yield unreadable_frame(last, "", "not an object of frames")
+                    continue
+                for frame_id, record in frames.items():
+                    n_frames += 1
+                    yield _mptrj_frame(record, last, str(frame_id), energy_key)
+    except (ijson.JSONError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
+        where = f"after material {last} ({n_frames} frames read)" if last else "in material 1"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path}: not complete JSON, it breaks {where}: {reason}") from None
+    if n_frames == 0:
+        raise ValueError(
+            f"{path}: no MPtrj frames (expected {{material_id: {{frame_id: record}}}})"
+        )
 
 
 def _structure_from_dict(data: dict) -> Structure:
@@ -68,8 +93,35 @@ def _structure_from_dict(data: dict) -> Structure:
     )
 
 
+#: what reading a malformed record raises (a missing key, a wrong type, a ragged list)
+_UNREADABLE = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
 def _mptrj_frame(record: dict, material_id: str, frame_id: str, energy_key: str) -> Frame:
-    structure = _structure_from_dict(record["structure"])
+    if not isinstance(record, dict) or "structure" not in record:
+        return unreadable_frame(material_id, frame_id, "the record has no 'structure'")
+    try:
+        structure = _structure_from_dict(record["structure"])
+    except _UNREADABLE as error:
+        return unreadable_frame(material_id, frame_id, f"unreadable structure ({_why(error)})")
+    if not structure.is_ordered:
+        return unreadable_frame(
+            material_id,
+            frame_id,
+            f"disordered structure ({structure.composition.formula}, partial occupancies): "
+            "a frame needs one element per site",
+        )
+    try:
+        frame = _labelled(record, structure, energy_key)
+    except _UNREADABLE as error:
+        return Frame(structure, material_id=material_id, frame_id=frame_id,
+                     problem=f"unreadable labels ({_why(error)})")  # fmt: skip
+    frame.material_id, frame.frame_id = material_id, frame_id
+    frame.problem = implausible_labels(frame)
+    return frame
+
+
+def _labelled(record: dict, structure: Structure, energy_key: str) -> Frame:
     n_atoms = len(structure)
     energy = record.get(energy_key)
     if energy is not None and MPTRJ_ENERGY_KEYS[energy_key]:
@@ -82,6 +134,10 @@ def _mptrj_frame(record: dict, material_id: str, frame_id: str, energy_key: str)
         forces=label_array(record.get("force")),
         stress=None if stress is None else stress * KBAR_TO_GPA,
         magmoms=None if magmoms is None else np.abs(magmoms),
-        material_id=material_id,
-        frame_id=frame_id,
     )
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r}"
+    return f"{type(error).__name__}: {error}"

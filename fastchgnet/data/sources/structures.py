@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from pymatgen.core import Structure
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, implausible_labels
 from fastchgnet.data.sources.labels import label_array
 
 
@@ -18,7 +18,8 @@ def from_structures(
     stresses: Sequence[object] | None = None,
     magmoms: Sequence[object] | None = None,
 ) -> Iterator[Frame]:
-    """Frames from in-memory pymatgen Structures and labels already in our units.
+    """Frames from in-memory pymatgen Structures and labels already in our units (a frame
+    with implausible labels gets a ``problem``: ``implausible_labels``).
 
     Args:
         structures: the structures; ``properties["material_id"]`` is used where present.
@@ -39,7 +40,7 @@ def from_structures(
     for i, structure in enumerate(structures):
         magmom = None if magmoms is None else label_array(magmoms[i])
         energy = None if energies is None else energies[i]
-        yield Frame(
+        frame = Frame(
             structure=structure,
             energy_per_atom=None if energy is None else float(energy),
             forces=None if forces is None else label_array(forces[i]),
@@ -48,3 +49,5 @@ def from_structures(
             material_id=str(structure.properties.get("material_id", f"structure-{i}")),
             frame_id=str(i),
         )
+        frame.problem = implausible_labels(frame)
+        yield frame

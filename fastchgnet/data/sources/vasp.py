@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, implausible_labels
 from fastchgnet.data.sources.labels import label_array
 from fastchgnet.units import KBAR_TO_GPA
 
@@ -26,7 +26,8 @@ def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Fra
     vasprun.xml, stress kBar -> GPa by ``KBAR_TO_GPA``, magnetic moments per step
     from the OUTCAR ``magnetization (x)`` tables (``tot`` column; made absolute) where
     present. Steps whose electronic loop hit NELM are skipped (with a warning) when
-    ``skip_unconverged``, as chgnet does by default.
+    ``skip_unconverged``, as chgnet does by default. A step with implausible labels
+    (``implausible_labels``) is a frame with a ``problem``, as from every source.
     """
     run = Path(run)
     if run.suffix == ".zip":
@@ -73,7 +74,7 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
             continue
         structure = step["structure"]
         stress = step.get("stress")
-        yield Frame(
+        frame = Frame(
             structure=structure,
             energy_per_atom=ionic_step_energy(step) / len(structure),
             forces=label_array(step.get("forces")),
@@ -82,6 +83,8 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
             material_id=run_name,
             frame_id=f"{run_name}-{step_index}",
         )
+        frame.problem = implausible_labels(frame)
+        yield frame
     if unconverged:
         warnings.warn(
             f"{run_name}: skipped {len(unconverged)} ionic step(s) {unconverged[:10]} whose "
