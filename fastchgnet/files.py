@@ -140,8 +140,10 @@ def read_checksummed(
     path = Path(path)
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ChecksumError(f"{path}: not a readable {kind} file ({exc})") from exc
+    except Exception as exc:  # torch's own text would advise weights_only=False: not here
+        reason = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else exc
+        first = str(reason).splitlines()[0] if str(reason) else type(exc).__name__
+        raise ChecksumError(f"{path}: not a readable {kind} file ({first})") from exc
     if not isinstance(wrapper, dict) or wrapper.get("format") != kind:
         raise ChecksumError(f"{path}: not a {kind} file")
     version = wrapper.get("version")

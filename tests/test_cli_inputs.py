@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 from fastchgnet.cli import main
@@ -216,3 +217,35 @@ def test_npt_nose_hoover_with_fixed_atoms_is_refused_before_the_run(tmp_path, ca
     argv = ["md", str(path), "-o", str(tmp_path / "md.extxyz"), "--steps", "2"]
     assert main([*argv, "--ensemble", "npt", "--thermostat", "nose-hoover"]) == 1
     assert "cannot keep atoms fixed" in one_line_error(capsys)
+
+
+def test_a_folder_named_as_a_structure_is_called_a_folder(tmp_path, capsys):
+    assert main(["predict", str(tmp_path)]) == 1
+    assert "is a folder; name the structure files in it" in one_line_error(capsys)
+
+
+def test_a_dummy_species_is_named_x_not_by_pymatgens_hash(tmp_path, capsys):
+    path = tmp_path / "dummy.cif"
+    Structure(Lattice.cubic(3.0), ["X", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(path))
+    assert main(["predict", str(path)]) == 1
+    assert "dummy.cif (XO): atom(s) [0] have no element" in one_line_error(capsys)
+
+
+def test_a_run_folder_as_model_loads_its_model_file(tmp_path, model):
+    from fastchgnet.cli.inputs import load_model
+
+    model.save(tmp_path / "model.pt")
+    loaded = load_model(str(tmp_path))
+    for ours, theirs in zip(loaded.parameters(), model.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"a folder without model\.pt"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_a_file_that_is_no_model_is_one_line_without_torchs_unsafe_advice(tmp_path, capsys):
+    good = write_structure(tmp_path / "good.cif")
+    assert main(["predict", good, "--model", good]) == 1
+    err = one_line_error(capsys)
+    assert "good.cif: not a readable fastchgnet-model file" in err
+    assert "weights_only" not in err

@@ -25,6 +25,8 @@ def read_structures(paths: list[str]) -> list[Any]:
     structures: list[Any] = []
     for name in paths:
         path = Path(name)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; name the structure files in it")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         # runA/POSCAR and runB/POSCAR: the names as given tell the results apart
@@ -159,7 +161,12 @@ def add_model_arguments(parser: Any) -> None:
     """``--model``, ``--device`` and ``--precision`` of the commands that run a model."""
     from fastchgnet.model.precision import PRECISIONS
 
-    parser.add_argument("--model", default="0.3.0", help="reference version or model file")
+    parser.add_argument(
+        "--model",
+        default="0.3.0",
+        help="reference version (0.3.0, 0.2.0, r2scan), model file, or a training run's "
+        "folder (its model.pt)",
+    )
     parser.add_argument(
         "--device",
         default="auto",
@@ -197,7 +204,8 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> Any:
-    """A reference version ("0.3.0", "0.2.0", "r2scan") or a path to our model file, on
+    """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file or a
+    training run's folder (its ``model.pt``), on
     ``device`` (``resolve_device``'s names; a numbered GPU becomes the current device) and set
     to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
     device)."""
@@ -207,6 +215,10 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     if where.type == "cuda" and where.index is not None:
         # the current device too: CUDA graphs, bf16 checks and streams follow it, not the model
         torch.cuda.set_device(where)
+    if Path(spec).is_dir():  # a training run's folder: its model.pt
+        if not (Path(spec) / "model.pt").is_file():
+            raise FileNotFoundError(f"{spec}: a folder without model.pt (name the model file)")
+        spec = str(Path(spec) / "model.pt")
     if spec in CHECKPOINTS:
         model = FastCHGNet.from_reference(spec)
     elif not Path(spec).is_file():

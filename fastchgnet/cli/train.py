@@ -63,7 +63,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         return config
     stored = stored_config(Path(config.run.out_dir) / "checkpoints")
     if stored is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {config.run.out_dir}/checkpoints")
+        root = Path(config.run.out_dir) / "checkpoints"
+        steps = sorted(path.name for path in root.glob("step-*"))
+        uncommitted = (
+            f" ({', '.join(steps)} without latest.json, which a checkpoint gets once every "
+            "rank has written it: not a complete checkpoint)"
+            if steps
+            else ""
+        )
+        raise FileNotFoundError(f"--resume: no checkpoint under {root}{uncommitted}")
     return apply_overrides(TrainConfig.from_dict(stored), args.overrides)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
-from fastchgnet.data.graph import check_lattice, formula
+from fastchgnet.data.graph import atomic_numbers, check_lattice, formula
 from fastchgnet.errors import StructureError
 from fastchgnet.units import MAX_ATOMIC_NUMBER
 
@@ -54,7 +54,7 @@ class Frame:
     def name(self) -> str:
         """Name for messages: frame id, material id and formula (``graph.formula``; none for
         a frame whose species a source could not read)."""
-        numbers = np.asarray(self.structure.atomic_numbers, dtype=np.int64)
+        numbers = atomic_numbers(self.structure)
         name = f"frame {self.frame_id} of {self.material_id}"
         return f"{name} ({formula(numbers)})" if numbers.size else name
 
@@ -134,7 +134,7 @@ def check_frame(frame: Frame) -> None:
     """
     if frame.problem:
         raise StructureError(frame.name, frame.problem)
-    numbers = np.asarray(frame.structure.atomic_numbers)
+    numbers = atomic_numbers(frame.structure)
     n_atoms = numbers.shape[0]
     bad = (numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)
     if bad.any():

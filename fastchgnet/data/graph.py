@@ -111,16 +111,23 @@ def structure_name(structure: object, index: int | None = None) -> str:
                     label = str(source[key])
                     break
     try:
-        name = formula(np.asarray(_atomic_numbers(structure)))
+        name = formula(atomic_numbers(structure))
     except (AttributeError, TypeError, ValueError):
         name = type(structure).__name__
     where = f"structure {index}" if index is not None else "structure"
     return f"{where} {label} ({name})" if label else f"{where} ({name})"
 
 
-def _atomic_numbers(structure: object) -> object:
+def atomic_numbers(structure: object) -> np.ndarray:
+    """(n,) int64 atomic numbers of a pymatgen Structure or ASE Atoms; 0 for a dummy species
+    ("X": no element, as ASE numbers it; pymatgen's Z of one is a hash)."""
     numbers = getattr(structure, "numbers", None)  # ASE Atoms
-    return numbers if numbers is not None else structure.atomic_numbers  # type: ignore[attr-defined]
+    if numbers is not None:
+        return np.asarray(numbers, dtype=np.int64)
+    from pymatgen.core.periodic_table import DummySpecies
+
+    species = structure.species  # type: ignore[attr-defined]
+    return np.array([0 if isinstance(sp, DummySpecies) else sp.Z for sp in species], np.int64)
 
 
 def formula(numbers: np.ndarray) -> str:
@@ -152,7 +159,7 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
             raise StructureError(name, "is disordered (partial occupancies); order it first")
         lattice = np.array(structure.lattice.matrix, dtype=np.float64)  # type: ignore[attr-defined]
         frac = np.array(structure.frac_coords, dtype=np.float64)  # type: ignore[attr-defined]
-        numbers = np.array(structure.atomic_numbers, dtype=np.int64)  # type: ignore[attr-defined]
+        numbers = atomic_numbers(structure)
     else:
         raise TypeError(
             f"{name}: expected a pymatgen Structure or ASE Atoms, got {type(structure)}"

@@ -196,8 +196,13 @@ def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
     path = root / "latest.json"
     if not path.is_file():
         return None
-    fields = json.loads(path.read_text())
-    folder = root / fields["name"]
+    try:
+        fields = json.loads(path.read_text())
+        folder = root / fields["name"]
+    except (ValueError, KeyError, TypeError) as error:  # torn by hand, or not ours
+        raise CheckpointError(
+            f"{path}: damaged, it names no checkpoint ({type(error).__name__}: {error})"
+        ) from None
     if not folder.is_dir():
         raise CheckpointError(f"{path} names {folder.name}, which is missing")
     return folder, fields

@@ -88,3 +88,20 @@ def test_values_out_of_range_are_refused_naming_the_key(capsys):
     ]:
         assert main(["train", "--print-config", "--set", item]) == 1
         assert says in capsys.readouterr().err
+
+
+def test_a_damaged_latest_json_is_named_on_resume(tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"name": "step-0000')
+    assert main(["train", "--resume", "--set", f"run.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"{tmp_path / 'checkpoints' / 'latest.json'}: damaged, it names no checkpoint" in err
+
+
+def test_resume_says_step_folders_without_latest_json_are_not_checkpoints(tmp_path, capsys):
+    (tmp_path / "checkpoints" / "step-00000002").mkdir(parents=True)
+    assert main(["train", "--resume", "--set", f"run.out_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "step-00000002 without latest.json" in err
+    assert "not a complete checkpoint" in err
