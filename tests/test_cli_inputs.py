@@ -249,3 +249,25 @@ def test_a_file_that_is_no_model_is_one_line_without_torchs_unsafe_advice(tmp_pa
     err = one_line_error(capsys)
     assert "good.cif: not a readable fastchgnet-model file" in err
     assert "weights_only" not in err
+
+
+def test_md_nve_with_a_thermostat_is_refused_and_help_shows_defaults(tmp_path, capsys):
+    structure = write_structure(tmp_path / "good.cif")
+    argv = ["md", structure, "-o", str(tmp_path / "md.extxyz"), "--ensemble", "nve"]
+    assert main([*argv, "--thermostat", "langevin"]) == 1
+    assert "--thermostat langevin: nve runs without a thermostat" in one_line_error(capsys)
+    for command, shown in [("md", "MD steps (default: 1000)"), ("relax", "(default: 0.1)")]:
+        with pytest.raises(SystemExit):
+            main([command, "-h"])
+        assert shown in " ".join(capsys.readouterr().out.split())
+
+
+def test_predict_compile_is_on_off_or_the_devices_default():
+    from fastchgnet.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert [parse(["predict", "a.cif", *flag]).compile for flag in ([], ["--compile"])] == [
+        None,
+        True,
+    ]
+    assert parse(["predict", "a.cif", "--no-compile"]).compile is False

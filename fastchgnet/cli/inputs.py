@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import warnings
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,18 @@ def check_frames_file(path: str, option: str, several: bool, append: bool = Fals
             f"{option} {path}: ASE cannot add frames to a {name} file one by one; use .extxyz "
             "or .traj"
         )
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default where it has one (not None or False) and its
+    text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
+        if not shown or "default" in text or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def add_model_arguments(parser: Any) -> None:

@@ -21,6 +21,7 @@ import sys
 
 from fastchgnet.cli.data import add_commands as add_data_commands
 from fastchgnet.cli.inputs import (
+    DefaultsFormatter,
     add_model_arguments,
     check_output_file,
     load_model,
@@ -49,7 +50,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not good:
         raise ValueError(f"none of the {len(structures)} structures can be predicted")
     potential = model
-    if args.compile or next(model.parameters()).is_cuda:  # compiled on a GPU, eager on a CPU
+    on_gpu = next(model.parameters()).is_cuda
+    if args.compile or (args.compile is None and on_gpu):  # default: compiled on a GPU only
         from fastchgnet.compile.potential import CompiledPotential
 
         potential = CompiledPotential(model)  # one for the whole list: few shapes compile
@@ -88,16 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastchgnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    predict = sub.add_parser("predict", help="energy, forces, stress and magmoms of structures")
+    predict = sub.add_parser(
+        "predict",
+        help="energy, forces, stress and magmoms of structures",
+        formatter_class=DefaultsFormatter,
+    )
     predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
     add_model_arguments(predict)
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
-    predict.add_argument("--batch-size", type=int, default=16)
+    predict.add_argument("--batch-size", type=int, default=16, help="structures per model call")
     predict.add_argument(
         "--compile",
-        action="store_true",
-        help="run the model compiled for fixed padded shapes (default on a GPU; on a CPU the "
-        "first batch compiles for tens of seconds, worth it for many structures)",
+        action=argparse.BooleanOptionalAction,
+        help="run the model compiled for fixed padded shapes, or not (--no-compile); default: "
+        "on a GPU, not on a CPU, where the first batch compiles for tens of seconds, worth it "
+        "for many structures",
     )
     predict.set_defaults(func=cmd_predict)
 

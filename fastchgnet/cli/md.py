@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastchgnet.cli.inputs import add_model_arguments, structure_label
+from fastchgnet.cli.inputs import DefaultsFormatter, add_model_arguments, structure_label
 from fastchgnet.md.settings import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
@@ -48,6 +48,7 @@ def add_commands(sub: Any) -> None:
         help="relax structures (atoms and cell) with FIRE or BFGS, batched",
         description="Relax structures until every force (and cell force) is below --fmax.",
         epilog=RELAX_EPILOG,
+        formatter_class=DefaultsFormatter,
     )
     relax.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
     relax.add_argument("-o", "--output", default="relaxed.extxyz", help="relaxed structures")
@@ -78,16 +79,21 @@ def add_commands(sub: Any) -> None:
         description="Molecular dynamics with ASE's integrators. Thermostats: "
         + "; ".join(f"{e}: {', '.join(t)}" for e, t in THERMOSTATS.items()),
         epilog=MD_EPILOG,
+        formatter_class=DefaultsFormatter,
     )
     md.add_argument("structure", help="CIF, POSCAR or extxyz file holding one structure")
     md.add_argument("-o", "--output", default="md.extxyz", help="trajectory (extxyz, traj, ...)")
     add_model_arguments(md)
-    md.add_argument("--ensemble", choices=tuple(THERMOSTATS), default="nvt")
+    md.add_argument("--ensemble", choices=tuple(THERMOSTATS), default="nvt", help="ensemble")
     thermostats = sorted({t for names in THERMOSTATS.values() for t in names})
-    md.add_argument("--thermostat", choices=thermostats, default="nose-hoover")
+    md.add_argument(
+        "--thermostat",
+        choices=thermostats,
+        help="default: nose-hoover for nvt and npt; nve takes none",
+    )
     md.add_argument("--temperature", type=float, default=300.0, help="K")
     md.add_argument("--timestep", type=float, default=2.0, help="fs")
-    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--steps", type=int, default=1000, help="MD steps")
     md.add_argument("--loginterval", type=int, default=10, help="frames and log lines every N")
     md.add_argument("--log", help="ASE MD log file (energies per atom, temperature)")
     md.add_argument("--pressure", type=float, default=1.01325e-4, help="NPT pressure, GPa")
@@ -165,6 +171,9 @@ def cmd_md(args: argparse.Namespace) -> None:
     from fastchgnet.md.dynamics import run_md
     from fastchgnet.md.settings import checked_integrator
 
+    if args.ensemble == "nve" and args.thermostat not in (None, "none"):
+        raise ValueError(f"--thermostat {args.thermostat}: nve runs without a thermostat")
+    args.thermostat = args.thermostat or ("none" if args.ensemble == "nve" else "nose-hoover")
     check_frames_file(args.output, "-o", several=True, append=True)
     if args.log is not None:
         check_output_file(args.log, "--log", "md.log")
