@@ -148,7 +148,11 @@ def read_checksummed(
         raise ChecksumError(f"{path}: not a {kind} file")
     version = wrapper.get("version")
     if version not in versions:
-        raise ChecksumError(f"{path}: {kind} version {version} unknown (known: {list(versions)})")
+        said = "no version (an older format)" if version is None else f"version {version}"
+        raise ChecksumError(
+            f"{path}: {kind} file of {said}, which this release does not read "
+            f"(it reads version {', '.join(map(str, versions))})"
+        )
     body = wrapper.get("body")
     body = body.numpy().tobytes() if isinstance(body, torch.Tensor) else None
     if body is None or hashlib.sha256(body).hexdigest() != wrapper.get("sha256"):

@@ -157,8 +157,10 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
     elif hasattr(structure, "lattice") and hasattr(structure, "frac_coords"):  # pymatgen
         if not structure.is_ordered:  # type: ignore[attr-defined]
             raise StructureError(name, "is disordered (partial occupancies); order it first")
-        lattice = np.array(structure.lattice.matrix, dtype=np.float64)  # type: ignore[attr-defined]
-        frac = np.array(structure.frac_coords, dtype=np.float64)  # type: ignore[attr-defined]
+        # C order: a strained Structure's lattice can be Fortran-ordered, which pymatgen's
+        # compiled neighbour search refuses ("ndarray is not C-contiguous")
+        lattice = np.array(structure.lattice.matrix, dtype=np.float64, order="C")  # type: ignore[attr-defined]
+        frac = np.array(structure.frac_coords, dtype=np.float64, order="C")  # type: ignore[attr-defined]
         numbers = atomic_numbers(structure)
     else:
         raise TypeError(

@@ -220,7 +220,7 @@ def relax(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)}")
-    if fmax <= 0 or steps < 0 or batch_size < 1:
+    if not fmax > 0 or steps < 0 or batch_size < 1:  # NaN is not > 0
         raise ValueError(
             f"need fmax > 0, steps >= 0, batch_size >= 1; got {fmax}, {steps}, {batch_size}"
         )

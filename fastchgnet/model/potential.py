@@ -94,13 +94,15 @@ class EagerPotential:
         self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
     ) -> Prediction:
         """One eager model call on ``graphs`` (see ``Potential``), in eval mode, with the
-        weights ``frozen`` (no gradient for them is taken)."""
+        weights ``frozen`` (no gradient for them is taken); under ``torch.inference_mode`` too
+        (forces and stress are derivatives: the batch is made outside it)."""
         parameter = next(self.model.parameters())  # the model's dtype and device now
-        batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
-        with eval_mode(self.model), flush_denormals(), frozen(self.parameters):
-            return self.model(
-                batch, compute_forces=True, compute_stress=stress, return_features=features
-            )
+        with torch.inference_mode(False):
+            batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
+            with eval_mode(self.model), flush_denormals(), frozen(self.parameters):
+                return self.model(
+                    batch, compute_forces=True, compute_stress=stress, return_features=features
+                )
 
 
 def as_potential(model: Any) -> Potential:

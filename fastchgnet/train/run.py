@@ -122,6 +122,13 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
         f"structures from {cache}; {run.world_size} rank(s)",
         run.rank,
     )
+    if len(splits.train) == 0:  # every frame skipped, or too few for a training split
+        skipped = cache / "skipped.json"
+        raise ValueError(
+            f"{cache}: no structure for training ({len(splits.dataset)} in the cache"
+            + (f"; the skipped frames and why: {skipped}" if skipped.is_file() else "")
+            + ")"
+        )
     if should_fit_composition(config.model) and not resume:
         compositions, energies = composition_fractions(
             splits.dataset, splits.train, model.config.max_num_elements

@@ -80,3 +80,15 @@ def test_structure_data_rejects_inconsistent_labels(labelled):
         StructureData(labelled["structures"], labelled["energies"], labelled["forces"][:11])
     with pytest.raises(TypeError, match="0 is not a pymatgen Structure"):
         StructureData([object()], [0.0], [np.zeros((1, 3))])
+
+
+def test_a_dataset_whose_every_frame_is_skipped_says_so_and_where_to_look(labelled, tmp_path):
+    from fastchgnet.compat import CHGNet, StructureData, Trainer, get_train_val_test_loader
+
+    random.seed(0)
+    forces = [f[:3] for f in labelled["forces"]]  # (3, 3) for every structure: each skipped
+    dataset = StructureData(labelled["structures"], labelled["energies"], forces)
+    loaders = get_train_val_test_loader(dataset, batch_size=4, train_ratio=0.5, val_ratio=0.25)
+    trainer = Trainer(model=CHGNet.load(use_device="cpu", verbose=False), epochs=1)
+    with pytest.raises(ValueError, match=r"no structure for training .*skipped\.json"):
+        trainer.train(*loaders, save_dir=str(tmp_path))

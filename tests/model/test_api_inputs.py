@@ -1,0 +1,47 @@
+"""The Python API on inputs users meet: strained pymatgen structures (Fortran-ordered
+lattices), prediction under torch.inference_mode, a NaN fmax, an old model file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet.files import ChecksumError, read_checksummed, write_checksummed
+from fastchgnet.md.relax import relax
+
+ROCKSALT = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_a_strained_structure_with_a_fortran_ordered_lattice_is_predicted(model):
+    strained = ROCKSALT.copy()
+    strained.apply_strain(0.01)
+    assert not strained.lattice.matrix.flags["C_CONTIGUOUS"]
+    plain = Structure(np.ascontiguousarray(strained.lattice.matrix), ["Na", "Cl"],
+                      strained.frac_coords)  # fmt: skip
+    got, expected = model.predict_structure(strained), model.predict_structure(plain)
+    np.testing.assert_allclose(got["f"], expected["f"], atol=1e-6)
+    assert got["e"] == pytest.approx(expected["e"], abs=1e-6)
+
+
+def test_prediction_under_inference_mode_equals_prediction_outside_it(model):
+    outside = model.predict_structure(ROCKSALT)
+    with torch.inference_mode():
+        inside = model.predict_structure(ROCKSALT)
+    for key in ("e", "f", "s", "m"):
+        np.testing.assert_array_equal(inside[key], outside[key])
+
+
+def test_relax_refuses_a_nan_fmax(model):
+    with pytest.raises(ValueError, match="need fmax > 0"):
+        relax(ROCKSALT, model, fmax=float("nan"))
+
+
+def test_a_file_of_an_older_format_says_so(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "fastchgnet-model", "body": torch.zeros(1)}, path)  # no version
+    with pytest.raises(ChecksumError, match=r"no version \(an older format\).*reads version 2"):
+        read_checksummed(path, "fastchgnet-model", (2,))
+    write_checksummed(tmp_path / "new.pt", {"x": 1}, "fastchgnet-model", 2)
+    assert read_checksummed(tmp_path / "new.pt", "fastchgnet-model", (2,)) == (2, {"x": 1})
