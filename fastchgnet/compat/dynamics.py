@@ -59,7 +59,8 @@ class CHGNetCalculator(Calculator):
             model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
         allow_isolated = on_isolated_atoms != "error"  # "warn" predicts, as the reference
         super().__init__(model, features=True, allow_isolated=allow_isolated, **kwargs)
-        self.chgnet = model  # ``self.model`` is the potential that wraps it
+        # the reference's ``calculator.model`` is the CHGNet (``self.potential`` wraps it)
+        self.model = self.chgnet = model
         self.on_isolated_atoms = on_isolated_atoms
         self.device, self.stress_weight = device, stress_weight
         self.return_site_energies = return_site_energies

@@ -204,14 +204,14 @@ class MolecularDynamics:
         (see the class docstring); the observer that keeps it only where it is faster, or
         None."""
         calc = self.atoms.calc
-        eager = getattr(calc, "model", None)
+        eager = getattr(calc, "potential", None)
         if self.compiled is False or not self._own_calculator or self.crystal_feas_logfile:
             return None
         if not isinstance(eager, EagerPotential):
             return None
         if self.compiled:
             options = md_compile_options(steps) | {"backend": capture_backend(self.compiled)}
-            calc.model = compiled_potential(eager.model, **options)
+            calc.potential = compiled_potential(eager.model, **options)
             calc.features = False
             return None
         # the decision times eager calls: make the first (cold) one here, untimed, as run_md does

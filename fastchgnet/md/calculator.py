@@ -150,8 +150,10 @@ class Calculator(AseCalculator):
             getattr(model, "model", model).to(device)  # a Potential's module, or the module
         self.features = features
         capture = capture_backend(compiled)  # not ``backend``: that is the neighbour rule
-        self.model = compiled_potential(model, backend=capture) if compiled else as_potential(model)
-        config = self.model.config
+        self.potential = (  # what every call goes to
+            compiled_potential(model, backend=capture) if compiled else as_potential(model)
+        )
+        config = self.potential.config
         self.neighbours = VerletGraph(
             config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated
         )
@@ -198,9 +200,9 @@ class Calculator(AseCalculator):
     ) -> None:
         """Fill ``self.results`` for ``atoms`` (ASE units, see the module docstring)."""
         super().calculate(atoms, list(properties), list(system_changes))
-        stress = self.wants_stress(properties)
         graphs = [self.graph(self.atoms)]
-        self.results = evaluate_graphs(self.model, graphs, stress=stress, features=self.features)[0]
+        stress, features = self.wants_stress(properties), self.features
+        self.results = evaluate_graphs(self.potential, graphs, stress=stress, features=features)[0]
 
     def store(self, atoms: Any, results: dict[str, Any]) -> None:
         """Take ``results`` computed elsewhere (a batched call) as this calculator's answer for

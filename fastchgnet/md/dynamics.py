@@ -251,7 +251,7 @@ def run_md(
         try:
             dyn.run(steps)
         finally:  # a graph still building in a child process would serve no step
-            for used in {id(p): p for p in (potential, atoms.calc.model)}.values():
+            for used in {id(p): p for p in (potential, atoms.calc.potential)}.values():
                 getattr(used, "cancel_builds", lambda: None)()
     if trajectory is not None and hasattr(writer, "close"):
         writer.close()
@@ -301,8 +301,8 @@ def choose_compiled(
     if not decision.compile:
         return None
     calc = atoms.calc
-    eager = (calc.model, calc.features)
-    calc.model, calc.features = potential, False
+    eager = (calc.potential, calc.features)
+    calc.potential, calc.features = potential, False
     return _keep_if_faster(atoms, potential, eager, decision.eager_seconds, progress)
 
 
@@ -327,7 +327,7 @@ def _keep_if_faster(
         done = True
         compiled = call_seconds(atoms)
         if compiled >= eager_seconds:
-            atoms.calc.model, atoms.calc.features = eager
+            atoms.calc.potential, atoms.calc.features = eager
             _say(
                 f"compiled calls took {compiled * 1e3:.0f} ms, no faster than eager "
                 f"{eager_seconds * 1e3:.0f} ms: the run goes on eager",

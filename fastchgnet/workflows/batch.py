@@ -45,7 +45,7 @@ class PrefetchCalculator(Calculator):
     def __init__(self, model: Any, batch_size: int = 32, **options: Any) -> None:
         options.setdefault("always_stress", True)
         super().__init__(model, **options)
-        self.evaluate = batched_evaluator(self.model, batch_size)
+        self.evaluate = batched_evaluator(self.potential, batch_size)
         self.prefetched: dict[bytes, dict[str, Any]] = {}
         self.hits = self.misses = 0
 

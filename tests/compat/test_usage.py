@@ -222,6 +222,7 @@ def test_calculator_and_relaxer_report_the_models_version_and_size(chgnet_ref, c
     relaxer = StructOptimizer(compat_model, use_device="cpu")
     assert calculator.n_params == relaxer.n_params == reference.n_params == compat_model.n_params
     assert calculator.version == relaxer.version == compat_model.version == "0.3.0"
+    assert calculator.model is relaxer.calculator.model is compat_model  # as the reference's
 
 
 def test_check_cuda_mem_picks_the_gpu_with_the_most_free_memory(monkeypatch) -> None:

@@ -146,7 +146,7 @@ def test_md_with_a_background_build_follows_eager_and_switches_to_the_graph(monk
     for calc in (Calculator(model), Calculator(potential)):
         md = nvt_integrator(crystal, calc)
         md.run(3)
-        if calc.model is potential:
+        if calc.potential is potential:
             scripted(potential).wait()  # the rest of the run goes through the graph
         md.run(5)
         positions.append(md.atoms.positions.copy())

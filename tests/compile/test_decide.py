@@ -111,7 +111,7 @@ def aot_eager(monkeypatch):
 def test_a_short_md_run_stays_eager_and_says_why(aot_eager, capsys) -> None:
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     atoms = dynamics.run_md(structure, small_model("conservative"), steps=3, progress=True)
-    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert type(atoms.calc.potential).__name__ == "EagerPotential"
     assert "compile off for this 3-step MD" in capsys.readouterr().err
     assert aot_eager[0].graphs_built == 0  # asked what a compile would cost, built nothing
 
@@ -190,14 +190,14 @@ def test_an_md_run_whose_padding_takes_the_gain_stays_eager_even_when_compiling_
     aot_eager, monkeypatch, capsys
 ) -> None:
     atoms = free_compile_md(monkeypatch, padding=1.8, eager=0.2, compiled=0.1, steps=1000)
-    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert type(atoms.calc.potential).__name__ == "EagerPotential"
     assert aot_eager[0].graphs_built == 0
     assert "compile off for this 1000-step MD" in capsys.readouterr().err
 
 
 def test_an_md_run_where_compiling_pays_runs_compiled(aot_eager, monkeypatch, capsys) -> None:
     atoms = free_compile_md(monkeypatch, padding=1.1, eager=0.2, compiled=0.1, steps=3)
-    assert atoms.calc.model is aot_eager[0]
+    assert atoms.calc.potential is aot_eager[0]
     assert aot_eager[0].graphs_built == 1
     assert "compile on for this 3-step MD" in capsys.readouterr().err
 
@@ -206,7 +206,7 @@ def test_a_compiled_md_run_slower_than_eager_goes_back_to_eager(
     aot_eager, monkeypatch, capsys
 ) -> None:
     atoms = free_compile_md(monkeypatch, padding=1.1, eager=0.1, compiled=0.15, steps=3)
-    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert type(atoms.calc.potential).__name__ == "EagerPotential"
     assert aot_eager[0].graphs_built == 1  # it was compiled, measured, and set aside
     err = capsys.readouterr().err
     assert "compile on" in err
@@ -236,7 +236,7 @@ def test_the_compat_md_compiles_its_own_calculator_where_it_pays(
     md.run(3)
     assert md.atoms.calc is calc  # its settings kept
     assert isinstance(calc, CHGNetCalculator)
-    assert calc.model is aot_eager[0]
+    assert calc.potential is aot_eager[0]
     assert aot_eager[0].graphs_built == 1
     assert "crystal_fea" not in calc.results  # a compiled model gives no features
     assert calc.results["stress"].shape == (6,)  # the reference's "efsm", compiled too
@@ -252,11 +252,11 @@ def test_the_compat_md_stays_eager_when_it_logs_crystal_features_or_is_told_to(
 
     logged = compat_md(crystal_feas_logfile=str(tmp_path / "feas.pkl"))
     logged.run(3)
-    assert type(logged.atoms.calc.model).__name__ == "EagerPotential"
+    assert type(logged.atoms.calc.potential).__name__ == "EagerPotential"
     assert "crystal_fea" in logged.atoms.calc.results
     told = compat_md(compiled=False)
     told.run(3)
-    assert type(told.atoms.calc.model).__name__ == "EagerPotential"
+    assert type(told.atoms.calc.potential).__name__ == "EagerPotential"
     assert aot_eager == []  # no compile was even priced
     with pytest.raises(ValueError, match="compiled=True needs the MD's own calculator"):
         MolecularDynamics(logged.atoms.copy(), model=logged.atoms.calc, compiled=True)
@@ -300,7 +300,7 @@ def test_asking_what_a_compile_costs_makes_no_shape_and_spends_no_patience() -> 
 def test_explicit_choices_skip_the_decision(aot_eager, capsys) -> None:
     structure = varied_structures(1, seed=2, max_atoms=4)[0]
     atoms = dynamics.run_md(structure, small_model("direct"), steps=2, compiled=False)
-    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert type(atoms.calc.potential).__name__ == "EagerPotential"
     assert not aot_eager
     assert "compile" not in capsys.readouterr().err
 
@@ -462,7 +462,7 @@ def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(aot_eager, m
     atoms = dynamics.run_md(structure, model, **run)
     assert "compile on for this 400-step MD with torchscript" in capsys.readouterr().err
     inductor, script = aot_eager
-    assert atoms.calc.model is script
+    assert atoms.calc.potential is script
     assert (inductor.asked, script.asked) == ("inductor", "torchscript")
     assert (inductor.graphs_built, script.graphs_built) == (0, 1)
     eager = dynamics.run_md(structure, model, compiled=False, **run)
@@ -486,7 +486,7 @@ def test_a_torchscript_md_run_slower_than_eager_goes_back_to_eager(monkeypatch, 
     err = capsys.readouterr().err
     assert "compile on for this 400-step MD with torchscript" in err
     assert "compiled calls took 50 ms, no faster than eager 12 ms: the run goes on eager" in err
-    assert type(atoms.calc.model).__name__ == "EagerPotential"
+    assert type(atoms.calc.potential).__name__ == "EagerPotential"
 
 
 def test_an_amd_cpu_with_avx512_is_priced_as_measured_there(monkeypatch) -> None:

@@ -176,8 +176,8 @@ def test_inductor_calculator_matches_eager_and_a_warm_start_compiles_nothing(mod
         np.testing.assert_allclose(first[-1]["forces"], eager["forces"], atol=1e-4)
         np.testing.assert_allclose(first[-1]["stress"], eager["stress"], atol=1e-5)
         np.testing.assert_allclose(first[-1]["magmoms"], eager["magmoms"], atol=1e-4)
-    assert calc.model.store is not None
-    assert calc.model.store.builds == 2  # two shapes: 1 and 8 atoms
+    assert calc.potential.store is not None
+    assert calc.potential.store.builds == 2  # two shapes: 1 and 8 atoms
 
     warm = Calculator(model, compiled=True, always_stress=True)
     for atoms, before in zip(crystals[:2], first, strict=True):

@@ -196,4 +196,4 @@ def test_the_calculator_keeps_its_neighbour_rule_beside_its_capture():
         calc = Calculator(model, compiled=compiled)
         assert calc.neighbours.backend == "pymatgen"
         assert Calculator(model, compiled=compiled, backend="vesin").neighbours.backend == "vesin"
-    assert Calculator(model, compiled="torchscript").model.backend == "torchscript"
+    assert Calculator(model, compiled="torchscript").potential.backend == "torchscript"
