@@ -45,6 +45,8 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     left as it was, so a reader sees the old whole file or the new one. The file gets the
     mode a plain ``open`` would give it (0666 less the umask)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; name a file in it")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -31,11 +31,21 @@ from fastchgnet.model.potential import Potential, as_potential, check_elements
 
 
 def as_atoms(structure: Any) -> Atoms:
-    """A copy of ``structure`` (pymatgen Structure or ASE Atoms) as ASE Atoms."""
+    """A copy of ``structure`` (pymatgen Structure or ASE Atoms) as ASE Atoms.
+
+    Raises:
+        TypeError: ``structure`` is neither (a list of them, a dict, a path: one line).
+    """
     if isinstance(structure, Atoms):
         return structure.copy()
+    from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    if not isinstance(structure, Structure):
+        raise TypeError(
+            f"expected one pymatgen Structure or ASE Atoms, got {type(structure).__name__} "
+            "(read a file with Structure.from_file; run one structure at a time)"
+        )
     return AseAtomsAdaptor.get_atoms(structure)
 
 

@@ -179,6 +179,12 @@ def predict_structures(
         ``s`` (3, 3) GPa, ``m`` (n,) μB. A single structure gives one dict, a sequence a list.
     """
     single = is_structure(structure)
+    if isinstance(structure, dict | str) or not (single or hasattr(structure, "__iter__")):
+        raise TypeError(
+            f"expected a pymatgen Structure, ASE Atoms or a sequence of them, got "
+            f"{type(structure).__name__} (a dict: Structure.from_dict; a path: "
+            "Structure.from_file)"
+        )
     structures = [structure] if single else list(structure)
     potential = as_potential(model)
     graphs = graphs_for(potential.config, structures)

@@ -45,3 +45,22 @@ def test_a_file_of_an_older_format_says_so(tmp_path):
         read_checksummed(path, "fastchgnet-model", (2,))
     write_checksummed(tmp_path / "new.pt", {"x": 1}, "fastchgnet-model", 2)
     assert read_checksummed(tmp_path / "new.pt", "fastchgnet-model", (2,)) == (2, {"x": 1})
+
+
+@pytest.mark.parametrize("wrong", [ROCKSALT.as_dict(), 5, "NaCl.cif"])
+def test_a_structure_of_the_wrong_type_is_one_line_naming_the_type(model, wrong):
+    with pytest.raises(TypeError, match=f"got {type(wrong).__name__} "):
+        model.predict_structure(wrong)
+
+
+def test_run_md_on_a_list_says_it_runs_one_structure(model):
+    from fastchgnet.md.dynamics import run_md
+
+    with pytest.raises(TypeError, match=r"got list .*one structure at a time"):
+        run_md([ROCKSALT, ROCKSALT], model, steps=1)
+
+
+def test_saving_a_model_onto_a_folder_names_the_folder(model, tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a folder"):
+        model.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
