@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastchgnet.files import read_checksummed, write_checksummed
+from fastchgnet.files import ChecksumError, read_checksummed, write_checksummed
 from fastchgnet.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -31,7 +31,15 @@ def load_model(
     """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
     (``ChecksumError``) naming the file and the problem. The model comes in eval mode, as
     ``from_reference``'s: ready to predict; training calls ``train()`` itself."""
-    _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
+    try:
+        _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
+    except ChecksumError as error:
+        if str(error).endswith(f"not a {FORMAT} file"):  # readable, but someone else's
+            raise ChecksumError(
+                f"{error} (a chgnet checkpoint or as_dict file loads with "
+                "fastchgnet.model.chgnet_files.load_model_file or compat CHGNet.from_file)"
+            ) from None
+        raise
     model = cls(ModelConfig.from_saved(payload["config"]))
     model.load_state_dict(payload["weights"])
     return model.to(map_location).eval()

@@ -64,3 +64,12 @@ def test_saving_a_model_onto_a_folder_names_the_folder(model, tmp_path):
     with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a folder"):
         model.save(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_a_chgnet_file_as_ours_says_what_loads_it(tmp_path):
+    from fastchgnet import FastCHGNet
+
+    path = tmp_path / "chgnet.pth.tar"
+    torch.save({"model": {"a": torch.zeros(1)}, "model_args": {}}, path)
+    with pytest.raises(ChecksumError, match=r"not a fastchgnet-model file .*load_model_file"):
+        FastCHGNet.load(path)
