@@ -184,9 +184,9 @@ def test_inductor_calculator_matches_eager_and_a_warm_start_compiles_nothing(mod
         again = ase_properties(warm, atoms)
         for key, value in before.items():
             np.testing.assert_array_equal(again[key], value, err_msg=key)
-    assert warm.model.store.builds == 0
-    assert warm.model.graphs_loaded == 2
-    assert warm.model.compile_seconds == 0.0
+    assert warm.potential.store.builds == 0
+    assert warm.potential.graphs_loaded == 2
+    assert warm.potential.compile_seconds == 0.0
 
 
 def test_compiled_site_energies_and_features_equal_eager(model64, crystals):
