@@ -39,27 +39,37 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary handle on a temp file in ``path``'s folder. On a clean exit it is fsynced and
-    renamed over ``path`` (and the folder fsynced); on an error it is removed and ``path`` is
-    left as it was, so a reader sees the old whole file or the new one. The file gets the
-    mode a plain ``open`` would give it (0666 less the umask)."""
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A new temp file's path in ``path``'s folder, ending in ``suffix``, for the block to
+    write. On a clean exit the file is fsynced and renamed over ``path`` (and the folder
+    fsynced); on an error it is removed and ``path`` is left as it was, so a reader sees the
+    old whole file or the new one. The file gets the mode a plain ``open`` would give it
+    (0666 less the umask), which a writer that reopens it by name keeps."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; name a file in it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~process_umask())  # as open() would: mkstemp's file is 0600
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file in ``path``'s folder, renamed over ``path`` on a clean
+    exit and removed on an error (``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def process_umask() -> int:
@@ -82,21 +92,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_frames_atomic(path: str | Path, frames: Sequence[Any]) -> None:
     """Write ASE ``frames`` (a list of ``Atoms``) to ``path`` as ``ase.io.write`` would (the
-    format and any compression from the name), atomically: to a temp file in the same folder
-    whose name ends as ``path``'s, fsynced and renamed over it."""
+    format and any compression from the name), atomically (``atomic_path``, its temp file
+    ending as ``path``'s name does, so ASE reads the same format from it)."""
     from ase.io import write
 
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    with atomic_path(path, suffix="".join(path.suffixes) or path.name) as tmp:
         write(str(tmp), list(frames))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:

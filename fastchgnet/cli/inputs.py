@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,16 @@ def structure_label(structure: Any) -> str:
     return str(props.get("label") or props.get("name") or "structure")
 
 
-def screen_structures(config: Any, structures: list[Any]) -> tuple[list[Any], list[str]]:
+def screen_structures(config: Any, structures: list[Any], command: str, verb: str) -> list[Any]:
     """The crystal graph of each of ``structures`` a model of ``config`` can take (None for
-    the others), and one line for each it cannot (``model.potential.graphs_for``'s reason,
-    naming the structure and its position): a command over many files runs the good ones
-    and reports the rest."""
+    the others), each other one named on stderr with ``model.potential.graphs_for``'s reason
+    (``fastchgnet <command>: skipped structure N name: reason``): a command over many files
+    runs the good ones and reports the rest.
+
+    Raises:
+        ValueError: none can be taken (one structure: its reason; several: how many, after
+            each is named).
+    """
     from fastchgnet.errors import StructureError
     from fastchgnet.model.potential import graphs_for
 
@@ -124,7 +130,13 @@ def screen_structures(config: Any, structures: list[Any]) -> tuple[list[Any], li
         except StructureError as error:
             graphs.append(None)
             problems.append(str(error))
-    return graphs, problems
+    if len(problems) == len(structures) == 1:
+        raise ValueError(problems[0])
+    for problem in problems:
+        print(f"fastchgnet {command}: skipped {problem}", file=sys.stderr)
+    if len(problems) == len(structures):
+        raise ValueError(f"none of the {len(structures)} structures can be {verb}")
+    return graphs
 
 
 def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:

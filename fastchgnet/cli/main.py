@@ -41,14 +41,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_output_file(args.output, "-o", "out.json")
     model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
-    graphs, problems = screen_structures(model.config, structures)
+    graphs = screen_structures(model.config, structures, "predict", "predicted")
     good = [index for index, graph in enumerate(graphs) if graph is not None]
-    if not good and len(problems) == 1:
-        raise ValueError(problems[0])
-    for problem in problems:
-        print(f"fastchgnet predict: skipped {problem}", file=sys.stderr)
-    if not good:
-        raise ValueError(f"none of the {len(structures)} structures can be predicted")
     potential = model
     on_gpu = next(model.parameters()).is_cuda
     if args.compile or (args.compile is None and on_gpu):  # default: compiled on a GPU only
@@ -71,7 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.output, (text + "\n").encode())
     else:
         print(text)
-    return 1 if problems else 0
+    return 1 if len(good) < len(structures) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ magnetic moments of every frame.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +126,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
         if Path(args.trajectory).resolve() == Path(args.output).resolve():
             raise ValueError(f"--trajectory {args.trajectory}: is the -o file too; name another")
     model = load_model(args.model, args.precision, args.device)
-    graphs, problems = screen_structures(model.config, structures)
-    if len(problems) == len(structures) == 1:
-        raise ValueError(problems[0])
-    for problem in problems:
-        print(f"fastchgnet relax: skipped {problem}", file=sys.stderr)
+    graphs = screen_structures(model.config, structures, "relax", "relaxed")
     structures = [s for s, graph in zip(structures, graphs, strict=True) if graph is not None]
-    if not structures:
-        raise ValueError(f"none of the {len(graphs)} structures can be relaxed")
     results = relax(
         structures,
         model,
@@ -158,7 +151,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
             state = "converged" if result.converged else "NOT converged"
             print(f"{name}: {result.energy_per_atom:.5f} eV/atom, {result.steps} steps, {state}")
     write_frames_atomic(args.output, frames)
-    return 1 if problems else 0
+    return 1 if len(structures) < len(graphs) else 0
 
 
 def cmd_md(args: argparse.Namespace) -> None:
