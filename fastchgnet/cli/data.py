@@ -2,7 +2,7 @@
 
     fastchgnet data convert SRC -o CACHE [--workers N] [--labels JSON]   frames -> graph cache
     fastchgnet data synth -n N -o OUT.extxyz.gz [--seed S] [--max-atoms A]
-    fastchgnet data stats SRC [--energy-key KEY] [--labels JSON]
+    fastchgnet data stats SRC [--energy-key KEY] [--labels JSON] [--graphs]
 
 SRC: MPtrj JSON (.json, .json.gz), a VASP run (folder, .zip, vasprun.xml) or anything ASE
 reads (extxyz, ASE db), picked by its suffix.
@@ -61,6 +61,14 @@ def add_commands(sub: Any) -> None:
     stats.add_argument("source")
     stats.add_argument("--energy-key", default="corrected_total_energy", help="MPtrj energy")
     stats.add_argument("--labels", default="{}", help=LABELS_HELP)
+    stats.add_argument(
+        "--graphs",
+        action="store_true",
+        help="also build each frame's crystal graph as convert does (isolated or overlapping "
+        "atoms; a neighbour list per frame, so slower)",
+    )
+    stats.add_argument("--atom-cutoff", type=float, default=6.0, help="Å, with --graphs")
+    stats.add_argument("--bond-cutoff", type=float, default=3.0, help="Å, with --graphs")
     stats.set_defaults(func=run_stats, command="data stats")
 
 
@@ -91,7 +99,8 @@ def run_stats(args: argparse.Namespace) -> None:
     """Print the statistics of ``args.source`` (one streaming pass)."""
     from fastchgnet.data.stats import dataset_stats, format_stats
 
-    print(format_stats(dataset_stats(_frames(args))))
+    graphs = (args.atom_cutoff, args.bond_cutoff) if args.graphs else None
+    print(format_stats(dataset_stats(_frames(args), graphs=graphs)))
 
 
 def run_synth(args: argparse.Namespace) -> None:

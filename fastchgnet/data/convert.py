@@ -38,7 +38,7 @@ from fastchgnet.data.cache import (
     verify_shard,
 )
 from fastchgnet.data.frame import Frame, check_frame
-from fastchgnet.data.graph import build_graph
+from fastchgnet.data.graph import CrystalGraph, build_graph
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 
@@ -61,19 +61,27 @@ class ConvertSummary:
         return self.n_structures / self.seconds if self.seconds > 0 else 0.0
 
 
+def frame_graph(frame: Frame, atom_cutoff: float, bond_cutoff: float) -> CrystalGraph:
+    """The crystal graph conversion stores for ``frame`` (cutoffs in Å), after every check
+    conversion makes: ``check_frame``, ``build_graph``'s (isolated or overlapping atoms, ...)
+    and periodic image indices that fit the cache's int16.
+
+    Raises:
+        StructureError: naming the frame and the problem (conversion skips and lists it).
+    """
+    check_frame(frame)
+    graph = build_graph(frame.structure, atom_cutoff, bond_cutoff, name=frame.name)
+    if np.abs(graph.bond_images).max(initial=0) > np.iinfo(np.int16).max:
+        raise StructureError(frame.name, "periodic image index too large")
+    return graph
+
+
 def graph_record(frame: Frame, atom_cutoff: float, bond_cutoff: float) -> dict:
     """Arrays of one frame's graph and labels, or ``{"skip": reason}`` for a bad frame."""
     try:
-        check_frame(frame)
-        graph = build_graph(frame.structure, atom_cutoff, bond_cutoff, name=frame.name)
+        graph = frame_graph(frame, atom_cutoff, bond_cutoff)
     except StructureError as error:
         return {"skip": error.problem, "material_id": frame.material_id, "frame_id": frame.frame_id}
-    if np.abs(graph.bond_images).max(initial=0) > np.iinfo(np.int16).max:
-        return {
-            "skip": "periodic image index too large",
-            "material_id": frame.material_id,
-            "frame_id": frame.frame_id,
-        }
     n_atoms = graph.n_atoms
     labels = {name: getattr(frame, name) for name in LABELS}
     fill = {"energy_per_atom": (), "forces": (n_atoms, 3), "stress": (3, 3), "magmoms": (n_atoms,)}

@@ -3,8 +3,9 @@ ranges and outliers, computed in one streaming pass over a source's frames (our 
 
 Frames that ``check_frame`` refuses (as conversion does: a ``Frame.problem``, elements beyond
 Pu, non-finite labels, labels of the wrong shape) are listed as unusable and left out of every
-statistic; graph problems that only ``build_graph`` finds (isolated atoms) stay for conversion,
-which would cost a neighbour list per frame here.
+statistic. Graph problems that only a neighbour list finds (isolated or overlapping atoms) are
+checked too with ``graphs`` (``data stats --graphs``: conversion's own ``frame_graph``, a
+neighbour list per frame, so slower); without it they stay for conversion to find.
 
 Outliers: energies more than ``z_limit`` standard deviations from the mean energy per atom
 (judged after the pass, from a kept (frame name, energy) list), any force component above
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastchgnet.data.convert import frame_graph
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.errors import StructureError
 
@@ -28,11 +30,13 @@ UNITS = {"energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "GPa", "magm
 
 def dataset_stats(
     frames: Iterable[Frame], z_limit: float = 5.0, max_force: float = 50.0,
-    max_stress: float = 100.0,
+    max_stress: float = 100.0, graphs: tuple[float, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One pass over ``frames``: counts, element counts, atoms per frame, per-label
     coverage/min/max/mean/std (forces and stress per component), outlier frame names, and the
-    frames that ``check_frame`` refuses ("unusable"), which are not counted."""
+    frames that ``check_frame`` refuses ("unusable"), which are not counted. With ``graphs``
+    (atom and bond cutoffs, Å) each frame's crystal graph is built as conversion builds it,
+    and the frames it refuses are unusable too."""
     elements: Counter[str] = Counter()
     sizes: list[int] = []
     sums = {k: [0, 0.0, 0.0, np.inf, -np.inf, 0] for k in LABELS}  # n, sum, sum2, min, max, frames
@@ -41,7 +45,10 @@ def dataset_stats(
     unusable: list[str] = []
     for frame in frames:
         try:
-            check_frame(frame)  # the check conversion makes: it skips what this refuses
+            if graphs is None:
+                check_frame(frame)  # the check conversion makes: it skips what this refuses
+            else:
+                frame_graph(frame, *graphs)  # every check conversion makes
         except StructureError as error:
             unusable.append(str(error))
             continue

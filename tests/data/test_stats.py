@@ -56,3 +56,37 @@ def test_stats_command_reads_an_extxyz(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("3 frames")
     assert "energy_per_atom eV/atom       3" in out
+
+
+def test_stats_with_graphs_lists_frames_conversion_would_skip(tmp_path, capsys):
+    good = _frame(0, -3.0)
+    isolated = _frame(1, -3.0)
+    isolated.structure.lattice = Lattice.cubic(20.0)  # atoms 17 Å apart: no bond within 6 Å
+    overlapping = _frame(2, -3.0)
+    overlapping.structure.replace(1, "Cl", [0.01, 0.0, 0.0])  # 0.03 Å from the Na
+    frames = [good, isolated, overlapping]
+    plain = dataset_stats(frames)
+    assert plain["frames"] == 3
+    assert plain["unusable"] == []
+    checked = dataset_stats(frames, graphs=(6.0, 3.0))
+    assert checked["frames"] == 1
+    assert len(checked["unusable"]) == 2
+    assert checked["unusable"][0].startswith("frame 1 of m1")
+    assert checked["unusable"][1].startswith("frame 2 of m2")
+    assert "unusable (conversion skips them): 2" in format_stats(checked)
+
+    from ase.io import write
+
+    from fastchgnet.cli import main
+    from fastchgnet.md.calculator import as_atoms
+
+    atoms = [as_atoms(f.structure) for f in frames]
+    for a in atoms:
+        a.info["energy"] = -3.0 * len(a)
+    write(str(tmp_path / "f.extxyz"), atoms)
+    main(["data", "stats", str(tmp_path / "f.extxyz")])
+    assert capsys.readouterr().out.startswith("3 frames")
+    main(["data", "stats", str(tmp_path / "f.extxyz"), "--graphs"])
+    out = capsys.readouterr().out
+    assert out.startswith("1 frames")
+    assert "unusable (conversion skips them): 2" in out
