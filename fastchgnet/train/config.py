@@ -356,7 +356,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """The defaults (quick start), updated by the file at ``path`` and ``overrides``."""
+    """The defaults (quick start), updated by the file at ``path`` and ``overrides``. Relative
+    paths in the result are the working folder's, not the config file's."""
     config = TrainConfig.from_dict(read_table(path)) if path else TrainConfig()
     return apply_overrides(config, overrides or [])
 
