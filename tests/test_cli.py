@@ -331,3 +331,54 @@ def test_a_gzipped_extxyz_input_is_read_whole_without_seeking_in_the_stream(tmp_
     for a, b in zip(unpacked, expected, strict=True):
         np.testing.assert_array_equal(a.positions, b.positions)
     assert unpacked[2].info["name"] == "in.extxyz.gz[2]"
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    ("command", "extra", "logged"),
+    [("relax", ["--steps", "1"], None), ("md", ["--steps", "2", "--seed", "0"], "--log")],
+)
+def test_a_second_run_into_the_same_output_is_refused_unless_overwrite(
+    tmp_path, capsys, command, extra, logged
+):
+    """``fastchgnet relax|md`` run twice replaced the first run's results without a word."""
+    pytest.importorskip("chgnet")
+    paths = write_cifs(tmp_path, 1)
+    out, log = tmp_path / f"{command}.extxyz", tmp_path / "md.log"
+    argv = [command, *paths, "-o", str(out), *extra, "--quiet"]
+    argv += [logged, str(log)] if logged else []
+    assert main(argv) == 0
+    first = out.read_bytes()
+    logs = log.read_text() if logged else None
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"-o {out}: exists already" in err
+    assert "pass --overwrite to replace it, or choose another -o" in err
+    assert out.read_bytes() == first
+    assert main([*argv, "--overwrite"]) == 0
+    if logged:  # replaced, not appended to
+        assert log.read_text().count("\n") == logs.count("\n")
+
+
+@pytest.mark.parametrize(("command", "option"), [("relax", "--trajectory"), ("md", "--log")])
+def test_an_existing_trajectory_or_log_is_refused_before_the_run(
+    tmp_path, capsys, monkeypatch, command, option
+):
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(importlib.import_module("fastchgnet.cli.inputs"), "load_model", never)
+    paths = write_cifs(tmp_path, 1)
+    earlier = tmp_path / "earlier.extxyz"
+    earlier.write_text("an earlier run\n")
+    argv = [command, *paths, "-o", str(tmp_path / "new.extxyz"), option, str(earlier)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"{option} {earlier}: exists already" in err
+    assert f"or choose another {option}" in err
+    assert earlier.read_text() == "an earlier run\n"

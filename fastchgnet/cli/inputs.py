@@ -103,6 +103,18 @@ def check_output_file(path: str, option: str, example: str) -> None:
         raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
 
 
+def refuse_existing(path: str | None, option: str, overwrite: bool) -> None:
+    """Raise ValueError (one line, naming ``option`` and ``path``) when a file is already at
+    ``path`` and ``overwrite`` is off: a second run into the same place would replace the
+    first run's results. None (an option not given) passes."""
+    if path is None or overwrite or not Path(path).is_file():
+        return
+    raise ValueError(
+        f"{option} {path}: exists already (an earlier run's results); pass --overwrite to "
+        f"replace it, or choose another {option}"
+    )
+
+
 def structure_label(structure: Any) -> str:
     """The name ``read_structures`` gave a structure (its file, and index in the file)."""
     props = getattr(structure, "properties", None) or getattr(structure, "info", None) or {}

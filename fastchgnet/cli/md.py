@@ -5,7 +5,8 @@
 
 Structures come from CIF, POSCAR or extxyz (anything ASE or pymatgen reads); results go to
 extxyz (or any format ASE writes, picked from the suffix), with energy, forces, stress and
-magnetic moments of every frame.
+magnetic moments of every frame. An output file that exists already (-o, --trajectory, --log)
+is refused before anything runs, unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from fastchgnet.cli.inputs import DefaultsFormatter, add_model_arguments, structure_label
+from fastchgnet.cli.inputs import (
+    DefaultsFormatter,
+    add_model_arguments,
+    refuse_existing,
+    structure_label,
+)
 from fastchgnet.md.settings import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
@@ -58,6 +64,11 @@ def add_commands(sub: Any) -> None:
     relax.add_argument("--fixed-cell", action="store_true", help="relax positions only")
     relax.add_argument("--trajectory", help="write every step of every structure here")
     relax.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an -o or --trajectory file that exists (without it, one is refused)",
+    )
+    relax.add_argument(
         "--one-by-one", action="store_true", help="ASE's optimizer.run per structure, unbatched"
     )
     relax.add_argument(
@@ -95,6 +106,11 @@ def add_commands(sub: Any) -> None:
     md.add_argument("--steps", type=int, default=1000, help="MD steps")
     md.add_argument("--loginterval", type=int, default=10, help="frames and log lines every N")
     md.add_argument("--log", help="ASE MD log file (energies per atom, temperature)")
+    md.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an -o or --log file that exists (without it, one is refused)",
+    )
     md.add_argument("--pressure", type=float, default=1.01325e-4, help="NPT pressure, GPa")
     md.add_argument("--taut", type=float, help="thermostat time, fs (default 100 timesteps)")
     md.add_argument("--taup", type=float, help="barostat time, fs (default 1000 timesteps)")
@@ -119,6 +135,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
     if not args.fmax > 0 or args.steps < 0 or args.batch_size < 1:  # NaN is not > 0
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
+    refuse_existing(args.output, "-o", args.overwrite)
+    refuse_existing(args.trajectory, "--trajectory", args.overwrite)
     structures = read_structures(args.structures)
     check_frames_file(args.output, "-o", several=len(structures) > 1)
     if args.trajectory is not None:
@@ -167,6 +185,8 @@ def cmd_md(args: argparse.Namespace) -> None:
     if args.ensemble == "nve" and args.thermostat not in (None, "none"):
         raise ValueError(f"--thermostat {args.thermostat}: nve runs without a thermostat")
     args.thermostat = args.thermostat or ("none" if args.ensemble == "nve" else "nose-hoover")
+    refuse_existing(args.output, "-o", args.overwrite)
+    refuse_existing(args.log, "--log", args.overwrite)
     check_frames_file(args.output, "-o", several=True, append=True)
     if args.log is not None:
         check_output_file(args.log, "--log", "md.log")

@@ -177,8 +177,10 @@ def run_md(
             (default: ``temperature`` when the structure has no momenta).
         steps: MD steps.
         loginterval: write trajectory frames and log lines every this many steps.
-        trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format).
-        logfile: ASE MD log (time, energies per atom, temperature); "-" for stdout.
+        trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format); a file
+            already there is replaced.
+        logfile: ASE MD log (time, energies per atom, temperature; a file already there is
+            replaced, not appended to); "-" for stdout.
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats.
         skin: Verlet skin of the calculator, Å.
@@ -244,7 +246,7 @@ def run_md(
         writer = _frame_writer(atoms, Path(trajectory))
         dyn.attach(writer, interval=loginterval)
     if logfile is not None:
-        logger = MDLogger(dyn, atoms, str(logfile), peratom=True)
+        logger = MDLogger(dyn, atoms, str(logfile), peratom=True, mode="w")
         dyn.attach(logger, interval=loginterval)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
