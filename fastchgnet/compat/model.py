@@ -244,7 +244,8 @@ class CHGNet(FastCHGNet):
         batch_size: int = 16,
     ) -> dict[str, np.ndarray] | list[dict[str, np.ndarray]]:
         """``predict_structure`` for graphs from ``model.graph_converter`` (or
-        ``fastchgnet.build_graph``). Puts the model in eval mode, as the reference."""
+        ``fastchgnet.build_graph``). Puts the model in eval mode, as the reference. Forces and
+        stress are computed only when ``task`` asks ("e" and "em": the forward pass alone)."""
         if task not in PRED_TASKS:
             raise ValueError(f"Invalid task={task!r}. Must be one of {PRED_TASKS}.")
         if batch_size < 1:
@@ -256,7 +257,9 @@ class CHGNet(FastCHGNet):
             raise StructureError("input", "no structures to predict")
         features = return_site_energies or return_atom_feas or return_crystal_feas
         self.eval()
-        results = predict_graph_list(self, graphs, batch_size, features=features)
+        results = predict_graph_list(  # forces and stress only as the task asks
+            self, graphs, batch_size, features=features, forces="f" in task, stress="s" in task
+        )
         keep = set(task) | {
             key
             for key, wanted in (

@@ -53,13 +53,14 @@ import torch
 from torch import nn
 
 from fastchgnet.compile.capture import CapturedModel
+from fastchgnet.compile.programs import real_part
 from fastchgnet.compile.store import (
     SCRIPT_LOAD_SECONDS,
     STORED_SECONDS,
     CompiledStore,
     default_store,
 )
-from fastchgnet.data.batch import GraphBatch, collate, joined_copy
+from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.capacity import (
     Capacity,
     Counts,
@@ -71,7 +72,7 @@ from fastchgnet.data.capacity import (
     with_headroom,
 )
 from fastchgnet.data.graph import CrystalGraph
-from fastchgnet.data.padding import collate_padded, unpad
+from fastchgnet.data.padding import collate_padded
 from fastchgnet.model.chgnet import Prediction
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.potential import EagerPotential
@@ -339,18 +340,24 @@ class CompiledPotential:
         return collate(graphs, dtype=parameter.dtype).to(parameter.device)
 
     def predict_graphs(
-        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+        self,
+        graphs: Sequence[CrystalGraph],
+        *,
+        stress: bool,
+        forces: bool = True,
+        features: bool = False,
     ) -> Prediction:
         """One padded, compiled model call for ``graphs`` (an eager, unpadded one past
         ``max_shapes`` or ``max_oversize``; an unpadded one with TorchScript, ``pads``); the
-        Prediction of the real ones (the
-        ``fastchgnet.model.potential.Potential`` interface).
+        Prediction of the real ones (the ``fastchgnet.model.potential.Potential`` interface).
+        The captured programs always compute forces: without ``forces`` they are dropped
+        (an eager call then skips them, and with ``stress`` off its backward pass too).
 
         Returns:
-            energy (S,) eV/atom, total_energy (S,) eV, forces (N, 3) eV/Å, stress (S, 3, 3)
-            GPa when ``stress`` (else None), magmoms (N,) μB, site_energies (N,) eV and, with
-            ``features``, atom_features (N, A) and crystal_features (S, A); S structures, N
-            their atoms.
+            energy (S,) eV/atom, total_energy (S,) eV, forces (N, 3) eV/Å when ``forces``,
+            stress (S, 3, 3) GPa when ``stress`` (else None), magmoms (N,) μB, site_energies
+            (N,) eV and, with ``features``, atom_features (N, A) and crystal_features (S, A);
+            S structures, N their atoms.
         """
         if not graphs:
             raise ValueError("predict_graphs needs at least one graph")
@@ -362,39 +369,19 @@ class CompiledPotential:
             batch = self._collated(graphs)
             with torch.no_grad(), flush_denormals():
                 prediction = self.captured[stress, features].predict(batch)
-            return real_part(prediction, graphs, stress, features, copy=False)
+            return real_part(prediction, graphs, stress, features, copy=False, forces=forces)
         capacity = self._capacity_for(counts, graphs)
         if capacity is None or self._oversized(capacity, counts):
             self.eager_calls += 1
             self.padding.add(counts.entries, None)
-            return self.unpadded.predict_graphs(graphs, stress=stress, features=features)
+            return self.unpadded.predict_graphs(
+                graphs, stress=stress, forces=forces, features=features
+            )
         self.padding.add(counts.entries, capacity)
         batch = self._padded(graphs, capacity)
         with torch.no_grad(), flush_denormals():
             padded = self.captured[stress, features].predict(batch)
         # on a GPU the outputs are CUDA graphs' static buffers, which the next call overwrites:
         # the caller gets a copy (on a CPU each call's outputs are its own)
-        return real_part(padded, graphs, stress, features, copy=padded.forces.is_cuda)
-
-
-def real_part(
-    padded: Prediction,
-    graphs: Sequence[CrystalGraph],
-    stress: bool,
-    features: bool,
-    copy: bool,
-) -> Prediction:
-    """The rows of ``graphs`` (the real structures, first) in a padded call's Prediction,
-    with stress and features only when asked. With ``copy``, in new memory made in one copy
-    per dtype (``joined_copy``), which ``Prediction.split`` then takes to the host as it is:
-    one device copy and one wait per dtype, instead of a copy per field and a join."""
-    rows = {"structures": len(graphs), "atoms": sum(g.n_atoms for g in graphs)}
-    skipped = {"stress"} if not stress else set()
-    if not features:
-        skipped |= {"atom_features", "crystal_features"}
-    real = {
-        f.name: unpad(value, rows["atoms" if f.name in Prediction.PER_ATOM else "structures"])
-        for f in fields(Prediction)
-        if f.name not in skipped and (value := getattr(padded, f.name)) is not None
-    }
-    return Prediction(**(joined_copy(real) if copy else real))
+        copy = padded.forces.is_cuda
+        return real_part(padded, graphs, stress, features, copy=copy, forces=forces)

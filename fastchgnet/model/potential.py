@@ -1,4 +1,4 @@
-"""The one potential interface: ``predict_graphs(graphs, stress=, features=) -> Prediction``.
+"""The one potential interface: ``predict_graphs(graphs, stress=, forces=, features=)``.
 
 Everything that runs a model on structures goes through a ``Potential``: batched prediction
 (``predict_structures``, ``FastCHGNet.predict_structure``), the ASE calculator, relaxation and
@@ -33,14 +33,20 @@ if TYPE_CHECKING:
 @runtime_checkable
 class Potential(Protocol):
     """A model that predicts crystal graphs: ``config`` (cutoffs, elements) and
-    ``predict_graphs(graphs, stress=, features=) -> Prediction`` of exactly those graphs
-    (energy (S,), total_energy (S,), forces (N, 3), stress (S, 3, 3) when asked, magmoms (N,),
-    site_energies (N,); with ``features`` atom (N, A) and crystal (S, A) features)."""
+    ``predict_graphs(graphs, stress=, forces=, features=) -> Prediction`` of exactly those
+    graphs (energy (S,), total_energy (S,), forces (N, 3) and stress (S, 3, 3) when asked,
+    else None, magmoms (N,), site_energies (N,); with ``features`` atom (N, A) and crystal
+    (S, A) features). Neither forces nor stress asked: the energy needs no derivative."""
 
     config: ModelConfig
 
     def predict_graphs(
-        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+        self,
+        graphs: Sequence[CrystalGraph],
+        *,
+        stress: bool,
+        forces: bool = True,
+        features: bool = False,
     ) -> Prediction: ...
 
 
@@ -91,17 +97,26 @@ class EagerPotential:
         self.parameters = list(model.parameters())
 
     def predict_graphs(
-        self, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+        self,
+        graphs: Sequence[CrystalGraph],
+        *,
+        stress: bool,
+        forces: bool = True,
+        features: bool = False,
     ) -> Prediction:
         """One eager model call on ``graphs`` (see ``Potential``), in eval mode, with the
         weights ``frozen`` (no gradient for them is taken); under ``torch.inference_mode`` too
-        (forces and stress are derivatives: the batch is made outside it)."""
+        (forces and stress are derivatives: the batch is made outside it). Without ``forces``
+        and ``stress`` the call is the forward alone (no backward pass)."""
         parameter = next(self.model.parameters())  # the model's dtype and device now
         with torch.inference_mode(False):
             batch = collate(graphs, dtype=parameter.dtype).to(parameter.device)
             with eval_mode(self.model), flush_denormals(), frozen(self.parameters):
                 return self.model(
-                    batch, compute_forces=True, compute_stress=stress, return_features=features
+                    batch,
+                    compute_forces=forces,
+                    compute_stress=stress,
+                    return_features=features,
                 )
 
 
@@ -193,9 +208,16 @@ def predict_structures(
 
 
 def predict_graph_list(
-    model: Any, graphs: Sequence[CrystalGraph], batch_size: int = 16, *, features: bool = False
+    model: Any,
+    graphs: Sequence[CrystalGraph],
+    batch_size: int = 16,
+    *,
+    features: bool = False,
+    forces: bool = True,
+    stress: bool = True,
 ) -> list[dict[str, np.ndarray]]:
-    """``predict_structures`` on crystal graphs already built (always a list)."""
+    """``predict_structures`` on crystal graphs already built (always a list); without
+    ``forces`` or ``stress`` their keys are left out (and, both left out, not computed)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     potential = as_potential(model)
@@ -206,7 +228,9 @@ def predict_graph_list(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         chosen = [graphs[k] for k in chunk]
-        prediction = potential.predict_graphs(chosen, stress=True, features=features)
+        prediction = potential.predict_graphs(
+            chosen, stress=stress, forces=forces, features=features
+        )
         parts = prediction.split([g.n_atoms for g in chosen])
         for k, part in zip(chunk, parts, strict=True):
             results[k] = {key: part[field] for key, field in keys.items() if field in part}

@@ -252,3 +252,7 @@ def test_real_part_keeps_the_real_rows_and_copies_them_once_per_dtype(copy, monk
     assert no_features.atom_features is None
     assert no_features.crystal_features is None
     assert no_features.stress.shape == (2, 3, 3)
+    no_forces = real_part(padded, graphs, stress=False, features=False, copy=False, forces=False)
+    assert no_forces.forces is None
+    assert no_forces.stress is None
+    assert no_forces.energy.shape == (2,)
