@@ -101,7 +101,13 @@ def add_commands(sub: Any) -> None:
         choices=thermostats,
         help="default: nose-hoover for nvt and npt; nve takes none",
     )
-    md.add_argument("--temperature", type=float, default=300.0, help="K")
+    md.add_argument(
+        "--temperature",
+        type=float,
+        default=300.0,
+        help="K: the thermostat's target and the start's, exactly (Maxwell-Boltzmann velocities "
+        "drawn with --seed, less the centre-of-mass drift, scaled to this temperature)",
+    )
     md.add_argument("--timestep", type=float, default=2.0, help="fs")
     md.add_argument("--steps", type=int, default=1000, help="MD steps")
     md.add_argument("--loginterval", type=int, default=10, help="frames and log lines every N")

@@ -3,6 +3,7 @@
 from fastchgnet.md.calculator import Calculator, evaluate_graphs
 from fastchgnet.md.dynamics import make_integrator, run_md
 from fastchgnet.md.relax import RelaxResult, relax
+from fastchgnet.md.velocities import start_momenta
 from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import EagerPotential, Potential, predict_structures
 
@@ -17,4 +18,5 @@ __all__ = [
     "predict_structures",
     "relax",
     "run_md",
+    "start_momenta",
 ]

@@ -25,12 +25,12 @@ from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import MTKNPT, NoseHooverChainNVT
 from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen
 from ase.md.nvtberendsen import NVTBerendsen
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.settings import checked_integrator
+from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def make_integrator(
     seed: int | None = None,
 ) -> MolecularDynamics:
     """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
-    a ``FixCom`` constraint to ``atoms`` (ASE's replacement for its ``fixcm=True``).
+    a ``FixCom`` constraint to ``atoms`` (``add_integrator_constraints``).
 
     Args:
         ensemble: "nve", "nvt" or "npt".
@@ -108,6 +108,7 @@ def make_integrator(
         ensemble, thermostat, temperature, timestep, taut=taut, taup=taup, pressure=pressure,
         bulk_modulus=bulk_modulus, friction=friction,
     )  # fmt: skip
+    add_integrator_constraints(atoms, ensemble, thermostat)
     dt = timestep * units.fs
     tdamp = (taut if taut is not None else 100 * timestep) * units.fs
     pdamp = (taup if taup is not None else 1000 * timestep) * units.fs
@@ -118,7 +119,6 @@ def make_integrator(
     if kind == ("nvt", "nose-hoover"):
         return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp)
     if kind == ("nvt", "langevin"):
-        atoms.set_constraint([*atoms.constraints, FixCom()])  # ASE's advice, not fixcm=True
         return Langevin(
             atoms, dt, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
         )
@@ -144,6 +144,14 @@ def make_integrator(
         taup=pdamp,
         compressibility_au=1.0 / (bulk_modulus * units.GPa),
     )
+
+
+def add_integrator_constraints(atoms: Atoms, ensemble: str, thermostat: str) -> None:
+    """Add to ``atoms`` the constraints ``make_integrator``'s integrator needs, once however
+    often called: Langevin's ``FixCom`` (ASE's advice, not its ``fixcm=True``)."""
+    langevin = (ensemble.lower(), thermostat.lower()) == ("nvt", "langevin")
+    if langevin and not any(isinstance(c, FixCom) for c in atoms.constraints):
+        atoms.set_constraint([*atoms.constraints, FixCom()])
 
 
 def run_md(
@@ -173,8 +181,11 @@ def run_md(
         model: the potential (default: FastCHGNet with the reference 0.3.0 weights).
         ensemble, thermostat, temperature (K), timestep (fs): see ``make_integrator``; further
             keywords (taut, taup, pressure, bulk_modulus, friction) go there too.
-        starting_temperature: draw Maxwell-Boltzmann velocities at this temperature, K
-            (default: ``temperature`` when the structure has no momenta).
+        starting_temperature: start at exactly this temperature, K (default: ``temperature``
+            when the structure has no momenta): Maxwell-Boltzmann momenta drawn with ``seed``,
+            less their centre-of-mass motion, scaled so that ``get_temperature()`` (3 degrees
+            of freedom per atom less the constraints', Langevin's ``FixCom`` included) reads
+            it (``start_momenta``).
         steps: MD steps.
         loginterval: write trajectory frames and log lines every this many steps.
         trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format); a file
@@ -226,11 +237,9 @@ def run_md(
         check = choose_compiled(atoms, model, steps, stress, progress)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
-    if starting_temperature is not None:
-        rng = np.random.default_rng(seed)
-        thermalize_momenta(atoms, temperature_K=starting_temperature, rng=rng)
-        if len(atoms) > 1:  # one atom: removing the drift would leave no temperature to keep
-            Stationary(atoms)
+    if starting_temperature is not None:  # the temperature counts the integrator's FixCom
+        add_integrator_constraints(atoms, ensemble, thermostat)
+        start_momenta(atoms, starting_temperature, seed)
     dyn = make_integrator(
         atoms,
         ensemble,

@@ -220,3 +220,45 @@ def test_npt_asks_the_model_for_forces_and_stress_in_one_call_per_step(model, sm
     run_md(small_crystals[1], counted, ensemble="npt", steps=4, progress=False, seed=0)
     assert len(calls) == 4 + 1
     assert all(call["stress"] for call in calls)
+
+
+@pytest.mark.parametrize(("thermostat", "kelvin"), [("nose-hoover", 500.0), ("langevin", 80.0)])
+def test_run_starts_at_exactly_the_starting_temperature_without_drift(
+    model, small_crystals, thermostat, kelvin
+):
+    """The drawn velocities were left as drawn: a 3-atom cell asked for 500 K started at
+    whatever the draw gave. Now ``get_temperature()`` reads it exactly, with ASE's count of
+    degrees of freedom (Langevin's FixCom takes 3), and the same seed draws the same momenta."""
+    crystal = next(atoms for atoms in small_crystals if len(atoms) > 2)
+
+    def start(seed: int) -> Atoms:
+        return run_md(
+            crystal, model, thermostat=thermostat, starting_temperature=kelvin, steps=0,
+            progress=False, seed=seed, compiled=False,
+        )  # fmt: skip
+
+    first, again, other = start(3), start(3), start(4)
+    assert first.get_temperature() == pytest.approx(kelvin, rel=1e-12)
+    assert other.get_temperature() == pytest.approx(kelvin, rel=1e-12)
+    np.testing.assert_allclose(first.get_momenta().sum(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_array_equal(first.get_momenta(), again.get_momenta())
+    assert not np.allclose(first.get_momenta(), other.get_momenta())
+    fixed = sum(c.get_removed_dof(first) for c in first.constraints)
+    assert fixed == (3 if thermostat == "langevin" else 0)
+
+
+def test_start_momenta_at_zero_kelvin_or_on_one_atom_stays_finite():
+    from ase.constraints import FixCom
+
+    from fastchgnet.md.velocities import start_momenta
+
+    atoms = bulk("Cu", "fcc", a=3.6)
+    atoms.set_constraint(FixCom())  # one atom with its centre of mass fixed: nothing can move
+    start_momenta(atoms, 300.0, seed=0)
+    np.testing.assert_array_equal(atoms.get_momenta(), 0.0)
+    crystal = silicon()
+    start_momenta(crystal, 0.0, seed=0)
+    np.testing.assert_array_equal(crystal.get_momenta(), 0.0)
+    alone = crystal[:1]  # one free atom keeps its drift: 3 degrees of freedom at 300 K
+    start_momenta(alone, 300.0, seed=0)
+    assert alone.get_temperature() == pytest.approx(300.0, rel=1e-12)
