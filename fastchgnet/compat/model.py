@@ -24,7 +24,7 @@ from fastchgnet.errors import StructureError
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
-from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.io import FORMAT, load_model, load_weights
 from fastchgnet.model.potential import graphs_for, is_structure, predict_graph_list
 from fastchgnet.model.reference import (
     CHECKPOINTS,
@@ -185,7 +185,7 @@ class CHGNet(FastCHGNet):
             raise unsupported(f"from_dict(..., {sorted(kwargs)})", "pass only the dict")
         if "fastchgnet_config" in dct:
             model = cls(ModelConfig.from_saved(dct["fastchgnet_config"]))
-            model.load_state_dict(dct["state_dict"])
+            load_weights(model, dct["state_dict"])  # in their dtype
         else:
             model = model_from_reference_dict(cls, dct, "CHGNet.from_dict")
         model.model_args = dict(dct.get("model_args") or {})

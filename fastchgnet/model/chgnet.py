@@ -1,8 +1,7 @@
 """FastCHGNet: the CHGNet architecture as plain eager modules over a flat GraphBatch.
 
 The energy model (``encode`` and the readouts) maps geometry to site energies and magnetic
-moments; the
-thin wrapper ``forward`` owns strain, positions, derivatives and units. No loop over
+moments; the thin wrapper ``forward`` owns strain, positions, derivatives and units. No loop over
 structures, no host synchronisation, no data-dependent branch: a batch without angles simply
 has empty angle tensors.
 
@@ -28,6 +27,7 @@ from fastchgnet.model.direct_heads import DirectHeads, structure_volume
 from fastchgnet.model.double_backward import second_derivative
 from fastchgnet.model.gradient import scale_gradient
 from fastchgnet.model.heads import AtomRef, EnergyReadout, MagmomReadout
+from fastchgnet.model.io import load_model, save_model
 from fastchgnet.model.layers import (
     AngleUpdate,
     AtomConv,
@@ -365,16 +365,15 @@ class FastCHGNet(nn.Module):
 
     # ---------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> None:
-        """Write config and weights to ``path`` atomically (temp file, fsync, rename)."""
-        from fastchgnet.model.io import save_model
-
+        """Write config and weights to ``path`` atomically (temp file, fsync, rename). Kept:
+        the config and every weight in its dtype (float64 after ``double()``). Not kept: the
+        run-time ``precision`` ("bf16"/"float32", ``set_precision``), device, train mode."""
         save_model(self, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FastCHGNet:
-        """Read a model written by ``save``; the stored config is checked and used."""
-        from fastchgnet.model.io import load_model
-
+        """A model written by ``save`` on ``map_location``, in eval mode: its stored config
+        (checked) and weights in their saved dtype, bit for bit; ``precision`` "float32"."""
         return load_model(cls, path, map_location)
 
     @classmethod

@@ -19,7 +19,8 @@ FORMAT_VERSION = 2
 
 
 def save_model(model: FastCHGNet, path: str | Path) -> None:
-    """Save ``model`` (its config and weights) to ``path``, atomically and checksummed."""
+    """Save ``model`` (its config and weights, each in its dtype) to ``path``, atomically and
+    checksummed. The run-time precision (``set_precision``) is not saved."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"config": model.config.to_dict(), "weights": state}
     write_checksummed(path, payload, FORMAT, FORMAT_VERSION)
@@ -30,7 +31,8 @@ def load_model(
 ) -> FastCHGNet:
     """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
     (``ChecksumError``) naming the file and the problem. The model comes in eval mode, as
-    ``from_reference``'s: ready to predict; training calls ``train()`` itself."""
+    ``from_reference``'s: ready to predict; training calls ``train()`` itself. Its weights
+    have their saved dtype (``load_weights``); its precision is "float32"."""
     try:
         _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
     except ChecksumError as error:
@@ -40,6 +42,16 @@ def load_model(
                 "fastchgnet.model.chgnet_files.load_model_file or compat CHGNet.from_file)"
             ) from None
         raise
-    model = cls(ModelConfig.from_saved(payload["config"]))
-    model.load_state_dict(payload["weights"])
+    model = load_weights(cls(ModelConfig.from_saved(payload["config"])), payload["weights"])
     return model.to(map_location).eval()
+
+
+def load_weights(model: FastCHGNet, weights: dict[str, torch.Tensor]) -> FastCHGNet:
+    """``model`` cast to the dtype of ``weights`` (a state dict) and given them, bit for bit:
+    a float64 model saved loads float64. Weights of several floating dtypes (none of our
+    models) load into the model's own. Returns the model."""
+    dtypes = {weight.dtype for weight in weights.values() if weight.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    model.load_state_dict(weights)
+    return model

@@ -146,3 +146,14 @@ def test_other_architecture_is_named(tmp_path):
 def test_missing_file_is_named():
     with pytest.raises(FileNotFoundError, match=r"nowhere\.pth\.tar"):
         CHGNet.from_file(Path("nowhere.pth.tar"))
+
+
+def test_as_dict_of_a_float64_model_loads_float64_to_the_bit():
+    from fastchgnet.model.config import ModelConfig
+    from fastchgnet.testing import randomize_model
+
+    model = randomize_model(CHGNet(ModelConfig()).double(), seed=3)  # float64 draws
+    kept = CHGNet.from_dict(model.as_dict()).state_dict()
+    for name, value in model.state_dict().items():
+        assert kept[name].dtype == value.dtype, name
+        assert torch.equal(kept[name], value), name

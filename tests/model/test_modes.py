@@ -147,6 +147,23 @@ def test_save_and_load_keep_the_mode_and_predictions(kwargs, tmp_path):
         np.testing.assert_array_equal(before[key], after[key])
 
 
+def test_a_float64_model_saved_loads_float64_to_the_bit(tmp_path):
+    model = randomize_model(FastCHGNet().double(), seed=2)  # float64 draws: not float32 values
+    assert any(not torch.equal(p, p.float().double()) for p in model.parameters())
+    model.save(tmp_path / "model.pt")
+    loaded = FastCHGNet.load(tmp_path / "model.pt")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    saved, kept = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == kept.keys()
+    for name, value in saved.items():
+        assert kept[name].dtype == value.dtype, name
+        assert torch.equal(kept[name], value), name
+    crystal = [random_crystal(4, 3)]
+    before, after = predict(model, crystal)[0], predict(loaded, crystal)[0]
+    assert before["e"].dtype == after["e"].dtype == np.float64
+    np.testing.assert_array_equal(after["e"], before["e"])
+
+
 @pytest.mark.parametrize(
     "modes",
     [
