@@ -25,7 +25,12 @@ from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.io import FORMAT, load_model, load_weights
-from fastchgnet.model.potential import graphs_for, is_structure, predict_graph_list
+from fastchgnet.model.potential import (
+    check_batch_size,
+    graphs_for,
+    predict_graph_list,
+    structure_list,
+)
 from fastchgnet.model.reference import (
     CHECKPOINTS,
     checkpoint_path,
@@ -222,7 +227,8 @@ class CHGNet(FastCHGNet):
         sum to the total energy), ``atom_fea`` (n, 64) (the atom features the magmom head
         reads), ``crystal_fea`` (64,) (summed normalised final atom features).
         """
-        structures = [structure] if is_structure(structure) else list(structure)
+        structures, _ = structure_list(structure)
+        check_batch_size(batch_size)  # before any graph is built
         graphs = self.graph_converter.graphs(structures)
         return self.predict_graph(
             graphs,
@@ -248,8 +254,7 @@ class CHGNet(FastCHGNet):
         stress are computed only when ``task`` asks ("e" and "em": the forward pass alone)."""
         if task not in PRED_TASKS:
             raise ValueError(f"Invalid task={task!r}. Must be one of {PRED_TASKS}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        check_batch_size(batch_size)
         graphs = [graph] if isinstance(graph, CrystalGraph) else list(graph)
         if not all(isinstance(g, CrystalGraph) for g in graphs):
             raise TypeError("predict_graph takes fastchgnet CrystalGraphs (model.graph_converter)")

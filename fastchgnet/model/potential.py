@@ -13,6 +13,7 @@ moments μB, site energies eV.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -166,6 +167,24 @@ def is_structure(obj: object) -> bool:
     )
 
 
+def not_a_structure(obj: Any, expected: str = "a pymatgen Structure or ASE Atoms") -> TypeError:
+    """The one-line TypeError for ``obj`` given where ``expected`` was: it names the type, and
+    how a dict or a path becomes a Structure."""
+    return TypeError(
+        f"expected {expected}, got {type(obj).__name__} (a dict: Structure.from_dict; a path: "
+        "Structure.from_file)"
+    )
+
+
+def structure_list(structure: Any) -> tuple[list[Any], bool]:
+    """(the structures, whether one was given) of one pymatgen Structure / ASE Atoms or a
+    sequence of them; anything else (a dict, a path, a number) is ``not_a_structure``."""
+    single = is_structure(structure)
+    if isinstance(structure, dict | str) or not (single or hasattr(structure, "__iter__")):
+        raise not_a_structure(structure, "a pymatgen Structure, ASE Atoms or a sequence of them")
+    return ([structure] if single else list(structure)), single
+
+
 #: ``predict_structures``' keys (the reference's) -> Prediction fields
 REFERENCE_KEYS = {"e": "energy", "f": "forces", "s": "stress", "m": "magmoms"}
 #: extra keys with ``features=True``
@@ -193,18 +212,23 @@ def predict_structures(
         Per structure a dict of numpy arrays: ``e`` () eV/atom, ``f`` (n, 3) eV/Å,
         ``s`` (3, 3) GPa, ``m`` (n,) μB. A single structure gives one dict, a sequence a list.
     """
-    single = is_structure(structure)
-    if isinstance(structure, dict | str) or not (single or hasattr(structure, "__iter__")):
-        raise TypeError(
-            f"expected a pymatgen Structure, ASE Atoms or a sequence of them, got "
-            f"{type(structure).__name__} (a dict: Structure.from_dict; a path: "
-            "Structure.from_file)"
-        )
-    structures = [structure] if single else list(structure)
+    structures, single = structure_list(structure)
+    check_batch_size(batch_size)
     potential = as_potential(model)
     graphs = graphs_for(potential.config, structures)
     results = predict_graph_list(potential, graphs, batch_size, features=features)
     return results[0] if single else results
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """``batch_size`` if it is an int >= 1, else a one-line TypeError or ValueError naming it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(
+            f"batch_size must be an int >= 1, got {batch_size!r} ({type(batch_size).__name__})"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size}")
+    return int(batch_size)
 
 
 def predict_graph_list(
@@ -218,8 +242,7 @@ def predict_graph_list(
 ) -> list[dict[str, np.ndarray]]:
     """``predict_structures`` on crystal graphs already built (always a list); without
     ``forces`` or ``stress`` their keys are left out (and, both left out, not computed)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     potential = as_potential(model)
     cost = [g.n_atoms + g.n_bonds + g.n_angles for g in graphs]
     order = sorted(range(len(graphs)), key=lambda k: -cost[k])

@@ -53,6 +53,15 @@ def test_a_structure_of_the_wrong_type_is_one_line_naming_the_type(model, wrong)
         model.predict_structure(wrong)
 
 
+@pytest.mark.parametrize("wrong", [ROCKSALT.as_dict(), 5, "NaCl.cif"])
+def test_compat_predict_structure_of_the_wrong_type_is_one_line_naming_the_type(wrong):
+    from fastchgnet.compat import CHGNet
+    from fastchgnet.model.config import ModelConfig
+
+    with pytest.raises(TypeError, match=f"got {type(wrong).__name__} .*Structure.from_"):
+        CHGNet(ModelConfig()).predict_structure(wrong)
+
+
 def test_run_md_on_a_list_says_it_runs_one_structure(model):
     from fastchgnet.md.dynamics import run_md
 
@@ -73,3 +82,19 @@ def test_loading_a_chgnet_file_as_ours_says_what_loads_it(tmp_path):
     torch.save({"model": {"a": torch.zeros(1)}, "model_args": {}}, path)
     with pytest.raises(ChecksumError, match=r"not a fastchgnet-model file .*load_model_file"):
         FastCHGNet.load(path)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "error"),
+    [(2.5, TypeError), ("4", TypeError), (True, TypeError), (0, ValueError)],
+)
+def test_a_batch_size_that_is_not_a_positive_int_is_one_line_naming_it(model, batch_size, error):
+    from fastchgnet.compat import CHGNet
+    from fastchgnet.model.config import ModelConfig
+    from fastchgnet.model.potential import predict_structures
+
+    expected = rf"^batch_size must be an int >= 1, got {batch_size!r}"
+    with pytest.raises(error, match=expected):
+        predict_structures(model, ROCKSALT, batch_size=batch_size)
+    with pytest.raises(error, match=expected):
+        CHGNet(ModelConfig()).predict_structure(ROCKSALT, task="e", batch_size=batch_size)
