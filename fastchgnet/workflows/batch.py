@@ -11,7 +11,13 @@ import numpy as np
 from ase.calculators.calculator import all_changes
 
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
-from fastchgnet.model.potential import Potential, as_potential, graphs_for
+from fastchgnet.model.potential import (
+    Potential,
+    as_potential,
+    graphs_for,
+    is_structure,
+    not_a_structure,
+)
 
 #: structures -> ASE results (``energy`` eV, ``forces`` (n, 3) eV/Å, ``stress`` (6,) eV/Å^3)
 Evaluator = Callable[[Sequence[Any]], list[dict[str, Any]]]
@@ -75,6 +81,13 @@ def _key(atoms: Any) -> bytes:
     """Atomic numbers, cell and positions (rounded to 1e-6 Å; -0 as 0) as one lookup key."""
     rounded = [np.round(a, 6) + 0.0 for a in (atoms.cell.array, atoms.positions)]
     return b"|".join([np.asarray(atoms.numbers).tobytes(), *(a.tobytes() for a in rounded)])
+
+
+def check_structure(structure: Any) -> None:
+    """A one-line TypeError naming the type unless ``structure`` is one pymatgen Structure or
+    ASE Atoms (a workflow's input; a path or a dict says how to make one)."""
+    if not is_structure(structure):
+        raise not_a_structure(structure)
 
 
 def as_calculator(model_or_calculator: Any) -> Any:

@@ -14,11 +14,12 @@ modulus and elastic constants GPa (Voigt, pymatgen's engineering shear).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 
-from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator
+from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator, check_structure
 
 
 def _matcalc() -> Any:
@@ -31,12 +32,28 @@ def _matcalc() -> Any:
     return matcalc
 
 
+def check_eos_points(n_points: int, max_abs_strain: float) -> None:
+    """One-line errors naming ``n_points`` (an int >= 4: Birch-Murnaghan has 4 parameters) or
+    ``max_abs_strain`` (a linear strain in (0, 1)) when they cannot give a fit."""
+    if isinstance(n_points, bool) or not isinstance(n_points, numbers.Integral):
+        raise TypeError(f"n_points must be an int >= 4, got {n_points!r}")
+    if n_points < 4:
+        raise ValueError(
+            f"n_points={n_points}: the Birch-Murnaghan fit has 4 parameters, so needs >= 4 points"
+        )
+    if not 0 < max_abs_strain < 1:  # NaN is not > 0
+        raise ValueError(f"max_abs_strain={max_abs_strain}: a linear strain in (0, 1), e.g. 0.02")
+
+
 def equation_of_state(
     structure: Any, model_or_calculator: Any, max_abs_strain: float = 0.02, n_points: int = 7
 ) -> dict[str, Any]:
     """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
     ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
-    ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``."""
+    ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``. ``n_points``: at least 4
+    (the fit has 4 parameters); ``max_abs_strain`` in (0, 1)."""
+    check_structure(structure)
+    check_eos_points(n_points, max_abs_strain)
     matcalc = _matcalc()
     calculator = as_calculator(model_or_calculator)
     if isinstance(calculator, PrefetchCalculator):  # EOSCalc's cells: strain s, volume (1+s)^3
@@ -68,6 +85,7 @@ def elastic_tensor(
     ``DeformedStructureSet``, 6 x 4 cells plus the unstrained one), in GPa:
     ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6)),
     ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``."""
+    check_structure(structure)
     from pymatgen.core.elasticity import DeformedStructureSet
 
     matcalc = _matcalc()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator
+from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator, check_structure
 
 
 def displaced_supercells(
@@ -34,6 +34,28 @@ def displaced_supercells(
     return [get_pmg_structure(s) for s in phonon.supercells_with_displacements if s is not None]
 
 
+def supercell_matrix_of(supercell_matrix: Any) -> np.ndarray:
+    """The (3, 3) integer supercell matrix of 3 integers (its diagonal) or a 3x3 matrix; a
+    one-line ValueError naming the supercell matrix when it is neither or is singular."""
+    try:
+        matrix = np.asarray(supercell_matrix, dtype=float)
+    except (TypeError, ValueError):  # ragged, or not numbers
+        matrix = np.full(0, np.nan)
+    if matrix.shape == (3,):
+        matrix = np.diag(matrix)
+    whole = np.isfinite(matrix).all() and np.array_equal(matrix, np.round(matrix))
+    if matrix.shape != (3, 3) or not whole:
+        shown = matrix.tolist() if matrix.size else repr(supercell_matrix)
+        raise ValueError(f"supercell matrix {shown}: give 3 integers or a 3x3 integer matrix")
+    matrix = matrix.astype(int)
+    if round(np.linalg.det(matrix)) == 0:
+        raise ValueError(
+            f"supercell matrix {matrix.tolist()} is singular (determinant 0): its rows must "
+            "span a volume"
+        )
+    return matrix
+
+
 def phonopy_run(
     structure: Any,
     model_or_calculator: Any,
@@ -47,11 +69,14 @@ def phonopy_run(
         structure: pymatgen Structure or ASE Atoms.
         model_or_calculator: our model (every displaced supercell in batched calls) or an ASE
             calculator (e.g. the reference chgnet's ``CHGNetCalculator``).
-        supercell_matrix: phonopy's supercell (3 numbers or a 3x3 matrix).
+        supercell_matrix: phonopy's supercell (3 integers or a 3x3 integer matrix, not
+            singular).
         displacement: finite displacement, Å.
         symmetrize: impose translational and permutational symmetry on the force constants
             (phonopy's ``symmetrize_force_constants``); off to see the model's own.
     """
+    check_structure(structure)
+    matrix = supercell_matrix_of(supercell_matrix)
     try:
         from matcalc import PhononCalc
         from matcalc.utils import to_pmg_structure
@@ -60,8 +85,6 @@ def phonopy_run(
             "phonons need matcalc and phonopy: pip install 'fastchgnet[workflows]'"
         ) from exc
     structure = to_pmg_structure(structure)
-    matrix = np.diag(supercell_matrix) if np.ndim(supercell_matrix) == 1 else supercell_matrix
-    matrix = np.asarray(matrix, dtype=int)
     calculator = as_calculator(model_or_calculator)
     if isinstance(calculator, PrefetchCalculator):
         calculator.prefetch(displaced_supercells(structure, matrix, displacement))

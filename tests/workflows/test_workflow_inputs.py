@@ -1,0 +1,55 @@
+"""The workflows refuse, in one line naming the argument, inputs that cannot give a result:
+a path instead of a structure, too few EOS points, a singular phonon supercell matrix. The
+checks come before matcalc or phonopy is imported or any cell is evaluated."""
+
+from __future__ import annotations
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet import FastCHGNet
+from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
+from fastchgnet.workflows.phonons import phonopy_run
+
+ROCKSALT = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return FastCHGNet(n_conv=2)
+
+
+@pytest.mark.parametrize("workflow", [equation_of_state, elastic_tensor, phonopy_run])
+def test_a_workflow_given_a_path_names_the_type(small_model, workflow):
+    with pytest.raises(TypeError, match=r"got str \(.*a path: Structure.from_file\)$"):
+        workflow("NaCl.cif", small_model)
+
+
+@pytest.mark.parametrize("n_points", [2, 3])
+def test_equation_of_state_with_too_few_points_says_the_fit_needs_four(small_model, n_points):
+    with pytest.raises(ValueError, match=rf"^n_points={n_points}: .*needs >= 4 points$"):
+        equation_of_state(ROCKSALT, small_model, n_points=n_points)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"n_points": 7.0}, TypeError, r"^n_points must be an int >= 4, got 7.0$"),
+        ({"max_abs_strain": 0.0}, ValueError, r"^max_abs_strain=0.0: a linear strain in \(0, 1\)"),
+    ],
+)
+def test_equation_of_state_names_a_bad_option(small_model, options, error, message):
+    with pytest.raises(error, match=message):
+        equation_of_state(ROCKSALT, small_model, **options)
+
+
+@pytest.mark.parametrize("matrix", [(2, 0, 2), [[1, 0, 0], [0, 1, 0], [1, 1, 0]]])
+def test_phonopy_run_with_a_singular_supercell_matrix_names_it(small_model, matrix):
+    with pytest.raises(ValueError, match=r"^supercell matrix \[\[.*\]\] is singular"):
+        phonopy_run(ROCKSALT, small_model, supercell_matrix=matrix)
+
+
+@pytest.mark.parametrize("matrix", [(2, 2), (2, 2, 2.5), [[1, 0], [0, 1, 0]], "222"])
+def test_phonopy_run_with_a_malformed_supercell_matrix_names_it(small_model, matrix):
+    with pytest.raises(ValueError, match=r"^supercell matrix .*: give 3 integers or a 3x3"):
+        phonopy_run(ROCKSALT, small_model, supercell_matrix=matrix)
