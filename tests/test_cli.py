@@ -9,6 +9,7 @@ import pytest
 
 from fastchgnet.cli import main
 from fastchgnet.data.random_crystals import varied_structures
+from fastchgnet.errors import StructureError
 
 
 def test_predict_writes_the_models_predictions_as_json(tmp_path, model):
@@ -382,3 +383,48 @@ def test_an_existing_trajectory_or_log_is_refused_before_the_run(
     assert f"{option} {earlier}: exists already" in err
     assert f"or choose another {option}" in err
     assert earlier.read_text() == "an earlier run\n"
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_relax_searches_each_structures_neighbours_once_screen_included(
+    tmp_path, monkeypatch, model
+):
+    """The screen built every crystal graph, then each relaxation's calculator searched the
+    same structure again; now the calculators start from the screen's neighbour lists."""
+    import importlib
+
+    from fastchgnet.data import graph
+
+    searched = []
+
+    def counting(structure, *args, **kwargs):
+        searched.append(kwargs.get("name"))
+        return graph.build_graph(structure, *args, **kwargs)
+
+    for module in ("fastchgnet.md.verlet_graph", "fastchgnet.model.potential"):
+        monkeypatch.setattr(importlib.import_module(module), "build_graph", counting)
+    paths = write_cifs(tmp_path, 2)
+    out = tmp_path / "relaxed.extxyz"
+    argv = ["relax", *paths, "-o", str(out), "--steps", "2", "--compile", "off", "--quiet"]
+    assert main(argv) == 0
+    assert len(searched) == 2
+    assert len(set(searched)) == 2
+
+
+def test_relax_names_and_skips_a_disordered_structure(tmp_path, capsys, model):
+    from pymatgen.core import Lattice, Structure
+
+    from fastchgnet.md.calculator import first_neighbours
+
+    mixed = Structure(Lattice.cubic(4.2), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0] * 3, [0.5] * 3])
+    with pytest.raises(StructureError, match=r"structure 1 x \(NaKCl\): is disordered"):
+        first_neighbours(model.config, mixed, "structure 1 x (NaKCl)")
+    (good,) = write_cifs(tmp_path, 1)
+    disordered = tmp_path / "mixed.cif"
+    mixed.to(filename=str(disordered))
+    out = tmp_path / "relaxed.extxyz"
+    argv = ["relax", good, str(disordered), "-o", str(out), "--steps", "1", "--compile", "off"]
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "skipped structure 1 mixed.cif" in err
+    assert "is disordered (partial occupancies)" in err

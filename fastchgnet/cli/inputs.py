@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,20 @@ def structure_label(structure: Any) -> str:
     return str(props.get("label") or props.get("name") or "structure")
 
 
-def screen_structures(config: Any, structures: list[Any], command: str, verb: str) -> list[Any]:
-    """The crystal graph of each of ``structures`` a model of ``config`` can take (None for
-    the others), each other one named on stderr with ``model.potential.graphs_for``'s reason
-    (``fastchgnet <command>: skipped structure N name: reason``): a command over many files
-    runs the good ones and reports the rest.
+def screen_structures(
+    config: Any,
+    structures: list[Any],
+    command: str,
+    verb: str,
+    build: Callable[[Any, int], Any] | None = None,
+) -> list[Any]:
+    """What the command runs from for each of ``structures`` a model of ``config`` can take
+    (None for the others), each other one named on stderr with the reason of the
+    StructureError ``build`` raised (``fastchgnet <command>: skipped structure N name:
+    reason``): a command over many files runs the good ones and reports the rest.
+    ``build(structure, index)`` makes it: by default the crystal graph
+    (``model.potential.graphs_for``), which predict runs; relax keeps the neighbour lists its
+    calculators start from (``md.calculator.first_neighbours``), so nothing is searched twice.
 
     Raises:
         ValueError: none can be taken (one structure: its reason; several: how many, after
@@ -134,13 +144,16 @@ def screen_structures(config: Any, structures: list[Any], command: str, verb: st
     from fastchgnet.errors import StructureError
     from fastchgnet.model.potential import graphs_for
 
-    graphs: list[Any] = []
+    def crystal_graph(structure: Any, index: int) -> Any:
+        return graphs_for(config, [structure], start=index)[0]
+
+    built: list[Any] = []
     problems: list[str] = []
     for index, structure in enumerate(structures):
         try:
-            graphs.extend(graphs_for(config, [structure], start=index))
+            built.append((build or crystal_graph)(structure, index))
         except StructureError as error:
-            graphs.append(None)
+            built.append(None)
             problems.append(str(error))
     if len(problems) == len(structures) == 1:
         raise ValueError(problems[0])
@@ -148,7 +161,7 @@ def screen_structures(config: Any, structures: list[Any], command: str, verb: st
         print(f"fastchgnet {command}: skipped {problem}", file=sys.stderr)
     if len(problems) == len(structures):
         raise ValueError(f"none of the {len(structures)} structures can be {verb}")
-    return graphs
+    return built
 
 
 def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:

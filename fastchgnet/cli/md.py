@@ -136,7 +136,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
         read_structures,
         screen_structures,
     )
+    from fastchgnet.data.graph import structure_name
     from fastchgnet.files import write_frames_atomic
+    from fastchgnet.md.calculator import first_neighbours
     from fastchgnet.md.relax import relax
 
     if not args.fmax > 0 or args.steps < 0 or args.batch_size < 1:  # NaN is not > 0
@@ -150,10 +152,15 @@ def cmd_relax(args: argparse.Namespace) -> int:
         if Path(args.trajectory).resolve() == Path(args.output).resolve():
             raise ValueError(f"--trajectory {args.trajectory}: is the -o file too; name another")
     model = load_model(args.model, args.precision, args.device)
-    graphs = screen_structures(model.config, structures, "relax", "relaxed")
-    structures = [s for s, graph in zip(structures, graphs, strict=True) if graph is not None]
+
+    def neighbours(structure: Any, index: int) -> Any:  # what the relaxation starts from
+        return first_neighbours(model.config, structure, structure_name(structure, index))
+
+    screened = screen_structures(model.config, structures, "relax", "relaxed", neighbours)
+    kept = [k for k, found in enumerate(screened) if found is not None]
+    good = [structures[k] for k in kept]
     results = relax(
-        structures,
+        good,
         model,
         fmax=args.fmax,
         steps=args.steps,
@@ -164,9 +171,10 @@ def cmd_relax(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
         compiled=COMPILE_CHOICES[args.compile],
+        neighbours=[screened[k] for k in kept],
     )
     frames = []
-    for structure, result in zip(structures, results, strict=True):
+    for structure, result in zip(good, results, strict=True):
         frame = result.atoms
         name = structure_label(structure)
         frame.info.update(name=name, converged=result.converged, steps=result.steps)
@@ -175,7 +183,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
             state = "converged" if result.converged else "NOT converged"
             print(f"{name}: {result.energy_per_atom:.5f} eV/atom, {result.steps} steps, {state}")
     write_frames_atomic(args.output, frames)
-    return 1 if len(structures) < len(graphs) else 0
+    return 1 if len(good) < len(structures) else 0
 
 
 def cmd_md(args: argparse.Namespace) -> None:

@@ -155,8 +155,7 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
         cart = np.asarray(structure.positions, dtype=np.float64)  # type: ignore[attr-defined]
         frac = _cart_to_frac(cart, lattice, name)
     elif hasattr(structure, "lattice") and hasattr(structure, "frac_coords"):  # pymatgen
-        if not structure.is_ordered:  # type: ignore[attr-defined]
-            raise StructureError(name, "is disordered (partial occupancies); order it first")
+        check_ordered(structure, name)
         # C order: a strained Structure's lattice can be Fortran-ordered, which pymatgen's
         # compiled neighbour search refuses ("ndarray is not C-contiguous")
         lattice = np.array(structure.lattice.matrix, dtype=np.float64, order="C")  # type: ignore[attr-defined]
@@ -167,6 +166,13 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
             f"{name}: expected a pymatgen Structure or ASE Atoms, got {type(structure)}"
         )
     return numbers, frac, lattice
+
+
+def check_ordered(structure: object, name: str) -> None:
+    """Raise StructureError, naming ``name``, when ``structure`` (a pymatgen Structure) has
+    partial occupancies; an ASE Atoms always passes."""
+    if not getattr(structure, "is_ordered", True):
+        raise StructureError(name, "is disordered (partial occupancies); order it first")
 
 
 def _cart_to_frac(cart: np.ndarray, lattice: np.ndarray, name: str) -> np.ndarray:

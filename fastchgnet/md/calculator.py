@@ -25,16 +25,18 @@ from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes, equal
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from fastchgnet.data.graph import CrystalGraph, NeighbourBackend
+from fastchgnet.data.graph import CrystalGraph, NeighbourBackend, check_ordered, structure_name
 from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, check_elements
 
 
-def as_atoms(structure: Any) -> Atoms:
+def as_atoms(structure: Any, name: str | None = None) -> Atoms:
     """A copy of ``structure`` (pymatgen Structure or ASE Atoms) as ASE Atoms.
 
     Raises:
         TypeError: ``structure`` is neither (a list of them, a dict, a path: one line).
+        StructureError: a Structure with partial occupancies, named ``name`` (default: its
+            formula and label).
     """
     if isinstance(structure, Atoms):
         return structure.copy()
@@ -46,7 +48,22 @@ def as_atoms(structure: Any) -> Atoms:
             f"expected one pymatgen Structure or ASE Atoms, got {type(structure).__name__} "
             "(read a file with Structure.from_file; run one structure at a time)"
         )
+    check_ordered(structure, name or structure_name(structure))
     return AseAtomsAdaptor.get_atoms(structure)
+
+
+def first_neighbours(config: Any, structure: Any, name: str, skin: float = 1.0) -> VerletGraph:
+    """The neighbour list a ``Calculator`` (``skin`` Å) of a model of ``config`` starts
+    ``structure`` from, its first search made and the checks of its first call passed: given
+    to that calculator (``Calculator(neighbours=...)``, ``relax(neighbours=...)``), it searches
+    no more there. A screen of many structures that keeps these does each search once.
+
+    Raises:
+        StructureError: what that first call raises for ``structure``, named ``name``.
+    """
+    neighbours = VerletGraph(config.atom_cutoff, config.bond_cutoff, skin)
+    check_elements(neighbours.graph(as_atoms(structure, name), name), config.max_num_elements)
+    return neighbours
 
 
 def evaluate_graphs(
@@ -132,6 +149,9 @@ class Calculator(AseCalculator):
             ``build_graph``) instead of raising.
         device: where the model runs ("cpu", "cuda", ...): it is moved there (default: where
             it is now).
+        neighbours: the ``VerletGraph`` to continue from (``first_neighbours``'s, its search
+            made), with the model's cutoffs; its own skin, rule and ``allow_isolated`` serve
+            (default: a new one).
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
@@ -148,6 +168,7 @@ class Calculator(AseCalculator):
         features: bool = False,
         allow_isolated: bool = False,
         device: str | torch.device | None = None,
+        neighbours: VerletGraph | None = None,
         **kwargs: Any,
     ) -> None:
         if "use_device" in kwargs:  # ASE would keep it as an unused parameter
@@ -164,9 +185,15 @@ class Calculator(AseCalculator):
             compiled_potential(model, backend=capture) if compiled else as_potential(model)
         )
         config = self.potential.config
-        self.neighbours = VerletGraph(
+        self.neighbours = neighbours or VerletGraph(
             config.atom_cutoff, config.bond_cutoff, skin, backend, allow_isolated
         )
+        cutoffs = (self.neighbours.atom_cutoff, self.neighbours.bond_cutoff)
+        if cutoffs != (config.atom_cutoff, config.bond_cutoff):
+            raise ValueError(
+                f"neighbours: cutoffs {cutoffs} Å, but the model's are "
+                f"{(config.atom_cutoff, config.bond_cutoff)}"
+            )
         self.always_stress = always_stress
         self.structure_name = name
 

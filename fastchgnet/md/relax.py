@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -60,6 +60,7 @@ from fastchgnet.md.calculator import (
     evaluate_graphs,
 )
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
+from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, is_structure
 
 log = logging.getLogger("fastchgnet.md")
@@ -184,6 +185,7 @@ def relax(
     skin: float = 1.0,
     progress: bool = False,
     compiled: bool | str | None = None,
+    neighbours: Sequence[VerletGraph] | None = None,
 ) -> RelaxResult | list[RelaxResult]:
     """Relax one or many structures until every force is below ``fmax``.
 
@@ -210,6 +212,9 @@ def relax(
             ``CompiledPotential`` passed as ``model`` keeps its own options. None (default):
             batched, a plain model compiles when it pays (see the module docstring);
             unbatched, it stays eager.
+        neighbours: one per structure of a list, the neighbour list its calculator starts
+            from (``first_neighbours``', made by a screen of the structures: their searches
+            are not made again; its skin serves instead of ``skin``).
 
     Returns:
         A RelaxResult for one structure, else a list in input order.
@@ -233,6 +238,9 @@ def relax(
         model = FastCHGNet.from_reference("0.3.0")
     items = [structures] if single else structures
     total = len(items) if hasattr(items, "__len__") else None
+    if neighbours is not None and len(neighbours) != total:
+        count = "an unsized input of" if total is None else total
+        raise ValueError(f"neighbours: {len(neighbours)} for {count} structures; give one each")
     choose, capture = None, capture_backend(compiled)  # a bad name fails here, in one line
     if compiled is None and batched and _is_plain_model(model):
         batches = 1 if total is None else -(-total // batch_size)
@@ -246,10 +254,12 @@ def relax(
         name = structure_name(structure, None if single else index)
         if not is_structure(structure):
             raise StructureError(name, "is not a pymatgen Structure or ASE Atoms")
+        given = None if neighbours is None else neighbours[index]
         calc = Calculator(  # the cell filter asks for forces, then stress: one call for both
-            potential, skin=skin, always_stress=relax_cell, name=name
+            potential, skin=skin, always_stress=relax_cell, name=name, neighbours=given
         )
-        return _Relaxation(as_atoms(structure), calc, optimizer, relax_cell, trajectory is not None)
+        atoms = as_atoms(structure, name)
+        return _Relaxation(atoms, calc, optimizer, relax_cell, trajectory is not None)
 
     runs = (start(k, s) for k, s in enumerate(items))
     with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:

@@ -155,3 +155,32 @@ def test_compile_decision_times_the_second_call(model, small_crystals, monkeypat
     monkeypatch.setattr(relax_module, "_compile_chooser", chooser)
     relax(small_crystals[:3], model, fmax=0.05, steps=5, batch_size=3)
     assert decided_at == [2]
+
+
+def test_relaxation_from_screened_neighbours_searches_no_more_and_ends_the_same(
+    model, small_crystals
+):
+    from fastchgnet.data.graph import structure_name
+    from fastchgnet.md.calculator import first_neighbours
+
+    crystals = small_crystals[1:3]
+    lists = [
+        first_neighbours(model.config, atoms, structure_name(atoms, k))
+        for k, atoms in enumerate(crystals)
+    ]
+    given = relax(crystals, model, steps=3, neighbours=lists)
+    fresh = relax(crystals, model, steps=3)
+    assert [neighbours.n_builds for neighbours in lists] == [1, 1]
+    for ours, theirs in zip(given, fresh, strict=True):
+        np.testing.assert_array_equal(ours.atoms.positions, theirs.atoms.positions)
+        assert ours.energy == theirs.energy
+    with pytest.raises(ValueError, match="neighbours: 1 for 2 structures; give one each"):
+        relax(crystals, model, neighbours=lists[:1])
+
+
+def test_a_calculator_refuses_neighbours_of_other_cutoffs(model):
+    from fastchgnet.md.calculator import Calculator
+    from fastchgnet.md.verlet_graph import VerletGraph
+
+    with pytest.raises(ValueError, match=r"neighbours: cutoffs \(5.0, 3.0\) Å, but the model"):
+        Calculator(model, neighbours=VerletGraph(5.0, 3.0))
