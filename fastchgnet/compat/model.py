@@ -24,6 +24,7 @@ from fastchgnet.errors import StructureError
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.device import check_device
 from fastchgnet.model.io import FORMAT, load_model, load_weights
 from fastchgnet.model.potential import (
     check_batch_size,
@@ -52,10 +53,13 @@ def unsupported(what: str, instead: str) -> NotImplementedError:
 
 def determine_device(use_device: str | None = None, check_cuda_mem: bool = False) -> str:
     """``use_device``, else $CHGNET_DEVICE, else "cuda" when available, else "cpu"; with
-    ``check_cuda_mem``, "cuda" becomes the GPU with the most free memory ("cuda:2")."""
+    ``check_cuda_mem``, "cuda" becomes the GPU with the most free memory ("cuda:2"). A device
+    asked for that this torch cannot use is a one-line ValueError (``check_device``)."""
     device = use_device or os.getenv("CHGNET_DEVICE")
     if device == "mps":
         raise unsupported("use_device='mps'", "use 'cpu' or 'cuda'")
+    if device is not None:
+        check_device(device)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and check_cuda_mem:
         free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
@@ -162,9 +166,9 @@ class CHGNet(FastCHGNet):
                 f"Unknown model_name={model_name!r}: use one of {sorted(CHECKPOINTS)}, or "
                 "CHGNet.from_file(path) for a file"
             )
+        device = determine_device(use_device, check_cuda_mem)  # before the file is read
         model = cls.from_file(checkpoint_path(model_name))
         model.model_args["version"] = model_name
-        device = determine_device(use_device, check_cuda_mem)
         if verbose:
             print(f"CHGNet will run on {device}")
         return model.to(device)

@@ -10,6 +10,7 @@ import torch
 
 from fastchgnet.files import ChecksumError, read_checksummed, write_checksummed
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.device import check_device
 
 if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet
@@ -30,9 +31,11 @@ def load_model(
     cls: type[FastCHGNet], path: str | Path, map_location: str | torch.device = "cpu"
 ) -> FastCHGNet:
     """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
-    (``ChecksumError``) naming the file and the problem. The model comes in eval mode, as
+    (``ChecksumError``) naming the file and the problem; a ``map_location`` this torch cannot
+    use, a one-line ValueError (``check_device``). The model comes in eval mode, as
     ``from_reference``'s: ready to predict; training calls ``train()`` itself. Its weights
     have their saved dtype (``load_weights``); its precision is "float32"."""
+    device = check_device(map_location)  # before the file is read
     try:
         _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
     except ChecksumError as error:
@@ -43,7 +46,7 @@ def load_model(
             ) from None
         raise
     model = load_weights(cls(ModelConfig.from_saved(payload["config"])), payload["weights"])
-    return model.to(map_location).eval()
+    return model.to(device).eval()
 
 
 def load_weights(model: FastCHGNet, weights: dict[str, torch.Tensor]) -> FastCHGNet:

@@ -1,0 +1,38 @@
+"""Devices named by users (``FastCHGNet.load(map_location=)``, compat ``use_device``), checked
+once where they are given: one that this torch or this machine cannot use is a one-line error
+saying why, instead of torch's ``AssertionError: Torch not compiled with CUDA enabled`` or
+``RuntimeError`` from deep inside ``.to``. Not for hot paths (one call per user argument)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:1", a torch.device) as a torch.device.
+
+    Raises:
+        ValueError: one line naming ``device``: not a device string torch knows; CUDA asked of
+            a CPU-only torch build or of a machine where torch finds no GPU; a CUDA index past
+            the GPUs there are.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: not a torch device (use 'cpu' or 'cuda')") from None
+    if parsed.type != "cuda":
+        return parsed
+    if torch.version.cuda is None and torch.version.hip is None:
+        raise ValueError(
+            f"device {str(device)!r}: CUDA is not available in this torch build (CPU-only torch "
+            f"{torch.__version__}); use 'cpu', or install a CUDA build of torch"
+        )
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r}: CUDA is not available on this machine (torch "
+            f"{torch.__version__} found no GPU or driver); use 'cpu'"
+        )
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+    return parsed
