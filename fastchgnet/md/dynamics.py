@@ -87,7 +87,7 @@ def make_integrator(
     pressure: float = 1.01325e-4,
     bulk_modulus: float = 100.0,
     friction: float = 0.01,
-    seed: int | None = None,
+    seed: int | np.random.SeedSequence | None = None,
 ) -> MolecularDynamics:
     """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
     a ``FixCom`` constraint to ``atoms`` (``add_integrator_constraints``).
@@ -193,7 +193,8 @@ def run_md(
         logfile: ASE MD log (time, energies per atom, temperature; a file already there is
             replaced, not appended to); "-" for stdout.
         progress: show a tqdm progress bar.
-        seed: random seed for initial velocities and stochastic thermostats.
+        seed: random seed for initial velocities and stochastic thermostats (two independent
+            streams of it, ``numpy.random.SeedSequence.spawn``).
         skin: Verlet skin of the calculator, Å.
         compiled: run a plain model as a ``CompiledPotential`` (True or "inductor", with
             ``md_compile_options``: the first ``MD_PATIENCE`` calls, at most a quarter of the
@@ -237,16 +238,19 @@ def run_md(
         check = choose_compiled(atoms, model, steps, stress, progress)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
+    # two independent streams of one seed: one generator for both would give the thermostat's
+    # first noise the very numbers the starting momenta were drawn from
+    velocity_seed, thermostat_seed = np.random.SeedSequence(seed).spawn(2)
     if starting_temperature is not None:  # the temperature counts the integrator's FixCom
         add_integrator_constraints(atoms, ensemble, thermostat)
-        start_momenta(atoms, starting_temperature, seed)
+        start_momenta(atoms, starting_temperature, velocity_seed)
     dyn = make_integrator(
         atoms,
         ensemble,
         thermostat,
         temperature=temperature,
         timestep=timestep,
-        seed=seed,
+        seed=thermostat_seed,
         **integrator,
     )
     if check is not None:

@@ -8,7 +8,9 @@ from ase import Atoms
 from ase.md.velocitydistribution import Stationary, force_temperature, thermalize_momenta
 
 
-def start_momenta(atoms: Atoms, temperature: float, seed: int | None = None) -> None:
+def start_momenta(
+    atoms: Atoms, temperature: float, seed: int | np.random.SeedSequence | None = None
+) -> None:
     """Set the momenta of ``atoms`` for a run that starts at ``temperature`` K.
 
     Each atom's momentum (3,) is drawn from the Maxwell-Boltzmann distribution at

@@ -262,3 +262,33 @@ def test_start_momenta_at_zero_kelvin_or_on_one_atom_stays_finite():
     alone = crystal[:1]  # one free atom keeps its drift: 3 degrees of freedom at 300 K
     start_momenta(alone, 300.0, seed=0)
     assert alone.get_temperature() == pytest.approx(300.0, rel=1e-12)
+
+
+def test_thermostat_noise_and_starting_momenta_are_independent_streams(
+    model, small_crystals, monkeypatch
+):
+    """One seed gave both generators: Langevin's first random forces were the very normals
+    the starting momenta were drawn from. Now they come from two spawned streams."""
+    import fastchgnet.md.dynamics as dynamics
+
+    seeds = {}
+    draw, build = dynamics.start_momenta, dynamics.make_integrator
+
+    def recording_draw(atoms, temperature, seed=None):
+        seeds["momenta"] = seed
+        return draw(atoms, temperature, seed)
+
+    def recording_build(*args, **kwargs):
+        seeds["thermostat"] = kwargs["seed"]
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(dynamics, "start_momenta", recording_draw)
+    monkeypatch.setattr(dynamics, "make_integrator", recording_build)
+    crystal = next(atoms for atoms in small_crystals if len(atoms) > 2)
+    dynamics.run_md(
+        crystal, model, thermostat="langevin", starting_temperature=300.0, steps=1,
+        progress=False, seed=5, compiled=False,
+    )  # fmt: skip
+    first = np.random.default_rng(seeds["momenta"]).standard_normal(6)
+    noise = np.random.default_rng(seeds["thermostat"]).standard_normal(6)
+    assert not np.allclose(first, noise)
