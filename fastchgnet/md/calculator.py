@@ -27,6 +27,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from fastchgnet.data.graph import CrystalGraph, NeighbourBackend, check_ordered, structure_name
 from fastchgnet.md.verlet_graph import VerletGraph
+from fastchgnet.model.device import check_device
 from fastchgnet.model.potential import Potential, as_potential, check_elements
 
 
@@ -178,7 +179,8 @@ class Calculator(AseCalculator):
             )
         super().__init__(**kwargs)
         if device is not None:
-            getattr(model, "model", model).to(device)  # a Potential's module, or the module
+            module = getattr(model, "model", model)  # a Potential's module, or the module
+            module.to(check_device(device))
         self.features = features
         capture = capture_backend(compiled)  # not ``backend``: that is the neighbour rule
         self.potential = (  # what every call goes to

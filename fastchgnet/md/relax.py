@@ -61,7 +61,7 @@ from fastchgnet.md.calculator import (
 )
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 from fastchgnet.md.verlet_graph import VerletGraph
-from fastchgnet.model.potential import Potential, as_potential, is_structure
+from fastchgnet.model.potential import Potential, as_potential, check_batch_size, is_structure
 
 log = logging.getLogger("fastchgnet.md")
 
@@ -225,10 +225,9 @@ def relax(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)}")
-    if not fmax > 0 or steps < 0 or batch_size < 1:  # NaN is not > 0
-        raise ValueError(
-            f"need fmax > 0, steps >= 0, batch_size >= 1; got {fmax}, {steps}, {batch_size}"
-        )
+    batch_size = check_batch_size(batch_size)
+    if not fmax > 0 or steps < 0:  # NaN is not > 0
+        raise ValueError(f"need fmax > 0 and steps >= 0; got {fmax}, {steps}")
     single = is_structure(structures)
     if not single and (not isinstance(structures, Iterable) or isinstance(structures, str | Path)):
         raise TypeError(f"structures: Structure(s) or Atoms, not {structures!r} (read files first)")

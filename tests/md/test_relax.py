@@ -184,3 +184,15 @@ def test_a_calculator_refuses_neighbours_of_other_cutoffs(model):
 
     with pytest.raises(ValueError, match=r"neighbours: cutoffs \(5.0, 3.0\) Å, but the model"):
         Calculator(model, neighbours=VerletGraph(5.0, 3.0))
+
+
+def test_relax_batch_size_that_is_not_a_positive_int_is_one_line(model):
+    from ase.build import bulk
+
+    from fastchgnet.md.relax import relax
+
+    crystals = [bulk("Si", "diamond", a=5.43)] * 2
+    with pytest.raises(TypeError, match=r"batch_size must be an int >= 1, got 2\.5"):
+        relax(crystals, model, batch_size=2.5)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        relax(crystals, model, batch_size=0)

@@ -62,3 +62,10 @@ def test_a_device_string_torch_does_not_know_is_one_line():
     with pytest.raises(ValueError, match=r"^device 'gpu': not a torch device"):
         check_device("gpu")
     assert check_device("cpu") == torch.device("cpu")
+
+
+def test_our_calculator_on_cuda_in_a_cpu_only_torch_is_one_line(cpu_only_torch):
+    from fastchgnet.md.calculator import Calculator
+
+    with pytest.raises(ValueError, match=r"^device 'cuda': CUDA is not available in this torch"):
+        Calculator(FastCHGNet(n_conv=2), device="cuda")
