@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastchgnet.compat.reference_names import ReferenceNames
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.errors import StructureError
 from fastchgnet.model.chgnet import FastCHGNet
@@ -98,7 +99,7 @@ class GraphConverter:
         return self.graphs([structure])[0]
 
 
-class CHGNet(FastCHGNet):
+class CHGNet(ReferenceNames, FastCHGNet):
     """FastCHGNet with the reference ``chgnet.model.CHGNet`` API.
 
     ``CHGNet()`` is the reference architecture with fresh weights and the MPtrj composition

@@ -34,13 +34,27 @@ SCHEDULERS = {"CosLR": "cosine", "CosineAnnealingLR": "cosine", "Cos": "cosine",
 TARGET_NAMES = {"e": "energy", "f": "forces", "s": "stress", "m": "magmoms"}
 
 
+def frozen_parameters(model: torch.nn.Module) -> tuple[str, ...]:
+    """Names of the parameters the user stopped training (``requires_grad = False``, as
+    chgnet's fine-tuning recipe sets them), for the run's ``model.freeze``. The AtomRef
+    energies are left out: they are never trained by gradient (``fit_composition`` refits
+    them)."""
+    return tuple(
+        name
+        for name, parameter in model.named_parameters()
+        if not parameter.requires_grad and name != "composition.energies"
+    )
+
+
 class Trainer:
     """Train a ``CHGNet`` on ``StructureData`` loaders, as the reference's Trainer.
 
     Mapped: targets ("ef", "efs", "efsm") and the four loss ratios, criterion "MSE" or
     "Huber" (``delta``), optimizer "Adam"/"AdamW" (``weight_decay``), scheduler "CosLR"
-    (cosine to ``decay_fraction`` x lr), learning_rate, epochs, torch_seed. Anything else the
-    reference offers raises NotImplementedError naming the fastchgnet setting to use.
+    (cosine to ``decay_fraction`` x lr), learning_rate, epochs, torch_seed. Parameters set to
+    ``requires_grad = False`` before ``train`` (chgnet's freezing recipe) are not trained.
+    Anything else the reference offers raises NotImplementedError naming the fastchgnet setting
+    to use.
     """
 
     def __init__(
@@ -120,12 +134,14 @@ class Trainer:
 
     def config_for(self, cache: Path, init: Path, out: Path, batch_size: int,
                    fit_composition: bool) -> TrainConfig:  # fmt: skip
-        """The TrainConfig this trainer's settings map to."""
+        """The TrainConfig this trainer's settings map to; the model's parameters with
+        ``requires_grad = False`` stay frozen (``model.freeze``, by exact name)."""
         return TrainConfig(
             data=DataConfig(source=str(cache), batch_size=batch_size, explicit_split=True),
             model=ModelSection(
                 init=str(init),
                 architecture={},
+                freeze=frozen_parameters(self.model),
                 fit_composition="yes" if fit_composition else "no",
             ),
             optim=self.optim,
