@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fastchgnet.cli.train import USER_ERRORS, user_error
 from fastchgnet.train.config import load_config
 from fastchgnet.train.finetune import finetune
+
+PROG = "launcher/finetune.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="launcher/finetune.py",
+        prog=PROG,
         description="Fine-tune (configs/finetune.toml) and report MAE before and after.",
     )
     parser.add_argument("--config", default="configs/finetune.toml", help="run config")
@@ -34,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, fine-tune, print the before/after table; returns the exit code (2,
-    with one line, under a multi-process launcher: the report runs in one process)."""
+    with one line, under a multi-process launcher: the report runs in one process). A bad
+    config key or value, a missing file or a damaged checkpoint is one line on stderr (exit
+    1), as in ``launcher/train.py``."""
     from fastchgnet.train.engine import launched_distributed
 
     args = build_parser().parse_args(argv)
@@ -48,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    config = load_config(args.config, args.overrides)
-    report = finetune(config, tuple(args.eval_sources))
+    try:
+        config = load_config(args.config, args.overrides)
+        report = finetune(config, tuple(args.eval_sources))
+    except USER_ERRORS as error:
+        return user_error(PROG, error)
     print(
         f"\nfine-tuning: {report.n_train} frames trained on, {report.n_heldout} held out "
         f"(split_by={config.data.split_by}); MAE before and after\n" + report.table(),

@@ -22,13 +22,26 @@ import signal
 import sys
 from pathlib import Path
 
-from fastchgnet.train.checkpoint import stored_config
+from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
+
+#: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
+#: one line on stderr, no traceback (``user_error``)
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError)
+
+
+def user_error(prog: str, error: Exception) -> int:
+    """Print ``error`` on stderr after ``prog`` (our messages are one line); returns 1."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 1
+
+
+PROG = "fastchgnet train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fastchgnet train", description="Train FastCHGNet (see configs/ for examples)."
+        prog=PROG, description="Train FastCHGNet (see configs/ for examples)."
     )
     parser.add_argument("--config", help="TOML or JSON run config (default: the quick start)")
     parser.add_argument(
@@ -109,13 +122,10 @@ def run(args: argparse.Namespace) -> int:
     launcher prints one line naming the ranks whose processes are gone (exit 1, or 128 +
     the signal), so a dead rank shows up by name instead of as a hang or a bare SIGTERM.
     """
-    from fastchgnet.train.checkpoint import CheckpointError
-
     try:
         config = resolve_config(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"fastchgnet train: error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return user_error(PROG, error)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
@@ -127,16 +137,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             start_over(out, args.overwrite, remove=rank == 0)
         except ValueError as error:
-            print(f"fastchgnet train: error: {error}", file=sys.stderr)
-            return 1
+            return user_error(PROG, error)
     distributed = launched_distributed()
     if distributed:
         _report_on_signal(out, rank)
     try:
         train(config, resume=args.resume)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
-        print(f"fastchgnet train: error: {error}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as error:
+        return user_error(PROG, error)
     except Exception as error:
         if not distributed:
             raise

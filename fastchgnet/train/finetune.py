@@ -86,8 +86,12 @@ def source_splits(source: str, config: TrainConfig, cutoffs: tuple[float, float]
 def finetune(config: TrainConfig, eval_sources: tuple[str, ...] = ()) -> FinetuneReport:
     """Evaluate the starting model, train ``config`` (``run.train``), evaluate the result."""
     from fastchgnet.model.chgnet import FastCHGNet
-    from fastchgnet.train.run import train
+    from fastchgnet.train.run import check_data_ranges, train
 
+    check_data_ranges(config.data)
+    for source in eval_sources:  # before the training data is converted
+        if not Path(source).exists():
+            raise FileNotFoundError(f"--eval {source}: no such file or directory")
     out = Path(config.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.run.threads > 0:

@@ -1,0 +1,42 @@
+"""User errors end in one line on stderr, in training and fine-tuning alike: a bad key, a
+missing file, a batch size below 1 (which divided by zero in the compile decision)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastchgnet.cli.finetune import main as finetune_main
+from fastchgnet.cli.train import main as train_main
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_finetune_names_an_unknown_key_in_one_line(capsys):
+    assert finetune_main(["--set", "optim.lrr=1"]) == 1
+    assert "unknown key 'optim.lrr'" in _one_line(capsys)
+
+
+def test_finetune_names_a_missing_eval_source_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--eval", str(tmp_path / "nonexist.zip"), "--set", f"run.out_dir={out}"]
+    assert finetune_main(args) == 1
+    assert f"--eval {tmp_path / 'nonexist.zip'}: no such file" in _one_line(capsys)
+    assert not (out / "cache").exists()
+
+
+def test_finetune_names_a_missing_data_source_in_one_line(tmp_path, capsys):
+    source = tmp_path / "nonexist"
+    args = ["--set", f"data.source={source}", "--set", f"run.out_dir={tmp_path / 'run'}"]
+    assert finetune_main(args) == 1
+    assert f"{source}: no such file or directory" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("main", [train_main, finetune_main], ids=["train", "finetune"])
+def test_a_batch_size_below_one_is_named_not_a_zero_division(main, tmp_path, capsys):
+    args = ["--set", "data.batch_size=0", "--set", f"run.out_dir={tmp_path / 'run'}"]
+    assert main(args) == 1
+    assert "config data.batch_size=0: must be at least 1" in _one_line(capsys)
