@@ -314,17 +314,24 @@ def _coerce(kind: Any, value: Any, name: str) -> Any:
 
 
 def read_table(path: str | Path) -> dict[str, Any]:
-    """Nested dict from a .toml or .json file."""
+    """Nested dict from a .toml or .json file; a syntax error is one ValueError naming the
+    file (``<path>: not valid TOML: <reason>``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
-    return tomllib.loads(path.read_text())
+    kind, parse, error = (
+        ("JSON", json.loads, json.JSONDecodeError)
+        if path.suffix == ".json"
+        else ("TOML", tomllib.loads, tomllib.TOMLDecodeError)
+    )
+    try:
+        return parse(path.read_text())
+    except error as failure:
+        raise ValueError(f"{path}: not valid {kind}: {failure}") from None
 
 
 def parse_value(text: str) -> Any:
