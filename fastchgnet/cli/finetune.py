@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from fastchgnet.cli.train import USER_ERRORS, user_error
-from fastchgnet.train.config import load_config
+from fastchgnet.cli.train import USER_ERRORS, add_run_folder_options, resolve_config, user_error
 from fastchgnet.train.finetune import finetune
+from fastchgnet.train.outputs import start_over
 
 PROG = "launcher/finetune.py"
 
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="frames to evaluate before and after, never trained on (repeatable)",
     )
+    add_run_folder_options(parser)
     return parser
 
 
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, fine-tune, print the before/after table; returns the exit code (2,
     with one line, under a multi-process launcher: the report runs in one process). A bad
     config key or value, a missing file or a damaged checkpoint is one line on stderr (exit
-    1), as in ``launcher/train.py``."""
+    1), as in ``launcher/train.py``, and so is a run.out_dir that holds a run unless
+    ``--resume`` continues it or ``--overwrite`` starts over there."""
     from fastchgnet.train.engine import launched_distributed
 
     args = build_parser().parse_args(argv)
@@ -54,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        config = load_config(args.config, args.overrides)
-        report = finetune(config, tuple(args.eval_sources))
+        config = resolve_config(args)
+        if not args.resume:
+            start_over(Path(config.run.out_dir), args.overwrite, remove=True)
+        report = finetune(config, tuple(args.eval_sources), resume=args.resume)
     except USER_ERRORS as error:
         return user_error(PROG, error)
     print(

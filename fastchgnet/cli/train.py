@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
+from fastchgnet.train.outputs import start_over
 
 #: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
 #: one line on stderr, no traceback (``user_error``)
@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one setting, e.g. optim.epochs=3 (repeatable)",
     )
+    add_run_folder_options(parser)
+    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
+    # deepspeed's launcher passes --local_rank; the rank comes from the environment
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS
+    )
+    return parser
+
+
+def add_run_folder_options(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--overwrite``, which say what to do with a run.out_dir that holds a
+    run (``train.outputs.start_over``; ``resolve_config`` reads them)."""
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint in run.out_dir"
     )
@@ -61,12 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in a run.out_dir that holds a run: its checkpoints and metrics.csv "
         "are removed first (without it, such a folder is refused: --resume continues it)",
     )
-    parser.add_argument("--print-config", action="store_true", help="print the config and exit")
-    # deepspeed's launcher passes --local_rank; the rank comes from the environment
-    parser.add_argument(
-        "--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS
-    )
-    return parser
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
@@ -86,27 +92,6 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         )
         raise FileNotFoundError(f"--resume: no checkpoint under {root}{uncommitted}")
     return apply_overrides(TrainConfig.from_dict(stored), args.overrides)
-
-
-#: What a run leaves in its run.out_dir that a new run there would mix with its own
-RUN_FILES = ("checkpoints", "metrics.csv", "model.pt")
-
-
-def start_over(out: Path, overwrite: bool, remove: bool) -> None:
-    """Make ``out`` ready for a new run: ValueError (one line) if it holds a run's files
-    (``RUN_FILES``) and ``overwrite`` is off; with it, the checkpoints and metrics.csv go
-    (only where ``remove``: one rank removes, every rank checks)."""
-    found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found:
-        return
-    if not overwrite:
-        raise ValueError(
-            f"run.out_dir {out} holds a run ({', '.join(found)}): --resume continues it, "
-            "--overwrite starts over there, or set another run.out_dir"
-        )
-    if remove:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "metrics.csv").unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from fastchgnet.train.loading import (
     make_splits,
     resolve_cache,
 )
-from fastchgnet.train.metrics import REPORTED, append_csv, format_table
+from fastchgnet.train.metrics import REPORTED, format_table, write_csv
 from fastchgnet.train.model_setup import build_model
 
 
@@ -83,8 +83,12 @@ def source_splits(source: str, config: TrainConfig, cutoffs: tuple[float, float]
     return Splits(opened.dataset, everything, empty, empty)
 
 
-def finetune(config: TrainConfig, eval_sources: tuple[str, ...] = ()) -> FinetuneReport:
-    """Evaluate the starting model, train ``config`` (``run.train``), evaluate the result."""
+def finetune(
+    config: TrainConfig, eval_sources: tuple[str, ...] = (), resume: bool = False
+) -> FinetuneReport:
+    """Evaluate the starting model, train ``config`` (``run.train``; from the newest
+    checkpoint where ``resume``), evaluate the result; the report replaces
+    ``finetune-report.csv``."""
     from fastchgnet.model.chgnet import FastCHGNet
     from fastchgnet.train.run import check_data_ranges, train
 
@@ -104,7 +108,7 @@ def finetune(config: TrainConfig, eval_sources: tuple[str, ...] = ()) -> Finetun
     rows = {"held-out before": evaluate_indices(start, splits, held, config)}
     for name, other in others.items():
         rows[f"{name} before"] = evaluate_indices(start, other, other.train, config)
-    train(config)
+    train(config, resume=resume)
     tuned = FastCHGNet.load(out / "model.pt")
     rows["held-out after"] = evaluate_indices(tuned, splits, held, config)
     for name, other in others.items():
@@ -113,10 +117,12 @@ def finetune(config: TrainConfig, eval_sources: tuple[str, ...] = ()) -> Finetun
     for name in others:
         order += [f"{name} before", f"{name} after"]
     report = FinetuneReport({k: rows[k] for k in order}, len(splits.train), len(held))
+    rows = []
     for name, results in report.rows.items():
         row: dict[str, object] = {"rows": name}
         for target in REPORTED:
             row[f"{target}_mae"] = results.get(f"{target}_mae", float("nan"))
             row[f"{target}_r2"] = results.get(f"{target}_r2", float("nan"))
-        append_csv(out / "finetune-report.csv", row)
+        rows.append(row)
+    write_csv(out / "finetune-report.csv", rows)
     return report

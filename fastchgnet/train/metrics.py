@@ -8,6 +8,7 @@ Only labelled entries count (the label masks select them).
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from fastchgnet.data.labels import LabelBatch
+from fastchgnet.files import atomic_write_bytes
 from fastchgnet.train.collectives import all_gather_objects, all_reduce
 
 #: target -> (column label, factor from our unit to the reported unit)
@@ -147,3 +149,14 @@ def append_csv(path: Path, row: dict[str, object]) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    """Replace ``path`` with a CSV of ``rows`` (the first row's keys are the header),
+    atomically: a reader sees the old file or the new one, never a part."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
+    if rows:
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
