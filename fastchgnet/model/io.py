@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 FORMAT = "fastchgnet-model"
 FORMAT_VERSION = 2
+#: The format of training checkpoints (``fastchgnet.train.checkpoint.FORMAT``, a layer above).
+TRAIN_CHECKPOINT_FORMAT = "fastchgnet-train-checkpoint"
 
 
 def save_model(model: FastCHGNet, path: str | Path) -> None:
@@ -40,10 +42,7 @@ def load_model(
         _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
     except ChecksumError as error:
         if str(error).endswith(f"not a {FORMAT} file"):  # readable, but someone else's
-            raise ChecksumError(
-                f"{error} (a chgnet checkpoint or as_dict file loads with "
-                "fastchgnet.model.chgnet_files.load_model_file or compat CHGNet.from_file)"
-            ) from None
+            raise ChecksumError(f"{error} ({how_to_load(path)})") from None
         raise
     model = load_weights(cls(ModelConfig.from_saved(payload["config"])), payload["weights"])
     return model.to(device).eval()
@@ -58,3 +57,28 @@ def load_weights(model: FastCHGNet, weights: dict[str, torch.Tensor]) -> FastCHG
         model.to(dtypes.pop())
     model.load_state_dict(weights)
     return model
+
+
+def file_format(path: str | Path) -> str | None:
+    """The ``format`` a checksummed file of ours declares ("fastchgnet-model",
+    "fastchgnet-train-checkpoint"), or None for any other or unreadable file. Reads only the
+    wrapper (``weights_only=True``)."""
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable or holding pickled objects: not one of ours
+        return None
+    kind = wrapper.get("format") if isinstance(wrapper, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def how_to_load(path: str | Path) -> str:
+    """What a readable file that is not our model file may be, and what reads it."""
+    if file_format(path) == TRAIN_CHECKPOINT_FORMAT:
+        return (
+            "it is a fastchgnet training checkpoint: `fastchgnet predict --model` and the "
+            "training config's model.init read it, or use its run folder's model.pt"
+        )
+    return (
+        "a chgnet checkpoint or as_dict file loads with "
+        "fastchgnet.model.chgnet_files.load_model_file or compat CHGNet.from_file"
+    )
