@@ -41,7 +41,7 @@ def build_model(section: ModelSection, seed: int) -> FastCHGNet:
     if section.init != "scratch" and section.architecture:
         raise ValueError(
             f"model.architecture applies to init='scratch' only (init={section.init!r} brings its "
-            "own); set model.architecture = {} in the config"
+            "own): add --set 'model.architecture={}' (or model.architecture = {} in the config)"
         )
     if section.init == "scratch":
         torch.manual_seed(seed)
