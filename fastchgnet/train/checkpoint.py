@@ -4,7 +4,8 @@ Layout under ``<out_dir>/checkpoints``::
 
     step-00000120/rank-00000.pt   model weights and config, optimiser (this rank's shard under
                                   ZeRO 1), scheduler, progress (epoch, step in epoch, global
-                                  step, bad steps in a row), RNG states, TrainConfig, history
+                                  step, bad steps in a row), RNG states, TrainConfig, history,
+                                  training options' state (EMA weights, best score)
     step-00000120/rank-00001.pt   optimiser shard, scheduler and RNG states of rank 1
     latest.json                   names the newest complete checkpoint; written last
 
@@ -110,11 +111,14 @@ def save_checkpoint(
     history: list[dict[str, Any]],
     barrier: Any = None,
     keep: int = 3,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """Write this rank's file of the checkpoint at ``progress.global_step``; the main rank
     commits it in ``latest.json`` after ``barrier()`` (all ranks written) and prunes to ``keep``.
 
     ``model`` (the main rank's) carries weights and its ModelConfig; other ranks pass None.
+    ``options``: the training options' state (EMA, best score; ``TrainingOptions.state_dict``),
+    kept in the main rank's file beside the weights.
     """
     folder = root / f"step-{progress.global_step:08d}"
     payload: dict[str, Any] = {
@@ -128,6 +132,7 @@ def save_checkpoint(
         payload["model_config"] = model.config.to_dict()
         payload["config"] = config
         payload["history"] = history
+        payload["options"] = options
     write_verified(rank_file(folder, rank), payload)
     if barrier is not None:
         barrier()

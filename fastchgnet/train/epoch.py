@@ -79,8 +79,9 @@ def train_one_epoch(run: Run) -> bool:
         append_csv(run.out / "metrics.csv", metric_row(epoch + 1, "val", progress, results))
     run.scalars.add(results, progress.global_step, "val")
     progress.epoch, progress.step_in_epoch = epoch + 1, 0
-    checkpoint(run)
-    if run.options.end_epoch(epoch + 1, results, run.model):  # the same on every rank
+    stop = run.options.end_epoch(epoch + 1, results, run.model)  # the same on every rank
+    checkpoint(run)  # after the options' epoch end: its state holds this epoch's score
+    if stop:
         stale = run.options.tracker.stale
         log(f"early stopping: no better validation score for {stale} epochs", rank)
         return True
@@ -168,4 +169,5 @@ def checkpoint(run: Run) -> None:
         history=run.history,
         barrier=collectives.barrier,
         keep=run.config.run.keep,
+        options=run.options.state_dict() if run.rank == 0 else None,
     )

@@ -3,9 +3,12 @@ the best-on-validation model kept beside the last, early stopping with a patienc
 
 ``run.train`` calls this in four marked places: after each step (``after_step``), around each
 evaluation (``evaluation``), at each epoch end (``end_epoch``: True stops the run) and for the
-final model file (``save_final``). Their state (EMA shadow, best score) is written at every
-epoch end to ``<out>/options_state.pt`` and read back on resume, so a resumed run continues
-from the last epoch boundary (mid-epoch EMA updates since then are not replayed).
+final model file (``save_final``). Their state (EMA shadow, best score, epochs without a
+better one) goes into every checkpoint (``state_dict``, rank 0's file) and is restored on
+resume (``load_state_dict``), so a run resumed mid-epoch continues the EMA from the
+checkpoint's step: model.pt, best_model.pt and metrics equal an uninterrupted run's. Runs
+written before that kept it in ``<out>/options_state.pt`` at epoch ends, which ``resume``
+still reads for their checkpoints.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any
 
 from torch import nn
 
-from fastchgnet.files import read_checksummed, write_checksummed
+from fastchgnet.files import read_checksummed
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.ema import WeightEMA
 from fastchgnet.train.selection import BestTracker, save_best, validation_score
 
+#: where runs written before checkpoints held the options' state kept it (read on resume)
 STATE_FILE = "options_state.pt"
 STATE_KIND = "fastchgnet-training-options"
 
@@ -57,8 +61,6 @@ class TrainingOptions:
         if self.tracker.update(epoch, score) and self.is_main:
             with self.evaluation(model):
                 save_best(model, self.out_dir, epoch, score, self.metric)
-        if self.is_main:
-            write_checksummed(self.out_dir / STATE_FILE, self.state_dict(), STATE_KIND, 1)
         return self.tracker.should_stop
 
     def save_final(self, model: Any, out_dir: Path) -> None:
@@ -69,15 +71,25 @@ class TrainingOptions:
             model.save(out_dir / "model.pt")
 
     def state_dict(self) -> dict[str, Any]:
-        ema = None if self.ema is None else self.ema.state_dict()
+        """EMA (its shadow weights copied to the CPU) and best-score state, for checkpoints."""
+        ema = None
+        if self.ema is not None:
+            ema = self.ema.state_dict()
+            ema["shadow"] = {k: v.detach().cpu() for k, v in self.ema.shadow.items()}
         return {"ema": ema, "tracker": self.tracker.state_dict()}
 
-    def resume(self) -> None:
-        """Read the state written at the last epoch end, if any."""
-        path = self.out_dir / STATE_FILE
-        if not path.is_file():
-            return
-        _, state = read_checksummed(path, STATE_KIND, (1,))
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` gave (an EMA state is ignored when EMA is off now)."""
         self.tracker.load_state_dict(state["tracker"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+
+    def resume(self, state: dict[str, Any] | None) -> None:
+        """Restore a checkpoint's ``state`` (``state_dict``); None (a checkpoint written
+        before it held one): the ``options_state.pt`` of the last epoch end, if any."""
+        if state is None:
+            path = self.out_dir / STATE_FILE
+            if not path.is_file():
+                return
+            _, state = read_checksummed(path, STATE_KIND, (1,))
+        self.load_state_dict(state)

@@ -219,7 +219,7 @@ def resume_from_checkpoint(run: Run) -> None:
     run.progress = Progress(**payloads[run.rank]["progress"])
     run.step = TrainStep(run.engine, run.config.loss, run.step.captured, run.progress.bad_steps)
     run.history = list(main["history"])
-    run.options.resume()
+    run.options.resume(main.get("options"))
     set_rng_state(payloads[run.rank]["rng"])
     log(
         f"resumed from {folder} (epoch {run.progress.epoch + 1}, step {run.progress.global_step})",
