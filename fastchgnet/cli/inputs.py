@@ -214,8 +214,8 @@ def add_model_arguments(parser: Any) -> None:
     parser.add_argument(
         "--model",
         default="0.3.0",
-        help="reference version (0.3.0, 0.2.0, r2scan), model file, or a training run's "
-        "folder (its model.pt)",
+        help="reference version (0.3.0, 0.2.0, r2scan), model file, a training run's folder "
+        "(its model.pt, else its newest checkpoint) or a training checkpoint",
     )
     parser.add_argument(
         "--device",
@@ -253,9 +253,30 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def training_checkpoint(spec: str) -> Path | None:
+    """The rank-0 file of the training checkpoint ``spec`` names, or None when it names
+    anything else (a reference version, a model file, a run folder with its model.pt): a
+    checkpoint file, a step folder, or a run folder without model.pt (an interrupted run: its
+    newest checkpoint, the one ``model.init`` reads for a run folder)."""
+    from fastchgnet.model.io import TRAIN_CHECKPOINT_FORMAT, file_format
+    from fastchgnet.train.checkpoint import latest_checkpoint, rank_file
+
+    path = Path(spec)
+    if path.is_file():
+        return path if file_format(path) == TRAIN_CHECKPOINT_FORMAT else None
+    if not path.is_dir() or (path / "model.pt").is_file():
+        return None
+    checkpoints = path / "checkpoints"
+    folder = latest_checkpoint(checkpoints) if checkpoints.is_dir() else path
+    if folder is None or not rank_file(folder, 0).is_file():
+        return None
+    return rank_file(folder, 0)
+
+
 def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> Any:
-    """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file or a
-    training run's folder (its ``model.pt``), on
+    """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file, a
+    training run's folder (its ``model.pt``) or a training checkpoint (``training_checkpoint``:
+    the weights ``model.init`` reads, the file named on stderr), on
     ``device`` (``resolve_device``'s names; a numbered GPU becomes the current device) and set
     to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
     device)."""
@@ -265,6 +286,13 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     if where.type == "cuda" and where.index is not None:
         # the current device too: CUDA graphs, bf16 checks and streams follow it, not the model
         torch.cuda.set_device(where)
+    checkpoint = training_checkpoint(spec)
+    if checkpoint is not None:  # read as ``model.init`` reads it
+        from fastchgnet.train.model_setup import load_from_path
+
+        model = load_from_path(checkpoint).eval()
+        print(f"fastchgnet: weights of training checkpoint {checkpoint}", file=sys.stderr)
+        return model.to(where).set_precision(precision, where.type)
     if Path(spec).is_dir():  # a training run's folder: its model.pt
         if not (Path(spec) / "model.pt").is_file():
             raise FileNotFoundError(f"{spec}: a folder without model.pt (name the model file)")

@@ -18,10 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from fastchgnet.cli.data import add_commands as add_data_commands
 from fastchgnet.cli.inputs import (
@@ -30,49 +26,11 @@ from fastchgnet.cli.inputs import (
     check_output_file,
     load_model,
     read_structures,
-    resolve_device,
     screen_structures,
     structure_label,
 )
 from fastchgnet.cli.md import add_commands as add_md_commands
 from fastchgnet.errors import StructureError
-
-
-def training_checkpoint(spec: str) -> Path | None:
-    """The rank-0 file of the training checkpoint ``spec`` names, or None when it names
-    anything else (a reference version, a model file, a run folder with its model.pt): a
-    checkpoint file, a step folder, or a run folder without model.pt (an interrupted run: its
-    newest checkpoint, the one ``model.init`` reads for a run folder)."""
-    from fastchgnet.model.io import TRAIN_CHECKPOINT_FORMAT, file_format
-    from fastchgnet.train.checkpoint import latest_checkpoint, rank_file
-
-    path = Path(spec)
-    if path.is_file():
-        return path if file_format(path) == TRAIN_CHECKPOINT_FORMAT else None
-    if not path.is_dir() or (path / "model.pt").is_file():
-        return None
-    checkpoints = path / "checkpoints"
-    folder = latest_checkpoint(checkpoints) if checkpoints.is_dir() else path
-    if folder is None or not rank_file(folder, 0).is_file():
-        return None
-    return rank_file(folder, 0)
-
-
-def predict_model(spec: str, precision: str, device: str) -> Any:
-    """``--model``: what ``inputs.load_model`` loads, or a training checkpoint
-    (``training_checkpoint``) read by ``model.init``'s loader (``load_from_path``), on
-    ``device`` in ``precision``; a line on stderr names the checkpoint file."""
-    checkpoint = training_checkpoint(spec)
-    if checkpoint is None:
-        return load_model(spec, precision, device)
-    from fastchgnet.train.model_setup import load_from_path
-
-    where = resolve_device(device)
-    if where.type == "cuda" and where.index is not None:
-        torch.cuda.set_device(where)  # as load_model: CUDA graphs and streams follow it
-    model = load_from_path(checkpoint).eval()
-    print(f"fastchgnet predict: weights of training checkpoint {checkpoint}", file=sys.stderr)
-    return model.to(where).set_precision(precision, where.type)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -81,7 +39,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.output:
         check_output_file(args.output, "-o", "out.json")
-    model = predict_model(args.model, args.precision, args.device)
+    model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
     graphs = screen_structures(model.config, structures, "predict", "predicted")
     good = [index for index, graph in enumerate(graphs) if graph is not None]

@@ -71,3 +71,16 @@ def test_model_layer_knows_the_training_checkpoint_format_by_its_name() -> None:
     from fastchgnet.train.checkpoint import FORMAT
 
     assert TRAIN_CHECKPOINT_FORMAT == FORMAT
+
+
+def test_relax_and_md_read_a_training_checkpoint_too(interrupted_run, structure_file, tmp_path):
+    """The loader is the CLI's one (``inputs.load_model``): relax and md take what predict
+    takes."""
+    relaxed = tmp_path / "relaxed.extxyz"
+    args = ["relax", str(structure_file), "--model", str(interrupted_run), "-o", str(relaxed)]
+    assert main([*args, "--steps", "2"]) == 0
+    assert relaxed.is_file()
+    trajectory = tmp_path / "md.extxyz"
+    args = ["md", str(structure_file), "--model", str(interrupted_run), "-o", str(trajectory)]
+    assert main([*args, "--steps", "2"]) == 0
+    assert trajectory.is_file()
