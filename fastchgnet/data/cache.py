@@ -52,8 +52,9 @@ ARRAYS: dict[str, tuple[str, str, tuple[int, ...]]] = {
 }
 
 
-class CacheError(RuntimeError):
-    """A cache folder is unfinished, corrupt, or was built with other settings."""
+class CacheError(RuntimeError, ValueError):
+    """A cache folder is unfinished, corrupt, or was built with other settings (a ValueError
+    too, so the command line reports it in one line)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Shard ``k`` holds source frames ``k * shard_size`` to ``(k + 1) * shard_size``. 
 in a ``.tmp-`` folder, each file fsynced, then renamed into place, so a shard folder exists only
 once complete. A rerun with the same settings keeps every full shard whose files match its
 shard.json checksums (reading past its frames without building graphs), deletes stale
-``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt).
+``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt). The same
+settings include the frames' ``origin`` (``data.origin``: the source file and its label
+settings) where known: a rerun from another source or with other labels is refused.
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
 ``workers * 64`` frames in flight, never a whole shard; finished structures are appended to
@@ -39,6 +41,7 @@ from fastchgnet.data.cache import (
 )
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
+from fastchgnet.data.origin import as_json, describe_change
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 
@@ -240,6 +243,7 @@ def convert(
     shard_size: int = 4096,
     *,
     progress: bool = True,
+    origin: dict | None = None,
 ) -> ConvertSummary:
     """Build the graphs of ``frames`` into a sharded cache at ``out_dir`` (resumable).
 
@@ -250,6 +254,9 @@ def convert(
         workers: graph-building processes (``<= 1``: in this process).
         shard_size: source frames per shard.
         progress: show a tqdm bar and print the summary line.
+        origin: what the frames were read from (``data.origin``), recorded in settings.json and
+            manifest.json; default ``frames.origin`` where ``frames`` has one
+            (``sources.read_frames``' ``SourceFrames``).
 
     Returns:
         A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
@@ -269,11 +276,14 @@ def convert(
         "bond_cutoff": float(bond_cutoff),
         "shard_size": int(shard_size),
     }
+    origin = getattr(frames, "origin", None) if origin is None else origin
+    if origin is not None:
+        settings["origin"] = as_json(origin)
     settings_path = out / "settings.json"
-    if settings_path.is_file() and json.loads(settings_path.read_text()) != settings:
+    if settings_path.is_file() and (built := json.loads(settings_path.read_text())) != settings:
         raise CacheError(
-            f"{out} was built with settings {settings_path.read_text()}; "
-            f"asked for {settings}; use another folder or delete it"
+            f"{out} was built with settings other than asked ({describe_change(built, settings)})"
+            "; use another folder or delete it"
         )
     write_json_atomic(settings_path, settings)
     remove_tree(out / "manifest.json")

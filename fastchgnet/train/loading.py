@@ -7,6 +7,7 @@ thing training needs beyond them: starting an epoch part-way (exact resume).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,35 +46,78 @@ def resolve_cache(
 
     Only the main rank converts; the caller makes the other ranks wait (barrier) before they
     open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
-    """
-    from fastchgnet.data.convert import convert
-    from fastchgnet.data.sources import read_frames
-    from fastchgnet.data.split import tag_split
 
+    A cache given as ``source`` is used as it is. Frames are converted into ``cache_dir``
+    (default ``<out_dir>/cache``) unless it holds them already: built from the same source
+    files, label settings and cutoffs (``data.origin``, recorded in the cache). A cache that
+    does not match is rebuilt when it is the run's own (inside ``out_dir``), saying why in one
+    line, and refused (``CacheError``, one line naming the difference) when it lies elsewhere:
+    it is not the run's to delete. A missing source is an error even when a cache exists.
+    """
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
         return source
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
-    if is_main and not (cache / "manifest.json").is_file():
-
-        def frames_of(path: Path) -> Iterable[Frame]:
-            return read_frames(path, config.energy_key, config.labels, scratch=out_dir)
-
-        frames = frames_of(source)
-        if config.val_source or config.test_source:  # one cache, frames tagged by split
-            parts = [
-                ("train", source),
-                ("val", config.val_source),
-                ("test", config.test_source),
-            ]
-            frames = itertools.chain.from_iterable(
-                tag_split(frames_of(Path(path)), name) for name, path in parts if path
-            )
-        if config.replay_source and config.replay_fraction > 0:
-            base = frames_of(Path(config.replay_source))
-            frames = itertools.chain(frames, replay_sample(base, config.replay_fraction))
-        convert(frames, cache, *cutoffs, workers=config.convert_workers, progress=True)
+    if is_main:
+        convert_sources(config, source, cache, out_dir, cutoffs)
     return cache
+
+
+def convert_sources(
+    config: DataConfig, source: Path, cache: Path, out_dir: Path, cutoffs: tuple[float, float]
+) -> None:
+    """Convert ``config``'s frame sources into ``cache`` unless it holds them already (see
+    ``resolve_cache``); decompressed copies of gzipped sources go under ``out_dir``."""
+    from fastchgnet.data.cache import FORMAT_VERSION, CacheError, remove_tree
+    from fastchgnet.data.convert import convert
+    from fastchgnet.data.origin import cache_mismatch
+    from fastchgnet.data.sources import read_frames
+    from fastchgnet.data.split import tag_split
+
+    paths = {"source": source, "val_source": config.val_source, "test_source": config.test_source}
+    if config.replay_source and config.replay_fraction > 0:
+        paths["replay_source"] = config.replay_source
+    with contextlib.ExitStack() as readers:  # a missing source fails here, cache or not
+        parts = {
+            key: readers.enter_context(
+                read_frames(Path(path), config.energy_key, config.labels, scratch=out_dir)
+            )
+            for key, path in paths.items()
+            if path
+        }
+        origin: dict[str, object] = {f"data.{key}": part.origin for key, part in parts.items()}
+        if "replay_source" in parts:
+            origin["data.replay_fraction"] = config.replay_fraction
+        settings = {"format": FORMAT_VERSION, "atom_cutoff": float(cutoffs[0])}
+        settings["bond_cutoff"] = float(cutoffs[1])
+        mismatch = cache_mismatch(cache, settings, origin)
+        if not mismatch and (cache / "manifest.json").is_file():
+            return
+        if mismatch and not cache.resolve().is_relative_to(out_dir.resolve()):
+            raise CacheError(
+                f"{mismatch}; data.cache_dir is not this run's to rebuild: delete it, name "
+                "another folder, or give it as data.source to use it as it is"
+            )
+        if mismatch:
+            print(f"data: {mismatch}: rebuilding it", flush=True)
+            remove_tree(cache)
+        frames: Iterable[Frame] = parts["source"]
+        if config.val_source or config.test_source:  # one cache, frames tagged by split
+            splits = [("train", "source"), ("val", "val_source"), ("test", "test_source")]
+            frames = itertools.chain.from_iterable(
+                tag_split(parts[key], name) for name, key in splits if key in parts
+            )
+        if "replay_source" in parts:
+            replayed = replay_sample(parts["replay_source"], config.replay_fraction)
+            frames = itertools.chain(frames, replayed)
+        convert(
+            frames,
+            cache,
+            *cutoffs,
+            workers=config.convert_workers,
+            progress=True,
+            origin=origin,
+        )
 
 
 def collate_items(

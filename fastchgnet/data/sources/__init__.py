@@ -14,11 +14,14 @@ unusable, every frame it rejects. A file that cannot be read at all is a ValueEr
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from fastchgnet.data.ase_labels import read_ase_labelled
+from fastchgnet.data.ase_labels import AseLabels, read_ase_labelled
 from fastchgnet.data.frame import Frame
+from fastchgnet.data.origin import source_identity
 from fastchgnet.data.sources.ase_files import gunzip_ase_file, read_ase, read_atoms
 from fastchgnet.data.sources.mptrj import MPTRJ_ENERGY_KEYS, read_mptrj
 from fastchgnet.data.sources.structures import from_structures
@@ -27,6 +30,7 @@ from fastchgnet.data.sources.vasp import ionic_step_energy, read_vasp
 __all__ = [
     "MPTRJ_ENERGY_KEYS",
     "Frame",
+    "SourceFrames",
     "from_structures",
     "gunzip_ase_file",
     "ionic_step_energy",
@@ -42,16 +46,17 @@ __all__ = [
 def read_frames(
     path: str | Path,
     energy_key: str = "corrected_total_energy",
-    labels: object = None,
+    labels: AseLabels | None = None,
     scratch: str | Path | None = None,
-) -> Iterable[Frame]:
+) -> SourceFrames:
     """Pick a reader by suffix: .json/.json.gz MPtrj; a directory, .zip or vasprun.xml VASP;
     anything else ``data.ase_labels.read_ase_labelled`` (streamed; ``labels``: its
     ``AseLabels``, key names and units). A gzip-compressed ASE file (.extxyz.gz) is read
     from one decompressed copy in a temporary folder under ``scratch`` (default: the system's),
-    removed when the frames are done (``gunzip_ase_file``: ASE's reader seeks back to each
-    frame, which in a gzip stream is quadratic).
+    removed when the frames are done or closed (``gunzip_ase_file``: ASE's reader seeks back to
+    each frame, which in a gzip stream is quadratic).
 
+    Returns the frames with their ``origin`` (``SourceFrames``), what ``convert`` records.
     A path that does not exist (FileNotFoundError) or an empty file (ValueError) is refused
     here, before any frame is asked for; every other problem of a file comes while streaming.
     """
@@ -62,14 +67,44 @@ def read_frames(
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, no frames")
     if name.endswith((".json", ".json.gz")):
-        return read_mptrj(path, energy_key=energy_key)
+        origin = {"reader": "mptrj", "energy_key": energy_key}
+        return SourceFrames(read_mptrj(path, energy_key=energy_key), path, origin)
     if path.is_dir() or name.endswith(".zip") or name.startswith("vasprun"):
-        return read_vasp(path)
+        return SourceFrames(read_vasp(path), path, {"reader": "vasp"})
+    origin = {"reader": "ase", "labels": asdict(labels or AseLabels())}
     if name.endswith(".gz"):
-        return _read_gzipped(path, labels, scratch)
-    return read_ase_labelled(path, labels)  # type: ignore[arg-type]
+        return SourceFrames(_read_gzipped(path, labels, scratch), path, origin)
+    return SourceFrames(read_ase_labelled(path, labels), path, origin)
 
 
-def _read_gzipped(path: Path, labels: object, scratch: str | Path | None) -> Iterator[Frame]:
+class SourceFrames(Iterator[Frame]):
+    """The frames of one source file and ``origin``: its identity
+    (``origin.source_identity``) and the reader's label settings, which ``convert`` records in
+    the cache. ``close()`` (or leaving a ``with`` block) ends the reader early and removes its
+    temporary files."""
+
+    def __init__(self, frames: Iterator[Frame], path: Path, reading: dict[str, Any]) -> None:
+        self.frames = frames
+        self.origin = {**source_identity(path), **reading}
+
+    def __next__(self) -> Frame:
+        return next(self.frames)
+
+    def close(self) -> None:
+        """Stop reading; a generator reader's ``finally`` blocks run now."""
+        close = getattr(self.frames, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> SourceFrames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_gzipped(
+    path: Path, labels: AseLabels | None, scratch: str | Path | None
+) -> Iterator[Frame]:
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
-        yield from read_ase_labelled(gunzip_ase_file(path, Path(folder)), labels)  # type: ignore[arg-type]
+        yield from read_ase_labelled(gunzip_ase_file(path, Path(folder)), labels)
