@@ -7,6 +7,7 @@ shard.json checksums (reading past its frames without building graphs), deletes 
 ``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt). The same
 settings include the frames' ``origin`` (``data.origin``: the source file and its label
 settings) where known: a rerun from another source or with other labels is refused.
+With ``max_structures`` conversion stops reading the source once that many structures are kept.
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
 ``workers * 64`` frames in flight, never a whole shard; finished structures are appended to
@@ -166,15 +167,22 @@ class _ShardWriter:
 
 
 def _build_shard(
-    frames: Iterator[Frame], tmp_dir: Path, final: Path, info: dict, pool: object, bar: tqdm
+    frames: Iterator[Frame],
+    tmp_dir: Path,
+    final: Path,
+    info: dict,
+    pool: object,
+    bar: tqdm,
+    wanted: int | None,
 ) -> int:
     """Build one shard from ``frames`` in ``tmp_dir``, rename it to ``final``; return the
-    number of frames read (0: nothing written). If reading or building fails, ``tmp_dir`` is
+    number of frames read (0: nothing written). With ``wanted``, reading stops once that many
+    structures are kept. If reading or building fails, ``tmp_dir`` is
     removed and the error raised: the cache has no manifest, so nothing trusts it, and a
     rerun keeps the shards that were finished."""
     writer = _ShardWriter(tmp_dir)
     try:
-        return _fill_shard(frames, writer, final, info, pool, bar)
+        return _fill_shard(frames, writer, final, info, pool, bar, wanted)
     except BaseException:  # a source that breaks off mid-shard: no half-built shard is left
         writer.close()
         remove_tree(tmp_dir)
@@ -182,13 +190,23 @@ def _build_shard(
 
 
 def _fill_shard(
-    frames: Iterator[Frame], writer: _ShardWriter, final: Path, info: dict, pool: object, bar: tqdm
+    frames: Iterator[Frame],
+    writer: _ShardWriter,
+    final: Path,
+    info: dict,
+    pool: object,
+    bar: tqdm,
+    wanted: int | None,
 ) -> int:
     tmp_dir = writer.dir
     skipped, kept, n_frames = [], 0, 0
     cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
     window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
-    for part in _windows(frames, window):
+
+    def size() -> int:  # a frame gives at most one structure: read no more than still wanted
+        return window if wanted is None else min(window, wanted - kept)
+
+    while part := list(itertools.islice(frames, size())):
         tasks = [(part[i : i + TASK_FRAMES], *cutoffs) for i in range(0, len(part), TASK_FRAMES)]
         results = pool.map(_records, tasks) if pool is not None else map(_records, tasks)
         for record in itertools.chain.from_iterable(results):
@@ -229,11 +247,6 @@ def _shard_is_done(shard_dir: Path, info: dict) -> bool:
     return True
 
 
-def _windows(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
-    while window := list(itertools.islice(frames, size)):
-        yield window
-
-
 def convert(
     frames: Iterable[Frame],
     out_dir: str | Path,
@@ -244,6 +257,7 @@ def convert(
     *,
     progress: bool = True,
     origin: dict | None = None,
+    max_structures: int = 0,
 ) -> ConvertSummary:
     """Build the graphs of ``frames`` into a sharded cache at ``out_dir`` (resumable).
 
@@ -257,6 +271,9 @@ def convert(
         origin: what the frames were read from (``data.origin``), recorded in settings.json and
             manifest.json; default ``frames.origin`` where ``frames`` has one
             (``sources.read_frames``' ``SourceFrames``).
+        max_structures: > 0: stop reading once that many structures are kept (the cache then
+            holds at least the first ``max_structures`` structures of the source, and its
+            manifest says so; 0 when the source ended first).
 
     Returns:
         A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
@@ -267,8 +284,26 @@ def convert(
     """
     if shard_size < 1:
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
+    if max_structures < 0:
+        raise ValueError(f"max_structures {max_structures}: must be 0 (all) or more")
+    origin = getattr(frames, "origin", None) if origin is None else origin
+    cutoffs = (atom_cutoff, bond_cutoff)
+    return _convert(iter(frames), Path(out_dir), cutoffs, workers, shard_size, progress,
+                    origin, max_structures)  # fmt: skip
+
+
+def _convert(
+    frames: Iterator[Frame],
+    out: Path,
+    cutoffs: tuple[float, float],
+    workers: int,
+    shard_size: int,
+    progress: bool,
+    origin: dict | None,
+    max_structures: int,
+) -> ConvertSummary:
+    atom_cutoff, bond_cutoff = cutoffs
     start = time.perf_counter()
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {
         "format": FORMAT_VERSION,
@@ -276,7 +311,6 @@ def convert(
         "bond_cutoff": float(bond_cutoff),
         "shard_size": int(shard_size),
     }
-    origin = getattr(frames, "origin", None) if origin is None else origin
     if origin is not None:
         settings["origin"] = as_json(origin)
     settings_path = out / "settings.json"
@@ -290,9 +324,9 @@ def convert(
     for stale in out.glob(".tmp-*"):
         remove_tree(stale)
 
-    frames = iter(frames)
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
-    shards, skipped, built, kept = [], [], 0, 0
+    shards, skipped, built, kept, held = [], [], 0, 0, 0
+    stopped = False  # at max_structures, before the source's end
     bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)
     try:
         for k in itertools.count():
@@ -310,7 +344,9 @@ def convert(
                 bar.update(n_read)
             else:
                 remove_tree(final)
-                if not _build_shard(stream, out / f".tmp-{final.name}", final, info, pool, bar):
+                wanted = max_structures - held if max_structures > 0 else None
+                tmp = out / f".tmp-{final.name}"
+                if not _build_shard(stream, tmp, final, info, pool, bar, wanted):
                     break
                 built += 1
             meta = json.loads((final / "shard.json").read_text())
@@ -319,7 +355,9 @@ def convert(
                 {"name": final.name, "n_structures": meta["n_structures"], "sha256": hashes}
             )
             skipped.extend(meta["skipped"])
-            if meta["n_frames"] < shard_size:
+            held += meta["n_structures"]
+            stopped = 0 < max_structures <= held
+            if meta["n_frames"] < shard_size or stopped:
                 break
     finally:
         bar.close()
@@ -331,9 +369,9 @@ def convert(
         remove_tree(extra)
     write_json_atomic(out / "skipped.json", skipped)
     n_structures = sum(s["n_structures"] for s in shards)
-    write_json_atomic(
-        out / "manifest.json", {**settings, "n_structures": n_structures, "shards": shards}
-    )
+    limit = max_structures if stopped else 0  # 0: the cache holds the whole source
+    manifest = {**settings, "n_structures": n_structures, "max_structures": limit}
+    write_json_atomic(out / "manifest.json", {**manifest, "shards": shards})
     summary = ConvertSummary(n_structures, len(skipped), built, kept, time.perf_counter() - start)
     if progress:
         print(

@@ -76,10 +76,13 @@ def describe_change(recorded: object, wanted: object, limit: int = 3) -> str:
     return "; ".join(parts[:limit]) + more
 
 
-def cache_mismatch(cache: Path, settings: dict[str, Any], origin: dict[str, Any]) -> str:
-    """Why the cache folder ``cache`` cannot serve a run that asks ``settings`` (the cutoffs)
-    and ``origin``; "" when it can (or holds nothing yet, or an unfinished conversion with the
-    same settings, which ``convert`` resumes). The reason is one line naming the difference."""
+def cache_mismatch(
+    cache: Path, settings: dict[str, Any], origin: dict[str, Any], max_structures: int
+) -> str:
+    """Why the cache folder ``cache`` cannot serve a run that asks ``settings`` (the cutoffs),
+    ``origin`` and the first ``max_structures`` structures (0: all); "" when it can (or holds
+    nothing yet, or an unfinished conversion with the same settings, which ``convert``
+    resumes). The reason is one line naming the difference."""
     manifest, started = cache / "manifest.json", cache / "settings.json"
     record_path = manifest if manifest.is_file() else started
     if not record_path.is_file():
@@ -93,4 +96,19 @@ def cache_mismatch(cache: Path, settings: dict[str, Any], origin: dict[str, Any]
     built = {key: record.get(key) for key in settings}
     changes = [describe_change(built, settings), describe_change(record["origin"], origin)]
     change = "; ".join(c for c in changes if c)
-    return f"cache {cache} does not match the config ({change})" if change else ""
+    if change:
+        return f"cache {cache} does not match the config ({change})"
+    return covers(record, max_structures, cache) if record_path == manifest else ""
+
+
+def covers(manifest: dict[str, Any], max_structures: int, cache: Path) -> str:
+    """Why a finished cache (its ``manifest``) lacks the first ``max_structures`` structures
+    of its source (0: all of them), in one line; "" when it holds them."""
+    held = int(manifest.get("max_structures", 0))
+    if held == 0 or 0 < max_structures <= held:
+        return ""
+    asked = "all" if max_structures == 0 else f"the first {max_structures}"
+    return (
+        f"cache {cache} holds only the first {held} structures of its source (built with "
+        f"data.max_structures={held}); the config asks {asked}"
+    )

@@ -47,19 +47,34 @@ def resolve_cache(
     Only the main rank converts; the caller makes the other ranks wait (barrier) before they
     open the cache. ``cutoffs`` (atom, bond) in Å must match the model's.
 
-    A cache given as ``source`` is used as it is. Frames are converted into ``cache_dir``
-    (default ``<out_dir>/cache``) unless it holds them already: built from the same source
-    files, label settings and cutoffs (``data.origin``, recorded in the cache). A cache that
-    does not match is rebuilt when it is the run's own (inside ``out_dir``), saying why in one
-    line, and refused (``CacheError``, one line naming the difference) when it lies elsewhere:
-    it is not the run's to delete. A missing source is an error even when a cache exists.
+    A cache given as ``source`` is used as it is (``prebuilt_cache``). Frames are converted
+    into ``cache_dir`` (default ``<out_dir>/cache``) unless it holds them already: built from
+    the same source files, label settings and cutoffs (``data.origin``, recorded in the
+    cache) and at least ``max_structures`` of them. A cache that does not match is rebuilt
+    when it is the run's own (inside ``out_dir``), saying why in one line, and refused
+    (``CacheError``, one line naming the difference) when it lies elsewhere: it is not the
+    run's to delete. A missing source is an error even when a cache exists.
     """
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
-        return source
+        return prebuilt_cache(source, config)
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main:
         convert_sources(config, source, cache, out_dir, cutoffs)
+    return cache
+
+
+def prebuilt_cache(cache: Path, config: DataConfig) -> Path:
+    """``cache`` (a finished cache given as ``data.source``) after checking that ``config``
+    asks no more structures than it holds (``max_structures``); else ``CacheError``."""
+    import json
+
+    from fastchgnet.data.cache import CacheError
+    from fastchgnet.data.origin import covers
+
+    short = covers(json.loads((cache / "manifest.json").read_text()), config.max_structures, cache)
+    if short:
+        raise CacheError(f"{short}: give the frames as data.source, or another cache")
     return cache
 
 
@@ -90,7 +105,7 @@ def convert_sources(
             origin["data.replay_fraction"] = config.replay_fraction
         settings = {"format": FORMAT_VERSION, "atom_cutoff": float(cutoffs[0])}
         settings["bond_cutoff"] = float(cutoffs[1])
-        mismatch = cache_mismatch(cache, settings, origin)
+        mismatch = cache_mismatch(cache, settings, origin, config.max_structures)
         if not mismatch and (cache / "manifest.json").is_file():
             return
         if mismatch and not cache.resolve().is_relative_to(out_dir.resolve()):
@@ -117,6 +132,7 @@ def convert_sources(
             workers=config.convert_workers,
             progress=True,
             origin=origin,
+            max_structures=config.max_structures,
         )
 
 

@@ -1,5 +1,5 @@
-"""convert records what its frames were read from: a resumed conversion from another source or
-with other labels is refused."""
+"""convert records what its frames were read from (a resumed conversion from another source or
+with other labels is refused) and stops reading at max_structures."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import re
 import pytest
 
 from fastchgnet.cli import main
-from fastchgnet.data.cache import CacheError
+from fastchgnet.data.cache import CacheError, GraphDataset
 from fastchgnet.data.convert import convert
+from fastchgnet.data.frame import Frame
 from fastchgnet.data.origin import HASH_LIMIT_BYTES, source_identity
-from fastchgnet.data.sources import read_frames
-from tests.data.frames import mptrj_record, rock_salt, write_mptrj
+from fastchgnet.data.sources import from_structures, read_frames
+from tests.data.frames import isolated_atom, mptrj_record, rock_salt, write_mptrj
 
 LABELS = '{"stress_unit": "GPa", "stress_sign": "%s"}'
 
@@ -61,3 +62,36 @@ def test_large_files_are_named_by_size_and_time_small_ones_by_content(tmp_path, 
     monkeypatch.setattr("fastchgnet.data.origin.HASH_LIMIT_BYTES", small["size"] - 1)
     assert set(source_identity(path)) == {"path", "size", "mtime_ns"}
     assert HASH_LIMIT_BYTES >= 1 << 20
+
+
+def counted(frames, seen):
+    for frame in frames:
+        seen.append(frame.frame_id)
+        yield frame
+
+
+def test_convert_stops_reading_once_max_structures_are_kept(tmp_path):
+    structures = [rock_salt(k) for k in range(10)]
+    structures[1] = isolated_atom()  # skipped: one more frame is read in its place
+    frames: list[Frame] = list(from_structures(structures, energies=[-1.0] * 10))
+    seen: list[str] = []
+    convert(counted(frames, seen), tmp_path / "c", workers=1, progress=False, max_structures=3)
+    assert len(seen) == 4
+    dataset = GraphDataset(tmp_path / "c")
+    assert list(dataset.frame_ids) == [frames[k].frame_id for k in (0, 2, 3)]
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["max_structures"] == 3
+    convert(frames, tmp_path / "all", workers=1, progress=False, max_structures=50)
+    manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
+    assert manifest["max_structures"] == 0  # the source ended first: the cache holds it all
+
+
+def test_max_structures_across_shards_keeps_full_shards_on_resume(tmp_path):
+    frames = list(from_structures([rock_salt(k) for k in range(7)], energies=[-1.0] * 7))
+    seen: list[str] = []
+    cache = tmp_path / "c"
+    convert(counted(frames, seen), cache, workers=1, shard_size=2, progress=False, max_structures=3)
+    assert len(seen) == 3
+    assert len(GraphDataset(cache)) == 3
+    summary = convert(frames, cache, workers=1, shard_size=2, progress=False)
+    assert (summary.shards_kept, summary.shards_built, summary.n_structures) == (1, 3, 7)

@@ -1,6 +1,6 @@
-"""resolve_cache reuses a cache only when it was built from the config's sources, label settings
-and cutoffs; the run's own cache is rebuilt otherwise, a named cache_dir is refused in one
-line."""
+"""resolve_cache reuses a cache only when it was built from the config's sources, label settings,
+cutoffs and at least ``max_structures`` structures; the run's own cache is rebuilt otherwise, a
+named cache_dir or a prebuilt cache is refused in one line."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.data.sources import read_frames
 from fastchgnet.md.calculator import as_atoms
 from fastchgnet.train.config import DataConfig
-from fastchgnet.train.loading import resolve_cache
+from fastchgnet.train.loading import make_splits, resolve_cache
 
 CUTOFFS = (6.0, 3.0)
 #: stress in kBar under "S_vasp", as a VASP-sign file; the sign is what the runs below change
@@ -103,3 +103,30 @@ def test_a_cache_made_before_records_is_rebuilt_when_it_is_the_runs_own(tmp_path
     cache = resolve_cache(config, tmp_path / "run", CUTOFFS, True)
     assert "no record of its source" in capsys.readouterr().out
     assert "origin" in json.loads((cache / "manifest.json").read_text())
+
+
+def test_max_structures_converts_only_the_first_structures_and_is_recorded(tmp_path, capsys):
+    source = write_frames(tmp_path / "f.extxyz", 12)
+    full = DataConfig(source=str(source), labels=KBAR, split=(1.0, 0.0, 0.0))
+    everything = GraphDataset(resolve_cache(full, tmp_path / "full", CUTOFFS, True))
+    few = replace(full, max_structures=4)
+    cache = resolve_cache(few, tmp_path / "run", CUTOFFS, True)
+    assert len(GraphDataset(cache)) == 4  # the reader stopped there
+    splits = make_splits(cache, few)
+    assert list(splits.dataset.frame_ids[splits.train]) == list(everything.frame_ids[:4])
+    capsys.readouterr()
+    assert resolve_cache(replace(full, max_structures=3), tmp_path / "run", CUTOFFS, True)
+    assert "rebuilding" not in capsys.readouterr().out  # 3 of the 4 held
+    cache = resolve_cache(full, tmp_path / "run", CUTOFFS, True)
+    assert "holds only the first 4 structures" in capsys.readouterr().out
+    assert len(GraphDataset(cache)) == 12
+
+
+def test_a_truncated_prebuilt_cache_is_refused_for_more_structures(tmp_path):
+    source = write_frames(tmp_path / "f.extxyz", 6)
+    prebuilt = tmp_path / "prebuilt"
+    convert(read_frames(source, labels=KBAR), prebuilt, workers=1, progress=False, max_structures=2)
+    config = DataConfig(source=str(prebuilt))
+    with pytest.raises(CacheError, match="holds only the first 2 structures"):
+        resolve_cache(config, tmp_path / "run", CUTOFFS, True)
+    assert resolve_cache(replace(config, max_structures=2), tmp_path, CUTOFFS, True) == prebuilt
