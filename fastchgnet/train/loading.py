@@ -66,12 +66,22 @@ def resolve_cache(
 
 def prebuilt_cache(cache: Path, config: DataConfig) -> Path:
     """``cache`` (a finished cache given as ``data.source``) after checking that ``config``
-    asks no more structures than it holds (``max_structures``); else ``CacheError``."""
+    asks nothing it cannot give: no frames to add (val, test or replay sources) and no more
+    structures than it holds (``max_structures``); else ``CacheError`` in one line."""
     import json
 
     from fastchgnet.data.cache import CacheError
     from fastchgnet.data.origin import covers
 
+    extra = {"val_source": config.val_source, "test_source": config.test_source}
+    extra["replay_source"] = config.replay_source if config.replay_fraction > 0 else ""
+    for key, value in extra.items():
+        if value:
+            raise CacheError(
+                f"data.{key}={value!r} cannot be combined with a prebuilt cache as data.source "
+                f"({cache}): give the training frames as data.source instead, or a cache built "
+                "with them (data.explicit_split=true for one with split tags)"
+            )
     short = covers(json.loads((cache / "manifest.json").read_text()), config.max_structures, cache)
     if short:
         raise CacheError(f"{short}: give the frames as data.source, or another cache")

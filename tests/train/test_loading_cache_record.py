@@ -122,6 +122,17 @@ def test_max_structures_converts_only_the_first_structures_and_is_recorded(tmp_p
     assert len(GraphDataset(cache)) == 12
 
 
+@pytest.mark.parametrize("key", ["val_source", "test_source", "replay_source"])
+def test_a_prebuilt_cache_cannot_take_frames_from_other_sources(tmp_path, key):
+    source = write_frames(tmp_path / "f.extxyz", 3)
+    prebuilt = tmp_path / "prebuilt"
+    convert(read_frames(source, labels=KBAR), prebuilt, workers=1, progress=False)
+    config = DataConfig(source=str(prebuilt), labels=KBAR, replay_fraction=0.5)
+    config = replace(config, **{key: str(source)})
+    with pytest.raises(CacheError, match=rf"data\.{key}=.*cannot be combined with a prebuilt"):
+        resolve_cache(config, tmp_path / "run", CUTOFFS, True)
+
+
 def test_a_truncated_prebuilt_cache_is_refused_for_more_structures(tmp_path):
     source = write_frames(tmp_path / "f.extxyz", 6)
     prebuilt = tmp_path / "prebuilt"
