@@ -42,6 +42,7 @@ from fastchgnet.data.cache import (
 )
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
+from fastchgnet.data.interrupt import closing, sigterm_as_exit
 from fastchgnet.data.origin import as_json, describe_change
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
@@ -275,6 +276,10 @@ def convert(
             holds at least the first ``max_structures`` structures of the source, and its
             manifest says so; 0 when the source ended first).
 
+    ``frames`` are closed (``close()``, where they have one) when conversion ends or fails, so
+    a reader's temporary files go at once; SIGTERM stops conversion as SystemExit does (where
+    no handler was set), so they go then too.
+
     Returns:
         A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
 
@@ -286,10 +291,11 @@ def convert(
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
     if max_structures < 0:
         raise ValueError(f"max_structures {max_structures}: must be 0 (all) or more")
-    origin = getattr(frames, "origin", None) if origin is None else origin
-    cutoffs = (atom_cutoff, bond_cutoff)
-    return _convert(iter(frames), Path(out_dir), cutoffs, workers, shard_size, progress,
-                    origin, max_structures)  # fmt: skip
+    with closing(frames), sigterm_as_exit():
+        origin = getattr(frames, "origin", None) if origin is None else origin
+        cutoffs = (atom_cutoff, bond_cutoff)
+        return _convert(iter(frames), Path(out_dir), cutoffs, workers, shard_size, progress,
+                        origin, max_structures)  # fmt: skip
 
 
 def _convert(
@@ -359,6 +365,10 @@ def _convert(
             stopped = 0 < max_structures <= held
             if meta["n_frames"] < shard_size or stopped:
                 break
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # a worker may be gone (signal): do not wait on its task
+        raise
     finally:
         bar.close()
         if pool is not None:

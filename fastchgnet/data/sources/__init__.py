@@ -13,6 +13,9 @@ unusable, every frame it rejects. A file that cannot be read at all is a ValueEr
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -54,7 +57,8 @@ def read_frames(
     ``AseLabels``, key names and units). A gzip-compressed ASE file (.extxyz.gz) is read
     from one decompressed copy in a temporary folder under ``scratch`` (default: the system's),
     removed when the frames are done or closed (``gunzip_ase_file``: ASE's reader seeks back to
-    each frame, which in a gzip stream is quadratic).
+    each frame, which in a gzip stream is quadratic); copies that a killed process left there
+    are removed when the next one starts (``remove_stale_copies``).
 
     Returns the frames with their ``origin`` (``SourceFrames``), what ``convert`` records.
     A path that does not exist (FileNotFoundError) or an empty file (ValueError) is refused
@@ -103,8 +107,38 @@ class SourceFrames(Iterator[Frame]):
         self.close()
 
 
+#: name prefix of a decompressed copy's folder; host and process id follow
+COPY_PREFIX = "fastchgnet-gunzip-"
+
+
 def _read_gzipped(
     path: Path, labels: AseLabels | None, scratch: str | Path | None
 ) -> Iterator[Frame]:
-    with tempfile.TemporaryDirectory(dir=scratch) as folder:
-        yield from read_ase_labelled(gunzip_ase_file(path, Path(folder)), labels)
+    folder = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
+    remove_stale_copies(folder)
+    owner = f"{COPY_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    with tempfile.TemporaryDirectory(dir=folder, prefix=owner) as copy:
+        yield from read_ase_labelled(gunzip_ase_file(path, Path(copy)), labels)
+
+
+def remove_stale_copies(folder: Path) -> list[Path]:
+    """Remove the decompressed-copy folders (``COPY_PREFIX``) in ``folder`` that a process of
+    this host left behind when it was killed (its process id no longer runs); return them."""
+    host = socket.gethostname()
+    removed = []
+    for stale in folder.glob(f"{COPY_PREFIX}{host}-*-*"):
+        pid = stale.name[len(f"{COPY_PREFIX}{host}-") :].split("-")[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
