@@ -11,8 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from fastchgnet.cli.train import USER_ERRORS, add_run_folder_options, resolve_config, user_error
+from fastchgnet.cli.train import (
+    USER_ERRORS,
+    add_run_folder_options,
+    interrupted,
+    resolve_config,
+    user_error,
+)
 from fastchgnet.train.finetune import finetune
+from fastchgnet.train.interrupt import StopSignals
 from fastchgnet.train.outputs import start_over
 
 PROG = "launcher/finetune.py"
@@ -41,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, fine-tune, print the before/after table; returns the exit code (2,
     with one line, under a multi-process launcher: the report runs in one process). A bad
     config key or value, a missing file or a damaged checkpoint is one line on stderr (exit
-    1), as in ``launcher/train.py``, and so is a run.out_dir that holds a run unless
-    ``--resume`` continues it or ``--overwrite`` starts over there."""
+    1), as in ``launcher/train.py``, and so are SIGINT and SIGTERM (exit 130, 143) and a
+    run.out_dir that holds a run unless ``--resume`` continues it or ``--overwrite`` starts
+    over there."""
     from fastchgnet.train.engine import launched_distributed
 
     args = build_parser().parse_args(argv)
@@ -60,9 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(args)
         if not args.resume:
             start_over(Path(config.run.out_dir), args.overwrite, remove=True)
-        report = finetune(config, tuple(args.eval_sources), resume=args.resume)
     except USER_ERRORS as error:
         return user_error(PROG, error)
+    try:  # SIGTERM in the evaluations as in training (which installs its own): one line
+        with StopSignals().installed(enabled=True):
+            report = finetune(config, tuple(args.eval_sources), resume=args.resume)
+    except USER_ERRORS as error:
+        return user_error(PROG, error)
+    except KeyboardInterrupt as error:
+        return interrupted(error, Path(config.run.out_dir))
     print(
         f"\nfine-tuning: {report.n_train} frames trained on, {report.n_heldout} held out "
         f"(split_by={config.data.split_by}); MAE before and after\n" + report.table(),

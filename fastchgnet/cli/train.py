@@ -103,9 +103,11 @@ def run(args: argparse.Namespace) -> int:
     """Run with parsed arguments (``build_parser``'s); returns the exit code.
 
     A bad config key or value, a missing file or a damaged checkpoint ends in one line on
-    stderr (exit 1). Under a launcher (several ranks), a rank that fails or is stopped by the
-    launcher prints one line naming the ranks whose processes are gone (exit 1, or 128 +
-    the signal), so a dead rank shows up by name instead of as a hang or a bare SIGTERM.
+    stderr (exit 1); SIGINT or SIGTERM in one process in a checkpoint at the step reached and
+    one line saying so (exit 130 or 143; ``fastchgnet.train.interrupt``). Under a launcher
+    (several ranks), a rank that fails or is stopped by the launcher prints one line naming
+    the ranks whose processes are gone (exit 1, or 128 + the signal), so a dead rank shows
+    up by name instead of as a hang or a bare SIGTERM.
     """
     try:
         config = resolve_config(args)
@@ -130,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         train(config, resume=args.resume)
     except USER_ERRORS as error:
         return user_error(PROG, error)
+    except KeyboardInterrupt as error:
+        return interrupted(error, out)
     except Exception as error:
         if not distributed:
             raise
@@ -141,6 +145,20 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:
         return _failed(out, rank, error)
     return 0
+
+
+def interrupted(error: KeyboardInterrupt, out: Path) -> int:
+    """Print one line saying where a run stopped by a signal stands (``train.interrupt``; a
+    plain Ctrl-C, where no handler caught it, names the newest checkpoint in ``out``) and
+    return the exit code: 128 + the signal."""
+    from fastchgnet.train.checkpoint import latest_step
+    from fastchgnet.train.interrupt import Interrupted
+
+    if not isinstance(error, Interrupted):
+        error = Interrupted(signal.SIGINT)
+        error.checkpoint = latest_step(out / "checkpoints")
+    print(error.message(), file=sys.stderr, flush=True)
+    return error.exit_code
 
 
 def _failed(out: Path, rank: int, error: Exception) -> int:

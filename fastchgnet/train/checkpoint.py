@@ -156,6 +156,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None if pointer is None else pointer[0]
 
 
+def latest_step(root: Path) -> int | None:
+    """The global step of the newest checkpoint under ``root`` (``latest.json``), or None when
+    there is none or the pointer is damaged (for messages; a resume checks it fully)."""
+    try:
+        pointer = _pointer(root)
+    except CheckpointError:
+        return None
+    return None if pointer is None else int(pointer[1].get("global_step", -1))
+
+
 def stored_config(root: Path) -> dict[str, Any] | None:
     """The training config (``TrainConfig.to_dict()``) of the newest checkpoint under
     ``root``, or None when there is none: from ``latest.json``, so a resume reads rank 0's

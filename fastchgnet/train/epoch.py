@@ -58,14 +58,18 @@ def train_one_epoch(run: Run) -> bool:
         on_read=lambda state, window: _log_row(run, state, window),
         profile_steps=tuple(settings.profile_steps) or None,
         sync_check=run.sync_check,
+        stop_requested=lambda: run.signals.requested,
     )
     reporter.close()
     run.train_seconds += result.seconds
     done = sampler.plan()[first_step : first_step + result.steps]
     run.trained += sum(len(part) for step in done for part in step)
     _log_capture(run)
-    if result.stopped and progress.step_in_epoch < len(sampler):
-        checkpoint(run)
+    mid_epoch = progress.step_in_epoch < len(sampler)
+    if (result.stopped or result.interrupted) and mid_epoch:
+        if run.checkpoint_step != progress.global_step:  # not written by this step already
+            checkpoint(run)
+        run.signals.raise_if_requested()
         return True
     run.val = run_eval(run, "val")
     results = run.val.results()
@@ -171,3 +175,4 @@ def checkpoint(run: Run) -> None:
         keep=run.config.run.keep,
         options=run.options.state_dict() if run.rank == 0 else None,
     )
+    run.checkpoint_step = run.progress.global_step

@@ -35,13 +35,14 @@ class NonFiniteLossError(RuntimeError):
 @dataclass
 class EpochResult:
     """What an epoch's training part did: mean loss over finite steps, steps, skipped steps,
-    seconds, whether ``max_steps`` stopped it."""
+    seconds, whether ``max_steps`` stopped it, whether a stop request (a signal) ended it."""
 
     mean_loss: float
     steps: int
     skipped: int
     seconds: float
     stopped: bool
+    interrupted: bool = False
 
 
 class ProfileRange:
@@ -102,6 +103,7 @@ def train_epoch(
     on_read: Callable[[Progress, Window], None] | None = None,
     profile_steps: tuple[int, int] | None = None,
     sync_check: SyncCheck | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> EpochResult:
     """Train over ``batches`` (this rank's share of one epoch), updating ``progress``.
 
@@ -111,9 +113,11 @@ def train_epoch(
     (checkpoints: ``progress.bad_steps`` is current at read steps); ``on_read(progress,
     window)`` after every read (logs). With ``max_steps`` > 0 the epoch stops once
     ``progress.global_step`` reaches it. ``sync_check`` guards the steady-state steps
-    against host synchronisations (CUDA).
+    against host synchronisations (CUDA). Where ``stop_requested()`` is True after a step,
+    that step is read (as a read step: ``progress.bad_steps`` current), ``on_step`` runs and
+    the epoch ends there (``EpochResult.interrupted``).
     """
-    total, finite, skipped, stopped = 0.0, 0, 0, False
+    total, finite, skipped, stopped, interrupted = 0.0, 0, 0, False, False
     profile = ProfileRange(profile_steps)
     sync_check = sync_check or SyncCheck(False)
     start = time.perf_counter()
@@ -131,7 +135,8 @@ def train_epoch(
         progress.step_in_epoch += 1
         progress.global_step += 1
         profile.after(progress.global_step)
-        if reads:
+        interrupted = stop_requested is not None and stop_requested()
+        if reads or interrupted:
             window = step.read()
             total += window.mean_loss * window.finite if window.finite else 0.0
             finite, skipped = finite + window.finite, skipped + window.skipped
@@ -144,11 +149,11 @@ def train_epoch(
             reporter.update(None, None)
         if on_step is not None:
             on_step(progress)
-        if stopped:
+        if stopped or interrupted:
             break
     seconds = time.perf_counter() - start
     mean = total / finite if finite else float("nan")
-    return EpochResult(mean, finite + skipped, skipped, seconds, stopped)
+    return EpochResult(mean, finite + skipped, skipped, seconds, stopped, interrupted)
 
 
 def _check_bad_steps(window: Window, progress: Progress, limit: int, rank: int) -> None:

@@ -28,6 +28,7 @@ from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     CheckpointError,
     Progress,
+    latest_step,
     load_latest,
     set_rng_state,
 )
@@ -35,6 +36,7 @@ from fastchgnet.train.config import DataConfig, TrainConfig, check_ranges
 from fastchgnet.train.engine import launched_distributed, make_engine
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
+from fastchgnet.train.interrupt import Interrupted, StopSignals
 from fastchgnet.train.loading import (
     composition_fractions,
     make_sampler,
@@ -50,16 +52,40 @@ from fastchgnet.train.step import TrainStep, training_capture
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunSummary:
-    """Run the training ``config`` describes (resuming its newest checkpoint when asked)."""
-    run = setup(config)
-    model = prepare_data(run, resume)
-    build_engine(run, model)
-    if resume:
-        resume_from_checkpoint(run)
-    stopped = False
-    while run.progress.epoch < config.optim.epochs and not stopped:
-        stopped = train_one_epoch(run)
-    return finish(run, stopped)
+    """Run the training ``config`` describes (resuming its newest checkpoint when asked).
+
+    In one process SIGINT and SIGTERM stop it with a checkpoint at the step it reached and
+    raise ``interrupt.Interrupted`` (a KeyboardInterrupt) saying where it stopped; under a
+    launcher of several ranks they are not handled here (see ``fastchgnet.train.interrupt``).
+    """
+    signals, run, training = StopSignals(), None, False
+    with signals.installed(enabled=not launched_distributed()):
+        try:
+            run = setup(config)
+            run.signals = signals
+            model = prepare_data(run, resume)
+            build_engine(run, model)
+            if resume:
+                resume_from_checkpoint(run)
+            training, limit = True, config.run.max_steps
+            stopped = bool(limit) and run.progress.global_step >= limit  # resumed at the limit
+            while run.progress.epoch < config.optim.epochs and not stopped:
+                with signals.deferred():
+                    stopped = train_one_epoch(run)
+                signals.raise_if_requested()
+            return finish(run, stopped)
+        except (Interrupted, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not signals.requested:
+                raise
+            # a RuntimeError after a stop request: the signal reached the loader workers too
+            # (SIGTERM to the process group: "DataLoader worker ... is killed by signal"), at
+            # any point of a step; the newest checkpoint is where to continue
+            stop = error if isinstance(error, Interrupted) else Interrupted(signals.signum)
+            stop.at(run.progress if training else None)
+            stop.checkpoint = latest_step(Path(config.run.out_dir) / "checkpoints")
+            if stop is error:
+                raise
+            raise stop from error
 
 
 def device_type() -> str:

@@ -12,6 +12,7 @@ from fastchgnet.train.checkpoint import (
     Progress,
 )
 from fastchgnet.train.config import TrainConfig
+from fastchgnet.train.interrupt import StopSignals
 from fastchgnet.train.loading import (
     EpochBatches,
     Splits,
@@ -66,6 +67,8 @@ class Run:
     train_batches: EpochBatches | None = None
     sync_check: SyncCheck | None = None
     train_loader: object = None
+    signals: StopSignals = field(default_factory=StopSignals)
+    checkpoint_step: int | None = None  # the global step of the last checkpoint written
 
     @property
     def model(self) -> torch.nn.Module:

@@ -1,0 +1,128 @@
+"""SIGINT and SIGTERM stop a one-process run with a checkpoint at the step it reached and one
+line saying where (exit 130 / 143); ``--resume`` then ends as an uninterrupted run does."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.train.checkpoint import latest_step
+from fastchgnet.train.interrupt import Interrupted, StopSignals
+from tests.train.helpers import TINY_ARCHITECTURE, small_cache, tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+#: checkpoints only at epoch ends (any mid-epoch one is the signal's), EMA on, a row a step
+SETTINGS = (
+    "optim.epochs=8",
+    "optim.ema_decay=0.9",
+    "run.checkpoint_every=0",
+    "run.log_every=1",
+    "run.compile=off",
+)
+
+
+def test_a_signal_while_deferring_is_a_request_and_a_second_one_raises():
+    signals = StopSignals()
+    with signals.installed(enabled=True), signals.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.requested
+        with pytest.raises(Interrupted) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+    assert stop.value.exit_code == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_outside_the_epochs_raises_at_once():
+    with StopSignals().installed(enabled=True), pytest.raises(Interrupted) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+    stop.value.at(None)
+    assert stop.value.exit_code == 143
+    assert stop.value.message() == (
+        "interrupted before training: no checkpoint yet; start again with --overwrite"
+    )
+
+
+def _command(cache: Path, out: Path, *extra: str) -> list[str]:
+    overrides = [
+        f"data.source={cache}",
+        "data.batch_size=4",
+        "data.split=[0.75,0.125,0.125]",
+        f"model.architecture={TINY_ARCHITECTURE}",
+        f"run.out_dir={out}",
+        "run.progress=lines",
+        "run.plots=false",
+        "optim.lr=0.001",
+        *SETTINGS,
+    ]
+    launcher = str(ROOT / "launcher" / "train.py")
+    return [sys.executable, launcher, *(f"--set={o}" for o in overrides), *extra]
+
+
+def _logged_rows(out: Path) -> int:
+    try:
+        return len((out / "train_log.csv").read_text().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+def _interrupt(cache: Path, out: Path, signum: int) -> str:
+    """Start the launcher, send ``signum`` once 4 steps are logged; its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        _command(cache, out),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while process.poll() is None and _logged_rows(out) < 4 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    os.kill(process.pid, signum)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, err
+    return err
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return FastCHGNet.load(path).state_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signalled_run_checkpoints_its_step_and_resumes_to_the_same_result(tmp_path, signum):
+    from fastchgnet.train.run import train
+
+    cache = small_cache(tmp_path / "cache", n=48)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(tiny_config(cache, straight, *SETTINGS))
+
+    err = _interrupt(cache, stopped, signum)
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(
+        r"interrupted at step (\d+) \(epoch \d+\): checkpoint at step (\d+); continue with "
+        r"--resume",
+        last,
+    )
+    assert found, last
+    assert found[1] == found[2] == str(latest_step(stopped / "checkpoints"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(_command(cache, stopped, "--resume"), check=True, env=env, cwd=ROOT)
+
+    assert (straight / "metrics.csv").read_text() == (stopped / "metrics.csv").read_text()
+    for name in ("model.pt", "best_model.pt"):
+        a, b = _weights(straight / name), _weights(stopped / name)
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
