@@ -15,6 +15,7 @@ from fastchgnet.cli.train import (
     USER_ERRORS,
     add_run_folder_options,
     interrupted,
+    nothing_to_resume,
     resolve_config,
     user_error,
 )
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = resolve_config(args)
+        if args.resume and nothing_to_resume(Path(config.run.out_dir), config):
+            return 0
         if not args.resume:
             start_over(Path(config.run.out_dir), args.overwrite, remove=True)
     except USER_ERRORS as error:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
-from fastchgnet.train.outputs import start_over
+from fastchgnet.train.outputs import completed, start_over
 
 #: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
 #: one line on stderr, no traceback (``user_error``)
@@ -70,8 +70,9 @@ def add_run_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in a run.out_dir that holds a run: its checkpoints and metrics.csv "
-        "are removed first (without it, such a folder is refused: --resume continues it)",
+        help="start over in a run.out_dir that holds a run: its checkpoints, logs, metrics and "
+        "models are removed first (the data cache is kept; without it, such a folder is "
+        "refused: --resume continues it)",
     )
 
 
@@ -92,6 +93,15 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         )
         raise FileNotFoundError(f"--resume: no checkpoint under {root}{uncommitted}")
     return apply_overrides(TrainConfig.from_dict(stored), args.overrides)
+
+
+def nothing_to_resume(out: Path, config: TrainConfig, rank: int = 0) -> bool:
+    """Whether the run in ``out`` is already complete under ``config``
+    (``train.outputs.completed``); if so, say so in one line (main rank) and change nothing."""
+    reason = completed(out, config)
+    if reason is not None and rank == 0:
+        print(f"run already complete ({reason}): nothing to do", flush=True)
+    return reason is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     from fastchgnet.train.run import train
 
     out, rank = Path(config.run.out_dir), int(os.environ.get("RANK", "0"))
+    if args.resume and nothing_to_resume(out, config, rank):
+        return 0
     if not args.resume:
         try:
             start_over(out, args.overwrite, remove=rank == 0)

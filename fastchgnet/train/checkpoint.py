@@ -156,14 +156,23 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None if pointer is None else pointer[0]
 
 
-def latest_step(root: Path) -> int | None:
-    """The global step of the newest checkpoint under ``root`` (``latest.json``), or None when
-    there is none or the pointer is damaged (for messages; a resume checks it fully)."""
+def latest_progress(root: Path) -> Progress | None:
+    """Where the newest checkpoint under ``root`` stands (from ``latest.json``), or None when
+    there is none or the pointer is damaged (for messages and checks before a resume, which
+    verifies it fully)."""
     try:
         pointer = _pointer(root)
-    except CheckpointError:
+        if pointer is None:
+            return None
+        return Progress(**{k: int(pointer[1][k]) for k in vars(Progress())})
+    except (CheckpointError, KeyError, TypeError, ValueError):
         return None
-    return None if pointer is None else int(pointer[1].get("global_step", -1))
+
+
+def latest_step(root: Path) -> int | None:
+    """The global step of the newest checkpoint under ``root`` (None: see ``latest_progress``)."""
+    progress = latest_progress(root)
+    return None if progress is None else progress.global_step
 
 
 def stored_config(root: Path) -> dict[str, Any] | None:

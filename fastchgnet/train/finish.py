@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from fastchgnet.files import write_json_atomic
 from fastchgnet.train.epoch import metric_row, run_eval
 from fastchgnet.train.metrics import append_csv, format_table
 from fastchgnet.train.plots import learning_curve_plot, parity_plot
@@ -18,6 +17,8 @@ def finish(run: Run, stopped: bool) -> RunSummary:
     config, progress = run.config, run.progress
     test_results: dict[str, float] = {}
     if not stopped or progress.step_in_epoch == 0:  # not cut mid-epoch by run.max_steps
+        if not run.val.results() and len(run.splits.val):  # resumed at the end: no val yet
+            run.val = run_eval(run, "val")
         test = run_eval(run, "test")
         test_results = test.results()
         if run.rank == 0:
@@ -82,8 +83,10 @@ def write_summary(summary: RunSummary, run: Run) -> None:
         "peak_memory_bytes": peak,
         "val": summary.val,
         "test": summary.test,
+        # whether early stopping ended the run (outputs.completed: a resume has nothing to do)
+        "early_stopped": run.options.tracker.should_stop,
     }
-    (run.out / "summary.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_json_atomic(run.out / "summary.json", data)  # last: marks the run's end as done
 
 
 def _cudagraph_skips() -> int:

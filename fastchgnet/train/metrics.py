@@ -151,12 +151,14 @@ def append_csv(path: Path, row: dict[str, object]) -> None:
         writer.writerow(row)
 
 
-def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    """Replace ``path`` with a CSV of ``rows`` (the first row's keys are the header),
-    atomically: a reader sees the old file or the new one, never a part."""
+def write_csv(path: Path, rows: list[dict[str, object]], header: list[str] | None = None) -> None:
+    """Replace ``path`` with a CSV of ``rows`` under ``header`` (default: the first row's
+    keys; with neither, an empty file), atomically: a reader sees the old file or the new
+    one, never a part."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else [])
-    if rows:
+    header = header if header is not None else list(rows[0]) if rows else []
+    writer = csv.DictWriter(text, fieldnames=header)
+    if header:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())

@@ -1,23 +1,45 @@
-"""A run's output folder (``run.out_dir``): whether it holds a run, and starting over there.
+"""A run's output folder (``run.out_dir``): whether it holds a run, starting over there, the
+logs a resume trims back to its checkpoint, and whether a run there is already complete.
 
-A new run into a folder that holds one would mix its checkpoints and metrics with the old
-run's, so ``launcher/train.py`` and ``launcher/finetune.py`` refuse such a folder unless told
-``--resume`` (continue it) or ``--overwrite`` (remove the old run's outputs first).
+A new run into a folder that holds one would mix its checkpoints and logs with the old run's,
+so ``launcher/train.py`` and ``launcher/finetune.py`` refuse such a folder unless told
+``--resume`` (continue it) or ``--overwrite`` (remove the old run's outputs first). The data
+caches (``cache/``, ``eval-*/``) are kept: they depend on the data, not on the run.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from pathlib import Path
 
+from fastchgnet.train.checkpoint import latest_progress
+from fastchgnet.train.config import TrainConfig
+from fastchgnet.train.metrics import write_csv
+
 #: What a run leaves in its run.out_dir that a new run there would mix with its own
-RUN_FILES = ("checkpoints", "metrics.csv", "model.pt")
+RUN_FILES = ("checkpoints", "metrics.csv", "model.pt", "train_log.csv")
+#: Everything of a run that ``--overwrite`` removes (files and folders)
+RUN_OUTPUTS = (
+    *RUN_FILES,
+    "best_model.pt",
+    "best_model.txt",
+    "model_last_weights.pt",
+    "options_state.pt",
+    "summary.json",
+    "parity-val.png",
+    "parity-test.png",
+    "learning-curve.png",
+    "finetune-report.csv",
+    "tensorboard",
+)
 
 
 def start_over(out: Path, overwrite: bool, remove: bool) -> None:
     """Make ``out`` ready for a new run: ValueError (one line) if it holds a run's files
-    (``RUN_FILES``) and ``overwrite`` is off; with it, the checkpoints and metrics.csv go
-    (only where ``remove``: one rank removes, every rank checks)."""
+    (``RUN_FILES``) and ``overwrite`` is off; with it, the old run's outputs
+    (``RUN_OUTPUTS``) go (only where ``remove``: one rank removes, every rank checks)."""
     found = [name for name in RUN_FILES if (out / name).exists()]
     if not found:
         return
@@ -27,5 +49,56 @@ def start_over(out: Path, overwrite: bool, remove: bool) -> None:
             "--overwrite starts over there, or set another run.out_dir"
         )
     if remove:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        (out / "metrics.csv").unlink(missing_ok=True)
+        for name in RUN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def trim_logs(out: Path, step: int) -> None:
+    """Drop what a resume from the checkpoint at global ``step`` will write again: the rows of
+    train_log.csv and metrics.csv past ``step``, and metrics.csv's test row at ``step`` (the
+    run's end evaluates the test split again). Each file is replaced atomically."""
+    for name in ("train_log.csv", "metrics.csv"):
+        path = out / name
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        kept = [row for row in rows if not _redone(row, step)]
+        if len(kept) < len(rows):
+            write_csv(path, kept, header=list(reader.fieldnames or []))
+
+
+def _redone(row: dict[str, str], step: int) -> bool:
+    """Whether a log ``row`` comes after the checkpoint at ``step`` (or is its test row)."""
+    try:
+        at = int(row["global_step"])
+    except (KeyError, TypeError, ValueError):  # not a row of ours: keep it
+        return False
+    return at > step or (at == step and row.get("split") == "test")
+
+
+def completed(out: Path, config: TrainConfig) -> str | None:
+    """Why the run in ``out`` is already complete under ``config`` (a few words, e.g.
+    "3/3 epochs"), or None when a resume has work to do. Complete: its end (test, model.pt,
+    summary.json) ran at the newest checkpoint's step, and the epochs, early stopping or
+    ``run.max_steps`` ended it there."""
+    progress = latest_progress(out / "checkpoints")
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if progress is None or summary.get("global_step") != progress.global_step:
+        return None
+    epochs, limit = config.optim.epochs, config.run.max_steps
+    if progress.epoch >= epochs:
+        return f"{progress.epoch}/{epochs} epochs"
+    if summary.get("early_stopped"):
+        return f"stopped early after epoch {progress.epoch} of {epochs}"
+    if limit and progress.global_step >= limit:
+        return f"step {progress.global_step}, run.max_steps={limit}"
+    return None

@@ -46,6 +46,7 @@ from fastchgnet.train.loading import (
 from fastchgnet.train.loop import SyncCheck
 from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions
+from fastchgnet.train.outputs import trim_logs
 from fastchgnet.train.progress import Scalars, log
 from fastchgnet.train.state import Run, RunSummary
 from fastchgnet.train.step import TrainStep, training_capture
@@ -246,6 +247,8 @@ def resume_from_checkpoint(run: Run) -> None:
     run.step = TrainStep(run.engine, run.config.loss, run.step.captured, run.progress.bad_steps)
     run.history = list(main["history"])
     run.options.resume(main.get("options"))
+    if run.rank == 0:  # the rows a resume writes again (train_log past it, metrics.csv)
+        trim_logs(run.out, run.progress.global_step)
     set_rng_state(payloads[run.rank]["rng"])
     log(
         f"resumed from {folder} (epoch {run.progress.epoch + 1}, step {run.progress.global_step})",
