@@ -23,6 +23,7 @@ from torch import nn
 from fastchgnet.files import read_checksummed
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.ema import WeightEMA
+from fastchgnet.train.progress import log
 from fastchgnet.train.selection import BestTracker, save_best, validation_score
 
 #: where runs written before checkpoints held the options' state kept it (read on resume)
@@ -58,6 +59,9 @@ class TrainingOptions:
         """Score the epoch's validation ``results``; write ``best_model.pt`` on a new best.
         Returns True when early stopping ends the run."""
         score = validation_score(results, self.metric, self.weights)
+        absent = self.metric != "loss" and self.metric not in results  # no such labels
+        if results and absent and self.is_main and not self.tracker.history:
+            log(f"warning: validation has no {self.metric}: no best_model.pt is selected")
         if self.tracker.update(epoch, score) and self.is_main:
             with self.evaluation(model):
                 save_best(model, self.out_dir, epoch, score, self.metric)

@@ -156,6 +156,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
         f"structures from {cache}; {run.world_size} rank(s)",
         run.rank,
     )
+    check_empty_splits(config, len(splits.val), len(splits.test), run.rank)
     if len(splits.train) == 0:  # every frame skipped, or too few for a training split
         skipped = cache / "skipped.json"
         raise ValueError(
@@ -183,6 +184,31 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
         for name in ("val", "test")
     }
     return model
+
+
+def check_empty_splits(config: TrainConfig, n_val: int, n_test: int, rank: int = 0) -> None:
+    """Early stopping without validation structures is a ValueError (one line): it would stop
+    after the first epoch for want of a score. An empty validation split otherwise, or an
+    empty test split, is a printed warning of what the run will not give."""
+    where = (
+        "data.val_source/test_source"
+        if config.data.explicit
+        else f"data.split={list(config.data.split)}"
+    )
+    if not n_val and config.optim.early_stopping_patience > 0:
+        raise ValueError(
+            f"config optim.early_stopping_patience={config.optim.early_stopping_patience} needs "
+            f"validation structures and {where} leaves none: give the validation split a share "
+            "or set optim.early_stopping_patience=0"
+        )
+    if not n_val:
+        log(
+            f"warning: no validation structures ({where}): no validation per epoch and no "
+            "best_model.pt (optim.select_metric unused); model.pt is the last epoch's",
+            rank,
+        )
+    if not n_test:
+        log(f"warning: no test structures ({where}): no test metrics at the end", rank)
 
 
 def build_engine(run: Run, model: torch.nn.Module) -> None:

@@ -1,0 +1,50 @@
+"""Early stopping needs validation structures: without any it is refused in one line before
+training (it stopped after epoch 1 for want of a score); an empty validation or test split
+otherwise is a printed warning of what the run will not give."""
+
+from __future__ import annotations
+
+from fastchgnet.cli import main
+from fastchgnet.train.run import train
+from tests.train.helpers import TINY_ARCHITECTURE, small_cache, tiny_config
+
+
+def test_early_stopping_without_validation_structures_is_refused_before_training(tmp_path, capsys):
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    args = [
+        f"data.source={cache}",
+        "data.split=[1,0,0]",
+        f"model.architecture={TINY_ARCHITECTURE}",
+        "optim.early_stopping_patience=1",
+        f"run.out_dir={out}",
+    ]
+    assert main(["train", *(f"--set={a}" for a in args)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert (
+        "config optim.early_stopping_patience=1 needs validation structures and "
+        "data.split=[1.0, 0.0, 0.0] leaves none" in err
+    )
+    assert not (out / "checkpoints").exists()
+
+
+def test_empty_validation_and_test_splits_are_named_in_warnings(tmp_path, capsys):
+    cache = small_cache(tmp_path / "cache", n=24)
+    out = tmp_path / "run"
+    train(tiny_config(cache, out, "data.split=[1,0,0]", "optim.epochs=1", "run.compile=off"))
+    printed = capsys.readouterr().out
+    assert "warning: no validation structures (data.split=[1.0, 0.0, 0.0])" in printed
+    assert "no best_model.pt" in printed
+    assert "warning: no test structures (data.split=[1.0, 0.0, 0.0])" in printed
+    assert (out / "model.pt").is_file()
+    assert not (out / "best_model.pt").exists()
+
+
+def test_a_select_metric_the_validation_lacks_is_named(tmp_path, capsys):
+    from fastchgnet.train.options import TrainingOptions
+
+    config = tiny_config(tmp_path, tmp_path, "optim.select_metric=magmoms_mae")
+    options = TrainingOptions(config, model=None, out_dir=tmp_path, is_main=True)
+    assert not options.end_epoch(1, {"energy_mae": 10.0}, model=None)
+    assert "warning: validation has no magmoms_mae" in capsys.readouterr().out
