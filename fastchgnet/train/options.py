@@ -24,7 +24,12 @@ from fastchgnet.files import read_checksummed
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.ema import WeightEMA
 from fastchgnet.train.progress import log
-from fastchgnet.train.selection import BestTracker, save_best, validation_score
+from fastchgnet.train.selection import (
+    BestTracker,
+    save_best,
+    score_definition,
+    validation_score,
+)
 
 #: where runs written before checkpoints held the options' state kept it (read on resume)
 STATE_FILE = "options_state.pt"
@@ -64,7 +69,8 @@ class TrainingOptions:
             log(f"warning: validation has no {self.metric}: no best_model.pt is selected")
         if self.tracker.update(epoch, score) and self.is_main:
             with self.evaluation(model):
-                save_best(model, self.out_dir, epoch, score, self.metric)
+                definition = score_definition(self.metric, self.weights)
+                save_best(model, self.out_dir, epoch, score, self.metric, definition)
         return self.tracker.should_stop
 
     def save_final(self, model: Any, out_dir: Path) -> None:

@@ -46,7 +46,8 @@ def test_tracker_keeps_best_and_stops_after_patience():
 def test_validation_score_weights_maes_by_the_loss_prefactors():
     results = {"energy_mae": 10.0, "forces_mae": 100.0, "stress_mae": 1.0}
     weights = {"energy": 2.0, "forces": 1.5, "stress": 0.1, "magmoms": 0.1}
-    assert validation_score(results, "loss", weights) == pytest.approx(20 + 150 + 0.1)
+    # each MAE in the loss's unit (eV/atom, eV/Å, GPa, μB), not the reported meV
+    assert validation_score(results, "loss", weights) == pytest.approx(0.02 + 0.15 + 0.1)
     assert validation_score(results, "forces_mae", weights) == 100.0
     assert math.isnan(validation_score(results, "magmoms_mae", weights))
 
