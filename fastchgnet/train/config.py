@@ -76,6 +76,18 @@ class DataConfig:
     replay_source: str = ""
     replay_fraction: float = 0.0
 
+    def __post_init__(self) -> None:
+        check_ranges(
+            "data",
+            self,
+            batch_size=(self.batch_size >= 1, "must be at least 1"),
+            size_pool=(self.size_pool >= 0, "must be >= 0 (0: batches drawn uniformly)"),
+            loader_workers=(self.loader_workers >= -1, "must be >= -1 (-1: auto)"),
+            convert_workers=(self.convert_workers >= 1, "must be at least 1"),
+            max_structures=(self.max_structures >= 0, "must be >= 0 (0: all)"),
+            replay_fraction=(0 <= self.replay_fraction <= 1, "must be in [0, 1]"),
+        )
+
     @property
     def explicit(self) -> bool:
         """Whether splits come from separate files (tags in the cache), not fractions."""
@@ -128,7 +140,13 @@ class OptimConfig:
     """Optimiser and schedule. The learning rate is ``lr`` scaled by the global batch size B
     (``lr_scaling``: "linear" lr * B / ``lr_reference_batch``, "sqrt" the square root of that
     ratio, "none"); ``scheduler`` "cosine" anneals it to ``lr * min_lr_ratio`` over the run
-    (after ``warmup_steps`` of linear warm-up) or "constant". ``grad_clip`` 0: no clipping."""
+    (after ``warmup_steps`` of linear warm-up) or "constant". ``grad_clip`` 0: no clipping.
+    ``ema_decay`` > 0: an exponential moving average of the weights is validated, tested and
+    saved. ``select_metric`` picks best_model.pt and drives ``early_stopping_patience`` (epochs
+    without a better score; 0: never stop early): "loss" (each validation MAE in the loss's
+    unit, eV/atom, eV/Å, GPa, μB, times its loss prefactor, summed) or one target's MAE
+    ("energy_mae" meV/atom, "forces_mae" meV/Å, "stress_mae" GPa, "magmoms_mae" μB); lower is
+    better."""
 
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 2e-3

@@ -90,9 +90,8 @@ def finetune(
     checkpoint where ``resume``), evaluate the result; the report replaces
     ``finetune-report.csv``."""
     from fastchgnet.model.chgnet import FastCHGNet
-    from fastchgnet.train.run import check_data_ranges, train
+    from fastchgnet.train.run import train
 
-    check_data_ranges(config.data)
     for source in eval_sources:  # before the training data is converted
         if not Path(source).exists():
             raise FileNotFoundError(f"--eval {source}: no such file or directory")

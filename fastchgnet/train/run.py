@@ -32,7 +32,7 @@ from fastchgnet.train.checkpoint import (
     load_latest,
     set_rng_state,
 )
-from fastchgnet.train.config import DataConfig, TrainConfig, check_ranges
+from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.engine import launched_distributed, make_engine
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
@@ -94,16 +94,9 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_data_ranges(data: DataConfig) -> None:
-    """ValueError in one line naming ``data.batch_size`` when it is below 1 (the sampler and
-    the count of steps divide by it), before any data is read."""
-    check_ranges("data", data, batch_size=(data.batch_size >= 1, "must be at least 1"))
-
-
 def setup(config: TrainConfig) -> Run:
     """Process group (DeepSpeed's launcher: NCCL on GPUs, gloo on CPUs), seeds, out folder.
     ``run.compile="auto"`` on a CPU starts eager; ``prepare_data`` decides it."""
-    check_data_ranges(config.data)
     compiled = config.run.compiles(device_type())
     packed = config.data.batching == "packed" or (config.data.batching == "auto" and compiled)
     if compiled and not packed:

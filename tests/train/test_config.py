@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,19 @@ def test_overrides_parse_json_values_and_reach_the_architecture() -> None:
 def test_config_round_trips_through_a_plain_dict() -> None:
     config = apply_overrides(TrainConfig(), ['model.freeze=["atom_embedding"]'])
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "config data.batch_size=0: must be at least 1"),
+        ("data.size_pool=-1", "config data.size_pool=-1: must be >= 0"),
+        ("data.loader_workers=-2", "config data.loader_workers=-2: must be >= -1"),
+        ("data.convert_workers=0", "config data.convert_workers=0: must be at least 1"),
+        ("data.max_structures=-5", "config data.max_structures=-5: must be >= 0"),
+        ("data.replay_fraction=1.5", "config data.replay_fraction=1.5: must be in [0, 1]"),
+    ],
+)
+def test_data_values_out_of_range_are_one_line_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(None, [override])
