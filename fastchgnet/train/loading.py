@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -345,7 +346,17 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.device(device).type == "cuda",
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's start: SIGINT and SIGTERM are ignored there, so a signal sent to the
+    whole process group (Ctrl-C, a batch scheduler's SIGTERM) reaches the training process's
+    handler (``train.interrupt``) instead of killing the workers under it mid-step; workers
+    end when the training process does (torch's watchdog on the parent)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def composition_fractions(

@@ -36,3 +36,21 @@ def test_loader_workers_persist_and_batches_are_pinned_only_for_cuda():
     assert gpu.num_workers == 2
     assert gpu.persistent_workers
     assert gpu.pin_memory
+
+
+def test_loader_workers_outlive_a_sigterm_sent_to_the_process_group():
+    """A batch scheduler's SIGTERM reaches every process of the group: the workers ignore it
+    (the training process's handler stops the run with a checkpoint); before, it killed them
+    and the next batch raised 'DataLoader worker ... is killed by signal'."""
+    import os
+    import signal
+
+    splits = SimpleNamespace(dataset=list(range(8)))
+    batches = BatchSampler(SequentialSampler(range(8)), 2, drop_last=False)
+    loader = make_loader(splits, batches, 1, device="cpu")
+    loader.collate_fn = list  # the items as they are: no graphs here
+    batch_iterator = iter(loader)
+    assert next(batch_iterator) == [0, 1]
+    for worker in batch_iterator._workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    assert [batch for batch in batch_iterator] == [[2, 3], [4, 5], [6, 7]]
