@@ -10,8 +10,9 @@ signal, ``Interrupted`` is raised at once and the newest checkpoint is the one t
 
 Under a launcher of several ranks no handler is installed: a signal reaches each rank at a
 different step, and a checkpoint written at it would need every rank at the same collectives
-(the launcher's SIGTERM is ``cli.train``'s peer report instead). Loader workers forked from
-the process inherit the handler and ignore SIGINT with it: the main process stops them.
+(the launcher's SIGTERM is ``cli.train``'s peer report instead). Loader workers ignore both
+signals (``loading.ignore_stop_signals``; a forked one also returns from this handler): the
+main process stops them.
 """
 
 from __future__ import annotations
