@@ -126,10 +126,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
-    from fastchgnet.train.engine import launched_distributed
+    from fastchgnet.train.engine import launched_distributed, launcher_rank_and_world
     from fastchgnet.train.run import train
 
-    out, rank = Path(config.run.out_dir), int(os.environ.get("RANK", "0"))
+    out, rank = Path(config.run.out_dir), launcher_rank_and_world()[0]
     if args.resume and nothing_to_resume(out, config, rank):
         return 0
     if not args.resume:

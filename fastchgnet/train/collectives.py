@@ -31,6 +31,8 @@ import torch
 import torch.distributed as _torch_dist
 from torch import Tensor
 
+from fastchgnet.files import write_json_atomic
+
 #: the torch.distributed module in use (tests install a recording stand-in with ``install``)
 _dist: ModuleType | Any = _torch_dist
 #: the device of the process group's tensors, set when the group is created
@@ -87,11 +89,13 @@ def local_device() -> int:
     """The rank's CUDA device index: ``LOCAL_RANK`` modulo the devices this process sees (a
     scheduler that shows each rank only its own GPU makes that device 0). DeepSpeed reads
     ``LOCAL_RANK`` again (the process group's ``device_id``, its engine's device), so the
-    variable is rewritten to the index, and under MPI its local rank with it."""
-    local_rank = os.environ.get("LOCAL_RANK", "0")
+    variable is rewritten to the index, and under MPI its local rank with it (an MPI launcher
+    sets no ``LOCAL_RANK`` before DeepSpeed's ``init_distributed``: its own is read then)."""
+    names = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+    local_rank = next((os.environ[name] for name in names if name in os.environ), "0")
     index = int(local_rank) % torch.cuda.device_count()
     if str(index) != local_rank:
-        for name in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        for name in names:
             if os.environ.get(name) == local_rank:
                 os.environ[name] = str(index)
     return index
@@ -236,6 +240,25 @@ def wait_for_file(
                 "converting the cache is gone, or that folder is not shared with this node)"
             )
         time.sleep(poll_s)
+
+
+def settle(out_dir: Path, rank: int, stall_s: float, token: str, problem: str | None) -> None:
+    """End a step rank 0 does alone while the others wait (the cache conversion, which may
+    outlast any collective's timeout, or fail): rank 0 writes its outcome (``problem``: None
+    when it succeeded, else its one-line error) to ``ranks/<token>.json``; every other rank
+    waits for that file (``wait_for_file``) and, if rank 0 failed, raises its error as a
+    ValueError, so every rank stops together instead of waiting in the next collective.
+    ``token`` names this launch's step (agreed by a collective before it, so a file left by
+    an earlier launch is never read)."""
+    path = Path(out_dir) / "ranks" / f"{token}.json"
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"problem": problem})
+        return
+    wait_for_file(path, out_dir, rank, stall_s)
+    failed = json.loads(path.read_text())["problem"]
+    if failed is not None and problem is None:
+        raise ValueError(f"rank 0 stopped: {failed}")
 
 
 @contextlib.contextmanager

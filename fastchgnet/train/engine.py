@@ -30,9 +30,31 @@ from fastchgnet.train.config import OptimConfig
 DEFAULT_DEEPSPEED_JSON = Path(__file__).resolve().parents[2] / "launcher" / "deepspeed.json"
 
 
+#: (rank, world size) variables of the launchers, in the order read: torchrun's and
+#: DeepSpeed's own (RANK, WORLD_SIZE), then those of MPI launchers (``deepspeed --launcher
+#: openmpi|mvapich``, mpirun), which set no RANK / WORLD_SIZE until DeepSpeed's
+#: ``init_distributed`` reads theirs
+LAUNCHER_VARIABLES = (
+    ("RANK", "WORLD_SIZE"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"),
+    ("PMI_RANK", "PMI_SIZE"),
+)
+
+
+def launcher_rank_and_world() -> tuple[int, int]:
+    """(rank, world size) as the launcher that started this process set them, before any
+    process group exists (``LAUNCHER_VARIABLES``); (0, 1) without a launcher."""
+    for rank, world in LAUNCHER_VARIABLES:
+        if world in os.environ:
+            return int(os.environ.get(rank, "0")), int(os.environ[world])
+    return 0, 1
+
+
 def launched_distributed() -> bool:
-    """True when a launcher (deepspeed, torchrun) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when a launcher (deepspeed, torchrun, an MPI launcher) started this process as
+    one of several."""
+    return launcher_rank_and_world()[1] > 1
 
 
 def scaled_lr(config: OptimConfig, global_batch: int) -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     launcher of several ranks they are not handled here (see ``fastchgnet.train.interrupt``).
     """
     signals, run, training = StopSignals(), None, False
-    with signals.installed(enabled=not launched_distributed()):
+    with contextlib.ExitStack() as handling:
         try:
             run = setup(config)
+            # one process only, judged from the process group (an MPI launcher's ranks know
+            # they are several only there)
+            handling.enter_context(signals.installed(enabled=run.world_size == 1))
             run.signals = signals
             model = prepare_data(run, resume)
             build_engine(run, model)
@@ -134,13 +138,24 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     model.set_precision(config.run.precision, device_type())  # judged for where it will run
     cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
     beating = run.rank == 0 and run.world_size > 1
-    with collectives.heartbeat(run.out) if beating else contextlib.nullcontext():
-        cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
-    if run.rank != 0:  # converting may outlast the collectives' timeout: wait on the file
-        collectives.wait_for_file(
-            cache / "manifest.json", run.out, run.rank, config.run.dist_timeout_s
-        )
+    # rank 0 converts (or rebuilds, or refuses) the cache alone, for longer than any
+    # collective's timeout: the others wait on a file saying how it went (collectives.settle)
+    token = ""
+    if run.world_size > 1:
+        token = f"data-{collectives.all_gather_objects(uuid.uuid4().hex)[0]}"
+    problem = None
+    try:
+        with collectives.heartbeat(run.out) if beating else contextlib.nullcontext():
+            cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
+    except Exception as error:
+        problem = str(error) or type(error).__name__
+        raise
+    finally:
+        if token:
+            collectives.settle(run.out, run.rank, config.run.dist_timeout_s, token, problem)
     collectives.barrier()
+    if token and run.rank == 0:  # every rank has read it
+        (run.out / "ranks" / f"{token}.json").unlink(missing_ok=True)
     splits = run.splits = make_splits(cache, config.data)
     if cutoffs != (splits.dataset.atom_cutoff, splits.dataset.bond_cutoff):
         raise ValueError(f"{cache}: built with other cutoffs than the model's {cutoffs}")
@@ -265,7 +280,7 @@ def resume_from_checkpoint(run: Run) -> None:
     run.progress = Progress(**payloads[run.rank]["progress"])
     run.step = TrainStep(run.engine, run.config.loss, run.step.captured, run.progress.bad_steps)
     run.history = list(main["history"])
-    run.options.resume(main.get("options"))
+    run.options.resume(main.get("options"), run.model)
     if run.rank == 0:  # the rows a resume writes again (train_log past it, metrics.csv)
         trim_logs(run.out, run.progress.global_step)
     set_rng_state(payloads[run.rank]["rng"])

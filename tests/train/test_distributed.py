@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 
 
-def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> list[str]:
+def _command(
+    out: Path, cache: Path, *overrides: str, resume: bool = False, overwrite: bool = False
+) -> list[str]:
     """``deepspeed --num_gpus 2 launcher/train.py`` with a tiny model, a log row per step."""
     settings = [
         f"data.source={cache}",
@@ -58,6 +60,7 @@ def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> l
         str(ROOT / "launcher" / "train.py"),
         *(f"--set={o}" for o in settings),
         *(["--resume"] if resume else []),
+        *(["--overwrite"] if overwrite else []),
     ]
     return command
 
@@ -65,9 +68,11 @@ def _command(out: Path, cache: Path, *overrides: str, resume: bool = False) -> l
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def _launch(out: Path, cache: Path, *overrides: str, resume: bool = False) -> str:
+def _launch(
+    out: Path, cache: Path, *overrides: str, resume: bool = False, overwrite: bool = False
+) -> str:
     """Run ``_command``; returns the log (stdout and stderr), asserting success."""
-    command = _command(out, cache, *overrides, resume=resume)
+    command = _command(out, cache, *overrides, resume=resume, overwrite=overwrite)
     done = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
@@ -237,3 +242,38 @@ def test_the_training_cli_leaves_the_process_group_when_done(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "EXIT 0 GROUP False" in done.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_two_ranks_wait_for_rank_0s_cache_rebuild_and_stop_together_on_its_refusal(tmp_path):
+    """Rank 0 alone converts, rebuilds or refuses a cache; the other rank used to take an
+    existing manifest.json as ready and wait in the barrier (the collective's timeout) while
+    rank 0 rebuilt it, or until the launcher killed it when rank 0 refused it. Now it waits
+    on rank 0's outcome (collectives.settle) and stops with rank 0's reason."""
+    pytest.importorskip("deepspeed")
+    from tests.train.test_loading_cache_record import write_frames
+
+    frames = write_frames(tmp_path / "frames.extxyz", 12)
+    labels = ['data.labels={"energy": "E_dft", "forces": "F_dft", "stress": "S_vasp", '
+              '"magmoms": "", "stress_unit": "kBar"}']  # fmt: skip
+    out = tmp_path / "run"
+    common = [*labels, "optim.epochs=1", "run.dist_timeout_s=120"]
+    _launch(out, frames, *common)
+    first = (out / "cache" / "manifest.json").read_text()
+    signed = labels[0].replace('"kBar"', '"kBar", "stress_sign": "vasp"')
+    start = time.monotonic()
+    log = _launch(out, frames, signed, *common[1:], overwrite=True)
+    assert "rebuilding it" in log
+    assert (out / "cache" / "manifest.json").read_text() != first
+    assert not list((out / "ranks").glob("data-*.json"))  # read by every rank, then removed
+    elsewhere = tmp_path / "cache-elsewhere"  # a cache_dir that is not the run's to rebuild
+    _launch(tmp_path / "other", frames, *common, f"data.cache_dir={elsewhere}")
+    command = _command(
+        tmp_path / "third", frames, signed, *common[1:], f"data.cache_dir={elsewhere}"
+    )
+    done = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "data.cache_dir is not this run's to rebuild" in log
+    assert "rank 0 stopped:" in log  # rank 1 names rank 0's reason instead of hanging
+    assert time.monotonic() - start < 600

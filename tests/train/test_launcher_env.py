@@ -1,0 +1,73 @@
+"""Which launcher started this process, read before any process group exists: torchrun's and
+DeepSpeed's RANK / WORLD_SIZE, else an MPI launcher's own variables (``deepspeed --launcher
+openmpi``, mpirun), which DeepSpeed turns into RANK / WORLD_SIZE only later."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastchgnet.train import collectives
+from fastchgnet.train.engine import (
+    LAUNCHER_VARIABLES,
+    launched_distributed,
+    launcher_rank_and_world,
+)
+
+MPI_LOCAL = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for pair in LAUNCHER_VARIABLES:
+        for name in pair:
+            monkeypatch.delenv(name, raising=False)
+    for name in MPI_LOCAL:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_one_process_without_a_launcher(no_launcher):
+    assert launcher_rank_and_world() == (0, 1)
+    assert not launched_distributed()
+
+
+@pytest.mark.parametrize(
+    ("rank", "world"),
+    [("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+     ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE")],
+)  # fmt: skip
+def test_an_mpi_launchers_ranks_know_they_are_several(no_launcher, rank, world):
+    """Before, only WORLD_SIZE was read: each MPI rank trained alone, and every one of them
+    took itself for rank 0 (removing the run folder's outputs on --overwrite)."""
+    no_launcher.setenv(rank, "3")
+    no_launcher.setenv(world, "4")
+    assert launcher_rank_and_world() == (3, 4)
+    assert launched_distributed()
+
+
+def test_torchrun_and_deepspeeds_variables_come_first(no_launcher):
+    no_launcher.setenv("RANK", "1")
+    no_launcher.setenv("WORLD_SIZE", "2")
+    no_launcher.setenv("OMPI_COMM_WORLD_RANK", "0")
+    no_launcher.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    assert launcher_rank_and_world() == (1, 2)
+
+
+def test_an_mpi_ranks_gpu_comes_from_its_local_rank(no_launcher):
+    """Under MPI LOCAL_RANK is not set yet: the local rank is Open MPI's (modulo the GPUs a
+    scheduler shows the rank), and the variable is rewritten for DeepSpeed to read."""
+    no_launcher.setattr(torch.cuda, "device_count", lambda: 2)
+    no_launcher.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    assert collectives.local_device() == 1
+    import os
+
+    assert os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "1"
+
+
+def test_settle_hands_rank_0s_outcome_to_the_other_ranks(tmp_path):
+    collectives.settle(tmp_path, 0, 5.0, "data-ok", None)
+    collectives.settle(tmp_path, 1, 5.0, "data-ok", None)  # rank 0 succeeded: no error
+    collectives.settle(tmp_path, 0, 5.0, "data-bad", "f.extxyz: no such file or directory")
+    with pytest.raises(ValueError, match=r"^rank 0 stopped: f\.extxyz: no such file"):
+        collectives.settle(tmp_path, 1, 5.0, "data-bad", None)
