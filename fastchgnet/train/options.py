@@ -94,12 +94,16 @@ class TrainingOptions:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def resume(self, state: dict[str, Any] | None) -> None:
+    def resume(self, state: dict[str, Any] | None, model: nn.Module) -> None:
         """Restore a checkpoint's ``state`` (``state_dict``); None (a checkpoint written
-        before it held one): the ``options_state.pt`` of the last epoch end, if any."""
+        before it held one): the ``options_state.pt`` of the last epoch end, if any. With EMA
+        on and no EMA state saved (none yet, or EMA turned on for the resume), the average
+        starts from ``model``'s resumed weights, not from the weights it was built with."""
         if state is None:
             path = self.out_dir / STATE_FILE
-            if not path.is_file():
-                return
-            _, state = read_checksummed(path, STATE_KIND, (1,))
-        self.load_state_dict(state)
+            if path.is_file():
+                _, state = read_checksummed(path, STATE_KIND, (1,))
+        if state is not None:
+            self.load_state_dict(state)
+        if self.ema is not None and (state is None or state["ema"] is None):
+            self.ema = WeightEMA(model, self.ema.decay)

@@ -36,3 +36,26 @@ def test_a_mid_epoch_resume_with_ema_matches_the_uninterrupted_run(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_ema_turned_on_at_a_resume_starts_from_the_resumed_weights(tmp_path):
+    """A checkpoint without EMA state (EMA off before, or written before checkpoints held it):
+    the average started from the freshly built model's random weights, so the first
+    evaluations after the resume mixed them in. Now it starts from the resumed weights."""
+    import torch
+
+    from fastchgnet.train.config import load_config
+    from fastchgnet.train.options import TrainingOptions
+
+    config = load_config(None, ["optim.ema_decay=0.9"])
+    model = torch.nn.Linear(3, 2)
+    options = TrainingOptions(config, model, tmp_path, is_main=True)
+    with torch.no_grad():  # the resume loads other weights into the same model
+        model.weight.add_(1.0)
+    options.resume({"ema": None, "tracker": options.tracker.state_dict()}, model)
+    assert torch.equal(options.ema.shadow["weight"], model.weight)
+    fresh = TrainingOptions(config, model, tmp_path, is_main=True)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    fresh.resume(None, model)  # no state in the checkpoint, no options_state.pt
+    assert torch.equal(fresh.ema.shadow["weight"], model.weight)
