@@ -60,14 +60,17 @@ def test_a_copy_left_by_a_killed_process_is_removed_by_the_next_conversion(tmp_p
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
-    stale = scratch / f"{COPY_PREFIX}{host}-{dead.pid}-abc123"
-    live = scratch / f"{COPY_PREFIX}{host}-{os.getpid()}-def456"  # a running process's
+    stale = scratch / f"{COPY_PREFIX}{host}@{dead.pid}@abc123"
+    live = scratch / f"{COPY_PREFIX}{host}@{os.getpid()}@def456"  # a running process's
+    # another host sharing the folder, whose name extends this one's: "<host>-<digits>"
+    # read as this host and a dead pid would delete a copy that host is still reading
+    neighbour = scratch / f"{COPY_PREFIX}{host}-{dead.pid}@{os.getpid()}@ghi789"
     other = scratch / "tmpq1w2e3r4"  # not ours
-    for folder in (stale, live, other):
+    for folder in (stale, live, neighbour, other):
         folder.mkdir()
         (folder / "f.extxyz").write_text("copy")
     convert(read_frames(source, scratch=scratch), tmp_path / "c", workers=1, progress=False)
-    assert copies(scratch) == [live]
+    assert copies(scratch) == sorted([live, neighbour])
     assert other.is_dir()
 
 

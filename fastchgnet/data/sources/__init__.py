@@ -116,7 +116,7 @@ def _read_gzipped(
 ) -> Iterator[Frame]:
     folder = Path(scratch) if scratch is not None else Path(tempfile.gettempdir())
     remove_stale_copies(folder)
-    owner = f"{COPY_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    owner = f"{COPY_PREFIX}{socket.gethostname()}@{os.getpid()}@"  # no host name holds "@"
     with tempfile.TemporaryDirectory(dir=folder, prefix=owner) as copy:
         yield from read_ase_labelled(gunzip_ase_file(path, Path(copy)), labels)
 
@@ -126,8 +126,8 @@ def remove_stale_copies(folder: Path) -> list[Path]:
     this host left behind when it was killed (its process id no longer runs); return them."""
     host = socket.gethostname()
     removed = []
-    for stale in folder.glob(f"{COPY_PREFIX}{host}-*-*"):
-        pid = stale.name[len(f"{COPY_PREFIX}{host}-") :].split("-")[0]
+    for stale in folder.glob(f"{COPY_PREFIX}{host}@*@*"):  # this host's, no other's
+        pid = stale.name[len(f"{COPY_PREFIX}{host}@") :].split("@")[0]
         if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
             removed.append(stale)
