@@ -67,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = resolve_config(args)
-        if args.resume and nothing_to_resume(Path(config.run.out_dir), config):
+        out = Path(config.run.out_dir)
+        # complete: trained and reported (a run stopped after training still writes its report)
+        reported = (out / "finetune-report.csv").is_file()
+        if args.resume and reported and nothing_to_resume(out, config):
             return 0
         if not args.resume:
             start_over(Path(config.run.out_dir), args.overwrite, remove=True)

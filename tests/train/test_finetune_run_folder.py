@@ -62,3 +62,22 @@ def test_finetune_resume_without_a_checkpoint_is_one_line(tmp_path, capsys):
     assert cli_finetune.main(["--resume", "--set", f"run.out_dir={tmp_path}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"launcher/finetune.py: error: --resume: no checkpoint under {root}"
+
+
+def test_finetune_resume_of_a_trained_run_without_its_report_writes_the_report(
+    tmp_path, monkeypatch
+):
+    """A run stopped after its training but before its report: 'run already complete' left
+    it without finetune-report.csv. Now the resume goes on to the report; with the report
+    written, it is complete."""
+    calls = _fake_finetune(monkeypatch)
+    _old_run(tmp_path)
+    stored = TrainConfig().to_dict()
+    stored["run"]["out_dir"] = str(tmp_path)
+    monkeypatch.setattr(cli_train, "stored_config", lambda root: stored)
+    monkeypatch.setattr(cli_train, "completed", lambda out, config: "12/12 epochs")
+    assert cli_finetune.main(["--resume", "--set", f"run.out_dir={tmp_path}"]) == 0
+    assert calls == [(str(tmp_path), True)]
+    (tmp_path / "finetune-report.csv").write_text("target,before,after\n")
+    assert cli_finetune.main(["--resume", "--set", f"run.out_dir={tmp_path}"]) == 0
+    assert calls == [(str(tmp_path), True)]  # complete: nothing run
