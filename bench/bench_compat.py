@@ -62,6 +62,14 @@ def blocks(api, limno2: Structure, big: Structure, args, labelled: dict) -> dict
             lambda: model.predict_structure(big, **feats),
             True,
         ),
+        f"predict_structure {len(labelled['structures'])} crystals, task='e' (screening)": (
+            lambda: model.predict_structure(labelled["structures"], task="e", batch_size=16),
+            True,
+        ),
+        f"predict_structure {len(labelled['structures'])} crystals, task='efsm'": (
+            lambda: model.predict_structure(labelled["structures"], batch_size=16),
+            True,
+        ),
         "StructOptimizer.relax rattled LiMnO2": (
             lambda: api.StructOptimizer(model).relax(rattled, verbose=False),
             False,
