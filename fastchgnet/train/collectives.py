@@ -255,7 +255,7 @@ def settle(out_dir: Path, rank: int, stall_s: float, token: str, problem: str | 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {"problem": problem})
         return
-    wait_for_file(path, out_dir, rank, stall_s)
+    wait_for_file(path, out_dir, rank, stall_s, poll_s=0.2)  # read before a launcher stops it
     failed = json.loads(path.read_text())["problem"]
     if failed is not None and problem is None:
         raise ValueError(f"rank 0 stopped: {failed}")
