@@ -103,8 +103,9 @@ def implausible_labels(
 def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
     """(structure, problem) of ASE ``atoms`` read from a dataset: pymatgen's Structure of it,
     and None; or, when ``graph.check_lattice`` refuses its cell (not finite, or less than
-    ``MIN_CELL_VOLUME`` Å^3: a molecule written without a box), ``species_only`` of its
-    species, and the problem, for ``Frame.problem``."""
+    ``MIN_CELL_VOLUME`` Å^3: a molecule written without a box) or its ``pbc`` is not True in
+    all three directions (a molecule or a slab: its images would become bonds), ``species_only``
+    of its species, and the problem, for ``Frame.problem``."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     try:
@@ -113,6 +114,12 @@ def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
         return species_only(list(atoms.get_chemical_symbols())), (
             f"no periodic cell ({error.problem}): a crystal needs three lattice vectors; put a "
             "molecule in a box"
+        )
+    pbc = np.asarray(atoms.pbc, dtype=bool).reshape(-1)
+    if not pbc.all():
+        flags = ", ".join("T" if p else "F" for p in pbc)
+        return species_only(list(atoms.get_chemical_symbols())), (
+            f"pbc ({flags}): CHGNet models periodic crystals; not all three directions periodic"
         )
     return AseAtomsAdaptor.get_structure(atoms), None
 
