@@ -159,6 +159,12 @@ class GraphDataset:
         return np.concatenate(ids) if ids else np.zeros(0, dtype=str)
 
     @property
+    def label_mask(self) -> np.ndarray:
+        """(N, 4) bool: which of ``LABELS`` (energy, forces, stress, magmoms) each structure has."""
+        masks = [np.asarray(self._array(k, "label_mask")) for k in range(len(self.shard_names))]
+        return np.concatenate(masks) if masks else np.zeros((0, len(LABELS)), dtype=bool)
+
+    @property
     def frame_ids(self) -> np.ndarray:
         """(N,) frame id of every structure."""
         ids = [np.asarray(self._array(k, "frame_ids")) for k in range(len(self.shard_names))]

@@ -40,6 +40,7 @@ from fastchgnet.data.cache import (
     shard_name,
     verify_shard,
 )
+from fastchgnet.data.coverage import coverage_report
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
 from fastchgnet.data.interrupt import closing, sigterm_as_exit
@@ -389,4 +390,5 @@ def _convert(
             f"{kept} kept) at {summary.structures_per_second:.0f} structures/s; skipped "
             f"{len(skipped)} frame(s), listed with reasons in {out / 'skipped.json'}"
         )
+        print("\n".join(coverage_report(out)))
     return summary

@@ -373,3 +373,13 @@ def composition_fractions(
         rows.append(counts / counts.sum())
         energies.append(labels.energy_per_atom)
     return torch.tensor(np.array(rows)), torch.tensor(np.array(energies))
+
+
+def check_energy_labels(dataset: GraphDataset, indices: np.ndarray, cache: Path) -> None:
+    """Raise ValueError (one line, naming ``cache``) when no structure among ``indices`` has
+    an energy label: the composition fit and the energy loss need one."""
+    if len(indices) and not dataset.label_mask[np.asarray(indices, dtype=np.int64), 0].any():
+        raise ValueError(
+            f"{cache}: no training structure has an energy label (convert with --labels / "
+            "data.labels, or data.energy_key)"
+        )

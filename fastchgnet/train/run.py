@@ -39,6 +39,7 @@ from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
 from fastchgnet.train.interrupt import Interrupted, StopSignals
 from fastchgnet.train.loading import (
+    check_energy_labels,
     composition_fractions,
     make_sampler,
     make_splits,
@@ -172,6 +173,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
             + (f"; the skipped frames and why: {skipped}" if skipped.is_file() else "")
             + ")"
         )
+    check_energy_labels(splits.dataset, splits.train, cache)
     if should_fit_composition(config.model) and not resume:
         compositions, energies = composition_fractions(
             splits.dataset, splits.train, model.config.max_num_elements
