@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastchgnet.data.cache import GraphDataset
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     CheckpointError,
@@ -167,12 +168,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     )
     check_empty_splits(config, len(splits.val), len(splits.test), run.rank)
     if len(splits.train) == 0:  # every frame skipped, or too few for a training split
-        skipped = cache / "skipped.json"
-        raise ValueError(
-            f"{cache}: no structure for training ({len(splits.dataset)} in the cache"
-            + (f"; the skipped frames and why: {skipped}" if skipped.is_file() else "")
-            + ")"
-        )
+        raise ValueError(no_training_structure(cache, splits.dataset, config))
     check_energy_labels(splits.dataset, splits.train, cache)
     if should_fit_composition(config.model) and not resume:
         compositions, energies = composition_fractions(
@@ -194,6 +190,26 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
         for name in ("val", "test")
     }
     return model
+
+
+def no_training_structure(cache: Path, dataset: GraphDataset, config: TrainConfig) -> str:
+    """Why the training split of ``cache`` is empty, in one line: a split by material of a
+    cache with one or two material ids (all frames go to one split; the cure is
+    ``data.split_by=frame_tail``), and skipped.json only where it lists frames."""
+    line = f"{cache}: no structure for training ({len(dataset)} in the cache"
+    materials = np.unique(dataset.material_ids)
+    by_material = config.data.split_by == "material" and not config.data.explicit
+    if len(dataset) and by_material and config.data.split[0] > 0:  # too few materials
+        shown = ", ".join(repr(str(m)) for m in materials[:2]) + (", ..." * (len(materials) > 2))
+        line += (
+            f", of {len(materials)} material id(s): {shown}; data.split_by=material puts each "
+            "material's frames in one split: set data.split_by=frame_tail, or give "
+            "data.val_source"
+        )
+    skipped = cache / "skipped.json"
+    if skipped.is_file() and json.loads(skipped.read_text()):
+        line += f"; the skipped frames and why: {skipped}"
+    return line + ")"
 
 
 def check_empty_splits(config: TrainConfig, n_val: int, n_test: int, rank: int = 0) -> None:
