@@ -19,9 +19,9 @@ from fastchgnet.data.frame import (
     MAX_ENERGY_PER_ATOM,
     MAX_STRESS_GPA,
     Frame,
+    ase_material_id,
     implausible_labels,
     periodic_structure,
-    reduced_formula,
 )
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -217,9 +217,5 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
                     f"{path}: label key(s) {missing} not in the first frame; it has "
                     f'{_available(atoms)} (set the key, or "" when the file has no such label)'
                 )
-        info = atoms.info
-        material_id = info.get("material_id", info.get("mp_id"))
-        if material_id is None:
-            material_id = f"{stem}:{reduced_formula(atoms.get_chemical_formula())}"
-        frame_id = str(info.get("frame_id", f"{stem}-{position}"))
-        yield frame_from_atoms(atoms, labels, str(material_id), frame_id)
+        frame_id = str(atoms.info.get("frame_id", f"{stem}-{position}"))
+        yield frame_from_atoms(atoms, labels, ase_material_id(atoms, stem), frame_id)

@@ -124,6 +124,23 @@ def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
     return AseAtomsAdaptor.get_structure(atoms), None
 
 
+#: keys (``atoms.info`` or an ASE-db row's key-value pairs) that name a frame's material
+MATERIAL_ID_KEYS = ("material_id", "mp_id")
+
+
+def ase_material_id(atoms: Any, stem: str) -> str:
+    """The material id of ASE ``atoms`` read from the file named ``stem``: the first of
+    ``MATERIAL_ID_KEYS`` in ``atoms.info`` or, for an ASE-db row, in its key-value pairs
+    (``info["key_value_pairs"]``); else ``"<stem>:<reduced formula>"``, so that frames of one
+    composition stay in one split."""
+    tables = (atoms.info, atoms.info.get("key_value_pairs") or {})
+    for table in tables:
+        for key in MATERIAL_ID_KEYS:
+            if table.get(key) is not None:
+                return str(table[key])
+    return f"{stem}:{reduced_formula(atoms.get_chemical_formula())}"
+
+
 def reduced_formula(composition: Composition | str) -> str:
     """pymatgen's reduced formula (``Composition.reduced_formula``, e.g. ``LiMnO2``), the part
     of a material id that sources without one derive, without pymatgen's warning for each

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.data.frame import Frame, implausible_labels, periodic_structure, reduced_formula
+from fastchgnet.data.frame import Frame, ase_material_id, implausible_labels, periodic_structure
 from fastchgnet.files import atomic_open
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -28,8 +28,8 @@ def read_ase(
     ``stress_GPa * ase.units.GPa`` with no sign flip, and chgnet's model computes
     ``1/V dE/dε * 160.21766208``. So GPa = ASE stress x ``EV_PER_A3_TO_GPA``.
 
-    ``material_id`` is ``atoms.info["material_id"]`` (or ``mp_id``) where given, else
-    ``"<file stem>:<reduced formula>"`` so that frames of one composition stay in one split.
+    ``material_id``: ``frame.ase_material_id`` (``atoms.info["material_id"]`` or ``mp_id``,
+    else ``"<file stem>:<reduced formula>"``).
     A frame without a periodic cell or with implausible labels (``implausible_labels``) has a
     ``problem``.
     """
@@ -41,9 +41,6 @@ def read_ase(
     for position, atoms in enumerate(images):
         structure, problem = periodic_structure(atoms)
         info = atoms.info
-        material_id = info.get("material_id", info.get("mp_id"))
-        if material_id is None:
-            material_id = f"{stem}:{reduced_formula(structure.composition)}"
         energy = _ase_result(atoms, "energy")
         stress = _ase_result(atoms, "stress")
         if stress is not None and stress.shape == (6,):
@@ -57,7 +54,7 @@ def read_ase(
             forces=_ase_result(atoms, "forces"),
             stress=None if stress is None else stress * EV_PER_A3_TO_GPA,
             magmoms=None if magmoms is None else np.abs(magmoms),
-            material_id=str(material_id),
+            material_id=ase_material_id(atoms, stem),
             frame_id=str(info.get("frame_id", f"{stem}-{position}")),
         )
         frame.problem = problem or implausible_labels(frame)
