@@ -6,7 +6,8 @@ once complete. A rerun with the same settings keeps every full shard whose files
 shard.json checksums (reading past its frames without building graphs), deletes stale
 ``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt). The same
 settings include the frames' ``origin`` (``data.origin``: the source file and its label
-settings) where known: a rerun from another source or with other labels is refused.
+settings) where known: a rerun from another source or with other labels is refused once a
+shard is complete (a folder with none, e.g. after a wrong label key, takes the new settings).
 With ``max_structures`` conversion stops reading the source once that many structures are kept.
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
@@ -321,7 +322,8 @@ def _convert(
     if origin is not None:
         settings["origin"] = as_json(origin)
     settings_path = out / "settings.json"
-    if settings_path.is_file() and (built := json.loads(settings_path.read_text())) != settings:
+    built = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
+    if built != settings and any(out.glob("shard-*/shard.json")):  # none built: reuse the folder
         raise CacheError(
             f"{out} was built with settings other than asked ({describe_change(built, settings)})"
             "; use another folder or delete it"
