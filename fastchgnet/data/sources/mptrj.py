@@ -70,12 +70,35 @@ def _stream(path: Path, energy_key: str) -> Iterator[Frame]:
                     yield _mptrj_frame(record, last, str(frame_id), energy_key)
     except (ijson.JSONError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
         where = f"after material {last} ({n_frames} frames read)" if last else "in material 1"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        text = str(error)
+        if "NaN" in text or "Infinity" in text or "symbol 'N'" in text or "symbol 'I'" in text:
+            raise ValueError(
+                f"{path}: NaN/Infinity literal (not standard JSON) in material "
+                f"{_material_at_error(path)}: write the file with allow_nan=False or replace "
+                "NaN with null"
+            ) from None
+        reason = (text.strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(f"{path}: not complete JSON, it breaks {where}: {reason}") from None
     if n_frames == 0:
         raise ValueError(
             f"{path}: no MPtrj frames (expected {{material_id: {{frame_id: record}}}})"
         )
+
+
+def _material_at_error(path: Path) -> str:
+    """The top-level key (material id) being read where ijson stops reading ``path`` (a second
+    pass over the file's events, made only once reading has failed)."""
+    import ijson
+
+    material = "1"
+    try:
+        with _open_binary(path) as handle:
+            for prefix, event, value in ijson.parse(handle):
+                if prefix == "" and event == "map_key":
+                    material = str(value)
+    except (ijson.JSONError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
+        pass
+    return material
 
 
 def _structure_from_dict(data: dict) -> Structure:
