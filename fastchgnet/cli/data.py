@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,10 @@ def _frames(args: argparse.Namespace, scratch: Path | None = None) -> Any:
     return read_frames(args.source, args.energy_key, labels, scratch=scratch)
 
 
-def run_convert(args: argparse.Namespace) -> None:
+def run_convert(args: argparse.Namespace) -> int | None:
     """Convert ``args.source`` into the graph cache ``args.out`` (resumable); a gzipped ASE
-    source is decompressed beside the cache while it is read (not in a small /tmp)."""
+    source is decompressed beside the cache while it is read (not in a small /tmp). Stopped by
+    SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143."""
     from fastchgnet.data.convert import convert
 
     if args.shard_size < 1:
@@ -92,7 +94,20 @@ def run_convert(args: argparse.Namespace) -> None:
     beside = Path(args.out).absolute().parent
     frames = _frames(args, scratch=beside)  # a missing or empty source fails here, before
     beside.mkdir(parents=True, exist_ok=True)  # any folder is made
-    convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
+    try:
+        convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
+    except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT; SIGTERM (``sigterm_as_exit``)
+        code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code
+        if code not in (130, 143):
+            raise
+        shards = len(list(Path(args.out).glob("shard-*/shard.json")))
+        print(
+            f"data convert interrupted: {shards} complete shard(s) kept in {args.out}; run the "
+            "same command again to continue",
+            file=sys.stderr,
+        )
+        return code
+    return None
 
 
 def run_stats(args: argparse.Namespace) -> None:

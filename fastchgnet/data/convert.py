@@ -44,7 +44,7 @@ from fastchgnet.data.cache import (
 from fastchgnet.data.coverage import coverage_report
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
-from fastchgnet.data.interrupt import closing, sigterm_as_exit
+from fastchgnet.data.interrupt import closing, quiet_worker, sigterm_as_exit
 from fastchgnet.data.origin import as_json, describe_change
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
@@ -333,7 +333,7 @@ def _convert(
     for stale in out.glob(".tmp-*"):
         remove_tree(stale)
 
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = multiprocessing.get_context("fork").Pool(workers, quiet_worker) if workers > 1 else None
     shards, skipped, built, kept, held = [], [], 0, 0, 0
     stopped = False  # at max_structures, before the source's end
     bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)

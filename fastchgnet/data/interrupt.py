@@ -39,3 +39,11 @@ def sigterm_as_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def quiet_worker() -> None:
+    """A conversion worker's start: SIGINT ignored (Ctrl-C reaches the whole process group;
+    the main process stops the pool, with one message, not a traceback per worker) and SIGTERM
+    at its default (``pool.terminate`` ends the worker at once)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
