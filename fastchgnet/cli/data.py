@@ -75,10 +75,16 @@ def add_commands(sub: Any) -> None:
 
 def _frames(args: argparse.Namespace, scratch: Path | None = None) -> Any:
     """The frames of ``args.source``; a gzipped ASE file is read from a decompressed copy
-    under ``scratch`` (default: the system's temporary folder)."""
+    under ``scratch`` (default: the system's temporary folder). A graph cache folder (with
+    manifest.json) is a ValueError saying that frame sources are read here, not caches."""
     from fastchgnet.data.ase_labels import labels_from_json
     from fastchgnet.data.sources import read_frames
 
+    if (Path(args.source) / "manifest.json").is_file():
+        raise ValueError(
+            f"{args.source}: a graph cache (it has manifest.json); {args.command} reads frame "
+            "sources (MPtrj JSON, extxyz/ASE db, VASP runs), not graph caches"
+        )
     labels = labels_from_json(args.labels)
     return read_frames(args.source, args.energy_key, labels, scratch=scratch)
 

@@ -4,9 +4,9 @@ forces eV/Å, stress kBar (VASP sign) -> GPa x -0.1, magnetic moments |μB|."""
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from pymatgen.core import Lattice, Structure
@@ -136,25 +136,47 @@ def _mptrj_frame(record: dict, material_id: str, frame_id: str, energy_key: str)
         )
     try:
         frame = _labelled(record, structure, energy_key)
-    except _UNREADABLE as error:
+    except _UnreadableLabel as error:
         return Frame(structure, material_id=material_id, frame_id=frame_id,
-                     problem=f"unreadable labels ({_why(error)})")  # fmt: skip
+                     problem=f"unreadable label {error}")  # fmt: skip
     frame.material_id, frame.frame_id = material_id, frame_id
     frame.problem = implausible_labels(frame)
     return frame
 
 
+class _UnreadableLabel(ValueError):
+    """A label of an MPtrj record that is not numbers of the right kind: its message names
+    the key, the value and why."""
+
+
+def _label(record: dict, key: str, read: Callable[[object], object]) -> Any:
+    """``read`` of ``record[key]`` (None where absent); what it raises becomes an
+    ``_UnreadableLabel`` naming the key."""
+    value = record.get(key)
+    try:
+        return None if value is None else read(value)
+    except _UNREADABLE as error:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise _UnreadableLabel(f"{key!r} = {shown} ({_why(error)})") from None
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"a {type(value).__name__}, not a number")
+    return float(value)
+
+
 def _labelled(record: dict, structure: Structure, energy_key: str) -> Frame:
     n_atoms = len(structure)
-    energy = record.get(energy_key)
+    energy = _label(record, energy_key, _number)
     if energy is not None and MPTRJ_ENERGY_KEYS[energy_key]:
         energy = energy / n_atoms
-    stress = label_array(record.get("stress"))
-    magmoms = label_array(record.get("magmom"))
+    stress = _label(record, "stress", label_array)
+    magmoms = _label(record, "magmom", label_array)
     return Frame(
         structure=structure,
-        energy_per_atom=None if energy is None else float(energy),
-        forces=label_array(record.get("force")),
+        energy_per_atom=energy,
+        forces=_label(record, "force", label_array),
         stress=None if stress is None else stress * KBAR_TO_GPA,
         magmoms=None if magmoms is None else np.abs(magmoms),
     )

@@ -83,7 +83,9 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
             material_id=run_name,
             frame_id=f"{run_name}-{step_index}",
         )
-        frame.problem = implausible_labels(frame)
+        frame.problem = implausible_labels(
+            frame, energy_hint="an unconverged or broken ionic step?"
+        )
         yield frame
     if unconverged:
         warnings.warn(
