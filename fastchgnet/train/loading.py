@@ -375,11 +375,18 @@ def composition_fractions(
     return torch.tensor(np.array(rows)), torch.tensor(np.array(energies))
 
 
-def check_energy_labels(dataset: GraphDataset, indices: np.ndarray, cache: Path) -> None:
-    """Raise ValueError (one line, naming ``cache``) when no structure among ``indices`` has
-    an energy label: the composition fit and the energy loss need one."""
-    if len(indices) and not dataset.label_mask[np.asarray(indices, dtype=np.int64), 0].any():
-        raise ValueError(
-            f"{cache}: no training structure has an energy label (convert with --labels / "
-            "data.labels, or data.energy_key)"
-        )
+def check_energy_labels(
+    dataset: GraphDataset, indices: np.ndarray, cache: Path, required: bool
+) -> None:
+    """When no structure among ``indices`` has an energy label: a ValueError (one line,
+    naming ``cache``) where ``required`` (a new model's composition fit needs energies), else
+    a printed warning (a fine-tune may train on forces alone)."""
+    if not len(indices) or dataset.label_mask[np.asarray(indices, dtype=np.int64), 0].any():
+        return
+    problem = (
+        f"{cache}: no training structure has an energy label (convert with --labels / "
+        "data.labels, or data.energy_key)"
+    )
+    if required:
+        raise ValueError(problem)
+    print(f"warning: {problem}: training on the other labels alone", flush=True)

@@ -169,8 +169,10 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     check_empty_splits(config, len(splits.val), len(splits.test), run.rank)
     if len(splits.train) == 0:  # every frame skipped, or too few for a training split
         raise ValueError(no_training_structure(cache, splits.dataset, config))
-    check_energy_labels(splits.dataset, splits.train, cache)
-    if should_fit_composition(config.model) and not resume:
+    fit = should_fit_composition(config.model) and not resume
+    if run.rank == 0 or fit:  # every rank raises together; one prints a warning
+        check_energy_labels(splits.dataset, splits.train, cache, required=fit)
+    if fit:
         compositions, energies = composition_fractions(
             splits.dataset, splits.train, model.config.max_num_elements
         )

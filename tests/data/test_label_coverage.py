@@ -42,3 +42,18 @@ def test_training_without_energy_labels_stops_naming_the_cache(tmp_path):
                          "data.split_by=frame_tail")  # fmt: skip
     with pytest.raises(ValueError, match=r"c: no training structure has an energy label \("):
         train(config)
+
+
+def test_training_without_energies_and_without_a_composition_fit_warns_and_trains(
+    tmp_path, capsys
+):
+    """Forces alone can train a model whose element energies are not refitted (a fine-tune):
+    a warning, not an error."""
+    cache = tmp_path / "c"
+    convert(read_frames(_energyless_mptrj(tmp_path / "noe.json")), cache, workers=1,
+            progress=False)  # fmt: skip
+    config = tiny_config(cache, tmp_path / "run", "optim.epochs=1", "run.compile=off",
+                         "data.split_by=frame_tail", "model.fit_composition=no")  # fmt: skip
+    train(config)
+    assert "warning: " in capsys.readouterr().out
+    assert (tmp_path / "run" / "model.pt").is_file()
