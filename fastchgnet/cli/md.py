@@ -12,6 +12,7 @@ is refused before anything runs, unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,31 +160,55 @@ def cmd_relax(args: argparse.Namespace) -> int:
     screened = screen_structures(model.config, structures, "relax", "relaxed", neighbours)
     kept = [k for k, found in enumerate(screened) if found is not None]
     good = [structures[k] for k in kept]
-    results = relax(
-        good,
-        model,
-        fmax=args.fmax,
-        steps=args.steps,
-        relax_cell=not args.fixed_cell,
-        optimizer=args.optimizer,
-        trajectory=args.trajectory,
-        batched=not args.one_by_one,
-        batch_size=args.batch_size,
-        progress=not args.quiet,
-        compiled=COMPILE_CHOICES[args.compile],
-        neighbours=[screened[k] for k in kept],
-    )
+    from fastchgnet.data.interrupt import sigterm_as_exit
+    from fastchgnet.md.outputs import RelaxInterrupted
+
+    try:
+        with sigterm_as_exit():  # SIGTERM: SystemExit(143), kept as SIGINT's partial results
+            results = relax(
+                good,
+                model,
+                fmax=args.fmax,
+                steps=args.steps,
+                relax_cell=not args.fixed_cell,
+                optimizer=args.optimizer,
+                trajectory=args.trajectory,
+                batched=not args.one_by_one,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+                compiled=COMPILE_CHOICES[args.compile],
+                neighbours=[screened[k] for k in kept],
+            )
+    except RelaxInterrupted as stop:
+        done = dict(stop.results)
+        write_frames_atomic(args.output, relaxed_frames(good, done, quiet=True))
+        converged = sum(result.converged for result in done.values())
+        print(
+            f"relax interrupted: {converged} of {len(structures)} structures converged, "
+            f"written to {args.output}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    write_frames_atomic(args.output, relaxed_frames(good, dict(enumerate(results)), args.quiet))
+    return 1 if len(good) < len(structures) else 0
+
+
+def relaxed_frames(structures: list[Any], results: dict[int, Any], quiet: bool) -> list[Any]:
+    """The -o frames of ``relax``'s results (input index -> ``RelaxResult``): each one's
+    atoms, named as read, with ``converged`` and ``steps`` (and ``interrupted`` for a structure
+    stopped by a signal) in its info; unless ``quiet``, one line per structure on stdout."""
     frames = []
-    for structure, result in zip(good, results, strict=True):
+    for index, result in results.items():
         frame = result.atoms
-        name = structure_label(structure)
+        name = structure_label(structures[index])
         frame.info.update(name=name, converged=result.converged, steps=result.steps)
+        if result.interrupted:
+            frame.info["interrupted"] = True
         frames.append(frame)
-        if not args.quiet:
+        if not quiet:
             state = "converged" if result.converged else "NOT converged"
             print(f"{name}: {result.energy_per_atom:.5f} eV/atom, {result.steps} steps, {state}")
-    write_frames_atomic(args.output, frames)
-    return 1 if len(good) < len(structures) else 0
+    return frames
 
 
 def cmd_md(args: argparse.Namespace) -> None:

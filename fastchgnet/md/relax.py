@@ -39,7 +39,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +59,7 @@ from fastchgnet.md.calculator import (
     evaluate_graphs,
 )
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
+from fastchgnet.md.outputs import RelaxInterrupted, RelaxResult, stop_code, write_frames
 from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, check_batch_size, is_structure
 
@@ -93,38 +93,6 @@ RELAX_COMPILE = {
     "patience": RELAX_PATIENCE,
     "background": True,  # TorchScript builds in a child process (``compile.background``)
 }
-
-
-@dataclass
-class RelaxResult:
-    """One relaxed structure.
-
-    atoms: final geometry (ASE Atoms, its calculator holding the final results) |
-    energy: final total energy, eV | converged: max force (and cell force) < fmax |
-    steps: optimizer steps taken | frames: the trajectory, when one was asked for.
-    """
-
-    atoms: Atoms
-    energy: float
-    converged: bool
-    steps: int
-    frames: list[Atoms] = field(default_factory=list)
-
-    @property
-    def energy_per_atom(self) -> float:
-        """Final energy, eV/atom."""
-        return self.energy / len(self.atoms)
-
-    @property
-    def structure(self) -> Any:
-        """The final geometry as a pymatgen Structure, with final magmoms (μB) as site property."""
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        structure = AseAtomsAdaptor.get_structure(self.atoms.copy())
-        magmoms = self.atoms.calc.results.get("magmoms") if self.atoms.calc else None
-        if magmoms is not None:
-            structure.add_site_property("magmom", [float(m) for m in magmoms])
-        return structure
 
 
 class _Relaxation:
@@ -169,6 +137,14 @@ class _Relaxation:
             steps=int(self.optimizer.nsteps),
             frames=self.frames,
         )
+
+    def stopped(self) -> RelaxResult:
+        """The outcome of a relaxation stopped by a signal: the current geometry, without the
+        calculator's results (they may belong to the step before), energy NaN."""
+        atoms = self.atoms.copy()
+        atoms.calc = None
+        steps = int(self.optimizer.nsteps)
+        return RelaxResult(atoms, float("nan"), False, steps, self.frames, interrupted=True)
 
 
 def relax(
@@ -222,6 +198,9 @@ def relax(
     Raises:
         StructureError: an input that is no structure, or one that cannot be predicted,
             named with its position in the input.
+        RelaxInterrupted: SIGINT (or SIGTERM made ``SystemExit(143)``) stopped the run; it
+            carries the structures finished and the current geometry of those relaxing, and
+            the trajectory frames gathered so far are written first.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {optimizer!r}: use one of {sorted(OPTIMIZERS)}")
@@ -261,13 +240,18 @@ def relax(
         return _Relaxation(atoms, calc, optimizer, relax_cell, trajectory is not None)
 
     runs = (start(k, s) for k, s in enumerate(items))
-    with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:
-        if batched:
-            results = _run_lockstep(
-                runs, potential, fmax, steps, relax_cell, batch_size, bar, choose
-            )
-        else:
-            results = [_run_alone(run, fmax, steps, bar) for run in runs]
+    try:
+        with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:
+            if batched:
+                results = _run_lockstep(
+                    runs, potential, fmax, steps, relax_cell, batch_size, bar, choose
+                )
+            else:
+                results = _run_each(runs, fmax, steps, bar)
+    except RelaxInterrupted as stop:
+        if trajectory is not None:
+            write_frames(trajectory, stop.results)
+        raise
     if not results:
         raise ValueError("no structures to relax")
     if trajectory is not None:
@@ -275,12 +259,32 @@ def relax(
     return results[0] if single else results
 
 
-def _run_alone(run: _Relaxation, fmax: float, steps: int, bar: tqdm) -> RelaxResult:
-    """ASE's own optimizer loop for one structure."""
-    run.optimizer.attach(run.snapshot)
-    run.converged = bool(run.optimizer.run(fmax=fmax, steps=steps))
-    bar.update()
-    return run.result()
+def _run_each(runs: Iterator[_Relaxation], fmax: float, steps: int, bar: tqdm) -> list[RelaxResult]:
+    """ASE's own optimizer loop for one structure after another."""
+    results: dict[int, RelaxResult] = {}
+    active: list[tuple[int, _Relaxation]] = []
+    try:
+        for index, run in enumerate(runs):
+            active = [(index, run)]
+            run.optimizer.attach(run.snapshot)
+            run.converged = bool(run.optimizer.run(fmax=fmax, steps=steps))
+            bar.update()
+            results[index] = run.result()
+    except (KeyboardInterrupt, SystemExit) as stop:
+        raise _interrupted(stop, results, active) from None
+    return [results[index] for index in range(len(results))]
+
+
+def _interrupted(
+    stop: BaseException, results: dict[int, RelaxResult], active: list[tuple[int, _Relaxation]]
+) -> BaseException:
+    """``RelaxInterrupted`` with ``results`` and the current geometry of the ``active``
+    structures not among them, when ``stop`` is a signal's (``stop_code``); else ``stop``."""
+    code = stop_code(stop)
+    if code is None:
+        return stop
+    kept = results | {i: run.stopped() for i, run in active if i not in results}
+    return RelaxInterrupted(kept, code)
 
 
 def _run_lockstep(
@@ -302,29 +306,33 @@ def _run_lockstep(
     active: list[tuple[int, _Relaxation]] = []
     results: dict[int, RelaxResult] = {}
     calls = 0
-    while active := active + list(islice(queue, batch_size - len(active))):
-        graphs = [run.calc.graph(run.atoms) for _, run in active]
-        start = time.perf_counter()
-        answers = evaluate_graphs(model, graphs, stress=stress)
-        calls += 1
-        if choose is not None and calls == 2:
-            model = choose(time.perf_counter() - start, graphs) or model
-            choose = None
-        for (_, run), answer in zip(active, answers, strict=True):
-            run.calc.store(run.atoms, answer)
-        still_active = []
-        for index, run in active:
-            run.snapshot()
-            run.converged = run.max_force() < fmax
-            if run.converged or run.optimizer.nsteps >= steps:
-                results[index] = run.result()
-                bar.update()
-                continue
-            run.optimizer.step()
-            run.optimizer.nsteps += 1
-            still_active.append((index, run))
-        active = still_active
-    getattr(model, "cancel_builds", lambda: None)()  # a graph still building serves no call
+    try:
+        while active := active + list(islice(queue, batch_size - len(active))):
+            graphs = [run.calc.graph(run.atoms) for _, run in active]
+            start = time.perf_counter()
+            answers = evaluate_graphs(model, graphs, stress=stress)
+            calls += 1
+            if choose is not None and calls == 2:
+                model = choose(time.perf_counter() - start, graphs) or model
+                choose = None
+            for (_, run), answer in zip(active, answers, strict=True):
+                run.calc.store(run.atoms, answer)
+            still_active = []
+            for index, run in active:
+                run.snapshot()
+                run.converged = run.max_force() < fmax
+                if run.converged or run.optimizer.nsteps >= steps:
+                    results[index] = run.result()
+                    bar.update()
+                    continue
+                run.optimizer.step()
+                run.optimizer.nsteps += 1
+                still_active.append((index, run))
+            active = still_active
+    except (KeyboardInterrupt, SystemExit) as stop:
+        raise _interrupted(stop, results, active) from None
+    finally:
+        getattr(model, "cancel_builds", lambda: None)()  # a graph still building serves no call
     return [results[index] for index in range(len(results))]
 
 
@@ -377,15 +385,3 @@ def _compile_chooser(
         return potential if decision.compile else None
 
     return choose
-
-
-def write_frames(path: str | Path, results: list[RelaxResult]) -> None:
-    """Write every result's frames to one file, tagged with structure index and step."""
-    from fastchgnet.files import write_frames_atomic
-
-    frames = []
-    for index, result in enumerate(results):
-        for step, frame in enumerate(result.frames):
-            frame.info.update(structure=index, step=step)
-            frames.append(frame)
-    write_frames_atomic(path, frames)

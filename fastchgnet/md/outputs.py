@@ -1,0 +1,86 @@
+"""What a relaxation hands back: a ``RelaxResult`` per structure, the trajectory file of every
+structure's steps, and ``RelaxInterrupted``, which carries the results of a run stopped by
+SIGINT or SIGTERM (the structures finished, and the current geometry of those relaxing)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+
+@dataclass
+class RelaxResult:
+    """One relaxed structure.
+
+    atoms: final geometry (ASE Atoms, its calculator holding the final results) |
+    energy: final total energy, eV | converged: max force (and cell force) < fmax |
+    steps: optimizer steps taken | frames: the trajectory, when one was asked for |
+    interrupted: stopped by a signal while relaxing (atoms: its geometry then, no energy).
+    """
+
+    atoms: Atoms
+    energy: float
+    converged: bool
+    steps: int
+    frames: list[Atoms] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def energy_per_atom(self) -> float:
+        """Final energy, eV/atom."""
+        return self.energy / len(self.atoms)
+
+    @property
+    def structure(self) -> Any:
+        """The final geometry as a pymatgen Structure, with final magmoms (μB) as site property."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        structure = AseAtomsAdaptor.get_structure(self.atoms.copy())
+        magmoms = self.atoms.calc.results.get("magmoms") if self.atoms.calc else None
+        if magmoms is not None:
+            structure.add_site_property("magmom", [float(m) for m in magmoms])
+        return structure
+
+
+class RelaxInterrupted(KeyboardInterrupt):
+    """A relaxation stopped by SIGINT (KeyboardInterrupt) or SIGTERM (``SystemExit(143)``).
+
+    results: input index -> ``RelaxResult`` of each structure finished (converged or out of
+    steps) and of each still relaxing (its current geometry without energies, ``interrupted``
+    set); structures not started are absent. exit_code: 130 (SIGINT) or 143 (SIGTERM).
+    A KeyboardInterrupt, so code that lets Ctrl-C through still does."""
+
+    def __init__(self, results: Mapping[int, RelaxResult], exit_code: int) -> None:
+        super().__init__(f"relaxation interrupted ({len(results)} structure(s) kept)")
+        self.results = dict(sorted(results.items()))
+        self.exit_code = exit_code
+
+
+def stop_code(stop: BaseException) -> int | None:
+    """The exit code of a stop by signal: 130 for KeyboardInterrupt, 143 for the SystemExit a
+    SIGTERM handler raises (``data.interrupt.sigterm_as_exit``); None for any other."""
+    if isinstance(stop, KeyboardInterrupt):
+        return 130
+    if isinstance(stop, SystemExit) and stop.code in (130, 143):
+        return int(stop.code)
+    return None
+
+
+def write_frames(
+    path: str | Path, results: Sequence[RelaxResult] | Mapping[int, RelaxResult]
+) -> None:
+    """Write every result's frames to one file (atomically), tagged with structure index (its
+    position in the input; a mapping gives it as the key) and step."""
+    from fastchgnet.files import write_frames_atomic
+
+    items = results.items() if isinstance(results, Mapping) else enumerate(results)
+    frames = []
+    for index, result in items:
+        for step, frame in enumerate(result.frames):
+            frame.info.update(structure=index, step=step)
+            frames.append(frame)
+    write_frames_atomic(path, frames)
