@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
         print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before a command's own handling (loading the model, ...)
+        print(f"fastchgnet {args.command}: interrupted", file=sys.stderr)
+        return 130
     return code or 0
 
 

@@ -211,14 +211,15 @@ def relaxed_frames(structures: list[Any], results: dict[int, Any], quiet: bool) 
     return frames
 
 
-def cmd_md(args: argparse.Namespace) -> None:
+def cmd_md(args: argparse.Namespace) -> int:
     from fastchgnet.cli.inputs import (
         check_frames_file,
         check_output_file,
         load_model,
         read_structures,
     )
-    from fastchgnet.md.dynamics import run_md
+    from fastchgnet.data.interrupt import sigterm_as_exit
+    from fastchgnet.md.outputs import MDInterrupted
     from fastchgnet.md.settings import checked_integrator
 
     if args.ensemble == "nve" and args.thermostat not in (None, "none"):
@@ -239,8 +240,24 @@ def cmd_md(args: argparse.Namespace) -> None:
     if len(structures) != 1:
         raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")
     model = load_model(args.model, args.precision, args.device)
+    try:
+        with sigterm_as_exit():  # SIGTERM: SystemExit(143), reported as SIGINT is
+            run(structures[0], model, args)
+    except MDInterrupted as stop:
+        print(
+            f"md interrupted at step {stop.step}: {args.output} holds {stop.frames} frames",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    return 0
+
+
+def run(structure: Any, model: Any, args: argparse.Namespace) -> None:
+    """``run_md`` of ``structure`` with ``model`` and the md command's options."""
+    from fastchgnet.md.dynamics import run_md
+
     run_md(
-        structures[0],
+        structure,
         model,
         ensemble=args.ensemble,
         thermostat=args.thermostat,

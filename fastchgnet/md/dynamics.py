@@ -12,23 +12,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import all_changes
-from ase.constraints import FixCom
 from ase.md import MDLogger
-from ase.md.bussi import Bussi
-from ase.md.langevin import Langevin
-from ase.md.md import MolecularDynamics
-from ase.md.nose_hoover_chain import MTKNPT, NoseHooverChainNVT
-from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen
-from ase.md.nvtberendsen import NVTBerendsen
-from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
+from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
+from fastchgnet.md.outputs import MDInterrupted, stop_code
 from fastchgnet.md.settings import checked_integrator
 from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential
@@ -70,88 +64,6 @@ def md_compile_options(steps: int) -> dict[str, Any]:
     """``MD_COMPILE`` for a run of ``steps`` steps: its patience is at most a quarter of the
     run, so a short run asked to compile (``compiled=True``) still runs mostly compiled."""
     return MD_COMPILE | {"patience": min(MD_COMPILE["patience"], steps // 4)}
-
-
-Ensemble = Literal["nve", "nvt", "npt"]
-
-
-def make_integrator(
-    atoms: Atoms,
-    ensemble: Ensemble = "nvt",
-    thermostat: str = "nose-hoover",
-    *,
-    temperature: float = 300.0,
-    timestep: float = 2.0,
-    taut: float | None = None,
-    taup: float | None = None,
-    pressure: float = 1.01325e-4,
-    bulk_modulus: float = 100.0,
-    friction: float = 0.01,
-    seed: int | np.random.SeedSequence | None = None,
-) -> MolecularDynamics:
-    """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
-    a ``FixCom`` constraint to ``atoms`` (``add_integrator_constraints``).
-
-    Args:
-        ensemble: "nve", "nvt" or "npt".
-        thermostat: see ``THERMOSTATS`` ("none" for NVE).
-        temperature: target temperature, K.
-        timestep: fs.
-        taut: thermostat time constant, fs (default 100 timesteps).
-        taup: barostat time constant, fs (default 1000 timesteps).
-        pressure: external pressure, GPa (default 1 atm).
-        bulk_modulus: estimate for the Berendsen barostat, GPa.
-        friction: Langevin friction, 1/fs.
-        seed: random seed of stochastic thermostats.
-    """
-    ensemble, thermostat = checked_integrator(
-        ensemble, thermostat, temperature, timestep, taut=taut, taup=taup, pressure=pressure,
-        bulk_modulus=bulk_modulus, friction=friction,
-    )  # fmt: skip
-    add_integrator_constraints(atoms, ensemble, thermostat)
-    dt = timestep * units.fs
-    tdamp = (taut if taut is not None else 100 * timestep) * units.fs
-    pdamp = (taup if taup is not None else 1000 * timestep) * units.fs
-    rng = np.random.default_rng(seed)
-    kind = (ensemble, thermostat)
-    if kind == ("nve", "none"):
-        return VelocityVerlet(atoms, timestep=dt)
-    if kind == ("nvt", "nose-hoover"):
-        return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp)
-    if kind == ("nvt", "langevin"):
-        return Langevin(
-            atoms, dt, temperature_K=temperature, friction=friction / units.fs, fixcm=False, rng=rng
-        )
-    if kind == ("nvt", "berendsen"):
-        return NVTBerendsen(atoms, dt, temperature_K=temperature, taut=tdamp)
-    if kind == ("nvt", "bussi"):
-        return Bussi(atoms, dt, temperature_K=temperature, taut=tdamp, rng=rng)
-    if kind == ("npt", "nose-hoover"):
-        return MTKNPT(
-            atoms,
-            timestep=dt,
-            temperature_K=temperature,
-            pressure_au=pressure * units.GPa,
-            tdamp=tdamp,
-            pdamp=pdamp,
-        )
-    return Inhomogeneous_NPTBerendsen(
-        atoms,
-        dt,
-        temperature_K=temperature,
-        pressure_au=pressure * units.GPa,
-        taut=tdamp,
-        taup=pdamp,
-        compressibility_au=1.0 / (bulk_modulus * units.GPa),
-    )
-
-
-def add_integrator_constraints(atoms: Atoms, ensemble: str, thermostat: str) -> None:
-    """Add to ``atoms`` the constraints ``make_integrator``'s integrator needs, once however
-    often called: Langevin's ``FixCom`` (ASE's advice, not its ``fixcm=True``)."""
-    langevin = (ensemble.lower(), thermostat.lower()) == ("nvt", "langevin")
-    if langevin and not any(isinstance(c, FixCom) for c in atoms.constraints):
-        atoms.set_constraint([*atoms.constraints, FixCom()])
 
 
 def run_md(
@@ -209,6 +121,10 @@ def run_md(
 
     Returns:
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
+
+    Raises:
+        MDInterrupted: SIGINT (or SIGTERM made ``SystemExit(143)``) stopped the run: the step
+            reached and the frames written (the trajectory is complete up to them).
     """
     if steps < 0 or loginterval < 1:
         raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
@@ -255,9 +171,16 @@ def run_md(
     )
     if check is not None:
         dyn.attach(check, interval=1)
+    frames = 0  # written to ``trajectory``
+
+    def write_frame() -> None:
+        nonlocal frames
+        writer()
+        frames += 1
+
     if trajectory is not None:
         writer = _frame_writer(atoms, Path(trajectory))
-        dyn.attach(writer, interval=loginterval)
+        dyn.attach(write_frame, interval=loginterval)
     if logfile is not None:
         logger = MDLogger(dyn, atoms, str(logfile), peratom=True, mode="w")
         dyn.attach(logger, interval=loginterval)
@@ -265,11 +188,16 @@ def run_md(
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
         try:
             dyn.run(steps)
+        except (KeyboardInterrupt, SystemExit) as stop:
+            code = stop_code(stop)
+            if code is None:
+                raise
+            raise MDInterrupted(int(dyn.nsteps), frames, code) from None
         finally:  # a graph still building in a child process would serve no step
             for used in {id(p): p for p in (potential, atoms.calc.potential)}.values():
                 getattr(used, "cancel_builds", lambda: None)()
-    if trajectory is not None and hasattr(writer, "close"):
-        writer.close()
+            if trajectory is not None and hasattr(writer, "close"):
+                writer.close()
     return atoms
 
 

@@ -1,6 +1,7 @@
 """What a relaxation hands back: a ``RelaxResult`` per structure, the trajectory file of every
 structure's steps, and ``RelaxInterrupted``, which carries the results of a run stopped by
-SIGINT or SIGTERM (the structures finished, and the current geometry of those relaxing)."""
+SIGINT or SIGTERM (the structures finished, and the current geometry of those relaxing); and
+``MDInterrupted``, what an MD run stopped so says of itself."""
 
 from __future__ import annotations
 
@@ -58,6 +59,17 @@ class RelaxInterrupted(KeyboardInterrupt):
         super().__init__(f"relaxation interrupted ({len(results)} structure(s) kept)")
         self.results = dict(sorted(results.items()))
         self.exit_code = exit_code
+
+
+class MDInterrupted(KeyboardInterrupt):
+    """An MD run stopped by SIGINT (KeyboardInterrupt) or SIGTERM (``SystemExit(143)``).
+
+    step: the steps taken | frames: the trajectory frames written (all complete) |
+    exit_code: 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, step: int, frames: int, exit_code: int) -> None:
+        super().__init__(f"MD interrupted at step {step} ({frames} frames written)")
+        self.step, self.frames, self.exit_code = step, frames, exit_code
 
 
 def stop_code(stop: BaseException) -> int | None:
