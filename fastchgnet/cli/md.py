@@ -88,7 +88,8 @@ def add_commands(sub: Any) -> None:
         "md",
         help="molecular dynamics (NVE, NVT, NPT) of one structure",
         description="Molecular dynamics with ASE's integrators. Thermostats: "
-        + "; ".join(f"{e}: {', '.join(t)}" for e, t in THERMOSTATS.items()),
+        + "; ".join(f"{e}: {', '.join(t)}" for e, t in THERMOSTATS.items())
+        + ". A setting the chosen ensemble and thermostat do not use is refused.",
         epilog=MD_EPILOG,
         formatter_class=DefaultsFormatter,
     )
@@ -118,10 +119,20 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="replace an -o or --log file that exists (without it, one is refused)",
     )
-    md.add_argument("--pressure", type=float, default=1.01325e-4, help="NPT pressure, GPa")
-    md.add_argument("--taut", type=float, help="thermostat time, fs (default 100 timesteps)")
-    md.add_argument("--taup", type=float, help="barostat time, fs (default 1000 timesteps)")
-    md.add_argument("--bulk-modulus", type=float, default=100.0, help="Berendsen NPT, GPa")
+    md.add_argument("--pressure", type=float, help="NPT pressure, GPa (default 1 atm)")
+    md.add_argument(
+        "--taut",
+        type=float,
+        help="thermostat time, fs (default 100 timesteps); for langevin it sets the friction "
+        "to 1/taut",
+    )
+    md.add_argument(
+        "--friction", type=float, help="langevin friction, 1/fs (default 0.01; not with --taut)"
+    )
+    md.add_argument("--taup", type=float, help="NPT barostat time, fs (default 1000 timesteps)")
+    md.add_argument(
+        "--bulk-modulus", type=float, help="Berendsen NPT barostat's estimate, GPa (default 100)"
+    )
     md.add_argument("--seed", type=int, help="random seed (velocities, Langevin, Bussi)")
     md.add_argument(
         "--compile", choices=list(COMPILE_CHOICES), default="auto", help=MD_COMPILE_HELP
@@ -234,7 +245,8 @@ def cmd_md(args: argparse.Namespace) -> int:
             raise ValueError(f"--log {args.log}: is the -o trajectory too; name another file")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    settings = {k: getattr(args, k) for k in ("taut", "taup", "pressure", "bulk_modulus")}
+    names = ("taut", "taup", "pressure", "bulk_modulus", "friction")
+    settings = {k: getattr(args, k) for k in names}  # None: not given
     checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])
     if len(structures) != 1:
@@ -273,5 +285,6 @@ def run(structure: Any, model: Any, args: argparse.Namespace) -> None:
         taup=args.taup,
         pressure=args.pressure,
         bulk_modulus=args.bulk_modulus,
+        friction=args.friction,
         compiled=COMPILE_CHOICES[args.compile],
     )

@@ -24,6 +24,10 @@ from ase.md.verlet import VelocityVerlet
 from fastchgnet.md.settings import checked_integrator
 
 Ensemble = Literal["nve", "nvt", "npt"]
+#: the defaults of settings not given: pressure GPa (1 atm), bulk modulus GPa, friction 1/fs
+DEFAULT_PRESSURE = 1.01325e-4
+DEFAULT_BULK_MODULUS = 100.0
+DEFAULT_FRICTION = 0.01
 
 
 def make_integrator(
@@ -35,9 +39,9 @@ def make_integrator(
     timestep: float = 2.0,
     taut: float | None = None,
     taup: float | None = None,
-    pressure: float = 1.01325e-4,
-    bulk_modulus: float = 100.0,
-    friction: float = 0.01,
+    pressure: float | None = None,
+    bulk_modulus: float | None = None,
+    friction: float | None = None,
     seed: int | np.random.SeedSequence | None = None,
 ) -> MolecularDynamics:
     """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
@@ -48,12 +52,16 @@ def make_integrator(
         thermostat: see ``THERMOSTATS`` ("none" for NVE).
         temperature: target temperature, K.
         timestep: fs.
-        taut: thermostat time constant, fs (default 100 timesteps).
+        taut: thermostat time constant, fs (default 100 timesteps; Langevin: 1 / friction).
         taup: barostat time constant, fs (default 1000 timesteps).
-        pressure: external pressure, GPa (default 1 atm).
-        bulk_modulus: estimate for the Berendsen barostat, GPa.
-        friction: Langevin friction, 1/fs.
+        pressure: external pressure of NPT, GPa (default 1 atm).
+        bulk_modulus: estimate for the Berendsen NPT barostat, GPa (default 100).
+        friction: Langevin friction, 1/fs (default 1 / taut where taut is given, else 0.01);
+            not with taut.
         seed: random seed of stochastic thermostats.
+
+    A setting given (not None) that the chosen integrator does not use is a ValueError
+    (``checked_integrator``), as are taut and friction together.
     """
     ensemble, thermostat = checked_integrator(
         ensemble, thermostat, temperature, timestep, taut=taut, taup=taup, pressure=pressure,
@@ -63,6 +71,10 @@ def make_integrator(
     dt = timestep * units.fs
     tdamp = (taut if taut is not None else 100 * timestep) * units.fs
     pdamp = (taup if taup is not None else 1000 * timestep) * units.fs
+    pressure = DEFAULT_PRESSURE if pressure is None else pressure
+    bulk_modulus = DEFAULT_BULK_MODULUS if bulk_modulus is None else bulk_modulus
+    if friction is None:
+        friction = DEFAULT_FRICTION if taut is None else 1.0 / taut
     rng = np.random.default_rng(seed)
     kind = (ensemble, thermostat)
     if kind == ("nve", "none"):

@@ -17,6 +17,16 @@ THERMOSTATS: dict[str, tuple[str, ...]] = {
 POSITIVE = ("taut", "taup", "bulk_modulus")  # fs, fs, GPa (None: the default)
 NON_NEGATIVE = ("friction",)  # 1/fs
 ANY_FINITE = ("pressure",)  # GPa
+#: the settings each (ensemble, thermostat) uses; one given to another is refused
+USES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("nve", "none"): (),
+    ("nvt", "nose-hoover"): ("taut",),
+    ("nvt", "langevin"): ("taut", "friction"),  # friction = 1 / taut; give one
+    ("nvt", "berendsen"): ("taut",),
+    ("nvt", "bussi"): ("taut",),
+    ("npt", "nose-hoover"): ("taut", "taup", "pressure"),
+    ("npt", "berendsen"): ("taut", "taup", "pressure", "bulk_modulus"),
+}
 
 
 #: Thermostats that divide by the temperature or the kinetic energy: ASE's Nosé-Hoover
@@ -32,7 +42,9 @@ def checked_integrator(
     unknown ensemble, a thermostat that does not do it, a timestep (fs) that is not > 0, a
     temperature (K) that is not >= 0 (> 0 for the ``NEED_WARMTH`` thermostats), a taut or
     taup (fs) or bulk modulus (GPa) that is not > 0, a friction (1/fs) that is not >= 0, a
-    pressure (GPa) that is not finite, or a setting ``make_integrator`` does not take."""
+    pressure (GPa) that is not finite, a setting ``make_integrator`` does not take, one given
+    (not None) that this ensemble and thermostat do not use (``USES``), or Langevin's taut
+    and friction both given."""
     ensemble, thermostat = ensemble.lower(), thermostat.lower()
     if ensemble not in THERMOSTATS:
         raise ValueError(f"ensemble {ensemble!r}: use one of {', '.join(THERMOSTATS)}")
@@ -55,6 +67,18 @@ def checked_integrator(
     unknown = sorted(set(integrator) - {*POSITIVE, *NON_NEGATIVE, *ANY_FINITE})
     if unknown:
         raise ValueError(f"unknown MD setting(s) {unknown}")
+    unused = [name for name, value in integrator.items()
+              if value is not None and name not in USES[ensemble, thermostat]]  # fmt: skip
+    if unused:
+        used = ", ".join(USES[ensemble, thermostat]) or "none"
+        raise ValueError(
+            f"{', '.join(unused)} (--{' --'.join(n.replace('_', '-') for n in unused)}): not "
+            f"used by {ensemble} with thermostat {thermostat} (it uses: {used}); leave it out"
+        )
+    if integrator.get("taut") is not None and integrator.get("friction") is not None:
+        raise ValueError(
+            "taut and friction (--taut, --friction): Langevin's friction is 1/taut; give one"
+        )
     for name, value in integrator.items():
         if value is None:
             continue

@@ -1,0 +1,68 @@
+"""Langevin's friction follows a given taut (1/taut) or --friction, and a setting the chosen
+ensemble and thermostat do not use is refused in one line, in the API and the command."""
+
+from __future__ import annotations
+
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from fastchgnet.cli import main
+from fastchgnet.md.integrators import make_integrator
+
+
+def _copper():
+    atoms = bulk("Cu", "fcc", a=3.6)
+    atoms.calc = EMT()
+    return atoms
+
+
+def test_langevin_friction_is_one_over_a_given_taut():
+    dyn = make_integrator(_copper(), "nvt", "langevin", taut=50.0)
+    assert dyn.fr == pytest.approx(1 / 50.0 / units.fs)
+
+
+def test_langevin_takes_friction_in_inverse_fs_and_keeps_its_default():
+    assert make_integrator(_copper(), "nvt", "langevin", friction=0.05).fr == pytest.approx(
+        0.05 / units.fs
+    )
+    assert make_integrator(_copper(), "nvt", "langevin").fr == pytest.approx(0.01 / units.fs)
+
+
+@pytest.mark.parametrize(
+    ("ensemble", "thermostat", "settings", "named"),
+    [
+        ("nvt", "nose-hoover", {"pressure": 5.0, "bulk_modulus": 50.0}, "pressure, bulk_modulus"),
+        ("npt", "nose-hoover", {"bulk_modulus": 50.0}, "bulk_modulus"),
+        ("nvt", "bussi", {"friction": 0.1}, "friction"),
+        ("nve", "none", {"taut": 10.0}, "taut"),
+    ],
+)
+def test_a_setting_the_integrator_does_not_use_is_refused(ensemble, thermostat, settings, named):
+    with pytest.raises(ValueError, match=f"^{named} .*not used by {ensemble}"):
+        make_integrator(_copper(), ensemble, thermostat, **settings)
+
+
+def test_taut_and_friction_together_are_refused():
+    with pytest.raises(ValueError, match="give one"):
+        make_integrator(_copper(), "nvt", "langevin", taut=50.0, friction=0.02)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--ensemble", "nvt", "--pressure", "5", "--bulk-modulus", "50"],
+        ["--ensemble", "npt", "--thermostat", "nose-hoover", "--bulk-modulus", "50"],
+        ["--thermostat", "langevin", "--taut", "50", "--friction", "0.02"],
+    ],
+)
+def test_md_command_refuses_settings_its_integrator_does_not_use(tmp_path, capsys, extra):
+    from ase.io import write
+
+    write(tmp_path / "cu.extxyz", bulk("Cu", "fcc", a=3.6))
+    argv = ["md", str(tmp_path / "cu.extxyz"), "-o", str(tmp_path / "md.extxyz"), *extra]
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fastchgnet md: error: ")
+    assert not (tmp_path / "md.extxyz").exists()
