@@ -271,3 +271,19 @@ def test_predict_compile_is_on_off_or_the_devices_default():
         True,
     ]
     assert parse(["predict", "a.cif", "--no-compile"]).compile is False
+
+
+def test_predict_refuses_an_existing_output_unless_overwrite(tmp_path, capsys):
+    """predict -o, as relax and md, does not replace an earlier run's results silently."""
+    from ase.build import bulk
+    from ase.io import write
+
+    write(tmp_path / "si.extxyz", bulk("Si", "diamond", a=5.43))
+    out = tmp_path / "p.json"
+    out.write_text("earlier\n")
+    argv = ["predict", str(tmp_path / "si.extxyz"), "-o", str(out)]
+    assert main(argv) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert out.read_text() == "earlier\n"
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_text().startswith("[")

@@ -26,6 +26,7 @@ from fastchgnet.cli.inputs import (
     check_output_file,
     load_model,
     read_structures,
+    refuse_existing,
     screen_structures,
     structure_label,
 )
@@ -38,6 +39,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fastchgnet.model.potential import predict_graph_list
 
     if args.output:
+        refuse_existing(args.output, "-o", args.overwrite)
         check_output_file(args.output, "-o", "out.json")
     model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
@@ -92,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
     add_model_arguments(predict)
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an -o file that exists (without it, one is refused)",
+    )
     predict.add_argument("--batch-size", type=int, default=16, help="structures per model call")
     predict.add_argument(
         "--compile",
