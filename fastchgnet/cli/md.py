@@ -52,7 +52,10 @@ def add_commands(sub: Any) -> None:
     relax = sub.add_parser(
         "relax",
         help="relax structures (atoms and cell) with FIRE or BFGS, batched",
-        description="Relax structures until every force (and cell force) is below --fmax.",
+        description="Relax structures until every force (and cell force) is below --fmax. "
+        "Exit code 1 (after the outputs are written) when a structure was skipped or did "
+        "not converge within --steps; 130 / 143 when stopped by SIGINT / SIGTERM (the "
+        "structures done are written).",
         epilog=RELAX_EPILOG,
         formatter_class=DefaultsFormatter,
     )
@@ -201,7 +204,14 @@ def cmd_relax(args: argparse.Namespace) -> int:
         )
         return stop.exit_code
     write_frames_atomic(args.output, relaxed_frames(good, dict(enumerate(results)), args.quiet))
-    return 1 if len(good) < len(structures) else 0
+    unconverged = sum(not result.converged for result in results)
+    if unconverged:
+        print(
+            f"{unconverged} of {len(results)} structures did not converge within --steps "
+            f"{args.steps}",
+            file=sys.stderr,
+        )
+    return 1 if unconverged or len(good) < len(structures) else 0
 
 
 def relaxed_frames(structures: list[Any], results: dict[int, Any], quiet: bool) -> list[Any]:
