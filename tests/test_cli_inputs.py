@@ -13,7 +13,7 @@ import torch
 from pymatgen.core import Lattice, Structure
 
 from fastchgnet.cli import main
-from fastchgnet.cli.inputs import read_structures
+from fastchgnet.cli.inputs import read_structures, structure_label
 from fastchgnet.data.graph import MIN_PAIR_DISTANCE, build_graph
 from fastchgnet.errors import StructureError
 
@@ -287,3 +287,18 @@ def test_predict_refuses_an_existing_output_unless_overwrite(tmp_path, capsys):
     assert out.read_text() == "earlier\n"
     assert main([*argv, "--overwrite"]) == 0
     assert out.read_text().startswith("[")
+
+
+def test_frames_of_one_file_sharing_a_label_are_told_apart_by_index(tmp_path):
+    """A trajectory's frames carry one ``label``; each is named ``label[i]``, not all alike."""
+    from ase.build import bulk
+    from ase.io import write
+
+    frames = []
+    for a in (5.40, 5.43, 5.46):
+        atoms = bulk("Si", "diamond", a=a)
+        atoms.info["label"] = "si-md"
+        frames.append(atoms)
+    write(tmp_path / "traj.extxyz", frames)
+    names = [structure_label(s) for s in read_structures([str(tmp_path / "traj.extxyz")])]
+    assert names == ["si-md[0]", "si-md[1]", "si-md[2]"]

@@ -17,7 +17,8 @@ from fastchgnet.model.reference import CHECKPOINTS
 def read_structures(paths: list[str]) -> list[Any]:
     """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
     extxyz and the other files ASE reads (every frame), each named by its file (the path as
-    given where two files share a name) and its index in a file of several.
+    given where two files share a name) and its index in a file of several (a frame of several
+    carrying a ``label`` or ``name`` is named by it and its index: ``label[i]``).
 
     Raises:
         FileNotFoundError: a path is not a file.
@@ -50,6 +51,9 @@ def read_structures(paths: list[str]) -> list[Any]:
         if len(frames) == 0:
             raise ValueError(f"{path}: cannot read a structure (the file holds none)")
         for index, atoms in enumerate(frames):
+            given = atoms.info.get("label") or atoms.info.get("name")
+            if given and len(frames) > 1:  # frames of a trajectory often share their label
+                atoms.info["label"] = f"{given}[{index}]"
             atoms.info.setdefault("name", f"{base}[{index}]")
             structures.append(atoms)
     return structures
