@@ -269,13 +269,13 @@ def decide(
         )
     saved = calls * eager_seconds * (1 - fraction)
     worth = compile_seconds * margin < saved
-    cost = f"compiling costs ~{compile_seconds:.0f} s" if compile_seconds else "already compiled"
-    times = f"{margin:g} x " if margin != 1 and compile_seconds else ""
+    cost = f"build ~{compile_seconds:.1f} s" if compile_seconds else "already compiled"
+    times = f" (must save {margin:g}x that)" if margin != 1 and compile_seconds else ""
     how = f" with {backend}" if backend else ""
     reason = (
-        f"compile {'on' if worth else 'off'} for this {what}{how}: {times}{cost}, "
-        f"{'<' if worth else '>='} ~{saved:.0f} s saved over {calls} calls of "
-        f"{eager_seconds * 1e3:.0f} ms eager (compiled: ~{fraction:.2f} of that)"
+        f"compile {'on' if worth else 'off'} for this {what}{how}: {cost}{times}, saves "
+        f"~{saved:.1f} s over {calls} calls of {eager_seconds * 1e3:.0f} ms eager (compiled: "
+        f"~{fraction:.2f} of that)"
     )
     net = saved - compile_seconds * margin
     return CompileDecision(
@@ -307,7 +307,7 @@ def choose_capture(
         priced.append((decision, runner))
     best, runner = max(priced, key=lambda pair: pair[0].net_seconds)
     others = "; ".join(
-        f"{d.backend}: ~{d.compile_seconds:.0f} s build, ~{d.saved_seconds:.0f} s saved"
+        f"{d.backend}: build ~{d.compile_seconds:.1f} s, saves ~{d.saved_seconds:.1f} s"
         for d, _ in priced
         if d is not best
     )

@@ -41,12 +41,14 @@ def test_compile_pays_only_when_the_saving_exceeds_the_cost() -> None:
     assert long_run.compile
     assert long_run.saved_seconds == pytest.approx(90.0)
     assert long_run.reason.startswith("compile on for this 5000-step MD")
-    assert "~60 s" in long_run.reason
-    assert "~90 s saved" in long_run.reason
+    assert "build ~60.0 s, saves ~90.0 s over 5000 calls" in long_run.reason
     short_run = decide(2000, 0.036, 60.0, fraction=0.5)
     assert not short_run.compile
     assert "compile off" in short_run.reason
-    assert "~36 s saved" in short_run.reason
+    assert "build ~60.0 s, saves ~36.0 s over 2000 calls" in short_run.reason
+    # costs and savings that round to the same whole second still read apart (was "~2 s, < ~2 s")
+    close = decide(100, 0.046, 1.6, fraction=0.5)
+    assert "build ~1.6 s, saves ~2.3 s over 100 calls" in close.reason
     warm = decide(500, 0.036, 1.0, fraction=0.5)
     assert warm.compile
     with pytest.raises(ValueError, match="fraction"):
@@ -58,7 +60,7 @@ def test_a_margin_asks_for_that_many_times_the_cost_saved() -> None:
     assert decide(5000, 0.036, 60.0, fraction=0.5).compile
     cautious = decide(5000, 0.036, 60.0, fraction=0.5, margin=2.0, what="training")
     assert not cautious.compile
-    assert "2 x compiling costs ~60 s" in cautious.reason
+    assert "build ~60.0 s (must save 2x that), saves ~90.0 s over 5000 calls" in cautious.reason
     assert decide(5000, 0.036, 44.0, fraction=0.5, margin=2.0).compile
     with pytest.raises(ValueError, match="margin"):
         decide(10, 0.1, 1.0, margin=0.5)
@@ -328,10 +330,10 @@ def test_a_relaxation_prices_inductor_for_every_shape_and_torchscript_for_one_bu
     relax_module.relax(structures, small_model("conservative"), steps=3, progress=True)
     reason = capsys.readouterr().err
     # two builds: any sizes, and one structure once the other has converged
-    assert "compile off for this relaxation (~3 calls) with torchscript: compiling costs ~20 s" in (
+    assert "compile off for this relaxation (~3 calls) with torchscript: build ~20.0 s, saves" in (
         reason
     )
-    assert f"[inductor: ~{10 * relax_module.RELAX_MAX_SHAPES} s build" in reason
+    assert f"[inductor: build ~{10 * relax_module.RELAX_MAX_SHAPES:.1f} s, saves" in reason
 
 
 def test_a_relaxation_where_compiling_pays_runs_through_the_compiled_potential(
@@ -430,14 +432,14 @@ def test_the_capture_that_saves_most_net_of_its_build_is_chosen():
     assert runner == "torchscript"  # what the chosen price named runs
     assert small.compile
     assert small.backend == "torchscript"
-    assert small.reason.startswith("compile on for this MD with torchscript: compiling costs ~2")
+    assert small.reason.startswith("compile on for this MD with torchscript: build ~2.0 s, saves")
     # 64 atoms: TorchScript gains nothing, inductor pays
     large, runner = choose_capture(1950, 0.05, "cpu", prices((0.6, 25.0), (1.0, 2.0)))
     assert runner == "inductor"
     assert large.compile
     assert large.backend == "inductor"
     assert large.net_seconds == pytest.approx(1950 * 0.05 * 0.4 - 25.0)
-    assert large.reason.endswith("[torchscript: ~2 s build, ~0 s saved]")  # the other's price
+    assert large.reason.endswith("[torchscript: build ~2.0 s, saves ~0.0 s]")  # the other's price
     # a few calls: neither pays, and the reason names the cheaper loss
     short, _ = choose_capture(3, 0.0099, "cpu", prices((0.6, 25.0), (0.8, 2.0)), what="3-step MD")
     assert not short.compile
