@@ -435,3 +435,12 @@ def test_relax_names_and_skips_a_disordered_structure(tmp_path, capsys, model):
     err = capsys.readouterr().err
     assert "skipped structure 1 mixed.cif" in err
     assert "is disordered (partial occupancies)" in err
+
+
+def test_relax_help_says_what_the_cell_force_of_fmax_is(capsys):
+    """--fmax bounds ASE's Frechet cell force, a virial per atom in eV/Å, not a stress."""
+    with pytest.raises(SystemExit):
+        main(["relax", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "stress x volume / N atoms, in eV/Å" in text
+    assert "fmax x N / V" in text

@@ -44,6 +44,12 @@ MD_COMPILE_HELP = (
     "--steps net of its build (a cold CPU inductor build takes about half a minute, a shape "
     "already in the on-disk store about a second), or none; the decision is printed"
 )
+FMAX_HELP = (
+    "force threshold, eV/Å, for every atom's force and (unless --fixed-cell) the cell force "
+    "of ASE's FrechetCellFilter: the virial per atom, stress x volume / N atoms, in eV/Å; "
+    "so the cell relaxes until its stress is below about fmax x N / V (eV/Å³; x 160.2 for "
+    "GPa: 0.1 eV/Å on 8 atoms in 160 Å³ is ~0.8 GPa)"
+)
 COMPILE_CHOICES = {"auto": None, "on": True, "off": False, "torchscript": "torchscript"}
 
 
@@ -52,7 +58,8 @@ def add_commands(sub: Any) -> None:
     relax = sub.add_parser(
         "relax",
         help="relax structures (atoms and cell) with FIRE or BFGS, batched",
-        description="Relax structures until every force (and cell force) is below --fmax. "
+        description="Relax structures until every force (and the cell force, see --fmax) is "
+        "below --fmax. "
         "Exit code 1 (after the outputs are written) when a structure was skipped or did "
         "not converge within --steps; 130 / 143 when stopped by SIGINT / SIGTERM (the "
         "structures done are written).",
@@ -62,7 +69,7 @@ def add_commands(sub: Any) -> None:
     relax.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
     relax.add_argument("-o", "--output", default="relaxed.extxyz", help="relaxed structures")
     add_model_arguments(relax)
-    relax.add_argument("--fmax", type=float, default=0.1, help="force threshold, eV/Å")
+    relax.add_argument("--fmax", type=float, default=0.1, help=FMAX_HELP)
     relax.add_argument("--steps", type=int, default=500, help="most steps per structure")
     relax.add_argument("--optimizer", choices=("FIRE", "BFGS"), default="FIRE")
     relax.add_argument("--fixed-cell", action="store_true", help="relax positions only")
