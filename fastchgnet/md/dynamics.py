@@ -175,7 +175,7 @@ def run_md(
 
     def write_frame() -> None:
         nonlocal frames
-        writer()
+        getattr(writer, "write", writer)()  # a Trajectory, or a function
         frames += 1
 
     if trajectory is not None:

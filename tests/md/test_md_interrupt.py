@@ -38,3 +38,14 @@ def test_an_interrupted_md_says_where_it_stopped_in_one_line(tmp_path, signum, c
     frames = len(read(out, index=":"))
     assert int(found[2]) == frames
     assert int(found[1]) >= 5 * (frames - 1)
+
+
+def test_md_writes_traj_files_frame_by_frame(tmp_path):
+    """ASE's Trajectory writer (``.traj``) is an observer object, not a function."""
+    from fastchgnet.cli import main
+
+    write(tmp_path / "si.extxyz", bulk("Si", "diamond", a=5.43))
+    out = tmp_path / "md.traj"
+    argv = ["md", str(tmp_path / "si.extxyz"), "-o", str(out), "--steps", "4", "--loginterval", "2"]
+    assert main([*argv, "--compile", "off", "--quiet", "--seed", "0"]) == 0
+    assert len(read(out, index=":")) == 3
