@@ -44,9 +44,7 @@ def test_training_without_energy_labels_stops_naming_the_cache(tmp_path):
         train(config)
 
 
-def test_training_without_energies_and_without_a_composition_fit_warns_and_trains(
-    tmp_path, capsys
-):
+def test_training_without_energies_and_without_a_composition_fit_warns_and_trains(tmp_path, capsys):
     """Forces alone can train a model whose element energies are not refitted (a fine-tune):
     a warning, not an error."""
     cache = tmp_path / "c"
