@@ -36,7 +36,8 @@ def structure_file(tmp_path_factory):
 
 def predicted_energy(tmp_path, structure_file, model_spec: str) -> float:
     out = tmp_path / "out.json"
-    assert main(["predict", str(structure_file), "--model", model_spec, "-o", str(out)]) == 0
+    command = ["predict", str(structure_file), "--model", model_spec, "-o", str(out)]
+    assert main([*command, "--overwrite"]) == 0  # called twice in one test
     return json.loads(out.read_text())[0]["energy_per_atom_eV"]
 
 
