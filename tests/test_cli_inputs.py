@@ -302,3 +302,42 @@ def test_frames_of_one_file_sharing_a_label_are_told_apart_by_index(tmp_path):
     write(tmp_path / "traj.extxyz", frames)
     names = [structure_label(s) for s in read_structures([str(tmp_path / "traj.extxyz")])]
     assert names == ["si-md[0]", "si-md[1]", "si-md[2]"]
+
+
+def test_file_at_index_takes_some_of_a_files_structures(tmp_path):
+    """``md traj.extxyz`` of a trajectory said 'holds 21 structures; md runs one' and
+    ``traj.extxyz@-1`` 'no such file'. ASE's index syntax now selects frames."""
+    from ase.build import bulk
+    from ase.io import write
+
+    write(tmp_path / "traj.extxyz", [bulk("Si", "diamond", a=a) for a in (5.40, 5.43, 5.46)])
+    path = str(tmp_path / "traj.extxyz")
+
+    def names(spec: str) -> list[str]:
+        return [structure_label(s) for s in read_structures([spec])]
+
+    assert names(f"{path}@-1") == ["traj.extxyz[2]"]
+    assert names(f"{path}@0:2") == ["traj.extxyz[0]", "traj.extxyz[1]"]
+    assert names(f"{path}@::2") == ["traj.extxyz[0]", "traj.extxyz[2]"]
+    with pytest.raises(ValueError, match=r"index 3 is out of range \(3 structures\)"):
+        read_structures([f"{path}@3"])
+    with pytest.raises(ValueError, match=r"@last is not an index"):
+        read_structures([f"{path}@last"])
+    with pytest.raises(ValueError, match="selects none of the 3 structures"):
+        read_structures([f"{path}@5:"])
+
+
+def test_md_from_a_frame_with_momenta_says_it_starts_from_them(tmp_path, capsys):
+    from ase.build import bulk
+    from ase.io import write
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=450, rng=np.random.default_rng(0))
+    write(tmp_path / "run.extxyz", [bulk("Si", "diamond", a=5.43) * (2, 1, 1), atoms])
+    out = tmp_path / "md.extxyz"
+    command = ["md", f"{tmp_path / 'run.extxyz'}@-1", "--steps", "2", "-o", str(out)]
+    assert main([*command, "--compile", "off"]) == 0
+    err = capsys.readouterr().err
+    assert f"starting from the momenta stored in {tmp_path / 'run.extxyz'}@-1: " in err
+    assert f"{atoms.get_temperature():.1f} K" in err

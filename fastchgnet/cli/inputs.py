@@ -13,21 +13,31 @@ import torch
 
 from fastchgnet.model.reference import CHECKPOINTS
 
+#: the structure arguments' help (``read_structures``)
+STRUCTURES_HELP = (
+    "CIF, POSCAR, extxyz or other ASE files; FILE@INDEX takes some of a file's structures "
+    "(ASE's index: traj.extxyz@-1 the last, @0:10, @::5)"
+)
+
 
 def read_structures(paths: list[str]) -> list[Any]:
     """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
     extxyz and the other files ASE reads (every frame), each named by its file (the path as
     given where two files share a name) and its index in a file of several (a frame of several
-    carrying a ``label`` or ``name`` is named by it and its index: ``label[i]``).
+    carrying a ``label`` or ``name`` is named by it and its index: ``label[i]``). ``FILE@INDEX``
+    takes some of a file's structures, with ASE's index syntax: ``traj.extxyz@-1`` the last,
+    ``@0:10``, ``@::5`` (names keep the index in the whole file).
 
     Raises:
         FileNotFoundError: a path is not a file.
-        ValueError: a file holds no structure, a CIF block pymatgen refuses (its reason), or
-            a POSCAR without element names (pymatgen would call its atoms hydrogen).
+        ValueError: a file holds no structure, a CIF block pymatgen refuses (its reason), a
+            POSCAR without element names (pymatgen would call its atoms hydrogen), or an
+            ``@INDEX`` that is not an index or selects none.
     """
-    names = [Path(name).name for name in paths]
+    chosen = [_selection(name) for name in paths]
+    names = [Path(name).name for name, _ in chosen]
     structures: list[Any] = []
-    for name in paths:
+    for (name, selection), given in zip(chosen, paths, strict=True):
         path = Path(name)
         if path.is_dir():
             raise ValueError(f"{path}: is a folder; name the structure files in it")
@@ -40,23 +50,54 @@ def read_structures(paths: list[str]) -> list[Any]:
             for index, structure in enumerate(found):
                 label = base if len(found) == 1 else f"{base}[{index}]"
                 structure.properties["label"] = label
-            structures.extend(found)
-            continue
-        try:
-            from fastchgnet.data.sources import read_atoms
-
-            frames = read_atoms(path)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
-        if len(frames) == 0:
-            raise ValueError(f"{path}: cannot read a structure (the file holds none)")
-        for index, atoms in enumerate(frames):
-            given = atoms.info.get("label") or atoms.info.get("name")
-            if given and len(frames) > 1:  # frames of a trajectory often share their label
-                atoms.info["label"] = f"{given}[{index}]"
-            atoms.info.setdefault("name", f"{base}[{index}]")
-            structures.append(atoms)
+        else:
+            found = _ase_frames(path, base)
+        picked = found[selection] if isinstance(selection, slice) else _one(found, selection, given)
+        if not picked:
+            raise ValueError(f"{given}: selects none of the {len(found)} structures in {path}")
+        structures.extend(picked)
     return structures
+
+
+def _selection(name: str) -> tuple[str, slice | int]:
+    """``FILE@INDEX`` as (FILE, an int or a slice); any other name as (name, all)."""
+    path, at, index = name.rpartition("@")
+    if not at or Path(name).exists():
+        return name, slice(None)
+    try:
+        parts = [int(part) if part.strip() else None for part in index.split(":")]
+        if len(parts) == 1 and parts[0] is not None:
+            return path, parts[0]
+        if 2 <= len(parts) <= 3:
+            return path, slice(*parts)
+    except ValueError:
+        pass
+    raise ValueError(f"{name}: @{index} is not an index (use FILE@-1, FILE@0:10, FILE@::5)")
+
+
+def _one(found: list[Any], index: int, given: str) -> list[Any]:
+    """``[found[index]]``, or a one-line error naming the count."""
+    if not -len(found) <= index < len(found):
+        raise ValueError(f"{given}: index {index} is out of range ({len(found)} structures)")
+    return [found[index]]
+
+
+def _ase_frames(path: Path, base: str) -> list[Any]:
+    """Every frame ASE reads from ``path``, named as ``read_structures`` says."""
+    try:
+        from fastchgnet.data.sources import read_atoms
+
+        frames = read_atoms(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read a structure ({exc})") from exc
+    if len(frames) == 0:
+        raise ValueError(f"{path}: cannot read a structure (the file holds none)")
+    for index, atoms in enumerate(frames):
+        given = atoms.info.get("label") or atoms.info.get("name")
+        if given and len(frames) > 1:  # frames of a trajectory often share their label
+            atoms.info["label"] = f"{given}[{index}]"
+        atoms.info.setdefault("name", f"{base}[{index}]")
+    return list(frames)
 
 
 def _pymatgen_structures(path: Path) -> list[Any] | None:

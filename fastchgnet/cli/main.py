@@ -21,6 +21,7 @@ import sys
 
 from fastchgnet.cli.data import add_commands as add_data_commands
 from fastchgnet.cli.inputs import (
+    STRUCTURES_HELP,
     DefaultsFormatter,
     add_model_arguments,
     check_output_file,
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="energy, forces, stress and magmoms of structures",
         formatter_class=DefaultsFormatter,
     )
-    predict.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
+    predict.add_argument("structures", nargs="+", help=STRUCTURES_HELP)
     add_model_arguments(predict)
     predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
     predict.add_argument(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastchgnet.cli.inputs import (
+    STRUCTURES_HELP,
     DefaultsFormatter,
     add_model_arguments,
     refuse_existing,
@@ -66,7 +67,7 @@ def add_commands(sub: Any) -> None:
         epilog=RELAX_EPILOG,
         formatter_class=DefaultsFormatter,
     )
-    relax.add_argument("structures", nargs="+", help="CIF, POSCAR, extxyz or other ASE files")
+    relax.add_argument("structures", nargs="+", help=STRUCTURES_HELP)
     relax.add_argument("-o", "--output", default="relaxed.extxyz", help="relaxed structures")
     add_model_arguments(relax)
     relax.add_argument("--fmax", type=float, default=0.1, help=FMAX_HELP)
@@ -103,7 +104,7 @@ def add_commands(sub: Any) -> None:
         epilog=MD_EPILOG,
         formatter_class=DefaultsFormatter,
     )
-    md.add_argument("structure", help="CIF, POSCAR or extxyz file holding one structure")
+    md.add_argument("structure", help="one structure: " + STRUCTURES_HELP)
     md.add_argument("-o", "--output", default="md.extxyz", help="trajectory (extxyz, traj, ...)")
     add_model_arguments(md)
     md.add_argument("--ensemble", choices=tuple(THERMOSTATS), default="nvt", help="ensemble")
@@ -118,7 +119,8 @@ def add_commands(sub: Any) -> None:
         type=float,
         default=300.0,
         help="K: the thermostat's target and the start's, exactly (Maxwell-Boltzmann velocities "
-        "drawn with --seed, less the centre-of-mass drift, scaled to this temperature)",
+        "drawn with --seed, less the centre-of-mass drift, scaled to this temperature); a "
+        "structure with momenta (a frame of an earlier run, FILE@-1) starts from them",
     )
     md.add_argument("--timestep", type=float, default=2.0, help="fs")
     md.add_argument("--steps", type=int, default=1000, help="MD steps")
@@ -267,7 +269,17 @@ def cmd_md(args: argparse.Namespace) -> int:
     checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])
     if len(structures) != 1:
-        raise ValueError(f"{args.structure}: holds {len(structures)} structures; md runs one")
+        raise ValueError(
+            f"{args.structure}: holds {len(structures)} structures; md runs one "
+            f"({args.structure}@-1 takes the last, @0 the first)"
+        )
+    moving = getattr(structures[0], "get_momenta", None)
+    if moving is not None and moving().any() and not args.quiet:  # run_md keeps them
+        print(
+            f"md: starting from the momenta stored in {args.structure}: "
+            f"{structures[0].get_temperature():.1f} K (--temperature sets the thermostat's target)",
+            file=sys.stderr,
+        )
     model = load_model(args.model, args.precision, args.device)
     try:
         with sigterm_as_exit():  # SIGTERM: SystemExit(143), reported as SIGINT is
