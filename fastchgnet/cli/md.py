@@ -125,7 +125,11 @@ def add_commands(sub: Any) -> None:
     md.add_argument("--timestep", type=float, default=2.0, help="fs")
     md.add_argument("--steps", type=int, default=1000, help="MD steps")
     md.add_argument("--loginterval", type=int, default=10, help="frames and log lines every N")
-    md.add_argument("--log", help="ASE MD log file (energies per atom, temperature)")
+    md.add_argument(
+        "--log",
+        help="ASE MD log file (time ps, energies eV/atom, temperature K; npt: the stress in GPa, "
+        "ASE sign, pressure = -mean of the first three)",
+    )
     md.add_argument(
         "--overwrite",
         action="store_true",

@@ -102,8 +102,9 @@ def run_md(
         loginterval: write trajectory frames and log lines every this many steps.
         trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format); a file
             already there is replaced.
-        logfile: ASE MD log (time, energies per atom, temperature; a file already there is
-            replaced, not appended to); "-" for stdout.
+        logfile: ASE MD log (time ps, energies eV/atom, temperature K; NPT also the stress
+            tensor's 6 components in GPa, ASE's sign: the pressure is minus the mean of the
+            first three; a file already there is replaced, not appended to); "-" for stdout.
         progress: show a tqdm progress bar.
         seed: random seed for initial velocities and stochastic thermostats (two independent
             streams of it, ``numpy.random.SeedSequence.spawn``).
@@ -182,7 +183,8 @@ def run_md(
         writer = _frame_writer(atoms, Path(trajectory))
         dyn.attach(write_frame, interval=loginterval)
     if logfile is not None:
-        logger = MDLogger(dyn, atoms, str(logfile), peratom=True, mode="w")
+        # NPT computes the stress every step anyway: log it (NVT would pay a derivative)
+        logger = MDLogger(dyn, atoms, str(logfile), stress=stress, peratom=True, mode="w")
         dyn.attach(logger, interval=loginterval)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)

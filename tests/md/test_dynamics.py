@@ -292,3 +292,19 @@ def test_thermostat_noise_and_starting_momenta_are_independent_streams(
     first = np.random.default_rng(seeds["momenta"]).standard_normal(6)
     noise = np.random.default_rng(seeds["thermostat"]).standard_normal(6)
     assert not np.allclose(first, noise)
+
+
+def test_npt_log_carries_the_stress_and_nvt_log_does_not(model, small_crystals, tmp_path):
+    """The NPT log had no way to watch the barostat (no stress or pressure column); the
+    stress it computes every step is now logged (GPa, ASE's sign)."""
+    crystal = next(atoms for atoms in small_crystals if len(atoms) > 2)
+    for ensemble in ("npt", "nvt"):
+        log = tmp_path / f"{ensemble}.log"
+        extra = {"bulk_modulus": 100.0} if ensemble == "npt" else {}
+        run_md(
+            crystal, model, ensemble=ensemble, thermostat="berendsen", steps=4, loginterval=2,
+            logfile=log, progress=False, seed=0, compiled=False, **extra,
+        )  # fmt: skip
+        header, *rows = log.read_text().splitlines()
+        assert ("stress [GPa]" in header) is (ensemble == "npt")
+        assert len(rows[0].split()) == (11 if ensemble == "npt" else 5)
