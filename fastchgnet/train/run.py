@@ -82,11 +82,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
                 signals.raise_if_requested()
             return finish(run, stopped)
         except (Interrupted, RuntimeError) as error:
-            if isinstance(error, RuntimeError) and not signals.requested:
+            killed = "killed by signal" in str(error)  # torch's words for a dead loader worker
+            if isinstance(error, RuntimeError) and not (signals.requested and killed):
                 raise
-            # a RuntimeError after a stop request: the signal reached the loader workers too
-            # (SIGTERM to the process group: "DataLoader worker ... is killed by signal"), at
-            # any point of a step; the newest checkpoint is where to continue
+            # a loader worker killed after a stop request (SIGKILL, or a start method whose
+            # workers missed loading.ignore_stop_signals): the newest checkpoint is where to
+            # continue; any other RuntimeError is raised as it is
             stop = error if isinstance(error, Interrupted) else Interrupted(signals.signum)
             stop.at(run.progress if training else None)
             stop.checkpoint = latest_step(Path(config.run.out_dir) / "checkpoints")

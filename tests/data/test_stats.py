@@ -90,3 +90,26 @@ def test_stats_with_graphs_lists_frames_conversion_would_skip(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("1 frames")
     assert "unusable (conversion skips them): 2" in out
+
+
+def test_stats_does_not_hash_its_source(tmp_path, monkeypatch):
+    """Reading frames computed the source's identity (a sha256 of up to 64 MiB) for the cache
+    record at once; stats never records one, so it is now computed on first use only."""
+    from ase.io import write
+
+    import fastchgnet.data.sources as sources
+    from fastchgnet.data.random_crystals import varied_structures
+    from fastchgnet.md.calculator import as_atoms
+
+    atoms = [as_atoms(s) for s in varied_structures(2, seed=1, max_atoms=4)]
+    for a in atoms:
+        a.info["energy"] = -4.0 * len(a)
+    write(str(tmp_path / "f.extxyz"), atoms)
+    calls = []
+    real = sources.source_identity
+    monkeypatch.setattr(sources, "source_identity", lambda path: calls.append(path) or real(path))
+    frames = sources.read_frames(tmp_path / "f.extxyz")
+    assert dataset_stats(frames)["frames"] == 2
+    assert calls == []
+    assert frames.origin["size"] == (tmp_path / "f.extxyz").stat().st_size
+    assert len(calls) == 1

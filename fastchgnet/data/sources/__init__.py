@@ -13,6 +13,7 @@ unusable, every frame it rejects. A file that cannot be read at all is a ValueEr
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -89,7 +90,13 @@ class SourceFrames(Iterator[Frame]):
 
     def __init__(self, frames: Iterator[Frame], path: Path, reading: dict[str, Any]) -> None:
         self.frames = frames
-        self.origin = {**source_identity(path), **reading}
+        self.path, self.reading = path, reading
+
+    @functools.cached_property
+    def origin(self) -> dict[str, Any]:
+        """The source's identity and the reader's settings, computed on first use (hashing a
+        file of up to 64 MiB: ``data stats`` never asks)."""
+        return {**source_identity(self.path), **self.reading}
 
     def __next__(self) -> Frame:
         return next(self.frames)
