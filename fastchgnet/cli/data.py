@@ -94,6 +94,7 @@ def run_convert(args: argparse.Namespace) -> int | None:
     source is decompressed beside the cache while it is read (not in a small /tmp). Stopped by
     SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143."""
     from fastchgnet.data.convert import convert
+    from fastchgnet.data.interrupt import stop_code
 
     if args.shard_size < 1:
         raise ValueError(f"--shard-size {args.shard_size}: must be at least 1 (frames per shard)")
@@ -103,8 +104,8 @@ def run_convert(args: argparse.Namespace) -> int | None:
     try:
         convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
     except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT; SIGTERM (``sigterm_as_exit``)
-        code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code
-        if code not in (130, 143):
+        code = stop_code(stop)
+        if code is None:
             raise
         shards = len(list(Path(args.out).glob("shard-*/shard.json")))
         print(

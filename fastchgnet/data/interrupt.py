@@ -41,6 +41,16 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def stop_code(stop: BaseException) -> int | None:
+    """The exit code of a stop by signal: 130 for KeyboardInterrupt, 143 for the SystemExit a
+    SIGTERM handler raises (``sigterm_as_exit``); None for any other."""
+    if isinstance(stop, KeyboardInterrupt):
+        return 130
+    if isinstance(stop, SystemExit) and stop.code in (130, 143):
+        return int(stop.code)
+    return None
+
+
 def quiet_worker() -> None:
     """A conversion worker's start: SIGINT ignored (Ctrl-C reaches the whole process group;
     the main process stops the pool, with one message, not a traceback per worker) and SIGTERM

@@ -20,9 +20,10 @@ from ase.calculators.calculator import all_changes
 from ase.md import MDLogger
 from tqdm import tqdm
 
+from fastchgnet.data.interrupt import stop_code
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
-from fastchgnet.md.outputs import MDInterrupted, stop_code
+from fastchgnet.md.outputs import MDInterrupted
 from fastchgnet.md.settings import checked_integrator
 from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential

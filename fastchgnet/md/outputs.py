@@ -72,16 +72,6 @@ class MDInterrupted(KeyboardInterrupt):
         self.step, self.frames, self.exit_code = step, frames, exit_code
 
 
-def stop_code(stop: BaseException) -> int | None:
-    """The exit code of a stop by signal: 130 for KeyboardInterrupt, 143 for the SystemExit a
-    SIGTERM handler raises (``data.interrupt.sigterm_as_exit``); None for any other."""
-    if isinstance(stop, KeyboardInterrupt):
-        return 130
-    if isinstance(stop, SystemExit) and stop.code in (130, 143):
-        return int(stop.code)
-    return None
-
-
 def write_frames(
     path: str | Path, results: Sequence[RelaxResult] | Mapping[int, RelaxResult]
 ) -> None:

@@ -50,6 +50,7 @@ from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
 from fastchgnet.data.graph import CrystalGraph, structure_name
+from fastchgnet.data.interrupt import stop_code
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import (
     Calculator,
@@ -59,7 +60,7 @@ from fastchgnet.md.calculator import (
     evaluate_graphs,
 )
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
-from fastchgnet.md.outputs import RelaxInterrupted, RelaxResult, stop_code, write_frames
+from fastchgnet.md.outputs import RelaxInterrupted, RelaxResult, write_frames
 from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, check_batch_size, is_structure
 
