@@ -262,7 +262,7 @@ def test_md_unknown_ensemble_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize("command", ["predict", "relax", "md"])
 @pytest.mark.parametrize(
     ("device", "says"),
-    [("cuda:64", "--device cuda:64: this process sees"), ("gpu0", "--device gpu0: not a device")],
+    [("cuda:64", "--device 'cuda:64': "), ("gpu0", "--device 'gpu0': not a torch device")],
 )
 def test_device_that_is_not_there_is_a_one_line_error(tmp_path, capsys, command, device, says):
     (path,) = write_cifs(tmp_path, 1)
@@ -276,12 +276,12 @@ def test_device_that_is_not_there_is_a_one_line_error(tmp_path, capsys, command,
 def test_device_auto_is_the_gpu_when_cuda_sees_one(monkeypatch):
     import torch
 
-    from fastchgnet.cli.inputs import resolve_device
+    from fastchgnet.model.device import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
+    assert check_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device("auto") == torch.device("cuda")
+    assert check_device("auto") == torch.device("cuda")
 
 
 def test_load_model_puts_the_model_on_the_named_device(monkeypatch):
@@ -290,7 +290,7 @@ def test_load_model_puts_the_model_on_the_named_device(monkeypatch):
     from fastchgnet.cli import inputs
 
     moved = []
-    monkeypatch.setattr(inputs, "resolve_device", lambda spec: torch.device("meta"))
+    monkeypatch.setattr(inputs, "check_device", lambda spec, what: torch.device("meta"))
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: moved.append(where) or self)
     model = inputs.load_model("0.3.0", "float32", "somewhere")
     assert moved == [torch.device("meta")]
@@ -303,7 +303,7 @@ def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
     from fastchgnet.cli import inputs
 
     current = []
-    monkeypatch.setattr(inputs, "resolve_device", lambda spec: torch.device(spec))
+    monkeypatch.setattr(inputs, "check_device", lambda spec, what: torch.device(spec))
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: self)
     inputs.load_model("0.3.0", "float32", "cuda:1")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fastchgnet.model.device import check_device
 from fastchgnet.model.reference import CHECKPOINTS
 
 #: the structure arguments' help (``read_structures``)
@@ -278,26 +279,6 @@ def add_model_arguments(parser: Any) -> None:
     )
 
 
-def resolve_device(spec: str) -> torch.device:
-    """The device ``--device`` names: "auto" is the current GPU when CUDA sees one, else
-    the CPU; a GPU that this process cannot see is a ValueError naming it."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ValueError(f"--device {spec}: not a device (cpu, cuda, cuda:N or auto)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {spec}: only cpu and cuda are supported")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"--device {spec}: this process sees no CUDA device")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"--device {spec}: this process sees {count} CUDA device(s)")
-    return device
-
-
 def training_checkpoint(spec: str) -> Path | None:
     """The rank-0 file of the training checkpoint ``spec`` names, or None when it names
     anything else (a reference version, a model file, a run folder with its model.pt): a
@@ -322,12 +303,12 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file, a
     training run's folder (its ``model.pt``) or a training checkpoint (``training_checkpoint``:
     the weights ``model.init`` reads, the file named on stderr), on
-    ``device`` (``resolve_device``'s names; a numbered GPU becomes the current device) and set
-    to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
+    ``device`` (``model.device.check_device``'s names; a numbered GPU becomes the current
+    device) and set to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
     device)."""
     from fastchgnet import FastCHGNet
 
-    where = resolve_device(device)
+    where = check_device(device, "--device")
     if where.type == "cuda" and where.index is not None:
         # the current device too: CUDA graphs, bf16 checks and streams follow it, not the model
         torch.cuda.set_device(where)

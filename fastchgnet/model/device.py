@@ -8,31 +8,39 @@ from __future__ import annotations
 import torch
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` ("cpu", "cuda", "cuda:1", a torch.device) as a torch.device.
+def check_device(device: str | torch.device, what: str = "device") -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:1", a torch.device, or "auto": the current GPU when
+    CUDA sees one, else the CPU) as a torch.device. ``what`` names the argument in messages
+    ("device", "--device").
 
     Raises:
-        ValueError: one line naming ``device``: not a device string torch knows; CUDA asked of
-            a CPU-only torch build or of a machine where torch finds no GPU; a CUDA index past
-            the GPUs there are.
+        ValueError: one line naming ``device``: not a device string torch knows, or not a CPU
+            or CUDA device; CUDA asked of a CPU-only torch build or of a machine where torch
+            finds no GPU; a CUDA index past the GPUs there are.
     """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {device!r}: not a torch device (use 'cpu' or 'cuda')") from None
+        raise ValueError(
+            f"{what} {device!r}: not a torch device (use 'cpu', 'cuda', 'cuda:N' or 'auto')"
+        ) from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what} {str(device)!r}: only cpu and cuda devices are supported")
     if parsed.type != "cuda":
         return parsed
     if torch.version.cuda is None and torch.version.hip is None:
         raise ValueError(
-            f"device {str(device)!r}: CUDA is not available in this torch build (CPU-only torch "
-            f"{torch.__version__}); use 'cpu', or install a CUDA build of torch"
+            f"{what} {str(device)!r}: CUDA is not available in this torch build (CPU-only "
+            f"torch {torch.__version__}); use 'cpu', or install a CUDA build of torch"
         )
     if not torch.cuda.is_available():
         raise ValueError(
-            f"device {str(device)!r}: CUDA is not available on this machine (torch "
+            f"{what} {str(device)!r}: CUDA is not available on this machine (torch "
             f"{torch.__version__} found no GPU or driver); use 'cpu'"
         )
     count = torch.cuda.device_count()
     if parsed.index is not None and parsed.index >= count:
-        raise ValueError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+        raise ValueError(f"{what} {str(device)!r}: this machine has {count} CUDA device(s)")
     return parsed

@@ -61,7 +61,14 @@ def test_cuda_on_a_machine_without_a_gpu_or_past_its_gpus_is_one_line(monkeypatc
 def test_a_device_string_torch_does_not_know_is_one_line():
     with pytest.raises(ValueError, match=r"^device 'gpu': not a torch device"):
         check_device("gpu")
+    with pytest.raises(ValueError, match=r"^--device 'meta': only cpu and cuda devices"):
+        check_device("meta", "--device")
     assert check_device("cpu") == torch.device("cpu")
+
+
+def test_the_cli_device_flag_names_itself_in_the_message(cpu_only_torch):
+    with pytest.raises(ValueError, match=r"^--device 'cuda': CUDA is not available in this torch"):
+        check_device("cuda", "--device")
 
 
 def test_our_calculator_on_cuda_in_a_cpu_only_torch_is_one_line(cpu_only_torch):
