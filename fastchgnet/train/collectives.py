@@ -85,13 +85,25 @@ def init_process_group(timeout_s: float) -> None:
         release_shared_memory_name()
 
 
+#: (rank, world size, local rank) variables of the launchers, in the order read: torchrun's
+#: and DeepSpeed's own, then those of MPI launchers (``deepspeed --launcher openmpi|mvapich``,
+#: mpirun; MPICH's and Intel MPI's Hydra: PMI_*, MPI_LOCALRANKID), which set no RANK /
+#: WORLD_SIZE / LOCAL_RANK until DeepSpeed's ``init_distributed`` reads theirs
+LAUNCHER_VARIABLES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+)
+
+
 def local_device() -> int:
     """The rank's CUDA device index: ``LOCAL_RANK`` modulo the devices this process sees (a
     scheduler that shows each rank only its own GPU makes that device 0). DeepSpeed reads
     ``LOCAL_RANK`` again (the process group's ``device_id``, its engine's device), so the
     variable is rewritten to the index, and under MPI its local rank with it (an MPI launcher
     sets no ``LOCAL_RANK`` before DeepSpeed's ``init_distributed``: its own is read then)."""
-    names = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+    names = [local for _, _, local in LAUNCHER_VARIABLES]
     local_rank = next((os.environ[name] for name in names if name in os.environ), "0")
     index = int(local_rank) % torch.cuda.device_count()
     if str(index) != local_rank:

@@ -23,29 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from fastchgnet.profiling.nvtx import ALLREDUCE, ranged
-from fastchgnet.train.collectives import all_gather_objects, rank_and_world
+from fastchgnet.train.collectives import LAUNCHER_VARIABLES, all_gather_objects, rank_and_world
 from fastchgnet.train.config import OptimConfig
 
 #: The DeepSpeed config used when ``run.deepspeed_config`` is empty.
 DEFAULT_DEEPSPEED_JSON = Path(__file__).resolve().parents[2] / "launcher" / "deepspeed.json"
 
 
-#: (rank, world size) variables of the launchers, in the order read: torchrun's and
-#: DeepSpeed's own (RANK, WORLD_SIZE), then those of MPI launchers (``deepspeed --launcher
-#: openmpi|mvapich``, mpirun), which set no RANK / WORLD_SIZE until DeepSpeed's
-#: ``init_distributed`` reads theirs
-LAUNCHER_VARIABLES = (
-    ("RANK", "WORLD_SIZE"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"),
-    ("PMI_RANK", "PMI_SIZE"),
-)
-
-
 def launcher_rank_and_world() -> tuple[int, int]:
     """(rank, world size) as the launcher that started this process set them, before any
-    process group exists (``LAUNCHER_VARIABLES``); (0, 1) without a launcher."""
-    for rank, world in LAUNCHER_VARIABLES:
+    process group exists (``collectives.LAUNCHER_VARIABLES``); (0, 1) without a launcher."""
+    for rank, world, _ in LAUNCHER_VARIABLES:
         if world in os.environ:
             return int(os.environ.get(rank, "0")), int(os.environ[world])
     return 0, 1

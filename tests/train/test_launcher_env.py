@@ -8,22 +8,15 @@ import pytest
 import torch
 
 from fastchgnet.train import collectives
-from fastchgnet.train.engine import (
-    LAUNCHER_VARIABLES,
-    launched_distributed,
-    launcher_rank_and_world,
-)
-
-MPI_LOCAL = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+from fastchgnet.train.collectives import LAUNCHER_VARIABLES
+from fastchgnet.train.engine import launched_distributed, launcher_rank_and_world
 
 
 @pytest.fixture
 def no_launcher(monkeypatch):
-    for pair in LAUNCHER_VARIABLES:
-        for name in pair:
+    for names in LAUNCHER_VARIABLES:
+        for name in names:
             monkeypatch.delenv(name, raising=False)
-    for name in MPI_LOCAL:
-        monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
@@ -63,6 +56,12 @@ def test_an_mpi_ranks_gpu_comes_from_its_local_rank(no_launcher):
     import os
 
     assert os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "1"
+
+
+def test_a_hydra_ranks_gpu_comes_from_its_local_rank(no_launcher):
+    no_launcher.setattr(torch.cuda, "device_count", lambda: 4)
+    no_launcher.setenv("MPI_LOCALRANKID", "2")
+    assert collectives.local_device() == 2
 
 
 def test_settle_hands_rank_0s_outcome_to_the_other_ranks(tmp_path):
