@@ -304,8 +304,8 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     training run's folder (its ``model.pt``) or a training checkpoint (``training_checkpoint``:
     the weights ``model.init`` reads, the file named on stderr), on
     ``device`` (``model.device.check_device``'s names; a numbered GPU becomes the current
-    device) and set to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``, judged for that
-    device)."""
+    device) and set to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``,
+    judged for that device)."""
     from fastchgnet import FastCHGNet
 
     where = check_device(device, "--device")
