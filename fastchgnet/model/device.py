@@ -14,9 +14,9 @@ def check_device(device: str | torch.device, what: str = "device") -> torch.devi
     ("device", "--device").
 
     Raises:
-        ValueError: one line naming ``device``: not a device string torch knows, or not a CPU
-            or CUDA device; CUDA asked of a CPU-only torch build or of a machine where torch
-            finds no GPU; a CUDA index past the GPUs there are.
+        ValueError: one line naming ``device``: not a device string torch knows; CUDA asked
+            of a CPU-only torch build or of a machine where torch finds no GPU; a CUDA index
+            past the GPUs there are.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,8 +26,6 @@ def check_device(device: str | torch.device, what: str = "device") -> torch.devi
         raise ValueError(
             f"{what} {device!r}: not a torch device (use 'cpu', 'cuda', 'cuda:N' or 'auto')"
         ) from None
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"{what} {str(device)!r}: only cpu and cuda devices are supported")
     if parsed.type != "cuda":
         return parsed
     if torch.version.cuda is None and torch.version.hip is None:
