@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastchgnet"
 
 #: DESIGN.md's layers, lowest first; a module may import its own layer and those below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaves", ("units", "errors", "files", "numerics")),
+    ("leaves", ("units", "errors", "files", "numerics", "signals")),
     ("data", ("data",)),
     ("model", ("model", "testing")),
     ("profiling", ("profiling",)),

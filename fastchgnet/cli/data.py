@@ -94,7 +94,7 @@ def run_convert(args: argparse.Namespace) -> int | None:
     source is decompressed beside the cache while it is read (not in a small /tmp). Stopped by
     SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143."""
     from fastchgnet.data.convert import convert
-    from fastchgnet.data.interrupt import stop_code
+    from fastchgnet.signals import stop_signal
 
     if args.shard_size < 1:
         raise ValueError(f"--shard-size {args.shard_size}: must be at least 1 (frames per shard)")
@@ -103,9 +103,9 @@ def run_convert(args: argparse.Namespace) -> int | None:
     beside.mkdir(parents=True, exist_ok=True)  # any folder is made
     try:
         convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
-    except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT; SIGTERM (``sigterm_as_exit``)
-        code = stop_code(stop)
-        if code is None:
+    except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT; SIGTERM (``signals.stop_signals``)
+        signum = stop_signal(stop)
+        if signum is None:
             raise
         shards = len(list(Path(args.out).glob("shard-*/shard.json")))
         print(
@@ -113,7 +113,7 @@ def run_convert(args: argparse.Namespace) -> int | None:
             "same command again to continue",
             file=sys.stderr,
         )
-        return code
+        return 128 + signum
     return None
 
 

@@ -19,8 +19,9 @@ from fastchgnet.cli.train import (
     resolve_config,
     user_error,
 )
+from fastchgnet.signals import StopSignals
 from fastchgnet.train.finetune import finetune
-from fastchgnet.train.interrupt import StopSignals
+from fastchgnet.train.interrupt import Interrupted
 from fastchgnet.train.outputs import start_over
 
 PROG = "launcher/finetune.py"
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return user_error(PROG, error)
     try:  # SIGTERM in the evaluations as in training (which installs its own): one line
-        with StopSignals().installed(enabled=True):
+        with StopSignals(Interrupted).installed():
             report = finetune(config, tuple(args.eval_sources), resume=args.resume)
     except USER_ERRORS as error:
         return user_error(PROG, error)

@@ -187,11 +187,11 @@ def cmd_relax(args: argparse.Namespace) -> int:
     screened = screen_structures(model.config, structures, "relax", "relaxed", neighbours)
     kept = [k for k, found in enumerate(screened) if found is not None]
     good = [structures[k] for k in kept]
-    from fastchgnet.data.interrupt import sigterm_as_exit
     from fastchgnet.md.outputs import RelaxInterrupted
+    from fastchgnet.signals import stop_signals
 
     try:
-        with sigterm_as_exit():  # SIGTERM: SystemExit(143), kept as SIGINT's partial results
+        with stop_signals():  # SIGTERM: SystemExit(143), kept as SIGINT's partial results
             results = relax(
                 good,
                 model,
@@ -252,9 +252,9 @@ def cmd_md(args: argparse.Namespace) -> int:
         load_model,
         read_structures,
     )
-    from fastchgnet.data.interrupt import sigterm_as_exit
     from fastchgnet.md.outputs import MDInterrupted
     from fastchgnet.md.settings import checked_integrator
+    from fastchgnet.signals import stop_signals
 
     if args.ensemble == "nve" and args.thermostat not in (None, "none"):
         raise ValueError(f"--thermostat {args.thermostat}: nve runs without a thermostat")
@@ -286,7 +286,7 @@ def cmd_md(args: argparse.Namespace) -> int:
         )
     model = load_model(args.model, args.precision, args.device)
     try:
-        with sigterm_as_exit():  # SIGTERM: SystemExit(143), reported as SIGINT is
+        with stop_signals():  # SIGTERM: SystemExit(143), reported as SIGINT is
             run(structures[0], model, args)
     except MDInterrupted as stop:
         print(

@@ -166,8 +166,8 @@ def interrupted(error: KeyboardInterrupt, out: Path) -> int:
     from fastchgnet.train.checkpoint import latest_step
     from fastchgnet.train.interrupt import Interrupted
 
-    if not isinstance(error, Interrupted):
-        error = Interrupted(signal.SIGINT)
+    if not isinstance(error, Interrupted):  # Ctrl-C outside a handler, or a job's ``Stopped``
+        error = Interrupted(getattr(error, "signum", signal.SIGINT))
         error.checkpoint = latest_step(out / "checkpoints")
     print(error.message(), file=sys.stderr, flush=True)
     return error.exit_code

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from fastchgnet.signals import quiet_child
+
 #: Children building now, by process id (``busy``): calls that run while one builds keep a
 #: spare core whatever they run (``spare_core``).
 _CHILDREN: set[int] = set()
@@ -164,8 +166,7 @@ def _run_child(build: Callable[[], Any], read: int, write: int, threads: int) ->
     or returning into its stack (a Ctrl-C at the terminal goes to the parent)."""
     status = 1
     try:
-        with contextlib.suppress(ValueError):  # forked from a thread other than the main one
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        quiet_child()  # Ctrl-C at the terminal goes to the parent, which stops the child
         os.close(read)
         start = time.perf_counter()
         try:

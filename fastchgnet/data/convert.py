@@ -44,10 +44,11 @@ from fastchgnet.data.cache import (
 from fastchgnet.data.coverage import coverage_report
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
-from fastchgnet.data.interrupt import closing, quiet_worker, sigterm_as_exit
+from fastchgnet.data.interrupt import closing
 from fastchgnet.data.origin import as_json, describe_change
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
+from fastchgnet.signals import quiet_child, stop_signals
 
 #: Frames handed to each worker per task.
 TASK_FRAMES = 16
@@ -279,8 +280,8 @@ def convert(
             manifest says so; 0 when the source ended first).
 
     ``frames`` are closed (``close()``, where they have one) when conversion ends or fails, so
-    a reader's temporary files go at once; SIGTERM stops conversion as SystemExit does (where
-    no handler was set), so they go then too.
+    a reader's temporary files go at once; SIGTERM stops conversion as SystemExit(143) does
+    (where no handler was set: ``signals.stop_signals``), so they go then too.
 
     Returns:
         A ``ConvertSummary``. Rejected frames are listed in ``out_dir/skipped.json``.
@@ -293,7 +294,7 @@ def convert(
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
     if max_structures < 0:
         raise ValueError(f"max_structures {max_structures}: must be 0 (all) or more")
-    with closing(frames), sigterm_as_exit():
+    with closing(frames), stop_signals():
         origin = getattr(frames, "origin", None) if origin is None else origin
         cutoffs = (atom_cutoff, bond_cutoff)
         return _convert(iter(frames), Path(out_dir), cutoffs, workers, shard_size, progress,
@@ -333,7 +334,7 @@ def _convert(
     for stale in out.glob(".tmp-*"):
         remove_tree(stale)
 
-    pool = multiprocessing.get_context("fork").Pool(workers, quiet_worker) if workers > 1 else None
+    pool = multiprocessing.get_context("fork").Pool(workers, quiet_child) if workers > 1 else None
     shards, skipped, built, kept, held = [], [], 0, 0, 0
     stopped = False  # at max_structures, before the source's end
     bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)

@@ -20,13 +20,13 @@ from ase.calculators.calculator import all_changes
 from ase.md import MDLogger
 from tqdm import tqdm
 
-from fastchgnet.data.interrupt import stop_code
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
 from fastchgnet.md.outputs import MDInterrupted
 from fastchgnet.md.settings import checked_integrator
 from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential
+from fastchgnet.signals import stop_signal
 
 if TYPE_CHECKING:
     from fastchgnet.compile.decide import CompileDecision
@@ -125,7 +125,7 @@ def run_md(
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
 
     Raises:
-        MDInterrupted: SIGINT (or SIGTERM made ``SystemExit(143)``) stopped the run: the step
+        MDInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run: the step
             reached and the frames written (the trajectory is complete up to them).
     """
     if steps < 0 or loginterval < 1:
@@ -192,10 +192,10 @@ def run_md(
         try:
             dyn.run(steps)
         except (KeyboardInterrupt, SystemExit) as stop:
-            code = stop_code(stop)
-            if code is None:
+            signum = stop_signal(stop)
+            if signum is None:
                 raise
-            raise MDInterrupted(int(dyn.nsteps), frames, code) from None
+            raise MDInterrupted(int(dyn.nsteps), frames, signum) from None
         finally:  # a graph still building in a child process would serve no step
             for used in {id(p): p for p in (potential, atoms.calc.potential)}.values():
                 getattr(used, "cancel_builds", lambda: None)()

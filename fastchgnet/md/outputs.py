@@ -12,6 +12,8 @@ from typing import Any
 
 from ase import Atoms
 
+from fastchgnet.signals import Stopped
+
 
 @dataclass
 class RelaxResult:
@@ -47,29 +49,28 @@ class RelaxResult:
         return structure
 
 
-class RelaxInterrupted(KeyboardInterrupt):
-    """A relaxation stopped by SIGINT (KeyboardInterrupt) or SIGTERM (``SystemExit(143)``).
+class RelaxInterrupted(Stopped):
+    """A relaxation stopped by signal ``signum`` (SIGINT or SIGTERM: ``signals.Stopped``, a
+    KeyboardInterrupt; ``exit_code`` 130 or 143).
 
     results: input index -> ``RelaxResult`` of each structure finished (converged or out of
     steps) and of each still relaxing (its current geometry without energies, ``interrupted``
-    set); structures not started are absent. exit_code: 130 (SIGINT) or 143 (SIGTERM).
-    A KeyboardInterrupt, so code that lets Ctrl-C through still does."""
+    set); structures not started are absent."""
 
-    def __init__(self, results: Mapping[int, RelaxResult], exit_code: int) -> None:
-        super().__init__(f"relaxation interrupted ({len(results)} structure(s) kept)")
+    def __init__(self, results: Mapping[int, RelaxResult], signum: int) -> None:
+        super().__init__(signum, f"relaxation interrupted ({len(results)} structure(s) kept)")
         self.results = dict(sorted(results.items()))
-        self.exit_code = exit_code
 
 
-class MDInterrupted(KeyboardInterrupt):
-    """An MD run stopped by SIGINT (KeyboardInterrupt) or SIGTERM (``SystemExit(143)``).
+class MDInterrupted(Stopped):
+    """An MD run stopped by signal ``signum`` (SIGINT or SIGTERM: ``signals.Stopped``, a
+    KeyboardInterrupt; ``exit_code`` 130 or 143).
 
-    step: the steps taken | frames: the trajectory frames written (all complete) |
-    exit_code: 130 (SIGINT) or 143 (SIGTERM)."""
+    step: the steps taken | frames: the trajectory frames written (all complete)."""
 
-    def __init__(self, step: int, frames: int, exit_code: int) -> None:
-        super().__init__(f"MD interrupted at step {step} ({frames} frames written)")
-        self.step, self.frames, self.exit_code = step, frames, exit_code
+    def __init__(self, step: int, frames: int, signum: int) -> None:
+        super().__init__(signum, f"MD interrupted at step {step} ({frames} frames written)")
+        self.step, self.frames = step, frames
 
 
 def write_frames(

@@ -50,7 +50,6 @@ from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
 from fastchgnet.data.graph import CrystalGraph, structure_name
-from fastchgnet.data.interrupt import stop_code
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import (
     Calculator,
@@ -63,6 +62,7 @@ from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 from fastchgnet.md.outputs import RelaxInterrupted, RelaxResult, write_frames
 from fastchgnet.md.verlet_graph import VerletGraph
 from fastchgnet.model.potential import Potential, as_potential, check_batch_size, is_structure
+from fastchgnet.signals import stop_signal
 
 log = logging.getLogger("fastchgnet.md")
 
@@ -199,7 +199,7 @@ def relax(
     Raises:
         StructureError: an input that is no structure, or one that cannot be predicted,
             named with its position in the input.
-        RelaxInterrupted: SIGINT (or SIGTERM made ``SystemExit(143)``) stopped the run; it
+        RelaxInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run; it
             carries the structures finished and the current geometry of those relaxing, and
             the trajectory frames gathered so far are written first.
     """
@@ -280,12 +280,13 @@ def _interrupted(
     stop: BaseException, results: dict[int, RelaxResult], active: list[tuple[int, _Relaxation]]
 ) -> BaseException:
     """``RelaxInterrupted`` with ``results`` and the current geometry of the ``active``
-    structures not among them, when ``stop`` is a signal's (``stop_code``); else ``stop``."""
-    code = stop_code(stop)
-    if code is None:
+    structures not among them, when ``stop`` is a signal's (``signals.stop_signal``); else
+    ``stop``."""
+    signum = stop_signal(stop)
+    if signum is None:
         return stop
     kept = results | {i: run.stopped() for i, run in active if i not in results}
-    return RelaxInterrupted(kept, code)
+    return RelaxInterrupted(kept, signum)
 
 
 def _run_lockstep(

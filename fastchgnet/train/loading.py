@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +28,7 @@ from fastchgnet.data.packing import PackedBatchSampler
 from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
+from fastchgnet.signals import quiet_child
 from fastchgnet.train.config import DataConfig
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -346,17 +346,17 @@ def make_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=torch.device(device).type == "cuda",
-        worker_init_fn=ignore_stop_signals if workers > 0 else None,
+        worker_init_fn=_quiet_worker if workers > 0 else None,
     )
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """A loader worker's start: SIGINT and SIGTERM are ignored there, so a signal sent to the
-    whole process group (Ctrl-C, a batch scheduler's SIGTERM) reaches the training process's
-    handler (``train.interrupt``) instead of killing the workers under it mid-step; workers
-    end when the training process does (torch's watchdog on the parent)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _quiet_worker(worker_id: int) -> None:
+    """A loader worker's start: SIGINT and SIGTERM are ignored there (``signals.quiet_child``),
+    so a signal sent to the whole process group (Ctrl-C, a batch scheduler's SIGTERM) reaches
+    the training process's handler (``train.interrupt``) instead of killing the workers under
+    it mid-step; workers end when the training process does (torch's watchdog on the
+    parent)."""
+    quiet_child(ignore_sigterm=True)
 
 
 def composition_fractions(

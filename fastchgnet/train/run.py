@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.signals import StopSignals
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     CheckpointError,
@@ -38,7 +39,7 @@ from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.engine import launched_distributed, make_engine
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
-from fastchgnet.train.interrupt import Interrupted, StopSignals
+from fastchgnet.train.interrupt import Interrupted
 from fastchgnet.train.loading import (
     check_energy_labels,
     composition_fractions,
@@ -62,7 +63,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
     raise ``interrupt.Interrupted`` (a KeyboardInterrupt) saying where it stopped; under a
     launcher of several ranks they are not handled here (see ``fastchgnet.train.interrupt``).
     """
-    signals, run, training = StopSignals(), None, False
+    signals, run, training = StopSignals(Interrupted), None, False
     with contextlib.ExitStack() as handling:
         try:
             run = setup(config)
@@ -86,7 +87,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
             if isinstance(error, RuntimeError) and not (signals.requested and killed):
                 raise
             # a loader worker killed after a stop request (SIGKILL, or a start method whose
-            # workers missed loading.ignore_stop_signals): the newest checkpoint is where to
+            # workers missed signals.quiet_child): the newest checkpoint is where to
             # continue; any other RuntimeError is raised as it is
             stop = error if isinstance(error, Interrupted) else Interrupted(signals.signum)
             stop.at(run.progress if training else None)

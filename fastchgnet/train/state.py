@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from fastchgnet.signals import StopSignals
 from fastchgnet.train.checkpoint import (
     Progress,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.interrupt import StopSignals
 from fastchgnet.train.loading import (
     EpochBatches,
     Splits,

@@ -41,9 +41,9 @@ def test_an_interrupted_relax_writes_the_structures_done(tmp_path, signum, code)
     reader = threading.Thread(target=read_stderr)
     reader.start()
     deadline = time.monotonic() + 120
-    while "0/3" not in "".join(err) and time.monotonic() < deadline:  # the progress bar
+    while "1/3" not in "".join(err) and time.monotonic() < deadline:  # the progress bar
         time.sleep(0.1)
-    time.sleep(3.0)  # the first structure converges in one model call; the second takes steps
+    time.sleep(4.0)  # the first structure converged in one model call; the second takes steps
     process.send_signal(signum)
     process.wait(timeout=60)
     reader.join(timeout=10)

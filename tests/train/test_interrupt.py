@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.signals import StopSignals
 from fastchgnet.train.checkpoint import latest_step
-from fastchgnet.train.interrupt import Interrupted, StopSignals
+from fastchgnet.train.interrupt import Interrupted
 from tests.train.helpers import TINY_ARCHITECTURE, small_cache, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,8 @@ SETTINGS = (
 
 
 def test_a_signal_while_deferring_is_a_request_and_a_second_one_raises():
-    signals = StopSignals()
-    with signals.installed(enabled=True), signals.deferred():
+    signals = StopSignals(Interrupted)
+    with signals.installed(), signals.deferred():
         os.kill(os.getpid(), signal.SIGTERM)
         assert signals.requested
         with pytest.raises(Interrupted) as stop:
@@ -42,7 +43,7 @@ def test_a_signal_while_deferring_is_a_request_and_a_second_one_raises():
 
 
 def test_a_signal_outside_the_epochs_raises_at_once():
-    with StopSignals().installed(enabled=True), pytest.raises(Interrupted) as stop:
+    with StopSignals(Interrupted).installed(), pytest.raises(Interrupted) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
     stop.value.at(None)
     assert stop.value.exit_code == 143

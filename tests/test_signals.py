@@ -1,0 +1,64 @@
+"""One stop handling for every long job (``fastchgnet.signals``): SIGINT raises
+KeyboardInterrupt and SIGTERM SystemExit(143) (the exit codes a shell expects), a handler
+someone else set (a launcher's, an enclosing job's) or an ignored SIGINT is left alone, and
+the previous handlers come back."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from fastchgnet.signals import Stopped, StopSignals, stop_signal, stop_signals
+
+
+@pytest.fixture
+def default_handlers():
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)]
+)
+def test_a_jobs_signals_raise_what_ends_a_process_with_the_shells_code(
+    default_handlers, signum, raised
+):
+    with pytest.raises(raised) as stop, stop_signals():
+        os.kill(os.getpid(), signum)
+    assert stop_signal(stop.value) == signum
+    if raised is SystemExit:
+        assert stop.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_handler_set_before_the_job_is_left_alone(default_handlers):
+    seen = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background shell job
+    with stop_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert seen == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_an_enclosing_jobs_handler_serves_a_nested_one(default_handlers):
+    outer = StopSignals()
+    with outer.installed(), outer.deferred(), stop_signals():
+        os.kill(os.getpid(), signal.SIGTERM)  # the outer job's request, not the inner's stop
+        assert outer.requested
+
+
+def test_the_signal_of_a_stop_is_read_from_any_of_its_forms():
+    assert stop_signal(KeyboardInterrupt()) == signal.SIGINT
+    assert stop_signal(Stopped(signal.SIGTERM)) == signal.SIGTERM
+    assert Stopped(signal.SIGTERM).exit_code == 143
+    assert stop_signal(SystemExit(143)) == signal.SIGTERM
+    assert stop_signal(SystemExit(2)) is None  # argparse's usage error is no stop
