@@ -4,7 +4,7 @@ A ``CHGNet`` is a ``FastCHGNet`` (an ``nn.Module``: ``.to``, ``.eval``, ``state_
 that also answers the reference's calls: ``CHGNet.load(model_name=, use_device=)``,
 ``from_file``, ``from_dict``, ``as_dict``, ``predict_structure`` and ``predict_graph`` with the
 reference's keys and units (``e`` eV/atom, ``f`` eV/Å, ``s`` GPa, ``m`` μB, ``site_energies``
-eV, ``atom_fea``, ``crystal_fea``; numpy float32 arrays).
+eV, ``atom_fea``, ``crystal_fea``; numpy float32 arrays, ``e`` 0-d).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 
 from fastchgnet.compat.reference_names import ReferenceNames
 from fastchgnet.data.graph import CrystalGraph
-from fastchgnet.errors import StructureError
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint, reference_model_dict
 from fastchgnet.model.config import ModelConfig
@@ -227,13 +226,16 @@ class CHGNet(ReferenceNames, FastCHGNet):
         """Predict one pymatgen Structure (or ASE Atoms) or a list, as the reference.
 
         Returns per structure (one dict for one structure or a one-item list, as the
-        reference): ``e`` () eV/atom, and as ``task`` asks ``f`` (n, 3) eV/Å, ``s`` (3, 3)
-        GPa, ``m`` (n,) μB; on request ``site_energies`` (n,) eV (composition included; they
-        sum to the total energy), ``atom_fea`` (n, 64) (the atom features the magmom head
-        reads), ``crystal_fea`` (64,) (summed normalised final atom features).
+        reference; ``[]`` for an empty list; numpy arrays): ``e`` () eV/atom, and as ``task``
+        asks ``f`` (n, 3) eV/Å, ``s`` (3, 3) GPa, ``m`` (n,) μB; on request ``site_energies``
+        (n,) eV (composition included; they sum to the total energy), ``atom_fea`` (n, 64) (the
+        atom features the magmom head reads), ``crystal_fea`` (64,) (summed normalised final
+        atom features).
         """
-        structures, _ = structure_list(structure)
         check_batch_size(batch_size)  # before any graph is built
+        if isinstance(structure, (list, tuple)) and not structure:
+            return []  # as the reference
+        structures, _ = structure_list(structure)
         graphs = self.graph_converter.graphs(structures)
         return self.predict_graph(
             graphs,
@@ -264,7 +266,7 @@ class CHGNet(ReferenceNames, FastCHGNet):
         if not all(isinstance(g, CrystalGraph) for g in graphs):
             raise TypeError("predict_graph takes fastchgnet CrystalGraphs (model.graph_converter)")
         if not graphs:
-            raise StructureError("input", "no structures to predict")
+            return []  # as the reference
         features = return_site_energies or return_atom_feas or return_crystal_feas
         self.eval()
         results = predict_graph_list(  # forces and stress only as the task asks
@@ -279,5 +281,6 @@ class CHGNet(ReferenceNames, FastCHGNet):
             )
             if wanted
         }
-        results = [{k: v for k, v in item.items() if k in keep} for item in results]
+        # numpy arrays, ``e`` included (0-d), as the reference (torch.from_numpy takes them)
+        results = [{k: np.asarray(v) for k, v in item.items() if k in keep} for item in results]
         return results[0] if len(results) == 1 else results
