@@ -44,6 +44,31 @@ PRED_TASKS = ("e", "ef", "em", "efs", "efsm")
 #: Composition model names of the reference -> the packaged checkpoint holding those energies.
 COMPOSITION_MODELS = {"MPtrj": "0.3.0", "MPtrj_e": "0.2.0", "MP-r2SCAN": "r2scan"}
 _CONFIG_KEYS = {f.name for f in fields(ModelConfig)}
+#: Every argument of the reference ``CHGNet.__init__`` with its default: the reference's
+#: ``model_args`` holds all of them (defaults filled in), then any extra keyword arguments.
+REFERENCE_MODEL_ARGS: dict[str, Any] = {
+    "atom_fea_dim": 64, "bond_fea_dim": 64, "angle_fea_dim": 64, "composition_model": "MPtrj",
+    "num_radial": 31, "num_angular": 31, "n_conv": 4, "atom_conv_hidden_dim": 64,
+    "update_bond": True, "bond_conv_hidden_dim": 64, "update_angle": True,
+    "angle_layer_hidden_dim": 0, "conv_dropout": 0, "read_out": "ave",
+    "mlp_hidden_dims": (64, 64, 64), "mlp_dropout": 0, "mlp_first": True, "is_intensive": True,
+    "non_linearity": "silu", "atom_graph_cutoff": 6, "bond_graph_cutoff": 3,
+    "graph_converter_algorithm": "fast", "cutoff_coeff": 8, "learnable_rbf": True,
+    "gMLP_norm": "layer", "readout_norm": "layer", "version": None,
+}  # fmt: skip
+
+
+def reference_model_args(given: dict[str, Any]) -> dict[str, Any]:
+    """``model_args`` as the reference reports them: its defaults updated by ``given``."""
+    return {**REFERENCE_MODEL_ARGS, **given}
+
+
+def our_model_dict(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``as_dict()`` of this class in a file's dict (bare or under "model"), or None."""
+    inner = payload.get("model")
+    if isinstance(inner, dict) and "fastchgnet_config" in inner:
+        return inner
+    return payload if "fastchgnet_config" in payload else None
 
 
 def unsupported(what: str, instead: str) -> NotImplementedError:
@@ -111,12 +136,14 @@ class CHGNet(ReferenceNames, FastCHGNet):
 
     def __init__(self, config: ModelConfig | None = None, **kwargs: Any) -> None:
         reference_args = None
+        shared = {k: v for k, v in kwargs.items() if k in REFERENCE_MODEL_ARGS}  # n_conv, ...
         if config is None and set(kwargs) - _CONFIG_KEYS:
             reference_args = dict(kwargs)
             config, kwargs = config_from_reference(reference_args, "CHGNet(...)"), {}
         super().__init__(config, **kwargs)
-        self.model_args: dict[str, Any] = reference_args or {}
+        self.model_args: dict[str, Any] = {}
         if config is None or reference_args is not None:  # a new model, as the reference's
+            self.model_args = reference_model_args(reference_args or shared)
             composition = self.model_args.get("composition_model", "MPtrj")
             self.init_composition(composition)
         self.graph_converter = GraphConverter(self)
@@ -168,7 +195,8 @@ class CHGNet(ReferenceNames, FastCHGNet):
             )
         device = determine_device(use_device, check_cuda_mem)  # before the file is read
         model = cls.from_file(checkpoint_path(model_name))
-        model.model_args["version"] = model_name
+        # the reference's load passes these two to its constructor: its model_args has them
+        model.model_args.update(version=model_name, mlp_out_bias=model_name == "0.2.0")
         if verbose:
             print(f"CHGNet will run on {device}")
         return model.to(device)
@@ -176,15 +204,20 @@ class CHGNet(ReferenceNames, FastCHGNet):
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> CHGNet:
         """A model from a chgnet checkpoint (Trainer epoch/best file, pretrained file,
-        ``torch.save(CHGNet.as_dict())``) or our model file; read with weights_only=True."""
+        ``torch.save(CHGNet.as_dict())``, bare or under "model"), our model file, or
+        ``torch.save`` of this class's ``as_dict()`` (bare or under "model"); read with
+        weights_only=True."""
         if kwargs:
             raise unsupported(f"from_file(..., {sorted(kwargs)})", "pass only the path")
         payload = read_checkpoint(path)
         if payload.get("format") == FORMAT:
             return load_model(cls, path)
+        ours = our_model_dict(payload)
+        if ours is not None:
+            return cls.from_dict(ours)
         model_dict = reference_model_dict(payload, str(path))
         model = model_from_reference_dict(cls, model_dict, str(path))
-        model.model_args = dict(model_dict["model_args"])
+        model.model_args = reference_model_args(dict(model_dict["model_args"]))
         return model
 
     @classmethod
@@ -195,9 +228,10 @@ class CHGNet(ReferenceNames, FastCHGNet):
         if "fastchgnet_config" in dct:
             model = cls(ModelConfig.from_saved(dct["fastchgnet_config"]))
             load_weights(model, dct["state_dict"])  # in their dtype
+            model.model_args = dict(dct.get("model_args") or {})
         else:
             model = model_from_reference_dict(cls, dct, "CHGNet.from_dict")
-        model.model_args = dict(dct.get("model_args") or {})
+            model.model_args = reference_model_args(dict(dct.get("model_args") or {}))
         return model
 
     def as_dict(self) -> dict[str, Any]:
