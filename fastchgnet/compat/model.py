@@ -63,6 +63,17 @@ def reference_model_args(given: dict[str, Any]) -> dict[str, Any]:
     return {**REFERENCE_MODEL_ARGS, **given}
 
 
+def check_reference_args(args: dict[str, Any], source: str, *, new: bool = False) -> None:
+    """Refuse, in one line naming ``source`` and chgnet's argument, a norm this architecture
+    lacks; for a ``new`` model (to be trained) also dropout, which it does not have."""
+    for key in ("gMLP_norm", "readout_norm"):
+        if args.get(key, "layer") not in ("layer", None):
+            raise ValueError(f"{source}: {key}={args[key]!r} is not supported; use 'layer' or None")
+    for key in ("conv_dropout", "mlp_dropout") if new else ():
+        if args.get(key, 0):
+            raise ValueError(f"{source}: {key}={args[key]!r} is not supported (no dropout here)")
+
+
 def our_model_dict(payload: dict[str, Any]) -> dict[str, Any] | None:
     """The ``as_dict()`` of this class in a file's dict (bare or under "model"), or None."""
     inner = payload.get("model")
@@ -137,9 +148,13 @@ class CHGNet(ReferenceNames, FastCHGNet):
     def __init__(self, config: ModelConfig | None = None, **kwargs: Any) -> None:
         reference_args = None
         shared = {k: v for k, v in kwargs.items() if k in REFERENCE_MODEL_ARGS}  # n_conv, ...
+        if config is None:
+            check_reference_args(kwargs, "CHGNet(...)", new=True)
         if config is None and set(kwargs) - _CONFIG_KEYS:
             reference_args = dict(kwargs)
             config, kwargs = config_from_reference(reference_args, "CHGNet(...)"), {}
+        elif isinstance(kwargs.get("mlp_hidden_dims"), int):  # the reference takes an int
+            kwargs["mlp_hidden_dims"] = (kwargs["mlp_hidden_dims"],)
         super().__init__(config, **kwargs)
         self.model_args: dict[str, Any] = {}
         if config is None or reference_args is not None:  # a new model, as the reference's
@@ -216,6 +231,7 @@ class CHGNet(ReferenceNames, FastCHGNet):
         if ours is not None:
             return cls.from_dict(ours)
         model_dict = reference_model_dict(payload, str(path))
+        check_reference_args(model_dict.get("model_args") or {}, str(path))
         model = model_from_reference_dict(cls, model_dict, str(path))
         model.model_args = reference_model_args(dict(model_dict["model_args"]))
         return model
@@ -230,6 +246,7 @@ class CHGNet(ReferenceNames, FastCHGNet):
             load_weights(model, dct["state_dict"])  # in their dtype
             model.model_args = dict(dct.get("model_args") or {})
         else:
+            check_reference_args(dct.get("model_args") or {}, "CHGNet.from_dict")
             model = model_from_reference_dict(cls, dct, "CHGNet.from_dict")
             model.model_args = reference_model_args(dict(dct.get("model_args") or {}))
         return model
