@@ -8,6 +8,7 @@ raises ``NotImplementedError`` saying so and what to use instead.
 """
 
 from fastchgnet.compat.dynamics import CHGNetCalculator, StructOptimizer, TrajectoryObserver
+from fastchgnet.compat.graph import CrystalGraphConverter
 from fastchgnet.compat.model import CHGNet
 from fastchgnet.compat.molecular_dynamics import CrystalFeasObserver, MolecularDynamics
 from fastchgnet.compat.trainer import Trainer
@@ -17,6 +18,7 @@ __all__ = [
     "CHGNet",
     "CHGNetCalculator",
     "CrystalFeasObserver",
+    "CrystalGraphConverter",
     "MolecularDynamics",
     "StructOptimizer",
     "StructureData",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastchgnet.compat.graph import CrystalGraphConverter
 from fastchgnet.compat.reference_names import ReferenceNames
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.model.chgnet import FastCHGNet
@@ -28,7 +29,6 @@ from fastchgnet.model.device import check_device
 from fastchgnet.model.io import FORMAT, load_model, load_weights
 from fastchgnet.model.potential import (
     check_batch_size,
-    graphs_for,
     predict_graph_list,
     structure_list,
 )
@@ -103,37 +103,6 @@ def determine_device(use_device: str | None = None, check_cuda_mem: bool = False
     return device
 
 
-class GraphConverter:
-    """``model.graph_converter(structure) -> CrystalGraph`` with the model's cutoffs."""
-
-    def __init__(self, model: FastCHGNet, on_isolated_atoms: str = "error") -> None:
-        self.model = model
-        self.set_isolated_atom_response(on_isolated_atoms)
-
-    def set_isolated_atom_response(self, on_isolated_atoms: str) -> None:
-        """What a structure with an isolated atom (no neighbour within the atom cutoff) gets:
-        "error" (a StructureError naming it), "warn" (a warning, then predicted with that
-        atom unbonded, as the reference) or "ignore" (predicted silently)."""
-        if on_isolated_atoms not in ("ignore", "warn", "error"):
-            raise ValueError(f"on_isolated_atoms={on_isolated_atoms!r}: ignore, warn or error")
-        self.on_isolated_atoms = on_isolated_atoms
-
-    def graphs(self, structures: Sequence[Any]) -> list[CrystalGraph]:
-        """Graphs of ``structures`` under the isolated-atom setting."""
-        allow = self.on_isolated_atoms != "error"
-        graphs = graphs_for(self.model.config, structures, allow_isolated=allow)
-        if self.on_isolated_atoms == "warn":
-            for graph in graphs:
-                degree = np.bincount(graph.bond_atoms.ravel(), minlength=graph.n_atoms)
-                if (degree == 0).any():
-                    isolated = np.flatnonzero(degree == 0)[:10].tolist()
-                    warnings.warn(f"{graph.name}: isolated atom(s) {isolated}", stacklevel=3)
-        return graphs
-
-    def __call__(self, structure: Any, graph_id: Any = None, mp_id: Any = None) -> CrystalGraph:
-        return self.graphs([structure])[0]
-
-
 class CHGNet(ReferenceNames, FastCHGNet):
     """FastCHGNet with the reference ``chgnet.model.CHGNet`` API.
 
@@ -161,7 +130,7 @@ class CHGNet(ReferenceNames, FastCHGNet):
             self.model_args = reference_model_args(reference_args or shared)
             composition = self.model_args.get("composition_model", "MPtrj")
             self.init_composition(composition)
-        self.graph_converter = GraphConverter(self)
+        self.graph_converter = CrystalGraphConverter.for_model(self.config)
 
     def init_composition(self, name: str | None) -> None:
         """Set the AtomRef energies to the reference's fitted ``name`` ("MPtrj", "MPtrj_e",
