@@ -97,14 +97,15 @@ class VerletGraph:
         return shrink * (self.atom_cutoff + self.skin) - 2.0 * largest_move <= self.atom_cutoff
 
     def _search(self, atoms: Any, name: str) -> None:
-        """Candidate pairs within atom_cutoff + skin (validates the structure as build_graph)."""
+        """Candidate pairs within atom_cutoff + skin (validates the structure as build_graph;
+        isolated atoms are judged at the model's cutoff, by ``_filter``)."""
         candidates = build_graph(
             atoms,
             self.atom_cutoff + self.skin,
             self.bond_cutoff,
             name=name,
             backend="vesin",
-            allow_isolated=self.allow_isolated,
+            allow_isolated=True,
         )
         pairs, images = _canonical_half_list(candidates.bond_atoms, candidates.bond_images)
         self._pairs, self._images = pairs, images

@@ -271,9 +271,13 @@ class AtomConv(nn.Module):
         per_bond = torch.addmm(self.gated.first.bias, bonds, w_bond.T)  # bias folded in
         pre = gather(from_centre, topo.edge_centre) + gather(from_neighbour, topo.edge_neighbour)
         # edges b and n_bonds + b share bond b: broadcast over the two directions, no copy
-        pre = (pre.view(2, n_bonds, -1) + per_bond).view(2 * n_bonds, -1)
-        messages = self.gated.finish(pre).view(2, n_bonds, -1) * bond_weights
-        summed = scatter_sum(messages.view(2 * n_bonds, -1), topo.edge_centre, atoms.shape[0])
+        # (sizes spelled out: with no bond at all, a -1 beside the 0 would be ambiguous)
+        width = pre.shape[1]
+        pre = (pre.view(2, n_bonds, width) + per_bond).view(2 * n_bonds, width)
+        messages = self.gated.finish(pre).view(2, n_bonds, self.atom_dim) * bond_weights
+        summed = scatter_sum(
+            messages.view(2 * n_bonds, self.atom_dim), topo.edge_centre, atoms.shape[0]
+        )
         return atoms + self.mlp_out(summed)
 
 

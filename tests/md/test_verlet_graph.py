@@ -114,6 +114,16 @@ def test_atom_moved_out_of_reach_is_an_isolated_atom_error():
         neighbours.graph(atoms)
 
 
+def test_an_isolated_atom_is_judged_at_the_models_cutoff_not_the_searchs():
+    """The search reaches atom_cutoff + skin (7 Å); an atom 7.5 Å from all others is isolated
+    at the model's 6 Å, and the message said 7.0."""
+    from ase import Atoms
+
+    atoms = Atoms("Li2", positions=[[0, 0, 0], [7.5, 0, 0]], cell=[20, 20, 20], pbc=True)
+    with pytest.raises(StructureError, match=r"within atom_cutoff=6\.0 Å"):
+        VerletGraph(skin=1.0).graph(atoms)
+
+
 def test_non_finite_positions_are_a_structure_error(small_crystals):
     atoms = small_crystals[0]
     neighbours = VerletGraph()

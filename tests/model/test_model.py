@@ -42,6 +42,20 @@ def test_structure_without_angles_predicts_finite_values(model):
     assert all(np.isfinite(v).all() for v in out.values())
 
 
+def test_a_structure_without_any_bond_predicts_its_atoms_alone(model):
+    """Two Li atoms 7 Å apart (past the 6 Å cutoff): what the reference's calculator predicts
+    with on_isolated_atoms="warn". Every layer saw zero bonds, where a view's -1 beside the 0
+    raised "cannot reshape tensor of 0 elements"."""
+    pair = Structure(Lattice.cubic(20.0), ["Li", "Li"], [[0, 0, 0], [0.35, 0, 0]])
+    single = Structure(Lattice.cubic(20.0), ["Li"], [[0, 0, 0]])
+    graphs = [build_graph(s, allow_isolated=True) for s in (pair, single)]
+    assert graphs[0].n_bonds == 0
+    out = model(collate(graphs), compute_forces=True, compute_stress=True)
+    assert torch.isfinite(out.energy).all()
+    torch.testing.assert_close(out.energy[0], out.energy[1])  # eV/atom: atoms alone
+    assert out.forces.abs().max() == 0
+
+
 def test_factored_atom_conv_equals_concatenated_gated_mlp():
     torch.manual_seed(0)
     graph = build_graph(STRUCTURES[2])
