@@ -290,7 +290,7 @@ def test_load_model_puts_the_model_on_the_named_device(monkeypatch):
     from fastchgnet.cli import inputs
 
     moved = []
-    monkeypatch.setattr(inputs, "check_device", lambda spec, what: torch.device("meta"))
+    monkeypatch.setattr(inputs, "check_device", lambda spec, what, kinds: torch.device("meta"))
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: moved.append(where) or self)
     model = inputs.load_model("0.3.0", "float32", "somewhere")
     assert moved == [torch.device("meta")]
@@ -303,7 +303,7 @@ def test_a_numbered_gpu_becomes_the_current_device(monkeypatch):
     from fastchgnet.cli import inputs
 
     current = []
-    monkeypatch.setattr(inputs, "check_device", lambda spec, what: torch.device(spec))
+    monkeypatch.setattr(inputs, "check_device", lambda spec, what, kinds: torch.device(spec))
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, where: self)
     inputs.load_model("0.3.0", "float32", "cuda:1")

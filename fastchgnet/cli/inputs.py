@@ -308,7 +308,7 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     judged for that device)."""
     from fastchgnet import FastCHGNet
 
-    where = check_device(device, "--device")
+    where = check_device(device, "--device", kinds=("cpu", "cuda"))
     if where.type == "cuda" and where.index is not None:
         # the current device too: CUDA graphs, bf16 checks and streams follow it, not the model
         torch.cuda.set_device(where)

@@ -8,15 +8,19 @@ from __future__ import annotations
 import torch
 
 
-def check_device(device: str | torch.device, what: str = "device") -> torch.device:
+def check_device(
+    device: str | torch.device, what: str = "device", kinds: tuple[str, ...] | None = None
+) -> torch.device:
     """``device`` ("cpu", "cuda", "cuda:1", a torch.device, or "auto": the current GPU when
     CUDA sees one, else the CPU) as a torch.device. ``what`` names the argument in messages
-    ("device", "--device").
+    ("device", "--device"); ``kinds``: the device types accepted (None: any this torch and
+    machine can use).
 
     Raises:
-        ValueError: one line naming ``device``: not a device string torch knows; CUDA asked
-            of a CPU-only torch build or of a machine where torch finds no GPU; a CUDA index
-            past the GPUs there are.
+        ValueError: one line naming ``device``: not a device string torch knows, or not of
+            ``kinds``; CUDA asked of a CPU-only torch build or of a machine where torch finds
+            no GPU; a CUDA index past the GPUs there are; another type (mps, xpu, ...) this
+            torch build or machine cannot use.
     """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,7 +30,17 @@ def check_device(device: str | torch.device, what: str = "device") -> torch.devi
         raise ValueError(
             f"{what} {device!r}: not a torch device (use 'cpu', 'cuda', 'cuda:N' or 'auto')"
         ) from None
-    if parsed.type != "cuda":
+    if kinds is not None and parsed.type not in kinds:
+        raise ValueError(f"{what} {str(device)!r}: use one of {', '.join(kinds)} (or 'auto')")
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type != "cuda":  # mps, xpu, ...: whether this build and machine have one
+        try:
+            torch.empty(0, device=parsed)
+        except (RuntimeError, AssertionError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            reason = reason.split(". ")[0][:160]  # torch's first sentence
+            raise ValueError(f"{what} {str(device)!r}: not usable here ({reason})") from None
         return parsed
     if torch.version.cuda is None and torch.version.hip is None:
         raise ValueError(

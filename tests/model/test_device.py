@@ -66,6 +66,17 @@ def test_a_device_string_torch_does_not_know_is_one_line():
     assert check_device("cpu") == torch.device("cpu")
 
 
+def test_a_device_type_this_torch_lacks_is_one_line():
+    """mps or xpu on a build without them: torch's RuntimeError / AssertionError came from
+    deep inside ``.to``; the CLI takes only cpu and cuda."""
+    for kind in ("mps", "xpu"):
+        with pytest.raises(ValueError, match=rf"^device '{kind}': not usable here \("):
+            check_device(kind)
+    assert check_device("meta") == torch.device("meta")
+    with pytest.raises(ValueError, match=r"^--device 'meta': use one of cpu, cuda"):
+        check_device("meta", "--device", kinds=("cpu", "cuda"))
+
+
 def test_the_cli_device_flag_names_itself_in_the_message(cpu_only_torch):
     with pytest.raises(ValueError, match=r"^--device 'cuda': CUDA is not available in this torch"):
         check_device("cuda", "--device")
