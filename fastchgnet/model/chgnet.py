@@ -167,8 +167,19 @@ class FastCHGNet(nn.Module):
     def set_precision(self, precision: str, device_type: str | None = None) -> FastCHGNet:
         """Run the energy model in ``precision``, "float32" or "bf16" (bfloat16 matrix
         products; see ``fastchgnet.model.precision``), judged for ``device_type`` (where the
-        model will run; default: where its parameters are now). Not saved. Returns the model."""
-        device_type = device_type or next(self.parameters()).device.type
+        model will run; default: where its parameters are now). Not saved. Returns the model.
+
+        Raises:
+            ValueError: bf16 asked of a float64 model (autocast leaves float64 products as
+                they are: the option would change nothing), or a precision the device lacks.
+        """
+        parameter = next(self.parameters())
+        device_type = device_type or parameter.device.type
+        if precision == "bf16" and parameter.dtype == torch.float64:
+            raise ValueError(
+                "precision bf16: this model is float64, whose products autocast keeps in "
+                "float64; convert it first (model.float()) or keep float64"
+            )
         self.precision = check_precision(precision, device_type)
         return self
 

@@ -32,12 +32,15 @@ def save_model(model: FastCHGNet, path: str | Path) -> None:
 def load_model(
     cls: type[FastCHGNet], path: str | Path, map_location: str | torch.device = "cpu"
 ) -> FastCHGNet:
-    """Load a model saved by ``save_model``; a damaged or foreign file is a ``ValueError``
-    (``ChecksumError``) naming the file and the problem; a ``map_location`` this torch cannot
-    use, a one-line ValueError (``check_device``). The model comes in eval mode, as
+    """Load a model saved by ``save_model``; a missing file is a FileNotFoundError, a damaged
+    or foreign one a ``ValueError`` (``ChecksumError``), each naming the file and the
+    problem; a ``map_location`` this torch cannot use, a one-line ValueError
+    (``check_device``). The model comes in eval mode, as
     ``from_reference``'s: ready to predict; training calls ``train()`` itself. Its weights
     have their saved dtype (``load_weights``); its precision is "float32"."""
     device = check_device(map_location)  # before the file is read
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
     try:
         _, payload = read_checksummed(path, FORMAT, (FORMAT_VERSION,))
     except ChecksumError as error:

@@ -172,3 +172,8 @@ def test_loaded_model_is_ready_to_predict(model, tmp_path):
     model.save(path)
     model.eval()
     assert not type(model).load(path).training
+
+
+def test_loading_a_missing_model_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nofile\.pt: no such model file"):
+        FastCHGNet.load(tmp_path / "nofile.pt")

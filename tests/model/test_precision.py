@@ -131,3 +131,14 @@ def test_bf16_is_judged_for_the_device_the_model_will_run_on(monkeypatch) -> Non
     assert model.precision == "bf16"
     with pytest.warns(RuntimeWarning, match="bf16 on this cpu"):
         model.set_precision("bf16")
+
+
+def test_bf16_is_refused_for_a_float64_model_where_it_would_change_nothing():
+    """autocast leaves float64 products in float64: ``--precision bf16`` on a float64 model
+    predicted exactly the float64 numbers, with no word."""
+    from fastchgnet import FastCHGNet
+
+    model = FastCHGNet(n_conv=2).double()
+    with pytest.raises(ValueError, match=r"^precision bf16: this model is float64"):
+        model.set_precision("bf16", "cpu")
+    assert model.set_precision("float32", "cpu").precision == "float32"
