@@ -23,7 +23,8 @@ STRUCTURES_HELP = (
 
 def read_structures(paths: list[str]) -> list[Any]:
     """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
-    extxyz and the other files ASE reads (every frame), each named by its file (the path as
+    extxyz, vasprun.xml, OUTCAR, XDATCAR, traj and the other files ASE reads (every frame, every
+    ionic step), each named by its file (the path as
     given where two files share a name) and its index in a file of several (a frame of several
     carrying a ``label`` or ``name`` is named by it and its index: ``label[i]``). ``FILE@INDEX``
     takes some of a file's structures, with ASE's index syntax: ``traj.extxyz@-1`` the last,
@@ -46,7 +47,7 @@ def read_structures(paths: list[str]) -> list[Any]:
             raise FileNotFoundError(f"{path}: no such file")
         # runA/POSCAR and runB/POSCAR: the names as given tell the results apart
         base = name if names.count(path.name) > 1 else path.name
-        found = _pymatgen_structures(path)
+        found = None if _several_frames(path) else _pymatgen_structures(path)
         if found is not None:
             for index, structure in enumerate(found):
                 label = base if len(found) == 1 else f"{base}[{index}]"
@@ -99,6 +100,25 @@ def _ase_frames(path: Path, base: str) -> list[Any]:
             atoms.info["label"] = f"{given}[{index}]"
         atoms.info.setdefault("name", f"{base}[{index}]")
     return list(frames)
+
+
+#: formats ASE reads several frames of that pymatgen reads first all the same: CIF (every block,
+#: its refusals explained) and JSON (a pymatgen Structure's as_dict, else an ASE database)
+PYMATGEN_FIRST = frozenset({"cif", "json"})
+
+
+def _several_frames(path: Path) -> bool:
+    """Whether ``path`` is a file of frames (vasprun.xml, OUTCAR, XDATCAR, extxyz, traj, ...)
+    that ASE reads whole: pymatgen's ``Structure.from_file`` reads only the last of a vasprun.xml,
+    so its ``@0`` would be its final ionic step."""
+    from ase.io.formats import filetype, ioformats
+
+    try:
+        name = filetype(str(path))
+    except Exception:  # ASE raises UnknownFileTypeError, KeyError or OSError
+        return False
+    known = ioformats.get(name)
+    return known is not None and not known.single and name not in PYMATGEN_FIRST
 
 
 def _pymatgen_structures(path: Path) -> list[Any] | None:
