@@ -8,6 +8,7 @@ Units: temperature K, timestep and ``taut``/``taup`` fs, pressure and bulk modul
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,10 @@ from ase.md.npt import NPT
 from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen, NVTBerendsen
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from pymatgen.analysis.eos import EOSError
 
 from fastchgnet.compat.dynamics import CHGNetCalculator
+from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
@@ -44,10 +47,11 @@ class CrystalFeasObserver:
             pickle.dump({"crystal_feas": self.crystal_feature_vectors}, handle)
 
 
-def upper_triangular_cell(atoms: Atoms) -> None:
-    """Rotate ``atoms`` to an upper-triangular cell (ASE's NPT needs one), atoms scaled."""
+def upper_triangular_cell(atoms: Atoms) -> bool:
+    """Rotate ``atoms`` to an upper-triangular cell (ASE's NPT needs one), atoms scaled;
+    whether it had to."""
     if NPT._isuppertriangular(atoms.get_cell()):
-        return
+        return False
     a, b, c, alpha, beta, gamma = atoms.cell.cellpar()
     sin_a, sin_b, _ = np.sin(np.radians((alpha, beta, gamma)))
     cos_a, cos_b, cos_g = np.cos(np.radians((alpha, beta, gamma)))
@@ -59,6 +63,33 @@ def upper_triangular_cell(atoms: Atoms) -> None:
         (0, 0, c),
     ]
     atoms.set_cell(basis, scale_atoms=True)
+    return True
+
+
+def fit_bulk_modulus(atoms: Atoms) -> float:
+    """The bulk modulus (GPa) of ``atoms`` by ``EquationOfState`` with its calculator's model,
+    printed as chgnet prints it; 2 GPa, with a warning, where the fit fails (as chgnet)."""
+    calc = atoms.calc
+    if not isinstance(calc, CHGNetCalculator):
+        raise unsupported(
+            "NPT without bulk_modulus with a calculator other than CHGNetCalculator",
+            "pass bulk_modulus in GPa",
+        )
+    eos = EquationOfState(model=calc, use_device=calc.device)
+    try:
+        eos.fit(atoms, steps=500, fmax=0.1, verbose=False)
+    except EOSError as exc:
+        warnings.warn(
+            f"equation of state fit failed ({exc}): bulk modulus set to 2 GPa; NPT runs with "
+            "a wrong pressure relaxation time, pass bulk_modulus",
+            stacklevel=3,
+        )
+        return 2.0
+    bulk_modulus, bulk_modulus_au = eos.get_bulk_modulus("GPa"), eos.get_bulk_modulus()
+    print(
+        f"Completed bulk modulus calculation: k = {bulk_modulus:.3}GPa, {bulk_modulus_au:.3}eV/A^3"
+    )
+    return float(bulk_modulus)
 
 
 class MolecularDynamics:
@@ -72,8 +103,8 @@ class MolecularDynamics:
     calculator's results then leave out ``crystal_fea``. True (or "inductor", "torchscript":
     that capture) compiles at the first ``run``, False never does.
 
-    NPT needs ``bulk_modulus`` (GPa) here: the reference fits one by an equation of state when
-    it is missing; pass the value (for example from ``StructOptimizer`` runs at a few volumes).
+    NPT without ``bulk_modulus`` (GPa) fits one by ``EquationOfState`` first (a few seconds
+    of relaxations; printed), as the reference.
     """
 
     def __init__(
@@ -142,6 +173,8 @@ class MolecularDynamics:
                 atoms, timestep=dt, temperature_K=temperature, taut=taut * units.fs, **io, **append
             )
         elif kind[0] == "npt":
+            if bulk_modulus is None:
+                bulk_modulus = fit_bulk_modulus(atoms)
             self.dyn = self._npt(atoms, kind[1], dt, temperature, pressure, taut, taup,
                                  bulk_modulus, io, append)  # fmt: skip
         else:
@@ -155,13 +188,8 @@ class MolecularDynamics:
         self.timestep, self.crystal_feas_logfile = timestep, crystal_feas_logfile
 
     def _npt(self, atoms: Atoms, thermostat: str, dt: float, temperature: float,
-             pressure: float, taut: float, taup: float, bulk_modulus: float | None,
+             pressure: float, taut: float, taup: float, bulk_modulus: float,
              io: dict, append: dict) -> Any:  # fmt: skip
-        if bulk_modulus is None:
-            raise unsupported(
-                "NPT without bulk_modulus (the reference fits it by an equation of state)",
-                "pass bulk_modulus in GPa",
-            )
         compressibility = 1 / (bulk_modulus * units.GPa)
         common = {"timestep": dt, "temperature_K": temperature}
         if thermostat == "nose-hoover":
@@ -218,6 +246,12 @@ class MolecularDynamics:
         self.atoms.get_forces()
         # the calculator computes stress on every call, as the reference's does
         return choose_compiled(self.atoms, eager.model, steps, stress=True, progress=True)
+
+    def upper_triangular_cell(self, *, verbose: bool | None = False) -> None:
+        """Rotate the MD's atoms to an upper-triangular cell (ASE's Nosé-Hoover NPT needs
+        one), as chgnet's method; ``verbose`` says so when it did."""
+        if upper_triangular_cell(self.atoms) and verbose:
+            print("Transformed to upper triangular unit cell.", flush=True)
 
     def set_atoms(self, atoms: Atoms) -> None:
         """Continue the run with ``atoms`` (the calculator carries over)."""
