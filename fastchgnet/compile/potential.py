@@ -283,6 +283,16 @@ class CompiledPotential:
         ``max_shapes`` or ``patience`` calls have not yet waited for it."""
         return self._capacity_for(Counts.of(graphs), graphs)
 
+    def reserve(self, batches: Sequence[Sequence[CrystalGraph]]) -> None:
+        """Make the capacity every one of ``batches`` fits (the largest of each count over
+        them, with headroom) before their calls, unless a known one holds them: a caller that
+        knows its calls (``predict_graph_list``) compiles one shape for all of them, where the
+        first call's own counts need not bound the others' (16 one-atom cells, then 4 and a
+        27-atom one). Nothing with TorchScript (any sizes) or ``patience`` (eager calls first)."""
+        if self.pads and batches and self.patience == 0:
+            counts = peak([Counts.of(batch) for batch in batches])
+            self._capacity_for(counts, [graph for batch in batches for graph in batch])
+
     def _at_bound(self) -> bool:
         return self.max_shapes is not None and len(self.capacities) >= self.max_shapes
 

@@ -203,8 +203,9 @@ def predict_structures(
     Args:
         model: a ``Potential`` (e.g. a ``CompiledPotential``) or a FastCHGNet (run eagerly).
         structure: one pymatgen Structure / ASE Atoms, or a sequence of them.
-        batch_size: structures per model call; the largest go first (one compiled shape
-            then serves the rest), and results come back in input order.
+        batch_size: structures per model call; the largest go first, one compiled shape
+            (sized for the largest of each count over the batches) serves them all, and
+            results come back in input order.
         features: also return ``site_energies`` (n,) eV, ``atom_fea`` (n, A), ``crystal_fea``
             (A,).
 
@@ -241,15 +242,20 @@ def predict_graph_list(
     stress: bool = True,
 ) -> list[dict[str, np.ndarray]]:
     """``predict_structures`` on crystal graphs already built (always a list); without
-    ``forces`` or ``stress`` their keys are left out (and, both left out, not computed)."""
+    ``forces`` or ``stress`` their keys are left out (and, both left out, not computed). A
+    potential with ``reserve`` (``CompiledPotential``) is first given every batch, so that one
+    capacity, one compiled shape, holds them all."""
     batch_size = check_batch_size(batch_size)
     potential = as_potential(model)
     cost = [g.n_atoms + g.n_bonds + g.n_angles for g in graphs]
     order = sorted(range(len(graphs)), key=lambda k: -cost[k])
     keys = {**REFERENCE_KEYS, **(FEATURE_KEYS if features else {})}
     results: list[dict[str, np.ndarray]] = [{} for _ in graphs]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    reserve = getattr(potential, "reserve", None)  # a padded potential: one shape for all
+    if reserve is not None:
+        reserve([[graphs[k] for k in chunk] for chunk in chunks])
+    for chunk in chunks:
         chosen = [graphs[k] for k in chunk]
         prediction = potential.predict_graphs(
             chosen, stress=stress, forces=forces, features=features

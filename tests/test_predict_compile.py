@@ -1,0 +1,41 @@
+"""predict compiled: one capacity (one compiled shape) for the whole list of structures."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet import FastCHGNet
+from fastchgnet.compile.potential import CompiledPotential
+from fastchgnet.model.potential import predict_structures
+
+#: fcc copper's one-atom cell: 12 neighbours 2.55 Å away, so 132 angles
+COPPER = Structure(Lattice([[0, 1.8, 1.8], [1.8, 0, 1.8], [1.8, 1.8, 0]]), ["Cu"], [[0, 0, 0]])
+
+
+def argon_grid() -> Structure:
+    """27 Ar atoms 5 Å apart: many atoms, no bond-graph bond, no angle (cheap by atoms +
+    bonds + angles, so sorted after one-atom Cu cells, yet more atoms than 16 of them)."""
+    points = [[i / 3, j / 3, k / 3] for i, j, k in itertools.product(range(3), repeat=3)]
+    return Structure(Lattice.cubic(15.0), ["Ar"] * 27, points)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_one_capacity_holds_every_batch_of_the_list_not_only_the_first():
+    torch.manual_seed(0)
+    model = FastCHGNet(n_conv=2).double()
+    structures = [COPPER.copy() for _ in range(20)] + [argon_grid()]
+    # eager: the padded programs without trace or compile; capacities are made as compiled
+    potential = CompiledPotential(model, eager=True, store=None)
+    padded = predict_structures(potential, structures, batch_size=16)
+    assert len(potential.capacities) == 1  # the first batch (16 Cu) held 16 atoms, the 2nd 31
+    assert potential.capacities[0].atoms >= 32
+    assert potential.eager_calls == 0
+    eager = predict_structures(model, structures, batch_size=16)
+    for a, b in zip(eager, padded, strict=True):
+        for key in ("e", "f", "s", "m"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10)
