@@ -1,0 +1,47 @@
+"""A chgnet Trainer file of a CHGNet made with ``composition_model=AtomRef(...)`` pickles that
+module into its model_args; it loads (the module read as an inert stand-in, its weights from
+the state dict) with the reference's numbers, while any other pickled object is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from fastchgnet import FastCHGNet
+from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint
+
+
+def test_a_trainer_file_with_a_pickled_atomref_loads_with_the_references_numbers(tmp_path):
+    pytest.importorskip("chgnet")
+    from chgnet.model import CHGNet
+    from chgnet.model.composition_model import AtomRef
+
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = CHGNet(
+            atom_fea_dim=16, bond_fea_dim=16, angle_fea_dim=16, num_radial=9,
+            num_angular=9, composition_model=AtomRef(is_intensive=True),
+        )  # fmt: skip
+    with torch.no_grad():
+        reference.composition_model.fc.weight.normal_()
+    reference.composition_model.fitted = True  # as its fit() leaves it
+    path = tmp_path / "bestE_epoch1.pth.tar"
+    torch.save({"model": reference.as_dict(), "optimizer": {}, "epoch": 1}, path)
+    structure = Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    expected = float(reference.predict_structure(structure, task="e")["e"])
+    ours = load_model_file(FastCHGNet, path)
+    assert float(ours.predict_structure(structure)["e"]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_any_other_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "odd.pth.tar"
+    torch.save(
+        {"model": {"state_dict": {}, "model_args": {"when": datetime.date(2020, 1, 1)}}}, path
+    )
+    with pytest.raises(ValueError, match=r"odd\.pth\.tar: refused: it holds pickled Python"):
+        read_checkpoint(path)
