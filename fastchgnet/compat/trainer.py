@@ -7,15 +7,17 @@ import csv
 import datetime
 import itertools
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fastchgnet.compat.model import CHGNet, unsupported
-from fastchgnet.compat.training import StructureLoader
+from fastchgnet.compat.training import StructureData, StructureLoader
 from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.model.chgnet_files import read_checkpoint
 from fastchgnet.model.loss import LossConfig
 from fastchgnet.train.config import (
     DataConfig,
@@ -46,12 +48,25 @@ def frozen_parameters(model: torch.nn.Module) -> tuple[str, ...]:
     )
 
 
+def check_converter(dataset: StructureData, model: CHGNet) -> None:
+    """A ``graph_converter`` given to ``dataset`` must have ``model``'s cutoffs (training
+    builds the graphs with the model's)."""
+    converter, config = dataset.graph_converter, model.config
+    cutoffs = (converter.atom_graph_cutoff, converter.bond_graph_cutoff)
+    if dataset.converter_given and cutoffs != (config.atom_cutoff, config.bond_cutoff):
+        raise ValueError(
+            f"StructureData graph_converter cutoffs {cutoffs} Å differ from the model's "
+            f"{(config.atom_cutoff, config.bond_cutoff)} Å: pass model.graph_converter"
+        )
+
+
 class Trainer:
     """Train a ``CHGNet`` on ``StructureData`` loaders, as the reference's Trainer.
 
-    Mapped: targets ("ef", "efs", "efsm") and the four loss ratios, criterion "MSE" or
-    "Huber" (``delta``), optimizer "Adam"/"AdamW" (``weight_decay``), scheduler "CosLR"
-    (cosine to ``decay_fraction`` x lr), learning_rate, epochs, torch_seed. Parameters set to
+    Mapped: targets ("e" and any of "fsm": "ef", "efsm", "em") and the four loss ratios,
+    criterion "MSE" or "Huber" (``delta``), optimizer "Adam"/"AdamW" (``weight_decay``),
+    scheduler "CosLR" (cosine to ``decay_fraction`` x lr), learning_rate, epochs, torch_seed;
+    ``Trainer.load`` (see there). Parameters set to
     ``requires_grad = False`` before ``train`` (chgnet's freezing recipe) are not trained.
     Anything else the reference offers raises NotImplementedError naming the fastchgnet setting
     to use.
@@ -83,8 +98,8 @@ class Trainer:
         extra_run_config: dict | None = None,
         **kwargs: Any,
     ) -> None:
-        if targets not in ("ef", "efs", "efsm"):
-            raise ValueError(f"targets={targets!r}: use 'ef', 'efs' or 'efsm'")
+        if "e" not in targets or set(targets) - set("efsm") or len(set(targets)) < len(targets):
+            raise ValueError(f"targets={targets!r}: energy and any of f, s, m ('ef', 'efsm', 'em')")
         checks = [
             (criterion not in CRITERIA, f"criterion={criterion!r}", f"use {sorted(CRITERIA)}"),
             (optimizer not in OPTIMIZERS, f"optimizer={optimizer!r}", f"use {list(OPTIMIZERS)}"),
@@ -110,7 +125,7 @@ class Trainer:
             kind=CRITERIA[criterion],  # type: ignore[arg-type]
             huber_delta=float(kwargs.get("delta", 0.1)),
             energy=float(energy_loss_ratio),
-            forces=float(force_loss_ratio),
+            forces=float(force_loss_ratio) if "f" in targets else 0.0,
             stress=float(stress_loss_ratio) if "s" in targets else 0.0,
             magmoms=float(mag_loss_ratio) if "m" in targets else 0.0,
         )
@@ -175,6 +190,9 @@ class Trainer:
 
         if self.model is None:
             raise ValueError("Model needs to be initialized")
+        if self.epochs == 0:
+            print("Trainer.train: no epochs left to run")
+            return
         if save_test_result:
             raise unsupported("save_test_result", "read metrics.csv in save_dir")
         loaders = {"train": train_loader, "val": val_loader, "test": test_loader}
@@ -183,6 +201,7 @@ class Trainer:
             raise TypeError("Trainer.train takes loaders from fastchgnet.compat's loader functions")
         if len({id(loader.dataset) for loader in given.values()}) != 1:
             raise ValueError("train, val and test loaders must come from one StructureData")
+        check_converter(train_loader.dataset, self.model)
         stamp = f"{datetime.datetime.now(tz=datetime.timezone.utc):%m-%d-%Y}"
         out = Path(save_dir or stamp)
         cache = out / "cache"
@@ -213,11 +232,40 @@ class Trainer:
             for row in csv.DictReader(handle):
                 for letter in self.targets:
                     name = TARGET_NAMES[letter]
+                    if not row.get(f"{name}_mae"):  # a target without labels
+                        continue
                     value = float(row[f"{name}_mae"]) / REPORTED[name][1]
                     if row["split"] == "test":
                         self.training_history[letter]["test"] = value
                     else:
                         self.training_history[letter][row["split"]].append(value)
+
+    @classmethod
+    def load(cls, path: str) -> Trainer:
+        """A Trainer over the model in ``path`` (a chgnet Trainer file or any file
+        ``CHGNet.from_file`` reads) with the file's trainer settings and training history.
+        The optimizer and scheduler states are not restored (a warning says so): ``train``
+        runs the epochs left with a fresh optimizer and schedule."""
+        payload = read_checkpoint(path)
+        model = CHGNet.from_file(path)
+        print(f"Loaded model params = {sum(p.numel() for p in model.parameters()):,}")
+        args = {k: v for k, v in (payload.get("trainer_args") or {}).items() if k != "model"}
+        history = payload.get("training_history")
+        done = len(history["e"]["train"]) if history else 0
+        left = max(int(args.get("epochs", 50)) - done, 0)
+        args |= {"starting_epoch": 0, "epochs": max(left, 1)}
+        if done and left:
+            warnings.warn(
+                f"Trainer.load: {done} epoch(s) done; the {left} left start a fresh "
+                "optimizer and schedule (for an exact resume train with TrainConfig and "
+                "resume=True)",
+                stacklevel=2,
+            )
+        trainer = cls(model, **args)
+        trainer.epochs = left  # 0: train() has nothing left to run, as chgnet's
+        if history:
+            trainer.training_history = history
+        return trainer
 
     def get_best_model(self) -> CHGNet:
         """The model of the epoch with the lowest validation energy MAE (``best_model.pt``

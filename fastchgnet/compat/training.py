@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from pymatgen.core import Structure
 
+from fastchgnet.compat.graph import CrystalGraphConverter, ReferenceGraph
 from fastchgnet.compat.model import unsupported
 from fastchgnet.data.frame import Frame
 from fastchgnet.data.sources import from_structures
@@ -53,16 +55,70 @@ class StructureData:
                     f"Inconsistent number of structures and labels: {len(structures)=}, "
                     f"len({name})={len(labels)}"
                 )
-        if graph_converter is not None:
-            raise unsupported("graph_converter", "the model's cutoffs build the graphs")
+        if graph_converter is not None and not isinstance(graph_converter, CrystalGraphConverter):
+            raise unsupported(
+                f"graph_converter={type(graph_converter).__name__}",
+                "pass model.graph_converter or a fastchgnet.compat CrystalGraphConverter",
+            )
+        self.graph_converter = graph_converter or CrystalGraphConverter()  # chgnet's 6 Å / 3 Å
+        self.converter_given = graph_converter is not None  # Trainer checks its cutoffs
         self.structures, self.energies, self.forces = list(structures), energies, forces
         self.stresses, self.magmoms, self.structure_ids = stresses, magmoms, structure_ids
         self.keys = np.arange(len(structures))
         if shuffle:
             random.shuffle(self.keys)
 
+    @classmethod
+    def from_vasp(
+        cls,
+        file_root: str,
+        *,
+        check_electronic_convergence: bool = True,
+        save_path: str | None = None,
+        graph_converter: CrystalGraphConverter | None = None,
+        shuffle: bool = True,
+    ) -> StructureData:
+        """The ionic steps of the VASP run in ``file_root`` (``parse_vasp_dir``: our VASP
+        reader), ids 0, 1, ... as chgnet's."""
+        from fastchgnet.compat.utils import parse_vasp_dir
+
+        run = parse_vasp_dir(
+            file_root,
+            check_electronic_convergence=check_electronic_convergence,
+            save_path=save_path,
+        )
+        return cls(
+            run["structure"],
+            run["energy_per_atom"],
+            run["force"],
+            stresses=run["stress"] or None,
+            magmoms=run["magmom"] or None,
+            structure_ids=np.arange(len(run["structure"])),
+            graph_converter=graph_converter,
+            shuffle=shuffle,
+        )
+
     def __len__(self) -> int:
         return len(self.structures)
+
+    def __getitem__(self, index: int) -> tuple[ReferenceGraph, dict[str, torch.Tensor]]:
+        """(graph, targets) of the ``index``-th structure (shuffled order), as chgnet's:
+        ``e`` () eV/atom, ``f`` (n, 3) eV/Å, ``s`` (3, 3) GPa (from kBar, x -0.1), ``m`` (n,)
+        |μB|; float32. A structure that cannot be graphed raises (chgnet returns another)."""
+        key = int(self.keys[index])
+        ids = self.structure_ids
+        mp_id = ids[key] if ids is not None else key
+        graph = self.graph_converter(self.structures[key], graph_id=key, mp_id=mp_id)
+        targets = {
+            "e": torch.tensor(self.energies[key], dtype=torch.float32),
+            "f": torch.tensor(np.asarray(self.forces[key]), dtype=torch.float32),
+        }
+        if self.stresses is not None:
+            stress = np.asarray(self.stresses[key], dtype=np.float64) * KBAR_TO_GPA
+            targets["s"] = torch.tensor(stress, dtype=torch.float32)
+        if self.magmoms is not None and self.magmoms[key] is not None:
+            targets["m"] = torch.tensor(np.abs(np.asarray(self.magmoms[key])), dtype=torch.float32)
+        return graph, targets
 
     def frames(self, positions: Sequence[int]) -> Iterator[Frame]:
         """Frames (our units) of the dataset positions ``positions`` (shuffled order)."""
