@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from fastchgnet.cli.data import add_commands as add_data_commands
 from fastchgnet.cli.inputs import (
@@ -36,8 +37,8 @@ from fastchgnet.errors import StructureError
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fastchgnet.files import atomic_write_bytes
     from fastchgnet.model.potential import predict_graph_list
+    from fastchgnet.signals import stop_signal, stop_signals
 
     if args.output:
         refuse_existing(args.output, "-o", args.overwrite)
@@ -52,7 +53,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from fastchgnet.compile.potential import CompiledPotential
 
         potential = CompiledPotential(model)  # one for the whole list: few shapes compile
-    predictions = predict_graph_list(potential, [graphs[k] for k in good], args.batch_size)
+    finished: dict[int, dict[str, Any]] = {}  # input index -> its prediction, as they come
+
+    def keep(indices: list[int], results: list[dict[str, Any]]) -> None:
+        finished.update((good[k], result) for k, result in zip(indices, results, strict=True))
+
+    try:
+        with stop_signals():  # SIGTERM: SystemExit(143); either keeps the finished ones
+            predict_graph_list(potential, [graphs[k] for k in good], args.batch_size, done=keep)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        signum = stop_signal(stop)
+        if signum is None:
+            raise
+        write_predictions(args.output, structures, finished)
+        print(
+            f"predict interrupted: {len(finished)} of {len(structures)} structures predicted, "
+            f"written to {args.output or 'stdout'}",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    write_predictions(args.output, structures, finished)
+    return 1 if len(good) < len(structures) else 0
+
+
+def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
+    """The predictions ``done`` (input index -> ``predict_graph_list``'s dict) as JSON records
+    in input order, each named as read (energy eV/atom, forces eV/Å, stress GPa, magmoms μB),
+    written atomically to ``output``, or printed when it is None."""
+    from fastchgnet.files import atomic_write_bytes
+
     records = [
         {
             "name": structure_label(structures[index]),
@@ -61,14 +90,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "stress_GPa": p["s"].tolist(),
             "magmoms_muB": p["m"].tolist(),
         }
-        for index, p in zip(good, predictions, strict=True)
+        for index, p in sorted(done.items())
     ]
     text = json.dumps(records, indent=1)
-    if args.output:
-        atomic_write_bytes(args.output, (text + "\n").encode())
+    if output:
+        atomic_write_bytes(output, (text + "\n").encode())
     else:
         print(text)
-    return 1 if len(good) < len(structures) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ moments μB, site energies eV.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -240,11 +240,13 @@ def predict_graph_list(
     features: bool = False,
     forces: bool = True,
     stress: bool = True,
+    done: Callable[[list[int], list[dict[str, np.ndarray]]], None] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """``predict_structures`` on crystal graphs already built (always a list); without
     ``forces`` or ``stress`` their keys are left out (and, both left out, not computed). A
     potential with ``reserve`` (``CompiledPotential``) is first given every batch, so that one
-    capacity, one compiled shape, holds them all."""
+    capacity, one compiled shape, holds them all. ``done(indices, results)`` is told each
+    batch's results (indices into ``graphs``) as they come: a caller stopped halfway keeps them."""
     batch_size = check_batch_size(batch_size)
     potential = as_potential(model)
     cost = [g.n_atoms + g.n_bonds + g.n_angles for g in graphs]
@@ -263,4 +265,6 @@ def predict_graph_list(
         parts = prediction.split([g.n_atoms for g in chosen])
         for k, part in zip(chunk, parts, strict=True):
             results[k] = {key: part[field] for key, field in keys.items() if field in part}
+        if done is not None:
+            done(chunk, [results[k] for k in chunk])
     return results
