@@ -140,16 +140,27 @@ def formula(numbers: np.ndarray) -> str:
     return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
 
 
+def _not_periodic(atoms: object, pbc: np.ndarray) -> str:
+    """What to do with ASE Atoms whose ``pbc`` is not True on all three axes: set it where
+    the cell is a box already (a slab's vacuum, a molecule's box), else add a box first."""
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
+    boxed = bool(np.isfinite(cell).all() and abs(np.linalg.det(cell)) > 1.0)
+    cure = (
+        "set atoms.pbc = True (its cell then repeats it: leave enough vacuum that images do "
+        "not interact)"
+        if boxed
+        else "put it in a box large enough that its images do not interact "
+        "(atoms.center(vacuum=10)) and set atoms.pbc = True"
+    )
+    return f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); {cure}"
+
+
 def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(atomic_numbers (n,), frac_coords (n, 3), lattice (3, 3)) from Structure or Atoms."""
     if hasattr(structure, "get_scaled_positions"):  # ASE Atoms
         pbc = np.asarray(structure.pbc)  # type: ignore[attr-defined]
         if not pbc.all():
-            raise StructureError(
-                name,
-                f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); "
-                "put a molecule in a box large enough that its images do not interact",
-            )
+            raise StructureError(name, _not_periodic(structure, pbc))
         lattice = np.array(structure.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.asarray(structure.numbers, dtype=np.int64)  # type: ignore[attr-defined]
         cart = np.asarray(structure.positions, dtype=np.float64)  # type: ignore[attr-defined]

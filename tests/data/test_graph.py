@@ -130,3 +130,19 @@ def test_non_periodic_atoms_are_an_error():
 
     with pytest.raises(StructureError, match="periodic"):
         build_graph(Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]]))
+
+
+def test_a_structure_not_periodic_on_every_axis_is_told_what_to_set():
+    """A slab or a boxed molecule with pbc off needs only pbc=True; an unboxed molecule needs
+    a box first (both were told to put a molecule in a box)."""
+    from ase.build import fcc111, molecule
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)  # pbc (True, True, False)
+    with pytest.raises(StructureError, match=r"pbc=\[True, True, False\]\); set atoms\.pbc"):
+        build_graph(slab)
+    water = molecule("H2O")
+    with pytest.raises(StructureError, match=r"put it in a box .*center\(vacuum=10\)"):
+        build_graph(water)
+    water.center(vacuum=8.0)  # a box, pbc still off
+    with pytest.raises(StructureError, match=r"\); set atoms\.pbc = True"):
+        build_graph(water)
