@@ -1,4 +1,5 @@
-"""What predict writes: the finished structures when stopped by a signal."""
+"""What predict writes: the finished structures when stopped by a signal; nothing more,
+quietly, when its reader is gone."""
 
 from __future__ import annotations
 
@@ -49,3 +50,17 @@ def test_a_stopped_predict_writes_the_structures_finished_and_says_how_many(
     assert {r["name"] for r in records} <= {f"s{k}.cif" for k in range(4)}
     err = capsys.readouterr().err.strip()
     assert err == f"predict interrupted: 2 of 4 structures predicted, written to {out}"
+
+
+def test_predict_into_a_closed_pipe_ends_quietly_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (path,) = write_structures(tmp_path, 1)
+    command = [sys.executable, "-m", "fastchgnet", "predict", path]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone (``| head -1`` done) before anything is printed
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err, err
+    assert "BrokenPipeError" not in err, err

@@ -10,13 +10,17 @@
 
 Exit codes: 0 success, 1 bad input (the message names the file or structure and the problem;
 predict and relax run the structures they can take, write their results and name each one
-skipped), 2 bad usage (argparse).
+skipped), 2 bad usage (argparse), 130 / 143 stopped by SIGINT / SIGTERM, 141 stdout closed by
+its reader (``| head``: the rest is dropped quietly).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -159,11 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and Python's flush of what is left in
+    its buffer at exit would print a BrokenPipeError traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a file descriptor (a test's capture): nothing is flushed at exit
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a reader gone (``| head``) shows here, not at interpreter exit
+    except BrokenPipeError:  # stdout's reader closed it: stop quietly, as Unix tools do
+        quiet_stdout()
+        return 128 + signal.SIGPIPE
     except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
         print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
