@@ -279,9 +279,13 @@ def cmd_md(args: argparse.Namespace) -> int:
         )
     moving = getattr(structures[0], "get_momenta", None)
     if moving is not None and moving().any() and not args.quiet:  # run_md keeps them
+        from fastchgnet.md.integrators import add_integrator_constraints
+
+        counted = structures[0].copy()  # the degrees of freedom the run's log counts
+        add_integrator_constraints(counted, args.ensemble, args.thermostat)
         print(
             f"md: starting from the momenta stored in {args.structure}: "
-            f"{structures[0].get_temperature():.1f} K (--temperature sets the thermostat's target)",
+            f"{counted.get_temperature():.1f} K (--temperature sets the thermostat's target)",
             file=sys.stderr,
         )
     model = load_model(args.model, args.precision, args.device)
