@@ -247,7 +247,7 @@ def test_a_file_that_is_no_model_is_one_line_without_torchs_unsafe_advice(tmp_pa
     good = write_structure(tmp_path / "good.cif")
     assert main(["predict", good, "--model", good]) == 1
     err = one_line_error(capsys)
-    assert "good.cif: not a readable fastchgnet-model file" in err
+    assert "good.cif: not a model file: not a torch file (it is text, beginning " in err
     assert "weights_only" not in err
 
 

@@ -22,13 +22,12 @@ STRUCTURES_HELP = (
 
 
 def read_structures(paths: list[str]) -> list[Any]:
-    """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or
-    extxyz, vasprun.xml, OUTCAR, XDATCAR, traj and the other files ASE reads (every frame, every
-    ionic step), each named by its file (the path as
-    given where two files share a name) and its index in a file of several (a frame of several
-    carrying a ``label`` or ``name`` is named by it and its index: ``label[i]``). ``FILE@INDEX``
-    takes some of a file's structures, with ASE's index syntax: ``traj.extxyz@-1`` the last,
-    ``@0:10``, ``@::5`` (names keep the index in the whole file).
+    """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or extxyz,
+    vasprun.xml, OUTCAR, XDATCAR, traj and the other files ASE reads (every frame, every ionic
+    step), each named by its file (the path as given where two files share a name) and its
+    index in a file of several (a frame of several carrying a ``label`` or ``name`` is named by
+    it and its index: ``label[i]``). ``FILE@INDEX`` takes some of a file's structures, with
+    ASE's index syntax: ``traj.extxyz@-1`` the last, ``@0:10``, ``@::5`` (names keep the index).
 
     Raises:
         FileNotFoundError: a path is not a file.
@@ -102,15 +101,13 @@ def _ase_frames(path: Path, base: str) -> list[Any]:
     return list(frames)
 
 
-#: formats ASE reads several frames of that pymatgen reads first all the same: CIF (every block,
-#: its refusals explained) and JSON (a pymatgen Structure's as_dict, else an ASE database)
+#: formats of several frames pymatgen reads first: CIF (its refusals explained), JSON (as_dict)
 PYMATGEN_FIRST = frozenset({"cif", "json"})
 
 
 def _several_frames(path: Path) -> bool:
-    """Whether ``path`` is a file of frames (vasprun.xml, OUTCAR, XDATCAR, extxyz, traj, ...)
-    that ASE reads whole: pymatgen's ``Structure.from_file`` reads only the last of a vasprun.xml,
-    so its ``@0`` would be its final ionic step."""
+    """Whether ASE reads ``path`` as frames (vasprun.xml, OUTCAR, XDATCAR, extxyz, traj, ...):
+    pymatgen's ``Structure.from_file`` reads a vasprun.xml's last step alone."""
     from ase.io.formats import filetype, ioformats
 
     try:
@@ -280,8 +277,9 @@ def add_model_arguments(parser: Any) -> None:
     parser.add_argument(
         "--model",
         default="0.3.0",
-        help="reference version (0.3.0, 0.2.0, r2scan), model file, a training run's folder "
-        "(its model.pt, else its newest checkpoint) or a training checkpoint",
+        help="reference version (0.3.0, 0.2.0, r2scan), model file (ours, or chgnet's .pth.tar "
+        "or as_dict), a training run's folder (its model.pt, else its newest checkpoint) or a "
+        "training checkpoint",
     )
     parser.add_argument(
         "--device",
@@ -320,12 +318,11 @@ def training_checkpoint(spec: str) -> Path | None:
 
 
 def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> Any:
-    """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file, a
-    training run's folder (its ``model.pt``) or a training checkpoint (``training_checkpoint``:
-    the weights ``model.init`` reads, the file named on stderr), on
+    """A reference version ("0.3.0", "0.2.0", "r2scan"), a path to our model file or to
+    chgnet's (``model_from_file``), a training run's folder (its ``model.pt``) or a training
+    checkpoint (``training_checkpoint``: the weights ``model.init`` reads, named on stderr), on
     ``device`` (``model.device.check_device``'s names; a numbered GPU becomes the current
-    device) and set to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``,
-    judged for that device)."""
+    device) and set to ``precision`` ("float32" or "bf16": ``FastCHGNet.set_precision``)."""
     from fastchgnet import FastCHGNet
 
     where = check_device(device, "--device", kinds=("cpu", "cuda"))
@@ -348,5 +345,56 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     elif not Path(spec).is_file():
         raise FileNotFoundError(f"{spec}: no such model file (or one of {sorted(CHECKPOINTS)})")
     else:
-        model = FastCHGNet.load(spec)
+        model = model_from_file(Path(spec))
     return model.to(where).set_precision(precision, where.type)
+
+
+#: how a file of ``torch.save`` begins: a zip archive (torch 1.6 and later) or a pickle
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def model_from_file(path: Path) -> Any:
+    """The model in the file at ``path``: ours (``FastCHGNet.load``), or chgnet's (a Trainer
+    .pth.tar, a checkpoint's ``model``, ``CHGNet.as_dict()``: ``chgnet_files.load_model_file``,
+    said on stderr). Raises ValueError naming the file: not a torch file, a state dict alone
+    (weights without the model's settings), unsafe, damaged or not a CHGNet."""
+    from fastchgnet import FastCHGNet
+    from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint
+    from fastchgnet.model.io import FORMAT
+
+    with path.open("rb") as handle:
+        start = handle.read(64)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise ValueError(
+            f"{path}: not a model file: not a torch file ({_begins_with(start)}); give a "
+            f"fastchgnet model file, a chgnet .pth.tar or a version ({', '.join(CHECKPOINTS)})"
+        )
+    payload = read_checkpoint(path)  # weights_only: nothing in it runs
+    if payload.get("format") == FORMAT:
+        return FastCHGNet.load(path)
+    if payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
+        raise ValueError(
+            f"{path}: a state dict ({len(payload)} tensors, no model settings): give it to "
+            "the model it came from (model.load_state_dict(torch.load(path))) and save that "
+            "model (FastCHGNet.save; chgnet: torch.save(model.as_dict(), path))"
+        )
+    model = load_model_file(FastCHGNet, path)
+    config = model.config
+    trainer = "optimizer" in payload or "trainer_args" in payload
+    kind = "Trainer checkpoint" if trainer else "checkpoint" if "model" in payload else "as_dict"
+    print(
+        f"fastchgnet: {path}: a chgnet {kind}, read by "
+        f"fastchgnet.model.chgnet_files.load_model_file (atom graph {config.atom_cutoff} Å, "
+        f"bond graph {config.bond_cutoff} Å)",
+        file=sys.stderr,
+    )
+    return model
+
+
+def _begins_with(start: bytes) -> str:
+    """What the first bytes of a file look like: text (its first line) or other bytes."""
+    try:
+        line = (start.decode("utf-8").strip().splitlines() or [""])[0]
+    except UnicodeDecodeError:
+        return f"it begins with the bytes {start[:8].hex(' ')}"
+    return f"it is text, beginning {line[:40]!r}" if line else "it is empty or blank"
