@@ -1,19 +1,57 @@
-"""MPtrj JSON with NaN literals (Python's json.dump default) is refused in one line naming the
-material and the cure, not as an unexplained lexical error."""
+"""MPtrj JSON with NaN or Infinity literals (what Python's json.dump writes by default), which
+ijson cannot read: every material is still read, from the one ijson stopped in on by Python's
+decoder, and the frame with the non-finite label is refused by the frame checks (reported,
+not dropped); before, the whole file was refused."""
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 
-from fastchgnet.data.sources import read_mptrj
+from fastchgnet.data.frame import check_frame
+from fastchgnet.data.sources import mptrj, read_mptrj
+from fastchgnet.errors import StructureError
 from tests.data.frames import mptrj_record, rock_salt, write_mptrj
 
 
-def test_a_nan_literal_is_named_with_its_material_and_the_cure(tmp_path):
+@pytest.mark.parametrize(("compressed", "chunk"), [(False, 1 << 20), (True, 1 << 20), (False, 7)])
+def test_a_nan_literal_is_one_bad_frame_and_the_rest_are_read(
+    tmp_path, monkeypatch, compressed, chunk
+):
+    monkeypatch.setattr(mptrj, "READ_CHARS", chunk)  # 7: tokens cut at every read
     bad = mptrj_record(rock_salt(1), seed=1)
     bad["force"][0][0] = float("nan")
-    materials = {"mp-1": {"a": mptrj_record(rock_salt(0), seed=0)}, "mp-2": {"b": bad}}
+    worse = mptrj_record(rock_salt(2), seed=2)
+    worse["corrected_total_energy"] = float("-inf")
+    materials = {
+        "mp-1": {"a": mptrj_record(rock_salt(0), seed=0)},
+        "mp-2": {"b": bad, "c": mptrj_record(rock_salt(3), seed=3)},
+        "mp-3": {"d": worse, "e": mptrj_record(rock_salt(4), seed=4)},
+    }
     path = write_mptrj(tmp_path / "nan.json", materials)
-    with pytest.raises(ValueError, match=r"nan\.json: NaN/Infinity literal \(not standard JSON\) "
-                       r"in material mp-2: write the file with allow_nan=False"):  # fmt: skip
+    if compressed:
+        gz = tmp_path / "nan.json.gz"
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        path = gz
+    frames = list(read_mptrj(path))
+    assert [(f.material_id, f.frame_id) for f in frames] == [
+        ("mp-1", "a"), ("mp-2", "b"), ("mp-2", "c"), ("mp-3", "d"), ("mp-3", "e"),
+    ]  # fmt: skip
+    refused = []
+    for frame in frames:
+        try:
+            check_frame(frame)
+        except StructureError as error:
+            refused.append((frame.frame_id, str(error)))
+    assert [frame_id for frame_id, _ in refused] == ["b", "d"]
+    assert "non-finite" in refused[0][1] or "finite" in refused[0][1]
+
+
+def test_a_file_that_breaks_off_after_a_nan_is_still_named_broken(tmp_path):
+    bad = mptrj_record(rock_salt(1), seed=1)
+    bad["force"][0][0] = float("nan")
+    path = write_mptrj(tmp_path / "cut.json", {"mp-1": {"a": bad}, "mp-2": {"b": bad}})
+    path.write_text(path.read_text()[:-40])
+    with pytest.raises(ValueError, match=r"cut\.json: not complete JSON"):
         list(read_mptrj(path))

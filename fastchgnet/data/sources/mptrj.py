@@ -4,6 +4,7 @@ forces eV/Å, stress kBar (VASP sign) -> GPa x -0.1, magnetic moments |μB|."""
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,49 +57,101 @@ def read_mptrj(path: str | Path, energy_key: str = "corrected_total_energy") -> 
 def _stream(path: Path, energy_key: str) -> Iterator[Frame]:
     import ijson
 
-    last, n_frames = None, 0
+    last, n_frames, n_materials = None, 0, 0
     try:
         with _open_binary(path) as handle:
             for material_id, frames in ijson.kvitems(handle, "", use_float=True):
-                last = str(material_id)
-                if not isinstance(frames, dict):
-                    n_frames += 1
-                    yield unreadable_frame(last, "", "not an object of frames")
-                    continue
-                for frame_id, record in frames.items():
-                    n_frames += 1
-                    yield _mptrj_frame(record, last, str(frame_id), energy_key)
+                yield from _material_frames(str(material_id), frames, energy_key)
+                last, n_materials = str(material_id), n_materials + 1
+                n_frames += len(frames) if isinstance(frames, dict) else 1
     except (ijson.JSONError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as error:
-        where = f"after material {last} ({n_frames} frames read)" if last else "in material 1"
         text = str(error)
         if "NaN" in text or "Infinity" in text or "symbol 'N'" in text or "symbol 'I'" in text:
-            raise ValueError(
-                f"{path}: NaN/Infinity literal (not standard JSON) in material "
-                f"{_material_at_error(path)}: write the file with allow_nan=False or replace "
-                "NaN with null"
-            ) from None
-        reason = (text.strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{path}: not complete JSON, it breaks {where}: {reason}") from None
+            # not standard JSON, but what Python's json.dump writes by default: Python's
+            # decoder reads it (slower), from the material ijson stopped in on
+            for material_id, frames in _tolerant_materials(path, skip=n_materials):
+                yield from _material_frames(material_id, frames, energy_key)
+                n_frames += len(frames) if isinstance(frames, dict) else 1
+        else:
+            where = f"after material {last} ({n_frames} frames read)" if last else "in material 1"
+            reason = (text.strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"{path}: not complete JSON, it breaks {where}: {reason}") from None
     if n_frames == 0:
         raise ValueError(
             f"{path}: no MPtrj frames (expected {{material_id: {{frame_id: record}}}})"
         )
 
 
-def _material_at_error(path: Path) -> str:
-    """The top-level key (material id) being read where ijson stops reading ``path`` (a second
-    pass over the file's events, made only once reading has failed)."""
-    import ijson
+def _material_frames(material_id: str, frames: object, energy_key: str) -> Iterator[Frame]:
+    """The frames of one material's record (a frame with a problem where it is not an object
+    of frames)."""
+    if not isinstance(frames, dict):
+        yield unreadable_frame(material_id, "", "not an object of frames")
+        return
+    for frame_id, record in frames.items():
+        yield _mptrj_frame(record, material_id, str(frame_id), energy_key)
 
-    material = "1"
-    try:
-        with _open_binary(path) as handle:
-            for prefix, event, value in ijson.parse(handle):
-                if prefix == "" and event == "map_key":
-                    material = str(value)
-    except (ijson.JSONError, EOFError, gzip.BadGzipFile, UnicodeDecodeError):
-        pass
-    return material
+
+#: Largest single material the NaN-tolerant reader buffers before calling the file broken
+MAX_MATERIAL_CHARS = 1 << 28
+#: Characters the NaN-tolerant reader reads at a time
+READ_CHARS = 1 << 20
+
+
+def _tolerant_materials(path: Path, skip: int) -> Iterator[tuple[str, object]]:
+    """(material id, its frames) of ``path`` after the first ``skip`` materials, parsed one
+    material at a time by Python's json decoder, which reads the NaN and Infinity literals
+    ijson refuses (as float nan / inf: such a frame's labels are then refused by the frame
+    checks, and the frame reported). Memory holds one material.
+
+    Raises:
+        ValueError: naming the file, where it is not JSON of MPtrj's shape.
+    """
+    decoder = json.JSONDecoder()
+    with gzip.open(path, "rt") if path.suffix == ".gz" else path.open() as handle:
+        text, at, index = "", 0, 0
+
+        def more() -> bool:
+            nonlocal text, at
+            chunk = handle.read(READ_CHARS)
+            text, at = text[at:] + chunk, 0
+            return bool(chunk)
+
+        def token() -> str:  # the next non-blank character (not consumed)
+            nonlocal at
+            while True:
+                while at < len(text) and text[at].isspace():
+                    at += 1
+                if at < len(text) or not more():
+                    return text[at] if at < len(text) else ""
+
+        def value() -> object:
+            nonlocal at
+            token()  # raw_decode takes no leading blanks
+            while True:
+                try:
+                    parsed, at = decoder.raw_decode(text, at)
+                    return parsed
+                except json.JSONDecodeError as error:
+                    if len(text) - at > MAX_MATERIAL_CHARS or not more():
+                        raise ValueError(f"{path}: not complete JSON: {error.msg}") from None
+
+        if token() != "{":
+            raise ValueError(f"{path}: not an MPtrj object {{material_id: ...}}")
+        at += 1
+        while token() not in ("}", ""):
+            key = value()
+            if token() != ":":
+                raise ValueError(f"{path}: not complete JSON after key {key!r}")
+            at += 1
+            frames = value()
+            if index >= skip:
+                yield str(key), frames
+            index += 1
+            if token() == ",":
+                at += 1
+        if token() != "}":
+            raise ValueError(f"{path}: not complete JSON, it breaks after material {index}")
 
 
 def _structure_from_dict(data: dict) -> Structure:
