@@ -39,3 +39,40 @@ def test_one_capacity_holds_every_batch_of_the_list_not_only_the_first():
     for a, b in zip(eager, padded, strict=True):
         for key in ("e", "f", "s", "m"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-10)
+
+
+def test_predict_compile_says_what_it_built_in_one_line(tmp_path, capsys, monkeypatch, model):
+    import fastchgnet.compile.potential as compile_potential
+    from fastchgnet.cli import main
+
+    made = []
+
+    def padded_without_a_compile(model):  # the padded programs, eager: no trace, no build
+        made.append(CompiledPotential(model, eager=True, store=None))
+        return made[-1]
+
+    monkeypatch.setattr(compile_potential, "CompiledPotential", padded_without_a_compile)
+    paths = []
+    for k, structure in enumerate([COPPER, argon_grid()]):
+        paths.append(str(tmp_path / f"s{k}.cif"))
+        structure.to(filename=paths[-1])
+    assert main(["predict", *paths, "--compile", "-o", str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    waste = round(100 * made[0].padding.waste)
+    assert err == (
+        "fastchgnet predict: compiled (inductor): 0 graph(s) built in 0.0 s, 0 loaded from the "
+        f"store; 1 shape(s); padding waste {waste} % over 1 batch(es)"
+    )
+
+
+def test_the_compile_line_names_a_capacity_grown_for_a_later_call():
+    from fastchgnet.cli.main import compile_summary
+    from fastchgnet.model.potential import graphs_for
+
+    model = FastCHGNet(n_conv=2)
+    potential = CompiledPotential(model, eager=True, store=None)
+    small, large = graphs_for(model.config, [COPPER, argon_grid()])
+    potential.predict_graphs([small], stress=True)
+    potential.predict_graphs([large], stress=True)  # not told beforehand: one more capacity
+    assert "; 2 shape(s) (1 grown: a batch outgrew the first); " in compile_summary(potential)

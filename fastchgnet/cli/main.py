@@ -65,6 +65,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         with stop_signals():  # SIGTERM: SystemExit(143); either keeps the finished ones
             predict_graph_list(potential, [graphs[k] for k in good], args.batch_size, done=keep)
+        if potential is not model:
+            print(compile_summary(potential), file=sys.stderr)
     except (KeyboardInterrupt, SystemExit) as stop:
         signum = stop_signal(stop)
         if signum is None:
@@ -78,6 +80,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 128 + signum
     write_predictions(args.output, structures, finished)
     return 1 if len(good) < len(structures) else 0
+
+
+def compile_summary(potential: Any) -> str:
+    """One line on what a ``CompiledPotential`` did for predict: graphs built (seconds) and
+    loaded from the store, the shapes (capacities) made, a growth named, eager calls, and
+    the padding waste (padding entries per real atom + bond + angle)."""
+    shapes = len(potential.capacities)
+    grown = f" ({shapes - 1} grown: a batch outgrew the first)" if shapes > 1 else ""
+    eager = f", {potential.eager_calls} batch(es) eager" if potential.eager_calls else ""
+    return (
+        f"fastchgnet predict: compiled ({potential.backend}): {potential.graphs_built} "
+        f"graph(s) built in {potential.compile_seconds:.1f} s, {potential.graphs_loaded} "
+        f"loaded from the store; {shapes} shape(s){grown}{eager}; padding waste "
+        f"{100 * potential.padding.waste:.0f} % over {potential.padding.batches} batch(es)"
+    )
 
 
 def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
