@@ -110,6 +110,9 @@ def config_from_reference(
     def get(key: str) -> Any:
         return args.get(key, REFERENCE_DEFAULTS[key])
 
+    for key in ("gMLP_norm", "readout_norm"):  # named as chgnet names them
+        if get(key) not in ("layer", None):
+            raise ValueError(f"{source}: {key}={get(key)!r} is not supported (use 'layer' or None)")
     return ModelConfig(
         atom_fea_dim=int(get("atom_fea_dim")),
         bond_fea_dim=int(get("bond_fea_dim")),

@@ -45,3 +45,13 @@ def test_any_other_pickled_object_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"odd\.pth\.tar: refused: it holds pickled Python"):
         read_checkpoint(path)
+
+
+def test_a_chgnet_norm_we_do_not_build_is_named_as_chgnet_names_it(tmp_path):
+    """gMLP_norm='batch' read from a chgnet file said gated_norm='batch' (our name)."""
+    from fastchgnet.model.reference import config_from_reference
+
+    with pytest.raises(ValueError, match=r"^f\.pth\.tar: gMLP_norm='batch' is not supported"):
+        config_from_reference({"gMLP_norm": "batch"}, "f.pth.tar")
+    with pytest.raises(ValueError, match=r"^f\.pth\.tar: readout_norm='batch' is not"):
+        config_from_reference({"readout_norm": "batch"}, "f.pth.tar")
