@@ -1,5 +1,5 @@
-"""What predict writes: the finished structures when stopped by a signal; nothing more,
-quietly, when its reader is gone."""
+"""What predict writes: JSON or ASE frames, the finished structures when stopped by a signal,
+nothing more, quietly, when its reader is gone."""
 
 from __future__ import annotations
 
@@ -64,3 +64,35 @@ def test_predict_into_a_closed_pipe_ends_quietly_without_a_traceback(tmp_path):
     assert child.wait(timeout=120) == 128 + signal.SIGPIPE
     assert "Traceback" not in err, err
     assert "BrokenPipeError" not in err, err
+
+
+def test_predict_to_extxyz_writes_frames_with_the_json_numbers_in_ases_units(tmp_path, model):
+    import numpy as np
+    from ase import units
+    from ase.io import read
+
+    paths = write_structures(tmp_path, 2)
+    assert main(["predict", *paths, "-o", str(tmp_path / "p.json")]) == 0
+    assert main(["predict", *paths, "-o", str(tmp_path / "p.extxyz")]) == 0
+    records = json.loads((tmp_path / "p.json").read_text())
+    frames = read(tmp_path / "p.extxyz", ":")
+    assert [f.info["name"] for f in frames] == [r["name"] for r in records] == ["s0.cif", "s1.cif"]
+    for frame, record in zip(frames, records, strict=True):
+        energy = record["energy_per_atom_eV"]
+        assert frame.info["energy_per_atom"] == pytest.approx(energy, rel=1e-6)
+        assert frame.get_potential_energy() == pytest.approx(energy * len(frame), rel=1e-6)
+        np.testing.assert_allclose(frame.get_forces(), record["forces_eV_per_A"], atol=1e-6)
+        stress = np.array(record["stress_GPa"]) * units.GPa
+        np.testing.assert_allclose(frame.get_stress(voigt=False), stress, atol=1e-8)
+        np.testing.assert_allclose(frame.get_magnetic_moments(), record["magmoms_muB"], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.vasp"])
+def test_predict_refuses_an_output_it_cannot_write_before_the_run(tmp_path, capsys, name):
+    (path,) = write_structures(tmp_path, 1)
+    assert main(["predict", path, "-o", str(tmp_path / name), "--model", "nowhere.pt"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"-o {tmp_path / name}: " in err
+    assert err.endswith("use .extxyz or .traj, or .json for JSON records")
+    assert not (tmp_path / name).exists()

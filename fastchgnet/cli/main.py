@@ -1,6 +1,6 @@
 """fastchgnet: train, run and profile the CHGNet interatomic potential (see each command's -h).
 
-    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH|RUN] [-o OUT.json] [--batch-size 16]
+    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH|RUN] [-o OUT.json|OUT.extxyz] [...]
     fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--fixed-cell] [...]
     fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] [...]
     fastchgnet data convert SRC -o CACHE [...]
@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from fastchgnet.cli.data import add_commands as add_data_commands
@@ -29,6 +30,7 @@ from fastchgnet.cli.inputs import (
     STRUCTURES_HELP,
     DefaultsFormatter,
     add_model_arguments,
+    check_frames_file,
     check_output_file,
     load_model,
     read_structures,
@@ -46,7 +48,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.output:
         refuse_existing(args.output, "-o", args.overwrite)
-        check_output_file(args.output, "-o", "out.json")
+        check_predictions_file(args.output)
     model = load_model(args.model, args.precision, args.device)
     structures = read_structures(args.structures)
     graphs = screen_structures(model.config, structures, "predict", "predicted")
@@ -82,6 +84,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if len(good) < len(structures) else 0
 
 
+def predicted_frame(structure: Any, prediction: dict[str, Any]) -> Any:
+    """``structure`` as ASE Atoms named as read, with ``prediction`` (``predict_graph_list``'s
+    e, f, s, m) as its SinglePointCalculator's results (``md.calculator.ase_result``'s units)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from fastchgnet.md.calculator import as_atoms, ase_result
+
+    atoms = as_atoms(structure)
+    energy = float(prediction["e"])
+    part = {"total_energy": energy * len(atoms), "forces": prediction["f"]}
+    part |= {"stress": prediction["s"], "magmoms": prediction["m"]}
+    atoms.info.update(name=structure_label(structure), energy_per_atom=energy)
+    atoms.calc = SinglePointCalculator(atoms, **ase_result(part))
+    return atoms
+
+
 def compile_summary(potential: Any) -> str:
     """One line on what a ``CompiledPotential`` did for predict: graphs built (seconds) and
     loaded from the store, the shapes (capacities) made, a growth named, eager calls, and
@@ -97,12 +115,36 @@ def compile_summary(potential: Any) -> str:
     )
 
 
-def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
-    """The predictions ``done`` (input index -> ``predict_graph_list``'s dict) as JSON records
-    in input order, each named as read (energy eV/atom, forces eV/Å, stress GPa, magmoms μB),
-    written atomically to ``output``, or printed when it is None."""
-    from fastchgnet.files import atomic_write_bytes
+def is_json(output: str) -> bool:
+    """Whether predict writes JSON records to ``output``: a name ending .json or no suffix."""
+    return Path(output).suffix.lower() in ("", ".json")
 
+
+def check_predictions_file(output: str) -> None:
+    """Raise ValueError (one line, naming -o) unless predict can write ``output``: JSON
+    (``is_json``) or frames of a format ASE writes several of (extxyz, traj, ...)."""
+    check_output_file(output, "-o", "out.json")
+    if not is_json(output):
+        try:
+            check_frames_file(output, "-o", several=True)
+        except ValueError as error:
+            raise ValueError(f"{error}, or .json for JSON records") from None
+
+
+def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
+    """The predictions ``done`` (input index -> ``predict_graph_list``'s dict) in input order,
+    each named as read, written atomically to ``output`` or printed when it is None: JSON
+    records (energy eV/atom, forces eV/Å, stress GPa, magmoms μB), or for another suffix
+    (extxyz, traj, ...) ASE frames with a SinglePointCalculator in ASE's units (total energy
+    eV, forces eV/Å, stress eV/Å^3 as a Voigt 6-vector, magmoms μB) and the energy per atom
+    (eV) as ``energy_per_atom`` in their info."""
+    from fastchgnet.files import atomic_write_bytes, write_frames_atomic
+
+    if output and not is_json(output):
+        write_frames_atomic(
+            output, [predicted_frame(structures[k], p) for k, p in sorted(done.items())]
+        )
+        return
     records = [
         {
             "name": structure_label(structures[index]),
@@ -143,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("structures", nargs="+", help=STRUCTURES_HELP)
     add_model_arguments(predict)
-    predict.add_argument("-o", "--output", help="write JSON here instead of printing it")
+    predict.add_argument(
+        "-o",
+        "--output",
+        help="write here instead of printing JSON: .json (or no suffix) JSON records; .extxyz, "
+        ".traj, ... frames with ASE's results (total energy eV, forces eV/Å, stress eV/Å^3, "
+        "magmoms μB; energy_per_atom in each frame's info)",
+    )
     predict.add_argument(
         "--overwrite",
         action="store_true",
