@@ -167,20 +167,10 @@ class FastCHGNet(nn.Module):
     def set_precision(self, precision: str, device_type: str | None = None) -> FastCHGNet:
         """Run the energy model in ``precision``, "float32" or "bf16" (bfloat16 matrix
         products; see ``fastchgnet.model.precision``), judged for ``device_type`` (where the
-        model will run; default: where its parameters are now). Not saved. Returns the model.
-
-        Raises:
-            ValueError: bf16 asked of a float64 model (autocast leaves float64 products as
-                they are: the option would change nothing), or a precision the device lacks.
-        """
-        parameter = next(self.parameters())
-        device_type = device_type or parameter.device.type
-        if precision == "bf16" and parameter.dtype == torch.float64:
-            raise ValueError(
-                "precision bf16: this model is float64, whose products autocast keeps in "
-                "float64; convert it first (model.float()) or keep float64"
-            )
-        self.precision = check_precision(precision, device_type)
+        model will run; default: where its parameters are now). Not saved. Returns the model."""
+        parameter = next(self.parameters())  # bf16 of a float64 model: see check_precision
+        where = device_type or parameter.device.type
+        self.precision = check_precision(precision, where, parameter.dtype)
         return self
 
     def energy_model(

@@ -17,12 +17,18 @@ import torch
 PRECISIONS = ("float32", "bf16")
 
 
-def check_precision(precision: str, device_type: str | None = None) -> str:
-    """``precision`` if it is one of ``PRECISIONS``, else ValueError naming it. With
-    ``device_type``, "bf16" on a device without bfloat16 matrix hardware (``bf16_hardware``)
-    warns (RuntimeWarning): there it is emulated, and slower than float32."""
+def check_precision(
+    precision: str, device_type: str | None = None, dtype: torch.dtype = torch.float32
+) -> str:
+    """``precision`` if it is one of ``PRECISIONS``, else ValueError naming it; "bf16" of a
+    model whose weights are ``dtype`` float64 is a ValueError too (autocast keeps float64
+    products in float64: the option would change nothing). With ``device_type``, "bf16" on a
+    device without bfloat16 matrix hardware (``bf16_hardware``) warns (RuntimeWarning): there
+    it is emulated, and slower than float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {list(PRECISIONS)}")
+    if precision == "bf16" and dtype == torch.float64:
+        raise ValueError("precision bf16: this model is float64; convert it (.float()) first")
     if precision == "bf16" and device_type is not None and not bf16_hardware(device_type):
         warnings.warn(
             f"bf16 on this {device_type} (no AVX-512 BF16, AMX or bf16 tensor cores) is emulated: "
