@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     stand_ins: list[str] = []  # module classes read as ``Inert`` (see ``INERT_PREFIXES``)
     while True:
         try:
-            with torch.serialization.safe_globals([(Inert, name) for name in stand_ins]):
+            inert = [(_inert_class(name), name) for name in stand_ins]
+            with torch.serialization.safe_globals(inert):
                 payload = torch.load(path, map_location="cpu", weights_only=True)
             break
         except pickle.UnpicklingError as exc:
@@ -65,7 +67,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path}: not a readable model file ({problem})") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path}: not a model file (it holds a {type(payload).__name__})")
+    for where, found in _inert_parts(payload, ()):
+        if where not in ATOMREF_PLACES or found.pickled_as != ATOMREF:
+            raise ValueError(
+                f"{path}: refused: it holds a pickled {found.pickled_as} at "
+                f"{'/'.join(where) or 'the top'} (only tensors, plain containers and a chgnet "
+                "AtomRef given as composition_model are read)"
+            )
     return payload
+
+
+#: The one pickled object a chgnet checkpoint may hold: a CHGNet made with
+#: ``composition_model=AtomRef(...)`` keeps that module in its ``model_args``
+ATOMREF = "chgnet.model.composition_model.AtomRef"
+ATOMREF_PLACES = {("model", "model_args", "composition_model"), ("model_args", "composition_model")}
+
+
+def _inert_parts(value: object, where: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(key path, stand-in) of every ``Inert`` object or class within ``value``."""
+    if isinstance(value, Inert) or (isinstance(value, type) and issubclass(value, Inert)):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _inert_parts(item, (*where, str(key)))
+    elif isinstance(value, (list, tuple, set)):
+        for index, item in enumerate(value):
+            yield from _inert_parts(item, (*where, str(index)))
 
 
 #: Pickled classes a chgnet checkpoint may hold beside its state dict, read as ``Inert``: a
@@ -77,7 +104,10 @@ INERT_PREFIXES = ("chgnet.", "torch.nn.modules.", "numpy.")
 
 class Inert:
     """A pickled object read without running any of its code: its arguments and state are
-    dropped (``model_from_reference_dict`` reads the weights from the state dict)."""
+    dropped (``model_from_reference_dict`` reads the weights from the state dict);
+    ``pickled_as`` names the class it stands in for (``_inert_class``)."""
+
+    pickled_as = ""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         pass
@@ -100,11 +130,10 @@ def reference_model_dict(payload: dict[str, Any], source: str) -> dict[str, Any]
         found = payload
     if found is not None:
         args = found.get("model_args")
-        if isinstance(args, dict) and any(isinstance(v, Inert) for v in args.values()):
-            # a pickled module (an AtomRef given as composition_model): its weights are in
-            # the state dict, read as those of a composition model given by name
-            args = {k: None if isinstance(v, Inert) else v for k, v in args.items()}
-            found = {**found, "model_args": args}
+        if isinstance(args, dict) and isinstance(args.get("composition_model"), Inert):
+            # an AtomRef given as composition_model (``read_checkpoint`` lets no other
+            # stand-in through): its weights are in the state dict
+            found = {**found, "model_args": {**args, "composition_model": None}}
         return found
     keys = sorted(map(str, payload))[:8]
     raise ValueError(
@@ -141,3 +170,8 @@ def load_reference(cls: type[FastCHGNet], version: str, **modes: Any) -> FastCHG
     path = checkpoint_path(version)
     payload = read_checkpoint(path)
     return model_from_reference_dict(cls, payload["model"], version, **modes)
+
+
+def _inert_class(name: str) -> type[Inert]:
+    """An ``Inert`` subclass standing in for the pickled class or function ``name``."""
+    return type("Inert", (Inert,), {"pickled_as": name})

@@ -55,3 +55,32 @@ def test_a_chgnet_norm_we_do_not_build_is_named_as_chgnet_names_it(tmp_path):
         config_from_reference({"gMLP_norm": "batch"}, "f.pth.tar")
     with pytest.raises(ValueError, match=r"^f\.pth\.tar: readout_norm='batch' is not"):
         config_from_reference({"readout_norm": "batch"}, "f.pth.tar")
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("model_args", {"conv_norm": "numpy-str"}),  # a refused setting hidden in numpy
+        ("model_args", {"atom_fea_dim": "numpy-int"}),
+        ("trainer_args", {"learning_rate": "numpy-float"}),
+    ],
+)
+def test_numpy_objects_outside_an_atomref_are_refused_naming_where(tmp_path, where, value):
+    """Only an AtomRef given as composition_model is read as a stand-in: a numpy scalar in
+    model_args (a conv_norm the model cannot build, a width) or trainer_args was let through
+    as None, loading a refused architecture silently or failing later."""
+    import numpy as np
+
+    made = {
+        "numpy-str": np.str_("batch"),
+        "numpy-int": np.int64(64),
+        "numpy-float": np.float64(1e-3),
+    }
+    key, kind = next(iter(value.items()))
+    payload = {"model": {"model_args": {}, "state_dict": {}}, "trainer_args": {}}
+    target = payload["model"]["model_args"] if where == "model_args" else payload[where]
+    target[key] = made[kind]
+    path = tmp_path / "sweep.pth.tar"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=rf"sweep\.pth\.tar: refused: .*{key}"):
+        read_checkpoint(path)
