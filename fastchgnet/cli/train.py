@@ -168,6 +168,7 @@ def interrupted(error: KeyboardInterrupt, out: Path) -> int:
 
     if not isinstance(error, Interrupted):  # Ctrl-C outside a handler, or a job's ``Stopped``
         error = Interrupted(getattr(error, "signum", signal.SIGINT))
+    if error.checkpoint is None:  # stopped outside training (a fine-tune's evaluations)
         error.checkpoint = latest_step(out / "checkpoints")
     print(error.message(), file=sys.stderr, flush=True)
     return error.exit_code

@@ -127,3 +127,14 @@ def test_a_signalled_run_checkpoints_its_step_and_resumes_to_the_same_result(tmp
         a, b = _weights(straight / name), _weights(stopped / name)
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_a_stop_outside_training_names_the_newest_checkpoint(tmp_path, monkeypatch, capsys):
+    """launcher/finetune.py stopped in its evaluation after training (Interrupted raised by
+    its own handler, no checkpoint recorded) advised --overwrite, which deletes the run."""
+    from fastchgnet.cli.train import interrupted
+    from fastchgnet.train import checkpoint
+
+    monkeypatch.setattr(checkpoint, "latest_step", lambda root: 40)
+    assert interrupted(Interrupted(signal.SIGTERM), tmp_path) == 143
+    assert "checkpoint at step 40; continue with --resume" in capsys.readouterr().err
