@@ -67,7 +67,7 @@ class StopSignals:
     """SIGINT and SIGTERM handling of one process: each raises ``stopped(signum)``
     (``stop_exception``, or a ``Stopped`` class), except a first one while ``deferring``,
     which is kept as a request (``signum``; 0: none) and announced on stderr. A forked child
-    that inherits the handler returns from it (its parent stops it)."""
+    that inherits the handler leaves SIGINT to its parent and dies of SIGTERM."""
 
     def __init__(self, stopped: Callable[[int], BaseException] = stop_exception) -> None:
         self.signum = 0
@@ -81,8 +81,11 @@ class StopSignals:
         return self.signum != 0
 
     def _handle(self, signum: int, frame: object) -> None:
-        if os.getpid() != self.pid:  # a forked child (Ctrl-C reaches the whole group)
-            return  # the main process stops it
+        if os.getpid() != self.pid:  # a forked child, before its own set-up (``quiet_child``)
+            quiet_child()  # Ctrl-C (to the whole group) is the parent's to act on; SIGTERM
+            if signum == signal.SIGTERM:  # (``Pool.terminate``) ends the child, as it would
+                os.kill(os.getpid(), signal.SIGTERM)  # have without this handler
+            return
         if self.requested or not self.deferring:
             raise self._stopped(signum)
         self.signum = signum
@@ -139,8 +142,8 @@ def quiet_child(ignore_sigterm: bool = False) -> None:
     stops its children, with one message rather than a traceback from each); SIGTERM is
     ignored too with ``ignore_sigterm`` (a scheduler's SIGTERM to the group reaches the job's
     handler, which must not find its loader workers killed mid-step), else it takes its
-    default action (``Pool.terminate`` ends the worker at once). Outside a main thread
-    (a child forked from another thread) the handlers cannot be set and stay as they are."""
+    default action (``Pool.terminate`` ends the worker at once). Where the handlers cannot be
+    set (not the process's main thread) they stay as they are."""
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_sigterm else signal.SIG_DFL)

@@ -62,3 +62,39 @@ def test_the_signal_of_a_stop_is_read_from_any_of_its_forms():
     assert Stopped(signal.SIGTERM).exit_code == 143
     assert stop_signal(SystemExit(143)) == signal.SIGTERM
     assert stop_signal(SystemExit(2)) is None  # argparse's usage error is no stop
+
+
+@pytest.mark.parametrize(("signum", "killed"), [(signal.SIGINT, False), (signal.SIGTERM, True)])
+def test_a_forked_child_leaves_sigint_to_its_parent_and_dies_of_sigterm(
+    default_handlers, signum, killed
+):
+    """A child forked under a job's handler, signalled before its own set-up: it returned
+    from SIGTERM too, so a Pool.terminate in that window waited on it for ever."""
+    import time
+
+    with StopSignals().installed():
+        pid = os.fork()
+        if pid == 0:  # the child: no pytest machinery past this point
+            try:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.2)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) == killed
+    if killed:
+        assert os.WTERMSIG(status) == signal.SIGTERM
+    else:
+        assert os.WEXITSTATUS(status) == 0
+
+
+def test_a_child_set_up_by_quiet_child_ignores_sigint_and_takes_sigterm_as_asked(
+    default_handlers,
+):
+    from fastchgnet.signals import quiet_child
+
+    quiet_child(ignore_sigterm=True)
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    quiet_child()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

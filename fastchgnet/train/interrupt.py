@@ -12,8 +12,8 @@ checkpoint is the one to resume.
 Under a launcher of several ranks no handler is installed: a signal reaches each rank at a
 different step, and a checkpoint written at it would need every rank at the same collectives
 (the launcher's SIGTERM is ``cli.train``'s peer report instead). Loader workers ignore both
-signals (``signals.quiet_child``; a forked one also returns from the handler): the main
-process stops them.
+signals (``signals.quiet_child``; one signalled before that leaves SIGINT to the main
+process and dies of SIGTERM): the main process stops them.
 """
 
 from __future__ import annotations
