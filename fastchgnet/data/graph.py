@@ -145,12 +145,15 @@ def _not_periodic(atoms: object, pbc: np.ndarray) -> str:
     the cell is a box already (a slab's vacuum, a molecule's box), else add a box first."""
     cell = np.asarray(atoms.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
     boxed = bool(np.isfinite(cell).all() and abs(np.linalg.det(cell)) > 1.0)
+    open_axes = [axis for axis in range(3) if not pbc[axis]]  # a slab keeps its periodic ones
+    axis = f", axis={open_axes[0]}" if len(open_axes) == 1 else ""
+    axis = f", axis={tuple(open_axes)}" if len(open_axes) == 2 else axis
     cure = (
         "set atoms.pbc = True (its cell then repeats it: leave enough vacuum that images do "
         "not interact)"
         if boxed
         else "put it in a box large enough that its images do not interact "
-        "(atoms.center(vacuum=10)) and set atoms.pbc = True"
+        f"(atoms.center(vacuum=10{axis})) and set atoms.pbc = True"
     )
     return f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); {cure}"
 

@@ -39,6 +39,8 @@ def load_model(
     ``from_reference``'s: ready to predict; training calls ``train()`` itself. Its weights
     have their saved dtype (``load_weights``); its precision is "float32"."""
     device = check_device(map_location)  # before the file is read
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a model file (a run folder's model.pt?)")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     try:

@@ -143,6 +143,9 @@ def test_a_structure_not_periodic_on_every_axis_is_told_what_to_set():
     water = molecule("H2O")
     with pytest.raises(StructureError, match=r"put it in a box .*center\(vacuum=10\)"):
         build_graph(water)
+    bare = fcc111("Cu", size=(2, 2, 3))  # no vacuum: a zero c vector
+    with pytest.raises(StructureError, match=r"center\(vacuum=10, axis=2\)"):  # not the plane
+        build_graph(bare)
     water.center(vacuum=8.0)  # a box, pbc still off
     with pytest.raises(StructureError, match=r"\); set atoms\.pbc = True"):
         build_graph(water)

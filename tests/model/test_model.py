@@ -177,3 +177,5 @@ def test_loaded_model_is_ready_to_predict(model, tmp_path):
 def test_loading_a_missing_model_file_is_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nofile\.pt: no such model file"):
         FastCHGNet.load(tmp_path / "nofile.pt")
+    with pytest.raises(IsADirectoryError, match=r"a folder, not a model file"):
+        FastCHGNet.load(tmp_path)
