@@ -76,3 +76,23 @@ def test_the_compile_line_names_a_capacity_grown_for_a_later_call():
     potential.predict_graphs([small], stress=True)
     potential.predict_graphs([large], stress=True)  # not told beforehand: one more capacity
     assert "; 2 shape(s) (1 grown: a batch outgrew the first); " in compile_summary(potential)
+
+
+def test_the_compile_line_counts_a_graph_loaded_from_the_store_as_loaded_not_built():
+    from types import SimpleNamespace
+
+    from fastchgnet.cli.main import compile_summary
+    from fastchgnet.data.capacity import Capacity, PaddingTally
+
+    potential = SimpleNamespace(
+        backend="inductor",
+        capacities=[Capacity(16, 17, 768, 3072, 128)],
+        graphs_built=1,  # every graph made, a loaded one included
+        graphs_loaded=1,
+        compile_seconds=0.0,
+        eager_calls=0,
+        padding=PaddingTally(),
+    )
+    assert "compiled (inductor): 0 graph(s) built in 0.0 s, 1 loaded from the store; " in (
+        compile_summary(potential)
+    )

@@ -104,13 +104,14 @@ def compile_summary(potential: Any) -> str:
     """One line on what a ``CompiledPotential`` did for predict: graphs built (seconds) and
     loaded from the store, the shapes (capacities) made, a growth named, eager calls, and
     the padding waste (padding entries per real atom + bond + angle)."""
-    shapes = len(potential.capacities)
+    shapes, loaded = len(potential.capacities), potential.graphs_loaded
+    built = potential.graphs_built - loaded  # ``graphs_built`` counts the loaded ones too
     grown = f" ({shapes - 1} grown: a batch outgrew the first)" if shapes > 1 else ""
     eager = f", {potential.eager_calls} batch(es) eager" if potential.eager_calls else ""
     return (
-        f"fastchgnet predict: compiled ({potential.backend}): {potential.graphs_built} "
-        f"graph(s) built in {potential.compile_seconds:.1f} s, {potential.graphs_loaded} "
-        f"loaded from the store; {shapes} shape(s){grown}{eager}; padding waste "
+        f"fastchgnet predict: compiled ({potential.backend}): {built} graph(s) built in "
+        f"{potential.compile_seconds:.1f} s, {loaded} loaded from the store; {shapes} "
+        f"shape(s){grown}{eager}; padding waste "
         f"{100 * potential.padding.waste:.0f} % over {potential.padding.batches} batch(es)"
     )
 
