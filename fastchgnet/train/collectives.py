@@ -80,6 +80,11 @@ def init_process_group(timeout_s: float) -> None:
         torch.cuda.set_device(local_device())
     timeout = datetime.timedelta(seconds=timeout_s)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
+    if cuda:  # under MPI, DeepSpeed's discovery (mpi4py) set LOCAL_RANK from host names,
+        # unwrapped: where a rank sees only its own GPU its engine would take device 2 of 1
+        for name in {"LOCAL_RANK", *(local for _, _, local in LAUNCHER_VARIABLES)}:
+            if name in os.environ:
+                os.environ[name] = str(torch.cuda.current_device())
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
     if not cuda:
         release_shared_memory_name()

@@ -58,6 +58,29 @@ def test_an_mpi_ranks_gpu_comes_from_its_local_rank(no_launcher):
     assert os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "1"
 
 
+def test_deepspeeds_mpi_discovery_leaves_the_rank_on_its_own_gpu(no_launcher):
+    """Under MPI DeepSpeed's init_distributed sets LOCAL_RANK from host names (local rank 2),
+    unwrapped, where a scheduler shows the rank one GPU: its engine then took device 2 of 1
+    (and under Open MPI asserted LOCAL_RANK == OMPI_COMM_WORLD_LOCAL_RANK)."""
+    import os
+    import sys
+    import types
+
+    current = []
+    no_launcher.setattr(torch.cuda, "is_available", lambda: True)
+    no_launcher.setattr(torch.cuda, "device_count", lambda: 1)
+    no_launcher.setattr(torch.cuda, "set_device", current.append)
+    no_launcher.setattr(torch.cuda, "current_device", lambda: current[-1])
+    no_launcher.setattr(collectives, "install", lambda *args: None)
+    fake = types.ModuleType("deepspeed")
+    fake.init_distributed = lambda **kwargs: os.environ.__setitem__("LOCAL_RANK", "2")
+    no_launcher.setitem(sys.modules, "deepspeed", fake)
+    no_launcher.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2")
+    collectives.init_process_group(60.0)
+    assert current == [0]
+    assert os.environ["LOCAL_RANK"] == os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "0"
+
+
 def test_a_hydra_ranks_gpu_comes_from_its_local_rank(no_launcher):
     no_launcher.setattr(torch.cuda, "device_count", lambda: 4)
     no_launcher.setenv("MPI_LOCALRANKID", "2")
