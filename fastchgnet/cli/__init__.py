@@ -1,6 +1,6 @@
 """The ``fastchgnet`` command (``python -m fastchgnet``): every argparse of the package.
 
-    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json] [--batch-size 16]
+    fastchgnet predict STRUCTURE... [--model 0.3.0|PATH] [-o OUT.json|OUT.extxyz] [--batch-size 16]
     fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--fixed-cell] [...]
     fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] [...]
     fastchgnet data convert|synth|stats ...

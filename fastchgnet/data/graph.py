@@ -112,8 +112,10 @@ def structure_name(structure: object, index: int | None = None) -> str:
                     break
     try:
         name = formula(atomic_numbers(structure))
-    except (AttributeError, TypeError, ValueError):
-        name = type(structure).__name__
+    except (AttributeError, TypeError, ValueError):  # a disordered site has no one element
+        composition = getattr(structure, "composition", None)
+        formula_of = getattr(composition, "formula", None)
+        name = formula_of.replace(" ", "") if formula_of else type(structure).__name__
     where = f"structure {index}" if index is not None else "structure"
     return f"{where} {label} ({name})" if label else f"{where} ({name})"
 

@@ -149,3 +149,11 @@ def test_a_structure_not_periodic_on_every_axis_is_told_what_to_set():
     water.center(vacuum=8.0)  # a box, pbc still off
     with pytest.raises(StructureError, match=r"\); set atoms\.pbc = True"):
         build_graph(water)
+
+
+def test_a_disordered_structure_is_named_by_its_formula():
+    """It was named by its type: 'structure 0 (Structure)'."""
+    from fastchgnet.data.graph import structure_name
+
+    alloy = Structure(Lattice.cubic(4.0), [{"Fe": 0.5, "Ni": 0.5}, "O"], [[0, 0, 0], [0.5] * 3])
+    assert structure_name(alloy, 0) == "structure 0 (Fe0.5Ni0.5O1)"
