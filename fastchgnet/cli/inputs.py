@@ -349,10 +349,6 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
     return model.to(where).set_precision(precision, where.type)
 
 
-#: how a file of ``torch.save`` begins: a zip archive (torch 1.6 and later) or a pickle
-TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
-
-
 def model_from_file(path: Path) -> Any:
     """The model in the file at ``path``: ours (``FastCHGNet.load``), or chgnet's (a Trainer
     .pth.tar, a checkpoint's ``model``, ``CHGNet.as_dict()``: ``chgnet_files.load_model_file``,
@@ -362,23 +358,18 @@ def model_from_file(path: Path) -> Any:
     from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint
     from fastchgnet.model.io import FORMAT
 
-    with path.open("rb") as handle:
-        start = handle.read(64)
-    if not start.startswith(TORCH_FILE_STARTS):
+    try:
+        payload = read_checkpoint(path)  # weights_only: nothing in it runs
+    except ValueError as error:
+        if "not a torch file" not in str(error):
+            raise
+        versions = ", ".join(CHECKPOINTS)
         raise ValueError(
-            f"{path}: not a model file: not a torch file ({_begins_with(start)}); give a "
-            f"fastchgnet model file, a chgnet .pth.tar or a version ({', '.join(CHECKPOINTS)})"
-        )
-    payload = read_checkpoint(path)  # weights_only: nothing in it runs
+            f"{error}; give a fastchgnet model file, a chgnet .pth.tar or a version ({versions})"
+        ) from None
     if payload.get("format") == FORMAT:
         return FastCHGNet.load(path)
-    if payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
-        raise ValueError(
-            f"{path}: a state dict ({len(payload)} tensors, no model settings): give it to "
-            "the model it came from (model.load_state_dict(torch.load(path))) and save that "
-            "model (FastCHGNet.save; chgnet: torch.save(model.as_dict(), path))"
-        )
-    model = load_model_file(FastCHGNet, path)
+    model = load_model_file(FastCHGNet, path)  # a state dict alone is refused there
     config = model.config
     trainer = "optimizer" in payload or "trainer_args" in payload
     kind = "Trainer checkpoint" if trainer else "checkpoint" if "model" in payload else "as_dict"
@@ -389,12 +380,3 @@ def model_from_file(path: Path) -> Any:
         file=sys.stderr,
     )
     return model
-
-
-def _begins_with(start: bytes) -> str:
-    """What the first bytes of a file look like: text (its first line) or other bytes."""
-    try:
-        line = (start.decode("utf-8").strip().splitlines() or [""])[0]
-    except UnicodeDecodeError:
-        return f"it begins with the bytes {start[:8].hex(' ')}"
-    return f"it is text, beginning {line[:40]!r}" if line else "it is empty or blank"

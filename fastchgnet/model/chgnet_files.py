@@ -42,6 +42,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
+    with path.open("rb") as handle:
+        start = handle.read(64)
+    if not start.startswith(TORCH_FILE_STARTS):
+        raise ValueError(f"{path}: not a model file: not a torch file ({_begins_with(start)})")
     stand_ins: list[str] = []  # module classes read as ``Inert`` (see ``INERT_PREFIXES``)
     while True:
         try:
@@ -75,6 +79,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "AtomRef given as composition_model are read)"
             )
     return payload
+
+
+#: how a file of ``torch.save`` begins: a zip archive (torch 1.6 and later) or a pickle
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def _begins_with(start: bytes) -> str:
+    """What the first bytes of a file look like: text (its first line) or other bytes."""
+    try:
+        line = (start.decode("utf-8").strip().splitlines() or [""])[0]
+    except UnicodeDecodeError:
+        return f"it begins with the bytes {start[:8].hex(' ')}"
+    return f"it is text, beginning {line[:40]!r}" if line else "it is empty or blank"
+
+
+def check_not_state_dict(payload: dict[str, Any], source: str) -> None:
+    """Raise ValueError naming ``source`` when ``payload`` is a state dict alone (tensors by
+    parameter name, without the model's settings: no architecture or cutoffs to build)."""
+    if payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
+        raise ValueError(
+            f"{source}: a state dict ({len(payload)} tensors, no model settings): give it to "
+            "the model it came from (model.load_state_dict(torch.load(path))) and save that "
+            "model (FastCHGNet.save; chgnet: torch.save(model.as_dict(), path))"
+        )
 
 
 #: The one pickled object a chgnet checkpoint may hold: a CHGNet made with
@@ -154,6 +182,7 @@ def load_model_file(cls: type[FastCHGNet], path: str | Path, **modes: Any) -> Fa
     payload = read_checkpoint(path)
     if payload.get("format") == FORMAT:
         return load_model(cls, path)
+    check_not_state_dict(payload, str(path))
     model_dict = reference_model_dict(payload, str(path))
     return model_from_reference_dict(cls, model_dict, str(path), **modes)
 

@@ -84,3 +84,16 @@ def test_numpy_objects_outside_an_atomref_are_refused_naming_where(tmp_path, whe
     torch.save(payload, path)
     with pytest.raises(ValueError, match=rf"sweep\.pth\.tar: refused: .*{key}"):
         read_checkpoint(path)
+
+
+def test_a_text_file_or_a_bare_state_dict_is_named_for_what_it_is(tmp_path):
+    """The library said 'refused: it holds pickled Python objects' of a text file, and read a
+    state dict (no settings) as a chgnet file with unknown keys; the CLI alone knew better."""
+    text = tmp_path / "notes.pt"
+    text.write_text("101 epochs\n")
+    with pytest.raises(ValueError, match=r"notes\.pt: not a model file: not a torch file \(it is"):
+        load_model_file(FastCHGNet, text)
+    weights = tmp_path / "weights.pt"
+    torch.save(FastCHGNet(n_conv=2).state_dict(), weights)
+    with pytest.raises(ValueError, match=r"weights\.pt: a state dict \(\d+ tensors, no model"):
+        load_model_file(FastCHGNet, weights)
