@@ -7,9 +7,8 @@ conservative forces and stress become plain forward ops) and compiles it with
 bucket has its own graph module, so buckets never count against dynamo's recompile limit.
 On CUDA, ``cuda_graphs=True`` (default there) compiles with mode "reduce-overhead": the
 graph (and its backward) is replayed as a CUDA graph (``cudagraph_mark_step_begin`` per call).
-``eager=True`` runs the model as it is (same programs, no trace, no compile).
-``backend="torchscript"`` runs the trace by TorchScript for batches of any size, built in
-seconds (``compile.script.ScriptedProgram``; with ``background``, in a child process).
+``eager=True`` runs the model as it is; ``backend="torchscript"`` runs the trace by TorchScript
+for batches of any size (``compile.script.ScriptedProgram``; ``background``: in a child).
 
 With ``dynamic=True`` the graph is traced with symbolic sizes of atoms, bonds and angles
 (``trace.entry_sized``) and compiled for any such size (``trace.mark_entry_sizes``): one graph
@@ -23,9 +22,7 @@ processes (``store.stored_trace``; the store of ``train.step.training_capture``)
 With a ``store`` (``fastchgnet.compile.store.CompiledStore``), a CPU prediction graph without
 gradients is compiled ahead of time (AOTInductor) and kept on disk: a later process with the
 same config and shape loads it in well under a second instead of tracing and compiling again.
-Every new graph is logged (logger ``fastchgnet.compile``) with its shape and compile time, and
-``stats`` counts dynamo's compiled frames too: a recompiling guard shows as frames > graphs.
-"""
+Every new graph is logged (``fastchgnet.compile``); ``stats`` counts dynamo's frames too."""
 
 from __future__ import annotations
 
@@ -59,6 +56,7 @@ from fastchgnet.compile.trace import (
     batch_inputs,
     mark_entry_sizes,
     model_state,
+    quiet_torch,
     separate_sizes,
     shape_key,
     short_bonds_input,
@@ -204,7 +202,8 @@ class CapturedModel:
         key = self._key(kind, batch, labels)
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._build(key, program, batch, labels)
+            with quiet_torch():
+                compiled = self._build(key, program, batch, labels)
         if self._use_cuda_graphs(batch) and self.backend == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
         state = self._state()
@@ -230,6 +229,7 @@ class CapturedModel:
         """The first (compiling) call's settings: ``_partitioner_options``, and ``separate_sizes``
         (with inductor ``unguarded_sum_lengths``) for dynamic sizes."""
         stack = contextlib.ExitStack()
+        stack.enter_context(quiet_torch())
         stack.enter_context(self._partitioner_options(batch))
         if self.dynamic:
             stack.enter_context(separate_sizes())

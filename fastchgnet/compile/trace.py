@@ -18,8 +18,10 @@ parameters receive gradients and a weight update needs no retrace.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import fields
 
@@ -219,6 +221,21 @@ def _symbolic_inputs(inputs: list[Tensor], first_symbolic: list[bool]) -> list[T
         source = ConstantSource(f"input{k}")
         fakes.append(mode.from_tensor(tensor, source=source, symbolic_context=context))
     return fakes
+
+
+#: torch 2.13's inductor deep-copies each graph (``wrap_compiler_debug``), whose pytree specs
+#: are of a class torch itself deprecated: every compile warned "isinstance(treespec,
+#: LeafSpec) is deprecated" (copyreg.py:105), nothing a user can act on
+TORCH_NOISE = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """Within the block torch's ``TORCH_NOISE`` warning is not shown (where a compile runs:
+    a graph's build and its first, compiling call)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", TORCH_NOISE, FutureWarning)
+        yield
 
 
 def graph_bytes(graph_module: fx.GraphModule) -> bytes:
