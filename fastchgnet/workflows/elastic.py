@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from fastchgnet.data.graph import structure_name
+from fastchgnet.errors import StructureError
 from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator, check_structure
+
+#: how to get a structure at its equilibrium volume, for the EOS errors
+RELAX_FIRST = "relax the structure first (fastchgnet.md.relax(structure, model).atoms)"
 
 
 def _matcalc() -> Any:
@@ -51,13 +56,18 @@ def equation_of_state(
     """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
     ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
     ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``. ``n_points``: at least 4
-    (the fit has 4 parameters); ``max_abs_strain`` in (0, 1)."""
+    (the fit has 4 parameters); ``max_abs_strain`` in (0, 1).
+
+    The input must be near its equilibrium volume (relaxed with ``fastchgnet.md.relax``):
+    a StructureError names the fitted equilibrium volume V0 and the scanned volumes when V0
+    falls outside them (the bulk modulus of such a fit is wrong: diamond Si at a = 5.20 Å gave
+    113 GPa against 78 relaxed), or when the fit finds no minimum at all."""
     check_structure(structure)
     check_eos_points(n_points, max_abs_strain)
     matcalc = _matcalc()
     calculator = as_calculator(model_or_calculator)
+    structure = matcalc.utils.to_pmg_structure(structure)
     if isinstance(calculator, PrefetchCalculator):  # EOSCalc's cells: strain s, volume (1+s)^3
-        structure = matcalc.utils.to_pmg_structure(structure)
         calculator.prefetch(
             [
                 structure.copy().apply_strain(float(s))
@@ -72,7 +82,41 @@ def equation_of_state(
         allow_shape_change=False,
         relax_calc_kwargs={"relax_atoms": False},
     )
-    return calc.calc(structure)
+    scanned = structure.volume * (1 + np.array([-max_abs_strain, max_abs_strain])) ** 3
+    result = _fit_or_say_why(calc, structure, scanned)
+    check_equilibrium_inside(result["eos"], scanned, structure_name(structure))
+    return result
+
+
+def _fit_or_say_why(calc: Any, structure: Any, scanned: np.ndarray) -> dict[str, Any]:
+    """``calc.calc(structure)``, pymatgen's ``EOSError`` (no minimum found) as one line."""
+    from pymatgen.analysis.eos import EOSError
+
+    try:
+        return calc.calc(structure)
+    except EOSError as exc:
+        raise StructureError(
+            structure_name(structure),
+            f"the Birch-Murnaghan fit found no energy minimum in the scanned volumes "
+            f"{scanned[0]:.2f}-{scanned[1]:.2f} Å^3 ({exc}); {RELAX_FIRST}",
+        ) from None
+
+
+def check_equilibrium_inside(eos: dict[str, Any], scanned: np.ndarray, name: str) -> None:
+    """StructureError naming ``name``, the fitted V0 (Å^3) and the ``scanned`` volumes (Å^3)
+    when the Birch-Murnaghan V0 of ``eos`` (``volumes``, ``energies``) is outside them."""
+    from pymatgen.analysis.eos import BirchMurnaghan
+
+    fit = BirchMurnaghan(eos["volumes"], eos["energies"])
+    fit.fit()
+    low, high = min(eos["volumes"]), max(eos["volumes"])
+    if not low <= fit.v0 <= high:  # NaN too
+        raise StructureError(
+            name,
+            f"the fitted equilibrium volume V0={fit.v0:.2f} Å^3 is outside the scanned volumes "
+            f"{scanned[0]:.2f}-{scanned[1]:.2f} Å^3, so the bulk modulus would be wrong; "
+            f"{RELAX_FIRST}",
+        )
 
 
 def elastic_tensor(
