@@ -10,6 +10,8 @@ force constants eV/Å^2, frequencies THz.
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,36 @@ def supercell_matrix_of(supercell_matrix: Any) -> np.ndarray:
     return matrix
 
 
+#: Å: shortest supercell lattice length below which ``phonopy_run`` warns. The model's atom
+#: cutoff is 6 Å; fcc Cu (primitive a = 2.56 Å): (2,2,2) (5.1 Å) put the L-point TA mode 43 %
+#: above (6,6,6)'s, (4,4,4) (10.2 Å) within 0.5 %. matcalc's own default is 20 Å.
+MIN_SUPERCELL_LENGTH = 10.0
+
+
+def check_supercell_size(lattice: np.ndarray, n_atoms: int, matrix: np.ndarray) -> None:
+    """ValueError when the supercell ``matrix`` of a cell (``lattice`` (3, 3) Å, ``n_atoms``)
+    holds one atom (its force constants are all zero: the atom moves with its images); a
+    one-line UserWarning naming a diagonal supercell that reaches ``MIN_SUPERCELL_LENGTH``
+    when the supercell's shortest lattice length is below it."""
+    if n_atoms * round(abs(np.linalg.det(matrix))) == 1:
+        raise ValueError(
+            f"supercell matrix {matrix.tolist()} holds one atom: its force constants are all "
+            "zero (the displaced atom moves with all its images); use a larger supercell"
+        )
+    shortest = float(np.linalg.norm(matrix @ lattice, axis=1).min())
+    if shortest < MIN_SUPERCELL_LENGTH:
+        reaching = tuple(
+            math.ceil(MIN_SUPERCELL_LENGTH / n) for n in np.linalg.norm(lattice, axis=1)
+        )
+        warnings.warn(
+            f"supercell matrix {matrix.tolist()}: shortest lattice length {shortest:.1f} Å is "
+            f"below {MIN_SUPERCELL_LENGTH} Å, so the phonon frequencies may be wrong; "
+            f"supercell_matrix={reaching} reaches it",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def phonopy_run(
     structure: Any,
     model_or_calculator: Any,
@@ -70,7 +102,9 @@ def phonopy_run(
         model_or_calculator: our model (every displaced supercell in batched calls) or an ASE
             calculator (e.g. the reference chgnet's ``CHGNetCalculator``).
         supercell_matrix: phonopy's supercell (3 integers or a 3x3 integer matrix, not
-            singular).
+            singular). A UserWarning says when its shortest lattice length is below
+            ``MIN_SUPERCELL_LENGTH`` (10 Å; the frequencies may then be wrong) and which
+            diagonal supercell reaches it; a supercell of one atom is refused (ValueError).
         displacement: finite displacement, Å.
         symmetrize: impose translational and permutational symmetry on the force constants
             (phonopy's ``symmetrize_force_constants``); off to see the model's own.
@@ -85,6 +119,7 @@ def phonopy_run(
             "phonons need matcalc and phonopy: pip install 'fastchgnet[workflows]'"
         ) from exc
     structure = to_pmg_structure(structure)
+    check_supercell_size(structure.lattice.matrix, len(structure), matrix)
     calculator = as_calculator(model_or_calculator)
     if isinstance(calculator, PrefetchCalculator):
         calculator.prefetch(displaced_supercells(structure, matrix, displacement))
