@@ -37,17 +37,49 @@ def _matcalc() -> Any:
     return matcalc
 
 
+#: largest |linear strain| the workflows take: beyond it the energy and stress are far from
+#: quadratic and linear, and strongly compressed cells have huge neighbour lists (0.9 ran the
+#: memory out)
+MAX_STRAIN = 0.1
+
+
+def check_strain(name: str, value: Any) -> float:
+    """``value`` as a float: a TypeError naming ``name`` unless it is a real number, a
+    ValueError unless 0 < |value| <= ``MAX_STRAIN`` (NaN and inf too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not 0 < abs(value) <= MAX_STRAIN:  # NaN is not > 0
+        raise ValueError(
+            f"{name}={value}: a linear strain with 0 < |strain| <= {MAX_STRAIN} (larger ones "
+            "leave the linear regime), e.g. 0.01"
+        )
+    return float(value)
+
+
+def check_strains(name: str, strains: Any) -> tuple[float, ...]:
+    """A number or a non-empty sequence of numbers as a tuple of floats, each checked by
+    ``check_strain`` (errors name ``name``)."""
+    if isinstance(strains, numbers.Real) and not isinstance(strains, bool):
+        strains = (strains,)  # as matcalc takes a scalar
+    if isinstance(strains, str | bytes) or not hasattr(strains, "__iter__"):
+        raise TypeError(f"{name} must be a number or a sequence of numbers, got {strains!r}")
+    checked = tuple(check_strain(name, value) for value in strains)
+    if not checked:
+        raise ValueError(f"{name} is empty: give at least one strain, e.g. 0.01")
+    return checked
+
+
 def check_eos_points(n_points: int, max_abs_strain: float) -> None:
     """One-line errors naming ``n_points`` (an int >= 4: Birch-Murnaghan has 4 parameters) or
-    ``max_abs_strain`` (a linear strain in (0, 1)) when they cannot give a fit."""
+    ``max_abs_strain`` (a linear strain in (0, ``MAX_STRAIN``]) when they cannot give a fit."""
     if isinstance(n_points, bool) or not isinstance(n_points, numbers.Integral):
         raise TypeError(f"n_points must be an int >= 4, got {n_points!r}")
     if n_points < 4:
         raise ValueError(
             f"n_points={n_points}: the Birch-Murnaghan fit has 4 parameters, so needs >= 4 points"
         )
-    if not 0 < max_abs_strain < 1:  # NaN is not > 0
-        raise ValueError(f"max_abs_strain={max_abs_strain}: a linear strain in (0, 1), e.g. 0.02")
+    if check_strain("max_abs_strain", max_abs_strain) < 0:
+        raise ValueError(f"max_abs_strain={max_abs_strain}: give it positive, e.g. 0.02")
 
 
 def equation_of_state(
@@ -56,7 +88,7 @@ def equation_of_state(
     """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
     ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
     ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``. ``n_points``: at least 4
-    (the fit has 4 parameters); ``max_abs_strain`` in (0, 1).
+    (the fit has 4 parameters); ``max_abs_strain`` in (0, 0.1].
 
     The input must be near its equilibrium volume (relaxed with ``fastchgnet.md.relax``):
     a StructureError names the fitted equilibrium volume V0 and the scanned volumes when V0
@@ -122,14 +154,17 @@ def check_equilibrium_inside(eos: dict[str, Any], scanned: np.ndarray, name: str
 def elastic_tensor(
     structure: Any,
     model_or_calculator: Any,
-    norm_strains: tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01),
-    shear_strains: tuple[float, ...] = (-0.02, -0.01, 0.01, 0.02),
+    norm_strains: float | tuple[float, ...] = (-0.01, -0.005, 0.005, 0.01),
+    shear_strains: float | tuple[float, ...] = (-0.02, -0.01, 0.01, 0.02),
 ) -> dict[str, Any]:
     """matcalc ``ElasticityCalc`` result of clamped-ion strained cells (pymatgen's
     ``DeformedStructureSet``, 6 x 4 cells plus the unstrained one), in GPa:
     ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6)),
-    ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``."""
+    ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``. ``norm_strains`` and
+    ``shear_strains``: a number or numbers, each 0 < |strain| <= 0.1."""
     check_structure(structure)
+    norm_strains = check_strains("norm_strains", norm_strains)
+    shear_strains = check_strains("shear_strains", shear_strains)
     from pymatgen.core.elasticity import DeformedStructureSet
 
     matcalc = _matcalc()

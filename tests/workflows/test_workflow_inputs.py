@@ -35,7 +35,12 @@ def test_equation_of_state_with_too_few_points_says_the_fit_needs_four(small_mod
     ("options", "error", "message"),
     [
         ({"n_points": 7.0}, TypeError, r"^n_points must be an int >= 4, got 7.0$"),
-        ({"max_abs_strain": 0.0}, ValueError, r"^max_abs_strain=0.0: a linear strain in \(0, 1\)"),
+        ({"max_abs_strain": 0.0}, ValueError, r"^max_abs_strain=0.0: a linear strain with 0 <"),
+        ({"max_abs_strain": 0.9}, ValueError, r"^max_abs_strain=0.9: .* <= 0.1 \(larger"),
+        ({"max_abs_strain": 0.5}, ValueError, r"^max_abs_strain=0.5: .* <= 0.1 \(larger"),
+        ({"max_abs_strain": float("nan")}, ValueError, r"^max_abs_strain=nan: "),
+        ({"max_abs_strain": -0.02}, ValueError, r"^max_abs_strain=-0.02: give it positive"),
+        ({"max_abs_strain": "0.02"}, TypeError, r"^max_abs_strain must be a number, got '0.02'"),
     ],
 )
 def test_equation_of_state_names_a_bad_option(small_model, options, error, message):
@@ -53,3 +58,23 @@ def test_phonopy_run_with_a_singular_supercell_matrix_names_it(small_model, matr
 def test_phonopy_run_with_a_malformed_supercell_matrix_names_it(small_model, matrix):
     with pytest.raises(ValueError, match=r"^supercell matrix .*: give 3 integers or a 3x3"):
         phonopy_run(ROCKSALT, small_model, supercell_matrix=matrix)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"norm_strains": (-0.5, 0.5)}, ValueError, r"^norm_strains=-0.5: .* <= 0.1 \(larger"),
+        ({"shear_strains": 0.2}, ValueError, r"^shear_strains=0.2: .* <= 0.1 \(larger"),
+        ({"norm_strains": (0.01, 0.0)}, ValueError, r"^norm_strains=0.0: "),
+        ({"shear_strains": ()}, ValueError, r"^shear_strains is empty"),
+        ({"norm_strains": "0.01"}, TypeError, r"^norm_strains must be a number or a sequence"),
+    ],
+)
+def test_elastic_tensor_names_a_bad_strain(small_model, options, error, message):
+    with pytest.raises(error, match=message):
+        elastic_tensor(ROCKSALT, small_model, **options)
+
+
+def test_elastic_tensor_takes_one_strain_as_a_number(small_model):
+    result = elastic_tensor(ROCKSALT, small_model, norm_strains=0.01, shear_strains=0.02)
+    assert result["elastic_tensor"].voigt.shape == (6, 6)
