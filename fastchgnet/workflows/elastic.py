@@ -21,7 +21,12 @@ import numpy as np
 
 from fastchgnet.data.graph import structure_name
 from fastchgnet.errors import StructureError
-from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator, check_structure
+from fastchgnet.workflows.batch import (
+    PrefetchCalculator,
+    as_calculator,
+    check_fit_precision,
+    check_structure,
+)
 
 #: how to get a structure at its equilibrium volume, for the EOS errors
 RELAX_FIRST = "relax the structure first (fastchgnet.md.relax(structure, model).atoms)"
@@ -98,6 +103,7 @@ def equation_of_state(
     check_eos_points(n_points, max_abs_strain)
     matcalc = _matcalc()
     calculator = as_calculator(model_or_calculator)
+    check_fit_precision(calculator)
     structure = matcalc.utils.to_pmg_structure(structure)
     if isinstance(calculator, PrefetchCalculator):  # EOSCalc's cells: strain s, volume (1+s)^3
         calculator.prefetch(
@@ -169,6 +175,7 @@ def elastic_tensor(
 
     matcalc = _matcalc()
     calculator = as_calculator(model_or_calculator)
+    check_fit_precision(calculator)
     if isinstance(calculator, PrefetchCalculator):  # ElasticityCalc's cells, symmetry off
         structure = matcalc.utils.to_pmg_structure(structure)
         deformed = DeformedStructureSet(structure, norm_strains, shear_strains, symmetry=False)

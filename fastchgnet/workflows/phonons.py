@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from fastchgnet.workflows.batch import PrefetchCalculator, as_calculator, check_structure
+from fastchgnet.workflows.batch import (
+    PrefetchCalculator,
+    as_calculator,
+    check_fit_precision,
+    check_structure,
+)
 
 
 def displaced_supercells(
@@ -121,6 +126,7 @@ def phonopy_run(
     structure = to_pmg_structure(structure)
     check_supercell_size(structure.lattice.matrix, len(structure), matrix)
     calculator = as_calculator(model_or_calculator)
+    check_fit_precision(calculator)
     if isinstance(calculator, PrefetchCalculator):
         calculator.prefetch(displaced_supercells(structure, matrix, displacement))
     calc = PhononCalc(

@@ -78,3 +78,10 @@ def test_elastic_tensor_names_a_bad_strain(small_model, options, error, message)
 def test_elastic_tensor_takes_one_strain_as_a_number(small_model):
     result = elastic_tensor(ROCKSALT, small_model, norm_strains=0.01, shear_strains=0.02)
     assert result["elastic_tensor"].voigt.shape == (6, 6)
+
+
+@pytest.mark.parametrize("workflow", [equation_of_state, elastic_tensor, phonopy_run])
+def test_a_workflow_refuses_a_bf16_model(workflow):
+    model = FastCHGNet(n_conv=2).set_precision("bf16", "cpu")
+    with pytest.raises(ValueError, match=r"^the model runs in bf16: .*set_precision\('float32'\)"):
+        workflow(ROCKSALT, model)
