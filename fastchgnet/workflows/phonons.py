@@ -11,6 +11,7 @@ force constants eV/Å^2, frequencies THz.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -63,6 +64,26 @@ def supercell_matrix_of(supercell_matrix: Any) -> np.ndarray:
     return matrix
 
 
+#: Å: the largest finite displacement ``phonopy_run`` takes (phonopy's default is 0.01 Å)
+MAX_DISPLACEMENT = 0.2
+
+
+def check_displacement(displacement: Any) -> float:
+    """``displacement`` (Å) as a float: a TypeError unless it is a real number, a ValueError
+    unless 0 < displacement <= ``MAX_DISPLACEMENT`` (0 gives all-zero force constants)."""
+    if isinstance(displacement, bool) or not isinstance(displacement, numbers.Real):
+        raise TypeError(
+            f"displacement must be a number (Å), got {displacement!r} "
+            f"({type(displacement).__name__})"
+        )
+    if not 0 < displacement <= MAX_DISPLACEMENT:  # NaN is not > 0
+        raise ValueError(
+            f"displacement={displacement}: a finite displacement in (0, {MAX_DISPLACEMENT}] Å, "
+            "e.g. 0.01"
+        )
+    return float(displacement)
+
+
 #: Å: shortest supercell lattice length below which ``phonopy_run`` warns. The model's atom
 #: cutoff is 6 Å; fcc Cu (primitive a = 2.56 Å): (2,2,2) (5.1 Å) put the L-point TA mode 43 %
 #: above (6,6,6)'s, (4,4,4) (10.2 Å) within 0.5 %. matcalc's own default is 20 Å.
@@ -110,12 +131,15 @@ def phonopy_run(
             singular). A UserWarning says when its shortest lattice length is below
             ``MIN_SUPERCELL_LENGTH`` (10 Å; the frequencies may then be wrong) and which
             diagonal supercell reaches it; a supercell of one atom is refused (ValueError).
-        displacement: finite displacement, Å.
+        displacement: finite displacement, Å, in (0, 0.2]. The force constants are
+            finite differences over it: too small and float32 noise dominates, too large and
+            anharmonicity does; 0.01 Å (phonopy's default) suits float32 models.
         symmetrize: impose translational and permutational symmetry on the force constants
             (phonopy's ``symmetrize_force_constants``); off to see the model's own.
     """
     check_structure(structure)
     matrix = supercell_matrix_of(supercell_matrix)
+    displacement = check_displacement(displacement)
     try:
         from matcalc import PhononCalc
         from matcalc.utils import to_pmg_structure

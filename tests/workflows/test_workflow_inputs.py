@@ -85,3 +85,17 @@ def test_a_workflow_refuses_a_bf16_model(workflow):
     model = FastCHGNet(n_conv=2).set_precision("bf16", "cpu")
     with pytest.raises(ValueError, match=r"^the model runs in bf16: .*set_precision\('float32'\)"):
         workflow(ROCKSALT, model)
+
+
+@pytest.mark.parametrize(
+    ("displacement", "error", "message"),
+    [
+        (0, ValueError, r"^displacement=0: a finite displacement in \(0, 0.2\] Å"),
+        (float("nan"), ValueError, r"^displacement=nan: "),
+        (0.5, ValueError, r"^displacement=0.5: "),
+        ("0.01", TypeError, r"^displacement must be a number \(Å\), got '0.01' \(str\)$"),
+    ],
+)
+def test_phonopy_run_names_a_bad_displacement(small_model, displacement, error, message):
+    with pytest.raises(error, match=message):
+        phonopy_run(ROCKSALT, small_model, displacement=displacement)
