@@ -44,7 +44,8 @@ def displaced_supercells(
 
 def supercell_matrix_of(supercell_matrix: Any) -> np.ndarray:
     """The (3, 3) integer supercell matrix of 3 integers (its diagonal) or a 3x3 matrix; a
-    one-line ValueError naming the supercell matrix when it is neither or is singular."""
+    one-line ValueError naming the supercell matrix when it is neither, is singular or has a
+    negative determinant (phonopy's errors over several lines)."""
     try:
         matrix = np.asarray(supercell_matrix, dtype=float)
     except (TypeError, ValueError):  # ragged, or not numbers
@@ -56,10 +57,16 @@ def supercell_matrix_of(supercell_matrix: Any) -> np.ndarray:
         shown = matrix.tolist() if matrix.size else repr(supercell_matrix)
         raise ValueError(f"supercell matrix {shown}: give 3 integers or a 3x3 integer matrix")
     matrix = matrix.astype(int)
-    if round(np.linalg.det(matrix)) == 0:
+    determinant = round(np.linalg.det(matrix))
+    if determinant == 0:
         raise ValueError(
             f"supercell matrix {matrix.tolist()} is singular (determinant 0): its rows must "
             "span a volume"
+        )
+    if determinant < 0:
+        raise ValueError(
+            f"supercell matrix {matrix.tolist()} has determinant {determinant}: give positive "
+            "integers on the diagonal or a matrix with a positive determinant"
         )
     return matrix
 
@@ -127,8 +134,8 @@ def phonopy_run(
         structure: pymatgen Structure or ASE Atoms.
         model_or_calculator: our model (every displaced supercell in batched calls) or an ASE
             calculator (e.g. the reference chgnet's ``CHGNetCalculator``).
-        supercell_matrix: phonopy's supercell (3 integers or a 3x3 integer matrix, not
-            singular). A UserWarning says when its shortest lattice length is below
+        supercell_matrix: phonopy's supercell (3 integers or a 3x3 integer matrix, with a
+            positive determinant). A UserWarning says when its shortest lattice length is below
             ``MIN_SUPERCELL_LENGTH`` (10 Å; the frequencies may then be wrong) and which
             diagonal supercell reaches it; a supercell of one atom is refused (ValueError).
         displacement: finite displacement, Å, in (0, 0.2]. The force constants are

@@ -99,3 +99,9 @@ def test_a_workflow_refuses_a_bf16_model(workflow):
 def test_phonopy_run_names_a_bad_displacement(small_model, displacement, error, message):
     with pytest.raises(error, match=message):
         phonopy_run(ROCKSALT, small_model, displacement=displacement)
+
+
+@pytest.mark.parametrize("matrix", [(-1, 1, 1), (-2, -2, -2)])
+def test_phonopy_run_with_a_negative_determinant_names_it(small_model, matrix):
+    with pytest.raises(ValueError, match=r"^supercell matrix \[\[.*\]\] has determinant -\d+: "):
+        phonopy_run(ROCKSALT, small_model, supercell_matrix=matrix)
