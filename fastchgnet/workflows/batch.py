@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
+from fastchgnet.data.graph import _not_periodic, check_ordered, structure_name
+from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.model.potential import (
     Potential,
@@ -86,9 +88,20 @@ def _key(atoms: Any) -> bytes:
 
 def check_structure(structure: Any) -> None:
     """A one-line TypeError naming the type unless ``structure`` is one pymatgen Structure or
-    ASE Atoms (a workflow's input; a path or a dict says how to make one)."""
+    ASE Atoms (a workflow's input; a path or a dict says how to make one), and the graph
+    builder's one-line StructureError when it is disordered or not periodic on all three
+    axes (a workflow strains or repeats its cell)."""
     if not is_structure(structure):
         raise not_a_structure(structure)
+    name = structure_name(structure)
+    check_ordered(structure, name)
+    pbc = np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1)
+    if not pbc.all():
+        if hasattr(structure, "cell"):  # ASE Atoms: what to set, or how to box it
+            raise StructureError(name, _not_periodic(structure, np.resize(pbc, 3)))
+        raise StructureError(
+            name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()})"
+        )
 
 
 def as_calculator(model_or_calculator: Any) -> Any:

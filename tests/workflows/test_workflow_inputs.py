@@ -5,9 +5,11 @@ checks come before matcalc or phonopy is imported or any cell is evaluated."""
 from __future__ import annotations
 
 import pytest
+from ase.build import molecule
 from pymatgen.core import Lattice, Structure
 
 from fastchgnet import FastCHGNet
+from fastchgnet.errors import StructureError
 from fastchgnet.workflows.elastic import elastic_tensor, equation_of_state
 from fastchgnet.workflows.phonons import phonopy_run
 
@@ -105,3 +107,17 @@ def test_phonopy_run_names_a_bad_displacement(small_model, displacement, error, 
 def test_phonopy_run_with_a_negative_determinant_names_it(small_model, matrix):
     with pytest.raises(ValueError, match=r"^supercell matrix \[\[.*\]\] has determinant -\d+: "):
         phonopy_run(ROCKSALT, small_model, supercell_matrix=matrix)
+
+
+@pytest.mark.parametrize("workflow", [equation_of_state, elastic_tensor, phonopy_run])
+def test_a_workflow_given_a_disordered_structure_says_so(small_model, workflow):
+    disordered = Structure(Lattice.cubic(4.2), [{"Na": 0.5, "K": 0.5}, "Cl"], ROCKSALT.frac_coords)
+    with pytest.raises(StructureError, match=r"^structure \(.*\): is disordered"):
+        workflow(disordered, small_model)
+
+
+@pytest.mark.parametrize("workflow", [equation_of_state, elastic_tensor, phonopy_run])
+def test_a_workflow_given_a_molecule_asks_for_periodic_boundaries(small_model, workflow):
+    water = molecule("H2O")
+    with pytest.raises(StructureError, match=r"^structure \(H2O\): needs periodic boundaries"):
+        workflow(water, small_model)
