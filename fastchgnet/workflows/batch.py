@@ -14,6 +14,7 @@ from ase.calculators.calculator import all_changes
 from fastchgnet.data.graph import _not_periodic, check_ordered, structure_name
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
+from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.potential import (
     Potential,
     as_potential,
@@ -109,7 +110,26 @@ def as_calculator(model_or_calculator: Any) -> Any:
     (FastCHGNet, compat CHGNet or Potential) with stress on every call (matcalc needs it)."""
     if hasattr(model_or_calculator, "get_property"):
         return model_or_calculator
+    check_model(model_or_calculator)
     return PrefetchCalculator(model_or_calculator)
+
+
+def check_model(model: Any) -> None:
+    """A one-line TypeError saying what a workflow takes unless ``model`` is a FastCHGNet
+    (compat CHGNet included) or a ``Potential`` (an ASE calculator is taken before this)."""
+    if isinstance(model, FastCHGNet | Potential):
+        return
+    if type(model).__module__.startswith("chgnet."):  # the reference package's model
+        hint = (
+            "; for the reference chgnet's model pass chgnet's CHGNetCalculator(model), or use "
+            "FastCHGNet.from_reference()"
+        )
+    else:
+        hint = " (FastCHGNet.from_reference(), FastCHGNet.load(path))"
+    raise TypeError(
+        "model_or_calculator: expected a FastCHGNet, a Potential or an ASE calculator, got "
+        f"{type(model).__name__}{hint}"
+    )
 
 
 def check_fit_precision(calculator: Any) -> None:

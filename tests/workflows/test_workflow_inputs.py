@@ -121,3 +121,15 @@ def test_a_workflow_given_a_molecule_asks_for_periodic_boundaries(small_model, w
     water = molecule("H2O")
     with pytest.raises(StructureError, match=r"^structure \(H2O\): needs periodic boundaries"):
         workflow(water, small_model)
+
+
+@pytest.mark.parametrize("model", [None, "0.3.0"])
+@pytest.mark.parametrize("workflow", [equation_of_state, elastic_tensor, phonopy_run])
+def test_a_workflow_given_no_model_says_what_it_takes(workflow, model):
+    with pytest.raises(TypeError, match=r"^model_or_calculator: expected a FastCHGNet, a Pot"):
+        workflow(ROCKSALT, model)
+
+
+def test_a_workflow_given_the_reference_model_says_to_wrap_it(reference_chgnet):
+    with pytest.raises(TypeError, match=r"got CHGNet; .* chgnet's CHGNetCalculator\(model\)"):
+        equation_of_state(ROCKSALT, reference_chgnet)
