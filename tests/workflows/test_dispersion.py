@@ -75,3 +75,15 @@ def test_model_plus_d3_matches_finite_differences(one_thread, reference_structur
         minus = energy(cell=atoms.cell.array @ (np.eye(3) - strain))
         numeric = (plus - minus) / (2 * step * volume)  # dE = V σ_ij (ε_ij + ε_ji)
         assert stress[i, j] == pytest.approx(numeric, abs=2e-6)  # eV/Å^3
+
+
+def test_model_plus_d3_gives_the_models_magnetic_moments(model, reference_structures):
+    from fastchgnet.md.calculator import Calculator, as_atoms
+
+    atoms = as_atoms(reference_structures[0])
+    atoms.calc = with_dispersion(model, cutoff=8.0)
+    energy, magmoms = atoms.get_potential_energy(), atoms.get_magnetic_moments()
+    alone = as_atoms(reference_structures[0])
+    alone.calc = Calculator(model)
+    np.testing.assert_allclose(magmoms, alone.get_magnetic_moments(), atol=1e-6)  # μB
+    assert energy != pytest.approx(alone.get_potential_energy(), abs=1e-3)  # D3 is added
