@@ -8,8 +8,19 @@ for are built here the way matcalc builds them and evaluated ahead in batched mo
 matcalc's requests are answered from those results (any cell not prefetched is computed when
 asked, so the numbers never depend on the prefetch). Phonons: ``workflows.phonons``.
 Clamped ions: no relaxation of the input or of the strained cells (relax first with
-``fastchgnet.md.relax`` for a relaxed reference state). Units: volume Å^3, energy eV, bulk
-modulus and elastic constants GPa (Voigt, pymatgen's engineering shear).
+``fastchgnet.md.relax`` for a relaxed reference state). The atoms follow the strain
+affinely, so the moduli are clamped-ion ones, above the relaxed-ion moduli wherever the
+atoms have internal degrees of freedom (relaxed LiMnO2: elastic B_vrh 112.9 against 84.3 GPa
+relaxed-ion; EOS B 131.9 against 103.8 from ``fastchgnet.compat.EquationOfState``, which
+relaxes the ions of every strained cell, as chgnet's). Units: volume Å^3, energy eV, bulk
+modulus and elastic constants GPa (Voigt, pymatgen's engineering shear, in the Cartesian
+frame of the input's lattice: rotate the structure to get them in another frame).
+
+matcalc's "Elastic strain-stress fits have mean R² ... may be unreliable" warning: its mean
+R² averages the 36 linear fits of stress component j against strain i, and the components
+that are zero by symmetry but not exactly (float32 noise) fit noise with R² near 0, so the
+mean is about 0.4 on every run (Si, LiMnO2) however sound the large C_ij are. Judge the
+tensor by its symmetry and by its change over smaller strains, not by that warning.
 """
 
 from __future__ import annotations
@@ -91,7 +102,8 @@ def equation_of_state(
     structure: Any, model_or_calculator: Any, max_abs_strain: float = 0.02, n_points: int = 7
 ) -> dict[str, Any]:
     """matcalc ``EOSCalc`` result of clamped-ion cells isotropically strained up to
-    ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa,
+    ``max_abs_strain`` (linear strain), fitted by Birch-Murnaghan: ``bulk_modulus_bm`` GPa
+    (clamped-ion; ``fastchgnet.compat.EquationOfState`` gives the relaxed-ion one),
     ``eos`` (``volumes`` Å^3, ``energies`` eV), ``r2_score_bm``. ``n_points``: at least 4
     (the fit has 4 parameters); ``max_abs_strain`` in (0, 0.1].
 
@@ -165,7 +177,8 @@ def elastic_tensor(
 ) -> dict[str, Any]:
     """matcalc ``ElasticityCalc`` result of clamped-ion strained cells (pymatgen's
     ``DeformedStructureSet``, 6 x 4 cells plus the unstrained one), in GPa:
-    ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6)),
+    ``elastic_tensor`` (a pymatgen ``ElasticTensor``; ``.voigt`` is (6, 6), in the input's
+    Cartesian frame; clamped-ion, see the module docstring),
     ``bulk_modulus_vrh``, ``shear_modulus_vrh``, ``youngs_modulus``. ``norm_strains`` and
     ``shear_strains``: a number or numbers, each 0 < |strain| <= 0.1."""
     check_structure(structure)
