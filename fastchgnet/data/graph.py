@@ -142,7 +142,7 @@ def formula(numbers: np.ndarray) -> str:
     return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
 
 
-def _not_periodic(atoms: object, pbc: np.ndarray) -> str:
+def not_periodic(atoms: object, pbc: np.ndarray) -> str:
     """What to do with ASE Atoms whose ``pbc`` is not True on all three axes: set it where
     the cell is a box already (a slab's vacuum, a molecule's box), else add a box first."""
     cell = np.asarray(atoms.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
@@ -165,7 +165,7 @@ def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np
     if hasattr(structure, "get_scaled_positions"):  # ASE Atoms
         pbc = np.asarray(structure.pbc)  # type: ignore[attr-defined]
         if not pbc.all():
-            raise StructureError(name, _not_periodic(structure, pbc))
+            raise StructureError(name, not_periodic(structure, pbc))
         lattice = np.array(structure.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.asarray(structure.numbers, dtype=np.int64)  # type: ignore[attr-defined]
         cart = np.asarray(structure.positions, dtype=np.float64)  # type: ignore[attr-defined]
