@@ -96,3 +96,18 @@ def test_the_compile_line_counts_a_graph_loaded_from_the_store_as_loaded_not_bui
     assert "compiled (inductor): 0 graph(s) built in 0.0 s, 1 loaded from the store; " in (
         compile_summary(potential)
     )
+
+
+def test_a_long_list_is_not_padded_to_one_large_structure():
+    """One shape for every batch pays a compile once, but pads each call to the largest
+    counts: over many batches of small cells and one large cell that costs more than a second
+    compile, so ``reserve`` leaves the large cell to its own (grown) capacity."""
+    from fastchgnet import build_graph
+
+    model = FastCHGNet(n_conv=2)
+    small, large = build_graph(COPPER), build_graph(COPPER * (3, 3, 3))
+    potential = CompiledPotential(model, eager=True, store=None)
+    potential.reserve([[small] * 16] * 8 + [[large]])  # 9 batches, the large one 1.7x the rest
+    assert potential.capacities == []  # the first call sizes its own, as before reserve
+    potential.reserve([[small] * 16, [large]])  # two batches: one shape for both
+    assert len(potential.capacities) == 1

@@ -1,46 +1,36 @@
 """CompiledPotential: the captured model behind the ASE calculator, relaxation and MD.
 
-Molecular dynamics evaluates one structure thousands of times; its atoms never change and its
-bond and angle counts drift a little. Relaxation evaluates a fixed set of structures, fewer as
-they converge. Both are served by a few fixed capacities: the first call picks one with room
-(atoms exact + 1 padding atom; short and long bonds ``headroom`` more, angles
-``(1 + headroom)^2`` more, each rounded up to ``round_to``), later calls reuse the smallest
-capacity the graphs fit, so a run keeps one compiled shape (converged structures leave empty
-slots). Angles get the squared margin because they go as the square of the bond-graph degree:
-in 45 NVT steps at 300 K from the 0 K crystal, LiMnO2's short bonds rise 15 % and its angles 33 %
-(Li9Co7O16 6 % and 11 %, a 64-atom LiMnO2 cell 11 % and 22 %). A call that fits none grows the
-capacity by the margin from the current counts, never below the old one: one more compile,
-logged (logger ``fastchgnet.compile``).
+MD evaluates one structure thousands of times, its bond and angle counts drifting; relaxation
+a set of structures, fewer as they converge. Both use a few capacities: the first call picks
+one with room (atoms exact + 1 padding atom; short and long bonds ``headroom`` more, angles
+``(1 + headroom)^2`` more, rounded up to ``round_to``), later calls the smallest that fits
+(one compiled shape a run; converged structures leave empty slots). Angles get the squared
+margin (they go as the square of the bond-graph degree: 45 NVT steps at 300 K, LiMnO2's short
+bonds +15 %, angles +33 %). A call that fits none grows it: one more compile, logged.
 
-Re-sizing (``shrink_below``, ``max_shapes``, ``max_oversize``: all off by default, so
-prediction keeps one shape that grows only on overflow; ``run_md`` sets ``patience`` and
-``max_shapes``, see ``md.dynamics.MD_COMPILE``; ``relax(compiled=True)`` turns them all on).
+Re-sizing (off by default; ``run_md`` sets ``patience`` and ``max_shapes``, see
+``md.dynamics.MD_COMPILE``; ``relax(compiled=True)`` turns all on; prediction keeps one shape).
 When the graphs of a call fit a known capacity but a fresh one with headroom
 (``data.capacity.shrunk``) would hold at most ``shrink_below`` of its entries, that tighter
-capacity is made and used: a relaxation whose structures converge and leave gets cheaper calls,
-each shrink cutting the work to ``shrink_below`` or less. At most ``max_shapes`` capacities are
-made (growth and shrinks together); a call that would need one more runs the model eagerly,
-unpadded, instead of compiling. So does a call whose capacity holds more than ``max_oversize``
-times the entries of a fresh one for it: on this CPU a compiled call at a tight capacity was
-1.6x faster than eager (16 structures), and 1.4-2x slower than eager for 4 of them in that
-capacity. With ``patience``, graphs that fit no capacity run eagerly for that many calls first,
-and the capacity then made holds the largest counts seen meanwhile: a relaxation's first steps,
-where compressed cells gain bonds and angles fast (5x the angles in 10 steps in bench_relax),
-would otherwise compile a shape every few steps. ``padding`` tallies every call's real and
-padding entries (atoms + bonds + angles; an eager call adds none), ``eager_calls`` counts the
-eager ones. Short (bond-graph) and long bonds are padded separately (``Capacity.short_bonds``).
+capacity is made and used (a relaxation gets cheaper calls as its structures leave). At most
+``max_shapes`` capacities are made (growth and shrinks together); a call that would need one
+more runs the model eagerly, unpadded, instead of compiling. So does a call whose capacity
+holds more than ``max_oversize`` times the entries of a fresh one for it (a compiled call at a
+tight capacity: 1.6x faster than eager; 4 structures in a capacity for 16: 1.4-2x slower).
+With ``patience``, graphs that fit no capacity run eagerly for that many calls first, and the
+capacity then made holds the largest counts seen meanwhile (a relaxation's compressed cells
+gain angles fast at first). ``reserve`` sizes one shape for calls known ahead. ``padding``
+tallies real and padding entries (atoms + bonds + angles), ``eager_calls`` the eager calls;
+short and long bonds pad apart.
 
-On a CPU the programs are compiled ahead of time and kept in the on-disk store
-(``fastchgnet.compile.store``): a new process with the same config and shapes starts warm.
-``expected_compile_seconds`` prices a call before it is made (``fastchgnet.compile.decide``).
+On a CPU the programs are compiled ahead of time and kept on disk (``compile.store``): a new
+process starts warm. ``expected_compile_seconds`` prices a call first (``compile.decide``).
 
-With ``backend="torchscript"`` none of this applies (``pads`` is False): TorchScript's graphs
-take any sizes (``compile.script.ScriptedProgram``), so every call runs its graphs as they are,
-unpadded, and one build (in a child process with ``background``, the calls eager meanwhile)
-serves a run whatever its bond counts do; the store keeps it too (``store.ScriptShelf``).
+With ``backend="torchscript"`` none of this applies (``pads`` is False): its graphs take any
+sizes (``compile.script.ScriptedProgram``), one build (in a child with ``background``) serves
+a run unpadded, and the store keeps it (``store.ScriptShelf``).
 
-A ``CapturedModel`` fixes what it computes (stress: part of a backward pass, which NVT never
-asks for) at construction: there is one per stress setting, sharing the capacities.
+There is one ``CapturedModel`` per stress setting (NVT needs none), sharing the capacities.
 """
 
 from __future__ import annotations
@@ -91,6 +81,12 @@ def contiguous(batch: GraphBatch) -> GraphBatch:
         if isinstance(value := getattr(batch, f.name), torch.Tensor) and not value.is_contiguous()
     }
     return replace(batch, **changes) if changes else batch
+
+
+#: ``CompiledPotential.reserve`` sizes one shape for a list of batches when it pads them by at
+#: most this fraction of their entries, or when they are this few
+RESERVE_PADDING = 0.5
+RESERVE_BATCHES = 4
 
 
 class CompiledPotential:
@@ -288,10 +284,17 @@ class CompiledPotential:
         them, with headroom) before their calls, unless a known one holds them: a caller that
         knows its calls (``predict_graph_list``) compiles one shape for all of them, where the
         first call's own counts need not bound the others' (16 one-atom cells, then 4 and a
-        27-atom one). Nothing with TorchScript (any sizes) or ``patience`` (eager calls first)."""
+        27-atom one). Nothing with TorchScript (any sizes) or ``patience`` (eager calls first),
+        nor where that shape would pad more than ``RESERVE_PADDING`` over more than
+        ``RESERVE_BATCHES`` batches (a long list of small cells with one large one: padding
+        every call would cost more than a second compile for the large one)."""
         if self.pads and batches and self.patience == 0:
-            counts = peak([Counts.of(batch) for batch in batches])
-            self._capacity_for(counts, [graph for batch in batches for graph in batch])
+            each = [Counts.of(batch) for batch in batches]
+            counts = peak(each)
+            shape = with_headroom(counts, self.headroom, self.round_to, self._largest())
+            padded = entries(shape) * len(each) / max(1, sum(c.entries for c in each))
+            if len(each) <= RESERVE_BATCHES or padded <= 1 + RESERVE_PADDING:
+                self._capacity_for(counts, [graph for batch in batches for graph in batch])
 
     def _at_bound(self) -> bool:
         return self.max_shapes is not None and len(self.capacities) >= self.max_shapes
