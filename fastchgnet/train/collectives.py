@@ -79,6 +79,7 @@ def init_process_group(timeout_s: float) -> None:
     if cuda:
         torch.cuda.set_device(local_device())
     timeout = datetime.timedelta(seconds=timeout_s)
+    bound_new_groups(timeout)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
     if cuda:  # under MPI, DeepSpeed's discovery (mpi4py) set LOCAL_RANK from host names,
         # unwrapped: where a rank sees only its own GPU its engine would take device 2 of 1
@@ -88,6 +89,17 @@ def init_process_group(timeout_s: float) -> None:
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
     if not cuda:
         release_shared_memory_name()
+
+
+def bound_new_groups(timeout: datetime.timedelta) -> None:
+    """Give every process group made after this call ``timeout``: DeepSpeed's engine makes its
+    data-parallel group (``new_group``, where its gradient all-reduce runs) without one, so it
+    took torch's 30-minute default, not ``run.dist_timeout_s`` (a stopped rank held the other
+    30 minutes in its backward)."""
+    c10d = _torch_dist.distributed_c10d
+    c10d.default_pg_timeout = timeout
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), datetime.timedelta):
+        c10d.default_pg_nccl_timeout = timeout  # a CUDA build's NCCL default
 
 
 #: (rank, world size, local rank) variables of the launchers, in the order read: torchrun's

@@ -93,3 +93,16 @@ def test_settle_hands_rank_0s_outcome_to_the_other_ranks(tmp_path):
     collectives.settle(tmp_path, 0, 5.0, "data-bad", "f.extxyz: no such file or directory")
     with pytest.raises(ValueError, match=r"^rank 0 stopped: f\.extxyz: no such file"):
         collectives.settle(tmp_path, 1, 5.0, "data-bad", None)
+
+
+def test_groups_made_after_the_start_take_the_runs_timeout(monkeypatch):
+    """DeepSpeed's data-parallel group (its gradient all-reduce) is a new_group without a
+    timeout: it waited torch's 30 minutes on a stopped rank, whatever run.dist_timeout_s said."""
+    import datetime
+
+    import torch.distributed.distributed_c10d as c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        monkeypatch.setattr(c10d, name, getattr(c10d, name), raising=False)
+    collectives.bound_new_groups(datetime.timedelta(seconds=42))
+    assert c10d._get_default_timeout("gloo") == datetime.timedelta(seconds=42)
