@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from fastchgnet.cli.train import (
     user_error,
 )
 from fastchgnet.signals import StopSignals
+from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.finetune import finetune
 from fastchgnet.train.interrupt import Interrupted
-from fastchgnet.train.outputs import start_over
+from fastchgnet.train.outputs import run_lock, start_over
 
 PROG = "launcher/finetune.py"
 
@@ -68,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = resolve_config(args)
+    except USER_ERRORS as error:
+        return user_error(PROG, error)
+    with contextlib.ExitStack() as lock:
+        try:  # for the whole run: no second run writes beside this one
+            lock.enter_context(run_lock(Path(config.run.out_dir)))
+        except ValueError as error:
+            return user_error(PROG, error)
+        return _finetune_locked(args, config)
+
+
+def _finetune_locked(args: argparse.Namespace, config: TrainConfig) -> int:
+    """``main`` once the run folder is this process's: resume or start over, fine-tune, report."""
+    try:
         out = Path(config.run.out_dir)
         # complete: trained and reported (a run stopped after training still writes its report)
         reported = (out / "finetune-report.csv").is_file()

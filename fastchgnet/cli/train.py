@@ -15,6 +15,7 @@ newest checkpoint under run.out_dir is used (``--set`` still applies on top).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
-from fastchgnet.train.outputs import completed, start_over
+from fastchgnet.train.outputs import completed, run_lock, start_over
 
 #: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
 #: one line on stderr, no traceback (``user_error``)
@@ -126,10 +127,22 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
-    from fastchgnet.train.engine import launched_distributed, launcher_rank_and_world
-    from fastchgnet.train.run import train
+    from fastchgnet.train.engine import launcher_rank_and_world
 
     out, rank = Path(config.run.out_dir), launcher_rank_and_world()[0]
+    with contextlib.ExitStack() as lock:
+        try:  # the main rank, for the whole run: no second run writes beside this one
+            lock.enter_context(run_lock(out, take=rank == 0))
+        except ValueError as error:
+            return user_error(PROG, error)
+        return _run_locked(args, config, out, rank)
+
+
+def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) -> int:
+    """``run`` once the run folder is this run's: resume or start over, train, leave the group."""
+    from fastchgnet.train.engine import launched_distributed
+    from fastchgnet.train.run import train
+
     if args.resume and nothing_to_resume(out, config, rank):
         return 0
     if not args.resume:
