@@ -1,0 +1,38 @@
+"""A --resume continues the checkpoint's run: a --set that changes its batches or model is
+refused in one line (a changed data.batch_size re-planned the epochs behind the checkpoint's
+step: a run resumed at step 90 of 171 ended at 119, silently); an optimiser change is said."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from fastchgnet.cli import train as cli_train
+from fastchgnet.train.config import TrainConfig
+
+
+def resumed(monkeypatch, tmp_path, *overrides: str) -> TrainConfig:
+    stored = TrainConfig().to_dict()
+    stored["run"]["out_dir"] = str(tmp_path)
+    monkeypatch.setattr(cli_train, "stored_config", lambda root: stored)
+    args = argparse.Namespace(config=None, overrides=list(overrides), resume=True)
+    return cli_train.resolve_config(args)
+
+
+def test_a_resume_that_changes_the_batches_is_refused(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match=r"^--resume: data\.batch_size was 32, --set gives 16"):
+        resumed(monkeypatch, tmp_path, f"run.out_dir={tmp_path}", "data.batch_size=16")
+    with pytest.raises(ValueError, match=r"^--resume: model\.architecture"):
+        resumed(monkeypatch, tmp_path, "model.architecture.n_conv=4")
+
+
+def test_a_resume_may_change_how_data_is_read_and_says_an_optimiser_change(
+    monkeypatch, tmp_path, capsys
+):
+    config = resumed(monkeypatch, tmp_path, "data.loader_workers=2", "run.threads=1")
+    assert config.data.loader_workers == 2
+    assert capsys.readouterr().err == ""
+    config = resumed(monkeypatch, tmp_path, "optim.epochs=20")
+    assert config.optim.epochs == 20
+    assert "--resume: optim.epochs changed" in capsys.readouterr().err
