@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fastchgnet.model.config import ModelConfig
-from fastchgnet.model.io import FORMAT, load_model
+from fastchgnet.model.io import FORMAT, is_state_dict, load_model
 from fastchgnet.model.reference import (
     check_reference_modes,
     checkpoint_path,
@@ -97,7 +97,7 @@ def _begins_with(start: bytes) -> str:
 def check_not_state_dict(payload: dict[str, Any], source: str) -> None:
     """Raise ValueError naming ``source`` when ``payload`` is a state dict alone (tensors by
     parameter name, without the model's settings: no architecture or cutoffs to build)."""
-    if payload and all(isinstance(value, torch.Tensor) for value in payload.values()):
+    if is_state_dict(payload):
         raise ValueError(
             f"{source}: a state dict ({len(payload)} tensors, no model settings): give it to "
             "the model it came from (model.load_state_dict(torch.load(path))) and save that "

@@ -76,12 +76,31 @@ def file_format(path: str | Path) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def is_state_dict(payload: object) -> bool:
+    """Whether ``payload`` is a state dict alone: tensors by parameter name, without the
+    settings (architecture, cutoffs) a model is built from."""
+    return (
+        isinstance(payload, dict)
+        and bool(payload)
+        and all(isinstance(value, torch.Tensor) for value in payload.values())
+    )
+
+
 def how_to_load(path: str | Path) -> str:
     """What a readable file that is not our model file may be, and what reads it."""
     if file_format(path) == TRAIN_CHECKPOINT_FORMAT:
         return (
             "it is a fastchgnet training checkpoint: `fastchgnet predict --model` and the "
             "training config's model.init read it, or use its run folder's model.pt"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        payload = None
+    if is_state_dict(payload):
+        return (
+            f"it is a state dict ({len(payload)} tensors, no model settings): load it into "
+            "the model it came from (model.load_state_dict) and save that model"
         )
     return (
         "a chgnet checkpoint or as_dict file loads with "

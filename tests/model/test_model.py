@@ -179,3 +179,11 @@ def test_loading_a_missing_model_file_is_file_not_found(tmp_path):
         FastCHGNet.load(tmp_path / "nofile.pt")
     with pytest.raises(IsADirectoryError, match=r"a folder, not a model file"):
         FastCHGNet.load(tmp_path)
+
+
+def test_loading_a_bare_state_dict_names_it(tmp_path):
+    """It was told 'a chgnet checkpoint or as_dict file loads with load_model_file', which
+    refuses it too: a state dict has no settings to build the model from."""
+    torch.save(FastCHGNet(n_conv=2).state_dict(), tmp_path / "weights.pt")
+    with pytest.raises(ValueError, match=r"it is a state dict \(\d+ tensors, no model settings\)"):
+        FastCHGNet.load(tmp_path / "weights.pt")
