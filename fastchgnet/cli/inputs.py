@@ -350,12 +350,12 @@ def load_model(spec: str, precision: str = "float32", device: str = "cpu") -> An
 
 
 def model_from_file(path: Path) -> Any:
-    """The model in the file at ``path``: ours (``FastCHGNet.load``), or chgnet's (a Trainer
-    .pth.tar, a checkpoint's ``model``, ``CHGNet.as_dict()``: ``chgnet_files.load_model_file``,
-    said on stderr). Raises ValueError naming the file: not a torch file, a state dict alone
-    (weights without the model's settings), unsafe, damaged or not a CHGNet."""
+    """The model in the file at ``path``: ours, or chgnet's (a Trainer .pth.tar, a checkpoint's
+    ``model``, ``CHGNet.as_dict()``, said on stderr), read once (``chgnet_files``). Raises
+    ValueError naming the file: not a torch file, a state dict alone (weights without the
+    model's settings), unsafe, damaged or not a CHGNet."""
     from fastchgnet import FastCHGNet
-    from fastchgnet.model.chgnet_files import load_model_file, read_checkpoint
+    from fastchgnet.model.chgnet_files import model_from_checkpoint, read_checkpoint
     from fastchgnet.model.io import FORMAT
 
     try:
@@ -367,9 +367,9 @@ def model_from_file(path: Path) -> Any:
         raise ValueError(
             f"{error}; give a fastchgnet model file, a chgnet .pth.tar or a version ({versions})"
         ) from None
+    model = model_from_checkpoint(FastCHGNet, payload, path)  # a state dict alone: refused
     if payload.get("format") == FORMAT:
-        return FastCHGNet.load(path)
-    model = load_model_file(FastCHGNet, path)  # a state dict alone is refused there
+        return model
     config = model.config
     trainer = "optimizer" in payload or "trainer_args" in payload
     kind = "Trainer checkpoint" if trainer else "checkpoint" if "model" in payload else "as_dict"

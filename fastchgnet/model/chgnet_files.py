@@ -179,7 +179,18 @@ def load_model_file(cls: type[FastCHGNet], path: str | Path, **modes: Any) -> Fa
     Raises:
         ValueError: naming the file: unsafe, corrupt, or not a CHGNet of this architecture.
     """
-    payload = read_checkpoint(path)
+    return model_from_checkpoint(cls, read_checkpoint(path), path, **modes)
+
+
+def model_from_checkpoint(
+    cls: type[FastCHGNet], payload: dict[str, Any], path: str | Path, **modes: Any
+) -> FastCHGNet:
+    """``load_model_file`` of a file already read (``read_checkpoint``'s ``payload`` of the
+    file at ``path``): ours is loaded with its checksum verified, chgnet's from ``payload``.
+
+    Raises:
+        ValueError: naming the file: a state dict alone, or not a CHGNet of this architecture.
+    """
     if payload.get("format") == FORMAT:
         return load_model(cls, path)
     check_not_state_dict(payload, str(path))

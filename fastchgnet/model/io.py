@@ -68,10 +68,19 @@ def file_format(path: str | Path) -> str | None:
     """The ``format`` a checksummed file of ours declares ("fastchgnet-model",
     "fastchgnet-train-checkpoint"), or None for any other or unreadable file. Reads only the
     wrapper (``weights_only=True``)."""
+    return _format_of(_wrapper(path))
+
+
+def _wrapper(path: str | Path) -> object:
+    """What ``path`` holds, read with ``weights_only=True`` (None: unreadable, or holding
+    pickled objects: not one of ours)."""
     try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable or holding pickled objects: not one of ours
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
         return None
+
+
+def _format_of(wrapper: object) -> str | None:
     kind = wrapper.get("format") if isinstance(wrapper, dict) else None
     return kind if isinstance(kind, str) else None
 
@@ -88,15 +97,12 @@ def is_state_dict(payload: object) -> bool:
 
 def how_to_load(path: str | Path) -> str:
     """What a readable file that is not our model file may be, and what reads it."""
-    if file_format(path) == TRAIN_CHECKPOINT_FORMAT:
+    payload = _wrapper(path)  # read once for both questions
+    if _format_of(payload) == TRAIN_CHECKPOINT_FORMAT:
         return (
             "it is a fastchgnet training checkpoint: `fastchgnet predict --model` and the "
             "training config's model.init read it, or use its run folder's model.pt"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        payload = None
     if is_state_dict(payload):
         return (
             f"it is a state dict ({len(payload)} tensors, no model settings): load it into "
