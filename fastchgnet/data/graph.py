@@ -160,12 +160,22 @@ def not_periodic(atoms: object, pbc: np.ndarray) -> str:
     return f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); {cure}"
 
 
+def check_periodic(structure: object, name: str) -> None:
+    """StructureError (one line, naming ``name``) unless ``structure`` (pymatgen Structure or
+    ASE Atoms) is periodic on all three axes; for ASE Atoms it says what to set
+    (``not_periodic``)."""
+    pbc = np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1)
+    if pbc.all():
+        return
+    if hasattr(structure, "cell"):  # ASE Atoms: what to set, or how to box it
+        raise StructureError(name, not_periodic(structure, np.resize(pbc, 3)))
+    raise StructureError(name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()})")
+
+
 def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(atomic_numbers (n,), frac_coords (n, 3), lattice (3, 3)) from Structure or Atoms."""
     if hasattr(structure, "get_scaled_positions"):  # ASE Atoms
-        pbc = np.asarray(structure.pbc)  # type: ignore[attr-defined]
-        if not pbc.all():
-            raise StructureError(name, not_periodic(structure, pbc))
+        check_periodic(structure, name)
         lattice = np.array(structure.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.asarray(structure.numbers, dtype=np.int64)  # type: ignore[attr-defined]
         cart = np.asarray(structure.positions, dtype=np.float64)  # type: ignore[attr-defined]

@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
-from fastchgnet.data.graph import check_ordered, not_periodic, structure_name
-from fastchgnet.errors import StructureError
+from fastchgnet.data.graph import check_ordered, check_periodic, structure_name
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.potential import (
@@ -96,13 +95,7 @@ def check_structure(structure: Any) -> None:
         raise not_a_structure(structure)
     name = structure_name(structure)
     check_ordered(structure, name)
-    pbc = np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1)
-    if not pbc.all():
-        if hasattr(structure, "cell"):  # ASE Atoms: what to set, or how to box it
-            raise StructureError(name, not_periodic(structure, np.resize(pbc, 3)))
-        raise StructureError(
-            name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()})"
-        )
+    check_periodic(structure, name)
 
 
 def as_calculator(model_or_calculator: Any) -> Any:
