@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from fastchgnet.data.periodic import check_open_axes, open_axes
 from fastchgnet.errors import StructureError
 
 NeighbourBackend = Literal["pymatgen", "vesin"]
@@ -142,40 +143,9 @@ def formula(numbers: np.ndarray) -> str:
     return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
 
 
-def not_periodic(atoms: object, pbc: np.ndarray) -> str:
-    """What to do with ASE Atoms whose ``pbc`` is not True on all three axes: set it where
-    the cell is a box already (a slab's vacuum, a molecule's box), else add a box first."""
-    cell = np.asarray(atoms.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
-    boxed = bool(np.isfinite(cell).all() and abs(np.linalg.det(cell)) > 1.0)
-    open_axes = [axis for axis in range(3) if not pbc[axis]]  # a slab keeps its periodic ones
-    axis = f", axis={open_axes[0]}" if len(open_axes) == 1 else ""
-    axis = f", axis={tuple(open_axes)}" if len(open_axes) == 2 else axis
-    cure = (
-        "set atoms.pbc = True (its cell then repeats it: leave enough vacuum that images do "
-        "not interact)"
-        if boxed
-        else "put it in a box large enough that its images do not interact "
-        f"(atoms.center(vacuum=10{axis})) and set atoms.pbc = True"
-    )
-    return f"needs periodic boundaries on all three axes (pbc={pbc.tolist()}); {cure}"
-
-
-def check_periodic(structure: object, name: str) -> None:
-    """StructureError (one line, naming ``name``) unless ``structure`` (pymatgen Structure or
-    ASE Atoms) is periodic on all three axes; for ASE Atoms it says what to set
-    (``not_periodic``)."""
-    pbc = np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1)
-    if pbc.all():
-        return
-    if hasattr(structure, "cell"):  # ASE Atoms: what to set, or how to box it
-        raise StructureError(name, not_periodic(structure, np.resize(pbc, 3)))
-    raise StructureError(name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()})")
-
-
 def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(atomic_numbers (n,), frac_coords (n, 3), lattice (3, 3)) from Structure or Atoms."""
-    if hasattr(structure, "get_scaled_positions"):  # ASE Atoms
-        check_periodic(structure, name)
+    if hasattr(structure, "get_scaled_positions"):  # ASE Atoms (open axes: ``open_axes``)
         lattice = np.array(structure.cell.array, dtype=np.float64)  # type: ignore[attr-defined]
         numbers = np.asarray(structure.numbers, dtype=np.int64)  # type: ignore[attr-defined]
         cart = np.asarray(structure.positions, dtype=np.float64)  # type: ignore[attr-defined]
@@ -339,11 +309,13 @@ def build_graph(
     name: str | None = None,
     backend: NeighbourBackend = "pymatgen",
     allow_isolated: bool = False,
+    check_open: bool = True,
 ) -> CrystalGraph:
     """Build the CHGNet atom graph and bond graph of one crystal.
 
     Args:
-        structure: a pymatgen ``Structure`` or a periodic ASE ``Atoms`` (positions in Å).
+        structure: a pymatgen ``Structure`` or an ASE ``Atoms`` (positions in Å); periodic,
+            or with a cell and no bond across its open axes (a slab, a boxed molecule).
         atom_cutoff: atom-graph cutoff radius, Å (pairs with distance < cutoff are bonds).
         bond_cutoff: bond-graph cutoff, Å (directed edges shorter than it form angles).
         name: name used in error messages (default: id or label, and formula).
@@ -353,22 +325,29 @@ def build_graph(
         allow_isolated: keep atoms without any neighbour within atom_cutoff (they get no
             bond; the reference chgnet's ``on_isolated_atoms="warn"|"ignore"``) instead of
             raising.
+        check_open: refuse a bond across an axis along which ``structure`` is not periodic
+            (``check_open_axes``); off for a neighbour search beyond the cutoff, whose caller
+            checks the bonds it keeps.
 
     Returns:
         The ``CrystalGraph``.
 
     Raises:
-        StructureError: no atoms, non-finite coordinates or lattice, zero-volume lattice,
+        StructureError: no atoms, non-finite coordinates or lattice, zero-volume lattice, an
+            axis that is not periodic without a cell or with a bond across it,
             an atom without element, two atoms closer than ``MIN_PAIR_DISTANCE`` (0.1 Å), or
             (unless ``allow_isolated``) an isolated atom (no neighbour within atom_cutoff).
     """
     if not 0.0 < bond_cutoff <= atom_cutoff:
         raise ValueError(f"need 0 < bond_cutoff <= atom_cutoff, got {bond_cutoff}, {atom_cutoff}")
     name = name or structure_name(structure)
+    open_along = open_axes(structure, name)
     numbers, frac, lattice = _as_arrays(structure, name)
     _check_inputs(numbers, frac, lattice, name)
     cart = frac @ lattice
     i, j, image, dist = _neighbour_pairs(cart, lattice, atom_cutoff, backend)
+    if check_open:
+        check_open_axes(np.stack([i, j], axis=1), image, open_along, name)
     short_first = np.argsort(dist >= bond_cutoff, kind="stable")
     i, j, image, dist = i[short_first], j[short_first], image[short_first], dist[short_first]
     bond_atoms = np.stack([i, j], axis=1)

@@ -29,6 +29,7 @@ from fastchgnet.data.graph import (
     check_isolated,
     structure_name,
 )
+from fastchgnet.data.periodic import check_open_axes, open_axes
 from fastchgnet.errors import StructureError
 
 
@@ -67,9 +68,11 @@ class VerletGraph:
         self._ref_inverse_cell = np.eye(3)  # (3, 3) inverse of the lattice at the last search
         self._pairs = np.empty((0, 2), dtype=np.int64)  # (n_candidates, 2) (i, j)
         self._images = np.empty((0, 3), dtype=np.int64)  # (n_candidates, 3) cell offsets
+        self._open = np.zeros(3, dtype=bool)  # (3,) axes along which the atoms are not periodic
 
     def graph(self, atoms: Any, name: str | None = None) -> CrystalGraph:
-        """The crystal graph of ``atoms`` (periodic ASE Atoms) at its current positions.
+        """The crystal graph of ``atoms`` (ASE Atoms, periodic or with no bond across its open
+        axes: ``data.periodic.open_axes``) at its current positions.
 
         Raises:
             StructureError: as ``build_graph`` (isolated atom, non-finite coordinates, ...).
@@ -79,7 +82,8 @@ class VerletGraph:
         lattice = np.array(atoms.cell.array, dtype=np.float64)
         if not (np.isfinite(positions).all() and np.isfinite(lattice).all()):
             raise StructureError(name or structure_name(atoms), "non-finite coordinates or lattice")
-        if self._needs_search(numbers, positions, lattice):  # named here: the same atoms after
+        pbc_changed = not np.array_equal(np.resize(atoms.pbc, 3), ~self._open)
+        if self._needs_search(numbers, positions, lattice) or pbc_changed:  # named here: the
             self._name = name or structure_name(atoms)
             self._search(atoms, self._name)
         return self._filter(numbers, positions, lattice, name or self._name)
@@ -106,10 +110,12 @@ class VerletGraph:
             name=name,
             backend="vesin",
             allow_isolated=True,
+            check_open=False,  # the bonds kept are checked (``_filter``), not the candidates
         )
         pairs, images = _canonical_half_list(candidates.bond_atoms, candidates.bond_images)
         self._pairs, self._images = pairs, images
         self._numbers = np.array(candidates.atomic_numbers)
+        self._open = open_axes(atoms, name)
         self._ref_positions = np.array(atoms.positions, dtype=np.float64)
         self._ref_inverse_cell = np.linalg.inv(candidates.lattice)
         self.n_builds += 1
@@ -128,6 +134,7 @@ class VerletGraph:
         keep = np.flatnonzero(within)
         keep = keep[np.argsort(lengths[keep] >= self.bond_cutoff, kind="stable")]
         bond_atoms, bond_images, lengths = self._pairs[keep], self._images[keep], lengths[keep]
+        check_open_axes(bond_atoms, bond_images, self._open, name)
         if not self.allow_isolated:
             check_isolated(bond_atoms, numbers.shape[0], name, self.atom_cutoff)
         return CrystalGraph(

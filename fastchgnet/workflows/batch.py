@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
-from fastchgnet.data.graph import check_ordered, check_periodic, structure_name
+from fastchgnet.data.graph import check_ordered, structure_name
+from fastchgnet.data.periodic import check_periodic
 from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.potential import (

@@ -132,23 +132,33 @@ def test_non_periodic_atoms_are_an_error():
         build_graph(Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]]))
 
 
-def test_a_structure_not_periodic_on_every_axis_is_told_what_to_set():
-    """A slab or a boxed molecule with pbc off needs only pbc=True; an unboxed molecule needs
-    a box first (both were told to put a molecule in a box)."""
+def test_a_structure_open_along_an_axis_is_taken_when_no_bond_crosses_it():
+    """A slab (pbc True, True, False) or a boxed molecule was refused; the model repeats the
+    cell along every axis as the reference does, so with enough vacuum the graph is the
+    periodic one, and a bond across the open axis is refused naming the atoms and the axis."""
     from ase.build import fcc111, molecule
 
     slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)  # pbc (True, True, False)
-    with pytest.raises(StructureError, match=r"pbc=\[True, True, False\]\); set atoms\.pbc"):
-        build_graph(slab)
+    periodic = slab.copy()
+    periodic.pbc = True
+    open_graph, closed_graph = build_graph(slab), build_graph(periodic)
+    np.testing.assert_array_equal(open_graph.bond_atoms, closed_graph.bond_atoms)
+    np.testing.assert_array_equal(open_graph.bond_images, closed_graph.bond_images)
+    thin = fcc111("Cu", size=(2, 2, 3), vacuum=2.0)  # a 4 Å gap: bonds across it
+    with pytest.raises(StructureError, match=r"^structure \(Cu12\): atoms \d+ and \d+ are within "
+                       r"the cutoff across axis 2, along which it is not periodic"):  # fmt: skip
+        build_graph(thin)
+    thin.pbc = True
+    build_graph(thin)  # the periodic crystal it then is
     water = molecule("H2O")
-    with pytest.raises(StructureError, match=r"put it in a box .*center\(vacuum=10\)"):
+    with pytest.raises(StructureError, match=r"no cell along its open axes: put it in a box "
+                       r".*center\(vacuum=10\)\)$"):  # fmt: skip
         build_graph(water)
     bare = fcc111("Cu", size=(2, 2, 3))  # no vacuum: a zero c vector
     with pytest.raises(StructureError, match=r"center\(vacuum=10, axis=2\)"):  # not the plane
         build_graph(bare)
     water.center(vacuum=8.0)  # a box, pbc still off
-    with pytest.raises(StructureError, match=r"\); set atoms\.pbc = True"):
-        build_graph(water)
+    assert build_graph(water).n_atoms == 3
 
 
 def test_a_disordered_structure_is_named_by_its_formula():

@@ -39,6 +39,6 @@ def test_frames_not_periodic_in_all_three_directions_have_a_problem(tmp_path, re
         check_frame(frames[1])
 
 
-def test_build_graph_refuses_atoms_not_periodic_in_all_directions():
-    with pytest.raises(StructureError, match=r"methane.*periodic boundaries on all three"):
+def test_build_graph_refuses_a_bond_across_an_axis_that_is_not_periodic():
+    with pytest.raises(StructureError, match=r"methane.*across axis 0, along which it is not"):
         build_graph(_frames()[1], name="methane")

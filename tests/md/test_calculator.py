@@ -133,3 +133,26 @@ def test_the_calculator_moves_the_model_to_the_device_it_is_given() -> None:
         assert {p.device.type for p in model.parameters()} == {"meta"}
     with pytest.raises(TypeError, match="device="):
         Calculator(FastCHGNet(n_conv=2), use_device="cuda")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_slab_open_along_its_normal_gets_the_reference_numbers(model, reference_chgnet):
+    """ASE's slabs (pbc True, True, False) were refused; the reference treats them as periodic,
+    which with vacuum beyond the cutoff is the open slab itself. Turning pbc off on a slab too
+    thin for it is refused at the next call (the neighbour search is made again)."""
+    from ase.build import fcc111
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)
+    reference = slab.copy()
+    reference.calc = CHGNetCalculator(reference_chgnet, use_device="cpu")
+    slab.calc = Calculator(model)
+    assert slab.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-3)
+    np.testing.assert_allclose(slab.get_forces(), reference.get_forces(), atol=2e-4)
+    thin = fcc111("Cu", size=(2, 2, 3), vacuum=2.0)
+    thin.pbc = True
+    thin.calc = Calculator(model)
+    thin.get_potential_energy()
+    thin.pbc = [True, True, False]
+    with pytest.raises(StructureError, match="across axis 2, along which it is not periodic"):
+        thin.get_potential_energy()
