@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.filters import Filter
 from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDMin
+from ase.stress import voigt_6_to_full_3x3_stress
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.compat.model import CHGNet, determine_device, unsupported
@@ -100,8 +101,11 @@ class CHGNetCalculator(Calculator):
         from ase.calculators.calculator import all_changes
 
         super().calculate(atoms, ("energy", "forces", "stress"), system_changes or all_changes)
+        # the reference's results hold the (3, 3) tensor (``get_stress`` gives ASE's Voigt 6)
+        stress = voigt_6_to_full_3x3_stress(self.results["stress"])
         if self.stress_weight != units.GPa:
-            self.results["stress"] = self.results["stress"] / units.GPa * self.stress_weight
+            stress = stress / units.GPa * self.stress_weight
+        self.results["stress"] = stress
         if not self.return_site_energies:
             self.results.pop("energies", None)
 
