@@ -1,5 +1,6 @@
-"""VASP runs (a folder, a .zip of one, or vasprun.xml): every ionic step a frame, energy from
-OSZICAR's E0, forces eV/Å, stress kBar (VASP sign) -> GPa x -0.1, magnetic moments from OUTCAR."""
+"""VASP runs (a folder or a .zip of one or more, or one vasprun.xml file): every ionic step a
+frame, energy from OSZICAR's E0, forces eV/Å, stress kBar (VASP sign) -> GPa x -0.1, magnetic
+moments from the run's OUTCAR."""
 
 from __future__ import annotations
 
@@ -17,47 +18,115 @@ from fastchgnet.data.frame import Frame, implausible_labels
 from fastchgnet.data.sources.labels import label_array
 from fastchgnet.units import KBAR_TO_GPA
 
+#: the file names of a run's vasprun file (``vasprun.xml``, ``vasprun.xml.relax2``, ``.gz``)
+VASPRUN = "vasprun.xml*"
+
 
 def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Frame]:
-    """Frames of every ionic step of a VASP run: a directory or a .zip holding one.
+    """Frames of every ionic step of VASP runs: one vasprun file (that file, with its OUTCAR),
+    or a folder or .zip holding one run or several (every run, each in its own folder).
 
     Conventions as chgnet's ``parse_vasp_dir``: energy sigma -> 0 per atom (``ionic_step_energy``:
     ``e_0_energy`` with the fix for VASP's vasprun.xml bug that chgnet lacks), forces from
     vasprun.xml, stress kBar -> GPa by ``KBAR_TO_GPA``, magnetic moments per step
     from the OUTCAR ``magnetization (x)`` tables (``tot`` column; made absolute) where
-    present. Steps whose electronic loop hit NELM are skipped (with a warning) when
-    ``skip_unconverged``, as chgnet does by default. A step with implausible labels
+    present (``outcar_of``). Steps whose electronic loop hit NELM are skipped (with a warning)
+    when ``skip_unconverged``, as chgnet does by default. A step with implausible labels
     (``implausible_labels``) is a frame with a ``problem``, as from every source.
+
+    Material id: the folder's name (a .zip's stem); with several runs, that name and the
+    run's folder within it (``runs/a_licl``).
+
+    Raises:
+        FileNotFoundError: no vasprun file there.
+        ValueError: one line naming the files, where one folder holds several vasprun files
+            (which of them is the run is unclear: name one) or a vasprun file has several
+            OUTCARs of its name (``outcar_of``).
     """
-    run = Path(run)
+    run = Path(run).resolve()  # a relative path ("vasprun.xml", ".") has a folder name too
     if run.suffix == ".zip":
         with tempfile.TemporaryDirectory(prefix="fastchgnet-vasp-") as tmp:
             with zipfile.ZipFile(run) as archive:
                 archive.extractall(tmp)
-            yield from _read_vasp_dir(_find_run_dir(Path(tmp), run), run.stem, skip_unconverged)
+            for vasprun, name in vasp_runs(Path(tmp), run.stem, shown_as=run):
+                yield from _read_run(vasprun, name, skip_unconverged)
     elif run.is_dir():
-        yield from _read_vasp_dir(run, run.name, skip_unconverged)
-    elif run.name.startswith("vasprun"):
-        yield from _read_vasp_dir(run.parent, run.parent.name, skip_unconverged)
+        for vasprun, name in vasp_runs(run, run.name, shown_as=run):
+            yield from _read_run(vasprun, name, skip_unconverged)
+    elif run.is_file() and run.name.startswith("vasprun"):
+        yield from _read_run(run, run.parent.name, skip_unconverged)
     else:
         raise FileNotFoundError(f"{run}: not a VASP run directory, vasprun.xml or .zip")
 
 
-def _find_run_dir(root: Path, archive: Path) -> Path:
-    found = sorted(p.parent for p in root.rglob("vasprun.xml*") if "__MACOSX" not in p.parts)
-    if not found:
-        raise FileNotFoundError(f"{archive}: no vasprun.xml inside the archive")
-    return found[0]
+def vasp_runs(root: Path, name: str, shown_as: Path) -> list[tuple[Path, str]]:
+    """(vasprun file, material id) of every run under the folder ``root`` (one vasprun file
+    per folder; ``__MACOSX`` skipped), sorted by folder; ``name`` is the material id of a
+    single run, ``name/<folder>`` of each of several. ``shown_as``: ``root`` in messages
+    (the .zip an archive was unpacked from).
+
+    Raises:
+        FileNotFoundError: no vasprun file under ``root``.
+        ValueError: one line naming the files of a folder that holds several.
+    """
+    files = [p for p in root.rglob(VASPRUN) if p.is_file() and "__MACOSX" not in p.parts]
+    folders = sorted({p.parent for p in files})
+    if not folders:
+        raise FileNotFoundError(f"{shown_as}: no vasprun.xml in it")
+    runs = []
+    for folder in folders:
+        found = sorted(p.name for p in folder.glob(VASPRUN) if p.is_file())
+        where = shown_as / folder.relative_to(root)
+        if len(found) > 1:
+            raise ValueError(
+                f"{where}: {len(found)} vasprun files ({', '.join(found)}), which one is the "
+                f"run is unclear; name one (e.g. {where / found[0]}), or keep one run per folder"
+            )
+        relative = folder.relative_to(root).as_posix()
+        single = len(folders) == 1 or relative == "."
+        runs.append((folder / found[0], name if single else f"{name}/{relative}"))
+    return runs
 
 
-def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iterator[Frame]:
+def outcar_of(vasprun: Path) -> Path | None:
+    """The OUTCAR of the run in ``vasprun``: beside it with the same suffix
+    (``vasprun.xml.relax2`` -> ``OUTCAR.relax2``, ``.gz`` or not), or the folder's only OUTCAR
+    where it holds one vasprun file; else None (with a warning when OUTCARs of other names are
+    there: magnetic moments are then left unlabelled).
+
+    Raises:
+        ValueError: two OUTCARs of its name (``OUTCAR`` and ``OUTCAR.gz``), naming them.
+    """
+    folder = vasprun.parent
+    outcars = sorted(p for p in folder.glob("OUTCAR*") if p.is_file())
+    base = vasprun.name.removesuffix(".gz")
+    if base.startswith("vasprun.xml"):
+        suffix = base[len("vasprun.xml") :]
+        mine = [p for p in outcars if p.name in (f"OUTCAR{suffix}", f"OUTCAR{suffix}.gz")]
+        if len(mine) > 1:
+            raise ValueError(
+                f"{vasprun}: {' and '.join(p.name for p in mine)} both beside it; which holds "
+                "its magnetic moments is unclear: keep one"
+            )
+        if mine:
+            return mine[0]
+    if len(outcars) == 1 and len([p for p in folder.glob(VASPRUN) if p.is_file()]) == 1:
+        return outcars[0]
+    if outcars:
+        warnings.warn(
+            f"{vasprun}: no OUTCAR of its name beside it (there: "
+            f"{', '.join(p.name for p in outcars)}); magnetic moments left unlabelled",
+            stacklevel=3,
+        )
+    return None
+
+
+def _read_run(vasprun_file: Path, run_name: str, skip_unconverged: bool) -> Iterator[Frame]:
     from pymatgen.io.vasp.outputs import Vasprun
 
-    vasprun_files = sorted(run_dir.glob("vasprun.xml*"))
-    if not vasprun_files:
-        raise FileNotFoundError(f"{run_dir}: no vasprun.xml")
+    outcar = outcar_of(vasprun_file)
     vasprun = Vasprun(
-        str(vasprun_files[0]),
+        str(vasprun_file),
         parse_dos=False,
         parse_eigen=False,
         parse_projected_eigen=False,
@@ -65,7 +134,7 @@ def _read_vasp_dir(run_dir: Path, run_name: str, skip_unconverged: bool) -> Iter
         exception_on_bad_xml=False,
     )
     steps = vasprun.ionic_steps
-    magmoms = _outcar_magmoms(run_dir, len(steps), run_name)
+    magmoms = None if outcar is None else _outcar_magmoms(outcar, len(steps), run_name)
     nelm = vasprun.parameters.get("NELM", 60)
     unconverged = []
     for step_index, step in enumerate(steps):
@@ -116,15 +185,12 @@ def ionic_step_energy(step: dict) -> float:
 _ROW = re.compile(r"^\s*\d+\s+[-\d.\s]+$")
 
 
-def _outcar_magmoms(run_dir: Path, n_steps: int, run_name: str) -> list[np.ndarray] | None:
-    """Per-ionic-step ``tot`` magnetic moments from OUTCAR, or None when it has none."""
-    outcar = sorted(run_dir.glob("OUTCAR*"))
-    if not outcar:
-        return None
-    opener = gzip.open if outcar[0].suffix == ".gz" else open
+def _outcar_magmoms(outcar: Path, n_steps: int, run_name: str) -> list[np.ndarray] | None:
+    """Per-ionic-step ``tot`` magnetic moments from ``outcar``, or None when it has none."""
+    opener = gzip.open if outcar.suffix == ".gz" else open
     tables: list[np.ndarray] = []
     rows: list[float] | None = None
-    with opener(outcar[0], "rt", encoding="utf-8", errors="replace") as handle:
+    with opener(outcar, "rt", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             text = line.strip()
             if text == "magnetization (x)":
