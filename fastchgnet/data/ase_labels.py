@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fastchgnet.data.field_types import coerce_fields
 from fastchgnet.data.frame import (
     MAX_ENERGY_PER_ATOM,
     MAX_STRESS_GPA,
@@ -53,10 +54,7 @@ class AseLabels:
     max_energy_per_atom: float = MAX_ENERGY_PER_ATOM
 
     def __post_init__(self) -> None:
-        if self.stress_unit not in STRESS_UNITS:
-            raise ValueError(f"stress_unit {self.stress_unit!r}: use one of {list(STRESS_UNITS)}")
-        if self.stress_sign not in ("ase", "vasp"):
-            raise ValueError(f"stress_sign {self.stress_sign!r}: use 'ase' or 'vasp'")
+        coerce_fields(self)  # the run config's check: energy_per_atom="false" is refused
 
     @property
     def stress_factor(self) -> float:
@@ -69,7 +67,8 @@ def labels_from_json(text: str) -> AseLabels:
     """``AseLabels`` from a JSON object (``--labels '{"energy": "E_dft"}'``).
 
     Raises:
-        ValueError: not a JSON object, or a key that ``AseLabels`` does not have.
+        ValueError: not a JSON object, a key that ``AseLabels`` does not have, or a value of
+            the wrong type (``--labels energy_per_atom='false': expected true or false``).
     """
     import json
     from dataclasses import fields
@@ -85,7 +84,10 @@ def labels_from_json(text: str) -> AseLabels:
         raise ValueError(
             f"--labels: unknown key(s) {sorted(set(data) - known)}; known {sorted(known)}"
         )
-    return AseLabels(**data)
+    try:
+        return AseLabels(**data)
+    except ValueError as error:
+        raise ValueError(f"--labels {error}") from None
 
 
 def _lookup(atoms: Any, key: str) -> Any:
