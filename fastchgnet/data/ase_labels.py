@@ -136,13 +136,18 @@ def frame_from_atoms(atoms: Any, labels: AseLabels, material_id: str, frame_id: 
     n = len(atoms)
     frame = Frame(structure=structure, material_id=material_id, frame_id=frame_id)
 
+    problems = [problem]
+
     def get(key: str) -> np.ndarray | None:
         value = _lookup(atoms, key) if key else None
-        return None if value is None else np.array(value, dtype=np.float64)
+        try:
+            return None if value is None else np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):  # "failed", a list of words: not a label
+            problems.append(f"label {key!r} is {_shown(value)}, not a number")
+            return None
 
     keys = (labels.energy, labels.forces, labels.stress, labels.magmoms)
     energy, forces, stress, magmoms = (get(key) for key in keys)
-    problems = [problem]
     if energy is not None:
         if energy.size == 1:
             frame.energy_per_atom = float(energy.reshape(())) / (1 if labels.energy_per_atom else n)
@@ -167,6 +172,12 @@ def frame_from_atoms(atoms: Any, labels: AseLabels, material_id: str, frame_id: 
     ))  # fmt: skip
     frame.problem = next((p for p in problems if p), None)
     return frame
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``value`` for a message, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _images(path: Path) -> Iterator[Any]:

@@ -90,11 +90,11 @@ def implausible_labels(
     sets ``Frame.problem`` from it (the ASE reader with the limits and hints of its
     ``AseLabels``); non-finite labels are left to ``check_frame``."""
     energy = frame.energy_per_atom
-    if energy is not None and abs(energy) > max_energy_per_atom:
+    if energy is not None and np.isfinite(energy) and abs(energy) > max_energy_per_atom:
         return f"energy {energy:.4g} eV/atom exceeds {max_energy_per_atom} eV/atom: {energy_hint}"
     stress = frame.stress
-    if stress is not None and stress.size:
-        largest = float(np.abs(stress).max())
+    if stress is not None and np.isfinite(stress).any():  # inf, nan: check_frame says so
+        largest = float(np.abs(stress[np.isfinite(stress)]).max())
         if largest > max_stress_gpa:
             return f"stress up to {largest:.4g} GPa exceeds {max_stress_gpa} GPa: {stress_hint}"
     return None
