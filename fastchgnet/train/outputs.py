@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import shutil
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
+from fastchgnet.data.folder_lock import folder_lock
 from fastchgnet.train.checkpoint import latest_progress
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.metrics import write_csv
@@ -28,44 +26,21 @@ from fastchgnet.train.metrics import write_csv
 LOCK_FILE = ".run.lock"
 
 
-@contextlib.contextmanager
-def run_lock(out: Path, take: bool = True) -> Iterator[None]:
-    """Within the block this process holds ``out/.run.lock`` (an exclusive ``flock``, which
-    the system releases when the process ends, killed or not; the file is removed at the
-    block's end), where ``take`` (the main rank).
+def run_lock(out: Path, take: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Within the block this process holds ``out/.run.lock`` (``data.folder_lock``: an
+    exclusive ``flock``, released when the process ends, killed or not), where ``take`` (the
+    main rank).
 
     Raises:
         ValueError: one line naming the folder and the process (pid, host) of a run going on
             there: a second run (a --resume or --overwrite of a live run among them) would
             mix its checkpoints and logs with it, or delete them under it.
     """
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
-        fcntl = None
-    if not take or fcntl is None:
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ValueError(
-                f"run.out_dir {out}: a run is going on there ({holder}); wait for it to end, "
-                "or give another run.out_dir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:  # the folder as the run left it (a killed run's file stays, unlocked)
-            with contextlib.suppress(OSError):
-                (out / LOCK_FILE).unlink()
+    refusal = (
+        f"run.out_dir {out}: a run is going on there ({{holder}}); wait for it to end, "
+        "or give another run.out_dir"
+    )
+    return folder_lock(out, LOCK_FILE, refusal, take)
 
 
 #: What a run leaves in its run.out_dir that a new run there would mix with its own

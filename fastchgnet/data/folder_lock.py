@@ -1,0 +1,48 @@
+"""The one lock on a folder that a process writes into: a training run's ``run.out_dir``
+(``train.outputs.run_lock``), a graph cache while ``data.convert`` fills it. A second
+process there is refused in one line naming the one at work, instead of writing beside it
+or deleting its files under it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, lock_file: str, refusal: str, take: bool = True) -> Iterator[None]:
+    """Within the block this process holds ``folder/lock_file`` (an exclusive ``flock``, which
+    the system releases when the process ends, killed or not; the file is removed at the
+    block's end), where ``take``; ``folder`` is made if missing.
+
+    Raises:
+        ValueError: ``refusal`` with ``{holder}`` replaced by the process (pid, host) that
+            holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        fcntl = None
+    if not take or fcntl is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ValueError(refusal.replace("{holder}", holder)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:  # the folder as the process left it (a killed one's file stays, unlocked)
+            with contextlib.suppress(OSError):
+                (folder / lock_file).unlink()
