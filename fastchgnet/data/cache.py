@@ -108,9 +108,16 @@ class GraphDataset:
                 f"{self.cache_dir}: no manifest.json, so conversion did not finish; run convert "
                 "again with the same settings (finished shards are kept)"
             )
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise CacheError(f"{self.cache_dir}: cache format {manifest.get('format')} unknown")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise CacheError(
+                f"{manifest_path}: unreadable ({error}); run convert again with the same "
+                "settings to rewrite it (finished shards are kept)"
+            ) from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise CacheError(f"{self.cache_dir}: cache format {found} unknown")
         self.atom_cutoff = float(manifest["atom_cutoff"])
         self.bond_cutoff = float(manifest["bond_cutoff"])
         self.shard_names = [s["name"] for s in manifest["shards"]]

@@ -4,10 +4,15 @@ Shard ``k`` holds source frames ``k * shard_size`` to ``(k + 1) * shard_size``. 
 in a ``.tmp-`` folder, each file fsynced, then renamed into place, so a shard folder exists only
 once complete. A rerun with the same settings keeps every full shard whose files match its
 shard.json checksums (reading past its frames without building graphs), deletes stale
-``.tmp-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt). The same
-settings include the frames' ``origin`` (``data.origin``: the source file and its label
-settings) where known: a rerun from another source or with other labels is refused once a
-shard is complete (a folder with none, e.g. after a wrong label key, takes the new settings).
+``.tmp-shard-`` folders, and rebuilds the rest (the last, partial shard is always rebuilt); it
+removes no name it does not write itself (``shards.converter_paths``). The same settings
+include the frames' ``origin`` (``data.origin``: the source file and its label settings)
+where known: a rerun from another source or with other labels is refused once a shard is
+complete (a folder with none, e.g. after a wrong label key, takes the new settings). Frames
+without an origin (``from_structures``, a reader's bare generator) are told by the fingerprint
+of each shard's frames (``shards.FramesFingerprint``): a shard of other frames is refused. One
+conversion at a time fills a folder (``folder_lock``); an unreadable shard.json is a shard to
+rebuild, an unreadable settings.json a one-line error naming it.
 With ``max_structures`` conversion stops reading the source once that many structures are kept.
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
@@ -33,23 +38,32 @@ import numpy as np
 from tqdm import tqdm
 
 from fastchgnet.data.cache import (
-    ARRAYS,
     FORMAT_VERSION,
     LABELS,
     CacheError,
     remove_tree,
     shard_name,
-    verify_shard,
 )
 from fastchgnet.data.coverage import coverage_report
+from fastchgnet.data.folder_lock import folder_lock
 from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph, build_graph
 from fastchgnet.data.interrupt import closing
 from fastchgnet.data.origin import as_json, describe_change
+from fastchgnet.data.shards import (
+    SHARD,
+    TMP_SHARD,
+    FramesFingerprint,
+    ShardWriter,
+    converter_paths,
+    shard_is_done,
+)
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 from fastchgnet.signals import quiet_child, stop_signals
 
+#: The file a conversion holds locked in its cache folder (``folder_lock``)
+LOCK_FILE = ".convert.lock"
 #: Frames handed to each worker per task.
 TASK_FRAMES = 16
 
@@ -118,58 +132,6 @@ def _records(task: tuple[list[Frame], float, float]) -> list[dict]:
     return [graph_record(frame, atom_cutoff, bond_cutoff) for frame in frames]
 
 
-class _ShardWriter:
-    """Appends records to raw part files in a temp folder, then writes .npy files."""
-
-    def __init__(self, tmp_dir: Path) -> None:
-        self.dir = tmp_dir
-        tmp_dir.mkdir(parents=True)
-        self.parts = {
-            name: open(tmp_dir / f"{name}.part", "wb")  # noqa: SIM115 - closed in finish()
-            for name, (dtype, _, _) in ARRAYS.items()
-            if dtype != "str"
-        }
-        self.rows = dict.fromkeys(self.parts, 0)
-        self.ids: dict[str, list[str]] = {"material_ids": [], "frame_ids": []}
-
-    def add(self, record: dict) -> None:
-        for name, handle in self.parts.items():
-            value = np.ascontiguousarray(record[name], dtype=ARRAYS[name][0])
-            handle.write(value.tobytes())
-            self.rows[name] += value.shape[0]
-        for name, ids in self.ids.items():
-            ids.append(record[name])
-
-    def close(self) -> None:
-        for handle in self.parts.values():
-            handle.close()
-
-    def finish(self, info: dict) -> None:
-        """Write every .npy (header, then the part file's bytes), fsync, and shard.json."""
-        hashes = {}
-        for name, (dtype, _, trailing) in ARRAYS.items():
-            target = self.dir / f"{name}.npy"
-            if dtype == "str":
-                np.save(target, np.array(self.ids[name], dtype=str))
-            else:
-                self.parts[name].close()
-                part = self.dir / f"{name}.part"
-                header = {
-                    "descr": np.dtype(dtype).str,
-                    "fortran_order": False,
-                    "shape": (self.rows[name], *trailing),
-                }
-                with open(target, "wb") as out, open(part, "rb") as src:
-                    np.lib.format.write_array_header_1_0(out, header)
-                    while block := src.read(1 << 24):
-                        out.write(block)
-                part.unlink()
-            with open(target, "rb+") as handle:
-                os.fsync(handle.fileno())
-            hashes[target.name] = file_sha256(target)
-        write_json_atomic(self.dir / "shard.json", {**info, "sha256": hashes})
-
-
 def _build_shard(
     frames: Iterator[Frame],
     tmp_dir: Path,
@@ -184,7 +146,7 @@ def _build_shard(
     structures are kept. If reading or building fails, ``tmp_dir`` is
     removed and the error raised: the cache has no manifest, so nothing trusts it, and a
     rerun keeps the shards that were finished."""
-    writer = _ShardWriter(tmp_dir)
+    writer = ShardWriter(tmp_dir)
     try:
         return _fill_shard(frames, writer, final, info, pool, bar, wanted)
     except BaseException:  # a source that breaks off mid-shard: no half-built shard is left
@@ -195,7 +157,7 @@ def _build_shard(
 
 def _fill_shard(
     frames: Iterator[Frame],
-    writer: _ShardWriter,
+    writer: ShardWriter,
     final: Path,
     info: dict,
     pool: object,
@@ -204,6 +166,7 @@ def _fill_shard(
 ) -> int:
     tmp_dir = writer.dir
     skipped, kept, n_frames = [], 0, 0
+    fingerprint = FramesFingerprint()
     cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
     window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
 
@@ -225,30 +188,52 @@ def _fill_shard(
             else:
                 writer.add(record)
                 kept += 1
+        for frame in part:
+            fingerprint.add(frame)
         n_frames += len(part)
         bar.update(len(part))
     if n_frames == 0:
         writer.close()
         remove_tree(tmp_dir)
         return 0
-    writer.finish({**info, "n_frames": n_frames, "n_structures": kept, "skipped": skipped})
+    writer.finish({**info, "n_frames": n_frames, "n_structures": kept, "skipped": skipped,
+                   "frames_sha256": fingerprint.hexdigest()})  # fmt: skip
     os.rename(tmp_dir, final)
     fsync_dir(final.parent)
     return n_frames
 
 
-def _shard_is_done(shard_dir: Path, info: dict) -> bool:
-    meta_path = shard_dir / "shard.json"
-    if not meta_path.is_file():
-        return False
-    meta = json.loads(meta_path.read_text())
-    if any(meta.get(key) != value for key, value in info.items()):
-        return False
+def _read_record(path: Path) -> dict:
+    """settings.json of a cache folder; unreadable is a ``CacheError`` naming it."""
     try:
-        verify_shard(shard_dir, meta["sha256"])
-    except CacheError:
-        return False
-    return True
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CacheError(
+            f"{path}: unreadable ({error}); delete it and rerun (shards built with the same "
+            "settings are kept), or convert into another folder"
+        ) from None
+    return record
+
+
+def _read_past(frames: Iterator[Frame], shard: Path, size: int, check: bool) -> None:
+    """Read past the ``size`` frames of the finished ``shard``. Where ``check`` (the source
+    has no ``origin`` to tell it by), they must be the frames it was built from."""
+    fingerprint, n_read = FramesFingerprint(), 0
+    for frame in frames:
+        if check:
+            fingerprint.add(frame)
+        n_read += 1
+    if n_read != size:
+        raise CacheError(
+            f"{shard.parent}: the source now ends inside {shard.name}, which holds a full "
+            "shard; convert into a new folder"
+        )
+    recorded = json.loads((shard / "shard.json").read_text()).get("frames_sha256")
+    if check and recorded != fingerprint.hexdigest():
+        raise CacheError(
+            f"{shard} was built from other frames than these (another data set?); convert "
+            "into another folder, or delete it"
+        )
 
 
 def convert(
@@ -294,11 +279,17 @@ def convert(
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
     if max_structures < 0:
         raise ValueError(f"max_structures {max_structures}: must be 0 (all) or more")
+    out = Path(out_dir)
     with closing(frames), stop_signals():
-        origin = getattr(frames, "origin", None) if origin is None else origin
-        cutoffs = (atom_cutoff, bond_cutoff)
-        return _convert(iter(frames), Path(out_dir), cutoffs, workers, shard_size, progress,
-                        origin, max_structures)  # fmt: skip
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: is a file; a graph cache is a folder, name another")
+        refusal = f"{out}: a conversion is going on there ({{holder}}); wait for it to end, " \
+                  "or convert into another folder"  # fmt: skip
+        with folder_lock(out, LOCK_FILE, refusal):
+            origin = getattr(frames, "origin", None) if origin is None else origin
+            cutoffs = (atom_cutoff, bond_cutoff)
+            return _convert(iter(frames), out, cutoffs, workers, shard_size, progress, origin,
+                            max_structures)  # fmt: skip
 
 
 def _convert(
@@ -323,15 +314,16 @@ def _convert(
     if origin is not None:
         settings["origin"] = as_json(origin)
     settings_path = out / "settings.json"
-    built = json.loads(settings_path.read_text()) if settings_path.is_file() else settings
-    if built != settings and any(out.glob("shard-*/shard.json")):  # none built: reuse the folder
+    built = _read_record(settings_path) if settings_path.is_file() else settings
+    finished = [p for p in converter_paths(out, SHARD) if (p / "shard.json").is_file()]
+    if built != settings and finished:  # none built: the folder takes the new settings
         raise CacheError(
             f"{out} was built with settings other than asked ({describe_change(built, settings)})"
             "; use another folder or delete it"
         )
     write_json_atomic(settings_path, settings)
     remove_tree(out / "manifest.json")
-    for stale in out.glob(".tmp-*"):
+    for stale in converter_paths(out, TMP_SHARD):  # a killed conversion's (the lock is ours)
         remove_tree(stale)
 
     pool = multiprocessing.get_context("fork").Pool(workers, quiet_child) if workers > 1 else None
@@ -343,15 +335,10 @@ def _convert(
             info = {**settings, "shard": k, "first_frame": k * shard_size}
             final = out / shard_name(k)
             stream = itertools.islice(frames, shard_size)
-            if _shard_is_done(final, {**info, "n_frames": shard_size}):
-                n_read = sum(1 for _ in stream)  # read past the kept shard's frames
-                if n_read != shard_size:
-                    raise CacheError(
-                        f"{out}: the source now ends inside {final.name}, which "
-                        "holds a full shard; convert into a new folder"
-                    )
+            if shard_is_done(final, {**info, "n_frames": shard_size}):
+                _read_past(stream, final, shard_size, check=origin is None)
                 kept += 1
-                bar.update(n_read)
+                bar.update(shard_size)
             else:
                 remove_tree(final)
                 wanted = max_structures - held if max_structures > 0 else None
@@ -379,8 +366,10 @@ def _convert(
             pool.close()
             pool.join()
     # stale shards beyond the source's end (a shorter source than last time) are removed
-    for extra in sorted(out.glob("shard-*"))[len(shards) :]:
-        remove_tree(extra)
+    names = {shard["name"] for shard in shards}
+    for extra in converter_paths(out, SHARD):
+        if extra.name not in names:
+            remove_tree(extra)
     write_json_atomic(out / "skipped.json", skipped)
     n_structures = sum(s["n_structures"] for s in shards)
     limit = max_structures if stopped else 0  # 0: the cache holds the whole source
