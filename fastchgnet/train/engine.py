@@ -89,6 +89,25 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def apply_optim_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    base_lr: float,
+    weight_decay: float,
+) -> None:
+    """Give a restored ``optimizer`` and ``scheduler`` this run's base learning rate and
+    weight decay (a checkpoint's state carries the old ones): every group's ``initial_lr``,
+    ``weight_decay`` and the schedule's ``base_lrs`` become the new values, and ``lr`` is the
+    new base times the schedule's factor at the restored step, as a run started with them
+    would have it there. With unchanged values this recomputes what the checkpoint held."""
+    scheduler.base_lrs = [base_lr] * len(optimizer.param_groups)
+    step = scheduler.last_epoch
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"], group["weight_decay"] = base_lr, weight_decay
+        group["lr"] = base_lr * factor(step)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # get_last_lr()
+
+
 def parameter_digest(model: nn.Module) -> str:
     """sha256 of every parameter's bytes, in name order (equal digests: identical weights)."""
     digest = hashlib.sha256()
@@ -108,7 +127,8 @@ class TorchEngine:
     ) -> None:
         self.module = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.params, config, scaled_lr(config, global_batch))
+        self.base_lr, self.weight_decay = scaled_lr(config, global_batch), config.weight_decay
+        self.optimizer = make_optimizer(self.params, config, self.base_lr)
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
         self.grad_clip = config.grad_clip
         self.device = next(model.parameters()).device
@@ -148,8 +168,11 @@ class TorchEngine:
     def load_state_dict(
         self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
     ) -> None:
+        """Restore; the learning rate and weight decay are this run's config's (a resume's
+        ``--set optim.lr=...`` takes effect at the checkpoint's step: ``apply_optim_settings``)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_optim_settings(self.optimizer, self.scheduler, self.base_lr, self.weight_decay)
 
 
 def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: float) -> dict:
@@ -215,9 +238,9 @@ class DeepSpeedEngine:
 
         self.rank, self.world_size = rank_and_world()
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(
-            params, config, scaled_lr(config, batch_per_rank * self.world_size)
-        )
+        self.base_lr = scaled_lr(config, batch_per_rank * self.world_size)
+        self.weight_decay = config.weight_decay
+        optimizer = make_optimizer(params, config, self.base_lr)
         scheduler = make_scheduler(optimizer, config, total_steps)
         settings = deepspeed_settings(
             settings_path, batch_per_rank, self.world_size, config.grad_clip
@@ -281,13 +304,16 @@ class DeepSpeedEngine:
         self, state: dict[str, Any], all_ranks: list[dict | None] | None = None
     ) -> None:
         """Restore; under ZeRO >= 1 DeepSpeed takes the shards by rank (``all_ranks``: this
-        rank's at its index, every rank's where ``needs_every_shard``; the others None)."""
+        rank's at its index, every rank's where ``needs_every_shard``; the others None). The
+        learning rate and weight decay are this run's config's, set on the torch optimiser
+        inside DeepSpeed's (``apply_optim_settings``)."""
         if self.zero_stage >= 1:
             shards = [s["optimizer"] if s is not None else None for s in (all_ranks or [state])]
             self.optimizer.load_state_dict(shards, load_optimizer_states=True)
         else:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        apply_optim_settings(self.optimizer_inner, self.scheduler, self.base_lr, self.weight_decay)
 
 
 def make_engine(
