@@ -22,7 +22,9 @@ class RelaxResult:
     atoms: final geometry (ASE Atoms, its calculator holding the final results) |
     energy: final total energy, eV | converged: max force (and cell force) < fmax |
     steps: optimizer steps taken | frames: the trajectory, when one was asked for |
-    interrupted: stopped by a signal while relaxing (atoms: its geometry then, no energy).
+    interrupted: stopped by a signal while relaxing (atoms: its geometry then, no energy) |
+    error: why the model could not take it (``relax(skip_failed=True)``; atoms: its geometry
+    then, or the input as given; energy NaN), else None.
     """
 
     atoms: Atoms
@@ -31,11 +33,12 @@ class RelaxResult:
     steps: int
     frames: list[Atoms] = field(default_factory=list)
     interrupted: bool = False
+    error: str | None = None
 
     @property
     def energy_per_atom(self) -> float:
-        """Final energy, eV/atom."""
-        return self.energy / len(self.atoms)
+        """Final energy, eV/atom (NaN without atoms or energy)."""
+        return self.energy / len(self.atoms) if len(self.atoms) else float("nan")
 
     @property
     def structure(self) -> Any:

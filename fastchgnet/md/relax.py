@@ -37,16 +37,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.optimize import BFGS, FIRE
 from tqdm import tqdm
 
 from fastchgnet.data.graph import CrystalGraph, structure_name
@@ -56,18 +51,20 @@ from fastchgnet.md.calculator import (
     as_atoms,
     capture_backend,
     compiled_potential,
-    evaluate_graphs,
 )
-from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 from fastchgnet.md.outputs import RelaxInterrupted, RelaxResult, write_frames
+from fastchgnet.md.relaxation import OPTIMIZERS, Relaxation, failure, run_each, run_lockstep
 from fastchgnet.md.verlet_graph import VerletGraph
-from fastchgnet.model.potential import Potential, as_potential, check_batch_size, is_structure
-from fastchgnet.signals import stop_signal
+from fastchgnet.model.potential import (
+    Potential,
+    as_potential,
+    check_batch_size,
+    is_structure,
+)
 
 log = logging.getLogger("fastchgnet.md")
 
 OptimizerName = Literal["FIRE", "BFGS"]
-OPTIMIZERS = {"FIRE": FIRE, "BFGS": BFGS}
 #: bond and angle margin of ``relax(compiled=True)``: capacities are made for the peak counts of
 #: ``RELAX_PATIENCE`` calls, so a small margin serves; 0.3 (angles 1.69x) left 83 % padding
 #: waste on bench_relax, where compiled calls beat eager ones only below about 60 %
@@ -96,58 +93,6 @@ RELAX_COMPILE = {
 }
 
 
-class _Relaxation:
-    """One structure's atoms, calculator, optimizer and recorded frames."""
-
-    def __init__(
-        self,
-        atoms: Atoms,
-        calc: Calculator,
-        optimizer: OptimizerName,
-        relax_cell: bool,
-        record: bool,
-    ) -> None:
-        self.atoms, self.calc = atoms, calc
-        atoms.calc = calc
-        target = CachedFrechetCellFilter(atoms) if relax_cell else atoms
-        self.optimizer = OPTIMIZERS[optimizer](target, logfile=None)
-        self.frames: list[Atoms] = []
-        self.record = record
-        self.converged = False
-
-    def snapshot(self) -> None:
-        """Append the current geometry with its (cached) results to the frames."""
-        if self.record:
-            frame = self.atoms.copy()
-            frame.calc = SinglePointCalculator(frame, **self.calc.results)
-            self.frames.append(frame)
-
-    def max_force(self) -> float:
-        """Largest force on the optimizer's degrees of freedom (atoms and cell), eV/Å."""
-        forces = self.optimizer.atoms.get_forces()
-        return float(np.sqrt((forces**2).sum(axis=1).max()))
-
-    def result(self) -> RelaxResult:
-        """The outcome; the atoms keep their final results in a SinglePointCalculator, so a
-        finished structure no longer holds the model's calculator and neighbour cache."""
-        self.atoms.calc = SinglePointCalculator(self.atoms, **self.calc.results)
-        return RelaxResult(
-            atoms=self.atoms,
-            energy=float(self.atoms.get_potential_energy()),
-            converged=self.converged,
-            steps=int(self.optimizer.nsteps),
-            frames=self.frames,
-        )
-
-    def stopped(self) -> RelaxResult:
-        """The outcome of a relaxation stopped by a signal: the current geometry, without the
-        calculator's results (they may belong to the step before), energy NaN."""
-        atoms = self.atoms.copy()
-        atoms.calc = None
-        steps = int(self.optimizer.nsteps)
-        return RelaxResult(atoms, float("nan"), False, steps, self.frames, interrupted=True)
-
-
 def relax(
     structures: Any,
     model: Potential | Any | None = None,
@@ -163,6 +108,7 @@ def relax(
     progress: bool = False,
     compiled: bool | str | None = None,
     neighbours: Sequence[VerletGraph] | None = None,
+    skip_failed: bool = False,
 ) -> RelaxResult | list[RelaxResult]:
     """Relax one or many structures until every force is below ``fmax``.
 
@@ -192,13 +138,19 @@ def relax(
         neighbours: one per structure of a list, the neighbour list its calculator starts
             from (``first_neighbours``', made by a screen of the structures: their searches
             are not made again; its skin serves instead of ``skin``).
+        skip_failed: a structure the model cannot take, at the start or at a later step,
+            gets a ``RelaxResult`` with its ``error`` (energy NaN) and a warning naming it,
+            and the others go on (a screen of many files); False: the StructureError ends
+            the run.
 
     Returns:
         A RelaxResult for one structure, else a list in input order.
 
     Raises:
         StructureError: an input that is no structure, or one that cannot be predicted,
-            named with its position in the input.
+            named with its position in the input (unless ``skip_failed``); its ``results``
+            carry the structures finished and the current geometry of the others relaxing, as
+            RelaxInterrupted's, and the trajectory frames gathered so far are written first.
         RelaxInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run; it
             carries the structures finished and the current geometry of those relaxing, and
             the trajectory frames gathered so far are written first.
@@ -229,113 +181,42 @@ def relax(
         model = compiled_potential(model, backend=capture, **RELAX_COMPILE)
     potential = as_potential(model)  # one potential shared by every calculator
 
-    def start(index: int, structure: Any) -> _Relaxation:
+    def start(index: int, structure: Any) -> Relaxation | RelaxResult:
         name = structure_name(structure, None if single else index)
-        if not is_structure(structure):
-            raise StructureError(name, "is not a pymatgen Structure or ASE Atoms")
-        given = None if neighbours is None else neighbours[index]
-        calc = Calculator(  # the cell filter asks for forces, then stress: one call for both
-            potential, skin=skin, always_stress=relax_cell, name=name, neighbours=given
-        )
-        atoms = as_atoms(structure, name)
-        return _Relaxation(atoms, calc, optimizer, relax_cell, trajectory is not None)
+        try:
+            if not is_structure(structure):
+                raise StructureError(name, "is not a pymatgen Structure or ASE Atoms")
+            given = None if neighbours is None else neighbours[index]
+            calc = Calculator(  # the cell filter asks for forces, then stress: one call for both
+                potential, skin=skin, always_stress=relax_cell, name=name, neighbours=given
+            )
+            atoms = as_atoms(structure, name)
+        except StructureError as error:
+            if not skip_failed:
+                raise
+            atoms = structure.copy() if isinstance(structure, Atoms) else Atoms()
+            return failure(atoms, error, 0, [])
+        return Relaxation(atoms, calc, optimizer, relax_cell, trajectory is not None)
 
     runs = (start(k, s) for k, s in enumerate(items))
     try:
         with tqdm(total=total, desc="relax", unit="structure", disable=not progress) as bar:
             if batched:
-                results = _run_lockstep(
-                    runs, potential, fmax, steps, relax_cell, batch_size, bar, choose
+                results = run_lockstep(
+                    runs, potential, fmax, steps, relax_cell, batch_size, bar, skip_failed, choose
                 )
             else:
-                results = _run_each(runs, fmax, steps, bar)
-    except RelaxInterrupted as stop:
-        if trajectory is not None:
-            write_frames(trajectory, stop.results)
+                results = run_each(runs, fmax, steps, bar, skip_failed)
+    except (RelaxInterrupted, StructureError) as stop:
+        kept = getattr(stop, "results", None)
+        if trajectory is not None and kept is not None:
+            write_frames(trajectory, kept)
         raise
     if not results:
         raise ValueError("no structures to relax")
     if trajectory is not None:
         write_frames(trajectory, results)
     return results[0] if single else results
-
-
-def _run_each(runs: Iterator[_Relaxation], fmax: float, steps: int, bar: tqdm) -> list[RelaxResult]:
-    """ASE's own optimizer loop for one structure after another."""
-    results: dict[int, RelaxResult] = {}
-    active: list[tuple[int, _Relaxation]] = []
-    try:
-        for index, run in enumerate(runs):
-            active = [(index, run)]
-            run.optimizer.attach(run.snapshot)
-            run.converged = bool(run.optimizer.run(fmax=fmax, steps=steps))
-            bar.update()
-            results[index] = run.result()
-    except (KeyboardInterrupt, SystemExit) as stop:
-        raise _interrupted(stop, results, active) from None
-    return [results[index] for index in range(len(results))]
-
-
-def _interrupted(
-    stop: BaseException, results: dict[int, RelaxResult], active: list[tuple[int, _Relaxation]]
-) -> BaseException:
-    """``RelaxInterrupted`` with ``results`` and the current geometry of the ``active``
-    structures not among them, when ``stop`` is a signal's (``signals.stop_signal``); else
-    ``stop``."""
-    signum = stop_signal(stop)
-    if signum is None:
-        return stop
-    kept = results | {i: run.stopped() for i, run in active if i not in results}
-    return RelaxInterrupted(kept, signum)
-
-
-def _run_lockstep(
-    runs: Iterator[_Relaxation],
-    model: Potential,
-    fmax: float,
-    steps: int,
-    stress: bool,
-    batch_size: int,
-    bar: tqdm,
-    choose: Callable[[float, list[CrystalGraph]], Potential | None] | None = None,
-) -> list[RelaxResult]:
-    """Step up to ``batch_size`` optimizers together: evaluate the active structures in one
-    call, then step each; a finished structure's slot goes to the next from ``runs``.
-    ``choose``, given the second call's seconds and graphs (the first warms the eager path
-    up; a cold call would make eager look slow and compiling cheap), may return the potential
-    for every later call. Results in the order of ``runs``."""
-    queue = enumerate(runs)
-    active: list[tuple[int, _Relaxation]] = []
-    results: dict[int, RelaxResult] = {}
-    calls = 0
-    try:
-        while active := active + list(islice(queue, batch_size - len(active))):
-            graphs = [run.calc.graph(run.atoms) for _, run in active]
-            start = time.perf_counter()
-            answers = evaluate_graphs(model, graphs, stress=stress)
-            calls += 1
-            if choose is not None and calls == 2:
-                model = choose(time.perf_counter() - start, graphs) or model
-                choose = None
-            for (_, run), answer in zip(active, answers, strict=True):
-                run.calc.store(run.atoms, answer)
-            still_active = []
-            for index, run in active:
-                run.snapshot()
-                run.converged = run.max_force() < fmax
-                if run.converged or run.optimizer.nsteps >= steps:
-                    results[index] = run.result()
-                    bar.update()
-                    continue
-                run.optimizer.step()
-                run.optimizer.nsteps += 1
-                still_active.append((index, run))
-            active = still_active
-    except (KeyboardInterrupt, SystemExit) as stop:
-        raise _interrupted(stop, results, active) from None
-    finally:
-        getattr(model, "cancel_builds", lambda: None)()  # a graph still building serves no call
-    return [results[index] for index in range(len(results))]
 
 
 def _is_plain_model(model: Any) -> bool:

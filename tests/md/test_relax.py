@@ -134,9 +134,10 @@ def test_compile_decision_times_the_second_call(model, small_crystals, monkeypat
     import sys
 
     relax_module = sys.modules["fastchgnet.md.relax"]  # the package exports the function
+    loops = sys.modules["fastchgnet.md.relaxation"]  # the lockstep loop calls the model
     calls: list[int] = []
     decided_at: list[int] = []
-    evaluate = relax_module.evaluate_graphs
+    evaluate = loops.evaluate_graphs
 
     def counting(*args, **kwargs):
         calls.append(1)
@@ -151,7 +152,7 @@ def test_compile_decision_times_the_second_call(model, small_crystals, monkeypat
 
         return choose
 
-    monkeypatch.setattr(relax_module, "evaluate_graphs", counting)
+    monkeypatch.setattr(loops, "evaluate_graphs", counting)
     monkeypatch.setattr(relax_module, "_compile_chooser", chooser)
     relax(small_crystals[:3], model, fmax=0.05, steps=5, batch_size=3)
     assert decided_at == [2]
