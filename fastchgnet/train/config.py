@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from fastchgnet.data.ase_labels import AseLabels
+from fastchgnet.data.field_types import coerce
 from fastchgnet.model.loss import LossConfig
 
 
@@ -35,7 +35,7 @@ class DataConfig:
     splits) or "frame_tail" (each material's frames in source order: the first ``split[0]``
     train, the next ``split[1]`` val, the tail test; for fine-tuning on one relaxation,
     whose neighbouring frames are near-duplicates); ``max_structures`` > 0 keeps only the
-    first that many.
+    first that many of ``source`` (replayed frames join on top).
     ``batching``: "balanced" (``batch_size`` structures per rank batch, ranks balanced by
     cost; ``size_pool`` > 0 draws each global batch from a pool of similar sizes, which
     balances ranks more tightly but makes batches less random: on one rank it cost accuracy,
@@ -51,7 +51,8 @@ class DataConfig:
     energy_per_atom, stress_unit "eV/A^3"|"GPa"|"kBar", stress_sign "ase"|"vasp").
     ``replay_source``/``replay_fraction``: fine-tuning against forgetting: that share of the
     frames of a base data set (frames, e.g. the pretraining extxyz or MPtrj JSON; drawn once, by
-    a seeded hash of each frame id) joins the training split (never val or test) in the cache.
+    a seeded hash of each frame id) joins the training split (never val or test) in the cache;
+    give both or neither.
     ``loader_workers``: processes per rank that read and collate batches, for training and
     evaluation; -1 ("auto") is 0 on a CPU and min(4, cores per local rank) on a GPU
     (``fastchgnet.train.loading.loader_workers``). They persist across epochs.
@@ -87,6 +88,22 @@ class DataConfig:
             max_structures=(self.max_structures >= 0, "must be >= 0 (0: all)"),
             replay_fraction=(0 <= self.replay_fraction <= 1, "must be in [0, 1]"),
         )
+        if not (all(0 <= f <= 1 for f in self.split) and abs(sum(self.split) - 1) <= 1e-6):
+            raise ValueError(
+                f"config data.split={list(self.split)}: give the train, val and test "
+                f"fractions, each in [0, 1], summing to 1 (they sum to {sum(self.split):.6g})"
+            )
+        if self.replay_source and not self.replay_fraction:
+            raise ValueError(
+                f"config data.replay_source={self.replay_source!r} with "
+                "data.replay_fraction=0 replays nothing: give data.replay_fraction > 0, or "
+                "no data.replay_source"
+            )
+        if self.replay_fraction and not self.replay_source:
+            raise ValueError(
+                f"config data.replay_fraction={self.replay_fraction} without "
+                "data.replay_source: name the base frames to replay, or set it to 0"
+            )
 
     @property
     def explicit(self) -> bool:
@@ -296,39 +313,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         if is_dataclass(kind):
             values[name] = _build(kind, value, f"{where}{name}.")
         else:
-            values[name] = _coerce(kind, value, f"{where}{name}")
+            values[name] = coerce(kind, value, f"config {where}{name}")
     return cls(**values)
-
-
-def _coerce(kind: Any, value: Any, name: str) -> Any:
-    """Check ``value`` against the annotation ``kind``; lists become tuples where asked."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"config {name}={value!r}: choose one of {list(args)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config {name}={value!r}: expected a list")
-        inner = args[0]
-        if args[-1] is not Ellipsis and len(args) != len(value):
-            raise ValueError(f"config {name}={value!r}: expected {len(args)} entries")
-        return tuple(_coerce(inner, v, name) for v in value)
-    if origin in (dict,) or kind is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config {name}={value!r}: expected a table")
-        return dict(value)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"config field {name}: unions are not supported")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is bool and not isinstance(value, bool):
-        raise ValueError(f"config {name}={value!r}: expected true or false")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"config {name}={value!r}: expected an integer")
-    if not isinstance(value, kind):
-        raise ValueError(f"config {name}={value!r}: expected {kind.__name__}")
-    return value
 
 
 def read_table(path: str | Path) -> dict[str, Any]:

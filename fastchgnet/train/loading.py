@@ -30,6 +30,7 @@ from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.signals import quiet_child
 from fastchgnet.train.config import DataConfig
+from fastchgnet.train.replay import replay_sample, replayed_mask
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
 QUICKSTART_FILE = "quickstart.extxyz.gz"
@@ -75,7 +76,7 @@ def prebuilt_cache(cache: Path, config: DataConfig) -> Path:
     from fastchgnet.data.origin import covers
 
     extra = {"val_source": config.val_source, "test_source": config.test_source}
-    extra["replay_source"] = config.replay_source if config.replay_fraction > 0 else ""
+    extra["replay_source"] = config.replay_source
     for key, value in extra.items():
         if value:
             raise CacheError(
@@ -93,7 +94,10 @@ def convert_sources(
     config: DataConfig, source: Path, cache: Path, out_dir: Path, cutoffs: tuple[float, float]
 ) -> None:
     """Convert ``config``'s frame sources into ``cache`` unless it holds them already (see
-    ``resolve_cache``); decompressed copies of gzipped sources go under ``out_dir``."""
+    ``resolve_cache``); decompressed copies of gzipped sources go under ``out_dir``.
+
+    With a replay source, ``max_structures`` limits the source to its first that many frames
+    (a skipped one is not replaced) and the replay share joins on top (``replay_sample``)."""
     from fastchgnet.data.cache import FORMAT_VERSION, CacheError, remove_tree
     from fastchgnet.data.convert import convert
     from fastchgnet.data.origin import cache_mismatch
@@ -101,7 +105,7 @@ def convert_sources(
     from fastchgnet.data.split import tag_split
 
     paths = {"source": source, "val_source": config.val_source, "test_source": config.test_source}
-    if config.replay_source and config.replay_fraction > 0:
+    if config.replay_source:  # with a share > 0 (DataConfig)
         paths["replay_source"] = config.replay_source
     with contextlib.ExitStack() as readers:  # a missing source fails here, cache or not
         parts = {
@@ -112,11 +116,14 @@ def convert_sources(
             if path
         }
         origin: dict[str, object] = {f"data.{key}": part.origin for key, part in parts.items()}
+        limit = config.max_structures
         if "replay_source" in parts:
             origin["data.replay_fraction"] = config.replay_fraction
+            if limit:  # the source's cap, taken here: convert's would count replay frames
+                origin["data.max_structures"], limit = limit, 0
         settings = {"format": FORMAT_VERSION, "atom_cutoff": float(cutoffs[0])}
         settings["bond_cutoff"] = float(cutoffs[1])
-        mismatch = cache_mismatch(cache, settings, origin, config.max_structures)
+        mismatch = cache_mismatch(cache, settings, origin, limit)
         if not mismatch and (cache / "manifest.json").is_file():
             return
         if mismatch and not cache.resolve().is_relative_to(out_dir.resolve()):
@@ -134,8 +141,9 @@ def convert_sources(
                 tag_split(parts[key], name) for name, key in splits if key in parts
             )
         if "replay_source" in parts:
+            own = itertools.islice(frames, config.max_structures or None)
             replayed = replay_sample(parts["replay_source"], config.replay_fraction)
-            frames = itertools.chain(frames, replayed)
+            frames = itertools.chain(own, replayed)
         convert(
             frames,
             cache,
@@ -143,7 +151,7 @@ def convert_sources(
             workers=config.convert_workers,
             progress=True,
             origin=origin,
-            max_structures=config.max_structures,
+            max_structures=limit,
         )
 
 
@@ -183,50 +191,37 @@ class PaddedCollate:
 
 @dataclass
 class Splits:
-    """The dataset and the indices of each split (int64 arrays)."""
+    """The dataset and the indices of each split (int64 arrays); ``replayed``: how many of
+    the training structures are replayed base frames (``data.replay_source``)."""
 
     dataset: GraphDataset
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    replayed: int = 0
 
 
 def make_splits(cache: Path, config: DataConfig) -> Splits:
     """Open the cache and split it: by material id (``config.split``, ``split_seed``), by
     frame position within each material (``split_by="frame_tail"``), or by the frames' split
-    tags when the splits came from separate files (``config.explicit``)."""
+    tags when the splits came from separate files (``config.explicit``). ``max_structures``
+    keeps the first that many of the source's structures; replayed frames (tagged) all join
+    train, on top, never val or test."""
     dataset = GraphDataset(cache)
     ids = dataset.frame_ids if config.explicit else dataset.material_ids
+    replayed = replayed_mask(dataset.frame_ids)
+    own = np.flatnonzero(~replayed)
     if config.max_structures > 0:
-        ids = ids[: config.max_structures]
-    own = np.arange(len(ids))  # replay frames (tagged) join train, never val or test
-    if config.replay_fraction > 0:
-        replayed = np.char.startswith(dataset.frame_ids[: len(ids)].astype(str), REPLAY_TAG)
-        own = np.flatnonzero(~replayed)
+        own = own[: config.max_structures]
     if config.explicit:
         split = split_by_tag(ids[own])
     elif config.split_by == "frame_tail":
         split = split_by_frame_tail(ids[own], config.split)
     else:
         split = split_by_material(ids[own], config.split, seed=config.split_seed)
-    train = np.sort(np.concatenate([own[split.train], np.setdiff1d(np.arange(len(ids)), own)]))
-    return Splits(dataset, train.astype(np.int64), own[split.val], own[split.test])
-
-
-#: frame-id prefix of the replayed base frames in a fine-tuning cache
-REPLAY_TAG = "replay:"
-
-
-def replay_sample(frames: Iterable[Frame], fraction: float, seed: int = 0) -> Iterator[Frame]:
-    """About ``fraction`` of ``frames`` (each kept when a seeded hash of its frame id is
-    below ``fraction``: the same frames every time), frame ids tagged ``REPLAY_TAG``."""
-    from dataclasses import replace
-
-    from fastchgnet.data.split import material_unit_interval
-
-    for frame in frames:
-        if material_unit_interval(frame.frame_id, seed) < fraction:
-            yield replace(frame, frame_id=REPLAY_TAG + frame.frame_id)
+    train = np.sort(np.concatenate([own[split.train], np.flatnonzero(replayed)]))
+    test = own[split.test]
+    return Splits(dataset, train.astype(np.int64), own[split.val], test, int(replayed.sum()))
 
 
 class EpochBatches(Sampler[list[int]]):

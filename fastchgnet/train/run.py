@@ -163,9 +163,10 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     splits = run.splits = make_splits(cache, config.data)
     if cutoffs != (splits.dataset.atom_cutoff, splits.dataset.bond_cutoff):
         raise ValueError(f"{cache}: built with other cutoffs than the model's {cutoffs}")
+    replayed = f" ({splits.replayed} of them replayed)" if config.data.replay_source else ""
     log(
-        f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
-        f"structures from {cache}; {run.world_size} rank(s)",
+        f"data: {len(splits.train)} train{replayed} / {len(splits.val)} val / "
+        f"{len(splits.test)} test structures from {cache}; {run.world_size} rank(s)",
         run.rank,
     )
     check_empty_splits(config, len(splits.val), len(splits.test), run.rank)

@@ -76,8 +76,17 @@ def test_config_round_trips_through_a_plain_dict() -> None:
         ("data.convert_workers=0", "config data.convert_workers=0: must be at least 1"),
         ("data.max_structures=-5", "config data.max_structures=-5: must be >= 0"),
         ("data.replay_fraction=1.5", "config data.replay_fraction=1.5: must be in [0, 1]"),
+        ("data.split=[0.5,0.6,0.1]", "config data.split=[0.5, 0.6, 0.1]: give the train, val"),
+        ("data.split=[1.2,-0.1,-0.1]", "config data.split=[1.2, -0.1, -0.1]: give the train"),
+        ("data.split=[0.5,0.5,NaN]", "config data.split=[0.5, 0.5, nan]: give the train"),
+        ("data.replay_fraction=0.5", "config data.replay_fraction=0.5 without data.replay_source"),
+        (
+            "data.replay_source=/missing.extxyz",
+            "config data.replay_source='/missing.extxyz' with data.replay_fraction=0 replays",
+        ),
     ],
 )
 def test_data_values_out_of_range_are_one_line_naming_the_key(override, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
         load_config(None, [override])
+    assert "\n" not in str(raised.value)

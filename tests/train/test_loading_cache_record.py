@@ -127,8 +127,8 @@ def test_a_prebuilt_cache_cannot_take_frames_from_other_sources(tmp_path, key):
     source = write_frames(tmp_path / "f.extxyz", 3)
     prebuilt = tmp_path / "prebuilt"
     convert(read_frames(source, labels=KBAR), prebuilt, workers=1, progress=False)
-    config = DataConfig(source=str(prebuilt), labels=KBAR, replay_fraction=0.5)
-    config = replace(config, **{key: str(source)})
+    replay = {"replay_fraction": 0.5} if key == "replay_source" else {}
+    config = DataConfig(source=str(prebuilt), labels=KBAR, **{key: str(source)}, **replay)
     with pytest.raises(CacheError, match=rf"data\.{key}=.*cannot be combined with a prebuilt"):
         resolve_cache(config, tmp_path / "run", CUTOFFS, True)
 

@@ -90,7 +90,8 @@ def test_replay_frames_join_train_only(tmp_path):
 
     from fastchgnet.data.sources import gunzip_ase_file, read_ase
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.loading import make_splits, quickstart_path, replay_sample, resolve_cache
+    from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
+    from fastchgnet.train.replay import replay_sample
 
     plain = gunzip_ase_file(quickstart_path(), tmp_path)
     from ase.io import read
@@ -113,3 +114,33 @@ def test_replay_frames_join_train_only(tmp_path):
     assert len(replayed) == len(drawn)
     assert set(replayed) <= set(splits.train)
     assert len(splits.train) + len(splits.val) + len(splits.test) == 20 + len(drawn)
+
+
+def test_max_structures_limits_the_source_and_the_replay_share_joins_on_top(tmp_path):
+    """data.max_structures capped the cache, replay frames included, so that the replayed
+    frames (chained after the source) were cut and then left out of the split: silently
+    none joined. Now the cap is the source's and every drawn replay frame trains."""
+    from ase.io import read, write
+
+    from fastchgnet.data.sources import gunzip_ase_file, read_ase
+    from fastchgnet.train.config import DataConfig
+    from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
+    from fastchgnet.train.replay import replay_sample
+
+    images = read(str(gunzip_ase_file(quickstart_path(), tmp_path)), index=":50")
+    write(str(tmp_path / "new.extxyz"), images[:30])
+    write(str(tmp_path / "base.extxyz"), images[30:])
+    drawn = [f.frame_id for f in replay_sample(read_ase(tmp_path / "base.extxyz"), 0.5)]
+    config = DataConfig(
+        source=str(tmp_path / "new.extxyz"),
+        replay_source=str(tmp_path / "base.extxyz"),
+        replay_fraction=0.5,
+        split=(0.5, 0.25, 0.25),
+        max_structures=12,
+    )
+    splits = make_splits(resolve_cache(config, tmp_path, (6.0, 3.0), True), config)
+    assert len(drawn) > 0
+    assert splits.replayed == len(drawn)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 12 + len(drawn)
+    trained = splits.dataset.frame_ids.astype(str)[splits.train]
+    assert sorted(trained[np.char.startswith(trained, "replay:")]) == sorted(drawn)
