@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -14,9 +16,11 @@ from fastchgnet.train.config import ModelSection
 REFERENCE_PREFIX = "reference:"
 
 
-def load_from_path(path: Path) -> FastCHGNet:
+def load_from_path(path: Path, weights: Literal["ema", "raw"] = "ema") -> FastCHGNet:
     """Our model file (``FastCHGNet.save``), a training checkpoint file or step folder, or a
-    run folder (its newest checkpoint)."""
+    run folder (its newest checkpoint). A checkpoint of a run with EMA on gives the EMA
+    weights (those its validation and model.pt use; said on stderr) unless ``weights="raw"``
+    asks for the trained ones; a model file holds one set of weights, given as they are."""
     if path.is_dir():
         folder = (
             latest_checkpoint(path / "checkpoints") if (path / "checkpoints").is_dir() else path
@@ -30,9 +34,18 @@ def load_from_path(path: Path) -> FastCHGNet:
         return FastCHGNet.load(path)
     except ValueError:
         payload = read_verified(path)
-        model = FastCHGNet(ModelConfig.from_saved(payload["model_config"]))
+    model = FastCHGNet(ModelConfig.from_saved(payload["model_config"]))
+    ema = (payload.get("options") or {}).get("ema")
+    if ema is None or weights == "raw":
         model.load_state_dict(payload["model"])
         return model
+    model.load_state_dict(ema["shadow"])
+    print(
+        f"fastchgnet: {path}: the EMA weights (optim.ema_decay={ema['decay']}, after "
+        f"{ema['updates']} steps), as the run's validation used",
+        file=sys.stderr,
+    )
+    return model
 
 
 def build_model(section: ModelSection, seed: int) -> FastCHGNet:
