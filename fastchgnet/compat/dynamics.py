@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms, units
 from ase.filters import Filter
 from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDMin
@@ -108,6 +109,18 @@ class CHGNetCalculator(Calculator):
         self.results["stress"] = stress
         if not self.return_site_energies:
             self.results.pop("energies", None)
+        # the reference's results are its model's numpy outputs: float32 (float64 for a double
+        # model), the energies numpy scalars (a script calls ``energies[-1].item()``)
+        double = next(self.chgnet.parameters()).dtype == torch.float64
+        dtype = np.float64 if double else np.float32
+        for key in ("energy", "free_energy", "forces", "stress", "magmoms", "energies"):
+            if key in self.results:
+                self.results[key] = np.asarray(self.results[key], dtype=dtype)[()]
+
+
+def _is_filter(cls: Any) -> bool:
+    """Whether ``cls`` is an ASE filter class (``ase.filters`` also holds other names)."""
+    return isinstance(cls, type) and issubclass(cls, Filter)
 
 
 class TrajectoryObserver:
@@ -214,8 +227,9 @@ class StructOptimizer:
                 "crystal_feas_save_path", "read results['crystal_fea'] of the calculator"
             )
         if isinstance(ase_filter, str):
-            if not isinstance(getattr(filters, ase_filter, None), type):
-                raise ValueError(f"Invalid ase_filter={ase_filter!r}: a class of ase.filters")
+            names = sorted(name for name, cls in vars(filters).items() if _is_filter(cls))
+            if ase_filter not in names:
+                raise ValueError(f"Invalid ase_filter={ase_filter!r}, must be one of {names}")
             ase_filter = getattr(filters, ase_filter)
         if ase_filter is filters.FrechetCellFilter:  # the same results, its 3x3 maths reused
             ase_filter = CachedFrechetCellFilter

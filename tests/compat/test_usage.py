@@ -99,6 +99,9 @@ def test_relax_block_gives_reference_trajectory(chgnet_ref, compat_model, limno2
     assert len(trajectory) == len(ref_trajectory) > 2
     for field in ("energies", "forces", "stresses", "magmoms", "atom_positions", "cells"):
         assert len(getattr(trajectory, field)) == len(getattr(ref_trajectory, field))
+        # the element types too: ``energies[-1].item()`` failed on a Python float
+        ours, theirs = getattr(trajectory, field)[-1], getattr(ref_trajectory, field)[-1]
+        assert (type(ours), ours.dtype) == (type(theirs), theirs.dtype), field
     n = len(limno2)
     energies = np.array(trajectory.energies) - np.array(ref_trajectory.energies)
     assert np.abs(energies).max() <= 10 * TOLERANCE["e"] * n
@@ -257,3 +260,17 @@ def test_trainer_refuses_a_device_training_would_not_run_on(compat_model, monkey
     with pytest.raises(NotImplementedError, match=r"use_device='cuda:1' is not supported"):
         Trainer(compat_model, use_device="cuda:1")
     Trainer(compat_model, use_device="cpu")
+
+
+def test_an_ase_filters_name_that_is_no_filter_is_refused_as_the_reference_does(
+    compat_model, limno2
+):
+    """``ase.filters`` also exports PropertyNotImplementedError, Optimizable, ...: taken for
+    filters, they failed with an AttributeError inside ASE."""
+    from fastchgnet.compat import StructOptimizer
+
+    relaxer = StructOptimizer(compat_model)
+    for name in ("PropertyNotImplementedError", "Optimizable", "NoSuchFilter"):
+        with pytest.raises(ValueError, match=rf"Invalid ase_filter='{name}', must be one of "
+                           r"\['ExpCellFilter', 'Filter', 'FrechetCellFilter'"):  # fmt: skip
+            relaxer.relax(limno2, ase_filter=name, verbose=False, steps=1)
