@@ -144,6 +144,9 @@ class Calculator(AseCalculator):
         backend: neighbour rule to reproduce, as ``build_graph``.
         always_stress: compute stress on every call, not only when ASE asks for it. MD
             without a barostat never asks, and skipping it saves part of the backward pass.
+            ``stress_next`` (attribute, default False) asks it of the next call only (an MD
+            step that is written, ``md.frames``); with a compiled potential that call runs
+            its eager model, so no second program (with stress) is compiled for it.
         name: the structure's name in error messages (default: from the atoms).
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
         allow_isolated: predict structures with atoms that have no neighbour (see
@@ -197,6 +200,7 @@ class Calculator(AseCalculator):
                 f"{(config.atom_cutoff, config.bond_cutoff)}"
             )
         self.always_stress = always_stress
+        self.stress_next = False
         self.structure_name = name
 
     def graph(self, atoms: Any) -> CrystalGraph:
@@ -205,7 +209,7 @@ class Calculator(AseCalculator):
 
     def wants_stress(self, properties: Sequence[str]) -> bool:
         """Whether a request for ``properties`` computes stress as well."""
-        return self.always_stress or "stress" in properties
+        return self.always_stress or self.stress_next or "stress" in properties
 
     def check_state(self, atoms: Any, tol: float = 1e-15) -> list[str]:
         """What changed since the last calculation, as ASE's ``compare_atoms`` says, with an
@@ -241,7 +245,11 @@ class Calculator(AseCalculator):
         super().calculate(atoms, list(properties), list(system_changes))
         graphs = [self.graph(self.atoms)]
         stress, features = self.wants_stress(properties), self.features
-        self.results = evaluate_graphs(self.potential, graphs, stress=stress, features=features)[0]
+        potential = self.potential
+        if self.stress_next and not self.always_stress and hasattr(potential, "unpadded"):
+            potential = potential.unpadded  # its stress program would be a second compile
+        self.stress_next = False
+        self.results = evaluate_graphs(potential, graphs, stress=stress, features=features)[0]
 
     def store(self, atoms: Any, results: dict[str, Any]) -> None:
         """Take ``results`` computed elsewhere (a batched call) as this calculator's answer for

@@ -21,6 +21,7 @@ from ase.md import MDLogger
 from tqdm import tqdm
 
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
+from fastchgnet.md.frames import frame_writer, stress_for_written_steps, written_step
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
 from fastchgnet.md.outputs import MDInterrupted
 from fastchgnet.md.settings import checked_integrator
@@ -72,7 +73,7 @@ def run_md(
     model: Potential | Any | None = None,
     *,
     ensemble: Ensemble = "nvt",
-    thermostat: str = "nose-hoover",
+    thermostat: str | None = None,
     temperature: float = 300.0,
     starting_temperature: float | None = None,
     timestep: float = 2.0,
@@ -92,17 +93,21 @@ def run_md(
         structure: pymatgen Structure or ASE Atoms (not modified; Atoms keep their momenta
             unless ``starting_temperature`` is given).
         model: the potential (default: FastCHGNet with the reference 0.3.0 weights).
-        ensemble, thermostat, temperature (K), timestep (fs): see ``make_integrator``; further
+        ensemble, thermostat, temperature (K), timestep (fs): see ``make_integrator`` (the
+            thermostat defaults to nose-hoover for nvt and npt; nve takes none); further
             keywords (taut, taup, pressure, bulk_modulus, friction) go there too.
         starting_temperature: start at exactly this temperature, K (default: ``temperature``
             when the structure has no momenta): Maxwell-Boltzmann momenta drawn with ``seed``,
             less their centre-of-mass motion, scaled so that ``get_temperature()`` (3 degrees
             of freedom per atom less the constraints', Langevin's ``FixCom`` included) reads
-            it (``start_momenta``).
+            it (``start_momenta``). Atoms fixed by constraints (selective dynamics) keep their
+            positions and zero momenta in every ensemble.
         steps: MD steps.
-        loginterval: write trajectory frames and log lines every this many steps.
+        loginterval: write trajectory frames and log lines every this many steps, and at the
+            last step when ``steps`` is not a multiple of it (the run's end is always there).
         trajectory: frames file (``.traj``, ``.extxyz``, ...: ASE picks the format); a file
-            already there is replaced.
+            already there is replaced. Every frame has energy, forces, stress and magmoms:
+            the force call of a written step computes the stress too (``md.frames``).
         logfile: ASE MD log (time ps, energies eV/atom, temperature K; NPT also the stress
             tensor's 6 components in GPa, ASE's sign: the pressure is minus the mean of the
             first three; a file already there is replaced, not appended to); "-" for stdout.
@@ -130,7 +135,9 @@ def run_md(
     """
     if steps < 0 or loginterval < 1:
         raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
-    checked_integrator(ensemble, thermostat, temperature, timestep, **integrator)  # no model yet
+    ensemble, thermostat = checked_integrator(  # before the model is loaded
+        ensemble, thermostat, temperature, timestep, **integrator
+    )
     if starting_temperature is not None and starting_temperature < 0:
         raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
     if model is None:
@@ -138,18 +145,18 @@ def run_md(
 
         model = FastCHGNet.from_reference("0.3.0")
     atoms = as_atoms(structure)
-    fixed = ensemble.lower() == "npt" and thermostat.lower() == "nose-hoover" and atoms.constraints
-    if fixed:  # ASE's NPT raises NotImplementedError at its first step
-        raise ValueError(
-            "NPT with the nose-hoover thermostat (ASE's NPT) cannot keep atoms fixed, and this "
+    if (ensemble, thermostat) == ("npt", "nose-hoover") and atoms.constraints:
+        raise ValueError(  # ASE's MTKNPT raises NotImplementedError when it is made
+            "NPT with the nose-hoover thermostat (ASE's MTKNPT) cannot keep atoms fixed, and this "
             "structure fixes some (selective dynamics or constraints): use --thermostat "
             "berendsen, or remove them"
         )
     # barostats ask for stress every step: compute it with the forces, in one call
-    stress = ensemble.lower() == "npt"
+    stress = ensemble == "npt"
     options = md_compile_options(steps) | {"backend": capture_backend(compiled)}
     potential = compiled_potential(model, **options) if compiled else model
     atoms.calc = Calculator(potential, skin=skin, always_stress=stress)
+    atoms.calc.stress_next = trajectory is not None  # the first frame's, with this call
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     check = None
     if compiled is None:  # compile where it pays, and keep it only where it is faster
@@ -177,16 +184,19 @@ def run_md(
 
     def write_frame() -> None:
         nonlocal frames
-        getattr(writer, "write", writer)()  # a Trajectory, or a function
-        frames += 1
+        if written_step(dyn.nsteps, steps, loginterval):
+            getattr(writer, "write", writer)()  # a Trajectory, or a function
+            frames += 1
 
     if trajectory is not None:
-        writer = _frame_writer(atoms, Path(trajectory))
-        dyn.attach(write_frame, interval=loginterval)
+        writer = frame_writer(atoms, Path(trajectory))
+        dyn.attach(write_frame, interval=1)
     if logfile is not None:
         # NPT computes the stress every step anyway: log it (NVT would pay a derivative)
         logger = MDLogger(dyn, atoms, str(logfile), stress=stress, peratom=True, mode="w")
-        dyn.attach(logger, interval=loginterval)
+        dyn.attach(lambda: written_step(dyn.nsteps, steps, loginterval) and logger(), interval=1)
+    if trajectory is not None and not stress:  # after the others: ``check`` makes calls
+        dyn.attach(stress_for_written_steps(dyn, atoms, steps, loginterval), interval=1)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
         dyn.attach(lambda: bar.update(dyn.nsteps - bar.n), interval=1)
         try:
@@ -208,12 +218,15 @@ def call_seconds(atoms: Atoms, repeats: int = 5) -> float:
     """Seconds of one energy-and-forces call of ``atoms``'s calculator: the fastest of
     ``repeats``. On a shared machine a burst of load inflates a few calls; the median of three
     once measured 85 ms for a 32-atom eager call whose MD steps took 58 ms, and chose a compile
-    that lost (bench/bench_md.py)."""
+    that lost (bench/bench_md.py). The calculator keeps the results it had (the stress of a
+    frame about to be written)."""
     times = []
+    kept = dict(atoms.calc.results)
     for _ in range(repeats):
         start = time.perf_counter()
         atoms.calc.calculate(atoms, ["energy", "forces"], list(all_changes))
         times.append(time.perf_counter() - start)
+    atoms.calc.results = kept
     return min(times)
 
 
@@ -314,18 +327,3 @@ def md_compile_decision(
 
     calls = max(steps - options["patience"], 0)  # the first calls run eagerly either way
     return choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")
-
-
-def _frame_writer(atoms: Atoms, path: Path) -> Any:
-    """An observer that appends the current frame (with energy and forces) to ``path``: ASE's
-    Trajectory for ``.traj``, ``ase.io.write`` (format from the suffix) otherwise."""
-    from ase.io import Trajectory, write
-
-    path.unlink(missing_ok=True)
-    if path.suffix == ".traj":
-        return Trajectory(str(path), "w", atoms)
-
-    def write_frame() -> None:
-        write(str(path), atoms, append=True)
-
-    return write_frame

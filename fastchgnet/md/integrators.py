@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 from ase import Atoms, units
-from ase.constraints import FixCom
+from ase.constraints import FixAtoms, FixCartesian, FixCom, FixScaled
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
@@ -33,7 +33,7 @@ DEFAULT_FRICTION = 0.01
 def make_integrator(
     atoms: Atoms,
     ensemble: Ensemble = "nvt",
-    thermostat: str = "nose-hoover",
+    thermostat: str | None = None,
     *,
     temperature: float = 300.0,
     timestep: float = 2.0,
@@ -45,11 +45,12 @@ def make_integrator(
     seed: int | np.random.SeedSequence | None = None,
 ) -> MolecularDynamics:
     """An ASE integrator for ``atoms`` (which must already carry a calculator). Langevin adds
-    a ``FixCom`` constraint to ``atoms`` (``add_integrator_constraints``).
+    a ``FixCom`` constraint to ``atoms`` unless atoms are fixed (``add_integrator_constraints``).
 
     Args:
         ensemble: "nve", "nvt" or "npt".
-        thermostat: see ``THERMOSTATS`` ("none" for NVE).
+        thermostat: see ``THERMOSTATS``; None (default): nose-hoover for nvt and npt, "none"
+            for nve (which takes no other).
         temperature: target temperature, K.
         timestep: fs.
         taut: thermostat time constant, fs (default 100 timesteps; Langevin: 1 / friction).
@@ -109,9 +110,24 @@ def make_integrator(
     )
 
 
-def add_integrator_constraints(atoms: Atoms, ensemble: str, thermostat: str) -> None:
+def add_integrator_constraints(atoms: Atoms, ensemble: str, thermostat: str | None) -> None:
     """Add to ``atoms`` the constraints ``make_integrator``'s integrator needs, once however
-    often called: Langevin's ``FixCom`` (ASE's advice, not its ``fixcm=True``)."""
-    langevin = (ensemble.lower(), thermostat.lower()) == ("nvt", "langevin")
-    if langevin and not any(isinstance(c, FixCom) for c in atoms.constraints):
+    often called: Langevin's ``FixCom`` (ASE's advice, not its ``fixcm=True``), unless
+    ``fixes_atoms``: FixCom shifts every atom, fixed ones too, and fixed atoms hold the
+    frame anyway."""
+    langevin = (ensemble.lower(), (thermostat or "").lower()) == ("nvt", "langevin")
+    if fixes_atoms(atoms) or not langevin:
+        return
+    if not any(isinstance(c, FixCom) for c in atoms.constraints):
         atoms.set_constraint([*atoms.constraints, FixCom()])
+
+
+#: ASE's constraints that fix atoms, or some of their coordinates (selective dynamics)
+FIXING = (FixAtoms, FixCartesian, FixScaled)
+
+
+def fixes_atoms(atoms: Atoms) -> bool:
+    """Whether a constraint of ``atoms`` fixes atoms or some of their coordinates (``FIXING``:
+    VASP's selective dynamics reads as these): such atoms must keep their positions and zero
+    momenta, which a centre-of-mass correction (``FixCom``, ``Stationary``) would break."""
+    return any(isinstance(c, FIXING) for c in atoms.constraints)

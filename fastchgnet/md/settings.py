@@ -36,20 +36,22 @@ NEED_WARMTH = ("nose-hoover", "berendsen", "bussi")
 
 
 def checked_integrator(
-    ensemble: str, thermostat: str, temperature: float, timestep: float, **integrator: Any
+    ensemble: str, thermostat: str | None, temperature: float, timestep: float, **integrator: Any
 ) -> tuple[str, str]:
-    """(ensemble, thermostat) in lower case ("none" for NVE), or ValueError in one line: an
-    unknown ensemble, a thermostat that does not do it, a timestep (fs) that is not > 0, a
+    """(ensemble, thermostat) in lower case (thermostat None: nose-hoover for nvt and npt,
+    "none" for nve), or ValueError in one line: an unknown ensemble, a thermostat that does
+    not do it (nve takes "none" only), a timestep (fs) that is not > 0, a
     temperature (K) that is not >= 0 (> 0 for the ``NEED_WARMTH`` thermostats), a taut or
     taup (fs) or bulk modulus (GPa) that is not > 0, a friction (1/fs) that is not >= 0, a
     pressure (GPa) that is not finite, a setting ``make_integrator`` does not take, one given
     (not None) that this ensemble and thermostat do not use (``USES``), or Langevin's taut
     and friction both given."""
-    ensemble, thermostat = ensemble.lower(), thermostat.lower()
+    ensemble = ensemble.lower()
     if ensemble not in THERMOSTATS:
         raise ValueError(f"ensemble {ensemble!r}: use one of {', '.join(THERMOSTATS)}")
-    if ensemble == "nve":
-        thermostat = "none"
+    thermostat = (thermostat or THERMOSTATS[ensemble][0]).lower()
+    if ensemble == "nve" and thermostat != "none":
+        raise ValueError(f"thermostat {thermostat!r}: nve runs without a thermostat; leave it out")
     if thermostat not in THERMOSTATS[ensemble]:
         raise ValueError(
             f"thermostat {thermostat!r} for {ensemble}: use one of "
