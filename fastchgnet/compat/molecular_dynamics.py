@@ -26,6 +26,7 @@ from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
+from fastchgnet.md.settings import checked_integrator
 from fastchgnet.model.potential import EagerPotential
 
 
@@ -92,6 +93,30 @@ def fit_bulk_modulus(atoms: Atoms) -> float:
     return float(bulk_modulus)
 
 
+#: the reference's thermostat names (lower case) -> ours (``md.settings.THERMOSTATS``)
+OUR_THERMOSTATS = {
+    "nose-hoover": "nose-hoover",
+    "berendsen": "berendsen",
+    "berendsen_inhomogeneous": "berendsen",
+    "npt_berendsen": "berendsen",
+}
+
+
+def check_settings(ensemble: str, thermostat: str, temperature: float, timestep: float,
+                   **settings: float | None) -> None:  # fmt: skip
+    """ValueError in one line for settings ``run_md`` refuses (``checked_integrator``): a
+    temperature (K) not >= 0, a timestep (fs) not > 0, a taut or taup (fs) or bulk modulus
+    (GPa) not > 0, a pressure (GPa) not finite. An ensemble or thermostat name of the
+    reference's that ours do not map is left to ``MolecularDynamics``' own message."""
+    ensemble = ensemble.lower()
+    ours = "none" if ensemble == "nve" else OUR_THERMOSTATS.get(thermostat.lower())
+    if ensemble not in ("nve", "nvt", "npt") or ours is None:
+        return
+    used = {"nve": (), "nvt": ("taut",), "npt": ("taut", "taup", "pressure", "bulk_modulus")}
+    checked_integrator(ensemble, ours, temperature, timestep,
+                       **{name: settings[name] for name in used[ensemble]})  # fmt: skip
+
+
 class MolecularDynamics:
     """NVE (velocity Verlet), NVT (Nosé-Hoover, Berendsen) or NPT (Nosé-Hoover/Parrinello-
     Rahman, Berendsen, inhomogeneous Berendsen) with the reference's arguments; ``run(steps)``.
@@ -132,6 +157,10 @@ class MolecularDynamics:
         compiled: bool | str | None = None,
     ) -> None:
         capture_backend(compiled)  # a bad name fails here, in one line
+        check_settings(ensemble, thermostat, temperature, timestep, taut=taut, taup=taup,
+                       pressure=pressure, bulk_modulus=bulk_modulus)  # fmt: skip
+        if starting_temperature is not None and not starting_temperature >= 0:
+            raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
         if compiled and (isinstance(model, BaseCalculator) or crystal_feas_logfile):
             raise ValueError(
                 "compiled=True needs the MD's own calculator (model: a CHGNet or None) and no "

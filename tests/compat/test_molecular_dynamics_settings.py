@@ -1,0 +1,29 @@
+"""compat ``MolecularDynamics`` checks its settings as ``run_md`` does (``checked_integrator``):
+temperature=-5 failed as a "non-finite coordinates" StructureError, timestep=0 as a
+ZeroDivisionError traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastchgnet.compat import MolecularDynamics
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"temperature": -5}, "need temperature >= 0 K, got -5"),
+        ({"timestep": 0}, "need timestep > 0 fs, got 0"),
+        ({"taut": -1.0}, "need taut > 0, got -1.0"),
+        ({"starting_temperature": -1.0}, "need starting_temperature >= 0 K"),
+        ({"ensemble": "npt", "pressure": float("nan")}, "need a finite pressure"),
+    ],
+)
+def test_bad_settings_are_refused_in_one_line_before_anything_runs(
+    compat_model, limno2, settings, says
+):
+    options = {"ensemble": "nvt", "thermostat": "Berendsen"} | settings
+    if options["ensemble"] == "npt":
+        options |= {"thermostat": "Berendsen_inhomogeneous", "bulk_modulus": 100.0}
+    with pytest.raises(ValueError, match=says):
+        MolecularDynamics(limno2.copy(), model=compat_model, compiled=False, **options)
