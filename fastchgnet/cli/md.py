@@ -12,7 +12,10 @@ is refused before anything runs, unless --overwrite is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +156,12 @@ def add_commands(sub: Any) -> None:
     md.add_argument(
         "--compile", choices=list(COMPILE_CHOICES), default="auto", help=MD_COMPILE_HELP
     )
-    md.add_argument("--quiet", action="store_true", help="no progress bar")
+    md.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar; the one-line notices (the compile decision, a start from stored "
+        "momenta) still go to stderr",
+    )
     md.set_defaults(func=cmd_md)
 
 
@@ -278,14 +286,19 @@ def cmd_md(args: argparse.Namespace) -> int:
             f"({args.structure}@-1 takes the last, @0 the first)"
         )
     moving = getattr(structures[0], "get_momenta", None)
-    if moving is not None and moving().any() and not args.quiet:  # run_md keeps them
+    if moving is not None and moving().any():  # run_md keeps them
         from fastchgnet.md.integrators import add_integrator_constraints
 
         counted = structures[0].copy()  # the degrees of freedom the run's log counts
         add_integrator_constraints(counted, args.ensemble, args.thermostat)
+        target = (
+            "nve: no thermostat, --temperature is not used"
+            if args.ensemble == "nve"
+            else "--temperature sets the thermostat's target"
+        )
         print(
             f"md: starting from the momenta stored in {args.structure}: "
-            f"{counted.get_temperature():.1f} K (--temperature sets the thermostat's target)",
+            f"{counted.get_temperature():.1f} K ({target})",
             file=sys.stderr,
         )
     model = load_model(args.model, args.precision, args.device)
@@ -301,27 +314,48 @@ def cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def notices_on_stderr(enabled: bool) -> Iterator[None]:
+    """Within the block (where ``enabled``), the ``fastchgnet.md`` logger's notices (the
+    compile decision) go to stderr, one line each: ``run_md`` prints them only with its
+    progress bar, and --quiet turns that off."""
+    if not enabled:
+        yield
+        return
+    log = logging.getLogger("fastchgnet.md")
+    handler, level = logging.StreamHandler(sys.stderr), log.level
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def run(structure: Any, model: Any, args: argparse.Namespace) -> None:
     """``run_md`` of ``structure`` with ``model`` and the md command's options."""
     from fastchgnet.md.dynamics import run_md
 
-    run_md(
-        structure,
-        model,
-        ensemble=args.ensemble,
-        thermostat=args.thermostat,
-        temperature=args.temperature,
-        timestep=args.timestep,
-        steps=args.steps,
-        loginterval=args.loginterval,
-        trajectory=args.output,
-        logfile=args.log,
-        progress=not args.quiet,
-        seed=args.seed,
-        taut=args.taut,
-        taup=args.taup,
-        pressure=args.pressure,
-        bulk_modulus=args.bulk_modulus,
-        friction=args.friction,
-        compiled=COMPILE_CHOICES[args.compile],
-    )
+    with notices_on_stderr(args.quiet):
+        run_md(
+            structure,
+            model,
+            ensemble=args.ensemble,
+            thermostat=args.thermostat,
+            temperature=args.temperature,
+            timestep=args.timestep,
+            steps=args.steps,
+            loginterval=args.loginterval,
+            trajectory=args.output,
+            logfile=args.log,
+            progress=not args.quiet,
+            seed=args.seed,
+            taut=args.taut,
+            taup=args.taup,
+            pressure=args.pressure,
+            bulk_modulus=args.bulk_modulus,
+            friction=args.friction,
+            compiled=COMPILE_CHOICES[args.compile],
+        )
