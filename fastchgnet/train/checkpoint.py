@@ -40,12 +40,24 @@ class CheckpointError(ChecksumError):
 @dataclass
 class Progress:
     """Where training stands: ``epoch`` (0-based), ``step_in_epoch`` global steps done in it,
-    ``global_step`` optimiser steps done in all, ``bad_steps`` non-finite losses in a row."""
+    ``global_step`` optimiser steps done in all, ``bad_steps`` non-finite losses in a row; and
+    the running totals a resume continues: ``epoch_loss`` (the epoch's read windows' mean
+    loss times their finite steps, summed), ``epoch_finite`` and ``epoch_skipped`` (its
+    steps so far), ``structures`` trained on in all (every rank's) and ``train_seconds``."""
 
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     bad_steps: int = 0
+    epoch_loss: float = 0.0
+    epoch_finite: int = 0
+    epoch_skipped: int = 0
+    structures: int = 0
+    train_seconds: float = 0.0
+
+
+#: the fields of ``Progress`` every checkpoint has (the totals came later)
+POSITION = ("epoch", "step_in_epoch", "global_step", "bad_steps")
 
 
 def rng_state() -> dict[str, Any]:
@@ -164,7 +176,9 @@ def latest_progress(root: Path) -> Progress | None:
         pointer = _pointer(root)
         if pointer is None:
             return None
-        return Progress(**{k: int(pointer[1][k]) for k in vars(Progress())})
+        stored = pointer[1]
+        totals = {k: type(v)(stored[k]) for k, v in vars(Progress()).items() if k in stored}
+        return Progress(**{**totals, **{k: int(stored[k]) for k in POSITION}})
     except (CheckpointError, KeyError, TypeError, ValueError):
         return None
 

@@ -45,7 +45,7 @@ def train_one_epoch(run: Run) -> bool:
     reporter = EpochProgress(
         epoch, len(sampler), progress.step_in_epoch, settings.progress, settings.log_every, rank
     )
-    first_step = progress.step_in_epoch
+    run.counted = progress.step_in_epoch  # the steps before it are in progress.structures
     result = train_epoch(
         run.step,
         run.train_loader,
@@ -61,9 +61,8 @@ def train_one_epoch(run: Run) -> bool:
         stop_requested=lambda: run.signals.requested,
     )
     reporter.close()
-    run.train_seconds += result.seconds
-    done = sampler.plan()[first_step : first_step + result.steps]
-    run.trained += sum(len(part) for step in done for part in step)
+    progress.train_seconds += result.seconds
+    count_structures(run)
     _log_capture(run)
     mid_epoch = progress.step_in_epoch < len(sampler)
     if (result.stopped or result.interrupted) and mid_epoch:
@@ -82,7 +81,8 @@ def train_one_epoch(run: Run) -> bool:
     if rank == 0:
         append_csv(run.out / "metrics.csv", metric_row(epoch + 1, "val", progress, results))
     run.scalars.add(results, progress.global_step, "val")
-    progress.epoch, progress.step_in_epoch = epoch + 1, 0
+    progress.epoch, progress.step_in_epoch, run.counted = epoch + 1, 0, 0
+    progress.epoch_loss, progress.epoch_finite, progress.epoch_skipped = 0.0, 0, 0
     stop = run.options.end_epoch(epoch + 1, results, run.model)  # the same on every rank
     checkpoint(run)  # after the options' epoch end: its state holds this epoch's score
     if stop:
@@ -160,8 +160,18 @@ def metric_row(epoch: int, split: str, progress: Progress, results: dict[str, fl
     return row
 
 
+def count_structures(run: Run) -> None:
+    """Add the real structures (every rank's) of the epoch's steps done since the last count
+    to ``progress.structures`` (summary.json's count, kept in checkpoints)."""
+    progress = run.progress
+    done = run.train_sampler.plan()[run.counted : progress.step_in_epoch]
+    progress.structures += sum(len(part) for step in done for part in step)
+    run.counted = max(run.counted, progress.step_in_epoch)
+
+
 def checkpoint(run: Run) -> None:
     """Every rank writes its file of the checkpoint at the current step; rank 0 commits it."""
+    count_structures(run)
     save_checkpoint(
         run.out / "checkpoints",
         rank=run.rank,

@@ -34,16 +34,17 @@ def finish(run: Run, stopped: bool) -> RunSummary:
                 path = learning_curve_plot(run.out, run.out / "learning-curve.png")
                 if path is not None:
                     log(f"learning curve: {path}")
-    rate = run.trained / run.train_seconds if run.train_seconds > 0 else 0.0
+    seconds, structures = run.progress.train_seconds, run.progress.structures
+    rate = structures / seconds if seconds > 0 else 0.0
     captured = run.step.captured
     summary = RunSummary(
         run.val.results(),
         test_results,
         progress.global_step,
-        run.train_seconds,
+        seconds,
         rate,
         run.out,
-        structures=run.trained,
+        structures=structures,
         graphs=captured.stats.graphs if captured is not None else 0,
         recompiles=captured.stats.recompiles if captured is not None else 0,
     )

@@ -34,8 +34,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class EpochResult:
-    """What an epoch's training part did: mean loss over finite steps, steps, skipped steps,
-    seconds, whether ``max_steps`` stopped it, whether a stop request (a signal) ended it."""
+    """What an epoch's training part did: mean loss over its finite steps, steps and skipped
+    steps (those before a resume included: ``Progress``' totals), seconds of this call,
+    whether ``max_steps`` stopped it, whether a stop request (a signal) ended it."""
 
     mean_loss: float
     steps: int
@@ -115,9 +116,12 @@ def train_epoch(
     ``progress.global_step`` reaches it. ``sync_check`` guards the steady-state steps
     against host synchronisations (CUDA). Where ``stop_requested()`` is True after a step,
     that step is read (as a read step: ``progress.bad_steps`` current), ``on_step`` runs and
-    the epoch ends there (``EpochResult.interrupted``).
+    the epoch ends there (``EpochResult.interrupted``). The epoch's loss totals continue
+    ``progress``' (``epoch_loss``, ``epoch_finite``, ``epoch_skipped``: a resumed epoch's mean
+    is the whole epoch's) and are kept there at every read, for checkpoints.
     """
-    total, finite, skipped, stopped, interrupted = 0.0, 0, 0, False, False
+    total, finite, skipped = progress.epoch_loss, progress.epoch_finite, progress.epoch_skipped
+    stopped, interrupted = False, False
     profile = ProfileRange(profile_steps)
     sync_check = sync_check or SyncCheck(False)
     start = time.perf_counter()
@@ -140,7 +144,8 @@ def train_epoch(
             window = step.read()
             total += window.mean_loss * window.finite if window.finite else 0.0
             finite, skipped = finite + window.finite, skipped + window.skipped
-            progress.bad_steps = window.run
+            progress.epoch_loss, progress.epoch_finite = total, finite
+            progress.epoch_skipped, progress.bad_steps = skipped, window.run
             _check_bad_steps(window, progress, max_bad_steps, step.engine.rank)
             reporter.update(window.mean_loss, step.engine.lr)
             if on_read is not None:

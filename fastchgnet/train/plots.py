@@ -107,6 +107,24 @@ def fractional_epochs(steps: np.ndarray, epochs: np.ndarray, epoch_end_steps: di
     return out
 
 
+def epoch_means(log_rows: list[dict[str, str]]) -> tuple[list[int], list[float]]:
+    """(epochs, mean training loss of each) from train_log.csv's rows, in order: each row's
+    loss is its window's mean over the window's finite steps (its global steps since the row
+    before, less ``skipped``), so they are weighted by those, as the printed epoch loss is."""
+    sums: dict[int, list[float]] = {}
+    before = 0.0
+    for row in log_rows:
+        step, loss = _number(row["global_step"]), _number(row["loss"])
+        skipped = _number(row.get("skipped"))
+        finite = step - before - (skipped if np.isfinite(skipped) else 0.0)
+        before = step
+        if np.isfinite(loss) and np.isfinite(finite) and finite > 0:
+            total = sums.setdefault(int(_number(row["epoch"])), [0.0, 0.0])
+            total[0], total[1] = total[0] + loss * finite, total[1] + finite
+    epochs = sorted(sums)
+    return epochs, [sums[e][0] / sums[e][1] for e in epochs]
+
+
 def learning_curve_plot(run_dir: Path, path: Path) -> Path | None:
     """Write a PNG of the learning curve of the run in ``run_dir``: training loss (each
     logged step and its per-epoch mean, log scale) and validation MAE and R² of every target
@@ -131,8 +149,7 @@ def learning_curve_plot(run_dir: Path, path: Path) -> Path | None:
         finite = np.isfinite(loss) & (loss > 0)
         x = fractional_epochs(steps[finite], epochs[finite], ends)
         ax.plot(x, loss[finite], ".", markersize=2, alpha=0.4, label="logged steps")
-        per_epoch = sorted({int(e) for e in epochs[finite]})
-        means = [loss[finite][epochs[finite] == e].mean() for e in per_epoch]
+        per_epoch, means = epoch_means(log_rows)
         ax.plot(per_epoch, means, "o-", label="epoch mean (plotted at epoch end)")
         ax.set_yscale("log")
         ax.legend(fontsize=8)

@@ -60,8 +60,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     history: list = field(default_factory=list)
     val: MetricSums = field(default_factory=MetricSums)
-    train_seconds: float = 0.0
-    trained: int = 0
+    counted: int = 0  # steps of the epoch whose structures are in progress.structures
     scalars: Scalars | None = None
     options: TrainingOptions | None = None
     train_batches: EpochBatches | None = None

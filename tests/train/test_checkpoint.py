@@ -49,7 +49,7 @@ def test_checkpoint_round_trips_model_progress_and_config(tmp_path) -> None:
     main, payloads = load_checkpoint(folder, 0, 1)
     for name, value in model.state_dict().items():
         assert torch.equal(main["model"][name], value)
-    assert main["progress"] == {"epoch": 1, "step_in_epoch": 2, "global_step": 7, "bad_steps": 0}
+    assert Progress(**main["progress"]) == Progress(epoch=1, step_in_epoch=2, global_step=7)
     assert main["config"] == {"run": {"seed": 0}}
     assert len(payloads) == 1
     assert FastCHGNet(**main["model_config"]).config == model.config

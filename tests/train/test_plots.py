@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fastchgnet.train.metrics import REPORTED, MetricSums, append_csv
 from fastchgnet.train.plots import fractional_epochs, learning_curve_plot, parity_plot
@@ -46,3 +47,18 @@ def test_learning_curve_is_drawn_from_the_run_csv_files(tmp_path) -> None:
     path = learning_curve_plot(tmp_path, tmp_path / "curve.png")
     assert path is not None
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_learning_curves_epoch_mean_weights_each_row_by_its_finite_steps() -> None:
+    """Each train_log row is the mean over the finite steps since the row before: the epoch
+    mean weights them so (an unweighted mean of rows was not the printed epoch loss)."""
+    from fastchgnet.train.plots import epoch_means
+
+    rows = [  # epoch 1: 8 steps at 1.0 and 2 at 4.0; epoch 2: 1 finite of 2 at 3.0, 5 at 1.0
+        {"global_step": "8", "epoch": "1", "loss": "1.0", "skipped": "0"},
+        {"global_step": "10", "epoch": "1", "loss": "4.0", "skipped": "0"},
+        {"global_step": "12", "epoch": "2", "loss": "3.0", "skipped": "1"},
+        {"global_step": "13", "epoch": "2", "loss": "nan", "skipped": "1"},
+        {"global_step": "18", "epoch": "2", "loss": "1.0", "skipped": "0"},
+    ]
+    assert epoch_means(rows) == ([1, 2], [pytest.approx(1.6), pytest.approx(8 / 6)])
