@@ -24,7 +24,7 @@ from fastchgnet.signals import StopSignals
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.finetune import finetune
 from fastchgnet.train.interrupt import Interrupted
-from fastchgnet.train.outputs import run_lock, start_over
+from fastchgnet.train.outputs import run_lock, settle_previous, start_over
 
 PROG = "launcher/finetune.py"
 
@@ -92,6 +92,17 @@ def _finetune_locked(args: argparse.Namespace, config: TrainConfig) -> int:
             start_over(Path(config.run.out_dir), args.overwrite, remove=True)
     except USER_ERRORS as error:
         return user_error(PROG, error)
+    code = 1
+    try:  # an overwritten run's outputs come back where this one ends before training
+        code = _finetune_and_report(args, config)
+        return code
+    finally:
+        if not args.resume:
+            settle_previous(Path(config.run.out_dir), succeeded=code == 0)
+
+
+def _finetune_and_report(args: argparse.Namespace, config: TrainConfig) -> int:
+    """Fine-tune and print the report; returns the exit code."""
     try:  # SIGTERM in the evaluations as in training (which installs its own): one line
         with StopSignals(Interrupted).installed():
             report = finetune(config, tuple(args.eval_sources), resume=args.resume)

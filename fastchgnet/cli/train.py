@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
-from fastchgnet.train.outputs import completed, run_lock, start_over
+from fastchgnet.train.outputs import completed, run_lock, settle_previous, start_over
 
 #: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
 #: one line on stderr, no traceback (``user_error``)
@@ -72,8 +72,9 @@ def add_run_folder_options(parser: argparse.ArgumentParser) -> None:
         "--overwrite",
         action="store_true",
         help="start over in a run.out_dir that holds a run: its checkpoints, logs, metrics and "
-        "models are removed first (the data cache is kept; without it, such a folder is "
-        "refused: --resume continues it)",
+        "models are removed once the new run has passed its checks and starts training (a "
+        "refused run leaves them; the data cache is kept; without --overwrite, such a folder "
+        "is refused: --resume continues it)",
     )
 
 
@@ -168,10 +169,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) -> int:
-    """``run`` once the run folder is this run's: resume or start over, train, leave the group."""
-    from fastchgnet.train.engine import launched_distributed
-    from fastchgnet.train.run import train
-
+    """``run`` once the run folder is this run's: resume or start over, train, leave the group.
+    An overwritten run's outputs (``start_over``) come back where this one ends before
+    training (``settle_previous``)."""
     if args.resume and nothing_to_resume(out, config, rank):
         return 0
     if not args.resume:
@@ -179,6 +179,20 @@ def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: 
             start_over(out, args.overwrite, remove=rank == 0)
         except ValueError as error:
             return user_error(PROG, error)
+    code = 1
+    try:
+        code = _train(args, config, out, rank)
+        return code
+    finally:
+        if rank == 0 and not args.resume:
+            settle_previous(out, succeeded=code == 0)
+
+
+def _train(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) -> int:
+    """Train and leave the process group; returns the exit code."""
+    from fastchgnet.train.engine import launched_distributed
+    from fastchgnet.train.run import train
+
     distributed = launched_distributed()
     if distributed:
         _report_on_signal(out, rank)

@@ -3,7 +3,8 @@ logs a resume trims back to its checkpoint, and whether a run there is already c
 
 A new run into a folder that holds one would mix its checkpoints and logs with the old run's,
 so ``launcher/train.py`` and ``launcher/finetune.py`` refuse such a folder unless told
-``--resume`` (continue it) or ``--overwrite`` (remove the old run's outputs first). The data
+``--resume`` (continue it) or ``--overwrite`` (the old run's outputs go once the new run has
+passed its checks and starts training; a refused run leaves them: ``start_over``). The data
 caches (``cache/``, ``eval-*/``) are kept: they depend on the data, not on the run. While a
 run goes on, its main process holds ``run_lock``: a second run there (``--resume`` or
 ``--overwrite`` too) is refused instead of writing beside it.
@@ -61,10 +62,20 @@ RUN_OUTPUTS = (
 )
 
 
+#: Where ``start_over`` puts an overwritten run's outputs until the new run starts training
+PREVIOUS = ".overwritten-run"
+
+
 def start_over(out: Path, overwrite: bool, remove: bool) -> None:
     """Make ``out`` ready for a new run: ValueError (one line) if it holds a run's files
-    (``RUN_FILES``) and ``overwrite`` is off; with it, the old run's outputs
-    (``RUN_OUTPUTS``) go (only where ``remove``: one rank removes, every rank checks)."""
+    (``RUN_FILES``) and ``overwrite`` is off; with it, the old run's outputs (``RUN_OUTPUTS``)
+    are moved aside into ``out/PREVIOUS`` (only where ``remove``: one rank moves, every rank
+    checks), where they stay until the new run has passed its checks and starts training
+    (``discard_previous``) and from where they come back if it ends before
+    (``settle_previous``): a refused run (a missing source, a bad freeze name) leaves the old
+    run as it was. An aside left by a process killed before training comes back first."""
+    if remove:
+        restore_previous(out)
     found = [name for name in RUN_FILES if (out / name).exists()]
     if not found:
         return
@@ -74,12 +85,48 @@ def start_over(out: Path, overwrite: bool, remove: bool) -> None:
             "--overwrite starts over there, or set another run.out_dir"
         )
     if remove:
+        aside = out / PREVIOUS
+        aside.mkdir()
         for name in RUN_OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            if (out / name).exists() or (out / name).is_symlink():
+                (out / name).rename(aside / name)
+
+
+def discard_previous(out: Path) -> None:
+    """Remove the overwritten run's outputs set aside in ``out`` (``start_over``), if any:
+    the new run starts training (``train.run.train``, main rank)."""
+    shutil.rmtree(out / PREVIOUS, ignore_errors=True)
+
+
+def restore_previous(out: Path) -> None:
+    """Put the overwritten run's outputs set aside in ``out`` back, where the new run wrote
+    none of its own run files (it ended before training); else remove them."""
+    aside = out / PREVIOUS
+    if not aside.is_dir():
+        return
+    if any((out / name).exists() for name in RUN_FILES):  # the new run got going
+        discard_previous(out)
+        return
+    for path in sorted(aside.iterdir()):
+        _remove(out / path.name)  # e.g. a tensorboard folder the new run opened
+        path.rename(out / path.name)
+    aside.rmdir()
+
+
+def settle_previous(out: Path, succeeded: bool) -> None:
+    """After a command that started over in ``out``: the overwritten run's outputs go where
+    it ``succeeded`` and come back where it failed before training (``restore_previous``)."""
+    if succeeded:
+        discard_previous(out)
+    else:
+        restore_previous(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def trim_logs(out: Path, step: int) -> None:

@@ -50,7 +50,7 @@ from fastchgnet.train.loading import (
 from fastchgnet.train.loop import SyncCheck
 from fastchgnet.train.model_setup import build_model, should_fit_composition
 from fastchgnet.train.options import TrainingOptions
-from fastchgnet.train.outputs import trim_logs
+from fastchgnet.train.outputs import discard_previous, trim_logs
 from fastchgnet.train.progress import Scalars, log
 from fastchgnet.train.state import Run, RunSummary
 from fastchgnet.train.step import TrainStep, training_capture
@@ -75,6 +75,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
             build_engine(run, model)
             if resume:
                 resume_from_checkpoint(run)
+            if run.rank == 0:  # checks passed: an overwritten run's outputs go (start_over)
+                discard_previous(run.out)
             training, limit = True, config.run.max_steps
             stopped = bool(limit) and run.progress.global_step >= limit  # resumed at the limit
             while run.progress.epoch < config.optim.epochs and not stopped:
