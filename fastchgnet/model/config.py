@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from fastchgnet.data.field_types import coerce
 
 ForceMode = Literal["conservative", "direct"]
 StressHead = Literal["virial", "lattice"]
 MagmomHead = Literal["auto", "linear", "mlp"]
 Norm = Literal["layer"] | None
+
+
+#: Sizes that must be at least 1 (widths, basis sizes, layers, elements, the cutoff exponent)
+POSITIVE = (
+    "atom_fea_dim",
+    "bond_fea_dim",
+    "angle_fea_dim",
+    "num_radial",
+    "num_angular",
+    "n_conv",
+    "atom_conv_hidden_dim",
+    "bond_conv_hidden_dim",
+    "cutoff_coeff",
+    "max_num_elements",
+)
+
+
+def check_types(config: Any) -> None:
+    """Check every field of the dataclass ``config`` against its annotation (``coerce``: one
+    line naming the field; lists become tuples, ints floats where asked) and store the
+    coerced values; the choices (Literal, or None) are left to their own checks."""
+    hints = typing.get_type_hints(type(config))
+    for field in fields(config):
+        kind = hints[field.name]
+        if typing.get_origin(kind) in (Literal, typing.Union, types.UnionType):
+            continue
+        value = coerce(kind, getattr(config, field.name), field.name)
+        object.__setattr__(config, field.name, value)
 
 
 @dataclass(frozen=True)
@@ -62,6 +94,15 @@ class ModelConfig:
     head_feature_grad: float = 0.5
 
     def __post_init__(self) -> None:
+        check_types(self)
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
+        if self.angle_hidden_dim < 0:
+            raise ValueError(f"angle_hidden_dim={self.angle_hidden_dim}: must be >= 0")
+        for name in ("mlp_hidden_dims", "head_hidden_dims"):
+            if any(width < 1 for width in getattr(self, name)):
+                raise ValueError(f"{name}={list(getattr(self, name))}: widths must be at least 1")
         if self.forces not in ("conservative", "direct"):
             raise ValueError(f"forces={self.forces!r}: use 'conservative' or 'direct'")
         if self.stress_head not in ("virial", "lattice"):
@@ -78,21 +119,15 @@ class ModelConfig:
             object.__setattr__(self, "magmom_head", head)
         if not 0.0 <= self.head_feature_grad <= 1.0:
             raise ValueError(f"head_feature_grad={self.head_feature_grad}: must be in [0, 1]")
-        if not isinstance(self.coupled_updates, bool):
-            raise ValueError(f"coupled_updates={self.coupled_updates!r} must be a bool")
         if self.num_angular % 2 != 1:
             raise ValueError(f"num_angular={self.num_angular} must be odd (1 + 2 * order)")
         if not 0 < self.bond_cutoff <= self.atom_cutoff:
             raise ValueError(
                 f"need 0 < bond_cutoff <= atom_cutoff, got {self.bond_cutoff}, {self.atom_cutoff}"
             )
-        if self.n_conv < 1:
-            raise ValueError(f"n_conv={self.n_conv} must be at least 1")
         for name in ("gated_norm", "readout_norm"):
             if getattr(self, name) not in ("layer", None):
                 raise ValueError(f"{name}={getattr(self, name)!r}: use 'layer' or None")
-        object.__setattr__(self, "mlp_hidden_dims", tuple(self.mlp_hidden_dims))
-        object.__setattr__(self, "head_hidden_dims", tuple(self.head_hidden_dims))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-friendly) of every setting."""

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from fastchgnet.data.ase_labels import AseLabels
 from fastchgnet.data.field_types import coerce
+from fastchgnet.model.config import ModelConfig
 from fastchgnet.model.loss import LossConfig
 
 
@@ -142,6 +143,14 @@ class ModelSection:
     )
     freeze: tuple[str, ...] = ()
     fit_composition: Literal["auto", "yes", "no"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.architecture:
+            return
+        try:  # its types and sizes now, not as a traceback when the model is built or trains
+            ModelConfig.from_dict(self.architecture)
+        except ValueError as error:
+            raise ValueError(f"config model.architecture: {error}") from None
 
 
 def check_ranges(section: str, config: object, **checks: tuple[bool, str]) -> None:
