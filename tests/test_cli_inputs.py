@@ -171,7 +171,7 @@ def test_relax_settings_that_cannot_work_are_refused_before_the_run(
 def test_predict_output_in_a_folder_that_cannot_take_it_is_refused_before_the_run(
     tmp_path, capsys, monkeypatch
 ):
-    cli_main = importlib.import_module("fastchgnet.cli.main")  # the package exports main()
+    cli_main = importlib.import_module("fastchgnet.cli.commands")  # the package exports main()
     monkeypatch.setattr(cli_main, "load_model", lambda *a: pytest.fail("the model ran"))
     good = write_structure(tmp_path / "good.cif")
     assert main(["predict", good, "-o", str(tmp_path)]) == 1

@@ -112,6 +112,6 @@ def test_every_module_has_a_layer() -> None:
         layer_of(module_name(path))  # raises for a module no layer names
 
 
-@pytest.mark.parametrize("module", ["fastchgnet.model.chgnet", "fastchgnet.cli.main"])
+@pytest.mark.parametrize("module", ["fastchgnet.model.chgnet", "fastchgnet.cli.commands"])
 def test_layers_are_ordered_as_design_md(module: str) -> None:
     assert layer_of("fastchgnet.data.graph")[0] < layer_of(module)[0]

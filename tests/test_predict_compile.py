@@ -67,7 +67,7 @@ def test_predict_compile_says_what_it_built_in_one_line(tmp_path, capsys, monkey
 
 
 def test_the_compile_line_names_a_capacity_grown_for_a_later_call():
-    from fastchgnet.cli.main import compile_summary
+    from fastchgnet.cli.commands import compile_summary
     from fastchgnet.model.potential import graphs_for
 
     model = FastCHGNet(n_conv=2)
@@ -81,7 +81,7 @@ def test_the_compile_line_names_a_capacity_grown_for_a_later_call():
 def test_the_compile_line_counts_a_graph_loaded_from_the_store_as_loaded_not_built():
     from types import SimpleNamespace
 
-    from fastchgnet.cli.main import compile_summary
+    from fastchgnet.cli.commands import compile_summary
     from fastchgnet.data.capacity import Capacity, PaddingTally
 
     potential = SimpleNamespace(

@@ -7,7 +7,7 @@
     fastchgnet train [--config CONFIG] [--set key=value ...] [--resume]   (= launcher/train.py)
     fastchgnet profile [--device cuda|cpu] [--batch-size 16] [--mode direct] ...
 
-Each command lives in its own module here (predict and the shared readers in main.py, md.py,
+Each command lives in its own module here (predict and the shared readers in commands.py, md.py,
 data.py, train.py, profile.py); the layers below hold no argparse. ``main`` (the console
 script's entry) imports them when called, so a Ctrl-C or SIGTERM while they load ends the
 command with one line and 130 / 143.
@@ -20,14 +20,14 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``fastchgnet`` command (``cli.main.main``); returns the exit code. SIGINT or
+    """Run the ``fastchgnet`` command (``cli.commands.main``); returns the exit code. SIGINT or
     SIGTERM while its modules load (torch, ASE, pymatgen: about a second) gives one line on
     stderr and 130 / 143, not a traceback."""
     from fastchgnet.signals import stop_signal, stop_signals
 
     try:
         with stop_signals():  # SIGTERM raises SystemExit(143) while loading
-            from fastchgnet.cli.main import main as run
+            from fastchgnet.cli.commands import main as run
     except (KeyboardInterrupt, SystemExit) as stop:
         signum = stop_signal(stop)
         if signum is None:
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def __getattr__(name: str) -> Any:
-    """``build_parser`` (from ``cli.main``), imported when first asked for."""
+    """``build_parser`` (from ``cli.commands``), imported when first asked for."""
     if name == "build_parser":
-        from fastchgnet.cli.main import build_parser
+        from fastchgnet.cli.commands import build_parser
 
         return build_parser
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``fastchgnet relax`` and ``fastchgnet md`` subcommands (registered by fastchgnet.cli.main).
+"""The ``fastchgnet relax`` and ``fastchgnet md`` subcommands (registered by cli.commands).
 
     fastchgnet relax STRUCTURE... [-o relaxed.extxyz] [--fmax 0.1] [--steps 500] [--fixed-cell]
     fastchgnet md STRUCTURE [-o md.extxyz] [--ensemble nvt] [--thermostat nose-hoover] ...

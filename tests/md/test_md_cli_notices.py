@@ -40,7 +40,7 @@ import fastchgnet
 
 class Stop:  # a signal arriving while the command's modules load (torch, ASE, ...)
     def find_spec(self, name, path=None, target=None):
-        if name == "fastchgnet.cli.main":
+        if name == "fastchgnet.cli.commands":
             os.kill(os.getpid(), {signum})
         return None
 

@@ -11,7 +11,7 @@ from ase.build import bulk
 from ase.io import write
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-from fastchgnet.cli.main import main
+from fastchgnet.cli.commands import main
 
 
 def test_the_start_message_and_the_log_count_the_same_degrees_of_freedom(tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from fastchgnet.cli.main import main
+from fastchgnet.cli.commands import main
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.train.checkpoint import latest_checkpoint, rank_file
 from fastchgnet.train.model_setup import load_from_path
