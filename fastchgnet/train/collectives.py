@@ -78,6 +78,14 @@ def init_process_group(timeout_s: float) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_device())
+        if _mpi_without_torch_variables():
+            # DeepSpeed's MPI discovery inside init_distributed would set LOCAL_RANK from
+            # host names, unwrapped, and start NCCL on that device (``device_id``): cuda:2 in
+            # a rank shown one GPU. Discovered here first, LOCAL_RANK is the rank's own GPU.
+            from deepspeed.comm.comm import mpi_discovery
+
+            mpi_discovery(verbose=False)
+            os.environ["LOCAL_RANK"] = str(torch.cuda.current_device())
     timeout = datetime.timedelta(seconds=timeout_s)
     bound_new_groups(timeout)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timeout)
@@ -89,6 +97,17 @@ def init_process_group(timeout_s: float) -> None:
     install(_torch_dist, torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu")
     if not cuda:
         release_shared_memory_name()
+
+
+#: what DeepSpeed's ``init_distributed`` needs before it skips its own MPI discovery
+TORCH_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")
+
+
+def _mpi_without_torch_variables() -> bool:
+    """Whether an MPI launcher started this rank and the torch launch variables are not all
+    set (DeepSpeed would run its MPI discovery)."""
+    mpi = any(name in os.environ for names in LAUNCHER_VARIABLES[1:] for name in names)
+    return mpi and not all(name in os.environ for name in TORCH_LAUNCH_VARIABLES)
 
 
 def bound_new_groups(timeout: datetime.timedelta) -> None:

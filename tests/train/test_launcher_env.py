@@ -58,25 +58,45 @@ def test_an_mpi_ranks_gpu_comes_from_its_local_rank(no_launcher):
     assert os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "1"
 
 
-def test_deepspeeds_mpi_discovery_leaves_the_rank_on_its_own_gpu(no_launcher):
-    """Under MPI DeepSpeed's init_distributed sets LOCAL_RANK from host names (local rank 2),
-    unwrapped, where a scheduler shows the rank one GPU: its engine then took device 2 of 1
-    (and under Open MPI asserted LOCAL_RANK == OMPI_COMM_WORLD_LOCAL_RANK)."""
+def test_nccl_starts_on_the_ranks_own_gpu_under_mpi(no_launcher):
+    """DeepSpeed's MPI discovery, run inside init_distributed, set LOCAL_RANK=2 (host names,
+    unwrapped) and then started NCCL with device_id cuda:2 in a rank shown one GPU (and its
+    engine took device 2 of 1; Open MPI asserted LOCAL_RANK == OMPI_COMM_WORLD_LOCAL_RANK):
+    the discovery now runs first and LOCAL_RANK is the rank's own device when the group
+    starts."""
     import os
     import sys
     import types
 
-    current = []
+    current, seen = [], []
     no_launcher.setattr(torch.cuda, "is_available", lambda: True)
     no_launcher.setattr(torch.cuda, "device_count", lambda: 1)
     no_launcher.setattr(torch.cuda, "set_device", current.append)
     no_launcher.setattr(torch.cuda, "current_device", lambda: current[-1])
     no_launcher.setattr(collectives, "install", lambda *args: None)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        no_launcher.delenv(name, raising=False)
+
+    def discovery(**kwargs):  # deepspeed.comm.comm.mpi_discovery's effect on a rank
+        for name, value in (("RANK", "2"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "2")):
+            os.environ[name] = value
+        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "10.0.0.1", "29500"
+
+    def init_distributed(**kwargs):  # DeepSpeed: discovery only if a variable is missing
+        if not all(name in os.environ for name in collectives.TORCH_LAUNCH_VARIABLES):
+            discovery()
+        seen.append(os.environ["LOCAL_RANK"])  # its NCCL device_id
+
+    comm = types.ModuleType("deepspeed.comm.comm")
+    comm.mpi_discovery = discovery
     fake = types.ModuleType("deepspeed")
-    fake.init_distributed = lambda **kwargs: os.environ.__setitem__("LOCAL_RANK", "2")
+    fake.init_distributed = init_distributed
     no_launcher.setitem(sys.modules, "deepspeed", fake)
+    no_launcher.setitem(sys.modules, "deepspeed.comm", types.ModuleType("deepspeed.comm"))
+    no_launcher.setitem(sys.modules, "deepspeed.comm.comm", comm)
     no_launcher.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2")
     collectives.init_process_group(60.0)
+    assert seen == ["0"]
     assert current == [0]
     assert os.environ["LOCAL_RANK"] == os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "0"
 
