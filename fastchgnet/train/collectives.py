@@ -133,6 +133,24 @@ LAUNCHER_VARIABLES = (
 )
 
 
+#: ranks-per-node variables of the launchers: torchrun's, DeepSpeed's launcher's (which sets
+#: no LOCAL_WORLD_SIZE: each of 8 ranks took min(4, all cores) workers), Open MPI's, MVAPICH's,
+#: Hydra's
+LOCAL_SIZE_VARIABLES = (
+    "LOCAL_WORLD_SIZE",
+    "LOCAL_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "MV2_COMM_WORLD_LOCAL_SIZE",
+    "MPI_LOCALNRANKS",
+)
+
+
+def ranks_on_this_node() -> int:
+    """How many ranks the launcher started on this node (1 without a launcher)."""
+    size = next((os.environ[name] for name in LOCAL_SIZE_VARIABLES if name in os.environ), "1")
+    return max(1, int(size))
+
+
 def local_device() -> int:
     """The rank's CUDA device index: ``LOCAL_RANK`` modulo the devices this process sees (a
     scheduler that shows each rank only its own GPU makes that device 0). DeepSpeed reads

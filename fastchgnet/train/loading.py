@@ -29,6 +29,7 @@ from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.signals import quiet_child
+from fastchgnet.train.collectives import ranks_on_this_node
 from fastchgnet.train.config import DataConfig
 from fastchgnet.train.replay import replay_sample, replayed_mask
 
@@ -313,8 +314,7 @@ def loader_workers(requested: int, device: torch.device | str) -> int:
         return requested
     if torch.device(device).type != "cuda":
         return 0
-    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return min(4, max(1, (os.cpu_count() or 1) // local_ranks))
+    return min(4, max(1, (os.cpu_count() or 1) // ranks_on_this_node()))
 
 
 def make_loader(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils.data import BatchSampler, SequentialSampler
 
@@ -24,6 +25,21 @@ def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
     assert loader_workers(-1, "cuda") == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers(-1, "cuda") == 1
+
+
+@pytest.mark.parametrize(
+    "variable", ["LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+)
+def test_auto_workers_share_the_cores_under_deepspeed_and_mpi_launchers(monkeypatch, variable):
+    """DeepSpeed's launcher sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE: each of 8 ranks
+    on a 16-core node took 4 workers (32 processes, with the ranks and their pin threads)."""
+    from fastchgnet.train.collectives import LOCAL_SIZE_VARIABLES
+
+    for name in LOCAL_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv(variable, "8")
+    assert loader_workers(-1, "cuda") == 2
 
 
 def test_loader_workers_persist_and_batches_are_pinned_only_for_cuda():
