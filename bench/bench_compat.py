@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_inference import median_time
+from help_text import first_sentence
 from pymatgen.core import Structure
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
@@ -83,7 +84,7 @@ def blocks(api, limno2: Structure, big: Structure, args, labelled: dict) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--md-steps", type=int, default=50)

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from help_text import first_sentence
+
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
 TARGETS = {"predict": (30.0, 10.0), "train": (90.0, 10.0)}
 
@@ -113,7 +115,7 @@ def run(program: str, caches: Path, threads: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--programs", nargs="+", default=["predict", "train"])
     parser.add_argument("--threads", type=int, default=2, help="OMP threads of each process")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

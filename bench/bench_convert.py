@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from help_text import first_sentence
 from pymatgen.core import Lattice, Structure
 
 from fastchgnet.data.cache import GraphDataset
@@ -79,7 +80,7 @@ def peak_rss_mb() -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--megabytes", type=float, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=4096)

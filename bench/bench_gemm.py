@@ -45,6 +45,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import median_time
+from help_text import first_sentence
 
 #: the table's columns
 HEADER = "{:22s} {:>5s} {:>6s} {:>8s} {:>10s} {:>7s} {:>8s} {:>7s}"
@@ -146,7 +147,7 @@ def time_gemm(key: tuple, repeats: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=20)

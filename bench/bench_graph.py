@@ -14,6 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
+from help_text import first_sentence
 from pymatgen.core import Structure
 
 from fastchgnet import build_graph
@@ -34,7 +35,7 @@ def mean_time_per_structure(fn, structures, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=200, help="varied structures")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from help_text import first_sentence
 from pymatgen.core import Structure
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reference"
@@ -33,7 +34,7 @@ def median_time(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()

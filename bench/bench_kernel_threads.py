@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from help_text import first_sentence
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", choices=["conservative", "direct"], default="conservative")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import packed_plan, padded_entries, random_labels, reference_step, timed
+from help_text import first_sentence
 from matgl_side import matgl_batch, matgl_graphs, matgl_step, matgl_training_parts
 
 OURS = ["conservative eager", "conservative captured", "direct eager", "direct captured"]
@@ -174,7 +175,7 @@ def print_table(results: dict[int, dict[str, float]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)

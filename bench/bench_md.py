@@ -62,6 +62,7 @@ import torch
 from ase import Atoms, units
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from help_text import first_sentence
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -257,7 +258,7 @@ def child_run(name: str, steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--steps", type=int, default=40, help="timed MD steps per case")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(

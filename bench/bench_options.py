@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase.io import read, write
+from help_text import first_sentence
 
 from fastchgnet.data.sources import gunzip_ase_file, read_ase
 from fastchgnet.model.chgnet import FastCHGNet
@@ -48,7 +49,7 @@ def frame_mae(model: FastCHGNet, frames: list) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=640)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--ft-n", type=int, default=96)

@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sampler import mptrj_like_sizes
+from help_text import first_sentence
 
 from fastchgnet.data.capacity import packing_capacity
 from fastchgnet.data.packing import PackedBatchSampler
@@ -48,7 +49,7 @@ def boundary_wait(sampler, n: int, epoch_seconds: float) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=1_580_000)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--batch-size", type=int, default=32)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from help_text import first_sentence
 from torch import Tensor
 
 from fastchgnet.data.batch import collate
@@ -81,7 +82,7 @@ def compare(index: Tensor, size: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=200, help="calls per timed round")
     args = parser.parse_args()

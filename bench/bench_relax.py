@@ -42,6 +42,7 @@ import warnings
 
 import numpy as np
 import torch
+from help_text import first_sentence
 
 from fastchgnet import FastCHGNet
 from fastchgnet.compile.potential import CompiledPotential
@@ -103,7 +104,7 @@ def timed_relax(structures, model, **options) -> tuple[float, np.ndarray, int, i
 
 
 def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=32, help="structures")
     parser.add_argument("--max-atoms", type=int, default=16)
     parser.add_argument("--seed", type=int, default=5)

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 from buckets import derive_capacities, padding_waste_per_capacity
+from help_text import first_sentence
 
 from fastchgnet.data.capacity import packing_capacity, padding_waste
 from fastchgnet.data.packing import plan_packed_batches
@@ -33,7 +34,7 @@ def mptrj_like_sizes(n: int, seed: int = 0) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--world-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)

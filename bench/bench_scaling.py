@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from help_text import first_sentence
 from scaling_measure import measure_allreduce, measure_sampler, measure_step_cost
 from scaling_model import (
     ACHIEVED_BAND,
@@ -50,7 +51,7 @@ WORLD_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--out", default="bench/scaling.png")
     parser.add_argument("--structures", type=int, default=1_580_395)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from help_text import first_sentence
 
 from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import gunzip_ase_file, read_frames
@@ -277,7 +278,7 @@ def warm_imports() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--n", type=int, default=800, help="structures (train + val + test)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)

@@ -40,6 +40,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from help_text import first_sentence
 
 from fastchgnet.model.precision import PRECISIONS
 
@@ -174,7 +175,7 @@ def padded_batches(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument("--structures", type=int, default=240)
     parser.add_argument("--max-atoms", type=int, default=108)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])

@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from help_text import first_sentence
+
 SUMMARY = "summary.json"
 
 
@@ -309,7 +312,7 @@ def report(work: Path, cpu: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("slice")
     p.add_argument("n", type=int)
