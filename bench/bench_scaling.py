@@ -1,9 +1,12 @@
 """The scaling curve: predicted MPtrj epoch time and 30-epoch run time on 1 to 1024 GPUs, from
 three measurements on this machine and a stated model, beside the paper's reported points.
 
-    python bench/bench_scaling.py [--out bench/scaling.png] [--quick] [--replot scaling.json]
+    python bench/bench_scaling.py [--out scaling_run.png] [--quick] [--replot scaling.json]
 
-Writes the plot and, beside it, the table and measurements as JSON (``--replot`` redraws).
+Writes the plot and, beside it, the table and measurements as JSON (``--replot`` redraws), by
+default to scaling_run.png and scaling_run.json in the current directory; the committed results
+bench/scaling.png and bench/scaling.json are replaced only when ``--out bench/scaling.png`` is
+given.
 
 Measured here (CPU):
   1. step cost of our packed batches against batch size: the training step launcher/train.py
@@ -52,7 +55,12 @@ WORLD_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=first_sentence(__doc__))
-    parser.add_argument("--out", default="bench/scaling.png")
+    parser.add_argument(
+        "--out",
+        default="scaling_run.png",
+        help="plot path, the JSON goes beside it (default: scaling_run.png in the current "
+        "directory; --out bench/scaling.png replaces the committed results)",
+    )
     parser.add_argument("--structures", type=int, default=1_580_395)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--steps", type=int, default=5)

@@ -24,7 +24,7 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
     from torch.utils.flop_counter import FlopCounterMode
 
     from fastchgnet.data.convert import convert
-    from fastchgnet.data.sources import read_frames
+    from fastchgnet.data.sources import gunzip_ase_file, read_frames
     from fastchgnet.model.chgnet import FastCHGNet
     from fastchgnet.model.config import ModelConfig
     from fastchgnet.model.loss import LossConfig
@@ -33,7 +33,6 @@ def measure_step_cost(mode: str, batch_sizes: list[int], steps: int) -> dict[str
     from fastchgnet.train.engine import TorchEngine
     from fastchgnet.train.loading import (
         EpochBatches,
-        gunzip_ase_file,
         make_loader,
         make_sampler,
         make_splits,
