@@ -168,6 +168,46 @@ def test_relax_settings_that_cannot_work_are_refused_before_the_run(
     assert says in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(("option", "name"), [("-o", "out.json"), ("--trajectory", "t.cif")])
+def test_relax_refuses_a_format_that_drops_the_frames_names_and_results(
+    tmp_path, capsys, option, name
+):
+    """ASE's json (a database) and cif took the frames of several structures without their
+    names, convergence, steps and energies; one structure may still go to a CIF."""
+    good = write_structure(tmp_path / "good.cif")
+    other = write_structure(tmp_path / "cu.cif", COPPER)
+    out = tmp_path / ("out.extxyz" if option != "-o" else name)
+    argv = ["relax", good, other, "-o", str(out), "--compile", "off", "--quiet"]
+    if option != "-o":
+        argv += [option, str(tmp_path / name)]
+    assert main(argv) == 1
+    assert "would drop each frame's name, convergence, steps and results" in one_line_error(capsys)
+    single = tmp_path / "relaxed.cif"
+    argv = ["relax", good, "-o", str(single), "--steps", "1", "--compile", "off", "--quiet"]
+    assert main(argv) in (0, 1)  # converged or not within one step: written either way
+    assert single.is_file()
+
+
+def test_relax_that_compiles_says_so_on_stderr(tmp_path, capsys, monkeypatch):
+    """A relaxation with --compile sat silent through its compile (the compile log went to
+    the fastchgnet.compile logger only)."""
+    import logging
+
+    def compiling(*args, **kwargs):  # what a compile logs, without its minute
+        logging.getLogger("fastchgnet.compile").info("graph 1 (inductor): compiled in 61.0 s")
+        return real(*args, **kwargs)
+
+    import importlib
+
+    relax_module = importlib.import_module("fastchgnet.md.relax")  # the package has relax()
+    real = relax_module.relax
+    monkeypatch.setattr(relax_module, "relax", compiling)
+    good = write_structure(tmp_path / "good.cif")
+    argv = ["relax", good, "-o", str(tmp_path / "r.extxyz"), "--steps", "1", "--quiet"]
+    main([*argv, "--compile", "torchscript"])
+    assert "graph 1 (inductor): compiled in 61.0 s" in capsys.readouterr().err
+
+
 def test_predict_output_in_a_folder_that_cannot_take_it_is_refused_before_the_run(
     tmp_path, capsys, monkeypatch
 ):

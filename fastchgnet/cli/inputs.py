@@ -227,12 +227,20 @@ def screen_structures(
     return built
 
 
-def check_frames_file(path: str, option: str, several: bool, append: bool = False) -> None:
+#: formats that keep every frame's ``info`` (a structure's name, ``converged``, ``steps``)
+#: and its calculator's results: ASE's json (a database) or cif would drop them unsaid
+LABELLED_FORMATS = ("extxyz", "traj")
+
+
+def check_frames_file(
+    path: str, option: str, several: bool, append: bool = False, labelled: bool = False
+) -> None:
     """Raise ValueError (one line, naming ``option`` and ``path``) when the frames a command
     will write cannot go there: a folder, a folder that does not exist, a name ASE cannot tell
     a format from, a format it only reads, a one-structure format (POSCAR, images) for
-    ``several`` frames, or, with ``append`` (MD writes frame by frame), a format ASE cannot
-    append to. The commands call this before they run, so that a run is not lost at its end."""
+    ``several`` frames, with ``append`` (MD writes frame by frame) a format ASE cannot append
+    to, or with ``labelled`` one that drops the frames' info and results (``LABELLED_FORMATS``
+    keep them). The commands call this before they run, so that a run is not lost at its end."""
     from ase.io.formats import filetype, ioformats
 
     check_output_file(path, option, "out.extxyz")
@@ -250,6 +258,11 @@ def check_frames_file(path: str, option: str, several: bool, append: bool = Fals
         raise ValueError(
             f"{option} {path}: a {name} file holds one structure, and this writes several; "
             "use .extxyz or .traj"
+        )
+    if labelled and name not in LABELLED_FORMATS:
+        raise ValueError(
+            f"{option} {path}: a {name} file would drop each frame's name, convergence, "
+            "steps and results; use .extxyz or .traj"
         )
     if append and name != "traj" and not (writer.acceptsfd or writer.can_append):
         raise ValueError(

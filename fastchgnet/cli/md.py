@@ -175,16 +175,17 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from fastchgnet.data.graph import structure_name
     from fastchgnet.files import write_frames_atomic
     from fastchgnet.md.calculator import first_neighbours
-    from fastchgnet.md.relax import relax
+    from fastchgnet.md.relax import RELAX_PATIENCE, relax
 
     if not args.fmax > 0 or args.steps < 0 or args.batch_size < 1:  # NaN is not > 0
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     refuse_existing(args.output, "-o", args.overwrite)
     refuse_existing(args.trajectory, "--trajectory", args.overwrite)
     structures = read_structures(args.structures)
-    check_frames_file(args.output, "-o", several=len(structures) > 1)
+    several = len(structures) > 1  # one may go to a CIF or POSCAR; several need their names
+    check_frames_file(args.output, "-o", several=several, labelled=several)
     if args.trajectory is not None:
-        check_frames_file(args.trajectory, "--trajectory", several=True)
+        check_frames_file(args.trajectory, "--trajectory", several=True, labelled=True)
         if Path(args.trajectory).resolve() == Path(args.output).resolve():
             raise ValueError(f"--trajectory {args.trajectory}: is the -o file too; name another")
     model = load_model(args.model, args.precision, args.device)
@@ -198,8 +199,15 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from fastchgnet.md.outputs import RelaxInterrupted
     from fastchgnet.signals import stop_signals
 
+    compiling = args.compile != "off"
+    if COMPILE_CHOICES[args.compile] in (True, "inductor"):
+        print(
+            f"relax: compiling ({args.compile}) once {RELAX_PATIENCE} eager steps have sized "
+            "the first shape: a minute or two on a CPU unless the compiled store holds it",
+            file=sys.stderr,
+        )
     try:
-        with stop_signals():  # SIGTERM: SystemExit(143), kept as SIGINT's partial results
+        with stop_signals(), notices_on_stderr(compiling, "fastchgnet.compile"):
             results = relax(
                 good,
                 model,
@@ -314,16 +322,26 @@ def cmd_md(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TqdmHandler(logging.Handler):
+    """Log records as lines on stderr that leave a tqdm progress bar intact."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
 @contextlib.contextmanager
-def notices_on_stderr(enabled: bool) -> Iterator[None]:
-    """Within the block (where ``enabled``), the ``fastchgnet.md`` logger's notices (the
-    compile decision) go to stderr, one line each: ``run_md`` prints them only with its
-    progress bar, and --quiet turns that off."""
+def notices_on_stderr(enabled: bool, logger: str = "fastchgnet.md") -> Iterator[None]:
+    """Within the block (where ``enabled``), ``logger``'s notices go to stderr, one line each:
+    the ``fastchgnet.md`` compile decision (``run_md`` prints it only with its progress bar,
+    and --quiet turns that off), or ``fastchgnet.compile``'s graphs compiled and shapes made
+    (a relaxation that compiles sat silent for its minute or two of compile)."""
     if not enabled:
         yield
         return
-    log = logging.getLogger("fastchgnet.md")
-    handler, level = logging.StreamHandler(sys.stderr), log.level
+    log = logging.getLogger(logger)
+    handler, level = _TqdmHandler(), log.level
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
