@@ -40,7 +40,7 @@ import fastchgnet
 
 class Stop:  # a signal arriving while the command's modules load (torch, ASE, ...)
     def find_spec(self, name, path=None, target=None):
-        if name == "fastchgnet.cli.commands":
+        if name == "{module}":
             os.kill(os.getpid(), {signum})
         return None
 
@@ -52,9 +52,12 @@ sys.exit(main(["md", "nothing.cif"]))
 """
 
 
+@pytest.mark.parametrize("module", ["fastchgnet.cli.commands", "torch"])
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_the_command_loads_ends_it_in_one_line(signum, code):
-    program = textwrap.dedent(PROGRAM.format(signum=int(signum)))
+def test_a_signal_while_the_command_loads_ends_it_in_one_line(signum, code, module):
+    """Also while torch loads (the first second): ``import fastchgnet`` loaded torch before
+    the command's own handling began, and a Ctrl-C then was a traceback."""
+    program = textwrap.dedent(PROGRAM.format(signum=int(signum), module=module))
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert done.returncode == code, done.stderr
     assert done.stderr.strip() == "fastchgnet: interrupted while starting"
