@@ -87,7 +87,7 @@ def test_the_compile_line_counts_a_graph_loaded_from_the_store_as_loaded_not_bui
     potential = SimpleNamespace(
         backend="inductor",
         capacities=[Capacity(16, 17, 768, 3072, 128)],
-        graphs_built=1,  # every graph made, a loaded one included
+        graphs_built=0,  # built in this process: a loaded graph counts in graphs_loaded only
         graphs_loaded=1,
         compile_seconds=0.0,
         eager_calls=0,

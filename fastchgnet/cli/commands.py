@@ -105,7 +105,7 @@ def compile_summary(potential: Any) -> str:
     loaded from the store, the shapes (capacities) made, a growth named, eager calls, and
     the padding waste (padding entries per real atom + bond + angle)."""
     shapes, loaded = len(potential.capacities), potential.graphs_loaded
-    built = potential.graphs_built - loaded  # ``graphs_built`` counts the loaded ones too
+    built = potential.graphs_built  # a graph loaded from the store counts in loaded only
     grown = f" ({shapes - 1} grown: a batch outgrew the first)" if shapes > 1 else ""
     eager = f", {potential.eager_calls} batch(es) eager" if potential.eager_calls else ""
     return (

@@ -93,9 +93,9 @@ CPU_CONSERVATIVE_ACTIVATION_BUDGET = 0.5
 
 @dataclass
 class CaptureStats:
-    """Graphs built (``loaded`` from the on-disk store in ``load_seconds``), seconds spent
-    tracing and compiling the others (with a new training graph's first backward; in a child
-    while calls ran eagerly: ``background_seconds``), and dynamo's frames since."""
+    """Graphs built in this process (those loaded from the on-disk store count in ``loaded``
+    only, in ``load_seconds``), seconds spent tracing and compiling the built (a new training
+    graph's first backward too; in a child while calls ran eagerly: ``background_seconds``)."""
 
     graphs: int = 0
     compile_seconds: float = 0.0

@@ -189,7 +189,7 @@ class CompiledPotential:
 
     @property
     def graphs_built(self) -> int:
-        """Compiled graphs so far, both stress settings together."""
+        """Graphs built in this process, both stress settings (loaded: ``graphs_loaded``)."""
         return sum(c.stats.graphs for c in self.captured.values())
 
     @property

@@ -53,10 +53,10 @@ def program_from_store(
         runner = store.build(store_key, traced, inputs, about, options)
         stats.compile_seconds += time.perf_counter() - start
         how = "compiled ahead of time into"
+        stats.graphs += 1  # built: a loaded program counts in ``loaded`` only
     seconds = time.perf_counter() - start
-    log.info("graph %d (%s, shapes %s): %s %s in %.2f s", stats.graphs, key[0], key[3][:1],
-             how, store.root, seconds)  # fmt: skip
-    stats.graphs += 1
+    log.info("graph %d (%s, shapes %s): %s %s in %.2f s", stats.graphs + stats.loaded, key[0],
+             key[3][:1], how, store.root, seconds)  # fmt: skip
     stats.keys.append(key)
     captured._compiled[key] = runner  # its key in stats.keys: the first call is not timed
     return runner

@@ -185,7 +185,7 @@ def test_inductor_calculator_matches_eager_and_a_warm_start_compiles_nothing(mod
         for key, value in before.items():
             np.testing.assert_array_equal(again[key], value, err_msg=key)
     assert warm.potential.store.builds == 0
-    assert warm.potential.graphs_loaded == 2
+    assert (warm.potential.graphs_built, warm.potential.graphs_loaded) == (0, 2)
     assert warm.potential.compile_seconds == 0.0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastchgnet.cli.commands import compile_summary
 from fastchgnet.compile import background
 from fastchgnet.compile.potential import CompiledPotential
 from fastchgnet.compile.store import SCRIPT_LOAD_SECONDS, CompiledStore, ScriptShelf
@@ -58,6 +59,7 @@ def test_a_kept_graph_serves_a_new_potential_of_any_weights_without_a_build(tmp_
     assert_like_eager(tuned, pair, second.predict_graphs(pair, stress=False))
     assert (second.graphs_built, second.graphs_loaded) == (0, 1)
     assert second.has_graphs
+    assert " 0 graph(s) built in 0.0 s, 1 loaded from the store;" in compile_summary(second)
 
     single = graphs_of(model, 1, seed=5)  # one structure: outside the kept graph's guard
     fresh = CompiledPotential(tuned, backend="torchscript", store=store)
