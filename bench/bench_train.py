@@ -6,8 +6,9 @@
                                 [--no-reference] [--equal-wall-time] [--threads 1]
                                 [--reference-flush-denormals]
 
-Direct against conservative (issue #17): ``--source`` a labelled set made by ``fastchgnet data
-synth -n 1000 --seed 11 --max-atoms 100`` (crystals up to 100 atoms, CHGNet 0.3.0 labels),
+Direct against conservative (issue #17): ``--source synth1000.extxyz.gz``, a labelled set made
+by ``fastchgnet data synth -n 1000 --seed 11 --max-atoms 100 -o synth1000.extxyz.gz`` (crystals
+up to 100 atoms, CHGNet 0.3.0 labels),
 ``--split 0.8 0.1 0.1`` (the table then reports the held-out test split), ``--loss 1 1 0.1 0.1``,
 ``--epochs 7 --architecture reference --seeds 0 1 2``. ``--equal-wall-time`` adds a
 conservative run given the seconds the direct run trained for: the whole epochs of its own
