@@ -519,10 +519,10 @@ def print_table(rows: dict[str, dict], title: str) -> None:
     (or against our conservative run when the reference did not run)."""
     base = "reference Trainer" if "reference Trainer" in rows else next(iter(rows))
     base_rate = rows[base]["structures_per_s"]
+    versus = f"struct/s vs {base}"
     print(
         f"\n{title:>30} {'params':>7} {'e meV/at':>9} {'f meV/Å':>8} {'s GPa':>6} {'m μB':>6} "
-        f"{'epochs':>6} {'train s':>7} {'wall s':>7} {'struct/s':>8} "
-        f"{'vs ' + base.split()[-1][:4]:>8}"
+        f"{'epochs':>6} {'train s':>7} {'wall s':>7} {'struct/s':>8} {versus}"
     )
     for name, r in rows.items():
         v = r["val"]
@@ -532,7 +532,7 @@ def print_table(rows: dict[str, dict], title: str) -> None:
         print(
             f"{name:>30} {r['n_params']:>7} {v['e']:>9.1f} {v['f']:>8.1f} {v['s']:>6.3f} "
             f"{v['m']:>6.3f} {epochs} {train_s} {r['wall_s']:>7.1f} "
-            f"{r['structures_per_s']:>8.1f} {ratio:>7.2f}x"
+            f"{r['structures_per_s']:>8.1f} {ratio:>{len(versus) - 1}.2f}x"
         )
 
 
