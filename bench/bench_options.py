@@ -2,7 +2,8 @@
 
 1. EMA and the best-on-validation model: the quick-start model trained from scratch on the
    first ``--n`` structures for ``--epochs`` epochs, without and with ``optim.ema_decay``;
-   validation MAE of model.pt (last epoch; EMA weights when on) and of best_model.pt.
+   validation MAE of model.pt (last epoch; EMA weights when on) and of best_model.pt (the
+   epoch best_model.txt names), both by the run's own validation code on its validation split.
 2. Replay against forgetting: CHGNet 0.3.0 fine-tuned for ``--ft-epochs`` epochs on
    ``--ft-n`` structures whose energies are shifted by +0.2 eV/atom (a new functional), without
    and with ``data.replay_fraction`` of a base set (other bundled structures, labelled by 0.3.0
@@ -27,14 +28,28 @@ from help_text import first_sentence
 from fastchgnet.data.sources import gunzip_ase_file, read_ase
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.train.config import TrainConfig, apply_overrides
-from fastchgnet.train.loading import quickstart_path
+from fastchgnet.train.finetune import evaluate_indices
+from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
 from fastchgnet.train.run import train
 
 
-def run(out: Path, overrides: list[str]) -> dict[str, float]:
-    """Train with ``overrides`` of the quick-start config; the final validation results."""
+def run(out: Path, overrides: list[str]) -> tuple[TrainConfig, dict[str, float]]:
+    """Train with ``overrides`` of the quick-start config; the config and the final
+    validation results."""
     base = [f"run.out_dir={out}", "run.progress=lines", "run.plots=false"]
-    return train(apply_overrides(TrainConfig(), base + overrides)).val
+    config = apply_overrides(TrainConfig(), base + overrides)
+    return config, train(config).val
+
+
+def saved_val_mae(config: TrainConfig, model_file: Path) -> tuple[float, float]:
+    """Energy (meV/atom) and force (meV/Å) MAE of a saved model on the validation split of
+    the run ``config`` made, by the run's own validation code (``train.loop.evaluate``)."""
+    model = FastCHGNet.load(model_file)
+    cutoffs = (model.config.atom_cutoff, model.config.bond_cutoff)
+    cache = resolve_cache(config.data, Path(config.run.out_dir), cutoffs, is_main=True)
+    splits = make_splits(cache, config.data)
+    results = evaluate_indices(model, splits, splits.val, config)
+    return results["energy_mae"], results["forces_mae"]
 
 
 def frame_mae(model: FastCHGNet, frames: list) -> tuple[float, float]:
@@ -67,10 +82,12 @@ def main() -> None:
                   f"data.cache_dir={root / 'cache'}"]  # fmt: skip
         for name, extra in (("plain", []), ("ema 0.99", ["optim.ema_decay=0.99"])):
             out = root / name.replace(" ", "-")
-            last = run(out, common + extra)
-            best = (out / "best_model.txt").read_text().strip()
-            print(f"  {name:10s} last e {last['energy_mae']:.1f} f {last['forces_mae']:.1f}; "
-                  f"best_model.pt: {best}", flush=True)  # fmt: skip
+            config, _ = run(out, common + extra)
+            last = saved_val_mae(config, out / "model.pt")
+            best = saved_val_mae(config, out / "best_model.pt")
+            epoch = (out / "best_model.txt").read_text().split(":")[0]
+            print(f"  {name:10s} model.pt e {last[0]:.1f} f {last[1]:.1f}; best_model.pt "
+                  f"({epoch}) e {best[0]:.1f} f {best[1]:.1f}", flush=True)  # fmt: skip
 
         plain = gunzip_ase_file(quickstart_path(), root)
         images = read(str(plain), index=":")
@@ -96,7 +113,7 @@ def main() -> None:
                 f"data.replay_source={root / 'base.extxyz'}",
                 f"data.replay_fraction={fraction}",
             ]
-            val = run(out, tune + (replay if fraction else []))
+            _, val = run(out, tune + (replay if fraction else []))
             e, f = frame_mae(FastCHGNet.load(out / "model.pt"), heldout)
             print(f"  replay {fraction:.2f}: held-out base e {e:.1f} f {f:.1f}; shifted val "
                   f"e {val['energy_mae']:.1f} f {val['forces_mae']:.1f}", flush=True)  # fmt: skip
