@@ -5,7 +5,8 @@ backward, Adam) of the reference chgnet package and our one training step
 (``train.step.TrainStep``, eager and captured) on ``--device`` (CUDA where present), and
 prints the counts per step. Each step is warmed up ``WARMUP`` times first, so the captured
 step counts a replay of its compiled graph (a CUDA graph on a GPU), not the call that
-records it. For a GPU timeline use Nsight Systems (see ``NSYS``).
+records it. On CUDA the CUDA kernels per step are counted too, and the Nsight Systems
+commands for a GPU timeline printed (``NSYS``); on a CPU neither.
 """
 
 from __future__ import annotations
@@ -90,14 +91,18 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         f"({sum(len(s) for s in structures)} atoms)"
     )
     print(f"on {device}; counts per step after {WARMUP} warm-up steps")
-    print(f"{'':34s} {'aten ops':>9s} {'top-level':>10s} {'CUDA kernels':>13s}")
+    on_cuda = device.type == "cuda"
+    kernels = f" {'CUDA kernels':>13s}" if on_cuda else ""
+    print(f"{'':34s} {'aten ops':>9s} {'top-level':>10s}{kernels}")
     for name, step in steps.items():
         for _ in range(WARMUP):  # compiles, then records and replays CUDA graphs
             step()
         c = count_ops(step)
-        counts[name] = c.cuda_kernels if device.type == "cuda" else c.aten_ops
-        print(f"{name:34s} {c.aten_ops:9.0f} {c.top_level_ops:10.0f} {c.cuda_kernels:13.0f}")
-    print(f"\nGPU timeline with NVTX ranges per stage:\n{NSYS}")
+        counts[name] = c.cuda_kernels if on_cuda else c.aten_ops
+        kernels = f" {c.cuda_kernels:13.0f}" if on_cuda else ""
+        print(f"{name:34s} {c.aten_ops:9.0f} {c.top_level_ops:10.0f}{kernels}")
+    if on_cuda:
+        print(f"\nGPU timeline with NVTX ranges per stage:\n{NSYS}")
     return counts
 
 
