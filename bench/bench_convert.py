@@ -6,7 +6,10 @@ process holds one material's frames plus a window of ``workers * 64`` frames; ea
 16 frames and their graphs; shard arrays go to disk as they are made. So peak RSS stays flat
 as the file grows (compare --megabytes 50 and 200).
 
-    python bench/bench_convert.py [--megabytes 200] [--workers 2] [--keep]
+    python bench/bench_convert.py [--megabytes 200] [--workers 2] [--dir /tmp] [--keep]
+
+The JSON and the cache go into a new folder ``bench-convert-*`` made inside ``--dir``; only that
+folder is removed at the end (kept with ``--keep``), nothing else in ``--dir`` is touched.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,12 +88,16 @@ def main() -> None:
     parser.add_argument("--megabytes", type=float, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=4096)
-    parser.add_argument("--dir", default="/tmp/fastchgnet-bench-convert")
+    parser.add_argument(
+        "--dir",
+        default=tempfile.gettempdir(),
+        help="where to work: a new folder bench-convert-* is made inside it for the JSON and "
+        "the cache, and only that folder is removed at the end (default: the temporary folder)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the JSON and cache")
     args = parser.parse_args()
-    work = Path(args.dir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.dir))
     source = work / "mptrj.json"
     start = time.perf_counter()
     n_frames = write_mptrj(source, args.megabytes)
@@ -109,8 +117,11 @@ def main() -> None:
         f"{summary.structures_per_second:.0f} structures/s with {args.workers} workers "
         f"({sys.platform}); cache {cache_mb:.0f} MB, {len(dataset)} structures"
     )
-    print(f"peak RSS: main {own:.0f} MB, largest worker {child:.0f} MB (source {size_mb:.0f} MB)")
-    if not args.keep:
+    workers = f"largest worker {child:.0f} MB" if args.workers > 1 else "no worker processes"
+    print(f"peak RSS: main {own:.0f} MB, {workers} (source {size_mb:.0f} MB)")
+    if args.keep:
+        print(f"kept {work}")
+    else:
         shutil.rmtree(work)
 
 
