@@ -261,7 +261,8 @@ def load_checkpoint(
 
     Raises CheckpointError when the world size differs from the one that wrote it (the sampler
     plan and ZeRO shards depend on it), a file is missing or damaged, or a file read records
-    other progress than rank 0's.
+    another position (``POSITION``: epoch, steps) than rank 0's; the loss totals and seconds
+    of ``Progress`` are each rank's own.
     """
     main = read_verified(rank_file(folder, 0))
     if main["world_size"] != world_size:
@@ -275,10 +276,12 @@ def load_checkpoint(
         for r in range(world_size):
             if payloads[r] is None:
                 payloads[r] = read_verified(rank_file(folder, r))
-    for r, payload in enumerate(payloads):
-        if payload is not None and payload["progress"] != main["progress"]:
+    position = {key: main["progress"][key] for key in POSITION}
+    for r, payload in enumerate(payloads):  # the loss totals and seconds are each rank's own
+        theirs = None if payload is None else {key: payload["progress"][key] for key in POSITION}
+        if theirs is not None and theirs != position:
             raise CheckpointError(
-                f"{rank_file(folder, r)}: records other progress than rank 0's "
-                f"({payload['progress']} against {main['progress']})"
+                f"{rank_file(folder, r)}: records another position than rank 0's "
+                f"({theirs} against {position})"
             )
     return main, payloads

@@ -108,14 +108,16 @@ def test_a_checkpoint_keeps_only_the_ranks_own_cuda_generator(monkeypatch) -> No
 
 
 def _save_ranks(root, world: int, model: FastCHGNet, steps=None):
-    """A checkpoint of ``world`` ranks at step 5 (``steps``: each rank's recorded step)."""
+    """A checkpoint of ``world`` ranks at step 5 (``steps``: each rank's recorded step); each
+    rank's loss totals and seconds are its own, as in a run."""
     for rank in range(world):
         step = 5 if steps is None else steps[rank]
+        own = {"epoch_loss": 2.4 + 0.1 * rank, "train_seconds": 10.0 + rank}
         folder = save_checkpoint(
             root,
             rank=rank,
             world_size=world,
-            progress=Progress(epoch=0, step_in_epoch=step, global_step=5),
+            progress=Progress(epoch=0, step_in_epoch=step, global_step=5, **own),
             engine_state={"optimizer": {"rank": rank}},
             model=model if rank == 0 else None,
             config={},
@@ -197,9 +199,14 @@ def test_a_damaged_file_fails_the_ranks_that_read_it(tmp_path) -> None:
         load_checkpoint(folder, 1, 3, every_rank=lambda own: True)
 
 
-def test_a_rank_file_with_other_progress_is_named(tmp_path) -> None:
-    folder = _save_ranks(tmp_path, 2, _model(), steps=[5, 4])
-    with pytest.raises(CheckpointError, match=r"rank-00001\.pt: records other progress"):
+def test_a_rank_file_at_another_position_is_named_and_own_totals_load(tmp_path) -> None:
+    """The ranks' own loss totals and seconds differ in every run: a check of the whole
+    progress refused every resume on two ranks (it is the position that must agree)."""
+    folder = _save_ranks(tmp_path / "same", 2, _model())
+    main, payloads = load_checkpoint(folder, 1, 2)
+    assert payloads[1]["progress"]["epoch_loss"] != main["progress"]["epoch_loss"]
+    folder = _save_ranks(tmp_path / "other", 2, _model(), steps=[5, 4])
+    with pytest.raises(CheckpointError, match=r"rank-00001\.pt: records another position"):
         load_checkpoint(folder, 1, 2)
 
 
