@@ -26,7 +26,7 @@ from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
-from fastchgnet.md.settings import checked_integrator
+from fastchgnet.md.settings import check_numbers
 from fastchgnet.model.potential import EagerPotential
 
 
@@ -93,28 +93,18 @@ def fit_bulk_modulus(atoms: Atoms) -> float:
     return float(bulk_modulus)
 
 
-#: the reference's thermostat names (lower case) -> ours (``md.settings.THERMOSTATS``)
-OUR_THERMOSTATS = {
-    "nose-hoover": "nose-hoover",
-    "berendsen": "berendsen",
-    "berendsen_inhomogeneous": "berendsen",
-    "npt_berendsen": "berendsen",
-}
-
-
 def check_settings(ensemble: str, thermostat: str, temperature: float, timestep: float,
                    **settings: float | None) -> None:  # fmt: skip
-    """ValueError in one line for settings ``run_md`` refuses (``checked_integrator``): a
-    temperature (K) not >= 0, a timestep (fs) not > 0, a taut or taup (fs) or bulk modulus
-    (GPa) not > 0, a pressure (GPa) not finite. An ensemble or thermostat name of the
-    reference's that ours do not map is left to ``MolecularDynamics``' own message."""
-    ensemble = ensemble.lower()
-    ours = "none" if ensemble == "nve" else OUR_THERMOSTATS.get(thermostat.lower())
-    if ensemble not in ("nve", "nvt", "npt") or ours is None:
+    """ValueError in one line for numbers no MD runs with (``md.settings.check_numbers``): a
+    temperature (K) not >= 0 (the reference ran into NaN), a timestep (fs) not > 0 (a
+    ZeroDivisionError), a taut or taup (fs) or bulk modulus (GPa) not > 0, a pressure (GPa)
+    not finite. The combinations the reference takes stay its own (its NPT Nosé-Hoover takes
+    ``bulk_modulus``, its Berendsen runs a quench at 0 K); an ensemble or thermostat name it
+    does not know is left to ``MolecularDynamics``' own message."""
+    if ensemble.lower() not in ("nve", "nvt", "npt"):
         return
-    used = {"nve": (), "nvt": ("taut",), "npt": ("taut", "taup", "pressure", "bulk_modulus")}
-    checked_integrator(ensemble, ours, temperature, timestep,
-                       **{name: settings[name] for name in used[ensemble]})  # fmt: skip
+    named = ("taut", "taup", "pressure", "bulk_modulus")
+    check_numbers(temperature, timestep, **{name: settings.get(name) for name in named})
 
 
 class MolecularDynamics:

@@ -57,10 +57,7 @@ def checked_integrator(
             f"thermostat {thermostat!r} for {ensemble}: use one of "
             f"{', '.join(THERMOSTATS[ensemble])}"
         )
-    if not (timestep > 0 and math.isfinite(timestep)):
-        raise ValueError(f"need timestep > 0 fs, got {timestep}")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"need temperature >= 0 K, got {temperature}")
+    check_numbers(temperature, timestep)
     if temperature == 0 and thermostat in NEED_WARMTH:
         raise ValueError(
             f"thermostat {thermostat} needs temperature > 0 K (at 0 K it divides by the "
@@ -81,6 +78,18 @@ def checked_integrator(
         raise ValueError(
             "taut and friction (--taut, --friction): Langevin's friction is 1/taut; give one"
         )
+    check_numbers(temperature, timestep, **integrator)
+    return ensemble, thermostat
+
+
+def check_numbers(temperature: float, timestep: float, **integrator: float | None) -> None:
+    """ValueError in one line for numbers no MD can run with: a timestep (fs) not > 0, a
+    temperature (K) not >= 0, a taut or taup (fs) or bulk modulus (GPa) not > 0, a friction
+    (1/fs) not >= 0, a pressure (GPa) not finite (a setting given as None is the default)."""
+    if not (timestep > 0 and math.isfinite(timestep)):
+        raise ValueError(f"need timestep > 0 fs, got {timestep}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"need temperature >= 0 K, got {temperature}")
     for name, value in integrator.items():
         if value is None:
             continue
@@ -88,4 +97,3 @@ def checked_integrator(
             raise ValueError(f"need a finite {name}, got {value}")
         if (name in POSITIVE and value <= 0) or (name in NON_NEGATIVE and value < 0):
             raise ValueError(f"need {name} {'>' if name in POSITIVE else '>='} 0, got {value}")
-    return ensemble, thermostat

@@ -27,3 +27,23 @@ def test_bad_settings_are_refused_in_one_line_before_anything_runs(
         options |= {"thermostat": "Berendsen_inhomogeneous", "bulk_modulus": 100.0}
     with pytest.raises(ValueError, match=says):
         MolecularDynamics(limno2.copy(), model=compat_model, compiled=False, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ensemble": "npt", "thermostat": "Nose-Hoover", "bulk_modulus": 100.0},
+        {
+            "ensemble": "nvt",
+            "thermostat": "Berendsen",
+            "temperature": 0.0,
+            "starting_temperature": 300.0,
+        },
+    ],
+)
+def test_settings_the_reference_takes_are_taken(compat_model, limno2, options):
+    """The check refused what the reference runs: its NPT Nose-Hoover takes bulk_modulus
+    (its barostat's pfactor), and its Berendsen quenches at 0 K."""
+    md = MolecularDynamics(limno2.copy(), model=compat_model, compiled=False, **options)
+    md.run(2)
+    assert md.atoms.get_potential_energy() < 0
