@@ -3,6 +3,8 @@ evaluate (every rank runs every evaluation step), and the training options' epoc
 
 from __future__ import annotations
 
+import time
+
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     Progress,
@@ -46,6 +48,7 @@ def train_one_epoch(run: Run) -> bool:
         epoch, len(sampler), progress.step_in_epoch, settings.progress, settings.log_every, rank
     )
     run.counted = progress.step_in_epoch  # the steps before it are in progress.structures
+    run.epoch_started, run.seconds_before = time.perf_counter(), progress.train_seconds
     result = train_epoch(
         run.step,
         run.train_loader,
@@ -61,7 +64,7 @@ def train_one_epoch(run: Run) -> bool:
         stop_requested=lambda: run.signals.requested,
     )
     reporter.close()
-    progress.train_seconds += result.seconds
+    progress.train_seconds, run.epoch_started = run.seconds_before + result.seconds, None
     count_structures(run)
     _log_capture(run)
     mid_epoch = progress.step_in_epoch < len(sampler)
@@ -170,8 +173,13 @@ def count_structures(run: Run) -> None:
 
 
 def checkpoint(run: Run) -> None:
-    """Every rank writes its file of the checkpoint at the current step; rank 0 commits it."""
+    """Every rank writes its file of the checkpoint at the current step; rank 0 commits it.
+    Mid-epoch its training seconds count the epoch so far, as its structures do (a run killed
+    after it resumed with the structures but not their seconds: its rate read high)."""
     count_structures(run)
+    if run.epoch_started is not None:
+        elapsed = time.perf_counter() - run.epoch_started
+        run.progress.train_seconds = run.seconds_before + elapsed
     save_checkpoint(
         run.out / "checkpoints",
         rank=run.rank,

@@ -68,6 +68,8 @@ class Run:
     train_loader: object = None
     signals: StopSignals = field(default_factory=StopSignals)
     checkpoint_step: int | None = None  # the global step of the last checkpoint written
+    epoch_started: float | None = None  # perf_counter at the epoch's start, while it trains
+    seconds_before: float = 0.0  # progress.train_seconds when the epoch's training began
 
     @property
     def model(self) -> torch.nn.Module:

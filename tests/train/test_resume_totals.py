@@ -72,3 +72,22 @@ def test_latest_progress_reads_the_totals_and_a_pointer_written_before_them(tmp_
         del pointer[key]
     (tmp_path / "latest.json").write_text(json.dumps(pointer))
     assert latest_progress(tmp_path) == Progress(epoch=1, step_in_epoch=3, global_step=12)
+
+
+def test_a_mid_epoch_checkpoint_counts_the_seconds_of_its_epoch_so_far(tmp_path):
+    """Its structures counted the epoch so far but its seconds only the epochs before (0 in
+    the first): a run killed after it resumed with a structures-per-second rate too high."""
+    from fastchgnet.train.checkpoint import rank_file, read_verified
+    from fastchgnet.train.run import train
+
+    cache = small_cache(tmp_path / "cache", n=48)
+    out = tmp_path / "run"
+    settings = ("optim.epochs=1", "run.compile=off", "run.checkpoint_every=5", "run.keep=10")
+    train(tiny_config(cache, out, *settings))
+    seconds = [
+        read_verified(rank_file(out / "checkpoints" / f"step-{step:08d}", 0))["progress"]
+        for step in (5, 10, 11)
+    ]
+    assert 0 < seconds[0]["train_seconds"] < seconds[1]["train_seconds"]
+    assert seconds[1]["train_seconds"] <= seconds[2]["train_seconds"]
+    assert 0 < seconds[0]["structures"] < seconds[1]["structures"] < seconds[2]["structures"]
