@@ -24,7 +24,14 @@ from pathlib import Path
 
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
-from fastchgnet.train.outputs import completed, run_lock, settle_previous, start_over
+from fastchgnet.train.outputs import (
+    PREVIOUS,
+    completed,
+    restore_previous,
+    run_lock,
+    settle_previous,
+    start_over,
+)
 
 #: What a user can cause and fix (a bad key or value, a missing file, a damaged checkpoint):
 #: one line on stderr, no traceback (``user_error``)
@@ -83,7 +90,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     config = load_config(args.config, args.overrides)
     if not args.resume:
         return config
-    stored = stored_config(Path(config.run.out_dir) / "checkpoints")
+    out = Path(config.run.out_dir)
+    stored = stored_config(out / "checkpoints")
+    if stored is None and (out / PREVIOUS).is_dir():  # a --overwrite stopped before training
+        stored = _resume_set_aside(out)
     if stored is None:
         root = Path(config.run.out_dir) / "checkpoints"
         steps = sorted(path.name for path in root.glob("step-*"))
@@ -166,6 +176,23 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             return user_error(PROG, error)
         return _run_locked(args, config, out, rank)
+
+
+def _resume_set_aside(out: Path) -> dict | None:
+    """The stored config of the run a --overwrite stopped before training set aside in
+    ``out``, put back first (one process, holding the run lock: a live run's aside is its
+    own); under a launcher, ValueError saying how to put it back."""
+    from fastchgnet.train.engine import launcher_rank_and_world
+
+    if launcher_rank_and_world()[1] > 1:
+        raise ValueError(
+            f"--resume: the run in {out} was set aside by a --overwrite stopped before "
+            f"training ({out / PREVIOUS}); start the command once without --resume or "
+            "--overwrite (it puts the run back and stops), then --resume"
+        )
+    with run_lock(out):
+        restore_previous(out)
+    return stored_config(out / "checkpoints")
 
 
 def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) -> int:

@@ -62,21 +62,25 @@ RUN_OUTPUTS = (
 )
 
 
-#: Where ``start_over`` puts an overwritten run's outputs until the new run starts training
+#: Where ``start_over`` puts an overwritten run's outputs until the new run starts training;
+#: they are moved into ``MOVING`` first, which is renamed to it once all are in, so an aside
+#: that a signal cut short is never taken for a whole one
 PREVIOUS = ".overwritten-run"
+MOVING = ".overwritten-run.moving"
 
 
 def start_over(out: Path, overwrite: bool, remove: bool) -> None:
     """Make ``out`` ready for a new run: ValueError (one line) if it holds a run's files
-    (``RUN_FILES``) and ``overwrite`` is off; with it, the old run's outputs (``RUN_OUTPUTS``)
-    are moved aside into ``out/PREVIOUS`` (only where ``remove``: one rank moves, every rank
-    checks), where they stay until the new run has passed its checks and starts training
-    (``discard_previous``) and from where they come back if it ends before
-    (``settle_previous``): a refused run (a missing source, a bad freeze name) leaves the old
-    run as it was. An aside left by a process killed before training comes back first."""
+    (``RUN_FILES``, or an overwritten run set aside) and ``overwrite`` is off; with it, the
+    old run's outputs (``RUN_OUTPUTS``) are moved aside into ``out/PREVIOUS`` (only where
+    ``remove``: one rank moves, every rank checks), where they stay until the new run has
+    passed its checks and starts training (``discard_previous``) and from where they come back
+    if it ends before (``settle_previous``): a refused run (a missing source, a bad freeze
+    name) leaves the old run as it was. An aside left by a process killed before training
+    comes back first."""
     if remove:
         restore_previous(out)
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    found = [name for name in (*RUN_FILES, PREVIOUS, MOVING) if (out / name).exists()]
     if not found:
         return
     if not overwrite:
@@ -85,11 +89,12 @@ def start_over(out: Path, overwrite: bool, remove: bool) -> None:
             "--overwrite starts over there, or set another run.out_dir"
         )
     if remove:
-        aside = out / PREVIOUS
-        aside.mkdir()
+        moving = out / MOVING
+        moving.mkdir()
         for name in RUN_OUTPUTS:
             if (out / name).exists() or (out / name).is_symlink():
-                (out / name).rename(aside / name)
+                (out / name).rename(moving / name)
+        moving.rename(out / PREVIOUS)  # whole: from here a run file in ``out`` is the new run's
 
 
 def discard_previous(out: Path) -> None:
@@ -99,16 +104,26 @@ def discard_previous(out: Path) -> None:
 
 
 def restore_previous(out: Path) -> None:
-    """Put the overwritten run's outputs set aside in ``out`` back, where the new run wrote
-    none of its own run files (it ended before training); else remove them."""
-    aside = out / PREVIOUS
+    """Put the overwritten run's outputs set aside in ``out`` back: an aside cut short while
+    it was made (``MOVING``) always, a whole one where the new run wrote none of its own run
+    files (it ended before training; else they are the new run's and the aside goes). Called
+    before a new run or a resume in ``out`` (main rank), and after a run that failed."""
+    moving, aside = out / MOVING, out / PREVIOUS
+    if moving.is_dir():  # its files are not in ``out``: they went into it one by one
+        _put_back(moving, out)
     if not aside.is_dir():
         return
     if any((out / name).exists() for name in RUN_FILES):  # the new run got going
         discard_previous(out)
         return
+    _put_back(aside, out)
+
+
+def _put_back(aside: Path, out: Path) -> None:
+    """Move everything in ``aside`` back into ``out`` (replacing what the new run made of
+    the same name, e.g. a tensorboard folder) and remove ``aside``."""
     for path in sorted(aside.iterdir()):
-        _remove(out / path.name)  # e.g. a tensorboard folder the new run opened
+        _remove(out / path.name)
         path.rename(out / path.name)
     aside.rmdir()
 

@@ -71,3 +71,34 @@ def test_an_old_run_set_aside_by_a_killed_overwrite_comes_back(tmp_path):
     with pytest.raises(ValueError, match="holds a run"):
         outputs.start_over(tmp_path, overwrite=False, remove=True)
     assert _kept(tmp_path)
+
+
+def test_an_aside_cut_short_by_a_signal_comes_back_whole(tmp_path):
+    """A signal inside the moves left the checkpoints aside and metrics.csv in place; the next
+    start took metrics.csv for the new run's and deleted the aside, checkpoints and all."""
+    _old_run(tmp_path)
+    moving = tmp_path / outputs.MOVING
+    moving.mkdir()
+    (tmp_path / "checkpoints").rename(moving / "checkpoints")  # then the signal
+    with pytest.raises(ValueError, match="holds a run"):
+        outputs.start_over(tmp_path, overwrite=False, remove=True)
+    assert _kept(tmp_path)
+    assert not moving.exists()
+
+
+def test_a_rank_that_sees_only_an_aside_refuses_as_the_main_rank_does(tmp_path):
+    """Another rank looked before the main rank put an aside back, found no run files and
+    went on to wait in the first collective while the main rank refused."""
+    _old_run(tmp_path)
+    outputs.start_over(tmp_path, overwrite=True, remove=True)  # then killed before training
+    with pytest.raises(ValueError, match="holds a run"):
+        outputs.start_over(tmp_path, overwrite=False, remove=False)
+
+
+def test_a_resume_finds_the_run_a_killed_overwrite_set_aside(tmp_path, capsys):
+    """--resume said there was no checkpoint while the run sat in .overwritten-run/."""
+    _old_run(tmp_path)
+    outputs.start_over(tmp_path, overwrite=True, remove=True)  # then killed before training
+    main(["--resume", "--set", f"run.out_dir={tmp_path}"])
+    assert _kept(tmp_path)
+    assert not (tmp_path / outputs.PREVIOUS).exists()
