@@ -88,6 +88,19 @@ def verify_shard(shard_dir: Path, expected: dict[str, str]) -> None:
             )
 
 
+def read_json_record(path: Path, redo: str) -> dict:
+    """The JSON object in ``path`` (a cache's manifest.json or settings.json); a file that
+    cannot be read, is not JSON or holds no object is a ``CacheError`` naming it and saying
+    ``redo`` (what to do)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CacheError(f"{path}: unreadable ({error}); {redo}") from None
+    if not isinstance(record, dict):
+        raise CacheError(f"{path}: holds {type(record).__name__}, not a record; {redo}")
+    return record
+
+
 class GraphDataset:
     """Map-style dataset over a finished cache: ``ds[i] -> (CrystalGraph, Labels)``.
 
@@ -108,16 +121,10 @@ class GraphDataset:
                 f"{self.cache_dir}: no manifest.json, so conversion did not finish; run convert "
                 "again with the same settings (finished shards are kept)"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as error:
-            raise CacheError(
-                f"{manifest_path}: unreadable ({error}); run convert again with the same "
-                "settings to rewrite it (finished shards are kept)"
-            ) from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-            found = manifest.get("format") if isinstance(manifest, dict) else None
-            raise CacheError(f"{self.cache_dir}: cache format {found} unknown")
+        redo = "run convert again with the same settings to rewrite it (finished shards are kept)"
+        manifest = read_json_record(manifest_path, redo)
+        if manifest.get("format") != FORMAT_VERSION:
+            raise CacheError(f"{self.cache_dir}: cache format {manifest.get('format')} unknown")
         self.atom_cutoff = float(manifest["atom_cutoff"])
         self.bond_cutoff = float(manifest["bond_cutoff"])
         self.shard_names = [s["name"] for s in manifest["shards"]]

@@ -41,6 +41,7 @@ from fastchgnet.data.cache import (
     FORMAT_VERSION,
     LABELS,
     CacheError,
+    read_json_record,
     remove_tree,
     shard_name,
 )
@@ -203,18 +204,6 @@ def _fill_shard(
     return n_frames
 
 
-def _read_record(path: Path) -> dict:
-    """settings.json of a cache folder; unreadable is a ``CacheError`` naming it."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise CacheError(
-            f"{path}: unreadable ({error}); delete it and rerun (shards built with the same "
-            "settings are kept), or convert into another folder"
-        ) from None
-    return record
-
-
 def _read_past(frames: Iterator[Frame], shard: Path, size: int, check: bool) -> None:
     """Read past the ``size`` frames of the finished ``shard``. Where ``check`` (the source
     has no ``origin`` to tell it by), they must be the frames it was built from."""
@@ -314,9 +303,14 @@ def _convert(
     if origin is not None:
         settings["origin"] = as_json(origin)
     settings_path = out / "settings.json"
-    built = _read_record(settings_path) if settings_path.is_file() else settings
     finished = [p for p in converter_paths(out, SHARD) if (p / "shard.json").is_file()]
-    if built != settings and finished:  # none built: the folder takes the new settings
+    redo = "delete it and rerun (shards built with the same settings are kept), or convert "
+    redo += "into another folder"
+    # none built: the folder takes the new settings, whatever an old settings.json holds
+    built = (
+        read_json_record(settings_path, redo) if finished and settings_path.exists() else settings
+    )
+    if built != settings and finished:
         raise CacheError(
             f"{out} was built with settings other than asked ({describe_change(built, settings)})"
             "; use another folder or delete it"

@@ -72,6 +72,18 @@ def test_a_garbled_settings_json_is_one_line_naming_it(tmp_path):
     assert (out / "manifest.json").is_file()  # the finished cache is still usable
 
 
+def test_a_damaged_settings_json_with_no_shards_takes_the_new_settings(tmp_path):
+    """It was refused although nothing depended on it (the module says a folder with no
+    finished shard takes the new settings); one that holds no object is one line too."""
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "settings.json").write_text("{torn")
+    assert _convert(_frames(2), out).shards_built == 1
+    (out / "settings.json").write_text("[]")
+    with pytest.raises(CacheError, match=r"settings\.json: holds list, not a record"):
+        _convert(_frames(2), out)
+
+
 def test_a_truncated_manifest_is_one_line_naming_it(tmp_path):
     out = tmp_path / "c"
     _convert(_frames(2), out)
