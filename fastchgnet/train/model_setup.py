@@ -40,11 +40,14 @@ def load_from_path(path: Path, weights: Literal["ema", "raw"] = "ema") -> FastCH
         model.load_state_dict(payload["model"])
         return model
     model.load_state_dict(ema["shadow"])
-    print(
-        f"fastchgnet: {path}: the EMA weights (optim.ema_decay={ema['decay']}, after "
-        f"{ema['updates']} steps), as the run's validation used",
-        file=sys.stderr,
-    )
+    from fastchgnet.train.engine import launcher_rank_and_world
+
+    if launcher_rank_and_world()[0] == 0:  # model.init= under a launcher: said once
+        print(
+            f"fastchgnet: {path}: the EMA weights (optim.ema_decay={ema['decay']}, after "
+            f"{ema['updates']} steps), as the run's validation used",
+            file=sys.stderr,
+        )
     return model
 
 

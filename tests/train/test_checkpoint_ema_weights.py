@@ -45,3 +45,20 @@ def test_a_checkpoint_of_an_ema_run_loads_the_ema_weights_and_says_so(ema_run, c
         assert _same(load_from_path(ema_run), ema)
     finally:
         (ema_run / "kept.pt").rename(ema_run / "model.pt")
+
+
+def test_the_ema_notice_is_said_once_under_a_launcher(ema_run, capsys, monkeypatch):
+    """model.init= a checkpoint under several ranks printed the notice on every rank."""
+    from fastchgnet.train.collectives import LAUNCHER_VARIABLES
+
+    for names in LAUNCHER_VARIABLES:
+        for name in names:
+            monkeypatch.delenv(name, raising=False)
+    newest = rank_file(latest_checkpoint(ema_run / "checkpoints"), 0)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    load_from_path(newest)
+    assert "EMA weights" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    load_from_path(newest)
+    assert "EMA weights" in capsys.readouterr().err
