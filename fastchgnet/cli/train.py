@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     A bad config key or value, a missing file or a damaged checkpoint ends in one line on
     stderr (exit 1); SIGINT or SIGTERM in one process in a checkpoint at the step reached and
     one line saying so (exit 130 or 143; ``fastchgnet.train.interrupt``). Under a launcher
-    (several ranks), a rank that fails or is stopped by the launcher prints one line naming
+    (several ranks), a rank that fails or is stopped by a signal prints one line naming
     the ranks whose processes are gone (exit 1, or 128 + the signal), so a dead rank shows
     up by name instead of as a hang or a bare SIGTERM.
     """
@@ -271,13 +271,18 @@ def _peers(out: Path, rank: int, grace_s: float = 5.0) -> str:
 
 
 def _report_on_signal(out: Path, rank: int) -> None:
-    """On SIGTERM (DeepSpeed's launcher stops every rank when one exits with an error) print
-    which peers are gone, then exit at once: the launcher has already seen the rank that
-    ended exit, so no grace for a dying peer (a plain stop would wait it out on every rank)."""
+    """On SIGTERM (DeepSpeed's launcher stops every rank when one exits with an error, or a
+    user stops the run) print which peers are gone, put back an old run a --overwrite set
+    aside where this one had not started training (the main rank: ``restore_previous``; the
+    exit skips ``_run_locked``'s own), then exit at once: the launcher has already seen the
+    rank that ended exit, so no grace for a dying peer (a plain stop would wait it out on
+    every rank)."""
 
     def stop(signum: int, frame: object) -> None:
-        message = f"{_peers(out, rank, grace_s=0.0)} (stopped by the launcher, signal {signum})"
+        message = f"{_peers(out, rank, grace_s=0.0)} (signal {signum})"
         print(message, file=sys.stderr, flush=True)
+        if rank == 0:
+            restore_previous(out)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

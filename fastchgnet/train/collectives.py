@@ -393,4 +393,4 @@ def peer_report(out_dir: Path, rank: int, grace_s: float = 5.0) -> str:
     if gone:
         return f"rank {rank} stops: {', '.join(gone)} is gone"
     note = f"; ranks {elsewhere} on other hosts not checked" if elsewhere else ""
-    return f"rank {rank} stops: no local peer process is gone{note}"
+    return f"rank {rank} stops: its peer processes on this host are all alive{note}"

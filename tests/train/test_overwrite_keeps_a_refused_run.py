@@ -102,3 +102,25 @@ def test_a_resume_finds_the_run_a_killed_overwrite_set_aside(tmp_path, capsys):
     main(["--resume", "--set", f"run.out_dir={tmp_path}"])
     assert _kept(tmp_path)
     assert not (tmp_path / outputs.PREVIOUS).exists()
+
+
+def test_a_rank_stopped_by_sigterm_under_a_launcher_puts_the_old_run_back(tmp_path, monkeypatch):
+    """Under DeepSpeed a SIGTERM ends a rank through os._exit, which skipped the command's own
+    restore: an --overwrite stopped during its data conversion left the old run aside."""
+    import signal
+
+    from fastchgnet.cli import train as cli_train
+
+    _old_run(tmp_path)
+    outputs.start_over(tmp_path, overwrite=True, remove=True)  # then the launcher's SIGTERM
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli_train.os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    try:
+        cli_train._report_on_signal(tmp_path, rank=0)
+        with pytest.raises(SystemExit) as ended:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert ended.value.code == 143
+    assert _kept(tmp_path)
+    assert not (tmp_path / outputs.PREVIOUS).exists()
