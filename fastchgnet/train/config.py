@@ -89,10 +89,12 @@ class DataConfig:
             max_structures=(self.max_structures >= 0, "must be >= 0 (0: all)"),
             replay_fraction=(0 <= self.replay_fraction <= 1, "must be in [0, 1]"),
         )
-        if not (all(0 <= f <= 1 for f in self.split) and abs(sum(self.split) - 1) <= 1e-6):
+        outside = [f for f in self.split if not 0 <= f <= 1]  # NaN too
+        if outside or abs(sum(self.split) - 1) > 1e-6:
+            found = f"{outside[0]} is not" if outside else f"they sum to {sum(self.split):.6g}"
             raise ValueError(
                 f"config data.split={list(self.split)}: give the train, val and test "
-                f"fractions, each in [0, 1], summing to 1 (they sum to {sum(self.split):.6g})"
+                f"fractions, each in [0, 1], summing to 1 ({found})"
             )
         if self.replay_source and not self.replay_fraction:
             raise ValueError(
