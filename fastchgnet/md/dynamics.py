@@ -160,7 +160,8 @@ def run_md(
     atoms.get_forces()  # a structure the model cannot take fails here, before anything else
     check = None
     if compiled is None:  # compile where it pays, and keep it only where it is faster
-        check = choose_compiled(atoms, model, steps, stress, progress)
+        written = loginterval if trajectory is not None and not stress else None
+        check = choose_compiled(atoms, model, steps, stress, progress, written)
     if starting_temperature is None and not atoms.get_momenta().any():
         starting_temperature = temperature
     # two independent streams of one seed: one generator for both would give the thermostat's
@@ -244,15 +245,20 @@ def _say(message: str, progress: bool) -> None:
 
 
 def choose_compiled(
-    atoms: Atoms, model: Any, steps: int, stress: bool, progress: bool
+    atoms: Atoms,
+    model: Any,
+    steps: int,
+    stress: bool,
+    progress: bool,
+    eager_every: int | None = None,
 ) -> Callable[[], None] | None:
     """Give ``atoms``' calculator (a ``Calculator`` running ``model`` eagerly) a compiled
     potential of ``model`` when ``md_compile_decision`` says it pays over ``steps`` steps, and
     say what it did and why. The calculator is kept (its neighbour search and settings carry
     over); only its potential changes, and ``crystal_fea`` leaves its results while compiled.
     Returns the MD observer that keeps the compiled potential only where it is faster
-    (``_keep_if_faster``), or None."""
-    decided = md_compile_decision(atoms, model, steps, stress)
+    (``_keep_if_faster``), or None. ``eager_every``: see ``md_compile_decision``."""
+    decided = md_compile_decision(atoms, model, steps, stress, eager_every)
     if decided is None:
         return None
     decision, potential = decided
@@ -297,14 +303,15 @@ def _keep_if_faster(
 
 
 def md_compile_decision(
-    atoms: Atoms, model: Any, steps: int, stress: bool
+    atoms: Atoms, model: Any, steps: int, stress: bool, eager_every: int | None = None
 ) -> tuple[CompileDecision, Potential] | None:
     """Whether ``steps`` MD steps of ``atoms`` (carrying an eager Calculator of ``model``) gain
     from compiling, and the ``CompiledPotential`` to run if so: eager force calls are timed,
     the compile cost is what that potential expects for the shape, and a compiled call is
     expected to cost what ``compiled_call_model`` says for the device (on a CPU: for its
-    padding; see ``fastchgnet.compile.decide``). None when ``model`` is not a plain
-    FastCHGNet (a given potential is used as it is)."""
+    padding; see ``fastchgnet.compile.decide``). ``eager_every``: one step in this many runs
+    eagerly anyway (a written frame's stress, ``md.frames``), so it saves nothing there. None
+    when ``model`` is not a plain FastCHGNet (a given potential is used as it is)."""
     from fastchgnet.compile.decide import choose_capture, compiled_call_model
     from fastchgnet.model.chgnet import FastCHGNet
 
@@ -326,4 +333,5 @@ def md_compile_decision(
         return fraction, expected, potential
 
     calls = max(steps - options["patience"], 0)  # the first calls run eagerly either way
+    calls -= calls // eager_every if eager_every else 0
     return choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")

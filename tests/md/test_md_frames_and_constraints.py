@@ -89,3 +89,24 @@ def test_npt_nose_hoover_refusal_names_the_integrator_used(model, small_crystals
     atoms = crystal_with_two_fixed_atoms(small_crystals)
     with pytest.raises(ValueError, match=r"\(ASE's MTKNPT\) cannot keep atoms fixed"):
         run_md(atoms, model, ensemble="npt", thermostat="nose-hoover", steps=1, progress=False)
+
+
+def test_the_compile_decision_leaves_out_the_written_frames_eager_calls(
+    model, small_crystals, tmp_path, monkeypatch
+):
+    """A written frame's step runs the eager model (its stress), so compiling saves nothing
+    there: the decision priced every step as compiled (at --loginterval 1 none is)."""
+    import fastchgnet.compile.decide as decide
+
+    priced: list[int] = []
+
+    def choose_capture(calls, *args, **kwargs):
+        priced.append(calls)
+        return decide.CompileDecision(False, "compile off (test)", 0.0, 0.0, 0.01), None
+
+    monkeypatch.setattr(decide, "choose_capture", choose_capture)
+    atoms = small_crystals[0].copy()
+    run_md(atoms, model, steps=400, loginterval=10, trajectory=tmp_path / "t.extxyz",
+           progress=False, temperature=300, thermostat="berendsen")  # fmt: skip
+    run_md(atoms, model, steps=400, progress=False, temperature=300, thermostat="berendsen")
+    assert priced == [315, 350]  # 400 less 50 eager first; then less one in ten
