@@ -14,9 +14,13 @@ from fastchgnet.train.engine import launched_distributed, launcher_rank_and_worl
 
 @pytest.fixture
 def no_launcher(monkeypatch):
-    for names in LAUNCHER_VARIABLES:
-        for name in names:
-            monkeypatch.delenv(name, raising=False)
+    """No launcher variable set; whatever the test (or the code it runs: an MPI discovery,
+    the LOCAL_RANK rewrite) sets is undone after it (a WORLD_SIZE left behind made a later
+    test's training wait for a process group). Set first so that the undo removes them."""
+    names = {name for group in LAUNCHER_VARIABLES for name in group}
+    for name in sorted(names | set(collectives.TORCH_LAUNCH_VARIABLES)):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
@@ -74,8 +78,6 @@ def test_nccl_starts_on_the_ranks_own_gpu_under_mpi(no_launcher):
     no_launcher.setattr(torch.cuda, "set_device", current.append)
     no_launcher.setattr(torch.cuda, "current_device", lambda: current[-1])
     no_launcher.setattr(collectives, "install", lambda *args: None)
-    for name in ("MASTER_ADDR", "MASTER_PORT"):
-        no_launcher.delenv(name, raising=False)
 
     def discovery(**kwargs):  # deepspeed.comm.comm.mpi_discovery's effect on a rank
         for name, value in (("RANK", "2"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "2")):
