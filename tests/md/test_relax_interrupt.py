@@ -4,6 +4,7 @@ frames so far, and one line says so (exit 130 / 143), with no traceback."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,7 +32,12 @@ def test_an_interrupted_relax_writes_the_structures_done(tmp_path, signum, code)
     command = [sys.executable, "-m", "fastchgnet", "relax", *_inputs(tmp_path), "-o", str(out),
                "--trajectory", str(trajectory), "--fixed-cell", "--fmax", "1e-7", "--steps",
                "100000", "--batch-size", "1", "--compile", "off"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # every bar update shown: the first structure converged within tqdm's 0.1 s, so "1/3" was
+    # often never drawn and the test waited out its 120 s before the signal
+    environment = os.environ | {"TQDM_MININTERVAL": "0"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
     err: list[str] = []
 
     def read_stderr() -> None:
@@ -43,7 +49,7 @@ def test_an_interrupted_relax_writes_the_structures_done(tmp_path, signum, code)
     deadline = time.monotonic() + 120
     while "1/3" not in "".join(err) and time.monotonic() < deadline:  # the progress bar
         time.sleep(0.1)
-    time.sleep(4.0)  # the first structure converged in one model call; the second takes steps
+    time.sleep(8.0)  # the first structure converged in one model call; the second takes steps
     process.send_signal(signum)
     process.wait(timeout=60)
     reader.join(timeout=10)
