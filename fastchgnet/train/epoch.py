@@ -12,6 +12,7 @@ from fastchgnet.train.checkpoint import (
 )
 from fastchgnet.train.loading import (
     EpochBatches,
+    close_loader,
     make_loader,
 )
 from fastchgnet.train.loop import evaluate, train_epoch
@@ -151,8 +152,11 @@ def run_eval(run: Run, name: str) -> MetricSums:
     batches = EpochBatches(run.eval_samplers[name], indices, 0, ahead=False)
     workers, device = run.config.data.loader_workers, run.engine.device
     loader = make_loader(run.splits, batches, workers, device=device)
-    with run.options.evaluation(run.model) as model:  # the EMA weights, when on
-        return evaluate(model, loader, run.engine.device)
+    try:
+        with run.options.evaluation(run.model) as model:  # the EMA weights, when on
+            return evaluate(model, loader, run.engine.device)
+    finally:
+        close_loader(loader)
 
 
 def metric_row(epoch: int, split: str, progress: Progress, results: dict[str, float]) -> dict:

@@ -345,12 +345,25 @@ def make_loader(
     )
 
 
+def close_loader(loader: object) -> None:
+    """End ``loader``'s persistent workers now (its shutdown asks them; one still alive is
+    killed): they ignore SIGTERM (``_quiet_worker``), and a loader left to Python's exit,
+    which terminates then joins them, hung the process after its run had ended."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is None:
+        return
+    iterator._shutdown_workers()
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
+    loader._iterator = None  # type: ignore[attr-defined]
+
+
 def _quiet_worker(worker_id: int) -> None:
     """A loader worker's start: SIGINT and SIGTERM are ignored there (``signals.quiet_child``),
-    so a signal sent to the whole process group (Ctrl-C, a batch scheduler's SIGTERM) reaches
-    the training process's handler (``train.interrupt``) instead of killing the workers under
-    it mid-step; workers end when the training process does (torch's watchdog on the
-    parent)."""
+    so a signal to the whole process group (Ctrl-C, a scheduler's SIGTERM) reaches the run's
+    handler (``train.interrupt``) without killing the workers mid-step (``close_loader``)."""
     quiet_child(ignore_sigterm=True)
 
 

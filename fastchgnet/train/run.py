@@ -42,6 +42,7 @@ from fastchgnet.train.finish import finish
 from fastchgnet.train.interrupt import Interrupted
 from fastchgnet.train.loading import (
     check_energy_labels,
+    close_loader,
     composition_fractions,
     make_sampler,
     make_splits,
@@ -97,6 +98,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunSummary:
             if stop is error:
                 raise
             raise stop from error
+        finally:  # its workers end with the run, not at Python's exit (``close_loader``)
+            if run is not None:
+                close_loader(run.train_loader)
 
 
 def device_type() -> str:
