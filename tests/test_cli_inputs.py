@@ -188,6 +188,16 @@ def test_relax_refuses_a_format_that_drops_the_frames_names_and_results(
     assert single.is_file()
 
 
+def test_relax_says_its_compile_decision_under_quiet_too(tmp_path, capsys):
+    """--quiet hid the decision with the progress bar (md keeps its notices under --quiet)."""
+    strained = ROCKSALT.copy()
+    strained.apply_strain(0.05)
+    good = write_structure(tmp_path / "strained.cif", strained)
+    argv = ["relax", good, "-o", str(tmp_path / "r.extxyz"), "--steps", "2", "--quiet"]
+    main(argv)
+    assert "for this relaxation" in capsys.readouterr().err
+
+
 def test_relax_that_compiles_says_so_on_stderr(tmp_path, capsys, monkeypatch):
     """A relaxation with --compile sat silent through its compile (the compile log went to
     the fastchgnet.compile logger only)."""

@@ -207,7 +207,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        with stop_signals(), notices_on_stderr(compiling, "fastchgnet.compile"):
+        notices = notices_on_stderr(args.quiet)  # the compile decision, --quiet too
+        with stop_signals(), notices, notices_on_stderr(compiling, "fastchgnet.compile"):
             results = relax(
                 good,
                 model,
