@@ -35,6 +35,8 @@ class Interrupted(Stopped):
         """Record where the run stood: ``progress``, or None before the epochs began."""
         if progress is None:
             self.where = "before training"
+        elif progress.step_in_epoch == 0 and progress.epoch > 0:  # between epochs, or after
+            self.where = f"at step {progress.global_step} (after epoch {progress.epoch})"
         else:
             self.where = f"at step {progress.global_step} (epoch {progress.epoch + 1})"
 

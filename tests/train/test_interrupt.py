@@ -42,6 +42,17 @@ def test_a_signal_while_deferring_is_a_request_and_a_second_one_raises():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_stop_between_epochs_names_the_epoch_done():
+    """A stop while a finished 2-epoch run drew its plots said "(epoch 3)"."""
+    from fastchgnet.train.checkpoint import Progress
+
+    stop = Interrupted(signal.SIGINT)
+    stop.at(Progress(epoch=2, step_in_epoch=0, global_step=170))
+    assert stop.where == "at step 170 (after epoch 2)"
+    stop.at(Progress(epoch=1, step_in_epoch=3, global_step=88))
+    assert stop.where == "at step 88 (epoch 2)"
+
+
 def test_a_signal_outside_the_epochs_raises_at_once():
     with StopSignals(Interrupted).installed(), pytest.raises(Interrupted) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -113,7 +124,8 @@ def test_a_signalled_run_checkpoints_its_step_and_resumes_to_the_same_result(tmp
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     found = re.fullmatch(
-        r"interrupted at step (\d+) \(epoch \d+\): checkpoint at step (\d+); continue with "
+        r"interrupted at step (\d+) \((?:after )?epoch \d+\): checkpoint at step (\d+); "
+        r"continue with "
         r"--resume",
         last,
     )
