@@ -230,8 +230,8 @@ def shard_name(index: int) -> str:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a folder or file if present."""
-    if path.is_dir():
+    """Delete a folder or file if present; a symbolic link is removed, not what it names."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+    else:
+        path.unlink(missing_ok=True)

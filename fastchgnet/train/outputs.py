@@ -18,6 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fastchgnet.data.cache import remove_tree
 from fastchgnet.data.folder_lock import folder_lock
 from fastchgnet.train.checkpoint import latest_progress
 from fastchgnet.train.config import TrainConfig
@@ -123,7 +124,7 @@ def _put_back(aside: Path, out: Path) -> None:
     """Move everything in ``aside`` back into ``out`` (replacing what the new run made of
     the same name, e.g. a tensorboard folder) and remove ``aside``."""
     for path in sorted(aside.iterdir()):
-        _remove(out / path.name)
+        remove_tree(out / path.name)
         path.rename(out / path.name)
     aside.rmdir()
 
@@ -135,13 +136,6 @@ def settle_previous(out: Path, succeeded: bool) -> None:
         discard_previous(out)
     else:
         restore_previous(out)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def trim_logs(out: Path, step: int) -> None:
