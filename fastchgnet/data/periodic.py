@@ -51,7 +51,7 @@ def open_axes(structure: object, name: str) -> np.ndarray:
     False, or a pymatgen Structure's ``lattice.pbc``. The model repeats the cell along every
     axis, so an open axis needs a cell vector there (a box; else StructureError naming
     ``name``) and no bond across it (``check_open_axes``)."""
-    pbc = np.resize(np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1), 3)
+    pbc = _pbc(structure)
     if not pbc.all() and hasattr(structure, "cell") and not boxed(structure):
         raise StructureError(
             name,
@@ -59,6 +59,12 @@ def open_axes(structure: object, name: str) -> np.ndarray:
             + BOX_IT.format(axis=_axis_argument(pbc)),
         )
     return ~pbc
+
+
+def _pbc(structure: object) -> np.ndarray:
+    """(3,) bool | ``structure``'s periodic axes (ASE's ``pbc``, pymatgen's ``pbc``; True
+    where it has none)."""
+    return np.resize(np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1), 3)
 
 
 def check_open_axes(
@@ -87,9 +93,9 @@ def check_periodic(structure: object, name: str) -> None:
     """StructureError (one line, naming ``name``) unless ``structure`` (pymatgen Structure or
     ASE Atoms) is periodic on all three axes; for ASE Atoms it says what to set
     (``not_periodic``)."""
-    pbc = np.asarray(getattr(structure, "pbc", True), dtype=bool).reshape(-1)
+    pbc = _pbc(structure)
     if pbc.all():
         return
     if hasattr(structure, "cell"):  # ASE Atoms: what to set, or how to box it
-        raise StructureError(name, not_periodic(structure, np.resize(pbc, 3)))
+        raise StructureError(name, not_periodic(structure, pbc))
     raise StructureError(name, f"needs periodic boundaries on all three axes (pbc={pbc.tolist()})")
