@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
     Progress,
@@ -74,11 +76,14 @@ def train_one_epoch(run: Run) -> bool:
             checkpoint(run)
         run.signals.raise_if_requested()
         return True
+    # every rank is here (a mid-epoch stop returned above on every rank): evaluation's
+    # collectives follow, and this one first
+    mean_loss = ranks_mean_loss(progress, run.engine.device)
     run.val = run_eval(run, "val")
     results = run.val.results()
-    run.history.append({"epoch": epoch + 1, "loss": result.mean_loss, **results})
+    run.history.append({"epoch": epoch + 1, "loss": mean_loss, **results})
     log(
-        f"\nepoch {epoch + 1}/{config.optim.epochs}: train loss {result.mean_loss:.4g}, "
+        f"\nepoch {epoch + 1}/{config.optim.epochs}: train loss {mean_loss:.4g}, "
         f"{result.skipped} skipped step(s)\n" + format_table({"val": results}),
         rank,
     )
@@ -94,6 +99,17 @@ def train_one_epoch(run: Run) -> bool:
         log(f"early stopping: no better validation score for {stale} epochs", rank)
         return True
     return result.stopped
+
+
+def ranks_mean_loss(progress: Progress, device: torch.device) -> float:
+    """The epoch's mean training loss over the finite steps of every rank (each rank's loss
+    totals in ``progress``, summed in one all-reduce on ``device``; this rank's own without a
+    process group). NaN when no step was finite."""
+    totals = torch.tensor(
+        [progress.epoch_loss, float(progress.epoch_finite)], dtype=torch.float64, device=device
+    )
+    loss_sum, finite = collectives.all_reduce(totals).tolist()
+    return loss_sum / finite if finite else float("nan")
 
 
 def _every(step: int, n: int) -> bool:

@@ -174,6 +174,24 @@ def test_the_parameter_sync_check_gathers_host_digests_only(recorder) -> None:
     assert "<Tensor>" not in payload  # a sha256 string: pickled through the group as bytes
 
 
+def test_the_epoch_loss_is_the_mean_over_every_ranks_steps(monkeypatch, recorder) -> None:
+    from fastchgnet.train.checkpoint import Progress
+    from fastchgnet.train.epoch import ranks_mean_loss
+
+    # this rank: 3 finite steps, loss 0.5 each; the other rank: 1 finite step, loss 2.5
+    monkeypatch.setattr(collectives, "_device", torch.device("cpu"))
+
+    def other_rank_too(tensor: torch.Tensor, op: object = None) -> None:
+        recorder.handed.append(("all_reduce", tensor.device))
+        tensor += torch.tensor([2.5, 1.0], dtype=tensor.dtype)
+
+    monkeypatch.setattr(recorder, "all_reduce", other_rank_too)
+    progress = Progress(epoch_loss=1.5, epoch_finite=3)
+    assert ranks_mean_loss(progress, torch.device("cpu")) == pytest.approx(4.0 / 4)
+    assert recorder.handed == [("all_reduce", torch.device("cpu"))]
+    assert ranks_mean_loss(Progress(), torch.device("cpu")) == pytest.approx(2.5)
+
+
 def test_barrier_names_the_ranks_cuda_device_under_nccl(monkeypatch, recorder) -> None:
     monkeypatch.setattr(collectives, "_device", torch.device("cuda", 3))
     collectives.barrier()

@@ -106,6 +106,12 @@ def test_two_cpu_ranks_stay_identical_learn_and_use_the_balanced_sampler(tmp_pat
         losses.setdefault(int(row["epoch"]), []).append(float(row["loss"]))
     first, last = np.mean(losses[1]), np.mean(losses[EPOCHS])
     assert last < 0.8 * first, f"loss did not fall: epoch 1 {first:.4g}, epoch {EPOCHS} {last:.4g}"
+    # the printed epoch loss is the mean over both ranks' steps, not rank 0's own (its rows)
+    printed = [float(x) for x in re.findall(r"epoch \d+/\d+: train loss (\S+),", log)]
+    assert len(printed) == EPOCHS
+    own = [np.mean(losses[epoch]) for epoch in range(1, EPOCHS + 1)]
+    apart = [abs(p - o) > 1e-3 * abs(o) for p, o in zip(printed, own, strict=True)]
+    assert any(apart), (printed, own)
 
     reported = [float(x) for x in re.findall(r"per-rank cost CV ([0-9.]+) over 2 rank", log)]
     assert len(reported) == EPOCHS
