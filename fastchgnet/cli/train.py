@@ -38,9 +38,12 @@ from fastchgnet.train.outputs import (
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError)
 
 
-def user_error(prog: str, error: Exception) -> int:
-    """Print ``error`` on stderr after ``prog`` (our messages are one line); returns 1."""
-    print(f"{prog}: error: {error}", file=sys.stderr)
+def user_error(prog: str, error: Exception, echo: bool = False) -> int:
+    """Print ``error`` on stderr after ``prog`` (our messages are one line); returns 1. With
+    ``echo`` (a rank other than 0 whose error rank 0 meets too: ``engine.echo_of_rank_0``)
+    nothing is printed, so the line shows once."""
+    if not echo:
+        print(f"{prog}: error: {error}", file=sys.stderr)
     return 1
 
 
@@ -162,8 +165,10 @@ def run(args: argparse.Namespace) -> int:
     """
     try:
         config = resolve_config(args)
-    except USER_ERRORS as error:
-        return user_error(PROG, error)
+    except USER_ERRORS as error:  # every rank reads the same arguments and files
+        from fastchgnet.train.engine import echo_of_rank_0
+
+        return user_error(PROG, error, echo=echo_of_rank_0())
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
@@ -205,7 +210,9 @@ def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: 
         try:
             start_over(out, args.overwrite, remove=rank == 0)
         except ValueError as error:
-            return user_error(PROG, error)
+            from fastchgnet.train.engine import echo_of_rank_0
+
+            return user_error(PROG, error, echo=echo_of_rank_0())
     code = 1
     try:
         code = _train(args, config, out, rank)

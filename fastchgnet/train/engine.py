@@ -39,6 +39,18 @@ def launcher_rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def echo_of_rank_0() -> bool:
+    """True for a rank other than 0 that the launcher numbered as if on rank 0's node (its
+    rank equals its local rank, as every launcher's default numbering gives there): it reads
+    the arguments and files rank 0 reads, so a problem with them is rank 0's as well, and
+    is printed once, by rank 0. False without a launcher, on rank 0, and elsewhere."""
+    for rank, world, local in LAUNCHER_VARIABLES:
+        if world in os.environ:
+            number = os.environ.get(rank, "0")
+            return number != "0" and os.environ.get(local) == number
+    return False
+
+
 def launched_distributed() -> bool:
     """True when a launcher (deepspeed, torchrun, an MPI launcher) started this process as
     one of several."""

@@ -40,3 +40,20 @@ def test_a_batch_size_below_one_is_named_not_a_zero_division(main, tmp_path, cap
     args = ["--set", "data.batch_size=0", "--set", f"run.out_dir={tmp_path / 'run'}"]
     assert main(args) == 1
     assert "config data.batch_size=0: must be at least 1" in _one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("rank", "local_rank", "printed"),
+    [("0", "0", True), ("1", "1", False), ("1", "0", True)],
+    ids=["rank 0", "another rank on rank 0's node", "a rank on another node"],
+)
+def test_a_config_error_under_a_launcher_is_printed_once_per_set_of_files(
+    monkeypatch, capsys, rank, local_rank, printed
+):
+    # deepspeed --num_gpus 2 printed "unknown key" twice: every rank reads the same arguments
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert train_main(["--set", "optim.lrr=1"]) == 1
+    err = capsys.readouterr().err
+    assert ("unknown key 'optim.lrr'" in err) is printed, err
