@@ -283,13 +283,19 @@ def _report_on_signal(out: Path, rank: int) -> None:
     aside where this one had not started training (the main rank: ``restore_previous``; the
     exit skips ``_run_locked``'s own), then exit at once: the launcher has already seen the
     rank that ended exit, so no grace for a dying peer (a plain stop would wait it out on
-    every rank)."""
+    every rank). The exit skips ``finally`` blocks: a gzipped source's decompressed copy in
+    ``out`` (a conversion under way) is removed here."""
 
     def stop(signum: int, frame: object) -> None:
         message = f"{_peers(out, rank, grace_s=0.0)} (signal {signum})"
         print(message, file=sys.stderr, flush=True)
         if rank == 0:
             restore_previous(out)
+        # a gzipped source's copy, decompressed in ``out`` while converting (no import in a
+        # signal handler: a source read has imported the module)
+        sources = sys.modules.get("fastchgnet.data.sources")
+        if sources is not None and out.is_dir():
+            sources.remove_stale_copies(out, own=True)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)

@@ -102,3 +102,38 @@ def test_sigterm_during_conversion_removes_the_decompressed_copy(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert copies(scratch) == []
+
+
+RANK_STOPPED = """
+import sys, time
+from pathlib import Path
+from fastchgnet.cli.train import _report_on_signal
+from fastchgnet.data import convert as module
+from fastchgnet.data.sources import read_frames
+record = module.graph_record
+def slow(*args):
+    time.sleep(0.5)
+    return record(*args)
+module.graph_record = slow
+_report_on_signal(Path(sys.argv[2]), 0)  # a rank under a launcher: SIGTERM ends it with os._exit
+module.convert(read_frames(sys.argv[1], scratch=sys.argv[2]), sys.argv[3], workers=1)
+"""
+
+
+def test_a_rank_stopped_by_the_launchers_sigterm_removes_its_decompressed_copy(tmp_path):
+    # the rank's SIGTERM handler exits at once (os._exit): no ``finally`` block runs
+    source, out = gzipped_frames(tmp_path, n=40), tmp_path / "run"
+    out.mkdir()
+    arguments = [str(source), str(out), str(out / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", RANK_STOPPED, *arguments], env=env, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not copies(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert copies(out), "the conversion never decompressed its source"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM, process.stderr.read()
+    process.stderr.close()
+    assert copies(out) == []

@@ -128,14 +128,18 @@ def _read_gzipped(
         yield from read_ase_labelled(gunzip_ase_file(path, Path(copy)), labels)
 
 
-def remove_stale_copies(folder: Path) -> list[Path]:
+def remove_stale_copies(folder: Path, own: bool = False) -> list[Path]:
     """Remove the decompressed-copy folders (``COPY_PREFIX``) in ``folder`` that a process of
-    this host left behind when it was killed (its process id no longer runs); return them."""
+    this host left behind when it was killed (its process id no longer runs); with ``own``,
+    this process's copies too (a process about to end without its ``finally`` blocks: a
+    rank's ``os._exit`` on the launcher's SIGTERM). Returns the folders removed."""
     host = socket.gethostname()
     removed = []
     for stale in folder.glob(f"{COPY_PREFIX}{host}@*@*"):  # this host's, no other's
         pid = stale.name[len(f"{COPY_PREFIX}{host}@") :].split("@")[0]
-        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+        if not (stale.is_dir() and pid.isdigit()):
+            continue
+        if (own and int(pid) == os.getpid()) or not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
             removed.append(stale)
     return removed
