@@ -53,7 +53,9 @@ from scaling_model import (
 WORLD_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, ``--quick``'s sizes filled in where ``--structures`` or ``--steps``
+    is not given."""
     parser = argparse.ArgumentParser(description=first_sentence(__doc__))
     parser.add_argument(
         "--out",
@@ -61,25 +63,36 @@ def main() -> None:
         help="plot path, the JSON goes beside it (default: scaling_run.png in the current "
         "directory; --out bench/scaling.png replaces the committed results)",
     )
-    parser.add_argument("--structures", type=int, default=1_580_395)
+    parser.add_argument(
+        "--structures", type=int, help="MPtrj-like structures (default 1,580,395; --quick 200k)"
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, help="timed steps per size (default 5; --quick 3)")
     parser.add_argument("--per-rank-batch", type=int, default=32, help="weak scaling")
     parser.add_argument("--global-batch", type=int, default=1024, help="strong scaling")
     parser.add_argument("--modes", nargs="+", default=["direct", "conservative"])
     parser.add_argument(
         "--achieved-fraction", type=float, default=0.05, help="of the A100 FP32 peak (estimate)"
     )
-    parser.add_argument("--quick", action="store_true", help="200k structures, 3 steps")
+    parser.add_argument(
+        "--quick", action="store_true", help="200k structures, 3 steps (where not given)"
+    )
     parser.add_argument("--replot", metavar="JSON", help="redraw from a saved scaling.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.structures is None:
+        args.structures = 200_000 if args.quick else 1_580_395
+    if args.steps is None:
+        args.steps = 3 if args.quick else 5
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         print(report(saved["table"]))
         print(f"plot: {plot(saved['table'], Path(args.out), saved['bands'])}")
         return
-    if args.quick:
-        args.structures, args.steps = 200_000, 3
     print("1. step cost of packed batches (CPU, 1 thread, eager, reference architecture)")
     steps = {}
     for mode in args.modes:

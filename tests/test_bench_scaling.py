@@ -39,3 +39,14 @@ def test_prediction_counts_steps_imbalance_and_allreduce() -> None:
     assert one["efficiency"] == pytest.approx(1.0)
     assert model.bottleneck(four) == "fixed per-step overhead"  # 1 ms of 2.5 ms + all-reduce
     assert model.bottleneck(one) == "fixed per-step overhead"  # 1 of 2 ms: not compute-bound
+
+
+def test_quick_keeps_the_structures_and_steps_given() -> None:
+    import bench_scaling
+
+    quick = bench_scaling.parse_args(["--quick"])
+    assert (quick.structures, quick.steps) == (200_000, 3)
+    given = bench_scaling.parse_args(["--quick", "--structures", "5000", "--steps", "2"])
+    assert (given.structures, given.steps) == (5000, 2)
+    full = bench_scaling.parse_args([])
+    assert (full.structures, full.steps) == (1_580_395, 5)
