@@ -74,40 +74,9 @@ def test_a_copy_left_by_a_killed_process_is_removed_by_the_next_conversion(tmp_p
     assert other.is_dir()
 
 
-STOPPED = """
-import sys, time
-from fastchgnet.data import convert as module
-from fastchgnet.data.sources import read_frames
-record = module.graph_record
-def slow(*args):
-    time.sleep(0.5)
-    return record(*args)
-module.graph_record = slow
-module.convert(read_frames(sys.argv[1], scratch=sys.argv[2]), sys.argv[3], workers=1)
-"""
-
-
-def test_sigterm_during_conversion_removes_the_decompressed_copy(tmp_path):
-    source, scratch = gzipped_frames(tmp_path, n=40), tmp_path / "scratch"
-    scratch.mkdir()
-    arguments = [str(source), str(scratch), str(tmp_path / "c")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(
-        [sys.executable, "-c", STOPPED, *arguments], env=env, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while not copies(scratch) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert copies(scratch), "the conversion never decompressed its source"
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
-    assert copies(scratch) == []
-
-
-RANK_STOPPED = """
+SLOW_CONVERSION = """
 import sys, time
 from pathlib import Path
-from fastchgnet.cli.train import _report_on_signal
 from fastchgnet.data import convert as module
 from fastchgnet.data.sources import read_frames
 record = module.graph_record
@@ -115,25 +84,30 @@ def slow(*args):
     time.sleep(0.5)
     return record(*args)
 module.graph_record = slow
-_report_on_signal(Path(sys.argv[2]), 0)  # a rank under a launcher: SIGTERM ends it with os._exit
+if sys.argv[4] == "rank":  # a rank under a launcher: SIGTERM ends it with os._exit
+    from fastchgnet.cli.train import _report_on_signal
+    _report_on_signal(Path(sys.argv[2]), 0)
 module.convert(read_frames(sys.argv[1], scratch=sys.argv[2]), sys.argv[3], workers=1)
 """
 
 
-def test_a_rank_stopped_by_the_launchers_sigterm_removes_its_decompressed_copy(tmp_path):
-    # the rank's SIGTERM handler exits at once (os._exit): no ``finally`` block runs
-    source, out = gzipped_frames(tmp_path, n=40), tmp_path / "run"
-    out.mkdir()
-    arguments = [str(source), str(out), str(out / "cache")]
+@pytest.mark.parametrize("process", ["single", "rank"])
+def test_sigterm_during_conversion_removes_the_decompressed_copy(tmp_path, process):
+    # a rank's SIGTERM handler exits at once (os._exit): no ``finally`` block runs there
+    source, scratch = gzipped_frames(tmp_path, n=40), tmp_path / "scratch"
+    scratch.mkdir()
+    arguments = [str(source), str(scratch), str(tmp_path / "c"), process]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    process = subprocess.Popen(
-        [sys.executable, "-c", RANK_STOPPED, *arguments], env=env, stderr=subprocess.PIPE
+    converting = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CONVERSION, *arguments], env=env, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 120
-    while not copies(out) and process.poll() is None and time.monotonic() < deadline:
+    while not copies(scratch) and converting.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert copies(out), "the conversion never decompressed its source"
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM, process.stderr.read()
-    process.stderr.close()
-    assert copies(out) == []
+    assert copies(scratch), "the conversion never decompressed its source"
+    converting.send_signal(signal.SIGTERM)
+    code = converting.wait(timeout=60)
+    stderr = converting.stderr.read()
+    converting.stderr.close()
+    assert code == 128 + signal.SIGTERM, stderr
+    assert copies(scratch) == []
