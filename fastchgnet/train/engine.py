@@ -156,6 +156,10 @@ class TorchEngine:
     def backward(self, loss: Tensor) -> None:
         loss.backward()
 
+    def gradients(self) -> list[Tensor]:
+        """The gradients ``backward`` left (those of parameters that have one)."""
+        return [p.grad for p in self.params if p.grad is not None]
+
     def replicas_in_sync(self) -> bool:
         """One process: trivially true."""
         return True
@@ -287,6 +291,20 @@ class DeepSpeedEngine:
     def backward(self, loss: Tensor) -> None:
         """Backward, then DeepSpeed's gradient all-reduce (buckets; ZeRO 1: its reduction)."""
         self.engine.backward(loss)
+
+    def gradients(self) -> list[Tensor]:
+        """The gradients ``backward`` left on this rank: the parameters' (ZeRO 0, all-reduced),
+        or under ZeRO >= 1 this rank's reduced partition of them (DeepSpeed's optimiser holds
+        it, and its backward has set every parameter's ``grad`` to None)."""
+        if self.zero_stage == 0:
+            return [p.grad for p in self.params if p.grad is not None]
+        partitions = getattr(self.optimizer, "averaged_gradients", None)
+        if not isinstance(partitions, dict):
+            raise RuntimeError(
+                "this DeepSpeed's ZeRO optimiser keeps no averaged_gradients: the training "
+                "step cannot see its gradients to skip a non-finite one"
+            )
+        return [g for group in partitions.values() for g in group or () if g is not None]
 
     def replicas_in_sync(self) -> bool:
         """Whether every rank holds bit-identical parameters (sha256 of their bytes; a

@@ -83,12 +83,11 @@ class StepTotals:
         return Window(mean, int(finite), int(skipped), int(longest), int(run))
 
 
-def nonfinite(params: list[torch.nn.Parameter]) -> Tensor:
-    """0-d float32 on the parameters' device: 1.0 where any gradient holds a NaN or an
-    infinity (parameters without a gradient are passed over), computed without a host read."""
-    grads = [p.grad for p in params if p.grad is not None]
+def nonfinite(grads: list[Tensor], device: torch.device) -> Tensor:
+    """0-d float32 on ``device``: 1.0 where any of ``grads`` holds a NaN or an infinity (an
+    empty list: 0.0), computed without a host read."""
     if not grads:
-        return torch.zeros((), device=params[0].device if params else None)
+        return torch.zeros((), device=device)
     norms = torch.stack(torch._foreach_norm(grads))
     return (~torch.isfinite(norms.sum())).to(torch.float32)
 
@@ -112,7 +111,6 @@ class TrainStep:
     ) -> None:
         self.engine, self.loss_config, self.captured = engine, loss_config, captured
         self.totals = StepTotals(engine.device, bad_run)
-        self.params = [p for p in engine.module.parameters() if p.requires_grad]
 
     def loss(self, batch: GraphBatch, labels: LabelBatch) -> Tensor:
         """The training loss (0-d, differentiable) of a batch, eager or captured."""
@@ -143,11 +141,12 @@ class TrainStep:
                     self.captured.stats.compile_seconds += time.perf_counter() - start
             # every rank must skip together: the flag (a non-finite loss, or a finite loss with
             # non-finite gradients) is the max over ranks, on the device. After ZeRO 0's
-            # all-reduce the gradients are the same on every rank, but ZeRO 1 reduces each
-            # slice to the rank that owns it, and the others keep their own contributions:
-            # their flags can differ, so the gradients' flag joins the one collective too
+            # all-reduce the gradients are the same on every rank, but under ZeRO 1 each rank
+            # holds only its own slice of them (``engine.gradients``): their flags can differ,
+            # so the gradients' flag joins the one collective too
             loss_flag = (~torch.isfinite(value)).to(torch.float32)
-            skip = all_reduce(torch.maximum(loss_flag, nonfinite(self.params)), "max")
+            grads_flag = nonfinite(self.engine.gradients(), value.device)
+            skip = all_reduce(torch.maximum(loss_flag, grads_flag), "max")
             with stage(OPTIMIZER):
                 self.engine.step(skip)
             self.totals.add(value, skip)

@@ -120,3 +120,42 @@ def test_deepspeed_zero0_clips_on_the_device_as_the_torch_engine_does() -> None:
              if x.startswith(("DEEPSPEED", "RESULT"))}  # fmt: skip
     assert lines["DEEPSPEED"] == [0.0, False]
     assert lines["RESULT"] == [True, True]
+
+
+DEEPSPEED_NONFINITE_GRADIENTS = """
+import json, torch
+from fastchgnet.model.loss import LossConfig
+from fastchgnet.train import collectives
+from fastchgnet.train.config import OptimConfig
+from fastchgnet.train.engine import DEFAULT_DEEPSPEED_JSON, DeepSpeedEngine
+from fastchgnet.train.step import TrainStep
+from tests.compile.conftest import padded_batch, small_model
+collectives.init_process_group(60)
+batch = padded_batch()
+seen = {}
+for name in ("deepspeed.json", "deepspeed_zero1.json"):
+    model = small_model("direct")
+    settings = DEFAULT_DEEPSPEED_JSON.with_name(name)
+    engine = DeepSpeedEngine(model, OptimConfig(lr=1e-2), 2, 4, settings)
+    before = [p.detach().clone() for p in model.parameters()]
+    first = next(p for p in model.parameters() if p.requires_grad)
+    hook = first.register_hook(lambda grad: grad * float("inf"))  # a finite loss, NaN gradient
+    step = TrainStep(engine, LossConfig())
+    step(*batch)
+    window = step.read()
+    kept = all(torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))
+    seen[name] = [window.finite, window.skipped, kept]
+print("RESULT", json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_a_finite_loss_with_non_finite_gradients_is_skipped_and_counted_under_zero0_and_zero1():
+    """DeepSpeed's ZeRO 1 sets every parameter's grad to None in its backward (its partition
+    holds the gradients): the step's flag read the parameters and counted such a step as
+    finite, so ``run.max_bad_steps`` never fired."""
+    pytest.importorskip("deepspeed")
+    stdout = run_one_rank(DEEPSPEED_NONFINITE_GRADIENTS)
+    line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
+    seen = json.loads(line.split(" ", 1)[1])
+    assert seen == {"deepspeed.json": [0, 1, True], "deepspeed_zero1.json": [0, 1, True]}
