@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     1), as in ``launcher/train.py``, and so are SIGINT and SIGTERM (exit 130, 143) and a
     run.out_dir that holds a run unless ``--resume`` continues it or ``--overwrite`` starts
     over there."""
-    from fastchgnet.train.engine import launched_distributed
+    from fastchgnet.train.launchers import launched_distributed
 
     args = build_parser().parse_args(argv)
     if launched_distributed():

@@ -40,7 +40,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError)
 
 def user_error(prog: str, error: Exception, echo: bool = False) -> int:
     """Print ``error`` on stderr after ``prog`` (our messages are one line); returns 1. With
-    ``echo`` (a rank other than 0 whose error rank 0 meets too: ``engine.echo_of_rank_0``)
+    ``echo`` (a rank other than 0 whose error rank 0 meets too: ``launchers.echo_of_rank_0``)
     nothing is printed, so the line shows once."""
     if not echo:
         print(f"{prog}: error: {error}", file=sys.stderr)
@@ -166,13 +166,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args)
     except USER_ERRORS as error:  # every rank reads the same arguments and files
-        from fastchgnet.train.engine import echo_of_rank_0
+        from fastchgnet.train.launchers import echo_of_rank_0
 
         return user_error(PROG, error, echo=echo_of_rank_0())
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
-    from fastchgnet.train.engine import launcher_rank_and_world
+    from fastchgnet.train.launchers import launcher_rank_and_world
 
     out, rank = Path(config.run.out_dir), launcher_rank_and_world()[0]
     with contextlib.ExitStack() as lock:
@@ -187,7 +187,7 @@ def _resume_set_aside(out: Path) -> dict | None:
     """The stored config of the run a --overwrite stopped before training set aside in
     ``out``, put back first (one process, holding the run lock: a live run's aside is its
     own); under a launcher, ValueError saying how to put it back."""
-    from fastchgnet.train.engine import launcher_rank_and_world
+    from fastchgnet.train.launchers import launcher_rank_and_world
 
     if launcher_rank_and_world()[1] > 1:
         raise ValueError(
@@ -210,7 +210,7 @@ def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: 
         try:
             start_over(out, args.overwrite, remove=rank == 0)
         except ValueError as error:
-            from fastchgnet.train.engine import echo_of_rank_0
+            from fastchgnet.train.launchers import echo_of_rank_0
 
             return user_error(PROG, error, echo=echo_of_rank_0())
     code = 1
@@ -224,7 +224,7 @@ def _run_locked(args: argparse.Namespace, config: TrainConfig, out: Path, rank: 
 
 def _train(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) -> int:
     """Train and leave the process group; returns the exit code."""
-    from fastchgnet.train.engine import launched_distributed
+    from fastchgnet.train.launchers import launched_distributed
     from fastchgnet.train.run import train
 
     distributed = launched_distributed()

@@ -32,6 +32,7 @@ import torch.distributed as _torch_dist
 from torch import Tensor
 
 from fastchgnet.files import write_json_atomic
+from fastchgnet.train.launchers import LAUNCHER_VARIABLES, MPI_VARIABLES, slurm_torch_variables
 
 #: the torch.distributed module in use (tests install a recording stand-in with ``install``)
 _dist: ModuleType | Any = _torch_dist
@@ -75,6 +76,7 @@ def init_process_group(timeout_s: float) -> None:
     import deepspeed
     import torch.distributed.nn  # before the group exists: see leave_process_group
 
+    slurm_torch_variables()  # srun's tasks: the torch variables from Slurm's
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_device())
@@ -106,7 +108,7 @@ TORCH_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "L
 def _mpi_without_torch_variables() -> bool:
     """Whether an MPI launcher started this rank and the torch launch variables are not all
     set (DeepSpeed would run its MPI discovery)."""
-    mpi = any(name in os.environ for names in LAUNCHER_VARIABLES[1:] for name in names)
+    mpi = any(name in os.environ for names in MPI_VARIABLES for name in names)
     return mpi and not all(name in os.environ for name in TORCH_LAUNCH_VARIABLES)
 
 
@@ -119,36 +121,6 @@ def bound_new_groups(timeout: datetime.timedelta) -> None:
     c10d.default_pg_timeout = timeout
     if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), datetime.timedelta):
         c10d.default_pg_nccl_timeout = timeout  # a CUDA build's NCCL default
-
-
-#: (rank, world size, local rank) variables of the launchers, in the order read: torchrun's
-#: and DeepSpeed's own, then those of MPI launchers (``deepspeed --launcher openmpi|mvapich``,
-#: mpirun; MPICH's and Intel MPI's Hydra: PMI_*, MPI_LOCALRANKID), which set no RANK /
-#: WORLD_SIZE / LOCAL_RANK until DeepSpeed's ``init_distributed`` reads theirs
-LAUNCHER_VARIABLES = (
-    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"),
-    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-)
-
-
-#: ranks-per-node variables of the launchers: torchrun's, DeepSpeed's launcher's (which sets
-#: no LOCAL_WORLD_SIZE: each of 8 ranks took min(4, all cores) workers), Open MPI's, MVAPICH's,
-#: Hydra's
-LOCAL_SIZE_VARIABLES = (
-    "LOCAL_WORLD_SIZE",
-    "LOCAL_SIZE",
-    "OMPI_COMM_WORLD_LOCAL_SIZE",
-    "MV2_COMM_WORLD_LOCAL_SIZE",
-    "MPI_LOCALNRANKS",
-)
-
-
-def ranks_on_this_node() -> int:
-    """How many ranks the launcher started on this node (1 without a launcher)."""
-    size = next((os.environ[name] for name in LOCAL_SIZE_VARIABLES if name in os.environ), "1")
-    return max(1, int(size))
 
 
 def local_device() -> int:

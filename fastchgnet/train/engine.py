@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from fastchgnet.profiling.nvtx import ALLREDUCE, ranged
-from fastchgnet.train.collectives import LAUNCHER_VARIABLES, all_gather_objects, rank_and_world
+from fastchgnet.train.collectives import all_gather_objects, rank_and_world
 from fastchgnet.train.config import OptimConfig
+from fastchgnet.train.launchers import launched_distributed
 
 #: The DeepSpeed config used when ``run.deepspeed_config`` is empty.
 DEFAULT_DEEPSPEED_JSON = Path(__file__).resolve().parents[2] / "launcher" / "deepspeed.json"
-
-
-def launcher_rank_and_world() -> tuple[int, int]:
-    """(rank, world size) as the launcher that started this process set them, before any
-    process group exists (``collectives.LAUNCHER_VARIABLES``); (0, 1) without a launcher."""
-    for rank, world, _ in LAUNCHER_VARIABLES:
-        if world in os.environ:
-            return int(os.environ.get(rank, "0")), int(os.environ[world])
-    return 0, 1
-
-
-def echo_of_rank_0() -> bool:
-    """True for a rank other than 0 that the launcher numbered as if on rank 0's node (its
-    rank equals its local rank, as every launcher's default numbering gives there): it reads
-    the arguments and files rank 0 reads, so a problem with them is rank 0's as well, and
-    is printed once, by rank 0. False without a launcher, on rank 0, and elsewhere."""
-    for rank, world, local in LAUNCHER_VARIABLES:
-        if world in os.environ:
-            number = os.environ.get(rank, "0")
-            return number != "0" and os.environ.get(local) == number
-    return False
-
-
-def launched_distributed() -> bool:
-    """True when a launcher (deepspeed, torchrun, an MPI launcher) started this process as
-    one of several."""
-    return launcher_rank_and_world()[1] > 1
 
 
 def scaled_lr(config: OptimConfig, global_batch: int) -> float:

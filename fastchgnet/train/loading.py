@@ -29,8 +29,8 @@ from fastchgnet.data.padding import PADDING_ONLY, collate_padded
 from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.signals import quiet_child
-from fastchgnet.train.collectives import ranks_on_this_node
 from fastchgnet.train.config import DataConfig
+from fastchgnet.train.launchers import ranks_on_this_node
 from fastchgnet.train.replay import replay_sample, replayed_mask
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.

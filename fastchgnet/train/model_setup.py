@@ -40,7 +40,7 @@ def load_from_path(path: Path, weights: Literal["ema", "raw"] = "ema") -> FastCH
         model.load_state_dict(payload["model"])
         return model
     model.load_state_dict(ema["shadow"])
-    from fastchgnet.train.engine import launcher_rank_and_world
+    from fastchgnet.train.launchers import launcher_rank_and_world
 
     if launcher_rank_and_world()[0] == 0:  # model.init= under a launcher: said once
         print(

@@ -36,10 +36,11 @@ from fastchgnet.train.checkpoint import (
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.engine import launched_distributed, make_engine
+from fastchgnet.train.engine import make_engine
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
 from fastchgnet.train.interrupt import Interrupted
+from fastchgnet.train.launchers import launched_distributed
 from fastchgnet.train.loading import (
     check_energy_labels,
     close_loader,

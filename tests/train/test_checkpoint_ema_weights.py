@@ -49,7 +49,7 @@ def test_a_checkpoint_of_an_ema_run_loads_the_ema_weights_and_says_so(ema_run, c
 
 def test_the_ema_notice_is_said_once_under_a_launcher(ema_run, capsys, monkeypatch):
     """model.init= a checkpoint under several ranks printed the notice on every rank."""
-    from fastchgnet.train.collectives import LAUNCHER_VARIABLES
+    from fastchgnet.train.launchers import LAUNCHER_VARIABLES
 
     for names in LAUNCHER_VARIABLES:
         for name in names:

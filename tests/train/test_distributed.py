@@ -283,3 +283,45 @@ def test_two_ranks_wait_for_rank_0s_cache_rebuild_and_stop_together_on_its_refus
     assert "data.cache_dir is not this run's to rebuild" in log
     assert "rank 0 stopped:" in log  # rank 1 names rank 0's reason instead of hanging
     assert time.monotonic() - start < 600
+
+
+@pytest.mark.slow
+def test_two_srun_tasks_train_as_two_ranks_from_slurms_variables_alone(tmp_path) -> None:
+    """``srun -n 2 python launcher/train.py`` (what ``deepspeed --launcher slurm`` runs) sets
+    only Slurm's variables: each task trained alone before. Two such tasks on this host train
+    as the two ranks of one run, their parameters compared after every step."""
+    pytest.importorskip("deepspeed")
+    cache, out = small_cache(tmp_path / "cache", n=24), tmp_path / "run"
+    command = [sys.executable, str(ROOT / "launcher" / "train.py")]
+    command += [
+        part
+        for setting in (
+            f"data.source={cache}",
+            "data.batch_size=2",
+            f"model.architecture={TINY_ARCHITECTURE}",
+            f"run.out_dir={out}",
+            "run.progress=lines",
+            "run.plots=false",
+            "optim.epochs=1",
+            "run.check_sync_every=1",
+        )
+        for part in ("--set", setting)
+    ]
+    clean = {k: v for k, v in ENV.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK"}}
+    slurm = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "localhost"}
+    slurm |= {"SLURM_JOB_ID": "7", "MASTER_PORT": str(free_port())}
+    tasks = [
+        subprocess.Popen(
+            command,
+            env={**clean, **slurm, "SLURM_PROCID": str(k), "SLURM_LOCALID": str(k)},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(2)
+    ]
+    logs = [task.communicate(timeout=900)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "over 2 rank(s)" in logs[0]
+    assert "parameters identical on all 2 ranks" in logs[0]

@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from fastchgnet.train import collectives
-from fastchgnet.train.collectives import LAUNCHER_VARIABLES
-from fastchgnet.train.engine import launched_distributed, launcher_rank_and_world
+from fastchgnet.train.launchers import (
+    LAUNCHER_VARIABLES,
+    launched_distributed,
+    launcher_rank_and_world,
+)
 
 
 @pytest.fixture
@@ -128,3 +131,83 @@ def test_groups_made_after_the_start_take_the_runs_timeout(monkeypatch):
         monkeypatch.setattr(c10d, name, getattr(c10d, name), raising=False)
     collectives.bound_new_groups(datetime.timedelta(seconds=42))
     assert c10d._get_default_timeout("gloo") == datetime.timedelta(seconds=42)
+
+
+def _slurm_task(monkeypatch, rank: int, tasks: int, **more: str) -> None:
+    """The variables srun gives task ``rank`` of a ``tasks``-task step on one node."""
+    names = {
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": str(rank),
+        "SLURM_STEP_NUM_TASKS": str(tasks),
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_STEP_NODELIST": "gpu[07-09,12],cpu1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_TASKS_PER_NODE": "4(x2),3",
+        "SLURM_NODEID": "0",
+        **more,
+    }
+    for name, value in names.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_srun_tasks_know_they_are_several_and_get_the_torch_variables(no_launcher):
+    """srun (and ``deepspeed --launcher slurm``) sets no RANK / WORLD_SIZE: every task trained
+    alone on GPU 0, or stopped at the run lock."""
+    import os
+
+    from fastchgnet.train.launchers import ranks_on_this_node, slurm_torch_variables
+
+    _slurm_task(no_launcher, 3, 11, SLURM_LOCALID="3", SLURM_NODEID="2")
+    assert launcher_rank_and_world() == (3, 11)
+    assert launched_distributed()
+    assert ranks_on_this_node() == 3  # the third node's share of "4(x2),3"
+    slurm_torch_variables()
+    torch_variables = {name: os.environ[name] for name in collectives.TORCH_LAUNCH_VARIABLES}
+    assert torch_variables == {
+        "RANK": "3",
+        "WORLD_SIZE": "11",
+        "LOCAL_RANK": "3",
+        "MASTER_ADDR": "gpu07",  # the step's first node, where task 0 runs
+        "MASTER_PORT": "19242",
+    }
+
+
+def test_slurm_leaves_a_launchers_own_variables_and_a_batch_script_alone(no_launcher):
+    import os
+
+    from fastchgnet.train.launchers import slurm_torch_variables
+
+    _slurm_task(no_launcher, 1, 2)  # ``srun torchrun ...``: torchrun's come first
+    for name, value in (("RANK", "5"), ("WORLD_SIZE", "8"), ("MASTER_PORT", "29400")):
+        no_launcher.setenv(name, value)
+    slurm_torch_variables()
+    assert (os.environ["RANK"], os.environ["MASTER_PORT"]) == ("5", "29400")
+    assert launcher_rank_and_world() == (5, 8)
+    for name in ("RANK", "WORLD_SIZE", "MASTER_PORT", "SLURM_STEP_NUM_TASKS"):
+        no_launcher.delenv(name)
+    # a plain ``python`` in an ``sbatch --ntasks=8`` script: the job's task count, no step's
+    no_launcher.setenv("SLURM_NTASKS", "8")
+    assert launcher_rank_and_world() == (0, 1)
+    slurm_torch_variables()
+    assert "RANK" not in os.environ
+
+
+@pytest.mark.parametrize(
+    ("text", "counts"), [("4(x2),3", [4, 4, 3]), ("8", [8]), ("2(x3)", [2, 2, 2])]
+)
+def test_slurms_tasks_per_node_are_expanded(text, counts):
+    from fastchgnet.train.launchers import slurm_counts
+
+    assert slurm_counts(text) == counts
+    with pytest.raises(ValueError, match="SLURM_STEP_TASKS_PER_NODE"):
+        slurm_counts("4(x)")
+
+
+@pytest.mark.parametrize(
+    ("nodes", "host"),
+    [("gpu[07-09,12],cpu1", "gpu07"), ("node3", "node3"), ("a-1,b", "a-1"), ("n[1,5]", "n1")],
+)
+def test_rank_0s_host_is_the_first_of_slurms_node_list(nodes, host):
+    from fastchgnet.train.launchers import first_host
+
+    assert first_host(nodes) == host

@@ -33,7 +33,7 @@ def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
 def test_auto_workers_share_the_cores_under_deepspeed_and_mpi_launchers(monkeypatch, variable):
     """DeepSpeed's launcher sets LOCAL_SIZE, not torchrun's LOCAL_WORLD_SIZE: each of 8 ranks
     on a 16-core node took 4 workers (32 processes, with the ranks and their pin threads)."""
-    from fastchgnet.train.collectives import LOCAL_SIZE_VARIABLES
+    from fastchgnet.train.launchers import LOCAL_SIZE_VARIABLES
 
     for name in LOCAL_SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
