@@ -79,6 +79,7 @@ def init_process_group(timeout_s: float) -> None:
     slurm_torch_variables()  # srun's tasks: the torch variables from Slurm's
     cuda = torch.cuda.is_available()
     if cuda:
+        known_local = any(local in os.environ for _, _, local in LAUNCHER_VARIABLES)
         torch.cuda.set_device(local_device())
         if _mpi_without_torch_variables():
             # DeepSpeed's MPI discovery inside init_distributed would set LOCAL_RANK from
@@ -87,6 +88,8 @@ def init_process_group(timeout_s: float) -> None:
             from deepspeed.comm.comm import mpi_discovery
 
             mpi_discovery(verbose=False)
+            if not known_local:  # a PMI launch without MPI_LOCALRANKID: the discovery's count
+                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
             os.environ["LOCAL_RANK"] = str(torch.cuda.current_device())
     timeout = datetime.timedelta(seconds=timeout_s)
     bound_new_groups(timeout)

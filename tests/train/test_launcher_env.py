@@ -105,6 +105,20 @@ def test_nccl_starts_on_the_ranks_own_gpu_under_mpi(no_launcher):
     assert current == [0]
     assert os.environ["LOCAL_RANK"] == os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] == "0"
 
+    # a PMI launch without a local rank (Slurm's pmi2): the discovery's host-name count picks
+    # the GPU (before, GPU 0 for every rank of a node, the discovery's answer written over)
+    for name in ("OMPI_COMM_WORLD_LOCAL_RANK", *collectives.TORCH_LAUNCH_VARIABLES):
+        no_launcher.delenv(name, raising=False)
+    no_launcher.setenv("PMI_RANK", "2")
+    no_launcher.setenv("PMI_SIZE", "4")
+    no_launcher.setattr(torch.cuda, "device_count", lambda: 4)
+    seen.clear()
+    current.clear()
+    collectives.init_process_group(60.0)
+    assert current[-1] == 2
+    assert seen == ["2"]
+    assert os.environ["LOCAL_RANK"] == "2"
+
 
 def test_a_hydra_ranks_gpu_comes_from_its_local_rank(no_launcher):
     no_launcher.setattr(torch.cuda, "device_count", lambda: 4)
