@@ -230,10 +230,14 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) 
     distributed = launched_distributed()
     if distributed:
         _report_on_signal(out, rank)
+    from fastchgnet.train.loop import NonFiniteLossError
+
     try:
         train(config, resume=args.resume)
     except USER_ERRORS as error:
         return user_error(PROG, error)
+    except NonFiniteLossError as error:  # every rank stops on the same agreed skips
+        return user_error(PROG, diverged(error, out), echo=rank != 0)
     except KeyboardInterrupt as error:
         return interrupted(error, out)
     except Exception as error:
@@ -247,6 +251,20 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) 
     except Exception as error:
         return _failed(out, rank, error)
     return 0
+
+
+def diverged(error: Exception, out: Path) -> str:
+    """The one line of a run stopped by non-finite losses (``loop.NonFiniteLossError``): the
+    reason and where a resume at a lower learning rate would start."""
+    from fastchgnet.train.checkpoint import latest_step
+
+    step = latest_step(out / "checkpoints")
+    if step is None:
+        return f"{error}; no checkpoint was written before it"
+    return (
+        f"{error}; the newest checkpoint (step {step}) continues with --resume --set "
+        "optim.lr=<lower>"
+    )
 
 
 def interrupted(error: KeyboardInterrupt, out: Path) -> int:

@@ -57,3 +57,25 @@ def test_a_config_error_under_a_launcher_is_printed_once_per_set_of_files(
     assert train_main(["--set", "optim.lrr=1"]) == 1
     err = capsys.readouterr().err
     assert ("unknown key 'optim.lrr'" in err) is printed, err
+
+
+def test_a_diverged_run_ends_in_one_line_that_says_how_to_go_on(tmp_path, capsys):
+    # it ended in a 30-line traceback of NonFiniteLossError
+    from tests.train.helpers import TINY_ARCHITECTURE, small_cache
+
+    cache = small_cache(tmp_path / "cache", n=24)
+    settings = [
+        f"data.source={cache}",
+        f"model.architecture={TINY_ARCHITECTURE}",
+        f"run.out_dir={tmp_path / 'run'}",
+        "data.batch_size=2",
+        "optim.lr=1e12",
+        "run.max_bad_steps=2",
+        "run.log_every=1",
+        "run.progress=lines",
+        "run.plots=false",
+    ]
+    assert train_main([part for s in settings for part in ("--set", s)]) == 1
+    line = _one_line(capsys)
+    assert "non-finite losses in a row" in line
+    assert "no checkpoint was written before it" in line, line  # the first steps diverged
