@@ -53,7 +53,7 @@ def add_commands(sub: Any) -> None:
     synth.add_argument("-n", type=int, default=2000, help="number of structures")
     synth.add_argument("-o", "--out", required=True, help="output .extxyz or .extxyz.gz")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--max-atoms", type=int, default=16)
+    synth.add_argument("--max-atoms", type=int, default=16, help="atoms per crystal at most")
     synth.add_argument("--model", default="0.3.0", help="reference checkpoint for the labels")
     synth.add_argument("--batch-size", type=int, default=32)
     synth.set_defaults(func=run_synth, command="data synth")

@@ -122,7 +122,8 @@ def random_structure(
     Args:
         rng: numpy random generator (the only source of randomness).
         max_elements_z: elements are drawn from Z = 1..max_elements_z.
-        max_atoms: the prototype is tiled while it stays at or below this many atoms.
+        max_atoms: at most this many atoms: prototypes with more sites are not drawn, and
+            the one drawn is tiled while it stays at or below it.
         strain: largest absolute entry of the random strain applied to the lattice.
         rattle: standard deviation of the random displacement of each atom, Å.
     """
@@ -135,7 +136,11 @@ def random_structure(
 def _draw(
     rng: np.random.Generator, max_elements_z: int, max_atoms: int, strain: float, rattle: float
 ) -> Structure:
-    name = list(PROTOTYPES)[rng.integers(len(PROTOTYPES))]
+    # only prototypes within the cap (all of them from 12 atoms up: the same draws as before)
+    fitting = [name for name, (_, _, sites) in PROTOTYPES.items() if len(sites) <= max_atoms]
+    if not fitting:
+        raise ValueError(f"max_atoms={max_atoms}: need at least 1 (a one-atom prototype)")
+    name = fitting[rng.integers(len(fitting))]
     shape, c_over_a, sites = PROTOTYPES[name]
     n_species = min(len(sites), int(rng.integers(1, 4)))
     elements = rng.integers(1, max_elements_z + 1, size=n_species)

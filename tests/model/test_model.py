@@ -187,3 +187,37 @@ def test_loading_a_bare_state_dict_names_it(tmp_path):
     torch.save(FastCHGNet(n_conv=2).state_dict(), tmp_path / "weights.pt")
     with pytest.raises(ValueError, match=r"it is a state dict \(\d+ tensors, no model settings\)"):
         FastCHGNet.load(tmp_path / "weights.pt")
+
+
+@pytest.mark.parametrize("cap", [1, 4, 8])
+def test_random_crystals_hold_at_most_max_atoms(cap):
+    # fluorite (12 sites), rocksalt (8) and the others were drawn whatever the cap: `data synth
+    # --max-atoms 8` wrote crystals of 12 atoms
+    import numpy as np
+
+    from fastchgnet.data.random_crystals import random_structure
+
+    rng = np.random.default_rng(1)
+    sizes = [len(random_structure(rng, max_atoms=cap)) for _ in range(40)]
+    assert max(sizes) <= cap
+    assert cap == 1 or max(sizes) > 1  # the cap is a cap, not a size
+
+
+#: ``random_structure``'s draws before the cap held (seed 3 at its default 64 atoms, then seed 5
+#: at 16)
+EXPECTED_LABELS = [
+    "wurtzite-36", "fluorite-12", "wurtzite-16", "rutile-12", "cscl-8", "fluorite-12",
+    "rocksalt-16",
+]  # fmt: skip
+
+
+def test_random_crystals_from_12_atoms_up_are_drawn_as_before():
+    # the bundled quick-start set (--max-atoms 16) and every seeded benchmark keep their data
+    import numpy as np
+
+    from fastchgnet.data.random_crystals import random_structure
+
+    labels = [random_structure(np.random.default_rng(3)).properties["label"] for _ in range(1)]
+    rng = np.random.default_rng(5)
+    labels += [random_structure(rng, max_atoms=16).properties["label"] for _ in range(6)]
+    assert labels == EXPECTED_LABELS
