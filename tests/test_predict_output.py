@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -96,3 +97,57 @@ def test_predict_refuses_an_output_it_cannot_write_before_the_run(tmp_path, caps
     assert f"-o {tmp_path / name}: " in err
     assert err.endswith("use .extxyz or .traj, or .json for JSON records")
     assert not (tmp_path / name).exists()
+
+
+ORDERED_SI_SI_NA = """data_x
+_cell_length_a 6
+_cell_length_b 6
+_cell_length_c 6
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Si1 Si 0 0 0
+Si2 Si 0.117 0.117 0.117
+Na1 Na 0.25 0.25 0.25
+"""
+
+
+@pytest.mark.parametrize("suffix", ["cif", "extxyz"])
+def test_json_records_name_the_species_and_position_of_every_row(tmp_path, model, suffix):
+    """pymatgen reads this CIF as Na, Si, Si (not the file's Si, Si, Na): each record says which
+    atom each row of forces and magmoms belongs to, so a reader in file order (ASE) pairs them."""
+    from ase.io import read, write
+
+    path = tmp_path / "ord.cif"
+    path.write_text(ORDERED_SI_SI_NA)
+    if suffix == "extxyz":  # an ASE file keeps its own order
+        write(tmp_path / "ord.extxyz", read(path))
+        path = tmp_path / "ord.extxyz"
+    out = tmp_path / "p.json"
+    assert main(["predict", str(path), "-o", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    file_order = read(path)  # ASE: the file's order
+    expected = model.predict_structure(file_order)
+    rows = [  # each file atom's row, found by its species and position
+        next(
+            k
+            for k, (symbol, position) in enumerate(
+                zip(record["species"], record["positions_A"], strict=True)
+            )
+            if symbol == atom.symbol and np.allclose(position, atom.position, atol=1e-6)
+        )
+        for atom in file_order
+    ]
+    assert sorted(rows) == [0, 1, 2]
+    if suffix == "cif":
+        assert record["species"] == ["Na", "Si", "Si"]  # pymatgen's order, as chgnet's
+    forces = np.array(record["forces_eV_per_A"])[rows]
+    np.testing.assert_allclose(forces, expected["f"], atol=1e-5)
+    np.testing.assert_allclose(np.array(record["magmoms_muB"])[rows], expected["m"], atol=1e-5)

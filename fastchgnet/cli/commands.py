@@ -132,10 +132,22 @@ def check_predictions_file(output: str) -> None:
             raise ValueError(f"{error}, or .json for JSON records") from None
 
 
+def site_columns(structure: Any) -> dict[str, list[Any]]:
+    """What each per-atom row of a JSON record belongs to: ``species`` (element symbols) and
+    ``positions_A`` ((n, 3) Cartesian, Å), in the structure's site order, which is the order of
+    the forces and magmoms (pymatgen's for a CIF, which may not be the file's order)."""
+    if hasattr(structure, "get_chemical_symbols"):  # ASE Atoms
+        species, positions = structure.get_chemical_symbols(), structure.positions
+    else:  # pymatgen Structure: Element or Species (with an oxidation state)
+        species, positions = [s.symbol for s in structure.species], structure.cart_coords
+    return {"species": list(species), "positions_A": positions.tolist()}
+
+
 def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
     """The predictions ``done`` (input index -> ``predict_graph_list``'s dict) in input order,
     each named as read, written atomically to ``output`` or printed when it is None: JSON
-    records (energy eV/atom, forces eV/Å, stress GPa, magmoms μB), or for another suffix
+    records (the species and Cartesian positions, Å, of the rows, as ``site_columns``; energy
+    eV/atom, forces eV/Å, stress GPa, magmoms μB), or for another suffix
     (extxyz, traj, ...) ASE frames with a SinglePointCalculator in ASE's units (total energy
     eV, forces eV/Å, stress eV/Å^3 as a Voigt 6-vector, magmoms μB) and the energy per atom
     (eV) as ``energy_per_atom`` in their info."""
@@ -149,6 +161,7 @@ def write_predictions(output: str | None, structures: list[Any], done: dict[int,
     records = [
         {
             "name": structure_label(structures[index]),
+            **site_columns(structures[index]),
             "energy_per_atom_eV": float(p["e"]),
             "forces_eV_per_A": p["f"].tolist(),
             "stress_GPa": p["s"].tolist(),
@@ -189,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "-o",
         "--output",
-        help="write here instead of printing JSON: .json (or no suffix) JSON records; .extxyz, "
+        help="write here instead of printing JSON: .json (or no suffix) JSON records (species, "
+        "positions Å, energy_per_atom eV, forces eV/Å, stress GPa, magmoms μB); .extxyz, "
         ".traj, ... frames with ASE's results (total energy eV, forces eV/Å, stress eV/Å^3, "
         "magmoms μB; energy_per_atom in each frame's info)",
     )
