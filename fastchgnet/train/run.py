@@ -177,6 +177,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
         run.rank,
     )
     check_empty_splits(config, len(splits.val), len(splits.test), run.rank)
+    check_select_metric(config, splits.dataset.label_mask[splits.val])
     if len(splits.train) == 0:  # every frame skipped, or too few for a training split
         raise ValueError(no_training_structure(cache, splits.dataset, config))
     fit = should_fit_composition(config.model) and not resume
@@ -222,6 +223,21 @@ def no_training_structure(cache: Path, dataset: GraphDataset, config: TrainConfi
     if skipped.is_file() and json.loads(skipped.read_text()):
         line += f"; the skipped frames and why: {skipped}"
     return line + ")"
+
+
+def check_select_metric(config: TrainConfig, val_labels: np.ndarray) -> None:
+    """``optim.select_metric`` of a target that no validation structure has a label for is a
+    ValueError (one line): no epoch would get a score, and early stopping would end the run
+    after its patience. ``val_labels``: the validation split's (n, 4) label mask."""
+    metric = config.optim.select_metric
+    column = {"energy_mae": 0, "forces_mae": 1, "stress_mae": 2, "magmoms_mae": 3}.get(metric)
+    if column is None or not len(val_labels) or val_labels[:, column].any():
+        return
+    raise ValueError(
+        f"config optim.select_metric={metric}: none of the {len(val_labels)} validation "
+        f"structures has a {metric.removesuffix('_mae')} label; choose loss or a target "
+        "the validation data has"
+    )
 
 
 def check_empty_splits(config: TrainConfig, n_val: int, n_test: int, rank: int = 0) -> None:

@@ -4,6 +4,8 @@ otherwise is a printed warning of what the run will not give."""
 
 from __future__ import annotations
 
+import pytest
+
 from fastchgnet.cli import main
 from fastchgnet.train.run import train
 from tests.train.helpers import TINY_ARCHITECTURE, small_cache, tiny_config
@@ -48,3 +50,20 @@ def test_a_select_metric_the_validation_lacks_is_named(tmp_path, capsys):
     options = TrainingOptions(config, model=None, out_dir=tmp_path, is_main=True)
     assert not options.end_epoch(1, {"energy_mae": 10.0}, model=None)
     assert "warning: validation has no magmoms_mae" in capsys.readouterr().out
+
+
+def test_a_select_metric_without_validation_labels_is_refused_before_training():
+    # it trained, warned "validation has no magmoms_mae" and early stopping ended the run at
+    # its patience, with no best_model.pt
+    import numpy as np
+
+    from fastchgnet.train.config import TrainConfig, apply_overrides
+    from fastchgnet.train.run import check_select_metric
+
+    no_magmoms = np.array([[True, True, True, False]] * 5)
+    config = apply_overrides(TrainConfig(), ["optim.select_metric=magmoms_mae"])
+    with pytest.raises(ValueError, match=r"select_metric=magmoms_mae: none of the 5 validation"):
+        check_select_metric(config, no_magmoms)
+    check_select_metric(config, np.vstack([no_magmoms, [[True, True, True, True]]]))
+    check_select_metric(apply_overrides(TrainConfig(), []), no_magmoms)  # loss
+    check_select_metric(config, no_magmoms[:0])  # no validation split: warned elsewhere
