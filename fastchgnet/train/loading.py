@@ -1,9 +1,7 @@
 """Training data: resolve the source to a graph cache, split it, and feed each rank its batches.
 
-The cache, the split by material id and the balanced per-rank plans come from
-``fastchgnet.data``; this module only composes them for the training loop and adds the one
-thing training needs beyond them: starting an epoch part-way (exact resume).
-"""
+The cache, the split and the per-rank plans come from ``fastchgnet.data``; this module composes
+them for the training loop and adds starting an epoch part-way (exact resume)."""
 
 from __future__ import annotations
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from fastchgnet.compile.background import usable_cores
 from fastchgnet.data.batch import GraphBatch, collate
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.data.capacity import Capacity, Counts, fitted, packing_capacity
@@ -308,13 +307,14 @@ def packing_inputs(
 
 def loader_workers(requested: int, device: torch.device | str) -> int:
     """DataLoader worker processes per rank: ``requested`` when >= 0; for -1 ("auto") none on
-    a CPU (the training step already uses the cores) and ``min(4, cores per local rank)`` on
-    CUDA, so the host collates the next batches while the GPU computes."""
-    if requested >= 0:
-        return requested
-    if torch.device(device).type != "cuda":
-        return 0
-    return min(4, max(1, (os.cpu_count() or 1) // ranks_on_this_node()))
+    a CPU (the step uses the cores) and on CUDA ``min(4, cores per local rank)``, collating
+    ahead of the GPU: the cores a scheduler bound this process to (Slurm's --cpus-per-task),
+    else the node's, shared by its ranks."""
+    if requested < 0 and torch.device(device).type == "cuda":
+        cores = usable_cores()
+        share = cores if cores < (os.cpu_count() or cores) else cores // ranks_on_this_node()
+        return min(4, max(1, share))
+    return max(requested, 0)
 
 
 def make_loader(

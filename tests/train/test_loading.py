@@ -21,10 +21,20 @@ def test_auto_workers_are_none_on_cpu_and_a_few_on_gpu(monkeypatch):
 
 def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert loader_workers(-1, "cuda") == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers(-1, "cuda") == 1
+
+
+def test_auto_workers_fit_the_cores_a_scheduler_bound_the_rank_to(monkeypatch):
+    # os.cpu_count() is the node's: under Slurm --cpus-per-task=2 each of 8 ranks took 4
+    # workers of its 2 cores
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {8, 9}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert loader_workers(-1, "cuda") == 2
 
 
 @pytest.mark.parametrize(
@@ -38,6 +48,7 @@ def test_auto_workers_share_the_cores_under_deepspeed_and_mpi_launchers(monkeypa
     for name in LOCAL_SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv(variable, "8")
     assert loader_workers(-1, "cuda") == 2
 
