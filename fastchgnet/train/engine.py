@@ -117,6 +117,7 @@ class TorchEngine:
         self.scheduler = make_scheduler(self.optimizer, config, total_steps)
         self.grad_clip = config.grad_clip
         self.device = next(model.parameters()).device
+        self.step_lr = self.lr  # the last update's rate (``step``)
 
     @property
     def lr(self) -> float:
@@ -138,7 +139,9 @@ class TorchEngine:
         return True
 
     def step(self, skip: Tensor) -> None:
-        """Clip (when set), update unless ``skip`` (see ``skip_if``), advance the schedule."""
+        """Clip (when set), update unless ``skip`` (see ``skip_if``), advance the schedule;
+        ``step_lr`` is the rate this update used (``lr`` is then the next one's)."""
+        self.step_lr = self.lr
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         skip_if(self.optimizer, skip)
@@ -252,6 +255,7 @@ class DeepSpeedEngine:
         self.grad_clip = 0.0 if deepspeed_clips(settings) else config.grad_clip
         self.params = params
         self.device = self.engine.device
+        self.step_lr = self.lr  # the last update's rate (``step``)
 
     @property
     def lr(self) -> float:
@@ -287,7 +291,9 @@ class DeepSpeedEngine:
     def step(self, skip: Tensor) -> None:
         """Clip (ZeRO 0, when set: the all-reduced gradients are the same on every rank), then
         DeepSpeed's step (ZeRO 1's clipping, optimiser, schedule); the fused Adam inside skips
-        the update where ``skip`` is set (every rank holds the same flag: ``TrainStep``)."""
+        the update where ``skip`` is set (every rank holds the same flag: ``TrainStep``);
+        ``step_lr`` is the rate this update used (``lr`` is then the next one's)."""
+        self.step_lr = self.lr
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         skip_if(self.optimizer_inner, skip)

@@ -140,9 +140,10 @@ def _log_row(run: Run, state: Progress, window: Window) -> None:
     """A train_log.csv row at every read of the device totals (main rank)."""
     if run.rank == 0:
         row = {"global_step": state.global_step, "epoch": state.epoch + 1}
-        row |= {"loss": window.mean_loss, "skipped": window.skipped, "lr": run.engine.lr}
+        row |= {"loss": window.mean_loss, "skipped": window.skipped, "lr": run.engine.step_lr}
         append_csv(run.out / "train_log.csv", row)
-    run.scalars.add({"loss": window.mean_loss, "lr": run.engine.lr}, state.global_step, "train")
+    scalars = {"loss": window.mean_loss, "lr": run.engine.step_lr}  # the rate the steps used
+    run.scalars.add(scalars, state.global_step, "train")
 
 
 def _log_capture(run: Run) -> None:

@@ -147,7 +147,7 @@ def train_epoch(
             progress.epoch_loss, progress.epoch_finite = total, finite
             progress.epoch_skipped, progress.bad_steps = skipped, window.run
             _check_bad_steps(window, progress, max_bad_steps, step.engine.rank)
-            reporter.update(window.mean_loss, step.engine.lr)
+            reporter.update(window.mean_loss, step.engine.step_lr)
             if on_read is not None:
                 on_read(progress, window)
         else:

@@ -86,3 +86,14 @@ def test_resume_of_a_complete_run_says_so_and_changes_nothing(tmp_path, capsys):
     assert main(["train", "--resume", "--set", f"run.out_dir={out}"]) == 0
     assert capsys.readouterr().out.strip() == "run already complete (2/2 epochs): nothing to do"
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used(tmp_path):
+    # the rows showed the next step's rate: 2/3, 1, 1 x lr for a warm-up of 3 steps
+    cache = small_cache(tmp_path / "cache", n=24)
+    settings = ("optim.scheduler=constant", "optim.warmup_steps=3", "optim.lr=0.003")
+    config = tiny_config(cache, tmp_path / "run", *settings, "run.log_every=1", "data.batch_size=2")
+    train(config)
+    with open(tmp_path / "run" / "train_log.csv") as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
+    assert rates[:4] == [0.001, 0.002, 0.003, 0.003]
