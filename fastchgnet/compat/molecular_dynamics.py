@@ -2,7 +2,8 @@
 our calculator (Verlet-skin neighbour reuse, one model call per step). Its first ``run(steps)``
 compiles the model where that pays over the run, as ``fastchgnet.md.run_md`` decides.
 
-Units: temperature K, timestep and ``taut``/``taup`` fs, pressure and bulk modulus GPa.
+Units: temperature K, timestep and ``taut``/``taup`` fs, bulk modulus GPa, pressure GPa (a number,
+or for Nosé-Hoover a Voigt 6-vector xx, yy, zz, yz, xz, xy, as ASE NPT's ``externalstress``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
-from fastchgnet.md.settings import check_numbers
+from fastchgnet.md.settings import check_numbers, check_pressure
 from fastchgnet.model.potential import EagerPotential
 
 
@@ -94,17 +95,21 @@ def fit_bulk_modulus(atoms: Atoms) -> float:
 
 
 def check_settings(ensemble: str, thermostat: str, temperature: float, timestep: float,
-                   **settings: float | None) -> None:  # fmt: skip
+                   **settings: Any) -> None:  # fmt: skip
     """ValueError in one line for numbers no MD runs with (``md.settings.check_numbers``): a
     temperature (K) not >= 0 (the reference ran into NaN), a timestep (fs) not > 0 (a
     ZeroDivisionError), a taut or taup (fs) or bulk modulus (GPa) not > 0, a pressure (GPa)
-    not finite. The combinations the reference takes stay its own (its NPT Nosé-Hoover takes
-    ``bulk_modulus``, its Berendsen runs a quench at 0 K); an ensemble or thermostat name it
-    does not know is left to ``MolecularDynamics``' own message."""
+    not finite, or not a number or 6-vector (Voigt: ASE NPT's ``externalstress``; NPT
+    Berendsen takes a number only, as the reference's). The combinations the reference takes
+    stay its own (its NPT Nosé-Hoover takes ``bulk_modulus``, its Berendsen runs a quench at
+    0 K); an ensemble or thermostat name it does not know is left to ``MolecularDynamics``'
+    own message."""
     if ensemble.lower() not in ("nve", "nvt", "npt"):
         return
-    named = ("taut", "taup", "pressure", "bulk_modulus")
+    named = ("taut", "taup", "bulk_modulus")
     check_numbers(temperature, timestep, **{name: settings.get(name) for name in named})
+    berendsen_npt = ensemble.lower() == "npt" and thermostat.lower() != "nose-hoover"
+    check_pressure(settings.get("pressure"), voigt=not berendsen_npt)
 
 
 class MolecularDynamics:
@@ -132,7 +137,7 @@ class MolecularDynamics:
         temperature: float = 300,
         starting_temperature: float | None = None,
         timestep: float = 2.0,
-        pressure: float = 1.01325e-4,
+        pressure: float | Any = 1.01325e-4,
         taut: float | None = None,
         taup: float | None = None,
         bulk_modulus: float | None = None,
@@ -149,6 +154,7 @@ class MolecularDynamics:
         capture_backend(compiled)  # a bad name fails here, in one line
         check_settings(ensemble, thermostat, temperature, timestep, taut=taut, taup=taup,
                        pressure=pressure, bulk_modulus=bulk_modulus)  # fmt: skip
+        pressure = float(pressure) if np.ndim(pressure) == 0 else np.asarray(pressure, float)
         if starting_temperature is not None and not starting_temperature >= 0:
             raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
         if compiled and (isinstance(model, BaseCalculator) or crystal_feas_logfile):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 #: thermostats (and barostats) of each ensemble; "none" for NVE
 THERMOSTATS: dict[str, tuple[str, ...]] = {
     "nve": ("none",),
@@ -93,7 +95,24 @@ def check_numbers(temperature: float, timestep: float, **integrator: float | Non
     for name, value in integrator.items():
         if value is None:
             continue
-        if not math.isfinite(value):
+        if name == "pressure":
+            check_pressure(value)
+        elif not math.isfinite(value):
             raise ValueError(f"need a finite {name}, got {value}")
         if (name in POSITIVE and value <= 0) or (name in NON_NEGATIVE and value < 0):
             raise ValueError(f"need {name} {'>' if name in POSITIVE else '>='} 0, got {value}")
+
+
+def check_pressure(pressure: Any, *, voigt: bool = False) -> None:
+    """ValueError in one line for a pressure (GPa) that is not a finite number or, with
+    ``voigt``, a finite 6-vector of stresses (xx, yy, zz, yz, xz, xy: ASE NPT's
+    ``externalstress``)."""
+    try:
+        values = np.asarray(pressure, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"need a pressure in GPa, got {pressure!r}") from None
+    if values.shape not in (((), (6,)) if voigt else ((),)):
+        form = "a number or a 6-vector (xx, yy, zz, yz, xz, xy)" if voigt else "a number"
+        raise ValueError(f"need pressure as {form} in GPa, got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"need a finite pressure, got {pressure}")
