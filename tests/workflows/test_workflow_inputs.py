@@ -133,3 +133,9 @@ def test_a_workflow_given_no_model_says_what_it_takes(workflow, model):
 def test_a_workflow_given_the_reference_model_says_to_wrap_it(reference_chgnet):
     with pytest.raises(TypeError, match=r"got CHGNet; .* chgnet's CHGNetCalculator\(model\)"):
         equation_of_state(ROCKSALT, reference_chgnet)
+
+
+@pytest.mark.parametrize("symmetrize", ["no", 0, None])
+def test_phonopy_run_takes_only_a_bool_for_symmetrize(small_model, symmetrize):
+    with pytest.raises(TypeError, match=rf"^symmetrize must be True or False, got {symmetrize!r}$"):
+        phonopy_run(ROCKSALT, small_model, symmetrize=symmetrize)
