@@ -119,9 +119,10 @@ class MolecularDynamics:
     One argument more than the reference: ``compiled``. None (default): the first ``run``
     compiles the model when that pays over its steps and keeps it only where the compiled
     calls measure faster (``fastchgnet.md.dynamics.choose_compiled``; the decision and its
-    reason are printed), with the MD's own calculator and no ``crystal_feas_logfile``; the
-    calculator's results then leave out ``crystal_fea``. True (or "inductor", "torchscript":
-    that capture) compiles at the first ``run``, False never does.
+    reason are printed), with the MD's own calculator. True (or "inductor", "torchscript":
+    that capture) compiles at the first ``run``, False never does. Compiled or not, the
+    calculator's results hold ``crystal_fea`` at every step, as the reference's (the compiled
+    programs compute the features too).
 
     NPT without ``bulk_modulus`` (GPa) fits one by ``EquationOfState`` first (a few seconds
     of relaxations; printed), as the reference.
@@ -157,10 +158,9 @@ class MolecularDynamics:
         pressure = float(pressure) if np.ndim(pressure) == 0 else np.asarray(pressure, float)
         if starting_temperature is not None and not starting_temperature >= 0:
             raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
-        if compiled and (isinstance(model, BaseCalculator) or crystal_feas_logfile):
+        if compiled and isinstance(model, BaseCalculator):
             raise ValueError(
-                "compiled=True needs the MD's own calculator (model: a CHGNet or None) and no "
-                "crystal_feas_logfile (crystal features come from the eager model only)"
+                "compiled=True needs the MD's own calculator (model: a CHGNet or None)"
             )
         self.ensemble, self.thermostat = ensemble, thermostat
         self.compiled, self._compile_chosen = compiled, False
@@ -258,19 +258,22 @@ class MolecularDynamics:
         None."""
         calc = self.atoms.calc
         eager = getattr(calc, "potential", None)
-        if self.compiled is False or not self._own_calculator or self.crystal_feas_logfile:
+        if self.compiled is False or not self._own_calculator:
             return None
         if not isinstance(eager, EagerPotential):
             return None
         if self.compiled:
             options = md_compile_options(steps) | {"backend": capture_backend(self.compiled)}
             calc.potential = compiled_potential(eager.model, **options)
-            calc.features = False
             return None
         # the decision times eager calls: make the first (cold) one here, untimed, as run_md does
         self.atoms.get_forces()
         # the calculator computes stress on every call, as the reference's does
-        return choose_compiled(self.atoms, eager.model, steps, stress=True, progress=True)
+        check = choose_compiled(self.atoms, eager.model, steps, stress=True, progress=True)
+        # choose_compiled leaves features out; the compiled programs give them too, and chgnet's
+        # results always hold crystal_fea (an observer reads it at every step)
+        calc.features = True
+        return check
 
     def upper_triangular_cell(self, *, verbose: bool | None = False) -> None:
         """Rotate the MD's atoms to an upper-triangular cell (ASE's Nosé-Hoover NPT needs
