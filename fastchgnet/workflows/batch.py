@@ -4,11 +4,13 @@ from structures evaluated ahead in batches."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from ase import units
 from ase.calculators.calculator import all_changes
 
 from fastchgnet.data.graph import check_ordered, structure_name
@@ -142,4 +144,36 @@ def check_fit_precision(calculator: Any) -> None:
             f"the model runs in {shown}: its energies are too coarse for fits over small "
             "strains and displacements (bf16 jumps 60-100 meV per 0.1 % strain); use "
             "model.set_precision('float32') (and float32 or float64 weights)"
+        )
+
+
+#: GPa: the largest |stress component| of an input that ``warn_far_from_equilibrium`` lets
+#: pass. Diamond Si (the model's a = 5.461 Å, 0.01 GPa): 1.7 GPa at a = 5.43 and 3.8 at 5.40
+#: (elastic B_vrh 126 and 98 GPa against 71), 19 GPa at 5.20 (B_vrh 171.5); inputs relaxed
+#: by the model (Cu, Mg, Si, NaCl, LiMnO2, Li9Co7O16, a triclinic Li2O2) 0.03-0.15 GPa
+MAX_RESIDUAL_STRESS = 1.0
+#: eV/Å: the largest force on an atom that ``warn_far_from_equilibrium`` lets pass. One Si of
+#: relaxed primitive Si moved 0.005 Å (0.053 eV/Å) split its Γ optical modes (13.34 THz) into
+#: 12.2-13.6 THz, 0.01 Å (0.089 eV/Å) into 10.7-13.6; relaxed inputs measured below 0.014
+MAX_RESIDUAL_FORCE = 0.05
+
+
+def warn_far_from_equilibrium(structure: Any, calculator: Any, workflow: str) -> None:
+    """A one-line UserWarning naming ``structure``, its residual stress (largest |component|,
+    GPa) and its largest force (eV/Å) when either is above ``MAX_RESIDUAL_STRESS`` or
+    ``MAX_RESIDUAL_FORCE``: ``workflow``'s numbers (clamped-ion, about this geometry) are then
+    those of a stressed or distorted structure, not of its equilibrium. ``calculator`` (an
+    ASE one, prefetched or not) evaluates it."""
+    atoms = as_atoms(structure)
+    atoms.calc = calculator
+    stress = float(np.abs(atoms.get_stress()).max() / units.GPa)
+    force = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+    if stress > MAX_RESIDUAL_STRESS or force > MAX_RESIDUAL_FORCE:
+        warnings.warn(
+            f"{structure_name(structure)}: residual stress {stress:.2f} GPa, largest force "
+            f"{force:.3f} eV/Å (above {MAX_RESIDUAL_STRESS} GPa or {MAX_RESIDUAL_FORCE} eV/Å): "
+            f"far from equilibrium, so the {workflow} is not the relaxed structure's; relax it "
+            "first (fastchgnet.md.relax(structure, model, fmax=0.02).atoms)",
+            UserWarning,
+            stacklevel=3,
         )

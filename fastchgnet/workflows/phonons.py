@@ -22,6 +22,7 @@ from fastchgnet.workflows.batch import (
     as_calculator,
     check_fit_precision,
     check_structure,
+    warn_far_from_equilibrium,
 )
 
 
@@ -136,7 +137,9 @@ def phonopy_run(
     """The ``Phonopy`` object (force constants, mesh) of matcalc's ``PhononCalc`` run.
 
     Args:
-        structure: pymatgen Structure or ASE Atoms.
+        structure: pymatgen Structure or ASE Atoms, relaxed: a UserWarning names its residual
+            stress and largest force when they exceed ``workflows.batch.MAX_RESIDUAL_STRESS``
+            (1 GPa) or ``MAX_RESIDUAL_FORCE`` (0.05 eV/Å).
         model_or_calculator: our model (every displaced supercell in batched calls) or an ASE
             calculator (e.g. the reference chgnet's ``CHGNetCalculator``).
         supercell_matrix: phonopy's supercell (3 integers or a 3x3 integer matrix, with a
@@ -171,7 +174,8 @@ def phonopy_run(
     calculator = as_calculator(model_or_calculator)
     check_fit_precision(calculator)
     if isinstance(calculator, PrefetchCalculator):
-        calculator.prefetch(displaced_supercells(structure, matrix, displacement))
+        calculator.prefetch([structure, *displaced_supercells(structure, matrix, displacement)])
+    warn_far_from_equilibrium(structure, calculator, "phonon run")
     calc = PhononCalc(
         calculator,
         atom_disp=displacement,
