@@ -15,6 +15,12 @@ relaxed-ion; EOS B 131.9 against 103.8 from ``fastchgnet.compat.EquationOfState`
 relaxes the ions of every strained cell, as chgnet's). Units: volume Å^3, energy eV, bulk
 modulus and elastic constants GPa (Voigt, pymatgen's engineering shear, in the Cartesian
 frame of the input's lattice: rotate the structure to get them in another frame).
+The fitted moduli are not exactly those of a linear-elastic solid: the model's stress is not
+linear in the strains used (1-2 %), so they change with the strains and, as the strained cells
+differ, with the input's orientation (the reference chgnet gives the same numbers). Relaxed
+triclinic Li2O2 rotated by Euler angles (30, 20, 10)°: B_vrh 76.3 -> 77.6 GPa; relaxed Si
+with norm/shear strains of 0.5/1 %, 1/2 % (default) and 2/4 %: G_vrh 44.8, 41.4 and 36.3 GPa,
+B_vrh 68.2, 68.0 and 72.7. A rotated tensor is thus equal to the rotated input's to a few %.
 
 matcalc's "Elastic strain-stress fits have mean R² ... may be unreliable" warning: its mean
 R² averages the 36 linear fits of stress component j against strain i, and the components
