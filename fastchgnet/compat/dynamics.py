@@ -23,7 +23,7 @@ from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDM
 from ase.stress import voigt_6_to_full_3x3_stress
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from fastchgnet.compat.model import CHGNet, determine_device, unsupported
+from fastchgnet.compat.model import CHGNet, as_compat_model, determine_device, unsupported
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 
@@ -55,8 +55,7 @@ class CHGNetCalculator(Calculator):
         **kwargs: Any,
     ) -> None:
         device = determine_device(use_device, check_cuda_mem)
-        model = CHGNet.load(use_device=device, verbose=False) if model is None else model
-        model = model.to(device)
+        model = as_compat_model(model, device)  # None: pretrained; a chgnet CHGNet: converted
         if hasattr(model, "graph_converter"):
             model.graph_converter.set_isolated_atom_response(on_isolated_atoms)
         allow_isolated = on_isolated_atoms != "error"  # "warn" predicts, as the reference

@@ -15,7 +15,7 @@ from pymatgen.analysis.eos import BirchMurnaghan
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.compat.dynamics import CHGNetCalculator
-from fastchgnet.compat.model import CHGNet, determine_device, unsupported
+from fastchgnet.compat.model import CHGNet, as_compat_model, determine_device, unsupported
 from fastchgnet.md.relax import OPTIMIZERS, relax
 
 #: compressibility unit -> factor on 1 / (bulk modulus in GPa)
@@ -48,8 +48,7 @@ class EquationOfState:
         device = determine_device(use_device)
         if isinstance(model, CHGNetCalculator):
             model = model.model
-        model = CHGNet.load(use_device=device, verbose=False) if model is None else model
-        self.model = model.to(device)
+        self.model = as_compat_model(model, device)
         self.stress_weight = stress_weight  # energies only: kept for chgnet's signature
         self.fitted = False
 

@@ -304,3 +304,21 @@ class CHGNet(ReferenceNames, FastCHGNet):
         # numpy arrays, ``e`` included (0-d), as the reference (torch.from_numpy takes them)
         results = [{k: np.asarray(v) for k, v in item.items() if k in keep} for item in results]
         return results[0] if len(results) == 1 else results
+
+
+def is_reference_model(model: Any) -> bool:
+    """Whether ``model`` is the reference package's ``chgnet.model.CHGNet`` (told by its class's
+    module, so asking needs no chgnet installed)."""
+    cls = type(model)
+    return cls.__name__ == "CHGNet" and cls.__module__.split(".")[0] == "chgnet"
+
+
+def as_compat_model(model: Any, device: str) -> Any:
+    """The ``model`` argument of a compat class as the model it runs, on ``device``: None is
+    the pretrained 0.3.0, a reference ``CHGNet`` becomes this module's (its weights and
+    ``model_args``, by ``from_dict(model.as_dict())``), anything else is taken as it is."""
+    if model is None:
+        return CHGNet.load(use_device=device, verbose=False)
+    if is_reference_model(model):
+        model = CHGNet.from_dict(model.as_dict())
+    return model.to(device)
