@@ -39,12 +39,14 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = ".tmp", new: bool = False) -> Iterator[Path]:
     """A new temp file's path in ``path``'s folder, ending in ``suffix``, for the block to
     write. On a clean exit the file is fsynced and renamed over ``path`` (and the folder
     fsynced); on an error it is removed and ``path`` is left as it was, so a reader sees the
     old whole file or the new one. The file gets the mode a plain ``open`` would give it
-    (0666 less the umask), which a writer that reopens it by name keeps."""
+    (0666 less the umask), which a writer that reopens it by name keeps. With ``new``,
+    ``path`` must still be free at the end (``put_new``): nothing another process wrote
+    there meanwhile is replaced."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder; name a file in it")
@@ -57,18 +59,44 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if new:
+            put_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
 
+def put_new(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` to ``path`` only if no file is there (a hard link, which
+    fails where one is; a rename after a check where the file system has no hard links).
+    Where another process wrote ``path`` meanwhile, ``tmp`` is kept beside it as
+    ``<stem>.<pid><suffix>`` and FileExistsError names both."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links here
+        if not os.path.lexists(path):
+            os.replace(tmp, path)
+            return
+    else:
+        tmp.unlink()
+        return
+    kept = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+    os.replace(tmp, kept)
+    raise FileExistsError(
+        f"{path}: another process wrote it while this one ran; this run's results are in {kept}"
+    )
+
+
 @contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+def atomic_open(path: str | Path, new: bool = False) -> Iterator[BinaryIO]:
     """A binary handle on a temp file in ``path``'s folder, renamed over ``path`` on a clean
-    exit and removed on an error (``atomic_path``)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+    exit and removed on an error (``atomic_path``; ``new``: ``path`` must still be free)."""
+    with atomic_path(path, new=new) as tmp, open(tmp, "wb") as handle:
         yield handle
 
 
@@ -84,20 +112,22 @@ def process_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (``atomic_open``)."""
-    with atomic_open(path) as handle:
+def atomic_write_bytes(path: str | Path, data: bytes, new: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``atomic_open``; ``new``: ``path`` must still be
+    free at the end)."""
+    with atomic_open(path, new=new) as handle:
         handle.write(data)
 
 
-def write_frames_atomic(path: str | Path, frames: Sequence[Any]) -> None:
+def write_frames_atomic(path: str | Path, frames: Sequence[Any], new: bool = False) -> None:
     """Write ASE ``frames`` (a list of ``Atoms``) to ``path`` as ``ase.io.write`` would (the
     format and any compression from the name), atomically (``atomic_path``, its temp file
-    ending as ``path``'s name does, so ASE reads the same format from it)."""
+    ending as ``path``'s name does, so ASE reads the same format from it; ``new``: ``path``
+    must still be free at the end)."""
     from ase.io import write
 
     path = Path(path)
-    with atomic_path(path, suffix="".join(path.suffixes) or path.name) as tmp:
+    with atomic_path(path, suffix="".join(path.suffixes) or path.name, new=new) as tmp:
         write(str(tmp), list(frames))
 
 

@@ -73,14 +73,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         signum = stop_signal(stop)
         if signum is None:
             raise
-        write_predictions(args.output, structures, finished)
+        write_predictions(args.output, structures, finished, new=not args.overwrite)
         print(
             f"predict interrupted: {len(finished)} of {len(structures)} structures predicted, "
             f"written to {args.output or 'stdout'}",
             file=sys.stderr,
         )
         return 128 + signum
-    write_predictions(args.output, structures, finished)
+    write_predictions(args.output, structures, finished, new=not args.overwrite)
     return 1 if len(good) < len(structures) else 0
 
 
@@ -143,20 +143,22 @@ def site_columns(structure: Any) -> dict[str, list[Any]]:
     return {"species": list(species), "positions_A": positions.tolist()}
 
 
-def write_predictions(output: str | None, structures: list[Any], done: dict[int, Any]) -> None:
+def write_predictions(
+    output: str | None, structures: list[Any], done: dict[int, Any], new: bool = False
+) -> None:
     """The predictions ``done`` (input index -> ``predict_graph_list``'s dict) in input order,
     each named as read, written atomically to ``output`` or printed when it is None: JSON
     records (the species and Cartesian positions, Å, of the rows, as ``site_columns``; energy
     eV/atom, forces eV/Å, stress GPa, magmoms μB), or for another suffix
     (extxyz, traj, ...) ASE frames with a SinglePointCalculator in ASE's units (total energy
     eV, forces eV/Å, stress eV/Å^3 as a Voigt 6-vector, magmoms μB) and the energy per atom
-    (eV) as ``energy_per_atom`` in their info."""
+    (eV) as ``energy_per_atom`` in their info. ``new``: ``output`` must still be free when
+    written (``files.put_new``: another run's file there is kept, this one's goes beside)."""
     from fastchgnet.files import atomic_write_bytes, write_frames_atomic
 
     if output and not is_json(output):
-        write_frames_atomic(
-            output, [predicted_frame(structures[k], p) for k, p in sorted(done.items())]
-        )
+        frames = [predicted_frame(structures[k], p) for k, p in sorted(done.items())]
+        write_frames_atomic(output, frames, new=new)
         return
     records = [
         {
@@ -171,7 +173,7 @@ def write_predictions(output: str | None, structures: list[Any], done: dict[int,
     ]
     text = json.dumps(records, indent=1)
     if output:
-        atomic_write_bytes(output, (text + "\n").encode())
+        atomic_write_bytes(output, (text + "\n").encode(), new=new)
     else:
         print(text)
 
@@ -262,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # stdout's reader closed it: stop quietly, as Unix tools do
         quiet_stdout()
         return 128 + signal.SIGPIPE
-    except (StructureError, FileNotFoundError, ValueError, ModuleNotFoundError) as exc:
+    except (
+        StructureError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        ModuleNotFoundError,
+    ) as exc:
         print(f"fastchgnet {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # before a command's own handling (loading the model, ...)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -168,10 +169,14 @@ def check_output_file(path: str, option: str, example: str) -> None:
 
 
 def refuse_existing(path: str | None, option: str, overwrite: bool) -> None:
-    """Raise ValueError (one line, naming ``option`` and ``path``) when a file is already at
-    ``path`` and ``overwrite`` is off: a second run into the same place would replace the
-    first run's results. None (an option not given) passes."""
-    if path is None or overwrite or not Path(path).is_file():
+    """Raise ValueError (one line, naming ``option`` and ``path``) when a file is at ``path``
+    and ``overwrite`` is off (it holds an earlier run's results), and whatever ``overwrite``
+    says when a FIFO, device or dangling link is there. None (not given) passes."""
+    if path is None or not os.path.lexists(path) or Path(path).is_dir():  # a folder: later
+        return
+    if not Path(path).is_file():
+        raise ValueError(f"{option} {path}: is there and is not a regular file; name a file")
+    if overwrite:
         return
     raise ValueError(
         f"{option} {path}: exists already (an earlier run's results); pass --overwrite to "

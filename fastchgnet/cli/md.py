@@ -225,7 +225,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
             )
     except RelaxInterrupted as stop:
         done = dict(stop.results)
-        write_frames_atomic(args.output, relaxed_frames(good, done, quiet=True))
+        write_frames_atomic(
+            args.output, relaxed_frames(good, done, quiet=True), new=not args.overwrite
+        )
         converged = sum(result.converged for result in done.values())
         print(
             f"relax interrupted: {converged} of {len(structures)} structures converged, "
@@ -233,7 +235,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
-    write_frames_atomic(args.output, relaxed_frames(good, dict(enumerate(results)), args.quiet))
+    frames = relaxed_frames(good, dict(enumerate(results)), args.quiet)
+    write_frames_atomic(args.output, frames, new=not args.overwrite)
     unconverged = sum(not result.converged for result in results)
     if unconverged:
         print(
