@@ -194,7 +194,7 @@ def _images(path: Path) -> Iterator[Any]:
         else:
             from ase.io import iread
 
-            for atoms in iread(str(path), index=":"):
+            for atoms in iread(str(path), index=":", do_not_split_by_at_sign=True):
                 yield atoms
                 position += 1
     except Exception as error:  # only ASE's reading runs here: its errors have many types

@@ -67,7 +67,8 @@ def read_atoms(path: Path, index: str | int = ":") -> list[Any]:
     from ase.io import read
 
     with tempfile.TemporaryDirectory() as scratch:
-        images = read(str(gunzip_ase_file(path, Path(scratch))), index=index)
+        plain = str(gunzip_ase_file(path, Path(scratch)))  # a name may hold "@": not an index
+        images = read(plain, index=index, do_not_split_by_at_sign=True)
     return images if isinstance(images, list) else [images]
 
 
