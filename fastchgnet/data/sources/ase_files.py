@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,11 @@ def gunzip_ase_file(source: Path, scratch: Path) -> Path:
     plain = scratch / source.name[: -len(".gz")]
     # atomic: another process reading ``plain`` (parallel bench seeds share ``scratch``) sees
     # the old whole file or the new one, never a half-written one
-    with gzip.open(source, "rb") as src, atomic_open(plain) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    try:
+        with gzip.open(source, "rb") as src, atomic_open(plain) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # truncated or not gzip
+        raise ValueError(f"{source}: not a readable gzip file ({error})") from None
     return plain
 
 

@@ -9,6 +9,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,15 +40,19 @@ def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Fra
 
     Raises:
         FileNotFoundError: no vasprun file there.
-        ValueError: one line naming the files, where one folder holds several vasprun files
+        ValueError: a damaged .zip (truncated, not a zip), or one line naming the files, where
+            one folder holds several vasprun files
             (which of them is the run is unclear: name one) or a vasprun file has several
             OUTCARs of its name (``outcar_of``).
     """
     run = Path(run).resolve()  # a relative path ("vasprun.xml", ".") has a folder name too
     if run.suffix == ".zip":
         with tempfile.TemporaryDirectory(prefix="fastchgnet-vasp-") as tmp:
-            with zipfile.ZipFile(run) as archive:
-                archive.extractall(tmp)
+            try:
+                with zipfile.ZipFile(run) as archive:
+                    archive.extractall(tmp)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+                raise ValueError(f"{run}: not a readable zip archive ({error})") from None
             for vasprun, name in vasp_runs(Path(tmp), run.stem, shown_as=run):
                 yield from _read_run(vasprun, name, skip_unconverged)
     elif run.is_dir():

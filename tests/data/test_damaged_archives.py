@@ -1,0 +1,38 @@
+"""A truncated or foreign .zip (VASP runs) or .gz (ASE frames) is a one-line error naming the
+file in `data convert` and `data stats`, not a BadZipFile or EOFError traceback."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from ase.io import write
+
+from fastchgnet.cli import main
+from fastchgnet.md.calculator import as_atoms
+from tests.data.frames import rock_salt
+
+
+def damaged(tmp_path, kind: str):
+    if kind == "zip":
+        path = tmp_path / "run.zip"
+        path.write_bytes(b"PK\x03\x04" + b"\x00" * 200)  # a zip's start, then nothing
+        return path
+    plain = tmp_path / "f.extxyz"
+    write(str(plain), [as_atoms(rock_salt(k)) for k in range(40)])
+    whole = gzip.compress(plain.read_bytes())
+    path = tmp_path / "f.extxyz.gz"
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "gz"])
+@pytest.mark.parametrize("command", ["convert", "stats"])
+def test_a_damaged_archive_is_a_one_line_error_naming_it(tmp_path, capsys, kind, command):
+    path = damaged(tmp_path, kind)
+    args = ["data", command, str(path)] + (["-o", str(tmp_path / "cache")] * (command == "convert"))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]  # beside a progress bar
+    assert f"{path}: not a readable" in line
