@@ -4,6 +4,9 @@ Systems hint (a GPU timeline); the aten operator counts only."""
 from __future__ import annotations
 
 import pytest
+import torch
+
+from fastchgnet.cli import main
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -18,3 +21,19 @@ def test_profile_on_a_cpu_prints_no_cuda_kernel_column_and_no_nsys_hint(capsys):
     assert "aten ops" in printed
     assert "CUDA" not in printed
     assert "nsys" not in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--batch-size", "0"], "--batch-size 0 and --max-atoms 108: need at least 1"),
+        (["--max-atoms", "-3"], "--max-atoms -3: need at least 1"),
+    ]
+    + [(["--device", "cuda"], "--device 'cuda'")] * (not torch.cuda.is_available()),
+)
+def test_profile_settings_that_cannot_run_are_one_line_errors(capsys, args, says):
+    # a RuntimeError from deep in chgnet's composition model, an AssertionError from torch
+    assert main(["profile", "--no-reference", "--no-compile", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert says in err

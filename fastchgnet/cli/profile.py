@@ -53,10 +53,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     from fastchgnet.data.graph import build_graph
     from fastchgnet.data.padding import collate_padded
     from fastchgnet.data.random_crystals import varied_structures
+    from fastchgnet.model.device import check_device
     from fastchgnet.profiling.counters import count_ops
     from fastchgnet.train.step import standalone_step
 
-    device = torch.device(args.device)
+    if args.batch_size < 1 or args.max_atoms < 1:
+        raise ValueError(
+            f"--batch-size {args.batch_size} and --max-atoms {args.max_atoms}: need at least 1"
+        )
+    device = check_device(args.device, "--device", kinds=("cpu", "cuda"))
 
     structures = varied_structures(args.batch_size, seed=7, max_atoms=args.max_atoms)
     rng = np.random.default_rng(0)
