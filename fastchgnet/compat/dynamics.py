@@ -4,6 +4,9 @@
 energies in eV; ``crystal_fea`` in the results as the reference). ``StructOptimizer.relax``
 returns ``{"final_structure", "trajectory"}`` with a ``TrajectoryObserver`` holding the
 reference's fields; ``MolecularDynamics`` builds the same ASE integrators as the reference.
+Every public name of ``chgnet.model.dynamics`` imports from here: ``MolecularDynamics``,
+``CrystalFeasObserver`` and ``EquationOfState`` live in their own modules (which import this
+one) and are looked up on first use.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms, units
+from ase.calculators.calculator import all_changes, all_properties
 from ase.filters import Filter
 from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDMin
 from ase.stress import voigt_6_to_full_3x3_stress
@@ -26,6 +30,13 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from fastchgnet.compat.model import CHGNet, as_compat_model, determine_device, unsupported
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
+
+#: chgnet.model.dynamics names defined in other compat modules (they import this one)
+ELSEWHERE = {
+    "CrystalFeasObserver": "fastchgnet.compat.molecular_dynamics",
+    "MolecularDynamics": "fastchgnet.compat.molecular_dynamics",
+    "EquationOfState": "fastchgnet.compat.eos",
+}
 
 OPTIMIZERS = {
     "FIRE": FIRE,
@@ -98,8 +109,6 @@ class CHGNetCalculator(Calculator):
         task: str = "efsm",
     ) -> None:
         """Energy, forces, stress (always, as the reference's "efsm"), magmoms, energies."""
-        from ase.calculators.calculator import all_changes
-
         super().calculate(atoms, ("energy", "forces", "stress"), system_changes or all_changes)
         # the reference's results hold the (3, 3) tensor (``get_stress`` gives ASE's Voigt 6)
         stress = voigt_6_to_full_3x3_stress(self.results["stress"])
@@ -253,3 +262,25 @@ class StructOptimizer:
             magmoms = [float(m) for m in atoms.get_magnetic_moments()]
             structure.add_site_property("magmom", magmoms)
         return {"final_structure": structure, "trajectory": observer}
+
+
+def __getattr__(name: str) -> Any:
+    """``ELSEWHERE``'s names, imported on first use (a module-level import would be a cycle)."""
+    if name in ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: with ``ELSEWHERE``'s names (module ``__getattr__``), chgnet.model.dynamics' public names
+__all__ = [
+    "OPTIMIZERS",
+    "CHGNet",
+    "CHGNetCalculator",
+    "StructOptimizer",
+    "TrajectoryObserver",
+    "all_changes",
+    "all_properties",
+    "determine_device",
+]

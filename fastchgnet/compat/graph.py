@@ -127,4 +127,4 @@ class CrystalGraphConverter:
     forward = __call__
 
 
-__all__ = ["ALGORITHMS", "CrystalGraphConverter", "ReferenceGraph"]
+__all__ = ["ALGORITHMS", "CrystalGraph", "CrystalGraphConverter", "ReferenceGraph"]

@@ -39,6 +39,8 @@ from fastchgnet.model.reference import (
     model_from_reference_dict,
 )
 
+#: The reference's float type (``chgnet.model.model.TORCH_DTYPE``): the models' default.
+TORCH_DTYPE = torch.float32
 #: The tasks of the reference's ``predict_structure`` (letters: energy, forces, stress, magmoms).
 PRED_TASKS = ("e", "ef", "em", "efs", "efsm")
 #: Composition model names of the reference -> the packaged checkpoint holding those energies.

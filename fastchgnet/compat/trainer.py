@@ -15,6 +15,7 @@ import torch
 
 from fastchgnet.compat.model import CHGNet, unsupported
 from fastchgnet.compat.training import StructureData, StructureLoader
+from fastchgnet.compat.utils import AverageMeter, determine_device, mae, write_json
 from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import read_checkpoint
@@ -279,3 +280,14 @@ class Trainer:
         if self.model is None:
             raise ValueError("Model needs to be initialized")
         self.model.save(filename)
+
+
+#: chgnet.trainer.trainer's helpers, importable from here as there
+__all__ = [
+    "AverageMeter",
+    "CHGNet",
+    "Trainer",
+    "determine_device",
+    "mae",
+    "write_json",
+]

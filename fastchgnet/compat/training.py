@@ -20,8 +20,9 @@ import torch
 from pymatgen.core import Structure
 
 from fastchgnet.compat.graph import CrystalGraphConverter, ReferenceGraph
-from fastchgnet.compat.model import unsupported
+from fastchgnet.compat.model import TORCH_DTYPE, unsupported
 from fastchgnet.data.frame import Frame
+from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.sources import from_structures
 from fastchgnet.units import KBAR_TO_GPA
 
@@ -178,3 +179,14 @@ def get_train_val_test_loader(
 def get_loader(dataset: StructureData, *, batch_size: int = 64, **_: Any) -> StructureLoader:
     """All of ``dataset`` as one loader."""
     return StructureLoader(dataset, list(range(len(dataset))), batch_size)
+
+
+#: chgnet.data.dataset's names offered here (``CrystalGraph``: ours, see compat.graph)
+__all__ = [
+    "TORCH_DTYPE",
+    "CrystalGraph",
+    "CrystalGraphConverter",
+    "StructureData",
+    "get_loader",
+    "get_train_val_test_loader",
+]

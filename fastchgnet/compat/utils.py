@@ -1,15 +1,18 @@
 """chgnet's ``chgnet.utils`` names: ``read_json``, ``write_json``, ``determine_device``,
-``parse_vasp_dir`` (over our VASP reader, ``fastchgnet.data.sources.vasp.read_vasp``) and
-``solve_charge_by_mag``."""
+``parse_vasp_dir`` (over our VASP reader, ``fastchgnet.data.sources.vasp.read_vasp``),
+``solve_charge_by_mag``, and the small helpers ``AverageMeter``, ``mae``, ``mkdir`` and
+``cuda_devices_sorted_by_free_mem``."""
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pymatgen.core import Structure
 
 from fastchgnet.compat.model import determine_device
@@ -118,8 +121,56 @@ def solve_charge_by_mag(
     return out
 
 
+class AverageMeter:
+    """The running average of the values given to ``update`` (``val``, ``avg``, ``sum``,
+    ``count``), as chgnet's."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again from nothing."""
+        self.val = self.avg = self.sum = self.count = 0.0
+
+    def update(self, val: float, n: int = 1) -> None:
+        """Add ``val`` ``n`` times."""
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        if self.count != 0:
+            self.avg = self.sum / self.count
+
+
+def mae(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean absolute error of ``prediction`` against ``target`` (0-d tensor)."""
+    return torch.mean(torch.abs(target - prediction))
+
+
+def mkdir(path: str) -> str:
+    """Make the folder ``path`` (with its parents) unless it exists ("Folder exists" is
+    printed then, as chgnet); returns ``path``."""
+    if os.path.exists(path):
+        print("Folder exists")
+    else:
+        os.makedirs(path)
+    return path
+
+
+def cuda_devices_sorted_by_free_mem() -> list[int]:
+    """The CUDA device numbers by increasing free memory (the last has the most); [] without
+    CUDA. chgnet asks NVML; this asks torch (``torch.cuda.mem_get_info``)."""
+    if not torch.cuda.is_available():
+        return []
+    free = [torch.cuda.mem_get_info(index)[0] for index in range(torch.cuda.device_count())]
+    return sorted(range(len(free)), key=free.__getitem__)
+
+
 __all__ = [
+    "AverageMeter",
+    "cuda_devices_sorted_by_free_mem",
     "determine_device",
+    "mae",
+    "mkdir",
     "parse_vasp_dir",
     "read_json",
     "solve_charge_by_mag",
