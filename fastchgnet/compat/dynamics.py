@@ -31,6 +31,8 @@ from fastchgnet.compat.model import CHGNet, as_compat_model, determine_device, u
 from fastchgnet.md.calculator import Calculator, as_atoms
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
 
+#: chgnet's optimizer names that StructOptimizer does not take (ASE's SciPy wrappers)
+NOT_OFFERED = ("SciPyFminCG", "SciPyFminBFGS")
 #: chgnet.model.dynamics names defined in other compat modules (they import this one)
 ELSEWHERE = {
     "CrystalFeasObserver": "fastchgnet.compat.molecular_dynamics",
@@ -187,6 +189,11 @@ class StructOptimizer:
         on_isolated_atoms: str = "warn",
     ) -> None:
         if isinstance(optimizer_class, str):
+            if optimizer_class in NOT_OFFERED:
+                raise ValueError(
+                    f"optimizer_class={optimizer_class!r} (chgnet's) is not supported in "
+                    f"fastchgnet.compat; use one of {list(OPTIMIZERS)}"
+                )
             if optimizer_class not in OPTIMIZERS:
                 raise ValueError(
                     f"Optimizer {optimizer_class!r} not found. Select from {list(OPTIMIZERS)}"
