@@ -70,3 +70,34 @@ def test_a_state_dict_as_model_is_called_a_state_dict_with_how_to_load_it(tmp_pa
     assert f"weights.pt: a state dict ({len(model.state_dict())} tensors, no model settings)" in err
     assert "load_state_dict" in err
     assert "load_model_file" not in err
+
+
+@pytest.mark.parametrize("change", ["shape", "missing", "extra"])
+def test_weights_that_do_not_fit_their_architecture_are_a_one_line_error(
+    tmp_path, capsys, model, change
+):
+    # a checksummed file whose weights do not fit its config: load_state_dict's traceback
+    from fastchgnet.files import write_checksummed
+    from fastchgnet.model.io import FORMAT, FORMAT_VERSION
+
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    name = next(iter(weights))
+    if change == "shape":
+        weights[name] = torch.zeros(3, 3)
+    elif change == "missing":
+        del weights[name]
+    else:
+        weights["stray.weight"] = torch.zeros(1)
+    path = tmp_path / "m.pt"
+    write_checksummed(path, {"config": model.config.to_dict(), "weights": weights}, FORMAT,
+                      FORMAT_VERSION)  # fmt: skip
+    structure = tmp_path / "a.cif"
+    from pymatgen.core import Lattice, Structure
+
+    Structure(Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5] * 3]).to(filename=str(structure))
+    assert main(["predict", str(structure), "--model", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"{path}: the weights do not fit the architecture" in err
+    word = {"shape": "of another shape", "missing": "missing", "extra": "not in the architecture"}
+    assert f"1 {word[change]} (first: {'stray.weight' if change == 'extra' else name}" in err

@@ -49,7 +49,10 @@ def load_model(
         if str(error).endswith(f"not a {FORMAT} file"):  # readable, but someone else's
             raise ChecksumError(f"{error} ({how_to_load(path)})") from None
         raise
-    model = load_weights(cls(ModelConfig.from_saved(payload["config"])), payload["weights"])
+    try:
+        model = load_weights(cls(ModelConfig.from_saved(payload["config"])), payload["weights"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return model.to(device).eval()
 
 
@@ -60,8 +63,35 @@ def load_weights(model: FastCHGNet, weights: dict[str, torch.Tensor]) -> FastCHG
     dtypes = {weight.dtype for weight in weights.values() if weight.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
+    check_weights_fit(model.state_dict(), weights)
     model.load_state_dict(weights)
     return model
+
+
+def check_weights_fit(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
+    """Raise ValueError (one line) where ``weights`` do not fit the state dict ``expected``
+    of the architecture their file names: names missing or extra, or another shape (the
+    first of each named), instead of load_state_dict's many-line RuntimeError."""
+    missing = [name for name in expected if name not in weights]
+    extra = [name for name in weights if name not in expected]
+    shapes = [
+        f"{name} {tuple(weights[name].shape)} where the architecture has {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in weights and weights[name].shape != tensor.shape
+    ]
+    problems = [
+        f"{len(found)} {what} (first: {found[0]})"
+        for found, what in (
+            (missing, "missing"),
+            (extra, "not in the architecture"),
+            (shapes, "of another shape"),
+        )
+        if found
+    ]
+    if problems:
+        raise ValueError(
+            "the weights do not fit the architecture their file names: " + "; ".join(problems)
+        )
 
 
 def file_format(path: str | Path) -> str | None:
