@@ -64,3 +64,18 @@ def test_predict_reads_an_ase_file_whose_name_holds_an_at_sign(tmp_path, model):
     write(str(source), [as_atoms(ROCKSALT)])
     assert main(["predict", str(source), "-o", str(out)]) == 0
     assert [r["name"] for r in json.loads(out.read_text())] == [f"{Path(source).name}[0]"]
+
+
+def test_predict_over_several_files_skips_one_it_cannot_read_and_names_it(tmp_path, capsys, model):
+    # one empty file among several wrote nothing at all
+    good, empty, out = tmp_path / "a.cif", tmp_path / "empty.cif", tmp_path / "out.json"
+    ROCKSALT.to(filename=str(good))
+    empty.write_text("")
+    assert main(["predict", str(empty), str(good), "-o", str(out)]) == 1
+    assert [r["name"] for r in json.loads(out.read_text())] == ["a.cif"]
+    err = capsys.readouterr().err
+    assert f"fastchgnet predict: skipped file {empty}" in err
+    out.unlink()
+    assert main(["predict", str(empty), str(tmp_path / "missing.cif"), "-o", str(out)]) == 1
+    assert "none of the 2 files can be read (the first: " in capsys.readouterr().err
+    assert not out.exists()

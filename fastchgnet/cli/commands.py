@@ -30,15 +30,13 @@ from fastchgnet.cli.inputs import (
     STRUCTURES_HELP,
     DefaultsFormatter,
     add_model_arguments,
-    check_frames_file,
-    check_output_file,
     load_model,
     read_structures,
-    refuse_existing,
     screen_structures,
     structure_label,
 )
 from fastchgnet.cli.md import add_commands as add_md_commands
+from fastchgnet.cli.output_files import check_frames_file, check_output_file, refuse_existing
 from fastchgnet.errors import StructureError
 
 
@@ -50,7 +48,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         refuse_existing(args.output, "-o", args.overwrite)
         check_predictions_file(args.output)
     model = load_model(args.model, args.precision, args.device)
-    structures = read_structures(args.structures)
+    structures = read_structures(args.structures, unread := [])
+    for problem in unread:  # a file of several that cannot be read: the others run
+        print(f"fastchgnet predict: skipped file {problem}", file=sys.stderr)
     graphs = screen_structures(model.config, structures, "predict", "predicted")
     good = [index for index, graph in enumerate(graphs) if graph is not None]
     potential = model
@@ -81,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         return 128 + signum
     write_predictions(args.output, structures, finished, new=not args.overwrite)
-    return 1 if len(good) < len(structures) else 0
+    return 1 if len(good) < len(structures) or unread else 0
 
 
 def predicted_frame(structure: Any, prediction: dict[str, Any]) -> Any:

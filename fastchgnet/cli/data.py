@@ -127,7 +127,7 @@ def run_stats(args: argparse.Namespace) -> None:
 
 def run_synth(args: argparse.Namespace) -> None:
     """Write the synthetic labelled set and print a summary."""
-    from fastchgnet.cli.inputs import check_frames_file
+    from fastchgnet.cli.output_files import check_frames_file
     from fastchgnet.data.reference_labels import synth
 
     if args.n < 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -22,13 +21,15 @@ STRUCTURES_HELP = (
 )
 
 
-def read_structures(paths: list[str]) -> list[Any]:
+def read_structures(paths: list[str], skipped: list[str] | None = None) -> list[Any]:
     """Read every structure in CIF (every data block) or POSCAR files (pymatgen), or extxyz,
     vasprun.xml, OUTCAR, XDATCAR, traj and the other files ASE reads (every frame, every ionic
     step), each named by its file (the path as given where two files share a name) and its
     index in a file of several (a frame of several carrying a ``label`` or ``name`` is named by
     it and its index: ``label[i]``). ``FILE@INDEX`` takes some of a file's structures, with
     ASE's index syntax: ``traj.extxyz@-1`` the last, ``@0:10``, ``@::5`` (names keep the index).
+    With a ``skipped`` list and several paths, a file that cannot be read adds its reason
+    there and the others are read (a ValueError where none can be).
 
     Raises:
         FileNotFoundError: a path is not a file.
@@ -40,25 +41,35 @@ def read_structures(paths: list[str]) -> list[Any]:
     names = [Path(name).name for name, _ in chosen]
     structures: list[Any] = []
     for (name, selection), given in zip(chosen, paths, strict=True):
-        path = Path(name)
-        if path.is_dir():
-            raise ValueError(f"{path}: is a folder; name the structure files in it")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
         # runA/POSCAR and runB/POSCAR: the names as given tell the results apart
-        base = name if names.count(path.name) > 1 else path.name
-        found = None if _several_frames(path) else _pymatgen_structures(path)
-        if found is not None:
-            for index, structure in enumerate(found):
-                label = base if len(found) == 1 else f"{base}[{index}]"
-                structure.properties["label"] = label
-        else:
-            found = _ase_frames(path, base)
-        picked = found[selection] if isinstance(selection, slice) else _one(found, selection, given)
-        if not picked:
-            raise ValueError(f"{given}: selects none of the {len(found)} structures in {path}")
-        structures.extend(picked)
+        base = name if names.count(Path(name).name) > 1 else Path(name).name
+        try:
+            structures.extend(_read_file(Path(name), base, selection, given))
+        except (FileNotFoundError, ValueError) as error:
+            if skipped is None or len(paths) == 1:
+                raise
+            skipped.append(str(error))
+    if skipped and not structures:
+        raise ValueError(f"none of the {len(paths)} files can be read (the first: {skipped[0]})")
     return structures
+
+
+def _read_file(path: Path, base: str, selection: slice | int, given: str) -> list[Any]:
+    """``read_structures``' structures of one file ``given`` (``path`` and ``selection``)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; name the structure files in it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    found = None if _several_frames(path) else _pymatgen_structures(path)
+    if found is not None:
+        for index, structure in enumerate(found):
+            structure.properties["label"] = base if len(found) == 1 else f"{base}[{index}]"
+    else:
+        found = _ase_frames(path, base)
+    picked = found[selection] if isinstance(selection, slice) else _one(found, selection, given)
+    if not picked:
+        raise ValueError(f"{given}: selects none of the {len(found)} structures in {path}")
+    return picked
 
 
 def _selection(name: str) -> tuple[str, slice | int]:
@@ -157,33 +168,6 @@ def _pymatgen_structures(path: Path) -> list[Any] | None:
     return found
 
 
-def check_output_file(path: str, option: str, example: str) -> None:
-    """Raise ValueError (one line, naming ``option`` and ``path``) when a file cannot be
-    written at ``path``: it is a folder, or its folder does not exist (``example``: a file
-    name to suggest)."""
-    where = Path(path)
-    if where.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; name a file in it, such as {example}")
-    if not where.parent.is_dir():
-        raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
-
-
-def refuse_existing(path: str | None, option: str, overwrite: bool) -> None:
-    """Raise ValueError (one line, naming ``option`` and ``path``) when a file is at ``path``
-    and ``overwrite`` is off (it holds an earlier run's results), and whatever ``overwrite``
-    says when a FIFO, device or dangling link is there. None (not given) passes."""
-    if path is None or not os.path.lexists(path) or Path(path).is_dir():  # a folder: later
-        return
-    if not Path(path).is_file():
-        raise ValueError(f"{option} {path}: is there and is not a regular file; name a file")
-    if overwrite:
-        return
-    raise ValueError(
-        f"{option} {path}: exists already (an earlier run's results); pass --overwrite to "
-        f"replace it, or choose another {option}"
-    )
-
-
 def structure_label(structure: Any) -> str:
     """The name ``read_structures`` gave a structure (its file, and index in the file)."""
     props = getattr(structure, "properties", None) or getattr(structure, "info", None) or {}
@@ -230,50 +214,6 @@ def screen_structures(
     if len(problems) == len(structures):
         raise ValueError(f"none of the {len(structures)} structures can be {verb}")
     return built
-
-
-#: formats that keep every frame's ``info`` (a structure's name, ``converged``, ``steps``)
-#: and its calculator's results: ASE's json (a database) or cif would drop them unsaid
-LABELLED_FORMATS = ("extxyz", "traj")
-
-
-def check_frames_file(
-    path: str, option: str, several: bool, append: bool = False, labelled: bool = False
-) -> None:
-    """Raise ValueError (one line, naming ``option`` and ``path``) when the frames a command
-    will write cannot go there: a folder, a folder that does not exist, a name ASE cannot tell
-    a format from, a format it only reads, a one-structure format (POSCAR, images) for
-    ``several`` frames, with ``append`` (MD writes frame by frame) a format ASE cannot append
-    to, or with ``labelled`` one that drops the frames' info and results (``LABELLED_FORMATS``
-    keep them). The commands call this before they run, so that a run is not lost at its end."""
-    from ase.io.formats import filetype, ioformats
-
-    check_output_file(path, option, "out.extxyz")
-    try:
-        name = filetype(path, read=False)
-    except Exception:  # ASE raises UnknownFileTypeError or KeyError for unknown suffixes
-        raise ValueError(
-            f"{option} {path}: ASE cannot tell a file format from this name; give it a suffix "
-            "such as .extxyz or .traj"
-        ) from None
-    writer = ioformats.get(name)
-    if writer is None or not writer.can_write:
-        raise ValueError(f"{option} {path}: ASE cannot write {name} files; use .extxyz or .traj")
-    if several and writer.single:
-        raise ValueError(
-            f"{option} {path}: a {name} file holds one structure, and this writes several; "
-            "use .extxyz or .traj"
-        )
-    if labelled and name not in LABELLED_FORMATS:
-        raise ValueError(
-            f"{option} {path}: a {name} file would drop each frame's name, convergence, "
-            "steps and results; use .extxyz or .traj"
-        )
-    if append and name != "traj" and not (writer.acceptsfd or writer.can_append):
-        raise ValueError(
-            f"{option} {path}: ASE cannot add frames to a {name} file one by one; use .extxyz "
-            "or .traj"
-        )
 
 
 class DefaultsFormatter(argparse.HelpFormatter):

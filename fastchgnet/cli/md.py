@@ -23,9 +23,9 @@ from fastchgnet.cli.inputs import (
     STRUCTURES_HELP,
     DefaultsFormatter,
     add_model_arguments,
-    refuse_existing,
     structure_label,
 )
+from fastchgnet.cli.output_files import check_frames_file, check_output_file, refuse_existing
 from fastchgnet.md.settings import THERMOSTATS
 
 RELAX_EPILOG = "example: fastchgnet relax a.cif b.vasp -o relaxed.extxyz --fmax 0.05"
@@ -166,12 +166,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    from fastchgnet.cli.inputs import (
-        check_frames_file,
-        load_model,
-        read_structures,
-        screen_structures,
-    )
+    from fastchgnet.cli.inputs import load_model, read_structures, screen_structures
     from fastchgnet.data.graph import structure_name
     from fastchgnet.files import write_frames_atomic
     from fastchgnet.md.calculator import first_neighbours
@@ -181,7 +176,9 @@ def cmd_relax(args: argparse.Namespace) -> int:
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     refuse_existing(args.output, "-o", args.overwrite)
     refuse_existing(args.trajectory, "--trajectory", args.overwrite)
-    structures = read_structures(args.structures)
+    structures = read_structures(args.structures, unread := [])
+    for problem in unread:  # a file of several that cannot be read: the others run
+        print(f"fastchgnet relax: skipped file {problem}", file=sys.stderr)
     several = len(structures) > 1  # one may go to a CIF or POSCAR; several need their names
     check_frames_file(args.output, "-o", several=several, labelled=several)
     if args.trajectory is not None:
@@ -244,7 +241,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
             f"{args.steps}",
             file=sys.stderr,
         )
-    return 1 if unconverged or len(good) < len(structures) else 0
+    return 1 if unconverged or len(good) < len(structures) or unread else 0
 
 
 def relaxed_frames(structures: list[Any], results: dict[int, Any], quiet: bool) -> list[Any]:
@@ -266,12 +263,7 @@ def relaxed_frames(structures: list[Any], results: dict[int, Any], quiet: bool) 
 
 
 def cmd_md(args: argparse.Namespace) -> int:
-    from fastchgnet.cli.inputs import (
-        check_frames_file,
-        check_output_file,
-        load_model,
-        read_structures,
-    )
+    from fastchgnet.cli.inputs import load_model, read_structures
     from fastchgnet.md.outputs import MDInterrupted
     from fastchgnet.md.settings import checked_integrator
     from fastchgnet.signals import stop_signals
