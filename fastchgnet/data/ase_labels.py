@@ -8,6 +8,7 @@ results, then ``atoms.info``/``atoms.arrays``, then an ASE-db row's key-value pa
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from fastchgnet.data.frame import (
     ase_material_id,
     implausible_labels,
     periodic_structure,
+    unreadable_frame,
 )
 from fastchgnet.units import EV_PER_A3_TO_GPA
 
@@ -213,14 +215,26 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
     ``material_id``/``frame_id`` as ``read_ase``.
 
     Raises:
-        ValueError: a named key is not in the first frame, or a frame ASE cannot read (naming
-            the file). A frame with unreadable or implausible labels is yielded with a
-            ``problem`` (``frame_from_atoms``).
+        ValueError: a named key is not in the first frame, or ASE cannot read the first frame
+            (naming the file). A frame with unreadable or implausible labels is yielded with
+            a ``problem`` (``frame_from_atoms``), and so is a later frame ASE cannot read (a
+            truncated file's last): the frames before it are kept, the file's rest is not read.
     """
     labels = labels or AseLabels()
     path = Path(path)
     stem = path.stem
-    for position, atoms in enumerate(_images(path)):
+    images = _images(path)
+    for position in itertools.count():
+        try:
+            atoms = next(images)
+        except StopIteration:
+            return
+        except ValueError as error:  # ASE cannot read this frame: after the first, keep those
+            if position == 0:
+                raise
+            problem = f"{error}; the frames after it are not read"
+            yield unreadable_frame(stem, f"{stem}-{position}", problem)
+            return
         if position == 0:
             chosen = [getattr(labels, t) for t in ("energy", "forces", "stress", "magmoms")
                       if getattr(labels, t) != getattr(AseLabels, t)]  # fmt: skip

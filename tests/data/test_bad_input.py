@@ -206,17 +206,24 @@ def test_stats_says_in_one_line_that_a_file_has_no_labels(tmp_path, capsys):
 
 
 def test_a_frame_ase_cannot_read_is_named_with_the_file(tmp_path, capsys):
-    """An info stress of length 3 used to give ASE's message without file or frame."""
+    """An info stress of length 3 used to give ASE's message without file or frame; the
+    frames before it are kept, and it is reported as unusable (the rest is not read)."""
     source = _extxyz(tmp_path, "f.extxyz")
     lines = source.read_text().splitlines()
     second = [i for i, line in enumerate(lines) if line.startswith("Lattice=")][1]
     lines[second] = lines[second].replace("Lattice=", 'stress="0.0 0.0 0.0" Lattice=')
     source.write_text("\n".join(lines) + "\n")
+    code, out, _ = _run(capsys, "stats", str(source))
+    assert code == 0
+    assert "unusable (conversion skips them): 1" in out
+    assert f"{source}: ASE cannot read frame 1 (f-1): Got info item stress" in out
+    assert "the frames after it are not read" in out
+    lines = source.read_text().splitlines()
+    lines[0] = "not a count"  # the first frame: nothing read, the file is refused
+    source.write_text("\n".join(lines) + "\n")
     code, _, err = _run(capsys, "stats", str(source))
     assert code == 1
-    assert f"{source}: ASE cannot read frame 1 (f-1): Got info item stress" in _one_line_error(
-        err, "stats"
-    )
+    assert f"{source}: ASE cannot read frame 0 (f-0)" in _one_line_error(err, "stats")
 
 
 @pytest.mark.parametrize("size", ["0", "-5"])

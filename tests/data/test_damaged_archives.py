@@ -36,3 +36,18 @@ def test_a_damaged_archive_is_a_one_line_error_naming_it(tmp_path, capsys, kind,
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if "error:" in line]  # beside a progress bar
     assert f"{path}: not a readable" in line
+
+
+def test_a_truncated_extxyz_keeps_its_frames_before_the_cut_and_reports_the_rest(tmp_path):
+    # the whole conversion failed: 0 frames converted
+    from fastchgnet.data.cache import GraphDataset
+
+    plain = tmp_path / "f.extxyz"
+    write(str(plain), [as_atoms(rock_salt(k)) for k in range(6)])
+    text = plain.read_text()
+    plain.write_text(text[: int(len(text) * 0.9)])  # the last frame cut short
+    assert main(["data", "convert", str(plain), "-o", str(tmp_path / "cache")]) == 0
+    assert len(GraphDataset(tmp_path / "cache")) == 5
+    skipped = (tmp_path / "cache" / "skipped.json").read_text()
+    assert "ASE cannot read frame 5" in skipped
+    assert "the frames after it are not read" in skipped
