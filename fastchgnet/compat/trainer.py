@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastchgnet.compat.model import CHGNet, unsupported
+from fastchgnet.compat.model import CHGNet, is_reference_model, unsupported
 from fastchgnet.compat.training import StructureData, StructureLoader
 from fastchgnet.compat.utils import AverageMeter, determine_device, mae, write_json
 from fastchgnet.data.split import tag_split
@@ -117,6 +117,11 @@ class Trainer:
         for failed, what, instead in checks:
             if failed:
                 raise unsupported(what, instead)
+        if is_reference_model(model):  # trained in place: a converted copy would leave it as is
+            raise TypeError(
+                "Trainer(model=...) is a chgnet CHGNet; it trains its model in place, so give "
+                "it a fastchgnet.compat CHGNet: CHGNet.from_dict(model.as_dict())"
+            )
         known = {"delta", "weight_decay", "scheduler_params"}
         if set(kwargs) - known:
             raise unsupported(f"Trainer options {sorted(set(kwargs) - known)}", "see TrainConfig")

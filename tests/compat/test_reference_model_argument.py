@@ -51,3 +51,10 @@ def test_relaxation_md_and_eos_take_a_chgnet_model(reference_model, limno2):
     md.run(2)
     assert isinstance(md.atoms.calc.model, CHGNet)
     assert isinstance(EquationOfState(model=reference_model, use_device="cpu").model, CHGNet)
+
+
+def test_the_trainer_refuses_a_chgnet_model_it_could_not_train_in_place(reference_model):
+    from fastchgnet.compat import Trainer
+
+    with pytest.raises(TypeError, match=r"CHGNet\.from_dict\(model\.as_dict\(\)\)"):
+        Trainer(model=reference_model, epochs=1)
