@@ -140,6 +140,9 @@ def run_md(
     )
     if starting_temperature is not None and starting_temperature < 0:
         raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
+    for what, path in (("trajectory", trajectory), ("logfile", logfile)):  # before the model
+        if path is not None and path != "-" and not Path(path).parent.is_dir():
+            raise FileNotFoundError(f"{what} {path}: the folder {Path(path).parent} does not exist")
     if model is None:
         from fastchgnet.model.chgnet import FastCHGNet
 

@@ -66,3 +66,16 @@ def test_md_command_refuses_settings_its_integrator_does_not_use(tmp_path, capsy
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("fastchgnet md: error: ")
     assert not (tmp_path / "md.extxyz").exists()
+
+
+@pytest.mark.parametrize("option", ["trajectory", "logfile"])
+def test_run_md_names_a_missing_output_folder_before_it_loads_or_runs_anything(
+    tmp_path, option, monkeypatch
+):
+    # a bare FileNotFoundError came after the model load, the compile decision and a step
+    from fastchgnet.md import dynamics
+
+    monkeypatch.setattr(dynamics, "as_atoms", lambda *a: pytest.fail("the run started"))
+    path = tmp_path / "nodir" / "x.traj"
+    with pytest.raises(FileNotFoundError, match=f"{option} {path}: the folder .*nodir does not"):
+        dynamics.run_md(bulk("Cu"), object(), steps=2, **{option: path})
