@@ -130,6 +130,8 @@ def run_md(
         The final Atoms (positions, momenta, cell), its calculator holding the last results.
 
     Raises:
+        FileNotFoundError: the folder of ``trajectory`` or ``logfile`` does not exist (before
+            anything runs).
         MDInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run: the step
             reached and the frames written (the trajectory is complete up to them).
     """
