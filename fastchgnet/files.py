@@ -175,7 +175,9 @@ def read_checksummed(
     try:
         wrapper = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's own text would advise weights_only=False: not here
-        reason = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else exc
+        # torch's own text: weights_only advice, or a bare key of its reader ("101" for text)
+        cryptic = isinstance(exc, (pickle.UnpicklingError, KeyError, EOFError))
+        reason = "not a torch file, or a truncated one" if cryptic else exc
         first = str(reason).splitlines()[0] if str(reason) else type(exc).__name__
         raise ChecksumError(f"{path}: not a readable {kind} file ({first})") from exc
     if not isinstance(wrapper, dict) or wrapper.get("format") != kind:

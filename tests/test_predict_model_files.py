@@ -101,3 +101,13 @@ def test_weights_that_do_not_fit_their_architecture_are_a_one_line_error(
     assert f"{path}: the weights do not fit the architecture" in err
     word = {"shape": "of another shape", "missing": "missing", "extra": "not in the architecture"}
     assert f"1 {word[change]} (first: {'stray.weight' if change == 'extra' else name}" in err
+
+
+def test_a_text_file_loaded_as_a_model_says_what_it_is_not(tmp_path):
+    # torch's reader gave a bare KeyError '101': "not a readable ... file (101)"
+    from fastchgnet import FastCHGNet
+
+    path = tmp_path / "m.txt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match=r"m\.txt: not a readable .* \(not a torch file, or a"):
+        FastCHGNet.load(path)
