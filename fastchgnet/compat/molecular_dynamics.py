@@ -27,7 +27,7 @@ from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
-from fastchgnet.md.settings import check_numbers, check_pressure
+from fastchgnet.md.settings import check_numbers, check_pressure, check_thermostat_start
 from fastchgnet.model.potential import EagerPotential
 
 
@@ -239,6 +239,7 @@ class MolecularDynamics:
 
     def run(self, steps: int) -> None:
         """Run ``steps`` MD steps (frames and log lines every ``loginterval``)."""
+        check_thermostat_start(self.dyn, self.atoms)
         if not self._compile_chosen:
             self._compile_chosen = True
             check = self._compile(steps)

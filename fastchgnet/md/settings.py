@@ -116,3 +116,19 @@ def check_pressure(pressure: Any, *, voigt: bool = False) -> None:
         raise ValueError(f"need pressure as {form} in GPa, got shape {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError(f"need a finite pressure, got {pressure}")
+
+
+def check_thermostat_start(dyn: Any, atoms: Any) -> None:
+    """Raise ValueError (one line) where a Berendsen thermostat (NVT or NPT) with a target of
+    0 K would start from atoms at rest: ASE scales the velocities by the square root of target
+    over current temperature, 0 / 0, and every position becomes NaN after the first step (the
+    reference's MD gives NaN positions unsaid). From rest towards a target above 0 K, ASE's
+    clipped scaling is harmless."""
+    from ase.md.nvtberendsen import NVTBerendsen
+
+    at_rest = not atoms.get_momenta().any()
+    if isinstance(dyn, NVTBerendsen) and dyn.temperature == 0 and at_rest:
+        raise ValueError(
+            "a Berendsen thermostat at 0 K cannot start from atoms at rest (ASE divides 0 K by "
+            "0 K): give a starting temperature above 0 K, or relax the structure instead"
+        )

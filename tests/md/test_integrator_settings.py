@@ -79,3 +79,18 @@ def test_run_md_names_a_missing_output_folder_before_it_loads_or_runs_anything(
     path = tmp_path / "nodir" / "x.traj"
     with pytest.raises(FileNotFoundError, match=f"{option} {path}: the folder .*nodir does not"):
         dynamics.run_md(bulk("Cu"), object(), steps=2, **{option: path})
+
+
+def test_the_compat_md_refuses_a_berendsen_quench_from_rest_not_nan(model):
+    # ASE's Berendsen scaling is 0 K / 0 K: every position NaN after the first step, then
+    # "non-finite coordinates or lattice", which did not name the cause (run_md refuses a
+    # Berendsen target of 0 K itself)
+    from fastchgnet.compat import MolecularDynamics
+
+    md = MolecularDynamics(bulk("Cu", cubic=True), model=model, ensemble="nvt",
+                           thermostat="Berendsen", temperature=0, compiled=False)  # fmt: skip
+    with pytest.raises(ValueError, match="Berendsen thermostat at 0 K cannot start from atoms"):
+        md.run(2)
+    heated = MolecularDynamics(bulk("Cu", cubic=True), model=model, ensemble="nvt",
+                               thermostat="Berendsen", temperature=300, compiled=False)  # fmt: skip
+    heated.run(1)  # from rest to 300 K: ASE's clipped scaling, as the reference runs it
