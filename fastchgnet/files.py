@@ -73,7 +73,7 @@ def put_new(tmp: Path, path: Path) -> None:
     """Move the finished ``tmp`` to ``path`` only if no file is there (a hard link, which
     fails where one is; a rename after a check where the file system has no hard links).
     Where another process wrote ``path`` meanwhile, ``tmp`` is kept beside it as
-    ``<stem>.<pid><suffix>`` and FileExistsError names both."""
+    ``<stem>.<pid><suffixes>`` and FileExistsError names both."""
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -85,7 +85,9 @@ def put_new(tmp: Path, path: Path) -> None:
     else:
         tmp.unlink()
         return
-    kept = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
+    suffixes = "".join(path.suffixes)  # out.extxyz.gz -> out.<pid>.extxyz.gz: still readable
+    stem = path.name[: len(path.name) - len(suffixes)] if suffixes else path.name
+    kept = path.with_name(f"{stem}.{os.getpid()}{suffixes}")
     os.replace(tmp, kept)
     raise FileExistsError(
         f"{path}: another process wrote it while this one ran; this run's results are in {kept}"

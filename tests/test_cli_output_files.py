@@ -79,3 +79,18 @@ def test_predict_over_several_files_skips_one_it_cannot_read_and_names_it(tmp_pa
     assert main(["predict", str(empty), str(tmp_path / "missing.cif"), "-o", str(out)]) == 1
     assert "none of the 2 files can be read (the first: " in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_compressed_output_kept_beside_another_runs_file_stays_readable(tmp_path):
+    # out.extxyz.gz was kept as out.extxyz.<pid>.gz, a name ASE finds no format in
+    from ase.build import bulk
+    from ase.io import read
+
+    from fastchgnet.files import write_frames_atomic
+
+    path = tmp_path / "out.extxyz.gz"
+    path.write_bytes(b"the other run's")
+    with pytest.raises(FileExistsError, match=f"out.{os.getpid()}.extxyz.gz"):
+        write_frames_atomic(path, [bulk("Cu")], new=True)
+    (kept,) = read(tmp_path / f"out.{os.getpid()}.extxyz.gz", index=":")
+    assert kept.get_chemical_symbols() == ["Cu"]

@@ -73,10 +73,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         signum = stop_signal(stop)
         if signum is None:
             raise
-        write_predictions(args.output, structures, finished, new=not args.overwrite)
+        try:  # the signal's exit code either way
+            write_predictions(args.output, structures, finished, new=not args.overwrite)
+            where = args.output or "stdout"
+        except FileExistsError as error:  # another run wrote -o meanwhile: this one's beside
+            where = str(error)
         print(
             f"predict interrupted: {len(finished)} of {len(structures)} structures predicted, "
-            f"written to {args.output or 'stdout'}",
+            f"written to {where}",
             file=sys.stderr,
         )
         return 128 + signum
