@@ -272,16 +272,15 @@ class DeepSpeedEngine:
     def gradients(self) -> list[Tensor]:
         """The gradients ``backward`` left on this rank: the parameters' (ZeRO 0, all-reduced),
         or under ZeRO >= 1 this rank's reduced partition of them (DeepSpeed's optimiser holds
-        it, and its backward has set every parameter's ``grad`` to None)."""
-        if self.zero_stage == 0:
-            return [p.grad for p in self.params if p.grad is not None]
+        it, and its backward has set every parameter's ``grad`` to None). Where DeepSpeed
+        keeps none there (optimiser offload to the CPU), what the parameters hold: DeepSpeed's
+        own overflow check then skips a non-finite step, which ``TrainStep`` counts as finite."""
+        own = [p.grad for p in self.params if p.grad is not None]
         partitions = getattr(self.optimizer, "averaged_gradients", None)
-        if not isinstance(partitions, dict):
-            raise RuntimeError(
-                "this DeepSpeed's ZeRO optimiser keeps no averaged_gradients: the training "
-                "step cannot see its gradients to skip a non-finite one"
-            )
-        return [g for group in partitions.values() for g in group or () if g is not None]
+        if self.zero_stage == 0 or not isinstance(partitions, dict):
+            return own  # (a DeepSpeed optimiser without partitions, e.g. its BF16_Optimizer)
+        reduced = [g for group in partitions.values() for g in group or () if g is not None]
+        return reduced or own  # none with optimiser offload: DeepSpeed's own check remains
 
     def replicas_in_sync(self) -> bool:
         """Whether every rank holds bit-identical parameters (sha256 of their bytes; a

@@ -159,3 +159,21 @@ def test_a_finite_loss_with_non_finite_gradients_is_skipped_and_counted_under_ze
     line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
     seen = json.loads(line.split(" ", 1)[1])
     assert seen == {"deepspeed.json": [0, 1, True], "deepspeed_zero1.json": [0, 1, True]}
+
+
+def test_zero1_gradients_fall_back_to_the_parameters_where_deepspeed_keeps_no_slice():
+    # DeepSpeed's BF16_Optimizer has no averaged_gradients (every rank raised at its first
+    # step), and with optimiser offload the dict stays empty
+    from types import SimpleNamespace
+
+    from fastchgnet.train.engine import DeepSpeedEngine
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    weight.grad = torch.tensor([1.0, float("nan")])
+    for optimizer in (SimpleNamespace(), SimpleNamespace(averaged_gradients={})):
+        engine = SimpleNamespace(zero_stage=1, params=[weight], optimizer=optimizer)
+        assert DeepSpeedEngine.gradients(engine) == [weight.grad]
+    sliced = SimpleNamespace(averaged_gradients={0: [torch.zeros(3), None]})
+    engine = SimpleNamespace(zero_stage=1, params=[weight], optimizer=sliced)
+    (only,) = DeepSpeedEngine.gradients(engine)
+    assert only.shape == (3,)
