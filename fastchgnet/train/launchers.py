@@ -6,7 +6,7 @@ Slurm: ``srun python launcher/train.py`` (and ``deepspeed --launcher slurm``, wh
 starts each task with Slurm's variables only. ``slurm_torch_variables`` sets the torch ones
 from them before the process group starts: the rank and local rank of the task, the step's
 task count, and rank 0's host (the first node of the step's node list, where a block
-distribution puts task 0) with a port derived from the job id, unless MASTER_ADDR /
+distribution puts task 0) with a port derived from the job and step ids, unless MASTER_ADDR /
 MASTER_PORT are set. No torch import here: the command line reads these before it loads
 anything.
 """
@@ -42,8 +42,9 @@ LOCAL_SIZE_VARIABLES = (
     "MV2_COMM_WORLD_LOCAL_SIZE",
     "MPI_LOCALNRANKS",
 )
-#: MASTER_PORT of a Slurm step that sets none: this plus the job id modulo ``SLURM_PORT_SPAN``
-#: (two jobs sharing a node rarely collide; set MASTER_PORT where they do)
+#: MASTER_PORT of a Slurm step that sets none: this plus (the job id + 97 x the step id) modulo
+#: ``SLURM_PORT_SPAN`` (two jobs or steps sharing a node rarely collide; set MASTER_PORT where
+#: they do)
 SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 20000
 
 
@@ -120,7 +121,8 @@ def slurm_torch_variables() -> None:
             "the host of task 0"
         )
     os.environ.setdefault("MASTER_ADDR", first_host(nodes or ""))
-    job = int(os.environ.get("SLURM_JOB_ID", "0"))
+    # the job and step ids: two steps of one allocation (``srun ... &``) take two ports
+    job = int(os.environ.get("SLURM_JOB_ID", "0")) + 97 * int(os.environ.get("SLURM_STEP_ID", "0"))
     os.environ.setdefault("MASTER_PORT", str(SLURM_PORT_BASE + job % SLURM_PORT_SPAN))
     os.environ["RANK"], os.environ["WORLD_SIZE"] = os.environ[rank], os.environ[world]
     os.environ["LOCAL_RANK"] = os.environ.get(local, "0")

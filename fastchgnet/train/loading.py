@@ -29,7 +29,7 @@ from fastchgnet.data.sampler import BalancedBatchSampler, structure_costs
 from fastchgnet.data.split import split_by_frame_tail, split_by_material, split_by_tag
 from fastchgnet.signals import quiet_child
 from fastchgnet.train.config import DataConfig
-from fastchgnet.train.launchers import ranks_on_this_node
+from fastchgnet.train.launchers import LOCAL_SIZE_VARIABLES, ranks_on_this_node
 from fastchgnet.train.replay import replay_sample, replayed_mask
 
 #: The bundled quick-start set (fastchgnet/resources), made by ``fastchgnet data synth``.
@@ -308,12 +308,12 @@ def packing_inputs(
 def loader_workers(requested: int, device: torch.device | str) -> int:
     """DataLoader worker processes per rank: ``requested`` when >= 0; for -1 ("auto") none on
     a CPU (the step uses the cores) and on CUDA ``min(4, cores per local rank)``, collating
-    ahead of the GPU: the cores a scheduler bound this process to (Slurm's --cpus-per-task),
-    else the node's, shared by its ranks."""
+    ahead of the GPU: the cores this process may run on, shared by the ranks a launcher
+    started on the node, or the rank's own where a scheduler bound it (srun's tasks)."""
     if requested < 0 and torch.device(device).type == "cuda":
-        cores = usable_cores()
-        share = cores if cores < (os.cpu_count() or cores) else cores // ranks_on_this_node()
-        return min(4, max(1, share))
+        cores, launched = usable_cores(), any(n in os.environ for n in LOCAL_SIZE_VARIABLES)
+        shared = launched or cores >= (os.cpu_count() or 1)  # else the binding is the rank's
+        return min(4, max(1, cores // ranks_on_this_node() if shared else cores))
     return max(requested, 0)
 
 

@@ -156,6 +156,7 @@ def _slurm_task(monkeypatch, rank: int, tasks: int, **more: str) -> None:
         "SLURM_NTASKS": str(tasks),
         "SLURM_STEP_NODELIST": "gpu[07-09,12],cpu1",
         "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_ID": "5",
         "SLURM_STEP_TASKS_PER_NODE": "4(x2),3",
         "SLURM_NODEID": "0",
         **more,
@@ -182,7 +183,7 @@ def test_srun_tasks_know_they_are_several_and_get_the_torch_variables(no_launche
         "WORLD_SIZE": "11",
         "LOCAL_RANK": "3",
         "MASTER_ADDR": "gpu07",  # the step's first node, where task 0 runs
-        "MASTER_PORT": "19242",
+        "MASTER_PORT": str(15000 + (4242 + 97 * 5) % 20000),
     }
 
 

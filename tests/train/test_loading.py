@@ -29,10 +29,18 @@ def test_auto_workers_share_the_cores_among_local_ranks(monkeypatch):
 
 
 def test_auto_workers_fit_the_cores_a_scheduler_bound_the_rank_to(monkeypatch):
-    # os.cpu_count() is the node's: under Slurm --cpus-per-task=2 each of 8 ranks took 4
+    # os.cpu_count() is the node's: under Slurm --cpus-per-task=2 each of 8 srun tasks took 4
     # workers of its 2 cores
+    from fastchgnet.train.launchers import LOCAL_SIZE_VARIABLES
+
+    for name in LOCAL_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {8, 9}, raising=False)
+    monkeypatch.setenv("SLURM_STEP_TASKS_PER_NODE", "8")
+    assert loader_workers(-1, "cuda") == 2
+    # 8 ranks a launcher started inside one 16-core binding share it
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert loader_workers(-1, "cuda") == 2
 
