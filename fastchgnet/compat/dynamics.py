@@ -290,4 +290,5 @@ __all__ = [
     "all_changes",
     "all_properties",
     "determine_device",
+    *ELSEWHERE,
 ]

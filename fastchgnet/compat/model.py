@@ -36,6 +36,7 @@ from fastchgnet.model.reference import (
     CHECKPOINTS,
     checkpoint_path,
     config_from_reference,
+    is_reference_model,
     model_from_reference_dict,
 )
 
@@ -306,13 +307,6 @@ class CHGNet(ReferenceNames, FastCHGNet):
         # numpy arrays, ``e`` included (0-d), as the reference (torch.from_numpy takes them)
         results = [{k: np.asarray(v) for k, v in item.items() if k in keep} for item in results]
         return results[0] if len(results) == 1 else results
-
-
-def is_reference_model(model: Any) -> bool:
-    """Whether ``model`` is the reference package's ``chgnet.model.CHGNet`` (told by its class's
-    module, so asking needs no chgnet installed)."""
-    cls = type(model)
-    return cls.__name__ == "CHGNet" and cls.__module__.split(".")[0] == "chgnet"
 
 
 def as_compat_model(model: Any, device: str) -> Any:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fastchgnet.model.config import ModelConfig
+from fastchgnet.model.io import check_weights_fit
 
 if TYPE_CHECKING:
     from fastchgnet.model.chgnet import FastCHGNet
@@ -247,13 +248,18 @@ def model_from_reference_dict(
     model = cls(config)
     try:
         mapped = map_state_dict(state, config)
-        missing, unexpected = model.load_state_dict(mapped, strict=False)
-    except (KeyError, RuntimeError) as exc:
+        check_weights_fit(model.state_dict(), mapped)  # one line: names and shapes
+    except KeyError as exc:
         raise ValueError(f"{source}: weights do not fit the CHGNet architecture ({exc})") from exc
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: weights do not map onto FastCHGNet: missing {missing}, "
-            f"unexpected {unexpected}"
-        )
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    model.load_state_dict(mapped)
     model.eval()
     return model
+
+
+def is_reference_model(model: Any) -> bool:
+    """Whether ``model`` is the reference package's ``chgnet.model.CHGNet`` (told by its class's
+    module, so asking needs no chgnet installed)."""
+    cls = type(model)
+    return cls.__name__ == "CHGNet" and cls.__module__.split(".")[0] == "chgnet"

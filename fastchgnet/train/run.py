@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.model.loss import TARGETS
 from fastchgnet.signals import StopSignals
 from fastchgnet.train import collectives, compile_choice
 from fastchgnet.train.checkpoint import (
@@ -229,13 +230,12 @@ def check_select_metric(config: TrainConfig, val_labels: np.ndarray) -> None:
     """``optim.select_metric`` of a target that no validation structure has a label for is a
     ValueError (one line): no epoch would get a score, and early stopping would end the run
     after its patience. ``val_labels``: the validation split's (n, 4) label mask."""
-    metric = config.optim.select_metric
-    column = {"energy_mae": 0, "forces_mae": 1, "stress_mae": 2, "magmoms_mae": 3}.get(metric)
-    if column is None or not len(val_labels) or val_labels[:, column].any():
+    metric, target = config.optim.select_metric, config.optim.select_metric.removesuffix("_mae")
+    if target not in TARGETS or not len(val_labels) or val_labels[:, TARGETS.index(target)].any():
         return
     raise ValueError(
         f"config optim.select_metric={metric}: none of the {len(val_labels)} validation "
-        f"structures has a {metric.removesuffix('_mae')} label; choose loss or a target "
+        f"structures has a {target} label; choose loss or a target "
         "the validation data has"
     )
 

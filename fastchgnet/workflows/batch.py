@@ -24,6 +24,7 @@ from fastchgnet.model.potential import (
     is_structure,
     not_a_structure,
 )
+from fastchgnet.model.reference import is_reference_model
 
 #: structures -> ASE results (``energy`` eV, ``forces`` (n, 3) eV/Å, ``stress`` (6,) eV/Å^3)
 Evaluator = Callable[[Sequence[Any]], list[dict[str, Any]]]
@@ -115,7 +116,7 @@ def check_model(model: Any) -> None:
     (compat CHGNet included) or a ``Potential`` (an ASE calculator is taken before this)."""
     if isinstance(model, FastCHGNet | Potential):
         return
-    if type(model).__module__.startswith("chgnet."):  # the reference package's model
+    if is_reference_model(model):  # the reference package's model
         hint = (
             "; for the reference chgnet's model pass chgnet's CHGNetCalculator(model), or use "
             "FastCHGNet.from_reference()"
