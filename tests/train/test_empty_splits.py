@@ -67,3 +67,22 @@ def test_a_select_metric_without_validation_labels_is_refused_before_training():
     check_select_metric(config, np.vstack([no_magmoms, [[True, True, True, True]]]))
     check_select_metric(apply_overrides(TrainConfig(), []), no_magmoms)  # loss
     check_select_metric(config, no_magmoms[:0])  # no validation split: warned elsewhere
+
+
+def test_training_without_magmom_labels_refuses_magmoms_mae_before_its_first_step(tmp_path):
+    from fastchgnet.data.convert import convert
+    from fastchgnet.data.sources import gunzip_ase_file, read_frames
+    from fastchgnet.train.loading import quickstart_path
+
+    plain = gunzip_ase_file(quickstart_path(), tmp_path)
+
+    def without_magmoms():
+        for _, frame in zip(range(60), read_frames(plain), strict=False):
+            frame.magmoms = None
+            yield frame
+
+    convert(without_magmoms(), tmp_path / "cache", workers=1, progress=False)
+    config = tiny_config(tmp_path / "cache", tmp_path / "run", "optim.select_metric=magmoms_mae")
+    with pytest.raises(ValueError, match="select_metric=magmoms_mae: none of the"):
+        train(config)
+    assert not (tmp_path / "run" / "train_log.csv").exists()  # no step ran
