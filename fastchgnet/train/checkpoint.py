@@ -207,15 +207,18 @@ def load_latest(
     rank: int,
     world_size: int,
     every_rank: Callable[[dict], bool] | None = None,
+    folder: Path | None = None,
 ) -> tuple[Path, dict, list[dict | None]] | None:
     """The newest checkpoint under ``root``: (its folder, then ``load_checkpoint``'s main
     payload and payloads by rank), or None when there is none. ``latest.json`` is read once,
     and the config it holds (what a resume's command line started from, ``stored_config``)
     is checked against rank 0's checksummed copy, so it is verified on load as the weights
-    are.
+    are. With ``folder`` (an older one, ``older_checkpoints``), that checkpoint instead.
 
     Raises CheckpointError as ``load_checkpoint``, and when the two configs differ.
     """
+    if folder is not None:
+        return (folder, *load_checkpoint(folder, rank, world_size, every_rank))
     pointer = _pointer(root)
     if pointer is None:
         return None
@@ -227,6 +230,22 @@ def load_latest(
             f"{rank_file(folder, 0)} (the file was changed after it was written)"
         )
     return folder, main, payloads
+
+
+def older_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root`` older than the one ``latest.json`` names (every
+    one where the pointer itself is damaged or names a missing folder), newest first: where a
+    resume falls back to when the newest cannot be read. Empty without ``latest.json`` (folders
+    without a commit may be part-written)."""
+    if not (root / "latest.json").is_file():
+        return []
+    try:
+        pointer = _pointer(root)
+        newest = pointer[0].name if pointer is not None else None
+    except CheckpointError:
+        newest = None
+    folders = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    return [p for p in folders if newest is None or p.name < newest]
 
 
 def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:

@@ -34,6 +34,7 @@ from fastchgnet.train.checkpoint import (
     Progress,
     latest_step,
     load_latest,
+    older_checkpoints,
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
@@ -298,26 +299,39 @@ def build_engine(run: Run, model: torch.nn.Module) -> None:
 
 
 def resume_from_checkpoint(run: Run) -> None:
-    """Weights, optimiser shards, progress, history and RNG states of the newest checkpoint."""
+    """Weights, optimiser shards, progress, history and RNG states of the newest checkpoint
+    every rank can read: where the newest is damaged (a truncated or missing file, a torn
+    ``latest.json``), the one before it, said in one line, and so on."""
     root = run.out / "checkpoints"
-    loaded, name, problem = None, None, ""
-    try:
-        loaded = load_latest(root, run.rank, run.world_size, run.engine.needs_every_shard)
-        if loaded is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {root}")
-        name = loaded[0].name
-    except Exception as error:  # whatever stops one rank must stop them all
-        if run.world_size == 1:
-            raise
-        problem = f"rank {run.rank}: {error}"
-    # each rank reads latest.json, rank 0's file and its own: all learn whether any failed or
-    # saw another checkpoint (a stale view of a shared folder), and stop together, instead of
-    # the others waiting for it in their first collective
-    seen = collectives.all_gather_objects((name, problem))
-    problems = [p for _, p in seen if p]
-    if not problems and len({n for n, _ in seen}) > 1:
-        problems = [f"the ranks see different checkpoints: {[n for n, _ in seen]}"]
-    if problems or loaded is None:
+    fallbacks = [None, *older_checkpoints(root)]  # None: the one latest.json names
+    for attempt, folder in enumerate(fallbacks):
+        loaded, name, problem, damaged = None, None, "", False
+        try:
+            loaded = load_latest(root, run.rank, run.world_size, run.engine.needs_every_shard,
+                                 folder=folder)  # fmt: skip
+            if loaded is None:
+                raise FileNotFoundError(f"--resume: no checkpoint under {root}")
+            name = loaded[0].name
+        except Exception as error:  # whatever stops one rank must stop them all
+            last = attempt + 1 == len(fallbacks)
+            damaged = isinstance(error, CheckpointError)
+            if run.world_size == 1 and (last or not damaged):
+                raise
+            problem = f"rank {run.rank}: {error}" if run.world_size > 1 else str(error)
+        # each rank reads latest.json, rank 0's file and its own: all learn whether any failed
+        # or saw another checkpoint (a stale view of a shared folder), and stop (or fall back)
+        # together, instead of the others waiting for it in their first collective
+        seen = collectives.all_gather_objects((name, problem, damaged))
+        problems = [p for _, p, _ in seen if p]
+        if not problems and len({n for n, _, _ in seen}) > 1:
+            problems = [f"the ranks see different checkpoints: {[n for n, _, _ in seen]}"]
+        if not problems and loaded is not None:
+            break
+        if attempt + 1 < len(fallbacks) and all(d for _, p, d in seen if p):
+            older = getattr(fallbacks[attempt + 1], "name", "")
+            log(f"--resume: {problems[0]}; resuming from the checkpoint before it, {older}",
+                run.rank)  # fmt: skip
+            continue
         raise CheckpointError(problems[0] if problems else problem)
     folder, main, payloads = loaded
     run.model.load_state_dict(main["model"])

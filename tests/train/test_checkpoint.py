@@ -223,12 +223,13 @@ def test_every_rank_stops_when_another_ranks_file_fails(tmp_path, monkeypatch) -
 
     def gather(seen):  # rank 1 could not read its file; rank 0 could
         gathered.append(seen)
-        return [seen, (seen[0], "rank 1: rank-00001.pt: checksum mismatch")]
+        return [seen, (seen[0], "rank 1: rank-00001.pt: checksum mismatch", True)]
 
     monkeypatch.setattr(collectives, "all_gather_objects", gather)
     with pytest.raises(CheckpointError, match=r"rank-00001\.pt: checksum mismatch"):
         resume_from_checkpoint(run)
-    assert gathered == [("step-00000005", "")]  # rank 0's own read was fine, and it stopped
+    # rank 0's own read was fine, and it stopped: no older checkpoint to fall back to
+    assert gathered == [("step-00000005", "", False)]
 
 
 def test_a_resume_refuses_a_stored_config_changed_after_it_was_written(tmp_path) -> None:
@@ -261,7 +262,8 @@ def test_every_rank_stops_when_the_ranks_see_different_checkpoints(tmp_path, mon
     engine = SimpleNamespace(needs_every_shard=lambda own: False)
     run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=engine)
     # rank 1's view of the shared folder is stale: its latest.json names an older step
-    monkeypatch.setattr(collectives, "all_gather_objects", lambda s: [s, ("step-00000003", "")])
+    stale = ("step-00000003", "", False)
+    monkeypatch.setattr(collectives, "all_gather_objects", lambda s: [s, stale])
     with pytest.raises(CheckpointError, match="different checkpoints"):
         resume_from_checkpoint(run)
 
@@ -281,3 +283,31 @@ def test_deepspeed_reads_every_shard_only_for_elastic_zero_checkpoints() -> None
     assert not DeepSpeedEngine.needs_every_shard(zero1, rigid)
     assert DeepSpeedEngine.needs_every_shard(zero1, elastic)
     assert not DeepSpeedEngine.needs_every_shard(zero0, payload({"state": {}}))
+
+
+def test_every_rank_falls_back_together_when_one_cannot_read_the_newest(tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from fastchgnet.train import collectives
+    from fastchgnet.train.run import resume_from_checkpoint
+
+    newest = _save_ranks(tmp_path / "checkpoints", 2, _model())
+    shutil.copytree(newest, newest.with_name("step-00000003"))  # an older, intact one
+    engine = SimpleNamespace(needs_every_shard=lambda own: False)
+    run = SimpleNamespace(out=tmp_path, rank=0, world_size=2, engine=engine)
+    gathered = []
+
+    class Stop(Exception):
+        pass
+
+    def gather(seen):  # rank 1 cannot read its file of the newest; both read the older one
+        gathered.append(seen)
+        if len(gathered) == 2:
+            raise Stop
+        return [seen, (seen[0], "rank 1: rank-00001.pt: checksum mismatch", True)]
+
+    monkeypatch.setattr(collectives, "all_gather_objects", gather)
+    with pytest.raises(Stop):
+        resume_from_checkpoint(run)
+    assert gathered == [("step-00000005", "", False), ("step-00000003", "", False)]

@@ -97,3 +97,24 @@ def test_the_logged_learning_rate_is_the_one_each_step_used(tmp_path):
     with open(tmp_path / "run" / "train_log.csv") as handle:
         rates = [float(row["lr"]) for row in csv.DictReader(handle) if row["lr"]]
     assert rates[:4] == [0.001, 0.002, 0.003, 0.003]
+
+
+def test_a_resume_whose_newest_checkpoint_is_damaged_continues_from_the_one_before(
+    tmp_path, capsys
+):
+    # it stopped with a clear line, but only hand-editing latest.json reached the older one
+    cache = small_cache(tmp_path / "cache", n=48)
+    settings = ("optim.epochs=2", "run.log_every=1", "run.compile=off", "run.keep=10")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(cache, straight, *settings))
+    config = tiny_config(cache, resumed, *settings, "run.checkpoint_every=4", "run.max_steps=13")
+    train(config)
+    root = resumed / "checkpoints"
+    newest = json.loads((root / "latest.json").read_text())["name"]
+    (rank_0,) = (root / newest).glob("rank-*")
+    rank_0.write_bytes(rank_0.read_bytes()[:1000])  # truncated, as by a full disk
+    capsys.readouterr()
+    train(apply_overrides(config, ["run.max_steps=0"]), resume=True)
+    out = capsys.readouterr().out
+    assert "resuming from the checkpoint before it, step-00000012" in out
+    assert (straight / "metrics.csv").read_text() == (resumed / "metrics.csv").read_text()
