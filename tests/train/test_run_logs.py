@@ -62,13 +62,20 @@ def _point_latest_at(root, name: str) -> None:
     (root / "latest.json").write_text(json.dumps(pointer))
 
 
-def test_a_resume_from_an_older_checkpoint_writes_each_log_row_once(tmp_path):
+def _straight_and_stopped(tmp_path):
+    """(the config of a run stopped at step 13 with checkpoints every 4 steps, its folder,
+    the folder of the same run trained straight through), both run."""
     cache = small_cache(tmp_path / "cache", n=48)
     settings = ("optim.epochs=2", "run.log_every=1", "run.compile=off", "run.keep=10")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(tiny_config(cache, straight, *settings))
     config = tiny_config(cache, resumed, *settings, "run.checkpoint_every=4", "run.max_steps=13")
     train(config)
+    return config, resumed, straight
+
+
+def test_a_resume_from_an_older_checkpoint_writes_each_log_row_once(tmp_path):
+    config, resumed, straight = _straight_and_stopped(tmp_path)
     _point_latest_at(resumed / "checkpoints", "step-00000008")  # epoch 1 ends at step 9
     train(apply_overrides(config, ["run.max_steps=0"]), resume=True)
 
@@ -103,12 +110,7 @@ def test_a_resume_whose_newest_checkpoint_is_damaged_continues_from_the_one_befo
     tmp_path, capsys
 ):
     # it stopped with a clear line, but only hand-editing latest.json reached the older one
-    cache = small_cache(tmp_path / "cache", n=48)
-    settings = ("optim.epochs=2", "run.log_every=1", "run.compile=off", "run.keep=10")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(tiny_config(cache, straight, *settings))
-    config = tiny_config(cache, resumed, *settings, "run.checkpoint_every=4", "run.max_steps=13")
-    train(config)
+    config, resumed, straight = _straight_and_stopped(tmp_path)
     root = resumed / "checkpoints"
     newest = json.loads((root / "latest.json").read_text())["name"]
     (rank_0,) = (root / newest).glob("rank-*")
