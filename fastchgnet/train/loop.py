@@ -34,11 +34,11 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class EpochResult:
-    """What an epoch's training part did: mean loss over its finite steps, steps and skipped
-    steps (those before a resume included: ``Progress``' totals), seconds of this call,
-    whether ``max_steps`` stopped it, whether a stop request (a signal) ended it."""
+    """What an epoch's training part did: steps and skipped steps (those before a resume
+    included: ``Progress``' totals), seconds of this call, whether ``max_steps`` stopped it,
+    whether a stop request (a signal) ended it. Its loss totals are ``Progress``' (the mean
+    over every rank's steps: ``epoch.ranks_mean_loss``)."""
 
-    mean_loss: float
     steps: int
     skipped: int
     seconds: float
@@ -157,8 +157,7 @@ def train_epoch(
         if stopped or interrupted:
             break
     seconds = time.perf_counter() - start
-    mean = total / finite if finite else float("nan")
-    return EpochResult(mean, finite + skipped, skipped, seconds, stopped, interrupted)
+    return EpochResult(finite + skipped, skipped, seconds, stopped, interrupted)
 
 
 def _check_bad_steps(window: Window, progress: Progress, limit: int, rank: int) -> None:
