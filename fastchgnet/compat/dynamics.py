@@ -40,6 +40,9 @@ ELSEWHERE = {
     "EquationOfState": "fastchgnet.compat.eos",
 }
 
+#: the calculator's results: the model's numpy outputs, in the model's float type
+RESULT_KEYS = ("energy", "free_energy", "forces", "stress", "magmoms", "energies", "crystal_fea")
+
 OPTIMIZERS = {
     "FIRE": FIRE,
     "BFGS": BFGS,
@@ -120,10 +123,11 @@ class CHGNetCalculator(Calculator):
         if not self.return_site_energies:
             self.results.pop("energies", None)
         # the reference's results are its model's numpy outputs: float32 (float64 for a double
-        # model), the energies numpy scalars (a script calls ``energies[-1].item()``)
+        # model), crystal_fea included, the energies numpy scalars (a script calls
+        # ``energies[-1].item()``)
         double = next(self.chgnet.parameters()).dtype == torch.float64
         dtype = np.float64 if double else np.float32
-        for key in ("energy", "free_energy", "forces", "stress", "magmoms", "energies"):
+        for key in RESULT_KEYS:
             if key in self.results:
                 self.results[key] = np.asarray(self.results[key], dtype=dtype)[()]
 
