@@ -21,15 +21,23 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator as AseCalculator
 from ase.calculators.calculator import all_changes, all_properties
 from ase.filters import Filter
 from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch, LBFGSLineSearch, MDMin
 from ase.stress import voigt_6_to_full_3x3_stress
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from fastchgnet.compat.model import CHGNet, as_compat_model, determine_device, unsupported
-from fastchgnet.md.calculator import Calculator, as_atoms
+from fastchgnet.compat.model import (
+    PRED_TASKS,
+    CHGNet,
+    as_compat_model,
+    determine_device,
+    unsupported,
+)
+from fastchgnet.md.calculator import Calculator, as_atoms, ase_result
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
+from fastchgnet.model.potential import check_elements
 
 #: chgnet's optimizer names that StructOptimizer does not take (ASE's SciPy wrappers)
 NOT_OFFERED = ("SciPyFminCG", "SciPyFminBFGS")
@@ -113,23 +121,45 @@ class CHGNetCalculator(Calculator):
         system_changes: Any = None,
         task: str = "efsm",
     ) -> None:
-        """Energy, forces, stress (always, as the reference's "efsm"), magmoms, energies."""
-        super().calculate(atoms, ("energy", "forces", "stress"), system_changes or all_changes)
-        # the reference's results hold the (3, 3) tensor (``get_stress`` gives ASE's Voigt 6)
-        stress = voigt_6_to_full_3x3_stress(self.results["stress"])
-        if self.stress_weight != units.GPa:
-            stress = stress / units.GPa * self.stress_weight
-        self.results["stress"] = stress
+        """What ``task`` asks (one of ``PRED_TASKS``: e energy, f forces, s stress, m magmoms;
+        ASE's own calls take "efsm"), as the reference's: forces and stress are computed only
+        when asked ("e" and "em": the forward pass alone). The results hold ``energy`` and
+        ``free_energy`` (eV), ``crystal_fea``, what the task names of ``forces``, ``stress``
+        ((3, 3), GPa x ``stress_weight``) and ``magmoms``, and with ``return_site_energies``
+        ``energies``. A call for the atoms the results are of keeps what it does not
+        recompute, as the reference's; one for other atoms drops them (the reference kept
+        them, stale)."""
+        if task not in PRED_TASKS:
+            raise ValueError(f"Invalid task={task!r}. Must be one of {PRED_TASKS}.")
+        same_atoms = atoms is None or (self.atoms is not None and not self.check_state(atoms))
+        kept = self.results if same_atoms else {}
+        properties, system_changes = properties or all_properties, system_changes or all_changes
+        AseCalculator.calculate(self, atoms, properties, system_changes)  # copies the atoms
+        graph = self.graph(self.atoms)
+        check_elements(graph, self.potential.config.max_num_elements)
+        self.stress_next = False  # the task decides here
+        prediction = self.potential.predict_graphs(
+            [graph], stress="s" in task, forces="f" in task, features=self.features
+        )
+        results = ase_result(prediction.split([graph.n_atoms])[0])
+        if "stress" in results:  # the reference's (3, 3) tensor (``get_stress``: ASE's Voigt 6)
+            stress = voigt_6_to_full_3x3_stress(results["stress"])
+            if self.stress_weight != units.GPa:
+                stress = stress / units.GPa * self.stress_weight
+            results["stress"] = stress
+        if "m" not in task:
+            results.pop("magmoms", None)
         if not self.return_site_energies:
-            self.results.pop("energies", None)
+            results.pop("energies", None)
         # the reference's results are its model's numpy outputs: float32 (float64 for a double
         # model), crystal_fea included, the energies numpy scalars (a script calls
         # ``energies[-1].item()``)
         double = next(self.chgnet.parameters()).dtype == torch.float64
         dtype = np.float64 if double else np.float32
         for key in RESULT_KEYS:
-            if key in self.results:
-                self.results[key] = np.asarray(self.results[key], dtype=dtype)[()]
+            if key in results:
+                results[key] = np.asarray(results[key], dtype=dtype)[()]
+        self.results = {**kept, **results}
 
 
 def _is_filter(cls: Any) -> bool:

@@ -13,6 +13,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.compat import CHGNetCalculator
 from tests.compat.test_usage import EXTRA
+from tests.model.test_parity import TOLERANCE
 
 
 def reference_calculator(chgnet_ref, reference_chgnet, **kwargs):
@@ -49,3 +50,98 @@ def test_crystal_fea_of_a_double_model_is_float64(compat_model, limno2):
         results_of(CHGNetCalculator(compat_model, use_device="cpu"), limno2)["crystal_fea"],
         abs=EXTRA["crystal_fea"],
     )
+
+
+#: chgnet's calculator results -> the prediction tolerance (per atom for the energy)
+LIMITS = {"energy": "e", "free_energy": "e", "forces": "f", "stress": "s", "magmoms": "m"}
+
+
+def assert_results_match(ours: dict, theirs: dict, n_atoms: int) -> None:
+    """The same keys, float types and shapes, values within the parity tolerances."""
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        mine = ours[key]
+        assert (type(mine), mine.dtype, mine.shape) == (type(value), value.dtype, value.shape), key
+        limit = {**TOLERANCE, **EXTRA, "energies": EXTRA["site_energies"]}.get(LIMITS.get(key, key))
+        limit *= n_atoms if key in ("energy", "free_energy") else 1
+        assert np.abs(mine - value).max() <= limit, key
+
+
+@pytest.mark.parametrize("site_energies", [False, True])
+@pytest.mark.parametrize("task", ["e", "ef", "em", "efs", "efsm"])
+def test_calculate_fills_the_results_the_task_asks_as_the_reference(
+    chgnet_ref, reference_chgnet, compat_model, limno2, task, site_energies
+):
+    options = {"return_site_energies": site_energies}
+    ours = results_of(CHGNetCalculator(compat_model, use_device="cpu", **options), limno2,
+                      task=task)  # fmt: skip
+    theirs = results_of(
+        reference_calculator(chgnet_ref, reference_chgnet, **options), limno2, task=task
+    )
+    assert_results_match(ours, theirs, len(limno2))
+
+
+@pytest.fixture
+def forward_calls(compat_model, monkeypatch):
+    """The keyword arguments of every ``CHGNet.forward`` call in the test."""
+    cls = type(compat_model)
+    original = cls.forward
+    calls: list[dict] = []
+
+    def spy(self, batch, **kwargs):
+        calls.append(kwargs)
+        return original(self, batch, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("task", "forces", "stress"),
+    [("e", False, False), ("em", False, False), ("ef", True, False), ("efs", True, True),
+     ("efsm", True, True)],
+)  # fmt: skip
+def test_calculate_computes_forces_and_stress_only_when_the_task_asks(
+    compat_model, limno2, forward_calls, task, forces, stress
+):
+    results_of(CHGNetCalculator(compat_model, use_device="cpu"), limno2, task=task)
+    assert len(forward_calls) == 1
+    assert (forward_calls[0]["compute_forces"], forward_calls[0]["compute_stress"]) == (
+        forces,
+        stress,
+    )
+
+
+def test_later_calls_keep_results_of_the_same_atoms_as_the_reference(
+    chgnet_ref, reference_chgnet, compat_model, limno2
+):
+    atoms = AseAtomsAdaptor.get_atoms(limno2)
+    ours = CHGNetCalculator(compat_model, use_device="cpu")
+    theirs = reference_calculator(chgnet_ref, reference_chgnet)
+    for calculator in (ours, theirs):
+        calculator.calculate(atoms, task="efsm")
+        calculator.calculate(atoms, task="e")
+    assert_results_match(ours.results, theirs.results, len(limno2))
+    # ASE asks again for what is missing (task "efsm"), as of the reference's
+    for calculator in (ours, theirs):
+        calculator.reset()
+        calculator.calculate(atoms, task="e")
+        atoms.calc = calculator
+        atoms.get_forces()
+    assert_results_match(ours.results, theirs.results, len(limno2))
+    # other atoms: the earlier results are not theirs (the reference kept them, stale)
+    moved = atoms.copy()
+    moved.positions[0] += 0.1
+    ours.calculate(moved, task="e")
+    assert sorted(ours.results) == ["crystal_fea", "energy", "free_energy"]
+
+
+def test_an_unknown_task_is_refused_as_by_the_reference(
+    chgnet_ref, reference_chgnet, compat_model, limno2
+):
+    atoms = AseAtomsAdaptor.get_atoms(limno2)
+    with pytest.raises(ValueError, match="Invalid task='fs'") as theirs:
+        reference_calculator(chgnet_ref, reference_chgnet).calculate(atoms, task="fs")
+    with pytest.raises(ValueError, match="Invalid task='fs'") as ours:
+        CHGNetCalculator(compat_model, use_device="cpu").calculate(atoms, task="fs")
+    assert str(ours.value) == str(theirs.value)
