@@ -31,7 +31,7 @@ from fastchgnet.cli.inputs import (
     DefaultsFormatter,
     add_model_arguments,
     load_model,
-    read_structures,
+    read_structures_skipping,
     screen_structures,
     structure_label,
 )
@@ -48,9 +48,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         refuse_existing(args.output, "-o", args.overwrite)
         check_predictions_file(args.output)
     model = load_model(args.model, args.precision, args.device)
-    structures = read_structures(args.structures, unread := [])
-    for problem in unread:  # a file of several that cannot be read: the others run
-        print(f"fastchgnet predict: skipped file {problem}", file=sys.stderr)
+    structures, unread = read_structures_skipping(args.structures, "predict")
     graphs = screen_structures(model.config, structures, "predict", "predicted")
     good = [index for index, graph in enumerate(graphs) if graph is not None]
     potential = model

@@ -54,6 +54,16 @@ def read_structures(paths: list[str], skipped: list[str] | None = None) -> list[
     return structures
 
 
+def read_structures_skipping(paths: list[str], command: str) -> tuple[list[Any], list[str]]:
+    """``read_structures`` for a command over several files that runs the ones it can read:
+    each file it cannot read is named on stderr (``fastchgnet <command>: skipped file
+    reason``). Returns the structures and the reasons of the files skipped."""
+    structures = read_structures(paths, skipped := [])
+    for problem in skipped:
+        print(f"fastchgnet {command}: skipped file {problem}", file=sys.stderr)
+    return structures, skipped
+
+
 def _read_file(path: Path, base: str, selection: slice | int, given: str) -> list[Any]:
     """``read_structures``' structures of one file ``given`` (``path`` and ``selection``)."""
     if path.is_dir():

@@ -166,7 +166,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    from fastchgnet.cli.inputs import load_model, read_structures, screen_structures
+    from fastchgnet.cli.inputs import load_model, read_structures_skipping, screen_structures
     from fastchgnet.data.graph import structure_name
     from fastchgnet.files import write_frames_atomic
     from fastchgnet.md.calculator import first_neighbours
@@ -176,9 +176,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
         raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
     refuse_existing(args.output, "-o", args.overwrite)
     refuse_existing(args.trajectory, "--trajectory", args.overwrite)
-    structures = read_structures(args.structures, unread := [])
-    for problem in unread:  # a file of several that cannot be read: the others run
-        print(f"fastchgnet relax: skipped file {problem}", file=sys.stderr)
+    structures, unread = read_structures_skipping(args.structures, "relax")
     several = len(structures) > 1  # one may go to a CIF or POSCAR; several need their names
     check_frames_file(args.output, "-o", several=several, labelled=several)
     if args.trajectory is not None:
