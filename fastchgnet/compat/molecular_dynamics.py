@@ -21,6 +21,7 @@ from ase.md.nptberendsen import Inhomogeneous_NPTBerendsen, NPTBerendsen, NVTBer
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from pymatgen.analysis.eos import EOSError
+from pymatgen.core.units import FloatWithUnit
 
 from fastchgnet.compat.dynamics import CHGNetCalculator
 from fastchgnet.compat.eos import EquationOfState
@@ -68,9 +69,15 @@ def upper_triangular_cell(atoms: Atoms) -> bool:
     return True
 
 
-def fit_bulk_modulus(atoms: Atoms) -> float:
-    """The bulk modulus (GPa) of ``atoms`` by ``EquationOfState`` with its calculator's model,
-    printed as chgnet prints it; 2 GPa, with a warning, where the fit fails (as chgnet)."""
+#: chgnet's GPa per eV/Å^3 for a bulk modulus given in GPa (ASE's is 160.21766...)
+GPA_PER_EV_A3 = 160.2176
+
+
+def fit_bulk_modulus(atoms: Atoms) -> tuple[FloatWithUnit, float]:
+    """The bulk modulus of ``atoms`` by ``EquationOfState`` with its calculator's model, as
+    chgnet's MolecularDynamics fits it: pymatgen's ``FloatWithUnit`` in GPa and a float in
+    eV/Å^3, printed as chgnet prints them; 2 GPa, with a warning, where the fit fails (as
+    chgnet; its attribute is then None, ours the 2 GPa run with)."""
     calc = atoms.calc
     if not isinstance(calc, CHGNetCalculator):
         raise unsupported(
@@ -86,12 +93,12 @@ def fit_bulk_modulus(atoms: Atoms) -> float:
             "a wrong pressure relaxation time, pass bulk_modulus",
             stacklevel=3,
         )
-        return 2.0
+        return FloatWithUnit(2.0, "GPa"), 2 / GPA_PER_EV_A3
     bulk_modulus, bulk_modulus_au = eos.get_bulk_modulus("GPa"), eos.get_bulk_modulus()
     print(
         f"Completed bulk modulus calculation: k = {bulk_modulus:.3}GPa, {bulk_modulus_au:.3}eV/A^3"
     )
-    return float(bulk_modulus)
+    return bulk_modulus, bulk_modulus_au
 
 
 def check_settings(ensemble: str, thermostat: str, temperature: float, timestep: float,
@@ -125,7 +132,8 @@ class MolecularDynamics:
     programs compute the features too).
 
     NPT without ``bulk_modulus`` (GPa) fits one by ``EquationOfState`` first (a few seconds
-    of relaxations; printed), as the reference.
+    of relaxations; printed), as the reference; the attribute ``bulk_modulus`` is then, as
+    the reference's, pymatgen's ``FloatWithUnit`` in GPa (a given one is kept as given).
     """
 
     def __init__(
@@ -198,10 +206,13 @@ class MolecularDynamics:
                 atoms, timestep=dt, temperature_K=temperature, taut=taut * units.fs, **io, **append
             )
         elif kind[0] == "npt":
-            if bulk_modulus is None:
-                bulk_modulus = fit_bulk_modulus(atoms)
+            if bulk_modulus is None:  # chgnet's attribute: the FloatWithUnit in GPa
+                bulk_modulus, bulk_modulus_au = fit_bulk_modulus(atoms)
+            else:  # given in GPa, kept as given (chgnet's attribute too)
+                bulk_modulus_au = bulk_modulus / GPA_PER_EV_A3
+            moduli = float(bulk_modulus), float(bulk_modulus_au)  # ASE's arithmetic: no units
             self.dyn = self._npt(atoms, kind[1], dt, temperature, pressure, taut, taup,
-                                 bulk_modulus, io, append)  # fmt: skip
+                                 *moduli, io, append)  # fmt: skip
         else:
             raise ValueError(
                 f"ensemble={ensemble!r} with thermostat={thermostat!r} is not supported: use nve, "
@@ -214,8 +225,10 @@ class MolecularDynamics:
 
     def _npt(self, atoms: Atoms, thermostat: str, dt: float, temperature: float,
              pressure: float, taut: float, taup: float, bulk_modulus: float,
-             io: dict, append: dict) -> Any:  # fmt: skip
-        compressibility = 1 / (bulk_modulus * units.GPa)
+             bulk_modulus_au: float, io: dict, append: dict) -> Any:  # fmt: skip
+        """The NPT integrator; ``bulk_modulus`` GPa, ``bulk_modulus_au`` eV/Å^3 (plain
+        floats: ASE's arithmetic takes no units)."""
+        compressibility = 1 / bulk_modulus_au  # Å^3/eV, as chgnet's
         common = {"timestep": dt, "temperature_K": temperature}
         if thermostat == "nose-hoover":
             upper_triangular_cell(atoms)

@@ -39,3 +39,60 @@ def test_upper_triangular_cell_method_as_the_reference(chgnet_ref, compat_model,
     assert printed == ["Transformed to upper triangular unit cell."] * 2
     np.testing.assert_allclose(ours.atoms.cell[:], theirs.atoms.cell[:], atol=1e-12)
     np.testing.assert_allclose(ours.atoms.positions, theirs.atoms.positions, atol=1e-10)
+
+
+def quick_fit(cls, monkeypatch, steps: int = 10):
+    """``cls.fit`` (an EquationOfState's) with at most ``steps`` relaxation steps: the fit
+    MolecularDynamics makes, in a fraction of the time."""
+    original = cls.fit
+
+    def fit(self, atoms, **kwargs):
+        return original(self, atoms, **(kwargs | {"steps": steps}))
+
+    monkeypatch.setattr(cls, "fit", fit)
+
+
+@pytest.mark.parametrize("thermostat", ["Berendsen_inhomogeneous", "Nose-Hoover"])
+def test_a_fitted_bulk_modulus_is_a_float_with_unit_in_gpa_as_the_references(
+    chgnet_ref, reference_chgnet, compat_model, limno2, monkeypatch, thermostat
+):
+    from chgnet.model import dynamics as reference_dynamics
+    from pymatgen.core.units import FloatWithUnit
+
+    from fastchgnet.compat.eos import EquationOfState
+
+    quick_fit(reference_dynamics.EquationOfState, monkeypatch)
+    quick_fit(EquationOfState, monkeypatch)
+    options = {"ensemble": "npt", "thermostat": thermostat, "timestep": 1}
+    ours = MolecularDynamics(limno2, model=compat_model, compiled=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = chgnet_ref.MolecularDynamics(
+            AseAtomsAdaptor.get_atoms(limno2), model=reference_chgnet, use_device="cpu",
+            **options,
+        )  # fmt: skip
+    assert type(ours.bulk_modulus) is type(theirs.bulk_modulus) is FloatWithUnit
+    assert str(ours.bulk_modulus.unit) == str(theirs.bulk_modulus.unit) == "GPa"
+    assert ours.bulk_modulus == pytest.approx(theirs.bulk_modulus, abs=0.05)
+    # the integrator's constants from it, as the reference's (plain floats)
+    if thermostat == "Nose-Hoover":
+        assert float(ours.dyn.pfactor_given) == pytest.approx(theirs.dyn.pfactor_given, rel=1e-3)
+    else:
+        assert ours.dyn.compressibility == pytest.approx(theirs.dyn.compressibility, rel=1e-3)
+    ours.run(2)
+    assert np.isfinite(ours.atoms.get_potential_energy())
+
+
+def test_a_given_bulk_modulus_is_kept_as_given_as_by_the_reference(
+    chgnet_ref, reference_chgnet, compat_model, limno2
+):
+    options = {"ensemble": "npt", "thermostat": "NPT_Berendsen", "bulk_modulus": 100}
+    ours = MolecularDynamics(limno2, model=compat_model, compiled=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = chgnet_ref.MolecularDynamics(
+            AseAtomsAdaptor.get_atoms(limno2), model=reference_chgnet, use_device="cpu",
+            **options,
+        )  # fmt: skip
+    assert type(ours.bulk_modulus) is type(theirs.bulk_modulus) is int
+    assert ours.dyn.compressibility == theirs.dyn.compressibility
