@@ -119,8 +119,9 @@ class ScriptedProgram:
     Every graph is counted in ``stats`` (``graphs``; its seconds in ``compile_seconds``, or in
     ``background_seconds`` when built in the background). With ``eager``, builds run in a
     forked child (``background.BackgroundBuild``, where ``available_in_background``): a call no
-    graph holds for starts one (if none runs) and is answered by ``eager``, and the first call
-    after the child is done loads its graph.
+    graph holds for starts one (if no child of this process builds: another program's child
+    would share its core) and is answered by ``eager``, and the first call after the child is
+    done loads its graph.
 
     Args:
         trace: the ``free_counts`` trace of the program at these graph inputs.
@@ -153,7 +154,7 @@ class ScriptedProgram:
             return  # a kept graph holds: no build
         if self._eager is None:
             self._add(inputs)
-        else:
+        elif not busy():  # one child at a time: a later call starts it
             self._start(inputs)
 
     def _built(self, inputs: Sequence[Tensor]) -> tuple[SizeGuard, bytes]:
@@ -266,7 +267,7 @@ class ScriptedProgram:
         graph = next((graph for guard, graph in self.graphs if guard(inputs)), None)
         if graph is None and self._eager is None:
             return self._add(inputs)(*inputs)
-        if graph is None and self.pending is None:
+        if graph is None and self.pending is None and not busy():
             self._start(inputs)
             if self._eager is None:  # no child could start: built here
                 return self._add(inputs)(*inputs)

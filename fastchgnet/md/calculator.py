@@ -130,6 +130,18 @@ def ase_result(part: dict[str, np.ndarray]) -> dict[str, Any]:
     return item
 
 
+def stress_runs_eagerly(potential: Any) -> bool:
+    """Whether a ``stress_next`` call of a calculator running ``potential`` goes to its eager
+    model (``unpadded``): for a padded capture (inductor), whose stress program would be a
+    second build of tens of seconds for one call in ``loginterval``; and for a TorchScript
+    capture until its force graph is there. After that a TorchScript capture builds its stress
+    graph too (any sizes; seconds, in a child process where the force graph's was), so the
+    written frames of a long MD run stop paying an eager call each."""
+    if not hasattr(potential, "unpadded"):
+        return False  # an eager potential answers every call itself
+    return potential.pads or not potential.has_graphs
+
+
 class Calculator(AseCalculator):
     """ASE calculator for FastCHGNet models (reference-imported, conservative or direct).
 
@@ -145,8 +157,8 @@ class Calculator(AseCalculator):
         always_stress: compute stress on every call, not only when ASE asks for it. MD
             without a barostat never asks, and skipping it saves part of the backward pass.
             ``stress_next`` (attribute, default False) asks it of the next call only (an MD
-            step that is written, ``md.frames``); with a compiled potential that call runs
-            its eager model, so no second program (with stress) is compiled for it.
+            step that is written, ``md.frames``); see ``stress_runs_eagerly`` for which
+            potential answers it.
         name: the structure's name in error messages (default: from the atoms).
         features: also give ``crystal_fea`` (A,) in the results (eager models only).
         allow_isolated: predict structures with atoms that have no neighbour (see
@@ -246,8 +258,8 @@ class Calculator(AseCalculator):
         graphs = [self.graph(self.atoms)]
         stress, features = self.wants_stress(properties), self.features
         potential = self.potential
-        if self.stress_next and not self.always_stress and hasattr(potential, "unpadded"):
-            potential = potential.unpadded  # its stress program would be a second compile
+        if self.stress_next and not self.always_stress and stress_runs_eagerly(potential):
+            potential = potential.unpadded
         self.stress_next = False
         self.results = evaluate_graphs(potential, graphs, stress=stress, features=features)[0]
 

@@ -3,7 +3,8 @@ writer of a trajectory file, and the stress of exactly those steps.
 
 NVT and NVE skip the stress derivative at every step (no barostat asks for it); the force call
 of a step that will be written computes it too (``Calculator.stress_next``), so every frame
-carries energy, forces and stress, as the reference's trajectories do, at no extra model call.
+carries energy, forces and stress, as the reference's trajectories do, at no extra model call
+(which potential answers it: ``md.calculator.stress_runs_eagerly``).
 """
 
 from __future__ import annotations

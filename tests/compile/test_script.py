@@ -197,3 +197,55 @@ def test_the_calculator_keeps_its_neighbour_rule_beside_its_capture():
         assert calc.neighbours.backend == "pymatgen"
         assert Calculator(model, compiled=compiled, backend="vesin").neighbours.backend == "vesin"
     assert Calculator(model, compiled="torchscript").potential.backend == "torchscript"
+
+
+def test_written_md_frames_take_their_stress_from_a_torchscript_graph_once_forces_have_one():
+    """A written MD step (``stress_next``) ran the eager model for its stress under every
+    capture; a TorchScript capture now builds a stress graph once its force graph is there
+    (before that, and always with inductor, the eager model answers)."""
+    model = small_model("conservative", torch.float64).eval()
+    potential = CompiledPotential(model, backend="torchscript", store=None)  # built here
+    md = nvt_integrator(as_atoms(varied_structures(3, seed=11, max_atoms=8)[2]), Calculator(model))
+    atoms, calc = md.atoms, Calculator(potential)
+    atoms.calc = calc
+    calc.stress_next = True
+    atoms.get_forces()  # no graph yet: the eager model
+    stresses = [(atoms.positions.copy(), calc.results["stress"].copy())]
+    assert potential.graphs_built == 0
+    md.run(1)  # a force call without stress: builds the force graph
+    assert potential.graphs_built == 1
+    for _ in range(2):
+        calc.stress_next = True
+        md.run(1)  # the stress graph: built at the first, run at the second
+        stresses.append((atoms.positions.copy(), calc.results["stress"].copy()))
+    assert potential.graphs_built == 2
+    assert potential.captured[True, False].stats.graphs == 1
+    assert potential.padding.batches == 3  # every call after the first ran a graph
+    for positions, stress in stresses:
+        again = atoms.copy()
+        again.positions = positions
+        again.calc = Calculator(model)
+        np.testing.assert_allclose(stress, again.get_stress(), atol=1e-10)
+
+
+def test_a_background_build_waits_while_another_program_builds(monkeypatch):
+    """Two children building at once would share the core a child takes from the run; a
+    program whose graph is missing answers eagerly until no child builds, then starts."""
+    import fastchgnet.compile.script as script
+
+    model = small_model("conservative", torch.float64).eval()
+    batch = _collated(varied_structures(2, seed=5, max_atoms=8))
+    started = []
+    monkeypatch.setattr(script.ScriptedProgram, "_start", lambda self, inputs: started.append(1))
+    monkeypatch.setattr(script, "available_in_background", lambda: True)
+    monkeypatch.setattr(script, "busy", lambda: True)  # another program's child builds
+    captured = CapturedModel(model, backend="torchscript", background=True)
+    with torch.no_grad():
+        got = captured.predict(batch)
+        captured.predict(batch)
+        assert started == []
+        monkeypatch.setattr(script, "busy", lambda: False)
+        captured.predict(batch)
+    assert started == [1]
+    eager = model(batch, compute_forces=True, compute_stress=True)
+    torch.testing.assert_close(got.forces, eager.forces, rtol=1e-10, atol=1e-10)
