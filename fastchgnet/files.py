@@ -69,6 +69,15 @@ def atomic_path(path: str | Path, suffix: str = ".tmp", new: bool = False) -> It
     fsync_dir(path.parent)
 
 
+def check_output_folder(path: str | Path, name: str) -> None:
+    """Raise FileNotFoundError (one line, naming ``name`` and ``path``) when the folder of the
+    file to be written at ``path`` does not exist: checked before a run, so that its results
+    are not lost at its end."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name} {path}: the folder {folder} does not exist")
+
+
 def put_new(tmp: Path, path: Path) -> None:
     """Move the finished ``tmp`` to ``path`` only if no file is there (a hard link, which
     fails where one is; a rename after a check where the file system has no hard links).

@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fastchgnet.files import check_output_folder
+
 
 def check_output_file(path: str, option: str, example: str) -> None:
     """Raise ValueError (one line, naming ``option`` and ``path``) when a file cannot be
-    written at ``path``: it is a folder, or its folder does not exist (``example``: a file
-    name to suggest)."""
-    where = Path(path)
-    if where.is_dir():
+    written at ``path`` because it is a folder (``example``: a file name to suggest), and
+    FileNotFoundError (``files.check_output_folder``) when its folder does not exist."""
+    if Path(path).is_dir():
         raise ValueError(f"{option} {path}: is a folder; name a file in it, such as {example}")
-    if not where.parent.is_dir():
-        raise ValueError(f"{option} {path}: the folder {where.parent} does not exist")
+    check_output_folder(path, option)
 
 
 def refuse_existing(path: str | None, option: str, overwrite: bool) -> None:
@@ -43,11 +43,12 @@ def check_frames_file(
     path: str, option: str, several: bool, append: bool = False, labelled: bool = False
 ) -> None:
     """Raise ValueError (one line, naming ``option`` and ``path``) when the frames a command
-    will write cannot go there: a folder, a folder that does not exist, a name ASE cannot tell
-    a format from, a format it only reads, a one-structure format (POSCAR, images) for
-    ``several`` frames, with ``append`` (MD writes frame by frame) a format ASE cannot append
-    to, or with ``labelled`` one that drops the frames' info and results (``LABELLED_FORMATS``
-    keep them). The commands call this before they run, so that a run is not lost at its end."""
+    will write cannot go there: a folder, a folder that does not exist (FileNotFoundError,
+    ``check_output_file``), a name ASE cannot tell a format from, a format it only reads, a
+    one-structure format (POSCAR, images) for ``several`` frames, with ``append`` (MD writes
+    frame by frame) a format ASE cannot append to, or with ``labelled`` one that drops the
+    frames' info and results (``LABELLED_FORMATS`` keep them). The commands call this before
+    they run, so that a run is not lost at its end."""
     from ase.io.formats import filetype, ioformats
 
     check_output_file(path, option, "out.extxyz")

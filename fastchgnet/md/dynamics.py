@@ -20,6 +20,7 @@ from ase.calculators.calculator import all_changes
 from ase.md import MDLogger
 from tqdm import tqdm
 
+from fastchgnet.files import check_output_folder
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.frames import frame_writer, stress_for_written_steps, written_step
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
@@ -143,8 +144,8 @@ def run_md(
     if starting_temperature is not None and starting_temperature < 0:
         raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
     for what, path in (("trajectory", trajectory), ("logfile", logfile)):  # before the model
-        if path is not None and path != "-" and not Path(path).parent.is_dir():
-            raise FileNotFoundError(f"{what} {path}: the folder {Path(path).parent} does not exist")
+        if path is not None and path != "-":
+            check_output_folder(path, what)
     if model is None:
         from fastchgnet.model.chgnet import FastCHGNet
 
