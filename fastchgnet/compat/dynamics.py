@@ -63,9 +63,16 @@ OPTIMIZERS = {
 
 class CHGNetCalculator(Calculator):
     """ASE calculator with the reference's signature (energy eV, forces eV/Å, stress in
-    eV/Å^3 = GPa x ``stress_weight``, magmoms μB, ``energies`` site energies eV)."""
+    eV/Å^3 = GPa x ``stress_weight``, magmoms μB, ``energies`` site energies eV).
 
-    implemented_properties = ("energy", "free_energy", "forces", "stress", "magmoms", "energies")
+    As the reference's, the results hold ``free_energy`` (= ``energy``) but the implemented
+    properties do not name it: ``get_potential_energy(force_consistent=True)`` raises ASE's
+    PropertyNotImplementedError, which ASE's optimizers and cell filters (FrechetCellFilter,
+    ExpCellFilter, UnitCellFilter) catch, taking the energy instead (the same number), and
+    trajectory files hold no ``free_energy``, as the reference's.
+    """
+
+    implemented_properties = ("energy", "forces", "stress", "magmoms", "energies")
 
     def __init__(
         self,

@@ -145,3 +145,57 @@ def test_an_unknown_task_is_refused_as_by_the_reference(
     with pytest.raises(ValueError, match="Invalid task='fs'") as ours:
         CHGNetCalculator(compat_model, use_device="cpu").calculate(atoms, task="fs")
     assert str(ours.value) == str(theirs.value)
+
+
+def test_free_energy_is_in_the_results_but_not_implemented_as_by_the_reference(
+    chgnet_ref, reference_chgnet, compat_model, limno2, tmp_path
+):
+    from ase.calculators.calculator import PropertyNotImplementedError
+    from ase.io.trajectory import Trajectory
+
+    ours = CHGNetCalculator(compat_model, use_device="cpu")
+    theirs = reference_calculator(chgnet_ref, reference_chgnet)
+    assert sorted(ours.implemented_properties) == sorted(theirs.implemented_properties)
+    frames = []
+    for calculator in (ours, theirs):
+        atoms = AseAtomsAdaptor.get_atoms(limno2)
+        atoms.calc = calculator
+        energy = atoms.get_potential_energy()
+        assert calculator.results["free_energy"] == energy
+        with pytest.raises(PropertyNotImplementedError, match="free_energy"):
+            atoms.get_potential_energy(force_consistent=True)
+        atoms.get_stress()
+        path = str(tmp_path / f"{len(frames)}.traj")
+        with Trajectory(path, "w") as trajectory:
+            trajectory.write(atoms)
+        with Trajectory(path) as trajectory:
+            frames.append(sorted(trajectory[0].calc.results))
+    assert frames[0] == frames[1]
+    assert "free_energy" not in frames[0]
+
+
+@pytest.mark.parametrize("ase_filter", ["FrechetCellFilter", "ExpCellFilter", "UnitCellFilter"])
+@pytest.mark.parametrize("optimizer", ["FIRE", "BFGSLineSearch"])
+def test_cell_relaxations_run_without_a_force_consistent_energy_as_the_references(
+    chgnet_ref, reference_chgnet, compat_model, limno2, ase_filter, optimizer
+):
+    """ASE's optimizers and filters ask for ``free_energy`` first; neither calculator
+    implements it, both relax the same (BFGSLineSearch's line search reads the energy)."""
+    from fastchgnet.compat import StructOptimizer
+
+    strained = limno2.copy()
+    strained.apply_strain(0.03)
+    relaxed = []
+    for relaxer in (
+        StructOptimizer(compat_model, optimizer_class=optimizer, use_device="cpu"),
+        chgnet_ref.StructOptimizer(reference_chgnet, optimizer_class=optimizer, use_device="cpu"),
+    ):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # ExpCellFilter and UnitCellFilter are deprecated
+            relaxed.append(relaxer.relax(strained, steps=5, ase_filter=ase_filter, verbose=False))
+    ours, theirs = (result["trajectory"] for result in relaxed)
+    assert len(ours) == len(theirs) > 1
+    gap = np.abs(np.array(ours.energies) - np.array(theirs.energies)).max()
+    assert gap <= 10 * TOLERANCE["e"] * len(limno2)
+    cells = [result["final_structure"].lattice.matrix for result in relaxed]
+    assert np.abs(cells[0] - cells[1]).max() < 1e-3
