@@ -278,8 +278,7 @@ def cmd_md(args: argparse.Namespace) -> int:
             raise ValueError(f"--log {args.log}: is the -o trajectory too; name another file")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    names = ("taut", "taup", "pressure", "bulk_modulus", "friction")
-    settings = {k: getattr(args, k) for k in names}  # None: not given
+    settings = integrator_settings(args)
     checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])
     if len(structures) != 1:
@@ -364,10 +363,14 @@ def run(structure: Any, model: Any, args: argparse.Namespace) -> None:
             logfile=args.log,
             progress=not args.quiet,
             seed=args.seed,
-            taut=args.taut,
-            taup=args.taup,
-            pressure=args.pressure,
-            bulk_modulus=args.bulk_modulus,
-            friction=args.friction,
             compiled=COMPILE_CHOICES[args.compile],
+            **integrator_settings(args),
         )
+
+
+def integrator_settings(args: argparse.Namespace) -> dict[str, float | None]:
+    """The md command's settings of the integrator (``md.settings``: taut, taup, pressure,
+    bulk_modulus and friction, in ``make_integrator``'s order; None: not given), which
+    ``checked_integrator`` checks before anything runs and ``run_md`` takes."""
+    names = ("taut", "taup", "pressure", "bulk_modulus", "friction")
+    return {name: getattr(args, name) for name in names}
