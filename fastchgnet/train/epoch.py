@@ -137,12 +137,15 @@ def _after_step(run: Run, state: Progress) -> None:
 
 
 def _log_row(run: Run, state: Progress, window: Window) -> None:
-    """A train_log.csv row at every read of the device totals (main rank)."""
+    """A train_log.csv row at every read of the device totals (main rank): the window's mean
+    loss over every rank's finite steps (``Window.ranks_loss``), its skipped steps (the same
+    on every rank: they skip together) and the learning rate its steps used."""
+    loss = window.ranks_loss
     if run.rank == 0:
         row = {"global_step": state.global_step, "epoch": state.epoch + 1}
-        row |= {"loss": window.mean_loss, "skipped": window.skipped, "lr": run.engine.step_lr}
+        row |= {"loss": loss, "skipped": window.skipped, "lr": run.engine.step_lr}
         append_csv(run.out / "train_log.csv", row)
-    scalars = {"loss": window.mean_loss, "lr": run.engine.step_lr}  # the rate the steps used
+    scalars = {"loss": loss, "lr": run.engine.step_lr}  # the rate the steps used
     run.scalars.add(scalars, state.global_step, "train")
 
 

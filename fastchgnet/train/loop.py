@@ -116,9 +116,12 @@ def train_epoch(
     ``progress.global_step`` reaches it. ``sync_check`` guards the steady-state steps
     against host synchronisations (CUDA). Where ``stop_requested()`` is True after a step,
     that step is read (as a read step: ``progress.bad_steps`` current), ``on_step`` runs and
-    the epoch ends there (``EpochResult.interrupted``). The epoch's loss totals continue
-    ``progress``' (``epoch_loss``, ``epoch_finite``, ``epoch_skipped``: a resumed epoch's mean
-    is the whole epoch's) and are kept there at every read, for checkpoints.
+    the epoch ends there (``EpochResult.interrupted``; one process only: under several ranks
+    no stop is requested, as a read is a collective every rank joins at the same step). The
+    epoch's loss totals continue ``progress``' (``epoch_loss``, ``epoch_finite``,
+    ``epoch_skipped``: this rank's own; a resumed epoch's mean is the whole epoch's) and are
+    kept there at every read, for checkpoints; the reporter and ``on_read`` get the window's
+    mean over every rank's steps (``Window.ranks_loss``).
     """
     total, finite, skipped = progress.epoch_loss, progress.epoch_finite, progress.epoch_skipped
     stopped, interrupted = False, False
@@ -147,7 +150,7 @@ def train_epoch(
             progress.epoch_loss, progress.epoch_finite = total, finite
             progress.epoch_skipped, progress.bad_steps = skipped, window.run
             _check_bad_steps(window, progress, max_bad_steps, step.engine.rank)
-            reporter.update(window.mean_loss, step.engine.step_lr)
+            reporter.update(window.ranks_loss, step.engine.step_lr)
             if on_read is not None:
                 on_read(progress, window)
         else:

@@ -9,9 +9,9 @@
     finish     test split, metrics.csv, plots, model.pt and summary.json
 
 Outputs under ``run.out_dir``: config.json, checkpoints/, train_log.csv (a row every
-``run.log_every`` steps), metrics.csv (val per epoch, test at the end), parity-val.png /
-parity-test.png, model.pt (our model file), summary.json, ranks/ (pid and host of each rank),
-tensorboard/ (option).
+``run.log_every`` steps: the mean loss over every rank's steps since the row before),
+metrics.csv (val per epoch, test at the end), parity-val.png / parity-test.png, model.pt (our
+model file), summary.json, ranks/ (pid and host of each rank), tensorboard/ (option).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ batch already on the engine's device:
 
 Each stage is an NVTX range (``profiling.nvtx``). Nothing in the step reads a tensor on the
 host: the loss, the finite-step count and the skips accumulate on the device in
-``StepTotals``, and ``read()`` brings them to the host in one transfer when the caller logs.
+``StepTotals``, and ``read()`` brings them to the host in one transfer when the caller logs
+(after one all-reduce of the window's loss sum and finite steps, for the mean over ranks).
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ LOSS_SUM, FINITE, SKIPPED, LONGEST_RUN, RUN = range(5)
 
 @dataclass
 class Window:
-    """What the steps since the last read did: mean loss over finite steps (NaN when none),
-    finite and skipped steps, the longest run of consecutive skips, and the run at the end."""
+    """What the steps since the last read did: this rank's mean loss over its finite steps
+    (NaN when none), finite and skipped steps, the longest run of consecutive skips, the run
+    at the end, and ``ranks_loss``: the mean loss over every rank's finite steps of the
+    window (``mean_loss`` itself in one process)."""
 
     mean_loss: float
     finite: int
     skipped: int
     longest_run: int
     run: int
+    ranks_loss: float = float("nan")
 
 
 class StepTotals:
@@ -74,13 +78,20 @@ class StepTotals:
 
     def read(self) -> Window:
         """The window's totals on the host (the one synchronisation), then a new window that
-        carries the current run of skips over."""
-        loss_sum, finite, skipped, longest, run = self.values.tolist()
+        carries the current run of skips over. Every rank calls it at the same step (the
+        loop's read steps: every rank runs every step), and first sums the window's loss and
+        finite steps over the ranks in one all-reduce of a 2-element tensor on the device
+        (the identity in one process), so ``Window.ranks_loss`` weights each rank by its
+        finite steps: the mean over every rank's steps, as the epoch's loss."""
+        ranks = all_reduce(self.values[LOSS_SUM : FINITE + 1])
+        values = torch.cat([self.values, ranks]).tolist()
+        loss_sum, finite, skipped, longest, run, ranks_sum, ranks_finite = values
         self.values.zero_()
         self.values[RUN] = run
         self.values[LONGEST_RUN] = run
         mean = loss_sum / finite if finite else float("nan")
-        return Window(mean, int(finite), int(skipped), int(longest), int(run))
+        ranks_mean = ranks_sum / ranks_finite if ranks_finite else float("nan")
+        return Window(mean, int(finite), int(skipped), int(longest), int(run), ranks_mean)
 
 
 def nonfinite(grads: list[Tensor], device: torch.device) -> Tensor:

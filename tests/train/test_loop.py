@@ -160,3 +160,45 @@ def test_sync_check_spares_the_first_steps_this_process_runs_even_when_resumed(
     checked = ["error", "default"]
     assert modes == ["default", "default", *checked, *checked, *checked, "default"]
     assert check.checked == 3
+
+
+def test_each_read_means_the_windows_loss_over_every_ranks_steps_in_one_collective(
+    batches, monkeypatch
+) -> None:
+    """train_log.csv's rows (``on_read``) held rank 0's own window mean while the epoch line
+    is every rank's. Each read now sums the window's loss and finite steps over the ranks in
+    one all-reduce (2 values, float64, on the accumulators' device) at the read step only, and
+    the row is that sum's mean, weighted by finite steps (not a mean of the ranks' means)."""
+    import fastchgnet.train.step as step_module
+
+    other = torch.tensor([3.0, 1.0], dtype=torch.float64)  # another rank: 1 finite step, loss 3
+    handed: list[tuple] = []
+
+    def all_reduce(value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        handed.append((op, value.device, value.dtype, tuple(value.shape)))
+        return value + other if op == "sum" else value
+
+    monkeypatch.setattr(step_module, "all_reduce", all_reduce)
+    torch.manual_seed(0)
+    model = FastCHGNet(**json.loads(TINY_ARCHITECTURE))
+    engine = TorchEngine(model, OptimConfig(lr=1e-2), total_steps=10, global_batch=4)
+    step, windows = TrainStep(engine, LossConfig()), []
+    reporter = EpochProgress(0, len(batches), 0, "lines", 1000, 0)
+    train_epoch(
+        step,
+        batches,
+        Progress(),
+        reporter,
+        max_bad_steps=3,
+        reads_at=lambda s: s % 2 == 0,  # reads at step 2 and at the epoch's last, step 3
+        on_read=lambda state, window: windows.append(window),
+    )
+    flag = ("max", torch.device("cpu"), torch.float32, ())
+    read = ("sum", torch.device("cpu"), torch.float64, (2,))
+    assert handed == [flag, flag, read, flag, read]
+    assert [w.finite for w in windows] == [2, 1]
+    for window in windows:
+        expected = (window.mean_loss * window.finite + 3.0) / (window.finite + 1)
+        assert window.ranks_loss == pytest.approx(expected, rel=1e-12)
+    # 2 finite steps here, 1 there: weighted 2:1, not the mean of the two means
+    assert windows[0].ranks_loss != pytest.approx((windows[0].mean_loss + 3.0) / 2)
