@@ -33,22 +33,25 @@ def small_cache(folder: Path, n: int = 48) -> Path:
     return folder
 
 
+def tiny_settings(cache: Path, out_dir: Path, *extra: str) -> list[str]:
+    """The overrides (``--set`` values) of a fast run on ``cache``: tiny model, batch 4, lines
+    not bars, no plots; then ``extra``."""
+    return [
+        f"data.source={cache}",
+        "data.batch_size=4",
+        "data.split=[0.75, 0.125, 0.125]",
+        f"model.architecture={TINY_ARCHITECTURE}",
+        f"run.out_dir={out_dir}",
+        "run.progress=lines",
+        "run.plots=false",
+        "optim.lr=0.001",
+        *extra,
+    ]
+
+
 def tiny_config(cache: Path, out_dir: Path, *extra: str) -> TrainConfig:
-    """A fast run on ``cache``: tiny model, batch 4, lines not bars, no plots."""
-    return apply_overrides(
-        TrainConfig(),
-        [
-            f"data.source={cache}",
-            "data.batch_size=4",
-            "data.split=[0.75, 0.125, 0.125]",
-            f"model.architecture={TINY_ARCHITECTURE}",
-            f"run.out_dir={out_dir}",
-            "run.progress=lines",
-            "run.plots=false",
-            "optim.lr=0.001",
-            *extra,
-        ],
-    )
+    """The config of ``tiny_settings``."""
+    return apply_overrides(TrainConfig(), tiny_settings(cache, out_dir, *extra))
 
 
 def random_labels_like(n_atoms: list[int], seed: int = 0) -> list[object]:

@@ -18,7 +18,7 @@ from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.signals import StopSignals
 from fastchgnet.train.checkpoint import latest_step
 from fastchgnet.train.interrupt import Interrupted
-from tests.train.helpers import TINY_ARCHITECTURE, small_cache, tiny_config
+from tests.train.helpers import small_cache, tiny_config, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 #: checkpoints only at epoch ends (any mid-epoch one is the signal's), EMA on, a row a step
@@ -64,17 +64,7 @@ def test_a_signal_outside_the_epochs_raises_at_once():
 
 
 def _command(cache: Path, out: Path, *extra: str) -> list[str]:
-    overrides = [
-        f"data.source={cache}",
-        "data.batch_size=4",
-        "data.split=[0.75,0.125,0.125]",
-        f"model.architecture={TINY_ARCHITECTURE}",
-        f"run.out_dir={out}",
-        "run.progress=lines",
-        "run.plots=false",
-        "optim.lr=0.001",
-        *SETTINGS,
-    ]
+    overrides = tiny_settings(cache, out, *SETTINGS)
     launcher = str(ROOT / "launcher" / "train.py")
     return [sys.executable, launcher, *(f"--set={o}" for o in overrides), *extra]
 

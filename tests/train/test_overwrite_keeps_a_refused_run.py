@@ -8,7 +8,7 @@ import pytest
 
 from fastchgnet.cli.train import main
 from fastchgnet.train import outputs
-from tests.train.helpers import TINY_ARCHITECTURE, small_cache
+from tests.train.helpers import small_cache, tiny_settings
 
 OLD = {"metrics.csv": "epoch,split\n1,val\n", "model.pt": "old model", "summary.json": "{}"}
 
@@ -46,17 +46,7 @@ def test_an_overwrite_that_trains_replaces_the_old_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     _old_run(out)
-    settings = [
-        f"data.source={cache}",
-        "data.batch_size=4",
-        "data.split=[0.75,0.125,0.125]",
-        f"model.architecture={TINY_ARCHITECTURE}",
-        f"run.out_dir={out}",
-        "run.progress=lines",
-        "run.plots=false",
-        "run.compile=off",
-        "optim.epochs=1",
-    ]
+    settings = tiny_settings(cache, out, "run.compile=off", "optim.epochs=1")
     assert main(["--overwrite", *(f"--set={s}" for s in settings)]) == 0
     assert not (out / outputs.PREVIOUS).exists()
     assert not (out / "checkpoints" / "step-00000999").exists()
