@@ -21,6 +21,10 @@ from fastchgnet.units import MAX_ATOMIC_NUMBER
 #: (``implausible_labels``), so conversion skips it and the statistics list it as unusable.
 MAX_ENERGY_PER_ATOM = 50.0  # eV/atom
 MAX_STRESS_GPA = 1000.0  # GPa
+#: A stress label's largest ``|s_ij - s_ji|`` that ``stress_asymmetry`` takes for round-off:
+#: this many GPa, or this fraction of its largest component, whichever is more
+STRESS_ASYMMETRY_GPA = 1e-2  # GPa (0.1 kBar)
+STRESS_ASYMMETRY_RELATIVE = 1e-4
 
 
 @dataclass
@@ -153,7 +157,8 @@ def reduced_formula(composition: Composition | str) -> str:
 def check_frame(frame: Frame) -> None:
     """Raise ``StructureError`` naming the frame if it cannot be trained on.
 
-    Checks: elements with Z in 1..94, finite labels, label shapes matching the atom count.
+    Checks: elements with Z in 1..94, finite labels, label shapes matching the atom count, a
+    symmetric stress (``stress_asymmetry``).
     Graph problems (isolated atoms, zero volume, NaN coordinates) are found by ``build_graph``.
     """
     if frame.problem:
@@ -176,3 +181,28 @@ def check_frame(frame: Frame) -> None:
             raise StructureError(frame.name, f"{label} has shape {value.shape}, expected {shape}")
         if not np.isfinite(value).all():
             raise StructureError(frame.name, f"{label} has non-finite entries")
+    if frame.stress is not None and (problem := stress_asymmetry(frame.stress)):
+        raise StructureError(frame.name, problem)
+
+
+def stress_asymmetry(stress: np.ndarray) -> str | None:
+    """The problem of a (3, 3) stress label (GPa) that is not symmetric, or None.
+
+    A Cauchy stress is symmetric; one whose off-diagonal pairs differ is wrong data (a Voigt
+    order misread as a flat 3x3, columns shifted), not a label to train on. The largest
+    asymmetry ``max |s_ij - s_ji|`` (GPa) may be at most ``STRESS_ASYMMETRY_GPA`` (0.01 GPa)
+    or ``STRESS_ASYMMETRY_RELATIVE`` (1e-4) times the largest ``|s_ij|``, whichever is more:
+    VASP writes stress in kBar with at least five decimals, so its round-off, x 0.1 in GPa,
+    stays orders of magnitude below (the reference VASP runs and the bundled quickstart data
+    are symmetric to 1e-8 GPa)."""
+    difference = np.abs(stress - stress.T)
+    i, j = np.unravel_index(int(np.argmax(difference)), (3, 3))
+    asymmetry = float(difference[i, j])
+    allowed = max(STRESS_ASYMMETRY_GPA, STRESS_ASYMMETRY_RELATIVE * float(np.abs(stress).max()))
+    if asymmetry <= allowed:
+        return None
+    pair, reverse = "xyz"[i] + "xyz"[j], "xyz"[j] + "xyz"[i]
+    return (
+        f"stress is not symmetric: {pair} and {reverse} differ by {asymmetry:.4g} GPa (round-off "
+        f"allows {allowed:.3g} GPa); a stress tensor is symmetric, is the label misread?"
+    )

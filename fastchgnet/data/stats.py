@@ -2,8 +2,8 @@
 ranges and outliers, computed in one streaming pass over a source's frames (our units).
 
 Frames that ``check_frame`` refuses (as conversion does: a ``Frame.problem``, elements beyond
-Pu, non-finite labels, labels of the wrong shape) are listed as unusable and left out of every
-statistic. Graph problems that only a neighbour list finds (isolated or overlapping atoms) are
+Pu, non-finite labels, labels of the wrong shape, a stress that is not symmetric) are listed
+as unusable and left out of every statistic. Graph problems that only a neighbour list finds (isolated or overlapping atoms) are
 checked too with ``graphs`` (``data stats --graphs``: conversion's own ``frame_graph``, a
 neighbour list per frame, so slower); without it they stay for conversion to find.
 

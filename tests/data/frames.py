@@ -28,6 +28,12 @@ def isolated_atom() -> Structure:
     return Structure(Lattice.cubic(20.0), ["Li"], [[0, 0, 0]])
 
 
+def symmetric(matrix: np.ndarray) -> np.ndarray:
+    """``(matrix + matrix.T) / 2``: a random stress label made symmetric, as a stress is
+    (ingest skips a frame whose stress is not: ``frame.stress_asymmetry``)."""
+    return (matrix + matrix.T) / 2
+
+
 def mptrj_record(structure: Structure, seed: int, magmom: bool = True) -> dict:
     """One MPtrj frame record with random labels (stress in kBar, VASP sign)."""
     rng = np.random.default_rng(seed)
@@ -41,7 +47,7 @@ def mptrj_record(structure: Structure, seed: int, magmom: bool = True) -> dict:
         "ef_per_atom": 0.1,
         "e_per_atom_relaxed": -5.0,
         "force": rng.normal(size=(n, 3)).tolist(),
-        "stress": rng.normal(scale=10, size=(3, 3)).tolist(),
+        "stress": symmetric(rng.normal(scale=10, size=(3, 3))).tolist(),
         "magmom": rng.normal(size=n).tolist() if magmom else None,
         "mp_id": "x",
     }

@@ -11,6 +11,7 @@ from fastchgnet.data.frame import check_frame
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.errors import StructureError
 from fastchgnet.md.calculator import as_atoms
+from tests.data.frames import symmetric
 
 
 def _atoms(n: int = 3, seed: int = 5):
@@ -21,7 +22,7 @@ def _atoms(n: int = 3, seed: int = 5):
     for structure in varied_structures(n, seed=seed, max_atoms=6):
         atoms = as_atoms(structure)
         atoms.info["E_dft"] = -5.0 * len(atoms)
-        atoms.info["S_vasp"] = rng.normal(0, 20, size=(3, 3)).ravel()
+        atoms.info["S_vasp"] = symmetric(rng.normal(0, 20, size=(3, 3))).ravel()
         atoms.arrays["F_dft"] = rng.normal(0, 0.5, size=(len(atoms), 3))
         atoms.arrays["mag"] = -rng.random(len(atoms))
         frames.append(atoms)

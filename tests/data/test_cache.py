@@ -14,7 +14,7 @@ from fastchgnet.data.convert import convert
 from fastchgnet.data.frame import Frame
 from fastchgnet.data.graph import build_graph
 from fastchgnet.data.sources import from_structures, read_mptrj
-from tests.data.frames import isolated_atom, mptrj_record, rock_salt, write_mptrj
+from tests.data.frames import isolated_atom, mptrj_record, rock_salt, symmetric, write_mptrj
 
 GRAPH_FIELDS = (
     "atomic_numbers",
@@ -34,7 +34,7 @@ def good_frames(n: int) -> list[Frame]:
             structures,
             energies=[float(e) for e in rng.normal(size=n)],
             forces=[rng.normal(size=(8, 3)) for _ in range(n)],
-            stresses=[rng.normal(size=(3, 3)) if k % 2 else None for k in range(n)],
+            stresses=[symmetric(rng.normal(size=(3, 3))) if k % 2 else None for k in range(n)],
             magmoms=None,
         )
     )

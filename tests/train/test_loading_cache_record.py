@@ -19,6 +19,7 @@ from fastchgnet.data.sources import read_frames
 from fastchgnet.md.calculator import as_atoms
 from fastchgnet.train.config import DataConfig
 from fastchgnet.train.loading import make_splits, resolve_cache
+from tests.data.frames import symmetric
 
 CUTOFFS = (6.0, 3.0)
 #: stress in kBar under "S_vasp", as a VASP-sign file; the sign is what the runs below change
@@ -31,7 +32,7 @@ def write_frames(path, n, seed=5):
     for structure in varied_structures(n, seed=seed, max_atoms=4):
         atoms = as_atoms(structure)
         atoms.info["E_dft"] = -5.0 * len(atoms)
-        atoms.info["S_vasp"] = rng.normal(0, 20, size=(3, 3)).ravel()
+        atoms.info["S_vasp"] = symmetric(rng.normal(0, 20, size=(3, 3))).ravel()
         atoms.arrays["F_dft"] = rng.normal(0, 0.5, size=(len(atoms), 3))
         frames.append(atoms)
     write(str(path), frames)
