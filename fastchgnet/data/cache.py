@@ -3,6 +3,7 @@
 A cache folder holds::
 
     settings.json          cutoffs and shard size it was built with (a rerun must match)
+                           (written just before the first shard is finished)
     shard-00000/ ...       one folder per ``shard_size`` source frames: .npy arrays (below)
                            and shard.json (file sha256s, source frame range, skipped frames)
     manifest.json          written last: every shard's file sha256s; a cache without it is

@@ -14,6 +14,9 @@ of each shard's frames (``shards.FramesFingerprint``): a shard of other frames i
 conversion at a time fills a folder (``folder_lock``); an unreadable shard.json is a shard to
 rebuild, an unreadable settings.json a one-line error naming it.
 With ``max_structures`` conversion stops reading the source once that many structures are kept.
+settings.json is written just before the first shard is renamed into place (or at the end):
+a conversion that fails before a shard is finished (a source with no readable frame) writes
+nothing, and the folder it made is removed again.
 
 Memory: the main process holds one material's frames (the reader streams) and one window of
 ``workers * 64`` frames in flight, never a whole shard; finished structures are appended to
@@ -30,7 +33,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,15 +144,17 @@ def _build_shard(
     pool: object,
     bar: tqdm,
     wanted: int | None,
+    publish: Callable[[], None],
 ) -> int:
-    """Build one shard from ``frames`` in ``tmp_dir``, rename it to ``final``; return the
-    number of frames read (0: nothing written). With ``wanted``, reading stops once that many
+    """Build one shard from ``frames`` in ``tmp_dir``, call ``publish`` (it writes the
+    cache's settings.json), rename the shard to ``final``; return the number of frames read
+    (0: nothing written). With ``wanted``, reading stops once that many
     structures are kept. If reading or building fails, ``tmp_dir`` is
     removed and the error raised: the cache has no manifest, so nothing trusts it, and a
     rerun keeps the shards that were finished."""
     writer = ShardWriter(tmp_dir)
     try:
-        return _fill_shard(frames, writer, final, info, pool, bar, wanted)
+        return _fill_shard(frames, writer, final, info, pool, bar, wanted, publish)
     except BaseException:  # a source that breaks off mid-shard: no half-built shard is left
         writer.close()
         remove_tree(tmp_dir)
@@ -164,6 +169,7 @@ def _fill_shard(
     pool: object,
     bar: tqdm,
     wanted: int | None,
+    publish: Callable[[], None],
 ) -> int:
     tmp_dir = writer.dir
     skipped, kept, n_frames = [], 0, 0
@@ -199,6 +205,7 @@ def _fill_shard(
         return 0
     writer.finish({**info, "n_frames": n_frames, "n_structures": kept, "skipped": skipped,
                    "frames_sha256": fingerprint.hexdigest()})  # fmt: skip
+    publish()
     os.rename(tmp_dir, final)
     fsync_dir(final.parent)
     return n_frames
@@ -263,6 +270,8 @@ def convert(
     Raises:
         ValueError: ``shard_size`` below 1, or from the source (a file that breaks off): the
             cache is then left without manifest.json (unfinished; finished shards are kept).
+            With no shard finished, nothing is written: a folder this call made is removed,
+            one that existed (a user's, a cache being extended) is left with what it held.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
@@ -274,7 +283,7 @@ def convert(
             raise ValueError(f"{out}: is a file; a graph cache is a folder, name another")
         refusal = f"{out}: a conversion is going on there ({{holder}}); wait for it to end, " \
                   "or convert into another folder"  # fmt: skip
-        with folder_lock(out, LOCK_FILE, refusal):
+        with folder_lock(out, LOCK_FILE, refusal, keep_empty=False):  # made, failed: removed
             origin = getattr(frames, "origin", None) if origin is None else origin
             cutoffs = (atom_cutoff, bond_cutoff)
             return _convert(iter(frames), out, cutoffs, workers, shard_size, progress, origin,
@@ -315,7 +324,12 @@ def _convert(
             f"{out} was built with settings other than asked ({describe_change(built, settings)})"
             "; use another folder or delete it"
         )
-    write_json_atomic(settings_path, settings)
+
+    def publish() -> None:  # before the first shard is in place, after there is one to keep
+        write_json_atomic(settings_path, settings)
+
+    if finished:
+        publish()
     remove_tree(out / "manifest.json")
     for stale in converter_paths(out, TMP_SHARD):  # a killed conversion's (the lock is ours)
         remove_tree(stale)
@@ -337,7 +351,7 @@ def _convert(
                 remove_tree(final)
                 wanted = max_structures - held if max_structures > 0 else None
                 tmp = out / f".tmp-{final.name}"
-                if not _build_shard(stream, tmp, final, info, pool, bar, wanted):
+                if not _build_shard(stream, tmp, final, info, pool, bar, wanted, publish):
                     break
                 built += 1
             meta = json.loads((final / "shard.json").read_text())
@@ -364,6 +378,7 @@ def _convert(
     for extra in converter_paths(out, SHARD):
         if extra.name not in names:
             remove_tree(extra)
+    publish()
     write_json_atomic(out / "skipped.json", skipped)
     n_structures = sum(s["n_structures"] for s in shards)
     limit = max_structures if stopped else 0  # 0: the cache holds the whole source

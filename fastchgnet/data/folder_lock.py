@@ -13,10 +13,15 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, lock_file: str, refusal: str, take: bool = True) -> Iterator[None]:
+def folder_lock(
+    folder: Path, lock_file: str, refusal: str, take: bool = True, keep_empty: bool = True
+) -> Iterator[None]:
     """Within the block this process holds ``folder/lock_file`` (an exclusive ``flock``, which
     the system releases when the process ends, killed or not; the file is removed at the
-    block's end), where ``take``; ``folder`` is made if missing.
+    block's end), where ``take``; ``folder`` is made if missing (with its missing parents).
+    Without ``keep_empty``, the folders made here that are empty at the block's end are
+    removed again (a conversion that failed before writing anything leaves no empty folder);
+    a folder that existed before is never removed.
 
     Raises:
         ValueError: ``refusal`` with ``{holder}`` replaced by the process (pid, host) that
@@ -29,7 +34,24 @@ def folder_lock(folder: Path, lock_file: str, refusal: str, take: bool = True) -
     if not take or fcntl is None:
         yield
         return
+    whole = folder.absolute()
+    made = [f for f in (whole, *whole.parents) if not f.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _held(folder, lock_file, refusal):
+            yield
+    finally:
+        for empty in [] if keep_empty else made:  # innermost first
+            try:
+                empty.rmdir()  # only if empty: whatever another process put there stays
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _held(folder: Path, lock_file: str, refusal: str) -> Iterator[None]:
+    import fcntl
+
     with open(folder / lock_file, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

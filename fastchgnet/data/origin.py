@@ -3,8 +3,8 @@ noticed instead of training on the old cache.
 
 The record (``origin``) names each source file by its identity (``source_identity``) and the
 reader settings that change the labels (MPtrj ``energy_key``; extxyz/ASE ``AseLabels``). It is
-kept in the cache's settings.json (written when conversion starts, so a resumed conversion is
-checked too) and manifest.json (written last), both by ``files.write_json_atomic``.
+kept in the cache's settings.json (written before the first shard is finished, so a resumed
+conversion is checked too) and manifest.json (written last), both by ``files.write_json_atomic``.
 
 A file's identity is its resolved path, its size and either its content's sha256 (files up to
 ``HASH_LIMIT_BYTES``: read once, a fraction of a second) or its modification time in ns
