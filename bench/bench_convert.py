@@ -40,6 +40,11 @@ def base_cells() -> list[Structure]:
     return [cell, cell * (2, 1, 1), cell * (2, 2, 2)]
 
 
+def symmetric(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` (3, 3) made symmetric, as a stress label must be (ingest refuses others)."""
+    return (matrix + matrix.T) / 2
+
+
 def write_mptrj(path: Path, megabytes: float, frames_per_material: int = 40) -> int:
     """Stream an MPtrj-format JSON of about ``megabytes`` to ``path``; return frames written."""
     rng = np.random.default_rng(0)
@@ -63,7 +68,7 @@ def write_mptrj(path: Path, megabytes: float, frames_per_material: int = 40) -> 
                     "ef_per_atom": 0.0,
                     "e_per_atom_relaxed": total / n,
                     "force": rng.normal(size=(n, 3)).tolist(),
-                    "stress": rng.normal(scale=5, size=(3, 3)).tolist(),
+                    "stress": symmetric(rng.normal(scale=5, size=(3, 3))).tolist(),
                     "magmom": np.abs(rng.normal(size=n)).tolist(),
                     "mp_id": f"mp-{material}",
                 }
@@ -111,6 +116,8 @@ def main() -> None:
     )
     own, child = peak_rss_mb()
     dataset = GraphDataset(work / "cache")
+    if len(dataset) != n_frames:  # a rate over skipped frames would time nothing
+        sys.exit(f"the cache holds {len(dataset)} of {n_frames} frames: see its skipped.json")
     cache_mb = sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file()) / 1e6
     print(
         f"converted {summary.n_structures} structures in {summary.seconds:.1f} s: "
