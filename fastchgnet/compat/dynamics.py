@@ -35,9 +35,8 @@ from fastchgnet.compat.model import (
     determine_device,
     unsupported,
 )
-from fastchgnet.md.calculator import Calculator, as_atoms, ase_result
+from fastchgnet.md.calculator import Calculator, as_atoms, evaluate_graphs
 from fastchgnet.md.cell_filter import CachedFrechetCellFilter
-from fastchgnet.model.potential import check_elements
 
 #: chgnet's optimizer names that StructOptimizer does not take (ASE's SciPy wrappers)
 NOT_OFFERED = ("SciPyFminCG", "SciPyFminBFGS")
@@ -142,13 +141,14 @@ class CHGNetCalculator(Calculator):
         kept = self.results if same_atoms else {}
         properties, system_changes = properties or all_properties, system_changes or all_changes
         AseCalculator.calculate(self, atoms, properties, system_changes)  # copies the atoms
-        graph = self.graph(self.atoms)
-        check_elements(graph, self.potential.config.max_num_elements)
         self.stress_next = False  # the task decides here
-        prediction = self.potential.predict_graphs(
-            [graph], stress="s" in task, forces="f" in task, features=self.features
+        (results,) = evaluate_graphs(
+            self.potential,
+            [self.graph(self.atoms)],
+            stress="s" in task,
+            forces="f" in task,
+            features=self.features,
         )
-        results = ase_result(prediction.split([graph.n_atoms])[0])
         if "stress" in results:  # the reference's (3, 3) tensor (``get_stress``: ASE's Voigt 6)
             stress = voigt_6_to_full_3x3_stress(results["stress"])
             if self.stress_weight != units.GPa:

@@ -68,21 +68,26 @@ def first_neighbours(config: Any, structure: Any, name: str, skin: float = 1.0) 
 
 
 def evaluate_graphs(
-    model: Any, graphs: Sequence[CrystalGraph], *, stress: bool, features: bool = False
+    model: Any,
+    graphs: Sequence[CrystalGraph],
+    *,
+    stress: bool,
+    features: bool = False,
+    forces: bool = True,
 ) -> list[dict[str, Any]]:
     """One call of the potential (``model``: a Potential or a FastCHGNet) for many graphs;
     ASE results per structure.
 
     Returns:
-        Per graph: ``energy`` and ``free_energy`` () eV total, ``forces`` (n, 3) eV/Å,
-        ``magmoms`` (n,) μB, ``energies`` (n,) eV (site energies) and, when ``stress``,
-        ``stress`` (6,) eV/Å^3 (ASE Voigt order); with ``features`` (eager only)
-        ``crystal_fea`` (A,).
+        Per graph: ``energy`` and ``free_energy`` () eV total, ``magmoms`` (n,) μB,
+        ``energies`` (n,) eV (site energies), when ``forces`` ``forces`` (n, 3) eV/Å, when
+        ``stress`` ``stress`` (6,) eV/Å^3 (ASE Voigt order); with ``features`` (eager only)
+        ``crystal_fea`` (A,). Neither forces nor stress: the forward pass alone.
     """
     potential = as_potential(model)
     for graph in graphs:
         check_elements(graph, potential.config.max_num_elements)
-    prediction = potential.predict_graphs(graphs, stress=stress, features=features)
+    prediction = potential.predict_graphs(graphs, stress=stress, forces=forces, features=features)
     return [ase_result(part) for part in prediction.split([g.n_atoms for g in graphs])]
 
 
