@@ -64,13 +64,7 @@ def test_a_fitted_bulk_modulus_is_a_float_with_unit_in_gpa_as_the_references(
     quick_fit(reference_dynamics.EquationOfState, monkeypatch)
     quick_fit(EquationOfState, monkeypatch)
     options = {"ensemble": "npt", "thermostat": thermostat, "timestep": 1}
-    ours = MolecularDynamics(limno2, model=compat_model, compiled=False, **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = chgnet_ref.MolecularDynamics(
-            AseAtomsAdaptor.get_atoms(limno2), model=reference_chgnet, use_device="cpu",
-            **options,
-        )  # fmt: skip
+    ours, theirs = both_dynamics(chgnet_ref, reference_chgnet, compat_model, limno2, options)
     assert type(ours.bulk_modulus) is type(theirs.bulk_modulus) is FloatWithUnit
     assert str(ours.bulk_modulus.unit) == str(theirs.bulk_modulus.unit) == "GPa"
     assert ours.bulk_modulus == pytest.approx(theirs.bulk_modulus, abs=0.05)
@@ -87,12 +81,19 @@ def test_a_given_bulk_modulus_is_kept_as_given_as_by_the_reference(
     chgnet_ref, reference_chgnet, compat_model, limno2
 ):
     options = {"ensemble": "npt", "thermostat": "NPT_Berendsen", "bulk_modulus": 100}
-    ours = MolecularDynamics(limno2, model=compat_model, compiled=False, **options)
+    ours, theirs = both_dynamics(chgnet_ref, reference_chgnet, compat_model, limno2, options)
+    assert type(ours.bulk_modulus) is type(theirs.bulk_modulus) is int
+    assert ours.dyn.compressibility == theirs.dyn.compressibility
+
+
+def both_dynamics(chgnet_ref, reference_chgnet, compat_model, structure, options):
+    """(ours, the reference's) MolecularDynamics of ``structure`` with the same ``options``,
+    eager, the reference's warnings silenced."""
+    ours = MolecularDynamics(structure, model=compat_model, compiled=False, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = chgnet_ref.MolecularDynamics(
-            AseAtomsAdaptor.get_atoms(limno2), model=reference_chgnet, use_device="cpu",
+            AseAtomsAdaptor.get_atoms(structure), model=reference_chgnet, use_device="cpu",
             **options,
         )  # fmt: skip
-    assert type(ours.bulk_modulus) is type(theirs.bulk_modulus) is int
-    assert ours.dyn.compressibility == theirs.dyn.compressibility
+    return ours, theirs
