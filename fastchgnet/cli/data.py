@@ -92,7 +92,8 @@ def _frames(args: argparse.Namespace, scratch: Path | None = None) -> Any:
 def run_convert(args: argparse.Namespace) -> int | None:
     """Convert ``args.source`` into the graph cache ``args.out`` (resumable); a gzipped ASE
     source is decompressed beside the cache while it is read (not in a small /tmp). Stopped by
-    SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143."""
+    SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143;
+    where every frame was skipped (none usable), one line naming the list and 1."""
     from fastchgnet.data.convert import convert
     from fastchgnet.signals import stop_signal
 
@@ -102,7 +103,9 @@ def run_convert(args: argparse.Namespace) -> int | None:
     frames = _frames(args, scratch=beside)  # a missing or empty source fails here, before
     beside.mkdir(parents=True, exist_ok=True)  # any folder is made
     try:
-        convert(frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size)
+        summary = convert(
+            frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size
+        )
     except (KeyboardInterrupt, SystemExit) as stop:  # SIGINT; SIGTERM (``signals.stop_signals``)
         signum = stop_signal(stop)
         if signum is None:
@@ -114,6 +117,13 @@ def run_convert(args: argparse.Namespace) -> int | None:
             file=sys.stderr,
         )
         return 128 + signum
+    if summary.n_structures == 0 and summary.n_skipped:  # nothing to train on: say so
+        print(
+            f"data convert: no frame of {args.source} could be used: {summary.n_skipped} "
+            f"skipped, the reasons in {Path(args.out) / 'skipped.json'}",
+            file=sys.stderr,
+        )
+        return 1
     return None
 
 

@@ -61,3 +61,29 @@ def test_a_frame_without_a_periodic_cell_is_skipped_and_reported_not_fatal(tmp_p
     assert report.startswith("3 frames")
     assert "unusable (conversion skips them): 1" in report
     assert "frame mixed-1 of mixed:H2O (H2O): no periodic cell" in report
+
+
+def test_a_source_whose_every_frame_is_skipped_fails_in_one_line_and_keeps_the_reasons(
+    tmp_path, capsys
+):
+    """Two molecules without a box: the cache was empty and the command said nothing was
+    wrong (exit 0); now it exits 1 naming the list of reasons, which it keeps."""
+    import json
+
+    from ase.build import molecule
+
+    frames = [molecule("H2O"), molecule("CH4")]
+    for atoms in frames:
+        n = len(atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n, forces=np.zeros((n, 3)))
+    source = tmp_path / "molecules.extxyz"
+    write(source, frames)
+    out = tmp_path / "cache"
+    capsys.readouterr()
+    assert main(["data", "convert", str(source), "-o", str(out), "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"data convert: no frame of {source} could be used: 2 skipped, the reasons in "
+        f"{out / 'skipped.json'}"
+    )
+    assert len(json.loads((out / "skipped.json").read_text())) == 2
