@@ -159,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
     A bad config key or value, a missing file or a damaged checkpoint ends in one line on
     stderr (exit 1); SIGINT or SIGTERM in one process in a checkpoint at the step reached and
     one line saying so (exit 130 or 143; ``fastchgnet.train.interrupt``). Under a launcher
-    (several ranks), a rank that fails or is stopped by a signal prints one line naming
-    the ranks whose processes are gone (exit 1, or 128 + the signal), so a dead rank shows
-    up by name instead of as a hang or a bare SIGTERM.
+    (several ranks) an error is printed once, by the rank it happened on, naming it; the
+    ranks that stop because of it print nothing, and a rank that finds a peer gone without a
+    word (killed) prints one line naming it (exit 1, or 128 + the signal), so a dead rank
+    shows up by name instead of as a hang or a bare SIGTERM (``_failed``).
     """
     try:
         config = resolve_config(args)
@@ -234,16 +235,16 @@ def _train(args: argparse.Namespace, config: TrainConfig, out: Path, rank: int) 
 
     try:
         train(config, resume=args.resume)
-    except USER_ERRORS as error:
-        return user_error(PROG, error)
     except NonFiniteLossError as error:  # every rank stops on the same agreed skips
         return user_error(PROG, diverged(error, out), echo=rank != 0)
     except KeyboardInterrupt as error:
         return interrupted(error, out)
     except Exception as error:
-        if not distributed:
-            raise
-        return _failed(out, rank, error)
+        if distributed:
+            return _failed(out, rank, error)
+        if isinstance(error, USER_ERRORS):
+            return user_error(PROG, error)
+        raise
     from fastchgnet.train import collectives
 
     try:  # the process ends here: every rank got this far, unless a peer died after training
@@ -283,9 +284,35 @@ def interrupted(error: KeyboardInterrupt, out: Path) -> int:
 
 
 def _failed(out: Path, rank: int, error: Exception) -> int:
-    """Print one line naming the peers that are gone and ``error``'s first line; exit code 1."""
+    """Report a rank's failure under a launcher so that a user reads it once (exit code 1):
+    the rank it happened on prints it, naming itself (a user error in one line, any other
+    with its traceback); a rank that stops because another failed prints nothing, or one
+    line naming a peer that is gone without a word (``train.failures``). Before the ranks
+    have begun a launch (or without one), a user error is printed by rank 0
+    (``launchers.echo_of_rank_0``) and any other error as one line naming the gone peers."""
+    import traceback
+
+    from fastchgnet.train import failures
+    from fastchgnet.train.collectives import PeerStopped
+    from fastchgnet.train.launchers import echo_of_rank_0
+
+    if isinstance(error, PeerStopped):  # rank 0 refused the data and says why
+        return 1
+    user = isinstance(error, USER_ERRORS)
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
-    print(f"{_peers(out, rank)} ({type(error).__name__}: {first_line})", file=sys.stderr)
+    summary = str(error) if user else f"{type(error).__name__}: {first_line}"
+    if not failures.known():
+        if user:
+            return user_error(PROG, error, echo=echo_of_rank_0())
+        print(f"{_peers(out, rank)} ({summary})", file=sys.stderr)
+        return 1
+    own = f"{PROG}: error: rank {rank}: {error}"
+    if not user:
+        trace = "".join(traceback.format_exception(error)).rstrip()
+        own = f"{PROG}: error: rank {rank} failed:\n{trace}"
+    said = failures.verdict(summary, own, peers=not user)
+    if said is not None:
+        print(said, file=sys.stderr, flush=True)
     return 1
 
 
@@ -297,16 +324,20 @@ def _peers(out: Path, rank: int, grace_s: float = 5.0) -> str:
 
 def _report_on_signal(out: Path, rank: int) -> None:
     """On SIGTERM (DeepSpeed's launcher stops every rank when one exits with an error, or a
-    user stops the run) print which peers are gone, put back an old run a --overwrite set
-    aside where this one had not started training (the main rank: ``restore_previous``; the
-    exit skips ``_run_locked``'s own), then exit at once: the launcher has already seen the
-    rank that ended exit, so no grace for a dying peer (a plain stop would wait it out on
-    every rank). The exit skips ``finally`` blocks: a gzipped source's decompressed copy in
-    ``out`` (a conversion under way) is removed here."""
+    user stops the run) print which peers are gone (nothing where a rank that failed said
+    why; this rank's own error where it was about to say it: ``failures.on_stop``), put
+    back an old run a --overwrite set aside where this one had not started training (the
+    main rank: ``restore_previous``; the exit skips ``_run_locked``'s own), then exit at
+    once: the launcher has already seen the rank that ended exit, so no grace for a dying
+    peer (a plain stop would wait it out on every rank). The exit skips ``finally`` blocks: a
+    gzipped source's decompressed copy in ``out`` (a conversion under way) is removed here."""
+    from fastchgnet.train import failures  # not in the handler
 
     def stop(signum: int, frame: object) -> None:
-        message = f"{_peers(out, rank, grace_s=0.0)} (signal {signum})"
-        print(message, file=sys.stderr, flush=True)
+        # nothing where another rank's failure stopped the run and that rank said why
+        message = failures.on_stop(lambda: f"{_peers(out, rank, grace_s=0.0)} (signal {signum})")
+        if message is not None:
+            print(message, file=sys.stderr, flush=True)
         if rank == 0:
             restore_previous(out)
         # a gzipped source's copy, decompressed in ``out`` while converting (no import in a

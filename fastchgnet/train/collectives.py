@@ -299,7 +299,12 @@ def settle(out_dir: Path, rank: int, stall_s: float, token: str, problem: str | 
     wait_for_file(path, out_dir, rank, stall_s, poll_s=0.2)  # read before a launcher stops it
     failed = json.loads(path.read_text())["problem"]
     if failed is not None and problem is None:
-        raise ValueError(f"rank 0 stopped: {failed}")
+        raise PeerStopped(f"rank 0 stopped: {failed}")
+
+
+class PeerStopped(ValueError):
+    """This rank stops because rank 0 did (``settle``): rank 0 prints the reason, this rank
+    need not (``train.failures``)."""
 
 
 @contextlib.contextmanager
@@ -349,6 +354,22 @@ def peer_report(out_dir: Path, rank: int, grace_s: float = 5.0) -> str:
     the process is gone (a zombie): with no peer gone yet, this looks again every 0.1 s for up
     to ``grace_s`` seconds.
     """
+    local, elsewhere = peer_records(out_dir, rank)
+    deadline = time.monotonic() + grace_s
+    while True:
+        gone = gone_peers(out_dir, rank, local)
+        if gone or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    if gone:
+        return f"rank {rank} stops: {', '.join(gone.values())} is gone"
+    note = f"; ranks {elsewhere} on other hosts not checked" if elsewhere else ""
+    return f"rank {rank} stops: its peer processes on this host are all alive{note}"
+
+
+def peer_records(out_dir: Path, rank: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """([(rank, pid)] of the other ranks on this host, [ranks on other hosts]), from the
+    records ``register_rank`` wrote."""
     host, elsewhere = socket.gethostname(), []
     local: list[tuple[int, int]] = []
     for path in sorted((Path(out_dir) / "ranks").glob("rank-*.json")):
@@ -359,13 +380,14 @@ def peer_report(out_dir: Path, rank: int, grace_s: float = 5.0) -> str:
             elsewhere.append(record["rank"])
         else:
             local.append((int(record["rank"]), int(record["pid"])))
-    deadline = time.monotonic() + grace_s
-    while True:
-        gone = [f"rank {r} (pid {pid} on {host})" for r, pid in local if not _alive(pid)]
-        if gone or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    if gone:
-        return f"rank {rank} stops: {', '.join(gone)} is gone"
-    note = f"; ranks {elsewhere} on other hosts not checked" if elsewhere else ""
-    return f"rank {rank} stops: its peer processes on this host are all alive{note}"
+    return local, elsewhere
+
+
+def gone_peers(
+    out_dir: Path, rank: int, local: list[tuple[int, int]] | None = None
+) -> dict[int, str]:
+    """{rank: "rank R (pid P on HOST)"} of the other ranks on this host whose processes are
+    gone (now, no grace; ``local``: ``peer_records``' list, read again when None)."""
+    host = socket.gethostname()
+    local = peer_records(out_dir, rank)[0] if local is None else local
+    return {r: f"rank {r} (pid {pid} on {host})" for r, pid in local if not _alive(pid)}

@@ -28,7 +28,7 @@ import torch
 from fastchgnet.data.cache import GraphDataset
 from fastchgnet.model.loss import TARGETS
 from fastchgnet.signals import StopSignals
-from fastchgnet.train import collectives, compile_choice
+from fastchgnet.train import collectives, compile_choice, failures
 from fastchgnet.train.checkpoint import (
     CheckpointError,
     Progress,
@@ -130,8 +130,13 @@ def setup(config: TrainConfig) -> Run:
     rank, world_size = collectives.rank_and_world()
     out = Path(config.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    token = ""  # this launch's, the same on every rank: names its files under ranks/
     if world_size > 1:
         collectives.register_rank(out, rank)
+        token = str(collectives.all_gather_objects(uuid.uuid4().hex)[0])
+        failures.begin(out, rank, world_size, token)  # from here a failure is said once
+    else:
+        failures.end()
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
     random.seed(config.run.seed)
@@ -139,7 +144,15 @@ def setup(config: TrainConfig) -> Run:
     scalars = Scalars(config.run.tensorboard, out, rank)
     sync_check = SyncCheck(config.run.sync_debug)
     return Run(
-        config, rank, world_size, out, compiled, packed, scalars=scalars, sync_check=sync_check
+        config,
+        rank,
+        world_size,
+        out,
+        compiled,
+        packed,
+        scalars=scalars,
+        sync_check=sync_check,
+        token=token,
     )
 
 
@@ -153,9 +166,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     beating = run.rank == 0 and run.world_size > 1
     # rank 0 converts (or rebuilds, or refuses) the cache alone, for longer than any
     # collective's timeout: the others wait on a file saying how it went (collectives.settle)
-    token = ""
-    if run.world_size > 1:
-        token = f"data-{collectives.all_gather_objects(uuid.uuid4().hex)[0]}"
+    token = f"data-{run.token}" if run.token else ""
     problem = None
     try:
         with collectives.heartbeat(run.out) if beating else contextlib.nullcontext():

@@ -70,6 +70,7 @@ class Run:
     checkpoint_step: int | None = None  # the global step of the last checkpoint written
     epoch_started: float | None = None  # perf_counter at the epoch's start, while it trains
     seconds_before: float = 0.0  # progress.train_seconds when the epoch's training began
+    token: str = ""  # the launch's, agreed by every rank ("" in one process)
 
     @property
     def model(self) -> torch.nn.Module:

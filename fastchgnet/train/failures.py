@@ -1,0 +1,152 @@
+"""Which rank says why a run of several ranks stopped: the error once, by the rank it happened on.
+
+When one rank fails, every rank stops: the others fail in their next collective (a closed
+connection, a timeout), are stopped by the launcher (SIGTERM), or stop on rank 0's refusal of
+the data (``collectives.PeerStopped``). Each used to print its own line, so 8 ranks printed
+the error and 7 echoes of it. Now a rank that fails records its error in
+``<out_dir>/ranks/failed-<launch token>-<rank>.json`` before it says anything (and so before
+its exit stops the others), and ``verdict`` decides what it prints:
+
+    another rank recorded a different error first   nothing: this failure is a consequence
+    a lower rank recorded the same error            nothing: that rank prints it (every rank
+                                                    meeting the same bad config or data)
+    a peer on this host is gone without a record    one line naming it (killed: no one else
+                                                    can say more)
+    none of these                                   its error, naming its rank
+
+A rank waits up to ``GRACE_S`` for a lower rank's record of the same error (ranks meet such an
+error within moments of each other, as they leave the same collective) and, for an error that
+may come from a collective, for a peer's process to be gone (a killed peer closes its sockets
+before its process ends). The launch token (agreed in one collective as the run starts, ``begin``)
+keeps a record of an earlier launch in the same folder from counting. Before it, or without a
+launcher, there are no records: ``known()`` is False and the caller reports as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastchgnet.files import write_json_atomic
+from fastchgnet.train import collectives
+
+#: seconds a failing rank waits for a lower rank's record of its error, or a gone peer
+GRACE_S = 5.0
+
+
+@dataclass
+class Launch:
+    out: Path
+    rank: int
+    world_size: int
+    token: str
+
+    def record(self, rank: int) -> Path:
+        return self.out / "ranks" / f"failed-{self.token}-{rank:05d}.json"
+
+
+_launch: Launch | None = None
+#: (error, what to print) of this rank while ``verdict`` waits: said if the launcher stops it
+_pending: tuple[str, str] | None = None
+
+
+def begin(out: Path, rank: int, world_size: int, token: str) -> None:
+    """This process is ``rank`` of ``world_size`` in the launch ``token`` (the same on every
+    rank, agreed by a collective); rank 0 removes the records of earlier launches."""
+    global _launch
+    _launch = Launch(Path(out), rank, world_size, token)
+    if rank == 0:
+        for path in (Path(out) / "ranks").glob("failed-*.json"):
+            if not path.name.startswith(f"failed-{token}-"):
+                path.unlink(missing_ok=True)
+
+
+def end() -> None:
+    """Forget the launch (a process that trains once more, as tests do)."""
+    global _launch
+    _launch = None
+
+
+def known() -> bool:
+    """Whether this process is a rank of a launch of several ranks that has begun."""
+    return _launch is not None and _launch.world_size > 1
+
+
+def recorded() -> dict[int, str]:
+    """{rank: error} of the other ranks of this launch that recorded a failure (one listing
+    of ``ranks/``: a failing rank of thousands reads the records there are, not one each)."""
+    if _launch is None:
+        return {}
+    found = {}
+    for path in (_launch.out / "ranks").glob(f"failed-{_launch.token}-*.json"):
+        try:
+            record = json.loads(path.read_text())
+            if int(record["rank"]) != _launch.rank:
+                found[int(record["rank"])] = str(record["error"])
+        except (OSError, ValueError, KeyError):  # removed, or not ours
+            continue
+    return found
+
+
+def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> str | None:
+    """What this rank prints for its failure ``error`` (one line: it is compared with the
+    other ranks' records): ``own`` (this rank's report of it) where the failure is its own,
+    a line naming a peer on this host that is gone where ``peers`` (an error that may come
+    from a collective) and that peer left no record, None where another rank's record
+    explains it (see the module docstring). Only where ``known()``."""
+    global _pending
+    assert _launch is not None
+    if any(other != error for other in recorded().values()):
+        return None  # another rank failed first: it says why
+    path = _launch.record(_launch.rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"rank": _launch.rank, "error": error})
+    _pending = (error, own)
+    local = collectives.peer_records(_launch.out, _launch.rank)[0] if peers else []
+    try:
+        deadline = time.monotonic() + grace_s
+        while True:
+            lower = _lower(recorded())
+            if error in lower.values():
+                return None
+            gone = _silent_gone(local) if peers else ""
+            if gone:
+                return f"{gone} ({error})"
+            if time.monotonic() >= deadline or (len(lower) == _launch.rank and not peers):
+                return own
+            time.sleep(0.1)
+    finally:
+        _pending = None
+
+
+def on_stop(peer_line: Callable[[], str]) -> str | None:
+    """What a rank stopped by the launcher's SIGTERM prints: its own error where it was
+    still deciding (``verdict``; unless a lower rank said the same, or a peer that left no
+    record is gone: ``peer_line()``), nothing where another rank recorded why the run
+    failed, else ``peer_line()`` (a peer killed without a word, or a stop from outside)."""
+    if not known():
+        return peer_line()
+    if _pending is not None:
+        error, own = _pending
+        if error in _lower(recorded()).values():
+            return None
+        return peer_line() if _silent_gone() else own
+    return None if recorded() else peer_line()
+
+
+def _lower(records: dict[int, str]) -> dict[int, str]:
+    assert _launch is not None
+    return {rank: error for rank, error in records.items() if rank < _launch.rank}
+
+
+def _silent_gone(local: list[tuple[int, int]] | None = None) -> str:
+    """The peers on this host whose processes are gone without a record, in words ("" none;
+    ``local``: ``collectives.peer_records``' list, read when None)."""
+    assert _launch is not None
+    said = recorded()
+    gone = collectives.gone_peers(_launch.out, _launch.rank, local)
+    names = [name for rank, name in sorted(gone.items()) if rank not in said]
+    return f"rank {_launch.rank} stops: {', '.join(names)} is gone" if names else ""

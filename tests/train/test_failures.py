@@ -1,0 +1,119 @@
+"""Which rank says why a run of several ranks failed (``train.failures``), from the records the
+ranks leave under ``ranks/``: a failure caused by another rank's says nothing, the lowest rank
+with an error says it, a peer gone without a word is named."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fastchgnet.train import failures
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """``begin(rank)``: this process as ``rank`` of 2 in the launch "t1" under ``tmp_path``."""
+
+    def begin(rank: int) -> None:
+        failures.begin(tmp_path, rank, 2, "t1")
+
+    yield begin
+    failures.end()
+
+
+def _record(tmp_path, rank: int, error: str, token: str = "t1") -> None:
+    path = tmp_path / "ranks" / f"failed-{token}-{rank:05d}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"rank": rank, "error": error}))
+
+
+def _own(tmp_path, rank: int) -> str | None:
+    path = tmp_path / "ranks" / f"failed-t1-{rank:05d}.json"
+    return json.loads(path.read_text())["error"] if path.is_file() else None
+
+
+def test_rank_0_removes_the_records_of_earlier_launches_only(tmp_path, launch) -> None:
+    _record(tmp_path, 1, "old", token="t0")
+    _record(tmp_path, 1, "now")
+    launch(0)
+    assert failures.recorded() == {1: "now"}
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["failed-t1-00001.json"]
+
+
+def test_a_failure_after_another_ranks_is_a_consequence_said_by_no_one(tmp_path, launch) -> None:
+    launch(0)
+    _record(tmp_path, 1, "RuntimeError: a bad batch")
+    error = "RuntimeError: Connection closed by peer"
+    assert failures.verdict(error, "own", peers=True, grace_s=0.0) is None
+    assert _own(tmp_path, 0) is None  # no record: a later failure still looks to rank 1
+
+
+def test_the_lowest_rank_with_an_error_says_it(tmp_path, launch) -> None:
+    launch(0)
+    _record(tmp_path, 1, "bad config")  # rank 1 was first: it waits for rank 0's record
+    started = time.monotonic()
+    assert failures.verdict("bad config", "own", peers=False) == "own"
+    assert time.monotonic() - started < 1.0  # rank 0 waits for no one
+    assert _own(tmp_path, 0) == "bad config"
+    failures.begin(tmp_path, 1, 2, "t1")  # rank 1, whose error rank 0 has said
+    assert failures.verdict("bad config", "own", peers=False) is None
+
+
+def test_an_error_no_lower_rank_shares_is_said_after_the_grace(tmp_path, launch) -> None:
+    launch(1)
+    started = time.monotonic()
+    assert failures.verdict("bad batch", "own", peers=False, grace_s=0.3) == "own"
+    assert time.monotonic() - started >= 0.3
+    assert _own(tmp_path, 1) == "bad batch"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_peer_gone_without_a_record_is_named(tmp_path, launch) -> None:
+    launch(1)
+    dead = _dead_pid()
+    record = {"rank": 0, "pid": dead, "host": socket.gethostname()}
+    (tmp_path / "ranks").mkdir(exist_ok=True)
+    (tmp_path / "ranks" / "rank-00000.json").write_text(json.dumps(record))
+    said = failures.verdict("RuntimeError: closed", "own", peers=True, grace_s=5.0)
+    host = socket.gethostname()
+    assert said == f"rank 1 stops: rank 0 (pid {dead} on {host}) is gone (RuntimeError: closed)"
+
+
+def test_a_stop_by_the_launcher_says_nothing_where_a_rank_said_why(tmp_path, launch) -> None:
+    launch(0)
+    assert failures.on_stop(lambda: "peers") == "peers"  # no rank failed: a stop from outside
+    _record(tmp_path, 1, "bad batch")
+    assert failures.on_stop(lambda: "peers") is None
+
+
+def test_a_stop_while_deciding_says_the_ranks_own_error(tmp_path, launch, monkeypatch) -> None:
+    launch(1)
+    (tmp_path / "ranks").mkdir(exist_ok=True)
+    (tmp_path / "ranks" / "rank-00000.json").write_text(
+        json.dumps({"rank": 0, "pid": os.getpid(), "host": socket.gethostname()})
+    )
+    _record(tmp_path, 1, "bad batch")  # written by verdict before it waits
+    monkeypatch.setattr(failures, "_pending", ("bad batch", "own"))
+    assert failures.on_stop(lambda: "peers") == "own"
+    _record(tmp_path, 0, "bad batch")  # ... unless a lower rank says the same
+    assert failures.on_stop(lambda: "peers") is None
+
+
+def test_without_a_launch_nothing_is_known(tmp_path) -> None:
+    failures.end()
+    assert not failures.known()
+    assert failures.on_stop(lambda: "peers") == "peers"
+    failures.begin(tmp_path, 0, 1, "t1")  # one rank: nothing to decide
+    assert not failures.known()
+    failures.end()

@@ -1,0 +1,85 @@
+"""Under a launcher, an error is said once: by the rank it happened on, naming it; the ranks
+that stop because of it say nothing (``train.failures``). Two CPU ranks under ``deepspeed``
+(both ranks' stderr reach the launcher's): each rank printed its own line before, so the user
+read the error, and an echo of it, once per rank."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.train.helpers import small_cache
+from tests.train.test_distributed import ENV, ROOT, _command
+
+#: the training command line, with a RuntimeError raised in rank 1's third training step
+FAILING_STEP = """
+import os
+import sys
+
+from fastchgnet.train import step
+
+if os.environ["RANK"] == "1":
+    original, calls = step.TrainStep.__call__, []
+
+    def failing(self, batch, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a bad batch on rank 1")
+        return original(self, batch, labels)
+
+    step.TrainStep.__call__ = failing
+
+from fastchgnet.cli.train import main
+
+sys.exit(main())
+"""
+
+
+def _errors(tmp_path: Path, *overrides: str, script: str | None = None) -> tuple[int, str]:
+    """(exit code, the ranks' stderr without DeepSpeed's launcher's log lines) of a 2-rank
+    one-epoch run on 24 structures (no validation split) with ``overrides``."""
+    pytest.importorskip("deepspeed")
+    cache = small_cache(tmp_path / "cache", n=24)
+    command = _command(tmp_path / "run", cache, "optim.epochs=1", *overrides)
+    if script is not None:
+        path = tmp_path / "train_failing.py"
+        path.write_text(script)
+        command[command.index(str(ROOT / "launcher" / "train.py"))] = str(path)
+    done = subprocess.run(command, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if not line.startswith("[")]
+    stderr = "\n".join(line for line in lines if line in done.stderr.splitlines())
+    return done.returncode, stderr
+
+
+@pytest.mark.slow
+def test_an_error_in_one_ranks_step_is_said_by_that_rank_alone(tmp_path) -> None:
+    # rank 0, whose collective failed when rank 1 exited, said 'rank 0 stops: rank 1 (pid
+    # ...) is gone (RuntimeError: [...gloo...] Connection closed by peer ...)'; rank 1 said
+    # 'rank 1 stops: its peer processes on this host are all alive (RuntimeError: ...)'
+    code, stderr = _errors(tmp_path, script=FAILING_STEP)
+    assert code == 1, stderr
+    assert stderr.startswith("fastchgnet train: error: rank 1 failed:\nTraceback"), stderr
+    assert stderr.endswith("RuntimeError: a bad batch on rank 1"), stderr
+    assert stderr.count("a bad batch on rank 1") == 2  # the raise in the traceback, the error
+    assert "rank 0" not in stderr
+
+
+@pytest.mark.slow
+def test_an_error_every_rank_meets_is_said_once(tmp_path) -> None:
+    # early stopping without validation structures: every rank raises the same ValueError
+    code, stderr = _errors(tmp_path, "optim.early_stopping_patience=2")
+    assert code == 1, stderr
+    assert stderr.count("\n") == 0, stderr
+    assert stderr.startswith("fastchgnet train: error: rank 0: config ")
+    assert "needs validation structures" in stderr
+
+
+@pytest.mark.slow
+def test_rank_0s_refusal_of_the_data_is_said_once(tmp_path) -> None:
+    # rank 1 said 'fastchgnet train: error: rank 0 stopped: <rank 0's error>' after it
+    missing = tmp_path / "missing.extxyz"
+    code, stderr = _errors(tmp_path, f"data.source={missing}")
+    assert code == 1, stderr
+    assert stderr == f"fastchgnet train: error: rank 0: {missing}: no such file or directory"
