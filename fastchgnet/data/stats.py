@@ -3,9 +3,10 @@ ranges and outliers, computed in one streaming pass over a source's frames (our 
 
 Frames that ``check_frame`` refuses (as conversion does: a ``Frame.problem``, elements beyond
 Pu, non-finite labels, labels of the wrong shape, a stress that is not symmetric) are listed
-as unusable and left out of every statistic. Graph problems that only a neighbour list finds (isolated or overlapping atoms) are
-checked too with ``graphs`` (``data stats --graphs``: conversion's own ``frame_graph``, a
-neighbour list per frame, so slower); without it they stay for conversion to find.
+as unusable and left out of every statistic. Graph problems that only a neighbour list finds
+(isolated or overlapping atoms) are checked too with ``graphs`` (``data stats --graphs``:
+conversion's own ``frame_graph``, a neighbour list per frame, so slower); without it they stay
+for conversion to find.
 
 Outliers: energies more than ``z_limit`` standard deviations from the mean energy per atom
 (judged after the pass, from a kept (frame name, energy) list), any force component above
