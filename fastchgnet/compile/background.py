@@ -35,6 +35,8 @@ from fastchgnet.signals import quiet_child
 #: Children building now, by process id (``busy``): calls that run while one builds keep a
 #: spare core whatever they run (``spare_core``).
 _CHILDREN: set[int] = set()
+#: The builds not yet read to their end, which ``busy`` reads on (``BackgroundBuild.poll``).
+_BUILDS: weakref.WeakSet[BackgroundBuild] = weakref.WeakSet()
 
 
 def available_in_background() -> bool:
@@ -53,7 +55,16 @@ def usable_cores() -> int:
 
 
 def busy() -> bool:
-    """Whether a child of this process is building now."""
+    """Whether a child of this process is building now. Every unfinished build is read on
+    first (``BackgroundBuild.poll``, which keeps its result for its owner): a child that is
+    done is collected here, not only when its owner next asks. A program called once in
+    many MD steps (a written frame's stress) left its finished child counted, and blocked
+    on a full pipe, for hundreds of steps, each run on one torch thread fewer and none able
+    to start another build."""
+    for build in list(_BUILDS):
+        if not build.done:
+            with contextlib.suppress(BackgroundBuildError):
+                build.poll()
     return bool(_CHILDREN)
 
 
@@ -96,7 +107,13 @@ class BackgroundBuild:
         self._pid, self._read, self._chunks = pid, read, []
         self._done = False
         _CHILDREN.add(pid)
+        _BUILDS.add(self)
         self._finalizer = weakref.finalize(self, _reap, pid, read, True, os.getpid())
+
+    @property
+    def done(self) -> bool:
+        """Whether the child's answer is read (or the build cancelled)."""
+        return self._done
 
     def poll(self) -> Any | None:
         """The build's result if it is done (None while it runs); raises

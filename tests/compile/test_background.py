@@ -47,6 +47,26 @@ def test_a_background_build_sends_its_result_or_its_error_back():
 
 
 @needs_fork
+def test_a_finished_child_stops_counting_as_busy_before_its_owner_asks():
+    """A written frame's stress program asks for its child's graph once in many MD steps: its
+    finished child stayed counted (``busy``), blocked on a full pipe, and every force call
+    meanwhile ran on a thread fewer. ``busy`` now reads unfinished builds on itself."""
+    build = BackgroundBuild(lambda: b"\x00" * 300_000, 1)  # more than a pipe holds
+    deadline = time.monotonic() + 60
+    while background.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not background.busy()
+    assert build.done
+    assert build.poll() == b"\x00" * 300_000  # kept for its owner
+    failed = BackgroundBuild(lambda: 1 / 0, 1)
+    while background.busy() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not background.busy()
+    with pytest.raises(BackgroundBuildError, match="ZeroDivisionError"):
+        failed.poll()
+
+
+@needs_fork
 def test_a_cancelled_build_leaves_no_process_behind():
     build = BackgroundBuild(lambda: time.sleep(60), 1)
     pid = build._pid
