@@ -297,6 +297,7 @@ def _failed(out: Path, rank: int, error: Exception) -> int:
     from fastchgnet.train.launchers import echo_of_rank_0
 
     if isinstance(error, PeerStopped):  # rank 0 refused the data and says why
+        failures.consequence()  # so that rank 0 does not take this rank for gone
         return 1
     user = isinstance(error, USER_ERRORS)
     first_line = (str(error).strip().splitlines() or [""])[0][:300]

@@ -75,20 +75,33 @@ def known() -> bool:
     return _launch is not None and _launch.world_size > 1
 
 
-def recorded() -> dict[int, str]:
+def recorded(consequences: bool = False) -> dict[int, str]:
     """{rank: error} of the other ranks of this launch that recorded a failure (one listing
-    of ``ranks/``: a failing rank of thousands reads the records there are, not one each)."""
+    of ``ranks/``: a failing rank of thousands reads the records there are, not one each);
+    with ``consequences`` also the ranks that recorded stopping on another's failure
+    (``consequence``; their error "")."""
     if _launch is None:
         return {}
     found = {}
     for path in (_launch.out / "ranks").glob(f"failed-{_launch.token}-*.json"):
         try:
             record = json.loads(path.read_text())
-            if int(record["rank"]) != _launch.rank:
+            if int(record["rank"]) != _launch.rank and (consequences or record["error"]):
                 found[int(record["rank"])] = str(record["error"])
         except (OSError, ValueError, KeyError):  # removed, or not ours
             continue
     return found
+
+
+def consequence() -> None:
+    """Record that this rank stops because another failed (``collectives.PeerStopped``): it
+    prints nothing, and the failing rank, finding its process gone, does not take it for a
+    peer killed without a word (``verdict``). Only where ``known()``."""
+    if known():
+        assert _launch is not None
+        path = _launch.record(_launch.rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"rank": _launch.rank, "error": ""})
 
 
 def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> str | None:
@@ -116,7 +129,7 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
             if gone:
                 return f"{gone} ({error})"
             if time.monotonic() >= deadline or (len(lower) == _launch.rank and not peers):
-                return own
+                return own + _elsewhere_note(peers)
             time.sleep(0.1)
     finally:
         _pending = None
@@ -142,11 +155,29 @@ def _lower(records: dict[int, str]) -> dict[int, str]:
     return {rank: error for rank, error in records.items() if rank < _launch.rank}
 
 
+def _elsewhere_note(peers: bool) -> str:
+    """Where ``peers`` (an error that may come from a collective): a line naming the ranks on
+    other hosts without a record, whose processes this rank cannot see, as the cause it may
+    be ("" where there are none): a peer killed there ends this rank in the same error."""
+    assert _launch is not None
+    if not peers:
+        return ""
+    said = recorded(consequences=True)
+    elsewhere = [r for r in collectives.peer_records(_launch.out, _launch.rank)[1] if r not in said]
+    if not elsewhere:
+        return ""
+    return (
+        f"\n(ranks {elsewhere} on other hosts, not checked from here, said nothing: if one of "
+        "them is gone, this error follows from it)"
+    )
+
+
 def _silent_gone(local: list[tuple[int, int]] | None = None) -> str:
     """The peers on this host whose processes are gone without a record, in words ("" none;
-    ``local``: ``collectives.peer_records``' list, read when None)."""
+    ``local``: ``collectives.peer_records``' list, read when None); a rank that recorded
+    stopping on this rank's failure (``consequence``) has said its word."""
     assert _launch is not None
-    said = recorded()
+    said = recorded(consequences=True)
     gone = collectives.gone_peers(_launch.out, _launch.rank, local)
     names = [name for rank, name in sorted(gone.items()) if rank not in said]
     return f"rank {_launch.rank} stops: {', '.join(names)} is gone" if names else ""

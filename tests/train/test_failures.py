@@ -117,3 +117,39 @@ def test_without_a_launch_nothing_is_known(tmp_path) -> None:
     failures.begin(tmp_path, 0, 1, "t1")  # one rank: nothing to decide
     assert not failures.known()
     failures.end()
+
+
+def test_a_peer_that_stopped_on_this_ranks_failure_is_not_taken_for_gone(tmp_path, launch) -> None:
+    """Rank 0 failed preparing the data (not a user error); rank 1 stopped on its refusal and
+    exited: rank 0 named rank 1 as gone, without its own error. Rank 1 now records that it
+    stopped on another's failure, and rank 0 says its own."""
+    launch(0)
+    dead = _dead_pid()
+    record = {"rank": 1, "pid": dead, "host": socket.gethostname()}
+    (tmp_path / "ranks").mkdir(exist_ok=True)
+    (tmp_path / "ranks" / "rank-00001.json").write_text(json.dumps(record))
+    failures.begin(tmp_path, 1, 2, "t1")
+    failures.consequence()  # what rank 1 does on collectives.PeerStopped
+    assert _own(tmp_path, 1) == ""
+    launch(0)
+    assert failures.recorded() == {}  # not a failure of its own
+    said = failures.verdict("RuntimeError: disk went away", "own", peers=True, grace_s=0.3)
+    assert said == "own"
+
+
+def test_ranks_on_other_hosts_that_said_nothing_are_named_beside_a_collectives_error(
+    tmp_path, launch
+) -> None:
+    """A peer killed on another host ends this rank in a collective's error; this rank cannot
+    see that host's processes, so its traceback says which ranks there said nothing."""
+    launch(0)
+    (tmp_path / "ranks").mkdir(exist_ok=True)
+    (tmp_path / "ranks" / "rank-00001.json").write_text(
+        json.dumps({"rank": 1, "pid": os.getpid(), "host": "another-host"})
+    )
+    said = failures.verdict("RuntimeError: closed", "own", peers=True, grace_s=0.2)
+    assert said == (
+        "own\n(ranks [1] on other hosts, not checked from here, said nothing: if one of them "
+        "is gone, this error follows from it)"
+    )
+    assert failures.verdict("bad config", "own", peers=False, grace_s=0.0) == "own"
