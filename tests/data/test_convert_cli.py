@@ -44,11 +44,7 @@ def test_a_frame_without_a_periodic_cell_is_skipped_and_reported_not_fatal(tmp_p
 
     frames = [AseAtomsAdaptor.get_atoms(s) for s in varied_structures(3, seed=9, max_atoms=12)]
     frames.insert(1, molecule("H2O"))
-    for atoms in frames:
-        n = len(atoms)
-        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n, forces=np.zeros((n, 3)))
-    source = tmp_path / "mixed.extxyz"
-    write(source, frames)
+    source = _labelled_file(tmp_path / "mixed.extxyz", frames)
     out = tmp_path / "cache"
     assert main(["data", "convert", str(source), "-o", str(out), "--workers", "1"]) == 0
     assert len(GraphDataset(out)) == 3
@@ -72,12 +68,7 @@ def test_a_source_whose_every_frame_is_skipped_fails_in_one_line_and_keeps_the_r
 
     from ase.build import molecule
 
-    frames = [molecule("H2O"), molecule("CH4")]
-    for atoms in frames:
-        n = len(atoms)
-        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n, forces=np.zeros((n, 3)))
-    source = tmp_path / "molecules.extxyz"
-    write(source, frames)
+    source = _labelled_file(tmp_path / "molecules.extxyz", [molecule("H2O"), molecule("CH4")])
     out = tmp_path / "cache"
     capsys.readouterr()
     assert main(["data", "convert", str(source), "-o", str(out), "--workers", "1"]) == 1
@@ -87,3 +78,12 @@ def test_a_source_whose_every_frame_is_skipped_fails_in_one_line_and_keeps_the_r
         f"{out / 'skipped.json'}"
     )
     assert len(json.loads((out / "skipped.json").read_text())) == 2
+
+
+def _labelled_file(path, frames):
+    """``frames`` (ASE Atoms) written to ``path`` with energy -3 eV/atom and zero forces."""
+    for atoms in frames:
+        n = len(atoms)
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n, forces=np.zeros((n, 3)))
+    write(path, frames)
+    return path
