@@ -325,8 +325,13 @@ def _convert(
             "; use another folder or delete it"
         )
 
+    published = False
+
     def publish() -> None:  # before the first shard is in place, after there is one to keep
-        write_json_atomic(settings_path, settings)
+        nonlocal published
+        if not published:  # once: every later shard and the end find it written
+            write_json_atomic(settings_path, settings)
+            published = True
 
     if finished:
         publish()
