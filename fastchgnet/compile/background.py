@@ -32,10 +32,8 @@ import torch
 
 from fastchgnet.signals import quiet_child
 
-#: Children building now, by process id (``busy``): calls that run while one builds keep a
-#: spare core whatever they run (``spare_core``).
-_CHILDREN: set[int] = set()
-#: The builds not yet read to their end, which ``busy`` reads on (``BackgroundBuild.poll``).
+#: The builds of this process (``busy``: those whose child has not answered yet); calls that
+#: run while one builds keep a spare core whatever they run (``spare_core``).
 _BUILDS: weakref.WeakSet[BackgroundBuild] = weakref.WeakSet()
 
 
@@ -61,11 +59,12 @@ def busy() -> bool:
     many MD steps (a written frame's stress) left its finished child counted, and blocked
     on a full pipe, for hundreds of steps, each run on one torch thread fewer and none able
     to start another build."""
-    for build in list(_BUILDS):
-        if not build.done:
-            with contextlib.suppress(BackgroundBuildError):
-                build.poll()
-    return bool(_CHILDREN)
+    me = os.getpid()  # a process forked later holds copies of the builds, not their pipes' data
+    building = [build for build in list(_BUILDS) if build.owner == me and not build.done]
+    for build in building:
+        with contextlib.suppress(BackgroundBuildError):
+            build.poll()
+    return any(not build.done for build in building)
 
 
 class BackgroundBuildError(RuntimeError):
@@ -105,10 +104,10 @@ class BackgroundBuild:
         os.close(write)
         os.set_blocking(read, False)
         self._pid, self._read, self._chunks = pid, read, []
+        self.owner = os.getpid()  # the process that started it, the one to read its answer
         self._done = False
-        _CHILDREN.add(pid)
         _BUILDS.add(self)
-        self._finalizer = weakref.finalize(self, _reap, pid, read, True, os.getpid())
+        self._finalizer = weakref.finalize(self, _reap, pid, read, True, self.owner)
 
     @property
     def done(self) -> bool:
@@ -204,7 +203,6 @@ def _reap(pid: int, read: int, kill: bool, owner: int) -> None:
     process that started it (a process forked later holds a copy of this finalizer)."""
     if os.getpid() != owner:
         return
-    _CHILDREN.discard(pid)
     if kill:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
