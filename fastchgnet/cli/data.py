@@ -93,15 +93,25 @@ def run_convert(args: argparse.Namespace) -> int | None:
     """Convert ``args.source`` into the graph cache ``args.out`` (resumable); a gzipped ASE
     source is decompressed beside the cache while it is read (not in a small /tmp). Stopped by
     SIGINT or SIGTERM it prints one line (the complete shards kept) and returns 130 or 143;
-    where every frame was skipped (none usable), one line naming the list and 1."""
-    from fastchgnet.data.convert import convert
-    from fastchgnet.signals import stop_signal
+    where every frame was skipped (none usable), one line naming the list and 1. The missing
+    parents of ``args.out`` it makes are removed again where it leaves them empty (failed or
+    stopped before a shard was finished: the cache folder is gone too); a folder that existed
+    before stays."""
+    from fastchgnet.data.folder_lock import made_folders
 
     if args.shard_size < 1:
         raise ValueError(f"--shard-size {args.shard_size}: must be at least 1 (frames per shard)")
     beside = Path(args.out).absolute().parent
     frames = _frames(args, scratch=beside)  # a missing or empty source fails here, before
-    beside.mkdir(parents=True, exist_ok=True)  # any folder is made
+    with made_folders(beside, keep_empty=False):  # any folder is made; a cache written
+        return _convert_into(args, frames)  # into them keeps them
+
+
+def _convert_into(args: argparse.Namespace, frames: Any) -> int | None:
+    """``run_convert`` once the cache's parent folder exists."""
+    from fastchgnet.data.convert import convert
+    from fastchgnet.signals import stop_signal
+
     try:
         summary = convert(
             frames, args.out, args.atom_cutoff, args.bond_cutoff, args.workers, args.shard_size

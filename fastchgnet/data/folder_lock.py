@@ -1,7 +1,9 @@
 """The one lock on a folder that a process writes into: a training run's ``run.out_dir``
 (``train.outputs.run_lock``), a graph cache while ``data.convert`` fills it. A second
 process there is refused in one line naming the one at work, instead of writing beside it
-or deleting its files under it."""
+or deleting its files under it. ``made_folders``: a folder made for a job, with its missing
+parents, and removed again where the job leaves it empty (a failed conversion's folder, and
+the parents ``data convert`` made for it)."""
 
 from __future__ import annotations
 
@@ -34,12 +36,21 @@ def folder_lock(
     if not take or fcntl is None:
         yield
         return
+    with made_folders(folder, keep_empty), _held(folder, lock_file, refusal):
+        yield
+
+
+@contextlib.contextmanager
+def made_folders(folder: Path, keep_empty: bool = True) -> Iterator[None]:
+    """Within the block ``folder`` exists (made with its missing parents). Without
+    ``keep_empty``, the folders made here that are empty at the block's end, however it ends
+    (an error, a signal's exception, a return), are removed again, innermost first; a folder
+    that existed before is never removed, nor one that holds anything."""
     whole = folder.absolute()
     made = [f for f in (whole, *whole.parents) if not f.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with _held(folder, lock_file, refusal):
-            yield
+        yield
     finally:
         for empty in [] if keep_empty else made:  # innermost first
             try:

@@ -2,7 +2,9 @@
 frame) leaves nothing half-made: the folder it made is gone, a folder that was there before
 (a user's, a cache being extended) stays with only what it held. Before, the folder was left
 holding only settings.json, which a later run then took for a started conversion. A
-conversion that fails after finishing a shard keeps it (and its settings.json), to resume."""
+conversion that fails after finishing a shard keeps it (and its settings.json), to resume.
+``data convert -o new/a/cache`` makes the cache's missing parents first: a failed or stopped
+command left ``new/a`` behind, empty; now it removes them where they are left empty."""
 
 from __future__ import annotations
 
@@ -87,3 +89,56 @@ def test_a_source_with_no_frames_at_all_is_an_empty_cache(tmp_path):
     out = tmp_path / "cache"
     assert convert([], out, workers=1, progress=False).n_structures == 0
     assert {p.name for p in out.iterdir()} == {"settings.json", "skipped.json", "manifest.json"}
+
+
+def _stopped_after(frames: list[Frame]):
+    """A stand-in for ``data.convert.convert`` that converts ``frames`` (2 a shard) and is
+    stopped by Ctrl-C once they are read, as ``data convert`` meets it."""
+
+    def stopped(source, out, *args, **kwargs):
+        source.close()
+
+        def then_ctrl_c():
+            yield from frames
+            raise KeyboardInterrupt
+
+        return convert(then_ctrl_c(), out, workers=1, shard_size=2, progress=False)
+
+    return stopped
+
+
+def test_a_failed_command_removes_the_parent_folders_it_made(tmp_path, capsys):
+    out = tmp_path / "new" / "a" / "cache"
+    assert main(["data", "convert", str(_garbage(tmp_path)), "-o", str(out)]) == 1
+    assert "cannot read frame 0" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there stays, empty as it was
+    out = tmp_path / "mine" / "a" / "cache"
+    assert main(["data", "convert", str(_garbage(tmp_path)), "-o", str(out)]) == 1
+    assert (tmp_path / "mine").is_dir()
+    assert not list((tmp_path / "mine").iterdir())
+
+
+def test_a_stopped_command_removes_the_parent_folders_it_left_empty(tmp_path, monkeypatch):
+    from fastchgnet.data import convert as conversion
+
+    source, out = _garbage(tmp_path), tmp_path / "new" / "a" / "cache"
+    monkeypatch.setattr(conversion, "convert", _stopped_after([]))
+    assert main(["data", "convert", str(source), "-o", str(out)]) == 130
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(conversion, "convert", _stopped_after(_good(3)))  # a shard finished
+    assert main(["data", "convert", str(source), "-o", str(out)]) == 130
+    assert (out / "shard-00000" / "shard.json").is_file()  # kept, to continue
+
+
+def test_a_converted_cache_keeps_the_parent_folders_made_for_it(tmp_path):
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.calc = SinglePointCalculator(atoms, energy=-10.8, forces=[[0.0] * 3] * 2)
+    write(tmp_path / "si.extxyz", [atoms])
+    out = tmp_path / "new" / "a" / "cache"
+    assert main(["data", "convert", str(tmp_path / "si.extxyz"), "-o", str(out)]) == 0
+    assert (out / "manifest.json").is_file()
