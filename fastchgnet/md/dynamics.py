@@ -315,9 +315,12 @@ def md_compile_decision(
     from compiling, and the ``CompiledPotential`` to run if so: eager force calls are timed,
     the compile cost is what that potential expects for the shape, and a compiled call is
     expected to cost what ``compiled_call_model`` says for the device (on a CPU: for its
-    padding; see ``fastchgnet.compile.decide``). ``eager_every``: one step in this many runs
-    eagerly anyway (a written frame's stress, ``md.frames``), so it saves nothing there. None
-    when ``model`` is not a plain FastCHGNet (a given potential is used as it is)."""
+    padding; see ``fastchgnet.compile.decide``). ``eager_every``: one step in this many is a
+    written frame, which takes its stress from the eager model under a padded capture
+    (inductor: ``md.calculator.stress_runs_eagerly``), so that capture saves nothing there;
+    a TorchScript capture runs those frames on a stress graph of its own, priced as its force
+    calls. None when ``model`` is not a plain FastCHGNet (a given potential is used as it
+    is)."""
     from fastchgnet.compile.decide import choose_capture, compiled_call_model
     from fastchgnet.model.chgnet import FastCHGNet
 
@@ -335,9 +338,10 @@ def md_compile_decision(
         fraction, cold = compiled_call_model(
             device, eager_seconds, padding, potential.store, backend, options["background"]
         )
+        if eager_every and potential.pads:  # its written frames run at eager's cost
+            fraction = 1.0 - (1.0 - fraction) * (1.0 - 1.0 / eager_every)
         expected = potential.expected_compile_seconds(graphs, stress=stress, cold_estimate=cold)
         return fraction, expected, potential
 
     calls = max(steps - options["patience"], 0)  # the first calls run eagerly either way
-    calls -= calls // eager_every if eager_every else 0
     return choose_capture(calls, eager_seconds, device, price, what=f"{steps}-step MD")

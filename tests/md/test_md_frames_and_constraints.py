@@ -91,22 +91,30 @@ def test_npt_nose_hoover_refusal_names_the_integrator_used(model, small_crystals
         run_md(atoms, model, ensemble="npt", thermostat="nose-hoover", steps=1, progress=False)
 
 
-def test_the_compile_decision_leaves_out_the_written_frames_eager_calls(
+def test_the_compile_decision_prices_written_frames_by_capture(
     model, small_crystals, tmp_path, monkeypatch
 ):
-    """A written frame's step runs the eager model (its stress), so compiling saves nothing
-    there: the decision priced every step as compiled (at --loginterval 1 none is)."""
+    """A written frame's step runs the eager model (its stress) under inductor's padded
+    capture, so that capture saves nothing there: its fraction over the run counts one step in
+    ``loginterval`` at eager's cost. TorchScript runs those frames on its own stress graph, so
+    its pricing does not change with a trajectory."""
     import fastchgnet.compile.decide as decide
 
-    priced: list[int] = []
+    priced: list[tuple[int, dict[str, float]]] = []
 
-    def choose_capture(calls, *args, **kwargs):
-        priced.append(calls)
+    def choose_capture(calls, eager_seconds, device, price, **kwargs):
+        priced.append((calls, {b: price(b)[0] for b in ("inductor", "torchscript")}))
         return decide.CompileDecision(False, "compile off (test)", 0.0, 0.0, 0.01), None
 
     monkeypatch.setattr(decide, "choose_capture", choose_capture)
+    monkeypatch.setattr(decide, "compiled_fraction", lambda *args: 0.6)
+    monkeypatch.setattr(decide, "script_fraction", lambda *args: 0.7)
     atoms = next(a for a in small_crystals if len(a) > 3).copy()
     run_md(atoms, model, steps=400, loginterval=10, trajectory=tmp_path / "t.extxyz",
            progress=False, temperature=300, thermostat="berendsen")  # fmt: skip
     run_md(atoms, model, steps=400, progress=False, temperature=300, thermostat="berendsen")
-    assert priced == [315, 350]  # 400 less 50 eager first; then less one in ten
+    (written_calls, written), (plain_calls, plain) = priced
+    assert written_calls == plain_calls == 350  # 400 less 50 eager first, either way
+    assert plain == pytest.approx({"inductor": 0.6, "torchscript": 0.7})
+    # inductor: nine steps in ten save 0.4 of a call, the tenth nothing
+    assert written == pytest.approx({"inductor": 1 - 0.4 * 0.9, "torchscript": 0.7})
