@@ -3,7 +3,8 @@ our calculator (Verlet-skin neighbour reuse, one model call per step). Its first
 compiles the model where that pays over the run, as ``fastchgnet.md.run_md`` decides.
 
 Units: temperature K, timestep and ``taut``/``taup`` fs, bulk modulus GPa, pressure GPa (a number,
-or for Nosé-Hoover a Voigt 6-vector xx, yy, zz, yz, xz, xy, as ASE NPT's ``externalstress``).
+or for Nosé-Hoover a Voigt 6-vector xx, yy, zz, yz, xz, xy, as ASE NPT's ``externalstress``,
+or a symmetric 3x3 stress, which the reference passes to ASE 3.29's NPT where it fails).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from fastchgnet.compat.eos import EquationOfState
 from fastchgnet.compat.model import unsupported
 from fastchgnet.md.calculator import as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.dynamics import choose_compiled, md_compile_options
-from fastchgnet.md.settings import check_numbers, check_pressure, check_thermostat_start
+from fastchgnet.md.settings import (
+    check_numbers,
+    check_pressure,
+    check_thermostat_start,
+    voigt_pressure,
+)
 from fastchgnet.model.potential import EagerPotential
 
 
@@ -106,11 +112,11 @@ def check_settings(ensemble: str, thermostat: str, temperature: float, timestep:
     """ValueError in one line for numbers no MD runs with (``md.settings.check_numbers``): a
     temperature (K) not >= 0 (the reference ran into NaN), a timestep (fs) not > 0 (a
     ZeroDivisionError), a taut or taup (fs) or bulk modulus (GPa) not > 0, a pressure (GPa)
-    not finite, or not a number or 6-vector (Voigt: ASE NPT's ``externalstress``; NPT
-    Berendsen takes a number only, as the reference's). The combinations the reference takes
-    stay its own (its NPT Nosé-Hoover takes ``bulk_modulus``, its Berendsen runs a quench at
-    0 K); an ensemble or thermostat name it does not know is left to ``MolecularDynamics``'
-    own message."""
+    not finite, or not a number, 6-vector (Voigt: ASE NPT's ``externalstress``) or symmetric
+    3x3 (NPT Berendsen takes a number only, as the reference's). The combinations the
+    reference takes stay its own (its NPT Nosé-Hoover takes ``bulk_modulus``, its Berendsen
+    runs a quench at 0 K); an ensemble or thermostat name it does not know is left to
+    ``MolecularDynamics``' own message."""
     if ensemble.lower() not in ("nve", "nvt", "npt"):
         return
     named = ("taut", "taup", "bulk_modulus")
@@ -163,7 +169,7 @@ class MolecularDynamics:
         capture_backend(compiled)  # a bad name fails here, in one line
         check_settings(ensemble, thermostat, temperature, timestep, taut=taut, taup=taup,
                        pressure=pressure, bulk_modulus=bulk_modulus)  # fmt: skip
-        pressure = float(pressure) if np.ndim(pressure) == 0 else np.asarray(pressure, float)
+        pressure = voigt_pressure(pressure)
         if starting_temperature is not None and not starting_temperature >= 0:
             raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
         if compiled and isinstance(model, BaseCalculator):

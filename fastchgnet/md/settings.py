@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
 
 #: thermostats (and barostats) of each ensemble; "none" for NVE
 THERMOSTATS: dict[str, tuple[str, ...]] = {
@@ -106,16 +107,40 @@ def check_numbers(temperature: float, timestep: float, **integrator: float | Non
 def check_pressure(pressure: Any, *, voigt: bool = False) -> None:
     """ValueError in one line for a pressure (GPa) that is not a finite number or, with
     ``voigt``, a finite 6-vector of stresses (xx, yy, zz, yz, xz, xy: ASE NPT's
-    ``externalstress``)."""
+    ``externalstress``) or a symmetric 3x3 stress (``voigt_pressure`` turns it into the
+    6-vector)."""
     try:
         values = np.asarray(pressure, dtype=float)
     except (TypeError, ValueError):
         raise ValueError(f"need a pressure in GPa, got {pressure!r}") from None
-    if values.shape not in (((), (6,)) if voigt else ((),)):
-        form = "a number or a 6-vector (xx, yy, zz, yz, xz, xy)" if voigt else "a number"
+    if values.shape not in (((), (6,), (3, 3)) if voigt else ((),)):
+        form = (
+            "a number, a 6-vector (xx, yy, zz, yz, xz, xy) or a symmetric 3x3"
+            if voigt
+            else "a number"
+        )
         raise ValueError(f"need pressure as {form} in GPa, got shape {values.shape}")
     if not np.isfinite(values).all():
         raise ValueError(f"need a finite pressure, got {pressure}")
+    if values.shape == (3, 3) and not np.allclose(values, values.T, rtol=1e-6, atol=1e-12):
+        worst = float(np.abs(values - values.T).max())
+        raise ValueError(
+            f"need a symmetric 3x3 pressure (a stress tensor), got off-diagonal pairs that "
+            f"differ by up to {worst:g} GPa"
+        )
+
+
+def voigt_pressure(pressure: Any) -> float | np.ndarray:
+    """A pressure ``check_pressure(voigt=True)`` accepted (GPa) as ASE NPT's
+    ``externalstress`` takes it: a number as a float, a 6-vector as it is, a symmetric 3x3 as
+    its 6-vector (xx, yy, zz, yz, xz, xy). ASE 3.29's NPT fails on a 3x3 itself (it calls a
+    ``_issymmetric`` it no longer has)."""
+    if np.ndim(pressure) == 0:
+        return float(pressure)
+    values = np.asarray(pressure, float)
+    if values.shape == (3, 3):
+        return full_3x3_to_voigt_6_stress(values)
+    return values
 
 
 def check_thermostat_start(dyn: Any, atoms: Any) -> None:
