@@ -271,15 +271,25 @@ def diverged(error: Exception, out: Path) -> str:
 def interrupted(error: KeyboardInterrupt, out: Path) -> int:
     """Print one line saying where a run stopped by a signal stands (``train.interrupt``; a
     plain Ctrl-C, where no handler caught it, names the newest checkpoint in ``out``) and
-    return the exit code: 128 + the signal."""
+    return the exit code: 128 + the signal. Under a launcher, whose Ctrl-C reaches every rank,
+    the line is printed once: by the lowest rank the signal stopped (``failures.interrupted``),
+    or by rank 0 before the ranks have begun a launch (``launchers.echo_of_rank_0``)."""
+    from fastchgnet.train import failures
     from fastchgnet.train.checkpoint import latest_step
     from fastchgnet.train.interrupt import Interrupted
+    from fastchgnet.train.launchers import echo_of_rank_0
 
     if not isinstance(error, Interrupted):  # Ctrl-C outside a handler, or a job's ``Stopped``
         error = Interrupted(getattr(error, "signum", signal.SIGINT))
     if error.checkpoint is None:  # stopped outside training (a fine-tune's evaluations)
         error.checkpoint = latest_step(out / "checkpoints")
-    print(error.message(), file=sys.stderr, flush=True)
+    said: str | None = error.message()
+    if failures.known():
+        said = failures.interrupted(error.signum, error.message())
+    elif echo_of_rank_0():
+        said = None
+    if said is not None:
+        print(said, file=sys.stderr, flush=True)
     return error.exit_code
 
 

@@ -20,11 +20,16 @@ may come from a collective, for a peer's process to be gone (a killed peer close
 before its process ends). The launch token (agreed in one collective as the run starts, ``begin``)
 keeps a record of an earlier launch in the same folder from counting. Before it, or without a
 launcher, there are no records: ``known()`` is False and the caller reports as one process.
+
+A stop by a signal is said the same way (``interrupted``): Ctrl-C reaches every rank, and each
+printed its "interrupted ..." line; now each records it, and the lowest rank that was stopped
+by it (rank 0, where all were) prints the line, the others nothing.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,6 +138,14 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
             time.sleep(0.1)
     finally:
         _pending = None
+
+
+def interrupted(signum: int, own: str, grace_s: float = GRACE_S) -> str | None:
+    """What a rank stopped by signal ``signum`` prints: ``own`` (its "interrupted ..." line)
+    where no lower rank recorded the same stop within ``grace_s`` (rank 0 at once), None where
+    one did, or where another rank's failure came first. Only where ``known()``."""
+    stop = f"interrupted by {signal.Signals(signum).name}"
+    return verdict(stop, own, peers=False, grace_s=grace_s)
 
 
 def on_stop(peer_line: Callable[[], str]) -> str | None:

@@ -11,9 +11,10 @@ checkpoint is the one to resume.
 
 Under a launcher of several ranks no handler is installed: a signal reaches each rank at a
 different step, and a checkpoint written at it would need every rank at the same collectives
-(the launcher's SIGTERM is ``cli.train``'s peer report instead). Loader workers ignore both
-signals (``signals.quiet_child``; one signalled before that leaves SIGINT to the main
-process and dies of SIGTERM): the main process stops them.
+(the launcher's SIGTERM is ``cli.train``'s peer report instead); Ctrl-C, which reaches every
+rank, stops each at once, and the line is printed by one (``failures.interrupted``). Loader
+workers ignore both signals (``signals.quiet_child``; one signalled before that leaves SIGINT
+to the main process and dies of SIGTERM): the main process stops them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -153,3 +154,33 @@ def test_ranks_on_other_hosts_that_said_nothing_are_named_beside_a_collectives_e
         "is gone, this error follows from it)"
     )
     assert failures.verdict("bad config", "own", peers=False, grace_s=0.0) == "own"
+
+
+def test_an_interrupt_is_said_by_rank_0_and_by_no_other(tmp_path, launch) -> None:
+    """Ctrl-C under a launcher reaches every rank: each printed its "interrupted" line."""
+    launch(0)
+    started = time.monotonic()
+    assert failures.interrupted(signal.SIGINT, "interrupted: ...") == "interrupted: ..."
+    assert time.monotonic() - started < 1.0  # rank 0 waits for no one
+    failures.begin(tmp_path, 1, 2, "t1")
+    assert failures.interrupted(signal.SIGINT, "interrupted: ...") is None
+
+
+def test_an_interrupt_rank_0_did_not_see_is_said_by_the_lowest_rank_that_did(tmp_path) -> None:
+    failures.begin(tmp_path, 1, 3, "t1")
+    try:
+        assert failures.interrupted(signal.SIGINT, "own", grace_s=0.2) == "own"
+        failures.begin(tmp_path, 2, 3, "t1")
+        assert failures.interrupted(signal.SIGINT, "own", grace_s=5.0) is None
+    finally:
+        failures.end()
+
+
+def test_the_ranks_an_interrupt_stops_next_say_nothing(tmp_path, launch) -> None:
+    """A rank whose collective fails because an interrupted peer left, or whom the launcher
+    then stops, is stopped by the interrupt that a rank has said."""
+    launch(0)
+    failures.interrupted(signal.SIGINT, "own")
+    failures.begin(tmp_path, 1, 2, "t1")
+    assert failures.verdict("RuntimeError: closed", "own", peers=True, grace_s=0.0) is None
+    assert failures.on_stop(lambda: "peers") is None

@@ -140,3 +140,26 @@ def test_a_stop_outside_training_names_the_newest_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(checkpoint, "latest_step", lambda root: 40)
     assert interrupted(Interrupted(signal.SIGTERM), tmp_path) == 143
     assert "checkpoint at step 40; continue with --resume" in capsys.readouterr().err
+
+
+def test_an_interrupt_of_several_ranks_is_printed_once(tmp_path, monkeypatch, capsys):
+    """Ctrl-C under a launcher stops every rank; each printed "interrupted: ..." (8 ranks, 8
+    lines). Now rank 0 prints it, once the ranks have begun a launch (``failures``) and before
+    (the launcher's numbering); every rank still exits 130."""
+    from fastchgnet.cli.train import interrupted
+    from fastchgnet.train import failures
+
+    line = "interrupted: no checkpoint yet; start again with --overwrite\n"
+    try:
+        for rank in (0, 1):
+            failures.begin(tmp_path, rank, 2, "t1")
+            assert interrupted(KeyboardInterrupt(), tmp_path) == 130
+            assert capsys.readouterr().err == (line if rank == 0 else "")
+    finally:
+        failures.end()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert interrupted(KeyboardInterrupt(), tmp_path) == 130
+        assert capsys.readouterr().err == (line if rank == 0 else "")

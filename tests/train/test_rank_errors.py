@@ -5,7 +5,11 @@ read the error, and an echo of it, once per rank."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +87,28 @@ def test_rank_0s_refusal_of_the_data_is_said_once(tmp_path) -> None:
     code, stderr = _errors(tmp_path, f"data.source={missing}")
     assert code == 1, stderr
     assert stderr == f"fastchgnet train: error: rank 0: {missing}: no such file or directory"
+
+
+@pytest.mark.slow
+def test_an_interrupt_of_every_rank_is_said_once(tmp_path) -> None:
+    """SIGINT to each rank (as a terminal's Ctrl-C reaches them) once training is under way:
+    each rank printed 'interrupted: ...'. Now one line, and the exit code is still 130."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    command = _command(out, small_cache(tmp_path / "cache", n=48), "optim.epochs=50")
+    process = subprocess.Popen(
+        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    log = out / "train_log.csv"
+    while process.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) > 4:  # steps under way
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    for record in sorted((out / "ranks").glob("rank-*.json")):  # each rank's pid
+        os.kill(json.loads(record.read_text())["pid"], signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert lines == ["interrupted: no checkpoint yet; start again with --overwrite"], err
