@@ -309,6 +309,8 @@ def _failed(out: Path, rank: int, error: Exception) -> int:
     if isinstance(error, PeerStopped):  # rank 0 refused the data and says why
         failures.consequence()  # so that rank 0 does not take this rank for gone
         return 1
+    if failures.noted_interrupt() is not None:  # a Ctrl-C that stopped the peers too
+        return interrupted(KeyboardInterrupt(), out)
     user = isinstance(error, USER_ERRORS)
     first_line = (str(error).strip().splitlines() or [""])[0][:300]
     summary = str(error) if user else f"{type(error).__name__}: {first_line}"
@@ -341,14 +343,35 @@ def _report_on_signal(out: Path, rank: int) -> None:
     main rank: ``restore_previous``; the exit skips ``_run_locked``'s own), then exit at
     once: the launcher has already seen the rank that ended exit, so no grace for a dying
     peer (a plain stop would wait it out on every rank). The exit skips ``finally`` blocks: a
-    gzipped source's decompressed copy in ``out`` (a conversion under way) is removed here."""
+    gzipped source's decompressed copy in ``out`` (a conversion under way) is removed here.
+
+    A Ctrl-C in a terminal reaches the launcher and every rank at once, and the launcher
+    answers it with SIGTERM, often before a rank has said it was interrupted: a rank that saw
+    SIGINT (its handler here notes it, then raises KeyboardInterrupt as Python's own does)
+    takes that SIGTERM for the user's stop, and the "interrupted ..." line is printed once
+    (``interrupted``), not a line per rank that its peers are alive. A rank blocked in a
+    collective runs neither handler until it returns: a thread woken by the signal itself
+    records it at once (``failures.watch_interrupts``), so a higher rank that stopped first
+    leaves the line to this one."""
     from fastchgnet.train import failures  # not in the handler
 
+    seen_interrupt: list[int] = []
+    failures.watch_interrupts()
+
+    def interrupt(signum: int, frame: object) -> None:
+        seen_interrupt.append(signum)
+        raise KeyboardInterrupt
+
     def stop(signum: int, frame: object) -> None:
-        # nothing where another rank's failure stopped the run and that rank said why
-        message = failures.on_stop(lambda: f"{_peers(out, rank, grace_s=0.0)} (signal {signum})")
-        if message is not None:
-            print(message, file=sys.stderr, flush=True)
+        if seen_interrupt:  # the launcher's answer to the user's Ctrl-C
+            code = interrupted(KeyboardInterrupt(), out)
+        else:  # nothing where another rank's failure stopped the run and it said why
+            code = 128 + signum
+            message = failures.on_stop(
+                lambda: f"{_peers(out, rank, grace_s=0.0)} (signal {signum})"
+            )
+            if message is not None:
+                print(message, file=sys.stderr, flush=True)
         if rank == 0:
             restore_previous(out)
         # a gzipped source's copy, decompressed in ``out`` while converting (no import in a
@@ -356,8 +379,9 @@ def _report_on_signal(out: Path, rank: int) -> None:
         sources = sys.modules.get("fastchgnet.data.sources")
         if sources is not None and out.is_dir():
             sources.remove_stale_copies(out, own=True)
-        os._exit(128 + signum)
+        os._exit(code)
 
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, stop)
 
 

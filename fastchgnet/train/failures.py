@@ -23,13 +23,21 @@ launcher, there are no records: ``known()`` is False and the caller reports as o
 
 A stop by a signal is said the same way (``interrupted``): Ctrl-C reaches every rank, and each
 printed its "interrupted ..." line; now each records it, and the lowest rank that was stopped
-by it (rank 0, where all were) prints the line, the others nothing.
+by it (rank 0, where all were) prints the line, the others nothing. A rank blocked in a
+collective runs no Python signal handler until the collective returns, which after a Ctrl-C is
+when a peer that stopped first has left: a watcher thread (``cli.train``) records the signal
+the moment it arrives (``note_interrupt``), so the peer finds the lower rank's record and
+leaves the line to it. A rank says each error at most once (``verdict``), however many of its
+paths reach it (the launcher's SIGTERM after a Ctrl-C).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +64,10 @@ class Launch:
 _launch: Launch | None = None
 #: (error, what to print) of this rank while ``verdict`` waits: said if the launcher stops it
 _pending: tuple[str, str] | None = None
+#: the errors this rank has said: another verdict on one of them says nothing
+_said: set[str] = set()
+#: the signal ``note_interrupt`` recorded for this rank (None: none)
+_noted: int | None = None
 
 
 def begin(out: Path, rank: int, world_size: int, token: str) -> None:
@@ -71,8 +83,9 @@ def begin(out: Path, rank: int, world_size: int, token: str) -> None:
 
 def end() -> None:
     """Forget the launch (a process that trains once more, as tests do)."""
-    global _launch
-    _launch = None
+    global _launch, _noted
+    _launch, _noted = None, None
+    _said.clear()
 
 
 def known() -> bool:
@@ -117,8 +130,8 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
     explains it (see the module docstring). Only where ``known()``."""
     global _pending
     assert _launch is not None
-    if any(other != error for other in recorded().values()):
-        return None  # another rank failed first: it says why
+    if error in _said or any(other != error for other in recorded().values()):
+        return None  # said already; or another rank failed first: it says why
     path = _launch.record(_launch.rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"rank": _launch.rank, "error": error})
@@ -134,6 +147,7 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
             if gone:
                 return f"{gone} ({error})"
             if time.monotonic() >= deadline or (len(lower) == _launch.rank and not peers):
+                _said.add(error)
                 return own + _elsewhere_note(peers)
             time.sleep(0.1)
     finally:
@@ -143,9 +157,52 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
 def interrupted(signum: int, own: str, grace_s: float = GRACE_S) -> str | None:
     """What a rank stopped by signal ``signum`` prints: ``own`` (its "interrupted ..." line)
     where no lower rank recorded the same stop within ``grace_s`` (rank 0 at once), None where
-    one did, or where another rank's failure came first. Only where ``known()``."""
-    stop = f"interrupted by {signal.Signals(signum).name}"
-    return verdict(stop, own, peers=False, grace_s=grace_s)
+    one did, where another rank's failure came first, or where this rank said it already.
+    Only where ``known()``."""
+    return verdict(_stop(signum), own, peers=False, grace_s=grace_s)
+
+
+def note_interrupt(signum: int) -> None:
+    """Record that signal ``signum`` stopped this rank, as ``interrupted`` would, from any
+    thread and before this rank's main thread can (it may be blocked in a collective); a
+    rank that recorded anything already keeps it. Only where ``known()``."""
+    global _noted
+    if not known():
+        return
+    assert _launch is not None
+    path = _launch.record(_launch.rank)
+    _noted = signum
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"rank": _launch.rank, "error": _stop(signum)})
+
+
+def noted_interrupt() -> int | None:
+    """The signal ``note_interrupt`` recorded for this rank (None: none): a collective that
+    then fails on this rank failed because the signal stopped its peers too."""
+    return _noted
+
+
+@functools.cache  # one watcher a process
+def watch_interrupts() -> None:
+    """Start a daemon thread that records this rank's SIGINT the moment it arrives
+    (``note_interrupt``): Python's C-level handler writes each signal's number to
+    the wakeup pipe at once, while its Python handler waits for the main thread. Call it from
+    the main thread (``signal.set_wakeup_fd``)."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(read, 64):
+            if signal.SIGINT.value in data:
+                note_interrupt(signal.SIGINT)
+
+    threading.Thread(target=watch, name="fastchgnet-interrupts", daemon=True).start()
+
+
+def _stop(signum: int) -> str:
+    return f"interrupted by {signal.Signals(signum).name}"
 
 
 def on_stop(peer_line: Callable[[], str]) -> str | None:

@@ -184,3 +184,53 @@ def test_the_ranks_an_interrupt_stops_next_say_nothing(tmp_path, launch) -> None
     failures.begin(tmp_path, 1, 2, "t1")
     assert failures.verdict("RuntimeError: closed", "own", peers=True, grace_s=0.0) is None
     assert failures.on_stop(lambda: "peers") is None
+
+
+def test_a_rank_says_an_error_once(tmp_path, launch) -> None:
+    """The launcher's SIGTERM after a Ctrl-C reached a rank that had printed its interrupted
+    line already, and its handler printed it again."""
+    launch(0)
+    assert failures.interrupted(signal.SIGINT, "own") == "own"
+    assert failures.interrupted(signal.SIGINT, "own") is None
+
+
+def test_an_interrupt_noted_on_a_lower_rank_leaves_the_line_to_it(tmp_path, launch) -> None:
+    """Rank 0 blocked in a collective runs no Python handler: the note made by its watcher
+    thread is what rank 1 finds, within the grace, instead of printing the line itself."""
+    launch(0)
+    failures.note_interrupt(signal.SIGINT)
+    assert _own(tmp_path, 0) == "interrupted by SIGINT"
+    assert failures.noted_interrupt() == signal.SIGINT
+    failures.begin(tmp_path, 1, 2, "t1")
+    started = time.monotonic()
+    assert failures.interrupted(signal.SIGINT, "own", grace_s=5.0) is None
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_note_keeps_a_failure_recorded_before_it(tmp_path, launch) -> None:
+    launch(1)
+    assert failures.verdict("bad batch", "own", peers=False, grace_s=0.0) == "own"
+    failures.note_interrupt(signal.SIGINT)
+    assert _own(tmp_path, 1) == "bad batch"
+
+
+def test_the_watcher_notes_a_sigint_while_the_main_thread_is_busy(tmp_path, launch) -> None:
+    """A real SIGINT to this process, whose Python handler here does nothing: the note is the
+    watcher thread's, which a rank blocked in a collective still runs."""
+    launch(0)
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    old_fd = signal.set_wakeup_fd(-1)
+    try:
+        failures.watch_interrupts.cache_clear()
+        failures.watch_interrupts()
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 5.0
+        noted = None
+        while noted is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            noted = _own(tmp_path, 0)
+        assert noted == "interrupted by SIGINT"
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, previous)
+        failures.watch_interrupts.cache_clear()

@@ -112,3 +112,31 @@ def test_an_interrupt_of_every_rank_is_said_once(tmp_path) -> None:
     assert process.returncode == 130, err
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert lines == ["interrupted: no checkpoint yet; start again with --overwrite"], err
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_to_the_launchers_process_group_is_said_once(tmp_path) -> None:
+    """Ctrl-C in a terminal: SIGINT reaches the launcher and every rank at once, and the
+    launcher answers it with SIGTERM to the ranks, often before they have said anything. Each
+    rank then printed 'rank N stops: its peer processes on this host are all alive (signal
+    15)' and no 'interrupted' line. Now one 'interrupted' line and no 'stops:' line."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    command = _command(out, small_cache(tmp_path / "cache", n=48), "optim.epochs=50")
+    process = subprocess.Popen(
+        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    log = out / "train_log.csv"
+    while process.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) > 4:  # steps under way
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode != 0, err
+    lines = [line for line in err.splitlines() if "interrupted" in line and "[" not in line]
+    assert lines == ["interrupted: no checkpoint yet; start again with --overwrite"], err
+    assert "stops:" not in err, err
