@@ -119,9 +119,13 @@ def test_a_short_md_run_stays_eager_and_says_why(aot_eager, capsys) -> None:
 
 
 def timings(monkeypatch, eager: float, compiled: float) -> None:
-    """run_md measures ``eager`` seconds per call, then ``compiled`` once compiled."""
-    seconds = iter([eager, compiled])
-    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms, repeats=5: next(seconds))
+    """run_md measures ``eager`` seconds per call of the eager potential, ``compiled`` per
+    call of a compiled one (a ``CompiledPotential``, which has an ``unpadded`` model)."""
+
+    def seconds(atoms, repeats=5):
+        return compiled if hasattr(atoms.calc.potential, "unpadded") else eager
+
+    monkeypatch.setattr(dynamics, "call_seconds", seconds)
 
 
 def test_a_short_run_spends_at_most_a_hundredth_of_its_calls_on_the_decision(
@@ -454,8 +458,7 @@ def test_the_capture_that_saves_most_net_of_its_build_is_chosen():
 
 def test_a_short_md_run_of_a_small_cell_runs_torchscript_by_default(aot_eager, monkeypatch, capsys):
     # eager calls of 12 ms where inductor's build would cost 35 s: only TorchScript pays
-    seconds = iter([0.012, 0.001])
-    monkeypatch.setattr(dynamics, "call_seconds", lambda atoms, repeats=5: next(seconds))
+    timings(monkeypatch, eager=0.012, compiled=0.001)
     monkeypatch.setattr(dynamics, "MD_COMPILE", dynamics.MD_COMPILE | {"patience": 2})
     monkeypatch.setattr("fastchgnet.compile.decide.SCRIPT_BUILD_SECONDS", 0.1)
     monkeypatch.setattr(CompiledPotential, "padding_for", lambda self, graphs: 1.1)
@@ -490,6 +493,34 @@ def test_a_torchscript_md_run_slower_than_eager_goes_back_to_eager(monkeypatch, 
     assert "compile on for this 400-step MD with torchscript" in err
     assert "compiled calls took 50 ms, no faster than eager 12 ms: the run goes on eager" in err
     assert type(atoms.calc.potential).__name__ == "EagerPotential"
+
+
+def test_a_compiled_md_run_is_timed_against_eager_side_by_side(monkeypatch, capsys):
+    """The machine slows down between the decision (eager 12 ms) and the check after the
+    build (eager 30 ms, compiled 20 ms): the check compared 20 ms with the decision's 12 ms
+    and sent the faster compiled run back to eager; now it times both in turns."""
+    monkeypatch.setattr(
+        dynamics,
+        "compiled_potential",
+        lambda model, **options: CompiledPotential(
+            model, **(options | {"store": None, "background": False})
+        ),
+    )
+    decided: list[bool] = []
+
+    def seconds(atoms, repeats=5):
+        if not decided:  # the decision's eager timing
+            decided.append(True)
+            return 0.012
+        return 0.020 if hasattr(atoms.calc.potential, "unpadded") else 0.030
+
+    monkeypatch.setattr(dynamics, "call_seconds", seconds)
+    monkeypatch.setattr("fastchgnet.compile.decide.SCRIPT_BUILD_SECONDS", 0.1)
+    monkeypatch.setattr("fastchgnet.compile.decide.script_fraction", lambda *args: 0.7)
+    structure = varied_structures(1, seed=2, max_atoms=4)[0]
+    atoms = dynamics.run_md(structure, small_model("conservative"), steps=400, seed=4)
+    assert "compile on for this 400-step MD with torchscript" in capsys.readouterr().err
+    assert hasattr(atoms.calc.potential, "unpadded")  # still the compiled potential
 
 
 def test_an_amd_cpu_with_avx512_is_priced_as_measured_there(monkeypatch) -> None:
