@@ -46,9 +46,14 @@ def made_folders(folder: Path, keep_empty: bool = True) -> Iterator[None]:
     ``keep_empty``, the folders made here that are empty at the block's end, however it ends
     (an error, a signal's exception, a return), are removed again, innermost first; a folder
     that existed before is never removed, nor one that holds anything."""
-    whole = folder.absolute()
-    made = [f for f in (whole, *whole.parents) if not f.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    whole = Path(os.path.abspath(folder))  # ".." resolved as the path reads: x/../new is new
+    made: list[Path] = []  # the levels this call made, innermost first
+    for level in reversed((whole, *whole.parents)):
+        try:
+            level.mkdir()
+        except FileExistsError:  # there before, or made meanwhile by another process
+            continue
+        made.insert(0, level)
     try:
         yield
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,25 @@ def test_a_converted_cache_keeps_the_parent_folders_made_for_it(tmp_path):
     out = tmp_path / "new" / "a" / "cache"
     assert main(["data", "convert", str(tmp_path / "si.extxyz"), "-o", str(out)]) == 0
     assert (out / "manifest.json").is_file()
+
+
+def test_the_folders_made_are_those_the_path_names_after_dot_dot(tmp_path, monkeypatch):
+    """``x/../new/cache`` with ``new`` there before and ``x`` not: ``x/../new`` was taken for
+    missing (``Path.absolute`` keeps ".."), so a failure removed the user's empty ``new`` and
+    left ``x``, which mkdir had made on the way."""
+    from fastchgnet.data.folder_lock import made_folders
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "new").mkdir()
+    made = []
+
+    def failed_conversion() -> None:
+        with made_folders(Path("x/../new/cache"), keep_empty=False):
+            made.append((tmp_path / "new" / "cache").is_dir())
+            raise RuntimeError("the conversion failed")
+
+    with pytest.raises(RuntimeError):
+        failed_conversion()
+    assert made == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    assert list((tmp_path / "new").iterdir()) == []
