@@ -288,8 +288,7 @@ def interrupted(error: KeyboardInterrupt, out: Path) -> int:
         said = failures.interrupted(error.signum, error.message())
     elif echo_of_rank_0():
         said = None
-    if said is not None:
-        print(said, file=sys.stderr, flush=True)
+    failures.say_once(said)  # once, whichever path of this process gets here first
     return error.exit_code
 
 
@@ -356,13 +355,16 @@ def _report_on_signal(out: Path, rank: int) -> None:
     from fastchgnet.train import failures  # not in the handler
 
     seen_interrupt: list[int] = []
-    failures.watch_interrupts()
+    failures.watch_interrupts(lambda: interrupted(KeyboardInterrupt(), out))
 
     def interrupt(signum: int, frame: object) -> None:
         seen_interrupt.append(signum)
+        failures.confirm_interrupt()
         raise KeyboardInterrupt
 
     def stop(signum: int, frame: object) -> None:
+        if seen_interrupt and failures.saying():
+            return  # this thread was printing the line: it ends the process after
         if seen_interrupt:  # the launcher's answer to the user's Ctrl-C
             code = interrupted(KeyboardInterrupt(), out)
         else:  # nothing where another rank's failure stopped the run and it said why

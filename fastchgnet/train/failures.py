@@ -37,6 +37,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,10 +65,16 @@ class Launch:
 _launch: Launch | None = None
 #: (error, what to print) of this rank while ``verdict`` waits: said if the launcher stops it
 _pending: tuple[str, str] | None = None
-#: the errors this rank has said: another verdict on one of them says nothing
-_said: set[str] = set()
 #: the signal ``note_interrupt`` recorded for this rank (None: none)
 _noted: int | None = None
+#: this process's stop line (``say_once``): claimed by a path that prints it, then printed
+_line = {"claimed": False, "printed": False}
+#: set by the main thread's SIGINT handler (``confirm_interrupt``)
+_confirmed = threading.Event()
+#: what the watcher calls where the main thread has not confirmed a SIGINT (``watch_interrupts``)
+_speak: list[Callable[[], None]] = []
+#: seconds the watcher waits for that confirmation
+STUCK_S = 1.0
 
 
 def begin(out: Path, rank: int, world_size: int, token: str) -> None:
@@ -75,6 +82,7 @@ def begin(out: Path, rank: int, world_size: int, token: str) -> None:
     rank, agreed by a collective); rank 0 removes the records of earlier launches."""
     global _launch
     _launch = Launch(Path(out), rank, world_size, token)
+    _line.update(claimed=False, printed=False)
     if rank == 0:
         for path in (Path(out) / "ranks").glob("failed-*.json"):
             if not path.name.startswith(f"failed-{token}-"):
@@ -85,7 +93,8 @@ def end() -> None:
     """Forget the launch (a process that trains once more, as tests do)."""
     global _launch, _noted
     _launch, _noted = None, None
-    _said.clear()
+    _line.update(claimed=False, printed=False)
+    _confirmed.clear()
 
 
 def known() -> bool:
@@ -130,8 +139,8 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
     explains it (see the module docstring). Only where ``known()``."""
     global _pending
     assert _launch is not None
-    if error in _said or any(other != error for other in recorded().values()):
-        return None  # said already; or another rank failed first: it says why
+    if any(other != error for other in recorded().values()):
+        return None  # another rank failed first: it says why
     path = _launch.record(_launch.rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"rank": _launch.rank, "error": error})
@@ -147,7 +156,6 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
             if gone:
                 return f"{gone} ({error})"
             if time.monotonic() >= deadline or (len(lower) == _launch.rank and not peers):
-                _said.add(error)
                 return own + _elsewhere_note(peers)
             time.sleep(0.1)
     finally:
@@ -183,12 +191,20 @@ def noted_interrupt() -> int | None:
     return _noted
 
 
+def watch_interrupts(speak: Callable[[], None]) -> None:
+    """Record this rank's SIGINT the moment it arrives (``note_interrupt``), from a daemon
+    thread that Python's C-level handler wakes through the wakeup pipe while the Python
+    handler waits for the main thread; and where the main thread has not run that handler
+    (``confirm_interrupt``) within ``STUCK_S``, call ``speak``: a main thread blocked in a
+    collective that a peer's leaving does not end (NCCL) would say nothing before the
+    launcher kills it, and its peers leave the line to it. Call from the main thread
+    (``signal.set_wakeup_fd``); one watcher a process, ``speak`` the latest given."""
+    _speak[:] = [speak]
+    _start_watcher()
+
+
 @functools.cache  # one watcher a process
-def watch_interrupts() -> None:
-    """Start a daemon thread that records this rank's SIGINT the moment it arrives
-    (``note_interrupt``): Python's C-level handler writes each signal's number to
-    the wakeup pipe at once, while its Python handler waits for the main thread. Call it from
-    the main thread (``signal.set_wakeup_fd``)."""
+def _start_watcher() -> None:
     read, write = os.pipe()
     os.set_blocking(write, False)
     signal.set_wakeup_fd(write, warn_on_full_buffer=False)
@@ -197,8 +213,32 @@ def watch_interrupts() -> None:
         while data := os.read(read, 64):
             if signal.SIGINT.value in data:
                 note_interrupt(signal.SIGINT)
+                if known() and not _confirmed.wait(STUCK_S) and _speak:
+                    _speak[0]()
 
     threading.Thread(target=watch, name="fastchgnet-interrupts", daemon=True).start()
+
+
+def confirm_interrupt() -> None:
+    """The main thread's SIGINT handler ran: the main thread says the stop itself."""
+    _confirmed.set()
+
+
+def say_once(line: str | None) -> None:
+    """Print ``line`` on stderr unless a path of this process claimed its stop line already
+    (the main thread's, its SIGTERM handler's, the watcher's: one line whichever comes
+    first); None prints nothing."""
+    if line is None or _line["claimed"]:
+        return
+    _line["claimed"] = True
+    print(line, file=sys.stderr, flush=True)
+    _line["printed"] = True
+
+
+def saying() -> bool:
+    """Whether a path of this process claimed the stop line and has not printed it yet (a
+    handler that ran in between leaves the printing to it instead of ending the process)."""
+    return _line["claimed"] and not _line["printed"]
 
 
 def _stop(signum: int) -> str:

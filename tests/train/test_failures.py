@@ -186,12 +186,18 @@ def test_the_ranks_an_interrupt_stops_next_say_nothing(tmp_path, launch) -> None
     assert failures.on_stop(lambda: "peers") is None
 
 
-def test_a_rank_says_an_error_once(tmp_path, launch) -> None:
+def test_a_process_says_its_stop_line_once(tmp_path, launch, capsys) -> None:
     """The launcher's SIGTERM after a Ctrl-C reached a rank that had printed its interrupted
-    line already, and its handler printed it again."""
+    line already, and its handler printed it again; a new launch says its own."""
     launch(0)
-    assert failures.interrupted(signal.SIGINT, "own") == "own"
-    assert failures.interrupted(signal.SIGINT, "own") is None
+    assert not failures.saying()
+    failures.say_once("interrupted: one")
+    failures.say_once("interrupted: one")
+    failures.say_once(None)
+    assert capsys.readouterr().err == "interrupted: one\n"
+    launch(0)
+    failures.say_once("interrupted: two")
+    assert capsys.readouterr().err == "interrupted: two\n"
 
 
 def test_an_interrupt_noted_on_a_lower_rank_leaves_the_line_to_it(tmp_path, launch) -> None:
@@ -214,23 +220,41 @@ def test_a_note_keeps_a_failure_recorded_before_it(tmp_path, launch) -> None:
     assert _own(tmp_path, 1) == "bad batch"
 
 
-def test_the_watcher_notes_a_sigint_while_the_main_thread_is_busy(tmp_path, launch) -> None:
-    """A real SIGINT to this process, whose Python handler here does nothing: the note is the
-    watcher thread's, which a rank blocked in a collective still runs."""
-    launch(0)
-    previous = signal.signal(signal.SIGINT, lambda *_: None)
+def _sigint_to_this_process(handler) -> None:
+    """Send SIGINT to this process with ``handler`` installed (the main thread's Python
+    handler) and the interrupt watcher running, and give the watcher time to act."""
+    previous = signal.signal(signal.SIGINT, handler)
     old_fd = signal.set_wakeup_fd(-1)
     try:
-        failures.watch_interrupts.cache_clear()
-        failures.watch_interrupts()
+        failures._start_watcher.cache_clear()
+        failures.watch_interrupts(lambda: spoken.append(None))
         os.kill(os.getpid(), signal.SIGINT)
-        deadline = time.monotonic() + 5.0
-        noted = None
-        while noted is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            noted = _own(tmp_path, 0)
-        assert noted == "interrupted by SIGINT"
+        time.sleep(failures.STUCK_S + 1.0)
     finally:
         signal.set_wakeup_fd(old_fd)
         signal.signal(signal.SIGINT, previous)
-        failures.watch_interrupts.cache_clear()
+        failures._start_watcher.cache_clear()
+
+
+spoken: list[None] = []
+
+
+def test_the_watcher_speaks_for_a_main_thread_that_runs_no_handler(tmp_path, launch) -> None:
+    """A rank blocked in an NCCL collective runs no Python handler, and a peer's leaving does
+    not end its wait: the watcher notes the SIGINT at once (its peers leave the line to it)
+    and, unconfirmed by the main thread, says the line itself."""
+    launch(0)
+    spoken.clear()
+    _sigint_to_this_process(lambda *_: None)  # a handler that never confirms
+    assert _own(tmp_path, 0) == "interrupted by SIGINT"
+    assert spoken == [None]
+
+
+def test_the_watcher_leaves_the_line_to_a_main_thread_that_ran_its_handler(
+    tmp_path, launch
+) -> None:
+    launch(0)
+    spoken.clear()
+    _sigint_to_this_process(lambda *_: failures.confirm_interrupt())
+    assert _own(tmp_path, 0) == "interrupted by SIGINT"
+    assert spoken == []
