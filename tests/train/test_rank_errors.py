@@ -89,16 +89,16 @@ def test_rank_0s_refusal_of_the_data_is_said_once(tmp_path) -> None:
     assert stderr == f"fastchgnet train: error: rank 0: {missing}: no such file or directory"
 
 
-@pytest.mark.slow
-def test_an_interrupt_of_every_rank_is_said_once(tmp_path) -> None:
-    """SIGINT to each rank (as a terminal's Ctrl-C reaches them) once training is under way:
-    each rank printed 'interrupted: ...'. Now one line, and the exit code is still 130."""
+def _training_under_way(tmp_path: Path, **popen) -> tuple[subprocess.Popen, Path]:
+    """A 2-rank 50-epoch run (``popen``: more ``subprocess.Popen`` options) once its steps are
+    under way, and its output folder."""
     pytest.importorskip("deepspeed")
     out = tmp_path / "run"
     command = _command(out, small_cache(tmp_path / "cache", n=48), "optim.epochs=50")
     process = subprocess.Popen(
-        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **popen,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     log = out / "train_log.csv"
     while process.poll() is None and time.monotonic() < deadline:
@@ -106,6 +106,14 @@ def test_an_interrupt_of_every_rank_is_said_once(tmp_path) -> None:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be interrupted"
+    return process, out
+
+
+@pytest.mark.slow
+def test_an_interrupt_of_every_rank_is_said_once(tmp_path) -> None:
+    """SIGINT to each rank (as a terminal's Ctrl-C reaches them) once training is under way:
+    each rank printed 'interrupted: ...'. Now one line, and the exit code is still 130."""
+    process, out = _training_under_way(tmp_path)
     for record in sorted((out / "ranks").glob("rank-*.json")):  # each rank's pid
         os.kill(json.loads(record.read_text())["pid"], signal.SIGINT)
     _, err = process.communicate(timeout=300)
@@ -120,20 +128,8 @@ def test_a_ctrl_c_to_the_launchers_process_group_is_said_once(tmp_path) -> None:
     launcher answers it with SIGTERM to the ranks, often before they have said anything. Each
     rank then printed 'rank N stops: its peer processes on this host are all alive (signal
     15)' and no 'interrupted' line. Now one 'interrupted' line and no 'stops:' line."""
-    pytest.importorskip("deepspeed")
-    out = tmp_path / "run"
-    command = _command(out, small_cache(tmp_path / "cache", n=48), "optim.epochs=50")
-    process = subprocess.Popen(
-        command, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    log = out / "train_log.csv"
-    while process.poll() is None and time.monotonic() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) > 4:  # steps under way
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be interrupted"
+    # its own process group, as a terminal's foreground job
+    process, _ = _training_under_way(tmp_path, start_new_session=True)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=300)
     assert process.returncode != 0, err
