@@ -285,7 +285,7 @@ def interrupted(error: KeyboardInterrupt, out: Path) -> int:
         error.checkpoint = latest_step(out / "checkpoints")
     said: str | None = error.message()
     if failures.known():
-        said = failures.interrupted(error.signum, error.message())
+        said = failures.interrupted(error.signum, said)
     elif echo_of_rank_0():
         said = None
     failures.say_once(said)  # once, whichever path of this process gets here first

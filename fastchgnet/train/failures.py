@@ -25,10 +25,11 @@ A stop by a signal is said the same way (``interrupted``): Ctrl-C reaches every 
 printed its "interrupted ..." line; now each records it, and the lowest rank that was stopped
 by it (rank 0, where all were) prints the line, the others nothing. A rank blocked in a
 collective runs no Python signal handler until the collective returns, which after a Ctrl-C is
-when a peer that stopped first has left: a watcher thread (``cli.train``) records the signal
-the moment it arrives (``note_interrupt``), so the peer finds the lower rank's record and
-leaves the line to it. A rank says each error at most once (``verdict``), however many of its
-paths reach it (the launcher's SIGTERM after a Ctrl-C).
+when a peer that stopped first has left: a watcher thread (``watch_interrupts``, started by
+``cli.train``) records the signal the moment it arrives (``note_interrupt``), so the peer
+finds the lower rank's record and leaves the line to it. A process prints its stop line at
+most once (``say_once``), however many of its paths reach it (the launcher's SIGTERM after a
+Ctrl-C, the watcher).
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def verdict(error: str, own: str, *, peers: bool, grace_s: float = GRACE_S) -> s
 def interrupted(signum: int, own: str, grace_s: float = GRACE_S) -> str | None:
     """What a rank stopped by signal ``signum`` prints: ``own`` (its "interrupted ..." line)
     where no lower rank recorded the same stop within ``grace_s`` (rank 0 at once), None where
-    one did, where another rank's failure came first, or where this rank said it already.
-    Only where ``known()``."""
+    one did, or where another rank's failure came first (printed through ``say_once``). Only
+    where ``known()``."""
     return verdict(_stop(signum), own, peers=False, grace_s=grace_s)
 
 
