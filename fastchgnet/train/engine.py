@@ -179,7 +179,7 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
       ``TorchEngine`` does. ZeRO 1 clips its own partitions, and fp16 / bf16 its unscaled
       float32 copies, so those keep DeepSpeed's (``deepspeed_clips``).
     """
-    settings = json.loads(Path(path).read_text())
+    settings = deepspeed_json(path)
     settings.pop("comment", None)
     settings["train_micro_batch_size_per_gpu"] = batch_per_rank
     settings["train_batch_size"] = batch_per_rank * world
@@ -187,6 +187,53 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
     settings["gradient_clipping"] = clip if deepspeed_clips(settings) else 0.0
     settings.setdefault("timers", {"throughput": {"enabled": False}})
     return settings
+
+
+def uses_deepspeed(kind: str) -> bool:
+    """Whether ``run.engine`` = ``kind`` trains through DeepSpeed: asked for, or "auto"
+    under a launcher of several ranks."""
+    return kind == "deepspeed" or (kind == "auto" and launched_distributed())
+
+
+def deepspeed_json(path: str | Path) -> dict:
+    """The DeepSpeed config file at ``path`` as a dict.
+
+    Raises:
+        FileNotFoundError, ValueError: in one line naming the file (missing, unreadable, not
+            JSON, not a JSON object).
+    """
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"run.deepspeed_config: no such file {str(path)!r}") from None
+    except OSError as error:
+        raise ValueError(f"run.deepspeed_config: cannot read {str(path)!r}: {error}") from None
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"run.deepspeed_config: {str(path)!r} is not JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"run.deepspeed_config: {str(path)!r} holds no JSON object")
+    return settings
+
+
+def check_deepspeed_config(path: str | Path, sync_debug: bool) -> None:
+    """Before anything runs: the DeepSpeed config at ``path`` can be read
+    (``deepspeed_json``), and ``run.sync_debug`` is not asked of a config whose optimiser
+    waits for the host by design. Under ZeRO >= 1 or DeepSpeed's fp16 / bf16, DeepSpeed's
+    own step reads its overflow flag and gradient norm on the host (``.item()``), and with
+    ``overlap_comm`` calls ``synchronize()`` after every backward: the check would stop the
+    first steady-state step on DeepSpeed's waits, not ours. ValueError in one line."""
+    settings = deepspeed_json(path)
+    if sync_debug and deepspeed_clips(settings):
+        halves = [k for k in ("fp16", "bf16") if settings.get(k, {}).get("enabled", False)]
+        what = f"ZeRO stage {zero_stage(settings)}" + "".join(f" with {k}" for k in halves)
+        raise ValueError(
+            f"run.sync_debug: {str(path)!r} asks for {what}, whose DeepSpeed optimiser reads "
+            "its overflow flag and gradient norm on the host every step by design; check "
+            f"the step under ZeRO 0 in float32 ({DEFAULT_DEEPSPEED_JSON.name}) or leave "
+            "run.sync_debug off"
+        )
 
 
 def zero_stage(settings: dict) -> int:
@@ -333,8 +380,7 @@ def make_engine(
     deepspeed_json: str = "",
 ) -> TorchEngine | DeepSpeedEngine:
     """The engine ``kind`` asks for ("auto": DeepSpeed when launched distributed)."""
-    use_deepspeed = kind == "deepspeed" or (kind == "auto" and launched_distributed())
-    if not use_deepspeed:
+    if not uses_deepspeed(kind):
         if torch.cuda.is_available():
             model = model.to("cuda")
         return TorchEngine(model, config, total_steps, batch_per_rank)

@@ -52,7 +52,8 @@ def evaluate_indices(
     model: torch.nn.Module, splits: Splits, indices: np.ndarray, config: TrainConfig
 ) -> dict[str, float]:
     """MAE and R² of ``model`` on the dataset entries ``indices`` (one process), on the GPU
-    where there is one (the model is moved there: models load onto the CPU)."""
+    where there is one (the model is moved there: models load onto the CPU; the batches come
+    in pinned memory there, so their copies overlap the evaluation, as in training)."""
     from fastchgnet.train.loop import evaluate
     from fastchgnet.train.run import device_type
 
@@ -61,7 +62,7 @@ def evaluate_indices(
     device = torch.device(device_type())
     model.to(device)
     sampler = make_sampler(splits, indices, config.data, (0, 1), 0)
-    batches = make_loader(splits, EpochBatches(sampler, indices, 0, ahead=False), 0)
+    batches = make_loader(splits, EpochBatches(sampler, indices, 0, ahead=False), 0, device=device)
     return evaluate(model, batches, device).results()
 
 

@@ -38,7 +38,12 @@ from fastchgnet.train.checkpoint import (
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.engine import make_engine
+from fastchgnet.train.engine import (
+    DEFAULT_DEEPSPEED_JSON,
+    check_deepspeed_config,
+    make_engine,
+    uses_deepspeed,
+)
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
 from fastchgnet.train.interrupt import Interrupted
@@ -125,7 +130,10 @@ def setup(config: TrainConfig) -> Run:
             "run.engine=torch under a launcher of several ranks would train each rank alone "
             "on one device: use run.engine=auto or deepspeed"
         )
-    if config.run.engine == "deepspeed" or (config.run.engine == "auto" and launched_distributed()):
+    if uses_deepspeed(config.run.engine):
+        check_deepspeed_config(
+            config.run.deepspeed_config or DEFAULT_DEEPSPEED_JSON, config.run.sync_debug
+        )
         collectives.init_process_group(config.run.dist_timeout_s)
     rank, world_size = collectives.rank_and_world()
     out = Path(config.run.out_dir)

@@ -177,3 +177,23 @@ def test_zero1_gradients_fall_back_to_the_parameters_where_deepspeed_keeps_no_sl
     engine = SimpleNamespace(zero_stage=1, params=[weight], optimizer=sliced)
     (only,) = DeepSpeedEngine.gradients(engine)
     assert only.shape == (3,)
+
+
+def test_sync_debug_is_refused_only_where_deepspeeds_own_step_waits_for_the_host(
+    tmp_path,
+) -> None:
+    from fastchgnet.train.engine import check_deepspeed_config
+
+    zero1 = DEFAULT_DEEPSPEED_JSON.with_name("deepspeed_zero1.json")
+    bf16 = tmp_path / "bf16.json"
+    bf16.write_text(json.dumps({"bf16": {"enabled": True}}))
+    check_deepspeed_config(DEFAULT_DEEPSPEED_JSON, sync_debug=True)  # ZeRO 0, float32: ours
+    check_deepspeed_config(zero1, sync_debug=False)
+    with pytest.raises(ValueError, match="asks for ZeRO stage 1, whose DeepSpeed optimiser"):
+        check_deepspeed_config(zero1, sync_debug=True)
+    with pytest.raises(ValueError, match="asks for ZeRO stage 0 with bf16"):
+        check_deepspeed_config(bf16, sync_debug=True)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="holds no JSON object"):
+        check_deepspeed_config(listed, sync_debug=False)

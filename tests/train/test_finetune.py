@@ -55,3 +55,40 @@ def test_the_report_refuses_a_multi_process_launch_in_one_line(monkeypatch, caps
     message = capsys.readouterr().err.strip()
     assert len(message.splitlines()) == 1
     assert "deepspeed launcher/train.py --config configs/finetune.toml" in message
+
+
+def test_the_heldout_evaluation_loads_its_batches_for_the_device_it_runs_on(
+    tmp_path, monkeypatch
+) -> None:
+    # its loader was made for the CPU whatever the device: on a GPU its batches came
+    # unpinned, so the evaluation's copies to the device waited instead of overlapping
+    import numpy as np
+
+    from fastchgnet.train import finetune, loop
+    from fastchgnet.train import run as run_module
+    from fastchgnet.train.loading import make_splits
+
+    cache = small_cache(tmp_path / "cache", n=8)
+    config = apply_overrides(TrainConfig(), [f"data.source={cache}", "data.batch_size=4"])
+    splits = make_splits(cache, config.data)
+    made, evaluated = [], []
+    real_make_loader = finetune.make_loader
+
+    def make_loader(*args, **kwargs):
+        made.append(torch.device(kwargs.get("device", "cpu")))
+        return real_make_loader(*args, **kwargs)
+
+    class Results:
+        def results(self) -> dict:
+            return {}
+
+    def evaluate(model, batches, device):
+        evaluated.append(torch.device(device))
+        return Results()
+
+    monkeypatch.setattr(finetune, "make_loader", make_loader)
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(run_module, "device_type", lambda: "meta")  # a device that is not the CPU
+    indices = np.arange(len(splits.dataset), dtype=np.int64)
+    finetune.evaluate_indices(torch.nn.Linear(2, 2), splits, indices, config)
+    assert made == evaluated == [torch.device("meta")]

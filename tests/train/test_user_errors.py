@@ -79,3 +79,44 @@ def test_a_diverged_run_ends_in_one_line_that_says_how_to_go_on(tmp_path, capsys
     line = _one_line(capsys)
     assert "non-finite losses in a row" in line
     assert "no checkpoint was written before it" in line, line  # the first steps diverged
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("zero1", "run.sync_debug: "),
+        ("missing", "run.deepspeed_config: no such file"),
+        ("not json", "is not JSON"),
+    ],
+)
+def test_a_deepspeed_config_that_cannot_serve_is_named_before_any_work(
+    config, expected, tmp_path, monkeypatch, capsys
+):
+    # ZeRO 1's own step reads the host (its overflow flag, overlap_comm's synchronize): the
+    # sync check stopped a GPU run's first checked step there; a missing or broken JSON was
+    # read only after the data was converted, and a broken one said "Expecting value: line 1"
+    from fastchgnet.train import run
+    from fastchgnet.train.engine import DEFAULT_DEEPSPEED_JSON
+
+    def prepare_data(*args, **kwargs):
+        raise AssertionError("the data was prepared before the DeepSpeed config was checked")
+
+    monkeypatch.setattr(run, "prepare_data", prepare_data)
+
+    path = {
+        "zero1": DEFAULT_DEEPSPEED_JSON.with_name("deepspeed_zero1.json"),
+        "missing": tmp_path / "nonexist.json",
+        "not json": tmp_path / "broken.json",
+    }[config]
+    (tmp_path / "broken.json").write_text('{"zero_optimization": {"stage": 0}')
+    out = tmp_path / "run"
+    settings = [
+        "run.engine=deepspeed",
+        "run.sync_debug=true",
+        f"run.deepspeed_config={path}",
+        f"run.out_dir={out}",
+    ]
+    assert train_main([part for s in settings for part in ("--set", s)]) == 1
+    line = _one_line(capsys)
+    assert expected in line, line
+    assert str(path) in line, line
