@@ -72,15 +72,11 @@ def labels_from_json(text: str) -> AseLabels:
         ValueError: not a JSON object, a key that ``AseLabels`` does not have, or a value of
             the wrong type (``--labels energy_per_atom='false': expected true or false``).
     """
-    import json
     from dataclasses import fields
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--labels {text!r}: not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"--labels {text!r}: expected a JSON object")
+    from fastchgnet.errors import json_object
+
+    data = json_object(text, f"--labels {text!r}")
     known = {f.name for f in fields(AseLabels)}
     if set(data) - known:
         raise ValueError(

@@ -13,7 +13,6 @@ size, gradient clipping and the optimiser come from the TrainConfig.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastchgnet.errors import json_object
 from fastchgnet.profiling.nvtx import ALLREDUCE, ranged
 from fastchgnet.train.collectives import all_gather_objects, rank_and_world
 from fastchgnet.train.config import OptimConfig
@@ -208,13 +208,7 @@ def deepspeed_json(path: str | Path) -> dict:
         raise FileNotFoundError(f"run.deepspeed_config: no such file {str(path)!r}") from None
     except OSError as error:
         raise ValueError(f"run.deepspeed_config: cannot read {str(path)!r}: {error}") from None
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"run.deepspeed_config: {str(path)!r} is not JSON: {error}") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"run.deepspeed_config: {str(path)!r} holds no JSON object")
-    return settings
+    return json_object(text, f"run.deepspeed_config {str(path)!r}")
 
 
 def check_deepspeed_config(path: str | Path, sync_debug: bool) -> None:

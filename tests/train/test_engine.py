@@ -195,5 +195,5 @@ def test_sync_debug_is_refused_only_where_deepspeeds_own_step_waits_for_the_host
         check_deepspeed_config(bf16, sync_debug=True)
     listed = tmp_path / "list.json"
     listed.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="holds no JSON object"):
+    with pytest.raises(ValueError, match="expected a JSON object"):
         check_deepspeed_config(listed, sync_debug=False)

@@ -86,7 +86,7 @@ def test_a_diverged_run_ends_in_one_line_that_says_how_to_go_on(tmp_path, capsys
     [
         ("zero1", "run.sync_debug: "),
         ("missing", "run.deepspeed_config: no such file"),
-        ("not json", "is not JSON"),
+        ("not json", "not JSON (Expecting"),
     ],
 )
 def test_a_deepspeed_config_that_cannot_serve_is_named_before_any_work(
