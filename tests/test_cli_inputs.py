@@ -155,7 +155,10 @@ def test_relax_writes_the_structures_it_can_and_names_each_it_skips(tmp_path, ca
 @pytest.mark.parametrize(
     ("option", "value", "says"),
     [
-        ("--fmax", "nan", "--fmax must be > 0"),
+        ("--fmax", "nan", "--fmax must be > 0 eV/Å, got nan"),
+        ("--fmax", "-1", "--fmax must be > 0 eV/Å, got -1.0"),
+        ("--steps", "-5", "--steps must be >= 0, got -5"),
+        ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
         ("--trajectory", "{out}", "is the -o file too"),
     ],
 )
@@ -373,6 +376,8 @@ def test_file_at_index_takes_some_of_a_files_structures(tmp_path):
         read_structures([f"{path}@3"])
     with pytest.raises(ValueError, match=r"@last is not an index"):
         read_structures([f"{path}@last"])
+    with pytest.raises(ValueError, match=r"traj.extxyz@::0: @::0 is not an index"):
+        read_structures([f"{path}@::0"])  # said "slice step cannot be zero", naming nothing
     with pytest.raises(ValueError, match="selects none of the 3 structures"):
         read_structures([f"{path}@5:"])
 

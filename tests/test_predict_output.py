@@ -88,7 +88,7 @@ def test_predict_to_extxyz_writes_frames_with_the_json_numbers_in_ases_units(tmp
         np.testing.assert_allclose(frame.get_magnetic_moments(), record["magmoms_muB"], atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["p.csv", "p.vasp"])
+@pytest.mark.parametrize("name", ["p.csv", "p.vasp", "p.cif", "p.pdb"])  # cif, pdb: no results kept
 def test_predict_refuses_an_output_it_cannot_write_before_the_run(tmp_path, capsys, name):
     (path,) = write_structures(tmp_path, 1)
     assert main(["predict", path, "-o", str(tmp_path / name), "--model", "nowhere.pt"]) == 1

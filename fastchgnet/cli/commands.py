@@ -125,11 +125,12 @@ def is_json(output: str) -> bool:
 
 def check_predictions_file(output: str) -> None:
     """Raise ValueError (one line, naming -o) unless predict can write ``output``: JSON
-    (``is_json``) or frames of a format ASE writes several of (extxyz, traj, ...)."""
+    (``is_json``) or frames of a format that keeps their results (extxyz, traj): a CIF or
+    PDB holds the structures and would drop every prediction unsaid."""
     check_output_file(output, "-o", "out.json")
     if not is_json(output):
         try:
-            check_frames_file(output, "-o", several=True)
+            check_frames_file(output, "-o", several=True, labelled=True)
         except ValueError as error:
             raise ValueError(f"{error}, or .json for JSON records") from None
 

@@ -91,7 +91,7 @@ def _selection(name: str) -> tuple[str, slice | int]:
         parts = [int(part) if part.strip() else None for part in index.split(":")]
         if len(parts) == 1 and parts[0] is not None:
             return path, parts[0]
-        if 2 <= len(parts) <= 3:
+        if 2 <= len(parts) <= 3 and (len(parts) < 3 or parts[2] != 0):  # a step of 0: none
             return path, slice(*parts)
     except ValueError:
         pass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,8 +173,13 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from fastchgnet.md.calculator import first_neighbours
     from fastchgnet.md.relax import RELAX_PATIENCE, relax
 
-    if not args.fmax > 0 or args.steps < 0 or args.batch_size < 1:  # NaN is not > 0
-        raise ValueError("--fmax must be > 0, --steps >= 0 and --batch-size >= 1")
+    for option, value, fine, need in (
+        ("--fmax", args.fmax, args.fmax > 0 and math.isfinite(args.fmax), "> 0 eV/Å"),  # NaN
+        ("--steps", args.steps, args.steps >= 0, ">= 0"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, ">= 1"),
+    ):
+        if not fine:
+            raise ValueError(f"{option} must be {need}, got {value}")
     refuse_existing(args.output, "-o", args.overwrite)
     refuse_existing(args.trajectory, "--trajectory", args.overwrite)
     structures, unread = read_structures_skipping(args.structures, "relax")

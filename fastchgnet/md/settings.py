@@ -90,9 +90,9 @@ def check_numbers(temperature: float, timestep: float, **integrator: float | Non
     temperature (K) not >= 0, a taut or taup (fs) or bulk modulus (GPa) not > 0, a friction
     (1/fs) not >= 0, a pressure (GPa) not finite (a setting given as None is the default)."""
     if not (timestep > 0 and math.isfinite(timestep)):
-        raise ValueError(f"need timestep > 0 fs, got {timestep}")
+        raise ValueError(f"need a finite timestep > 0 fs, got {timestep}")
     if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"need temperature >= 0 K, got {temperature}")
+        raise ValueError(f"need a finite temperature >= 0 K, got {temperature}")
     for name, value in integrator.items():
         if value is None:
             continue

@@ -12,8 +12,9 @@ from fastchgnet.compat import MolecularDynamics
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({"temperature": -5}, "need temperature >= 0 K, got -5"),
-        ({"timestep": 0}, "need timestep > 0 fs, got 0"),
+        ({"temperature": -5}, "need a finite temperature >= 0 K, got -5"),
+        ({"temperature": float("inf")}, "need a finite temperature >= 0 K, got inf"),
+        ({"timestep": 0}, "need a finite timestep > 0 fs, got 0"),
         ({"taut": -1.0}, "need taut > 0, got -1.0"),
         ({"starting_temperature": -1.0}, "need starting_temperature >= 0 K"),
         ({"ensemble": "npt", "pressure": float("nan")}, "need a finite pressure"),
