@@ -20,11 +20,12 @@ from ase.calculators.calculator import all_changes
 from ase.md import MDLogger
 from tqdm import tqdm
 
+from fastchgnet.errors import StructureError
 from fastchgnet.files import check_output_folder
 from fastchgnet.md.calculator import Calculator, as_atoms, capture_backend, compiled_potential
 from fastchgnet.md.frames import frame_writer, stress_for_written_steps, written_step
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
-from fastchgnet.md.outputs import MDInterrupted
+from fastchgnet.md.outputs import MDDiverged, MDInterrupted
 from fastchgnet.md.settings import checked_integrator
 from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential
@@ -135,6 +136,8 @@ def run_md(
             anything runs).
         MDInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run: the step
             reached and the frames written (the trajectory is complete up to them).
+        MDDiverged: the dynamics made a geometry the model cannot take (a ValueError in one
+            line naming the step and the frames written).
     """
     if steps < 0 or loginterval < 1:
         raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
@@ -213,6 +216,8 @@ def run_md(
             if signum is None:
                 raise
             raise MDInterrupted(int(dyn.nsteps), frames, signum) from None
+        except StructureError as error:  # the first call took the structure: the run made it
+            raise MDDiverged(int(dyn.nsteps) + 1, steps, frames, str(error)) from None
         finally:  # a graph still building in a child process would serve no step
             for used in {id(p): p for p in (potential, atoms.calc.potential)}.values():
                 getattr(used, "cancel_builds", lambda: None)()

@@ -1,7 +1,8 @@
 """What a relaxation hands back: a ``RelaxResult`` per structure, the trajectory file of every
 structure's steps, and ``RelaxInterrupted``, which carries the results of a run stopped by
 SIGINT or SIGTERM (the structures finished, and the current geometry of those relaxing); and
-``MDInterrupted``, what an MD run stopped so says of itself."""
+``MDInterrupted`` and ``MDDiverged``, what an MD run stopped by a signal, or by a geometry the
+model cannot take, says of itself."""
 
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ class MDInterrupted(Stopped):
 
     def __init__(self, step: int, frames: int, signum: int) -> None:
         super().__init__(signum, f"MD interrupted at step {step} ({frames} frames written)")
+        self.step, self.frames = step, frames
+
+
+class MDDiverged(ValueError):
+    """An MD run whose dynamics made a geometry the model cannot take (non-finite positions
+    or cell, isolated or overlapping atoms: the first call took the structure, so the
+    settings drove it there). One line: the step, the model's complaint, the frames written.
+
+    step: the step being taken (1-based) | frames: the trajectory frames written (all
+    complete)."""
+
+    def __init__(self, step: int, steps: int, frames: int, problem: str) -> None:
+        super().__init__(
+            f"md diverged at step {step} of {steps}: {problem} (the timestep, pressure, "
+            f"temperature or thermostat times drove it there); {frames} frame(s) written"
+        )
         self.step, self.frames = step, frames
 
 

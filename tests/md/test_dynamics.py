@@ -308,3 +308,29 @@ def test_npt_log_carries_the_stress_and_nvt_log_does_not(model, small_crystals, 
         header, *rows = log.read_text().splitlines()
         assert ("stress [GPa]" in header) is (ensemble == "npt")
         assert len(rows[0].split()) == (11 if ensemble == "npt" else 5)
+
+
+def test_a_run_driven_to_a_geometry_the_model_cannot_take_says_it_diverged(model, tmp_path) -> None:
+    # it said "structure (Si8): 8 isolated atom(s) ...", as if the input were bad, with no
+    # word of the step or of the frames already written
+    from fastchgnet.md.outputs import MDDiverged
+
+    trajectory = tmp_path / "md.extxyz"
+    with pytest.raises(MDDiverged) as stopped:
+        run_md(
+            bulk("Si", "diamond", a=5.43, cubic=True),
+            model,
+            ensemble="npt",
+            thermostat="berendsen",
+            pressure=-1e6,  # GPa: tension no cell survives
+            bulk_modulus=100.0,
+            steps=20,
+            trajectory=trajectory,
+            progress=False,
+            compiled=False,
+        )
+    line = str(stopped.value)
+    assert line.startswith("md diverged at step 1 of 20: structure (Si8): 8 isolated atom(s)")
+    assert line.endswith("1 frame(s) written")
+    assert stopped.value.frames == len(read(trajectory, index=":")) == 1
+    assert "\n" not in line
