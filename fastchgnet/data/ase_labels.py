@@ -178,9 +178,19 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _ase_error(error: Exception) -> str:
+    """The first line of ASE's message (its errors have many types), or the type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _images(path: Path) -> Iterator[Any]:
-    """Atoms of ``path`` one at a time: ASE-db rows or ``ase.io.iread``; what ASE cannot
-    read is a ValueError naming the file and the frame (its position and default id)."""
+    """Atoms of ``path`` one at a time: ASE-db rows, an extxyz/xyz file's frames each parsed
+    on its own (``_xyz_frames``), else ``ase.io.iread``. A frame ASE cannot read comes as a
+    ValueError naming the file and the frame (its position and default id); after it, an
+    extxyz file is read on, any other file's rest is not read."""
+    if path.suffix.lower() in (".xyz", ".extxyz"):
+        yield from _xyz_frames(path)
+        return
     position = 0
     try:
         if path.suffix == ".db":
@@ -196,10 +206,68 @@ def _images(path: Path) -> Iterator[Any]:
                 yield atoms
                 position += 1
     except Exception as error:  # only ASE's reading runs here: its errors have many types
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(
-            f"{path}: ASE cannot read frame {position} ({path.stem}-{position}): {reason}"
-        ) from None
+        yield ValueError(
+            f"{path}: ASE cannot read frame {position} ({path.stem}-{position}): "
+            f"{_ase_error(error)}; the frames after it are not read"
+        )
+
+
+def _count(line: str) -> int | None:
+    """The atom count ``line`` is (one integer alone on it), else None."""
+    words = line.split()
+    return int(words[0]) if len(words) == 1 and words[0].isdigit() else None
+
+
+def _xyz_frames(path: Path) -> Iterator[Any]:
+    """An extxyz file's frames (a count line, a comment line, that many atom lines), each
+    parsed by ASE on its own text. A frame ASE cannot read, or whose atom lines are fewer
+    or more than its count says (the next count line or the file's end comes first, or a
+    line of as many words as its last follows), or a line where a count line should be,
+    comes as a ValueError, and reading goes on at the next count line
+    (blank lines between frames are passed over)."""
+    from io import StringIO
+
+    from ase.io import read
+
+    with open(path) as lines:
+        line, number, position = lines.readline(), 1, 0
+        while line:
+            if not line.strip():
+                line, number = lines.readline(), number + 1
+                continue
+            where = f"{path}: ASE cannot read frame {position} ({path.stem}-{position})"
+            count, first = _count(line), number
+            if count is None:  # not a count line: pass over all up to the next one
+                bad = line.strip()
+                while line and _count(line) is None:
+                    line, number = lines.readline(), number + 1
+                yield ValueError(f"{where}: line {first} {_shown(bad)} is "
+                                 f"not an atom count")  # fmt: skip
+                position += 1
+                continue
+            text = [line, lines.readline()]
+            number += 2
+            line = lines.readline()
+            while line and len(text) < count + 2 and _count(line) is None:
+                text.append(line)
+                line, number = lines.readline(), number + 1
+            position += 1
+            if len(text) < count + 2:
+                end = "the file ends" if not line else f"line {number} is the next count line"
+                yield ValueError(f"{where}: line {first} says {count} atoms, {len(text) - 2} "
+                                 f"atom lines follow ({end})")  # fmt: skip
+                continue
+            if count and len(line.split()) == len(text[-1].split()):  # one more atom line
+                extra = number
+                while line and _count(line) is None:
+                    line, number = lines.readline(), number + 1
+                yield ValueError(f"{where}: line {first} says {count} atoms, more atom lines "
+                                 f"follow (line {extra} is no count line)")  # fmt: skip
+                continue
+            try:
+                yield read(StringIO("".join(text)), format="extxyz")
+            except Exception as error:  # only ASE's reading runs here
+                yield ValueError(f"{where}: {_ase_error(error)}")
 
 
 def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iterator[Frame]:
@@ -214,23 +282,22 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
         ValueError: a named key is not in the first frame, or ASE cannot read the first frame
             (naming the file). A frame with unreadable or implausible labels is yielded with
             a ``problem`` (``frame_from_atoms``), and so is a later frame ASE cannot read (a
-            truncated file's last): the frames before it are kept, the file's rest is not read.
+            truncated file's last): the frames before it are kept, and in an extxyz/xyz file
+            the frames after it too (``_xyz_frames``); another format's rest is not read.
     """
     labels = labels or AseLabels()
     path = Path(path)
     stem = path.stem
     images = _images(path)
     for position in itertools.count():
-        try:
-            atoms = next(images)
-        except StopIteration:
+        atoms = next(images, None)
+        if atoms is None:
             return
-        except ValueError as error:  # ASE cannot read this frame: after the first, keep those
+        if isinstance(atoms, ValueError):  # ASE cannot read this frame: the first ends it
             if position == 0:
-                raise
-            problem = f"{error}; the frames after it are not read"
-            yield unreadable_frame(stem, f"{stem}-{position}", problem)
-            return
+                raise atoms
+            yield unreadable_frame(stem, f"{stem}-{position}", str(atoms))
+            continue
         if position == 0:
             chosen = [getattr(labels, t) for t in ("energy", "forces", "stress", "magmoms")
                       if getattr(labels, t) != getattr(AseLabels, t)]  # fmt: skip

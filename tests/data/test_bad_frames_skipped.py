@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 from pymatgen.core import Lattice, Structure
 
@@ -70,3 +71,41 @@ def test_an_infinite_label_is_non_finite_not_a_unit_problem(label):
     assert implausible_labels(frame) is None
     with pytest.raises(StructureError, match=r"non-finite|is inf"):
         check_frame(frame)
+
+
+#: three lines a frame (count, comment, one atom): frame 1's atom, then its count line
+BROKEN = {
+    "element": (5, "Xx 0.0 0.0 0.0 0.0 0.0 0.0", "frame 1 (x-1): 'Xx'"),
+    "column": (5, "Cu 0.0 0.0 0.0 0.0 0.0", "frame 1 (x-1): "),
+    "count": (3, "2", "frame 1 (x-1): line 4 says 2 atoms, 1 atom lines follow (line 7 is"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_an_extxyz_frame_ase_cannot_read_skips_it_alone_and_the_next_are_read(
+    tmp_path, capsys, kind
+):
+    """An unknown element, a missing column, fewer atom lines than the count says: the frame
+    is skipped and named, and the good frame after it is converted. Before, reading stopped
+    there and the frames after it were in neither count of the console's summary."""
+    from fastchgnet.cli import main
+    from fastchgnet.data.cache import GraphDataset
+
+    frames = []
+    for k in range(3):
+        atoms = bulk("Cu", "fcc", a=3.6)
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 - k, forces=np.zeros((1, 3)))
+        frames.append(atoms)
+    source = tmp_path / "x.extxyz"
+    write(source, frames)
+    lines = source.read_text().splitlines()
+    line, text, reason = BROKEN[kind]
+    lines[line] = text
+    source.write_text("\n".join(lines) + "\n")
+    assert main(["data", "convert", str(source), "-o", str(tmp_path / "c")]) == 0
+    assert "converted 2 structures" in capsys.readouterr().out
+    assert len(GraphDataset(tmp_path / "c")) == 2
+    [skip] = _skipped(tmp_path / "c")
+    assert skip["frame_id"] == "x-1"
+    assert f"ASE cannot read {reason}" in skip["reason"]
+    assert "the frames after it are not read" not in skip["reason"]

@@ -50,4 +50,4 @@ def test_a_truncated_extxyz_keeps_its_frames_before_the_cut_and_reports_the_rest
     assert len(GraphDataset(tmp_path / "cache")) == 5
     skipped = (tmp_path / "cache" / "skipped.json").read_text()
     assert "ASE cannot read frame 5" in skipped
-    assert "the frames after it are not read" in skipped
+    assert "atom lines follow (the file ends)" in skipped
