@@ -277,11 +277,12 @@ def test_a_folder_named_as_a_structure_is_called_a_folder(tmp_path, capsys):
     assert "is a folder; name the structure files in it" in one_line_error(capsys)
 
 
-def test_a_dummy_species_is_named_x_not_by_pymatgens_hash(tmp_path, capsys):
-    path = tmp_path / "dummy.cif"
-    Structure(Lattice.cubic(3.0), ["X", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(filename=str(path))
-    assert main(["predict", str(path)]) == 1
-    assert "dummy.cif (XO): atom(s) [0] have no element" in one_line_error(capsys)
+def test_an_unknown_element_is_named_by_its_symbol_and_site_label(tmp_path, capsys):
+    for species, label, symbol in (("X", None, "X"), ("Xx3+", "Mn2", "Xx")):  # Xx: a typo
+        ROCKSALT.copy().replace(0, species, label=label).to(filename=str(tmp_path / "x.cif"))
+        assert main(["predict", str(tmp_path / "x.cif")]) == 1  # X: not pymatgen's hash
+        says = f"x.cif (XCl): unknown element '{symbol}' at site 0 (label {label or 'X0'})"
+        assert says in one_line_error(capsys)
 
 
 def test_a_run_folder_as_model_loads_its_model_file(tmp_path, model):

@@ -136,11 +136,16 @@ def atomic_numbers(structure: object) -> np.ndarray:
 def formula(numbers: np.ndarray) -> str:
     """Formula for messages from atomic numbers (n,), elements by Z, e.g. ``Li2O4Mn2``: cheap,
     and without pymatgen's electronegativity sort, which warns for every noble gas."""
+    z, counts = np.unique(numbers, return_counts=True)
+    symbols = [element_symbol(int(k)) for k in z]
+    return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
+
+
+def element_symbol(z: int) -> str:
+    """The symbol of atomic number ``z`` (``X`` for 0, ASE's dummy), ``Z{z}`` past Og."""
     from ase.data import chemical_symbols
 
-    z, counts = np.unique(numbers, return_counts=True)
-    symbols = [chemical_symbols[k] if 0 <= k < len(chemical_symbols) else f"Z{k}" for k in z]
-    return "".join(f"{s}{c if c > 1 else ''}" for s, c in zip(symbols, counts, strict=False))
+    return chemical_symbols[z] if 0 <= z < len(chemical_symbols) else f"Z{z}"
 
 
 def _as_arrays(structure: object, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -186,7 +191,9 @@ def check_lattice(lattice: np.ndarray, name: str) -> None:
         raise StructureError(name, f"lattice has zero volume ({volume:.3g} Å^3)")
 
 
-def _check_inputs(numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, name: str) -> None:
+def _check_inputs(
+    numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, name: str, structure: object
+) -> None:
     if numbers.shape[0] == 0:
         raise StructureError(name, "has no atoms")
     check_lattice(lattice, name)
@@ -194,8 +201,24 @@ def _check_inputs(numbers: np.ndarray, frac: np.ndarray, lattice: np.ndarray, na
         bad = np.flatnonzero(~np.isfinite(frac).all(axis=1))
         raise StructureError(name, f"non-finite coordinates for atom(s) {bad[:10].tolist()}")
     if (numbers < 1).any():
-        bad = np.flatnonzero(numbers < 1)
-        raise StructureError(name, f"atom(s) {bad[:10].tolist()} have no element (Z < 1)")
+        bad = np.flatnonzero(numbers < 1).tolist()
+        sites = ", ".join(_unknown_site(structure, i, int(numbers[i])) for i in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise StructureError(name, f"unknown element{'s' if len(bad) > 1 else ''} {sites}{more}")
+
+
+def _unknown_site(structure: object, index: int, z: int) -> str:
+    """``'Xx' at site 3 (label Mn2)``: an atom without element as the input spells it (a
+    pymatgen site's species and label; ASE Atoms hold only the number, 'X' for 0)."""
+    sites = getattr(structure, "sites", None)
+    if sites is None:  # ASE Atoms
+        return f"{element_symbol(z)!r} at site {index}"
+    site = sites[index]
+    symbol = str(getattr(site.specie, "symbol", site.species_string))
+    label = getattr(site, "label", None)
+    where = f"{symbol!r} at site {index}"
+    named = label and label not in (symbol, site.species_string)  # not pymatgen's default
+    return f"{where} (label {label})" if named else where
 
 
 def _neighbour_pairs(
@@ -343,7 +366,7 @@ def build_graph(
     name = name or structure_name(structure)
     open_along = open_axes(structure, name)
     numbers, frac, lattice = _as_arrays(structure, name)
-    _check_inputs(numbers, frac, lattice, name)
+    _check_inputs(numbers, frac, lattice, name, structure)
     cart = frac @ lattice
     i, j, image, dist = _neighbour_pairs(cart, lattice, atom_cutoff, backend)
     if check_open:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fastchgnet.data.batch import collate
-from fastchgnet.data.graph import CrystalGraph, build_graph, structure_name
+from fastchgnet.data.graph import CrystalGraph, build_graph, element_symbol, structure_name
 from fastchgnet.errors import StructureError
 from fastchgnet.model.config import ModelConfig
 from fastchgnet.numerics import flush_denormals
@@ -131,8 +131,10 @@ def check_elements(graph: CrystalGraph, max_num_elements: int) -> None:
     too_heavy = graph.atomic_numbers > max_num_elements
     if too_heavy.any():
         z = sorted(set(graph.atomic_numbers[too_heavy].tolist()))
+        named = ", ".join(f"{element_symbol(k)} (Z={k})" for k in z)
+        known = f"{element_symbol(1)} to {element_symbol(max_num_elements)}"
         raise StructureError(
-            graph.name, f"element(s) Z={z} beyond the model's {max_num_elements} elements"
+            graph.name, f"element(s) {named} beyond the model's {max_num_elements} ({known})"
         )
 
 

@@ -91,7 +91,7 @@ def test_element_beyond_the_model_is_named(model):
 
     atoms = Atoms("Am2", positions=[[0, 0, 0], [1.5, 1.5, 1.5]], cell=[3, 3, 3], pbc=True)
     atoms.calc = Calculator(model)
-    with pytest.raises(StructureError, match=r"Z=\[95\]"):
+    with pytest.raises(StructureError, match=r"Am \(Z=95\) beyond the model's 94"):
         atoms.get_potential_energy()
 
 
