@@ -56,3 +56,13 @@ def test_predict_of_a_vasprun_at_zero_is_its_first_step(vasp_run, tmp_path, mode
     first, last = model.predict_structure(read(vasp_run / "XDATCAR", ":")[0:49:48])
     assert record["energy_per_atom_eV"] == pytest.approx(float(first["e"]), abs=1e-5)
     assert record["energy_per_atom_eV"] != pytest.approx(float(last["e"]), abs=1e-4)
+
+
+def test_an_archive_of_vasp_runs_points_to_the_files_in_it_and_to_data_convert(tmp_path):
+    # it said "cannot read a structure (zip)", while data convert reads the same archive
+    archive = tmp_path / "runs.zip"
+    with zipfile.ZipFile(archive, "w") as files:
+        files.writestr("run/vasprun.xml", "<modeling></modeling>")
+    with pytest.raises(ValueError, match="an archive, not a structure file") as refused:
+        read_structures([str(archive)])
+    assert "fastchgnet data convert" in str(refused.value)

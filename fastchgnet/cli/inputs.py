@@ -107,6 +107,12 @@ def _one(found: list[Any], index: int, given: str) -> list[Any]:
 
 def _ase_frames(path: Path, base: str) -> list[Any]:
     """Every frame ASE reads from ``path``, named as ``read_structures`` says."""
+    if path.name.lower().endswith((".zip", ".tar", ".tar.gz", ".tgz")):  # VASP runs, packed
+        raise ValueError(
+            f"{path}: an archive, not a structure file: name the structure files in it "
+            "(vasprun.xml, OUTCAR, POSCAR, CIF), or convert its VASP runs to a dataset with "
+            "`fastchgnet data convert`"
+        )
     try:
         from fastchgnet.data.sources import read_atoms
 
