@@ -231,6 +231,13 @@ def _xyz_frames(path: Path) -> Iterator[Any]:
 
     with open(path) as lines:
         line, number, position = lines.readline(), 1, 0
+
+        def to_count_line() -> None:
+            """Pass over the lines up to the next count line (or the file's end)."""
+            nonlocal line, number
+            while line and _count(line) is None:
+                line, number = lines.readline(), number + 1
+
         while line:
             if not line.strip():
                 line, number = lines.readline(), number + 1
@@ -239,10 +246,8 @@ def _xyz_frames(path: Path) -> Iterator[Any]:
             count, first = _count(line), number
             if count is None:  # not a count line: pass over all up to the next one
                 bad = line.strip()
-                while line and _count(line) is None:
-                    line, number = lines.readline(), number + 1
-                yield ValueError(f"{where}: line {first} {_shown(bad)} is "
-                                 f"not an atom count")  # fmt: skip
+                to_count_line()
+                yield ValueError(f"{where}: line {first} {_shown(bad)} is not an atom count")
                 position += 1
                 continue
             text = [line, lines.readline()]
@@ -254,15 +259,18 @@ def _xyz_frames(path: Path) -> Iterator[Any]:
             position += 1
             if len(text) < count + 2:
                 end = "the file ends" if not line else f"line {number} is the next count line"
-                yield ValueError(f"{where}: line {first} says {count} atoms, {len(text) - 2} "
-                                 f"atom lines follow ({end})")  # fmt: skip
+                yield ValueError(
+                    f"{where}: line {first} says {count} atoms, {len(text) - 2} atom lines "
+                    f"follow ({end})"
+                )
                 continue
             if count and len(line.split()) == len(text[-1].split()):  # one more atom line
                 extra = number
-                while line and _count(line) is None:
-                    line, number = lines.readline(), number + 1
-                yield ValueError(f"{where}: line {first} says {count} atoms, more atom lines "
-                                 f"follow (line {extra} is no count line)")  # fmt: skip
+                to_count_line()
+                yield ValueError(
+                    f"{where}: line {first} says {count} atoms, more atom lines follow (line "
+                    f"{extra} is no count line)"
+                )
                 continue
             try:
                 yield read(StringIO("".join(text)), format="extxyz")

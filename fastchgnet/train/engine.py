@@ -179,7 +179,7 @@ def deepspeed_settings(path: str | Path, batch_per_rank: int, world: int, clip: 
       ``TorchEngine`` does. ZeRO 1 clips its own partitions, and fp16 / bf16 its unscaled
       float32 copies, so those keep DeepSpeed's (``deepspeed_clips``).
     """
-    settings = deepspeed_json(path)
+    settings = read_deepspeed_config(path)
     settings.pop("comment", None)
     settings["train_micro_batch_size_per_gpu"] = batch_per_rank
     settings["train_batch_size"] = batch_per_rank * world
@@ -195,7 +195,13 @@ def uses_deepspeed(kind: str) -> bool:
     return kind == "deepspeed" or (kind == "auto" and launched_distributed())
 
 
-def deepspeed_json(path: str | Path) -> dict:
+def deepspeed_config_path(setting: str | Path) -> Path:
+    """The DeepSpeed config file ``run.deepspeed_config`` = ``setting`` names (empty:
+    ``DEFAULT_DEEPSPEED_JSON``)."""
+    return Path(setting) if setting != "" else DEFAULT_DEEPSPEED_JSON
+
+
+def read_deepspeed_config(path: str | Path) -> dict:
     """The DeepSpeed config file at ``path`` as a dict.
 
     Raises:
@@ -211,16 +217,18 @@ def deepspeed_json(path: str | Path) -> dict:
     return json_object(text, f"run.deepspeed_config {str(path)!r}")
 
 
-def check_deepspeed_config(path: str | Path, sync_debug: bool) -> None:
-    """Before anything runs: the DeepSpeed config at ``path`` can be read
-    (``deepspeed_json``), and ``run.sync_debug`` is not asked of a config whose optimiser
-    waits for the host by design. Under ZeRO >= 1 or DeepSpeed's fp16 / bf16, DeepSpeed's
-    own step reads its overflow flag and gradient norm on the host (``.item()``), and with
-    ``overlap_comm`` calls ``synchronize()`` after every backward: the check would stop the
-    first steady-state step on DeepSpeed's waits, not ours. ValueError in one line."""
-    settings = deepspeed_json(path)
+def check_deepspeed_config(setting: str | Path, sync_debug: bool) -> None:
+    """Before anything runs: the DeepSpeed config ``run.deepspeed_config`` = ``setting``
+    names (``deepspeed_config_path``) can be read (``read_deepspeed_config``), and
+    ``run.sync_debug`` is not asked of a config whose optimiser waits for the host by
+    design. Under ZeRO >= 1 or DeepSpeed's fp16 / bf16, DeepSpeed's own step reads its
+    overflow flag and gradient norm on the host (``.item()``), and with ``overlap_comm``
+    calls ``synchronize()`` after every backward: the check would stop the first
+    steady-state step on DeepSpeed's waits, not ours. ValueError in one line."""
+    path = deepspeed_config_path(setting)
+    settings = read_deepspeed_config(path)
     if sync_debug and deepspeed_clips(settings):
-        halves = [k for k in ("fp16", "bf16") if settings.get(k, {}).get("enabled", False)]
+        halves = half_precisions(settings)
         what = f"ZeRO stage {zero_stage(settings)}" + "".join(f" with {k}" for k in halves)
         raise ValueError(
             f"run.sync_debug: {str(path)!r} asks for {what}, whose DeepSpeed optimiser reads "
@@ -239,8 +247,12 @@ def deepspeed_clips(settings: dict) -> bool:
     """Whether DeepSpeed clips the gradients itself under ``settings``: with ZeRO >= 1 (the
     partitions are its own) or its fp16 / bf16 (it clips the unscaled float32 copies); else
     ``DeepSpeedEngine.step`` does, on the device."""
-    halves = any(settings.get(kind, {}).get("enabled", False) for kind in ("fp16", "bf16"))
-    return zero_stage(settings) >= 1 or halves
+    return zero_stage(settings) >= 1 or bool(half_precisions(settings))
+
+
+def half_precisions(settings: dict) -> list[str]:
+    """The half-precision modes a DeepSpeed config turns on: "fp16", "bf16" or none."""
+    return [kind for kind in ("fp16", "bf16") if settings.get(kind, {}).get("enabled", False)]
 
 
 def deepspeed_safe_globals() -> list[type]:
@@ -371,7 +383,7 @@ def make_engine(
     kind: str,
     total_steps: int,
     batch_per_rank: int,
-    deepspeed_json: str = "",
+    deepspeed_config: str = "",
 ) -> TorchEngine | DeepSpeedEngine:
     """The engine ``kind`` asks for ("auto": DeepSpeed when launched distributed)."""
     if not uses_deepspeed(kind):
@@ -379,5 +391,5 @@ def make_engine(
             model = model.to("cuda")
         return TorchEngine(model, config, total_steps, batch_per_rank)
     return DeepSpeedEngine(
-        model, config, total_steps, batch_per_rank, deepspeed_json or DEFAULT_DEEPSPEED_JSON
+        model, config, total_steps, batch_per_rank, deepspeed_config_path(deepspeed_config)
     )

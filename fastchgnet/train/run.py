@@ -38,12 +38,7 @@ from fastchgnet.train.checkpoint import (
     set_rng_state,
 )
 from fastchgnet.train.config import TrainConfig
-from fastchgnet.train.engine import (
-    DEFAULT_DEEPSPEED_JSON,
-    check_deepspeed_config,
-    make_engine,
-    uses_deepspeed,
-)
+from fastchgnet.train.engine import check_deepspeed_config, make_engine, uses_deepspeed
 from fastchgnet.train.epoch import train_one_epoch
 from fastchgnet.train.finish import finish
 from fastchgnet.train.interrupt import Interrupted
@@ -131,9 +126,7 @@ def setup(config: TrainConfig) -> Run:
             "on one device: use run.engine=auto or deepspeed"
         )
     if uses_deepspeed(config.run.engine):
-        check_deepspeed_config(
-            config.run.deepspeed_config or DEFAULT_DEEPSPEED_JSON, config.run.sync_debug
-        )
+        check_deepspeed_config(config.run.deepspeed_config, config.run.sync_debug)
         collectives.init_process_group(config.run.dist_timeout_s)
     rank, world_size = collectives.rank_and_world()
     out = Path(config.run.out_dir)
