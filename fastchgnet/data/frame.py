@@ -57,9 +57,12 @@ class Frame:
     @property
     def name(self) -> str:
         """Name for messages: frame id, material id and formula (``graph.formula``; none for
-        a frame whose species a source could not read)."""
+        a frame whose species a source could not read); the material id alone for an entry
+        without a frame id (a material or file part that a source could not read)."""
         numbers = atomic_numbers(self.structure)
         name = f"frame {self.frame_id} of {self.material_id}"
+        if self.material_id and not self.frame_id:
+            name = self.material_id
         return f"{name} ({formula(numbers)})" if numbers.size else name
 
 

@@ -5,6 +5,8 @@ option, is one line naming it, with no traceback and no half-made cache."""
 from __future__ import annotations
 
 import json
+import re
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from fastchgnet.cli import main
 from fastchgnet.data.cache import CacheError, GraphDataset
+from fastchgnet.data.convert import convert
 from fastchgnet.data.sources import from_structures, read_vasp
 from tests.data.frames import mptrj_record, rock_salt, write_mptrj
 
@@ -88,24 +91,121 @@ def test_stats_counts_only_the_frames_conversion_keeps_and_lists_the_rest(tmp_pa
         assert reason in out
 
 
-@pytest.mark.parametrize("command", ["convert", "stats"])
-def test_a_truncated_mptrj_file_is_one_line_naming_it_and_leaves_no_trusted_cache(
-    tmp_path, capsys, command
-):
-    source = _bad_mptrj(tmp_path)
+def _cut_inside(source, material: str):
+    """The text of the MPtrj file ``source`` up to 40 characters into ``material``'s record."""
     text = source.read_text()
-    source.write_text(text[: text.index('"mp-5"') + 40])  # breaks off inside mp-5
+    return text[: text.index(f'"{material}"') + 40]
+
+
+def _gzip_cut_off(path, text: str):
+    """``text`` gzipped into ``path`` as a download cut off after it: every byte of ``text``
+    decompresses, then the stream ends without its end marker (gzip's EOFError)."""
+    packer = zlib.compressobj(wbits=31)  # 31: a gzip header
+    path.write_bytes(packer.compress(text.encode()) + packer.flush(zlib.Z_SYNC_FLUSH))
+    return path
+
+
+BREAK = "file is not complete JSON after material mp-4 (6 frames read): "
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("mptrj.json", "parse error: premature EOF"),
+        ("mptrj.json.gz", "Compressed file ended before the end-of-stream marker was reached"),
+    ],
+    ids=["json", "json.gz"],
+)
+def test_truncated_mptrj_keeps_complete_materials_and_reports_the_break(
+    tmp_path, capsys, name, reason
+):
+    """Used to stop in one line ("not complete JSON, it breaks after material mp-4"), losing
+    the complete materials before the break; from a .json.gz, ijson's 64 KiB read lost them
+    too (gzip's read raises EOFError and drops what it had decompressed)."""
+    text = _cut_inside(_bad_mptrj(tmp_path), "mp-5")  # breaks off inside mp-5
+    source = tmp_path / name
+    if name.endswith(".gz"):
+        _gzip_cut_off(source, text)
+    else:
+        source.write_text(text)
     out = tmp_path / "c"
-    extra = ["-o", str(out), "--workers", "1", "--shard-size", "2"] if command == "convert" else []
+    problem = f"{BREAK}{reason}; nothing after it was read"
+    with pytest.warns(UserWarning, match=re.escape(f"{source}: {problem}")):
+        code, printed, err = _run(
+            capsys, "convert", str(source), "-o", str(out), "--workers", "1", "--shard-size", "2"
+        )
+    assert code == 0, err
+    assert len(GraphDataset(out)) == 1  # mp-1-0; the rest of mp-1 to mp-4 are bad records
+    assert "skipped 6 frame(s)" in printed
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert {s["frame_id"]: s["reason"] for s in skipped} == {**REASONS, "": problem}
+    assert skipped[-1]["material_id"] == name
+    with pytest.warns(UserWarning, match=re.escape(problem)):
+        code, report, err = _run(capsys, "stats", str(source))
+    assert code == 0, err
+    assert f"  {name}: {problem}" in report
+    assert "unusable (conversion skips them): 6" in report
+
+
+@pytest.mark.parametrize("command", ["convert", "stats"])
+@pytest.mark.parametrize("name", ["mptrj.json", "mptrj.json.gz"])
+def test_truncated_mptrj_without_a_complete_material_is_refused(tmp_path, capsys, command, name):
+    """No complete material before the break: no dataset, one line naming the file (was "it
+    breaks in material 1", for a file that is no JSON at all too)."""
+    text = _cut_inside(_bad_mptrj(tmp_path), "mp-1")
+    source = tmp_path / name
+    if name.endswith(".gz"):
+        _gzip_cut_off(source, text)
+    else:
+        source.write_text(text)
+    out = tmp_path / "c"
+    extra = ["-o", str(out), "--workers", "1"] if command == "convert" else []
     code, _, err = _run(capsys, command, str(source), *extra)
     assert code == 1
     message = _one_line_error(err, command)
-    assert f"{source}: not complete JSON, it breaks after material mp-4 (6 frames read)" in message
-    if command == "convert":
-        assert not (out / "manifest.json").exists()  # unfinished: nothing trusts it
-        assert not list(out.glob(".tmp-*"))  # the shard being built is removed
-        with pytest.raises(CacheError, match=r"no manifest\.json"):
-            GraphDataset(out)
+    assert f"{source}: not complete JSON, it breaks before its first complete material: " in message
+    assert message.endswith("; no frame read")
+    assert not out.exists()
+
+
+def test_a_source_that_fails_mid_conversion_leaves_no_trusted_cache(tmp_path):
+    """What the truncated MPtrj test checked before the reader kept the frames before a
+    break: a source that raises after some frames (one shard done, the next half built)
+    leaves no manifest.json and no .tmp shard."""
+
+    def frames():
+        yield from from_structures([rock_salt(k) for k in range(3)], energies=[-5.0] * 3)
+        raise ValueError("source.json: it breaks here")
+
+    out = tmp_path / "c"
+    with pytest.raises(ValueError, match="it breaks here"):
+        convert(frames(), out, workers=1, shard_size=2, progress=False)
+    assert not (out / "manifest.json").exists()  # unfinished: nothing trusts it
+    assert not list(out.glob(".tmp-*"))  # the shard being built is removed
+    with pytest.raises(CacheError, match=r"no manifest\.json"):
+        GraphDataset(out)
+
+
+def test_mptrj_record_without_energy_is_reported_with_its_frame_id(tmp_path, capsys):
+    """A record without its energy, force or stress is kept with that label masked; nothing
+    used to name it (only the coverage line's count: "energy 2/3"). A null magmom is
+    MPtrj's for runs without spin: not named."""
+    records = [mptrj_record(rock_salt(k), k) for k in range(4)]
+    del records[1]["corrected_total_energy"]
+    del records[2]["stress"]
+    records[3]["magmom"] = None
+    materials = {"mp-1": {"mp-1-0": records[0], "mp-1-1": records[1]},
+                 "mp-2": {"mp-2-0": records[2], "mp-2-1": records[3]}}  # fmt: skip
+    source = write_mptrj(tmp_path / "m.json", materials)
+    out = tmp_path / "c"
+    named = "no 'corrected_total_energy' in 1 (mp-1/mp-1-1); no 'stress' in 1 (mp-2/mp-2-0)"
+    with pytest.warns(UserWarning, match=re.escape(f"{source}: ")) as caught:
+        code, printed, err = _run(capsys, "convert", str(source), "-o", str(out), "--workers", "1")
+    assert code == 0, err
+    (warning,) = [str(w.message) for w in caught if "masked" in str(w.message)]
+    assert warning.endswith(named)
+    assert "labels: energy 3/4, forces 4/4, stress 3/4, magmoms 3/4 frames" in printed
+    assert json.loads((out / "skipped.json").read_text()) == []
 
 
 @pytest.mark.parametrize("command", ["convert", "stats"])

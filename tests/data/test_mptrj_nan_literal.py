@@ -6,6 +6,9 @@ not dropped); before, the whole file was refused."""
 from __future__ import annotations
 
 import gzip
+import json
+import re
+import zlib
 
 import pytest
 
@@ -48,10 +51,38 @@ def test_a_nan_literal_is_one_bad_frame_and_the_rest_are_read(
     assert "non-finite" in refused[0][1] or "finite" in refused[0][1]
 
 
-def test_a_file_that_breaks_off_after_a_nan_is_still_named_broken(tmp_path):
+def _cut_off(path, text: str, compressed: bool):
+    """``text`` into ``path``, or gzipped as a download cut off after it (every byte of
+    ``text`` decompresses, then gzip's EOFError)."""
+    if not compressed:
+        path.write_text(text)
+        return path
+    packer = zlib.compressobj(wbits=31)  # 31: a gzip header
+    path.write_bytes(packer.compress(text.encode()) + packer.flush(zlib.Z_SYNC_FLUSH))
+    return path
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["json", "json.gz"])
+def test_a_file_that_breaks_off_after_a_nan_keeps_what_is_before_and_reports_the_break(
+    tmp_path, compressed
+):
+    """Python's decoder takes over at the NaN and finds the break: the complete materials
+    before it are read (from a .json.gz too: it reads as far as is decompressed) and the
+    break is one bad entry (was a ValueError losing them; a traceback from a .json.gz); with
+    no complete material before it, the file is refused."""
     bad = mptrj_record(rock_salt(1), seed=1)
     bad["force"][0][0] = float("nan")
-    path = write_mptrj(tmp_path / "cut.json", {"mp-1": {"a": bad}, "mp-2": {"b": bad}})
-    path.write_text(path.read_text()[:-40])
-    with pytest.raises(ValueError, match=r"cut\.json: not complete JSON"):
+    materials = {"mp-1": {"a": bad}, "mp-2": {"b": mptrj_record(rock_salt(2), seed=2)},
+                 "mp-3": {"c": bad}}  # fmt: skip
+    text = json.dumps(materials)
+    name = "cut.json.gz" if compressed else "cut.json"
+    path = _cut_off(tmp_path / name, text[:-40], compressed)
+    with pytest.warns(UserWarning, match=re.escape(f"{name}: file is not complete JSON after")):
+        frames = list(read_mptrj(path))
+    ids = [(f.material_id, f.frame_id) for f in frames]
+    assert ids == [("mp-1", "a"), ("mp-2", "b"), (name, "")]
+    assert frames[2].problem.startswith("file is not complete JSON after material mp-2 (2 frames")
+    assert frames[2].problem.endswith("; nothing after it was read")
+    path = _cut_off(path, text[: text.index("NaN") + 10], compressed)  # in mp-1, after its NaN
+    with pytest.raises(ValueError, match=re.escape(f"{name}: not complete JSON, it breaks before")):
         list(read_mptrj(path))
