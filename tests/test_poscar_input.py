@@ -167,3 +167,18 @@ def test_the_reference_vasp_runs_poscar_and_contcar_still_read(tmp_path):
     formulas = [structure.composition.formula for structure in read_structures(files)]
     assert formulas[::2] == formulas[1::2]  # a run's CONTCAR has its POSCAR's atoms
     assert sorted(formulas[::2]) == ["Li20 Cl20", "Nb16 C8 O8"][: len(archives)]
+
+
+def test_data_convert_refuses_a_malformed_poscar_in_one_line(tmp_path, capsys):
+    path = poscar(tmp_path, counts="4")
+    assert main(["data", "convert", path, "-o", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"fastchgnet data convert: error: {path}: 2 element names (Cu Au) but 1 count (4)"
+
+
+def test_read_ase_checks_a_poscar_before_ase_reads_it(tmp_path):
+    from fastchgnet.data.sources import read_ase
+
+    path = poscar(tmp_path, coordinates="\n".join(POSITIONS[:3]))
+    with pytest.raises(ValueError, match="counts line says 4 atoms, but 3 coordinate lines"):
+        list(read_ase(path))

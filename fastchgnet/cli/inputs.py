@@ -35,7 +35,7 @@ def read_structures(paths: list[str], skipped: list[str] | None = None) -> list[
         FileNotFoundError: a path is not a file.
         ValueError: a file holds no structure, a CIF block pymatgen refuses (its reason), a
             POSCAR without element names (pymatgen would call its atoms hydrogen) or whose lines
-            do not say what they hold (``poscar_check``: named with the line), or an
+            do not say what they hold (``data.poscar``: named with the line), or an
             ``@INDEX`` that is not an index or selects none.
     """
     chosen = [_selection(name) for name in paths]
@@ -154,7 +154,7 @@ def _pymatgen_structures(path: Path) -> list[Any] | None:
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifParser
 
-    from fastchgnet.cli.poscar_check import check_poscar, is_poscar
+    from fastchgnet.data.poscar import check_poscar, is_poscar
 
     is_cif = ".cif" in (suffix.lower() for suffix in path.suffixes)
     if not is_cif and is_poscar(path):  # lines that do not say what they hold: refused

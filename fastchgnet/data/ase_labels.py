@@ -187,11 +187,20 @@ def _images(path: Path) -> Iterator[Any]:
     """Atoms of ``path`` one at a time: ASE-db rows, an extxyz/xyz file's frames each parsed
     on its own (``_xyz_frames``), else ``ase.io.iread``. A frame ASE cannot read comes as a
     ValueError naming the file and the frame (its position and default id); after it, an
-    extxyz file is read on, any other file's rest is not read."""
+    extxyz file is read on, any other file's rest is not read. A POSCAR's lines are checked
+    first (``data.poscar.check_poscar``)."""
     if path.suffix.lower() in (".xyz", ".extxyz"):
         yield from _xyz_frames(path)
         return
+    from fastchgnet.data.poscar import check_poscar, is_poscar
+
     position = 0
+    try:
+        if is_poscar(path):
+            check_poscar(path)
+    except ValueError as error:  # a POSCAR whose lines do not say what they hold
+        yield error
+        return
     try:
         if path.suffix == ".db":
             from ase.db import connect

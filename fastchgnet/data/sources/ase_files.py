@@ -64,9 +64,15 @@ def read_ase(
 
 def read_atoms(path: Path, index: str | int = ":") -> list[Any]:
     """The Atoms ``ase.io.read`` finds in ``path`` at ``index``, as a list; a gzipped file
-    is read from one decompressed copy (``gunzip_ase_file``), removed afterwards."""
+    is read from one decompressed copy (``gunzip_ase_file``), removed afterwards. A POSCAR's
+    lines are checked first (``data.poscar.check_poscar``: a ValueError naming the file and line).
+    """
     from ase.io import read
 
+    from fastchgnet.data.poscar import check_poscar, is_poscar
+
+    if is_poscar(path):
+        check_poscar(path)
     with tempfile.TemporaryDirectory() as scratch:
         plain = str(gunzip_ase_file(path, Path(scratch)))  # a name may hold "@": not an index
         images = read(plain, index=index, do_not_split_by_at_sign=True)
