@@ -17,11 +17,13 @@ its reader (``| head``: the rest is dropped quietly).
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ from fastchgnet.cli.inputs import (
 from fastchgnet.cli.md import add_commands as add_md_commands
 from fastchgnet.cli.output_files import check_frames_file, check_output_file, refuse_existing
 from fastchgnet.errors import StructureError
+
+#: the fastchgnet package's folder: warnings raised from its files print as one line
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -261,6 +266,8 @@ def quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code."""
     args = build_parser().parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_one_line_warning, args.command, formatwarning)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader gone (``| head``) shows here, not at interpreter exit
@@ -279,7 +286,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a command's own handling (loading the model, ...)
         print(f"fastchgnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
     return code or 0
+
+
+def _one_line_warning(
+    command: str,
+    default: Any,
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A warning of ours as the command prints it: ``fastchgnet <command>: warning: message``
+    on one line, without Python's file, line and source; other packages' as ``default``."""
+    if Path(filename).resolve().is_relative_to(PACKAGE):
+        return f"\nfastchgnet {command}: warning: {message}\n"
+    return default(message, category, filename, lineno, line)
 
 
 if __name__ == "__main__":

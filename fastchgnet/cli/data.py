@@ -11,6 +11,7 @@ reads (extxyz, ASE db), picked by its suffix.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -127,6 +128,8 @@ def _convert_into(args: argparse.Namespace, frames: Any) -> int | None:
             file=sys.stderr,
         )
         return 128 + signum
+    if summary.n_skipped:
+        print("\n".join(skipped_lines(Path(args.out) / "skipped.json")))
     if summary.n_structures == 0 and summary.n_skipped:  # nothing to train on: say so
         print(
             f"data convert: no frame of {args.source} could be used: {summary.n_skipped} "
@@ -135,6 +138,23 @@ def _convert_into(args: argparse.Namespace, frames: Any) -> int | None:
         )
         return 1
     return None
+
+
+#: skipped frames ``data convert`` names after its summary (the rest are counted)
+SHOWN_SKIPS = 3
+
+
+def skipped_lines(skipped_json: Path, shown: int = SHOWN_SKIPS) -> list[str]:
+    """The first ``shown`` entries of a cache's skipped.json as ``skipped material/frame:
+    reason`` lines, and one line counting the rest; [] when it lists none."""
+    skipped = json.loads(skipped_json.read_text())
+    lines = [
+        f"  skipped {'/'.join(filter(None, (s['material_id'], s['frame_id'])))}: {s['reason']}"
+        for s in skipped[:shown]
+    ]
+    if len(skipped) > shown:
+        lines.append(f"  and {len(skipped) - shown} more in {skipped_json}")
+    return lines
 
 
 def run_stats(args: argparse.Namespace) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -145,6 +147,40 @@ def test_truncated_mptrj_keeps_complete_materials_and_reports_the_break(
     assert code == 0, err
     assert f"  {name}: {problem}" in report
     assert "unusable (conversion skips them): 6" in report
+
+
+def test_convert_names_the_first_skipped_frames_and_prints_its_warnings_in_one_line(tmp_path):
+    """The summary used to give only a count ("skipped 6 frame(s), listed with reasons in
+    skipped.json"), and the break's warning came with Python's file, line and source line."""
+    source = tmp_path / "mptrj.json"
+    source.write_text(_cut_inside(_bad_mptrj(tmp_path), "mp-5"))
+    out = tmp_path / "c"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastchgnet",
+            "data",
+            "convert",
+            str(source),
+            "-o",
+            str(out),
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    shown = [line for line in run.stdout.splitlines() if line.startswith("  skipped ")]
+    firsts = [("mp-1", "mp-1-1"), ("mp-2", "mp-2-0"), ("mp-3", "mp-3-0")]
+    assert shown == [f"  skipped {m}/{f}: {REASONS[f]}" for m, f in firsts]
+    assert f"  and 3 more in {out / 'skipped.json'}" in run.stdout
+    warning = f"fastchgnet data convert: warning: {source}: {BREAK}"
+    assert any(line.startswith(warning) for line in run.stderr.splitlines()), run.stderr
+    assert "UserWarning" not in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("command", ["convert", "stats"])
