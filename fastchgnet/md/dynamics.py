@@ -27,6 +27,7 @@ from fastchgnet.md.frames import frame_writer, stress_for_written_steps, written
 from fastchgnet.md.integrators import Ensemble, add_integrator_constraints, make_integrator
 from fastchgnet.md.outputs import MDDiverged, MDInterrupted
 from fastchgnet.md.settings import checked_integrator
+from fastchgnet.md.temperature_watch import TemperatureRunaway, check_max_temperature, watch_run
 from fastchgnet.md.velocities import start_momenta
 from fastchgnet.model.potential import Potential
 from fastchgnet.signals import stop_signal
@@ -87,6 +88,7 @@ def run_md(
     seed: int | None = None,
     skin: float = 1.0,
     compiled: bool | str | None = None,
+    max_temperature: float | None = None,
     **integrator: Any,
 ) -> Atoms:
     """Run molecular dynamics on one structure.
@@ -127,17 +129,23 @@ def run_md(
             store about a second, a TorchScript build about three), and go back to eager if the
             compiled calls then measure no faster; the decision and its reason are logged
             (logger ``fastchgnet.md``) and printed with the progress bar.
+        max_temperature: K: stop as diverged (MDDiverged) at a written step hotter; None
+            (default): 10x the target (the start's temperature for NVE or a hotter start), at
+            least 1e5 K; ``math.inf``: never. One warning line above 5x that and 1000 K above
+            it, once a run (``md.temperature_watch``; printed with the bar, else logged).
 
     Returns:
-        The final Atoms (positions, momenta, cell), its calculator holding the last results.
+        The final Atoms (positions, momenta, cell), its calculator holding the last results;
+        ``info["max_temperature"]``: the hottest written step's temperature, K.
 
     Raises:
         FileNotFoundError: the folder of ``trajectory`` or ``logfile`` does not exist (before
             anything runs).
         MDInterrupted: SIGINT or SIGTERM (``signals.stop_signals``) stopped the run: the step
             reached and the frames written (the trajectory is complete up to them).
-        MDDiverged: the dynamics made a geometry the model cannot take (a ValueError in one
-            line naming the step and the frames written).
+        MDDiverged: the dynamics made a geometry the model cannot take, or heated it past
+            ``max_temperature`` (a ValueError in one line naming the step and the frames
+            written).
     """
     if steps < 0 or loginterval < 1:
         raise ValueError(f"need steps >= 0 and loginterval >= 1, got {steps}, {loginterval}")
@@ -146,6 +154,7 @@ def run_md(
     )
     if starting_temperature is not None and starting_temperature < 0:
         raise ValueError(f"need starting_temperature >= 0 K, got {starting_temperature}")
+    check_max_temperature(max_temperature)
     for what, path in (("trajectory", trajectory), ("logfile", logfile)):  # before the model
         if path is not None and path != "-":
             check_output_folder(path, what)
@@ -205,6 +214,10 @@ def run_md(
         # NPT computes the stress every step anyway: log it (NVT would pay a derivative)
         logger = MDLogger(dyn, atoms, str(logfile), stress=stress, peratom=True, mode="w")
         dyn.attach(lambda: written_step(dyn.nsteps, steps, loginterval) and logger(), interval=1)
+    watch = watch_run(  # after the frame and the log line: a run it stops has them
+        dyn, ensemble, temperature, steps, loginterval, max_temperature,
+        lambda line: _say(line, progress, warning=True),
+    )  # fmt: skip
     if trajectory is not None and not stress:  # after the others: ``check`` makes calls
         dyn.attach(stress_for_written_steps(dyn, atoms, steps, loginterval), interval=1)
     with tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress) as bar:
@@ -218,11 +231,14 @@ def run_md(
             raise MDInterrupted(int(dyn.nsteps), frames, signum) from None
         except StructureError as error:  # the first call took the structure: the run made it
             raise MDDiverged(int(dyn.nsteps) + 1, steps, frames, str(error)) from None
+        except TemperatureRunaway as hot:
+            raise MDDiverged(hot.step, steps, frames, str(hot), watch.causes) from None
         finally:  # a graph still building in a child process would serve no step
             for used in {id(p): p for p in (potential, atoms.calc.potential)}.values():
                 getattr(used, "cancel_builds", lambda: None)()
             if trajectory is not None and hasattr(writer, "close"):
                 writer.close()
+    atoms.info["max_temperature"] = watch.hottest
     return atoms
 
 
@@ -249,10 +265,12 @@ def timing_calls(steps: int) -> int:
     return min(5, max(1, steps // 100))
 
 
-def _say(message: str, progress: bool) -> None:
-    log.info(message)
+def _say(message: str, progress: bool, warning: bool = False) -> None:
+    """Log ``message`` (logger ``fastchgnet.md``; a ``warning`` at warning level unless
+    printed) and, with the progress bar, print it on stderr above the bar."""
+    log.log(logging.WARNING if warning and not progress else logging.INFO, message)
     if progress:
-        print(message, file=sys.stderr)
+        tqdm.write(message, file=sys.stderr)
 
 
 def choose_compiled(

@@ -77,18 +77,26 @@ class MDInterrupted(Stopped):
         self.step, self.frames = step, frames
 
 
+#: what drove a run to a geometry the model cannot take, as ``MDDiverged`` says it
+DRIVEN = "the timestep, pressure, temperature or thermostat times drove it there"
+
+
 class MDDiverged(ValueError):
     """An MD run whose dynamics made a geometry the model cannot take (non-finite positions
     or cell, isolated or overlapping atoms: the first call took the structure, so the
-    settings drove it there). One line: the step, the model's complaint, the frames written.
+    settings drove it there), or heated it past any temperature a structure survives
+    (``md.temperature_watch``). One line: the step, the problem, its likely ``causes``, the
+    frames written.
 
     step: the step being taken (1-based) | frames: the trajectory frames written (all
     complete)."""
 
-    def __init__(self, step: int, steps: int, frames: int, problem: str) -> None:
+    def __init__(
+        self, step: int, steps: int, frames: int, problem: str, causes: str = DRIVEN
+    ) -> None:
         super().__init__(
-            f"md diverged at step {step} of {steps}: {problem} (the timestep, pressure, "
-            f"temperature or thermostat times drove it there); {frames} frame(s) written"
+            f"md diverged at step {step} of {steps}: {problem} ({causes}); "
+            f"{frames} frame(s) written"
         )
         self.step, self.frames = step, frames
 
