@@ -10,8 +10,10 @@ at the steps the run writes (``md.frames.written_step``), not at every step.
 Bounds, relative to a reference temperature: the thermostat's target, or the start's where
 that is hotter (a quench from 3000 K to 300 K starts hot on purpose); NVE has no target, so
 its start. The warning: above ``WARN_FACTOR`` x the reference and ``WARN_MARGIN_K`` above it
-(a 0 K target warns above 1000 K; a thermostat's own swings pass 5x at about one step in 500
-for 2 atoms, 3 degrees of freedom, and one in 1e12 for 8 atoms). The stop: above
+(a 0 K target warns above 1000 K), and above what a thermostat's own swings reach once in
+``NOISE_ODDS`` checks for the cell's degrees of freedom (the kinetic temperature of n of them
+is the reference times a chi-squared of n over n: 5x comes once in 500 checks for 2 atoms, 3
+degrees of freedom, where the bound is 10.2x, and once in 1e12 for 8 atoms). The stop: above
 ``STOP_FACTOR`` x the reference and ``STOP_FLOOR_K`` (1e5 K is 13 eV of kinetic energy per
 atom: no bond holds, and no potential was trained there), or not finite.
 """
@@ -29,6 +31,8 @@ from fastchgnet.md.frames import written_step
 
 WARN_FACTOR = 5.0
 WARN_MARGIN_K = 1000.0
+#: how rarely a thermostatted run's own temperature swings may pass the warning bound
+NOISE_ODDS = 1e-6
 STOP_FACTOR = 10.0
 STOP_FLOOR_K = 1e5
 #: what a run that heats beyond its bounds most likely suffers from (NVE: no thermostat)
@@ -45,9 +49,16 @@ class TemperatureRunaway(Exception):
         self.step = step
 
 
-def warn_bound(reference: float) -> float:
-    """The temperature (K) above which a run of ``reference`` K is warned about."""
-    return max(WARN_FACTOR * reference, reference + WARN_MARGIN_K)
+def warn_bound(reference: float, degrees_of_freedom: int = 0) -> float:
+    """The temperature (K) above which a run of ``reference`` K with ``degrees_of_freedom``
+    (0: many) is warned about: ``WARN_FACTOR`` x and ``WARN_MARGIN_K`` above ``reference``,
+    and past its swings at equilibrium once in ``NOISE_ODDS``."""
+    factor = WARN_FACTOR
+    if degrees_of_freedom > 0:
+        from scipy.stats import chi2
+
+        factor = max(factor, chi2.isf(NOISE_ODDS, degrees_of_freedom) / degrees_of_freedom)
+    return max(factor * reference, reference + WARN_MARGIN_K)
 
 
 def stop_bound(reference: float, max_temperature: float | None = None) -> float:
@@ -72,13 +83,14 @@ class TemperatureWatch:
     past ``stop_above`` (K), and keeps the ``hottest`` temperature seen (K).
 
     reference: K (see the module) | what: "the target" or "the start's" | causes: the
-    likely causes, in words | stop_above: K (inf: never)."""
+    likely causes, in words | stop_above: K (inf: never) | warn_above: K (``warn_bound``)."""
 
     reference: float
     what: str
     causes: str
     stop_above: float
     say: Callable[[str], None]
+    warn_above: float
     hottest: float = 0.0
     warned: bool = False
 
@@ -93,7 +105,7 @@ class TemperatureWatch:
                 f"temperature {temperature:.0f} K is past {self.stop_above:.0f} K, "
                 f"{self.compared(temperature)}",
             )
-        if not self.warned and temperature > warn_bound(self.reference):
+        if not self.warned and temperature > self.warn_above:
             self.warned = True
             stop = (
                 f"; it stops above {self.stop_above:.0f} K"
@@ -119,17 +131,20 @@ def watch_for(
     timestep: float,
     say: Callable[[str], None],
     max_temperature: float | None = None,
+    degrees_of_freedom: int = 0,
 ) -> TemperatureWatch:
     """The watch of a run in ``ensemble`` with a thermostat target of ``target`` K (not used
     by "nve"), starting at ``start`` K, with ``timestep`` fs; ``max_temperature``: see
-    ``stop_bound``; ``say``: prints the warning line."""
+    ``stop_bound``; ``say``: prints the warning line; ``degrees_of_freedom``: the cell's
+    (``warn_bound``; 0: many)."""
     if ensemble == "nve" or start > 1.01 * target:  # not 300.00000000000006 K
         reference, what = start, "the start's"
     else:
         reference, what = target, "the target"
     causes = CAUSES.format(timestep=timestep) + ("" if ensemble == "nve" else THERMOSTAT_CAUSE)
     stop = stop_bound(reference, max_temperature)
-    return TemperatureWatch(reference, what, causes, stop, say, hottest=float(start))
+    warn = warn_bound(reference, degrees_of_freedom)
+    return TemperatureWatch(reference, what, causes, stop, say, warn, hottest=float(start))
 
 
 def kinetic_temperature(atoms: Atoms) -> float:
@@ -155,7 +170,8 @@ def watch_run(
     is the run's hottest temperature seen, K."""
     atoms = dyn.atoms
     timestep = dyn.dt / units.fs
-    watch = watch_for(ensemble, target, kinetic_temperature(atoms), timestep, say, max_temperature)
+    start, dof = kinetic_temperature(atoms), atoms.get_number_of_degrees_of_freedom()
+    watch = watch_for(ensemble, target, start, timestep, say, max_temperature, dof)
 
     def check() -> None:
         if written_step(dyn.nsteps, steps, loginterval):

@@ -106,6 +106,21 @@ def test_the_bounds_follow_the_target_or_a_hotter_start():
                              "; it stops above 5000 K")  # fmt: skip
 
 
+def test_a_small_cell_warns_only_past_its_own_thermostat_swings():
+    """2 atoms (3 degrees of freedom) pass 5x their target about once in 500 checks at
+    equilibrium: their bound is the chi-squared one of 1e-6 (10.2x); 8 atoms keep 5x."""
+    said: list[str] = []
+    small = watch_for("nvt", 300.0, 300.0, 2.0, said.append, degrees_of_freedom=3)
+    assert 3000.0 < small.warn_above < 3100.0
+    small(2500.0, 10)  # 8x the target: a swing of 3 degrees of freedom
+    assert said == []
+    small(3200.0, 20)
+    assert said[0].startswith("md: temperature 3200 K at step 20 is 11x the target 300 K")
+    assert watch_for("nvt", 300.0, 300.0, 2.0, said.append, degrees_of_freedom=24).warn_above == (
+        1500.0
+    )
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_the_md_command_says_once_that_the_run_heats_away_and_stops_it(quiet, tmp_path, capsys):
     """Printed above the progress bar, or by the --quiet notices: once either way."""
