@@ -155,6 +155,11 @@ def add_commands(sub: Any) -> None:
     )
     md.add_argument("--seed", type=int, help="random seed (velocities, Langevin, Bussi)")
     md.add_argument(
+        "--max-temperature",
+        type=float,
+        help="K: stop as diverged above it (default 10x the target, at least 1e5; inf: never)",
+    )
+    md.add_argument(
         "--compile", choices=list(COMPILE_CHOICES), default="auto", help=MD_COMPILE_HELP
     )
     md.add_argument(
@@ -284,6 +289,10 @@ def cmd_md(args: argparse.Namespace) -> int:
             raise ValueError(f"--log {args.log}: is the -o trajectory too; name another file")
     if args.seed is not None and args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.max_temperature is not None and not args.max_temperature > 0:
+        raise ValueError(
+            f"--max-temperature must be > 0 K (inf: never stop), got {args.max_temperature}"
+        )
     settings = integrator_settings(args)
     checked_integrator(args.ensemble, args.thermostat, args.temperature, args.timestep, **settings)
     structures = read_structures([args.structure])
@@ -370,6 +379,7 @@ def run(structure: Any, model: Any, args: argparse.Namespace) -> None:
             progress=not args.quiet,
             seed=args.seed,
             compiled=COMPILE_CHOICES[args.compile],
+            max_temperature=args.max_temperature,
             **integrator_settings(args),
         )
 

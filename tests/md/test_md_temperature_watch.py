@@ -134,3 +134,16 @@ def test_the_md_command_says_once_that_the_run_heats_away_and_stops_it(quiet, tm
     assert len(lines) == 1, err
     assert WARNING.search(lines[0]), err
     assert re.search(r"error: md diverged at step \d+ of 14: temperature \d+ K is past", err)
+
+
+def test_the_md_command_stops_at_its_max_temperature(tmp_path, capsys):
+    write(tmp_path / "si.extxyz", silicon())
+    command = ["md", str(tmp_path / "si.extxyz"), "--ensemble", "nve", "--timestep", "30",
+               "--steps", "14", "--loginterval", "1", "--seed", "0", "--compile", "off",
+               "--quiet", "-o", str(tmp_path / "md.extxyz")]  # fmt: skip
+    assert main([*command, "--max-temperature", "5000"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: md diverged at step \d+ of 14: temperature \d+ K is past 5000 K", err)
+    assert main([*command, "--max-temperature", "-1", "--overwrite"]) == 1
+    said = "fastchgnet md: error: --max-temperature must be > 0 K (inf: never stop), got -1.0"
+    assert capsys.readouterr().err.strip() == said
