@@ -187,10 +187,14 @@ def _images(path: Path) -> Iterator[Any]:
     """Atoms of ``path`` one at a time: ASE-db rows, an extxyz/xyz file's frames each parsed
     on its own (``_xyz_frames``), else ``ase.io.iread``. A frame ASE cannot read comes as a
     ValueError naming the file and the frame (its position and default id); after it, an
-    extxyz file is read on, any other file's rest is not read. A POSCAR's lines are checked
+    extxyz or ASE trajectory file is read on (``_traj_frames``), any other file's rest is not
+    read. A POSCAR's lines are checked
     first (``data.poscar.check_poscar``)."""
     if path.suffix.lower() in (".xyz", ".extxyz"):
         yield from _xyz_frames(path)
+        return
+    if path.suffix.lower() == ".traj":
+        yield from _traj_frames(path)
         return
     from fastchgnet.data.poscar import check_poscar, is_poscar
 
@@ -219,6 +223,27 @@ def _images(path: Path) -> Iterator[Any]:
             f"{path}: ASE cannot read frame {position} ({path.stem}-{position}): "
             f"{_ase_error(error)}; the frames after it are not read"
         )
+
+
+def _traj_frames(path: Path) -> Iterator[Any]:
+    """An ASE trajectory's frames, each read on its own by its index (the file holds every
+    frame's offset): one ASE cannot read (a damaged or cut-off part) comes as a ValueError
+    naming it, and the frames after it are read."""
+    from ase.io.trajectory import Trajectory
+
+    try:
+        trajectory = Trajectory(str(path))
+    except Exception as error:  # only ASE's reading runs here: its errors have many types
+        yield ValueError(f"{path}: ASE cannot read it as a trajectory: {_ase_error(error)}")
+        return
+    with trajectory:
+        for position in range(len(trajectory)):
+            try:
+                atoms = trajectory[position]
+            except Exception as error:  # as above
+                where = f"{path}: ASE cannot read frame {position} ({path.stem}-{position})"
+                atoms = ValueError(f"{where}: {_ase_error(error)}")
+            yield atoms
 
 
 def _count(line: str) -> int | None:
@@ -300,7 +325,8 @@ def read_ase_labelled(path: str | Path, labels: AseLabels | None = None) -> Iter
             (naming the file). A frame with unreadable or implausible labels is yielded with
             a ``problem`` (``frame_from_atoms``), and so is a later frame ASE cannot read (a
             truncated file's last): the frames before it are kept, and in an extxyz/xyz file
-            the frames after it too (``_xyz_frames``); another format's rest is not read.
+            (``_xyz_frames``) or an ASE .traj (``_traj_frames``) the frames after it too;
+            another format's rest is not read.
     """
     labels = labels or AseLabels()
     path = Path(path)

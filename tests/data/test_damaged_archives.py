@@ -4,6 +4,7 @@ file in `data convert` and `data stats`, not a BadZipFile or EOFError traceback.
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 from ase.io import write
@@ -51,3 +52,23 @@ def test_a_truncated_extxyz_keeps_its_frames_before_the_cut_and_reports_the_rest
     skipped = (tmp_path / "cache" / "skipped.json").read_text()
     assert "ASE cannot read frame 5" in skipped
     assert "atom lines follow (the file ends)" in skipped
+
+
+def test_a_damaged_trajectory_frame_is_reported_and_the_frames_after_it_kept(tmp_path):
+    # iread stopped at the damaged frame: the frames after it were not read
+    from ase.io.trajectory import Trajectory
+
+    from fastchgnet.data.cache import GraphDataset
+
+    path = tmp_path / "f.traj"
+    write(str(path), [as_atoms(rock_salt(k)) for k in range(5)])
+    with Trajectory(str(path)) as trajectory:
+        start = int(trajectory.backend._offsets[1]) + 8  # frame 1's JSON, after its size
+    data = bytearray(path.read_bytes())
+    data[start + 1 : start + 3] = b"\xff\xff"  # not UTF-8
+    path.write_bytes(bytes(data))
+    assert main(["data", "convert", str(path), "-o", str(tmp_path / "cache")]) == 0
+    assert len(GraphDataset(tmp_path / "cache")) == 4
+    skipped = json.loads((tmp_path / "cache" / "skipped.json").read_text())
+    assert [s["frame_id"] for s in skipped] == ["f-1"]
+    assert skipped[0]["reason"].startswith(f"{path}: ASE cannot read frame 1 (f-1): ")
