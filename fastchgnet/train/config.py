@@ -11,6 +11,7 @@ config that checkpoints store.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -114,6 +115,24 @@ class DataConfig:
         return bool(self.explicit_split or self.val_source or self.test_source)
 
 
+#: ``ModelSection.architecture``'s default: the quick start's small model. A model.init other
+#: than "scratch" brings its own architecture, and drops this default.
+ARCHITECTURE: dict[str, Any] = {
+    "atom_fea_dim": 32,
+    "bond_fea_dim": 32,
+    "angle_fea_dim": 32,
+    "atom_conv_hidden_dim": 32,
+    "bond_conv_hidden_dim": 32,
+    "mlp_hidden_dims": [32, 32],
+    "num_radial": 15,
+    "num_angular": 15,
+    "n_conv": 3,
+    "forces": "direct",
+    "coupled_updates": False,
+    "head_hidden_dims": [64],
+}
+
+
 @dataclass(frozen=True)
 class ModelSection:
     """The model to train.
@@ -127,26 +146,13 @@ class ModelSection:
     """
 
     init: str = "scratch"
-    architecture: dict[str, Any] = field(
-        default_factory=lambda: {
-            "atom_fea_dim": 32,
-            "bond_fea_dim": 32,
-            "angle_fea_dim": 32,
-            "atom_conv_hidden_dim": 32,
-            "bond_conv_hidden_dim": 32,
-            "mlp_hidden_dims": [32, 32],
-            "num_radial": 15,
-            "num_angular": 15,
-            "n_conv": 3,
-            "forces": "direct",
-            "coupled_updates": False,
-            "head_hidden_dims": [64],
-        }
-    )
+    architecture: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(ARCHITECTURE))
     freeze: tuple[str, ...] = ()
     fit_composition: Literal["auto", "yes", "no"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.init != "scratch" and self.architecture == ARCHITECTURE:  # the default's: not
+            object.__setattr__(self, "architecture", {})  # the user's (init brings its own)
         if not self.architecture:
             return
         try:  # its types and sizes now, not as a traceback when the model is built or trains

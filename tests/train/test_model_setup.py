@@ -50,4 +50,5 @@ def test_reference_init_brings_pretrained_weights_and_refuses_an_architecture() 
     assert model.n_params > 400_000
     assert not model.atom_embedding.weight.requires_grad
     with pytest.raises(ValueError, match="architecture"):
-        build_model(ModelSection(init="reference:0.3.0"), 0)
+        build_model(ModelSection(init="reference:0.3.0", architecture={"atom_fea_dim": 64}), 0)
+    assert ModelSection(init="reference:0.3.0").architecture == {}  # the default's is dropped
