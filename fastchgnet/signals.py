@@ -147,3 +147,24 @@ def quiet_child(ignore_sigterm: bool = False) -> None:
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_sigterm else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (blocked) within the block and delivered as it ends, to the
+    handler then set: for imports, which a stop must not cut half-way (a module left half made
+    fails later on an attribute, e.g. numpy's ``linalg._umath_linalg``; a KeyboardInterrupt
+    raised in the import machinery's callbacks is dropped as "Exception ignored", and the
+    command runs on). Where signals cannot be blocked (not POSIX, not the main thread) the
+    block runs as it is."""
+    if (
+        not hasattr(signal, "pthread_sigmask")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        yield
+    finally:  # a stop that came meanwhile is delivered here, by the unblocking call
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -98,3 +98,19 @@ def test_a_child_set_up_by_quiet_child_ignores_sigint_and_takes_sigterm_as_asked
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     quiet_child()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_held_signals_deliver_a_stop_once_the_block_ends(default_handlers):
+    from fastchgnet.signals import held_signals
+
+    reached: list[str] = []
+
+    def stop_inside() -> None:
+        with held_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("the block's end")  # not raised inside
+
+    with pytest.raises(KeyboardInterrupt):
+        stop_inside()
+    assert reached == ["the block's end"]
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}

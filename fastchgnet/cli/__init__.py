@@ -9,8 +9,9 @@
 
 Each command lives in its own module here (predict and the shared readers in commands.py, md.py,
 data.py, train.py, profile.py); the layers below hold no argparse. ``main`` (the console
-script's entry) imports them when called, so a Ctrl-C or SIGTERM while they load ends the
-command with one line and 130 / 143.
+script's entry) imports them when called, with SIGINT and SIGTERM held back until they are
+loaded (``signals.held_signals``): a Ctrl-C or SIGTERM while they load ends the command with
+one line and 130 / 143, never cutting an import half-way.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``fastchgnet`` command (``cli.commands.main``); returns the exit code. SIGINT or
-    SIGTERM while its modules load (torch, ASE, pymatgen: about a second) gives one line on
-    stderr and 130 / 143, not a traceback."""
-    from fastchgnet.signals import stop_signal, stop_signals
+    SIGTERM while its modules load (torch, ASE, pymatgen: about a second) is held back until
+    they are loaded, then gives one line on stderr and 130 / 143, not a traceback."""
+    from fastchgnet.signals import held_signals, stop_signal, stop_signals
 
     try:
-        with stop_signals():  # SIGTERM raises SystemExit(143) while loading
-            from fastchgnet.cli.commands import main as run
+        with stop_signals(), held_signals():  # a stop while loading comes once it is loaded:
+            from fastchgnet.cli.commands import main as run  # SIGTERM as SystemExit(143)
     except (KeyboardInterrupt, SystemExit) as stop:
         signum = stop_signal(stop)
         if signum is None:

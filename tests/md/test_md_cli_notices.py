@@ -61,3 +61,36 @@ def test_a_signal_while_the_command_loads_ends_it_in_one_line(signum, code, modu
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
     assert done.returncode == code, done.stderr
     assert done.stderr.strip() == "fastchgnet: interrupted while starting"
+
+
+SWALLOWED = """
+import os, signal, sys
+import fastchgnet
+
+
+class Stop:  # a stop where the import machinery drops what it raises ("Exception ignored")
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            try:
+                os.kill(os.getpid(), {signum})
+            except BaseException:
+                pass
+        return None
+
+
+sys.meta_path.insert(0, Stop())
+from fastchgnet.cli import main
+
+sys.exit(main(["md", "nothing.cif"]))
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_an_import_runs_is_held_until_it_has_loaded(signum, code):
+    """Raised inside an import, a stop could be dropped by the import machinery (the command
+    then ran on: 'no such file' here) or leave a module half made (numpy's 'no attribute
+    _umath_linalg'); held back until the modules have loaded, it ends the command."""
+    program = textwrap.dedent(SWALLOWED.format(signum=int(signum)))
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip() == "fastchgnet: interrupted while starting"
