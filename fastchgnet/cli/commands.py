@@ -192,6 +192,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from fastchgnet.cli.finetune import run
+
+    return run(args)
+
+
 def cmd_profile(args: argparse.Namespace) -> None:
     from fastchgnet.cli.profile import run
 
@@ -241,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model (configs/*.toml)", parents=[train_parser()], add_help=False
     )
     train.set_defaults(func=cmd_train)
+
+    from fastchgnet.cli.finetune import build_parser as finetune_parser
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune (configs/finetune.toml) and report MAE before and after",
+        parents=[finetune_parser()],
+        add_help=False,
+    )
+    finetune.set_defaults(func=cmd_finetune)
 
     from fastchgnet.cli.profile import build_parser as profile_parser
 

@@ -3,6 +3,7 @@
 
     python launcher/finetune.py --config configs/finetune.toml \\
         --eval ../shared/data/reference/parse-vasp-with-magmoms.zip
+    fastchgnet finetune --config configs/finetune.toml --eval ...   (the same)
 """
 
 from __future__ import annotations
@@ -55,9 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     1), as in ``launcher/train.py``, and so are SIGINT and SIGTERM (exit 130, 143) and a
     run.out_dir that holds a run unless ``--resume`` continues it or ``--overwrite`` starts
     over there."""
+    return run(build_parser().parse_args(argv))
+
+
+def _prog(args: argparse.Namespace) -> str:
+    """The command's name in its messages: ``fastchgnet finetune`` or the launcher's."""
+    return "fastchgnet finetune" if getattr(args, "command", None) == "finetune" else PROG
+
+
+def run(args: argparse.Namespace) -> int:
+    """``main`` with parsed arguments (``build_parser``'s; also ``fastchgnet finetune``)."""
     from fastchgnet.train.launchers import launched_distributed
 
-    args = build_parser().parse_args(argv)
     if launched_distributed():
         # every rank would convert the same cache, evaluate everything and append the report,
         # and read model.pt while rank 0 still writes it
@@ -71,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_config(args)
     except USER_ERRORS as error:
-        return user_error(PROG, error)
+        return user_error(_prog(args), error)
     with contextlib.ExitStack() as lock:
         try:  # for the whole run: no second run writes beside this one
             lock.enter_context(run_lock(Path(config.run.out_dir)))
         except ValueError as error:
-            return user_error(PROG, error)
+            return user_error(_prog(args), error)
         return _finetune_locked(args, config)
 
 
@@ -91,7 +101,7 @@ def _finetune_locked(args: argparse.Namespace, config: TrainConfig) -> int:
         if not args.resume:
             start_over(Path(config.run.out_dir), args.overwrite, remove=True)
     except USER_ERRORS as error:
-        return user_error(PROG, error)
+        return user_error(_prog(args), error)
     code = 1
     try:  # an overwritten run's outputs come back where this one ends before training
         code = _finetune_and_report(args, config)
@@ -107,7 +117,7 @@ def _finetune_and_report(args: argparse.Namespace, config: TrainConfig) -> int:
         with StopSignals(Interrupted).installed():
             report = finetune(config, tuple(args.eval_sources), resume=args.resume)
     except USER_ERRORS as error:
-        return user_error(PROG, error)
+        return user_error(_prog(args), error)
     except KeyboardInterrupt as error:
         return interrupted(error, Path(config.run.out_dir))
     print(

@@ -81,3 +81,17 @@ def test_finetune_resume_of_a_trained_run_without_its_report_writes_the_report(
     (tmp_path / "finetune-report.csv").write_text("target,before,after\n")
     assert cli_finetune.main(["--resume", "--set", f"run.out_dir={tmp_path}"]) == 0
     assert calls == [(str(tmp_path), True)]  # complete: nothing run
+
+
+def test_the_fastchgnet_command_fine_tunes_as_the_launcher_does(tmp_path, monkeypatch, capsys):
+    # `fastchgnet finetune` was "invalid choice": fine-tuning was launcher/finetune.py alone
+    from fastchgnet.cli import main
+
+    calls = _fake_finetune(monkeypatch)
+    evals = ["--eval", "a.extxyz", "--eval", "b.extxyz"]
+    assert main(["finetune", "--set", f"run.out_dir={tmp_path}", *evals]) == 0
+    assert calls == [(str(tmp_path), False)]
+    _old_run(tmp_path / "old")
+    assert main(["finetune", "--set", f"run.out_dir={tmp_path / 'old'}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fastchgnet finetune: error: run.out_dir {tmp_path / 'old'} holds")
