@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -143,8 +144,22 @@ def write_frames_atomic(path: str | Path, frames: Sequence[Any], new: bool = Fal
 
 
 def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(data, indent=1) + "\n").encode())
+    """Write ``data`` as indented, standard JSON to ``path`` atomically: a float that is NaN
+    or infinite (an R² of one structure) is written null, which every JSON reader reads
+    (Python's default writes the bare NaN that jq, JavaScript and ijson refuse)."""
+    text = json.dumps(_standard(data), indent=1, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _standard(data: object) -> object:
+    """``data`` with its non-finite floats (in dicts, lists and tuples) as None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _standard(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_standard(value) for value in data]
+    return data
 
 
 def file_sha256(path: str | Path) -> str:

@@ -36,3 +36,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         killed()
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+def test_json_files_are_standard_json_with_nan_as_null(tmp_path):
+    # json.dumps wrote bare NaN (summary.json's R² of a one-structure split): not JSON
+    import json
+    import math
+
+    from fastchgnet.files import write_json_atomic
+
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, {"val": {"e_r2": math.nan, "e_mae": 0.5}, "xs": [math.inf, 1.0]})
+    text = path.read_text()
+    assert "NaN" not in text
+    assert "Infinity" not in text
+    assert json.loads(text) == {"val": {"e_r2": None, "e_mae": 0.5}, "xs": [None, 1.0]}
