@@ -391,3 +391,26 @@ def test_synth_refuses_bad_counts_and_output_names_before_labelling(
     assert code == 1
     assert message in _one_line_error(err, "synth")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_of_structures_says_what_it_holds_and_what_a_source_is(tmp_path, capsys):
+    # was only "no vasprun.xml in it"
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for k in range(3):
+        rock_salt(k).to(filename=str(folder / f"s{k}.cif"))
+    code, _, err = _run(capsys, "convert", str(folder), "-o", str(tmp_path / "c"))
+    assert code == 1
+    line = _one_line_error(err, "convert").removeprefix("fastchgnet data convert: error: ")
+    assert line.startswith(f"{folder}: no vasprun.xml in it (it holds 3 .cif); a data source is")
+    assert "structures alone (CIF, POSCAR) carry no energies or forces" in line
+
+
+def test_a_config_file_as_data_source_is_named_a_config(tmp_path, capsys):
+    # was "ASE cannot read frame 0 (base-0): toml"
+    config = tmp_path / "base.toml"
+    config.write_text('[data]\nsource = "synth.extxyz"\n')
+    code, _, err = _run(capsys, "convert", str(config), "-o", str(tmp_path / "c"))
+    assert code == 1
+    said = f"{config}: a config file, not data (a run's config is --config {config})"
+    assert _one_line_error(err, "convert") == f"fastchgnet data convert: error: {said}"

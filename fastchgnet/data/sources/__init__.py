@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 
+#: suffixes of config files, which a data source is not
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".ini", ".cfg")
+
+
 def read_frames(
     path: str | Path,
     energy_key: str = "corrected_total_energy",
@@ -71,6 +75,8 @@ def read_frames(
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file, no frames")
+    if name.endswith(CONFIG_SUFFIXES):
+        raise ValueError(f"{path}: a config file, not data (a run's config is --config {path})")
     if name.endswith((".json", ".json.gz")):
         origin = {"reader": "mptrj", "energy_key": energy_key}
         return SourceFrames(read_mptrj(path, energy_key=energy_key), path, origin)

@@ -10,6 +10,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,18 @@ def read_vasp(run: str | Path, *, skip_unconverged: bool = True) -> Iterator[Fra
         raise FileNotFoundError(f"{run}: not a VASP run directory, vasprun.xml or .zip")
 
 
+def _what_it_holds(root: Path) -> str:
+    """What a folder without a VASP run holds, in words for its message, and what a source
+    is: " (it holds 12 .cif); a data source is ..."."""
+    kinds = Counter(p.suffix.lower() or p.name for p in root.rglob("*") if p.is_file())
+    held = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common(3))
+    return (
+        f" ({f'it holds {held}' if held else 'it is empty'}); a data source is a VASP run "
+        "folder or .zip, an MPtrj .json or one labelled ASE file (extxyz, .traj, .db): "
+        "structures alone (CIF, POSCAR) carry no energies or forces to train on"
+    )
+
+
 def vasp_runs(root: Path, name: str, shown_as: Path) -> list[tuple[Path, str]]:
     """(vasprun file, material id) of every run under the folder ``root`` (one vasprun file
     per folder; ``__MACOSX`` skipped), sorted by folder; ``name`` is the material id of a
@@ -77,7 +90,7 @@ def vasp_runs(root: Path, name: str, shown_as: Path) -> list[tuple[Path, str]]:
     files = [p for p in root.rglob(VASPRUN) if p.is_file() and "__MACOSX" not in p.parts]
     folders = sorted({p.parent for p in files})
     if not folders:
-        raise FileNotFoundError(f"{shown_as}: no vasprun.xml in it")
+        raise FileNotFoundError(f"{shown_as}: no vasprun.xml in it{_what_it_holds(root)}")
     runs = []
     for folder in folders:
         found = sorted(p.name for p in folder.glob(VASPRUN) if p.is_file())
