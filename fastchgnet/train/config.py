@@ -270,6 +270,7 @@ class RunConfig:
             max_steps=(self.max_steps >= 0, "must be >= 0 (0: no limit)"),
             threads=(self.threads >= 0, "must be >= 0 (0: torch's default)"),
             check_sync_every=(self.check_sync_every >= 0, "must be >= 0 (0: never)"),
+            out_dir=(bool(self.out_dir.strip()), "must name a folder (. for this one)"),
         )
         if self.log_every < 1:
             raise ValueError(f"config run.log_every={self.log_every}: must be at least 1")

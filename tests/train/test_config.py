@@ -81,6 +81,7 @@ def test_config_round_trips_through_a_plain_dict() -> None:
         ("data.split=[1.2,-0.1,-0.1]", "config data.split=[1.2, -0.1, -0.1]: give the train"),
         ("data.split=[0.5,0.5,NaN]", "config data.split=[0.5, 0.5, nan]: give the train"),
         ("data.replay_fraction=0.5", "config data.replay_fraction=0.5 without data.replay_source"),
+        ("run.out_dir=", "config run.out_dir='': must name a folder (. for this one)"),
         (
             "data.replay_source=/missing.extxyz",
             "config data.replay_source='/missing.extxyz' with data.replay_fraction=0 replays",
