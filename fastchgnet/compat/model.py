@@ -191,11 +191,25 @@ class CHGNet(ReferenceNames, FastCHGNet):
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> CHGNet:
         """A model from a chgnet checkpoint (Trainer epoch/best file, pretrained file,
-        ``torch.save(CHGNet.as_dict())``, bare or under "model"), our model file, or
-        ``torch.save`` of this class's ``as_dict()`` (bare or under "model"); read with
-        weights_only=True."""
+        ``torch.save(CHGNet.as_dict())``, bare or under "model"), our model file,
+        ``torch.save`` of this class's ``as_dict()`` (bare or under "model"), or what
+        ``fastchgnet predict --model`` reads besides: a training checkpoint (its
+        ``rank-00000.pt`` or step folder: the weights ``model.init`` reads, EMA ones where the
+        run kept them) or a run folder (its ``model.pt``, else its newest checkpoint); read
+        with weights_only=True."""
+        from fastchgnet.cli.inputs import training_checkpoint
+        from fastchgnet.train.model_setup import load_from_path
+
         if kwargs:
             raise unsupported(f"from_file(..., {sorted(kwargs)})", "pass only the path")
+        if Path(path).is_dir() and (Path(path) / "model.pt").is_file():
+            path = Path(path) / "model.pt"  # a run folder, as --model reads it
+        checkpoint = training_checkpoint(str(path))
+        if checkpoint is not None:
+            trained = load_from_path(checkpoint)
+            return load_weights(cls(trained.config), trained.state_dict())  # type: ignore[return-value]
+        if Path(path).is_dir():
+            raise FileNotFoundError(f"{path}: a folder without model.pt or a training checkpoint")
         payload = read_checkpoint(path)
         if payload.get("format") == FORMAT:
             return load_model(cls, path)
