@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import inspect
 import itertools
 import shutil
 import warnings
@@ -13,13 +14,21 @@ from typing import Any
 
 import torch
 
+from fastchgnet.compat.labels import skipped_report
 from fastchgnet.compat.model import CHGNet, is_reference_model, unsupported
+from fastchgnet.compat.trainer_errors import (
+    TrainerInterrupted,
+    argument_error,
+    interrupted_message,
+    unknown_keywords,
+)
 from fastchgnet.compat.training import StructureData, StructureLoader
 from fastchgnet.compat.utils import AverageMeter, determine_device, mae, write_json
 from fastchgnet.data.split import tag_split
 from fastchgnet.model.chgnet import FastCHGNet
 from fastchgnet.model.chgnet_files import read_checkpoint
 from fastchgnet.model.loss import LossConfig
+from fastchgnet.train.checkpoint import latest_checkpoint, rank_file
 from fastchgnet.train.config import (
     DataConfig,
     ModelSection,
@@ -27,6 +36,7 @@ from fastchgnet.train.config import (
     RunConfig,
     TrainConfig,
 )
+from fastchgnet.train.interrupt import Interrupted
 from fastchgnet.train.metrics import REPORTED
 from fastchgnet.train.run import device_type
 
@@ -70,7 +80,17 @@ class Trainer:
     ``Trainer.load`` (see there). Parameters set to
     ``requires_grad = False`` before ``train`` (chgnet's freezing recipe) are not trained.
     Anything else the reference offers raises NotImplementedError naming the fastchgnet setting
-    to use.
+    to use; a keyword chgnet's Trainer does not take either is a TypeError ("did you mean").
+
+    What ``train`` writes in ``save_dir`` (chgnet writes ``epoch*.pth.tar`` and
+    ``bestE_*.pth.tar`` there): ``model.pt``, the last epoch's model (chgnet's last
+    ``epoch*`` file); ``best_model.pt``, the epoch with the lowest validation energy MAE
+    (chgnet's ``bestE_*``; ``best_model.txt`` says which epoch); ``checkpoints/step-*/``
+    (``rank-00000.pt``: the training state, for ``fastchgnet train --resume --set
+    run.out_dir=<save_dir>``); ``metrics.csv``, ``train_log.csv``, ``config.json``, the graph
+    cache (``cache/``, with ``skipped.json``) and ``initial_model.pt``. Each model file and
+    each checkpoint (its file or step folder) loads with ``CHGNet.from_file(path)``, as
+    chgnet's ``.pth.tar`` files do.
     """
 
     def __init__(
@@ -122,30 +142,33 @@ class Trainer:
                 "Trainer(model=...) is a chgnet CHGNet; it trains its model in place, so give "
                 "it a fastchgnet.compat CHGNet: CHGNet.from_dict(model.as_dict())"
             )
-        known = {"delta", "weight_decay", "scheduler_params"}
-        if set(kwargs) - known:
-            raise unsupported(f"Trainer options {sorted(set(kwargs) - known)}", "see TrainConfig")
+        refused = unknown_keywords(kwargs, inspect.signature(Trainer.__init__).parameters)
+        if refused is not None:
+            raise refused
         decay = dict(kwargs.get("scheduler_params") or {}).get("decay_fraction", 1e-2)
         self.model, self.targets, self.epochs = model, targets, epochs
-        self.loss = LossConfig(
-            kind=CRITERIA[criterion],  # type: ignore[arg-type]
-            huber_delta=float(kwargs.get("delta", 0.1)),
-            energy=float(energy_loss_ratio),
-            forces=float(force_loss_ratio) if "f" in targets else 0.0,
-            stress=float(stress_loss_ratio) if "s" in targets else 0.0,
-            magmoms=float(mag_loss_ratio) if "m" in targets else 0.0,
-        )
-        default_decay = 1e-2 if optimizer == "AdamW" else 0.0
-        self.optim = OptimConfig(
-            optimizer=OPTIMIZERS[optimizer],  # type: ignore[arg-type]
-            lr=float(learning_rate),
-            lr_scaling="none",
-            weight_decay=float(kwargs.get("weight_decay", default_decay)),
-            scheduler="cosine",
-            min_lr_ratio=float(decay),
-            epochs=int(epochs),
-            select_metric="energy_mae",  # best_model.pt = the reference's bestE file
-        )
+        try:
+            self.loss = LossConfig(
+                kind=CRITERIA[criterion],  # type: ignore[arg-type]
+                huber_delta=float(kwargs.get("delta", 0.1)),
+                energy=float(energy_loss_ratio),
+                forces=float(force_loss_ratio) if "f" in targets else 0.0,
+                stress=float(stress_loss_ratio) if "s" in targets else 0.0,
+                magmoms=float(mag_loss_ratio) if "m" in targets else 0.0,
+            )
+            default_decay = 1e-2 if optimizer == "AdamW" else 0.0
+            self.optim = OptimConfig(
+                optimizer=OPTIMIZERS[optimizer],  # type: ignore[arg-type]
+                lr=float(learning_rate),
+                lr_scaling="none",
+                weight_decay=float(kwargs.get("weight_decay", default_decay)),
+                scheduler="cosine",
+                min_lr_ratio=float(decay),
+                epochs=int(epochs),
+                select_metric="energy_mae",  # best_model.pt = the reference's bestE file
+            )
+        except ValueError as error:
+            raise argument_error(error) from None
         self.seed = 0 if torch_seed is None else int(torch_seed)
         self.training_history: dict[str, dict[str, Any]] = {
             key: {"train": [], "val": [], "test": []} for key in targets
@@ -189,8 +212,16 @@ class Trainer:
         wandb_log_freq: str = "batch",
     ) -> None:
         """Train ``self.model`` in place for ``epochs``; the run (config, cache, checkpoints,
-        metrics.csv, model.pt) goes to ``save_dir``. ``train_composition_model``: refit the
-        AtomRef energies (least squares on the training energies) before training."""
+        metrics.csv, model.pt: see the class docstring) goes to ``save_dir``.
+        ``train_composition_model``: refit the AtomRef energies (least squares on the training
+        energies) before training. Structures that cannot be trained on are skipped and
+        printed by their StructureData index (the rest counted; all in cache/skipped.json).
+
+        Raises:
+            TrainerInterrupted: Ctrl-C or SIGTERM (a KeyboardInterrupt): the model then holds
+                the newest checkpoint's weights, and the message says where it is and how to
+                continue the run.
+        """
         from fastchgnet.data.convert import convert
         from fastchgnet.train.run import train
 
@@ -217,10 +248,19 @@ class Trainer:
         )
         config = self.model.config
         convert(frames, cache, config.atom_cutoff, config.bond_cutoff, workers=1, progress=False)
+        report = skipped_report(cache / "skipped.json", sum(len(x.indices) for x in given.values()))
+        if report:
+            print(report)
         init = out / "initial_model.pt"
         self.model.save(init)
-        run = self.config_for(cache, init, out, train_loader.batch_size, train_composition_model)
-        train(run)
+        # absolute data and model paths: ``fastchgnet train --resume`` works from any directory
+        run = self.config_for(
+            cache.resolve(), init.resolve(), out, train_loader.batch_size, train_composition_model
+        )
+        try:
+            train(run)
+        except Interrupted as stop:
+            raise self._interrupted(stop, out) from None
         trained = FastCHGNet.load(out / "model.pt")
         device = next(self.model.parameters()).device
         self.model.load_state_dict(trained.state_dict())
@@ -229,6 +269,18 @@ class Trainer:
         best = out / "best_model.pt"
         self.best_model = CHGNet.from_file(best).to(device) if best.is_file() else self.model
         self._read_history(out / "metrics.csv")
+
+    def _interrupted(self, stop: Interrupted, out: Path) -> TrainerInterrupted:
+        """``stop`` saying what was kept: the newest checkpoint's weights are loaded into
+        ``self.model`` (as chgnet's in-place training leaves a stopped model part-trained)."""
+        out = out.resolve()
+        folder = latest_checkpoint(out / "checkpoints") if stop.checkpoint is not None else None
+        checkpoint = None if folder is None else rank_file(folder, 0)
+        if checkpoint is not None:
+            device = next(self.model.parameters()).device
+            self.model.load_state_dict(CHGNet.from_file(checkpoint).state_dict())
+            self.model.to(device)
+        return TrainerInterrupted(stop, interrupted_message(stop, out, checkpoint))
 
     def _read_history(self, path: Path) -> None:
         """Val (per epoch) and test MAE from metrics.csv, in the reference's units (eV)."""
@@ -252,7 +304,7 @@ class Trainer:
         ``CHGNet.from_file`` reads) with the file's trainer settings and training history.
         The optimizer and scheduler states are not restored (a warning says so): ``train``
         runs the epochs left with a fresh optimizer and schedule."""
-        payload = read_checkpoint(path)
+        payload = read_checkpoint(path) if Path(path).is_file() else {}  # a run folder
         model = CHGNet.from_file(path)
         print(f"Loaded model params = {sum(p.numel() for p in model.parameters()):,}")
         args = {k: v for k, v in (payload.get("trainer_args") or {}).items() if k != "model"}

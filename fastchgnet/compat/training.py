@@ -20,17 +20,27 @@ import torch
 from pymatgen.core import Structure
 
 from fastchgnet.compat.graph import CrystalGraphConverter, ReferenceGraph
+from fastchgnet.compat.labels import checked_stresses, flat_magmoms, present, warn_problems
 from fastchgnet.compat.model import TORCH_DTYPE, unsupported
-from fastchgnet.data.frame import Frame
+from fastchgnet.data.frame import Frame, check_frame
 from fastchgnet.data.graph import CrystalGraph
 from fastchgnet.data.sources import from_structures
+from fastchgnet.errors import StructureError
 from fastchgnet.units import KBAR_TO_GPA
 
 _LABELS = ("energies", "forces", "stresses", "magmoms", "structure_ids")
 
 
 class StructureData:
-    """Structures and labels (reference units, see the module docstring), in memory."""
+    """Structures and labels (reference units, see the module docstring), in memory.
+
+    Per structure: energy eV/atom, forces (n, 3) eV/Å, stress (3, 3) VASP kBar (another
+    shape, a Voigt (6,) one included, is a ValueError naming the structure), magmoms (n,) or
+    chgnet's documented (n, 1) μB (flattened). NaN labels are missing as chgnet's Trainer
+    masks them (``compat.labels``). Structures that training would skip (a non-finite energy,
+    a label of the wrong shape, ...) are kept, warned of by index here and skipped, reported
+    again, by ``Trainer.train``; ``problems`` maps their index to the reason.
+    """
 
     def __init__(
         self,
@@ -64,10 +74,25 @@ class StructureData:
         self.graph_converter = graph_converter or CrystalGraphConverter()  # chgnet's 6 Å / 3 Å
         self.converter_given = graph_converter is not None  # Trainer checks its cutoffs
         self.structures, self.energies, self.forces = list(structures), energies, forces
-        self.stresses, self.magmoms, self.structure_ids = stresses, magmoms, structure_ids
+        self.stresses = checked_stresses(stresses)
+        self.magmoms, self.structure_ids = flat_magmoms(magmoms), structure_ids
         self.keys = np.arange(len(structures))
         if shuffle:
             random.shuffle(self.keys)
+        self.problems = self._problems()
+        warn_problems(self.problems, len(self.structures))
+
+    def _problems(self) -> dict[int, str]:
+        """StructureData index -> why training cannot use that structure (``check_frame``:
+        labels' shapes and finiteness, elements, stress symmetry and magnitude); graph
+        problems (isolated atoms) are found when ``Trainer.train`` builds the graphs."""
+        problems = {}
+        for key, frame in zip(range(len(self)), self._frames(range(len(self))), strict=True):
+            try:
+                check_frame(frame)
+            except StructureError as error:
+                problems[key] = error.problem
+        return problems
 
     @classmethod
     def from_vasp(
@@ -123,16 +148,23 @@ class StructureData:
 
     def frames(self, positions: Sequence[int]) -> Iterator[Frame]:
         """Frames (our units) of the dataset positions ``positions`` (shuffled order)."""
-        keys = [int(self.keys[p]) for p in positions]
+        return self._frames([int(self.keys[p]) for p in positions])
+
+    def _frames(self, keys: Sequence[int]) -> Iterator[Frame]:
+        """Frames (our units; missing labels None) of the structures ``keys`` (given order)."""
         stress = None
         if self.stresses is not None:
-            stress = [np.asarray(self.stresses[k], dtype=np.float64) * KBAR_TO_GPA for k in keys]
+            stress = [present(self.stresses[k], f"stresses[{k}]") for k in keys]
+            stress = [None if s is None else s * KBAR_TO_GPA for s in stress]
+        magmoms = self.magmoms
         frames = from_structures(
             [self.structures[k] for k in keys],
             [self.energies[k] for k in keys],
-            [self.forces[k] for k in keys],
+            [present(self.forces[k], f"forces[{k}]") for k in keys],
             stress,
-            None if self.magmoms is None else [self.magmoms[k] for k in keys],
+            None
+            if magmoms is None
+            else [present(magmoms[k], f"magmoms[{k}]", any_nan=True) for k in keys],
         )
         for key, frame in zip(keys, frames, strict=True):
             ids = self.structure_ids
