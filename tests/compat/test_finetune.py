@@ -9,22 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastchgnet.data.random_crystals import varied_structures
+from tests.compat.conftest import labelled_crystals
 
 
 @pytest.fixture(scope="module")
 def labelled(compat_model):
-    """Twelve small crystals labelled by the pretrained model, energies shifted by 30 meV/atom
-    (a fine-tuning target the model must learn), stresses in VASP kBar as users pass them."""
-    structures = varied_structures(12, seed=8, max_atoms=8)
-    predictions = compat_model.predict_structure(structures)
-    return {
-        "structures": structures,
-        "energies": [float(p["e"]) + 0.03 for p in predictions],
-        "forces": [p["f"] for p in predictions],
-        "stresses": [p["s"] / -0.1 for p in predictions],
-        "magmoms": [p["m"] for p in predictions],
-    }
+    return labelled_crystals(compat_model, 12, max_atoms=8)
 
 
 def test_finetune_block_trains_the_model_in_place(labelled, tmp_path):

@@ -18,21 +18,12 @@ import torch
 
 from fastchgnet.compat import CHGNet, StructureData, Trainer, get_train_val_test_loader
 from fastchgnet.data.frame import check_frame
-from fastchgnet.data.random_crystals import varied_structures
+from tests.compat.conftest import labelled_crystals
 
 
 @pytest.fixture(scope="module")
 def labelled(compat_model):
-    """Ten small crystals labelled by the pretrained model; stresses in VASP kBar."""
-    structures = varied_structures(10, seed=8, max_atoms=4)
-    predictions = compat_model.predict_structure(structures)
-    return {
-        "structures": structures,
-        "energies": [float(p["e"]) + 0.03 for p in predictions],
-        "forces": [p["f"] for p in predictions],
-        "stresses": [p["s"] / -0.1 for p in predictions],
-        "magmoms": [p["m"] for p in predictions],
-    }
+    return labelled_crystals(compat_model, 10, max_atoms=4)
 
 
 def bad_labels(labelled: dict) -> dict:
