@@ -9,7 +9,8 @@ one process or data parallel under DeepSpeed, the same script.
 
 ``--set section.key=value`` overrides one setting (repeatable), e.g. ``--set optim.epochs=3
 --set model.architecture.forces=direct``. With ``--resume`` the configuration stored in the
-newest checkpoint under run.out_dir is used (``--set`` still applies on top).
+newest checkpoint under run.out_dir is used; what ``--set`` or the ``--config`` file changes
+applies on top, and a change of the run's batches or model is refused (``resume_config``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
+from fastchgnet.cli.resume_config import check_resume_changes, file_changes, with_changes
 from fastchgnet.train.checkpoint import CheckpointError, stored_config
 from fastchgnet.train.config import TrainConfig, apply_overrides, load_config
 from fastchgnet.train.outputs import (
@@ -107,36 +109,14 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             else ""
         )
         raise FileNotFoundError(f"--resume: no checkpoint under {root}{uncommitted}")
-    resumed = apply_overrides(TrainConfig.from_dict(stored), args.overrides)
-    check_resume_overrides(TrainConfig.from_dict(stored).to_dict(), resumed.to_dict())
+    stored = TrainConfig.from_dict(stored).to_dict()
+    filed = stored  # the keys the file sets to other values, as --set would
+    if args.config:
+        filed = with_changes(stored, file_changes(args.config, stored))
+        check_resume_changes(stored, filed, source=f"--config {args.config}")
+    resumed = apply_overrides(TrainConfig.from_dict(filed), args.overrides)
+    check_resume_changes(filed, resumed.to_dict())
     return resumed
-
-
-#: Settings a resume keeps: the checkpoint's batches and model depend on them (a changed
-#: data.batch_size re-planned the epochs behind the checkpoint's step: a 2-rank run resumed at
-#: step 90 of 171 ended at 119, with no word), except how data is read
-RESUME_KEEPS = {"data": {"loader_workers", "convert_workers", "cache_dir"}, "model": set()}
-
-
-def check_resume_overrides(stored: dict, resumed: dict) -> None:
-    """ValueError (one line) where a --resume's --set changes a setting the run's batches or
-    model depend on (``RESUME_KEEPS``: data and model, how data is read aside); a changed
-    optimiser or loss setting is said on stderr (the schedule is recomputed from the
-    checkpoint's step)."""
-    for section, free in RESUME_KEEPS.items():
-        for key, value in resumed[section].items():
-            if key not in free and value != stored[section].get(key):
-                raise ValueError(
-                    f"--resume: {section}.{key} was {stored[section].get(key)!r}, --set gives "
-                    f"{value!r}: a resume continues the same batches and model; for another "
-                    "run, give a new run.out_dir (model.init can start it from a checkpoint)"
-                )
-    for section in ("optim", "loss"):
-        changed = [k for k, v in resumed[section].items() if v != stored[section].get(k)]
-        if changed:
-            names = ", ".join(f"{section}.{k}" for k in changed)
-            print(f"--resume: {names} changed: the schedule and loss follow the new values "
-                  "from the checkpoint's step on", file=sys.stderr)  # fmt: skip
 
 
 def nothing_to_resume(out: Path, config: TrainConfig, rank: int = 0) -> bool:

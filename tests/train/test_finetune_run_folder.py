@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import fastchgnet.cli.finetune as cli_finetune
 import fastchgnet.cli.train as cli_train
-from fastchgnet.train.config import TrainConfig
+from fastchgnet.train.config import load_config
 from fastchgnet.train.finetune import FinetuneReport
 
 
@@ -49,7 +49,7 @@ def test_finetune_overwrite_starts_over(tmp_path, monkeypatch):
 def test_finetune_resume_continues_the_stored_config(tmp_path, monkeypatch):
     calls = _fake_finetune(monkeypatch)
     _old_run(tmp_path)
-    stored = TrainConfig().to_dict()
+    stored = load_config("configs/finetune.toml").to_dict()  # the run it resumes
     stored["run"]["out_dir"] = str(tmp_path)
     monkeypatch.setattr(cli_train, "stored_config", lambda root: stored)
     assert cli_finetune.main(["--resume", "--set", f"run.out_dir={tmp_path}"]) == 0
@@ -72,7 +72,7 @@ def test_finetune_resume_of_a_trained_run_without_its_report_writes_the_report(
     written, it is complete."""
     calls = _fake_finetune(monkeypatch)
     _old_run(tmp_path)
-    stored = TrainConfig().to_dict()
+    stored = load_config("configs/finetune.toml").to_dict()  # the run it resumes
     stored["run"]["out_dir"] = str(tmp_path)
     monkeypatch.setattr(cli_train, "stored_config", lambda root: stored)
     monkeypatch.setattr(cli_train, "completed", lambda out, config: "12/12 epochs")

@@ -36,3 +36,38 @@ def test_a_resume_may_change_how_data_is_read_and_says_an_optimiser_change(
     config = resumed(monkeypatch, tmp_path, "optim.epochs=20")
     assert config.optim.epochs == 20
     assert "--resume: optim.epochs changed" in capsys.readouterr().err
+
+
+def resumed_with_file(monkeypatch, tmp_path, text: str, **stored_changes) -> TrainConfig:
+    stored = TrainConfig().to_dict()
+    stored["run"]["out_dir"] = str(tmp_path)
+    for section, changes in stored_changes.items():
+        stored[section].update(changes)
+    monkeypatch.setattr(cli_train, "stored_config", lambda root: stored)
+    config = tmp_path / "run.toml"
+    config.write_text(f'[run]\nout_dir = "{tmp_path}"\n{text}')
+    args = argparse.Namespace(config=str(config), overrides=[], resume=True)
+    return cli_train.resolve_config(args)
+
+
+def test_resume_refuses_a_config_file_that_changes_the_architecture(monkeypatch, tmp_path):
+    # the file's keys were ignored on --resume: the run went on with the old ones, no word
+    text = "[model.architecture]\natom_fea_dim = 64\n"
+    with pytest.raises(ValueError, match="atom_fea_dim") as refused:
+        resumed_with_file(monkeypatch, tmp_path, text)
+    said = f"--resume: model.architecture.atom_fea_dim was 32, --config {tmp_path / 'run.toml'}"
+    assert str(refused.value).startswith(f"{said} gives 64: a resume continues")
+
+
+def test_resume_applies_a_config_file_epochs_change_and_says_so(monkeypatch, tmp_path, capsys):
+    config = resumed_with_file(monkeypatch, tmp_path, "[optim]\nepochs = 5\nlr = 1e-4\n")
+    assert (config.optim.epochs, config.optim.lr) == (5, 1e-4)
+    err = capsys.readouterr().err
+    assert f"--resume: optim.lr, optim.epochs changed by --config {tmp_path / 'run.toml'}" in err
+
+
+def test_resume_keeps_a_set_the_file_does_not_name(monkeypatch, tmp_path, capsys):
+    # a run started with --set data.batch_size=16 over a file without it resumes as it was
+    config = resumed_with_file(monkeypatch, tmp_path, "[optim]\n", data={"batch_size": 16})
+    assert config.data.batch_size == 16
+    assert capsys.readouterr().err == ""
