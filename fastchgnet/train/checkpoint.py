@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,7 @@ def latest_progress(root: Path) -> Progress | None:
         stored = pointer[1]
         totals = {k: type(v)(stored[k]) for k, v in vars(Progress()).items() if k in stored}
         return Progress(**{**totals, **{k: int(stored[k]) for k in POSITION}})
-    except (CheckpointError, KeyError, TypeError, ValueError):
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -249,20 +250,60 @@ def older_checkpoints(root: Path) -> list[Path]:
 
 
 def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(the folder ``latest.json`` names, its fields), read once, or None without one."""
+    """(the folder ``latest.json`` names, its fields), read once, or None without a
+    checkpoint. Where ``latest.json`` is missing or damaged, the newest complete checkpoint
+    (``_newest_complete``) stands in for it, said once on stderr."""
     path = root / "latest.json"
-    if not path.is_file():
-        return None
     try:
         fields = json.loads(path.read_text())
         folder = root / fields["name"]
+    except FileNotFoundError:
+        return _newest_complete(root, f"{path} is missing")
     except (ValueError, KeyError, TypeError) as error:  # torn by hand, or not ours
-        raise CheckpointError(
-            f"{path}: damaged, it names no checkpoint ({type(error).__name__}: {error})"
-        ) from None
+        problem = f"{path}: damaged, it names no checkpoint ({type(error).__name__}: {error})"
+        return _newest_complete(root, problem, required=True)
     if not folder.is_dir():
         raise CheckpointError(f"{path} names {folder.name}, which is missing")
     return folder, fields
+
+
+#: the checkpoints ``_newest_complete`` found, by root and folders: each is verified once
+_RECOVERED: dict[tuple[str, tuple[str, ...]], tuple[Path, dict[str, Any]] | None] = {}
+
+
+def _newest_complete(
+    root: Path, problem: str, required: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint folder under ``root`` whose every rank's file is there and
+    verifies (a folder some rank had not written when the run died is not complete), as
+    ``_pointer`` gives it, with a line on stderr naming ``problem``; None where there is
+    none (with ``required``: CheckpointError naming ``problem``)."""
+    folders = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
+    key = (str(root), tuple(p.name for p in folders))
+    if key not in _RECOVERED:
+        _RECOVERED[key] = next(filter(None, map(_complete, folders)), None)
+        from fastchgnet.train.launchers import launcher_rank_and_world
+
+        if _RECOVERED[key] is not None and launcher_rank_and_world()[0] == 0:  # said once
+            name = _RECOVERED[key][0].name
+            print(f"fastchgnet: {problem}: {name} is the newest complete checkpoint, taken "
+                  "in its place", file=sys.stderr)  # fmt: skip
+    if _RECOVERED[key] is None and required:
+        raise CheckpointError(f"{problem}, and no complete checkpoint is under {root}")
+    return _RECOVERED[key]
+
+
+def _complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(``folder``, the fields ``latest.json`` would give it) where every rank's file is
+    there and verifies, else None."""
+    try:
+        main = read_verified(rank_file(folder, 0))
+        for rank in range(1, int(main["world_size"])):
+            read_verified(rank_file(folder, rank))
+        fields = {"name": folder.name, **main["progress"], "world_size": main["world_size"]}
+        return folder, {**fields, "config": main["config"]}
+    except (CheckpointError, OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def load_checkpoint(

@@ -311,3 +311,29 @@ def test_every_rank_falls_back_together_when_one_cannot_read_the_newest(tmp_path
     with pytest.raises(Stop):
         resume_from_checkpoint(run)
     assert gathered == [("step-00000005", "", False), ("step-00000003", "", False)]
+
+
+@pytest.mark.parametrize("pointer", ["damaged", "missing"])
+def test_resume_with_damaged_latest_json_takes_the_newest_complete_checkpoint(
+    tmp_path, capsys, pointer
+) -> None:
+    # every intact checkpoint was unusable: "latest.json: damaged, it names no checkpoint",
+    # or without it "step-... without latest.json ...: not a complete checkpoint"
+    from fastchgnet.train.checkpoint import latest_step, stored_config
+
+    model = _model()
+    for step in (10, 20):
+        _save(tmp_path, step, model)
+    newest = _save_ranks(tmp_path, 2, model)  # step 5 of 2 ranks: an older name, then torn
+    newest.rename(tmp_path / "step-00000030")
+    (tmp_path / "step-00000030" / "rank-00001.pt").unlink()  # a rank had not written it
+    if pointer == "damaged":
+        (tmp_path / "latest.json").write_text('{"name": "step-0000')
+    else:
+        (tmp_path / "latest.json").unlink()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
+    assert latest_step(tmp_path) == 20
+    assert stored_config(tmp_path) == {"run": {"seed": 0}}
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("step-00000020 is the newest complete checkpoint, taken in its place")
+    assert err.count("\n") == 0  # said once
