@@ -27,9 +27,10 @@ from help_text import first_sentence
 
 from fastchgnet.data.sources import gunzip_ase_file, read_ase
 from fastchgnet.model.chgnet import FastCHGNet
+from fastchgnet.train.cache_sources import resolve_cache
 from fastchgnet.train.config import TrainConfig, apply_overrides
 from fastchgnet.train.finetune import evaluate_indices
-from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
+from fastchgnet.train.loading import make_splits, quickstart_path
 from fastchgnet.train.run import train
 
 

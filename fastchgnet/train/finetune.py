@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastchgnet.train.cache_sources import resolve_cache
 from fastchgnet.train.config import TrainConfig
 from fastchgnet.train.loading import (
     EpochBatches,
@@ -27,7 +28,6 @@ from fastchgnet.train.loading import (
     make_loader,
     make_sampler,
     make_splits,
-    resolve_cache,
 )
 from fastchgnet.train.metrics import REPORTED, format_table, write_csv
 from fastchgnet.train.model_setup import build_model

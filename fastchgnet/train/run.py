@@ -29,6 +29,7 @@ from fastchgnet.data.cache import GraphDataset
 from fastchgnet.model.loss import TARGETS
 from fastchgnet.signals import StopSignals
 from fastchgnet.train import collectives, compile_choice, failures
+from fastchgnet.train.cache_sources import resolve_cache
 from fastchgnet.train.checkpoint import (
     CheckpointError,
     Progress,
@@ -49,7 +50,6 @@ from fastchgnet.train.loading import (
     composition_fractions,
     make_sampler,
     make_splits,
-    resolve_cache,
 )
 from fastchgnet.train.loop import SyncCheck
 from fastchgnet.train.model_setup import build_model, should_fit_composition

@@ -115,8 +115,9 @@ def test_total_energy_read_as_per_atom_is_flagged(tmp_path):
 
 
 def test_explicit_train_val_test_files_make_the_split(tmp_path):
+    from fastchgnet.train.cache_sources import resolve_cache
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.loading import make_splits, resolve_cache
+    from fastchgnet.train.loading import make_splits
 
     for name, seed in (("train", 1), ("val", 2), ("test", 3)):
         write(str(tmp_path / f"{name}.extxyz"), _atoms(3 if name == "train" else 2, seed))

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fastchgnet.train.cache_sources import resolve_cache
 from fastchgnet.train.config import load_config
-from fastchgnet.train.loading import make_splits, resolve_cache
+from fastchgnet.train.loading import make_splits
 from tests.conftest import REFERENCE_DATA
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,9 @@ from fastchgnet.data.convert import convert
 from fastchgnet.data.random_crystals import varied_structures
 from fastchgnet.data.sources import read_frames
 from fastchgnet.md.calculator import as_atoms
+from fastchgnet.train.cache_sources import resolve_cache
 from fastchgnet.train.config import DataConfig
-from fastchgnet.train.loading import make_splits, resolve_cache
+from fastchgnet.train.loading import make_splits
 from tests.data.frames import symmetric
 
 CUTOFFS = (6.0, 3.0)

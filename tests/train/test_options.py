@@ -89,8 +89,9 @@ def test_replay_frames_join_train_only(tmp_path):
     from ase.io import write
 
     from fastchgnet.data.sources import gunzip_ase_file, read_ase
+    from fastchgnet.train.cache_sources import resolve_cache
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
+    from fastchgnet.train.loading import make_splits, quickstart_path
     from fastchgnet.train.replay import replay_sample
 
     plain = gunzip_ase_file(quickstart_path(), tmp_path)
@@ -123,8 +124,9 @@ def test_max_structures_limits_the_source_and_the_replay_share_joins_on_top(tmp_
     from ase.io import read, write
 
     from fastchgnet.data.sources import gunzip_ase_file, read_ase
+    from fastchgnet.train.cache_sources import resolve_cache
     from fastchgnet.train.config import DataConfig
-    from fastchgnet.train.loading import make_splits, quickstart_path, resolve_cache
+    from fastchgnet.train.loading import make_splits, quickstart_path
     from fastchgnet.train.replay import replay_sample
 
     images = read(str(gunzip_ase_file(quickstart_path(), tmp_path)), index=":50")
