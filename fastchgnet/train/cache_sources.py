@@ -16,7 +16,11 @@ from fastchgnet.train.replay import replay_sample
 
 
 def resolve_cache(
-    config: DataConfig, out_dir: Path, cutoffs: tuple[float, float], is_main: bool
+    config: DataConfig,
+    out_dir: Path,
+    cutoffs: tuple[float, float],
+    is_main: bool,
+    resume: bool = False,
 ) -> Path:
     """The graph cache folder of ``config.source``, converting frames into it on first use.
 
@@ -29,14 +33,16 @@ def resolve_cache(
     cache) and at least ``max_structures`` of them. A cache that does not match is rebuilt
     when it is the run's own (inside ``out_dir``), saying why in one line, and refused
     (``CacheError``, one line naming the difference) when it lies elsewhere: it is not the
-    run's to delete. A missing source is an error even when a cache exists.
+    run's to delete. A missing source is an error even when a cache exists. On a ``resume``
+    a cache that no longer matches its source is refused (``CacheError``): the data changed
+    since the checkpoint, whose batches and position would not carry over.
     """
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
         return prebuilt_cache(source, config)
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main:
-        convert_sources(config, source, cache, out_dir, cutoffs)
+        convert_sources(config, source, cache, out_dir, cutoffs, resume)
     return cache
 
 
@@ -65,7 +71,12 @@ def prebuilt_cache(cache: Path, config: DataConfig) -> Path:
 
 
 def convert_sources(
-    config: DataConfig, source: Path, cache: Path, out_dir: Path, cutoffs: tuple[float, float]
+    config: DataConfig,
+    source: Path,
+    cache: Path,
+    out_dir: Path,
+    cutoffs: tuple[float, float],
+    resume: bool = False,
 ) -> None:
     """Convert ``config``'s frame sources into ``cache`` unless it holds them already (see
     ``resolve_cache``); decompressed copies of gzipped sources go under ``out_dir``.
@@ -100,6 +111,12 @@ def convert_sources(
         mismatch = cache_mismatch(cache, settings, origin, limit)
         if not mismatch and (cache / "manifest.json").is_file():
             return
+        if mismatch and resume:
+            raise CacheError(
+                f"--resume: {mismatch}: the data changed since the checkpoint, whose batches "
+                "would not carry over; restore the data, or start a new run (--overwrite, or "
+                "a new run.out_dir; model.init=<the checkpoint> starts it from its weights)"
+            )
         if mismatch and not cache.resolve().is_relative_to(out_dir.resolve()):
             raise CacheError(
                 f"{mismatch}; data.cache_dir is not this run's to rebuild: delete it, name "

@@ -171,7 +171,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     problem = None
     try:
         with collectives.heartbeat(run.out) if beating else contextlib.nullcontext():
-            cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0)
+            cache = resolve_cache(config.data, run.out, cutoffs, run.rank == 0, resume)
     except Exception as error:
         problem = str(error) or type(error).__name__
         raise

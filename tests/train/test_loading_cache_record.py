@@ -5,6 +5,7 @@ named cache_dir or a prebuilt cache is refused in one line."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -143,3 +144,27 @@ def test_a_truncated_prebuilt_cache_is_refused_for_more_structures(tmp_path):
     with pytest.raises(CacheError, match="holds only the first 2 structures"):
         resolve_cache(config, tmp_path / "run", CUTOFFS, True)
     assert resolve_cache(replace(config, max_structures=2), tmp_path, CUTOFFS, True) == prebuilt
+
+
+def test_resume_refuses_data_whose_source_changed_since_the_checkpoint(tmp_path, capsys):
+    # the cache was rebuilt from the changed file and the checkpoint's position applied to it
+    source = write_frames(tmp_path / "f.extxyz", 4)
+    config = DataConfig(source=str(source), labels=KBAR)
+    out = tmp_path / "run"
+    cache = resolve_cache(config, out, CUTOFFS, True)
+    assert resolve_cache(config, out, CUTOFFS, True, resume=True) == cache  # unchanged: on
+    write_frames(source, 3)  # the file cut to 3 frames
+    with pytest.raises(CacheError, match=r"^--resume: cache .* does not match the config \(data"):
+        resolve_cache(config, out, CUTOFFS, True, resume=True)
+    assert len(GraphDataset(cache)) == 4  # kept for a restored file
+
+
+def test_resume_after_the_cache_was_deleted_rebuilds_it_from_the_same_source(tmp_path):
+    config = DataConfig(source=str(write_frames(tmp_path / "f.extxyz", 4)), labels=KBAR)
+    out = tmp_path / "run"
+    cache = resolve_cache(config, out, CUTOFFS, True)
+    before = first_stress(cache)
+    shutil.rmtree(cache)
+    np.testing.assert_array_equal(
+        first_stress(resolve_cache(config, out, CUTOFFS, True, True)), before
+    )
