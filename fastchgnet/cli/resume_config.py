@@ -20,23 +20,38 @@ from fastchgnet.train.config import TrainConfig, read_table
 RESUME_KEEPS = {"data": {"loader_workers", "convert_workers", "cache_dir"}, "model": set()}
 
 
-def file_changes(path: str | Path, stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def file_changes(path: str | Path, stored: dict[str, Any]) -> dict[str, Any]:
     """The settings the config file at ``path`` gives explicitly (section -> key -> value,
-    as ``TrainConfig`` reads them) that differ from ``stored`` (a checkpoint's
-    ``TrainConfig.to_dict()``)."""
+    as ``TrainConfig`` reads them; a table such as ``model.architecture`` key by key) that
+    differ from ``stored`` (a checkpoint's ``TrainConfig.to_dict()``)."""
     raw = read_table(path)
-    read = TrainConfig.from_dict(raw).to_dict()
-    changes: dict[str, dict[str, Any]] = {}
-    for section, table in raw.items():
-        for key in table if isinstance(table, dict) else ():
-            if read[section][key] != stored[section].get(key):
-                changes.setdefault(section, {})[key] = read[section][key]
+    return _given_changes(raw, TrainConfig.from_dict(raw).to_dict(), stored)
+
+
+def _given_changes(raw: dict[str, Any], read: dict[str, Any], stored: dict[str, Any]) -> dict:
+    """The values of ``read`` (``raw`` normalised) at the keys ``raw`` gives that differ
+    from ``stored``; a table both sides hold is compared by the keys ``raw`` gives in it (a
+    key the file leaves out keeps the checkpoint's value, not a default)."""
+    changes: dict[str, Any] = {}
+    for key, given in raw.items():
+        new, old = read.get(key), stored.get(key)
+        if all(isinstance(value, dict) for value in (given, new, old)):
+            inner = _given_changes(given, new, old)
+            if inner:
+                changes[key] = inner
+        elif new != old:
+            changes[key] = new
     return changes
 
 
-def with_changes(stored: dict[str, Any], changes: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``stored`` (a config dict) with ``changes`` (``file_changes``) put in."""
-    return {section: {**table, **changes.get(section, {})} for section, table in stored.items()}
+def with_changes(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` (a config dict) with ``changes`` (``file_changes``) put in, table by table."""
+    merged = dict(stored)
+    for key, value in changes.items():
+        old = stored.get(key)
+        both = isinstance(value, dict) and isinstance(old, dict)
+        merged[key] = with_changes(old, value) if both else value
+    return merged
 
 
 def check_resume_changes(stored: dict, resumed: dict, source: str = "--set") -> None:
@@ -44,7 +59,8 @@ def check_resume_changes(stored: dict, resumed: dict, source: str = "--set") -> 
     setting the run's batches or model depend on (``RESUME_KEEPS``: data and model, how
     data is read aside), naming the key (a table's differing keys, e.g.
     ``model.architecture.atom_fea_dim``), both values and the way out; a changed optimiser or
-    loss setting is said on stderr (the schedule is recomputed from the checkpoint's step)."""
+    loss setting is said on stderr (the schedule is recomputed from the checkpoint's step),
+    and so is a run setting a file changes (a --set one is on the command line already)."""
     for section, free in RESUME_KEEPS.items():
         for key, value in resumed[section].items():
             old = stored[section].get(key)
@@ -66,6 +82,9 @@ def check_resume_changes(stored: dict, resumed: dict, source: str = "--set") -> 
     if changed:
         print(f"--resume: {', '.join(changed)} changed by {source}: the schedule and loss "
               "follow the new values from the checkpoint's step on", file=sys.stderr)  # fmt: skip
+    run = [f"run.{key}" for key, value in resumed["run"].items() if value != stored["run"].get(key)]
+    if run and source != "--set":  # a --set is said on the command line itself
+        print(f"--resume: {', '.join(run)} changed by {source}: applied", file=sys.stderr)
 
 
 def _first_difference(name: str, old: object, new: object) -> tuple[str, object, object]:

@@ -71,3 +71,29 @@ def test_resume_keeps_a_set_the_file_does_not_name(monkeypatch, tmp_path, capsys
     config = resumed_with_file(monkeypatch, tmp_path, "[optim]\n", data={"batch_size": 16})
     assert config.data.batch_size == 16
     assert capsys.readouterr().err == ""
+
+
+def test_resume_compares_a_config_file_table_only_by_the_keys_it_gives(
+    monkeypatch, tmp_path, capsys
+):
+    # a partial [model.architecture] was compared whole: a run started with --set
+    # model.architecture.n_conv=2 was refused ('n_conv was 2, --config run.toml gives None'),
+    # and so was a file naming a key at the checkpoint's own value ('bond_fea_dim ... None')
+    stored = TrainConfig().to_dict()
+    model = {"architecture": {**stored["model"]["architecture"], "n_conv": 2}}
+    data = {"labels": {**stored["data"]["labels"], "forces": "F"}}
+    text = "[model.architecture]\natom_fea_dim = 32\n[data.labels]\nenergy = 'energy'\n"
+    config = resumed_with_file(monkeypatch, tmp_path, text, model=model, data=data)
+    assert config.model.architecture == model["architecture"]
+    assert config.data.labels.forces == "F"
+    assert capsys.readouterr().err == ""
+    text = "[model.architecture]\nn_conv = 3\n"
+    with pytest.raises(ValueError, match=r"^--resume: model\.architecture\.n_conv was 2, --conf"):
+        resumed_with_file(monkeypatch, tmp_path, text, model=model)
+
+
+def test_resume_says_a_run_setting_the_config_file_changes(monkeypatch, tmp_path, capsys):
+    config = resumed_with_file(monkeypatch, tmp_path, "log_every = 7\n")
+    assert config.run.log_every == 7
+    said = f"--resume: run.log_every changed by --config {tmp_path / 'run.toml'}: applied"
+    assert said in capsys.readouterr().err
