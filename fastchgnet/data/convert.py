@@ -62,6 +62,7 @@ from fastchgnet.data.shards import (
     converter_paths,
     shard_is_done,
 )
+from fastchgnet.data.unit_check import UNIT_RECORD, LabelTally, refuse_wrong_units
 from fastchgnet.errors import StructureError
 from fastchgnet.files import file_sha256, fsync_dir, write_json_atomic
 from fastchgnet.signals import quiet_child, stop_signals
@@ -173,7 +174,7 @@ def _fill_shard(
 ) -> int:
     tmp_dir = writer.dir
     skipped, kept, n_frames = [], 0, 0
-    fingerprint = FramesFingerprint()
+    fingerprint, tally = FramesFingerprint(), LabelTally()  # tally: unit_check's counts
     cutoffs = (info["atom_cutoff"], info["bond_cutoff"])
     window = TASK_FRAMES * max(1, getattr(pool, "_processes", 1)) * 4
 
@@ -185,18 +186,14 @@ def _fill_shard(
         results = pool.map(_records, tasks) if pool is not None else map(_records, tasks)
         for record in itertools.chain.from_iterable(results):
             if "skip" in record:
-                skipped.append(
-                    {
-                        "material_id": record["material_id"],
-                        "frame_id": record["frame_id"],
-                        "reason": record["skip"],
-                    }
-                )
+                ids = {key: record[key] for key in ("material_id", "frame_id")}
+                skipped.append({**ids, "reason": record["skip"]})
             else:
                 writer.add(record)
                 kept += 1
         for frame in part:
             fingerprint.add(frame)
+            tally.add(frame)
         n_frames += len(part)
         bar.update(len(part))
     if n_frames == 0:
@@ -204,7 +201,8 @@ def _fill_shard(
         remove_tree(tmp_dir)
         return 0
     writer.finish({**info, "n_frames": n_frames, "n_structures": kept, "skipped": skipped,
-                   "frames_sha256": fingerprint.hexdigest()})  # fmt: skip
+                   "frames_sha256": fingerprint.hexdigest(),
+                   UNIT_RECORD: tally.record()})  # fmt: skip
     publish()
     os.rename(tmp_dir, final)
     fsync_dir(final.parent)
@@ -271,7 +269,8 @@ def convert(
         ValueError: ``shard_size`` below 1, or from the source (a file that breaks off): the
             cache is then left without manifest.json (unfinished; finished shards are kept).
             With no shard finished, nothing is written: a folder this call made is removed,
-            one that existed (a user's, a cache being extended) is left with what it held.
+            one that existed (a user's, a cache being extended) is left with what it held. A
+            source whose labels point at a wrong unit (``unit_check``): its shards removed.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size {shard_size}: must be at least 1 source frame per shard")
@@ -316,9 +315,8 @@ def _convert(
     redo = "delete it and rerun (shards built with the same settings are kept), or convert "
     redo += "into another folder"
     # none built: the folder takes the new settings, whatever an old settings.json holds
-    built = (
-        read_json_record(settings_path, redo) if finished and settings_path.exists() else settings
-    )
+    old = finished and settings_path.exists()
+    built = read_json_record(settings_path, redo) if old else settings
     if built != settings and finished:
         raise CacheError(
             f"{out} was built with settings other than asked ({describe_change(built, settings)})"
@@ -340,7 +338,7 @@ def _convert(
         remove_tree(stale)
 
     pool = multiprocessing.get_context("fork").Pool(workers, quiet_child) if workers > 1 else None
-    shards, skipped, built, kept, held = [], [], 0, 0, 0
+    shards, skipped, built, kept, held, tally = [], [], 0, 0, 0, LabelTally()
     stopped = False  # at max_structures, before the source's end
     bar = tqdm(desc=f"convert -> {out.name}", unit="frame", disable=not progress)
     try:
@@ -365,6 +363,7 @@ def _convert(
                 {"name": final.name, "n_structures": meta["n_structures"], "sha256": hashes}
             )
             skipped.extend(meta["skipped"])
+            tally.merge(meta.get(UNIT_RECORD))
             held += meta["n_structures"]
             stopped = 0 < max_structures <= held
             if meta["n_frames"] < shard_size or stopped:
@@ -383,6 +382,7 @@ def _convert(
     for extra in converter_paths(out, SHARD):
         if extra.name not in names:
             remove_tree(extra)
+    refuse_wrong_units(tally, origin, out)  # a wrong unit: ValueError, the shards removed
     publish()
     write_json_atomic(out / "skipped.json", skipped)
     n_structures = sum(s["n_structures"] for s in shards)

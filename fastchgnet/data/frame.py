@@ -85,26 +85,51 @@ def unreadable_frame(
     )
 
 
+class ImplausibleLabels(str):
+    """The problem ``implausible_labels`` gives a frame: its text (the first label beyond its
+    limit), and ``beyond``, each label beyond its limit as ``{label: (magnitude, limit)}``
+    ("energy": eV/atom, "stress": its largest component, GPa), which conversion counts per
+    source (``unit_check``) without reading the text."""
+
+    beyond: dict[str, tuple[float, float]]
+
+    def __new__(cls, text: str, beyond: dict[str, tuple[float, float]]) -> ImplausibleLabels:
+        problem = super().__new__(cls, text)
+        problem.beyond = dict(beyond)
+        return problem
+
+    def __reduce__(self) -> tuple[type, tuple[str, dict[str, tuple[float, float]]]]:
+        return ImplausibleLabels, (str(self), self.beyond)  # to workers and back, whole
+
+
 def implausible_labels(
     frame: Frame,
     max_energy_per_atom: float = MAX_ENERGY_PER_ATOM,
     max_stress_gpa: float = MAX_STRESS_GPA,
     energy_hint: str = "a wrong unit, or a total energy read as per atom?",
     stress_hint: str = "a wrong unit?",
-) -> str | None:
+) -> ImplausibleLabels | None:
     """The problem of a frame whose energy per atom or largest stress component is beyond
     these magnitudes (``MAX_ENERGY_PER_ATOM``, ``MAX_STRESS_GPA``), or None. Every source
     sets ``Frame.problem`` from it (the ASE reader with the limits and hints of its
-    ``AseLabels``); non-finite labels are left to ``check_frame``."""
+    ``AseLabels``); non-finite labels are left to ``check_frame``. The text names the energy
+    where both are beyond; ``ImplausibleLabels.beyond`` holds both."""
+    texts, beyond = [], {}
     energy = frame.energy_per_atom
     if energy is not None and np.isfinite(energy) and abs(energy) > max_energy_per_atom:
-        return f"energy {energy:.4g} eV/atom exceeds {max_energy_per_atom} eV/atom: {energy_hint}"
+        beyond["energy"] = (abs(float(energy)), float(max_energy_per_atom))
+        texts.append(
+            f"energy {energy:.4g} eV/atom exceeds {max_energy_per_atom} eV/atom: {energy_hint}"
+        )
     stress = frame.stress
     if stress is not None and np.isfinite(stress).any():  # inf, nan: check_frame says so
         largest = float(np.abs(stress[np.isfinite(stress)]).max())
         if largest > max_stress_gpa:
-            return f"stress up to {largest:.4g} GPa exceeds {max_stress_gpa} GPa: {stress_hint}"
-    return None
+            beyond["stress"] = (largest, float(max_stress_gpa))
+            texts.append(
+                f"stress up to {largest:.4g} GPa exceeds {max_stress_gpa} GPa: {stress_hint}"
+            )
+    return ImplausibleLabels(texts[0], beyond) if texts else None
 
 
 def periodic_structure(atoms: Any) -> tuple[Structure, str | None]:
