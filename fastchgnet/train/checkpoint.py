@@ -251,8 +251,8 @@ def older_checkpoints(root: Path) -> list[Path]:
 
 def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
     """(the folder ``latest.json`` names, its fields), read once, or None without a
-    checkpoint. Where ``latest.json`` is missing or damaged, the newest complete checkpoint
-    (``_newest_complete``) stands in for it, said once on stderr."""
+    checkpoint. Where ``latest.json`` is missing or damaged, or names a missing folder, the
+    newest complete checkpoint (``_newest_complete``) stands in for it, said once on stderr."""
     path = root / "latest.json"
     try:
         fields = json.loads(path.read_text())
@@ -262,8 +262,8 @@ def _pointer(root: Path) -> tuple[Path, dict[str, Any]] | None:
     except (ValueError, KeyError, TypeError) as error:  # torn by hand, or not ours
         problem = f"{path}: damaged, it names no checkpoint ({type(error).__name__}: {error})"
         return _newest_complete(root, problem, required=True)
-    if not folder.is_dir():
-        raise CheckpointError(f"{path} names {folder.name}, which is missing")
+    if not folder.is_dir():  # deleted by hand: the folders before it may be intact
+        return _newest_complete(root, f"{path} names {folder.name}, which is missing", True)
     return folder, fields
 
 
@@ -295,11 +295,18 @@ def _newest_complete(
 
 def _complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """(``folder``, the fields ``latest.json`` would give it) where every rank's file is
-    there and verifies, else None."""
+    there and verifies, the files are as many as the ranks that wrote them and every one
+    records rank 0's position (``POSITION``), else None."""
     try:
         main = read_verified(rank_file(folder, 0))
-        for rank in range(1, int(main["world_size"])):
-            read_verified(rank_file(folder, rank))
+        world_size = int(main["world_size"])
+        if len(list(folder.glob("rank-*.pt"))) != world_size:
+            return None
+        position = {key: main["progress"][key] for key in POSITION}
+        for rank in range(1, world_size):
+            theirs = read_verified(rank_file(folder, rank))["progress"]
+            if {key: theirs[key] for key in POSITION} != position:
+                return None
         fields = {"name": folder.name, **main["progress"], "world_size": main["world_size"]}
         return folder, {**fields, "config": main["config"]}
     except (CheckpointError, OSError, KeyError, TypeError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -337,3 +338,31 @@ def test_resume_with_damaged_latest_json_takes_the_newest_complete_checkpoint(
     err = capsys.readouterr().err.strip()
     assert err.endswith("step-00000020 is the newest complete checkpoint, taken in its place")
     assert err.count("\n") == 0  # said once
+
+
+def test_resume_with_latest_json_naming_a_deleted_folder_takes_the_newest_complete_checkpoint(
+    tmp_path, capsys
+) -> None:
+    # was: '<latest.json> names step-00000030, which is missing', step-20 and step-10 intact
+    model = _model()
+    for step in (10, 20, 30):
+        _save(tmp_path, step, model)
+    shutil.rmtree(tmp_path / "step-00000030")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
+    err = capsys.readouterr().err.strip()
+    assert "names step-00000030, which is missing: step-00000020 is the newest complete" in err
+
+
+@pytest.mark.parametrize("torn", ["other position", "extra rank file"])
+def test_a_step_folder_whose_rank_files_disagree_is_not_taken_without_latest_json(
+    tmp_path, torn
+) -> None:
+    # a rank file of another step's position, or more rank files than ranks, is not a
+    # checkpoint every rank finished together: no stand-in for a missing latest.json
+    model = _model()
+    _save(tmp_path, 3, model)
+    folder = _save_ranks(tmp_path, 2, model, steps=[5, 6] if torn == "other position" else None)
+    if torn == "extra rank file":
+        shutil.copy(folder / "rank-00001.pt", folder / "rank-00002.pt")
+    (tmp_path / "latest.json").unlink()
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000003"
