@@ -65,15 +65,41 @@ def _flat(value: object, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def describe_change(recorded: object, wanted: object, limit: int = 3) -> str:
-    """One line naming up to ``limit`` keys where ``recorded`` (the cache's record) and
-    ``wanted`` (this run's) differ: ``key: A in the cache, B now``; "" when they agree."""
+def describe_change(
+    recorded: object, wanted: object, limit: int = 3, where: str = "the cache"
+) -> str:
+    """One line naming up to ``limit`` keys where ``recorded`` (the record ``where`` holds)
+    and ``wanted`` (this run's) differ: ``key: A in the cache, B now``; "" when they agree."""
     old, new = _flat(as_json(recorded)), _flat(as_json(wanted))
     keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
-    parts = [f"{k}: {old.get(k, '(none)')!r} in the cache, {new.get(k, '(none)')!r} now"
+    parts = [f"{k}: {old.get(k, '(none)')!r} in {where}, {new.get(k, '(none)')!r} now"
              for k in keys]  # fmt: skip
     more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
     return "; ".join(parts[:limit]) + more
+
+
+def data_change(recorded: dict[str, Any], origin: dict[str, Any]) -> str:
+    """How the sources a run reads now (``origin``, as a cache records them) differ from
+    ``recorded`` (what a checkpoint's run trained on), in one line (``describe_change``); the
+    files' resolved paths aside (the same files moved are the same data); "" when alike."""
+
+    def content(record: dict[str, Any], short: bool = False) -> dict[str, Any]:
+        flat = _flat(as_json(record)).items()
+        cut = 12 if short else None  # a checksum's first digits say it changed
+        return {k: v[:cut] if k.endswith("sha256") else v for k, v in flat if k[-5:] != ".path"}
+
+    if content(recorded) == content(origin):
+        return ""
+    return describe_change(content(recorded, True), content(origin, True), where="the checkpoint")
+
+
+def cache_origin(cache: Path) -> dict[str, Any] | None:
+    """The record of what the finished cache ``cache`` was built from (its manifest's
+    ``origin``), or None where it keeps none (or cannot be read)."""
+    try:
+        return json.loads((cache / "manifest.json").read_text()).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def cache_mismatch(

@@ -34,11 +34,15 @@ def resolve_cache(
     when it is the run's own (inside ``out_dir``), saying why in one line, and refused
     (``CacheError``, one line naming the difference) when it lies elsewhere: it is not the
     run's to delete. A missing source is an error even when a cache exists. On a ``resume``
-    a cache that no longer matches its source is refused (``CacheError``): the data changed
-    since the checkpoint, whose batches and position would not carry over.
+    data other than the checkpoint's run trained on is refused (``check_same_data``); a cache
+    deleted or out of date is rebuilt from the same files as on a first run.
     """
     source = quickstart_path() if config.source == "quickstart" else Path(config.source)
     if (source / "manifest.json").is_file():
+        if resume and is_main:
+            from fastchgnet.data.origin import cache_origin
+
+            check_same_data(out_dir, cache_origin(source) or {}, {"data.source": source})
         return prebuilt_cache(source, config)
     cache = Path(config.cache_dir) if config.cache_dir else out_dir / "cache"
     if is_main:
@@ -68,6 +72,31 @@ def prebuilt_cache(cache: Path, config: DataConfig) -> Path:
     if short:
         raise CacheError(f"{short}: give the frames as data.source, or another cache")
     return cache
+
+
+def check_same_data(out_dir: Path, origin: dict, sources: dict[str, object]) -> bool:
+    """On a resume, CacheError (one line) where the data read now (``origin``, as a cache
+    records it: each source file's size and checksum or mtime) is not what the newest
+    checkpoint in ``out_dir`` trained on (``stored_data_origin``), naming the source, what
+    changed and the ways out: its batches and position would not carry over. ``sources``:
+    ``data.<key>`` -> path, for the message. Returns whether the checkpoint keeps a record."""
+    from fastchgnet.data.cache import CacheError
+    from fastchgnet.data.origin import data_change
+    from fastchgnet.train.checkpoint import stored_data_origin
+
+    recorded = stored_data_origin(out_dir / "checkpoints")
+    if recorded is None:
+        return False
+    change = data_change(recorded, origin)
+    if change:
+        named = [f"{key}={path}" for key, path in sources.items() if path and f"{key}." in change]
+        raise CacheError(
+            f"--resume: the data changed since the checkpoint ({', '.join(named) or 'data'}: "
+            f"{change}), whose batches would not carry over; restore the data, or start a new "
+            f"run (--overwrite, or a new run.out_dir with model.init={out_dir} to start from "
+            "its weights)"
+        )
+    return True
 
 
 def convert_sources(
@@ -108,10 +137,13 @@ def convert_sources(
                 origin["data.max_structures"], limit = limit, 0
         settings = {"format": FORMAT_VERSION, "atom_cutoff": float(cutoffs[0])}
         settings["bond_cutoff"] = float(cutoffs[1])
+        # the checkpoint's record first: a cache rebuilt meanwhile matches the new data
+        named = {f"data.{key}": path for key, path in paths.items()}
+        recorded = resume and check_same_data(out_dir, origin, named)
         mismatch = cache_mismatch(cache, settings, origin, limit)
         if not mismatch and (cache / "manifest.json").is_file():
             return
-        if mismatch and resume:
+        if mismatch and resume and not recorded:  # a checkpoint written before its record
             raise CacheError(
                 f"--resume: {mismatch}: the data changed since the checkpoint, whose batches "
                 "would not carry over; restore the data, or start a new run (--overwrite, or "

@@ -5,7 +5,8 @@ Layout under ``<out_dir>/checkpoints``::
     step-00000120/rank-00000.pt   model weights and config, optimiser (this rank's shard under
                                   ZeRO 1), scheduler, progress (epoch, step in epoch, global
                                   step, bad steps in a row), RNG states, TrainConfig, history,
-                                  training options' state (EMA weights, best score)
+                                  training options' state (EMA weights, best score), what
+                                  the cache was built from (checked by a resume)
     step-00000120/rank-00001.pt   optimiser shard, scheduler and RNG states of rank 1
     latest.json                   names the newest complete checkpoint; written last
 
@@ -125,13 +126,15 @@ def save_checkpoint(
     barrier: Any = None,
     keep: int = 3,
     options: dict[str, Any] | None = None,
+    data_origin: dict[str, Any] | None = None,
 ) -> Path:
     """Write this rank's file of the checkpoint at ``progress.global_step``; the main rank
     commits it in ``latest.json`` after ``barrier()`` (all ranks written) and prunes to ``keep``.
 
     ``model`` (the main rank's) carries weights and its ModelConfig; other ranks pass None.
     ``options``: the training options' state (EMA, best score; ``TrainingOptions.state_dict``),
-    kept in the main rank's file beside the weights.
+    kept in the main rank's file beside the weights. ``data_origin``: what the run's cache was
+    built from (``data.origin.cache_origin``), which a resume checks its data against.
     """
     folder = root / f"step-{progress.global_step:08d}"
     payload: dict[str, Any] = {
@@ -146,6 +149,7 @@ def save_checkpoint(
         payload["config"] = config
         payload["history"] = history
         payload["options"] = options
+        payload["data_origin"] = data_origin
     write_verified(rank_file(folder, rank), payload)
     if barrier is not None:
         barrier()
@@ -153,7 +157,13 @@ def save_checkpoint(
         atomic_write_bytes(
             root / "latest.json",
             json.dumps(
-                {"name": folder.name, **vars(progress), "world_size": world_size, "config": config}
+                {
+                    "name": folder.name,
+                    **vars(progress),
+                    "world_size": world_size,
+                    "config": config,
+                    "data_origin": data_origin,
+                }
             ).encode(),
         )
         folders = sorted(p for p in root.glob("step-*") if p.is_dir())
@@ -203,6 +213,14 @@ def stored_config(root: Path) -> dict[str, Any] | None:
     return read_verified(rank_file(folder, 0))["config"]
 
 
+def stored_data_origin(root: Path) -> dict[str, Any] | None:
+    """What the newest checkpoint's run trained on (``save_checkpoint``'s ``data_origin``,
+    from ``latest.json``; ``load_latest`` checks it against rank 0's file), or None where
+    there is no checkpoint or it keeps no record (one written before records were kept)."""
+    pointer = _pointer(root)
+    return None if pointer is None else pointer[1].get("data_origin")
+
+
 def load_latest(
     root: Path,
     rank: int,
@@ -225,11 +243,12 @@ def load_latest(
         return None
     folder, fields = pointer
     main, payloads = load_checkpoint(folder, rank, world_size, every_rank)
-    if fields.get("config", main["config"]) != main["config"]:
-        raise CheckpointError(
-            f"{root / 'latest.json'}: its config differs from the one in "
-            f"{rank_file(folder, 0)} (the file was changed after it was written)"
-        )
+    for key in ("config", "data_origin"):
+        if fields.get(key, main.get(key)) != main.get(key):
+            raise CheckpointError(
+                f"{root / 'latest.json'}: its {key} differs from the one in "
+                f"{rank_file(folder, 0)} (the file was changed after it was written)"
+            )
     return folder, main, payloads
 
 
@@ -308,7 +327,7 @@ def _complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
             if {key: theirs[key] for key in POSITION} != position:
                 return None
         fields = {"name": folder.name, **main["progress"], "world_size": main["world_size"]}
-        return folder, {**fields, "config": main["config"]}
+        return folder, {**fields, "config": main["config"], "data_origin": main.get("data_origin")}
     except (CheckpointError, OSError, KeyError, TypeError, ValueError):
         return None
 

@@ -216,5 +216,6 @@ def checkpoint(run: Run) -> None:
         barrier=collectives.barrier,
         keep=run.config.run.keep,
         options=run.options.state_dict() if run.rank == 0 else None,
+        data_origin=run.data_origin,
     )
     run.checkpoint_step = run.progress.global_step

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fastchgnet.data.cache import GraphDataset
+from fastchgnet.data.origin import cache_origin
 from fastchgnet.model.loss import TARGETS
 from fastchgnet.signals import StopSignals
 from fastchgnet.train import collectives, compile_choice, failures
@@ -181,6 +182,7 @@ def prepare_data(run: Run, resume: bool) -> torch.nn.Module:
     collectives.barrier()
     if token and run.rank == 0:  # every rank has read it
         (run.out / "ranks" / f"{token}.json").unlink(missing_ok=True)
+    run.data_origin = cache_origin(cache)  # kept in each checkpoint, checked on a resume
     splits = run.splits = make_splits(cache, config.data)
     if cutoffs != (splits.dataset.atom_cutoff, splits.dataset.bond_cutoff):
         raise ValueError(f"{cache}: built with other cutoffs than the model's {cutoffs}")

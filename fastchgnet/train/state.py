@@ -71,6 +71,7 @@ class Run:
     epoch_started: float | None = None  # perf_counter at the epoch's start, while it trains
     seconds_before: float = 0.0  # progress.train_seconds when the epoch's training began
     token: str = ""  # the launch's, agreed by every rank ("" in one process)
+    data_origin: dict | None = None  # what the cache was built from, kept in each checkpoint
 
     @property
     def model(self) -> torch.nn.Module:
