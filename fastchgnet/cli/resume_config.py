@@ -67,11 +67,11 @@ def check_resume_changes(stored: dict, resumed: dict, source: str = "--set") -> 
             if key in free or value == old:
                 continue
             name, old, value = _first_difference(f"{section}.{key}", old, value)
+            cure = " (repeat the run's own --set, or leave the key out)" * (source != "--set")
             raise ValueError(
                 f"--resume: {name} was {old!r}, {source} gives {value!r}: a resume continues "
-                "the same batches and model (repeat the run's own --set, or leave the key "
-                "out); for another run, give a new run.out_dir (model.init can start it from "
-                "a checkpoint)"
+                f"the same batches and model{cure}; for another run, give a new run.out_dir "
+                "(model.init can start it from a checkpoint)"
             )
     changed = [
         f"{section}.{key}"

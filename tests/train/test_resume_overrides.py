@@ -97,3 +97,9 @@ def test_resume_says_a_run_setting_the_config_file_changes(monkeypatch, tmp_path
     assert config.run.log_every == 7
     said = f"--resume: run.log_every changed by --config {tmp_path / 'run.toml'}: applied"
     assert said in capsys.readouterr().err
+
+
+def test_a_refused_set_is_not_told_to_repeat_its_own_set(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="--set gives 16") as refused:
+        resumed(monkeypatch, tmp_path, "data.batch_size=16")
+    assert "repeat the run's own --set" not in str(refused.value)
