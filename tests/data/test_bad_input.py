@@ -107,6 +107,18 @@ def _gzip_cut_off(path, text: str):
     return path
 
 
+def _cut_off_mptrj(tmp_path, name: str, material: str):
+    """The bad MPtrj file written as ``name`` (.json, or .json.gz cut at a flush point), cut
+    off inside ``material``'s record."""
+    text = _cut_inside(_bad_mptrj(tmp_path), material)
+    source = tmp_path / name
+    if name.endswith(".gz"):
+        _gzip_cut_off(source, text)
+    else:
+        source.write_text(text)
+    return source
+
+
 BREAK = "file is not complete JSON after material mp-4 (6 frames read): "
 
 
@@ -124,12 +136,7 @@ def test_truncated_mptrj_keeps_complete_materials_and_reports_the_break(
     """Used to stop in one line ("not complete JSON, it breaks after material mp-4"), losing
     the complete materials before the break; from a .json.gz, ijson's 64 KiB read lost them
     too (gzip's read raises EOFError and drops what it had decompressed)."""
-    text = _cut_inside(_bad_mptrj(tmp_path), "mp-5")  # breaks off inside mp-5
-    source = tmp_path / name
-    if name.endswith(".gz"):
-        _gzip_cut_off(source, text)
-    else:
-        source.write_text(text)
+    source = _cut_off_mptrj(tmp_path, name, "mp-5")  # breaks off inside mp-5
     out = tmp_path / "c"
     problem = f"{BREAK}{reason}; nothing after it was read"
     with pytest.warns(UserWarning, match=re.escape(f"{source}: {problem}")):
@@ -188,12 +195,7 @@ def test_convert_names_the_first_skipped_frames_and_prints_its_warnings_in_one_l
 def test_truncated_mptrj_without_a_complete_material_is_refused(tmp_path, capsys, command, name):
     """No complete material before the break: no dataset, one line naming the file (was "it
     breaks in material 1", for a file that is no JSON at all too)."""
-    text = _cut_inside(_bad_mptrj(tmp_path), "mp-1")
-    source = tmp_path / name
-    if name.endswith(".gz"):
-        _gzip_cut_off(source, text)
-    else:
-        source.write_text(text)
+    source = _cut_off_mptrj(tmp_path, name, "mp-1")
     out = tmp_path / "c"
     extra = ["-o", str(out), "--workers", "1"] if command == "convert" else []
     code, _, err = _run(capsys, command, str(source), *extra)
