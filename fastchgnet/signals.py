@@ -155,12 +155,10 @@ def held_signals() -> Iterator[None]:
     handler then set: for imports, which a stop must not cut half-way (a module left half made
     fails later on an attribute, e.g. numpy's ``linalg._umath_linalg``; a KeyboardInterrupt
     raised in the import machinery's callbacks is dropped as "Exception ignored", and the
-    command runs on). Where signals cannot be blocked (not POSIX, not the main thread) the
-    block runs as it is."""
-    if (
-        not hasattr(signal, "pthread_sigmask")
-        or threading.current_thread() is not threading.main_thread()
-    ):
+    command runs on). The mask is the calling thread's (in another thread than the one that
+    handles signals, the block runs as it would have); where signals cannot be blocked (not
+    POSIX) the block runs as it is."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
