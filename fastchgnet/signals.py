@@ -151,18 +151,23 @@ def quiet_child(ignore_sigterm: bool = False) -> None:
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM held back (blocked) within the block and delivered as it ends, to the
-    handler then set: for imports, which a stop must not cut half-way (a module left half made
-    fails later on an attribute, e.g. numpy's ``linalg._umath_linalg``; a KeyboardInterrupt
-    raised in the import machinery's callbacks is dropped as "Exception ignored", and the
-    command runs on). The mask is the calling thread's (in another thread than the one that
-    handles signals, the block runs as it would have); where signals cannot be blocked (not
-    POSIX) the block runs as it is."""
-    if not hasattr(signal, "pthread_sigmask"):
+    """SIGINT and SIGTERM held back within the block and delivered as it ends, to the handler
+    then set (or their default action): for imports, which a stop must not cut half-way (a
+    module left half made fails later on an attribute, e.g. numpy's ``linalg._umath_linalg``;
+    a KeyboardInterrupt raised in the import machinery's callbacks is dropped as "Exception
+    ignored", and the command runs on). The handlers only note the signal meanwhile (a mask
+    would not do: another thread of the process may take the signal); where they cannot be
+    set (not the main thread) the block runs as it is."""
+    held: list[int] = []
+    try:
+        previous = {signum: signal.signal(signum, lambda s, _: held.append(s)) for signum in STOPS}
+    except ValueError:  # not the main thread: the handlers are not ours to set
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
         yield
-    finally:  # a stop that came meanwhile is delivered here, by the unblocking call
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:  # delivered now, where the block's code is done
+            signal.raise_signal(held[0])

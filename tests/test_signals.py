@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
@@ -106,9 +108,13 @@ def test_held_signals_deliver_a_stop_once_the_block_ends(default_handlers):
     reached: list[str] = []
 
     def stop_inside() -> None:
+        other = threading.Thread(target=time.sleep, args=(0.3,))  # a thread that may take it
+        other.start()
         with held_signals():
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
             reached.append("the block's end")  # not raised inside
+        other.join()
 
     with pytest.raises(KeyboardInterrupt):
         stop_inside()
