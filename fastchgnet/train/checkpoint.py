@@ -316,16 +316,9 @@ def _complete(folder: Path) -> tuple[Path, dict[str, Any]] | None:
     """(``folder``, the fields ``latest.json`` would give it) where every rank's file is
     there and verifies, the files are as many as the ranks that wrote them and every one
     records rank 0's position (``POSITION``), else None."""
-    try:
-        main = read_verified(rank_file(folder, 0))
-        world_size = int(main["world_size"])
-        if len(list(folder.glob("rank-*.pt"))) != world_size:
-            return None
-        position = {key: main["progress"][key] for key in POSITION}
-        for rank in range(1, world_size):
-            theirs = read_verified(rank_file(folder, rank))["progress"]
-            if {key: theirs[key] for key in POSITION} != position:
-                return None
+    try:  # every rank's file read and checked as a resume of them all reads them
+        world_size = len(list(folder.glob("rank-*.pt")))
+        main, _ = load_checkpoint(folder, 0, world_size, every_rank=lambda _: True)
         fields = {"name": folder.name, **main["progress"], "world_size": main["world_size"]}
         return folder, {**fields, "config": main["config"], "data_origin": main.get("data_origin")}
     except (CheckpointError, OSError, KeyError, TypeError, ValueError):
