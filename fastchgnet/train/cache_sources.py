@@ -80,7 +80,6 @@ def check_same_data(out_dir: Path, origin: dict, sources: dict[str, object]) -> 
     checkpoint in ``out_dir`` trained on (``stored_data_origin``), naming the source, what
     changed and the ways out: its batches and position would not carry over. ``sources``:
     ``data.<key>`` -> path, for the message. Returns whether the checkpoint keeps a record."""
-    from fastchgnet.data.cache import CacheError
     from fastchgnet.data.origin import data_change
     from fastchgnet.train.checkpoint import stored_data_origin
 
@@ -90,13 +89,21 @@ def check_same_data(out_dir: Path, origin: dict, sources: dict[str, object]) -> 
     change = data_change(recorded, origin)
     if change:
         named = [f"{key}={path}" for key, path in sources.items() if path and f"{key}." in change]
-        raise CacheError(
-            f"--resume: the data changed since the checkpoint ({', '.join(named) or 'data'}: "
-            f"{change}), whose batches would not carry over; restore the data, or start a new "
-            f"run (--overwrite, or a new run.out_dir with model.init={out_dir} to start from "
-            "its weights)"
-        )
+        what = f"the data changed since the checkpoint ({', '.join(named) or 'data'}: {change})"
+        raise data_changed(what, out_dir)
     return True
+
+
+def data_changed(what: str, out_dir: Path) -> Exception:
+    """The CacheError of a resume whose data changed since the checkpoint in ``out_dir``
+    (``what``: that, and how), naming the ways out."""
+    from fastchgnet.data.cache import CacheError
+
+    return CacheError(
+        f"--resume: {what}, whose batches would not carry over; restore the data, or start a "
+        f"new run (--overwrite, or a new run.out_dir with model.init={out_dir} to start from "
+        "its weights)"
+    )
 
 
 def convert_sources(
@@ -144,11 +151,7 @@ def convert_sources(
         if not mismatch and (cache / "manifest.json").is_file():
             return
         if mismatch and resume and not recorded:  # a checkpoint written before its record
-            raise CacheError(
-                f"--resume: {mismatch}: the data changed since the checkpoint, whose batches "
-                "would not carry over; restore the data, or start a new run (--overwrite, or "
-                "a new run.out_dir; model.init=<the checkpoint> starts it from its weights)"
-            )
+            raise data_changed(f"{mismatch}: the data changed since the checkpoint", out_dir)
         if mismatch and not cache.resolve().is_relative_to(out_dir.resolve()):
             raise CacheError(
                 f"{mismatch}; data.cache_dir is not this run's to rebuild: delete it, name "
