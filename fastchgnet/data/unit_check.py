@@ -151,6 +151,5 @@ def _hint(label: str, reading: dict, origin: dict | None) -> tuple[str, str]:
         setting = "data.energy_key" if run else "--energy-key"
         return f"read from {reading.get('energy_key')!r}", f"check {setting} and the file"
     if reader is None:
-        unit = "GPa" if label == "stress" else "eV/atom"
-        return f"taken in {unit}", f"check the unit of the {label} labels given"
+        return f"taken in {LABELS[label][1]}", f"check the unit of the {label} labels given"
     return "", ""
