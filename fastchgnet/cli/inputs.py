@@ -154,11 +154,10 @@ def _pymatgen_structures(path: Path) -> list[Any] | None:
     from pymatgen.core import Structure
     from pymatgen.io.cif import CifParser
 
-    from fastchgnet.data.poscar import check_poscar, is_poscar
+    from fastchgnet.data.poscar import check_poscar
 
     is_cif = ".cif" in (suffix.lower() for suffix in path.suffixes)
-    if not is_cif and is_poscar(path):  # lines that do not say what they hold: refused
-        check_poscar(path)
+    check_poscar(path)  # a POSCAR whose lines do not say what they hold: refused
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -196,12 +196,11 @@ def _images(path: Path) -> Iterator[Any]:
     if path.suffix.lower() == ".traj":
         yield from _traj_frames(path)
         return
-    from fastchgnet.data.poscar import check_poscar, is_poscar
+    from fastchgnet.data.poscar import check_poscar
 
     position = 0
     try:
-        if is_poscar(path):
-            check_poscar(path)
+        check_poscar(path)
     except ValueError as error:  # a POSCAR whose lines do not say what they hold
         yield error
         return

@@ -21,10 +21,13 @@ def is_poscar(path: Path) -> bool:
 
 
 def check_poscar(path: Path) -> None:
-    """Raise a one-line ValueError (``path: problem``) where the POSCAR's scale, lattice,
-    element names, counts, Direct/Cartesian line or coordinate lines are not what VASP reads;
-    a valid file passes (VASP 4 without names, Selective dynamics, a per-axis or negative
-    scale, velocities after the coordinates, ``#`` or ``!`` comments, words after a position)."""
+    """Raise a one-line ValueError (``path: problem``) where a POSCAR (``is_poscar``: other
+    files pass unread) has a scale, lattice, element names, counts, Direct/Cartesian line or
+    coordinate lines that are not what VASP reads; a valid file passes (VASP 4 without names,
+    Selective dynamics, a per-axis or negative scale, velocities after the coordinates, ``#``
+    or ``!`` comments, words after a position)."""
+    if not is_poscar(path):
+        return
     from monty.io import zopen  # POSCAR.gz too, as pymatgen reads it
 
     with zopen(path, "rb") as file:

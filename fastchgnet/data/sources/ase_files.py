@@ -69,10 +69,9 @@ def read_atoms(path: Path, index: str | int = ":") -> list[Any]:
     """
     from ase.io import read
 
-    from fastchgnet.data.poscar import check_poscar, is_poscar
+    from fastchgnet.data.poscar import check_poscar
 
-    if is_poscar(path):
-        check_poscar(path)
+    check_poscar(path)
     with tempfile.TemporaryDirectory() as scratch:
         plain = str(gunzip_ase_file(path, Path(scratch)))  # a name may hold "@": not an index
         images = read(plain, index=index, do_not_split_by_at_sign=True)
